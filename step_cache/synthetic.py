@@ -59,7 +59,7 @@ def moving_square(
         progress = t / max(1, num_frames - 1)
         if direction < 0:
             progress = 1.0 - progress
-        left = int(round(progress * (width - side)))
+        left = round(progress * (width - side))
         frames[t, top : top + side, left : left + side] = color
     return frames
 

@@ -1,0 +1,181 @@
+"""The video catalogue: which videos to extract, with their labels, splits and optional segments.
+
+Two sources, both giving the same ``VideoItem`` list:
+- a folder tree ``ROOT/<class>/*.mp4`` (videos directly under ROOT are unlabelled);
+- an annotation CSV with a header and columns ``path,label[,split][,start_frame,end_frame]``, paths relative
+  to the videos root. ``end_frame`` is exclusive; empty cells mean "unlabelled", "no split", "whole video".
+
+Mirrored class pairs live in a text file of ``class_a,class_b`` lines (``#`` starts a comment).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
+SPLITS = ("train", "val", "test")
+ANNOTATION_COLUMNS = ("path", "label", "split", "start_frame", "end_frame")
+
+
+class CatalogError(ValueError):
+    """A problem with the list of videos or its annotations; the message names the file."""
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One unit of extraction: a whole video, or a segment ``[start_frame, end_frame)`` of it."""
+
+    path: str  # relative to the videos root, with forward slashes
+    label: str | None = None
+    split: str | None = None
+    start_frame: int | None = None
+    end_frame: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Unique name of the item in shards and manifests (segments of one video get distinct keys)."""
+        if self.start_frame is None and self.end_frame is None:
+            return self.path
+        start = "" if self.start_frame is None else self.start_frame
+        end = "" if self.end_frame is None else self.end_frame
+        return f"{self.path}#{start}-{end}"
+
+
+def discover_videos(root: str | Path) -> list[VideoItem]:
+    """Videos under ``root``: ``root/<class>/*`` are labelled ``<class>``, files directly in ``root`` unlabelled."""
+    root = Path(root)
+    if not root.is_dir():
+        raise CatalogError(f"{root}: videos directory does not exist")
+    items = []
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or path.suffix.lower() not in VIDEO_EXTENSIONS:
+            continue
+        relative = path.relative_to(root)
+        if len(relative.parts) > 2:
+            raise CatalogError(
+                f"{path}: nested too deep; expected {root}/<class>/<video> (use --annotations for other layouts)"
+            )
+        label = relative.parts[0] if len(relative.parts) == 2 else None
+        items.append(VideoItem(path=relative.as_posix(), label=label))
+    if not items:
+        raise CatalogError(f"{root}: no videos found (looked for {', '.join(VIDEO_EXTENSIONS)} in class folders)")
+    return items
+
+
+def _optional_int(value: str, csv_path: Path, line: int, column: str) -> int | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise CatalogError(f"{csv_path}:{line}: {column} must be an integer, got {value!r}") from None
+    if number < 0:
+        raise CatalogError(f"{csv_path}:{line}: {column} must be >= 0, got {number}")
+    return number
+
+
+def read_annotations(csv_path: str | Path, videos_root: str | Path | None = None) -> list[VideoItem]:
+    """Read an annotation CSV (see module doc). Checks columns, duplicates, splits, segments and, when
+    ``videos_root`` is given, that every listed file exists."""
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise CatalogError(f"{csv_path}: annotation file does not exist")
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        missing = [c for c in ("path", "label") if c not in columns]
+        if missing:
+            raise CatalogError(
+                f"{csv_path}: missing column(s) {', '.join(missing)}; expected a header with "
+                f"path,label[,split][,start_frame,end_frame], got {','.join(columns) or 'an empty file'}"
+            )
+        if ("start_frame" in columns) != ("end_frame" in columns):
+            raise CatalogError(f"{csv_path}: start_frame and end_frame columns must come together")
+        unknown = [c for c in columns if c not in ANNOTATION_COLUMNS]
+        if unknown:
+            raise CatalogError(f"{csv_path}: unknown column(s) {', '.join(unknown)}")
+        items: list[VideoItem] = []
+        seen: dict[str, int] = {}
+        for line, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            path = row["path"].replace("\\", "/")
+            if not path:
+                raise CatalogError(f"{csv_path}:{line}: empty path")
+            split = row.get("split") or None
+            if split is not None and split not in SPLITS:
+                raise CatalogError(f"{csv_path}:{line}: split must be one of {', '.join(SPLITS)}, got {split!r}")
+            start = _optional_int(row.get("start_frame", ""), csv_path, line, "start_frame")
+            end = _optional_int(row.get("end_frame", ""), csv_path, line, "end_frame")
+            if start is not None and end is not None and end <= start:
+                raise CatalogError(f"{csv_path}:{line}: end_frame ({end}) must be greater than start_frame ({start})")
+            item = VideoItem(path, row["label"] or None, split, start, end)
+            if item.key in seen:
+                raise CatalogError(f"{csv_path}:{line}: duplicate row for {item.key} (first at line {seen[item.key]})")
+            seen[item.key] = line
+            if videos_root is not None and not (Path(videos_root) / path).is_file():
+                raise CatalogError(f"{csv_path}:{line}: listed video {path} does not exist under {videos_root}")
+            items.append(item)
+    if not items:
+        raise CatalogError(f"{csv_path}: no rows")
+    return items
+
+
+def write_annotations(csv_path: str | Path, items: Iterable[VideoItem]) -> Path:
+    """Write items as an annotation CSV that ``read_annotations`` reads back unchanged."""
+    items = list(items)
+    with_segments = any(i.start_frame is not None or i.end_frame is not None for i in items)
+    columns = list(ANNOTATION_COLUMNS if with_segments else ANNOTATION_COLUMNS[:3])
+    csv_path = Path(csv_path)
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for item in items:
+            row = [item.path, item.label or "", item.split or ""]
+            if with_segments:
+                row += ["" if item.start_frame is None else item.start_frame,
+                        "" if item.end_frame is None else item.end_frame]
+            writer.writerow(row)
+    return csv_path
+
+
+def class_names(items: Sequence[VideoItem]) -> list[str]:
+    """Sorted class names: the stable class -> index mapping stored in the manifest."""
+    return sorted({item.label for item in items if item.label is not None})
+
+
+def read_pairs(pairs_path: str | Path, classes: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """Read mirrored class pairs (``class_a,class_b`` per line); checks names against ``classes`` when given."""
+    pairs_path = Path(pairs_path)
+    if not pairs_path.is_file():
+        raise CatalogError(f"{pairs_path}: pairs file does not exist")
+    pairs: list[tuple[str, str]] = []
+    used: set[str] = set()
+    for line_no, raw in enumerate(pairs_path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        names = [part.strip() for part in line.split(",")]
+        if len(names) != 2 or not all(names) or names[0] == names[1]:
+            raise CatalogError(f"{pairs_path}:{line_no}: expected two different class names 'a,b', got {raw!r}")
+        for name in names:
+            if classes is not None and name not in classes:
+                raise CatalogError(f"{pairs_path}:{line_no}: class {name!r} is not among the classes {list(classes)}")
+            if name in used:
+                raise CatalogError(f"{pairs_path}:{line_no}: class {name!r} appears in more than one pair")
+            used.add(name)
+        pairs.append((names[0], names[1]))
+    return pairs
+
+
+def write_pairs(pairs_path: str | Path, pairs: Iterable[tuple[str, str]], header: str | None = None) -> Path:
+    """Write mirrored pairs in the format ``read_pairs`` reads."""
+    pairs_path = Path(pairs_path)
+    lines = [f"# {line}" for line in (header or "").splitlines()]
+    lines += [f"{a},{b}" for a, b in pairs]
+    pairs_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return pairs_path
