@@ -1,0 +1,254 @@
+"""The manifest of a shard directory (``OUT/manifest.json``): what was extracted, how, and where.
+
+The manifest is a public contract documented in ``docs/shard-format.md``. It is versioned; older versions are
+upgraded on read where possible, newer ones are refused with a clear message. It is always replaced atomically,
+so a reader sees either the previous or the next complete manifest, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+FORMAT_NAME = "step-cache-shards"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable, of an unknown version, or incompatible with another."""
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """How the P tokens of one frame are laid out: ``cls_tokens`` CLS tokens first, then the patch grid row-major."""
+
+    cls_tokens: int
+    grid: tuple[int, int]
+    dim: int
+    dtype: str = "float16"
+    registers_dropped: int = 0
+    patch_pool: int = 1
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.cls_tokens + self.grid[0] * self.grid[1]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
+        return cls(
+            cls_tokens=int(data["cls_tokens"]),
+            grid=(int(data["grid"][0]), int(data["grid"][1])),
+            dim=int(data["dim"]),
+            dtype=str(data.get("dtype", "float16")),
+            registers_dropped=int(data.get("registers_dropped", 0)),
+            patch_pool=int(data.get("patch_pool", 1)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["grid"] = list(self.grid)
+        data["tokens_per_frame"] = self.tokens_per_frame
+        return data
+
+
+@dataclass
+class ShardRecord:
+    """One completed shard file, as listed in the manifest."""
+
+    file: str
+    clips: int
+    videos: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Failure:
+    """A video that could not be extracted, and why."""
+
+    video: str
+    reason: str
+
+
+@dataclass
+class Manifest:
+    """Everything needed to read the shards and to reproduce them.
+
+    ``extraction`` holds the settings that define the tokens (backbone, weights, preprocessing, sampling, token
+    layout): a resumed run must match them exactly. ``source`` is informational (where videos came from).
+    """
+
+    extraction: dict[str, Any]
+    classes: list[str]
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    shards: list[ShardRecord] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    source: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    updated: str = ""
+    tool_version: str = ""
+
+    # -- typed views of the extraction settings ---------------------------------------------------------
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout.from_dict(self.extraction["tokens"])
+
+    @property
+    def frames(self) -> int:
+        return int(self.extraction["sampling"]["frames"])
+
+    @property
+    def clips_per_video(self) -> int:
+        return int(self.extraction["sampling"]["clips"])
+
+    @property
+    def backbone(self) -> str:
+        return str(self.extraction["backbone"]["name"])
+
+    @property
+    def num_clips(self) -> int:
+        return sum(s.clips for s in self.shards)
+
+    @property
+    def num_videos(self) -> int:
+        return sum(s.videos for s in self.shards)
+
+    # -- (de)serialisation -------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "tool_version": self.tool_version,
+            "created": self.created,
+            "updated": self.updated,
+            "extraction": self.extraction,
+            "classes": list(self.classes),
+            "pairs": [list(p) for p in self.pairs],
+            "num_videos": self.num_videos,
+            "num_clips": self.num_clips,
+            "shards": [asdict(s) for s in self.shards],
+            "failures": [asdict(f) for f in self.failures],
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], origin: str = "manifest") -> Manifest:
+        data = upgrade(data, origin)
+        try:
+            return cls(
+                extraction=data["extraction"],
+                classes=list(data["classes"]),
+                pairs=[(str(a), str(b)) for a, b in data.get("pairs", [])],
+                shards=[ShardRecord(**s) for s in data.get("shards", [])],
+                failures=[Failure(**f) for f in data.get("failures", [])],
+                source=data.get("source", {}),
+                created=data.get("created", ""),
+                updated=data.get("updated", ""),
+                tool_version=data.get("tool_version", ""),
+            )
+        except (KeyError, TypeError) as error:
+            raise ManifestError(f"{origin}: malformed manifest ({error!r})") from None
+
+    def content_hash(self) -> str:
+        """sha256 of the manifest's content without timestamps: identifies the exact cache a probe was trained on."""
+        data = self.to_dict()
+        for volatile in ("created", "updated", "tool_version"):
+            data.pop(volatile)
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def upgrade(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    """Bring a manifest dict of any readable version to the current one, or refuse it clearly."""
+    if data.get("format") != FORMAT_NAME:
+        raise ManifestError(f"{origin}: not a step-cache shard manifest (format={data.get('format')!r})")
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise ManifestError(f"{origin}: manifest has no integer format_version")
+    if version > FORMAT_VERSION:
+        raise ManifestError(
+            f"{origin}: shard format version {version} is newer than this step-cache reads "
+            f"(up to {FORMAT_VERSION}); upgrade step-cache"
+        )
+    if version < 1:
+        raise ManifestError(f"{origin}: shard format version {version} is not supported; re-extract the videos")
+    # Version 1 is the first public format: nothing to upgrade yet. Future versions add steps here, e.g.
+    # `if version == 1: data = _v1_to_v2(data)`, so old caches stay readable.
+    return data
+
+
+def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
+    """Checksum of a file as recorded in manifests (shards, weight files)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old or the new content, never a mix."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Persist a rename: without it a crash can forget that the new name exists."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
+    directory = Path(directory)
+    manifest.updated = now_iso()
+    manifest.created = manifest.created or manifest.updated
+    path = directory / MANIFEST_NAME
+    atomic_write_text(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
+    return path
+
+
+def read_manifest(directory: str | Path) -> Manifest:
+    directory = Path(directory)
+    path = directory / MANIFEST_NAME if directory.is_dir() else directory
+    if not path.is_file():
+        raise ManifestError(f"{path}: no manifest (is this a step-cache shard directory? run step-cache extract)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise ManifestError(f"{path}: unreadable manifest ({error})") from None
+    return Manifest.from_dict(data, origin=str(path))
+
+
+def extraction_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable list of settings that differ between two ``extraction`` dicts."""
+    differences = []
+    for key in sorted(set(old) | set(new)):
+        name = f"{prefix}{key}"
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            differences += extraction_differences(a, b, prefix=f"{name}.")
+        elif a != b:
+            differences.append(f"{name}: {a!r} != {b!r}")
+    return differences

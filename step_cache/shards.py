@@ -1,0 +1,300 @@
+"""HDF5 token shards: the writer (crash-safe) and the reader (``open_shards``).
+
+A shard ``shard-XXXXX.h5`` holds N clips; see ``docs/shard-format.md`` for every dataset and attribute. It is
+written as ``.shard-XXXXX.h5.tmp`` and renamed only once complete and flushed, so a shard that exists under its
+final name is whole; the manifest then lists it with its checksum.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from step_cache.manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    ManifestError,
+    ShardRecord,
+    TokenLayout,
+    extraction_differences,
+    file_sha256,
+    fsync_dir,
+    read_manifest,
+)
+
+STRING = h5py.string_dtype("utf-8")
+# Per-clip metadata datasets (besides ``tokens``), with their dtypes; a missing one makes a shard unreadable.
+METADATA = {
+    "labels": np.int64,  # index into manifest classes, -1 when unlabelled
+    "video": STRING,  # item key: relative path, plus "#start-end" for segments
+    "clip": np.int32,  # temporal clip index within the video (0..K-1)
+    "split": STRING,  # "train" | "val" | "test" | ""
+    "frame_indices": np.int64,  # (N, T) sampled frame numbers in the video
+    "num_frames": np.int64,  # frame count of the video (or segment)
+    "short": np.bool_,  # True when the video had fewer than T frames and frames were repeated
+}
+
+
+class ShardError(ValueError):
+    """A shard file that is missing, incomplete, or does not match its manifest."""
+
+
+def shard_name(index: int, prefix: str = "") -> str:
+    return f"shard-{prefix}{index:05d}.h5"
+
+
+@dataclass
+class ClipRecord:
+    """One clip to append to a shard."""
+
+    tokens: np.ndarray  # (T, P, D)
+    label: int
+    video: str
+    clip: int
+    split: str
+    frame_indices: np.ndarray  # (T,)
+    num_frames: int
+    short: bool
+
+
+class ShardWriter:
+    """Appends clips to a temporary HDF5 file and publishes it atomically with ``finish()``."""
+
+    def __init__(
+        self, directory: str | Path, name: str, layout: TokenLayout, frames: int, compression: dict | None = None
+    ):
+        self.directory = Path(directory)
+        self.name = name
+        self.final_path = self.directory / name
+        self.tmp_path = self.directory / f".{name}.tmp"
+        self.count = 0
+        self.videos: set[str] = set()
+        self._file = h5py.File(self.tmp_path, "w")
+        tokens_shape = (frames, layout.tokens_per_frame, layout.dim)
+        # One chunk per clip: a random clip read touches exactly one chunk.
+        self._file.create_dataset(
+            "tokens",
+            shape=(0, *tokens_shape),
+            maxshape=(None, *tokens_shape),
+            chunks=(1, *tokens_shape),
+            dtype=np.dtype(layout.dtype),
+            **(compression or {}),
+        )
+        for key, dtype in METADATA.items():
+            extra = (frames,) if key == "frame_indices" else ()
+            self._file.create_dataset(key, shape=(0, *extra), maxshape=(None, *extra), dtype=dtype, chunks=True)
+        self._file.attrs["format_version"] = FORMAT_VERSION
+        self._file.attrs["complete"] = False
+
+    def append(self, record: ClipRecord) -> None:
+        n = self.count
+        for key in ("tokens", *METADATA):
+            self._file[key].resize(n + 1, axis=0)
+        self._file["tokens"][n] = record.tokens
+        self._file["labels"][n] = record.label
+        self._file["video"][n] = record.video
+        self._file["clip"][n] = record.clip
+        self._file["split"][n] = record.split
+        self._file["frame_indices"][n] = record.frame_indices
+        self._file["num_frames"][n] = record.num_frames
+        self._file["short"][n] = record.short
+        self.count += 1
+        self.videos.add(record.video)
+
+    def finish(self) -> ShardRecord:
+        """Mark complete, flush to disk, rename to the final name; returns the manifest entry."""
+        self._file.attrs["complete"] = True
+        self._file.attrs["num_clips"] = self.count
+        self._file.flush()
+        self._file.close()
+        with open(self.tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.tmp_path, self.final_path)
+        fsync_dir(self.directory)
+        return ShardRecord(
+            file=self.name,
+            clips=self.count,
+            videos=len(self.videos),
+            bytes=self.final_path.stat().st_size,
+            sha256=file_sha256(self.final_path),
+        )
+
+    def abandon(self) -> None:
+        """Drop the unfinished shard (its videos will be extracted again on resume)."""
+        with contextlib.suppress(Exception):
+            self._file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def read_shard_metadata(path: str | Path) -> dict[str, np.ndarray]:
+    """Per-clip metadata of one complete shard (strings decoded). Raises ShardError for a half-written file."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            if not handle.attrs.get("complete", False):
+                raise ShardError(f"{path}: shard is incomplete (its writer did not finish); it is never read")
+            missing = [key for key in ("tokens", *METADATA) if key not in handle]
+            if missing:
+                raise ShardError(f"{path}: shard lacks dataset(s) {', '.join(missing)}")
+            return {
+                key: handle[key].asstr()[...] if handle[key].dtype == STRING else handle[key][...] for key in METADATA
+            }
+    except OSError as error:
+        raise ShardError(f"{path}: cannot open shard ({error})") from None
+
+
+class ShardSet:
+    """Read access to one or more shard directories with identical extraction settings.
+
+    Metadata of every clip is loaded at open (small); tokens are read on demand. HDF5 files are opened lazily
+    and per process, so a ShardSet can be handed to DataLoader workers (each opens its own handles).
+    """
+
+    def __init__(self, directories: Sequence[str | Path]):
+        if not directories:
+            raise ShardError("no shard directory given")
+        self.directories = [Path(d) for d in directories]
+        self.manifests = [read_manifest(d) for d in self.directories]
+        self.manifest = self.manifests[0]
+        for directory, manifest in zip(self.directories[1:], self.manifests[1:], strict=True):
+            check_compatible(self.manifest, manifest, str(self.directories[0]), str(directory))
+        self.paths: list[Path] = []
+        parts: list[dict[str, np.ndarray]] = []
+        for directory, manifest in zip(self.directories, self.manifests, strict=True):
+            for record in manifest.shards:
+                path = directory / record.file
+                if not path.is_file():
+                    raise ShardError(f"{path}: listed in the manifest but missing (run step-cache verify)")
+                meta = read_shard_metadata(path)
+                if len(meta["labels"]) != record.clips:
+                    raise ShardError(
+                        f"{path}: holds {len(meta['labels'])} clips but the manifest says {record.clips}"
+                        " (run step-cache verify)"
+                    )
+                self.paths.append(path)
+                parts.append(meta)
+        if not parts:
+            raise ShardError(f"{', '.join(map(str, self.directories))}: no completed shards yet")
+        self.shard_sizes = np.array([len(p["labels"]) for p in parts])
+        self.offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)])
+        meta = {key: np.concatenate([p[key] for p in parts]) for key in METADATA}
+        self.labels: np.ndarray = meta["labels"]
+        self.videos: np.ndarray = meta["video"]
+        self.clip_index: np.ndarray = meta["clip"]
+        self.splits: np.ndarray = meta["split"]
+        self.frame_indices: np.ndarray = meta["frame_indices"]
+        self.num_frames: np.ndarray = meta["num_frames"]
+        self.short: np.ndarray = meta["short"]
+        self._handles: dict[int, h5py.File] = {}
+        self._pid = os.getpid()
+
+    # -- shape information -----------------------------------------------------------------------------
+    @property
+    def layout(self) -> TokenLayout:
+        return self.manifest.layout
+
+    @property
+    def classes(self) -> list[str]:
+        return self.manifest.classes
+
+    @property
+    def clip_shape(self) -> tuple[int, int, int]:
+        return (self.manifest.frames, self.layout.tokens_per_frame, self.layout.dim)
+
+    @property
+    def tokens_nbytes(self) -> int:
+        return int(len(self) * np.prod(self.clip_shape) * np.dtype(self.layout.dtype).itemsize)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    # -- token access ----------------------------------------------------------------------------------
+    def _handle(self, shard: int) -> h5py.File:
+        if os.getpid() != self._pid:  # forked into a worker: never share HDF5 handles across processes
+            self._handles = {}
+            self._pid = os.getpid()
+        if shard not in self._handles:
+            self._handles[shard] = h5py.File(self.paths[shard], "r")
+        return self._handles[shard]
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(shard number, row within that shard) of global clip ``index``."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"clip {index} out of range (0..{len(self) - 1})")
+        shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        return shard, int(index - self.offsets[shard])
+
+    def read_tokens(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Tokens of the given clips, (n, T, P, D) in the stored dtype, in the order asked."""
+        indices = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(indices), *self.clip_shape), dtype=np.dtype(self.layout.dtype))
+        if len(indices) == 0:
+            return out
+        if indices.min() < 0 or indices.max() >= len(self):
+            raise IndexError(f"clip indices out of range 0..{len(self) - 1}")
+        shards = np.searchsorted(self.offsets, indices, side="right") - 1
+        for shard in np.unique(shards):
+            positions = np.nonzero(shards == shard)[0]
+            rows = indices[positions] - self.offsets[shard]
+            order = np.argsort(rows)
+            # h5py fancy indexing wants increasing, unique rows.
+            unique_rows, inverse = np.unique(rows[order], return_inverse=True)
+            block = self._handle(int(shard))["tokens"][unique_rows]
+            out[positions[order]] = block[inverse]
+        return out
+
+    def read_shard_tokens(self, shard: int) -> np.ndarray:
+        """All tokens of one shard in one contiguous read (the fast path for loading a cache into memory)."""
+        return self._handle(shard)["tokens"][...]
+
+    def close(self) -> None:
+        for handle in self._handles.values():
+            handle.close()
+        self._handles = {}
+
+    def __enter__(self) -> ShardSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_handles"] = {}  # HDF5 handles do not pickle; workers reopen lazily
+        return state
+
+
+def check_compatible(a: Manifest, b: Manifest, name_a: str, name_b: str) -> None:
+    """Refuse to combine caches whose tokens are not interchangeable (backbone, frames, layout, classes)."""
+    differences = extraction_differences(a.extraction, b.extraction)
+    if a.classes != b.classes:
+        differences.append(f"classes: {a.classes} != {b.classes}")
+    if differences:
+        shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
+        raise ManifestError(f"{name_b} does not match {name_a}: {shown}")
+
+
+def open_shards(directories: str | Path | Sequence[str | Path]) -> ShardSet:
+    """Open one shard directory (or several with identical extraction settings) for reading."""
+    if isinstance(directories, (str, Path)):
+        directories = [directories]
+    return ShardSet(list(directories))
+
+
+__all__ = [
+    "ClipRecord",
+    "ManifestError",
+    "ShardError",
+    "ShardSet",
+    "ShardWriter",
+    "file_sha256",
+    "open_shards",
+    "read_shard_metadata",
+    "shard_name",
+]

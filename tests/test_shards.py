@@ -1,0 +1,137 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from step_cache.manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    ManifestError,
+    TokenLayout,
+    read_manifest,
+    write_manifest,
+)
+from step_cache.shards import ClipRecord, ShardError, ShardWriter, open_shards, shard_name
+
+LAYOUT = TokenLayout(cls_tokens=1, grid=(2, 3), dim=8, dtype="float16")
+FRAMES = 4
+
+
+def settings(frames=FRAMES):
+    return {
+        "backbone": {"name": "fake"},
+        "weights": {"source": "random", "seed": 0},
+        "preprocessing": {},
+        "sampling": {"frames": frames, "clips": 1},
+        "tokens": LAYOUT.to_dict(),
+    }
+
+
+def write_cache(directory, clips_per_shard=(3, 2), classes=("a", "b"), frames=FRAMES):
+    rng = np.random.default_rng(0)
+    manifest = Manifest(extraction=settings(frames), classes=list(classes), pairs=[("a", "b")])
+    written = []
+    n = 0
+    for index, count in enumerate(clips_per_shard):
+        writer = ShardWriter(directory, shard_name(index), LAYOUT, frames)
+        for _ in range(count):
+            tokens = rng.standard_normal((frames, LAYOUT.tokens_per_frame, LAYOUT.dim)).astype(np.float16)
+            writer.append(
+                ClipRecord(tokens, n % 2, f"v{n}.mp4", 0, "train" if n % 3 else "val", np.arange(frames) * 2, 10, False)
+            )
+            written.append(tokens)
+            n += 1
+        manifest.shards.append(writer.finish())
+    write_manifest(directory, manifest)
+    return manifest, np.stack(written)
+
+
+def test_round_trip_tokens_and_metadata(tmp_path):
+    _manifest, tokens = write_cache(tmp_path)
+    shards = open_shards(tmp_path)
+    assert len(shards) == 5 and shards.clip_shape == (FRAMES, 7, 8)
+    np.testing.assert_array_equal(shards.read_tokens(range(5)), tokens)
+    order = [4, 0, 3, 3, 1]  # across shards, unsorted, repeated
+    np.testing.assert_array_equal(shards.read_tokens(order), tokens[order])
+    assert shards.labels.tolist() == [0, 1, 0, 1, 0]
+    assert shards.videos.tolist() == [f"v{i}.mp4" for i in range(5)]
+    assert shards.splits.tolist() == ["val", "train", "train", "val", "train"]
+    np.testing.assert_array_equal(shards.frame_indices[2], [0, 2, 4, 6])
+    assert shards.locate(3) == (1, 0)
+    assert shards.tokens_nbytes == tokens.nbytes
+
+
+def test_manifest_contents(tmp_path):
+    manifest, _ = write_cache(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    assert data["format"] == "step-cache-shards" and data["format_version"] == FORMAT_VERSION
+    assert data["num_clips"] == 5 and data["classes"] == ["a", "b"] and data["pairs"] == [["a", "b"]]
+    assert [s["clips"] for s in data["shards"]] == [3, 2]
+    assert all(len(s["sha256"]) == 64 and s["bytes"] > 0 for s in data["shards"])
+    assert data["extraction"]["tokens"]["tokens_per_frame"] == 7
+    assert read_manifest(tmp_path).content_hash() == manifest.content_hash()
+
+
+def test_newer_format_version_is_refused(tmp_path):
+    write_cache(tmp_path)
+    data = json.loads((tmp_path / "manifest.json").read_text())
+    data["format_version"] = FORMAT_VERSION + 1
+    (tmp_path / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="newer than this step-cache reads"):
+        open_shards(tmp_path)
+
+
+def test_not_a_cache(tmp_path):
+    with pytest.raises(ManifestError, match="no manifest"):
+        open_shards(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"format": "something-else"}')
+    with pytest.raises(ManifestError, match="not a step-cache shard manifest"):
+        open_shards(tmp_path)
+
+
+def test_unfinished_shard_is_never_published_or_read(tmp_path):
+    writer = ShardWriter(tmp_path, shard_name(0), LAYOUT, FRAMES)
+    writer.append(ClipRecord(np.zeros((FRAMES, 7, 8), np.float16), 0, "x", 0, "", np.arange(FRAMES), 4, False))
+    assert not (tmp_path / shard_name(0)).exists() and writer.tmp_path.exists()
+    writer._file.flush()
+    from step_cache.shards import read_shard_metadata
+
+    with pytest.raises(ShardError, match="incomplete"):
+        read_shard_metadata(writer.tmp_path)
+    writer.abandon()
+    assert not writer.tmp_path.exists()
+
+
+def test_shard_that_disagrees_with_manifest(tmp_path):
+    write_cache(tmp_path)
+    with h5py.File(tmp_path / shard_name(1), "a") as handle:
+        for key in handle:
+            handle[key].resize(1, axis=0)
+    with pytest.raises(ShardError, match="holds 1 clips but the manifest says 2"):
+        open_shards(tmp_path)
+    (tmp_path / shard_name(1)).unlink()
+    with pytest.raises(ShardError, match="missing"):
+        open_shards(tmp_path)
+
+
+def test_combining_caches_checks_compatibility(tmp_path):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for d in (a, b, c):
+        d.mkdir()
+    write_cache(a)
+    write_cache(b, clips_per_shard=(2,))
+    assert len(open_shards([a, b])) == 7
+    write_cache(c, frames=8)
+    with pytest.raises(ManifestError, match=r"sampling.frames: 4 != 8"):
+        open_shards([a, c])
+
+
+def test_shard_set_pickles_without_handles(tmp_path):
+    import pickle
+
+    _, tokens = write_cache(tmp_path)
+    shards = open_shards(tmp_path)
+    shards.read_tokens([0])
+    clone = pickle.loads(pickle.dumps(shards))
+    np.testing.assert_array_equal(clone.read_tokens([4]), tokens[[4]])
