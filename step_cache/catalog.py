@@ -45,23 +45,26 @@ class VideoItem:
 
 
 def discover_videos(root: str | Path) -> list[VideoItem]:
-    """Videos under ``root``: ``root/<class>/*`` are labelled ``<class>``, files directly in ``root`` unlabelled."""
+    """Videos under ``root``: ``root/<class>/*`` are labelled ``<class>``, files directly in ``root`` unlabelled.
+
+    Hidden entries are skipped; deeper folders are not searched (give an annotation CSV for other layouts).
+    """
     root = Path(root)
     if not root.is_dir():
         raise CatalogError(f"{root}: videos directory does not exist")
     items = []
-    for path in sorted(root.rglob("*")):
-        if not path.is_file() or path.suffix.lower() not in VIDEO_EXTENSIONS:
-            continue
+    for path in sorted([*root.glob("*"), *root.glob("*/*")]):
         relative = path.relative_to(root)
-        if len(relative.parts) > 2:
-            raise CatalogError(
-                f"{path}: nested too deep; expected {root}/<class>/<video> (use --annotations for other layouts)"
-            )
-        label = relative.parts[0] if len(relative.parts) == 2 else None
-        items.append(VideoItem(path=relative.as_posix(), label=label))
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS:
+            label = relative.parts[0] if len(relative.parts) == 2 else None
+            items.append(VideoItem(path=relative.as_posix(), label=label))
     if not items:
-        raise CatalogError(f"{root}: no videos found (looked for {', '.join(VIDEO_EXTENSIONS)} in class folders)")
+        raise CatalogError(
+            f"{root}: no videos found (looked for {', '.join(VIDEO_EXTENSIONS)} in {root}/<class>/; "
+            "for other layouts give --annotations)"
+        )
     return items
 
 
@@ -137,8 +140,10 @@ def write_annotations(csv_path: str | Path, items: Iterable[VideoItem]) -> Path:
         for item in items:
             row = [item.path, item.label or "", item.split or ""]
             if with_segments:
-                row += ["" if item.start_frame is None else item.start_frame,
-                        "" if item.end_frame is None else item.end_frame]
+                row += [
+                    "" if item.start_frame is None else item.start_frame,
+                    "" if item.end_frame is None else item.end_frame,
+                ]
             writer.writerow(row)
     return csv_path
 
