@@ -1,0 +1,125 @@
+import os
+import pickle
+import time
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from step_cache.backbones import (
+    BackboneError,
+    WeightsUnavailableError,
+    load_backbone,
+    resolve_backbone,
+)
+from step_cache.checkpoints import CheckpointError, load_state_dict_file
+
+
+def test_registry_names_and_aliases():
+    assert resolve_backbone("dinov2").timm_name == "vit_base_patch14_dinov2.lvd142m"
+    assert resolve_backbone("dinov2-g-reg").timm_name == "vit_giant_patch14_reg4_dinov2.lvd142m"
+    assert resolve_backbone("clip").timm_name == "vit_base_patch16_clip_224.openai"
+    assert resolve_backbone("clip-l14").timm_name == "vit_large_patch14_clip_224.openai"
+    assert resolve_backbone("timm:resnet18").timm_name == "resnet18"
+    with pytest.raises(BackboneError, match="unknown backbone 'dino'; choose one of"):
+        resolve_backbone("dino")
+    with pytest.raises(BackboneError, match="timm has no model named 'no_such_net'"):
+        resolve_backbone("timm:no_such_net")
+
+
+def test_tokens_layout_registers_dropped_and_pooling():
+    backbone = load_backbone("dinov2-s-reg", weights="random", image_size=56)  # 4x4 patches of 14 px
+    assert (backbone.cls_tokens, backbone.registers, backbone.prefix_tokens) == (1, 4, 5)
+    assert backbone.layout.grid == (4, 4) and backbone.layout.tokens_per_frame == 17
+    frames = torch.randn(2, 3, 56, 56)
+    with torch.inference_mode():
+        full = backbone.model.forward_features(frames)
+        tokens = backbone.forward_tokens(frames)
+    torch.testing.assert_close(tokens[:, 0], full[:, 0])  # CLS kept first
+    torch.testing.assert_close(tokens[:, 1:], full[:, 5:])  # registers dropped, patches in order
+
+    pooled = load_backbone("dinov2-s-reg", weights="random", image_size=56, patch_pool=2)
+    assert pooled.layout.grid == (2, 2) and pooled.layout.patch_pool == 2
+    with torch.inference_mode():
+        pooled_tokens = pooled.forward_tokens(frames)
+    grid = full[:, 5:].reshape(2, 4, 4, -1)
+    torch.testing.assert_close(pooled_tokens[:, 1], grid[:, :2, :2].mean(dim=(1, 2)), atol=1e-5, rtol=1e-5)
+
+
+def test_convolutional_backbone_gives_patch_tokens_only():
+    backbone = load_backbone("timm:resnet18", weights="random", image_size=64)
+    assert backbone.layout.cls_tokens == 0 and backbone.layout.grid == (2, 2) and backbone.layout.dim == 512
+
+
+def test_random_weights_are_seeded():
+    a = load_backbone("vit-tiny", weights="random", image_size=32, seed=1)
+    b = load_backbone("vit-tiny", weights="random", image_size=32, seed=1)
+    c = load_backbone("vit-tiny", weights="random", image_size=32, seed=2)
+    assert torch.equal(a.model.pos_embed, b.model.pos_embed)
+    assert not torch.equal(a.model.pos_embed, c.model.pos_embed)
+    assert a.weights == {"source": "random", "seed": 1}
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_local_checkpoint_loads_exactly(tmp_path, suffix):
+    torch.manual_seed(123)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32).eval()
+    state = reference.state_dict()
+    path = tmp_path / f"weights{suffix}"
+    if suffix == ".safetensors":
+        save_file({k: v.contiguous() for k, v in state.items()}, path)
+    else:  # wrapped the way training frameworks save it, with a DDP prefix
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 3}, path)
+    backbone = load_backbone("vit-tiny", weights=str(path), image_size=32)
+    for name, tensor in backbone.model.state_dict().items():
+        torch.testing.assert_close(tensor, state[name], atol=0, rtol=0)
+    assert backbone.weights["source"] == "file" and len(backbone.weights["sha256"]) == 64
+
+
+def test_pickle_with_code_is_refused_without_running(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"weight": Exploit()}))
+    with pytest.raises(CheckpointError, match=r"refusing to load.*could run code"):
+        load_state_dict_file(path)
+    assert not marker.exists()
+
+
+def test_checkpoint_that_is_not_a_state_dict(tmp_path):
+    path = tmp_path / "list.pth"
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_state_dict_file(path)
+    path = tmp_path / "mixed.pth"
+    torch.save({"weight": torch.zeros(2), "note": "hello"}, path)
+    with pytest.raises(CheckpointError, match="entry 'note' is str"):
+        load_state_dict_file(path)
+    (tmp_path / "garbage.safetensors").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        load_state_dict_file(tmp_path / "garbage.safetensors")
+
+
+def test_checkpoint_of_another_model_names_the_mismatch(tmp_path):
+    other = timm.create_model("resnet18", pretrained=False, num_classes=0)
+    path = tmp_path / "resnet.safetensors"
+    save_file(other.state_dict(), path)
+    with pytest.raises(CheckpointError, match="weights do not fit vit_tiny_patch16_224"):
+        load_backbone("vit-tiny", weights=str(path), image_size=32)
+
+
+def test_hub_weights_offline_fail_fast_with_advice(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9: like being offline
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # and nothing cached
+    monkeypatch.setattr("step_cache.backbones._hub_cache_file", lambda repo: None)
+    started = time.monotonic()
+    with pytest.raises(WeightsUnavailableError) as info:
+        load_backbone("vit-tiny", weights="hub")
+    assert time.monotonic() - started < 10
+    message = str(info.value)
+    assert "--weights /path/to/model.safetensors" in message and "vit_tiny_patch16_224" in message
