@@ -1,1 +1,34 @@
-"""step-cache."""
+"""step-cache: cache frozen image-backbone tokens of videos once, then train temporal probes (STEP) on them.
+
+The public API is imported lazily, so ``import step_cache`` is fast and decode workers stay free of torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "extract": "step_cache.extraction",
+    "ExtractOptions": "step_cache.extraction",
+    "ExtractReport": "step_cache.extraction",
+    "ExtractionError": "step_cache.extraction",
+    "open_shards": "step_cache.shards",
+    "ShardSet": "step_cache.shards",
+    "read_manifest": "step_cache.manifest",
+    "load_backbone": "step_cache.backbones",
+    "BACKBONES": "step_cache.backbones",
+    "VideoItem": "step_cache.catalog",
+    "discover_videos": "step_cache.catalog",
+    "read_annotations": "step_cache.catalog",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'step_cache' has no attribute {name!r}")

@@ -1,0 +1,42 @@
+"""Console plumbing shared by the commands: log lines that do not break progress bars, one-line errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator
+
+import typer
+from tqdm import tqdm
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if verbose else "%(message)s"))
+    logger = logging.getLogger("step_cache")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the library's errors (bad input, missing files, mismatched caches) into one line on stderr and a
+    non-zero exit. STEP_CACHE_DEBUG=1 shows the traceback instead."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo("interrupted; completed work is saved, re-run the same command to resume", err=True)
+        raise typer.Exit(130) from None
+    except (ValueError, RuntimeError, OSError) as error:
+        if os.environ.get("STEP_CACHE_DEBUG") == "1":
+            raise
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from None

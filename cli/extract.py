@@ -1,0 +1,114 @@
+"""``step-cache extract`` and ``step-cache inspect``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import setup_logging, user_errors
+from cli.main import app
+
+
+@app.command(rich_help_panel="Stage one: tokens")
+def extract(
+    videos: Annotated[
+        Path | None,
+        typer.Option(
+            help="Videos root: DIR/<class>/*.mp4 (files directly in DIR are unlabelled), "
+            "or the root the --annotations paths are relative to."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Shard directory to create or resume.")] = Path("shards"),
+    annotations: Annotated[
+        Path | None, typer.Option(help="CSV with columns path,label[,split][,start_frame,end_frame].")
+    ] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(help="Mirrored class pairs, lines 'open,close' (default: pairs.txt beside --annotations)."),
+    ] = None,
+    backbone: Annotated[
+        str,
+        typer.Option(
+            help="dinov2-s|b|l|g[-reg], clip-b16, clip-l14, vit-tiny, dinov2 (=dinov2-b), "
+            "clip (=clip-b16), or timm:<model name>."
+        ),
+    ] = "dinov2",
+    weights: Annotated[
+        str,
+        typer.Option(
+            help="'hub' (timm pretrained download), 'random' (seeded, for tests/offline demo), "
+            "or a local .safetensors/.pth file."
+        ),
+    ] = "hub",
+    frames: Annotated[int, typer.Option(min=1, help="Frames T sampled per clip (centres of T equal segments).")] = 16,
+    clips: Annotated[int, typer.Option(min=1, help="Temporal clips K per video (multi-view evaluation).")] = 1,
+    image_size: Annotated[
+        int | None, typer.Option(help="Input size in pixels (default: the backbone's; 224 for DINOv2).")
+    ] = None,
+    pool_patches: Annotated[
+        int, typer.Option(min=1, help="Average NxN patch neighbourhoods to cut storage (1 = keep all).")
+    ] = 1,
+    dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Frames per backbone call (default 32 on CPU, 256 on CUDA).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=0, help="Decode processes (default: spare CPU cores; 0 = in-process).")
+    ] = None,
+    shard_size_mb: Annotated[float, typer.Option(help="Target shard size in MiB.")] = 1024.0,
+    seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
+    strict: Annotated[bool, typer.Option(help="Stop at the first video that cannot be read.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Delete an existing cache in --out and start over.")] = False,
+    compile: Annotated[bool, typer.Option(help="torch.compile the backbone (worth it for long GPU runs).")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Run a frozen image backbone over videos once and store per-frame tokens in HDF5 shards.
+
+    Re-running the same command resumes where it stopped; unreadable videos are skipped and recorded.
+    """
+    from step_cache.extraction import extract as run_extract
+
+    setup_logging()
+    with user_errors():
+        if videos is None and annotations is None:
+            raise ValueError("give --videos DIR (class folders) and/or --annotations FILE.csv")
+        report = run_extract(
+            videos,
+            out,
+            annotations=annotations,
+            pairs=pairs,
+            backbone=backbone,
+            weights=weights,
+            frames=frames,
+            clips=clips,
+            image_size=image_size,
+            pool_patches=pool_patches,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            shard_size_mb=shard_size_mb,
+            seed=seed,
+            strict=strict,
+            overwrite=overwrite,
+            compile=compile,
+            progress=not quiet,
+        )
+    typer.echo(report.summary())
+
+
+@app.command(rich_help_panel="Stage one: tokens")
+def inspect(
+    shards: Annotated[Path, typer.Argument(help="Shard directory written by extract.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Summarise a shard directory: backbone, sampling, token layout, counts per class and split, failures."""
+    from step_cache.cache_summary import format_summary, summarize_cache
+
+    with user_errors():
+        summary = summarize_cache(shards)
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

@@ -1,0 +1,71 @@
+"""A readable summary of a shard directory (what ``step-cache inspect`` prints)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from step_cache.shards import open_shards
+
+
+def summarize_cache(directory: str | Path) -> dict[str, Any]:
+    """Counts and settings of a cache, as plain data (JSON-serialisable)."""
+    with open_shards(directory) as shards:
+        manifest = shards.manifest
+        labels = Counter(int(label) for label in shards.labels)
+        return {
+            "directory": str(directory),
+            "format_version": manifest.to_dict()["format_version"],
+            "backbone": manifest.extraction["backbone"],
+            "weights": manifest.extraction["weights"],
+            "frames": manifest.frames,
+            "clips_per_video": manifest.clips_per_video,
+            "tokens": manifest.layout.to_dict(),
+            "preprocessing": manifest.extraction["preprocessing"],
+            "videos": manifest.num_videos,
+            "clips": len(shards),
+            "short_videos": len(set(shards.videos[shards.short])),
+            "bytes": sum(record.bytes for record in manifest.shards),
+            "shards": len(manifest.shards),
+            "classes": {name: labels.get(i, 0) for i, name in enumerate(manifest.classes)},
+            "unlabelled_clips": labels.get(-1, 0),
+            "splits": dict(Counter(split or "(none)" for split in shards.splits)),
+            "pairs": [list(pair) for pair in manifest.pairs],
+            "failures": [{"video": f.video, "reason": f.reason} for f in manifest.failures],
+        }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    tokens = summary["tokens"]
+    weights = summary["weights"]
+    weight_text = weights["source"] + (
+        f" seed {weights['seed']}" if "seed" in weights else f" sha256 {weights.get('sha256', '')[:12]}"
+    )
+    lines = [
+        f"{summary['directory']}  (shard format v{summary['format_version']})",
+        f"  backbone   {summary['backbone']['name']} = timm {summary['backbone']['timm_model']}, weights {weight_text}",
+        f"  sampling   {summary['frames']} frames x {summary['clips_per_video']} clip(s) per video, "
+        f"{summary['preprocessing']['crop']} px crop",
+        f"  tokens     {tokens['tokens_per_frame']} per frame ({tokens['cls_tokens']} CLS + "
+        f"{tokens['grid'][0]}x{tokens['grid'][1]} patches, pool {tokens['patch_pool']}, "
+        f"{tokens['registers_dropped']} registers dropped), dim {tokens['dim']}, {tokens['dtype']}",
+        f"  contents   {summary['videos']} videos, {summary['clips']} clips, {summary['shards']} shard(s), "
+        f"{summary['bytes'] / 2**20:.1f} MiB ({summary['bytes'] / max(1, summary['clips']) / 2**10:.0f} KiB/clip)",
+        f"  splits     {', '.join(f'{k}: {v}' for k, v in sorted(summary['splits'].items()))}",
+        f"  classes    {len(summary['classes'])}: "
+        + ", ".join(f"{name} ({count})" for name, count in list(summary["classes"].items())[:12])
+        + (" ..." if len(summary["classes"]) > 12 else ""),
+    ]
+    if summary["unlabelled_clips"]:
+        lines.append(f"  unlabelled {summary['unlabelled_clips']} clips")
+    if summary["short_videos"]:
+        lines.append(f"  short      {summary['short_videos']} videos had fewer frames than sampled (frames repeated)")
+    if summary["pairs"]:
+        lines.append(f"  pairs      {', '.join('/'.join(p) for p in summary['pairs'])}")
+    if summary["failures"]:
+        lines.append(f"  failures   {len(summary['failures'])}:")
+        lines += [f"    {failure['reason']}" for failure in summary["failures"][:20]]
+        if len(summary["failures"]) > 20:
+            lines.append(f"    ... and {len(summary['failures']) - 20} more (see manifest.json)")
+    return "\n".join(lines)

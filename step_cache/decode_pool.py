@@ -1,0 +1,187 @@
+"""Parallel video decoding in worker processes that survive bad files.
+
+Each worker decodes, samples and resizes/crops one video at a time and ships uint8 frames back. A Python error
+becomes a per-video failure; a decoder that crashes the whole process (segfault) or hangs is detected, its video
+recorded as failed, its other queued videos handed to a fresh worker, and the run goes on.
+Workers import only numpy, PIL and decord (no torch), so they start fast with the ``spawn`` method, which is
+safe next to a parent that already runs torch threads.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from step_cache.preprocess import Preprocessing
+from step_cache.video import VideoDecodeError, decode_clips, quiet_decoder_logs
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    task_id: int
+    path: str
+    start_frame: int | None
+    end_frame: int | None
+
+
+@dataclass
+class DecodeResult:
+    task_id: int
+    frames: np.ndarray | None = None  # (clips * T, 3, S, S) uint8, ready for normalisation
+    frame_indices: np.ndarray | None = None  # (clips, T)
+    num_frames: int = 0
+    short: bool = False
+    error: str | None = None
+
+
+def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Preprocessing) -> DecodeResult:
+    """Decode and preprocess one video; any error is returned as a failure naming the file."""
+    try:
+        decoded = decode_clips(task.path, frames, clips, task.start_frame, task.end_frame)
+        pixels = preprocessing.resize_and_crop(decoded.frames)
+    except VideoDecodeError as error:
+        return DecodeResult(task.task_id, error=str(error))
+    except Exception as error:  # noqa: BLE001 - one bad video must never stop the run
+        return DecodeResult(task.task_id, error=f"{task.path}: {type(error).__name__}: {error}")
+    return DecodeResult(task.task_id, pixels, decoded.frame_indices, decoded.num_frames, decoded.short)
+
+
+def _worker_main(tasks: mp.Queue, results: mp.Queue, frames: int, clips: int, preprocessing: Preprocessing) -> None:
+    quiet_decoder_logs()
+    # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
+    crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")
+    while True:
+        task = tasks.get()
+        if task is None:
+            return
+        if crash_on and task.path.endswith(crash_on):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        results.put(decode_task(task, frames, clips, preprocessing))
+
+
+@dataclass
+class _Worker:
+    process: mp.Process
+    tasks: mp.Queue
+    outstanding: deque  # task ids in the order given; the first one is being decoded now
+    started: float  # when the current first task started (for hang detection)
+
+
+class DecodePool:
+    """Decode videos with ``workers`` processes (0: in this process, for debugging), yielding results as they
+    complete. At most ``prefetch`` videos are queued per worker, which bounds memory."""
+
+    def __init__(
+        self,
+        workers: int,
+        frames: int,
+        clips: int,
+        preprocessing: Preprocessing,
+        prefetch: int = 2,
+        timeout: float = 600.0,
+    ):
+        self.num_workers = workers
+        self.frames, self.clips, self.preprocessing = frames, clips, preprocessing
+        self.prefetch = max(1, prefetch)
+        self.timeout = timeout
+        self._context = mp.get_context("spawn")
+        self._results: mp.Queue | None = None
+        self._workers: list[_Worker] = []
+
+    def run(self, tasks: Iterable[DecodeTask]) -> Iterator[DecodeResult]:
+        if self.num_workers <= 0:
+            for task in tasks:
+                yield decode_task(task, self.frames, self.clips, self.preprocessing)
+            return
+        pending = deque(tasks)
+        by_id = {task.task_id: task for task in pending}
+        finished: set[int] = set()
+        self._results = self._context.Queue()
+        self._workers = [self._spawn() for _ in range(min(self.num_workers, len(pending)) or 1)]
+        try:
+            while pending or any(worker.outstanding for worker in self._workers):
+                self._dispatch(pending)
+                try:
+                    result = self._results.get(timeout=0.5)
+                except queue.Empty:
+                    for failure in self._check_workers(pending, by_id):
+                        finished.add(failure.task_id)
+                        yield failure
+                    continue
+                if result.task_id in finished:  # a late answer from a worker we gave up on
+                    continue
+                self._retire(result.task_id)
+                finished.add(result.task_id)
+                yield result
+        finally:
+            self.close()
+
+    def _spawn(self) -> _Worker:
+        tasks = self._context.Queue()
+        process = self._context.Process(
+            target=_worker_main,
+            args=(tasks, self._results, self.frames, self.clips, self.preprocessing),
+            daemon=True,
+        )
+        process.start()
+        return _Worker(process, tasks, deque(), time.monotonic())
+
+    def _dispatch(self, pending: deque) -> None:
+        for worker in self._workers:
+            while pending and len(worker.outstanding) < self.prefetch:
+                task = pending.popleft()
+                if not worker.outstanding:
+                    worker.started = time.monotonic()
+                worker.outstanding.append(task.task_id)
+                worker.tasks.put(task)
+
+    def _retire(self, task_id: int) -> None:
+        for worker in self._workers:
+            if worker.outstanding and worker.outstanding[0] == task_id:
+                worker.outstanding.popleft()
+                worker.started = time.monotonic()
+                return
+
+    def _check_workers(self, pending: deque, by_id: dict[int, DecodeTask]) -> list[DecodeResult]:
+        """Replace dead or hung workers; their current video fails, their queued ones go back to the queue."""
+        failures = []
+        for index, worker in enumerate(self._workers):
+            dead = not worker.process.is_alive()
+            hung = bool(worker.outstanding) and time.monotonic() - worker.started > self.timeout
+            if not (dead or hung):
+                continue
+            if hung:
+                worker.process.kill()
+            worker.process.join(timeout=5)
+            if worker.outstanding:
+                culprit = by_id[worker.outstanding.popleft()]
+                reason = (
+                    f"decoding took longer than {self.timeout:.0f} s"
+                    if hung
+                    else f"the decoder crashed (worker exit code {worker.process.exitcode})"
+                )
+                failures.append(DecodeResult(culprit.task_id, error=f"{culprit.path}: {reason}"))
+                # Videos queued behind the culprit were never started: try them again.
+                pending.extendleft(by_id[task_id] for task_id in reversed(worker.outstanding))
+            self._workers[index] = self._spawn()
+        return failures
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker.process.is_alive():
+                worker.tasks.put(None)
+        deadline = time.monotonic() + 5
+        for worker in self._workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=5)
+        self._workers = []

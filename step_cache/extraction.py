@@ -1,0 +1,389 @@
+"""Stage one: run a frozen backbone over videos once and store per-frame tokens in crash-safe shards.
+
+Pipeline: catalogue -> decode workers (parallel processes) -> frame batches on the device -> shard writer.
+A run into an existing directory resumes: videos already in completed shards are skipped, a half-written shard
+is discarded, and the extraction settings must match the manifest's (``overwrite=True`` starts over).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from step_cache import __version__
+from step_cache.backbones import Backbone, load_backbone, resolve_backbone
+from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
+from step_cache.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.frame_batches import FrameBatcher, PendingVideo, TokenComputer, resolve_device
+from step_cache.locking import DirectoryLock
+from step_cache.manifest import (
+    MANIFEST_NAME,
+    Failure,
+    Manifest,
+    ShardRecord,
+    extraction_differences,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+)
+from step_cache.shards import ClipRecord, ShardError, ShardWriter, read_shard_metadata, shard_name
+
+log = logging.getLogger(__name__)
+_SHARD_FILE = re.compile(r"^shard-(?P<prefix>.*?)(?P<index>\d{5})\.h5$")
+
+
+class ExtractionError(RuntimeError):
+    """Extraction cannot start or was stopped (settings mismatch, --strict failure, write error)."""
+
+
+@dataclass
+class ExtractOptions:
+    """Every knob of ``extract``; the defaults are what ``step-cache extract`` uses."""
+
+    backbone: str = "dinov2"
+    weights: str = "hub"  # "hub", "random", or a path to a .safetensors/.pth file
+    frames: int = 16
+    clips: int = 1
+    image_size: int | None = None
+    pool_patches: int = 1
+    dtype: str = "float16"
+    device: str = "auto"
+    batch_size: int | None = None  # frames per backbone call; None: 32 on CPU, 256 on CUDA
+    workers: int | None = None  # decode processes; None: one per spare CPU core
+    shard_size_mb: float = 1024.0
+    seed: int = 0
+    strict: bool = False
+    overwrite: bool = False
+    compile: bool = False
+    decode_timeout: float = 600.0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.frames < 1 or self.clips < 1:
+            raise ExtractionError(f"frames and clips must be >= 1 (got frames={self.frames}, clips={self.clips})")
+        if self.dtype not in ("float16", "float32"):
+            raise ExtractionError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.shard_size_mb <= 0:
+            raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
+
+
+@dataclass
+class ExtractReport:
+    out: Path
+    manifest: Manifest
+    videos: int = 0  # extracted in this run
+    clips: int = 0
+    frames: int = 0
+    skipped: int = 0  # already in the cache
+    failures: list[Failure] = field(default_factory=list)  # of this run
+    seconds: float = 0.0
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.frames / self.seconds if self.seconds else 0.0
+
+    def summary(self) -> str:
+        text = (
+            f"{self.out}: extracted {self.videos} videos ({self.clips} clips) in {self.seconds:.1f} s "
+            f"({self.frames_per_second:.1f} frames/s); {self.skipped} already done; "
+            f"cache holds {self.manifest.num_videos} videos in {len(self.manifest.shards)} shards"
+        )
+        if self.failures:
+            text += f"; {len(self.failures)} failed: " + "; ".join(f.reason for f in self.failures[:3])
+            text += " ..." if len(self.failures) > 3 else ""
+        return text
+
+
+def extract(
+    videos: str | Path | None,
+    out: str | Path,
+    annotations: str | Path | None = None,
+    pairs: str | Path | None = None,
+    items: Sequence[VideoItem] | None = None,
+    **options: Any,
+) -> ExtractReport:
+    """Extract tokens of the videos under ``videos`` (class folders, or the rows of ``annotations``) into ``out``.
+
+    ``items`` may replace folder discovery by an explicit list. Options: see ``ExtractOptions``.
+    Returns a report; the cache is then readable with ``step_cache.open_shards(out)``.
+    """
+    opts = ExtractOptions(**options)
+    out = Path(out)
+    resolve_backbone(opts.backbone)  # a typo in the name should fail before any scanning or decoding
+    if items is None:
+        if annotations is not None:
+            items = read_annotations(annotations, videos)
+        elif videos is not None:
+            items = discover_videos(videos)
+        else:
+            raise ExtractionError("give a videos directory, an annotations CSV, or items")
+    items = list(items)
+    classes = class_names(items)
+    pairs_file = Path(pairs) if pairs else _pairs_beside(annotations)
+    pair_list = read_pairs(pairs_file, classes) if pairs_file else []
+
+    backbone = load_backbone(
+        opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
+    )
+    extraction = extraction_settings(backbone, opts)
+    source = {
+        "videos": str(Path(videos).resolve()) if videos is not None else None,
+        "annotations": str(Path(annotations).resolve()) if annotations else None,
+        "pairs": str(pairs_file.resolve()) if pairs_file else None,
+        "weights_path": backbone.weights.get("path"),
+    }
+    with DirectoryLock(out) as lock:
+        if lock.replaced_stale:
+            log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
+        manifest = _open_output(out, extraction, classes, pair_list, source, opts.overwrite)
+        done = _recover(out, manifest)
+        return _run(backbone, opts, out, manifest, items, done, videos)
+
+
+def extraction_settings(backbone: Backbone, opts: ExtractOptions) -> dict[str, Any]:
+    """The settings that define the tokens; a resumed run must match them exactly (JSON-normalised)."""
+    # Where a weights file lies is not part of its identity (its checksum is): moving it must not block a resume.
+    weights = {k: v for k, v in backbone.weights.items() if k != "path"}
+    settings = {
+        "backbone": backbone.info(),
+        "weights": weights,
+        "preprocessing": backbone.preprocessing.to_dict(),
+        "sampling": {"frames": opts.frames, "clips": opts.clips, "strategy": "segment-centres"},
+        "tokens": backbone.layout.to_dict(),
+    }
+    return json.loads(json.dumps(settings))
+
+
+def _pairs_beside(annotations: str | Path | None) -> Path | None:
+    if annotations is None:
+        return None
+    candidate = Path(annotations).with_name("pairs.txt")
+    return candidate if candidate.is_file() else None
+
+
+def _open_output(
+    out: Path, extraction: dict, classes: list[str], pairs: list, source: dict, overwrite: bool
+) -> Manifest:
+    manifest_path = out / MANIFEST_NAME
+    if manifest_path.exists() and overwrite:
+        _remove_cache(out)
+    if not manifest_path.exists():
+        manifest = Manifest(
+            extraction=extraction, classes=classes, pairs=pairs, source=source, tool_version=__version__
+        )
+        write_manifest(out, manifest)
+        return manifest
+    manifest = read_manifest(out)
+    differences = extraction_differences(manifest.extraction, extraction)
+    if manifest.classes != classes:
+        differences.append(f"classes: {manifest.classes} != {classes}")
+    if differences:
+        raise ExtractionError(
+            f"{out} holds a cache made with other settings ({'; '.join(differences[:4])}); "
+            "use another --out, or --overwrite to start over"
+        )
+    manifest.pairs = pairs or manifest.pairs
+    manifest.source = source
+    return manifest
+
+
+def _remove_cache(out: Path) -> None:
+    for path in out.iterdir():
+        if path.name == MANIFEST_NAME or _SHARD_FILE.match(path.name) or path.name.endswith(".h5.tmp"):
+            path.unlink()
+    log.info("%s: removed the previous cache (--overwrite)", out)
+
+
+def _recover(out: Path, manifest: Manifest) -> set[str]:
+    """Discard half-written shards, adopt complete ones the manifest missed, and return the finished items."""
+    for tmp in out.glob(".shard-*.h5.tmp"):
+        log.warning("%s: discarding an unfinished shard from an interrupted run", tmp)
+        tmp.unlink()
+    listed = {record.file for record in manifest.shards}
+    for path in sorted(out.glob("shard-*.h5")):
+        if path.name in listed:
+            continue
+        # Published but not yet in the manifest (a crash between rename and manifest write): keep its work.
+        try:
+            meta = read_shard_metadata(path)
+        except ShardError as error:
+            log.warning("%s; removing it", error)
+            path.unlink()
+            continue
+        manifest.shards.append(
+            ShardRecord(path.name, len(meta["labels"]), len(set(meta["video"])), path.stat().st_size, file_sha256(path))
+        )
+        log.warning("%s: adopted a complete shard missing from the manifest", path)
+    done: set[str] = set()
+    for record in manifest.shards:
+        path = out / record.file
+        if not path.is_file():
+            raise ExtractionError(f"{path}: listed in the manifest but missing; run step-cache verify, or --overwrite")
+        done.update(read_shard_metadata(path)["video"].tolist())
+    write_manifest(out, manifest)
+    return done
+
+
+def _next_shard_index(manifest: Manifest) -> int:
+    indices = [int(m["index"]) for r in manifest.shards if (m := _SHARD_FILE.match(r.file))]
+    return max(indices, default=-1) + 1
+
+
+def _default_workers(device_type: str) -> int:
+    cores = os.cpu_count() or 1
+    return min(32, cores) if device_type == "cuda" else max(1, min(8, cores - 1))
+
+
+def _run(
+    backbone: Backbone,
+    opts: ExtractOptions,
+    out: Path,
+    manifest: Manifest,
+    items: list[VideoItem],
+    done: set[str],
+    videos_root: str | Path | None,
+) -> ExtractReport:
+    device = resolve_device(opts.device)
+    report = ExtractReport(out=out, manifest=manifest, skipped=sum(item.key in done for item in items))
+    todo = [item for item in items if item.key not in done]
+    failures = {f.video: f for f in manifest.failures if f.video not in done}
+    label_index = {name: i for i, name in enumerate(manifest.classes)}
+    layout = backbone.layout
+    clip_bytes = opts.frames * layout.tokens_per_frame * layout.dim * np.dtype(opts.dtype).itemsize
+    shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // clip_bytes))
+    computer = TokenComputer(backbone, device, opts.dtype, compile_model=opts.compile)
+    batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
+    workers = _default_workers(device.type) if opts.workers is None else opts.workers
+    pool = DecodePool(workers, opts.frames, opts.clips, backbone.preprocessing, timeout=opts.decode_timeout)
+    tasks = [
+        DecodeTask(
+            i,
+            str(Path(videos_root) / item.path) if videos_root is not None else item.path,
+            item.start_frame,
+            item.end_frame,
+        )
+        for i, item in enumerate(todo)
+    ]
+    state = _WriterState(out, manifest, layout, opts.frames, _next_shard_index(manifest), shard_clips)
+    started = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="video", desc=f"extract {backbone.spec.name}", disable=not opts.progress)
+
+    def write_finished(finished: list[PendingVideo]) -> None:
+        for video in finished:
+            item, result = video.payload
+            tokens = video.tokens.reshape(opts.clips, opts.frames, *video.tokens.shape[1:])
+            for k in range(opts.clips):
+                state.append(
+                    ClipRecord(
+                        tokens=tokens[k],
+                        label=label_index.get(item.label, -1) if item.label else -1,
+                        video=item.key,
+                        clip=k,
+                        split=item.split or "",
+                        frame_indices=result.frame_indices[k],
+                        num_frames=result.num_frames,
+                        short=result.short,
+                    )
+                )
+            failures.pop(item.key, None)
+            report.videos += 1
+            report.clips += opts.clips
+            bar.update(1)
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(frames_s=f"{batcher.frames_done / elapsed:.1f}", failed=len(report.failures))
+            state.roll_over_if_full(failures)
+
+    try:
+        for result in pool.run(tasks):
+            item = todo[result.task_id]
+            if result.error is not None:
+                failure = Failure(item.key, result.error)
+                failures[item.key] = failure
+                report.failures.append(failure)
+                bar.update(1)
+                log.warning("skipped %s", result.error)
+                if opts.strict:
+                    write_finished(batcher.flush())
+                    raise ExtractionError(f"--strict: {result.error}")
+                continue
+            write_finished(batcher.add(PendingVideo(payload=(item, result), frames=_take_frames(result))))
+        write_finished(batcher.flush())
+        state.finish(failures)
+    except KeyboardInterrupt:
+        state.finish(failures)  # every clip written so far belongs to a fully extracted video: keep them
+        raise
+    except ExtractionError:
+        state.finish(failures)
+        raise
+    except Exception as error:
+        state.abandon(failures)
+        raise ExtractionError(
+            f"{out}: extraction stopped by {type(error).__name__}: {error}; completed shards are kept, "
+            "re-run the same command to resume"
+        ) from error
+    finally:
+        bar.close()
+    report.seconds = time.perf_counter() - started
+    report.frames = batcher.frames_done
+    return report
+
+
+def _take_frames(result: DecodeResult) -> np.ndarray:
+    frames, result.frames = result.frames, None  # the batcher owns the pixels now
+    return frames
+
+
+class _WriterState:
+    """The shard being written, rolled over when full; the manifest is rewritten after every published shard."""
+
+    def __init__(self, out: Path, manifest: Manifest, layout, frames: int, next_index: int, shard_clips: int):
+        self.out, self.manifest, self.layout, self.frames = out, manifest, layout, frames
+        self.next_index, self.shard_clips = next_index, shard_clips
+        self.writer: ShardWriter | None = None
+
+    def append(self, record: ClipRecord) -> None:
+        if self.writer is None:
+            self.writer = ShardWriter(self.out, shard_name(self.next_index), self.layout, self.frames)
+            self.next_index += 1
+        self.writer.append(record)
+
+    def roll_over_if_full(self, failures: dict[str, Failure]) -> None:
+        if self.writer is not None and self.writer.count >= self.shard_clips:
+            self._publish(failures)
+
+    def _publish(self, failures: dict[str, Failure]) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None and writer.count:
+            self.manifest.shards.append(writer.finish())
+        elif writer is not None:
+            writer.abandon()
+        self._save(failures)
+
+    def _save(self, failures: dict[str, Failure]) -> None:
+        self.manifest.failures = sorted(failures.values(), key=lambda f: f.video)
+        write_manifest(self.out, self.manifest)
+
+    def finish(self, failures: dict[str, Failure]) -> None:
+        self._publish(failures)
+
+    def abandon(self, failures: dict[str, Failure]) -> None:
+        if self.writer is not None:
+            self.writer.abandon()
+            self.writer = None
+        try:
+            self._save(failures)
+        except OSError as error:  # e.g. the disk is still full: the previous manifest stays valid
+            log.error("%s: could not update the manifest (%s)", self.out, error)
+
+
+__all__ = ["ExtractOptions", "ExtractReport", "ExtractionError", "extract", "extraction_settings"]

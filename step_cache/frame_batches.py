@@ -1,0 +1,157 @@
+"""Frames from many videos packed into large batches for the backbone, and tokens scattered back per video.
+
+On CUDA the next batch is launched before the previous one's tokens are copied out (pinned memory,
+non-blocking copies, one batch in flight), so host-side work overlaps GPU compute.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from step_cache.backbones import Backbone
+
+
+@dataclass
+class PendingVideo:
+    """A decoded video waiting for its tokens; ``tokens`` fills up as its frames come back from the backbone."""
+
+    payload: Any  # whatever the caller needs back (the catalogue item and decode result)
+    frames: np.ndarray  # (F, 3, S, S) uint8
+    tokens: np.ndarray | None = None  # (F, P, D) in the storage dtype
+    submitted: int = 0
+    filled: int = 0
+    total: int = 0
+
+    def __post_init__(self) -> None:
+        self.total = len(self.frames)
+
+    @property
+    def complete(self) -> bool:
+        return self.filled == self.total
+
+
+@dataclass
+class _Batch:
+    spans: list[tuple[PendingVideo, int, int]]  # (video, first frame, last frame + 1)
+    output: torch.Tensor  # (B, P, D) on the host, possibly still being copied
+    ready: Any = None  # CUDA event marking the end of the copy
+    extras: dict = field(default_factory=dict)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is visible (torch.cuda.is_available() is False)")
+    return torch.device(device)
+
+
+class TokenComputer:
+    """Runs a frozen ``Backbone`` on uint8 frame batches and returns host tokens in the storage dtype."""
+
+    def __init__(self, backbone: Backbone, device: torch.device, storage_dtype: str, compile_model: bool = False):
+        self.backbone = backbone
+        self.device = device
+        self.storage_dtype = getattr(torch, storage_dtype)
+        backbone.model.to(device)
+        self.forward = backbone.forward_tokens
+        if compile_model:
+            backbone.model.forward_features = torch.compile(backbone.model.forward_features, dynamic=False)
+        self.cuda = device.type == "cuda"
+        # bf16 where the GPU has it (no overflow risk), else fp16; CPU keeps float32 for exact tokens.
+        self.autocast_dtype = (
+            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if self.cuda else None
+        )
+
+    def __call__(self, frames: np.ndarray) -> tuple[torch.Tensor, Any]:
+        """Start computing tokens for (B, 3, S, S) uint8 frames; returns (host tensor, CUDA event or None)."""
+        batch = torch.from_numpy(frames)
+        if self.cuda:
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=self.autocast_dtype) if self.cuda else contextlib.nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            pixels = self.backbone.preprocessing.normalise(batch)
+            tokens = self.forward(pixels).to(self.storage_dtype)
+        if not self.cuda:
+            return tokens, None
+        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+        host.copy_(tokens, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return host, event
+
+
+class FrameBatcher:
+    """Packs frames of queued videos into batches of exactly ``batch_size`` frames (a video may span two
+    batches) and hands back videos once all their tokens are in."""
+
+    def __init__(self, batch_size: int, compute: TokenComputer):
+        self.batch_size = batch_size
+        self.compute = compute
+        self.queue: deque[PendingVideo] = deque()
+        self.in_flight: _Batch | None = None
+        self.frames_done = 0
+
+    def add(self, video: PendingVideo) -> list[PendingVideo]:
+        self.queue.append(video)
+        finished = []
+        while self._queued_frames() >= self.batch_size:
+            finished += self._run_batch()
+        return finished
+
+    def flush(self) -> list[PendingVideo]:
+        finished = []
+        while self._queued_frames():
+            finished += self._run_batch()
+        return finished + self._collect()
+
+    def _queued_frames(self) -> int:
+        return sum(len(v.frames) - v.submitted for v in self.queue)
+
+    def _run_batch(self) -> list[PendingVideo]:
+        spans, parts, size = [], [], 0
+        while self.queue and size < self.batch_size:
+            video = self.queue[0]
+            take = min(self.batch_size - size, len(video.frames) - video.submitted)
+            spans.append((video, video.submitted, video.submitted + take))
+            parts.append(video.frames[video.submitted : video.submitted + take])
+            video.submitted += take
+            size += take
+            if video.submitted == len(video.frames):
+                self.queue.popleft()
+        frames = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        output, ready = self.compute(frames)
+        # Launch this batch before collecting the previous one: the GPU works while the host scatters.
+        finished = self._collect()
+        self.in_flight = _Batch(spans, output, ready)
+        if ready is None:
+            finished += self._collect()
+        return finished
+
+    def _collect(self) -> list[PendingVideo]:
+        batch, self.in_flight = self.in_flight, None
+        if batch is None:
+            return []
+        if batch.ready is not None:
+            batch.ready.synchronize()
+        output = batch.output.numpy()
+        finished, offset = [], 0
+        for video, start, stop in batch.spans:
+            if video.tokens is None:
+                video.tokens = np.empty((video.total, *output.shape[1:]), dtype=output.dtype)
+            video.tokens[start:stop] = output[offset : offset + stop - start]
+            offset += stop - start
+            video.filled += stop - start
+            if video.complete:
+                video.frames = video.frames[:0]  # free the pixels now, the tokens are all that is kept
+                finished.append(video)
+        self.frames_done += offset
+        return finished

@@ -1,0 +1,126 @@
+"""The real `step-cache` CLI in subprocesses: end to end, error messages, exit codes, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import BAD_VIDEOS, GOOD_VIDEOS, TINY_CLI
+
+from step_cache import open_shards
+
+
+def run_cli(*args, env=None, check=False):
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_extract_then_inspect(video_tree, tmp_path):
+    out = tmp_path / "shards"
+    result = run_cli("extract", "--videos", video_tree, "--out", out, *TINY_CLI, "--workers", "1", check=True)
+    assert f"extracted {GOOD_VIDEOS} videos ({GOOD_VIDEOS} clips)" in result.stdout
+    assert "3 failed" in result.stdout
+    for bad in BAD_VIDEOS:
+        assert bad in result.stderr  # one warning line per skipped file, naming it
+
+    shown = run_cli("inspect", out, check=True).stdout
+    assert "vit-tiny" in shown and "blink (1), slide_left (4), slide_right (4)" in shown
+    assert "5 per frame (1 CLS + 2x2 patches" in shown and "failures   3" in shown
+    summary = json.loads(run_cli("inspect", out, "--json", check=True).stdout)
+    assert summary["clips"] == GOOD_VIDEOS and summary["short_videos"] == 1
+
+    again = run_cli("extract", "--videos", video_tree, "--out", out, *TINY_CLI, check=True)
+    assert "extracted 0 videos" in again.stdout and f"{GOOD_VIDEOS} already done" in again.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["extract", "--out", "x"], "give --videos DIR"),
+        (
+            ["extract", "--videos", "/no/such/dir", "--out", "x", *TINY_CLI],
+            "/no/such/dir: videos directory does not exist",
+        ),
+        (["extract", "--videos", ".", "--backbone", "dino", "--out", "x"], "unknown backbone 'dino'"),
+        (["inspect", "/no/such/cache"], "no manifest"),
+    ],
+)
+def test_clear_one_line_errors(args, message, tmp_path):
+    result = run_cli(*args)
+    assert result.returncode == 1
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_offline_hub_weights_error(video_tree, tmp_path):
+    result = run_cli(
+        "extract",
+        "--videos",
+        video_tree,
+        "--out",
+        tmp_path / "s",
+        "--backbone",
+        "vit-tiny",
+        env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "hub")},
+    )
+    assert result.returncode == 1
+    assert "pass it with --weights /path/to/model.safetensors" in result.stderr
+
+
+def test_strict_exit_code(video_tree, tmp_path):
+    result = run_cli("extract", "--videos", video_tree, "--out", tmp_path / "s", *TINY_CLI, "--strict")
+    assert result.returncode == 1 and "--strict" in result.stderr
+
+
+def test_sigkill_mid_run_then_resume(video_tree, tmp_path):
+    for i in range(12):  # more work, so the kill lands mid-run
+        source = video_tree / "slide_right" / f"slide_right_{i % 4}.mp4"
+        (video_tree / "slide_right" / f"copy_{i}.mp4").write_bytes(source.read_bytes())
+    good = GOOD_VIDEOS + 12
+    out = tmp_path / "s"
+    args = [
+        sys.executable,
+        "-m",
+        "cli",
+        "extract",
+        "--videos",
+        str(video_tree),
+        "--out",
+        str(out),
+        *TINY_CLI,
+        "--workers",
+        "1",
+        "--shard-size-mb",
+        "0.001",
+    ]  # one video per shard
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        manifest = out / "manifest.json"
+        if manifest.exists() and len(json.loads(manifest.read_text())["shards"]) >= 3:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = json.loads((out / "manifest.json").read_text())
+    assert 3 <= len(before["shards"]) < good, "the kill should land mid-run"
+    assert (out / ".lock").exists()  # left behind by the killed process: must be detected as stale
+
+    result = run_cli("extract", "--videos", video_tree, "--out", out, *TINY_CLI, "--shard-size-mb", "0.001", check=True)
+    assert f"{len(before['shards'])} already done" in result.stdout
+    shards = open_shards(out)
+    videos = list(shards.videos)
+    assert len(videos) == len(set(videos)) == good  # every good video exactly once
+    for index in range(len(shards)):
+        assert shards.read_tokens([index]).shape == (1, 4, 5, 192)
+    assert not list(out.glob(".shard-*.tmp")) and not (out / ".lock").exists()

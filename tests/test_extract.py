@@ -1,0 +1,157 @@
+"""Extraction through the Python API: shapes, labels, failures, resume, settings checks, exact tokens."""
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import BAD_VIDEOS, GOOD_VIDEOS, TINY
+from safetensors.torch import save_file
+
+from step_cache import extract, open_shards
+from step_cache.backbones import load_backbone
+from step_cache.catalog import VideoItem, write_annotations
+from step_cache.extraction import ExtractionError
+from step_cache.video import decode_clips
+
+
+def test_extracts_good_videos_and_records_bad_ones(video_tree, tmp_path):
+    out = tmp_path / "shards"
+    report = extract(video_tree, out, **TINY)
+    assert report.videos == GOOD_VIDEOS and report.skipped == 0
+    assert {f.video for f in report.failures} == BAD_VIDEOS
+    reasons = {f.video: f.reason for f in report.manifest.failures}
+    assert "empty file (0 bytes)" in reasons["slide_right/empty.mp4"]
+    assert "not a readable video" in reasons["blink/notes.mp4"]
+    assert str(video_tree / "slide_left/truncated.mp4") in reasons["slide_left/truncated.mp4"]
+
+    shards = open_shards(out)
+    assert len(shards) == GOOD_VIDEOS and shards.clip_shape == (4, 5, 192)
+    assert shards.classes == ["blink", "slide_left", "slide_right"]
+    for video, label in zip(shards.videos, shards.labels, strict=True):
+        assert shards.classes[label] == video.split("/")[0]
+    blink = list(shards.videos).index("blink/blink_0.mp4")
+    assert shards.short[blink] and shards.num_frames[blink] == 3
+    assert shards.frame_indices[blink].tolist() == [0, 1, 1, 2]  # 3 frames, 4 segments of 0.75
+    tokens = shards.read_tokens(range(len(shards)))
+    assert tokens.dtype == np.float16 and np.isfinite(tokens).all()
+
+
+def test_manifest_records_everything_needed_to_reproduce(video_tree, tmp_path):
+    extract(video_tree, tmp_path / "s", **TINY)
+    data = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    ex = data["extraction"]
+    assert ex["backbone"]["timm_model"] == "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
+    assert ex["weights"] == {"source": "random", "seed": 0}
+    assert ex["sampling"] == {"frames": 4, "clips": 1, "strategy": "segment-centres"}
+    assert ex["preprocessing"]["crop"] == 32 and ex["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert ex["tokens"] == {
+        "cls_tokens": 1,
+        "grid": [2, 2],
+        "dim": 192,
+        "dtype": "float16",
+        "registers_dropped": 0,
+        "patch_pool": 1,
+        "tokens_per_frame": 5,
+    }
+    assert data["num_videos"] == GOOD_VIDEOS and len(data["failures"]) == len(BAD_VIDEOS)
+
+
+def test_rerun_resumes_and_skips_done_videos(video_tree, tmp_path):
+    out = tmp_path / "s"
+    first = extract(video_tree, out, **TINY, shard_size_mb=0.02)  # a few clips per shard
+    assert len(first.manifest.shards) > 2
+    again = extract(video_tree, out, **TINY, shard_size_mb=0.02)
+    assert again.videos == 0 and again.skipped == GOOD_VIDEOS
+    # New videos appear: only they are extracted, into new shards.
+    (video_tree / "slide_left" / "copy.mp4").write_bytes((video_tree / "slide_left" / "slide_left_1.mp4").read_bytes())
+    third = extract(video_tree, out, **TINY, shard_size_mb=0.02)
+    assert third.videos == 1
+    videos = list(open_shards(out).videos)
+    assert len(videos) == len(set(videos)) == GOOD_VIDEOS + 1
+
+
+def test_different_settings_are_refused_until_overwrite(video_tree, tmp_path):
+    out = tmp_path / "s"
+    extract(video_tree, out, **TINY)
+    with pytest.raises(ExtractionError, match=r"other settings \(sampling.frames: 4 != 8\).*--overwrite"):
+        extract(video_tree, out, **{**TINY, "frames": 8})
+    with pytest.raises(ExtractionError, match=r"weights.seed: 0 != 1"):
+        extract(video_tree, out, **{**TINY, "seed": 1})
+    report = extract(video_tree, out, **{**TINY, "frames": 8}, overwrite=True)
+    assert report.videos == GOOD_VIDEOS and open_shards(out).clip_shape[0] == 8
+
+
+def test_strict_stops_at_first_failure_and_keeps_work(video_tree, tmp_path):
+    with pytest.raises(ExtractionError, match="--strict"):
+        extract(video_tree, tmp_path / "s", **TINY, strict=True)
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert len(manifest["failures"]) == 1
+
+
+def test_annotations_with_splits_segments_and_pairs(video_tree, tmp_path):
+    items = [
+        VideoItem("slide_left/slide_left_0.mp4", "left", "train"),
+        VideoItem("slide_left/slide_left_1.mp4", "left", "val", start_frame=4, end_frame=12),
+        VideoItem("slide_right/slide_right_0.mp4", "right", "train"),
+        VideoItem("slide_right/slide_right_1.mp4", None, "test"),
+    ]
+    annotations = write_annotations(tmp_path / "ann.csv", items)
+    (tmp_path / "pairs.txt").write_text("left,right\n")
+    report = extract(video_tree, tmp_path / "s", annotations=annotations, **TINY, clips=2)
+    assert report.manifest.pairs == [("left", "right")]
+    shards = open_shards(tmp_path / "s")
+    assert len(shards) == 8 and shards.classes == ["left", "right"]
+    rows = {(v, c): i for i, (v, c) in enumerate(zip(shards.videos, shards.clip_index, strict=True))}
+    segment = rows[("slide_left/slide_left_1.mp4#4-12", 0)]
+    assert shards.splits[segment] == "val" and shards.num_frames[segment] == 8
+    assert shards.frame_indices[segment].min() >= 4 and shards.frame_indices[segment].max() < 12
+    assert shards.labels[rows[("slide_right/slide_right_1.mp4", 1)]] == -1
+    a, b = (
+        shards.frame_indices[rows[("slide_left/slide_left_0.mp4", 0)]],
+        shards.frame_indices[rows[("slide_left/slide_left_0.mp4", 1)]],
+    )
+    assert (a < b).all()  # the two views interleave
+
+
+def test_local_weights_give_the_models_own_tokens(video_tree, tmp_path):
+    torch.manual_seed(5)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32).eval()
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
+    out = tmp_path / "s"
+    options = {**TINY, "weights": str(weights)}
+    report = extract(video_tree / "slide_right", out, **options)
+    assert report.manifest.extraction["weights"]["source"] == "file"
+
+    shards = open_shards(out)
+    backbone = load_backbone("vit-tiny", weights=str(weights), image_size=32)
+    for index, video in enumerate(shards.videos):
+        decoded = decode_clips(video_tree / "slide_right" / video, frames=4)
+        pixels = backbone.preprocessing.normalise(
+            torch.from_numpy(backbone.preprocessing.resize_and_crop(decoded.frames))
+        )
+        with torch.inference_mode():
+            features = model.forward_features(pixels)  # the model itself, not our wrapper
+        stored = torch.from_numpy(shards.read_tokens([index])[0]).float()
+        torch.testing.assert_close(stored, features, atol=2e-2, rtol=1e-2)  # float16 storage
+        assert shards.frame_indices[index].tolist() == decoded.frame_indices[0].tolist()
+
+
+def test_workers_in_processes_give_the_same_tokens(video_tree, tmp_path):
+    extract(video_tree, tmp_path / "a", **TINY)
+    extract(video_tree, tmp_path / "b", **{**TINY, "workers": 2, "batch_size": 3})
+    a, b = open_shards(tmp_path / "a"), open_shards(tmp_path / "b")
+    order_a, order_b = np.argsort(a.videos), np.argsort(b.videos)
+    assert list(a.videos[order_a]) == list(b.videos[order_b])
+    np.testing.assert_array_equal(a.read_tokens(order_a), b.read_tokens(order_b))
+
+
+def test_decoder_crash_is_recorded_and_run_goes_on(video_tree, tmp_path, monkeypatch):
+    # A worker process that dies (as with a segfault in FFmpeg) must cost only its video.
+    monkeypatch.setenv("STEP_CACHE_TEST_CRASH_ON", "slide_left_2.mp4")
+    report = extract(video_tree, tmp_path / "s", **{**TINY, "workers": 1})
+    crashed = [f for f in report.failures if f.video == "slide_left/slide_left_2.mp4"]
+    assert crashed and "decoder crashed" in crashed[0].reason
+    assert report.videos == GOOD_VIDEOS - 1
