@@ -1,0 +1,130 @@
+"""Classification metrics on logits: top-k, per-class and mean class accuracy, confusion matrix, mirrored-pair
+accuracy, and clip-logit averaging per video. Pure numpy (torch tensors are accepted and converted).
+
+Conventions: ``logits`` is (N, C), ``labels`` is (N,) int in [0, C). Ties in a top-k ranking are broken towards
+the lower class index (numpy's stable sort), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _numpy(array: Any) -> np.ndarray:
+    if hasattr(array, "detach"):  # torch tensor
+        array = array.detach().float().cpu().numpy()
+    return np.asarray(array)
+
+
+def _check(logits: np.ndarray, labels: np.ndarray) -> None:
+    if logits.ndim != 2 or labels.ndim != 1 or len(logits) != len(labels):
+        raise ValueError(f"expected logits (N, C) and labels (N,), got {logits.shape} and {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise ValueError(f"labels must lie in [0, {logits.shape[1]}), got {labels.min()}..{labels.max()}")
+
+
+def topk_accuracy(logits: Any, labels: Any, k: int = 1) -> float:
+    """Share of rows whose label is among the k highest logits (k is capped at C). NaN for no rows."""
+    logits, labels = _numpy(logits), _numpy(labels).astype(np.int64)
+    _check(logits, labels)
+    if len(labels) == 0:
+        return float("nan")
+    k = min(k, logits.shape[1])
+    ranking = np.argsort(-logits, axis=1, kind="stable")[:, :k]
+    return float((ranking == labels[:, None]).any(axis=1).mean())
+
+
+def predictions(logits: Any) -> np.ndarray:
+    """Top-1 class per row (lowest index on ties)."""
+    return np.argmax(_numpy(logits), axis=1)
+
+
+def confusion_matrix(logits: Any, labels: Any, num_classes: int | None = None) -> np.ndarray:
+    """(C, C) int64 counts, rows = true class, columns = predicted class."""
+    logits, labels = _numpy(logits), _numpy(labels).astype(np.int64)
+    _check(logits, labels)
+    num_classes = num_classes or logits.shape[1]
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(matrix, (labels, predictions(logits)), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix: np.ndarray) -> np.ndarray:
+    """Recall of each class from a confusion matrix; NaN for classes with no clips."""
+    totals = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, np.diag(matrix) / np.maximum(totals, 1), np.nan)
+
+
+def mean_class_accuracy(matrix: np.ndarray) -> float:
+    """Mean of per-class accuracies over the classes that have clips (NaN when none has)."""
+    accuracies = per_class_accuracy(matrix)
+    present = accuracies[~np.isnan(accuracies)]
+    return float(present.mean()) if len(present) else float("nan")
+
+
+def pair_indices(pairs: Sequence[tuple[str, str]], classes: Sequence[str]) -> list[tuple[int, int]]:
+    """Class-name pairs as index pairs; pairs naming a class outside ``classes`` are skipped."""
+    lookup = {name: index for index, name in enumerate(classes)}
+    return [(lookup[a], lookup[b]) for a, b in pairs if a in lookup and b in lookup]
+
+
+def pair_accuracy(logits: Any, labels: Any, pairs: Sequence[tuple[int, int]]) -> tuple[float, int]:
+    """Accuracy on the clips of paired classes, each decided between the two classes of its pair only.
+
+    A clip of class a (paired with b) is correct when logit[a] > logit[b] (a tie counts as wrong). Returns
+    (accuracy, number of clips counted); accuracy is NaN when no clip belongs to a pair.
+    """
+    logits, labels = _numpy(logits), _numpy(labels).astype(np.int64)
+    _check(logits, labels)
+    partner = np.full(logits.shape[1], -1, dtype=np.int64)
+    for a, b in pairs:
+        partner[a], partner[b] = b, a
+    rows = np.nonzero(partner[labels] >= 0)[0]
+    if len(rows) == 0:
+        return float("nan"), 0
+    own = logits[rows, labels[rows]]
+    other = logits[rows, partner[labels[rows]]]
+    return float((own > other).mean()), int(len(rows))
+
+
+def average_by_video(logits: Any, videos: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean clip logits per video (multi-clip evaluation).
+
+    Returns (video_logits (V, C), video keys (V,), index of each video's first clip (V,)), videos in order of
+    first appearance, so labels can be taken as ``clip_labels[first]``.
+    """
+    logits = _numpy(logits).astype(np.float64)
+    videos = np.asarray(videos)
+    keys, first, inverse = np.unique(videos, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # first-appearance order rather than sorted names
+    sums = np.zeros((len(keys), logits.shape[1]))
+    np.add.at(sums, inverse, logits)
+    counts = np.bincount(inverse, minlength=len(keys))[:, None]
+    return (sums / counts)[order], keys[order], first[order]
+
+
+def classification_metrics(
+    logits: Any, labels: Any, classes: Sequence[str], pairs: Sequence[tuple[int, int]] = ()
+) -> dict[str, Any]:
+    """The full summary used in ``metrics.json``: top-1/5, mean class and per-class accuracy, confusion matrix,
+    pair accuracy (when pairs are given). Rows are whatever unit the caller chose (clips or videos)."""
+    logits, labels = _numpy(logits), _numpy(labels).astype(np.int64)
+    matrix = confusion_matrix(logits, labels, len(classes))
+    per_class = per_class_accuracy(matrix)
+    summary: dict[str, Any] = {
+        "count": int(len(labels)),
+        "top1": topk_accuracy(logits, labels, 1),
+        "top5": topk_accuracy(logits, labels, 5),
+        "mean_class_accuracy": mean_class_accuracy(matrix),
+        "per_class_accuracy": {
+            name: (None if np.isnan(value) else float(value)) for name, value in zip(classes, per_class, strict=True)
+        },
+        "confusion_matrix": matrix.tolist(),
+    }
+    if pairs:
+        summary["pair_accuracy"], summary["pair_count"] = pair_accuracy(logits, labels, pairs)
+    return summary
