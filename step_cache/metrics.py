@@ -88,7 +88,7 @@ def pair_accuracy(logits: Any, labels: Any, pairs: Sequence[tuple[int, int]]) ->
         return float("nan"), 0
     own = logits[rows, labels[rows]]
     other = logits[rows, partner[labels[rows]]]
-    return float((own > other).mean()), int(len(rows))
+    return float((own > other).mean()), len(rows)
 
 
 def average_by_video(logits: Any, videos: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -116,7 +116,7 @@ def classification_metrics(
     matrix = confusion_matrix(logits, labels, len(classes))
     per_class = per_class_accuracy(matrix)
     summary: dict[str, Any] = {
-        "count": int(len(labels)),
+        "count": len(labels),
         "top1": topk_accuracy(logits, labels, 1),
         "top5": topk_accuracy(logits, labels, 5),
         "mean_class_accuracy": mean_class_accuracy(matrix),
