@@ -1,0 +1,175 @@
+"""``step-cache train-probe``, ``step-cache evaluate`` and ``step-cache predict``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.console import setup_logging, user_errors
+from cli.main import app
+
+PANEL = "Stage two: probes"
+Features = Annotated[
+    list[Path], typer.Option(help="Shard directory written by extract (repeat to combine compatible caches).")
+]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
+DataMode = Annotated[
+    str, typer.Option(help="auto (in memory when it fits), memory (load all tokens into RAM) or streaming (HDF5).")
+]
+Workers = Annotated[int | None, typer.Option(min=0, help="Streaming reader processes (default: spare cores, max 4).")]
+
+
+@app.command("train-probe", rich_help_panel=PANEL)
+def train_probe(
+    features: Features,
+    probe: Annotated[str, typer.Option(help="linear, attentive, self-attentive or step.")] = "step",
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<probe>).")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+    weight_decay: Annotated[
+        float, typer.Option("--weight-decay", "--wd", help="On weight matrices only (not norms, biases, tokens).")
+    ] = 0.05,
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up (per step), then cosine decay.")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option()] = 0.0,
+    dropout: Annotated[float | None, typer.Option(help="Probe dropout (default: the probe's, 0).")] = None,
+    clip_grad: Annotated[float, typer.Option(help="Max gradient norm; 0 disables clipping.")] = 1.0,
+    seed: Annotated[int, typer.Option()] = 0,
+    val_fraction: Annotated[
+        float, typer.Option(help="Share of training videos held out (stratified) when the cache has no val split.")
+    ] = 0.2,
+    tokens: Annotated[str, typer.Option(help="Tokens the probe sees per frame: all, cls or patches.")] = "all",
+    pairs: Annotated[
+        Path | None, typer.Option(help="Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
+    ] = None,
+    heads: Annotated[int | None, typer.Option(help="Attention heads (default D // 64).")] = None,
+    depth: Annotated[int | None, typer.Option(help="STEP: number of attention blocks.")] = None,
+    mlp_ratio: Annotated[float | None, typer.Option(help="MLP width / D, where the probe has an MLP.")] = None,
+    frame_pos: Annotated[
+        bool | None, typer.Option("--frame-pos/--no-frame-pos", help="STEP: learnable frame-wise position.")
+    ] = None,
+    global_cls: Annotated[
+        bool | None, typer.Option("--global-cls/--no-global-cls", help="STEP: one CLS token for the clip.")
+    ] = None,
+    mlp: Annotated[
+        bool | None, typer.Option("--mlp/--no-mlp", help="STEP: full block with MLP instead of attention only.")
+    ] = None,
+    device: Device = "auto",
+    data: DataMode = "auto",
+    memory_fraction: Annotated[float, typer.Option(help="data=auto loads into RAM below this share.")] = 0.5,
+    workers: Workers = None,
+    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA.")] = True,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run from its last completed epoch.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics."""
+    from step_cache.training import train_probe as run_training
+
+    setup_logging()
+    given = {
+        "dropout": dropout,
+        "num_heads": heads,
+        "depth": depth,
+        "mlp_ratio": mlp_ratio,
+        "frame_pos": frame_pos,
+        "global_cls": global_cls,
+        "mlp": mlp,
+    }
+    with user_errors():
+        result = run_training(
+            features,
+            probe,
+            out or Path("runs") / probe,
+            resume=resume,
+            overwrite=overwrite,
+            probe_options={k: v for k, v in given.items() if v is not None},
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_epochs=warmup_epochs,
+            label_smoothing=label_smoothing,
+            clip_grad=clip_grad,
+            seed=seed,
+            val_fraction=val_fraction,
+            tokens=tokens,
+            pairs=str(pairs) if pairs else None,
+            amp=amp,
+            device=device,
+            data=data,
+            memory_fraction=memory_fraction,
+            workers=workers,
+            progress=not quiet,
+        )
+    typer.echo(result.summary())
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+@app.command(rich_help_panel=PANEL)
+def evaluate(
+    run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
+    features: Features,
+    split: Annotated[
+        str, typer.Option(help="all (every labelled clip), or the run's own train / val / test selection.")
+    ] = "all",
+    out: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON to this file.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
+    device: Device = "auto",
+    data: DataMode = "auto",
+    workers: Workers = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Evaluate a trained probe (best checkpoint) on shards; classes are matched by name."""
+    from step_cache.evaluation import evaluate as run_evaluation
+    from step_cache.runs import write_json
+
+    setup_logging()
+    with user_errors():
+        metrics = run_evaluation(
+            run, features, split=split, device=device, data=data, workers=workers, batch_size=batch_size
+        )
+        if out is not None:
+            write_json(out, metrics)
+    if as_json:
+        typer.echo(json.dumps(metrics, indent=2))
+        return
+    excluded = f" | {metrics['excluded_clips']} clips of unknown classes left out" if metrics["excluded_clips"] else ""
+    typer.echo(
+        f"{metrics['probe']} on {metrics['videos']} videos ({metrics['clips']} clips, split {split}): "
+        f"top-1 {_pct(metrics['top1'])} | top-5 {_pct(metrics['top5'])} | mean class "
+        f"{_pct(metrics['mean_class_accuracy'])} | pair {_pct(metrics.get('pair_accuracy'))} | reversed "
+        f"{_pct(metrics.get('reversed_top1'))} | shuffled {_pct(metrics.get('shuffled_top1'))}{excluded}"
+    )
+
+
+@app.command(rich_help_panel=PANEL)
+def predict(
+    run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
+    features: Features,
+    out: Annotated[Path, typer.Option(help="CSV to write: video, clips, label, class_1, prob_1, ...")] = Path(
+        "predictions.csv"
+    ),
+    top_k: Annotated[int, typer.Option(min=1, help="Classes per video.")] = 5,
+    device: Device = "auto",
+    data: DataMode = "auto",
+    workers: Workers = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+) -> None:
+    """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe."""
+    from step_cache.evaluation import predict as run_prediction
+
+    setup_logging()
+    with user_errors():
+        path = run_prediction(
+            run, features, out, top_k=top_k, device=device, data=data, workers=workers, batch_size=batch_size
+        )
+    rows = sum(1 for _ in path.open(encoding="utf-8")) - 1
+    typer.echo(f"wrote top-{top_k} predictions for {rows} videos to {path}")

@@ -1,0 +1,101 @@
+"""Train / val / test selection of cached clips.
+
+The shards' ``split`` column decides: ``test`` clips are held out, ``val`` clips validate, ``train`` and unassigned
+("") clips train. When the cache has no ``val`` clip, a fraction of the training *videos* is held out instead,
+stratified by class and deterministic for a seed. Clips are grouped by source video file (temporal clips and
+segments of one file stay on one side), so no footage leaks between train and val. Unlabelled clips are never
+selected.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+_SEGMENT_SUFFIX = re.compile(r"#\d*-\d*$")  # item keys of segments end in "#start-end" (catalog.VideoItem.key)
+
+
+class DataError(ValueError):
+    """The cache cannot provide the clips a run needs (no training clips, no validation clips, ...)."""
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Clip indices (into the ShardSet, sorted) of each split, and where the validation clips came from."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    val_source: str  # "cache" (the split column), "val-fraction" (held out here) or "none"
+
+    def counts(self) -> dict[str, int | str]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test), "val_source": self.val_source}
+
+
+def source_video(key: str) -> str:
+    """The video file an item key comes from (segment suffix removed)."""
+    return _SEGMENT_SUFFIX.sub("", key)
+
+
+def select_splits(
+    labels: np.ndarray, splits: np.ndarray, videos: Sequence[str], val_fraction: float = 0.2, seed: int = 0
+) -> Splits:
+    """Split labelled clips into train / val / test (see the module doc). ``val_fraction`` only applies when no
+    clip is marked ``val``."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    labels, splits, videos = np.asarray(labels), np.asarray(splits), np.asarray(videos)
+    labelled = labels >= 0
+    test = np.nonzero(labelled & (splits == "test"))[0]
+    val_mask = labelled & (splits == "val")
+    pool = labelled & ((splits == "train") | (splits == ""))
+    if val_mask.any():
+        return Splits(np.nonzero(pool)[0], np.nonzero(val_mask)[0], test, "cache")
+    pool_indices = np.nonzero(pool)[0]
+    if val_fraction == 0 or len(pool_indices) == 0:
+        return Splits(pool_indices, np.zeros(0, dtype=np.int64), test, "none")
+    held_out = stratified_video_holdout(labels[pool_indices], videos[pool_indices], val_fraction, seed)
+    return Splits(pool_indices[~held_out], pool_indices[held_out], test, "val-fraction")
+
+
+def stratified_video_holdout(labels: np.ndarray, videos: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask over clips: True for the clips of the held-out videos.
+
+    About ``fraction`` of the source videos are held out, split across classes in proportion to their video
+    counts (largest remainders get the rounding), never taking a class's last training video. A video whose
+    clips carry several labels counts for its most frequent one.
+    """
+    groups: dict[str, list[int]] = defaultdict(list)
+    for clip, key in enumerate(videos):
+        groups[source_video(str(key))].append(clip)
+    names = sorted(groups)
+    group_label = {name: Counter(labels[groups[name]].tolist()).most_common(1)[0][0] for name in names}
+    by_class: dict[int, list[str]] = defaultdict(list)
+    for name in names:
+        by_class[group_label[name]].append(name)
+    classes = sorted(by_class)
+    sizes = np.array([len(by_class[c]) for c in classes])
+    caps = sizes - 1  # keep at least one video of each class for training
+    if caps.sum() == 0:
+        return np.zeros(len(labels), dtype=bool)
+    total = min(int(caps.sum()), max(1, round(fraction * sizes.sum())))
+    rng = np.random.default_rng(seed)
+    quota = np.minimum(np.floor(fraction * sizes).astype(int), caps)
+    # Hand the remaining videos to the classes with the largest fractional share (random order breaks ties).
+    tie_break = rng.random(len(classes))
+    order = np.lexsort((tie_break, -(fraction * sizes - np.floor(fraction * sizes))))
+    while quota.sum() < total:
+        for c in order:
+            if quota.sum() < total and quota[c] < caps[c]:
+                quota[c] += 1
+    while quota.sum() > total:  # only when the floors alone exceed the rounded total
+        quota[np.argmax(quota)] -= 1
+    mask = np.zeros(len(labels), dtype=bool)
+    for c, count in zip(classes, quota, strict=True):
+        for name in rng.permutation(by_class[c])[:count]:
+            mask[groups[name]] = True
+    return mask

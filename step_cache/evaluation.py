@@ -1,0 +1,180 @@
+"""Reusing a trained probe: ``evaluate`` it on (other) shards, ``predict`` per-video top-k classes to a CSV.
+
+The probe is rebuilt from the run's ``config.json`` and loaded from ``best.pt``. The cache must hold the same
+kind of tokens (backbone, weights, preprocessing, frames, layout; the number of clips per video may differ). Its
+classes are matched to the probe's *by name*: clips of classes the probe does not know are reported and left
+out, never scored against the wrong class.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from step_cache import runs
+from step_cache.data_splits import DataError, select_splits
+from step_cache.inference import collect_logits, evaluate_clips, resolve_device
+from step_cache.manifest import ManifestError, extraction_differences
+from step_cache.metrics import average_by_video, pair_indices
+from step_cache.probes import build_probe
+from step_cache.shards import ShardSet, open_shards
+from step_cache.token_data import TokenSelection, open_token_source
+
+log = logging.getLogger(__name__)
+
+EVAL_SPLITS = ("all", "train", "val", "test")
+# Settings that may differ between the training cache and another cache without changing what a token means.
+_HARMLESS = ("sampling.clips",)
+
+
+def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str, Any], nn.Module]:
+    """(run record, probe with the run's weights) for a train-probe run directory."""
+    run_dir = Path(run_dir)
+    record = runs.read_config(run_dir)
+    config, data = record["config"], record["data"]
+    probe = build_probe(
+        config["probe"],
+        dim=data["dim"],
+        num_classes=len(data["classes"]),
+        frames=data["frames"],
+        tokens_per_frame=data["tokens"]["tokens_per_frame"],
+        cls_index=data["tokens"]["cls_index"],
+        **config["probe_options"],
+    )
+    path = run_dir / weights
+    if not path.is_file():
+        raise runs.RunError(f"{path}: missing; the run has not completed an epoch yet")
+    runs.load_weights(probe, path)
+    return record, probe.eval()
+
+
+def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
+    differences = [
+        d
+        for d in extraction_differences(record["data"]["extraction"], shards.manifest.extraction)
+        if not d.startswith(_HARMLESS)
+    ]
+    if differences:
+        where = ", ".join(map(str, shards.directories))
+        raise ManifestError(f"{where}: tokens differ from those the probe was trained on: {'; '.join(differences[:4])}")
+
+
+def map_labels(shards: ShardSet, classes: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
+    """Cache labels re-indexed into the probe's ``classes`` (-1: unlabelled or unknown), and the clip count of
+    each cache class the probe does not know."""
+    lookup = {name: index for index, name in enumerate(classes)}
+    to_probe = np.array([lookup.get(name, -1) for name in shards.classes] + [-1], dtype=np.int64)
+    mapped = to_probe[shards.labels]  # label -1 picks the trailing -1
+    unknown = Counter(shards.classes[label] for label in shards.labels[(shards.labels >= 0) & (mapped < 0)])
+    return mapped, dict(sorted(unknown.items()))
+
+
+def _selection(record: dict[str, Any]) -> TokenSelection:
+    tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
+    start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
+    return TokenSelection(tokens["subset"], start, start + tokens["tokens_per_frame"], tokens["cls_index"])
+
+
+def evaluate(
+    run_dir: str | Path,
+    features: str | Path | Sequence[str | Path] | ShardSet,
+    *,
+    split: str = "all",
+    device: str = "auto",
+    data: str = "auto",
+    workers: int | None = None,
+    batch_size: int = 256,
+    orders: bool = True,
+) -> dict[str, Any]:
+    """Metrics (top-1/5, per-class, confusion, pair and order metrics; per video) of a run's best checkpoint on
+    the labelled clips of ``features`` in ``split`` ("all", or the run's own train/val/test selection)."""
+    if split not in EVAL_SPLITS:
+        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(EVAL_SPLITS)}")
+    record, probe = load_probe(run_dir)
+    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    check_cache_fits(record, shards)
+    classes = record["data"]["classes"]
+    labels, unknown = map_labels(shards, classes)
+    if unknown:
+        log.warning(
+            "left out %d clip(s) of class(es) the probe was not trained on: %s",
+            sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
+        )  # fmt: skip
+    if split == "all":
+        indices = np.nonzero(labels >= 0)[0]
+    else:
+        config = record["config"]
+        chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], config["seed"])
+        indices = getattr(chosen, split)
+    where = ", ".join(map(str, shards.directories))
+    if len(indices) == 0:
+        raise DataError(f"{where}: no labelled clips of the probe's classes in split {split!r} to evaluate")
+    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
+    target = resolve_device(device)
+    source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers)
+    metrics = evaluate_clips(
+        probe.to(target), source, indices, labels, shards.videos, classes, pairs,
+        batch_size=batch_size, device=target, orders=orders,
+    )  # fmt: skip
+    metrics.update(
+        run=str(run_dir),
+        probe=record["config"]["probe"],
+        features=[str(d) for d in shards.directories],
+        split=split,
+        classes=classes,
+        excluded_classes=unknown,
+        excluded_clips=int(sum(unknown.values())),
+    )
+    return metrics
+
+
+def predict(
+    run_dir: str | Path,
+    features: str | Path | Sequence[str | Path] | ShardSet,
+    out_csv: str | Path,
+    *,
+    top_k: int = 5,
+    device: str = "auto",
+    data: str = "auto",
+    workers: int | None = None,
+    batch_size: int = 256,
+) -> Path:
+    """Write one CSV row per video of ``features`` (labelled or not): ``video, clips, label, class_1, prob_1, ...,
+    class_k, prob_k`` with clip logits averaged per video and probabilities from their softmax."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    record, probe = load_probe(run_dir)
+    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    check_cache_fits(record, shards)
+    classes = record["data"]["classes"]
+    top_k = min(top_k, len(classes))
+    indices = np.arange(len(shards))
+    target = resolve_device(device)
+    source = open_token_source(shards, indices, _selection(record), shards.labels, mode=data, workers=workers)
+    logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)
+    video_logits, keys, first = average_by_video(logits, shards.videos)
+    probabilities = torch.softmax(torch.from_numpy(video_logits), dim=1).numpy()
+    ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    clips = Counter(shards.videos.tolist())
+    out_csv = Path(out_csv)
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with out_csv.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(
+            ["video", "clips", "label"] + [f"{kind}_{k + 1}" for k in range(top_k) for kind in ("class", "prob")]
+        )
+        for row, (key, clip) in enumerate(zip(keys, first, strict=True)):
+            label = shards.labels[clip]
+            cells: list[Any] = [key, clips[key], shards.classes[label] if label >= 0 else ""]
+            for c in ranking[row]:
+                cells += [classes[c], f"{probabilities[row, c]:.6f}"]
+            writer.writerow(cells)
+    return out_csv

@@ -1,0 +1,104 @@
+"""The files of a training run directory, written crash-safely (write a temporary file, then rename).
+
+- ``config.json``: everything needed to reproduce the run (hyperparameters, probe options, cache identity).
+- ``metrics.jsonl``: one JSON line per completed epoch.
+- ``best.pt`` / ``last.pt``: probe weights only (a state dict of tensors), loadable with ``weights_only=True``.
+- ``last_state.pt``: what ``--resume`` needs besides the weights (optimizer, scheduler, RNG, epoch, history).
+  It is written after ``last.pt`` and is the commit point of an epoch.
+- ``metrics.json``: final metrics of the best checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from step_cache.checkpoints import CheckpointError, load_state_dict_file
+from step_cache.manifest import atomic_write_text
+
+CONFIG = "config.json"
+EPOCH_LOG = "metrics.jsonl"
+FINAL_METRICS = "metrics.json"
+BEST = "best.pt"
+LAST = "last.pt"
+STATE = "last_state.pt"
+RUN_FILES = (CONFIG, EPOCH_LOG, FINAL_METRICS, BEST, LAST, STATE)
+
+
+class RunError(ValueError):
+    """A run directory that is missing, incomplete, or does not match what was asked of it."""
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise RunError(f"{run_dir}: run directory does not exist")
+    if not path.is_file():
+        raise RunError(f"{path}: missing; {run_dir} is not a train-probe run directory (or its run never started)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise RunError(f"{path}: unreadable run config ({error})") from None
+
+
+def read_final_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / FINAL_METRICS
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    _atomic_torch_save({k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, path)
+
+
+def load_weights(module: torch.nn.Module, path: Path) -> None:
+    """Load a weights file into ``module``; a file from another probe shape is refused with a clear message."""
+    state = load_state_dict_file(path)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: does not fit this probe ({str(error).splitlines()[0]})") from None
+
+
+def save_state(state: dict[str, Any], path: Path) -> None:
+    _atomic_torch_save(state, path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a damaged state file: say which and stop
+        raise RunError(f"{path}: unreadable resume state ({str(error).splitlines()[0][:200]})") from None
+
+
+def write_epoch_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` from the committed epoch records (so a crash never leaves an extra line)."""
+    atomic_write_text(run_dir / EPOCH_LOG, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def read_epoch_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / EPOCH_LOG
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove the files of a previous run (``--overwrite``), leaving anything else in the directory alone."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)

@@ -1,0 +1,228 @@
+"""Batches of cached tokens for training and evaluation: token subsets, batch plans, and two data paths.
+
+- ``InMemoryTokens`` reads the selected clips once, shard by shard, and keeps them in the stored dtype (float16)
+  in RAM; a batch is a fancy-indexed copy. The probe casts per batch.
+- ``StreamingTokens`` reads each batch from HDF5 in DataLoader worker processes; each worker opens its own file
+  handles (``ShardSet`` reopens them after a fork).
+
+Both follow the same ``batch_plan`` (a list of clip-index arrays, shuffled by (seed, epoch)), so they yield
+identical batches and identical training runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from step_cache.data_splits import DataError
+from step_cache.manifest import TokenLayout
+from step_cache.shards import ShardSet
+
+log = logging.getLogger(__name__)
+
+TOKEN_SUBSETS = ("all", "cls", "patches")
+DATA_MODES = ("auto", "memory", "streaming")
+
+Batch = tuple[torch.Tensor, torch.Tensor, np.ndarray]  # tokens (B, T, P, D) stored dtype, labels (B,), clip indices
+
+
+@dataclass(frozen=True)
+class TokenSelection:
+    """Which of a frame's P tokens a probe sees, and where the CLS token sits among them."""
+
+    subset: str
+    start: int
+    stop: int
+    cls_index: int | None
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.stop - self.start
+
+    def apply(self, tokens: np.ndarray) -> np.ndarray:
+        """(n, T, P, D) -> (n, T, P', D); a view when the subset is everything."""
+        return tokens if (self.start, self.stop) == (0, tokens.shape[2]) else tokens[:, :, self.start : self.stop]
+
+
+def select_tokens(layout: TokenLayout, subset: str = "all") -> TokenSelection:
+    """``all``: CLS + patches, ``cls``: the per-frame CLS token(s) only, ``patches``: the patch grid only."""
+    total, cls = layout.tokens_per_frame, layout.cls_tokens
+    if subset == "all":
+        return TokenSelection(subset, 0, total, 0 if cls else None)
+    if subset == "cls":
+        if cls == 0:
+            raise DataError("--tokens cls: this cache stores no CLS token (extracted without one); use patches")
+        return TokenSelection(subset, 0, cls, 0)
+    if subset == "patches":
+        if total == cls:
+            raise DataError("--tokens patches: this cache stores no patch tokens; use cls")
+        return TokenSelection(subset, cls, total, None)
+    raise DataError(f"unknown token subset {subset!r}; choose one of: {', '.join(TOKEN_SUBSETS)}")
+
+
+def batch_plan(
+    indices: np.ndarray, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0
+) -> list[np.ndarray]:
+    """Clip indices cut into batches; shuffled with a generator keyed by (seed, epoch), so an epoch's batches do
+    not depend on what ran before it (which is what makes ``--resume`` exact)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if shuffle:
+        indices = indices[np.random.default_rng([seed, epoch]).permutation(len(indices))]
+    return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+class TokenSource(Protocol):
+    mode: str
+
+    def batches(self, plan: Sequence[np.ndarray]) -> Iterator[Batch]: ...
+
+
+class InMemoryTokens:
+    """The selected clips' tokens held in RAM in the stored dtype."""
+
+    mode = "memory"
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        indices: np.ndarray,
+        selection: TokenSelection,
+        labels: np.ndarray,
+        progress: bool = False,
+    ):
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.row = np.full(len(shards), -1, dtype=np.int64)  # global clip index -> row in self.tokens
+        self.row[indices] = np.arange(len(indices))
+        frames, _, dim = shards.clip_shape
+        shape = (len(indices), frames, selection.tokens_per_frame, dim)
+        self.tokens = np.empty(shape, dtype=np.dtype(shards.layout.dtype))
+        bar = tqdm(total=len(indices), desc="loading tokens", unit="clip", disable=not progress, leave=False)
+        for shard in range(len(shards.paths)):
+            start, stop = shards.offsets[shard], shards.offsets[shard + 1]
+            wanted = indices[(indices >= start) & (indices < stop)]
+            if len(wanted) == 0:
+                continue
+            if len(wanted) * 2 >= stop - start:  # most of the shard: one contiguous read beats a gather
+                block = selection.apply(shards.read_shard_tokens(shard))[wanted - start]
+            else:
+                block = selection.apply(shards.read_tokens(wanted))
+            self.tokens[self.row[wanted]] = block
+            bar.update(len(wanted))
+        bar.close()
+        shards.close()  # later forks (streaming evaluation elsewhere) must not inherit these handles
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.tokens.nbytes)
+
+    def batches(self, plan: Sequence[np.ndarray]) -> Iterator[Batch]:
+        for batch in plan:
+            rows = self.row[batch]
+            if (rows < 0).any():
+                raise DataError(f"clip {int(batch[rows < 0][0])} was not loaded into memory")
+            yield torch.from_numpy(self.tokens[rows]), self.labels[batch], batch
+
+
+class _BatchReader(torch.utils.data.Dataset):
+    """Item i of the dataset is batch i of a plan, read in one go (one sorted HDF5 read per shard)."""
+
+    def __init__(self, shards: ShardSet, plan: Sequence[np.ndarray], selection: TokenSelection, labels: torch.Tensor):
+        self.shards, self.plan, self.selection, self.labels = shards, list(plan), selection, labels
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, item: int) -> Batch:
+        batch = self.plan[item]
+        tokens = np.ascontiguousarray(self.selection.apply(self.shards.read_tokens(batch)))
+        return torch.from_numpy(tokens), self.labels[batch], batch
+
+
+class StreamingTokens:
+    """Batches read from HDF5 on demand, by ``workers`` processes (0 = in the calling process)."""
+
+    mode = "streaming"
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        selection: TokenSelection,
+        labels: np.ndarray,
+        workers: int = 2,
+        pin_memory: bool = False,
+    ):
+        self.shards, self.selection, self.workers, self.pin_memory = shards, selection, workers, pin_memory
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+    def batches(self, plan: Sequence[np.ndarray]) -> Iterator[Batch]:
+        self.shards.close()  # never fork open HDF5 handles into workers
+        loader = torch.utils.data.DataLoader(
+            _BatchReader(self.shards, plan, self.selection, self.labels),
+            batch_size=None,  # items already are batches
+            shuffle=False,
+            num_workers=self.workers,
+            pin_memory=self.pin_memory,
+            prefetch_factor=4 if self.workers else None,
+        )
+        for tokens, labels, batch in loader:
+            yield tokens, labels, np.asarray(batch)
+
+
+def available_memory() -> int:
+    """Bytes of RAM available to new allocations (MemAvailable), or total RAM where that is unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def choose_mode(mode: str, nbytes: int, memory_fraction: float = 0.5) -> str:
+    """``memory`` or ``streaming``: ``auto`` loads into RAM when the tokens need less than ``memory_fraction`` of
+    the available memory."""
+    if mode not in DATA_MODES:
+        raise DataError(f"unknown data mode {mode!r}; choose one of: {', '.join(DATA_MODES)}")
+    if mode != "auto":
+        return mode
+    budget = memory_fraction * available_memory()
+    chosen = "memory" if nbytes <= budget else "streaming"
+    log.debug("tokens need %.2f GiB, in-memory budget %.2f GiB: %s", nbytes / 2**30, budget / 2**30, chosen)
+    return chosen
+
+
+def default_workers() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
+def open_token_source(
+    shards: ShardSet,
+    indices: np.ndarray,
+    selection: TokenSelection,
+    labels: np.ndarray,
+    *,
+    mode: str = "auto",
+    memory_fraction: float = 0.5,
+    workers: int | None = None,
+    pin_memory: bool = False,
+    progress: bool = False,
+) -> TokenSource:
+    """A token source over ``indices`` (the clips the caller will ask for), in the chosen data mode."""
+    frames, _, dim = shards.clip_shape
+    per_clip = frames * selection.tokens_per_frame * dim * np.dtype(shards.layout.dtype).itemsize
+    nbytes = int(len(np.unique(indices)) * per_clip)
+    if choose_mode(mode, nbytes, memory_fraction) == "memory":
+        return InMemoryTokens(shards, indices, selection, labels, progress=progress)
+    return StreamingTokens(
+        shards, selection, labels, workers=default_workers() if workers is None else workers, pin_memory=pin_memory
+    )

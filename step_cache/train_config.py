@@ -1,0 +1,120 @@
+"""``TrainConfig``: the hyperparameters of a probe training run, their checks, and the reproducible record of a
+run written to ``config.json``."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+
+from step_cache import __version__
+from step_cache.token_data import DATA_MODES, TOKEN_SUBSETS
+
+
+class TrainConfigError(ValueError):
+    """A training option that is unknown or out of range."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Fields in ``EXECUTION_FIELDS`` only change how fast it runs (on
+    CPU the metrics do not depend on them), so ``--resume`` may change them; the others must match."""
+
+    probe: str = "step"
+    probe_options: dict[str, Any] = field(default_factory=dict)  # e.g. dropout, num_heads, frame_pos, mlp, depth
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0  # linear warm-up, per optimizer step, then cosine decay to 0
+    label_smoothing: float = 0.0
+    clip_grad: float = 1.0  # max gradient norm; 0 disables clipping
+    seed: int = 0
+    val_fraction: float = 0.2  # of training videos held out, only when the cache has no "val" split
+    tokens: str = "all"  # all | cls | patches
+    pairs: str | None = None  # pairs file; default: the manifest's pairs
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    # Execution only:
+    device: str = "auto"
+    data: str = "auto"  # auto | memory | streaming
+    memory_fraction: float = 0.5  # auto loads into RAM below this share of available memory
+    workers: int | None = None  # streaming reader processes (default: spare cores, at most 4)
+    eval_batch_size: int | None = None  # default: 4 x batch_size
+    progress: bool = True
+
+
+EXECUTION_FIELDS = ("device", "data", "memory_fraction", "workers", "eval_batch_size", "progress")
+
+
+def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise TrainConfigError(
+            f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}"
+        )
+    config = TrainConfig(probe=probe, **options)
+    checks = [
+        (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
+        (config.lr > 0, f"lr must be > 0, got {config.lr}"),
+        (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
+        (config.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {config.warmup_epochs}"),
+        (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
+        (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),
+        (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
+        (config.tokens in TOKEN_SUBSETS, f"tokens must be one of {', '.join(TOKEN_SUBSETS)}, got {config.tokens!r}"),
+        (config.data in DATA_MODES, f"data must be one of {', '.join(DATA_MODES)}, got {config.data!r}"),
+        (0 < config.memory_fraction <= 1, f"memory_fraction must be in (0, 1], got {config.memory_fraction}"),
+        (config.workers is None or config.workers >= 0, f"workers must be >= 0, got {config.workers}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise TrainConfigError(message)
+    if config.pairs is not None:
+        config.pairs = str(config.pairs)
+    return config
+
+
+def versions() -> dict[str, str]:
+    return {
+        "step_cache": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "h5py": h5py.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def run_record(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """The content of ``config.json``: the config, the data it saw (cache identity, classes, splits), versions."""
+    return {
+        "config": asdict(config),
+        "data": data,
+        "versions": versions(),
+        "command": sys.argv,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def record_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Settings that differ between a stored run record and a new one, ignoring execution-only fields."""
+    new = json.loads(json.dumps(new))  # compare like with like: tuples become lists, as in the stored file
+    differences = []
+    old_config, new_config = old.get("config", {}), new["config"]
+    for key in sorted(set(old_config) | set(new_config)):
+        if key in EXECUTION_FIELDS or key == "pairs":  # the pairs *file* may move; the resolved pairs must not
+            continue
+        if old_config.get(key) != new_config.get(key):
+            differences.append(f"{key}: {old_config.get(key)!r} in the run, {new_config.get(key)!r} now")
+    for key in ("manifest_hash", "pairs", "tokens"):
+        if old.get("data", {}).get(key) != new["data"].get(key):
+            differences.append(f"data.{key}: {old.get('data', {}).get(key)!r} in the run, {new['data'].get(key)!r} now")
+    return differences

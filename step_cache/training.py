@@ -1,0 +1,360 @@
+"""``train_probe``: train one probe on cached tokens, validate every epoch, keep the best checkpoint, resume a
+killed run exactly, and write the final metrics (including the frame-order metrics) of the best checkpoint.
+
+The run directory layout is described in ``step_cache/runs.py``. On CPU a run is fully deterministic for a seed:
+batch order is keyed by (seed, epoch), dropout draws from torch's global generator whose state is checkpointed,
+and both data paths (in memory, streaming) yield the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from step_cache import runs
+from step_cache.catalog import read_pairs
+from step_cache.data_splits import DataError, Splits, select_splits
+from step_cache.inference import autocast, evaluate_clips, resolve_device
+from step_cache.metrics import pair_indices
+from step_cache.optimization import build_optimizer, build_scheduler
+from step_cache.probes import build_probe, count_parameters, probe_options
+from step_cache.shards import ShardSet, open_shards
+from step_cache.token_data import TokenSelection, batch_plan, open_token_source, select_tokens
+from step_cache.train_config import TrainConfig, make_config, record_differences, run_record
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]  # the content of metrics.json
+    history: list[dict[str, Any]] = field(default_factory=list)  # the lines of metrics.jsonl
+
+    def summary(self) -> str:
+        m = self.metrics
+
+        def pct(key: str) -> str:
+            value = m.get(key)
+            return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+        return (
+            f"{m['probe']}: val top-1 {pct('top1')} | pair {pct('pair_accuracy')} | reversed {pct('reversed_top1')}"
+            f" | shuffled {pct('shuffled_top1')} | {m['parameters']:,} params ({m['parameters_without_head']:,}"
+            f" without head) | {m['train_time_s']:.1f} s ({m['train_clips_per_s']:.0f} clips/s) -> {self.run_dir}"
+        )
+
+
+def resolve_pairs(shards: ShardSet, pairs_file: str | None) -> list[tuple[str, str]]:
+    if pairs_file is not None:
+        return read_pairs(pairs_file, shards.classes)
+    return [(a, b) for a, b in shards.manifest.pairs if a in shards.classes and b in shards.classes]
+
+
+def _check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
+    where = ", ".join(map(str, shards.directories))
+    labelled = int((shards.labels >= 0).sum())
+    if len(splits.train) == 0:
+        raise DataError(
+            f"{where}: no training clips ({labelled} of {len(shards)} clips are labelled; training uses labelled "
+            "clips whose split is 'train' or empty)"
+        )
+    if len(splits.val) == 0:
+        reason = (
+            "--val-fraction is 0"
+            if config.val_fraction == 0
+            else "every class has a single training video, so none can be held out"
+        )
+        raise DataError(f"{where}: no validation clips: the cache has no 'val' split and {reason}")
+    missing = sorted(set(range(len(shards.classes))) - set(shards.labels[splits.train].tolist()))
+    if missing:
+        log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
+
+
+class _Run:
+    """The state of one training run: model, optimizer, data, history."""
+
+    def __init__(self, shards: ShardSet, config: TrainConfig, run_dir: Path, selection: TokenSelection):
+        self.shards, self.config, self.run_dir, self.selection = shards, config, run_dir, selection
+        self.device = resolve_device(config.device)
+        self.pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
+        self.splits = select_splits(shards.labels, shards.splits, shards.videos, config.val_fraction, config.seed)
+        _check_splits(self.splits, shards, config)
+        torch.manual_seed(config.seed)
+        self.model = build_probe(
+            config.probe,
+            dim=shards.layout.dim,
+            num_classes=len(shards.classes),
+            frames=shards.manifest.frames,
+            tokens_per_frame=selection.tokens_per_frame,
+            cls_index=selection.cls_index,
+            **config.probe_options,
+        ).to(self.device)
+        config.probe_options = {**probe_options(config.probe), **config.probe_options}
+        self.steps_per_epoch = math.ceil(len(self.splits.train) / config.batch_size)
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
+        self.scheduler = build_scheduler(
+            self.optimizer, config.epochs * self.steps_per_epoch, round(config.warmup_epochs * self.steps_per_epoch)
+        )
+        self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+        self.best: tuple[float, float] = (-math.inf, -math.inf)  # (val top-1, -val loss): higher is better
+        self.best_epoch = 0
+        self.train_time = self.data_wait = 0.0
+        self.train_clips = 0
+        self.source = None
+
+    def data_record(self) -> dict[str, Any]:
+        return {
+            "features": [str(d.resolve()) for d in self.shards.directories],
+            "manifest_hash": self.shards.manifest.content_hash(),
+            "extraction": self.shards.manifest.extraction,
+            "classes": list(self.shards.classes),
+            "pairs": [[self.shards.classes[a], self.shards.classes[b]] for a, b in self.pairs],
+            "tokens": {
+                "subset": self.selection.subset,
+                "tokens_per_frame": self.selection.tokens_per_frame,
+                "cls_index": self.selection.cls_index,
+            },
+            "frames": self.shards.manifest.frames,
+            "dim": self.shards.layout.dim,
+            "splits": self.splits.counts(),
+        }
+
+    def open_data(self) -> None:
+        needed = np.concatenate([self.splits.train, self.splits.val, self.splits.test])
+        self.source = open_token_source(
+            self.shards,
+            needed,
+            self.selection,
+            self.shards.labels,
+            mode=self.config.data,
+            memory_fraction=self.config.memory_fraction,
+            workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+            progress=self.config.progress,
+        )
+        log.info(
+            "%s: %d train / %d val / %d test clips (val: %s), %s data, device %s",
+            self.config.probe, len(self.splits.train), len(self.splits.val), len(self.splits.test),
+            self.splits.val_source, self.source.mode, self.device,
+        )  # fmt: skip
+
+    # -- resume ------------------------------------------------------------------------------------------
+    def restore(self, state: dict[str, Any]) -> None:
+        runs.load_weights(self.model, self.run_dir / runs.LAST)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.start_epoch = int(state["epoch"])
+        self.history = list(state["history"])
+        self.best, self.best_epoch = tuple(state["best"]), int(state["best_epoch"])
+        self.train_time, self.data_wait = float(state["train_time"]), float(state["data_wait"])
+        self.train_clips = int(state["train_clips"])
+        runs.write_epoch_log(self.run_dir, self.history)  # drop any line written after the last commit
+        log.info("resuming %s after epoch %d of %d", self.run_dir, self.start_epoch, self.config.epochs)
+
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
+            "history": self.history,
+            "best": list(self.best),
+            "best_epoch": self.best_epoch,
+            "train_time": self.train_time,
+            "data_wait": self.data_wait,
+            "train_clips": self.train_clips,
+        }
+
+    # -- one epoch ---------------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        config, model = self.config, self.model
+        model.train()
+        plan = batch_plan(self.splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen, wait, lr = 0, 0.0, 0.0
+        bar = tqdm(
+            total=len(plan), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+            disable=not config.progress,
+        )  # fmt: skip
+        start = time.perf_counter()
+        batches = iter(self.source.batches(plan))
+        while True:
+            fetch = time.perf_counter()
+            batch = next(batches, None)
+            wait += time.perf_counter() - fetch
+            if batch is None:
+                break
+            tokens = batch[0].to(self.device, non_blocking=True).float()
+            labels = batch[1].to(self.device, non_blocking=True)
+            with autocast(self.device, config.amp):
+                logits = model(tokens)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.clip_grad > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.step()
+            self.scheduler.step()
+            loss_sum += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
+            seen += len(labels)
+            bar.update()
+            if bar.n % 10 == 0 or bar.n == len(plan):
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        bar.close()
+        elapsed = time.perf_counter() - start
+        self.train_time += elapsed
+        self.data_wait += wait
+        self.train_clips += seen
+        return {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum.item() / seen,
+            "train_top1": correct.item() / seen,
+            "lr": lr,
+            "train_s": elapsed,
+            "data_wait_s": wait,
+            "clips_per_s": seen / elapsed if elapsed > 0 else float("nan"),
+        }
+
+    def evaluate(self, indices: np.ndarray, orders: bool) -> dict[str, Any]:
+        names = self.shards.classes
+        return evaluate_clips(
+            self.model, self.source, indices, self.shards.labels, self.shards.videos, names, self.pairs,
+            batch_size=self.eval_batch_size, device=self.device, amp=self.config.amp, orders=orders,
+        )  # fmt: skip
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        record = self.train_epoch(epoch)
+        start = time.perf_counter()
+        val = self.evaluate(self.splits.val, orders=False)
+        record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+        record["val_mean_class_accuracy"] = val["mean_class_accuracy"]
+        if self.pairs:
+            record["val_pair_accuracy"] = val["pair_accuracy"]
+        record["eval_s"] = time.perf_counter() - start
+        score = (val["top1"], -val["loss"])
+        record["best"] = score > self.best
+        if record["best"]:
+            self.best, self.best_epoch = score, epoch + 1
+            runs.save_weights(self.model, self.run_dir / runs.BEST)
+        runs.save_weights(self.model, self.run_dir / runs.LAST)
+        self.history.append(record)
+        runs.save_state(self.state(epoch + 1), self.run_dir / runs.STATE)  # the epoch's commit point
+        runs.write_epoch_log(self.run_dir, self.history)
+        log.info(
+            "epoch %d/%d  loss %.4f  train %.3f  val top-1 %.3f  val loss %.4f%s",
+            epoch + 1, self.config.epochs, record["train_loss"], record["train_top1"], val["top1"], val["loss"],
+            "  (best)" if record["best"] else "",
+        )  # fmt: skip
+        return record
+
+    # -- final metrics -----------------------------------------------------------------------------------
+    def final_metrics(self) -> dict[str, Any]:
+        runs.load_weights(self.model, self.run_dir / runs.BEST)
+        metrics: dict[str, Any] = {
+            "probe": self.config.probe,
+            "split": "val",
+            "unit": "video (clip logits averaged)",
+            "best_epoch": self.best_epoch,
+            "epochs": self.config.epochs,
+            "classes": list(self.shards.classes),
+            "pairs": [[self.shards.classes[a], self.shards.classes[b]] for a, b in self.pairs],
+            "pair_accuracy": None,
+            "reversed_pair_accuracy": None,
+            "shuffled_pair_accuracy": None,
+        }
+        metrics.update(self.evaluate(self.splits.val, orders=True))
+        metrics["parameters"] = count_parameters(self.model)
+        metrics["parameters_without_head"] = count_parameters(self.model, exclude_head=True)
+        metrics["train_time_s"] = self.train_time
+        metrics["train_clips_per_s"] = self.train_clips / self.train_time if self.train_time > 0 else float("nan")
+        metrics["data_wait_share"] = self.data_wait / self.train_time if self.train_time > 0 else float("nan")
+        metrics["data_mode"] = self.source.mode
+        metrics["device"] = str(self.device)
+        if len(self.splits.test):
+            metrics["test"] = self.evaluate(self.splits.test, orders=True)
+        return metrics
+
+
+def _prepare_run_dir(run: _Run, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Write config.json for a new run, or check it and return the saved state of a run to resume."""
+    if resume and overwrite:
+        raise runs.RunError("--resume and --overwrite exclude each other")
+    run_dir = run.run_dir
+    record = run_record(run.config, run.data_record())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / runs.CONFIG).is_file():
+        if resume:
+            differences = record_differences(runs.read_config(run_dir), record)
+            if differences:
+                raise runs.RunError(
+                    f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
+                    "repeat the original command with --resume, or use a new --out"
+                )
+            if (run_dir / runs.STATE).is_file() and (run_dir / runs.LAST).is_file():
+                return runs.load_state(run_dir / runs.STATE)
+            log.info("%s: no completed epoch to resume from; starting from the beginning", run_dir)
+        elif not overwrite:
+            raise runs.RunError(
+                f"{run_dir}: already holds a run ({runs.CONFIG}); pass --resume to continue it or --overwrite to "
+                "start over"
+            )
+    runs.clear_run(run_dir)
+    runs.write_json(run_dir / runs.CONFIG, record)
+    return None
+
+
+def train_probe(
+    features: str | Path | Sequence[str | Path] | ShardSet,
+    probe: str = "step",
+    out: str | Path = "runs/probe",
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    on_epoch: EpochCallback | None = None,
+    **options: Any,
+) -> TrainResult:
+    """Train ``probe`` on the shards in ``features`` and write a run directory ``out``.
+
+    ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...). ``resume``
+    continues a killed run from its last completed epoch (the settings must match). ``on_epoch`` is called with
+    each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there.
+    """
+    config = make_config(probe, options)
+    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    run = _Run(shards, config, Path(out), select_tokens(shards.layout, config.tokens))
+    state = _prepare_run_dir(run, resume, overwrite)
+    if state is not None:
+        run.restore(state)
+        if run.start_epoch >= config.epochs and (final := runs.read_final_metrics(run.run_dir)) is not None:
+            return TrainResult(run.run_dir, final, run.history)
+    run.open_data()
+    for epoch in range(run.start_epoch, config.epochs):
+        record = run.run_epoch(epoch)
+        if on_epoch is not None:
+            on_epoch(record)
+    metrics = run.final_metrics()
+    runs.write_json(run.run_dir / runs.FINAL_METRICS, metrics)
+    return TrainResult(run.run_dir, metrics, run.history)
