@@ -171,6 +171,9 @@ class StreamingTokens:
             num_workers=self.workers,
             pin_memory=self.pin_memory,
             prefetch_factor=4 if self.workers else None,
+            # A private generator: the loader draws a worker seed per epoch, which would otherwise advance the
+            # global torch RNG (dropout) and make streaming runs differ from in-memory ones.
+            generator=torch.Generator().manual_seed(0),
         )
         for tokens, labels, batch in loader:
             yield tokens, labels, np.asarray(batch)

@@ -1,0 +1,108 @@
+"""Synthetic token caches written straight into shards (no videos, no backbone), for tests and benchmarks.
+
+Two tasks:
+- ``order``: classes come in mirrored pairs (``rise_k`` / ``fall_k``); channel k of every token ramps up over the
+  frames for ``rise_k`` and down for ``fall_k``. The multiset of frames is the same for both classes, so a probe
+  that ignores frame order is at chance within each pair.
+- ``static``: class c adds a constant offset to channel c of every token; any probe can learn it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from step_cache.manifest import Manifest, TokenLayout, write_manifest
+from step_cache.shards import ClipRecord, ShardWriter, shard_name
+
+
+@dataclass
+class SyntheticTokens:
+    """What to generate. ``val_every``: every n-th video of a class gets split "val" (0: no split column)."""
+
+    task: str = "order"
+    num_classes: int = 2
+    videos_per_class: int = 12
+    clips_per_video: int = 1
+    frames: int = 4
+    grid: tuple[int, int] = (2, 2)
+    cls_tokens: int = 1
+    dim: int = 16
+    signal: float = 1.0
+    noise: float = 0.5
+    val_every: int = 0
+    clips_per_shard: int = 64
+    seed: int = 0
+
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(cls_tokens=self.cls_tokens, grid=self.grid, dim=self.dim, dtype="float16")
+
+    def class_names(self) -> list[str]:
+        if self.task == "order":
+            if self.num_classes % 2:
+                raise ValueError("the order task needs an even number of classes (mirrored pairs)")
+            return [f"{kind}_{k}" for k in range(self.num_classes // 2) for kind in ("rise", "fall")]
+        return [f"class_{c}" for c in range(self.num_classes)]
+
+    def extraction(self) -> dict:
+        return {
+            "backbone": {"name": "synthetic", "task": self.task, "seed": self.seed},
+            "weights": {"source": "none"},
+            "preprocessing": {},
+            "sampling": {"frames": self.frames, "clips": self.clips_per_video, "strategy": "synthetic"},
+            "tokens": self.layout.to_dict(),
+        }
+
+    def clip(self, label: int, rng: np.random.Generator) -> np.ndarray:
+        shape = (self.frames, self.layout.tokens_per_frame, self.dim)
+        tokens = rng.standard_normal(shape, dtype=np.float32) * self.noise
+        if self.task == "order":
+            ramp = np.linspace(-1.0, 1.0, self.frames) * self.signal
+            tokens[:, :, (label // 2) % self.dim] += (ramp if label % 2 == 0 else ramp[::-1])[:, None]
+        else:
+            tokens[:, :, label % self.dim] += self.signal
+        return tokens.astype(np.float16)
+
+
+def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None, **overrides: object) -> Manifest:
+    """Write a complete shard directory for ``spec`` (fields may be overridden by keyword)."""
+    spec = spec or SyntheticTokens()
+    if overrides:
+        spec = SyntheticTokens(**{**spec.__dict__, **overrides})
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    classes = spec.class_names()
+    pairs = [(classes[i], classes[i + 1]) for i in range(0, len(classes), 2)] if spec.task == "order" else []
+    manifest = Manifest(extraction=spec.extraction(), classes=classes, pairs=pairs)
+    rng = np.random.default_rng(spec.seed)
+    writer: ShardWriter | None = None
+    # Videos interleaved by class, so every shard (and any prefix of the cache) holds every class.
+    for video in range(spec.videos_per_class):
+        for label in range(len(classes)):
+            split = "val" if spec.val_every and video % spec.val_every == spec.val_every - 1 else ""
+            if spec.val_every and not split:
+                split = "train"
+            for clip in range(spec.clips_per_video):
+                if writer is None:
+                    writer = ShardWriter(directory, shard_name(len(manifest.shards)), spec.layout, spec.frames)
+                record = ClipRecord(
+                    tokens=spec.clip(label, rng),
+                    label=label,
+                    video=f"{classes[label]}/video_{video:04d}.mp4",
+                    clip=clip,
+                    split=split,
+                    frame_indices=np.arange(spec.frames) * 4 + clip,
+                    num_frames=spec.frames * 4 + spec.clips_per_video,
+                    short=False,
+                )
+                writer.append(record)
+                if writer.count >= spec.clips_per_shard:
+                    manifest.shards.append(writer.finish())
+                    writer = None
+    if writer is not None:
+        manifest.shards.append(writer.finish())
+    write_manifest(directory, manifest)
+    return manifest
