@@ -19,7 +19,7 @@ from step_cache.optimization import WarmupCosine, decays
 from step_cache.probes import ProbeConfigError
 from step_cache.runs import RunError, read_epoch_log
 from step_cache.shards import ClipRecord, ShardWriter, open_shards, shard_name
-from step_cache.synthetic_tokens import SyntheticTokens, write_token_cache
+from step_cache.synthetic_tokens import write_token_cache
 from step_cache.token_data import select_tokens
 from step_cache.train_config import TrainConfigError
 from step_cache.training import train_probe
@@ -252,13 +252,13 @@ def test_clear_errors(cache, tmp_path):
     write_token_cache(other, videos_per_class=2, num_classes=4)
     with pytest.raises(ManifestError, match="classes"):
         train_probe([cache, other], "step", tmp_path / "x", **FAST)
-    with pytest.raises(RunError, match="config.json: missing"):
+    with pytest.raises(RunError, match=r"config\.json: missing"):
         evaluate(tmp_path, cache)
     longer = tmp_path / "eight_frames"
     write_token_cache(longer, videos_per_class=2, frames=8)
     run = tmp_path / "run"
     train_probe(cache, "linear", run, **{**FAST, "epochs": 1})
-    with pytest.raises(ManifestError, match="sampling.frames: 4 != 8"):
+    with pytest.raises(ManifestError, match=r"sampling\.frames: 4 != 8"):
         evaluate(run, longer)
 
 
