@@ -104,11 +104,6 @@ class _Run:
             **config.probe_options,
         ).to(self.device)
         config.probe_options = {**probe_options(config.probe), **config.probe_options}
-        self.steps_per_epoch = math.ceil(len(self.splits.train) / config.batch_size)
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
-        self.scheduler = build_scheduler(
-            self.optimizer, config.epochs * self.steps_per_epoch, round(config.warmup_epochs * self.steps_per_epoch)
-        )
         self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -117,6 +112,18 @@ class _Run:
         self.train_time = self.data_wait = 0.0
         self.train_clips = 0
         self.source = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
+
+    def build_optimizer(self) -> None:
+        # Built only once the run directory is settled: the first optimizer costs seconds (torch imports dynamo).
+        steps_per_epoch = math.ceil(len(self.splits.train) / self.config.batch_size)
+        self.optimizer = build_optimizer(self.model, self.config.lr, self.config.weight_decay)
+        self.scheduler = build_scheduler(
+            self.optimizer,
+            self.config.epochs * steps_per_epoch,
+            round(self.config.warmup_epochs * steps_per_epoch),
+        )
 
     def data_record(self) -> dict[str, Any]:
         return {
@@ -157,6 +164,7 @@ class _Run:
     # -- resume ------------------------------------------------------------------------------------------
     def restore(self, state: dict[str, Any]) -> None:
         runs.load_weights(self.model, self.run_dir / runs.LAST)
+        self.build_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -298,29 +306,30 @@ class _Run:
         return metrics
 
 
-def _prepare_run_dir(run: _Run, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """Write config.json for a new run, or check it and return the saved state of a run to resume."""
+def _refuse_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise runs.RunError("--resume and --overwrite exclude each other")
+    if (run_dir / runs.CONFIG).is_file() and not (resume or overwrite):
+        raise runs.RunError(
+            f"{run_dir}: already holds a run ({runs.CONFIG}); pass --resume to continue it or --overwrite to start over"
+        )
+
+
+def _prepare_run_dir(run: _Run, resume: bool, overwrite: bool) -> dict[str, Any] | None:
+    """Write config.json for a new run, or check it and return the saved state of a run to resume."""
     run_dir = run.run_dir
     record = run_record(run.config, run.data_record())
     run_dir.mkdir(parents=True, exist_ok=True)
-    if (run_dir / runs.CONFIG).is_file():
-        if resume:
-            differences = record_differences(runs.read_config(run_dir), record)
-            if differences:
-                raise runs.RunError(
-                    f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
-                    "repeat the original command with --resume, or use a new --out"
-                )
-            if (run_dir / runs.STATE).is_file() and (run_dir / runs.LAST).is_file():
-                return runs.load_state(run_dir / runs.STATE)
-            log.info("%s: no completed epoch to resume from; starting from the beginning", run_dir)
-        elif not overwrite:
+    if resume and (run_dir / runs.CONFIG).is_file():
+        differences = record_differences(runs.read_config(run_dir), record)
+        if differences:
             raise runs.RunError(
-                f"{run_dir}: already holds a run ({runs.CONFIG}); pass --resume to continue it or --overwrite to "
-                "start over"
+                f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
+                "repeat the original command with --resume, or use a new --out"
             )
+        if (run_dir / runs.STATE).is_file() and (run_dir / runs.LAST).is_file():
+            return runs.load_state(run_dir / runs.STATE)
+        log.info("%s: no completed epoch to resume from; starting from the beginning", run_dir)
     runs.clear_run(run_dir)
     runs.write_json(run_dir / runs.CONFIG, record)
     return None
@@ -343,13 +352,17 @@ def train_probe(
     each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there.
     """
     config = make_config(probe, options)
+    _refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     run = _Run(shards, config, Path(out), select_tokens(shards.layout, config.tokens))
     state = _prepare_run_dir(run, resume, overwrite)
     if state is not None:
+        final = runs.read_final_metrics(run.run_dir)
+        if int(state["epoch"]) >= config.epochs and final is not None:
+            return TrainResult(run.run_dir, final, list(state["history"]))
         run.restore(state)
-        if run.start_epoch >= config.epochs and (final := runs.read_final_metrics(run.run_dir)) is not None:
-            return TrainResult(run.run_dir, final, run.history)
+    else:
+        run.build_optimizer()
     run.open_data()
     for epoch in range(run.start_epoch, config.epochs):
         record = run.run_epoch(epoch)
