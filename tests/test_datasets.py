@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import importlib
 import json
 import re
 from pathlib import Path
@@ -557,6 +558,9 @@ def test_drive_act_chunks_become_segments(tmp_path):
 def test_drive_act_errors(tmp_path):
     root = drive_act_tree(tmp_path / "da")
     folder = root / "activities_3s" / "kinect_color"
+    write_text(folder / "midlevel.chunks_90.split_0.val.csv", DRIVE_ACT_HEADER + "2,vp2/x,5,120,150,juggling,0\n")
+    result = prepare("drive-act", root, tmp_path / "a.csv", view="kinect_color", progress=False)
+    assert any("1 activity name(s) outside the known mid-level list, e.g. 'juggling'" in n for n in result.notes)
     write_text(folder / "midlevel.chunks_90.split_0.val.csv", DRIVE_ACT_HEADER + "2,vp2/x,5,120,120,drinking,0\n")
     with pytest.raises(DatasetError, match=r"split_0\.val\.csv:2: frame_end \(120\) must be greater than frame_start"):
         prepare("drive-act", root, tmp_path / "a.csv", view="kinect_color")
@@ -652,6 +656,41 @@ def test_unknown_dataset_and_no_videos(tmp_path):
     assert set(ADAPTERS) == {"ssv2", "diving48", "ucf101", "hmdb51", "kinetics", "folder", "drive-act", "ikea-asm"}
 
 
+def folder_tree(root: Path) -> Path:
+    for label in ("open", "close"):
+        for i in range(4):
+            touch(root / label / f"{label}_{i}.mp4")
+    return root
+
+
+# dataset -> (tree builder, CLI options, the same options for the Python API)
+FORMATS = {
+    "ssv2": (ssv2_tree, [], {}),
+    "diving48": (diving48_tree, ["--use-frame-ranges"], {"use_frame_ranges": True}),
+    "ucf101": (ucf101_tree, ["--split", "2"], {"split": 2}),
+    "hmdb51": (hmdb51_tree, ["--val-fraction", "0.5"], {"val_fraction": 0.5}),
+    "kinetics": (kinetics_tree, [], {}),
+    "folder": (folder_tree, ["--val-fraction", "0.5", "--seed", "1"], {"val_fraction": 0.5, "seed": 1}),
+    "drive-act": (drive_act_tree, ["--view", "kinect_color"], {"view": "kinect_color"}),
+    "ikea-asm": (ikea_tree, ["--view", "dev1"], {"view": "dev1"}),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(FORMATS))
+def test_cli_writes_what_the_python_api_writes(tmp_path, dataset):
+    build, cli_options, api_options = FORMATS[dataset]
+    root = build(tmp_path / dataset)
+    result = run_cli(dataset, "--root", root, "--out", tmp_path / "cli" / "a.csv", *cli_options)
+    assert result.exit_code == 0, result.output
+    api = prepare(dataset, root, tmp_path / "api" / "a.csv", progress=False, **api_options)
+    assert (tmp_path / "cli" / "a.csv").read_text() == (tmp_path / "api" / "a.csv").read_text()
+    assert f"wrote {len(api.items)} rows" in result.output
+    if api.pairs_path is None:
+        assert not (tmp_path / "cli" / "pairs.txt").exists()
+    else:
+        assert (tmp_path / "cli" / "pairs.txt").read_text() == api.pairs_path.read_text()
+
+
 def test_cli_prepare_writes_csv_and_summary(tmp_path):
     root = ssv2_tree(tmp_path / "ssv2")
     out = tmp_path / "cli" / "ssv2.csv"
@@ -665,11 +704,11 @@ def test_cli_prepare_writes_csv_and_summary(tmp_path):
     result = run_cli("hmdb51", "--root", hmdb, "--out", tmp_path / "h.csv", "--split", "2")
     assert result.exit_code == 0, result.output
     assert [row["split"] for row in csv.DictReader((tmp_path / "h.csv").open())] == ["test"]
-    for i in range(4):
-        touch(tmp_path / "tree" / "open" / f"{i}.mp4")
-    result = run_cli("folder", "--root", tmp_path / "tree", "--out", tmp_path / "f.csv", "--val-fraction", "0.5")
+    result = run_cli(
+        "folder", "--root", folder_tree(tmp_path / "tree"), "--out", tmp_path / "f.csv", "--test-fraction", "0.5"
+    )
     assert result.exit_code == 0, result.output
-    assert sorted(row["split"] for row in csv.DictReader((tmp_path / "f.csv").open())) == ["train"] * 2 + ["val"] * 2
+    assert sorted(row["split"] for row in csv.DictReader((tmp_path / "f.csv").open())) == ["test"] * 4 + ["train"] * 4
 
 
 def test_cli_errors_are_one_line_and_nonzero(tmp_path):
@@ -680,3 +719,102 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path):
     result = run_cli("ucf101", "--root", tmp_path / "missing", "--out", tmp_path / "a.csv")
     assert result.exit_code == 1 and result.stderr == f"error: {tmp_path / 'missing'}: dataset root does not exist\n"
     assert not (tmp_path / "a.csv").exists()
+
+
+# --- end to end: prepare -> extract -> train-probe -----------------------------------------------------------------
+
+
+def _command_names() -> set[str]:
+    with contextlib.suppress(ModuleNotFoundError):
+        _register_commands()
+    names = {command.name or command.callback.__name__.replace("_", "-") for command in app.registered_commands}
+    try:  # the command module alone is not enough: the library behind it must import too
+        importlib.import_module("step_cache.extraction")
+    except ImportError:
+        names -= {"extract", "inspect"}
+    return names
+
+
+COMMANDS = _command_names()
+needs_extract = pytest.mark.skipif(
+    not {"extract", "inspect"} <= COMMANDS, reason="the extract/inspect commands are not on this branch yet"
+)
+needs_train_probe = pytest.mark.skipif("train-probe" not in COMMANDS, reason="train-probe is not on this branch yet")
+# A random-initialised ViT-Ti on 32 px frames: real code paths in seconds (as in the extraction tests).
+TINY_EXTRACT = ["--backbone", "vit-tiny", "--weights", "random", "--frames", "4", "--image-size", "32"]
+TINY_EXTRACT += ["--workers", "0", "--quiet"]
+
+
+def run_app(*args: object):
+    return CliRunner().invoke(app, [str(arg) for arg in args])
+
+
+def real_ssv2_tree(root: Path) -> Path:
+    """SSv2 format with real (VP9 .webm) videos: squares pushed left to right, and pulled back right to left."""
+    from step_cache.synthetic import moving_square, write_video
+
+    labels = ["Pushing something from left to right", "Pulling something from right to left"]
+    write_json(root / "labels" / "labels.json", {name: str(i) for i, name in enumerate(labels)})
+    templates = ["Pushing [something] from left to right", "Pulling [something] from right to left"]
+    for split, ids in (("train", range(4)), ("validation", range(4, 6))):
+        entries = [{"id": str(i), "template": templates[i % 2], "placeholders": ["box"]} for i in ids]
+        write_json(root / "labels" / f"{split}.json", entries)
+    for i in range(6):
+        frames = moving_square(num_frames=12, direction=1 if i % 2 == 0 else -1, seed=i)
+        write_video(root / "20bn-something-something-v2" / f"{i}.webm", frames, codec="libvpx-vp9")
+    return root
+
+
+def real_drive_act_tree(root: Path) -> Path:
+    """Drive&Act format with real mp4 runs, each holding an 'opening' segment then its reverse, 'closing'."""
+    import numpy as np
+
+    from step_cache.synthetic import moving_square, write_video
+
+    folder = root / "activities_3s" / "kinect_color"
+    for subset, participant in (("train", 1), ("val", 2), ("test", 3)):
+        run = f"vp{participant}/run1_2018-05-2{participant}.kinect_color"
+        forward = moving_square(num_frames=20, direction=1, seed=participant)
+        write_video(root / "kinect_color" / f"{run}.mp4", np.concatenate([forward, forward[::-1]]))
+        lines = [
+            f"{participant},{run},0,0,20,opening_door_outside,0",
+            f"{participant},{run},1,20,40,closing_door_outside,0",
+        ]
+        write_text(folder / f"midlevel.chunks_90.split_0.{subset}.csv", DRIVE_ACT_HEADER + "\n".join(lines) + "\n")
+    return root
+
+
+@needs_extract
+@pytest.mark.parametrize("dataset", ["ssv2", "drive-act"])
+def test_prepare_then_extract(tmp_path, dataset):
+    root = real_ssv2_tree(tmp_path / "ssv2") if dataset == "ssv2" else real_drive_act_tree(tmp_path / "da")
+    csv_path = tmp_path / "prepared" / "annotations.csv"
+    result = run_app("prepare", dataset, "--root", root, "--out", csv_path)
+    assert result.exit_code == 0, result.output
+    items = read_annotations(csv_path, root)
+    pairs = read_pairs(csv_path.parent / "pairs.txt")
+    result = run_app(
+        "extract", "--videos", root, "--annotations", csv_path, "--out", tmp_path / "shards", *TINY_EXTRACT
+    )
+    assert result.exit_code == 0, result.output
+    result = run_app("inspect", tmp_path / "shards", "--json")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["failures"] == [] and summary["clips"] == len(items)
+    assert summary["splits"] == {split: sum(i.split == split for i in items) for split in {i.split for i in items}}
+    assert [tuple(pair) for pair in summary["pairs"]] == pairs and len(pairs) == 1
+
+
+@needs_extract
+@needs_train_probe
+def test_prepare_extract_train_probe(tmp_path):
+    # The train-probe options below follow the issue's description; align them when the command lands.
+    root = real_drive_act_tree(tmp_path / "da")
+    csv_path = tmp_path / "annotations.csv"
+    assert run_app("prepare", "drive-act", "--root", root, "--out", csv_path).exit_code == 0
+    result = run_app(
+        "extract", "--videos", root, "--annotations", csv_path, "--out", tmp_path / "shards", *TINY_EXTRACT
+    )
+    assert result.exit_code == 0, result.output
+    result = run_app("train-probe", tmp_path / "shards", "--probe", "step", "--epochs", "2", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output

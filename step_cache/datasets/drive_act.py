@@ -128,4 +128,10 @@ def read(request: Request) -> AdapterResult:
         VideoItem(join(prefix, f"{file_id}.mp4"), activity, subset, start, end)
         for file_id, activity, subset, start, end in rows
     ]
-    return AdapterResult(items, sources, DRIVE_ACT_PAIRS)
+    unknown = sorted({row[1] for row in rows} - set(DRIVE_ACT_ACTIVITIES) - set(DRIVE_ACT_EXTRA_ACTIVITIES))
+    notes = []
+    if unknown:  # accepted (the files are the label set), but worth a look: another annotation level?
+        notes.append(
+            f"{directory}: {len(unknown)} activity name(s) outside the known mid-level list, e.g. {unknown[0]!r}"
+        )
+    return AdapterResult(items, sources, DRIVE_ACT_PAIRS, notes)
