@@ -19,8 +19,8 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     # Imported here so that each module can `from cli.main import app` without a cycle.
+    import cli.extract
     import cli.prepare  # noqa: F401
-    from cli import extract  # noqa: F401
 
 
 def main() -> None:

@@ -7,14 +7,18 @@ from typing import Annotated
 
 import typer
 
+from cli.console import user_errors
 from cli.main import app
-from step_cache.catalog import CatalogError
 from step_cache.datasets import ADAPTERS, prepare
 
 _DATASETS_HELP = "; ".join(f"{name}: {adapter.description}" for name, adapter in ADAPTERS.items())
 
 
-@app.command("prepare", help=f"Write the annotation CSV (and pairs.txt) of a public dataset. {_DATASETS_HELP}.")
+@app.command(
+    "prepare",
+    rich_help_panel="Data",
+    help=f"Write the annotation CSV (and pairs.txt) of a public dataset. {_DATASETS_HELP}.",
+)
 def prepare_command(
     dataset: Annotated[str, typer.Argument(help=f"One of: {', '.join(ADAPTERS)}.")],
     root: Annotated[Path, typer.Option("--root", help="The dataset's root directory (annotations and videos).")],
@@ -46,7 +50,7 @@ def prepare_command(
     ] = False,
     pairs_out: Annotated[Path | None, typer.Option("--pairs-out", help="Where to write pairs.txt.")] = None,
 ) -> None:
-    try:
+    with user_errors():
         result = prepare(
             dataset,
             root,
@@ -62,7 +66,4 @@ def prepare_command(
             strict=strict,
             pairs_out=pairs_out,
         )
-    except CatalogError as error:
-        typer.echo(f"error: {error}", err=True)
-        raise typer.Exit(code=1) from None
     typer.echo(result.summary())

@@ -151,12 +151,6 @@ def prepare(
     write_annotations(out, present)
 
     pairs = pairs_present(result.pairs, class_names(present))
-    unwritable = [pair for pair in pairs if any("," in name or "#" in name for name in pair)]
-    if unwritable:  # the class_a,class_b format has no quoting
-        notes.append(
-            f"left {len(unwritable)} pair(s) out of pairs.txt: a ',' or '#' in a class name, e.g. {unwritable[0]}"
-        )
-        pairs = [pair for pair in pairs if pair not in unwritable]
     pairs_path = None
     if pairs:
         pairs_path = Path(pairs_out) if pairs_out is not None else out.parent / "pairs.txt"
