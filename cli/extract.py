@@ -1,8 +1,7 @@
-"""``step-cache extract`` and ``step-cache inspect``."""
+"""``step-cache extract``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -99,16 +98,3 @@ def extract(
             progress=not quiet,
         )
     typer.echo(report.summary())
-
-
-@app.command(rich_help_panel="Stage one: tokens")
-def inspect(
-    shards: Annotated[Path, typer.Argument(help="Shard directory written by extract.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-) -> None:
-    """Summarise a shard directory: backbone, sampling, token layout, counts per class and split, failures."""
-    from step_cache.cache_summary import format_summary, summarize_cache
-
-    with user_errors():
-        summary = summarize_cache(shards)
-    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
