@@ -1,4 +1,4 @@
-"""Commands that look after an existing cache: ``inspect`` and ``verify``."""
+"""Commands that look after an existing cache: ``inspect``, ``verify`` and ``merge``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import user_errors
+from cli.console import setup_logging, user_errors
 from cli.main import app
 
 
@@ -40,3 +40,22 @@ def verify(
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)
+
+
+@app.command(rich_help_panel="Stage one: tokens")
+def merge(
+    out: Annotated[Path, typer.Argument(help="Cache directory whose parts/ to merge (extract --num-parts N).")],
+    parts: Annotated[
+        list[Path] | None, typer.Argument(help="Part directories to merge instead of OUT/parts/*.")
+    ] = None,
+) -> None:
+    """Write OUT/manifest.json listing the shards of every part, so that OUT reads as one cache."""
+    from step_cache.distributed import merge as merge_parts
+
+    setup_logging()
+    with user_errors():
+        merged = merge_parts(out, parts or None)
+    typer.echo(
+        f"{out}: merged {len(merged.source['parts'])} parts: {merged.num_videos} videos, "
+        f"{merged.num_clips} clips in {len(merged.shards)} shards, {len(merged.failures)} failures"
+    )
