@@ -1,8 +1,8 @@
-"""``step-cache extract`` and ``step-cache inspect``."""
+"""``step-cache extract``."""
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -64,18 +64,30 @@ def extract(
     strict: Annotated[bool, typer.Option(help="Stop at the first video that cannot be read.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing cache in --out and start over.")] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the backbone (worth it for long GPU runs).")] = False,
+    compression: Annotated[
+        str, typer.Option(help="Shard compression: none (default; fastest reads), lz4, zstd or gzip.")
+    ] = "none",
+    num_parts: Annotated[
+        int, typer.Option(min=1, help="Split the videos into N parts (SLURM arrays); under torchrun: WORLD_SIZE.")
+    ] = 1,
+    part: Annotated[int, typer.Option(min=0, help="Which part (0..N-1) this process extracts.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Run a frozen image backbone over videos once and store per-frame tokens in HDF5 shards.
 
     Re-running the same command resumes where it stopped; unreadable videos are skipped and recorded.
+    With --num-parts N --part I each job writes OUT/parts/part-I-of-N; `step-cache merge OUT` joins them.
+    Under torchrun every rank extracts its part and rank 0 merges.
     """
-    from step_cache.extraction import extract as run_extract
+    from step_cache.distributed import extract_distributed, torchrun_environment
+    from step_cache.extraction import extract as extract_videos
 
     setup_logging()
     with user_errors():
         if videos is None and annotations is None:
             raise ValueError("give --videos DIR (class folders) and/or --annotations FILE.csv")
+        under_torchrun = torchrun_environment() is not None and num_parts == 1
+        run_extract = extract_distributed if under_torchrun else partial(extract_videos, num_parts=num_parts, part=part)
         report = run_extract(
             videos,
             out,
@@ -97,18 +109,6 @@ def extract(
             overwrite=overwrite,
             compile=compile,
             progress=not quiet,
+            compression=compression,
         )
     typer.echo(report.summary())
-
-
-@app.command(rich_help_panel="Stage one: tokens")
-def inspect(
-    shards: Annotated[Path, typer.Argument(help="Shard directory written by extract.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-) -> None:
-    """Summarise a shard directory: backbone, sampling, token layout, counts per class and split, failures."""
-    from step_cache.cache_summary import format_summary, summarize_cache
-
-    with user_errors():
-        summary = summarize_cache(shards)
-    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))

@@ -19,7 +19,10 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     # Imported here so that each module can `from cli.main import app` without a cycle.
-    from cli import extract, train  # noqa: F401
+    import cli.cache
+    import cli.extract
+    import cli.prepare
+    import cli.train  # noqa: F401
 
 
 def main() -> None:

@@ -5,12 +5,14 @@ Two sources, both giving the same ``VideoItem`` list:
 - an annotation CSV with a header and columns ``path,label[,split][,start_frame,end_frame]``, paths relative
   to the videos root. ``end_frame`` is exclusive; empty cells mean "unlabelled", "no split", "whole video".
 
-Mirrored class pairs live in a text file of ``class_a,class_b`` lines (``#`` starts a comment).
+Mirrored class pairs live in a text file of ``class_a,class_b`` CSV lines (quote names that hold a comma;
+lines starting with ``#`` are comments).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,10 +163,9 @@ def read_pairs(pairs_path: str | Path, classes: Sequence[str] | None = None) -> 
     pairs: list[tuple[str, str]] = []
     used: set[str] = set()
     for line_no, raw in enumerate(pairs_path.read_text(encoding="utf-8").splitlines(), start=1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+        if not raw.strip() or raw.lstrip().startswith("#"):
             continue
-        names = [part.strip() for part in line.split(",")]
+        names = [part.strip() for part in next(csv.reader([raw]))]  # CSV quoting allows commas in class names
         if len(names) != 2 or not all(names) or names[0] == names[1]:
             raise CatalogError(f"{pairs_path}:{line_no}: expected two different class names 'a,b', got {raw!r}")
         for name in names:
@@ -180,7 +181,9 @@ def read_pairs(pairs_path: str | Path, classes: Sequence[str] | None = None) -> 
 def write_pairs(pairs_path: str | Path, pairs: Iterable[tuple[str, str]], header: str | None = None) -> Path:
     """Write mirrored pairs in the format ``read_pairs`` reads."""
     pairs_path = Path(pairs_path)
-    lines = [f"# {line}" for line in (header or "").splitlines()]
-    lines += [f"{a},{b}" for a, b in pairs]
-    pairs_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    buffer = io.StringIO()
+    for line in (header or "").splitlines():
+        buffer.write(f"# {line}\n")
+    csv.writer(buffer, lineterminator="\n").writerows(pairs)
+    pairs_path.write_text(buffer.getvalue(), encoding="utf-8")
     return pairs_path

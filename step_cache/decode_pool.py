@@ -58,8 +58,14 @@ def _worker_main(tasks: mp.Queue, results: mp.Queue, frames: int, clips: int, pr
     quiet_decoder_logs()
     # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
     crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=2.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # the extraction was killed (SIGKILL leaves no time to stop us): quit
+                return
+            continue
         if task is None:
             return
         if crash_on and task.path.endswith(crash_on):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,30 +19,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from step_cache import __version__
 from step_cache.backbones import Backbone, load_backbone, resolve_backbone
+from step_cache.cache_writer import CacheWriter, ExtractionError, next_shard_index, open_output, recover
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
 from step_cache.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.distributed import part_directory, partition
 from step_cache.frame_batches import FrameBatcher, PendingVideo, TokenComputer, resolve_device
 from step_cache.locking import DirectoryLock
-from step_cache.manifest import (
-    MANIFEST_NAME,
-    Failure,
-    Manifest,
-    ShardRecord,
-    extraction_differences,
-    file_sha256,
-    read_manifest,
-    write_manifest,
-)
-from step_cache.shards import ClipRecord, ShardError, ShardWriter, read_shard_metadata, shard_name
+from step_cache.manifest import Failure, Manifest
+from step_cache.shards import COMPRESSIONS, ClipRecord
 
 log = logging.getLogger(__name__)
-_SHARD_FILE = re.compile(r"^shard-(?P<prefix>.*?)(?P<index>\d{5})\.h5$")
-
-
-class ExtractionError(RuntimeError):
-    """Extraction cannot start or was stopped (settings mismatch, --strict failure, write error)."""
 
 
 @dataclass
@@ -67,6 +53,9 @@ class ExtractOptions:
     compile: bool = False
     decode_timeout: float = 600.0
     progress: bool = True
+    compression: str = "none"  # "none", "lz4", "zstd" (Blosc, needs hdf5plugin) or "gzip"
+    num_parts: int = 1  # split the catalogue into parts (one per GPU / machine / array task) ...
+    part: int = 0  # ... and extract this one into OUT/parts/part-III-of-NNN
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.clips < 1:
@@ -75,6 +64,8 @@ class ExtractOptions:
             raise ExtractionError(f"dtype must be float16 or float32, got {self.dtype!r}")
         if self.shard_size_mb <= 0:
             raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
+        if self.compression not in COMPRESSIONS:
+            raise ExtractionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
 
 
 @dataclass
@@ -128,9 +119,12 @@ def extract(
         else:
             raise ExtractionError("give a videos directory, an annotations CSV, or items")
     items = list(items)
-    classes = class_names(items)
+    classes = class_names(items)  # from the whole catalogue, so that every part has the same class list
     pairs_file = Path(pairs) if pairs else _pairs_beside(annotations)
     pair_list = read_pairs(pairs_file, classes) if pairs_file else []
+    if opts.num_parts > 1:
+        items = partition(items, opts.num_parts, opts.part)
+        out = part_directory(out, opts.part, opts.num_parts)
 
     backbone = load_backbone(
         opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
@@ -141,12 +135,16 @@ def extract(
         "annotations": str(Path(annotations).resolve()) if annotations else None,
         "pairs": str(pairs_file.resolve()) if pairs_file else None,
         "weights_path": backbone.weights.get("path"),
+        "items": len(items),
+        "finished": False,  # set once a run has tried every item
+        **({"part": opts.part, "num_parts": opts.num_parts} if opts.num_parts > 1 else {}),
     }
     with DirectoryLock(out) as lock:
         if lock.replaced_stale:
             log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
-        manifest = _open_output(out, extraction, classes, pair_list, source, opts.overwrite)
-        done = _recover(out, manifest)
+        manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
+        manifest.storage = {"compression": opts.compression}
+        done = recover(out, manifest)
         return _run(backbone, opts, out, manifest, items, done, videos)
 
 
@@ -169,74 +167,6 @@ def _pairs_beside(annotations: str | Path | None) -> Path | None:
         return None
     candidate = Path(annotations).with_name("pairs.txt")
     return candidate if candidate.is_file() else None
-
-
-def _open_output(
-    out: Path, extraction: dict, classes: list[str], pairs: list, source: dict, overwrite: bool
-) -> Manifest:
-    manifest_path = out / MANIFEST_NAME
-    if manifest_path.exists() and overwrite:
-        _remove_cache(out)
-    if not manifest_path.exists():
-        manifest = Manifest(
-            extraction=extraction, classes=classes, pairs=pairs, source=source, tool_version=__version__
-        )
-        write_manifest(out, manifest)
-        return manifest
-    manifest = read_manifest(out)
-    differences = extraction_differences(manifest.extraction, extraction)
-    if manifest.classes != classes:
-        differences.append(f"classes: {manifest.classes} != {classes}")
-    if differences:
-        raise ExtractionError(
-            f"{out} holds a cache made with other settings ({'; '.join(differences[:4])}); "
-            "use another --out, or --overwrite to start over"
-        )
-    manifest.pairs = pairs or manifest.pairs
-    manifest.source = source
-    return manifest
-
-
-def _remove_cache(out: Path) -> None:
-    for path in out.iterdir():
-        if path.name == MANIFEST_NAME or _SHARD_FILE.match(path.name) or path.name.endswith(".h5.tmp"):
-            path.unlink()
-    log.info("%s: removed the previous cache (--overwrite)", out)
-
-
-def _recover(out: Path, manifest: Manifest) -> set[str]:
-    """Discard half-written shards, adopt complete ones the manifest missed, and return the finished items."""
-    for tmp in out.glob(".shard-*.h5.tmp"):
-        log.warning("%s: discarding an unfinished shard from an interrupted run", tmp)
-        tmp.unlink()
-    listed = {record.file for record in manifest.shards}
-    for path in sorted(out.glob("shard-*.h5")):
-        if path.name in listed:
-            continue
-        # Published but not yet in the manifest (a crash between rename and manifest write): keep its work.
-        try:
-            meta = read_shard_metadata(path)
-        except ShardError as error:
-            log.warning("%s; removing it", error)
-            path.unlink()
-            continue
-        manifest.shards.append(
-            ShardRecord(path.name, len(meta["labels"]), len(set(meta["video"])), path.stat().st_size, file_sha256(path))
-        )
-        log.warning("%s: adopted a complete shard missing from the manifest", path)
-    done: set[str] = set()
-    for record in manifest.shards:
-        path = out / record.file
-        if not path.is_file():
-            raise ExtractionError(f"{path}: listed in the manifest but missing; run step-cache verify, or --overwrite")
-        done.update(read_shard_metadata(path)["video"].tolist())
-    write_manifest(out, manifest)
-    return done
-
-
-def _next_shard_index(manifest: Manifest) -> int:
-    indices = [int(m["index"]) for r in manifest.shards if (m := _SHARD_FILE.match(r.file))]
-    return max(indices, default=-1) + 1
 
 
 def _default_workers(device_type: str) -> int:
@@ -274,7 +204,7 @@ def _run(
         )
         for i, item in enumerate(todo)
     ]
-    state = _WriterState(out, manifest, layout, opts.frames, _next_shard_index(manifest), shard_clips)
+    state = CacheWriter(out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression)
     started = time.perf_counter()
     bar = tqdm(total=len(todo), unit="video", desc=f"extract {backbone.spec.name}", disable=not opts.progress)
 
@@ -318,6 +248,7 @@ def _run(
                 continue
             write_finished(batcher.add(PendingVideo(payload=(item, result), frames=_take_frames(result))))
         write_finished(batcher.flush())
+        manifest.source["finished"] = True
         state.finish(failures)
     except KeyboardInterrupt:
         state.finish(failures)  # every clip written so far belongs to a fully extracted video: keep them
@@ -341,49 +272,6 @@ def _run(
 def _take_frames(result: DecodeResult) -> np.ndarray:
     frames, result.frames = result.frames, None  # the batcher owns the pixels now
     return frames
-
-
-class _WriterState:
-    """The shard being written, rolled over when full; the manifest is rewritten after every published shard."""
-
-    def __init__(self, out: Path, manifest: Manifest, layout, frames: int, next_index: int, shard_clips: int):
-        self.out, self.manifest, self.layout, self.frames = out, manifest, layout, frames
-        self.next_index, self.shard_clips = next_index, shard_clips
-        self.writer: ShardWriter | None = None
-
-    def append(self, record: ClipRecord) -> None:
-        if self.writer is None:
-            self.writer = ShardWriter(self.out, shard_name(self.next_index), self.layout, self.frames)
-            self.next_index += 1
-        self.writer.append(record)
-
-    def roll_over_if_full(self, failures: dict[str, Failure]) -> None:
-        if self.writer is not None and self.writer.count >= self.shard_clips:
-            self._publish(failures)
-
-    def _publish(self, failures: dict[str, Failure]) -> None:
-        writer, self.writer = self.writer, None
-        if writer is not None and writer.count:
-            self.manifest.shards.append(writer.finish())
-        elif writer is not None:
-            writer.abandon()
-        self._save(failures)
-
-    def _save(self, failures: dict[str, Failure]) -> None:
-        self.manifest.failures = sorted(failures.values(), key=lambda f: f.video)
-        write_manifest(self.out, self.manifest)
-
-    def finish(self, failures: dict[str, Failure]) -> None:
-        self._publish(failures)
-
-    def abandon(self, failures: dict[str, Failure]) -> None:
-        if self.writer is not None:
-            self.writer.abandon()
-            self.writer = None
-        try:
-            self._save(failures)
-        except OSError as error:  # e.g. the disk is still full: the previous manifest stays valid
-            log.error("%s: could not update the manifest (%s)", self.out, error)
 
 
 __all__ = ["ExtractOptions", "ExtractReport", "ExtractionError", "extract", "extraction_settings"]

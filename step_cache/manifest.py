@@ -90,6 +90,7 @@ class Manifest:
     shards: list[ShardRecord] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     source: dict[str, Any] = field(default_factory=dict)
+    storage: dict[str, Any] = field(default_factory=dict)  # how shards are stored, e.g. {"compression": "lz4"}
     created: str = ""
     updated: str = ""
     tool_version: str = ""
@@ -135,6 +136,7 @@ class Manifest:
             "shards": [asdict(s) for s in self.shards],
             "failures": [asdict(f) for f in self.failures],
             "source": self.source,
+            "storage": self.storage,
         }
 
     @classmethod
@@ -148,6 +150,7 @@ class Manifest:
                 shards=[ShardRecord(**s) for s in data.get("shards", [])],
                 failures=[Failure(**f) for f in data.get("failures", [])],
                 source=data.get("source", {}),
+                storage=data.get("storage", {}),
                 created=data.get("created", ""),
                 updated=data.get("updated", ""),
                 tool_version=data.get("tool_version", ""),

@@ -45,6 +45,32 @@ class ShardError(ValueError):
     """A shard file that is missing, incomplete, or does not match its manifest."""
 
 
+COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+
+
+def compression_filter(name: str) -> dict:
+    """h5py dataset options for a compression choice (see docs/performance.md for why "none" is the default)."""
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if name in ("lz4", "zstd"):
+        hdf5plugin = load_compression_plugins(name)
+        return dict(hdf5plugin.Blosc(cname=name, clevel=5 if name == "lz4" else 3, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    raise ShardError(f"unknown compression {name!r}; choose one of {', '.join(COMPRESSIONS)}")
+
+
+def load_compression_plugins(name: str):
+    """Blosc shards need hdf5plugin's filters registered with HDF5 before any read or write."""
+    try:
+        import hdf5plugin
+    except ImportError:
+        raise ShardError(
+            f"shards compressed with {name} need the hdf5plugin package: pip install 'step-cache[compression]'"
+        ) from None
+    return hdf5plugin
+
+
 def shard_name(index: int, prefix: str = "") -> str:
     return f"shard-{prefix}{index:05d}.h5"
 
@@ -66,9 +92,7 @@ class ClipRecord:
 class ShardWriter:
     """Appends clips to a temporary HDF5 file and publishes it atomically with ``finish()``."""
 
-    def __init__(
-        self, directory: str | Path, name: str, layout: TokenLayout, frames: int, compression: dict | None = None
-    ):
+    def __init__(self, directory: str | Path, name: str, layout: TokenLayout, frames: int, compression: str = "none"):
         self.directory = Path(directory)
         self.name = name
         self.final_path = self.directory / name
@@ -84,7 +108,7 @@ class ShardWriter:
             maxshape=(None, *tokens_shape),
             chunks=(1, *tokens_shape),
             dtype=np.dtype(layout.dtype),
-            **(compression or {}),
+            **compression_filter(compression),
         )
         for key, dtype in METADATA.items():
             extra = (frames,) if key == "frame_indices" else ()
@@ -162,6 +186,9 @@ class ShardSet:
         self.directories = [Path(d) for d in directories]
         self.manifests = [read_manifest(d) for d in self.directories]
         self.manifest = self.manifests[0]
+        for manifest in self.manifests:
+            if manifest.storage.get("compression", "none") in ("lz4", "zstd"):
+                load_compression_plugins(manifest.storage["compression"])
         for directory, manifest in zip(self.directories[1:], self.manifests[1:], strict=True):
             check_compatible(self.manifest, manifest, str(self.directories[0]), str(directory))
         self.paths: list[Path] = []

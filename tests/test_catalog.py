@@ -87,3 +87,9 @@ def test_discover_skips_hidden_and_deep_files(tmp_path):
     touch(tmp_path / "a" / "deeper" / "y.mp4")
     touch(tmp_path / "a" / "z.mp4")
     assert [i.path for i in discover_videos(tmp_path)] == ["a/z.mp4"]
+
+
+def test_pairs_with_commas_in_class_names(tmp_path):
+    pairs = [("Removing something, revealing something behind", "Putting something in front of something")]
+    path = write_pairs(tmp_path / "pairs.txt", pairs)
+    assert read_pairs(path) == pairs

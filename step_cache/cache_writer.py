@@ -1,0 +1,153 @@
+"""The cache directory on disk while extraction writes it: settings check, crash recovery, shard roll-over.
+
+Opening an output directory either starts a new manifest or resumes the existing one (refusing other settings),
+removes half-written shards of a killed run, adopts a shard published just before a crash, and tells which items
+are done. ``CacheWriter`` then appends clips, publishes full shards and rewrites the manifest after each.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from step_cache import __version__
+from step_cache.manifest import (
+    MANIFEST_NAME,
+    Failure,
+    Manifest,
+    ShardRecord,
+    TokenLayout,
+    extraction_differences,
+    file_sha256,
+    read_manifest,
+    write_manifest,
+)
+from step_cache.shards import ClipRecord, ShardError, ShardWriter, read_shard_metadata, shard_name
+
+log = logging.getLogger(__name__)
+_SHARD_FILE = re.compile(r"^shard-(?P<prefix>.*?)(?P<index>\d{5})\.h5$")
+
+
+class ExtractionError(RuntimeError):
+    """Extraction cannot start or was stopped (settings mismatch, --strict failure, write error)."""
+
+
+def open_output(
+    out: Path, extraction: dict, classes: list[str], pairs: list, source: dict, overwrite: bool
+) -> Manifest:
+    manifest_path = out / MANIFEST_NAME
+    if manifest_path.exists() and overwrite:
+        remove_cache(out)
+    if not manifest_path.exists():
+        manifest = Manifest(
+            extraction=extraction, classes=classes, pairs=pairs, source=source, tool_version=__version__
+        )
+        write_manifest(out, manifest)
+        return manifest
+    manifest = read_manifest(out)
+    differences = extraction_differences(manifest.extraction, extraction)
+    if manifest.classes != classes:
+        differences.append(f"classes: {manifest.classes} != {classes}")
+    if differences:
+        raise ExtractionError(
+            f"{out} holds a cache made with other settings ({'; '.join(differences[:4])}); "
+            "use another --out, or --overwrite to start over"
+        )
+    manifest.pairs = pairs or manifest.pairs
+    manifest.source = source
+    return manifest
+
+
+def remove_cache(out: Path) -> None:
+    for path in out.iterdir():
+        if path.name == MANIFEST_NAME or _SHARD_FILE.match(path.name) or path.name.endswith(".h5.tmp"):
+            path.unlink()
+    log.info("%s: removed the previous cache (--overwrite)", out)
+
+
+def recover(out: Path, manifest: Manifest) -> set[str]:
+    """Discard half-written shards, adopt complete ones the manifest missed, and return the finished items."""
+    for tmp in out.glob(".shard-*.h5.tmp"):
+        log.warning("%s: discarding an unfinished shard from an interrupted run", tmp)
+        tmp.unlink()
+    listed = {record.file for record in manifest.shards}
+    for path in sorted(out.glob("shard-*.h5")):
+        if path.name in listed:
+            continue
+        # Published but not yet in the manifest (a crash between rename and manifest write): keep its work.
+        try:
+            meta = read_shard_metadata(path)
+        except ShardError as error:
+            log.warning("%s; removing it", error)
+            path.unlink()
+            continue
+        manifest.shards.append(
+            ShardRecord(path.name, len(meta["labels"]), len(set(meta["video"])), path.stat().st_size, file_sha256(path))
+        )
+        log.warning("%s: adopted a complete shard missing from the manifest", path)
+    done: set[str] = set()
+    for record in manifest.shards:
+        path = out / record.file
+        if not path.is_file():
+            raise ExtractionError(f"{path}: listed in the manifest but missing; run step-cache verify, or --overwrite")
+        done.update(read_shard_metadata(path)["video"].tolist())
+    write_manifest(out, manifest)
+    return done
+
+
+def next_shard_index(manifest: Manifest) -> int:
+    indices = [int(m["index"]) for r in manifest.shards if (m := _SHARD_FILE.match(r.file))]
+    return max(indices, default=-1) + 1
+
+
+class CacheWriter:
+    """The shard being written, rolled over when full; the manifest is rewritten after every published shard."""
+
+    def __init__(
+        self,
+        out: Path,
+        manifest: Manifest,
+        layout: TokenLayout,
+        frames: int,
+        next_index: int,
+        shard_clips: int,
+        compression: str,
+    ):
+        self.out, self.manifest, self.layout, self.frames = out, manifest, layout, frames
+        self.next_index, self.shard_clips, self.compression = next_index, shard_clips, compression
+        self.writer: ShardWriter | None = None
+
+    def append(self, record: ClipRecord) -> None:
+        if self.writer is None:
+            self.writer = ShardWriter(self.out, shard_name(self.next_index), self.layout, self.frames, self.compression)
+            self.next_index += 1
+        self.writer.append(record)
+
+    def roll_over_if_full(self, failures: dict[str, Failure]) -> None:
+        if self.writer is not None and self.writer.count >= self.shard_clips:
+            self._publish(failures)
+
+    def _publish(self, failures: dict[str, Failure]) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None and writer.count:
+            self.manifest.shards.append(writer.finish())
+        elif writer is not None:
+            writer.abandon()
+        self._save(failures)
+
+    def _save(self, failures: dict[str, Failure]) -> None:
+        self.manifest.failures = sorted(failures.values(), key=lambda f: f.video)
+        write_manifest(self.out, self.manifest)
+
+    def finish(self, failures: dict[str, Failure]) -> None:
+        self._publish(failures)
+
+    def abandon(self, failures: dict[str, Failure]) -> None:
+        if self.writer is not None:
+            self.writer.abandon()
+            self.writer = None
+        try:
+            self._save(failures)
+        except OSError as error:  # e.g. the disk is still full: the previous manifest stays valid
+            log.error("%s: could not update the manifest (%s)", self.out, error)

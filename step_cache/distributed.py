@@ -1,0 +1,142 @@
+"""Extraction across GPUs and machines: deterministic parts, one cache per part, and a merged manifest.
+
+Each part is an ordinary cache directory ``OUT/parts/part-III-of-NNN`` (own shards, manifest, lock and resume),
+holding the videos whose stable hash falls in it, so a part that died can be re-run alone and adding videos to
+the catalogue never moves a video to another part. ``merge`` then writes ``OUT/manifest.json`` listing every
+part's shards, and ``OUT`` reads like any cache. Under ``torchrun`` each rank extracts its part, and rank 0
+merges once all ranks are past a barrier (gloo: works on CPU-only and GPU nodes alike).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from step_cache.catalog import VideoItem
+from step_cache.locking import DirectoryLock
+from step_cache.manifest import Manifest, ManifestError, ShardRecord, read_manifest, write_manifest
+from step_cache.shards import check_compatible
+
+log = logging.getLogger(__name__)
+PARTS_DIR = "parts"
+_PART_NAME = re.compile(r"^part-(\d{3})-of-(\d{3})$")
+
+
+def part_of(key: str, num_parts: int) -> int:
+    """Stable part of an item: the same on every machine, run and Python version (not ``hash()``)."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % num_parts
+
+
+def partition(items: Sequence[VideoItem], num_parts: int, part: int) -> list[VideoItem]:
+    if num_parts < 1 or not 0 <= part < num_parts:
+        raise ValueError(f"--part must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part}")
+    return [item for item in items if part_of(item.key, num_parts) == part]
+
+
+def part_directory(out: str | Path, part: int, num_parts: int) -> Path:
+    return Path(out) / PARTS_DIR / f"part-{part:03d}-of-{num_parts:03d}"
+
+
+def find_parts(out: str | Path) -> list[Path]:
+    """Part directories under ``OUT/parts``; all must come from the same ``--num-parts``."""
+    root = Path(out) / PARTS_DIR
+    parts = sorted(p for p in root.glob("part-*-of-*") if p.is_dir() and _PART_NAME.match(p.name))
+    if not parts:
+        raise ManifestError(f"{root}: no part directories (part-III-of-NNN) to merge")
+    totals = {int(_PART_NAME.match(p.name).group(2)) for p in parts}
+    if len(totals) > 1:
+        raise ManifestError(f"{root}: parts of different --num-parts ({sorted(totals)}); keep one set")
+    total = totals.pop()
+    present = {int(_PART_NAME.match(p.name).group(1)) for p in parts}
+    missing = sorted(set(range(total)) - present)
+    if missing:
+        raise ManifestError(
+            f"{root}: part(s) {missing} of {total} are missing; run them with --num-parts "
+            f"{total} --part I before merging"
+        )
+    return parts
+
+
+def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifest:
+    """Write ``OUT/manifest.json`` listing the shards of every part (default: all of ``OUT/parts``).
+
+    Parts must have identical extraction settings and class lists (extract computes classes from the whole
+    catalogue before partitioning, so they do). Unfinished parts are merged with a warning.
+    """
+    out = Path(out)
+    part_dirs = [Path(p) for p in parts] if parts else find_parts(out)
+    manifests = [read_manifest(p) for p in part_dirs]
+    first = manifests[0]
+    for directory, manifest in zip(part_dirs[1:], manifests[1:], strict=True):
+        check_compatible(first, manifest, str(part_dirs[0]), str(directory))
+    shards: list[ShardRecord] = []
+    failures = []
+    for directory, manifest in zip(part_dirs, manifests, strict=True):
+        if not manifest.source.get("finished", False):
+            log.warning(
+                "%s: this part has not finished; merging the %d videos it holds", directory, manifest.num_videos
+            )
+        prefix = os.path.relpath(directory, out)
+        shards += [ShardRecord(**{**vars(r), "file": f"{prefix}/{r.file}"}) for r in manifest.shards]
+        failures += manifest.failures
+    merged = Manifest(
+        extraction=first.extraction,
+        classes=first.classes,
+        pairs=first.pairs,
+        shards=shards,
+        failures=sorted(failures, key=lambda f: f.video),
+        tool_version=first.tool_version,
+        source={
+            **first.source,
+            "parts": [os.path.relpath(p, out) for p in part_dirs],
+            "finished": all(m.source.get("finished", False) for m in manifests),
+        },
+        storage=first.storage,
+    )
+    with DirectoryLock(out):
+        write_manifest(out, merged)
+    return merged
+
+
+def torchrun_environment() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when started by torchrun with more than one process, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def extract_distributed(videos: Any, out: str | Path, timeout_hours: float = 48.0, **options: Any) -> Any:
+    """Run under ``torchrun``: rank r extracts part r of WORLD_SIZE; rank 0 merges after a barrier.
+
+    Returns this rank's ExtractReport. A rank that fails does not reach the barrier: the others then stop
+    waiting after ``timeout_hours``; re-run that part alone (``--num-parts N --part r``) and ``step-cache merge``.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from step_cache.extraction import extract
+
+    environment = torchrun_environment()
+    if environment is None:
+        raise RuntimeError("extract_distributed needs torchrun (WORLD_SIZE > 1)")
+    rank, world, local_rank = environment
+    if options.get("device", "auto") in ("auto", "cuda") and torch.cuda.is_available():
+        options["device"] = f"cuda:{local_rank % torch.cuda.device_count()}"
+    dist.init_process_group("gloo", timeout=timedelta(hours=timeout_hours))
+    try:
+        report = extract(videos, out, **options, num_parts=world, part=rank)
+        dist.barrier()
+        if rank == 0:
+            merged = merge(out, [part_directory(out, r, world) for r in range(world)])
+            log.info("%s: merged %d parts: %d videos in %d shards", out, world, merged.num_videos, len(merged.shards))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return report

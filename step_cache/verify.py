@@ -1,0 +1,136 @@
+"""``step-cache verify``: check every shard of a cache against its manifest, byte for byte and value for value."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from tqdm import tqdm
+
+from step_cache.manifest import Manifest, ManifestError, ShardRecord, file_sha256, read_manifest
+from step_cache.shards import METADATA, STRING
+
+_READ_BLOCK_BYTES = 256 * 2**20  # read tokens in blocks of about this size: bounded memory, few calls
+
+
+@dataclass
+class VerifyReport:
+    directory: Path
+    shards: int = 0
+    clips: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)  # each names the file and what is wrong
+    warnings: list[str] = field(default_factory=list)  # leftovers that do not make the cache wrong
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        head = (
+            f"{self.directory}: {self.shards} shard(s), {self.clips} clips, {self.bytes / 2**20:.1f} MiB "
+            f"checked in {self.seconds:.1f} s"
+        )
+        lines = [f"OK  {head}" if self.ok else f"BAD {head}: {len(self.problems)} problem(s)"]
+        lines += [f"  problem: {p}" for p in self.problems] + [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def verify_cache(directory: str | Path, checksums: bool = True, progress: bool = False) -> VerifyReport:
+    """Check counts, shapes, dtypes, checksums, that every chunk reads, label ranges, finite values, and that no
+    video appears twice. Never raises for a damaged cache: every finding goes into the report."""
+    directory = Path(directory)
+    report = VerifyReport(directory)
+    started = time.perf_counter()
+    try:
+        manifest = read_manifest(directory)
+    except ManifestError as error:
+        report.problems.append(str(error))
+        return report
+    seen_videos: dict[str, str] = {}
+    for record in tqdm(manifest.shards, desc="verify", unit="shard", disable=not progress):
+        report.shards += 1
+        problems = _check_shard(directory / record.file, record, manifest, checksums, seen_videos)
+        report.problems += [f"{directory / record.file}: {p}" for p in problems]
+        report.clips += record.clips
+        report.bytes += record.bytes
+    if sum(r.clips for r in manifest.shards) != manifest.num_clips:
+        report.problems.append(f"{directory / 'manifest.json'}: clip counts do not add up")
+    listed = {(directory / r.file).resolve() for r in manifest.shards}
+    for path in sorted(directory.rglob("shard-*.h5")):
+        if path.resolve() not in listed:
+            report.warnings.append(f"{path}: shard on disk but not in the manifest (a run that did not finish?)")
+    for path in sorted(directory.rglob(".shard-*.h5.tmp")):
+        report.warnings.append(f"{path}: unfinished shard of an interrupted run; the next extract removes it")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_shard(
+    path: Path, record: ShardRecord, manifest: Manifest, checksums: bool, seen_videos: dict[str, str]
+) -> list[str]:
+    if not path.is_file():
+        return ["missing"]
+    problems = []
+    size = path.stat().st_size
+    if size != record.bytes:
+        problems.append(f"size {size} bytes, manifest says {record.bytes} (truncated or altered)")
+    elif checksums and file_sha256(path) != record.sha256:
+        problems.append("sha256 differs from the manifest (altered)")
+    try:
+        with h5py.File(path, "r") as handle:
+            problems += _check_contents(handle, record, manifest, seen_videos, path.name)
+    except (OSError, KeyError, ValueError) as error:
+        problems.append(f"unreadable ({' '.join(str(error).split())[:200]})")
+    return problems
+
+
+def _check_contents(
+    handle: h5py.File, record: ShardRecord, manifest: Manifest, seen_videos: dict[str, str], name: str
+) -> list[str]:
+    if not handle.attrs.get("complete", False):
+        return ["not marked complete"]
+    missing = [key for key in ("tokens", *METADATA) if key not in handle]
+    if missing:
+        return [f"lacks dataset(s) {', '.join(missing)}"]
+    layout = manifest.layout
+    expected = (record.clips, manifest.frames, layout.tokens_per_frame, layout.dim)
+    tokens = handle["tokens"]
+    problems = []
+    if tokens.shape != expected:
+        return [f"tokens have shape {tokens.shape}, expected {expected}"]
+    if tokens.dtype != np.dtype(layout.dtype):
+        problems.append(f"tokens are {tokens.dtype}, manifest says {layout.dtype}")
+    for key in METADATA:
+        if len(handle[key]) != record.clips:
+            problems.append(f"{key} has {len(handle[key])} rows, expected {record.clips}")
+    if problems:
+        return problems
+    labels = handle["labels"][...]
+    if labels.min(initial=0) < -1 or labels.max(initial=-1) >= len(manifest.classes):
+        problems.append(f"labels outside -1..{len(manifest.classes) - 1}")
+    if handle["frame_indices"].shape != (record.clips, manifest.frames):
+        problems.append(f"frame_indices have shape {handle['frame_indices'].shape}")
+    videos = handle["video"].asstr()[...] if handle["video"].dtype == STRING else handle["video"][...]
+    for video, clip in zip(videos, handle["clip"][...], strict=True):
+        key = f"{video}#clip{clip}"
+        if key in seen_videos:
+            problems.append(f"{video} clip {clip} also in {seen_videos[key]} (duplicate)")
+        seen_videos[key] = name
+    block = max(1, _READ_BLOCK_BYTES // (int(np.prod(expected[1:])) * tokens.dtype.itemsize))
+    bad_clips = []
+    for start in range(0, record.clips, block):
+        try:
+            values = tokens[start : start + block]
+        except OSError as error:  # a damaged chunk: name the clips it holds
+            problems.append(f"clips {start}..{min(record.clips, start + block) - 1} unreadable ({error})")
+            continue
+        finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        bad_clips += [start + int(i) for i in np.nonzero(~finite)[0]]
+    if bad_clips:
+        problems.append(f"NaN/Inf in {len(bad_clips)} clip(s), e.g. row {bad_clips[0]} ({videos[bad_clips[0]]})")
+    return problems

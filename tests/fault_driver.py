@@ -1,0 +1,87 @@
+"""Fault-injection driver: SIGKILL an extraction at random moments, resume, and check the cache after each kill.
+
+Run as a script by tests/test_fault_injection.py. This process imports the library once and forks a child per
+round (fast), but never runs torch itself, so forking is safe. Prints one JSON line with what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def check(out: Path, good: set[str]) -> str:
+    """'empty' (no manifest yet), 'partial' or 'complete'; raises AssertionError when a promise is broken."""
+    from step_cache.manifest import read_manifest
+    from step_cache.shards import open_shards
+    from step_cache.verify import verify_cache
+
+    if not (out / "manifest.json").exists():
+        return "empty"
+    manifest = read_manifest(out)  # atomic replace: always parseable
+    report = verify_cache(out, checksums=True)
+    assert report.ok, report.summary()
+    if not manifest.shards:
+        return "partial"
+    with open_shards(out) as shards:
+        videos = list(shards.videos)
+    assert len(videos) == len(set(videos)), "a video appears twice"
+    assert set(videos) <= good, f"unexpected videos {set(videos) - good}"
+    return "complete" if set(videos) == good else "partial"
+
+
+def run_child(videos: Path, out: Path, options: dict, overwrite: bool) -> int:
+    pid = os.fork()
+    if pid == 0:  # child: one extraction run, then leave without running the parent's cleanup
+        code = 1
+        try:
+            from step_cache.extraction import extract
+
+            extract(videos, out, **options, overwrite=overwrite)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def main() -> None:
+    config = json.loads(sys.argv[1])
+    videos, out = Path(config["videos"]), Path(config["out"])
+    good, options = set(config["good"]), config["options"]
+    rng = random.Random(config["seed"])
+    # Import once, before forking (imports start no torch threads, so forking stays safe).
+    import timm  # noqa: F401
+
+    import step_cache.extraction  # noqa: F401
+
+    # Calibrate: how long does one whole run take here? Kills are then spread over that time.
+    started = time.monotonic()
+    pid = run_child(videos, out, options, True)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the calibration run failed"
+    duration = time.monotonic() - started
+
+    states, overwrite = [], True
+    for _ in range(config["rounds"]):
+        pid = run_child(videos, out, options, overwrite)
+        time.sleep(rng.uniform(0.0, duration))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        state = check(out, good)
+        states.append(state)
+        overwrite = state == "complete"  # start over so that later kills still land mid-run
+    pid = run_child(videos, out, options, False)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the final resume failed"
+    final = check(out, good)
+    assert final == "complete", final
+    print(json.dumps({"states": states, "final": final, "run_seconds": round(duration, 2)}))
+
+
+if __name__ == "__main__":
+    main()

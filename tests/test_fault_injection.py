@@ -1,0 +1,128 @@
+"""Promises under faults: SIGKILL at random moments, write errors mid-shard, a second writer, stale locks."""
+
+import errno
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import GOOD_VIDEOS, TINY
+
+from step_cache import extract, open_shards
+from step_cache.extraction import ExtractionError
+from step_cache.locking import DirectoryLock, LockedError
+from step_cache.shards import ShardWriter
+
+DRIVER = Path(__file__).with_name("fault_driver.py")
+
+
+def add_copies(tree: Path, count: int) -> int:
+    for i in range(count):
+        source = tree / "slide_left" / f"slide_left_{i % 4}.mp4"
+        (tree / "slide_left" / f"copy_{i}.mp4").write_bytes(source.read_bytes())
+    return GOOD_VIDEOS + count
+
+
+def good_keys(tree: Path) -> list[str]:
+    from step_cache.catalog import discover_videos
+
+    bad = {"slide_left/truncated.mp4", "slide_right/empty.mp4", "blink/notes.mp4"}
+    return [item.key for item in discover_videos(tree) if item.key not in bad]
+
+
+def run_driver(tree: Path, out: Path, rounds: int, seed: int) -> dict:
+    config = {
+        "videos": str(tree),
+        "out": str(out),
+        "good": good_keys(tree),
+        "rounds": rounds,
+        "seed": seed,
+        "max_delay": 2.5,
+        "options": {**TINY, "shard_size_mb": 0.001},
+    }
+    result = subprocess.run(
+        [sys.executable, str(DRIVER), json.dumps(config)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=DRIVER.parent,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_sigkill_at_random_moments_then_resume(video_tree, tmp_path):
+    add_copies(video_tree, 12)
+    outcome = run_driver(video_tree, tmp_path / "s", rounds=10, seed=0)
+    assert len(outcome["states"]) == 10 and outcome["final"] == "complete"
+    assert "partial" in outcome["states"], outcome  # some kills did land mid-run
+
+
+@pytest.mark.slow
+def test_sigkill_many_times(video_tree, tmp_path):
+    add_copies(video_tree, 30)
+    outcome = run_driver(video_tree, tmp_path / "s", rounds=60, seed=1)
+    assert outcome["final"] == "complete" and outcome["states"].count("partial") >= 10, outcome
+
+
+def test_write_error_mid_shard_stops_cleanly_and_resumes(video_tree, tmp_path, monkeypatch):
+    out = tmp_path / "s"
+    original = ShardWriter.append
+    calls = {"n": 0}
+
+    def failing_append(self, record):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, record)
+
+    monkeypatch.setattr(ShardWriter, "append", failing_append)
+    with pytest.raises(ExtractionError, match=r"No space left on device.*re-run the same command to resume"):
+        extract(video_tree, out, **TINY, shard_size_mb=0.005)  # about two clips per shard
+    assert not list(out.glob(".shard-*.tmp"))
+    kept = open_shards(out)
+    assert 0 < len(kept) < GOOD_VIDEOS
+    monkeypatch.setattr(ShardWriter, "append", original)
+    report = extract(video_tree, out, **TINY, shard_size_mb=0.005)
+    assert report.skipped == len(kept)
+    videos = list(open_shards(out).videos)
+    assert len(videos) == len(set(videos)) == GOOD_VIDEOS
+
+
+def test_second_writer_is_refused_while_first_runs(video_tree, tmp_path):
+    out = tmp_path / "s"
+    pattern = r"another extraction \(pid \d+ on .*delete .*\.lock"
+    with DirectoryLock(out), pytest.raises(LockedError, match=pattern):  # a live process (this one) holds it
+        extract(video_tree, out, **TINY)
+    assert extract(video_tree, out, **TINY).videos == GOOD_VIDEOS  # free again once released
+
+
+def test_stale_lock_of_dead_process_is_taken_over(video_tree, tmp_path, caplog):
+    out = tmp_path / "s"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    import socket
+
+    (out / ".lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "earlier"}))
+    assert extract(video_tree, out, **TINY).videos == GOOD_VIDEOS
+    assert "stale lock" in caplog.text and not (out / ".lock").exists()
+
+
+def test_mixed_frame_sizes_in_one_run(tmp_path):
+    from step_cache.synthetic import moving_square, write_video
+
+    for i, size in enumerate([(48, 64), (96, 64), (120, 160), (36, 36)]):
+        write_video(tmp_path / "v" / "a" / f"{i}.mp4", moving_square(12, size, seed=i))
+    report = extract(tmp_path / "v", tmp_path / "s", **TINY)
+    assert report.videos == 4 and not report.failures
+    assert open_shards(tmp_path / "s").read_tokens(range(4)).shape == (4, 4, 5, 192)
+
+
+def test_directory_without_videos(tmp_path):
+    from step_cache.catalog import CatalogError
+
+    (tmp_path / "empty" / "class").mkdir(parents=True)
+    with pytest.raises(CatalogError, match="no videos found"):
+        extract(tmp_path / "empty", tmp_path / "s", **TINY)
