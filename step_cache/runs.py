@@ -3,8 +3,9 @@
 - ``config.json``: everything needed to reproduce the run (hyperparameters, probe options, cache identity).
 - ``metrics.jsonl``: one JSON line per completed epoch.
 - ``best.pt`` / ``last.pt``: probe weights only (a state dict of tensors), loadable with ``weights_only=True``.
-- ``last_state.pt``: what ``--resume`` needs besides the weights (optimizer, scheduler, RNG, epoch, history).
-  It is written after ``last.pt`` and is the commit point of an epoch.
+- ``last_state.pt``: everything ``--resume`` needs (weights, optimizer, scheduler, RNG, epoch, history). It is
+  the commit point of an epoch: ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are written after it and
+  rewritten from it on resume.
 - ``metrics.json``: final metrics of the best checkpoint.
 """
 

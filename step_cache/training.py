@@ -162,8 +162,15 @@ class _Run:
         )  # fmt: skip
 
     # -- resume ------------------------------------------------------------------------------------------
+    def write_derived_files(self) -> None:
+        """last.pt (and best.pt when the last epoch is the best) and metrics.jsonl, from the committed state."""
+        runs.save_weights(self.model, self.run_dir / runs.LAST)
+        if self.history and self.best_epoch == self.history[-1]["epoch"]:
+            runs.save_weights(self.model, self.run_dir / runs.BEST)
+        runs.write_epoch_log(self.run_dir, self.history)
+
     def restore(self, state: dict[str, Any]) -> None:
-        runs.load_weights(self.model, self.run_dir / runs.LAST)
+        self.model.load_state_dict(state["model"])
         self.build_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -175,12 +182,13 @@ class _Run:
         self.best, self.best_epoch = tuple(state["best"]), int(state["best_epoch"])
         self.train_time, self.data_wait = float(state["train_time"]), float(state["data_wait"])
         self.train_clips = int(state["train_clips"])
-        runs.write_epoch_log(self.run_dir, self.history)  # drop any line written after the last commit
+        self.write_derived_files()  # whatever a kill left half-done after the last commit
         log.info("resuming %s after epoch %d of %d", self.run_dir, self.start_epoch, self.config.epochs)
 
     def state(self, epoch: int) -> dict[str, Any]:
         return {
             "epoch": epoch,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -266,11 +274,11 @@ class _Run:
         record["best"] = score > self.best
         if record["best"]:
             self.best, self.best_epoch = score, epoch + 1
-            runs.save_weights(self.model, self.run_dir / runs.BEST)
-        runs.save_weights(self.model, self.run_dir / runs.LAST)
         self.history.append(record)
-        runs.save_state(self.state(epoch + 1), self.run_dir / runs.STATE)  # the epoch's commit point
-        runs.write_epoch_log(self.run_dir, self.history)
+        # The state file (with the weights) is the epoch's commit point; last.pt, best.pt and metrics.jsonl are
+        # derived from it afterwards, and ``restore`` rewrites them, so a kill between any two writes loses nothing.
+        runs.save_state(self.state(epoch + 1), self.run_dir / runs.STATE)
+        self.write_derived_files()
         log.info(
             "epoch %d/%d  loss %.4f  train %.3f  val top-1 %.3f  val loss %.4f%s",
             epoch + 1, self.config.epochs, record["train_loss"], record["train_top1"], val["top1"], val["loss"],
@@ -327,7 +335,7 @@ def _prepare_run_dir(run: _Run, resume: bool, overwrite: bool) -> dict[str, Any]
                 f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
                 "repeat the original command with --resume, or use a new --out"
             )
-        if (run_dir / runs.STATE).is_file() and (run_dir / runs.LAST).is_file():
+        if (run_dir / runs.STATE).is_file():
             return runs.load_state(run_dir / runs.STATE)
         log.info("%s: no completed epoch to resume from; starting from the beginning", run_dir)
     runs.clear_run(run_dir)

@@ -110,6 +110,10 @@ def test_resume_continues_exactly(cache, tmp_path):
         train_probe(cache, "step", tmp_path / "resumed", **options)
     with pytest.raises(RunError, match=r"lr: 0.003 in the run, 0.001 now"):
         train_probe(cache, "step", tmp_path / "resumed", resume=True, **{**options, "lr": 1e-3})
+    # A kill after the state commit but before the derived files: last.pt missing, metrics.jsonl one line short.
+    (tmp_path / "resumed" / "last.pt").unlink()
+    log = tmp_path / "resumed" / "metrics.jsonl"
+    log.write_text(log.read_text().splitlines()[0] + "\n")
     seen = []
     resumed = train_probe(cache, "step", tmp_path / "resumed", resume=True, on_epoch=seen.append, **options)
     assert [r["epoch"] for r in seen] == [3, 4]  # only the missing epochs ran
