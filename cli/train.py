@@ -16,6 +16,18 @@ PANEL = "Stage two: probes"
 Features = Annotated[
     list[Path], typer.Option(help="Shard directory written by extract (repeat to combine compatible caches).")
 ]
+ShardArguments = Annotated[
+    list[Path] | None, typer.Argument(help="Shard directories (the same as --features)", show_default=False)
+]
+
+
+def _all_features(positional: list[Path] | None, features: list[Path] | None) -> list[Path]:
+    chosen = [*(positional or []), *(features or [])]
+    if not chosen:
+        raise ValueError("give the shard directory: step-cache train-probe SHARDS/ (or --features SHARDS/)")
+    return chosen
+
+
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
 DataMode = Annotated[
     str, typer.Option(help="auto (in memory when it fits), memory (load all tokens into RAM) or streaming (HDF5).")
@@ -25,7 +37,11 @@ Workers = Annotated[int | None, typer.Option(min=0, help="Streaming reader proce
 
 @app.command("train-probe", rich_help_panel=PANEL)
 def train_probe(
-    features: Features,
+    shards: ShardArguments = None,
+    features: Annotated[
+        list[Path] | None,
+        typer.Option(help="Shard directory written by extract (repeat to combine compatible caches)."),
+    ] = None,
     probe: Annotated[str, typer.Option(help="linear, attentive, self-attentive or step.")] = "step",
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<probe>).")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
@@ -82,7 +98,7 @@ def train_probe(
     }
     with user_errors():
         result = run_training(
-            features,
+            _all_features(shards, features),
             probe,
             out or Path("runs") / probe,
             resume=resume,

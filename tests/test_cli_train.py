@@ -50,7 +50,8 @@ def test_every_probe_end_to_end(shards, tmp_path):
     processes = {}
     for probe in PROBES:
         extra = step_options if probe == "step" else []
-        args = ["--features", shards, "--probe", probe, "--out", tmp_path / probe, *SHORT, *extra]
+        where = [shards] if probe == "linear" else ["--features", shards]  # positional or --features
+        args = [*where, "--probe", probe, "--out", tmp_path / probe, *SHORT, *extra]
         processes[probe] = cli_process("train-probe", *args)
     lines = {}
     for probe, process in processes.items():
@@ -114,6 +115,7 @@ def test_clear_one_line_errors(invoke, shards, tmp_path):
     run.mkdir()
     (run / "config.json").write_text("{}")
     cases = [
+        (["train-probe"], "give the shard directory"),
         (["train-probe", "--features", "/no/such/cache"], "/no/such/cache: no manifest"),
         (["train-probe", "--features", shards, "--probe", "mamba", "--out", tmp_path / "r"], "unknown probe 'mamba'"),
         (
