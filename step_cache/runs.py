@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ import torch
 
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.manifest import atomic_write_text
+from step_cache.train_config import record_differences
+
+log = logging.getLogger(__name__)
 
 CONFIG = "config.json"
 EPOCH_LOG = "metrics.jsonl"
@@ -103,3 +107,32 @@ def clear_run(run_dir: Path) -> None:
     """Remove the files of a previous run (``--overwrite``), leaving anything else in the directory alone."""
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
+
+
+def refuse_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """The cheap checks, done before any slow work: a run directory is never overwritten by accident."""
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite exclude each other")
+    if (run_dir / CONFIG).is_file() and not (resume or overwrite):
+        raise RunError(
+            f"{run_dir}: already holds a run ({CONFIG}); pass --resume to continue it or --overwrite to start over"
+        )
+
+
+def open_run_dir(run_dir: Path, record: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """Start a run (clear old run files, write config.json) or, with ``resume``, check the stored config against
+    ``record`` and return the saved state (None when no epoch was completed: the run starts over)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (run_dir / CONFIG).is_file():
+        differences = record_differences(read_config(run_dir), record)
+        if differences:
+            raise RunError(
+                f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
+                "repeat the original command with --resume, or use a new --out"
+            )
+        if (run_dir / STATE).is_file():
+            return load_state(run_dir / STATE)
+        log.info("%s: no completed epoch to resume from; starting from the beginning", run_dir)
+    clear_run(run_dir)
+    write_json(run_dir / CONFIG, record)
+    return None

@@ -31,7 +31,7 @@ from step_cache.optimization import build_optimizer, build_scheduler
 from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.shards import ShardSet, open_shards
 from step_cache.token_data import TokenSelection, batch_plan, open_token_source, select_tokens
-from step_cache.train_config import TrainConfig, make_config, record_differences, run_record
+from step_cache.train_config import TrainConfig, make_config, run_record
 
 log = logging.getLogger(__name__)
 
@@ -314,35 +314,6 @@ class _Run:
         return metrics
 
 
-def _refuse_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    if resume and overwrite:
-        raise runs.RunError("--resume and --overwrite exclude each other")
-    if (run_dir / runs.CONFIG).is_file() and not (resume or overwrite):
-        raise runs.RunError(
-            f"{run_dir}: already holds a run ({runs.CONFIG}); pass --resume to continue it or --overwrite to start over"
-        )
-
-
-def _prepare_run_dir(run: _Run, resume: bool, overwrite: bool) -> dict[str, Any] | None:
-    """Write config.json for a new run, or check it and return the saved state of a run to resume."""
-    run_dir = run.run_dir
-    record = run_record(run.config, run.data_record())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume and (run_dir / runs.CONFIG).is_file():
-        differences = record_differences(runs.read_config(run_dir), record)
-        if differences:
-            raise runs.RunError(
-                f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
-                "repeat the original command with --resume, or use a new --out"
-            )
-        if (run_dir / runs.STATE).is_file():
-            return runs.load_state(run_dir / runs.STATE)
-        log.info("%s: no completed epoch to resume from; starting from the beginning", run_dir)
-    runs.clear_run(run_dir)
-    runs.write_json(run_dir / runs.CONFIG, record)
-    return None
-
-
 def train_probe(
     features: str | Path | Sequence[str | Path] | ShardSet,
     probe: str = "step",
@@ -360,10 +331,10 @@ def train_probe(
     each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there.
     """
     config = make_config(probe, options)
-    _refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
+    runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     run = _Run(shards, config, Path(out), select_tokens(shards.layout, config.tokens))
-    state = _prepare_run_dir(run, resume, overwrite)
+    state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:
         final = runs.read_final_metrics(run.run_dir)
         if int(state["epoch"]) >= config.epochs and final is not None:
