@@ -46,6 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3, help="the first warms up, the fastest other counts")
     parser.add_argument("--workers", type=int, default=1, help="streaming reader processes")
+    parser.add_argument(
+        "--tokens", default="all", choices=["auto", "all", "cls", "patches"], help="tokens the probes see"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--cache", type=Path, default=None, help="reuse/keep the synthetic cache here")
@@ -81,6 +84,7 @@ def measure(args: argparse.Namespace, cache: Path, probe: str, mode: str, out: P
         val_fraction=0.05,
         data=mode,
         workers=args.workers,
+        tokens=args.tokens,
         device=args.device,
         progress=False,
     )
@@ -94,10 +98,11 @@ def measure(args: argparse.Namespace, cache: Path, probe: str, mode: str, out: P
     }
 
 
-def load_time(cache: Path) -> float:
+def load_time(cache: Path, tokens: str) -> float:
     shards = open_shards(cache)
     started = time.perf_counter()
-    InMemoryTokens(shards, range(len(shards)), select_tokens(shards.layout), shards.labels)
+    subset = "all" if tokens == "auto" else tokens
+    InMemoryTokens(shards, range(len(shards)), select_tokens(shards.layout, subset), shards.labels)
     return time.perf_counter() - started
 
 
@@ -120,7 +125,7 @@ def main() -> None:
             f"{os.getloadavg()[0]:.1f}, device {args.device}, batch {args.batch_size}, workers {args.workers}"
         )
         if "memory" in args.modes:
-            print(f"in-memory load: {load_time(cache):.2f} s")
+            print(f"in-memory load ({args.tokens} tokens): {load_time(cache, args.tokens):.2f} s")
         print(f"{'probe':<16}{'params':>10}" + "".join(f"{m + ' clips/s':>20}{'I/O share':>11}" for m in args.modes))
         for probe in args.probes:
             row, params = "", 0

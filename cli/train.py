@@ -58,7 +58,10 @@ def train_probe(
     val_fraction: Annotated[
         float, typer.Option(help="Share of training videos held out (stratified) when the cache has no val split.")
     ] = 0.2,
-    tokens: Annotated[str, typer.Option(help="Tokens the probe sees per frame: all, cls or patches.")] = "all",
+    tokens: Annotated[
+        str,
+        typer.Option(help="Tokens the probe sees per frame: all, cls, patches, or auto (cls for linear, else all)."),
+    ] = "auto",
     pairs: Annotated[
         Path | None, typer.Option(help="Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     ] = None,

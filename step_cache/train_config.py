@@ -38,7 +38,7 @@ class TrainConfig:
     clip_grad: float = 1.0  # max gradient norm; 0 disables clipping
     seed: int = 0
     val_fraction: float = 0.2  # of training videos held out, only when the cache has no "val" split
-    tokens: str = "all"  # all | cls | patches
+    tokens: str = "auto"  # auto | all | cls | patches (auto: cls for the linear probe, which reads nothing else)
     pairs: str | None = None  # pairs file; default: the manifest's pairs
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     # Execution only:
@@ -70,7 +70,10 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
-        (config.tokens in TOKEN_SUBSETS, f"tokens must be one of {', '.join(TOKEN_SUBSETS)}, got {config.tokens!r}"),
+        (
+            config.tokens in ("auto", *TOKEN_SUBSETS),
+            f"tokens must be one of auto, {', '.join(TOKEN_SUBSETS)}, got {config.tokens!r}",
+        ),
         (config.data in DATA_MODES, f"data must be one of {', '.join(DATA_MODES)}, got {config.data!r}"),
         (0 < config.memory_fraction <= 1, f"memory_fraction must be in (0, 1], got {config.memory_fraction}"),
         (config.workers is None or config.workers >= 0, f"workers must be >= 0, got {config.workers}"),

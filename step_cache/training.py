@@ -314,6 +314,14 @@ class _Run:
         return metrics
 
 
+def token_subset(requested: str, probe: str, shards: ShardSet) -> str:
+    """``auto``: only the per-frame CLS tokens for the linear probe (all it reads: same result, P times less
+    memory and compute), every token for the others."""
+    if requested != "auto":
+        return requested
+    return "cls" if probe == "linear" and shards.layout.cls_tokens > 0 else "all"
+
+
 def train_probe(
     features: str | Path | Sequence[str | Path] | ShardSet,
     probe: str = "step",
@@ -333,7 +341,7 @@ def train_probe(
     config = make_config(probe, options)
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     shards = features if isinstance(features, ShardSet) else open_shards(features)
-    run = _Run(shards, config, Path(out), select_tokens(shards.layout, config.tokens))
+    run = _Run(shards, config, Path(out), select_tokens(shards.layout, token_subset(config.tokens, probe, shards)))
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:
         final = runs.read_final_metrics(run.run_dir)

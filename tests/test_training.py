@@ -281,3 +281,17 @@ def test_weight_decay_groups_and_schedule():
     schedule = WarmupCosine(total_steps=10, warmup_steps=4)
     assert [schedule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert schedule(4) == 1.0 and schedule(7) == pytest.approx(0.5) and 0 < schedule(9) < 0.1
+
+
+def test_linear_probe_reads_only_cls_tokens_by_default(cache, tmp_path):
+    auto = train_probe(cache, "linear", tmp_path / "auto", **FAST)
+    every = train_probe(cache, "linear", tmp_path / "all", tokens="all", **FAST)
+    config = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert config["config"]["tokens"] == "auto" and config["data"]["tokens"]["subset"] == "cls"
+    assert config["data"]["tokens"]["tokens_per_frame"] == 1
+    assert [without(r, TIMING) for r in auto.history] == [without(r, TIMING) for r in every.history]
+    assert auto.metrics["top1"] == every.metrics["top1"] and auto.metrics["loss"] == pytest.approx(
+        every.metrics["loss"]
+    )
+    # evaluate rebuilds the probe with the run's token subset
+    assert evaluate(tmp_path / "auto", cache, split="val")["top1"] == auto.metrics["top1"]
