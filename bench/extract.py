@@ -67,9 +67,20 @@ def backbone_only(args: argparse.Namespace, paths: list[Path]) -> tuple[float, i
 
 def end_to_end(args: argparse.Namespace, videos: Path, out: Path) -> tuple[float, int, float]:
     report = extract(
-        videos, out, backbone=args.backbone, weights=args.weights, frames=args.frames, clips=args.clips,
-        image_size=args.image_size, pool_patches=args.pool_patches, dtype=args.dtype, device=args.device,
-        batch_size=args.batch_size, workers=args.workers, progress=False, overwrite=True,
+        videos,
+        out,
+        backbone=args.backbone,
+        weights=args.weights,
+        frames=args.frames,
+        clips=args.clips,
+        image_size=args.image_size,
+        pool_patches=args.pool_patches,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        progress=False,
+        overwrite=True,
     )
     shards = open_shards(out)
     bytes_per_clip = sum(r.bytes for r in shards.manifest.shards) / len(shards)
@@ -116,8 +127,10 @@ def main() -> None:
         "ratio": round(e2e_fps / model_fps, 3),
         "bytes_per_clip": round(bytes_per_clip),
     }
-    print(f"backbone {args.backbone} on {figures['device']} ({figures['cores']} cores), {model_frames} frames "
-          f"of {args.videos} videos {args.video_size}, T={args.frames}")
+    print(
+        f"backbone {args.backbone} on {figures['device']} ({figures['cores']} cores), {model_frames} frames "
+        f"of {args.videos} videos {args.video_size}, T={args.frames}"
+    )
     print(f"  backbone-only  {model_fps:10.1f} frames/s")
     print(f"  end-to-end     {e2e_fps:10.1f} frames/s")
     print(f"  ratio          {e2e_fps / model_fps:10.3f}   (goal >= 0.85)")
