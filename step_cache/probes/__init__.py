@@ -1,0 +1,94 @@
+"""Probes over cached tokens (B, T, P, D) -> logits (B, C), and their registry.
+
+``build_probe(name, dim=..., num_classes=..., frames=..., tokens_per_frame=..., cls_index=..., **options)``
+builds one; ``probe_options(name)`` lists the options a probe takes with their defaults.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from step_cache.probes.attentive import AttentiveProbe
+from step_cache.probes.layers import ProbeConfigError, ProbeInputError, StackableDropout
+from step_cache.probes.linear import LinearProbe
+from step_cache.probes.self_attentive import SelfAttentiveProbe
+from step_cache.probes.step import StepProbe
+
+__all__ = [
+    "PROBES",
+    "AttentiveProbe",
+    "LinearProbe",
+    "ProbeConfigError",
+    "ProbeInputError",
+    "SelfAttentiveProbe",
+    "StackableDropout",
+    "StepProbe",
+    "build_probe",
+    "count_parameters",
+    "probe_options",
+]
+
+PROBES: dict[str, type[nn.Module]] = {
+    "linear": LinearProbe,
+    "attentive": AttentiveProbe,
+    "self-attentive": SelfAttentiveProbe,
+    "step": StepProbe,
+}
+
+# Constructor arguments that describe the cache rather than the probe: not options.
+_SHAPE_ARGUMENTS = ("dim", "num_classes", "frames", "tokens_per_frame", "cls_index")
+
+
+def _probe_class(name: str) -> type[nn.Module]:
+    try:
+        return PROBES[name]
+    except KeyError:
+        raise ProbeConfigError(f"unknown probe {name!r}; choose one of: {', '.join(PROBES)}") from None
+
+
+def probe_options(name: str) -> dict[str, Any]:
+    """The options probe ``name`` accepts, each with its default (``num_heads=None`` means D // 64)."""
+    parameters = inspect.signature(_probe_class(name).__init__).parameters
+    return {
+        key: parameter.default
+        for key, parameter in parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in _SHAPE_ARGUMENTS
+    }
+
+
+def build_probe(
+    name: str,
+    *,
+    dim: int,
+    num_classes: int,
+    frames: int,
+    tokens_per_frame: int,
+    cls_index: int | None,
+    **options: Any,
+) -> nn.Module:
+    """Build probe ``name`` for a cache of (T=frames, P=tokens_per_frame, D=dim) tokens and C classes."""
+    valid = probe_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ProbeConfigError(
+            f"probe {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(valid) or 'none'}"
+        )
+    return PROBES[name](
+        dim=dim,
+        num_classes=num_classes,
+        frames=frames,
+        tokens_per_frame=tokens_per_frame,
+        cls_index=cls_index,
+        **options,
+    )
+
+
+def count_parameters(module: nn.Module, exclude_head: bool = False) -> int:
+    """Number of learnable values; with ``exclude_head``, without the classifier (attribute ``head``)."""
+    total = sum(parameter.numel() for parameter in module.parameters())
+    if exclude_head:
+        total -= sum(parameter.numel() for parameter in module.head.parameters())
+    return total
