@@ -27,16 +27,6 @@ INVARIANT = ("linear", "attentive", "self-attentive")
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes gain nothing from intra-op threads, and two-thread pytest-xdist workers oversubscribe a
-    2-core machine: one training step here measured 6.7 ms with 1 thread vs 500 ms with 2 on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make(name: str, seed: int = 0, **options) -> torch.nn.Module:
     torch.manual_seed(seed)
     shape = {"dim": D, "num_classes": C, "frames": T, "tokens_per_frame": P, "cls_index": 0}

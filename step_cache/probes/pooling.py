@@ -28,7 +28,17 @@ from step_cache.probes.shared_matmul import token_scores, weighted_tokens
 def frame_token_stats(
     tokens: torch.Tensor, frame_pos: torch.Tensor | None, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and reciprocal std over channels of tokens (B, T, P, D) + frame_pos (T, D): each (B, T, P)."""
+    """Mean and reciprocal std over channels of tokens (B, T, P, D) + frame_pos (T, D): each (B, T, P).
+
+    Always in float32, also under autocast: var(x + e) is assembled from several terms, which half precision
+    would cancel badly."""
+    with torch.autocast(tokens.device.type, enabled=False):
+        return _frame_token_stats(tokens.float(), None if frame_pos is None else frame_pos.float(), eps)
+
+
+def _frame_token_stats(
+    tokens: torch.Tensor, frame_pos: torch.Tensor | None, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     mean = tokens.mean(dim=-1)
     var = tokens.var(dim=-1, correction=0)
     if frame_pos is not None:
