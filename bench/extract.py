@@ -19,6 +19,7 @@ import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -65,15 +66,57 @@ def backbone_only(args: argparse.Namespace, paths: list[Path]) -> tuple[float, i
     return len(frames) / (time.perf_counter() - started), len(frames)
 
 
-def end_to_end(args: argparse.Namespace, videos: Path, out: Path) -> tuple[float, int, float]:
-    report = extract(
-        videos, out, backbone=args.backbone, weights=args.weights, frames=args.frames, clips=args.clips,
-        image_size=args.image_size, pool_patches=args.pool_patches, dtype=args.dtype, device=args.device,
-        batch_size=args.batch_size, workers=args.workers, progress=False, overwrite=True,
-    )
+class GpuUtilisation:
+    """Samples the GPU's busy percentage (NVML via torch.cuda.utilization) in a thread while a block runs."""
+
+    def __init__(self, device: torch.device, interval: float = 0.2):
+        self.device, self.interval, self.samples = device, interval, []
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.samples.append(torch.cuda.utilization(self.device))
+            except Exception:  # noqa: BLE001 - no NVML (pynvml) here: report nothing rather than fail
+                return
+
+    def __enter__(self) -> GpuUtilisation:
+        if self.device.type == "cuda":
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def end_to_end(args: argparse.Namespace, videos: Path, out: Path) -> tuple[float, int, float, float | None]:
+    device = resolve_device(args.device)
+    with GpuUtilisation(device) as utilisation:
+        report = extract(
+            videos,
+            out,
+            backbone=args.backbone,
+            weights=args.weights,
+            frames=args.frames,
+            clips=args.clips,
+            image_size=args.image_size,
+            pool_patches=args.pool_patches,
+            dtype=args.dtype,
+            device=args.device,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=False,
+            overwrite=True,
+            compile=args.compile,
+        )
     shards = open_shards(out)
     bytes_per_clip = sum(r.bytes for r in shards.manifest.shards) / len(shards)
-    return report.frames_per_second, report.frames, bytes_per_clip
+    return report.frames_per_second, report.frames, bytes_per_clip, utilisation.mean
 
 
 def main() -> None:
@@ -91,6 +134,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
@@ -99,7 +143,7 @@ def main() -> None:
         root = Path(tmp)
         paths = make_videos(root / "videos", args.videos, args.video_frames, (height, width))
         # End to end first, so the backbone-only pass cannot profit from a warmer page cache of the videos.
-        e2e_fps, e2e_frames, bytes_per_clip = end_to_end(args, root / "videos", root / "shards")
+        e2e_fps, e2e_frames, bytes_per_clip, gpu_busy = end_to_end(args, root / "videos", root / "shards")
         model_fps, model_frames = backbone_only(args, paths)
     assert e2e_frames == model_frames, (e2e_frames, model_frames)
     figures = {
@@ -115,13 +159,18 @@ def main() -> None:
         "end_to_end_fps": round(e2e_fps, 2),
         "ratio": round(e2e_fps / model_fps, 3),
         "bytes_per_clip": round(bytes_per_clip),
+        "gpu_utilisation_percent": None if gpu_busy is None else round(gpu_busy, 1),
     }
-    print(f"backbone {args.backbone} on {figures['device']} ({figures['cores']} cores), {model_frames} frames "
-          f"of {args.videos} videos {args.video_size}, T={args.frames}")
+    print(
+        f"backbone {args.backbone} on {figures['device']} ({figures['cores']} cores), {model_frames} frames "
+        f"of {args.videos} videos {args.video_size}, T={args.frames}"
+    )
     print(f"  backbone-only  {model_fps:10.1f} frames/s")
     print(f"  end-to-end     {e2e_fps:10.1f} frames/s")
     print(f"  ratio          {e2e_fps / model_fps:10.3f}   (goal >= 0.85)")
     print(f"  bytes/clip     {bytes_per_clip:10.0f}   ({bytes_per_clip / 2**20:.2f} MiB)")
+    if gpu_busy is not None:
+        print(f"  GPU busy       {gpu_busy:10.1f} %  (mean during end-to-end)")
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
     sys.stdout.flush()

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
@@ -54,7 +55,7 @@ def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Prepro
     return DecodeResult(task.task_id, pixels, decoded.frame_indices, decoded.num_frames, decoded.short)
 
 
-def _worker_main(tasks: mp.Queue, results: mp.Queue, frames: int, clips: int, preprocessing: Preprocessing) -> None:
+def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, preprocessing: Preprocessing) -> None:
     quiet_decoder_logs()
     # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
     crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")
@@ -70,20 +71,25 @@ def _worker_main(tasks: mp.Queue, results: mp.Queue, frames: int, clips: int, pr
             return
         if crash_on and task.path.endswith(crash_on):
             os.kill(os.getpid(), signal.SIGSEGV)
-        results.put(decode_task(task, frames, clips, preprocessing))
+        results.send(decode_task(task, frames, clips, preprocessing))
 
 
 @dataclass
 class _Worker:
     process: mp.Process
-    tasks: mp.Queue
+    tasks: mp.Queue  # only this worker reads it
+    results: Connection  # only this worker writes it: a worker that dies mid-write breaks nobody else's pipe
     outstanding: deque  # task ids in the order given; the first one is being decoded now
     started: float  # when the current first task started (for hang detection)
 
 
 class DecodePool:
     """Decode videos with ``workers`` processes (0: in this process, for debugging), yielding results as they
-    complete. At most ``prefetch`` videos are queued per worker, which bounds memory."""
+    complete. At most ``prefetch`` videos are queued per worker, which bounds memory.
+
+    Each worker has its own task queue and result pipe. A shared result queue would deadlock the whole pool
+    when a worker is killed while its feeder thread holds the queue's lock, which a segfault can do at any time.
+    """
 
     def __init__(
         self,
@@ -99,7 +105,6 @@ class DecodePool:
         self.prefetch = max(1, prefetch)
         self.timeout = timeout
         self._context = mp.get_context("spawn")
-        self._results: mp.Queue | None = None
         self._workers: list[_Worker] = []
 
     def run(self, tasks: Iterable[DecodeTask]) -> Iterator[DecodeResult]:
@@ -109,36 +114,35 @@ class DecodePool:
             return
         pending = deque(tasks)
         by_id = {task.task_id: task for task in pending}
-        finished: set[int] = set()
-        self._results = self._context.Queue()
         self._workers = [self._spawn() for _ in range(min(self.num_workers, len(pending)) or 1)]
         try:
             while pending or any(worker.outstanding for worker in self._workers):
                 self._dispatch(pending)
-                try:
-                    result = self._results.get(timeout=0.5)
-                except queue.Empty:
-                    for failure in self._check_workers(pending, by_id):
-                        finished.add(failure.task_id)
-                        yield failure
-                    continue
-                if result.task_id in finished:  # a late answer from a worker we gave up on
-                    continue
-                self._retire(result.task_id)
-                finished.add(result.task_id)
-                yield result
+                busy = {worker.results: worker for worker in self._workers if worker.outstanding}
+                for connection in wait(list(busy), timeout=0.5):
+                    worker = busy[connection]
+                    try:
+                        result = connection.recv()
+                    except Exception:  # noqa: BLE001 - EOF or a torn message: the worker died, checked below
+                        continue
+                    worker.outstanding.popleft()
+                    worker.started = time.monotonic()
+                    yield result
+                yield from self._check_workers(pending, by_id)
         finally:
             self.close()
 
     def _spawn(self) -> _Worker:
         tasks = self._context.Queue()
+        reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(tasks, self._results, self.frames, self.clips, self.preprocessing),
+            args=(tasks, writer, self.frames, self.clips, self.preprocessing),
             daemon=True,
         )
         process.start()
-        return _Worker(process, tasks, deque(), time.monotonic())
+        writer.close()  # the worker holds the only write end, so its death shows as EOF here
+        return _Worker(process, tasks, reader, deque(), time.monotonic())
 
     def _dispatch(self, pending: deque) -> None:
         for worker in self._workers:
@@ -148,13 +152,6 @@ class DecodePool:
                     worker.started = time.monotonic()
                 worker.outstanding.append(task.task_id)
                 worker.tasks.put(task)
-
-    def _retire(self, task_id: int) -> None:
-        for worker in self._workers:
-            if worker.outstanding and worker.outstanding[0] == task_id:
-                worker.outstanding.popleft()
-                worker.started = time.monotonic()
-                return
 
     def _check_workers(self, pending: deque, by_id: dict[int, DecodeTask]) -> list[DecodeResult]:
         """Replace dead or hung workers; their current video fails, their queued ones go back to the queue."""
@@ -177,6 +174,7 @@ class DecodePool:
                 failures.append(DecodeResult(culprit.task_id, error=f"{culprit.path}: {reason}"))
                 # Videos queued behind the culprit were never started: try them again.
                 pending.extendleft(by_id[task_id] for task_id in reversed(worker.outstanding))
+            worker.results.close()
             self._workers[index] = self._spawn()
         return failures
 
@@ -190,4 +188,5 @@ class DecodePool:
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join(timeout=5)
+            worker.results.close()
         self._workers = []

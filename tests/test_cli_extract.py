@@ -124,3 +124,25 @@ def test_sigkill_mid_run_then_resume(video_tree, tmp_path):
     for index in range(len(shards)):
         assert shards.read_tokens([index]).shape == (1, 4, 5, 192)
     assert not list(out.glob(".shard-*.tmp")) and not (out / ".lock").exists()
+
+
+def test_unsafe_or_wrong_checkpoints_are_one_line_errors(video_tree, tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps({"w": Exploit()}))
+    not_state = tmp_path / "list.pth"
+    import torch
+
+    torch.save([1, 2, 3], not_state)
+    for path, message in [(evil, "refusing to load"), (not_state, "not a state dict")]:
+        result = run_cli("extract", "--videos", video_tree, "--out", tmp_path / "s", *TINY_CLI[:2], "--weights", path)
+        assert result.returncode == 1, result.stderr
+        assert f"error: {path}: {message}" in result.stderr and "Traceback" not in result.stderr
+    assert not marker.exists()

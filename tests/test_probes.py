@@ -19,7 +19,7 @@ from step_cache.probes import (
     count_parameters,
     probe_options,
 )
-from step_cache.probes.layers import Attention, Block, default_num_heads, run_blocks
+from step_cache.probes.layers import Block, cls_readout, default_num_heads
 
 D, T, P, C = 32, 6, 5, 3
 INVARIANT = ("linear", "attentive", "self-attentive")
@@ -125,21 +125,41 @@ def test_step_without_frame_pos_and_with_mlp_is_the_self_attentive_probe():
     torch.testing.assert_close(step(tokens()), reference(tokens()), rtol=0, atol=1e-6)
 
 
-def test_last_block_computing_only_the_cls_row_matches_the_full_block():
-    torch.manual_seed(0)
-    blocks = torch.nn.ModuleList(Block(D, 2, mlp=True, mlp_ratio=4.0, dropout=0.0) for _ in range(2)).eval()
-    x = torch.randn(3, 40, D)
-    full = run_blocks(blocks, x, first_row_only=False)[:, :1]
-    torch.testing.assert_close(run_blocks(blocks, x, first_row_only=True), full, rtol=0, atol=1e-5)
+def random_layer_norms(module: torch.nn.Module) -> None:
+    """Non-trivial LayerNorm affines, so that folding them into the attention is actually tested."""
+    for sub in module.modules():
+        if isinstance(sub, torch.nn.LayerNorm):
+            torch.nn.init.normal_(sub.weight)
+            torch.nn.init.normal_(sub.bias)
 
 
-def test_folded_few_query_attention_equals_projecting_every_token():
+def test_pooling_query_outside_the_context_matches_explicit_cross_attention():
     torch.manual_seed(0)
-    attention = Attention(D, 2)
-    context, queries = torch.randn(3, 40, D), torch.randn(3, 20, D)
-    projected = attention(queries, context)  # 20 queries x 2 heads > D: keys and values are projected
-    folded = attention.proj(attention._few_queries(queries, context))
-    torch.testing.assert_close(folded, projected, rtol=0, atol=1e-5)
+    block = Block(D, 2, mlp=False, mlp_ratio=4.0, dropout=0.0).eval()
+    random_layer_norms(block)
+    x, queries = 3 * tokens() + 1, torch.randn(4, 3, D)
+    context, normed_queries = block.norm1(x.flatten(1, 2)), block.norm1(queries)
+    weights, biases = block.attn.qkv.weight.split(D), block.attn.qkv.bias.split(D)
+    q, k, v = (
+        F.linear(h, w, b).unflatten(-1, (2, D // 2)).transpose(1, 2)
+        for h, w, b in zip((normed_queries, context, context), weights, biases, strict=True)
+    )
+    explicit = queries + block.attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+    torch.testing.assert_close(block.pool(queries, x, include_queries=False), explicit, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+@pytest.mark.parametrize("with_frame_pos", [False, True])
+def test_cls_readout_matches_running_full_blocks_on_the_whole_sequence(depth, with_frame_pos):
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList(Block(D, 2, mlp=True, mlp_ratio=4.0, dropout=0.0) for _ in range(depth)).eval()
+    random_layer_norms(blocks)
+    x, cls = 3 * tokens() + 1, torch.randn(4, 1, D)
+    frame_pos = torch.randn(T, D) if with_frame_pos else None
+    sequence = torch.cat([cls, (x if frame_pos is None else x + frame_pos[:, None]).flatten(1, 2)], dim=1)
+    for block in blocks:
+        sequence = block(sequence)
+    torch.testing.assert_close(cls_readout(blocks, cls, x, frame_pos), sequence[:, 0], rtol=0, atol=1e-5)
 
 
 # --- frame order ----------------------------------------------------------------------------------------------
@@ -261,8 +281,9 @@ def test_vmapped_members_match_members_run_one_by_one(name, options):
         torch.testing.assert_close(stacked[member], probe(x), rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["attentive", "step"])
-def test_vmapped_gradients_match_per_member_gradients(name):
+@pytest.mark.parametrize("mode", ["vmap(grad)", "backward through vmap"])
+@pytest.mark.parametrize("name", ["attentive", "self-attentive", "step"])
+def test_vmapped_gradients_match_per_member_gradients(name, mode):
     probes = [make(name, seed=seed) for seed in range(2)]
     x, y = tokens(), torch.tensor([0, 1, 2, 0])
     params, buffers = stack_module_state(probes)
@@ -271,7 +292,11 @@ def test_vmapped_gradients_match_per_member_gradients(name):
     def loss(p, b):
         return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
 
-    grads = vmap(grad(loss), randomness="different")(params, buffers)
+    if mode == "vmap(grad)":
+        grads = vmap(grad(loss), randomness="different")(params, buffers)
+    else:  # one vmapped forward, one backward over the summed member losses
+        vmap(loss, randomness="different")(params, buffers).sum().backward()
+        grads = {key: value.grad for key, value in params.items()}
     for member, probe in enumerate(probes):
         F.cross_entropy(probe(x), y).backward()
         for key, parameter in probe.named_parameters():

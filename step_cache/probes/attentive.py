@@ -47,6 +47,6 @@ class AttentiveProbe(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         check_tokens(tokens, self.dim)
-        x = as_dtype_of(tokens, self.head.weight).flatten(1, 2)
-        pooled = self.block(x, queries=self.query.expand(x.shape[0], -1, -1))[:, 0]
+        x = as_dtype_of(tokens, self.head.weight)
+        pooled = self.block.pool(self.query.expand(x.shape[0], -1, -1), x, include_queries=False)[:, 0]
         return self.head(self.head_drop(self.norm(pooled)))

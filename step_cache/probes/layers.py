@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from step_cache.probes.pooling import attention_pool
+
 
 class ProbeConfigError(ValueError):
     """A probe was asked for with an unknown name, an unknown option or an invalid value."""
@@ -88,7 +90,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     rules. On CPU (torch 2.14) the kernel has none, so under vmap it falls back to a loop over members with a
     UserWarning; measured at K=8, 6 heads × 64, 257 × 1577 (L × S): fallback 194 ms, Python loop 183 ms, and an
     explicit matmul/softmax 689 ms under vmap (it materialises the scores) — so SDPA stays, warning and all.
-    Few-query attention (the probes' CLS / pooling rows) does not come here: see ``Attention._few_queries``.
+    Few-query attention (the probes' CLS / pooling rows) does not come here: see ``pooling.attention_pool``.
     """
     return F.scaled_dot_product_attention(q, k, v)
 
@@ -96,10 +98,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 class Attention(nn.Module):
     """Multi-head attention with one fused q/k/v projection (3·D² + 3·D) and an output projection (D² + D).
 
-    ``forward(queries, context)``: when ``queries is context`` it is self-attention (one fused matmul).
-    Otherwise few queries attend over a long context — a pooling query, or the CLS row of a probe's last block
-    (all it classifies from) — and the key/value projections are folded into the queries (see
-    ``_few_queries``): the same function with no O(N·D²) projection of the N context tokens.
+    ``forward(x)`` is self-attention over all tokens. Where only a few rows matter (a pooling query, or the CLS
+    row of the last block: all a probe classifies from), ``Block.pool`` computes them far more cheaply with
+    ``pooling.attention_pool``.
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -108,40 +109,10 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        batch, num_queries, dim = queries.shape
-        heads, head_dim = self.num_heads, dim // self.num_heads
-        if queries is context:
-            q, k, v = self.qkv(context).unflatten(-1, (3, heads, head_dim)).permute(2, 0, 3, 1, 4)
-            out = attend(q, k, v).transpose(1, 2).reshape(batch, num_queries, dim)
-        elif num_queries * heads <= dim:
-            out = self._few_queries(queries, context)
-        else:
-            w_q, w_kv = self.qkv.weight.split([dim, 2 * dim])
-            b_q, b_kv = self.qkv.bias.split([dim, 2 * dim])
-            q = F.linear(queries, w_q, b_q).unflatten(-1, (heads, head_dim)).transpose(1, 2)
-            k, v = F.linear(context, w_kv, b_kv).unflatten(-1, (2, heads, head_dim)).permute(2, 0, 3, 1, 4)
-            out = attend(q, k, v).transpose(1, 2).reshape(batch, num_queries, dim)
-        return self.proj(out)
-
-    def _few_queries(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """Attention of L queries over N context tokens h_j without projecting the context:
-        q·(W_k h_j + b_k) = (W_kᵀ q)·h_j + const, and the constant cancels in the softmax; and
-        Σ_j a_j (W_v h_j + b_v) = W_v (Σ_j a_j h_j) + b_v since the weights a_j sum to 1. Token-side cost is
-        O(H·L·N·D) instead of O(N·D²) — about 100x less for one query at D=384 — which is what makes
-        one-block probes over 16 × 257 tokens cheap, vmapped or not."""
-        _, num_queries, dim = queries.shape
-        heads, head_dim = self.num_heads, dim // self.num_heads
-        w_q, w_k, w_v = self.qkv.weight.split(dim)
-        b_q, _, b_v = self.qkv.bias.split(dim)
-        q = F.linear(queries, w_q, b_q).unflatten(-1, (heads, head_dim))  # (B, L, H, hd)
-        per_head = (heads, head_dim)
-        # Heads and queries share one row axis so both products are plain (B, H·L, ·) batched matmuls: a
-        # broadcast over a separate head axis would copy the (B, N, D) context once per head.
-        q_in_context = torch.einsum("blhe,hed->bhld", q * head_dim**-0.5, w_k.unflatten(0, per_head))
-        scores = q_in_context.flatten(1, 2) @ context.transpose(-2, -1)  # (B, H·L, N)
-        pooled = (scores.softmax(dim=-1) @ context).unflatten(1, (heads, num_queries))  # (B, H, L, D)
-        return torch.einsum("bhld,hed->blhe", pooled, w_v.unflatten(0, per_head)).flatten(2) + b_v
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, dim // self.num_heads)).permute(2, 0, 3, 1, 4)
+        return self.proj(attend(q, k, v).transpose(1, 2).reshape(batch, length, dim))
 
 
 class MLP(nn.Module):
@@ -172,25 +143,43 @@ class Block(nn.Module):
         self.mlp = MLP(dim, mlp_ratio) if mlp else None
         self.mlp_drop = StackableDropout(dropout) if mlp else None
 
-    def forward(self, x: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
-        """Self-attention over x; or, given ``queries``, update only the queries, attending over x (which may
-        contain them, e.g. a CLS token, or not, e.g. a pooling query) — the result has the queries' length."""
-        context = self.norm1(x)
-        if queries is None:
-            out = x + self.attn_drop(self.attn(context, context))
-        else:
-            out = queries + self.attn_drop(self.attn(self.norm1(queries), context))
-        if self.mlp is not None:
-            out = out + self.mlp_drop(self.mlp(self.norm2(out)))
-        return out
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Self-attention over all tokens of x (B, N, D)."""
+        x = x + self.attn_drop(self.attn(self.norm1(x)))
+        return self._mlp(x)
+
+    def pool(
+        self,
+        queries: torch.Tensor,
+        tokens: torch.Tensor,
+        frame_pos: torch.Tensor | None = None,
+        *,
+        include_queries: bool,
+    ) -> torch.Tensor:
+        """The block's output for the query rows (B, L, D) only, the context being [queries if
+        include_queries; tokens (B, T, P, D) + frame_pos (T, D)] — what ``forward`` gives on that sequence
+        for those rows (a CLS token: include it; a pooling query: do not), at a fraction of the cost."""
+        pooled = attention_pool(self.attn, self.norm1, queries, tokens, frame_pos, include_queries=include_queries)
+        return self._mlp(queries + self.attn_drop(pooled))
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mlp is None:
+            return x
+        return x + self.mlp_drop(self.mlp(self.norm2(x)))
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, *, first_row_only: bool) -> torch.Tensor:
-    """Run the blocks over x (B, N, D). With ``first_row_only`` the last block computes only row 0 (the CLS
-    token, all a CLS-classifier reads): attention cost O(N) instead of O(N²), same result. Returns (B, N', D)."""
-    for block in blocks[:-1]:
-        x = block(x)
-    return blocks[-1](x, queries=x[:, :1]) if first_row_only else blocks[-1](x)
+def cls_readout(
+    blocks: nn.ModuleList, cls: torch.Tensor, tokens: torch.Tensor, frame_pos: torch.Tensor | None = None
+) -> torch.Tensor:
+    """CLS output (B, D) of the blocks over [cls (B, 1, D); tokens (B, T, P, D) + frame_pos (T, D)]. The last
+    block computes only the CLS row; with one block the (B, T·P, D) sequence is never built at all."""
+    if len(blocks) > 1:
+        x = tokens if frame_pos is None else tokens + frame_pos[:, None]
+        x = torch.cat([cls, x.flatten(1, 2)], dim=1)
+        for block in blocks[:-1]:
+            x = block(x)
+        cls, tokens, frame_pos = x[:, :1], x[:, None, 1:], None
+    return blocks[-1].pool(cls, tokens, frame_pos, include_queries=True)[:, 0]
 
 
 def init_probe_weights(module: nn.Module) -> None:

@@ -15,9 +15,9 @@ from step_cache.probes.layers import (
     as_dtype_of,
     check_probe_shape,
     check_tokens,
+    cls_readout,
     init_probe_weights,
     resolve_num_heads,
-    run_blocks,
 )
 
 
@@ -55,7 +55,6 @@ class SelfAttentiveProbe(nn.Module):
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         check_tokens(tokens, self.dim)
-        x = as_dtype_of(tokens, self.head.weight).flatten(1, 2)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        cls = run_blocks(self.blocks, x, first_row_only=True)[:, 0]
+        x = as_dtype_of(tokens, self.head.weight)
+        cls = cls_readout(self.blocks, self.cls_token.expand(x.shape[0], -1, -1), x)
         return self.head(self.head_drop(self.norm(cls)))

@@ -23,9 +23,9 @@ from step_cache.probes.layers import (
     as_dtype_of,
     check_probe_shape,
     check_tokens,
+    cls_readout,
     init_probe_weights,
     resolve_num_heads,
-    run_blocks,
 )
 
 
@@ -55,8 +55,8 @@ class StepProbe(nn.Module):
         self.dim = dim
         self.frames = frames
         heads = resolve_num_heads(dim, num_heads)
-        # (1, T, 1, D): broadcasts one row per frame over the frame's P tokens.
-        self.frame_pos = nn.Parameter(torch.zeros(1, frames, 1, dim)) if frame_pos else None
+        # Row t is added to every token of frame t.
+        self.frame_pos = nn.Parameter(torch.zeros(frames, dim)) if frame_pos else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if global_cls else None
         self.blocks = nn.ModuleList(
             Block(dim, heads, mlp=mlp, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth)
@@ -73,12 +73,13 @@ class StepProbe(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         check_tokens(tokens, self.dim, frames=self.frames if self.frame_pos is not None else None)
         x = as_dtype_of(tokens, self.head.weight)
-        if self.frame_pos is not None:
-            x = x + self.frame_pos
-        x = x.flatten(1, 2)
         if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-            pooled = run_blocks(self.blocks, x, first_row_only=True)[:, 0]
+            pooled = cls_readout(self.blocks, self.cls_token.expand(x.shape[0], -1, -1), x, self.frame_pos)
         else:
-            pooled = run_blocks(self.blocks, x, first_row_only=False).mean(dim=1)
+            if self.frame_pos is not None:
+                x = x + self.frame_pos[:, None]
+            x = x.flatten(1, 2)
+            for block in self.blocks:
+                x = block(x)
+            pooled = x.mean(dim=1)
         return self.head(self.head_drop(self.norm(pooled)))
