@@ -190,5 +190,5 @@ def predict(
         path = run_prediction(
             run, features, out, top_k=top_k, device=device, data=data, workers=workers, batch_size=batch_size
         )
-    rows = sum(1 for _ in path.open(encoding="utf-8")) - 1
+    rows = len(path.read_text(encoding="utf-8").splitlines()) - 1
     typer.echo(f"wrote top-{top_k} predictions for {rows} videos to {path}")

@@ -88,7 +88,7 @@ def test_every_probe_end_to_end(shards, tmp_path):
     preds = tmp_path / "preds.csv"
     shown = run_cli("predict", "--run", run, "--features", shards, "--out", preds, "--top-k", "2", check=True).stdout
     assert f"for 9 videos to {preds}" in shown
-    rows = list(csv.DictReader(preds.open()))
+    rows = list(csv.DictReader(preds.read_text().splitlines()))
     assert len(rows) == 9 and {r["label"] for r in rows} == {"blink", "slide_left", "slide_right"}
     assert all(r["class_1"] in ("blink", "slide_left", "slide_right") and float(r["prob_1"]) > 0 for r in rows)
 

@@ -215,7 +215,7 @@ def test_predict_writes_per_video_top_k(cache, tmp_path):
     run = tmp_path / "run"
     train_probe(cache, "self-attentive", run, **FAST)
     path = predict(run, cache, tmp_path / "preds.csv", top_k=5)
-    rows = list(csv.DictReader(path.open()))
+    rows = list(csv.DictReader(path.read_text().splitlines()))
     shards = open_shards(cache)
     assert len(rows) == 16 and list(rows[0]) == ["video", "clips", "label", "class_1", "prob_1", "class_2", "prob_2"]
     assert all(r["clips"] == "2" and r["label"] == r["video"].split("/")[0] for r in rows)
