@@ -19,7 +19,7 @@ app = typer.Typer(
 
 def _register_commands() -> None:
     # Imported here so that each module can `from cli.main import app` without a cycle.
-    from cli import extract  # noqa: F401
+    from cli import demo, extract  # noqa: F401
 
 
 def main() -> None:
