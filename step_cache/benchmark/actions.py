@@ -11,11 +11,11 @@ action starts, rising smoothly to 1 when it ends (still frames on both sides).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from step_cache.benchmark.drawing import SHAPES, ObjectTrack, constant, place, stationary_noise
+from step_cache.benchmark.drawing import SHAPES, ObjectTrack, constant, hsv_colour, place, stationary_noise
 
 
 @dataclass
@@ -26,7 +26,8 @@ class Stage:
     width: int
     height: int
     progress: np.ndarray  # (T,), 0 -> 1
-    background_mean: np.ndarray = field(default_factory=lambda: np.full(3, 128.0))
+    hue: float = 0.0  # the kind's hue (0..1 around the colour wheel); actors keep near it
+    hue_spread: float = 0.5  # actors' hue is uniform in hue +- hue_spread (0.5: any hue)
 
     @property
     def num_frames(self) -> int:
@@ -36,12 +37,19 @@ class Stage:
     def scale(self) -> float:
         return float(min(self.width, self.height))
 
-    def colour(self, *avoid: np.ndarray) -> np.ndarray:
-        """A random colour, the best of a few draws at keeping away from the background and ``avoid``."""
-        candidates = self.rng.uniform(0, 255, size=(6, 3))
-        references = np.stack([self.background_mean, *avoid])
-        distance = np.linalg.norm(candidates[:, None] - references[None], axis=-1).min(axis=1)
-        return candidates[int(np.argmax(distance))]
+    def actor_colour(self) -> np.ndarray:
+        """A vivid colour near the kind's hue: it stands out from the greyish background, and a frozen random
+        backbone maps it to similar features in every clip, which is what lets a probe follow the actor."""
+        hue = self.hue + self.rng.uniform(-self.hue_spread, self.hue_spread)
+        return hsv_colour(hue, self.rng.uniform(0.65, 1.0), self.rng.uniform(0.6, 0.8))
+
+    def colour(self) -> np.ndarray:
+        """Any hue, medium saturation and brightness: for distractors and details."""
+        return hsv_colour(self.rng.uniform(0, 1), self.rng.uniform(0.3, 0.9), self.rng.uniform(0.45, 0.95))
+
+    def dark_colour(self) -> np.ndarray:
+        """A dark, dull colour: doorways, dials, shadows."""
+        return hsv_colour(self.rng.uniform(0, 1), self.rng.uniform(0.0, 0.5), self.rng.uniform(0.08, 0.25))
 
     def shape(self) -> str:
         return str(self.rng.choice(SHAPES))
@@ -63,7 +71,7 @@ class Stage:
             half_size=_frames(half_size, t, 2),
             angle=_frames(angle, t, 1),
             opacity=_frames(opacity, t, 1),
-            colour=self.colour() if colour is None else colour,
+            colour=self.actor_colour() if colour is None else colour,
             stripe_contrast=float(self.rng.uniform(0.0, 0.3)),
             stripe_period=float(self.rng.uniform(0.08, 0.16) * self.scale),
         )
@@ -81,6 +89,7 @@ class Kind:
     classes: tuple[str, ...]  # (forward, backward) for a mirrored kind, (name,) for an order-free one
     process: Callable[[Stage], Action]
     description: str
+    hue: float  # actors' base hue; kinds differ, the two classes of a pair share it (no per-frame hint)
 
     @property
     def mirrored(self) -> bool:
@@ -134,7 +143,7 @@ def hinge(stage: Stage) -> Action:
         constant([width / 2, height / 2], t),
         angle,
         constant(1.0, t),
-        stage.background_mean * rng.uniform(0.15, 0.4),
+        stage.dark_colour(),
     )
     swing = stage.progress * rng.uniform(np.radians(60), np.radians(85))
     hinge_u = -width / 2
@@ -156,31 +165,32 @@ def hinge(stage: Stage) -> Action:
         np.stack([(free_u - hinge_u) / 2, np.full(t, height / 2)], -1),
         angle,
         shape="box",
-        colour=stage.colour(doorway.colour),
     )
     panel = replace(panel, vertices=vertices)
     knob_u = free_u - 0.12 * width * np.cos(swing)
     knob_centre = place(np.stack([knob_u, np.zeros(t)], -1)[:, None].astype(np.float32), centre, angle)[:, 0]
     knob = ObjectTrack(
-        "ellipse", knob_centre, constant([0.06 * height] * 2, t), angle, constant(1.0, t), stage.colour(panel.colour)
+        "ellipse", knob_centre, constant([0.06 * height] * 2, t), angle, constant(1.0, t), stage.colour()
     )
     return Action([doorway, panel, knob], panel)
 
 
 def rotate(stage: Stage) -> Action:
-    """A clock hand turning clockwise by 150-300 degrees over a dial."""
+    """A clock hand turning clockwise by 100-200 degrees over a dial, starting within 60 degrees of 12 o'clock
+    (so that its tip travels rightwards, which even features with little sense of position can follow)."""
     rng = stage.rng
     t = stage.num_frames
     radius = rng.uniform(0.28, 0.38) * stage.scale
     pivot = constant(stage.position(radius + 1), t)
     dial = ObjectTrack(
-        "ellipse", pivot, constant([radius, radius], t), constant(0.0, t), constant(1.0, t), stage.colour()
+        "ellipse", pivot, constant([radius, radius], t), constant(0.0, t), constant(1.0, t), stage.dark_colour()
     )
-    length = radius * rng.uniform(0.8, 0.95)
-    thickness = radius * rng.uniform(0.1, 0.15)
-    theta = rng.uniform(0, 2 * np.pi) + stage.progress * rng.uniform(np.radians(150), np.radians(300))
+    length = radius * rng.uniform(0.85, 0.95)
+    thickness = radius * rng.uniform(0.16, 0.22)  # half-thickness: a broad hand spans whole ViT patches
+    start = -np.pi / 2 + rng.uniform(-np.pi / 3, np.pi / 3)  # y points down: -90 degrees is 12 o'clock
+    theta = start + stage.progress * rng.uniform(np.radians(100), np.radians(200))
     tip = np.stack([np.cos(theta), np.sin(theta)], -1).astype(np.float32)
-    hand_colour = stage.colour(dial.colour)
+    hand_colour = stage.actor_colour()
     hand = stage.actor(
         pivot + tip * length / 2,
         np.stack([np.full(t, length / 2), np.full(t, thickness)], -1),
@@ -224,7 +234,7 @@ def approach(stage: Stage) -> Action:
         np.stack([1.1 * size, 0.25 * size], -1).astype(np.float32),
         constant(0.0, t),
         constant(0.5, t),
-        stage.background_mean * 0.3,
+        np.full(3, 20.0),
     )
     return Action([shadow, actor], actor)
 
@@ -257,13 +267,13 @@ def blink(stage: Stage) -> Action:
 KINDS: dict[str, Kind] = {
     kind.name: kind
     for kind in (
-        Kind("slide", ("slide_right", "slide_left"), slide, "an object sliding across the frame"),
-        Kind("hinge", ("open", "close"), hinge, "a door or lid swinging on its hinge"),
-        Kind("rotate", ("rotate_cw", "rotate_ccw"), rotate, "a clock hand turning"),
-        Kind("fade", ("fade_in", "fade_out"), fade, "an object fading in or out"),
-        Kind("approach", ("approach", "recede"), approach, "an object coming closer or moving away"),
-        Kind("shake", ("shake",), shake, "an object shaking in place (order-free)"),
-        Kind("blink", ("blink",), blink, "an object blinking on and off (order-free)"),
+        Kind("slide", ("slide_right", "slide_left"), slide, "an object sliding across the frame", 0.0),
+        Kind("hinge", ("open", "close"), hinge, "a door or lid swinging on its hinge", 0.6),
+        Kind("rotate", ("rotate_cw", "rotate_ccw"), rotate, "a clock hand turning", 0.13),
+        Kind("fade", ("fade_in", "fade_out"), fade, "an object fading in or out", 0.33),
+        Kind("approach", ("approach", "recede"), approach, "an object coming closer or moving away", 0.8),
+        Kind("shake", ("shake",), shake, "an object shaking in place (order-free)", 0.5),
+        Kind("blink", ("blink",), blink, "an object blinking on and off (order-free)", 0.7),
     )
 }
 DEFAULT_KINDS = ("slide", "hinge", "rotate", "fade", "approach", "shake")

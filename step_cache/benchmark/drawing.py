@@ -7,6 +7,7 @@ screen. Edges are anti-aliased (coverage from a signed distance) so that sub-pix
 
 from __future__ import annotations
 
+import colorsys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -156,11 +157,14 @@ def stationary_noise(rng: np.random.Generator, num_frames: int, smooth: float, c
     return smoothed.astype(np.float32)
 
 
-def textured_background(
-    rng: np.random.Generator, height: int, width: int, contrast: float, noise: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """A static textured image (H, W, 3) float32: oriented gratings and soft blobs blending two colours, plus
-    fine grain. Returns the image and its mean colour (used to keep the actors visible against it)."""
+def hsv_colour(hue: float, saturation: float, value: float) -> np.ndarray:
+    """RGB (3,) in 0..255 from HSV in 0..1 (the hue wraps around)."""
+    return np.array(colorsys.hsv_to_rgb(hue % 1.0, saturation, value), dtype=np.float32) * 255
+
+
+def textured_background(rng: np.random.Generator, height: int, width: int, contrast: float, noise: float) -> np.ndarray:
+    """A static textured image (H, W, 3) float32: oriented gratings and soft blobs blending two dull colours of
+    similar hue (so vivid actors stand out), plus fine grain."""
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     scale = min(height, width)
     pattern = np.zeros((height, width), dtype=np.float32)
@@ -174,8 +178,10 @@ def textured_background(
         radius = rng.uniform(0.1, 0.35) * scale
         pattern += 2.0 * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * radius**2)) * rng.choice([-1.0, 1.0])
     pattern = 0.5 + 0.5 * np.tanh(pattern / 2.0)
-    base = rng.uniform(40, 215, size=3)
-    other = np.clip(base + rng.normal(0, 1, size=3) * 120 * contrast, 0, 255)
+    hue, value = rng.uniform(0, 1), rng.uniform(0.3, 0.6)
+    shift = contrast * rng.uniform(0.5, 1.0)
+    base = hsv_colour(hue, rng.uniform(0.0, 0.35), value - 0.2 * shift)
+    other = hsv_colour(hue + rng.uniform(-0.1, 0.1), rng.uniform(0.0, 0.45), value + 0.25 * shift)
     image = base + pattern[..., None] * (other - base)
     image += rng.normal(0, noise, size=image.shape)
-    return image.astype(np.float32), (base + other) / 2
+    return image.astype(np.float32)

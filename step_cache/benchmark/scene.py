@@ -29,6 +29,8 @@ class SceneConfig:
     texture_contrast: float = 0.5  # 0: flat background colour, 1: strongly patterned
     texture_noise: float = 4.0  # fine grain on the background (0-255 scale)
     action_fraction: tuple[float, float] = (0.55, 0.9)  # the action lasts this share of the clip (uniform)
+    hue_spread: float = 0.08  # actors' hue: the kind's hue +- this (0.5: any hue; the pair's classes share it)
+    lighting: float = 0.35  # light from the right: brightness x (1 -+ lighting) from the left to the right edge
 
     @classmethod
     def from_difficulty(cls, difficulty: float = 0.5) -> SceneConfig:
@@ -41,6 +43,8 @@ class SceneConfig:
             texture_contrast=0.15 + 0.7 * difficulty,
             texture_noise=8.0 * difficulty,
             action_fraction=(0.8 - 0.5 * difficulty, 0.95 - 0.1 * difficulty),
+            hue_spread=0.02 + 0.48 * difficulty**3,
+            lighting=0.5 - 0.3 * difficulty,
         )
 
     def check(self) -> None:
@@ -49,6 +53,10 @@ class SceneConfig:
             raise BenchmarkError(f"action_fraction must satisfy 0 < low <= high <= 1, got {self.action_fraction}")
         if self.camera_jitter < 0 or self.max_distractors < 0 or self.texture_noise < 0:
             raise BenchmarkError("camera_jitter, max_distractors and texture_noise must not be negative")
+        if not 0.0 <= self.lighting < 1.0:
+            raise BenchmarkError(f"lighting must be in [0, 1), got {self.lighting}")
+        if not 0.0 <= self.hue_spread <= 0.5:
+            raise BenchmarkError(f"hue_spread must be between 0 and 0.5, got {self.hue_spread}")
 
 
 @dataclass(frozen=True)
@@ -128,10 +136,11 @@ def render_clip(
     width, height = size
     jitter = scene.camera_jitter * min(width, height) / 112
     margin = int(np.ceil(4 * jitter)) + 1
-    background, background_mean = textured_background(
+    background = textured_background(
         rng, height + 2 * margin, width + 2 * margin, scene.texture_contrast, scene.texture_noise
     )
-    stage = Stage(rng, width, height, action_progress(rng, num_frames, scene.action_fraction), background_mean)
+    timeline = action_progress(rng, num_frames, scene.action_fraction)
+    stage = Stage(rng, width, height, timeline, kind.hue, scene.hue_spread)
     action: Action = kind.process(stage)
     behind, front = distractors(stage, scene.max_distractors)
     shake = np.clip(np.rint(stationary_noise(rng, num_frames, smooth=2.0, channels=2) * jitter), -margin, margin)
@@ -145,6 +154,11 @@ def render_clip(
     xs = np.broadcast_to(cols + np.float32(0.5), (num_frames, height, width)).astype(np.float32)
     for track in [*behind, *action.layers, *front]:
         composite(canvas, track, xs, ys)
+    # Light from the right (+-20 degrees), fixed to the world: an object's shade tells where it is, a cue that
+    # survives backbones whose tokens barely encode their position (e.g. randomly initialised ViTs).
+    light = rng.uniform(-np.pi / 9, np.pi / 9)
+    across = (xs / width - 0.5) * np.cos(light) + (ys / height - 0.5) * np.sin(light)
+    canvas *= (1.0 + 2 * scene.lighting * across)[..., None]
     frames = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
     if backwards:
         return RenderedClip(label, frames[::-1].copy(), action.main.reversed(), stage.progress[::-1].copy())
