@@ -41,7 +41,7 @@ class Stage:
         """A vivid colour near the kind's hue: it stands out from the greyish background, and a frozen random
         backbone maps it to similar features in every clip, which is what lets a probe follow the actor."""
         hue = self.hue + self.rng.uniform(-self.hue_spread, self.hue_spread)
-        return hsv_colour(hue, self.rng.uniform(0.65, 1.0), self.rng.uniform(0.6, 0.8))
+        return hsv_colour(hue, self.rng.uniform(0.65, 1.0), self.rng.uniform(0.55, 0.7))
 
     def colour(self) -> np.ndarray:
         """Any hue, medium saturation and brightness: for distractors and details."""
@@ -176,19 +176,19 @@ def hinge(stage: Stage) -> Action:
 
 
 def rotate(stage: Stage) -> Action:
-    """A clock hand turning clockwise by 100-200 degrees over a dial, starting within 60 degrees of 12 o'clock
-    (so that its tip travels rightwards, which even features with little sense of position can follow)."""
+    """A clock hand sweeping clockwise over the top of a dial, from about 9 to about 3 o'clock, so that it
+    travels rightwards, a direction that the scene's lighting makes visible even to position-blind features."""
     rng = stage.rng
     t = stage.num_frames
-    radius = rng.uniform(0.28, 0.38) * stage.scale
+    radius = rng.uniform(0.32, 0.42) * stage.scale
     pivot = constant(stage.position(radius + 1), t)
     dial = ObjectTrack(
         "ellipse", pivot, constant([radius, radius], t), constant(0.0, t), constant(1.0, t), stage.dark_colour()
     )
     length = radius * rng.uniform(0.85, 0.95)
     thickness = radius * rng.uniform(0.16, 0.22)  # half-thickness: a broad hand spans whole ViT patches
-    start = -np.pi / 2 + rng.uniform(-np.pi / 3, np.pi / 3)  # y points down: -90 degrees is 12 o'clock
-    theta = start + stage.progress * rng.uniform(np.radians(100), np.radians(200))
+    start = np.pi + rng.uniform(-np.radians(20), np.radians(20))  # 9 o'clock; y points down, so angles grow clockwise
+    theta = start + stage.progress * rng.uniform(np.radians(140), np.radians(200))
     tip = np.stack([np.cos(theta), np.sin(theta)], -1).astype(np.float32)
     hand_colour = stage.actor_colour()
     hand = stage.actor(

@@ -30,7 +30,7 @@ class SceneConfig:
     texture_noise: float = 4.0  # fine grain on the background (0-255 scale)
     action_fraction: tuple[float, float] = (0.55, 0.9)  # the action lasts this share of the clip (uniform)
     hue_spread: float = 0.08  # actors' hue: the kind's hue +- this (0.5: any hue; the pair's classes share it)
-    lighting: float = 0.35  # light from the right: brightness x (1 -+ lighting) from the left to the right edge
+    lighting: float = 0.45  # light from the right: brightness x (1 -+ lighting) from the left to the right edge
 
     @classmethod
     def from_difficulty(cls, difficulty: float = 0.5) -> SceneConfig:
@@ -44,7 +44,7 @@ class SceneConfig:
             texture_noise=8.0 * difficulty,
             action_fraction=(0.8 - 0.5 * difficulty, 0.95 - 0.1 * difficulty),
             hue_spread=0.02 + 0.48 * difficulty**3,
-            lighting=0.5 - 0.3 * difficulty,
+            lighting=0.6 - 0.3 * difficulty,
         )
 
     def check(self) -> None:
