@@ -1,9 +1,9 @@
-"""Rendering one clip of a benchmark class: textured background, the action, distractors, camera jitter.
+"""Rendering one clip of a benchmark class: textured background, the action, distractors, camera jitter, light.
 
 Everything random that is not the action itself is stationary or symmetric in time (distractors move in
 isotropically random directions, the camera shakes with stationary noise, the action starts at a uniformly random
-time), so a clip and its reverse are equally likely under every class's process: only the action's direction
-separates mirrored classes.
+time, the light is fixed to the world), so a clip and its reverse are equally likely under every class's process:
+only the action's direction separates mirrored classes.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ class SceneConfig:
 
     @classmethod
     def from_difficulty(cls, difficulty: float = 0.5) -> SceneConfig:
-        """0: a still camera, a plain background, no distractors and long actions; 1: the opposite."""
+        """0: a still camera, a plain background, no distractors, long actions, actors of one hue per kind and
+        strong lighting; 1: the opposite (any hue, weak lighting). 0.5 is the default."""
         if not 0.0 <= difficulty <= 1.0:
             raise BenchmarkError(f"difficulty must be between 0 and 1, got {difficulty}")
         return cls(
