@@ -20,6 +20,7 @@ app = typer.Typer(
 def _register_commands() -> None:
     # Imported here so that each module can `from cli.main import app` without a cycle.
     import cli.cache
+    import cli.demo
     import cli.extract
     import cli.prepare
     import cli.report
