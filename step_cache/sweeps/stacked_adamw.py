@@ -75,7 +75,9 @@ class StackedAdamW:
         norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (params, K)
         total = torch.linalg.vector_norm(norms, dim=0)  # (K,)
         max_norm = torch.tensor(self.clip_grad, device=total.device).to(total.dtype)
-        coef = torch.clamp(max_norm / (total + CLIP_EPS), max=1.0)
+        # clip_grad_norm_ computes max_norm / (total + eps) with a Python float max_norm, which torch evaluates
+        # as reciprocal(total + eps) * max_norm (Tensor.__rtruediv__): the same here, so the result is identical.
+        coef = torch.clamp((total + CLIP_EPS).reciprocal() * max_norm, max=1.0)
         coef = torch.where(max_norm > 0, coef, torch.ones_like(coef))
         for g in grads:
             g.mul_(coef.to(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))

@@ -108,13 +108,22 @@ def validate_space(space: SearchSpace, probe: str, options: dict[str, Any], shar
                 raise SweepSpaceError(f"{name}={value}: {error}") from None
 
 
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler whose ``after_trial`` does not call ``study.stop()`` on an exhausted grid: that only works
+    inside ``study.optimize`` and raises under ask/tell, where the trial budget (capped at the grid size) ends the
+    loop instead."""
+
+    def after_trial(self, study: optuna.Study, trial: Any, state: TrialState, values: Any) -> None:
+        return None
+
+
 def make_sampler(name: str, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)  # constant_liar (the default) keeps parallel asks apart
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "grid":
-        return optuna.samplers.GridSampler(space.grid(), seed=seed)
+        return _AskTellGridSampler(space.grid(), seed=seed)
     raise SweepError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
 
 
