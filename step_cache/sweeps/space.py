@@ -165,7 +165,7 @@ def parse_spec(name: str, spec: Any, probe: str, where: str) -> BaseDistribution
     if ".." in text:
         return _from_range(name, text, kind, where)
     if text.startswith("log:"):
-        raise SweepSpaceError(f"{where}: {name}={text}: a log range is written log:LOW..HIGH")
+        raise SweepSpaceError(f"{where}: a log range is written log:LOW..HIGH")
     return _choices(name, [item for item in text.split(",")], kind, where)
 
 
@@ -173,7 +173,7 @@ def _from_range(name: str, text: str, kind: type, where: str) -> BaseDistributio
     match = _RANGE.match(text.replace(" ", ""))
     if match is None:
         raise SweepSpaceError(
-            f"{where}: {name}={text}: bad range; write LOW..HIGH, log:LOW..HIGH or LOW..HIGH:STEP "
+            f"{where}: bad range; write LOW..HIGH, log:LOW..HIGH or LOW..HIGH:STEP "
             "(e.g. lr=log:1e-4..3e-3, dropout=0..0.3)"
         )
     return _range(name, match["low"], match["high"], bool(match["log"]), match["step"], kind, where)
@@ -182,19 +182,17 @@ def _from_range(name: str, text: str, kind: type, where: str) -> BaseDistributio
 def _from_table(name: str, table: dict, kind: type, where: str) -> BaseDistribution | tuple[str, Any]:
     unknown = sorted(set(table) - {"low", "high", "log", "step", "choices"})
     if unknown:
-        raise SweepSpaceError(
-            f"{where}: {name}: unknown key(s) {', '.join(unknown)}; use low, high, log, step or choices"
-        )
+        raise SweepSpaceError(f"{where}: unknown key(s) {', '.join(unknown)}; use low, high, log, step or choices")
     if "choices" in table:
         return _choices(name, table["choices"], kind, where)
     if "low" not in table or "high" not in table:
-        raise SweepSpaceError(f"{where}: {name}: a range table needs low and high")
+        raise SweepSpaceError(f"{where}: a range table needs low and high")
     return _range(name, table["low"], table["high"], bool(table.get("log", False)), table.get("step"), kind, where)
 
 
 def _choices(name: str, values: Any, kind: type, where: str) -> BaseDistribution | tuple[str, Any]:
     if not isinstance(values, list) or not values or any(str(v).strip() == "" for v in values):
-        raise SweepSpaceError(f"{where}: {name}: needs a non-empty list of values (no empty items)")
+        raise SweepSpaceError(f"{where}: needs a non-empty list of values (no empty items)")
     unique = list(dict.fromkeys(parse_value(v, kind, name, where) for v in values))
     return ("fixed", unique[0]) if len(unique) == 1 else CategoricalDistribution(unique)
 
@@ -206,11 +204,11 @@ def _range(name: str, low: Any, high: Any, log: bool, step: Any, kind: type, whe
     step = None if step is None else parse_value(step, kind, name, where)
     text = f"{'log:' if log else ''}{low}..{high}"
     if not low < high:
-        raise SweepSpaceError(f"{where}: {name}={text}: LOW must be below HIGH")
+        raise SweepSpaceError(f"{where}: LOW must be below HIGH (got {text})")
     if log and low <= 0:
-        raise SweepSpaceError(f"{where}: {name}={text}: a log range needs LOW > 0")
+        raise SweepSpaceError(f"{where}: a log range needs LOW > 0 (got {text})")
     if step is not None and (log or step <= 0):
-        raise SweepSpaceError(f"{where}: {name}={text}: a step must be positive and cannot go with log")
+        raise SweepSpaceError(f"{where}: a step must be positive and cannot go with log")
     if kind is int:
         return IntDistribution(low, high, log=log, step=step or 1)
     return FloatDistribution(low, high, log=log, step=step)

@@ -61,10 +61,14 @@ class StackedAdamW:
         """Each member's learning rate for the next step (what LambdaLR puts into ``param_groups[0]['lr']``)."""
         return [base * schedule(self.steps) for base, schedule in zip(self.lr, self.schedules, strict=True)]
 
-    def _member_scalars(self, values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-        """Per-member Python floats as a (K, 1, ..., 1) tensor in ``like``'s dtype (rounded like a scalar arg)."""
-        shape = (len(values),) + (1,) * (like.ndim - 1)
-        return torch.tensor(values, dtype=torch.float64, device=like.device).to(like.dtype).reshape(shape)
+    @staticmethod
+    def _member_scalars(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
+        """Per-member Python floats as a (K,) tensor in ``like``'s dtype: rounded as a Python scalar argument is."""
+        return torch.tensor(values, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
+
+    @staticmethod
+    def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
     @torch.no_grad()
     def clip_gradients(self, params: dict[str, torch.Tensor]) -> None:
@@ -80,7 +84,7 @@ class StackedAdamW:
         coef = torch.clamp((total + CLIP_EPS).reciprocal() * max_norm, max=1.0)
         coef = torch.where(max_norm > 0, coef, torch.ones_like(coef))
         for g in grads:
-            g.mul_(coef.to(g.dtype).reshape((-1,) + (1,) * (g.ndim - 1)))
+            g.mul_(self._per_member(coef.to(g.dtype), g))
 
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor]) -> None:
@@ -90,20 +94,21 @@ class StackedAdamW:
         beta1, beta2 = BETAS
         bias_correction1 = 1 - beta1**self.steps
         bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
-        neg_step = [-(rate / bias_correction1) for rate in lr]
-        shrink = [1 - rate * wd for rate, wd in zip(lr, self.weight_decay, strict=True)]
+        like = next(iter(params.values()))
+        neg_step = self._member_scalars([-(rate / bias_correction1) for rate in lr], like)
+        shrink = self._member_scalars([1 - rate * wd for rate, wd in zip(lr, self.weight_decay, strict=True)], like)
         for name, param in params.items():
             grad = param.grad
             if grad is None:
                 continue
             exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
             if self.decays[name]:
-                param.mul_(self._member_scalars(shrink, param))
+                param.mul_(self._per_member(shrink, param))
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(EPS)
             # addcdiv_(exp_avg, denom, value=v) computes self + (v * exp_avg) / denom: same order here.
-            param.add_(exp_avg * self._member_scalars(neg_step, param) / denom)
+            param.add_(exp_avg * self._per_member(neg_step, param) / denom)
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the members at ``index`` (a 1-D long tensor), in that order."""
