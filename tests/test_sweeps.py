@@ -378,3 +378,13 @@ def test_two_processes_share_one_sqlite_study_without_duplicates(cache, tmp_path
     # Each worker's files describe the whole study once it is done; the last one to finish saw all 12.
     counts = [len(json.loads((tmp_path / f"out{i}" / "trials.json").read_text())["trials"]) for i in range(2)]
     assert max(counts) == 12
+
+
+def test_streaming_and_in_memory_stacks_train_identically(cache):
+    options = [{**BASE, "epochs": 2, "lr": lr, "workers": 0} for lr in (1e-2, 3e-3)]
+    memory = train_stacked(cache, [make_config("step", {**o, "data": "memory"}) for o in options])
+    streaming = train_stacked(cache, [make_config("step", {**o, "data": "streaming"}) for o in options])
+    for a, b in zip(memory, streaming, strict=True):
+        assert b.metrics["data_mode"] == "streaming" and a.metrics["data_mode"] == "memory"
+        assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+        assert a.metrics["top1"] == b.metrics["top1"] and a.metrics["loss"] == b.metrics["loss"]
