@@ -15,7 +15,9 @@ import dataclasses
 import logging
 import math
 import os
+import random
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,11 +141,22 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     raise SweepError(f"unknown pruner {name!r}; choose one of: {', '.join(PRUNERS)}")
 
 
-def _storage(url: str | None) -> optuna.storages.BaseStorage | None:
+def _storage(url: str | None, attempts: int = 6) -> optuna.storages.BaseStorage | None:
     if url is None:
         return None
+    from sqlalchemy.exc import IntegrityError, OperationalError  # an Optuna dependency
+
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except (IntegrityError, OperationalError):
+            # Workers started together on a new database race to create its tables; the loser retries and then
+            # finds them made.
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
+    return None
 
 
 def open_study(
