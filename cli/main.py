@@ -22,6 +22,7 @@ def _register_commands() -> None:
     import cli.cache
     import cli.extract
     import cli.prepare
+    import cli.report
     import cli.sweep
     import cli.train  # noqa: F401
 

@@ -17,7 +17,8 @@ _DATASETS_HELP = "; ".join(f"{name}: {adapter.description}" for name, adapter in
 @app.command(
     "prepare",
     rich_help_panel="Data",
-    help=f"Write the annotation CSV (and pairs.txt) of a public dataset. {_DATASETS_HELP}.",
+    short_help="Write the annotation CSV (and pairs.txt) of a public dataset (SSv2, Diving48, UCF101, ...).",
+    help=f"Write the annotation CSV (and pairs.txt) of a public dataset.\n\n{_DATASETS_HELP}.",
 )
 def prepare_command(
     dataset: Annotated[str, typer.Argument(help=f"One of: {', '.join(ADAPTERS)}.")],

@@ -2,6 +2,7 @@
 
 import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,58 @@ def test_directory_without_videos(tmp_path):
     (tmp_path / "empty" / "class").mkdir(parents=True)
     with pytest.raises(CatalogError, match="no videos found"):
         extract(tmp_path / "empty", tmp_path / "s", **TINY)
+
+
+def test_train_probe_killed_at_random_epochs_resumes_to_the_same_result(tmp_path):
+    """SIGKILL a real train-probe process twice at random moments; --resume must end exactly like a straight run."""
+    import random
+    import signal
+    import time
+
+    from step_cache.synthetic_tokens import write_token_cache
+
+    write_token_cache(tmp_path / "cache", task="order", num_classes=4, videos_per_class=10, frames=4, dim=16)
+    base = [
+        sys.executable,
+        "-m",
+        "cli",
+        "train-probe",
+        str(tmp_path / "cache"),
+        "--probe",
+        "step",
+        "--epochs",
+        "12",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.run([*base, "--out", str(tmp_path / "straight")], capture_output=True, text=True, env=env)
+    assert straight.returncode == 0, straight.stderr
+
+    run = tmp_path / "killed"
+    rng = random.Random(3)
+    kills = 0
+    for _ in range(2):
+        args = [*base, "--out", str(run)] + (["--resume"] if (run / "config.json").exists() else [])
+        process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        target = rng.randint(1, 10)  # kill once this many epochs are logged, plus a random fraction of one
+        deadline = time.monotonic() + 120
+        log = run / "metrics.jsonl"
+        while process.poll() is None and time.monotonic() < deadline:
+            if log.exists() and len(log.read_text().splitlines()) >= target:
+                time.sleep(rng.uniform(0, 0.3))
+                break
+            time.sleep(0.01)
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait()
+    assert kills >= 1
+    resumed = subprocess.run([*base, "--out", str(run), "--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    a = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    b = json.loads((run / "metrics.json").read_text())
+    for key in ("top1", "pair_accuracy", "reversed_top1", "best_epoch", "confusion_matrix"):
+        assert a[key] == b[key], key
+    assert (tmp_path / "straight" / "metrics.jsonl").read_text().count("\n") == log.read_text().count("\n") == 12

@@ -1,0 +1,29 @@
+"""``step-cache report``: compare finished runs in one Markdown + HTML page with figures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import user_errors
+from cli.main import app
+from cli.train import PANEL
+
+
+@app.command(rich_help_panel=PANEL)
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="Run directories written by train-probe.")],
+    out: Annotated[Path, typer.Option(help="Directory for report.md, report.html and figures/.")] = Path("report"),
+    title: Annotated[str, typer.Option(help="Title of the page.")] = "step-cache report",
+) -> None:
+    """Write a comparison of runs (table, accuracy bars, per-class accuracy, confusion matrices, training curves)
+    as report.md and report.html with PNG figures, and print the table."""
+    from step_cache.report import build_report
+    from step_cache.report.build import format_comparison, load_run
+
+    with user_errors():
+        markdown = build_report(runs, out, title=title)
+        typer.echo(format_comparison([load_run(run) for run in runs]))
+    typer.echo(f"wrote {markdown} and {markdown.with_suffix('.html')}")

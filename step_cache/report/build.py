@@ -1,0 +1,156 @@
+"""Read run directories, tabulate them, draw their figures and write report.md / report.html."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from step_cache import runs as run_files
+from step_cache.report.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+
+# (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
+COLUMNS = [
+    ("top-1", "top1", "pct"),
+    ("top-5", "top5", "pct"),
+    ("mean class", "mean_class_accuracy", "pct"),
+    ("pair acc", "pair_accuracy", "pct"),
+    ("reversed top-1", "reversed_top1", "pct"),
+    ("reversed pair", "reversed_pair_accuracy", "pct"),
+    ("shuffled top-1", "shuffled_top1", "pct"),
+    ("params", "parameters_without_head", "int"),
+    ("train time", "train_time_s", "seconds"),
+]
+
+
+class ReportError(ValueError):
+    """A run directory that cannot be reported (not a run, or a run that never finished)."""
+
+
+@dataclass
+class RunSummary:
+    name: str
+    directory: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+def load_run(directory: str | Path, name: str | None = None) -> RunSummary:
+    directory = Path(directory)
+    config = run_files.read_config(directory)
+    metrics = run_files.read_final_metrics(directory)
+    if metrics is None:
+        raise ReportError(f"{directory}: no metrics.json yet (the run has not finished; resume it with --resume)")
+    return RunSummary(name or directory.name, directory, config, metrics, run_files.read_epoch_log(directory))
+
+
+def _names(directories: Sequence[Path]) -> list[str]:
+    names = [d.name for d in directories]
+    if len(set(names)) < len(names):  # e.g. a/step and b/step
+        names = [f"{d.parent.name}/{d.name}" for d in directories]
+    return names
+
+
+def _cell(value: Any, kind: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "int":
+        return f"{int(value):,}"
+    return f"{value:.1f} s"
+
+
+def comparison_rows(summaries: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]:
+    header = ["run", "probe", *(title for title, _, _ in COLUMNS)]
+    rows = [
+        [s.name, s.metrics.get("probe", "?"), *(_cell(s.metrics.get(key), kind) for _, key, kind in COLUMNS)]
+        for s in summaries
+    ]
+    return header, rows
+
+
+def format_comparison(summaries: Sequence[RunSummary]) -> str:
+    """The comparison table as aligned plain text, for terminals."""
+    header, rows = comparison_rows(summaries)
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(
+            cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in (header, *rows)
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def build_report(
+    run_dirs: Sequence[str | Path], out: str | Path, title: str = "step-cache report", notes: Sequence[str] = ()
+) -> Path:
+    """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` for the given runs; returns the
+    Markdown path. Every run must have finished (``metrics.json``)."""
+    from step_cache.report import figures
+
+    if not run_dirs:
+        raise ReportError("give at least one run directory")
+    directories = [Path(d) for d in run_dirs]
+    summaries = [load_run(d, n) for d, n in zip(directories, _names(directories), strict=True)]
+    out = Path(out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+
+    def figure_path(name: str) -> Path:
+        return out / "figures" / (name.replace("/", "_") + ".png")
+
+    header, rows = comparison_rows(summaries)
+    blocks: list[Block] = [
+        Heading(title, 1),
+        Paragraph(
+            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(summaries)} run(s). Accuracies are on "
+            "the validation set, per video. 'reversed' and 'shuffled' re-evaluate the same clips with their "
+            "frames reversed / shuffled: a probe that reads frame order drops there, an order-blind probe "
+            "does not. 'pair acc' decides each clip of a mirrored class pair between the two classes only."
+        ),
+        *(Paragraph(note) for note in notes),
+        Heading("Comparison"),
+        Table(header, rows, align_right=set(range(2, len(header)))),
+    ]
+    bars = figures.comparison_bars(
+        [s.name for s in summaries],
+        {
+            label: [s.metrics.get(key) for s in summaries]
+            for label, key in [
+                ("top-1", "top1"),
+                ("pair acc", "pair_accuracy"),
+                ("reversed top-1", "reversed_top1"),
+                ("reversed pair", "reversed_pair_accuracy"),
+            ]
+        },
+        figure_path("comparison"),
+    )
+    blocks.append(Image(bars.relative_to(out).as_posix(), "Accuracy per run, as is and with frames reversed"))
+    if any(s.history for s in summaries):
+        curves = figures.training_curves({s.name: s.history for s in summaries if s.history}, figure_path("curves"))
+        blocks += [Heading("Training curves"), Image(curves.relative_to(out).as_posix(), "Loss and val top-1")]
+    for summary in summaries:
+        blocks.append(Heading(f"{summary.name} ({summary.metrics.get('probe')})"))
+        config = summary.config.get("config", {})
+        settings = ", ".join(
+            f"{k}={config[k]}" for k in ("epochs", "lr", "weight_decay", "batch_size", "seed") if k in config
+        )
+        blocks.append(Paragraph(f"{summary.directory} — {settings}; best epoch {summary.metrics.get('best_epoch')}"))
+        per_class = summary.metrics.get("per_class_accuracy") or {}
+        if per_class:
+            path = figures.per_class_bars(summary.name, per_class, figure_path(f"{summary.name}-per-class"))
+            blocks.append(Image(path.relative_to(out).as_posix(), f"{summary.name}: per-class accuracy"))
+        matrix, classes = summary.metrics.get("confusion_matrix"), summary.metrics.get("classes")
+        if matrix and classes:
+            path = figures.confusion(summary.name, matrix, classes, figure_path(f"{summary.name}-confusion"))
+            blocks.append(Image(path.relative_to(out).as_posix(), f"{summary.name}: confusion matrix"))
+    markdown = out / "report.md"
+    markdown.write_text(to_markdown(blocks), encoding="utf-8")
+    (out / "report.html").write_text(to_html(blocks, title), encoding="utf-8")
+    return markdown

@@ -1,0 +1,66 @@
+"""step-cache report: tables with the right numbers, figures that exist, Markdown and HTML that reference them."""
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import _register_commands, app
+from step_cache.report import build_report
+from step_cache.report.build import ReportError, format_comparison, load_run
+from step_cache.synthetic_tokens import write_token_cache
+from step_cache.training import train_probe
+
+_register_commands()
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    write_token_cache(root / "cache", task="order", num_classes=2, videos_per_class=8, frames=4, dim=16)
+    for probe in ("linear", "step"):
+        train_probe([root / "cache"], probe, root / "runs" / probe, epochs=3, batch_size=8, progress=False)
+    return root
+
+
+def test_report_files_and_numbers(two_runs, tmp_path):
+    runs = [two_runs / "runs" / "linear", two_runs / "runs" / "step"]
+    markdown = build_report(runs, tmp_path / "rep", title="Demo")
+    text = markdown.read_text()
+    step = load_run(runs[1]).metrics
+    row = next(line for line in text.splitlines() if line.startswith("| step |"))
+    assert f"{100 * step['top1']:.1f}%" in row and f"{step['parameters_without_head']:,}" in row
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert {
+        "figures/comparison.png",
+        "figures/curves.png",
+        "figures/step-confusion.png",
+        "figures/linear-per-class.png",
+    } <= set(images)
+    for image in images:
+        data = (tmp_path / "rep" / image).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "<table>" in html and "src='figures/comparison.png'" in html and "<h1>Demo</h1>" in html
+
+
+def test_terminal_table_is_aligned(two_runs):
+    table = format_comparison([load_run(two_runs / "runs" / p) for p in ("linear", "step")])
+    lines = table.splitlines()
+    assert lines[0].startswith("run") and "reversed top-1" in lines[0] and len({len(line) for line in lines}) == 1
+
+
+def test_unfinished_or_missing_runs(tmp_path):
+    with pytest.raises(ValueError, match="run directory does not exist"):
+        build_report([tmp_path / "nope"], tmp_path / "rep")
+    with pytest.raises(ReportError, match="at least one run"):
+        build_report([], tmp_path / "rep")
+
+
+def test_cli(two_runs, tmp_path):
+    result = CliRunner().invoke(
+        app,
+        ["report", str(two_runs / "runs" / "linear"), str(two_runs / "runs" / "step"), "--out", str(tmp_path / "r")],
+    )
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output and (tmp_path / "r" / "report.html").exists()
