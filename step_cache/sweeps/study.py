@@ -325,9 +325,12 @@ def run_sweep(
         result.best_run = retrain_best(out, shards, best, progress=base.progress)
         rows, result.best = write_results(out, study, metric, space, best_run=result.best_run)
     if plots and rows:
-        from step_cache.sweeps.plots import sweep_figures
-
-        result.figures = sweep_figures(out)
+        try:
+            from step_cache.sweeps.plots import sweep_figures
+        except ImportError:
+            log.warning("no plots: matplotlib is not installed (pip install step-cache[sweep])")
+        else:
+            result.figures = sweep_figures(out)
     return result
 
 
