@@ -24,6 +24,7 @@ def _register_commands() -> None:
     import cli.extract
     import cli.prepare
     import cli.report
+    import cli.sweep
     import cli.train  # noqa: F401
 
 

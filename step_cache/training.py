@@ -64,7 +64,7 @@ def resolve_pairs(shards: ShardSet, pairs_file: str | None) -> list[tuple[str, s
     return [(a, b) for a, b in shards.manifest.pairs if a in shards.classes and b in shards.classes]
 
 
-def _check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
+def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
     where = ", ".join(map(str, shards.directories))
     labelled = int((shards.labels >= 0).sum())
     if len(splits.train) == 0:
@@ -92,7 +92,7 @@ class _Run:
         self.device = resolve_device(config.device)
         self.pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
         self.splits = select_splits(shards.labels, shards.splits, shards.videos, config.val_fraction, config.seed)
-        _check_splits(self.splits, shards, config)
+        check_splits(self.splits, shards, config)
         torch.manual_seed(config.seed)
         self.model = build_probe(
             config.probe,

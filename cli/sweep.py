@@ -1,0 +1,120 @@
+"""``step-cache sweep``: an Optuna search over probe hyperparameters, trials trained as stacked batches."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.console import setup_logging, user_errors
+from cli.main import app
+
+PANEL = "Stage two: probes"
+
+
+def _pct(value: Any) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+
+
+@app.command(rich_help_panel=PANEL)
+def sweep(
+    shards: Annotated[
+        list[Path] | None, typer.Argument(help="Shard directories (the same as --features)", show_default=False)
+    ] = None,
+    features: Annotated[
+        list[Path] | None, typer.Option(help="Shard directory written by extract (repeat to combine caches).")
+    ] = None,
+    probe: Annotated[str, typer.Option(help="linear, attentive, self-attentive or step.")] = "step",
+    out: Annotated[Path | None, typer.Option(help="Sweep directory (default: sweeps/<probe>).")] = None,
+    trials: Annotated[int, typer.Option(min=0, help="Total trials of the study (all workers together).")] = 64,
+    parallel: Annotated[int, typer.Option(min=1, help="Trials asked at once and trained as one stacked batch.")] = 16,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--param",
+            help="NAME=SPEC, repeatable: lr=log:1e-4..3e-3, dropout=0..0.3, wd=0,0.05,0.1, depth=1,2; "
+            "a single value fixes it (label_smoothing=0.1).",
+        ),
+    ] = None,
+    space: Annotated[Path | None, typer.Option(help="Search space file (.toml / .yaml), see docs/sweeps.md.")] = None,
+    grid: Annotated[bool, typer.Option(help="Exhaustive grid over the listed values (= --sampler grid).")] = False,
+    sampler: Annotated[str, typer.Option(help="tpe, random or grid.")] = "tpe",
+    pruner: Annotated[str, typer.Option(help="median, hyperband or none (per-epoch validation).")] = "median",
+    metric: Annotated[
+        str, typer.Option(help="Objective: top1, top5, mean_class_accuracy, pair_accuracy or loss (minimised).")
+    ] = "top1",
+    storage: Annotated[
+        str | None, typer.Option(help="Optuna RDB URL shared by workers, e.g. sqlite:///sweep.db (default: memory).")
+    ] = None,
+    study_name: Annotated[str | None, typer.Option(help="Study name in --storage (workers use the same).")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    seed: Annotated[int, typer.Option(help="Data order, initial weights and sampler seed.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Held-out share of training videos when no val split.")] = 0.2,
+    tokens: Annotated[str, typer.Option(help="all, cls, patches or auto.")] = "auto",
+    pairs: Annotated[Path | None, typer.Option(help="Mirrored class pairs file (default: the cache's).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    data: Annotated[str, typer.Option(help="auto, memory or streaming.")] = "auto",
+    memory_fraction: Annotated[float, typer.Option(help="data=auto loads into RAM below this share.")] = 0.5,
+    workers: Annotated[int | None, typer.Option(min=0, help="Streaming reader processes.")] = None,
+    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA.")] = True,
+    retrain: Annotated[
+        bool, typer.Option(help="Retrain the best configuration alone into OUT/best-run (train-probe format).")
+    ] = True,
+    plots: Annotated[bool, typer.Option(help="Write PNG figures to OUT/plots.")] = True,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""
+    from step_cache.sweeps.space import build_space
+    from step_cache.sweeps.study import run_sweep
+
+    setup_logging()
+    with user_errors():
+        chosen = [*(shards or []), *(features or [])]
+        if not chosen:
+            raise ValueError("give the shard directory: step-cache sweep SHARDS/ (or --features SHARDS/)")
+        if grid and sampler not in ("tpe", "grid"):
+            raise ValueError(f"--grid and --sampler {sampler} exclude each other")
+        search_space = build_space(probe, param, space)
+        result = run_sweep(
+            chosen,
+            probe,
+            out or Path("sweeps") / probe,
+            space=search_space,
+            trials=trials,
+            parallel=parallel,
+            sampler="grid" if grid else sampler,
+            pruner=pruner,
+            metric=metric,
+            storage=storage,
+            study_name=study_name,
+            retrain=retrain,
+            plots=plots,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            val_fraction=val_fraction,
+            tokens=tokens,
+            pairs=str(pairs) if pairs else None,
+            device=device,
+            data=data,
+            memory_fraction=memory_fraction,
+            workers=workers,
+            amp=amp,
+            progress=not quiet,
+        )
+    states = [row["state"] for row in result.rows]
+    typer.echo(
+        f"{len(states)} trials: {states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, "
+        f"{len(states) - states.count('COMPLETE') - states.count('PRUNED')} other -> {result.out}"
+    )
+    for row in [r for r in result.rows if r["state"] == "COMPLETE"][:5]:
+        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+        typer.echo(
+            f"  #{row['number']:<4} {metric} {row['value']:.4f} | top-1 {_pct(row['metrics'].get('top1'))} | "
+            f"pair {_pct(row['metrics'].get('pair_accuracy'))} | {params}"
+        )
+    if result.best_run is not None:
+        typer.echo(f"best configuration retrained: {result.best_run.summary()}")

@@ -1,0 +1,6 @@
+"""Sweeps: many probe configurations trained in one pass over the cache (``stacked``), driven by Optuna
+(``study``; imported on use, as Optuna is an optional dependency)."""
+
+from step_cache.sweeps.stacked import MemberResult, group_by_shape, shape_key, train_stacked
+
+__all__ = ["MemberResult", "group_by_shape", "shape_key", "train_stacked"]

@@ -1,0 +1,148 @@
+"""The files a sweep leaves in its output directory, rebuilt from the study (so they cover the trials of every
+worker of a shared study):
+
+- ``trials.json``: the metric, its direction, the search space and every trial (best first): number, state,
+  objective value, parameters, summary metrics (order metrics included), epochs run, worker, duration.
+- ``trials.csv``: the same, one row per trial, one column per parameter and metric.
+- ``best.json``: the best completed trial: its parameters, its full training config and metrics, and the summary
+  of ``best-run/`` — that config retrained alone by ``train_probe`` (a normal train-probe run directory).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from step_cache import runs
+from step_cache.shards import ShardSet
+from step_cache.sweeps.space import SearchSpace
+from step_cache.training import TrainResult, train_probe
+
+TRIALS_JSON, TRIALS_CSV, BEST_JSON, BEST_RUN = "trials.json", "trials.csv", "best.json", "best-run"
+SUMMARY_KEYS = (
+    "top1", "top5", "mean_class_accuracy", "loss", "pair_accuracy", "reversed_top1", "shuffled_top1",
+    "reversed_pair_accuracy", "shuffled_pair_accuracy", "best_epoch", "parameters", "train_time_s",
+    "stacked_members",
+)  # fmt: skip
+_STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1}
+
+
+def _maximize(study: optuna.Study) -> bool:
+    return study.direction == optuna.study.StudyDirection.MAXIMIZE
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The completed trial with the best objective (the lowest number among equals)."""
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not completed:
+        return None
+    sign = -1 if _maximize(study) else 1
+    return min(completed, key=lambda t: (sign * t.value, t.number))
+
+
+def _last_reported(trial: FrozenTrial) -> float | None:
+    if not trial.intermediate_values:
+        return None
+    return trial.intermediate_values[max(trial.intermediate_values)]
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every trial but surplus ones, completed first by objective, then pruned by their last reported value."""
+    sign = -1 if _maximize(study) else 1
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.user_attrs.get("surplus"):
+            continue
+        metrics = dict(trial.user_attrs.get("metrics", {}))
+        rows.append({
+            "number": trial.number,
+            "state": trial.state.name,
+            "value": trial.value,
+            "last_reported": _last_reported(trial),
+            "epochs_run": metrics.pop("epochs_run", None),
+            "params": dict(trial.params),
+            "metrics": metrics,
+            "worker": trial.user_attrs.get("worker"),
+            "duration_s": trial.duration.total_seconds() if trial.duration is not None else None,
+        })  # fmt: skip
+
+    def order(row: dict[str, Any]) -> tuple:
+        score = row["value"] if row["state"] == "COMPLETE" else row["last_reported"]
+        missing = score is None or (isinstance(score, float) and math.isnan(score))
+        return (_STATE_ORDER.get(row["state"], 2), missing, 0.0 if missing else sign * score, row["number"])
+
+    rows.sort(key=order)
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    return rows
+
+
+def _csv_rows(rows: list[dict[str, Any]], space: SearchSpace) -> tuple[list[str], list[dict[str, Any]]]:
+    params = list(space.distributions) + sorted({k for r in rows for k in r["params"]} - set(space.distributions))
+    columns = ["rank", "number", "state", "value", *params, "epochs_run", *SUMMARY_KEYS, "worker", "duration_s"]
+    flat = []
+    for row in rows:
+        cells = {k: row.get(k) for k in ("rank", "number", "state", "value", "epochs_run", "worker", "duration_s")}
+        cells.update({name: row["params"].get(name) for name in params})
+        cells.update({key: row["metrics"].get(key) for key in SUMMARY_KEYS})
+        flat.append(cells)
+    return columns, flat
+
+
+def best_record(study: optuna.Study, metric: str, space: SearchSpace) -> dict[str, Any] | None:
+    trial = best_trial(study)
+    if trial is None:
+        return None
+    return {
+        "number": trial.number,
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+        "value": trial.value,
+        "params": dict(trial.params),
+        "fixed": dict(space.fixed),
+        "config": trial.user_attrs.get("config"),
+        "metrics": trial.user_attrs.get("metrics"),
+    }
+
+
+def write_results(
+    out: Path, study: optuna.Study, metric: str, space: SearchSpace, best_run: TrainResult | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Write trials.json, trials.csv and best.json (when a trial completed); returns (rows, best)."""
+    rows = trial_rows(study)
+    runs.write_json(out / TRIALS_JSON, {
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+        "study": study.study_name,
+        "space": space.describe(),
+        "trials": rows,
+    })  # fmt: skip
+    columns, flat = _csv_rows(rows, space)
+    with (out / TRIALS_CSV).open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat)
+    best = best_record(study, metric, space)
+    if best is not None:
+        if best_run is not None:
+            best["best_run"] = {
+                "dir": str(best_run.run_dir),
+                metric: best_run.metrics.get(metric),
+                **{key: best_run.metrics.get(key) for key in ("top1", "pair_accuracy", "reversed_top1")},
+            }
+        runs.write_json(out / BEST_JSON, best)
+    return rows, best
+
+
+def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], progress: bool = True) -> TrainResult:
+    """The best trial's configuration trained alone by ``train_probe`` into ``out/best-run`` (replacing an older
+    one). Without dropout it reproduces the trial's metrics (on CPU up to float rounding)."""
+    options = dict(best["config"])
+    probe = options.pop("probe")
+    options["progress"] = progress
+    return train_probe(shards, probe, out / BEST_RUN, overwrite=True, **options)
