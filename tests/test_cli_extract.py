@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -117,7 +118,9 @@ def test_sigkill_mid_run_then_resume(video_tree, tmp_path):
     assert (out / ".lock").exists()  # left behind by the killed process: must be detected as stale
 
     result = run_cli("extract", "--videos", video_tree, "--out", out, *TINY_CLI, "--shard-size-mb", "0.001", check=True)
-    assert f"{len(before['shards'])} already done" in result.stdout
+    # A shard published just before the kill (not yet in the manifest) is adopted: at least as many are done.
+    done = int(re.search(r"(\d+) already done", result.stdout).group(1))
+    assert len(before["shards"]) <= done < good
     shards = open_shards(out)
     videos = list(shards.videos)
     assert len(videos) == len(set(videos)) == good  # every good video exactly once
