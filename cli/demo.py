@@ -1,4 +1,5 @@
-"""``step-cache make-demo``: write the built-in benchmark of nearly symmetric actions."""
+"""``step-cache make-demo`` (the built-in benchmark of nearly symmetric actions) and ``step-cache demo`` (the
+whole pipeline on it: videos -> tokens -> four probes -> comparison)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ from typing import Annotated
 
 import typer
 
+from cli.console import setup_logging, user_errors
 from cli.main import app
-from step_cache.benchmark import DEFAULT_KINDS, KINDS, BenchmarkError, make_demo_dataset, parse_size
+from step_cache.benchmark import DEFAULT_KINDS, KINDS, make_demo_dataset, parse_size
+from step_cache.demo import DemoSettings
+
+PANEL = "Demo"
 
 
-@app.command("make-demo")
+@app.command("make-demo", rich_help_panel=PANEL)
 def make_demo(
     directory: Annotated[Path, typer.Argument(help="Output folder: DIR/<class>/*.mp4, annotations.csv, pairs.txt.")],
     per_class: Annotated[int, typer.Option("--per-class", help="Videos per class.")] = 20,
@@ -35,7 +40,7 @@ def make_demo(
 ) -> None:
     """Generate mirrored action pairs (each clip of one class is a clip of the other played backwards) plus
     order-free classes, as near-lossless mp4 videos with an annotation CSV and a pairs file."""
-    try:
+    with user_errors():
         dataset = make_demo_dataset(
             directory,
             per_class=per_class,
@@ -49,9 +54,6 @@ def make_demo(
             kinds=[kind.strip() for kind in kinds.split(",") if kind.strip()],
             overwrite=overwrite,
         )
-    except BenchmarkError as error:
-        typer.echo(f"Error: {error}", err=True)
-        raise typer.Exit(code=1) from None
     pairs = ", ".join(f"{a}/{b}" for a, b in dataset.pairs)
     typer.echo(
         f"Wrote {len(dataset.items)} videos of {len(dataset.classes)} classes to {dataset.root} in "
@@ -59,3 +61,32 @@ def make_demo(
         f"order-free: {', '.join(dataset.order_free) or 'none'}."
     )
     typer.echo(f"Annotations: {dataset.annotations_path}  Pairs: {dataset.pairs_path}")
+
+
+@app.command(rich_help_panel=PANEL)
+def demo(
+    directory: Annotated[Path, typer.Argument(help="Working folder: data/, shards/, runs/<probe>/, report/.")] = Path(
+        "demo"
+    ),
+    per_class: Annotated[int, typer.Option(help="Videos per class.")] = DemoSettings.per_class,
+    epochs: Annotated[int, typer.Option(help="Training epochs per probe.")] = DemoSettings.epochs,
+    backbone: Annotated[str, typer.Option(help="Backbone (see extract --help).")] = DemoSettings.backbone,
+    weights: Annotated[
+        str, typer.Option(help="'random' works offline; 'hub' or a file for pretrained weights.")
+    ] = DemoSettings.weights,
+    image_size: Annotated[int, typer.Option(help="Frame size fed to the backbone.")] = DemoSettings.image_size,
+    seed: Annotated[int, typer.Option(help="Seed of the videos, the random backbone and training.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+) -> None:
+    """Show what STEP is for, offline, in a few minutes: generate the near-symmetric benchmark, extract tokens,
+    train the linear, attentive, self-attentive and STEP probes, print the comparison and write a report.
+    Re-running reuses every finished step."""
+    from step_cache.demo import run_demo
+
+    setup_logging()
+    settings = DemoSettings(
+        per_class=per_class, epochs=epochs, backbone=backbone, weights=weights, image_size=image_size, seed=seed
+    )
+    with user_errors():
+        result = run_demo(directory, settings, progress=not quiet)
+    typer.echo(result.summary())

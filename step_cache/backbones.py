@@ -139,7 +139,6 @@ def load_backbone(
 ) -> Backbone:
     """Build the frozen backbone ``name`` with ``weights``: ``hub`` (timm pretrained download), ``random``
     (seeded initialisation, for tests and the offline demo) or a path to a local ``.safetensors``/``.pth`` file."""
-    import timm
     from timm.data import resolve_model_data_config
 
     spec = resolve_backbone(name)
@@ -152,9 +151,7 @@ def load_backbone(
         kwargs.pop("img_size")  # e.g. a CNN: any input size works, only the crop changes
     try:
         if weights == "random":
-            torch.manual_seed(seed)
-            model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-            identity: dict[str, Any] = {"source": "random", "seed": seed}
+            model, identity = _random(spec, kwargs, seed)
         elif weights == "hub":
             model, identity = _from_hub(spec, kwargs)
         else:
@@ -193,6 +190,29 @@ def _accepts_img_size(timm_name: str) -> bool:
         for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, torch.nn.Module)
     )
+
+
+def _random(spec: BackboneSpec, kwargs: dict[str, Any], seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """timm's seeded initialisation, except that a ViT's patch position embeddings become fixed 2-D sine-cosine
+    features (as in MAE). timm draws them with std 0.02, about 2 % of a patch embedding's scale, so untrained tokens
+    would hardly say where in the frame a patch is, which every trained backbone's tokens do; without it the offline
+    demo's motion would be invisible to any probe."""
+    import timm
+    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+
+    torch.manual_seed(seed)
+    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+    identity: dict[str, Any] = {"source": "random", "seed": seed}
+    pos_embed = getattr(model, "pos_embed", None)
+    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
+    if isinstance(pos_embed, torch.nn.Parameter) and grid is not None:
+        patches = grid[0] * grid[1]
+        if pos_embed.shape[1] >= patches:
+            with torch.no_grad():
+                sincos = build_sincos2d_pos_embed(list(grid), pos_embed.shape[-1])
+                pos_embed[:, pos_embed.shape[1] - patches :] = sincos.to(pos_embed.dtype)
+            identity["pos_embed"] = "sincos-2d"
+    return model, identity
 
 
 def _model_input_size(model: torch.nn.Module, config: dict[str, Any], requested: int | None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Sequence
@@ -108,6 +109,12 @@ def extract(
     ``items`` may replace folder discovery by an explicit list. Options: see ``ExtractOptions``.
     Returns a report; the cache is then readable with ``step_cache.open_shards(out)``.
     """
+    if getattr(mp.current_process(), "_inheriting", False):
+        # A decode worker started with "spawn" re-imports the caller's script; unguarded, it would extract again.
+        raise ExtractionError(
+            "extract() was called while a decode worker process was starting: put the code that calls it under "
+            "`if __name__ == '__main__':` in your script (or pass workers=0)"
+        )
     opts = ExtractOptions(**options)
     out = Path(out)
     resolve_backbone(opts.backbone)  # a typo in the name should fail before any scanning or decoding

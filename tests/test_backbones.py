@@ -52,13 +52,18 @@ def test_convolutional_backbone_gives_patch_tokens_only():
     assert backbone.layout.cls_tokens == 0 and backbone.layout.grid == (2, 2) and backbone.layout.dim == 512
 
 
-def test_random_weights_are_seeded():
+def test_random_weights_are_seeded_with_sincos_positions():
+    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
+
     a = load_backbone("vit-tiny", weights="random", image_size=32, seed=1)
     b = load_backbone("vit-tiny", weights="random", image_size=32, seed=1)
     c = load_backbone("vit-tiny", weights="random", image_size=32, seed=2)
-    assert torch.equal(a.model.pos_embed, b.model.pos_embed)
-    assert not torch.equal(a.model.pos_embed, c.model.pos_embed)
-    assert a.weights == {"source": "random", "seed": 1}
+    weight = "blocks.0.attn.qkv.weight"
+    assert torch.equal(a.model.state_dict()[weight], b.model.state_dict()[weight])
+    assert not torch.equal(a.model.state_dict()[weight], c.model.state_dict()[weight])
+    assert a.weights == {"source": "random", "seed": 1, "pos_embed": "sincos-2d"}
+    # Patch positions are fixed 2-D sine-cosine features, so untrained tokens still say where a patch is.
+    torch.testing.assert_close(a.model.pos_embed[0, 1:], build_sincos2d_pos_embed([2, 2], 192))
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

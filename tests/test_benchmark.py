@@ -242,7 +242,7 @@ def test_cli_make_demo_writes_a_dataset_and_overwrites_only_with_the_flag(tmp_pa
 def test_cli_rejects_bad_arguments_with_one_clear_line(tmp_path, option, value, message):
     result = CliRunner().invoke(_cli(), ["make-demo", str(tmp_path / "d"), option, value])
     assert result.exit_code == 1
-    assert message in result.output and result.output.startswith("Error: ")
+    assert message in result.output and result.output.startswith("error: ")
     assert not (tmp_path / "d").exists()
 
 

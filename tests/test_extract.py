@@ -43,7 +43,7 @@ def test_manifest_records_everything_needed_to_reproduce(video_tree, tmp_path):
     data = json.loads((tmp_path / "s" / "manifest.json").read_text())
     ex = data["extraction"]
     assert ex["backbone"]["timm_model"] == "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
-    assert ex["weights"] == {"source": "random", "seed": 0}
+    assert ex["weights"] == {"source": "random", "seed": 0, "pos_embed": "sincos-2d"}
     assert ex["sampling"] == {"frames": 4, "clips": 1, "strategy": "segment-centres"}
     assert ex["preprocessing"]["crop"] == 32 and ex["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
     assert ex["tokens"] == {

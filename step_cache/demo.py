@@ -1,0 +1,168 @@
+"""The demo (``make demo`` / ``step-cache demo DIR``): what STEP is for, in one command, offline.
+
+1. write the built-in benchmark of nearly symmetric actions (``step_cache.benchmark``): mirrored class pairs whose
+   clips are the same visual process played forwards or backwards, plus order-free classes;
+2. extract tokens with an offline-capable backbone (a random-initialised small ViT by default; ``weights`` picks
+   pretrained ones when available);
+3. train the linear, attentive, self-attentive and STEP probes on the cache;
+4. print one comparison table and write a report.
+
+Every step resumes: re-running reuses the videos, the cache and finished runs when the settings are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+PROBES = ("linear", "attentive", "self-attentive", "step")
+
+
+@dataclass
+class DemoSettings:
+    """The demo's defaults were chosen so that it runs in a few minutes on 2 CPU cores (docs/step.md)."""
+
+    per_class: int = 40  # videos per class
+    video_frames: int = 32
+    video_size: tuple[int, int] = (112, 112)
+    difficulty: float = 0.5
+    seed: int = 0
+    backbone: str = "vit-tiny"
+    weights: str = "random"
+    image_size: int | None = 112
+    frames: int = 8  # T sampled per clip
+    epochs: int = 60
+    batch_size: int = 16
+    lr: float = 3e-3  # STEP's frame embedding starts near zero: few clips need a brisk rate to learn it
+    weight_decay: float = 0.05
+    probes: tuple[str, ...] = PROBES
+    extract_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DemoResult:
+    directory: Path
+    runs: list[Path]
+    report: Path
+    table: str
+    seconds: dict[str, float]
+
+    def summary(self) -> str:
+        timing = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in self.seconds.items())
+        return f"{self.table}\n\nreport: {self.report}  ({timing})"
+
+
+def run_demo(directory: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> DemoResult:
+    """Run the whole demo in ``directory`` (data/, shards/, runs/<probe>/, report/).
+
+    A stage whose settings changed is redone, and so is everything after it; a stage that was interrupted resumes.
+    """
+    # Imported here so that the CLI (which reads DemoSettings' defaults) starts without torch.
+    from step_cache.benchmark import make_demo_dataset
+    from step_cache.extraction import extract
+    from step_cache.report import build_report
+    from step_cache.report.build import format_comparison, load_run
+    from step_cache.training import train_probe
+
+    settings = settings or DemoSettings()
+    directory = Path(directory)
+    seconds: dict[str, float] = {}
+
+    started = time.perf_counter()
+    annotations = directory / "data" / "annotations.csv"
+    redo = not (_is_current(directory, settings, "generated") and annotations.is_file())
+    if redo:
+        make_demo_dataset(
+            directory / "data",
+            per_class=settings.per_class,
+            seed=settings.seed,
+            num_frames=settings.video_frames,
+            size=settings.video_size,
+            difficulty=settings.difficulty,
+            overwrite=True,
+            progress=progress,
+        )
+        _mark_done(directory, settings, "generated")
+    seconds["videos"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    redo = redo or _is_stale(directory, settings, "extracted")
+    extract(
+        annotations.parent,
+        directory / "shards",
+        annotations=annotations,
+        backbone=settings.backbone,
+        weights=settings.weights,
+        frames=settings.frames,
+        image_size=settings.image_size,
+        progress=progress,
+        overwrite=redo,
+        **settings.extract_options,
+    )
+    _mark_done(directory, settings, "extracted")
+    seconds["extract"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    redo = redo or _is_stale(directory, settings, "trained")
+    run_dirs = []
+    for probe in settings.probes:
+        run_dir = directory / "runs" / probe
+        resume = not redo and (run_dir / "config.json").is_file()  # finished: returns at once; killed: continues
+        train_probe(
+            [directory / "shards"],
+            probe,
+            run_dir,
+            resume=resume,
+            overwrite=not resume,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            weight_decay=settings.weight_decay,
+            seed=settings.seed,
+            progress=progress,
+        )
+        run_dirs.append(run_dir)
+    _mark_done(directory, settings, "trained")
+    seconds["train"] = time.perf_counter() - started
+
+    report = build_report(run_dirs, directory / "report", title="step-cache demo: nearly symmetric actions")
+    table = format_comparison([load_run(run) for run in run_dirs])
+    return DemoResult(directory, run_dirs, report, table, seconds)
+
+
+_STAGE_FIELDS = {
+    "generated": ("per_class", "video_frames", "video_size", "difficulty", "seed"),
+    "extracted": ("backbone", "weights", "image_size", "frames", "extract_options"),
+    "trained": ("epochs", "batch_size", "lr", "weight_decay", "probes"),
+}
+
+
+def _stage_fingerprint(settings: DemoSettings, stage: str) -> dict[str, Any]:
+    """The settings a stage's output depends on: its own fields and those of every earlier stage."""
+    values = json.loads(json.dumps(asdict(settings), default=list))
+    names = []
+    for name, fields in _STAGE_FIELDS.items():
+        names += fields
+        if name == stage:
+            break
+    return {name: values[name] for name in names}
+
+
+def _is_current(directory: Path, settings: DemoSettings, stage: str) -> bool:
+    path = directory / f".demo-{stage}.json"
+    return path.is_file() and json.loads(path.read_text()) == _stage_fingerprint(settings, stage)
+
+
+def _is_stale(directory: Path, settings: DemoSettings, stage: str) -> bool:
+    """Done before with other settings (an interrupted stage has no marker yet and is resumed instead)."""
+    return (directory / f".demo-{stage}.json").is_file() and not _is_current(directory, settings, stage)
+
+
+def _mark_done(directory: Path, settings: DemoSettings, stage: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f".demo-{stage}.json").write_text(json.dumps(_stage_fingerprint(settings, stage)))
