@@ -27,7 +27,7 @@ PROBES = ("linear", "attentive", "self-attentive", "step")
 class DemoSettings:
     """The demo's defaults were chosen so that it runs in a few minutes on 2 CPU cores (docs/step.md)."""
 
-    per_class: int = 40  # videos per class
+    per_class: int = 48  # videos per class (70 % train, 30 % val)
     video_frames: int = 32
     video_size: tuple[int, int] = (112, 112)
     difficulty: float = 0.5
@@ -110,23 +110,23 @@ def run_demo(directory: str | Path, settings: DemoSettings | None = None, progre
     started = time.perf_counter()
     redo = redo or _is_stale(directory, settings, "trained")
     run_dirs = []
-    for probe in settings.probes:
-        run_dir = directory / "runs" / probe
-        resume = not redo and (run_dir / "config.json").is_file()  # finished: returns at once; killed: continues
-        train_probe(
-            [directory / "shards"],
-            probe,
-            run_dir,
-            resume=resume,
-            overwrite=not resume,
-            epochs=settings.epochs,
-            batch_size=settings.batch_size,
-            lr=settings.lr,
-            weight_decay=settings.weight_decay,
-            seed=settings.seed,
-            progress=progress,
-        )
-        run_dirs.append(run_dir)
+    # One summary line per probe instead of one line per epoch of every probe.
+    training_log = logging.getLogger("step_cache.training")
+    previous_level = training_log.level
+    training_log.setLevel(logging.WARNING)
+    try:
+        for probe in settings.probes:
+            run_dir = directory / "runs" / probe
+            resume = not redo and (run_dir / "config.json").is_file()  # finished: returns at once; killed: goes on
+            result = train_probe(
+                [directory / "shards"], probe, run_dir, resume=resume, overwrite=not resume, epochs=settings.epochs,
+                batch_size=settings.batch_size, lr=settings.lr, weight_decay=settings.weight_decay,
+                seed=settings.seed, progress=progress,
+            )  # fmt: skip
+            log.info("%s", result.summary())
+            run_dirs.append(run_dir)
+    finally:
+        training_log.setLevel(previous_level)
     _mark_done(directory, settings, "trained")
     seconds["train"] = time.perf_counter() - started
 

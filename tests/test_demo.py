@@ -1,0 +1,45 @@
+"""The demo's promise on a small version of the benchmark: STEP reads frame order, the invariant probes cannot."""
+
+import json
+
+import pytest
+
+from step_cache.demo import DemoSettings, run_demo
+
+SMALL = DemoSettings(per_class=16, probes=("linear", "attentive", "step"))  # ~40 s on 2 cores
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("demo")
+    return run_demo(directory, SMALL, progress=False)
+
+
+def metrics(demo, probe):
+    return json.loads((demo.directory / "runs" / probe / "metrics.json").read_text())
+
+
+def test_step_separates_mirrored_pairs_and_invariant_probes_do_not(demo):
+    step, linear, attentive = (metrics(demo, p) for p in ("step", "linear", "attentive"))
+    assert step["pair_accuracy"] >= 0.75, demo.table
+    assert step["reversed_pair_accuracy"] <= 0.35, demo.table  # reversing the frames flips its answer
+    for blind in (linear, attentive):
+        assert blind["pair_accuracy"] <= 0.7, demo.table
+        assert step["pair_accuracy"] >= blind["pair_accuracy"] + 0.15, demo.table
+        # Blind to order: reversed or shuffled frames give the very same answers.
+        assert blind["reversed_top1"] == pytest.approx(blind["top1"], abs=1e-9)
+        assert blind["shuffled_top1"] == pytest.approx(blind["top1"], abs=1e-9)
+    assert step["parameters_without_head"] < 0.4 * attentive["parameters_without_head"]
+
+
+def test_table_and_report(demo):
+    lines = demo.table.splitlines()
+    assert lines[0].split()[:3] == ["run", "probe", "top-1"] and len(lines) == 2 + len(SMALL.probes)
+    assert demo.report.is_file() and (demo.directory / "report" / "report.html").is_file()
+    assert "figures/comparison.png" in demo.report.read_text()
+
+
+def test_rerun_reuses_every_finished_stage(demo):
+    again = run_demo(demo.directory, SMALL, progress=False)
+    assert again.seconds["videos"] < 1 and again.seconds["train"] < 10
+    assert again.table == demo.table
