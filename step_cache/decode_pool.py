@@ -55,23 +55,27 @@ def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Prepro
     return DecodeResult(task.task_id, pixels, decoded.frame_indices, decoded.num_frames, decoded.short)
 
 
-def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, preprocessing: Preprocessing) -> None:
+def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int) -> None:
     quiet_decoder_logs()
     # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
     crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")
     parent = os.getppid()
+    preprocessing: Preprocessing | None = None  # arrives as the first message, once the backbone is known
     while True:
         try:
-            task = tasks.get(timeout=2.0)
+            message = tasks.get(timeout=2.0)
         except queue.Empty:
             if os.getppid() != parent:  # the extraction was killed (SIGKILL leaves no time to stop us): quit
                 return
             continue
-        if task is None:
+        if message is None:
             return
-        if crash_on and task.path.endswith(crash_on):
+        if isinstance(message, Preprocessing):
+            preprocessing = message
+            continue
+        if crash_on and message.path.endswith(crash_on):
             os.kill(os.getpid(), signal.SIGSEGV)
-        results.send(decode_task(task, frames, clips, preprocessing))
+        results.send(decode_task(message, frames, clips, preprocessing))
 
 
 @dataclass
@@ -91,30 +95,32 @@ class DecodePool:
     when a worker is killed while its feeder thread holds the queue's lock, which a segfault can do at any time.
     """
 
-    def __init__(
-        self,
-        workers: int,
-        frames: int,
-        clips: int,
-        preprocessing: Preprocessing,
-        prefetch: int = 2,
-        timeout: float = 600.0,
-    ):
+    def __init__(self, workers: int, frames: int, clips: int, prefetch: int = 2, timeout: float = 600.0):
         self.num_workers = workers
-        self.frames, self.clips, self.preprocessing = frames, clips, preprocessing
+        self.frames, self.clips = frames, clips
+        self.preprocessing: Preprocessing | None = None
         self.prefetch = max(1, prefetch)
         self.timeout = timeout
         self._context = mp.get_context("spawn")
         self._workers: list[_Worker] = []
 
-    def run(self, tasks: Iterable[DecodeTask]) -> Iterator[DecodeResult]:
+    def start(self) -> DecodePool:
+        """Spawn the workers now (they take a moment to import), e.g. while the backbone loads."""
+        while len(self._workers) < self.num_workers:
+            self._workers.append(self._spawn())
+        return self
+
+    def run(self, tasks: Iterable[DecodeTask], preprocessing: Preprocessing) -> Iterator[DecodeResult]:
+        self.preprocessing = preprocessing
         if self.num_workers <= 0:
             for task in tasks:
-                yield decode_task(task, self.frames, self.clips, self.preprocessing)
+                yield decode_task(task, self.frames, self.clips, preprocessing)
             return
         pending = deque(tasks)
         by_id = {task.task_id: task for task in pending}
-        self._workers = [self._spawn() for _ in range(min(self.num_workers, len(pending)) or 1)]
+        self.start()
+        for worker in self._workers:
+            worker.tasks.put(preprocessing)
         try:
             while pending or any(worker.outstanding for worker in self._workers):
                 self._dispatch(pending)
@@ -137,10 +143,12 @@ class DecodePool:
         reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(tasks, writer, self.frames, self.clips, self.preprocessing),
+            args=(tasks, writer, self.frames, self.clips),
             daemon=True,
         )
         process.start()
+        if self.preprocessing is not None:  # a replacement for a crashed worker, mid-run
+            tasks.put(self.preprocessing)
         writer.close()  # the worker holds the only write end, so its death shows as EOF here
         return _Worker(process, tasks, reader, deque(), time.monotonic())
 

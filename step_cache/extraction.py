@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from step_cache.backbones import Backbone, load_backbone, resolve_backbone
@@ -133,26 +134,33 @@ def extract(
         items = partition(items, opts.num_parts, opts.part)
         out = part_directory(out, opts.part, opts.num_parts)
 
-    backbone = load_backbone(
-        opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
-    )
-    extraction = extraction_settings(backbone, opts)
-    source = {
-        "videos": str(Path(videos).resolve()) if videos is not None else None,
-        "annotations": str(Path(annotations).resolve()) if annotations else None,
-        "pairs": str(pairs_file.resolve()) if pairs_file else None,
-        "weights_path": backbone.weights.get("path"),
-        "items": len(items),
-        "finished": False,  # set once a run has tried every item
-        **({"part": opts.part, "num_parts": opts.num_parts} if opts.num_parts > 1 else {}),
-    }
-    with DirectoryLock(out) as lock:
-        if lock.replaced_stale:
-            log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
-        manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
-        manifest.storage = {"compression": opts.compression}
-        done = recover(out, manifest)
-        return _run(backbone, opts, out, manifest, items, done, videos)
+    device = resolve_device(opts.device)
+    workers = _default_workers(device.type) if opts.workers is None else opts.workers
+    # Decode workers take a moment to start: spawn them now so that they are ready once the backbone is loaded.
+    pool = DecodePool(workers, opts.frames, opts.clips, timeout=opts.decode_timeout).start()
+    try:
+        backbone = load_backbone(
+            opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
+        )
+        extraction = extraction_settings(backbone, opts)
+        source = {
+            "videos": str(Path(videos).resolve()) if videos is not None else None,
+            "annotations": str(Path(annotations).resolve()) if annotations else None,
+            "pairs": str(pairs_file.resolve()) if pairs_file else None,
+            "weights_path": backbone.weights.get("path"),
+            "items": len(items),
+            "finished": False,  # set once a run has tried every item
+            **({"part": opts.part, "num_parts": opts.num_parts} if opts.num_parts > 1 else {}),
+        }
+        with DirectoryLock(out) as lock:
+            if lock.replaced_stale:
+                log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
+            manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
+            manifest.storage = {"compression": opts.compression}
+            done = recover(out, manifest)
+            return _run(backbone, opts, out, manifest, items, done, videos, device, pool)
+    finally:
+        pool.close()
 
 
 def extraction_settings(backbone: Backbone, opts: ExtractOptions) -> dict[str, Any]:
@@ -189,8 +197,9 @@ def _run(
     items: list[VideoItem],
     done: set[str],
     videos_root: str | Path | None,
+    device: torch.device,
+    pool: DecodePool,
 ) -> ExtractReport:
-    device = resolve_device(opts.device)
     report = ExtractReport(out=out, manifest=manifest, skipped=sum(item.key in done for item in items))
     todo = [item for item in items if item.key not in done]
     failures = {f.video: f for f in manifest.failures if f.video not in done}
@@ -200,8 +209,6 @@ def _run(
     shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // clip_bytes))
     computer = TokenComputer(backbone, device, opts.dtype, compile_model=opts.compile)
     batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
-    workers = _default_workers(device.type) if opts.workers is None else opts.workers
-    pool = DecodePool(workers, opts.frames, opts.clips, backbone.preprocessing, timeout=opts.decode_timeout)
     tasks = [
         DecodeTask(
             i,
@@ -241,7 +248,7 @@ def _run(
             state.roll_over_if_full(failures)
 
     try:
-        for result in pool.run(tasks):
+        for result in pool.run(tasks, backbone.preprocessing):
             item = todo[result.task_id]
             if result.error is not None:
                 failure = Failure(item.key, result.error)
