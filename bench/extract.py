@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from step_cache import extract, open_shards
-from step_cache.backbones import load_backbone
-from step_cache.frame_batches import TokenComputer, resolve_device
-from step_cache.synthetic import moving_square, write_video
-from step_cache.video import decode_clips
+from step_cache.extraction.backbones import load_backbone
+from step_cache.extraction.frame_batches import TokenComputer, resolve_device
+from step_cache.extraction.video import decode_clips
+from step_cache.synthetic.videos import moving_square, write_video
 
 
 def make_videos(root: Path, count: int, num_frames: int, size: tuple[int, int]) -> list[Path]:

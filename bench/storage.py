@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from step_cache import extract, open_shards
-from step_cache.manifest import Manifest, TokenLayout, write_manifest
-from step_cache.shards import ClipRecord, ShardWriter, shard_name
-from step_cache.synthetic import moving_square, write_video
+from step_cache.cache.manifest import Manifest, TokenLayout, write_manifest
+from step_cache.cache.shards import ClipRecord, ShardWriter, shard_name
+from step_cache.synthetic.videos import moving_square, write_video
 
 
 def pool_patches(tokens: np.ndarray, grid: tuple[int, int], pool: int) -> np.ndarray:

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from step_cache.cache.shards import open_shards
 from step_cache.probes import PROBES
-from step_cache.shards import open_shards
 from step_cache.sweeps import train_stacked
-from step_cache.synthetic_tokens import SyntheticTokens, write_token_cache
-from step_cache.train_config import make_config
-from step_cache.training import train_probe
+from step_cache.synthetic.tokens import SyntheticTokens, write_token_cache
+from step_cache.training.config import make_config
+from step_cache.training.trainer import train_probe
 
 
 def parse_args() -> argparse.Namespace:

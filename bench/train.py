@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
+from step_cache.cache.shards import open_shards
 from step_cache.probes import PROBES
-from step_cache.shards import open_shards
-from step_cache.synthetic_tokens import SyntheticTokens, write_token_cache
-from step_cache.token_data import InMemoryTokens, select_tokens
-from step_cache.training import train_probe
+from step_cache.synthetic.tokens import SyntheticTokens, write_token_cache
+from step_cache.training.token_data import InMemoryTokens, select_tokens
+from step_cache.training.trainer import train_probe
 
 
 def parse_args() -> argparse.Namespace:

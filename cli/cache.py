@@ -18,7 +18,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Summarise a shard directory: backbone, sampling, token layout, counts per class and split, failures."""
-    from step_cache.cache_summary import format_summary, summarize_cache
+    from step_cache.cache.summary import format_summary, summarize_cache
 
     with user_errors():
         summary = summarize_cache(shards)
@@ -33,7 +33,7 @@ def verify(
 ) -> None:
     """Check every shard against the manifest: sizes, checksums, shapes, readable chunks, labels, no NaN/Inf,
     no duplicate videos. Exits with 1 and names the damaged shard when anything is wrong."""
-    from step_cache.verify import verify_cache
+    from step_cache.cache.verify import verify_cache
 
     with user_errors():
         report = verify_cache(shards, checksums=checksums, progress=not quiet)
@@ -50,7 +50,7 @@ def merge(
     ] = None,
 ) -> None:
     """Write OUT/manifest.json listing the shards of every part, so that OUT reads as one cache."""
-    from step_cache.distributed import merge as merge_parts
+    from step_cache.extraction.distributed import merge as merge_parts
 
     setup_logging()
     with user_errors():

@@ -79,8 +79,8 @@ def extract(
     With --num-parts N --part I each job writes OUT/parts/part-I-of-N; `step-cache merge OUT` joins them.
     Under torchrun every rank extracts its part and rank 0 merges.
     """
-    from step_cache.distributed import extract_distributed, torchrun_environment
-    from step_cache.extraction import extract as extract_videos
+    from step_cache.extraction.distributed import extract_distributed, torchrun_environment
+    from step_cache.extraction.engine import extract as extract_videos
 
     setup_logging()
     with user_errors():

@@ -87,7 +87,7 @@ def train_probe(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics."""
-    from step_cache.training import train_probe as run_training
+    from step_cache.training.trainer import train_probe as run_training
 
     setup_logging()
     given = {
@@ -147,8 +147,8 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
     """Evaluate a trained probe (best checkpoint) on shards; classes are matched by name."""
-    from step_cache.evaluation import evaluate as run_evaluation
-    from step_cache.runs import write_json
+    from step_cache.training.evaluation import evaluate as run_evaluation
+    from step_cache.training.runs import write_json
 
     setup_logging()
     with user_errors():
@@ -183,7 +183,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
 ) -> None:
     """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe."""
-    from step_cache.evaluation import predict as run_prediction
+    from step_cache.training.evaluation import predict as run_prediction
 
     setup_logging()
     with user_errors():

@@ -64,10 +64,10 @@ def run_demo(directory: str | Path, settings: DemoSettings | None = None, progre
     """
     # Imported here so that the CLI (which reads DemoSettings' defaults) starts without torch.
     from step_cache.benchmark import make_demo_dataset
-    from step_cache.extraction import extract
+    from step_cache.extraction.engine import extract
     from step_cache.report import build_report
     from step_cache.report.build import format_comparison, load_run
-    from step_cache.training import train_probe
+    from step_cache.training.trainer import train_probe
 
     settings = settings or DemoSettings()
     directory = Path(directory)
@@ -111,7 +111,7 @@ def run_demo(directory: str | Path, settings: DemoSettings | None = None, progre
     redo = redo or _is_stale(directory, settings, "trained")
     run_dirs = []
     # One summary line per probe instead of one line per epoch of every probe.
-    training_log = logging.getLogger("step_cache.training")
+    training_log = logging.getLogger("step_cache.training.trainer")
     previous_level = training_log.level
     training_log.setLevel(logging.WARNING)
     try:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import av  # noqa: F401 - before decord: decord's bundled FFmpeg, loaded first, breaks PyAV's libvpx-vp9 encoder
 import pytest
 
-from step_cache.synthetic import moving_square, write_class_folders, write_video
+from step_cache.synthetic.videos import moving_square, write_class_folders, write_video
 
 # A random-initialised ViT-Ti/16 on 32 px frames: 2x2 patches + CLS, D=192. Seconds per test, real code paths.
 TINY = {"backbone": "vit-tiny", "weights": "random", "frames": 4, "image_size": 32, "workers": 0, "progress": False}

@@ -17,9 +17,9 @@ from pathlib import Path
 
 def check(out: Path, good: set[str]) -> str:
     """'empty' (no manifest yet), 'partial' or 'complete'; raises AssertionError when a promise is broken."""
-    from step_cache.manifest import read_manifest
-    from step_cache.shards import open_shards
-    from step_cache.verify import verify_cache
+    from step_cache.cache.manifest import read_manifest
+    from step_cache.cache.shards import open_shards
+    from step_cache.cache.verify import verify_cache
 
     if not (out / "manifest.json").exists():
         return "empty"
@@ -40,7 +40,7 @@ def run_child(videos: Path, out: Path, options: dict, overwrite: bool) -> int:
     if pid == 0:  # child: one extraction run, then leave without running the parent's cleanup
         code = 1
         try:
-            from step_cache.extraction import extract
+            from step_cache.extraction.engine import extract
 
             extract(videos, out, **options, overwrite=overwrite)
             code = 0
@@ -57,7 +57,7 @@ def main() -> None:
     # Import once, before forking (imports start no torch threads, so forking stays safe).
     import timm  # noqa: F401
 
-    import step_cache.extraction  # noqa: F401
+    import step_cache.extraction.engine  # noqa: F401
 
     # Calibrate: how long does one whole run take here? Kills are then spread over that time.
     started = time.monotonic()

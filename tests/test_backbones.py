@@ -7,13 +7,13 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from step_cache.backbones import (
+from step_cache.checkpoints import CheckpointError, load_state_dict_file
+from step_cache.extraction.backbones import (
     BackboneError,
     WeightsUnavailableError,
     load_backbone,
     resolve_backbone,
 )
-from step_cache.checkpoints import CheckpointError, load_state_dict_file
 
 
 def test_registry_names_and_aliases():
@@ -121,7 +121,7 @@ def test_checkpoint_of_another_model_names_the_mismatch(tmp_path):
 def test_hub_weights_offline_fail_fast_with_advice(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9: like being offline
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # and nothing cached
-    monkeypatch.setattr("step_cache.backbones._hub_cache_file", lambda repo: None)
+    monkeypatch.setattr("step_cache.extraction.backbones._hub_cache_file", lambda repo: None)
     started = time.monotonic()
     with pytest.raises(WeightsUnavailableError) as info:
         load_backbone("vit-tiny", weights="hub")

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import _register_commands, app
-from step_cache.synthetic_tokens import write_token_cache
+from step_cache.synthetic.tokens import write_token_cache
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SHORT = ["--epochs", "2", "--batch-size", "8", "--quiet"]

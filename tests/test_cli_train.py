@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import TINY
 
-from step_cache.extraction import extract
+from step_cache.extraction.engine import extract
 from step_cache.probes import PROBES
-from step_cache.synthetic_tokens import write_token_cache
+from step_cache.synthetic.tokens import write_token_cache
 
 SHORT = ["--epochs", "2", "--batch-size", "4", "--quiet"]
 

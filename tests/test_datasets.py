@@ -729,7 +729,7 @@ def _command_names() -> set[str]:
         _register_commands()
     names = {command.name or command.callback.__name__.replace("_", "-") for command in app.registered_commands}
     try:  # the command module alone is not enough: the library behind it must import too
-        importlib.import_module("step_cache.extraction")
+        importlib.import_module("step_cache.extraction.engine")
     except ImportError:
         names -= {"extract", "inspect"}
     return names
@@ -751,7 +751,7 @@ def run_app(*args: object):
 
 def real_ssv2_tree(root: Path) -> Path:
     """SSv2 format with real (VP9 .webm) videos: squares pushed left to right, and pulled back right to left."""
-    from step_cache.synthetic import moving_square, write_video
+    from step_cache.synthetic.videos import moving_square, write_video
 
     labels = ["Pushing something from left to right", "Pulling something from right to left"]
     write_json(root / "labels" / "labels.json", {name: str(i) for i, name in enumerate(labels)})
@@ -769,7 +769,7 @@ def real_drive_act_tree(root: Path) -> Path:
     """Drive&Act format with real mp4 runs, each holding an 'opening' segment then its reverse, 'closing'."""
     import numpy as np
 
-    from step_cache.synthetic import moving_square, write_video
+    from step_cache.synthetic.videos import moving_square, write_video
 
     folder = root / "activities_3s" / "kinect_color"
     for subset, participant in (("train", 1), ("val", 2), ("test", 3)):

@@ -8,10 +8,10 @@ import pytest
 from conftest import GOOD_VIDEOS, TINY, TINY_CLI
 
 from step_cache import extract, open_shards
+from step_cache.cache.manifest import ManifestError
+from step_cache.cache.verify import verify_cache
 from step_cache.catalog import VideoItem
-from step_cache.distributed import find_parts, merge, part_directory, part_of, partition
-from step_cache.manifest import ManifestError
-from step_cache.verify import verify_cache
+from step_cache.extraction.distributed import find_parts, merge, part_directory, part_of, partition
 
 
 def test_partition_is_stable_complete_and_disjoint():

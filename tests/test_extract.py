@@ -10,10 +10,10 @@ from conftest import BAD_VIDEOS, GOOD_VIDEOS, TINY
 from safetensors.torch import save_file
 
 from step_cache import extract, open_shards
-from step_cache.backbones import load_backbone
 from step_cache.catalog import VideoItem, write_annotations
-from step_cache.extraction import ExtractionError
-from step_cache.video import decode_clips
+from step_cache.extraction.backbones import load_backbone
+from step_cache.extraction.engine import ExtractionError
+from step_cache.extraction.video import decode_clips
 
 
 def test_extracts_good_videos_and_records_bad_ones(video_tree, tmp_path):

@@ -11,9 +11,9 @@ import pytest
 from conftest import GOOD_VIDEOS, TINY
 
 from step_cache import extract, open_shards
-from step_cache.extraction import ExtractionError
-from step_cache.locking import DirectoryLock, LockedError
-from step_cache.shards import ShardWriter
+from step_cache.cache.locking import DirectoryLock, LockedError
+from step_cache.cache.shards import ShardWriter
+from step_cache.extraction.engine import ExtractionError
 
 DRIVER = Path(__file__).with_name("fault_driver.py")
 
@@ -112,7 +112,7 @@ def test_stale_lock_of_dead_process_is_taken_over(video_tree, tmp_path, caplog):
 
 
 def test_mixed_frame_sizes_in_one_run(tmp_path):
-    from step_cache.synthetic import moving_square, write_video
+    from step_cache.synthetic.videos import moving_square, write_video
 
     for i, size in enumerate([(48, 64), (96, 64), (120, 160), (36, 36)]):
         write_video(tmp_path / "v" / "a" / f"{i}.mp4", moving_square(12, size, seed=i))
@@ -135,7 +135,7 @@ def test_train_probe_killed_at_random_epochs_resumes_to_the_same_result(tmp_path
     import signal
     import time
 
-    from step_cache.synthetic_tokens import write_token_cache
+    from step_cache.synthetic.tokens import write_token_cache
 
     write_token_cache(tmp_path / "cache", task="order", num_classes=4, videos_per_class=10, frames=4, dim=16)
     base = [

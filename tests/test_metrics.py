@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from step_cache.metrics import (
+from step_cache.training.metrics import (
     average_by_video,
     classification_metrics,
     confusion_matrix,

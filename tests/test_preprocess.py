@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 
-from step_cache.preprocess import Preprocessing
+from step_cache.extraction.preprocess import Preprocessing
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 from cli.main import _register_commands, app
 from step_cache.report import build_report
 from step_cache.report.build import ReportError, format_comparison, load_run
-from step_cache.synthetic_tokens import write_token_cache
-from step_cache.training import train_probe
+from step_cache.synthetic.tokens import write_token_cache
+from step_cache.training.trainer import train_probe
 
 _register_commands()
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from step_cache.sampling import is_short, segment_indices
+from step_cache.extraction.sampling import is_short, segment_indices
 
 
 def test_single_clip_takes_segment_centres():

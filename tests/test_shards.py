@@ -4,7 +4,7 @@ import h5py
 import numpy as np
 import pytest
 
-from step_cache.manifest import (
+from step_cache.cache.manifest import (
     FORMAT_VERSION,
     Manifest,
     ManifestError,
@@ -12,7 +12,7 @@ from step_cache.manifest import (
     read_manifest,
     write_manifest,
 )
-from step_cache.shards import ClipRecord, ShardError, ShardWriter, open_shards, shard_name
+from step_cache.cache.shards import ClipRecord, ShardError, ShardWriter, open_shards, shard_name
 
 LAYOUT = TokenLayout(cls_tokens=1, grid=(2, 3), dim=8, dtype="float16")
 FRAMES = 4
@@ -95,7 +95,7 @@ def test_unfinished_shard_is_never_published_or_read(tmp_path):
     writer.append(ClipRecord(np.zeros((FRAMES, 7, 8), np.float16), 0, "x", 0, "", np.arange(FRAMES), 4, False))
     assert not (tmp_path / shard_name(0)).exists() and writer.tmp_path.exists()
     writer._file.flush()
-    from step_cache.shards import read_shard_metadata
+    from step_cache.cache.shards import read_shard_metadata
 
     with pytest.raises(ShardError, match="incomplete"):
         read_shard_metadata(writer.tmp_path)

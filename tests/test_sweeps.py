@@ -14,19 +14,19 @@ import pytest
 import torch
 from torch import nn
 
+from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
-from step_cache.optimization import build_optimizer, build_scheduler
 from step_cache.probes import ProbeConfigError, build_probe
-from step_cache.shards import open_shards
 from step_cache.sweeps import group_by_shape, train_stacked
 from step_cache.sweeps.members import StackedProbes
 from step_cache.sweeps.space import SweepSpaceError, build_space
 from step_cache.sweeps.stacked import StackedRun
 from step_cache.sweeps.stacked_adamw import StackedAdamW
 from step_cache.sweeps.study import SweepError, run_batch, run_sweep, trial_config
-from step_cache.synthetic_tokens import write_token_cache
-from step_cache.train_config import make_config
-from step_cache.training import train_probe
+from step_cache.synthetic.tokens import write_token_cache
+from step_cache.training.config import make_config
+from step_cache.training.optimization import build_optimizer, build_scheduler
+from step_cache.training.trainer import train_probe
 
 BASE = {"epochs": 5, "batch_size": 8, "progress": False}
 TIMING = {"train_s", "data_wait_s", "clips_per_s", "eval_s"}

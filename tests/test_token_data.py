@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from step_cache.data_splits import DataError, select_splits, source_video
-from step_cache.frame_order import frame_order, permute_frames, reversed_order, shuffled_order
-from step_cache.manifest import TokenLayout
-from step_cache.shards import open_shards
-from step_cache.synthetic_tokens import write_token_cache
-from step_cache.token_data import (
+from step_cache.cache.manifest import TokenLayout
+from step_cache.cache.shards import open_shards
+from step_cache.synthetic.tokens import write_token_cache
+from step_cache.training.frame_order import frame_order, permute_frames, reversed_order, shuffled_order
+from step_cache.training.splits import DataError, select_splits, source_video
+from step_cache.training.token_data import (
     InMemoryTokens,
     StreamingTokens,
     batch_plan,

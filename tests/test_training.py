@@ -9,20 +9,20 @@ import pytest
 import torch
 from torch import nn
 
+from step_cache.cache.manifest import ManifestError
+from step_cache.cache.shards import ClipRecord, ShardWriter, open_shards, shard_name
 from step_cache.checkpoints import load_state_dict_file
-from step_cache.data_splits import DataError
-from step_cache.evaluation import evaluate, predict
-from step_cache.inference import collect_logits, evaluate_clips
-from step_cache.manifest import ManifestError
-from step_cache.metrics import average_by_video
-from step_cache.optimization import WarmupCosine, decays
 from step_cache.probes import ProbeConfigError
-from step_cache.runs import RunError, read_epoch_log
-from step_cache.shards import ClipRecord, ShardWriter, open_shards, shard_name
-from step_cache.synthetic_tokens import write_token_cache
-from step_cache.token_data import select_tokens
-from step_cache.train_config import TrainConfigError
-from step_cache.training import train_probe
+from step_cache.synthetic.tokens import write_token_cache
+from step_cache.training.config import TrainConfigError
+from step_cache.training.evaluation import evaluate, predict
+from step_cache.training.inference import collect_logits, evaluate_clips
+from step_cache.training.metrics import average_by_video
+from step_cache.training.optimization import WarmupCosine, decays
+from step_cache.training.runs import RunError, read_epoch_log
+from step_cache.training.splits import DataError
+from step_cache.training.token_data import select_tokens
+from step_cache.training.trainer import train_probe
 
 FAST = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "progress": False}
 TIMING = {"train_s", "data_wait_s", "clips_per_s", "eval_s"}
@@ -137,7 +137,7 @@ class FirstVersusLast(nn.Module):
 def test_order_metrics_of_an_order_sensitive_rule(tmp_path):
     write_token_cache(tmp_path, videos_per_class=6, noise=0.05, frames=6)
     shards = open_shards(tmp_path)
-    from step_cache.token_data import InMemoryTokens
+    from step_cache.training.token_data import InMemoryTokens
 
     indices = np.arange(len(shards))
     source = InMemoryTokens(shards, indices, select_tokens(shards.layout), shards.labels)
@@ -186,7 +186,7 @@ def test_evaluate_maps_classes_by_name(cache, tmp_path):
     for i in val[:3]:
         writer.append(_record(shards, i, 2, video=f"wave/{i}.mp4"))
     manifest.shards.append(writer.finish())
-    from step_cache.manifest import write_manifest
+    from step_cache.cache.manifest import write_manifest
 
     write_manifest(other, manifest)
     mapped = evaluate(run, other)
@@ -196,7 +196,7 @@ def test_evaluate_maps_classes_by_name(cache, tmp_path):
 
 
 def _val_videos(run, cache):
-    from step_cache.data_splits import select_splits
+    from step_cache.training.splits import select_splits
 
     config = json.loads((run / "config.json").read_text())["config"]
     shards = open_shards(cache)
@@ -219,8 +219,8 @@ def test_predict_writes_per_video_top_k(cache, tmp_path):
     shards = open_shards(cache)
     assert len(rows) == 16 and list(rows[0]) == ["video", "clips", "label", "class_1", "prob_1", "class_2", "prob_2"]
     assert all(r["clips"] == "2" and r["label"] == r["video"].split("/")[0] for r in rows)
-    from step_cache.evaluation import load_probe
-    from step_cache.token_data import InMemoryTokens
+    from step_cache.training.evaluation import load_probe
+    from step_cache.training.token_data import InMemoryTokens
 
     _, probe = load_probe(run)
     indices = np.arange(len(shards))

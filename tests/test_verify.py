@@ -6,8 +6,8 @@ from test_shards import write_cache
 from typer.testing import CliRunner
 
 from cli.main import _register_commands, app
-from step_cache.shards import shard_name
-from step_cache.verify import verify_cache
+from step_cache.cache.shards import shard_name
+from step_cache.cache.verify import verify_cache
 
 _register_commands()
 

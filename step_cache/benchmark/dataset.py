@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from step_cache.benchmark.actions import DEFAULT_KINDS, KINDS
 from step_cache.benchmark.scene import BenchmarkError, SceneConfig, class_table, render_clip
 from step_cache.catalog import VideoItem, write_annotations, write_pairs
-from step_cache.synthetic import write_video
+from step_cache.synthetic.videos import write_video
 
 METADATA_NAME = "benchmark.json"
 ANNOTATIONS_NAME = "annotations.csv"

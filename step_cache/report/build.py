@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from step_cache import runs as run_files
 from step_cache.report.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
+from step_cache.training import runs as run_files
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
 COLUMNS = [

@@ -18,10 +18,10 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from step_cache import runs
-from step_cache.shards import ShardSet
+from step_cache.cache.shards import ShardSet
 from step_cache.sweeps.space import SearchSpace
-from step_cache.training import TrainResult, train_probe
+from step_cache.training import runs
+from step_cache.training.trainer import TrainResult, train_probe
 
 TRIALS_JSON, TRIALS_CSV, BEST_JSON, BEST_RUN = "trials.json", "trials.csv", "best.json", "best-run"
 SUMMARY_KEYS = (

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from step_cache.data_splits import Splits, select_splits
-from step_cache.inference import resolve_device
-from step_cache.metrics import pair_indices
-from step_cache.shards import ShardSet
-from step_cache.token_data import TokenSelection, TokenSource, open_token_source, select_tokens
-from step_cache.train_config import TrainConfig
-from step_cache.training import check_splits, resolve_pairs, token_subset
+from step_cache.cache.shards import ShardSet
+from step_cache.training.config import TrainConfig
+from step_cache.training.inference import resolve_device
+from step_cache.training.metrics import pair_indices
+from step_cache.training.splits import Splits, select_splits
+from step_cache.training.token_data import TokenSelection, TokenSource, open_token_source, select_tokens
+from step_cache.training.trainer import check_splits, resolve_pairs, token_subset
 
 
 @dataclass

@@ -33,7 +33,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from step_cache.probes import probe_options
-from step_cache.token_data import TOKEN_SUBSETS
+from step_cache.training.token_data import TOKEN_SUBSETS
 
 
 class SweepSpaceError(ValueError):

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from step_cache.frame_order import frame_order, permute_frames
-from step_cache.inference import ORDER_METRICS, autocast, split_metrics
+from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.probes import build_probe, count_parameters, probe_options
-from step_cache.shards import ShardSet, open_shards
 from step_cache.sweeps.members import StackedProbes
 from step_cache.sweeps.shared_data import DataCache, TrainingData
 from step_cache.sweeps.stacked_adamw import StackedAdamW, total_steps, warmup_steps
-from step_cache.token_data import batch_plan
-from step_cache.train_config import TrainConfig
+from step_cache.training.config import TrainConfig
+from step_cache.training.frame_order import frame_order, permute_frames
+from step_cache.training.inference import ORDER_METRICS, autocast, split_metrics
+from step_cache.training.token_data import batch_plan
 
 log = logging.getLogger(__name__)
 

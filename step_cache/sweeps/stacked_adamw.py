@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from step_cache.optimization import WarmupCosine, decays
+from step_cache.training.optimization import WarmupCosine, decays
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8

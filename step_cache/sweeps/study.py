@@ -28,15 +28,15 @@ import torch
 from optuna.trial import Trial, TrialState
 from tqdm import tqdm
 
+from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.probes import build_probe
-from step_cache.shards import ShardSet, open_shards
 from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, retrain_best, write_results
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
 from step_cache.sweeps.stacked import MemberResult, group_by_shape, train_stacked
-from step_cache.token_data import select_tokens
-from step_cache.train_config import EXECUTION_FIELDS, TrainConfig, make_config
-from step_cache.training import TrainResult, resolve_pairs, token_subset
+from step_cache.training.config import EXECUTION_FIELDS, TrainConfig, make_config
+from step_cache.training.token_data import select_tokens
+from step_cache.training.trainer import TrainResult, resolve_pairs, token_subset
 
 log = logging.getLogger(__name__)
 

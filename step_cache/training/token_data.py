@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from step_cache.data_splits import DataError
-from step_cache.manifest import TokenLayout
-from step_cache.shards import ShardSet
+from step_cache.cache.manifest import TokenLayout
+from step_cache.cache.shards import ShardSet
+from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``train_probe``: train one probe on cached tokens, validate every epoch, keep the best checkpoint, resume a
 killed run exactly, and write the final metrics (including the frame-order metrics) of the best checkpoint.
 
-The run directory layout is described in ``step_cache/runs.py``. On CPU a run is fully deterministic for a seed:
+The run directory layout is described in ``runs.py``. On CPU a run is fully deterministic for a seed:
 batch order is keyed by (seed, epoch), dropout draws from torch's global generator whose state is checkpointed,
 and both data paths (in memory, streaming) yield the same batches.
 """
@@ -22,16 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from step_cache import runs
+from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.catalog import read_pairs
-from step_cache.data_splits import DataError, Splits, select_splits
-from step_cache.inference import autocast, evaluate_clips, resolve_device
-from step_cache.metrics import pair_indices
-from step_cache.optimization import build_optimizer, build_scheduler
 from step_cache.probes import build_probe, count_parameters, probe_options
-from step_cache.shards import ShardSet, open_shards
-from step_cache.token_data import TokenSelection, batch_plan, open_token_source, select_tokens
-from step_cache.train_config import TrainConfig, make_config, run_record
+from step_cache.training import runs
+from step_cache.training.config import TrainConfig, make_config, run_record
+from step_cache.training.inference import autocast, evaluate_clips, resolve_device
+from step_cache.training.metrics import pair_indices
+from step_cache.training.optimization import build_optimizer, build_scheduler
+from step_cache.training.splits import DataError, Splits, select_splits
+from step_cache.training.token_data import TokenSelection, batch_plan, open_token_source, select_tokens
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from step_cache.sampling import is_short, segment_indices
+from step_cache.extraction.sampling import is_short, segment_indices
 
 
 class VideoDecodeError(RuntimeError):

@@ -15,7 +15,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = 25, crf: int = 
 
     ``crf`` is x264's constant rate factor: low values are near-lossless. Keep it low for order-sensitive data,
     because x264 quality decays after each key frame and would otherwise tell an order-blind probe which frame
-    came first.
+    came first. Import ``av`` before ``decord`` in a process that writes VP9: decord's bundled FFmpeg, when loaded
+    first, makes libvpx-vp9 fail to open (H.264 is unaffected).
     """
     import av  # imported lazily: only generating videos needs PyAV
 

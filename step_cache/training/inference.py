@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from step_cache.frame_order import frame_order, permute_frames
-from step_cache.metrics import average_by_video, classification_metrics
-from step_cache.token_data import TokenSource, batch_plan
+from step_cache.training.frame_order import frame_order, permute_frames
+from step_cache.training.metrics import average_by_video, classification_metrics
+from step_cache.training.token_data import TokenSource, batch_plan
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from step_cache.backbones import Backbone
+from step_cache.extraction.backbones import Backbone
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from step_cache.manifest import (
+from step_cache.cache.manifest import (
     FORMAT_VERSION,
     Manifest,
     ManifestError,

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from step_cache.manifest import Manifest, ManifestError, ShardRecord, file_sha256, read_manifest
-from step_cache.shards import METADATA, STRING
+from step_cache.cache.manifest import Manifest, ManifestError, ShardRecord, file_sha256, read_manifest
+from step_cache.cache.shards import METADATA, STRING
 
 _READ_BLOCK_BYTES = 256 * 2**20  # read tokens in blocks of about this size: bounded memory, few calls
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
+from step_cache.cache.manifest import atomic_write_text
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
-from step_cache.manifest import atomic_write_text
-from step_cache.train_config import record_differences
+from step_cache.training.config import record_differences
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,8 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from step_cache.preprocess import Preprocessing
-from step_cache.video import VideoDecodeError, decode_clips, quiet_decoder_logs
+from step_cache.extraction.preprocess import Preprocessing
+from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from step_cache.shards import open_shards
+from step_cache.cache.shards import open_shards
 
 
 def summarize_cache(directory: str | Path) -> dict[str, Any]:

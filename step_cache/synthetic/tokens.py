@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from step_cache.manifest import Manifest, TokenLayout, write_manifest
-from step_cache.shards import ClipRecord, ShardWriter, shard_name
+from step_cache.cache.manifest import Manifest, TokenLayout, write_manifest
+from step_cache.cache.shards import ClipRecord, ShardWriter, shard_name
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from step_cache import __version__
-from step_cache.token_data import DATA_MODES, TOKEN_SUBSETS
+from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
 
 
 class TrainConfigError(ValueError):

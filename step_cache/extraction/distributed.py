@@ -18,10 +18,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from step_cache.cache.locking import DirectoryLock
+from step_cache.cache.manifest import Manifest, ManifestError, ShardRecord, read_manifest, write_manifest
+from step_cache.cache.shards import check_compatible
 from step_cache.catalog import VideoItem
-from step_cache.locking import DirectoryLock
-from step_cache.manifest import Manifest, ManifestError, ShardRecord, read_manifest, write_manifest
-from step_cache.shards import check_compatible
 
 log = logging.getLogger(__name__)
 PARTS_DIR = "parts"
@@ -121,7 +121,7 @@ def extract_distributed(videos: Any, out: str | Path, timeout_hours: float = 48.
     import torch
     import torch.distributed as dist
 
-    from step_cache.extraction import extract
+    from step_cache.extraction.engine import extract
 
     environment = torchrun_environment()
     if environment is None:

@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
+from step_cache.cache.manifest import TokenLayout, file_sha256
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
-from step_cache.manifest import TokenLayout, file_sha256
-from step_cache.preprocess import Preprocessing
+from step_cache.extraction.preprocess import Preprocessing
 
 
 class BackboneError(ValueError):

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from step_cache import __version__
-from step_cache.manifest import (
+from step_cache.cache.manifest import (
     MANIFEST_NAME,
     Failure,
     Manifest,
@@ -23,7 +23,7 @@ from step_cache.manifest import (
     read_manifest,
     write_manifest,
 )
-from step_cache.shards import ClipRecord, ShardError, ShardWriter, read_shard_metadata, shard_name
+from step_cache.cache.shards import ClipRecord, ShardError, ShardWriter, read_shard_metadata, shard_name
 
 log = logging.getLogger(__name__)
 _SHARD_FILE = re.compile(r"^shard-(?P<prefix>.*?)(?P<index>\d{5})\.h5$")

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from step_cache import runs
-from step_cache.data_splits import DataError, select_splits
-from step_cache.inference import collect_logits, evaluate_clips, resolve_device
-from step_cache.manifest import ManifestError, extraction_differences
-from step_cache.metrics import average_by_video, pair_indices
+from step_cache.cache.manifest import ManifestError, extraction_differences
+from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.probes import build_probe
-from step_cache.shards import ShardSet, open_shards
-from step_cache.token_data import TokenSelection, open_token_source
+from step_cache.training import runs
+from step_cache.training.inference import collect_logits, evaluate_clips, resolve_device
+from step_cache.training.metrics import average_by_video, pair_indices
+from step_cache.training.splits import DataError, select_splits
+from step_cache.training.token_data import TokenSelection, open_token_source
 
 log = logging.getLogger(__name__)
 
