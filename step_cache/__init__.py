@@ -23,6 +23,18 @@ _EXPORTS = {
     "VideoItem": "step_cache.catalog",
     "discover_videos": "step_cache.catalog",
     "read_annotations": "step_cache.catalog",
+    "verify_cache": "step_cache.cache.verify",
+    "merge": "step_cache.extraction.distributed",
+    "train_probe": "step_cache.training.trainer",
+    "TrainResult": "step_cache.training.trainer",
+    "evaluate": "step_cache.training.evaluation",
+    "predict": "step_cache.training.evaluation",
+    "run_sweep": "step_cache.sweeps.study",
+    "build_space": "step_cache.sweeps.space",
+    "build_report": "step_cache.report",
+    "make_demo_dataset": "step_cache.benchmark",
+    "run_demo": "step_cache.demo",
+    "DemoSettings": "step_cache.demo",
 }
 
 __all__ = ["__version__", *_EXPORTS]
