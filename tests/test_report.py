@@ -64,3 +64,18 @@ def test_cli(two_runs, tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output and (tmp_path / "r" / "report.html").exists()
+
+
+def test_report_includes_a_sweep_with_its_best_run_and_figures(two_runs, tmp_path):
+    from step_cache.sweeps.space import build_space
+    from step_cache.sweeps.study import run_sweep
+
+    space = build_space("step", ["lr=log:1e-3..1e-2", "weight_decay=0.0,0.1"])
+    run_sweep(two_runs / "cache", "step", tmp_path / "sweep", space=space, trials=4, parallel=4, pruner="none",
+              epochs=2, batch_size=8, progress=False)
+    markdown = build_report([two_runs / "runs" / "linear", tmp_path / "sweep"], tmp_path / "rep")
+    text = markdown.read_text()
+    assert "## Sweep sweep" in text and "| trial | lr | weight_decay |" in text
+    assert "| best-run | step |" in text  # the sweep's retrained best configuration joins the comparison
+    assert "figures/sweep/parallel_coordinates.png" in text
+    assert (tmp_path / "rep" / "figures" / "sweep" / "objective_vs_lr.png").is_file()

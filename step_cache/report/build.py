@@ -88,16 +88,65 @@ def format_comparison(summaries: Sequence[RunSummary]) -> str:
     return "\n".join(lines)
 
 
+def is_sweep(directory: str | Path) -> bool:
+    return (Path(directory) / "trials.json").is_file()
+
+
+def sweep_blocks(sweep_dir: Path, out: Path, top: int = 10) -> list[Block]:
+    """A sweep's section: its best trials and its figures (objective vs each parameter, parallel coordinates)."""
+    import json
+    import shutil
+
+    from step_cache.sweeps.plots import sweep_figures
+
+    content = json.loads((sweep_dir / "trials.json").read_text(encoding="utf-8"))
+    trials = [t for t in content["trials"] if t["state"] == "COMPLETE" and t["value"] is not None]
+    names = [n for n, spec in content["space"].items() if spec["type"] != "fixed"]
+    header = ["trial", *names, f"val {content['metric']}", "pair acc", "reversed top-1"]
+    rows = [
+        [
+            str(t["number"]),
+            *(
+                f"{t['params'].get(n)}" if not isinstance(t["params"].get(n), float) else f"{t['params'][n]:.3g}"
+                for n in names
+            ),
+            _cell(t["value"], "pct"),
+            _cell(t.get("metrics", {}).get("pair_accuracy"), "pct"),
+            _cell(t.get("metrics", {}).get("reversed_top1"), "pct"),
+        ]
+        for t in trials[:top]
+    ]
+    blocks: list[Block] = [
+        Heading(f"Sweep {sweep_dir.name}"),
+        Paragraph(
+            f"{sweep_dir}: {len(content['trials'])} trials ({len(trials)} completed), objective val "
+            f"{content['metric']} ({content['direction']}); best {min(top, len(trials))} shown."
+        ),
+        Table(header, rows, align_right=set(range(len(header)))),
+    ]
+    target = out / "figures" / sweep_dir.name
+    target.mkdir(parents=True, exist_ok=True)
+    for figure in sweep_figures(sweep_dir):
+        copied = Path(shutil.copy(figure, target / figure.name))
+        blocks.append(Image(copied.relative_to(out).as_posix(), figure.stem.replace("_", " ")))
+    return blocks
+
+
 def build_report(
     run_dirs: Sequence[str | Path], out: str | Path, title: str = "step-cache report", notes: Sequence[str] = ()
 ) -> Path:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` for the given runs; returns the
-    Markdown path. Every run must have finished (``metrics.json``)."""
+    Markdown path. Every run must have finished (``metrics.json``). A directory written by ``step-cache sweep``
+    (it holds ``trials.json``) adds a sweep section with its best trials and figures, and its ``best-run``."""
     from step_cache.report import figures
 
     if not run_dirs:
-        raise ReportError("give at least one run directory")
-    directories = [Path(d) for d in run_dirs]
+        raise ReportError("give at least one run or sweep directory")
+    sweeps = [Path(d) for d in run_dirs if is_sweep(d)]
+    directories = [Path(d) for d in run_dirs if not is_sweep(d)]
+    directories += [s / "best-run" for s in sweeps if (s / "best-run" / "metrics.json").is_file()]
+    if not directories:
+        raise ReportError("no finished training run among the directories given")
     summaries = [load_run(d, n) for d, n in zip(directories, _names(directories), strict=True)]
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -150,6 +199,8 @@ def build_report(
         if matrix and classes:
             path = figures.confusion(summary.name, matrix, classes, figure_path(f"{summary.name}-confusion"))
             blocks.append(Image(path.relative_to(out).as_posix(), f"{summary.name}: confusion matrix"))
+    for sweep in sweeps:
+        blocks += sweep_blocks(sweep, out)
     markdown = out / "report.md"
     markdown.write_text(to_markdown(blocks), encoding="utf-8")
     (out / "report.html").write_text(to_html(blocks, title), encoding="utf-8")
