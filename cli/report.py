@@ -21,13 +21,9 @@ def report(
     """Write a comparison of runs (table, accuracy bars, per-class accuracy, confusion matrices, training curves;
     for sweeps their best trials and plots) as report.md and report.html with PNG figures, and print the table."""
     from step_cache.report import build_report
-    from step_cache.report.build import format_comparison, is_sweep, load_run
+    from step_cache.report.build import format_comparison, load_run, split_inputs
 
     with user_errors():
         markdown = build_report(runs, out, title=title)
-        finished = [run for run in runs if not is_sweep(run)]
-        finished += [
-            run / "best-run" for run in runs if is_sweep(run) and (run / "best-run" / "metrics.json").is_file()
-        ]
-        typer.echo(format_comparison([load_run(run) for run in finished]))
+        typer.echo(format_comparison([load_run(run) for run in split_inputs(runs)[0]]))
     typer.echo(f"wrote {markdown} and {markdown.with_suffix('.html')}")

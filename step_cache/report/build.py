@@ -92,6 +92,14 @@ def is_sweep(directory: str | Path) -> bool:
     return (Path(directory) / "trials.json").is_file()
 
 
+def split_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(training runs to compare, sweeps): a sweep contributes its retrained ``best-run`` to the runs."""
+    sweeps = [Path(p) for p in paths if is_sweep(p)]
+    runs = [Path(p) for p in paths if not is_sweep(p)]
+    runs += [s / "best-run" for s in sweeps if (s / "best-run" / "metrics.json").is_file()]
+    return runs, sweeps
+
+
 def sweep_blocks(sweep_dir: Path, out: Path, top: int = 10) -> list[Block]:
     """A sweep's section: its best trials and its figures (objective vs each parameter, parallel coordinates)."""
     import json
@@ -142,9 +150,7 @@ def build_report(
 
     if not run_dirs:
         raise ReportError("give at least one run or sweep directory")
-    sweeps = [Path(d) for d in run_dirs if is_sweep(d)]
-    directories = [Path(d) for d in run_dirs if not is_sweep(d)]
-    directories += [s / "best-run" for s in sweeps if (s / "best-run" / "metrics.json").is_file()]
+    directories, sweeps = split_inputs(run_dirs)
     if not directories:
         raise ReportError("no finished training run among the directories given")
     summaries = [load_run(d, n) for d, n in zip(directories, _names(directories), strict=True)]
