@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from step_cache import extract, open_shards
+from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import load_backbone
-from step_cache.extraction.frame_batches import TokenComputer, resolve_device
+from step_cache.extraction.frame_batches import TokenComputer
 from step_cache.extraction.video import decode_clips
 from step_cache.synthetic.videos import moving_square, write_video
 

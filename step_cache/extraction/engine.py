@@ -26,10 +26,11 @@ from step_cache.cache.manifest import Failure, Manifest
 from step_cache.cache.shards import COMPRESSIONS, ClipRecord
 from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_index, open_output, recover
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
+from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
 from step_cache.extraction.distributed import part_directory, partition
-from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer, resolve_device
+from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 
 log = logging.getLogger(__name__)
 

@@ -44,14 +44,6 @@ class _Batch:
     extras: dict = field(default_factory=dict)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is visible (torch.cuda.is_available() is False)")
-    return torch.device(device)
-
-
 class TokenComputer:
     """Runs a frozen ``Backbone`` on uint8 frame batches and returns host tokens in the storage dtype."""
 

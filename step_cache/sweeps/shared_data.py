@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from step_cache.cache.shards import ShardSet
+from step_cache.devices import resolve_device
 from step_cache.training.config import TrainConfig
-from step_cache.training.inference import resolve_device
 from step_cache.training.metrics import pair_indices
 from step_cache.training.splits import Splits, select_splits
 from step_cache.training.token_data import TokenSelection, TokenSource, open_token_source, select_tokens

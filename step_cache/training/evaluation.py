@@ -21,9 +21,10 @@ from torch import nn
 
 from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.devices import resolve_device
 from step_cache.probes import build_probe
 from step_cache.training import runs
-from step_cache.training.inference import collect_logits, evaluate_clips, resolve_device
+from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video, pair_indices
 from step_cache.training.splits import DataError, select_splits
 from step_cache.training.token_data import TokenSelection, open_token_source

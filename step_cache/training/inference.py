@@ -17,18 +17,6 @@ from step_cache.training.metrics import average_by_video, classification_metrics
 from step_cache.training.token_data import TokenSource, batch_plan
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU")
-    return resolved
-
-
 def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (no loss scaling needed); full float32 on CPU, where runs must be reproducible."""
     if amp and device.type == "cuda":

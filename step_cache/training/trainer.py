@@ -24,10 +24,11 @@ from tqdm import tqdm
 
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.catalog import read_pairs
+from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, make_config, run_record
-from step_cache.training.inference import autocast, evaluate_clips, resolve_device
+from step_cache.training.inference import autocast, evaluate_clips
 from step_cache.training.metrics import pair_indices
 from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.splits import DataError, Splits, select_splits
