@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from step_cache import extract, open_shards
-from step_cache.cache.manifest import Manifest, TokenLayout, write_manifest
+from step_cache.cache.manifest import Manifest, TokenLayout, settings_hash, write_manifest
 from step_cache.cache.shards import ClipRecord, ShardWriter, shard_name
 from step_cache.synthetic.videos import moving_square, write_video
 
@@ -46,7 +46,9 @@ def write_variant(directory: Path, source, tokens: np.ndarray, grid, dtype: str,
         storage={"compression": compression},
     )
     started = time.perf_counter()
-    writer = ShardWriter(directory, shard_name(0), layout, tokens.shape[1], compression)
+    writer = ShardWriter(
+        directory, shard_name(0), layout, tokens.shape[1], compression, settings=settings_hash(manifest.extraction)
+    )
     for i in range(len(tokens)):
         writer.append(
             ClipRecord(

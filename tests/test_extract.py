@@ -155,3 +155,37 @@ def test_decoder_crash_is_recorded_and_run_goes_on(video_tree, tmp_path, monkeyp
     crashed = [f for f in report.failures if f.video == "slide_left/slide_left_2.mp4"]
     assert crashed and "decoder crashed" in crashed[0].reason
     assert report.videos == GOOD_VIDEOS - 1
+
+
+def test_annotation_paths_are_relative_to_the_csv_folder_by_default(video_tree, tmp_path):
+    annotations = write_annotations(video_tree / "ann.csv", [VideoItem("slide_left/slide_left_0.mp4", "left")])
+    report = extract(None, tmp_path / "s", annotations=annotations, **TINY)
+    assert report.videos == 1 and not report.failures
+
+
+def test_a_run_that_extracts_nothing_fails(tmp_path):
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / "v" / "c").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "v" / "c" / name).write_text("not a video")
+    with pytest.raises(ExtractionError, match=r"none of the 2 videos could be extracted \(first: .*c/a.mp4"):
+        extract(tmp_path / "v", tmp_path / "s", **TINY)
+
+
+def test_hub_weights_identity_is_the_same_on_first_download_and_from_the_cache(tmp_path, monkeypatch):
+    import step_cache.extraction.backbones as backbones
+
+    downloaded = tmp_path / "model.safetensors"
+    real_create = timm.create_model
+
+    def fake_create(name, pretrained=False, **kwargs):  # the "download" lands in the hub cache
+        model = real_create(name, pretrained=False, **kwargs)
+        if pretrained and not downloaded.exists():
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, downloaded)
+        return model
+
+    monkeypatch.setattr(backbones, "_require_network", lambda *args: None)
+    monkeypatch.setattr(timm, "create_model", fake_create)
+    monkeypatch.setattr(backbones, "_hub_cache_file", lambda repo: downloaded if downloaded.exists() else None)
+    first = load_backbone("vit-tiny", weights="hub", image_size=32).weights
+    second = load_backbone("vit-tiny", weights="hub", image_size=32).weights
+    assert first == second and first["source"] == "hub" and len(first["sha256"]) == 64

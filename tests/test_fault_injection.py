@@ -69,7 +69,7 @@ def test_sigkill_many_times(video_tree, tmp_path):
 
 def test_write_error_mid_shard_stops_cleanly_and_resumes(video_tree, tmp_path, monkeypatch):
     out = tmp_path / "s"
-    original = ShardWriter.append
+    original = ShardWriter._append_clip
     calls = {"n": 0}
 
     def failing_append(self, record):
@@ -78,13 +78,13 @@ def test_write_error_mid_shard_stops_cleanly_and_resumes(video_tree, tmp_path, m
             raise OSError(errno.ENOSPC, "No space left on device")
         original(self, record)
 
-    monkeypatch.setattr(ShardWriter, "append", failing_append)
+    monkeypatch.setattr(ShardWriter, "_append_clip", failing_append)
     with pytest.raises(ExtractionError, match=r"No space left on device.*re-run the same command to resume"):
         extract(video_tree, out, **TINY, shard_size_mb=0.005)  # about two clips per shard
     assert not list(out.glob(".shard-*.tmp"))
     kept = open_shards(out)
     assert 0 < len(kept) < GOOD_VIDEOS
-    monkeypatch.setattr(ShardWriter, "append", original)
+    monkeypatch.setattr(ShardWriter, "_append_clip", original)
     report = extract(video_tree, out, **TINY, shard_size_mb=0.005)
     assert report.skipped == len(kept)
     videos = list(open_shards(out).videos)
@@ -93,7 +93,7 @@ def test_write_error_mid_shard_stops_cleanly_and_resumes(video_tree, tmp_path, m
 
 def test_second_writer_is_refused_while_first_runs(video_tree, tmp_path):
     out = tmp_path / "s"
-    pattern = r"another extraction \(pid \d+ on .*delete .*\.lock"
+    pattern = r"another extraction \(pid \d+ on .*wait for it"
     with DirectoryLock(out), pytest.raises(LockedError, match=pattern):  # a live process (this one) holds it
         extract(video_tree, out, **TINY)
     assert extract(video_tree, out, **TINY).videos == GOOD_VIDEOS  # free again once released
@@ -182,3 +182,41 @@ def test_train_probe_killed_at_random_epochs_resumes_to_the_same_result(tmp_path
     for key in ("top1", "pair_accuracy", "reversed_top1", "best_epoch", "confusion_matrix"):
         assert a[key] == b[key], key
     assert (tmp_path / "straight" / "metrics.jsonl").read_text().count("\n") == log.read_text().count("\n") == 12
+
+
+def test_interrupt_between_two_clips_of_a_video_publishes_whole_videos_only(video_tree, tmp_path, monkeypatch):
+    from collections import Counter
+
+    from step_cache.cache.verify import verify_cache
+
+    out = tmp_path / "s"
+    original = ShardWriter._append_clip
+    calls = {"n": 0}
+
+    def interrupted(self, record):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the second clip of the second video
+            raise KeyboardInterrupt
+        original(self, record)
+
+    monkeypatch.setattr(ShardWriter, "_append_clip", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract(video_tree, out, **TINY, clips=2)
+    kept = Counter(open_shards(out).videos)
+    assert set(kept.values()) == {2} and len(kept) == 1  # the cut-short video was dropped, not half-published
+    monkeypatch.setattr(ShardWriter, "_append_clip", original)
+    extract(video_tree, out, **TINY, clips=2)
+    assert set(Counter(open_shards(out).videos).values()) == {2} and verify_cache(out).ok
+
+
+def test_foreign_shards_are_never_adopted(video_tree, tmp_path):
+    from step_cache.cache.writer import ExtractionError as WriterError
+    from step_cache.synthetic.tokens import write_token_cache
+
+    out = tmp_path / "s"
+    write_token_cache(out, task="order", num_classes=2, videos_per_class=2, frames=4, dim=16)
+    (out / "manifest.json").unlink()  # e.g. an --overwrite interrupted half-way, or a hand-deleted manifest
+    with pytest.raises(WriterError, match=r"shard-00000.h5: a shard made with other extraction settings"):
+        extract(video_tree, out, **TINY)
+    report = extract(video_tree, out, **TINY, overwrite=True)  # --overwrite removes the stray shard
+    assert report.videos == GOOD_VIDEOS and open_shards(out).clip_shape == (4, 5, 192)

@@ -10,6 +10,7 @@ from step_cache.cache.manifest import (
     ManifestError,
     TokenLayout,
     read_manifest,
+    settings_hash,
     write_manifest,
 )
 from step_cache.cache.shards import ClipRecord, ShardError, ShardWriter, open_shards, shard_name
@@ -28,17 +29,19 @@ def settings(frames=FRAMES):
     }
 
 
-def write_cache(directory, clips_per_shard=(3, 2), classes=("a", "b"), frames=FRAMES):
+def write_cache(directory, clips_per_shard=(3, 2), classes=("a", "b"), frames=FRAMES, prefix="v"):
     rng = np.random.default_rng(0)
     manifest = Manifest(extraction=settings(frames), classes=list(classes), pairs=[("a", "b")])
     written = []
     n = 0
     for index, count in enumerate(clips_per_shard):
-        writer = ShardWriter(directory, shard_name(index), LAYOUT, frames)
+        writer = ShardWriter(directory, shard_name(index), LAYOUT, frames, settings=settings_hash(manifest.extraction))
         for _ in range(count):
             tokens = rng.standard_normal((frames, LAYOUT.tokens_per_frame, LAYOUT.dim)).astype(np.float16)
             writer.append(
-                ClipRecord(tokens, n % 2, f"v{n}.mp4", 0, "train" if n % 3 else "val", np.arange(frames) * 2, 10, False)
+                ClipRecord(
+                    tokens, n % 2, f"{prefix}{n}.mp4", 0, "train" if n % 3 else "val", np.arange(frames) * 2, 10, False
+                )
             )
             written.append(tokens)
             n += 1
@@ -120,8 +123,10 @@ def test_combining_caches_checks_compatibility(tmp_path):
     for d in (a, b, c):
         d.mkdir()
     write_cache(a)
-    write_cache(b, clips_per_shard=(2,))
+    write_cache(b, clips_per_shard=(2,), prefix="w")
     assert len(open_shards([a, b])) == 7
+    with pytest.raises(ShardError, match=r"video v0.mp4 is in both .*/a and .*/a"):
+        open_shards([a, a])  # the same videos twice would be averaged together as one
     write_cache(c, frames=8)
     with pytest.raises(ManifestError, match=r"sampling.frames: 4 != 8"):
         open_shards([a, c])

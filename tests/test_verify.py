@@ -62,3 +62,33 @@ def test_duplicate_videos_are_reported(tmp_path):
 def test_not_a_cache(tmp_path):
     report = verify_cache(tmp_path)
     assert not report.ok and "no manifest" in report.problems[0]
+
+
+def test_partial_videos_and_foreign_shards_are_reported(tmp_path):
+    import numpy as np
+    from test_shards import LAYOUT, settings
+
+    from step_cache.cache.manifest import Manifest, settings_hash, write_manifest
+    from step_cache.cache.shards import ClipRecord, ShardWriter
+
+    extraction = {**settings(), "sampling": {"frames": 4, "clips": 2}}
+    manifest = Manifest(extraction=extraction, classes=["a"])
+    writer = ShardWriter(tmp_path, shard_name(0), LAYOUT, 4, settings=settings_hash(extraction))
+    tokens = np.zeros((4, LAYOUT.tokens_per_frame, LAYOUT.dim), np.float16)
+    for video, clips in (("whole.mp4", 2), ("half.mp4", 1)):
+        writer.append_video([ClipRecord(tokens, 0, video, k, "", np.arange(4), 8, False) for k in range(clips)])
+    manifest.shards.append(writer.finish())
+    write_manifest(tmp_path, manifest)
+    problems = verify_cache(tmp_path).problems
+    assert any("1 video(s) with other than 2 clip(s), e.g. half.mp4 (1)" in p for p in problems), problems
+
+    other = tmp_path / "other"
+    other.mkdir()
+    write_cache(other)
+    with h5py.File(other / shard_name(1), "r+") as handle:
+        handle.attrs["settings_sha256"] = "0" * 64  # as if copied in from another cache
+    problems = verify_cache(other, checksums=False).problems
+    assert problems == [
+        f"{other / shard_name(1)}: written with other extraction settings than the manifest's "
+        "(a shard of another cache?)"
+    ]

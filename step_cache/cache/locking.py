@@ -1,7 +1,15 @@
-"""One writer per shard directory: a lock file with the owner's pid and host, and stale-lock detection."""
+"""One writer per shard directory: an ``flock``-ed lock file that names its holder.
+
+The kernel releases an ``flock`` when its process dies, however it dies, so a lock left by a killed run is never
+mistaken for a live one and two writers can never both hold it (a pid-file check has a window where two processes
+both judge the same stale lock dead). The file also records pid, host and start time for the error message.
+Caveat: flock does not work across machines on some network file systems; give each machine its own part
+directory there (extract --num-parts / --part).
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import socket
@@ -15,64 +23,65 @@ class LockedError(RuntimeError):
     """Another live process is writing to the same directory."""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class DirectoryLock:
-    """``with DirectoryLock(out):`` holds ``out/.lock``; a lock left by a dead process on this host is taken over."""
+    """``with DirectoryLock(out):`` holds ``out/.lock``. ``replaced_stale`` names a previous holder that died
+    without releasing it (its run was interrupted)."""
 
     def __init__(self, directory: str | Path):
         self.path = Path(directory) / LOCK_NAME
         self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.replaced_stale: dict | None = None
+        self._fd: int | None = None
 
     def acquire(self) -> DirectoryLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
+        for _ in range(10):
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._read_holder()
-                if holder is not None and not self._is_stale(holder):
-                    raise LockedError(
-                        f"{self.path.parent}: another extraction (pid {holder.get('pid')} on {holder.get('host')}, "
-                        f"since {holder.get('since')}) is writing here; wait for it, or if it is not running "
-                        f"delete {self.path}"
-                    ) from None
-                self.replaced_stale = holder
-                self.path.unlink(missing_ok=True)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read(fd)
+                os.close(fd)
+                raise LockedError(
+                    f"{self.path.parent}: another extraction (pid {holder.get('pid')} on {holder.get('host')}, "
+                    f"since {holder.get('since')}) is writing here; wait for it to finish"
+                ) from None
+            # The holder we raced with may have released and unlinked the file after we opened it: then we hold
+            # a lock on a deleted inode, which nobody else will see. Start again on the current file.
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if not same_file:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.owner, handle)
+            previous = _read(fd)
+            if previous:
+                self.replaced_stale = previous  # its process died holding the lock (the kernel released it)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(self.owner).encode(), 0)
+            self._fd = fd
             return self
-        raise LockedError(f"{self.path}: could not take the lock (another process keeps creating it)")
-
-    def _read_holder(self) -> dict | None:
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None  # unreadable or half-written: treat as stale
-
-    def _is_stale(self, holder: dict) -> bool:
-        if holder.get("host") != socket.gethostname():
-            return False  # cannot check a process on another machine: assume it is alive
-        pid = holder.get("pid")
-        return not isinstance(pid, int) or not _alive(pid)
+        raise LockedError(f"{self.path}: could not take the lock (other processes keep replacing it)")
 
     def release(self) -> None:
-        holder = self._read_holder()
-        if holder is not None and holder.get("pid") == self.owner["pid"] and holder.get("host") == self.owner["host"]:
-            self.path.unlink(missing_ok=True)
+        if self._fd is None:
+            return
+        # Unlink while still holding the lock, so a waiting process re-checks the inode and starts afresh.
+        self.path.unlink(missing_ok=True)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
 
     def __enter__(self) -> DirectoryLock:
         return self.acquire()
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _read(fd: int) -> dict:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        return {}

@@ -142,6 +142,7 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any], origin: str = "manifest") -> Manifest:
         data = upgrade(data, origin)
+        _check_settings(data.get("extraction"), origin)
         try:
             return cls(
                 extraction=data["extraction"],
@@ -164,6 +165,30 @@ class Manifest:
         for volatile in ("created", "updated", "tool_version"):
             data.pop(volatile)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def settings_hash(extraction: dict[str, Any]) -> str:
+    """sha256 of the extraction settings; every shard carries it, so a shard from another cache is recognised."""
+    return hashlib.sha256(json.dumps(extraction, sort_keys=True).encode()).hexdigest()
+
+
+_REQUIRED_SETTINGS = {
+    "backbone": ("name",),
+    "weights": ("source",),
+    "preprocessing": (),
+    "sampling": ("frames", "clips"),
+    "tokens": ("cls_tokens", "grid", "dim", "dtype"),
+}
+
+
+def _check_settings(extraction: Any, origin: str) -> None:
+    if not isinstance(extraction, dict):
+        raise ManifestError(f"{origin}: malformed manifest (extraction is not an object)")
+    for section, keys in _REQUIRED_SETTINGS.items():
+        value = extraction.get(section)
+        missing = [k for k in keys if not isinstance(value, dict) or k not in value]
+        if not isinstance(value, dict) or missing:
+            raise ManifestError(f"{origin}: malformed manifest (extraction.{section} lacks {missing or 'a value'})")
 
 
 def upgrade(data: dict[str, Any], origin: str) -> dict[str, Any]:

@@ -71,8 +71,8 @@ def load_compression_plugins(name: str):
     return hdf5plugin
 
 
-def shard_name(index: int, prefix: str = "") -> str:
-    return f"shard-{prefix}{index:05d}.h5"
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
 
 
 @dataclass
@@ -92,7 +92,15 @@ class ClipRecord:
 class ShardWriter:
     """Appends clips to a temporary HDF5 file and publishes it atomically with ``finish()``."""
 
-    def __init__(self, directory: str | Path, name: str, layout: TokenLayout, frames: int, compression: str = "none"):
+    def __init__(
+        self,
+        directory: str | Path,
+        name: str,
+        layout: TokenLayout,
+        frames: int,
+        compression: str = "none",
+        settings: str = "",
+    ):
         self.directory = Path(directory)
         self.name = name
         self.final_path = self.directory / name
@@ -115,8 +123,21 @@ class ShardWriter:
         self._metadata: dict[str, list] = {key: [] for key in METADATA}
         self._file.attrs["format_version"] = FORMAT_VERSION
         self._file.attrs["complete"] = False
+        self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
+        self._committed = 0  # clips up to the last whole video
 
     def append(self, record: ClipRecord) -> None:
+        """Append one clip (a whole video when the cache has one clip per video)."""
+        self.append_video([record])
+
+    def append_video(self, records: list[ClipRecord]) -> None:
+        """Append all clips of one video. ``finish`` publishes whole videos only: if an interrupt lands between
+        two clips of a video, that video's clips are dropped and it is extracted again on resume."""
+        for record in records:
+            self._append_clip(record)
+        self._committed = self.count
+
+    def _append_clip(self, record: ClipRecord) -> None:
         tokens = self._file["tokens"]
         if self.count == len(tokens):  # grow geometrically: resizing per clip costs more than the write
             tokens.resize(max(8, 2 * len(tokens)), axis=0)
@@ -136,6 +157,9 @@ class ShardWriter:
 
     def finish(self) -> ShardRecord:
         """Mark complete, flush to disk, rename to the final name; returns the manifest entry."""
+        self.count = self._committed
+        self._metadata = {key: values[: self.count] for key, values in self._metadata.items()}
+        self.videos = set(self._metadata["video"])
         self._file["tokens"].resize(self.count, axis=0)
         for key, dtype in METADATA.items():
             shape = (self.count, self._frames) if key == "frame_indices" else (self.count,)
@@ -162,6 +186,13 @@ class ShardWriter:
         with contextlib.suppress(Exception):
             self._file.close()
         self.tmp_path.unlink(missing_ok=True)
+
+
+def read_shard_settings(path: str | Path) -> str:
+    """The extraction-settings hash a shard was written with ('' when unknown)."""
+    with h5py.File(path, "r") as handle:
+        value = handle.attrs.get("settings_sha256", "")
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def read_shard_metadata(path: str | Path) -> dict[str, np.ndarray]:
@@ -201,7 +232,8 @@ class ShardSet:
             check_compatible(self.manifest, manifest, str(self.directories[0]), str(directory))
         self.paths: list[Path] = []
         parts: list[dict[str, np.ndarray]] = []
-        for directory, manifest in zip(self.directories, self.manifests, strict=True):
+        sources: list[int] = []  # which of the directories given each shard comes from
+        for source, (directory, manifest) in enumerate(zip(self.directories, self.manifests, strict=True)):
             for record in manifest.shards:
                 path = directory / record.file
                 if not path.is_file():
@@ -214,6 +246,7 @@ class ShardSet:
                     )
                 self.paths.append(path)
                 parts.append(meta)
+                sources.append(source)
         if not parts:
             raise ShardError(f"{', '.join(map(str, self.directories))}: no completed shards yet")
         self.shard_sizes = np.array([len(p["labels"]) for p in parts])
@@ -226,8 +259,23 @@ class ShardSet:
         self.frame_indices: np.ndarray = meta["frame_indices"]
         self.num_frames: np.ndarray = meta["num_frames"]
         self.short: np.ndarray = meta["short"]
+        if len(self.directories) > 1:
+            self._refuse_shared_videos(parts, sources)
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
+
+    def _refuse_shared_videos(self, parts: list[dict[str, np.ndarray]], sources: list[int]) -> None:
+        """Metrics average clips per video key and splits keep a video on one side: two caches holding the same
+        key (the same relative path under two roots, or one cache given twice) would be merged silently."""
+        owners: dict[str, int] = {}
+        for meta, source in zip(parts, sources, strict=True):
+            for video in np.unique(meta["video"]):
+                if owners.setdefault(video, source) != source:
+                    first, second = self.directories[owners[video]], self.directories[source]
+                    raise ShardError(
+                        f"video {video} is in both {first} and {second}: combined caches must hold "
+                        "different videos (extract each dataset from its own root, or give a directory once)"
+                    )
 
     # -- shape information -----------------------------------------------------------------------------
     @property

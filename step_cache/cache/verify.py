@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +12,15 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from step_cache.cache.manifest import Manifest, ManifestError, ShardRecord, file_sha256, read_manifest
+from step_cache.cache.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    ManifestError,
+    ShardRecord,
+    file_sha256,
+    read_manifest,
+    settings_hash,
+)
 from step_cache.cache.shards import METADATA, STRING
 
 _READ_BLOCK_BYTES = 256 * 2**20  # read tokens in blocks of about this size: bounded memory, few calls
@@ -58,8 +68,19 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
         report.problems += [f"{directory / record.file}: {p}" for p in problems]
         report.clips += record.clips
         report.bytes += record.bytes
-    if sum(r.clips for r in manifest.shards) != manifest.num_clips:
-        report.problems.append(f"{directory / 'manifest.json'}: clip counts do not add up")
+    stored = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    if stored.get("num_clips") != manifest.num_clips or stored.get("num_videos") != manifest.num_videos:
+        report.problems.append(
+            f"{directory / MANIFEST_NAME}: num_clips/num_videos ({stored.get('num_clips')}/{stored.get('num_videos')})"
+            f" do not match its shard list ({manifest.num_clips}/{manifest.num_videos})"
+        )
+    clips_per_video = Counter(key.rsplit("#clip", 1)[0] for key in seen_videos)
+    partial = [video for video, count in clips_per_video.items() if count != manifest.clips_per_video]
+    if partial:
+        report.problems.append(
+            f"{len(partial)} video(s) with other than {manifest.clips_per_video} clip(s), e.g. {partial[0]} "
+            f"({clips_per_video[partial[0]]})"
+        )
     listed = {(directory / r.file).resolve() for r in manifest.shards}
     for path in sorted(directory.rglob("shard-*.h5")):
         if path.resolve() not in listed:
@@ -94,6 +115,9 @@ def _check_contents(
 ) -> list[str]:
     if not handle.attrs.get("complete", False):
         return ["not marked complete"]
+    settings = handle.attrs.get("settings_sha256", "")
+    if (settings.decode() if isinstance(settings, bytes) else str(settings)) != settings_hash(manifest.extraction):
+        return ["written with other extraction settings than the manifest's (a shard of another cache?)"]
     missing = [key for key in ("tokens", *METADATA) if key not in handle]
     if missing:
         return [f"lacks dataset(s) {', '.join(missing)}"]

@@ -21,12 +21,20 @@ from step_cache.cache.manifest import (
     extraction_differences,
     file_sha256,
     read_manifest,
+    settings_hash,
     write_manifest,
 )
-from step_cache.cache.shards import ClipRecord, ShardError, ShardWriter, read_shard_metadata, shard_name
+from step_cache.cache.shards import (
+    ClipRecord,
+    ShardError,
+    ShardWriter,
+    read_shard_metadata,
+    read_shard_settings,
+    shard_name,
+)
 
 log = logging.getLogger(__name__)
-_SHARD_FILE = re.compile(r"^shard-(?P<prefix>.*?)(?P<index>\d{5})\.h5$")
+_SHARD_FILE = re.compile(r"^shard-(?P<index>\d+)\.h5$")
 
 
 class ExtractionError(RuntimeError):
@@ -37,7 +45,7 @@ def open_output(
     out: Path, extraction: dict, classes: list[str], pairs: list, source: dict, overwrite: bool
 ) -> Manifest:
     manifest_path = out / MANIFEST_NAME
-    if manifest_path.exists() and overwrite:
+    if overwrite and out.is_dir():
         remove_cache(out)
     if not manifest_path.exists():
         manifest = Manifest(
@@ -60,10 +68,14 @@ def open_output(
 
 
 def remove_cache(out: Path) -> None:
-    for path in out.iterdir():
-        if path.name == MANIFEST_NAME or _SHARD_FILE.match(path.name) or path.name.endswith(".h5.tmp"):
-            path.unlink()
-    log.info("%s: removed the previous cache (--overwrite)", out)
+    """Delete a cache's shards first and its manifest last, so an interrupted removal still reads as a cache
+    (whose missing shards ``verify`` reports) rather than leaving shards without a manifest."""
+    shards = [p for p in out.iterdir() if _SHARD_FILE.match(p.name) or p.name.endswith(".h5.tmp")]
+    for path in shards:
+        path.unlink()
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    if shards:
+        log.info("%s: removed the previous cache (--overwrite)", out)
 
 
 def recover(out: Path, manifest: Manifest) -> set[str]:
@@ -75,13 +87,19 @@ def recover(out: Path, manifest: Manifest) -> set[str]:
     for path in sorted(out.glob("shard-*.h5")):
         if path.name in listed:
             continue
-        # Published but not yet in the manifest (a crash between rename and manifest write): keep its work.
+        # Published but not yet in the manifest (a crash between rename and manifest write): keep its work, if it
+        # belongs to this cache; a shard of other settings is not ours to adopt or to delete.
         try:
             meta = read_shard_metadata(path)
         except ShardError as error:
             log.warning("%s; removing it", error)
             path.unlink()
             continue
+        if read_shard_settings(path) != settings_hash(manifest.extraction):
+            raise ExtractionError(
+                f"{path}: a shard made with other extraction settings, not listed in the manifest; move it "
+                "away, or use --overwrite to start the cache over"
+            )
         manifest.shards.append(
             ShardRecord(path.name, len(meta["labels"]), len(set(meta["video"])), path.stat().st_size, file_sha256(path))
         )
@@ -118,11 +136,15 @@ class CacheWriter:
         self.next_index, self.shard_clips, self.compression = next_index, shard_clips, compression
         self.writer: ShardWriter | None = None
 
-    def append(self, record: ClipRecord) -> None:
+    def append_video(self, records: list[ClipRecord]) -> None:
+        """All clips of one video, in one shard, published together or not at all."""
         if self.writer is None:
-            self.writer = ShardWriter(self.out, shard_name(self.next_index), self.layout, self.frames, self.compression)
+            self.writer = ShardWriter(
+                self.out, shard_name(self.next_index), self.layout, self.frames, self.compression,
+                settings=settings_hash(self.manifest.extraction),
+            )  # fmt: skip
             self.next_index += 1
-        self.writer.append(record)
+        self.writer.append_video(records)
 
     def roll_over_if_full(self, failures: dict[str, Failure]) -> None:
         if self.writer is not None and self.writer.count >= self.shard_clips:

@@ -300,6 +300,9 @@ def _from_hub(spec: BackboneSpec, kwargs: dict[str, Any]) -> tuple[torch.nn.Modu
         model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
     except Exception as error:  # noqa: BLE001 - any download failure gets the same advice
         raise WeightsUnavailableError(_offline_message(spec, f"download failed: {error}")) from None
+    downloaded = _hub_cache_file(cfg.hf_hub_id) if cfg.hf_hub_id else None
+    if downloaded is not None:  # the same identity as a later run that loads this file from the cache
+        identity["sha256"] = file_sha256(downloaded)
     return model, identity
 
 

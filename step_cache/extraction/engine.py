@@ -120,6 +120,8 @@ def extract(
     opts = ExtractOptions(**options)
     out = Path(out)
     resolve_backbone(opts.backbone)  # a typo in the name should fail before any scanning or decoding
+    if annotations is not None and videos is None:
+        videos = Path(annotations).parent  # paths in an annotation CSV are relative to the videos root
     if items is None:
         if annotations is not None:
             items = read_annotations(annotations, videos)
@@ -227,19 +229,14 @@ def _run(
         for video in finished:
             item, result = video.payload
             tokens = video.tokens.reshape(opts.clips, opts.frames, *video.tokens.shape[1:])
-            for k in range(opts.clips):
-                state.append(
-                    ClipRecord(
-                        tokens=tokens[k],
-                        label=label_index.get(item.label, -1) if item.label else -1,
-                        video=item.key,
-                        clip=k,
-                        split=item.split or "",
-                        frame_indices=result.frame_indices[k],
-                        num_frames=result.num_frames,
-                        short=result.short,
-                    )
+            label = label_index.get(item.label, -1) if item.label else -1
+            state.append_video([
+                ClipRecord(
+                    tokens=tokens[k], label=label, video=item.key, clip=k, split=item.split or "",
+                    frame_indices=result.frame_indices[k], num_frames=result.num_frames, short=result.short,
                 )
+                for k in range(opts.clips)
+            ])  # fmt: skip
             failures.pop(item.key, None)
             report.videos += 1
             report.clips += opts.clips
@@ -266,7 +263,7 @@ def _run(
         manifest.source["finished"] = True
         state.finish(failures)
     except KeyboardInterrupt:
-        state.finish(failures)  # every clip written so far belongs to a fully extracted video: keep them
+        state.finish(failures)  # publishes whole videos only: clips of a video cut short are dropped
         raise
     except ExtractionError:
         state.finish(failures)
@@ -280,6 +277,11 @@ def _run(
     finally:
         bar.close()
     report.seconds = time.perf_counter() - started
+    if report.failures and manifest.num_videos == 0:  # the run was for nothing: say so, and exit non-zero
+        raise ExtractionError(
+            f"none of the {len(report.failures)} videos could be extracted (first: {report.failures[0].reason}); "
+            f"all are recorded in {out / 'manifest.json'}"
+        )
     report.frames = batcher.frames_done
     return report
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,6 @@ class _Batch:
     spans: list[tuple[PendingVideo, int, int]]  # (video, first frame, last frame + 1)
     output: torch.Tensor  # (B, P, D) on the host, possibly still being copied
     ready: Any = None  # CUDA event marking the end of the copy
-    extras: dict = field(default_factory=dict)
 
 
 class TokenComputer:
@@ -52,14 +51,14 @@ class TokenComputer:
         self.device = device
         self.storage_dtype = getattr(torch, storage_dtype)
         backbone.model.to(device)
-        self.forward = backbone.forward_tokens
         if compile_model:
             backbone.model.forward_features = torch.compile(backbone.model.forward_features, dynamic=False)
         self.cuda = device.type == "cuda"
-        # bf16 where the GPU has it (no overflow risk), else fp16; CPU keeps float32 for exact tokens.
-        self.autocast_dtype = (
-            (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if self.cuda else None
-        )
+        # bf16 where the GPU has it (no overflow risk), else fp16; CPU keeps float32 for exact tokens, and so does
+        # CUDA when float32 storage is asked for (its point is full precision).
+        self.autocast_dtype = None
+        if self.cuda and storage_dtype != "float32":
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def __call__(self, frames: np.ndarray) -> tuple[torch.Tensor, Any]:
         """Start computing tokens for (B, 3, S, S) uint8 frames; returns (host tensor, CUDA event or None)."""
@@ -67,17 +66,19 @@ class TokenComputer:
         if self.cuda:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         autocast = (
-            torch.autocast(device_type="cuda", dtype=self.autocast_dtype) if self.cuda else contextlib.nullcontext()
+            torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
             pixels = self.backbone.preprocessing.normalise(batch)
-            tokens = self.forward(pixels).to(self.storage_dtype)
+            tokens = self.backbone.forward_tokens(pixels).to(self.storage_dtype)
         if not self.cuda:
             return tokens, None
         host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
         host.copy_(tokens, non_blocking=True)
         event = torch.cuda.Event()
-        event.record()
+        event.record(torch.cuda.current_stream(self.device))
         return host, event
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from step_cache.cache.manifest import Manifest, TokenLayout, write_manifest
+from step_cache.cache.manifest import Manifest, TokenLayout, settings_hash, write_manifest
 from step_cache.cache.shards import ClipRecord, ShardWriter, shard_name
 
 
@@ -87,7 +87,10 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
                 split = "train"
             for clip in range(spec.clips_per_video):
                 if writer is None:
-                    writer = ShardWriter(directory, shard_name(len(manifest.shards)), spec.layout, spec.frames)
+                    writer = ShardWriter(
+                        directory, shard_name(len(manifest.shards)), spec.layout, spec.frames,
+                        settings=settings_hash(manifest.extraction),
+                    )  # fmt: skip
                 record = ClipRecord(
                     tokens=spec.clip(label, rng),
                     label=label,
