@@ -88,7 +88,5 @@ def test_partial_videos_and_foreign_shards_are_reported(tmp_path):
     with h5py.File(other / shard_name(1), "r+") as handle:
         handle.attrs["settings_sha256"] = "0" * 64  # as if copied in from another cache
     problems = verify_cache(other, checksums=False).problems
-    assert problems == [
-        f"{other / shard_name(1)}: written with other extraction settings than the manifest's "
-        "(a shard of another cache?)"
-    ]
+    expected = f"{other / shard_name(1)}: written with other extraction settings than the manifest's"
+    assert any(p.startswith(expected) for p in problems), problems
