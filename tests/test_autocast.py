@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from step_cache.probes import build_probe
+from step_cache.probes.layers import Block
 from step_cache.probes.shared_matmul import token_scores, weighted_tokens
 from step_cache.sweeps.members import StackedProbes
 from step_cache.sweeps.stacked import member_losses
@@ -106,3 +107,29 @@ def test_one_training_step_of_stacked_probes_under_bf16_autocast(name, options):
     lone = make(name, options, seed=1)
     F.cross_entropy(lone(x), y).backward()
     assert cosine(stack.params["head.weight"].grad[1], lone.head.weight.grad) > 0.99
+
+
+@pytest.mark.parametrize("with_frame_pos", [False, True])
+@pytest.mark.parametrize("include_queries", [False, True])
+def test_attention_pool_under_bf16_autocast_stays_within_1_percent_for_off_centre_tokens(
+    with_frame_pos, include_queries
+):
+    """Tokens whose per-token mean is far from 0 (offset 5): the folded scores and pooled values subtract large,
+    nearly equal terms, which must not happen in bf16. Error relative to the attention's contribution."""
+    dim, frames, per_frame = 192, 4, 17
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    block = Block(dim, 3, mlp=False, mlp_ratio=4, dropout=0.0).eval()
+    with torch.no_grad():
+        for parameter in block.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+        block.norm1.weight.fill_(1.0)
+    tokens = torch.randn(4, frames, per_frame, dim, generator=generator) + 5.0
+    queries = torch.randn(4, 1, dim, generator=generator)
+    frame_pos = torch.randn(frames, dim, generator=generator) * 0.5 if with_frame_pos else None
+    with torch.no_grad():
+        exact = block.pool(queries, tokens, frame_pos, include_queries=include_queries)
+        with bf16_autocast():
+            mixed = block.pool(queries, tokens, frame_pos, include_queries=include_queries).float()
+    error = ((mixed - exact).norm() / (exact - queries).norm()).item()
+    assert error < 0.01
