@@ -34,7 +34,7 @@ from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, retrain_best, wr
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
 from step_cache.sweeps.stacked import MemberResult, group_by_shape, train_stacked
-from step_cache.training.config import EXECUTION_FIELDS, TrainConfig, make_config
+from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
 from step_cache.training.token_data import select_tokens
 from step_cache.training.trainer import TrainResult, resolve_pairs, token_subset
 
@@ -239,7 +239,7 @@ def run_batch(
 
 def sweep_settings(probe: str, metric: str, space: SearchSpace, config: TrainConfig, shards: ShardSet) -> dict:
     """What every worker of a study must agree on (execution-only fields may differ)."""
-    shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in (*EXECUTION_FIELDS, "pairs")}
+    shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in LOCAL_FIELDS}
     return {
         "probe": probe,
         "metric": metric,
@@ -322,7 +322,7 @@ def run_sweep(
     rows, best = write_results(out, study, metric, space)
     result = SweepResult(out, study, rows, best)
     if best is not None and retrain:
-        result.best_run = retrain_best(out, shards, best, progress=base.progress)
+        result.best_run = retrain_best(out, shards, best, base)
         rows, result.best = write_results(out, study, metric, space, best_run=result.best_run)
     if plots and rows:
         try:
