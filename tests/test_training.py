@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from step_cache.cache.manifest import ManifestError
 from step_cache.cache.shards import ClipRecord, ShardWriter, open_shards, shard_name
 from step_cache.checkpoints import load_state_dict_file
 from step_cache.probes import ProbeConfigError
+from step_cache.sweeps import train_stacked
 from step_cache.synthetic.tokens import write_token_cache
-from step_cache.training.config import TrainConfigError
+from step_cache.training.config import TrainConfigError, make_config
 from step_cache.training.evaluation import evaluate, predict
 from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video
@@ -93,6 +95,22 @@ def test_streaming_and_in_memory_train_identically(cache, tmp_path):
 
 class Killed(Exception):
     pass
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_progress_postfix_reads_the_device_only_every_10_batches_and_never_without_a_bar(
+    cache, tmp_path, monkeypatch, progress
+):
+    """The postfix reads the loss and top-1 sums back (a device sync): never with the bar off, else at batches
+    10, 20, ... and the last; the same for a stacked sweep."""
+    calls = []
+    monkeypatch.setattr(tqdm, "set_postfix", lambda self, *args, **kwargs: calls.append(self.desc))
+    options = {**FAST, "batch_size": 2, "progress": progress}  # 26 train clips: 13 batches per epoch
+    train_probe(cache, "linear", tmp_path / "run", **options)
+    assert len(calls) == (2 * 2 if progress else 0)  # batches 10 and 13 of each epoch
+    calls.clear()
+    train_stacked(cache, [make_config("linear", {**options, "lr": lr}) for lr in (1e-3, 1e-2)])
+    assert len(calls) == (2 * 2 if progress else 0)
 
 
 def test_resume_continues_exactly(cache, tmp_path):
