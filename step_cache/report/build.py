@@ -11,6 +11,7 @@ from typing import Any
 
 from step_cache.report.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from step_cache.training import runs as run_files
+from step_cache.training.metrics import format_percent
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
 COLUMNS = [
@@ -59,7 +60,7 @@ def _cell(value: Any, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if kind == "pct":
-        return f"{100 * value:.1f}%"
+        return format_percent(value)
     if kind == "int":
         return f"{int(value):,}"
     return f"{value:.1f} s"
