@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from step_cache.cache.manifest import atomic_write_text
+
 log = logging.getLogger(__name__)
 PROBES = ("linear", "attentive", "self-attentive", "step")
 
@@ -165,4 +167,4 @@ def _is_stale(directory: Path, settings: DemoSettings, stage: str) -> bool:
 
 def _mark_done(directory: Path, settings: DemoSettings, stage: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f".demo-{stage}.json").write_text(json.dumps(_stage_fingerprint(settings, stage)))
+    atomic_write_text(directory / f".demo-{stage}.json", json.dumps(_stage_fingerprint(settings, stage)))

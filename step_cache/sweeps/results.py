@@ -11,6 +11,7 @@ worker of a shared study):
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from step_cache.cache.manifest import atomic_write_text
 from step_cache.cache.shards import ShardSet
 from step_cache.sweeps.space import SearchSpace
 from step_cache.training import runs
@@ -124,10 +126,11 @@ def write_results(
         "trials": rows,
     })  # fmt: skip
     columns, flat = _csv_rows(rows, space)
-    with (out / TRIALS_CSV).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(flat)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write_text(out / TRIALS_CSV, table.getvalue())
     best = best_record(study, metric, space)
     if best is not None:
         if best_run is not None:
