@@ -271,14 +271,19 @@ def train_stacked(
     share a shape; results in the order of ``configs``. ``on_epoch(index, record)`` is called for each member
     after each epoch and may return True to stop that member. ``data`` reuses loaded tokens across calls."""
     shards = features if isinstance(features, ShardSet) else open_shards(features)
+    own_data = data is None
     data = data or DataCache(shards)
     results: list[MemberResult | None] = [None] * len(configs)
-    for group in group_by_shape(configs):
-        run = StackedRun(data.get(configs[group[0]]), [configs[i] for i in group])
+    try:
+        for group in group_by_shape(configs):
+            run = StackedRun(data.get(configs[group[0]]), [configs[i] for i in group])
 
-        def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
-            return bool(on_epoch(group[member], record)) if on_epoch is not None else False
+            def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
+                return bool(on_epoch(group[member], record)) if on_epoch is not None else False
 
-        for index, result in zip(group, run.run(callback, keep_weights), strict=True):
-            results[index] = result
+            for index, result in zip(group, run.run(callback, keep_weights), strict=True):
+                results[index] = result
+    finally:
+        if own_data:
+            data.close()
     return results  # type: ignore[return-value]

@@ -298,27 +298,30 @@ def run_sweep(
     data = DataCache(shards)
     bar = tqdm(total=trials, desc="trials", unit="trial", disable=not base.progress)
     bar.update(min(trials, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))))
-    while True:
-        batch: list[Trial] = []
-        for _ in range(min(parallel, trials - len(study.get_trials(deepcopy=False)))):
-            trial = study.ask(space.distributions)
-            if trial.number >= trials:  # another worker took the last trials meanwhile
-                trial.set_user_attr("surplus", True)
-                study.tell(trial, state=TrialState.FAIL)
+    try:
+        while True:
+            batch: list[Trial] = []
+            for _ in range(min(parallel, trials - len(study.get_trials(deepcopy=False)))):
+                trial = study.ask(space.distributions)
+                if trial.number >= trials:  # another worker took the last trials meanwhile
+                    trial.set_user_attr("surplus", True)
+                    study.tell(trial, state=TrialState.FAIL)
+                    break
+                batch.append(trial)
+            if not batch:
                 break
-            batch.append(trial)
-        if not batch:
-            break
-        configs = [trial_config(probe, options, {**space.fixed, **trial.params}) for trial in batch]
-        states = run_batch(study, batch, configs, data, metric, pruning=pruner != "none")
-        write_results(out, study, metric, space)
-        bar.update(len(batch))
-        bar.set_postfix(best=_best_text(study))
-        log.info(
-            "trials %d-%d: %d stack(s), %d pruned; best %s %s", batch[0].number, batch[-1].number,
-            len(group_by_shape(configs)), states.count(TrialState.PRUNED), metric, _best_text(study),
-        )  # fmt: skip
-    bar.close()
+            configs = [trial_config(probe, options, {**space.fixed, **trial.params}) for trial in batch]
+            states = run_batch(study, batch, configs, data, metric, pruning=pruner != "none")
+            write_results(out, study, metric, space)
+            bar.update(len(batch))
+            bar.set_postfix(best=_best_text(study))
+            log.info(
+                "trials %d-%d: %d stack(s), %d pruned; best %s %s", batch[0].number, batch[-1].number,
+                len(group_by_shape(configs)), states.count(TrialState.PRUNED), metric, _best_text(study),
+            )  # fmt: skip
+    finally:
+        bar.close()
+        data.close()  # streaming reader processes
     rows, best = write_results(out, study, metric, space)
     result = SweepResult(out, study, rows, best)
     if best is not None and retrain:

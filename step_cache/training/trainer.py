@@ -308,10 +308,13 @@ def train_probe(
     else:
         run.build_optimizer()
     run.open_data()
-    for epoch in range(run.start_epoch, config.epochs):
-        record = run.run_epoch(epoch)
-        if on_epoch is not None:
-            on_epoch(record)
-    metrics = run.final_metrics()
+    try:
+        for epoch in range(run.start_epoch, config.epochs):
+            record = run.run_epoch(epoch)
+            if on_epoch is not None:
+                on_epoch(record)
+        metrics = run.final_metrics()
+    finally:
+        run.source.close()  # streaming reader processes
     runs.write_json(run.run_dir / runs.FINAL_METRICS, metrics)
     return TrainResult(run.run_dir, metrics, run.history)
