@@ -63,11 +63,14 @@ def sweep(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""
-    from step_cache.sweeps.space import build_space
-    from step_cache.sweeps.study import run_sweep
+    from step_cache.extras import require
 
     setup_logging()
     with user_errors():
+        require("optuna", "step-cache sweep")
+        from step_cache.sweeps.space import build_space
+        from step_cache.sweeps.study import run_sweep
+
         chosen = [*(shards or []), *(features or [])]
         if not chosen:
             raise ValueError("give the shard directory: step-cache sweep SHARDS/ (or --features SHARDS/)")

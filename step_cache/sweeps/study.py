@@ -29,6 +29,7 @@ from optuna.trial import Trial, TrialState
 from tqdm import tqdm
 
 from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
 from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, retrain_best, write_results
 from step_cache.sweeps.shared_data import DataCache
@@ -329,10 +330,12 @@ def run_sweep(
         rows, result.best = write_results(out, study, metric, space, best_run=result.best_run)
     if plots and rows:
         try:
-            from step_cache.sweeps.plots import sweep_figures
-        except ImportError:
-            log.warning("no plots: matplotlib is not installed (pip install step-cache[sweep])")
+            require("matplotlib", "the sweep's plots", extra="sweep")
+        except MissingExtraError as error:
+            log.warning("no plots: %s", error)
         else:
+            from step_cache.sweeps.plots import sweep_figures
+
             result.figures = sweep_figures(out)
     return result
 
