@@ -1,5 +1,6 @@
 """Running a probe over cached clips: logits in any frame order, and the metrics of a split (per video, with the
-order metrics). Shared by training (per-epoch validation, final metrics), ``evaluate`` and ``predict``."""
+order metrics). Shared by training (per-epoch validation, final metrics), stacked sweeps (every member at once),
+``evaluate`` and ``predict``."""
 
 from __future__ import annotations
 
