@@ -20,10 +20,12 @@ def report(
 ) -> None:
     """Write a comparison of runs (table, accuracy bars, per-class accuracy, confusion matrices, training curves;
     for sweeps their best trials and plots) as report.md and report.html with PNG figures, and print the table."""
+    from step_cache.extras import require
     from step_cache.report import build_report
     from step_cache.report.build import format_comparison, load_run, split_inputs
 
     with user_errors():
+        require("matplotlib", "step-cache report")
         markdown = build_report(runs, out, title=title)
         typer.echo(format_comparison([load_run(run) for run in split_inputs(runs)[0]]))
     typer.echo(f"wrote {markdown} and {markdown.with_suffix('.html')}")

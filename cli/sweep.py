@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cli.console import setup_logging, user_errors
 from cli.main import app
+from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
-
-
-def _pct(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
 
 
 @app.command(rich_help_panel=PANEL)
@@ -67,11 +63,14 @@ def sweep(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""
-    from step_cache.sweeps.space import build_space
-    from step_cache.sweeps.study import run_sweep
+    from step_cache.extras import require
 
     setup_logging()
     with user_errors():
+        require("optuna", "step-cache sweep")
+        from step_cache.sweeps.space import build_space
+        from step_cache.sweeps.study import run_sweep
+
         chosen = [*(shards or []), *(features or [])]
         if not chosen:
             raise ValueError("give the shard directory: step-cache sweep SHARDS/ (or --features SHARDS/)")
@@ -113,8 +112,8 @@ def sweep(
     for row in [r for r in result.rows if r["state"] == "COMPLETE"][:5]:
         params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
         typer.echo(
-            f"  #{row['number']:<4} {metric} {row['value']:.4f} | top-1 {_pct(row['metrics'].get('top1'))} | "
-            f"pair {_pct(row['metrics'].get('pair_accuracy'))} | {params}"
+            f"  #{row['number']:<4} {metric} {row['value']:.4f} | top-1 {format_percent(row['metrics'].get('top1'))} | "
+            f"pair {format_percent(row['metrics'].get('pair_accuracy'))} | {params}"
         )
     if result.best_run is not None:
         typer.echo(f"best configuration retrained: {result.best_run.summary()}")

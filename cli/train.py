@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cli.console import setup_logging, user_errors
 from cli.main import app
+from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
 Features = Annotated[
@@ -128,10 +128,6 @@ def train_probe(
     typer.echo(result.summary())
 
 
-def _pct(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
-
-
 @app.command(rich_help_panel=PANEL)
 def evaluate(
     run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
@@ -161,11 +157,12 @@ def evaluate(
         typer.echo(json.dumps(metrics, indent=2))
         return
     excluded = f" | {metrics['excluded_clips']} clips of unknown classes left out" if metrics["excluded_clips"] else ""
+    pct = format_percent
     typer.echo(
         f"{metrics['probe']} on {metrics['videos']} videos ({metrics['clips']} clips, split {split}): "
-        f"top-1 {_pct(metrics['top1'])} | top-5 {_pct(metrics['top5'])} | mean class "
-        f"{_pct(metrics['mean_class_accuracy'])} | pair {_pct(metrics.get('pair_accuracy'))} | reversed "
-        f"{_pct(metrics.get('reversed_top1'))} | shuffled {_pct(metrics.get('shuffled_top1'))}{excluded}"
+        f"top-1 {pct(metrics['top1'])} | top-5 {pct(metrics['top5'])} | mean class "
+        f"{pct(metrics['mean_class_accuracy'])} | pair {pct(metrics.get('pair_accuracy'))} | reversed "
+        f"{pct(metrics.get('reversed_top1'))} | shuffled {pct(metrics.get('shuffled_top1'))}{excluded}"
     )
 
 

@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from step_cache.cache.manifest import atomic_write_text
+from step_cache.extras import MissingExtraError
+
 log = logging.getLogger(__name__)
 PROBES = ("linear", "attentive", "self-attentive", "step")
 
@@ -48,13 +51,14 @@ class DemoSettings:
 class DemoResult:
     directory: Path
     runs: list[Path]
-    report: Path
+    report: Path | None  # None: matplotlib is missing, no report was written
     table: str
     seconds: dict[str, float]
 
     def summary(self) -> str:
         timing = ", ".join(f"{step} {seconds:.0f} s" for step, seconds in self.seconds.items())
-        return f"{self.table}\n\nreport: {self.report}  ({timing})"
+        report = self.report or "not written (pip install 'step-cache[report]' for it)"
+        return f"{self.table}\n\nreport: {report}  ({timing})"
 
 
 def run_demo(directory: str | Path, settings: DemoSettings | None = None, progress: bool = True) -> DemoResult:
@@ -130,8 +134,12 @@ def run_demo(directory: str | Path, settings: DemoSettings | None = None, progre
     _mark_done(directory, settings, "trained")
     seconds["train"] = time.perf_counter() - started
 
-    report = build_report(run_dirs, directory / "report", title="step-cache demo: nearly symmetric actions")
     table = format_comparison([load_run(run) for run in run_dirs])
+    try:
+        report = build_report(run_dirs, directory / "report", title="step-cache demo: nearly symmetric actions")
+    except MissingExtraError as error:  # the report is a bonus: the table above says it all
+        log.warning("no report: %s", error)
+        report = None
     return DemoResult(directory, run_dirs, report, table, seconds)
 
 
@@ -165,4 +173,4 @@ def _is_stale(directory: Path, settings: DemoSettings, stage: str) -> bool:
 
 def _mark_done(directory: Path, settings: DemoSettings, stage: str) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / f".demo-{stage}.json").write_text(json.dumps(_stage_fingerprint(settings, stage)))
+    atomic_write_text(directory / f".demo-{stage}.json", json.dumps(_stage_fingerprint(settings, stage)))

@@ -89,3 +89,14 @@ def test_missing_shards_is_an_error(tmp_path):
     _register_commands()
     result = CliRunner().invoke(app, ["sweep", "--param", "lr=1e-3,1e-2", "--quiet"])
     assert result.exit_code == 1 and "give the shard directory" in result.output
+
+
+def test_without_optuna_the_sweep_command_names_the_extra_to_install(shards, tmp_path, monkeypatch):
+    _register_commands()
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what `import optuna` meets when it is not installed
+    result = CliRunner().invoke(app, ["sweep", str(shards), "--param", "lr=1e-3,1e-2", "--out", str(tmp_path), *SHORT])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "error: step-cache sweep needs optuna, which is not installed: pip install 'step-cache[sweep]'"
+    ]
+

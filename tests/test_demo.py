@@ -1,6 +1,7 @@
 """The demo's promise on a small version of the benchmark: STEP reads frame order, the invariant probes cannot."""
 
 import json
+import sys
 
 import pytest
 
@@ -43,3 +44,12 @@ def test_rerun_reuses_every_finished_stage(demo):
     again = run_demo(demo.directory, SMALL, progress=False)
     assert again.seconds["videos"] < 1 and again.seconds["train"] < 10
     assert again.table == demo.table
+
+
+def test_without_matplotlib_the_demo_skips_its_report_and_still_prints_the_table(demo, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
+    again = run_demo(demo.directory, SMALL, progress=False)
+    assert again.report is None and again.table == demo.table
+    assert again.summary().startswith(demo.table) and "pip install 'step-cache[report]'" in again.summary()
+    assert "no report: the report (its figures) needs matplotlib" in caplog.text
+

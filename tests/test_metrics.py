@@ -10,6 +10,7 @@ from step_cache.training.metrics import (
     average_by_video,
     classification_metrics,
     confusion_matrix,
+    format_percent,
     mean_class_accuracy,
     pair_accuracy,
     pair_indices,
@@ -104,3 +105,10 @@ def test_shape_errors():
         topk_accuracy(np.zeros((3, 2)), np.zeros(2, dtype=int))
     with pytest.raises(ValueError, match="labels must lie in"):
         topk_accuracy(np.zeros((1, 2)), np.array([2]))
+
+
+def test_format_percent_shows_shares_as_percent_and_missing_values_as_such():
+    assert format_percent(0.975) == "97.5%" and format_percent(1) == "100.0%" and format_percent(0.0) == "0.0%"
+    assert format_percent(np.float64(0.5)) == "50.0%"
+    assert format_percent(None) == "n/a" and format_percent(float("nan")) == "n/a"
+    assert format_percent(None, missing="–") == "–"

@@ -1,11 +1,13 @@
 """step-cache report: tables with the right numbers, figures that exist, Markdown and HTML that reference them."""
 
 import re
+import sys
 
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import _register_commands, app
+from step_cache.extras import MissingExtraError
 from step_cache.report import build_report
 from step_cache.report.build import ReportError, format_comparison, load_run
 from step_cache.synthetic.tokens import write_token_cache
@@ -79,3 +81,16 @@ def test_report_includes_a_sweep_with_its_best_run_and_figures(two_runs, tmp_pat
     assert "| best-run | step |" in text  # the sweep's retrained best configuration joins the comparison
     assert "figures/sweep/parallel_coordinates.png" in text
     assert (tmp_path / "rep" / "figures" / "sweep" / "objective_vs_lr.png").is_file()
+
+
+def test_without_matplotlib_the_report_is_a_one_line_error_naming_the_extra(two_runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what `import matplotlib` meets when it is not installed
+    result = CliRunner().invoke(app, ["report", str(two_runs / "runs" / "step"), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "error: step-cache report needs matplotlib, which is not installed: pip install 'step-cache[report]'"
+    ]
+    with pytest.raises(MissingExtraError, match=r"pip install 'step-cache\[report\]'"):
+        build_report([two_runs / "runs" / "step"], tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()
+

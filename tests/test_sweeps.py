@@ -4,6 +4,7 @@ stopping, search-space parsing, and the Optuna-driven sweep (results, grid, prun
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from step_cache.checkpoints import load_state_dict_file
 from step_cache.probes import ProbeConfigError, build_probe
 from step_cache.sweeps import group_by_shape, train_stacked
 from step_cache.sweeps.members import StackedProbes
+from step_cache.sweeps.results import retrain_best
 from step_cache.sweeps.space import SweepSpaceError, build_space
 from step_cache.sweeps.stacked import StackedRun
 from step_cache.sweeps.stacked_adamw import StackedAdamW
@@ -286,6 +288,22 @@ def test_sweep_writes_sorted_trials_best_config_best_run_and_plots(cache, tmp_pa
     assert names == ["objective_vs_depth.png", "objective_vs_lr.png", "objective_vs_weight_decay.png",
                      "parallel_coordinates.png"]  # fmt: skip
     assert all(p.parent == out / "plots" and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in result.figures)
+
+
+def test_retraining_the_best_trial_uses_this_machines_execution_settings(cache, tmp_path):
+    """A trial stored by another worker of a shared study (its GPU, data path, workers, pairs file) is retrained
+    here with this run's execution-only settings; its hyperparameters are kept."""
+    elsewhere = {"device": "cuda:7", "data": "streaming", "workers": 12, "memory_fraction": 0.9, "eval_batch_size": 3,
+                 "pairs": "/other/machine/pairs.txt", "progress": True}  # fmt: skip
+    trial = make_config("step", {**BASE, "epochs": 2, "lr": 5e-3, "weight_decay": 0.1, **elsewhere})
+    here = make_config("step", {**BASE, "epochs": 2, "data": "memory", "pairs": pairs(cache)})
+    result = retrain_best(tmp_path, open_shards(cache), {"config": dataclasses.asdict(trial)}, here)
+    stored = json.loads((tmp_path / "best-run" / "config.json").read_text())["config"]
+    assert stored["lr"] == 5e-3 and stored["weight_decay"] == 0.1 and stored["epochs"] == 2
+    for name in ("device", "data", "workers", "memory_fraction", "eval_batch_size", "pairs", "progress"):
+        assert stored[name] == getattr(here, name), name
+    assert result.metrics["data_mode"] == "memory" and result.metrics["device"] == "cpu"
+    assert result.metrics["pairs"] == [["class_0", "class_1"]]
 
 
 def test_grid_runs_every_point_once_and_loss_is_minimised(cache, tmp_path):

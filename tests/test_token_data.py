@@ -1,5 +1,8 @@
 """Split selection, token subsets, batch plans, and the two data paths (in memory / streaming)."""
 
+import multiprocessing
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -107,6 +110,55 @@ def test_memory_and_streaming_give_identical_batches(tmp_path):
         np.testing.assert_array_equal(tokens_a.numpy(), expected)
     with pytest.raises(DataError, match="was not loaded"):
         next(memory.batches([np.array([1])]))
+
+
+def streaming_children() -> set[int]:
+    return {process.pid for process in multiprocessing.active_children()}
+
+
+def test_streaming_workers_persist_across_passes_and_stop_on_close(tmp_path):
+    """Epochs and evaluation passes reuse the reader processes (and their open files); every pass still yields
+    exactly the in-memory batches, also a pass started while another is unfinished."""
+    write_token_cache(tmp_path, videos_per_class=10, clips_per_shard=7)
+    shards = open_shards(tmp_path)
+    selection = select_tokens(shards.layout)
+    indices = np.arange(len(shards))
+    memory = InMemoryTokens(shards, indices, selection, shards.labels)
+    streaming = StreamingTokens(shards, selection, shards.labels, workers=2)
+    before = streaming_children()
+
+    def same(plan, batches):
+        expected = list(memory.batches(plan))
+        assert len(batches) == len(expected)
+        for (tokens_a, labels_a, batch_a), (tokens_b, labels_b, batch_b) in zip(expected, batches, strict=True):
+            assert torch.equal(tokens_a, tokens_b) and torch.equal(labels_a, labels_b)
+            np.testing.assert_array_equal(batch_a, batch_b)
+
+    workers = None
+    for epoch in range(3):
+        plan = batch_plan(indices, 3, shuffle=True, seed=0, epoch=epoch)
+        same(plan, list(streaming.batches(plan)))
+        alive = streaming_children() - before
+        assert len(alive) == 2 and alive == (workers or alive)  # the same two processes after every pass
+        workers = alive
+    evaluation = batch_plan(indices[::2], 4, shuffle=False)
+    same(evaluation, list(streaming.batches(evaluation)))
+    assert streaming_children() - before == workers
+
+    unfinished = streaming.batches(batch_plan(indices, 5, shuffle=False))
+    first = next(unfinished)
+    same(evaluation, list(streaming.batches(evaluation)))  # a second pass meanwhile: its own loader
+    same(batch_plan(indices, 5, shuffle=False), [first, *unfinished])
+    same(evaluation, list(streaming.batches(evaluation)))
+    assert streaming_children() - before == workers
+
+    streaming.close()
+    deadline = time.monotonic() + 10
+    while streaming_children() & workers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not streaming_children() & workers
+    same(evaluation, list(streaming.batches(evaluation)))  # a closed source starts new readers on demand
+    streaming.close()
 
 
 def test_auto_mode_follows_the_memory_budget(tmp_path):

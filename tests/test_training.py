@@ -3,18 +3,22 @@ order metrics, class mapping, errors."""
 
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from step_cache.cache.manifest import ManifestError
 from step_cache.cache.shards import ClipRecord, ShardWriter, open_shards, shard_name
 from step_cache.checkpoints import load_state_dict_file
 from step_cache.probes import ProbeConfigError
+from step_cache.sweeps import train_stacked
 from step_cache.synthetic.tokens import write_token_cache
-from step_cache.training.config import TrainConfigError
+from step_cache.training import runs
+from step_cache.training.config import TrainConfigError, make_config
 from step_cache.training.evaluation import evaluate, predict
 from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video
@@ -93,6 +97,32 @@ def test_streaming_and_in_memory_train_identically(cache, tmp_path):
 
 class Killed(Exception):
     pass
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_progress_postfix_reads_the_device_only_every_10_batches_and_never_without_a_bar(
+    cache, tmp_path, monkeypatch, progress
+):
+    """The postfix reads the loss and top-1 sums back (a device sync): never with the bar off, else at batches
+    10, 20, ... and the last; the same for a stacked sweep."""
+    calls = []
+    monkeypatch.setattr(tqdm, "set_postfix", lambda self, *args, **kwargs: calls.append(self.desc))
+    options = {**FAST, "batch_size": 2, "progress": progress}  # 26 train clips: 13 batches per epoch
+    train_probe(cache, "linear", tmp_path / "run", **options)
+    assert len(calls) == (2 * 2 if progress else 0)  # batches 10 and 13 of each epoch
+    calls.clear()
+    train_stacked(cache, [make_config("linear", {**options, "lr": lr}) for lr in (1e-3, 1e-2)])
+    assert len(calls) == (2 * 2 if progress else 0)
+
+
+def test_weights_and_state_files_are_renamed_into_place_then_the_directory_is_synced(tmp_path, monkeypatch):
+    """Without the directory fsync after the rename, a crash can forget that best.pt / last_state.pt exist."""
+    synced = []
+    monkeypatch.setattr(runs, "fsync_dir", lambda directory: synced.append((directory, sorted(os.listdir(directory)))))
+    runs.save_weights(nn.Linear(2, 2), tmp_path / runs.BEST)
+    runs.save_state({"epoch": 1}, tmp_path / runs.STATE)
+    assert synced == [(tmp_path, [runs.BEST]), (tmp_path, [runs.BEST, runs.STATE])]  # renamed, no temporary left
+    assert runs.load_state(tmp_path / runs.STATE) == {"epoch": 1}
 
 
 def test_resume_continues_exactly(cache, tmp_path):

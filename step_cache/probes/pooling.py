@@ -14,6 +14,7 @@ from matmuls against the cached tokens x themselves:
 
 Token-side cost is O(H·L·N·D) for H heads and L queries, versus O(N·D²) naively, and every product with x goes
 through shared_matmul, so K vmapped members share one read of x and never copy it. Measured in docs/step.md.
+The token-side part runs in float32 even under autocast (see ``_pool_normed_tokens``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,47 @@ def _frame_token_stats(
     return mean, torch.rsqrt(var + eps)
 
 
+def _pool_normed_tokens(
+    q_tokens: torch.Tensor,
+    normed_queries: torch.Tensor,
+    tokens: torch.Tensor,
+    frame_pos: torch.Tensor | None,
+    eps: float,
+    include_queries: bool,
+) -> torch.Tensor:
+    """Σ_j a_j n_j (B, R, D) for the query rows q_tokens (B, R, D) (rows: heads x queries), the a_j being the
+    softmax of q_tokens·n_j over the context [normed_queries if include_queries; normalised tokens].
+
+    Always in float32, also under autocast: the scores r_j (q̃·x_j − μ_j Σ q̃) and the pooled Σ a_j r_j x_j −
+    Σ a_j r_j μ_j subtract large, nearly equal terms when the tokens' mean is far from zero, which bf16
+    products cancel badly (6.8 % error at a mean offset of 5 in bf16; tests/test_autocast.py). These products
+    are O(H·L·N·D), small next to anything that projects the tokens."""
+    with torch.autocast(tokens.device.type, enabled=False):
+        q_tokens, normed_queries, tokens = q_tokens.float(), normed_queries.float(), tokens.float()
+        frame_pos = None if frame_pos is None else frame_pos.float()
+        num_queries = normed_queries.shape[1]
+        mean, rstd = frame_token_stats(tokens, frame_pos, eps)  # (B, T, P)
+        flat_tokens = tokens.flatten(1, 2)  # (B, N, D)
+        raw = token_scores(q_tokens, flat_tokens).unflatten(-1, tokens.shape[1:3])  # (B, R, T, P)
+        if frame_pos is not None:
+            raw = raw + torch.einsum("brd,td->brt", q_tokens, frame_pos)[..., None]
+        scores = ((raw - mean[:, None] * q_tokens.sum(dim=-1)[..., None, None]) * rstd[:, None]).flatten(2)
+        if include_queries:
+            scores = torch.cat([q_tokens @ normed_queries.transpose(-2, -1), scores], dim=-1)  # (B, R, L + N)
+        weights = scores.softmax(dim=-1)
+        if include_queries:
+            query_weights, weights = weights.split([num_queries, weights.shape[-1] - num_queries], dim=-1)
+
+        token_weights = weights.unflatten(-1, tokens.shape[1:3]) * rstd[:, None]  # (B, R, T, P): a_j · r_j
+        pooled = weighted_tokens(token_weights.flatten(2), flat_tokens)
+        pooled = pooled - (token_weights * mean[:, None]).sum(dim=(-2, -1))[..., None]
+        if frame_pos is not None:
+            pooled = pooled + torch.einsum("brt,td->brd", token_weights.sum(dim=-1), frame_pos)
+        if include_queries:
+            pooled = pooled + query_weights @ normed_queries
+        return pooled
+
+
 def attention_pool(
     attn: nn.Module,
     norm: nn.LayerNorm,
@@ -76,25 +118,7 @@ def attention_pool(
     q_tokens = torch.einsum("bhle,hed->bhld", q * head_dim**-0.5, w_k.unflatten(0, per_head)) * gamma
     q_tokens = q_tokens.flatten(1, 2)  # (B, R, D)
 
-    mean, rstd = frame_token_stats(tokens, frame_pos, norm.eps)  # (B, T, P)
-    flat_tokens = tokens.flatten(1, 2)  # (B, N, D)
-    raw = token_scores(q_tokens, flat_tokens).unflatten(-1, tokens.shape[1:3])  # (B, R, T, P)
-    if frame_pos is not None:
-        raw = raw + torch.einsum("brd,td->brt", q_tokens, frame_pos)[..., None]
-    scores = ((raw - mean[:, None] * q_tokens.sum(dim=-1)[..., None, None]) * rstd[:, None]).flatten(2)
-    if include_queries:
-        scores = torch.cat([q_tokens @ normed_queries.transpose(-2, -1), scores], dim=-1)  # (B, R, L + N)
-    weights = scores.softmax(dim=-1)
-    if include_queries:
-        query_weights, weights = weights.split([num_queries, weights.shape[-1] - num_queries], dim=-1)
-
-    token_weights = weights.unflatten(-1, tokens.shape[1:3]) * rstd[:, None]  # (B, R, T, P): a_j · r_j
-    pooled = weighted_tokens(token_weights.flatten(2), flat_tokens)
-    pooled = pooled - (token_weights * mean[:, None]).sum(dim=(-2, -1))[..., None]
-    if frame_pos is not None:
-        pooled = pooled + torch.einsum("brt,td->brd", token_weights.sum(dim=-1), frame_pos)
-    if include_queries:
-        pooled = pooled + query_weights @ normed_queries
-    pooled = (pooled * gamma + beta).unflatten(1, (heads, num_queries))  # (B, H, L, D)
+    pooled = _pool_normed_tokens(q_tokens, normed_queries, tokens, frame_pos, norm.eps, include_queries)
+    pooled = (pooled.to(queries.dtype) * gamma + beta).unflatten(1, (heads, num_queries))  # (B, H, L, D)
     out = torch.einsum("bhld,hed->blhe", pooled, w_v.unflatten(0, per_head)).reshape(batch, num_queries, dim)
     return attn.proj(out + b_v)

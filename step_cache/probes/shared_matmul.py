@@ -7,6 +7,10 @@ the small operand carries the vmap dimension, folding K into its rows is the sam
 (B, K·R, D) @ (B, D, N). The two autograd Functions below do that in their ``vmap`` rules; their backward
 passes are each other, so gradients of the small operand keep the shared form too.
 
+Under autocast the forward product runs in the autocast dtype (bf16) while the saved inputs keep theirs (fp32),
+and backward runs without autocast: the backward products therefore cast their operands to the dtype the forward
+computed in (as autocast's own backward does), and each gradient is returned in its input's dtype.
+
 Measured (torch 2.14 CPU, K=8, B=8, R=6, N=2056, D=384, softmax-attention forward + backward): 0.19 s with
 these, 0.44 s for a Python loop over members, 0.71 s with vmap's default rule.
 """
@@ -27,6 +31,20 @@ def _fold_members(small: torch.Tensor, bdim: int) -> torch.Tensor:
     return small.movedim(bdim, -3).flatten(-3, -2)
 
 
+def _save(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+    ctx.compute_dtype = output.dtype  # the autocast dtype when the forward ran under autocast
+    ctx.input_dtypes = tuple(tensor.dtype for tensor in inputs)
+
+
+def _saved_in_compute_dtype(ctx: Any) -> list[torch.Tensor]:
+    return [tensor.to(ctx.compute_dtype) for tensor in ctx.saved_tensors]
+
+
+def _in_input_dtypes(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    return tuple(None if g is None else g.to(dtype) for g, dtype in zip(grads, ctx.input_dtypes, strict=True))
+
+
 class _Scores(torch.autograd.Function):
     """q (..., R, D) · tokens (..., N, D) -> (..., R, N)."""
 
@@ -36,14 +54,14 @@ class _Scores(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
-        ctx.save_for_backward(*inputs)
+        _save(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        q, tokens = ctx.saved_tensors
+        (q, tokens), grad = _saved_in_compute_dtype(ctx), grad.to(ctx.compute_dtype)
         grad_q = _Weighted.apply(grad, tokens) if ctx.needs_input_grad[0] else None
         grad_tokens = grad.transpose(-2, -1) @ q if ctx.needs_input_grad[1] else None
-        return grad_q, grad_tokens
+        return _in_input_dtypes(ctx, grad_q, grad_tokens)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[int | None, int | None], q: torch.Tensor, tokens: torch.Tensor) -> Any:
@@ -63,14 +81,14 @@ class _Weighted(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: torch.Tensor) -> None:
-        ctx.save_for_backward(*inputs)
+        _save(ctx, inputs, output)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        weights, tokens = ctx.saved_tensors
+        (weights, tokens), grad = _saved_in_compute_dtype(ctx), grad.to(ctx.compute_dtype)
         grad_weights = _Scores.apply(grad, tokens) if ctx.needs_input_grad[0] else None
         grad_tokens = weights.transpose(-2, -1) @ grad if ctx.needs_input_grad[1] else None
-        return grad_weights, grad_tokens
+        return _in_input_dtypes(ctx, grad_weights, grad_tokens)
 
     @staticmethod
     def vmap(info: Any, in_dims: tuple[int | None, int | None], weights: torch.Tensor, tokens: torch.Tensor) -> Any:

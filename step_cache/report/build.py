@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from step_cache.extras import require
 from step_cache.report.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from step_cache.training import runs as run_files
+from step_cache.training.metrics import format_percent
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
 COLUMNS = [
@@ -59,7 +61,7 @@ def _cell(value: Any, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if kind == "pct":
-        return f"{100 * value:.1f}%"
+        return format_percent(value)
     if kind == "int":
         return f"{int(value):,}"
     return f"{value:.1f} s"
@@ -146,6 +148,7 @@ def build_report(
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` for the given runs; returns the
     Markdown path. Every run must have finished (``metrics.json``). A directory written by ``step-cache sweep``
     (it holds ``trials.json``) adds a sweep section with its best trials and figures, and its ``best-run``."""
+    require("matplotlib", "the report (its figures)")
     from step_cache.report import figures
 
     if not run_dirs:

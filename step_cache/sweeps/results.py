@@ -11,6 +11,7 @@ worker of a shared study):
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from step_cache.cache.manifest import atomic_write_text
 from step_cache.cache.shards import ShardSet
 from step_cache.sweeps.space import SearchSpace
 from step_cache.training import runs
+from step_cache.training.config import LOCAL_FIELDS, TrainConfig
 from step_cache.training.trainer import TrainResult, train_probe
 
 TRIALS_JSON, TRIALS_CSV, BEST_JSON, BEST_RUN = "trials.json", "trials.csv", "best.json", "best-run"
@@ -123,10 +126,11 @@ def write_results(
         "trials": rows,
     })  # fmt: skip
     columns, flat = _csv_rows(rows, space)
-    with (out / TRIALS_CSV).open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(flat)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(flat)
+    atomic_write_text(out / TRIALS_CSV, table.getvalue())
     best = best_record(study, metric, space)
     if best is not None:
         if best_run is not None:
@@ -139,10 +143,14 @@ def write_results(
     return rows, best
 
 
-def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], progress: bool = True) -> TrainResult:
+def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], current: TrainConfig) -> TrainResult:
     """The best trial's configuration trained alone by ``train_probe`` into ``out/best-run`` (replacing an older
-    one). Without dropout it reproduces the trial's metrics (on CPU up to float rounding)."""
+    one). Without dropout it reproduces the trial's metrics (on CPU up to float rounding).
+
+    The trial may have run on another worker of a shared study (another machine, GPU, data path): its
+    machine-local settings (``LOCAL_FIELDS``: device, data mode, workers, progress, pairs file...) are replaced by
+    those of ``current``, this process's sweep config, so the retrain runs here."""
     options = dict(best["config"])
     probe = options.pop("probe")
-    options["progress"] = progress
+    options.update({name: getattr(current, name) for name in LOCAL_FIELDS})
     return train_probe(shards, probe, out / BEST_RUN, overwrite=True, **options)

@@ -60,3 +60,9 @@ class DataCache:
                 progress=config.progress,
             )
         return TrainingData(shards, selection, splits, pairs, self._sources[key], device)
+
+    def close(self) -> None:
+        """Release the token sources (streaming reader processes); a later ``get`` opens them again."""
+        for source in self._sources.values():
+            source.close()
+        self._sources.clear()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,16 +25,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.sweeps.members import StackedProbes
 from step_cache.sweeps.shared_data import DataCache, TrainingData
-from step_cache.sweeps.stacked_adamw import StackedAdamW, total_steps, warmup_steps
+from step_cache.sweeps.stacked_adamw import StackedAdamW
 from step_cache.training.config import TrainConfig
-from step_cache.training.frame_order import frame_order, permute_frames
-from step_cache.training.inference import ORDER_METRICS, autocast, split_metrics
+from step_cache.training.epoch_loop import train_epoch
+from step_cache.training.inference import autocast, evaluate_logits, forward_batches
+from step_cache.training.optimization import schedule_steps
+from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
 from step_cache.training.token_data import batch_plan
 
 log = logging.getLogger(__name__)
@@ -116,106 +116,67 @@ class StackedRun:
         self.parameters = count_parameters(probes[0])
         self.parameters_without_head = count_parameters(probes[0], exclude_head=True)
         self.stack = StackedProbes(probes)
-        per_epoch, total = total_steps(first.epochs, len(data.splits.train), first.batch_size)
+        # The same schedule lengths as train_probe's: shared total (same epochs and batches), own warm-up.
+        steps = [schedule_steps(c.epochs, len(data.splits.train), c.batch_size, c.warmup_epochs) for c in self.configs]
         self.optimizer = StackedAdamW(
             self.stack.params,
             lr=[c.lr for c in self.configs],
             weight_decay=[c.weight_decay for c in self.configs],
-            warmup_steps=[warmup_steps(c.warmup_epochs, per_epoch) for c in self.configs],
+            warmup_steps=[warmup for _, warmup in steps],
             clip_grad=[c.clip_grad for c in self.configs],
-            total_steps=total,
+            total_steps=steps[0][0],
         )
         self.smoothing = torch.tensor([c.label_smoothing for c in self.configs], device=self.device)
         self.active = list(range(len(self.configs)))  # stack slot -> index into configs
         self.results = [MemberResult(c) for c in self.configs]
-        self.best = [(-math.inf, -math.inf)] * len(self.configs)  # (val top-1, -val loss) as in train_probe
+        self.best = [NO_SCORE] * len(self.configs)  # records.validation_score of each member's best epoch
         self.best_epoch = [0] * len(self.configs)
         self.best_params = self.stack.snapshot()
         self.eval_batch_size = first.eval_batch_size or 4 * first.batch_size
-        self.train_time = self.data_wait = 0.0
-        self.train_clips = 0
+        self.training_time = TrainingTime()  # of the whole stack
 
     # -- training ----------------------------------------------------------------------------------------
+    def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        with autocast(self.device, self.first.amp):
+            logits = self.stack(tokens)
+        losses = member_losses(logits.float(), labels, self.smoothing)
+        self.stack.zero_grad()
+        losses.sum().backward()  # members are independent: each gets the gradient of its own loss
+        self.optimizer.clip_gradients(self.stack.params)
+        lr = self.optimizer.current_lr()
+        self.optimizer.step(self.stack.params)
+        return losses, logits, lr
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        """One epoch of every active member; returns the shared timing and per-slot loss / top-1 / lr."""
+        """One epoch of every active member: the shared timing and per-slot loss / top-1 / lr."""
         first, members = self.first, self.stack.size
         self.stack.train(True)
         plan = batch_plan(self.data.splits.train, first.batch_size, shuffle=True, seed=first.seed, epoch=epoch)
-        loss_sum = torch.zeros(members, device=self.device)
-        correct = torch.zeros(members, device=self.device, dtype=torch.long)
-        seen, wait, lr = 0, 0.0, [0.0] * members
-        bar = tqdm(
-            total=len(plan), desc=f"epoch {epoch + 1}/{first.epochs} ({members} probes)", unit="batch",
-            leave=False, disable=not first.progress,
+        train = train_epoch(
+            self.data.source, plan, self.device, self.train_step, members=(members,),
+            description=f"epoch {epoch + 1}/{first.epochs} ({members} probes)", progress=first.progress,
         )  # fmt: skip
-        start = time.perf_counter()
-        batches = iter(self.data.source.batches(plan))
-        while True:
-            fetch = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - fetch
-            if batch is None:
-                break
-            tokens = batch[0].to(self.device, non_blocking=True).float()
-            labels = batch[1].to(self.device, non_blocking=True)
-            with autocast(self.device, first.amp):
-                logits = self.stack(tokens)
-            losses = member_losses(logits.float(), labels, self.smoothing)
-            self.stack.zero_grad()
-            losses.sum().backward()  # members are independent: each gets the gradient of its own loss
-            self.optimizer.clip_gradients(self.stack.params)
-            lr = self.optimizer.current_lr()
-            self.optimizer.step(self.stack.params)
-            loss_sum += losses.detach() * len(labels)
-            correct += (logits.detach().argmax(dim=-1) == labels).sum(dim=-1)
-            seen += len(labels)
-            bar.update()
-        bar.close()
-        elapsed = time.perf_counter() - start
-        self.train_time += elapsed
-        self.data_wait += wait
-        self.train_clips += seen
-        return {
-            "train_loss": (loss_sum / seen).tolist(),
-            "train_top1": (correct.double() / seen).tolist(),
-            "lr": lr,
-            "train_s": elapsed,
-            "data_wait_s": wait,
-            "clips_per_s": seen / elapsed if elapsed > 0 else float("nan"),
-        }
+        self.training_time.add(train)
+        return train
 
     # -- evaluation --------------------------------------------------------------------------------------
-    @torch.no_grad()
     def member_logits(self, indices: np.ndarray, order: str = "original") -> np.ndarray:
         """(K, N, C) float32 logits of every active member, frames reordered by ``order``."""
         self.stack.train(False)
-        outputs = []
-        plan = batch_plan(indices, self.eval_batch_size, shuffle=False)
-        for tokens, _, _ in self.data.source.batches(plan):
-            tokens = tokens.to(self.device, non_blocking=True).float()
-            tokens = permute_frames(tokens, frame_order(order, tokens.shape[1]))
-            with autocast(self.device, self.first.amp):
-                outputs.append(self.stack(tokens).float().cpu())
+        outputs = forward_batches(
+            self.stack, self.data.source, indices, batch_size=self.eval_batch_size, device=self.device,
+            amp=self.first.amp, order=order,
+        )  # fmt: skip
         self.stack.train(True)
         return torch.cat(outputs, dim=1).numpy()
 
     def evaluate(self, indices: np.ndarray, orders: bool) -> list[dict[str, Any]]:
         """``inference.evaluate_clips`` for every active member (per video, order metrics with ``orders``)."""
-        shards, pairs = self.data.shards, self.data.pairs
-        labels, videos = shards.labels[indices], shards.videos[indices]
-
-        def summaries(order: str) -> list[dict[str, Any]]:
-            logits = self.member_logits(indices, order)
-            return [split_metrics(member, labels, videos, shards.classes, pairs) for member in logits]
-
-        results = summaries("original")
-        if orders:
-            for name in ORDER_METRICS:
-                for summary, perturbed in zip(results, summaries(name), strict=True):
-                    summary[f"{name}_top1"] = perturbed["top1"]
-                    if pairs:
-                        summary[f"{name}_pair_accuracy"] = perturbed["pair_accuracy"]
-        return results
+        shards = self.data.shards
+        return evaluate_logits(
+            lambda order: self.member_logits(indices, order), shards.labels[indices], shards.videos[indices],
+            shards.classes, self.data.pairs, orders=orders,
+        )  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run_epoch(self, epoch: int, on_epoch: MemberCallback | None) -> None:
@@ -225,24 +186,11 @@ class StackedRun:
         eval_s = time.perf_counter() - start
         improved, stopped = [], []
         for slot, member in enumerate(self.active):
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": shared["train_loss"][slot],
-                "train_top1": shared["train_top1"][slot],
-                "lr": shared["lr"][slot],
-                "train_s": shared["train_s"],
-                "data_wait_s": shared["data_wait_s"],
-                "clips_per_s": shared["clips_per_s"],
-                "val_loss": val[slot]["loss"],
-                "val_top1": val[slot]["top1"],
-                "val_top5": val[slot]["top5"],
-                "val_mean_class_accuracy": val[slot]["mean_class_accuracy"],
-            }
-            if self.data.pairs:
-                record["val_pair_accuracy"] = val[slot]["pair_accuracy"]
-            record["eval_s"] = eval_s
-            score = (val[slot]["top1"], -val[slot]["loss"])
-            record["best"] = score > self.best[member]
+            train = {**shared, **{key: shared[key][slot] for key in ("train_loss", "train_top1", "lr")}}
+            score = validation_score(val[slot])
+            record = epoch_record(
+                epoch + 1, train, val[slot], eval_s, has_pairs=bool(self.data.pairs), best=score > self.best[member]
+            )
             if record["best"]:
                 self.best[member], self.best_epoch[member] = score, epoch + 1
                 improved.append(slot)
@@ -281,31 +229,23 @@ class StackedRun:
         self.stack.load(self.best_params)
         val = self.evaluate(self.data.splits.val, orders=True)
         test = self.evaluate(self.data.splits.test, orders=True) if len(self.data.splits.test) else None
-        shards, pairs = self.data.shards, self.data.pairs
+        shards = self.data.shards
         for slot, member in enumerate(self.active):
-            metrics: dict[str, Any] = {
-                "probe": self.first.probe,
-                "split": "val",
-                "unit": "video (clip logits averaged)",
-                "best_epoch": self.best_epoch[member],
-                "epochs": self.first.epochs,
-                "classes": list(shards.classes),
-                "pairs": [[shards.classes[a], shards.classes[b]] for a, b in pairs],
-                "pair_accuracy": None,
-                "reversed_pair_accuracy": None,
-                "shuffled_pair_accuracy": None,
-            }
-            metrics.update(val[slot])
-            metrics["parameters"] = self.parameters
-            metrics["parameters_without_head"] = self.parameters_without_head
-            metrics["train_time_s"] = self.train_time  # of the whole stack
-            metrics["train_clips_per_s"] = self.train_clips / self.train_time if self.train_time > 0 else math.nan
-            metrics["data_wait_share"] = self.data_wait / self.train_time if self.train_time > 0 else math.nan
-            metrics["data_mode"] = self.data.source.mode
-            metrics["device"] = str(self.device)
+            metrics = final_metrics(
+                probe=self.first.probe,
+                best_epoch=self.best_epoch[member],
+                epochs=self.first.epochs,
+                classes=shards.classes,
+                pairs=self.data.pairs,
+                val=val[slot],
+                test=test[slot] if test is not None else None,
+                parameters=self.parameters,
+                parameters_without_head=self.parameters_without_head,
+                training_time=self.training_time,
+                data_mode=self.data.source.mode,
+                device=str(self.device),
+            )
             metrics["stacked_members"] = len(self.configs)
-            if test is not None:
-                metrics["test"] = test[slot]
             self.results[member].metrics = metrics
             if keep_weights:
                 self.results[member].weights = self.stack.member_state_dict(slot)
@@ -331,14 +271,19 @@ def train_stacked(
     share a shape; results in the order of ``configs``. ``on_epoch(index, record)`` is called for each member
     after each epoch and may return True to stop that member. ``data`` reuses loaded tokens across calls."""
     shards = features if isinstance(features, ShardSet) else open_shards(features)
+    own_data = data is None
     data = data or DataCache(shards)
     results: list[MemberResult | None] = [None] * len(configs)
-    for group in group_by_shape(configs):
-        run = StackedRun(data.get(configs[group[0]]), [configs[i] for i in group])
+    try:
+        for group in group_by_shape(configs):
+            run = StackedRun(data.get(configs[group[0]]), [configs[i] for i in group])
 
-        def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
-            return bool(on_epoch(group[member], record)) if on_epoch is not None else False
+            def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
+                return bool(on_epoch(group[member], record)) if on_epoch is not None else False
 
-        for index, result in zip(group, run.run(callback, keep_weights), strict=True):
-            results[index] = result
+            for index, result in zip(group, run.run(callback, keep_weights), strict=True):
+                results[index] = result
+    finally:
+        if own_data:
+            data.close()
     return results  # type: ignore[return-value]

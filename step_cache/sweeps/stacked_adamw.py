@@ -11,7 +11,6 @@ steps as its lone counterpart does (bit for bit given equal gradients, tested).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -120,14 +119,3 @@ class StackedAdamW:
         for state in (self.exp_avg, self.exp_avg_sq):
             for name, value in state.items():
                 state[name] = value[index.to(value.device)]
-
-
-def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
-    """As ``training``: warm-up epochs rounded to whole optimizer steps."""
-    return round(warmup_epochs * steps_per_epoch)
-
-
-def total_steps(epochs: int, train_clips: int, batch_size: int) -> tuple[int, int]:
-    """(steps per epoch, total steps) of a run, as ``training`` counts them."""
-    per_epoch = math.ceil(train_clips / batch_size)
-    return per_epoch, epochs * per_epoch

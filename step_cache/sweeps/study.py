@@ -29,12 +29,13 @@ from optuna.trial import Trial, TrialState
 from tqdm import tqdm
 
 from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
 from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, retrain_best, write_results
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
 from step_cache.sweeps.stacked import MemberResult, group_by_shape, train_stacked
-from step_cache.training.config import EXECUTION_FIELDS, TrainConfig, make_config
+from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
 from step_cache.training.token_data import select_tokens
 from step_cache.training.trainer import TrainResult, resolve_pairs, token_subset
 
@@ -239,7 +240,7 @@ def run_batch(
 
 def sweep_settings(probe: str, metric: str, space: SearchSpace, config: TrainConfig, shards: ShardSet) -> dict:
     """What every worker of a study must agree on (execution-only fields may differ)."""
-    shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in (*EXECUTION_FIELDS, "pairs")}
+    shared = {k: v for k, v in dataclasses.asdict(config).items() if k not in LOCAL_FIELDS}
     return {
         "probe": probe,
         "metric": metric,
@@ -298,38 +299,43 @@ def run_sweep(
     data = DataCache(shards)
     bar = tqdm(total=trials, desc="trials", unit="trial", disable=not base.progress)
     bar.update(min(trials, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))))
-    while True:
-        batch: list[Trial] = []
-        for _ in range(min(parallel, trials - len(study.get_trials(deepcopy=False)))):
-            trial = study.ask(space.distributions)
-            if trial.number >= trials:  # another worker took the last trials meanwhile
-                trial.set_user_attr("surplus", True)
-                study.tell(trial, state=TrialState.FAIL)
+    try:
+        while True:
+            batch: list[Trial] = []
+            for _ in range(min(parallel, trials - len(study.get_trials(deepcopy=False)))):
+                trial = study.ask(space.distributions)
+                if trial.number >= trials:  # another worker took the last trials meanwhile
+                    trial.set_user_attr("surplus", True)
+                    study.tell(trial, state=TrialState.FAIL)
+                    break
+                batch.append(trial)
+            if not batch:
                 break
-            batch.append(trial)
-        if not batch:
-            break
-        configs = [trial_config(probe, options, {**space.fixed, **trial.params}) for trial in batch]
-        states = run_batch(study, batch, configs, data, metric, pruning=pruner != "none")
-        write_results(out, study, metric, space)
-        bar.update(len(batch))
-        bar.set_postfix(best=_best_text(study))
-        log.info(
-            "trials %d-%d: %d stack(s), %d pruned; best %s %s", batch[0].number, batch[-1].number,
-            len(group_by_shape(configs)), states.count(TrialState.PRUNED), metric, _best_text(study),
-        )  # fmt: skip
-    bar.close()
+            configs = [trial_config(probe, options, {**space.fixed, **trial.params}) for trial in batch]
+            states = run_batch(study, batch, configs, data, metric, pruning=pruner != "none")
+            write_results(out, study, metric, space)
+            bar.update(len(batch))
+            bar.set_postfix(best=_best_text(study))
+            log.info(
+                "trials %d-%d: %d stack(s), %d pruned; best %s %s", batch[0].number, batch[-1].number,
+                len(group_by_shape(configs)), states.count(TrialState.PRUNED), metric, _best_text(study),
+            )  # fmt: skip
+    finally:
+        bar.close()
+        data.close()  # streaming reader processes
     rows, best = write_results(out, study, metric, space)
     result = SweepResult(out, study, rows, best)
     if best is not None and retrain:
-        result.best_run = retrain_best(out, shards, best, progress=base.progress)
+        result.best_run = retrain_best(out, shards, best, base)
         rows, result.best = write_results(out, study, metric, space, best_run=result.best_run)
     if plots and rows:
         try:
-            from step_cache.sweeps.plots import sweep_figures
-        except ImportError:
-            log.warning("no plots: matplotlib is not installed (pip install step-cache[sweep])")
+            require("matplotlib", "the sweep's plots", extra="sweep")
+        except MissingExtraError as error:
+            log.warning("no plots: %s", error)
         else:
+            from step_cache.sweeps.plots import sweep_figures
+
             result.figures = sweep_figures(out)
     return result
 

@@ -51,6 +51,9 @@ class TrainConfig:
 
 
 EXECUTION_FIELDS = ("device", "data", "memory_fraction", "workers", "eval_batch_size", "progress")
+# What may differ where the same run is repeated (resumed, retrained, another sweep worker): the execution-only
+# fields and the pairs *file*, which may move (the pairs it resolves to are compared separately).
+LOCAL_FIELDS = (*EXECUTION_FIELDS, "pairs")
 
 
 def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
@@ -113,7 +116,7 @@ def record_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     differences = []
     old_config, new_config = old.get("config", {}), new["config"]
     for key in sorted(set(old_config) | set(new_config)):
-        if key in EXECUTION_FIELDS or key == "pairs":  # the pairs *file* may move; the resolved pairs must not
+        if key in LOCAL_FIELDS:
             continue
         if old_config.get(key) != new_config.get(key):
             differences.append(f"{key}: {old_config.get(key)!r} in the run, {new_config.get(key)!r} now")

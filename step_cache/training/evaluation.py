@@ -121,10 +121,13 @@ def evaluate(
     pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
     source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers)
-    metrics = evaluate_clips(
-        probe.to(target), source, indices, labels, shards.videos, classes, pairs,
-        batch_size=batch_size, device=target, orders=orders,
-    )  # fmt: skip
+    try:
+        metrics = evaluate_clips(
+            probe.to(target), source, indices, labels, shards.videos, classes, pairs,
+            batch_size=batch_size, device=target, orders=orders,
+        )  # fmt: skip
+    finally:
+        source.close()
     metrics.update(
         run=str(run_dir),
         probe=record["config"]["probe"],
@@ -160,7 +163,10 @@ def predict(
     indices = np.arange(len(shards))
     target = resolve_device(device)
     source = open_token_source(shards, indices, _selection(record), shards.labels, mode=data, workers=workers)
-    logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)
+    try:
+        logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)
+    finally:
+        source.close()
     video_logits, keys, first = average_by_video(logits, shards.videos)
     probabilities = torch.softmax(torch.from_numpy(video_logits), dim=1).numpy()
     ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]

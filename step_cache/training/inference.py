@@ -1,10 +1,11 @@
 """Running a probe over cached clips: logits in any frame order, and the metrics of a split (per video, with the
-order metrics). Shared by training (per-epoch validation, final metrics), ``evaluate`` and ``predict``."""
+order metrics). Shared by training (per-epoch validation, final metrics), stacked sweeps (every member at once),
+``evaluate`` and ``predict``."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,27 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
 
 
 @torch.no_grad()
+def forward_batches(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    source: TokenSource,
+    indices: np.ndarray,
+    *,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    order: str = "original",
+) -> list[torch.Tensor]:
+    """``forward`` (a probe, or stacked probes) on the clips ``indices`` in batches, frames reordered by ``order``
+    ("original", "reversed", "shuffled"): its float32 outputs per batch, on the CPU."""
+    outputs = []
+    for tokens, _, _ in source.batches(batch_plan(indices, batch_size, shuffle=False)):
+        tokens = tokens.to(device, non_blocking=True).float()
+        tokens = permute_frames(tokens, frame_order(order, tokens.shape[1]))
+        with autocast(device, amp):
+            outputs.append(forward(tokens).float().cpu())
+    return outputs
+
+
 def collect_logits(
     probe: nn.Module,
     source: TokenSource,
@@ -40,13 +62,8 @@ def collect_logits(
     device = device or next(probe.parameters()).device
     was_training = probe.training
     probe.eval()
-    outputs = []
     try:
-        for tokens, _, _ in source.batches(batch_plan(indices, batch_size, shuffle=False)):
-            tokens = tokens.to(device, non_blocking=True).float()
-            tokens = permute_frames(tokens, frame_order(order, tokens.shape[1]))
-            with autocast(device, amp):
-                outputs.append(probe(tokens).float().cpu())
+        outputs = forward_batches(probe, source, indices, batch_size=batch_size, device=device, amp=amp, order=order)
     finally:
         probe.train(was_training)
     if not outputs:
@@ -80,6 +97,32 @@ def split_metrics(
 ORDER_METRICS = ("reversed", "shuffled")
 
 
+def evaluate_logits(
+    logits_of: Callable[[str], np.ndarray],
+    labels: np.ndarray,
+    videos: np.ndarray,
+    classes: Sequence[str],
+    pairs: Sequence[tuple[int, int]] = (),
+    *,
+    orders: bool = True,
+) -> list[dict[str, Any]]:
+    """Metrics of K models on the same clips (``split_metrics``, one dict per model), where ``logits_of(order)``
+    gives their (K, N, C) logits with frames in ``order``; with ``orders`` also the top-1 (and pair accuracy)
+    with frames reversed and shuffled."""
+
+    def summaries(order: str) -> list[dict[str, Any]]:
+        return [split_metrics(logits, labels, videos, classes, pairs) for logits in logits_of(order)]
+
+    results = summaries("original")
+    if orders:
+        for name in ORDER_METRICS:
+            for summary, perturbed in zip(results, summaries(name), strict=True):
+                summary[f"{name}_top1"] = perturbed["top1"]
+                if pairs:
+                    summary[f"{name}_pair_accuracy"] = perturbed["pair_accuracy"]
+    return results
+
+
 def evaluate_clips(
     probe: nn.Module,
     source: TokenSource,
@@ -96,19 +139,9 @@ def evaluate_clips(
 ) -> dict[str, Any]:
     """Full metrics of clips ``indices`` (labels/videos indexed by global clip index), plus with ``orders`` the
     top-1 (and pair accuracy) with frames reversed and shuffled."""
-    kwargs = {"batch_size": batch_size, "device": device, "amp": amp}
-    logits = collect_logits(probe, source, indices, **kwargs)
-    summary = split_metrics(logits, labels[indices], videos[indices], classes, pairs)
-    if orders:
-        for name in ORDER_METRICS:
-            perturbed = split_metrics(
-                collect_logits(probe, source, indices, order=name, **kwargs),
-                labels[indices],
-                videos[indices],
-                classes,
-                pairs,
-            )
-            summary[f"{name}_top1"] = perturbed["top1"]
-            if pairs:
-                summary[f"{name}_pair_accuracy"] = perturbed["pair_accuracy"]
-    return summary
+
+    def logits_of(order: str) -> np.ndarray:
+        logits = collect_logits(probe, source, indices, batch_size=batch_size, device=device, amp=amp, order=order)
+        return logits[None]
+
+    return evaluate_logits(logits_of, labels[indices], videos[indices], classes, pairs, orders=orders)[0]

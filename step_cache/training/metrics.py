@@ -7,6 +7,7 @@ the lower class index (numpy's stable sort), so results are deterministic.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -128,3 +129,10 @@ def classification_metrics(
     if pairs:
         summary["pair_accuracy"], summary["pair_count"] = pair_accuracy(logits, labels, pairs)
     return summary
+
+
+def format_percent(value: float | None, missing: str = "n/a") -> str:
+    """A share in [0, 1] as people read it ("97.5%"); ``missing`` for None or NaN (a metric that does not apply)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    return f"{100 * value:.1f}%"

@@ -49,6 +49,13 @@ class WarmupCosine:
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def schedule_steps(epochs: int, train_clips: int, batch_size: int, warmup_epochs: float) -> tuple[int, int]:
+    """(total optimizer steps, warm-up steps) of a run: one step per batch of ``batch_size`` of the
+    ``train_clips``, warm-up epochs rounded to whole steps."""
+    per_epoch = math.ceil(train_clips / batch_size)
+    return epochs * per_epoch, round(warmup_epochs * per_epoch)
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:

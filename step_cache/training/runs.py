@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from step_cache.cache.manifest import atomic_write_text
+from step_cache.cache.manifest import atomic_write_text, fsync_dir
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.training.config import record_differences
 
@@ -60,11 +60,13 @@ def read_final_metrics(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """As ``atomic_write_text``: the data reaches the disk before the rename, and the rename itself after it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     torch.save(obj, tmp)
     with open(tmp, "rb") as handle:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:

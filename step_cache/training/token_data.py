@@ -3,7 +3,8 @@
 - ``InMemoryTokens`` reads the selected clips once, shard by shard, and keeps them in the stored dtype (float16)
   in RAM; a batch is a fancy-indexed copy. The probe casts per batch.
 - ``StreamingTokens`` reads each batch from HDF5 in DataLoader worker processes; each worker opens its own file
-  handles (``ShardSet`` reopens them after a fork).
+  handles (``ShardSet`` reopens them after a fork). The workers persist across passes (epochs, evaluations), so
+  processes are started and files opened once per source, not once per pass.
 
 Both follow the same ``batch_plan`` (a list of clip-index arrays, shuffled by (seed, epoch)), so they yield
 identical batches and identical training runs.
@@ -83,6 +84,8 @@ class TokenSource(Protocol):
 
     def batches(self, plan: Sequence[np.ndarray]) -> Iterator[Batch]: ...
 
+    def close(self) -> None: ...
+
 
 class InMemoryTokens:
     """The selected clips' tokens held in RAM in the stored dtype."""
@@ -130,24 +133,41 @@ class InMemoryTokens:
                 raise DataError(f"clip {int(batch[rows < 0][0])} was not loaded into memory")
             yield torch.from_numpy(self.tokens[rows]), self.labels[batch], batch
 
+    def close(self) -> None:
+        """Nothing to release (the tokens go with the object)."""
+
 
 class _BatchReader(torch.utils.data.Dataset):
-    """Item i of the dataset is batch i of a plan, read in one go (one sorted HDF5 read per shard)."""
+    """Item ``batch`` (an array of clip indices) is that batch, read in one go (one sorted HDF5 read per shard)."""
 
-    def __init__(self, shards: ShardSet, plan: Sequence[np.ndarray], selection: TokenSelection, labels: torch.Tensor):
-        self.shards, self.plan, self.selection, self.labels = shards, list(plan), selection, labels
+    def __init__(self, shards: ShardSet, selection: TokenSelection, labels: torch.Tensor):
+        self.shards, self.selection, self.labels = shards, selection, labels
 
-    def __len__(self) -> int:
-        return len(self.plan)
-
-    def __getitem__(self, item: int) -> Batch:
-        batch = self.plan[item]
+    def __getitem__(self, batch: np.ndarray) -> Batch:
         tokens = np.ascontiguousarray(self.selection.apply(self.shards.read_tokens(batch)))
         return torch.from_numpy(tokens), self.labels[batch], batch
 
 
+class _PlanSampler:
+    """The DataLoader's sampler: it yields the batches (clip-index arrays) of the current pass. A persistent
+    loader creates its sampler iterator anew for every pass, so setting ``plan`` between passes is all it takes."""
+
+    def __init__(self, plan: Sequence[np.ndarray] = ()) -> None:
+        self.plan = list(plan)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.plan)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+
 class StreamingTokens:
-    """Batches read from HDF5 on demand, by ``workers`` processes (0 = in the calling process)."""
+    """Batches read from HDF5 on demand, by ``workers`` processes (0 = in the calling process).
+
+    The worker processes start with the first pass and stay up for the next ones (``persistent_workers``), with
+    their HDF5 files open, until ``close()`` or until the source is dropped. Passes are read one at a time; a pass
+    started while another is still being read gets a loader (and workers) of its own."""
 
     mode = "streaming"
 
@@ -161,22 +181,46 @@ class StreamingTokens:
     ):
         self.shards, self.selection, self.workers, self.pin_memory = shards, selection, workers, pin_memory
         self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self._plan = _PlanSampler()
+        self._loader: torch.utils.data.DataLoader | None = None
+        self._reading = False
 
-    def batches(self, plan: Sequence[np.ndarray]) -> Iterator[Batch]:
+    def _make_loader(self, sampler: _PlanSampler, persistent: bool) -> torch.utils.data.DataLoader:
         self.shards.close()  # never fork open HDF5 handles into workers
-        loader = torch.utils.data.DataLoader(
-            _BatchReader(self.shards, plan, self.selection, self.labels),
+        return torch.utils.data.DataLoader(
+            _BatchReader(self.shards, self.selection, self.labels),
             batch_size=None,  # items already are batches
-            shuffle=False,
+            sampler=sampler,
             num_workers=self.workers,
             pin_memory=self.pin_memory,
             prefetch_factor=4 if self.workers else None,
-            # A private generator: the loader draws a worker seed per epoch, which would otherwise advance the
+            persistent_workers=persistent and self.workers > 0,
+            # A private generator: the loader draws a worker seed per iterator, which would otherwise advance the
             # global torch RNG (dropout) and make streaming runs differ from in-memory ones.
             generator=torch.Generator().manual_seed(0),
         )
+
+    def batches(self, plan: Sequence[np.ndarray]) -> Iterator[Batch]:
+        if self._reading:  # the persistent loader is busy with an unfinished pass: never disturb it
+            yield from self._read(self._make_loader(_PlanSampler(plan), persistent=False))
+            return
+        if self._loader is None:
+            self._loader = self._make_loader(self._plan, persistent=True)
+        self._plan.plan = list(plan)
+        self._reading = True
+        try:
+            yield from self._read(self._loader)
+        finally:
+            self._reading = False
+
+    @staticmethod
+    def _read(loader: torch.utils.data.DataLoader) -> Iterator[Batch]:
         for tokens, labels, batch in loader:
             yield tokens, labels, np.asarray(batch)
+
+    def close(self) -> None:
+        """Stop the worker processes (dropping the loader shuts them down); a later pass starts new ones."""
+        self._loader = None
 
 
 def available_memory() -> int:

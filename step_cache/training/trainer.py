@@ -9,7 +9,6 @@ and both data paths (in memory, streaming) yield the same batches.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.catalog import read_pairs
@@ -28,9 +26,11 @@ from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, make_config, run_record
+from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
-from step_cache.training.metrics import pair_indices
-from step_cache.training.optimization import build_optimizer, build_scheduler
+from step_cache.training.metrics import format_percent, pair_indices
+from step_cache.training.optimization import build_optimizer, build_scheduler, schedule_steps
+from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
 from step_cache.training.splits import DataError, Splits, select_splits
 from step_cache.training.token_data import TokenSelection, batch_plan, open_token_source, select_tokens
 
@@ -49,8 +49,7 @@ class TrainResult:
         m = self.metrics
 
         def pct(key: str) -> str:
-            value = m.get(key)
-            return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}%"
+            return format_percent(m.get(key))
 
         return (
             f"{m['probe']}: val top-1 {pct('top1')} | pair {pct('pair_accuracy')} | reversed {pct('reversed_top1')}"
@@ -108,23 +107,18 @@ class _Run:
         self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
-        self.best: tuple[float, float] = (-math.inf, -math.inf)  # (val top-1, -val loss): higher is better
-        self.best_epoch = 0
-        self.train_time = self.data_wait = 0.0
-        self.train_clips = 0
+        self.best, self.best_epoch = NO_SCORE, 0  # records.validation_score of the best epoch so far
+        self.training_time = TrainingTime()
         self.source = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
 
     def build_optimizer(self) -> None:
         # Built only once the run directory is settled: the first optimizer costs seconds (torch imports dynamo).
-        steps_per_epoch = math.ceil(len(self.splits.train) / self.config.batch_size)
-        self.optimizer = build_optimizer(self.model, self.config.lr, self.config.weight_decay)
-        self.scheduler = build_scheduler(
-            self.optimizer,
-            self.config.epochs * steps_per_epoch,
-            round(self.config.warmup_epochs * steps_per_epoch),
-        )
+        config = self.config
+        total, warmup = schedule_steps(config.epochs, len(self.splits.train), config.batch_size, config.warmup_epochs)
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
+        self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
     def data_record(self) -> dict[str, Any]:
         return {
@@ -181,8 +175,9 @@ class _Run:
         self.start_epoch = int(state["epoch"])
         self.history = list(state["history"])
         self.best, self.best_epoch = tuple(state["best"]), int(state["best_epoch"])
-        self.train_time, self.data_wait = float(state["train_time"]), float(state["data_wait"])
-        self.train_clips = int(state["train_clips"])
+        self.training_time = TrainingTime(
+            float(state["train_time"]), float(state["data_wait"]), int(state["train_clips"])
+        )
         self.write_derived_files()  # whatever a kill left half-done after the last commit
         log.info("resuming %s after epoch %d of %d", self.run_dir, self.start_epoch, self.config.epochs)
 
@@ -197,63 +192,36 @@ class _Run:
             "history": self.history,
             "best": list(self.best),
             "best_epoch": self.best_epoch,
-            "train_time": self.train_time,
-            "data_wait": self.data_wait,
-            "train_clips": self.train_clips,
+            "train_time": self.training_time.seconds,
+            "data_wait": self.training_time.data_wait,
+            "train_clips": self.training_time.clips,
         }
 
     # -- one epoch ---------------------------------------------------------------------------------------
+    def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        config = self.config
+        with autocast(self.device, config.amp):
+            logits = self.model(tokens)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.clip_grad > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, logits, lr
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
-        config, model = self.config, self.model
-        model.train()
+        config = self.config
+        self.model.train()
         plan = batch_plan(self.splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, wait, lr = 0, 0.0, 0.0
-        bar = tqdm(
-            total=len(plan), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
-            disable=not config.progress,
+        train = train_epoch(
+            self.source, plan, self.device, self.train_step, description=f"epoch {epoch + 1}/{config.epochs}",
+            progress=config.progress,
         )  # fmt: skip
-        start = time.perf_counter()
-        batches = iter(self.source.batches(plan))
-        while True:
-            fetch = time.perf_counter()
-            batch = next(batches, None)
-            wait += time.perf_counter() - fetch
-            if batch is None:
-                break
-            tokens = batch[0].to(self.device, non_blocking=True).float()
-            labels = batch[1].to(self.device, non_blocking=True)
-            with autocast(self.device, config.amp):
-                logits = model(tokens)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.clip_grad > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.clip_grad)
-            lr = self.optimizer.param_groups[0]["lr"]
-            self.optimizer.step()
-            self.scheduler.step()
-            loss_sum += loss.detach() * len(labels)
-            correct += (logits.detach().argmax(dim=1) == labels).sum()
-            seen += len(labels)
-            bar.update()
-            if bar.n % 10 == 0 or bar.n == len(plan):
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
-        bar.close()
-        elapsed = time.perf_counter() - start
-        self.train_time += elapsed
-        self.data_wait += wait
-        self.train_clips += seen
-        return {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum.item() / seen,
-            "train_top1": correct.item() / seen,
-            "lr": lr,
-            "train_s": elapsed,
-            "data_wait_s": wait,
-            "clips_per_s": seen / elapsed if elapsed > 0 else float("nan"),
-        }
+        self.training_time.add(train)
+        return train
 
     def evaluate(self, indices: np.ndarray, orders: bool) -> dict[str, Any]:
         names = self.shards.classes
@@ -263,16 +231,13 @@ class _Run:
         )  # fmt: skip
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
-        record = self.train_epoch(epoch)
+        train = self.train_epoch(epoch)
         start = time.perf_counter()
         val = self.evaluate(self.splits.val, orders=False)
-        record.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
-        record["val_mean_class_accuracy"] = val["mean_class_accuracy"]
-        if self.pairs:
-            record["val_pair_accuracy"] = val["pair_accuracy"]
-        record["eval_s"] = time.perf_counter() - start
-        score = (val["top1"], -val["loss"])
-        record["best"] = score > self.best
+        score = validation_score(val)
+        record = epoch_record(
+            epoch + 1, train, val, time.perf_counter() - start, has_pairs=bool(self.pairs), best=score > self.best
+        )
         if record["best"]:
             self.best, self.best_epoch = score, epoch + 1
         self.history.append(record)
@@ -290,29 +255,20 @@ class _Run:
     # -- final metrics -----------------------------------------------------------------------------------
     def final_metrics(self) -> dict[str, Any]:
         runs.load_weights(self.model, self.run_dir / runs.BEST)
-        metrics: dict[str, Any] = {
-            "probe": self.config.probe,
-            "split": "val",
-            "unit": "video (clip logits averaged)",
-            "best_epoch": self.best_epoch,
-            "epochs": self.config.epochs,
-            "classes": list(self.shards.classes),
-            "pairs": [[self.shards.classes[a], self.shards.classes[b]] for a, b in self.pairs],
-            "pair_accuracy": None,
-            "reversed_pair_accuracy": None,
-            "shuffled_pair_accuracy": None,
-        }
-        metrics.update(self.evaluate(self.splits.val, orders=True))
-        metrics["parameters"] = count_parameters(self.model)
-        metrics["parameters_without_head"] = count_parameters(self.model, exclude_head=True)
-        metrics["train_time_s"] = self.train_time
-        metrics["train_clips_per_s"] = self.train_clips / self.train_time if self.train_time > 0 else float("nan")
-        metrics["data_wait_share"] = self.data_wait / self.train_time if self.train_time > 0 else float("nan")
-        metrics["data_mode"] = self.source.mode
-        metrics["device"] = str(self.device)
-        if len(self.splits.test):
-            metrics["test"] = self.evaluate(self.splits.test, orders=True)
-        return metrics
+        return final_metrics(
+            probe=self.config.probe,
+            best_epoch=self.best_epoch,
+            epochs=self.config.epochs,
+            classes=self.shards.classes,
+            pairs=self.pairs,
+            val=self.evaluate(self.splits.val, orders=True),
+            test=self.evaluate(self.splits.test, orders=True) if len(self.splits.test) else None,
+            parameters=count_parameters(self.model),
+            parameters_without_head=count_parameters(self.model, exclude_head=True),
+            training_time=self.training_time,
+            data_mode=self.source.mode,
+            device=str(self.device),
+        )
 
 
 def token_subset(requested: str, probe: str, shards: ShardSet) -> str:
@@ -352,10 +308,13 @@ def train_probe(
     else:
         run.build_optimizer()
     run.open_data()
-    for epoch in range(run.start_epoch, config.epochs):
-        record = run.run_epoch(epoch)
-        if on_epoch is not None:
-            on_epoch(record)
-    metrics = run.final_metrics()
+    try:
+        for epoch in range(run.start_epoch, config.epochs):
+            record = run.run_epoch(epoch)
+            if on_epoch is not None:
+                on_epoch(record)
+        metrics = run.final_metrics()
+    finally:
+        run.source.close()  # streaming reader processes
     runs.write_json(run.run_dir / runs.FINAL_METRICS, metrics)
     return TrainResult(run.run_dir, metrics, run.history)

@@ -1,0 +1,101 @@
+"""What a training run records, the same for ``train_probe`` and for every member of a stacked sweep: the
+per-epoch line of ``metrics.jsonl``, the best-checkpoint rule, the training time, and ``metrics.json`` (the final
+metrics of the best checkpoint)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+NO_SCORE = (-math.inf, -math.inf)  # below every validation score
+
+
+def validation_score(val: dict[str, Any]) -> tuple[float, float]:
+    """The best-checkpoint rule: an epoch is better when this is greater — higher val top-1, ties broken by the
+    lower val loss."""
+    return (val["top1"], -val["loss"])
+
+
+def epoch_record(
+    epoch: int, train: dict[str, Any], val: dict[str, Any], eval_s: float, *, has_pairs: bool, best: bool
+) -> dict[str, Any]:
+    """The ``metrics.jsonl`` line of (1-based) ``epoch`` from its training summary (``epoch_loop.train_epoch``,
+    one member's values) and its validation metrics."""
+    record = {
+        "epoch": epoch,
+        **{key: train[key] for key in ("train_loss", "train_top1", "lr", "train_s", "data_wait_s", "clips_per_s")},
+        "val_loss": val["loss"],
+        "val_top1": val["top1"],
+        "val_top5": val["top5"],
+        "val_mean_class_accuracy": val["mean_class_accuracy"],
+    }
+    if has_pairs:
+        record["val_pair_accuracy"] = val["pair_accuracy"]
+    record["eval_s"] = eval_s
+    record["best"] = best
+    return record
+
+
+@dataclass
+class TrainingTime:
+    """Seconds spent in training epochs (of the whole stack, when stacked), the part of it waiting for data, and
+    the clips trained on."""
+
+    seconds: float = 0.0
+    data_wait: float = 0.0
+    clips: int = 0
+
+    def add(self, train: dict[str, Any]) -> None:
+        """Count one epoch (``epoch_loop.train_epoch``'s summary)."""
+        self.seconds += train["train_s"]
+        self.data_wait += train["data_wait_s"]
+        self.clips += train["clips"]
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "train_time_s": self.seconds,
+            "train_clips_per_s": self.clips / self.seconds if self.seconds > 0 else math.nan,
+            "data_wait_share": self.data_wait / self.seconds if self.seconds > 0 else math.nan,
+        }
+
+
+def final_metrics(
+    *,
+    probe: str,
+    best_epoch: int,
+    epochs: int,
+    classes: Sequence[str],
+    pairs: Sequence[tuple[int, int]],
+    val: dict[str, Any],
+    test: dict[str, Any] | None,
+    parameters: int,
+    parameters_without_head: int,
+    training_time: TrainingTime,
+    data_mode: str,
+    device: str,
+) -> dict[str, Any]:
+    """The content of ``metrics.json``: the best checkpoint's validation metrics (per video, order metrics
+    included), its test metrics when there is a test split, and what the run cost."""
+    metrics: dict[str, Any] = {
+        "probe": probe,
+        "split": "val",
+        "unit": "video (clip logits averaged)",
+        "best_epoch": best_epoch,
+        "epochs": epochs,
+        "classes": list(classes),
+        "pairs": [[classes[a], classes[b]] for a, b in pairs],
+        "pair_accuracy": None,
+        "reversed_pair_accuracy": None,
+        "shuffled_pair_accuracy": None,
+    }
+    metrics.update(val)
+    metrics["parameters"] = parameters
+    metrics["parameters_without_head"] = parameters_without_head
+    metrics.update(training_time.metrics())
+    metrics["data_mode"] = data_mode
+    metrics["device"] = device
+    if test is not None:
+        metrics["test"] = test
+    return metrics
