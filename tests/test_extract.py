@@ -139,13 +139,16 @@ def test_local_weights_give_the_models_own_tokens(video_tree, tmp_path):
         assert shards.frame_indices[index].tolist() == decoded.frame_indices[0].tolist()
 
 
-def test_workers_in_processes_give_the_same_tokens(video_tree, tmp_path):
+def test_the_cache_is_identical_with_any_number_of_workers(video_tree, tmp_path):
+    # Decoded videos are handed on in catalogue order, so batches, tokens and shard order never depend on which
+    # worker finished first: a re-extraction reproduces the cache bit for bit.
     extract(video_tree, tmp_path / "a", **TINY)
     extract(video_tree, tmp_path / "b", **{**TINY, "workers": 2, "batch_size": 3})
-    a, b = open_shards(tmp_path / "a"), open_shards(tmp_path / "b")
-    order_a, order_b = np.argsort(a.videos), np.argsort(b.videos)
-    assert list(a.videos[order_a]) == list(b.videos[order_b])
-    np.testing.assert_array_equal(a.read_tokens(order_a), b.read_tokens(order_b))
+    extract(video_tree, tmp_path / "c", **{**TINY, "workers": 2, "batch_size": 3})
+    a, b, c = (open_shards(tmp_path / name) for name in "abc")
+    assert list(a.videos) == list(b.videos) == list(c.videos)
+    np.testing.assert_array_equal(b.read_tokens(range(len(b))), c.read_tokens(range(len(c))))
+    np.testing.assert_allclose(a.read_tokens(range(len(a))), b.read_tokens(range(len(b))), atol=2e-3)
 
 
 def test_decoder_crash_is_recorded_and_run_goes_on(video_tree, tmp_path, monkeypatch):

@@ -88,8 +88,9 @@ class _Worker:
 
 
 class DecodePool:
-    """Decode videos with ``workers`` processes (0: in this process, for debugging), yielding results as they
-    complete. At most ``prefetch`` videos are queued per worker, which bounds memory.
+    """Decode videos with ``workers`` processes (0: in this process, for debugging), yielding results in task
+    order. At most ``prefetch`` videos are queued per worker and a few decoded ones wait for a slower earlier one,
+    which bounds memory.
 
     Each worker has its own task queue and result pipe. A shared result queue would deadlock the whole pool
     when a worker is killed while its feeder thread holds the queue's lock, which a segfault can do at any time.
@@ -118,12 +119,21 @@ class DecodePool:
             return
         pending = deque(tasks)
         by_id = {task.task_id: task for task in pending}
+        # Results are handed out in task order, whichever worker finishes first: then the backbone sees the same
+        # batches, and writes the same cache bit for bit, on every run and with any number of workers.
+        order = [task.task_id for task in pending]
+        position, ready = 0, {}
+        max_ahead = 2 * self.prefetch * max(1, self.num_workers)  # decoded videos waiting for an earlier one
         self.start()
         for worker in self._workers:
             worker.tasks.put(preprocessing)
         try:
             while pending or any(worker.outstanding for worker in self._workers):
-                self._dispatch(pending)
+                # ``pending`` stays in task order (requeued tasks go back to its front), so the task to hand out
+                # next is either with a worker or first in line: never hold that one back.
+                head_waiting = bool(pending) and position < len(order) and pending[0].task_id == order[position]
+                if len(ready) < max_ahead or head_waiting:
+                    self._dispatch(pending)
                 busy = {worker.results: worker for worker in self._workers if worker.outstanding}
                 for connection in wait(list(busy), timeout=0.5):
                     worker = busy[connection]
@@ -133,8 +143,12 @@ class DecodePool:
                         continue
                     worker.outstanding.popleft()
                     worker.started = time.monotonic()
-                    yield result
-                yield from self._check_workers(pending, by_id)
+                    ready[result.task_id] = result
+                for failure in self._check_workers(pending, by_id):
+                    ready[failure.task_id] = failure
+                while position < len(order) and order[position] in ready:
+                    yield ready.pop(order[position])
+                    position += 1
         finally:
             self.close()
 
