@@ -184,3 +184,16 @@ def test_frame_orders():
     assert permute_frames(tokens, frame_order("original", 3)) is tokens
     with pytest.raises(ValueError, match="not a permutation"):
         permute_frames(tokens, np.array([0, 0, 1]))
+
+
+def test_splits_do_not_depend_on_the_order_clips_were_written_in():
+    from step_cache.training.splits import select_splits
+
+    videos = np.array([f"c/{i}.mp4" for i in range(20)])
+    labels = np.arange(20) % 2
+    splits = np.array([""] * 20)
+    order = np.random.default_rng(0).permutation(20)  # the same clips, written in another order
+    a = select_splits(labels, splits, videos, 0.25, seed=3)
+    b = select_splits(labels[order], splits[order], videos[order], 0.25, seed=3)
+    for name in ("train", "val"):
+        assert videos[getattr(a, name)].tolist() == videos[order][getattr(b, name)].tolist()

@@ -25,7 +25,7 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Splits:
-    """Clip indices (into the ShardSet, sorted) of each split, and where the validation clips came from."""
+    """Clip indices (into the ShardSet) of each split in video-key order, and where the validation clips came from."""
 
     train: np.ndarray
     val: np.ndarray
@@ -49,6 +49,22 @@ def select_splits(
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     labels, splits, videos = np.asarray(labels), np.asarray(splits), np.asarray(videos)
+    # Clips in video-key order, whatever order extraction happened to write them in (decode workers finish in
+    # any order), so that a seed gives the same batches, and the same run, on every extraction of the same videos.
+    order = np.argsort(videos, kind="stable")
+    ranked = np.empty(len(order), dtype=np.int64)
+    ranked[order] = np.arange(len(order))
+
+    def canonical(indices: np.ndarray) -> np.ndarray:
+        return indices[np.argsort(ranked[indices], kind="stable")]
+
+    result = _select(labels, splits, videos, val_fraction, seed)
+    return Splits(canonical(result.train), canonical(result.val), canonical(result.test), result.val_source)
+
+
+def _select(
+    labels: np.ndarray, splits: np.ndarray, videos: np.ndarray, val_fraction: float, seed: int
+) -> Splits:
     labelled = labels >= 0
     test = np.nonzero(labelled & (splits == "test"))[0]
     val_mask = labelled & (splits == "val")
