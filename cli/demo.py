@@ -25,8 +25,8 @@ def make_demo(
     size: Annotated[str, typer.Option("--size", help="Frame size WIDTHxHEIGHT (even numbers).")] = "112x112",
     fps: Annotated[int, typer.Option("--fps", help="Frames per second written in the videos.")] = 16,
     crf: Annotated[
-        int, typer.Option("--crf", help="x264 quality, 0 (lossless) to 51; keep it low or quality leaks order.")
-    ] = 4,
+        int, typer.Option("--crf", help="x264 quality: 0 (lossless, the default) to 51; low, or quality leaks order.")
+    ] = 0,
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Share of each class's videos in the 'val' split.")
     ] = 0.3,

@@ -141,7 +141,7 @@ def make_demo_dataset(
     num_frames: int = 32,
     size: tuple[int, int] = (112, 112),
     fps: int = 16,
-    crf: int = 4,
+    crf: int = 0,
     val_fraction: float = 0.3,
     difficulty: float = 0.5,
     scene: SceneConfig | None = None,
@@ -153,7 +153,8 @@ def make_demo_dataset(
 
     ``size`` is (width, height); ``difficulty`` in [0, 1] sets camera jitter, distractors, background texture and
     action length together (see ``SceneConfig.from_difficulty``); ``scene`` overrides it knob by knob. ``crf`` is
-    kept low (near-lossless) because x264's quality decays after each key frame, which would leak frame order.
+    0 (lossless) by default: x264's quality decays after each key frame, which would leak frame order, and lossless
+    video decodes to the very same pixels on every run (x264's lossy output is not always bit-reproducible).
     """
     _check_settings(per_class, num_frames, size, fps, crf, val_fraction)
     if scene is None:
