@@ -39,7 +39,7 @@ class DemoSettings:
     weights: str = "random"
     image_size: int | None = 112
     frames: int = 8  # T sampled per clip
-    epochs: int = 60
+    epochs: int = 100
     batch_size: int = 16
     lr: float = 3e-3  # STEP's frame embedding starts near zero: few clips need a brisk rate to learn it
     weight_decay: float = 0.05
