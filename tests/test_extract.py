@@ -1,6 +1,7 @@
 """Extraction through the Python API: shapes, labels, failures, resume, settings checks, exact tokens."""
 
 import json
+from collections import deque
 
 import numpy as np
 import pytest
@@ -12,7 +13,9 @@ from safetensors.torch import save_file
 from step_cache import extract, open_shards
 from step_cache.catalog import VideoItem, write_annotations
 from step_cache.extraction.backbones import load_backbone
+from step_cache.extraction.decode_pool import DecodePool, DecodeTask
 from step_cache.extraction.engine import ExtractionError
+from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import decode_clips
 
 
@@ -158,6 +161,32 @@ def test_decoder_crash_is_recorded_and_run_goes_on(video_tree, tmp_path, monkeyp
     crashed = [f for f in report.failures if f.video == "slide_left/slide_left_2.mp4"]
     assert crashed and "decoder crashed" in crashed[0].reason
     assert report.videos == GOOD_VIDEOS - 1
+
+
+def test_a_result_sent_just_before_a_crash_is_kept(video_tree, monkeypatch):
+    # The worker decodes video 0, sends it, and dies on video 1 before the pool reads the pipe: video 0 must count
+    # as decoded, only video 1 fails, and video 2 goes back to the front of the queue.
+    monkeypatch.setenv("STEP_CACHE_TEST_CRASH_ON", "slide_left_2.mp4")
+    names = ["slide_left/slide_left_0.mp4", "slide_left/slide_left_2.mp4", "slide_left/slide_left_1.mp4"]
+    tasks = [DecodeTask(index, str(video_tree / name), None, None) for index, name in enumerate(names)]
+    pool = DecodePool(workers=1, frames=4, clips=1, prefetch=3)
+    pool.preprocessing = Preprocessing(32, 32, "bilinear", (0.5,) * 3, (0.5,) * 3)
+    pool._rank = {task.task_id: task.task_id for task in tasks}
+    try:
+        pool.start()
+        worker = pool._workers[0]
+        worker.tasks.put(pool.preprocessing)
+        pending = deque(tasks)
+        pool._dispatch(pending)
+        worker.process.join(timeout=60)
+        assert not worker.process.is_alive()
+        results = pool._check_workers(pending, {task.task_id: task for task in tasks})
+    finally:
+        pool.close()
+    assert [result.task_id for result in results] == [0, 1]
+    assert results[0].error is None and results[0].frames.shape == (4, 3, 32, 32)
+    assert "decoder crashed" in results[1].error and names[1] in results[1].error
+    assert [task.task_id for task in pending] == [2]
 
 
 def test_annotation_paths_are_relative_to_the_csv_folder_by_default(video_tree, tmp_path):

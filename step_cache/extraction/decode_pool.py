@@ -90,7 +90,8 @@ class _Worker:
 class DecodePool:
     """Decode videos with ``workers`` processes (0: in this process, for debugging), yielding results in task
     order. At most ``prefetch`` videos are queued per worker and a few decoded ones wait for a slower earlier one,
-    which bounds memory.
+    which bounds memory. The price of the order: a video that hangs holds back every later one until its
+    ``timeout`` expires (then it is recorded as failed and the run goes on).
 
     Each worker has its own task queue and result pipe. A shared result queue would deadlock the whole pool
     when a worker is killed while its feeder thread holds the queue's lock, which a segfault can do at any time.
@@ -104,6 +105,7 @@ class DecodePool:
         self.timeout = timeout
         self._context = mp.get_context("spawn")
         self._workers: list[_Worker] = []
+        self._rank: dict[int, int] = {}  # task id -> position in the task order of the current run
 
     def start(self) -> DecodePool:
         """Spawn the workers now (they take a moment to import), e.g. while the backbone loads."""
@@ -122,6 +124,7 @@ class DecodePool:
         # Results are handed out in task order, whichever worker finishes first: then the backbone sees the same
         # batches, and writes the same cache bit for bit, on every run and with any number of workers.
         order = [task.task_id for task in pending]
+        self._rank = {task_id: rank for rank, task_id in enumerate(order)}
         position, ready = 0, {}
         max_ahead = 2 * self.prefetch * max(1, self.num_workers)  # decoded videos waiting for an earlier one
         self.start()
@@ -136,16 +139,10 @@ class DecodePool:
                     self._dispatch(pending)
                 busy = {worker.results: worker for worker in self._workers if worker.outstanding}
                 for connection in wait(list(busy), timeout=0.5):
-                    worker = busy[connection]
-                    try:
-                        result = connection.recv()
-                    except Exception:  # noqa: BLE001 - EOF or a torn message: the worker died, checked below
-                        continue
-                    worker.outstanding.popleft()
-                    worker.started = time.monotonic()
+                    for result in self._receive(busy[connection], limit=1):
+                        ready[result.task_id] = result
+                for result in self._check_workers(pending, by_id):
                     ready[result.task_id] = result
-                for failure in self._check_workers(pending, by_id):
-                    ready[failure.task_id] = failure
                 while position < len(order) and order[position] in ready:
                     yield ready.pop(order[position])
                     position += 1
@@ -175,9 +172,23 @@ class DecodePool:
                 worker.outstanding.append(task.task_id)
                 worker.tasks.put(task)
 
+    @staticmethod
+    def _receive(worker: _Worker, limit: int | None = None) -> list[DecodeResult]:
+        """Results the worker has already sent (at most ``limit``), oldest first."""
+        results: list[DecodeResult] = []
+        while worker.outstanding and (limit is None or len(results) < limit) and worker.results.poll():
+            try:
+                results.append(worker.results.recv())
+            except Exception:  # noqa: BLE001 - EOF or a torn message: the worker died, see _check_workers
+                break
+            worker.outstanding.popleft()
+            worker.started = time.monotonic()
+        return results
+
     def _check_workers(self, pending: deque, by_id: dict[int, DecodeTask]) -> list[DecodeResult]:
-        """Replace dead or hung workers; their current video fails, their queued ones go back to the queue."""
-        failures = []
+        """Replace dead or hung workers: results they sent before dying still count, the video they were on
+        fails, the ones queued behind it go back to the queue."""
+        results = []
         for index, worker in enumerate(self._workers):
             dead = not worker.process.is_alive()
             hung = bool(worker.outstanding) and time.monotonic() - worker.started > self.timeout
@@ -186,6 +197,9 @@ class DecodePool:
             if hung:
                 worker.process.kill()
             worker.process.join(timeout=5)
+            # A worker can send one video's result and crash on the next before we read it: keep the result,
+            # and blame only the video it was decoding.
+            results.extend(self._receive(worker))
             if worker.outstanding:
                 culprit = by_id[worker.outstanding.popleft()]
                 reason = (
@@ -193,12 +207,18 @@ class DecodePool:
                     if hung
                     else f"the decoder crashed (worker exit code {worker.process.exitcode})"
                 )
-                failures.append(DecodeResult(culprit.task_id, error=f"{culprit.path}: {reason}"))
-                # Videos queued behind the culprit were never started: try them again.
-                pending.extendleft(by_id[task_id] for task_id in reversed(worker.outstanding))
+                results.append(DecodeResult(culprit.task_id, error=f"{culprit.path}: {reason}"))
+                # Videos queued behind the culprit were never started: try them again, in task order, so that
+                # the next video to hand out is always first in line (see run).
+                requeued = sorted(
+                    [*pending, *(by_id[task_id] for task_id in worker.outstanding)],
+                    key=lambda task: self._rank[task.task_id],
+                )
+                pending.clear()
+                pending.extend(requeued)
             worker.results.close()
             self._workers[index] = self._spawn()
-        return failures
+        return results
 
     def close(self) -> None:
         for worker in self._workers:
