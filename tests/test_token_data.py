@@ -197,3 +197,18 @@ def test_splits_do_not_depend_on_the_order_clips_were_written_in():
     b = select_splits(labels[order], splits[order], videos[order], 0.25, seed=3)
     for name in ("train", "val"):
         assert videos[getattr(a, name)].tolist() == videos[order][getattr(b, name)].tolist()
+
+
+def test_held_out_videos_do_not_depend_on_segment_order_when_labels_tie():
+    from step_cache.training.splits import select_splits
+
+    # Each source video has one "open" and one "close" segment: a tie for its label, which must not be decided
+    # by whichever segment happened to be written first.
+    videos = np.array([f"v{v}.mp4#{s * 10}-{s * 10 + 10}" for v in range(12) for s in range(2)])
+    labels = np.array([(v + s) % 2 for v in range(12) for s in range(2)])
+    splits = np.array([""] * len(videos))
+    swapped = np.arange(len(videos)).reshape(-1, 2)[:, ::-1].ravel()  # second segment of each video first
+    a = select_splits(labels, splits, videos, 0.25, seed=5)
+    b = select_splits(labels[swapped], splits[swapped], videos[swapped], 0.25, seed=5)
+    assert len(a.val) > 0
+    assert sorted(videos[a.val]) == sorted(videos[swapped][b.val])

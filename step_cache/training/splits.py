@@ -89,7 +89,11 @@ def stratified_video_holdout(labels: np.ndarray, videos: np.ndarray, fraction: f
     for clip, key in enumerate(videos):
         groups[source_video(str(key))].append(clip)
     names = sorted(groups)
-    group_label = {name: Counter(labels[groups[name]].tolist()).most_common(1)[0][0] for name in names}
+    # Ties go to the smallest class index, not to whichever clip was written first.
+    group_label = {
+        name: max(Counter(labels[groups[name]].tolist()).items(), key=lambda item: (item[1], -item[0]))[0]
+        for name in names
+    }
     by_class: dict[int, list[str]] = defaultdict(list)
     for name in names:
         by_class[group_label[name]].append(name)
