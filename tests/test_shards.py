@@ -140,3 +140,25 @@ def test_shard_set_pickles_without_handles(tmp_path):
     shards.read_tokens([0])
     clone = pickle.loads(pickle.dumps(shards))
     np.testing.assert_array_equal(clone.read_tokens([4]), tokens[[4]])
+
+
+def test_an_interrupt_inside_the_first_video_publishes_no_empty_shard(tmp_path, monkeypatch):
+    from step_cache.cache.writer import CacheWriter
+
+    manifest = Manifest(extraction=settings(), classes=["a", "b"])
+    cache = CacheWriter(tmp_path, manifest, LAYOUT, FRAMES, next_index=0, shard_clips=100, compression="none")
+    tokens = np.zeros((FRAMES, LAYOUT.tokens_per_frame, LAYOUT.dim), np.float16)
+    clips = [ClipRecord(tokens, 0, "v.mp4", clip, "train", np.arange(FRAMES), 10, False) for clip in range(2)]
+    real_append = ShardWriter._append_clip
+
+    def interrupted(self, record):
+        if record.clip == 1:
+            raise KeyboardInterrupt
+        real_append(self, record)
+
+    monkeypatch.setattr(ShardWriter, "_append_clip", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cache.append_video(clips)
+    cache.finish({})  # what extraction does on Ctrl-C: publish the whole videos written so far
+    assert read_manifest(tmp_path).shards == []
+    assert not list(tmp_path.glob("*.h5*"))

@@ -126,6 +126,11 @@ class ShardWriter:
         self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
         self._committed = 0  # clips up to the last whole video
 
+    @property
+    def committed(self) -> int:
+        """Clips of whole videos written so far: what ``finish`` would publish."""
+        return self._committed
+
     def append(self, record: ClipRecord) -> None:
         """Append one clip (a whole video when the cache has one clip per video)."""
         self.append_video([record])

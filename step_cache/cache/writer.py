@@ -152,7 +152,7 @@ class CacheWriter:
 
     def _publish(self, failures: dict[str, Failure]) -> None:
         writer, self.writer = self.writer, None
-        if writer is not None and writer.count:
+        if writer is not None and writer.committed:  # an interrupt inside the first video leaves nothing to list
             self.manifest.shards.append(writer.finish())
         elif writer is not None:
             writer.abandon()
