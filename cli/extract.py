@@ -57,7 +57,11 @@ def extract(
         int | None, typer.Option(min=1, help="Frames per backbone call (default 32 on CPU, 256 on CUDA).")
     ] = None,
     workers: Annotated[
-        int | None, typer.Option(min=0, help="Decode processes (default: spare CPU cores; 0 = in-process).")
+        int | None,
+        typer.Option(
+            min=0,
+            help="Decode processes (default: spare cores up to 8 on CPU, cores up to 32 on CUDA; 0 = in-process).",
+        ),
     ] = None,
     shard_size_mb: Annotated[float, typer.Option(help="Target shard size in MiB.")] = 1024.0,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,

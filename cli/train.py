@@ -66,7 +66,7 @@ def train_probe(
         Path | None, typer.Option(help="Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     ] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads (default D // 64).")] = None,
-    depth: Annotated[int | None, typer.Option(help="STEP: number of attention blocks.")] = None,
+    depth: Annotated[int | None, typer.Option(help="step / self-attentive: number of blocks (default 1).")] = None,
     mlp_ratio: Annotated[float | None, typer.Option(help="MLP width / D, where the probe has an MLP.")] = None,
     frame_pos: Annotated[
         bool | None, typer.Option("--frame-pos/--no-frame-pos", help="STEP: learnable frame-wise position.")

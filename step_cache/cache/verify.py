@@ -104,7 +104,7 @@ def _check_shard(
         problems.append("sha256 differs from the manifest (altered)")
     try:
         with h5py.File(path, "r") as handle:
-            problems += _check_contents(handle, record, manifest, seen_videos, path.name)
+            problems += _check_contents(handle, record, manifest, seen_videos, record.file)
     except (OSError, KeyError, ValueError) as error:
         problems.append(f"unreadable ({' '.join(str(error).split())[:200]})")
     return problems
