@@ -132,7 +132,7 @@ class DecodePool:
             worker.tasks.put(preprocessing)
         try:
             while pending or any(worker.outstanding for worker in self._workers):
-                # ``pending`` stays in task order (requeued tasks go back to its front), so the task to hand out
+                # ``pending`` stays in task order (requeued tasks are sorted back in), so the task to hand out
                 # next is either with a worker or first in line: never hold that one back.
                 head_waiting = bool(pending) and position < len(order) and pending[0].task_id == order[position]
                 if len(ready) < max_ahead or head_waiting:

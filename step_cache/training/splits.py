@@ -49,8 +49,8 @@ def select_splits(
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     labels, splits, videos = np.asarray(labels), np.asarray(splits), np.asarray(videos)
-    # Clips in video-key order, whatever order extraction happened to write them in (decode workers finish in
-    # any order), so that a seed gives the same batches, and the same run, on every extraction of the same videos.
+    # Clips in video-key order, whatever order extraction wrote them in (parts merged from several ranks, a resumed
+    # run), so that a seed gives the same batches, and the same run, on every extraction of the same videos.
     order = np.argsort(videos, kind="stable")
     ranked = np.empty(len(order), dtype=np.int64)
     ranked[order] = np.arange(len(order))
@@ -62,9 +62,7 @@ def select_splits(
     return Splits(canonical(result.train), canonical(result.val), canonical(result.test), result.val_source)
 
 
-def _select(
-    labels: np.ndarray, splits: np.ndarray, videos: np.ndarray, val_fraction: float, seed: int
-) -> Splits:
+def _select(labels: np.ndarray, splits: np.ndarray, videos: np.ndarray, val_fraction: float, seed: int) -> Splits:
     labelled = labels >= 0
     test = np.nonzero(labelled & (splits == "test"))[0]
     val_mask = labelled & (splits == "val")
