@@ -1,6 +1,8 @@
 """Extraction through the Python API: shapes, labels, failures, resume, settings checks, exact tokens."""
 
 import json
+import subprocess
+import sys
 from collections import deque
 
 import numpy as np
@@ -187,6 +189,20 @@ def test_a_result_sent_just_before_a_crash_is_kept(video_tree, monkeypatch):
     assert results[0].error is None and results[0].frames.shape == (4, 3, 32, 32)
     assert "decoder crashed" in results[1].error and names[1] in results[1].error
     assert [task.task_id for task in pending] == [2]
+
+
+def test_an_unguarded_script_stops_with_one_clear_error(video_tree, tmp_path):
+    # Spawned decode workers import the caller's script; without a __main__ guard each one dies at start-up. That
+    # must stop the run with advice, not record every video as a decoder crash.
+    script = tmp_path / "unguarded.py"
+    options = {**TINY, "workers": 1}
+    script.write_text(
+        f"import step_cache\nstep_cache.extract({str(video_tree)!r}, {str(tmp_path / 's')!r}, **{options!r})\n"
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert run.returncode != 0
+    assert "exited (code 1) before decoding any video" in run.stderr and "__main__" in run.stderr
+    assert "decoder crashed" not in run.stderr
 
 
 def test_annotation_paths_are_relative_to_the_csv_folder_by_default(video_tree, tmp_path):

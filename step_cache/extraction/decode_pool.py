@@ -78,6 +78,10 @@ def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int) 
         results.send(decode_task(message, frames, clips, preprocessing))
 
 
+class DecodeWorkerError(RuntimeError):
+    """Decode workers cannot run at all (they exit before decoding anything), so every video would fail."""
+
+
 @dataclass
 class _Worker:
     process: mp.Process
@@ -85,6 +89,7 @@ class _Worker:
     results: Connection  # only this worker writes it: a worker that dies mid-write breaks nobody else's pipe
     outstanding: deque  # task ids in the order given; the first one is being decoded now
     started: float  # when the current first task started (for hang detection)
+    delivered: int = 0  # results sent back: a worker that exits before its first one never got going
 
 
 class DecodePool:
@@ -183,6 +188,7 @@ class DecodePool:
                 break
             worker.outstanding.popleft()
             worker.started = time.monotonic()
+            worker.delivered += 1
         return results
 
     def _check_workers(self, pending: deque, by_id: dict[int, DecodeTask]) -> list[DecodeResult]:
@@ -200,6 +206,14 @@ class DecodePool:
             # A worker can send one video's result and crash on the next before we read it: keep the result,
             # and blame only the video it was decoding.
             results.extend(self._receive(worker))
+            if not hung and worker.delivered == 0 and worker.process.exitcode == 1:
+                # Exit code 1 is a Python error outside decode_task (which turns every error into a failure), i.e.
+                # at start-up: the same would happen to every worker, so stop instead of failing video by video.
+                raise DecodeWorkerError(
+                    "a decode worker process exited (code 1) before decoding any video; its error is printed "
+                    "above. If you call step_cache.extract from a script, put the call under "
+                    "`if __name__ == '__main__':` (workers start with 'spawn' and import your script)"
+                )
             if worker.outstanding:
                 culprit = by_id[worker.outstanding.popleft()]
                 reason = (
