@@ -28,8 +28,12 @@ def make_demo(
         int, typer.Option("--crf", help="x264 quality: 0 (lossless, the default) to 51; low, or quality leaks order.")
     ] = 0,
     val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Share of each class's videos in the 'val' split.")
-    ] = 0.3,
+        float, typer.Option("--val-fraction", help="Share of each class's videos in the 'val' split (model selection).")
+    ] = 0.2,
+    test_fraction: Annotated[
+        float,
+        typer.Option("--test-fraction", help="Share of each class's videos in the 'test' split (reported figures)."),
+    ] = 0.2,
     difficulty: Annotated[
         float, typer.Option("--difficulty", help="0 to 1: camera jitter, distractors, texture, shorter actions.")
     ] = 0.5,
@@ -50,6 +54,7 @@ def make_demo(
             fps=fps,
             crf=crf,
             val_fraction=val_fraction,
+            test_fraction=test_fraction,
             difficulty=difficulty,
             kinds=[kind.strip() for kind in kinds.split(",") if kind.strip()],
             overwrite=overwrite,

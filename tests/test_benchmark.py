@@ -20,6 +20,7 @@ from step_cache.benchmark import (
     parse_size,
     render_clip,
 )
+from step_cache.benchmark.dataset import stratified_split
 from step_cache.catalog import discover_videos, read_annotations, read_pairs
 
 SIZE = (64, 48)  # width, height: tiny but even
@@ -109,6 +110,7 @@ def test_generation_is_deterministic_for_a_seed_and_stable_across_settings(tmp_p
         size=SIZE,
         kinds=["shake", "slide"],
         val_fraction=0.5,
+        test_fraction=0.0,
         progress=False,
     )
     # The same clip whatever the other classes or the number of clips: each clip has its own random stream.
@@ -145,13 +147,33 @@ def test_decoded_videos_have_the_requested_frames_and_size_and_are_near_lossless
 def test_split_is_stratified_and_deterministic(demo, tmp_path):
     val = Counter(item.label for item in demo.items if item.split == "val")
     assert val == dict.fromkeys(demo.classes, 1)  # 25 % of 4 in every class
-    assert {item.split for item in demo.items} == {"train", "val"}
+    assert {item.split for item in demo.items} == {"train", "val", "test"}
     all_train = make_demo_dataset(
-        tmp_path / "t", per_class=2, num_frames=4, size=(32, 32), val_fraction=0.0, kinds=["fade"], progress=False
+        tmp_path / "t",
+        per_class=2,
+        num_frames=4,
+        size=(32, 32),
+        val_fraction=0.0,
+        test_fraction=0.0,
+        kinds=["fade"],
+        progress=False,
     )
     assert {item.split for item in all_train.items} == {"train"}
+    with pytest.raises(BenchmarkError, match="at least 3 videos per class"):
+        make_demo_dataset(tmp_path / "u", per_class=2, num_frames=4, size=(32, 32), progress=False)
     with pytest.raises(BenchmarkError, match="at least 2 videos per class"):
-        make_demo_dataset(tmp_path / "u", per_class=1, num_frames=4, size=(32, 32), progress=False)
+        make_demo_dataset(tmp_path / "v", per_class=1, test_fraction=0.0, num_frames=4, size=(32, 32), progress=False)
+
+
+def test_default_split_is_60_20_20_per_class_and_the_same_for_a_seed():
+    split = stratified_split(["a", "b"], per_class=10, val_fraction=0.2, seed=4, test_fraction=0.2)
+    for label in ("a", "b"):
+        counts = Counter(split[(label, i)] for i in range(10))
+        assert counts == {"train": 6, "val": 2, "test": 2}
+    assert split == stratified_split(["a", "b"], per_class=10, val_fraction=0.2, seed=4, test_fraction=0.2)
+    assert split != stratified_split(["a", "b"], per_class=10, val_fraction=0.2, seed=5, test_fraction=0.2)
+    # Held-out videos are disjoint: no video is both val and test.
+    assert sum(v == "test" for v in split.values()) == 4
 
 
 def test_bad_settings_get_clear_errors(tmp_path):
@@ -171,16 +193,16 @@ def test_bad_settings_get_clear_errors(tmp_path):
     # decord 0.6 misreads some widths (48, 72): refuse them up front rather than write unreadable data.
     try:
         tiny = make_demo_dataset(
-            tmp_path / "w48", per_class=2, num_frames=4, size=(48, 32), kinds=["fade"], progress=False
+            tmp_path / "w48", per_class=3, num_frames=4, size=(48, 32), kinds=["fade"], progress=False
         )
         assert _decode(tiny.root / tiny.items[0].path).shape == (4, 32, 48, 3)
     except BenchmarkError as error:
         assert "choose another size" in str(error) and not (tmp_path / "w48").exists()
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(BenchmarkError, match="not empty"):
-        make_demo_dataset(tmp_path, per_class=2, num_frames=4, size=(32, 32), progress=False)
+        make_demo_dataset(tmp_path, per_class=3, num_frames=4, size=(32, 32), progress=False)
     with pytest.raises(BenchmarkError, match="refusing to delete"):
-        make_demo_dataset(tmp_path, per_class=2, num_frames=4, size=(32, 32), overwrite=True, progress=False)
+        make_demo_dataset(tmp_path, per_class=3, num_frames=4, size=(32, 32), overwrite=True, progress=False)
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
@@ -197,7 +219,7 @@ def test_cli_make_demo_writes_a_dataset_and_overwrites_only_with_the_flag(tmp_pa
         "make-demo",
         str(tmp_path / "d"),
         "--per-class",
-        "2",
+        "3",
         "--frames",
         "6",
         "--size",
@@ -211,7 +233,8 @@ def test_cli_make_demo_writes_a_dataset_and_overwrites_only_with_the_flag(tmp_pa
     assert result.exit_code == 0, result.output
     assert "2 mirrored pairs" in result.output and "slide_right/slide_left" in result.output
     items = read_annotations(tmp_path / "d" / "annotations.csv", tmp_path / "d")
-    assert len(items) == 10 and read_pairs(tmp_path / "d" / "pairs.txt") == [
+    assert len(items) == 15 and {item.split for item in items} == {"train", "val", "test"}
+    assert read_pairs(tmp_path / "d" / "pairs.txt") == [
         ("slide_right", "slide_left"),
         ("rotate_cw", "rotate_ccw"),
     ]

@@ -4,7 +4,7 @@ Layout (one root for everything, so both ``discover_videos(DIR)`` and ``read_ann
 DIR)`` work)::
 
     DIR/<class>/<class>_000.mp4 ...
-    DIR/annotations.csv     path,label,split   (paths relative to DIR)
+    DIR/annotations.csv     path,label,split   (paths relative to DIR; split train / val / test)
     DIR/pairs.txt           mirrored class pairs, class_a,class_b
     DIR/benchmark.json      the settings that produced it
 """
@@ -58,27 +58,41 @@ def clip_rng(seed: int, label: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(label.encode()), index])
 
 
-def stratified_split(labels: list[str], per_class: int, val_fraction: float, seed: int) -> dict[tuple[str, int], str]:
-    """(label, index) -> "train" or "val", the same share of validation clips in every class."""
-    n_val = round(per_class * val_fraction)
-    if val_fraction > 0:
-        n_val = min(max(n_val, 1), per_class - 1)
+def stratified_split(
+    labels: list[str], per_class: int, val_fraction: float, seed: int, test_fraction: float = 0.0
+) -> dict[tuple[str, int], str]:
+    """(label, index) -> "train", "val" or "test": the same number of val and of test clips in every class, drawn
+    from a per-class seeded permutation (test first, then val), so a seed always gives the same split."""
+    counts = []
+    for fraction in (test_fraction, val_fraction):
+        count = round(per_class * fraction)
+        counts.append(max(count, 1) if fraction > 0 else 0)
+    n_test, n_val = counts
     split = {}
     for label in labels:
         order = np.random.default_rng([seed, zlib.crc32(label.encode()), _SPLIT_STREAM]).permutation(per_class)
-        val = set(order[:n_val].tolist())
-        split.update({(label, i): "val" if i in val else "train" for i in range(per_class)})
+        test, val = set(order[:n_test].tolist()), set(order[n_test : n_test + n_val].tolist())
+        split.update({(label, i): "test" if i in test else "val" if i in val else "train" for i in range(per_class)})
     return split
 
 
-def _check_settings(per_class, num_frames, size, fps, crf, val_fraction) -> None:
+def _check_settings(per_class, num_frames, size, fps, crf, val_fraction, test_fraction) -> None:
     width, height = size
     if per_class < 1:
         raise BenchmarkError(f"per_class must be at least 1, got {per_class}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise BenchmarkError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if val_fraction > 0 and per_class < 2:
-        raise BenchmarkError(f"a train/val split needs at least 2 videos per class, got per_class={per_class}")
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= fraction < 1.0:
+            raise BenchmarkError(f"{name} must be in [0, 1), got {fraction}")
+    held_out = [fraction for fraction in (val_fraction, test_fraction) if fraction > 0]
+    if held_out:
+        needed = len(held_out) + 1  # one training video, plus one for each held-out split
+        held = sum(max(round(per_class * fraction), 1) for fraction in held_out)
+        if per_class < needed or held >= per_class:
+            splits = "train/val/test" if len(held_out) == 2 else "train/val" if val_fraction else "train/test"
+            raise BenchmarkError(
+                f"a {splits} split of val_fraction={val_fraction}, test_fraction={test_fraction} leaves no training "
+                f"video: it needs at least {max(needed, held + 1)} videos per class, got per_class={per_class}"
+            )
     if num_frames < 4:
         raise BenchmarkError(
             f"frames must be at least 4 (an action needs a start, a middle and an end), got {num_frames}"
@@ -142,7 +156,8 @@ def make_demo_dataset(
     size: tuple[int, int] = (112, 112),
     fps: int = 16,
     crf: int = 0,
-    val_fraction: float = 0.3,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
     difficulty: float = 0.5,
     scene: SceneConfig | None = None,
     kinds: tuple[str, ...] | list[str] = DEFAULT_KINDS,
@@ -151,12 +166,15 @@ def make_demo_dataset(
 ) -> DemoDataset:
     """Generate the benchmark of nearly symmetric actions under ``out_dir`` (layout in the module doc).
 
+    By default 60 % of each class's videos train, 20 % validate (the checkpoint is chosen there) and 20 % form a
+    test split that nothing is selected on, so the figures a run reports are not the ones it was selected by.
+
     ``size`` is (width, height); ``difficulty`` in [0, 1] sets camera jitter, distractors, background texture and
     action length together (see ``SceneConfig.from_difficulty``); ``scene`` overrides it knob by knob. ``crf`` is
     0 (lossless) by default: x264's quality decays after each key frame, which would leak frame order, and lossless
     video decodes to the very same pixels on every run (x264's lossy output is not always bit-reproducible).
     """
-    _check_settings(per_class, num_frames, size, fps, crf, val_fraction)
+    _check_settings(per_class, num_frames, size, fps, crf, val_fraction, test_fraction)
     if scene is None:
         scene = SceneConfig.from_difficulty(difficulty)
     else:
@@ -170,7 +188,7 @@ def make_demo_dataset(
     root.mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
-    split = stratified_split(classes, per_class, val_fraction, seed)
+    split = stratified_split(classes, per_class, val_fraction, seed, test_fraction)
     items = []
     jobs = [(label, i) for label in classes for i in range(per_class)]
     for label, i in tqdm(jobs, desc="make-demo", unit="video", disable=not progress):
@@ -197,6 +215,7 @@ def make_demo_dataset(
         "fps": fps,
         "crf": crf,
         "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
         "difficulty": difficulty,
         "scene": asdict(scene),
         "kinds": list(kinds),
