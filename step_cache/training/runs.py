@@ -7,13 +7,20 @@
   the commit point of an epoch: ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are written after it and
   rewritten from it on resume.
 - ``metrics.json``: final metrics of the best checkpoint.
+
+Every JSON file is strict JSON (RFC 8259 has no NaN or Infinity): a non-finite number is refused with a
+``NonFiniteValueError`` naming the file and the key, before anything is written. A diverged run must stop before
+its numbers reach a file (``epoch_loop.NonFiniteLossError``); if one slips through, the file is not written rather
+than written unreadable by strict parsers.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +45,41 @@ class RunError(ValueError):
     """A run directory that is missing, incomplete, or does not match what was asked of it."""
 
 
+class NonFiniteValueError(ValueError):
+    """JSON data holding NaN or ±Infinity, which strict JSON cannot represent."""
+
+
+def non_finite_keys(data: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    """(key path, value) of every non-finite float in ``data`` (dicts, lists, tuples), e.g. ``("test.loss", nan)``
+    or ``("trials[3].value", inf)``."""
+    if isinstance(data, float):
+        if not math.isfinite(data):
+            yield path or "(the value itself)", data
+    elif isinstance(data, dict):
+        for key, value in data.items():
+            yield from non_finite_keys(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(data, (list, tuple)):
+        for index, value in enumerate(data):
+            yield from non_finite_keys(value, f"{path}[{index}]")
+
+
+def strict_json(data: Any, where: str, **options: Any) -> str:
+    """``json.dumps(data, allow_nan=False)``, with a ``NonFiniteValueError`` that names ``where`` (the file) and
+    the key path of each non-finite number instead of json's bare "Out of range float values"."""
+    bad = list(non_finite_keys(data))
+    if bad:
+        shown = ", ".join(f"{key} = {value}" for key, value in bad[:5])
+        if len(bad) > 5:
+            shown += f" and {len(bad) - 5} more"
+        raise NonFiniteValueError(
+            f"{where}: not written: non-finite number(s) {shown}; JSON has no NaN/Infinity (did training diverge?)"
+        )
+    return json.dumps(data, allow_nan=False, **options)
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+    """Write ``data`` as strict JSON, atomically; non-finite numbers are refused before anything is written."""
+    atomic_write_text(path, strict_json(data, str(path), indent=2) + "\n")
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
@@ -94,8 +134,11 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def write_epoch_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` from the committed epoch records (so a crash never leaves an extra line)."""
-    atomic_write_text(run_dir / EPOCH_LOG, "".join(json.dumps(r) + "\n" for r in records))
+    """Rewrite ``metrics.jsonl`` from the committed epoch records (so a crash never leaves an extra line); strict
+    JSON lines, checked all before the file is touched."""
+    path = run_dir / EPOCH_LOG
+    lines = [strict_json(record, f"{path}: line {number}") + "\n" for number, record in enumerate(records, 1)]
+    atomic_write_text(path, "".join(lines))
 
 
 def read_epoch_log(run_dir: str | Path) -> list[dict[str, Any]]:
