@@ -70,10 +70,13 @@ class StackedAdamW:
         return values.reshape((-1,) + (1,) * (like.ndim - 1))
 
     @torch.no_grad()
-    def clip_gradients(self, params: dict[str, torch.Tensor]) -> None:
-        """``clip_grad_norm_`` per member: each member's gradients scaled to at most its own max norm."""
+    def clip_gradients(self, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """``clip_grad_norm_`` per member: each member's gradients scaled to at most its own max norm. Returns each
+        member's total gradient norm before clipping (K,), as ``clip_grad_norm_`` returns its one; None when no
+        member clips (then no norm is computed). A non-finite norm means the member diverged: its weights become
+        NaN in this step (``epoch_loop.train_epoch`` takes it as the step's 4th value and reports the member)."""
         if not any(c > 0 for c in self.clip_grad):
-            return
+            return None
         grads = [p.grad for p in params.values() if p.grad is not None]
         norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (params, K)
         total = torch.linalg.vector_norm(norms, dim=0)  # (K,)
@@ -84,6 +87,7 @@ class StackedAdamW:
         coef = torch.where(max_norm > 0, coef, torch.ones_like(coef))
         for g in grads:
             g.mul_(self._per_member(coef.to(g.dtype), g))
+        return total
 
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor]) -> None:
