@@ -1,7 +1,11 @@
 """step-cache report: tables with the right numbers, figures that exist, Markdown and HTML that reference them."""
 
+import json
+import math
 import re
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -73,8 +77,18 @@ def test_report_includes_a_sweep_with_its_best_run_and_figures(two_runs, tmp_pat
     from step_cache.sweeps.study import run_sweep
 
     space = build_space("step", ["lr=log:1e-3..1e-2", "weight_decay=0.0,0.1"])
-    run_sweep(two_runs / "cache", "step", tmp_path / "sweep", space=space, trials=4, parallel=4, pruner="none",
-              epochs=2, batch_size=8, progress=False)
+    run_sweep(
+        two_runs / "cache",
+        "step",
+        tmp_path / "sweep",
+        space=space,
+        trials=4,
+        parallel=4,
+        pruner="none",
+        epochs=2,
+        batch_size=8,
+        progress=False,
+    )
     markdown = build_report([two_runs / "runs" / "linear", tmp_path / "sweep"], tmp_path / "rep")
     text = markdown.read_text()
     assert "## Sweep sweep" in text and "| trial | lr | weight_decay |" in text
@@ -94,3 +108,49 @@ def test_without_matplotlib_the_report_is_a_one_line_error_naming_the_extra(two_
         build_report([two_runs / "runs" / "step"], tmp_path / "rep")
     assert not (tmp_path / "rep").exists()
 
+
+def diverged_copy(run: Path, out: Path, **bare: str) -> Path:
+    """A copy of ``run`` whose metrics.json holds the given keys as bare JSON constants (``NaN``), as files
+    written before strict JSON did after a run diverged; ``None`` removes the key."""
+    shutil.copytree(run, out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    text = json.dumps({k: v for k, v in metrics.items() if bare.get(k, "") is not None}, indent=2)
+    for key, constant in bare.items():
+        if constant is not None:
+            text = re.sub(rf'"{key}": [^,\n]+', f'"{key}": {constant}', text, count=1)
+    (out / "metrics.json").write_text(text)
+    return out
+
+
+def test_runs_with_non_finite_metrics_are_flagged_and_left_out(two_runs, tmp_path):
+    good = two_runs / "runs" / "step"
+    nan_loss = diverged_copy(good, tmp_path / "nan-loss", loss="NaN")  # NaN weights: NaN loss, top-1 at chance
+    nan_top1 = diverged_copy(good, tmp_path / "nan-top1", top1="NaN")
+    no_top1 = diverged_copy(good, tmp_path / "no-top1", top1=None)
+    assert math.isnan(load_run(nan_loss).metrics["loss"])  # what json.loads makes of the legacy file
+    markdown = build_report([good, nan_loss, nan_top1, no_top1], tmp_path / "rep")
+    text = markdown.read_text()
+    warnings = [line for line in text.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3
+    for warning, name, why in zip(
+        warnings, ("nan-loss", "nan-top1", "no-top1"), ("loss is nan", "top1 is nan", "top1 is missing"), strict=True
+    ):
+        assert warning.startswith(f"warning: {name} (") and f"metrics not finite: training diverged? ({why})" in warning
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "| step |" in line]
+    assert [row.split(" | ")[0] for row in rows] == ["| step"]  # the table: only the finite run
+    assert "## step (step)" in text and "## nan-loss" not in text  # no per-run section or figures for them
+    assert (
+        not list((tmp_path / "rep" / "figures").glob("nan-*"))
+        and "warning: nan-loss" in (tmp_path / "rep" / "report.html").read_text()
+    )
+    table = format_comparison([load_run(d) for d in (good, nan_loss)])
+    assert table.splitlines()[2].startswith("step ") and table.splitlines()[-1].startswith("warning: nan-loss (")
+    assert len(table.splitlines()) == 4  # header, rule, one row, one warning
+
+
+def test_a_report_with_no_finite_run_is_a_clear_error(two_runs, tmp_path):
+    bad = diverged_copy(two_runs / "runs" / "linear", tmp_path / "diverged", loss="NaN")
+    with pytest.raises(ReportError, match=r"no run to compare: .*diverged: metrics not finite: training diverged\?"):
+        build_report([bad], tmp_path / "rep")
+    result = CliRunner().invoke(app, ["report", str(bad), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 1 and result.output.startswith("error: no run to compare"), result.output

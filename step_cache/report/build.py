@@ -32,6 +32,12 @@ class ReportError(ValueError):
     """A run directory that cannot be reported (not a run, or a run that never finished)."""
 
 
+# A run is compared only when these metrics.json values are finite numbers: a run that diverged has NaN logits,
+# hence a NaN loss, while its top-1 (argmax of NaNs) can look like a plain chance-level number.
+HEADLINE = ("top1", "loss")
+OPTIONAL_HEADLINE = ("loss",)  # may be missing in older files; top1 never is
+
+
 @dataclass
 class RunSummary:
     name: str
@@ -39,6 +45,37 @@ class RunSummary:
     config: dict[str, Any]
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+
+    @property
+    def problem(self) -> str | None:
+        """Why this run is left out of comparisons (None when it is not): its headline metrics are not finite."""
+        return metrics_problem(self.metrics)
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def metrics_problem(metrics: dict[str, Any]) -> str | None:
+    """Why ``metrics`` (a metrics.json) cannot be compared, or None: "metrics not finite: training diverged? (...)"
+    when a headline metric (``HEADLINE``) is missing, None or not a finite number — including the bare ``NaN``
+    that metrics.json files written before strict JSON may hold (``json.loads`` reads it as a float NaN)."""
+    bad = [
+        f"{key} is {metrics.get(key, 'missing')}"
+        for key in HEADLINE
+        if not _finite_number(metrics.get(key)) and (key in metrics or key not in OPTIONAL_HEADLINE)
+    ]
+    return f"metrics not finite: training diverged? ({', '.join(bad)})" if bad else None
+
+
+def comparable(summaries: Sequence[RunSummary]) -> tuple[list[RunSummary], list[RunSummary]]:
+    """(runs to compare, runs left out because their metrics are not finite)."""
+    return [s for s in summaries if s.problem is None], [s for s in summaries if s.problem is not None]
+
+
+def excluded_lines(summaries: Sequence[RunSummary]) -> list[str]:
+    """One warning line per run left out of the comparison, naming it and why."""
+    return [f"warning: {s.name} ({s.directory}) left out: {s.problem}" for s in summaries if s.problem is not None]
 
 
 def load_run(directory: str | Path, name: str | None = None) -> RunSummary:
@@ -68,16 +105,19 @@ def _cell(value: Any, kind: str) -> str:
 
 
 def comparison_rows(summaries: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]:
+    """The comparison table's header and rows; runs whose metrics are not finite are left out (``excluded_lines``
+    says which and why)."""
     header = ["run", "probe", *(title for title, _, _ in COLUMNS)]
     rows = [
         [s.name, s.metrics.get("probe", "?"), *(_cell(s.metrics.get(key), kind) for _, key, kind in COLUMNS)]
-        for s in summaries
+        for s in comparable(summaries)[0]
     ]
     return header, rows
 
 
 def format_comparison(summaries: Sequence[RunSummary]) -> str:
-    """The comparison table as aligned plain text, for terminals."""
+    """The comparison table as aligned plain text, for terminals, followed by a warning line for each run left
+    out because its metrics are not finite."""
     header, rows = comparison_rows(summaries)
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = [
@@ -87,7 +127,7 @@ def format_comparison(summaries: Sequence[RunSummary]) -> str:
         for line in (header, *rows)
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join([*lines, *excluded_lines(summaries)])
 
 
 def is_sweep(directory: str | Path) -> bool:
@@ -147,7 +187,10 @@ def build_report(
 ) -> Path:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` for the given runs; returns the
     Markdown path. Every run must have finished (``metrics.json``). A directory written by ``step-cache sweep``
-    (it holds ``trials.json``) adds a sweep section with its best trials and figures, and its ``best-run``."""
+    (it holds ``trials.json``) adds a sweep section with its best trials and figures, and its ``best-run``.
+
+    A run whose headline metrics are not finite (it diverged; ``metrics_problem``) is left out of the table and
+    the figures, with a warning line in the report naming it and why; when no run is left, ReportError."""
     require("matplotlib", "the report (its figures)")
     from step_cache.report import figures
 
@@ -156,7 +199,15 @@ def build_report(
     directories, sweeps = split_inputs(run_dirs)
     if not directories:
         raise ReportError("no finished training run among the directories given")
-    summaries = [load_run(d, n) for d, n in zip(directories, _names(directories), strict=True)]
+    loaded = [load_run(d, n) for d, n in zip(directories, _names(directories), strict=True)]
+    summaries, excluded = comparable(loaded)
+    warnings = excluded_lines(loaded)  # in the report; callers printing format_comparison show them there too
+    if not summaries:
+        raise ReportError(
+            "no run to compare: every run's metrics are not finite ("
+            + "; ".join(f"{s.name}: {s.problem}" for s in excluded)
+            + "); retrain with a lower --lr"
+        )
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
 
@@ -173,6 +224,7 @@ def build_report(
             "does not. 'pair acc' decides each clip of a mirrored class pair between the two classes only."
         ),
         *(Paragraph(note) for note in notes),
+        *(Paragraph(line) for line in warnings),
         Heading("Comparison"),
         Table(header, rows, align_right=set(range(2, len(header)))),
     ]
