@@ -20,7 +20,8 @@ from step_cache.cache.shards import ClipRecord, ShardWriter, shard_name
 
 @dataclass
 class SyntheticTokens:
-    """What to generate. ``val_every``: every n-th video of a class gets split "val" (0: no split column)."""
+    """What to generate. ``val_every`` / ``test_every``: every n-th video of a class gets split "val" / "test"
+    (0: none; with neither, the split column is empty)."""
 
     task: str = "order"
     num_classes: int = 2
@@ -33,6 +34,7 @@ class SyntheticTokens:
     signal: float = 1.0
     noise: float = 0.5
     val_every: int = 0
+    test_every: int = 0  # every n-th video of a class gets split "test" (before val_every is applied)
     clips_per_shard: int = 64
     seed: int = 0
 
@@ -82,8 +84,12 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
     # Videos interleaved by class, so every shard (and any prefix of the cache) holds every class.
     for video in range(spec.videos_per_class):
         for label in range(len(classes)):
-            split = "val" if spec.val_every and video % spec.val_every == spec.val_every - 1 else ""
-            if spec.val_every and not split:
+            split = ""
+            if spec.test_every and video % spec.test_every == spec.test_every - 1:
+                split = "test"
+            elif spec.val_every and video % spec.val_every == spec.val_every - 1:
+                split = "val"
+            elif spec.val_every or spec.test_every:
                 split = "train"
             for clip in range(spec.clips_per_video):
                 if writer is None:

@@ -1,0 +1,147 @@
+"""Do the default training settings work on data they were not tuned on? (docs/training.md, "Default schedule")
+
+For every cache and probe this trains, as stacked batches (``train_stacked``: seeds and learning rates are member
+settings, so each group below is one run):
+
+- the defaults (automatic epochs and batch size, the probe's default learning rate), seeds 0..S-1;
+- a small sweep: learning rates {1e-3, 3e-3, 1e-2} x recipes {30 epochs at batch 64 (the old defaults),
+  100 epochs at batch 16 (the old demo recipe)}, seeds 0..S-1 each.
+
+The sweep's best configuration is chosen on **validation** top-1 (mean over seeds); both it and the defaults are
+reported on the **test** split (mean ± std over seeds). One JSON line per (cache, probe) goes to --out.
+
+    python bench/defaults.py CACHE [CACHE ...] --out defaults.jsonl [--probes step linear] [--seeds 3]
+    python bench/defaults.py --table defaults.jsonl      # the markdown table of docs/training.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from step_cache.cache.shards import open_shards
+from step_cache.sweeps.shared_data import DataCache
+from step_cache.sweeps.stacked import train_stacked
+from step_cache.training.config import make_config, with_schedule
+from step_cache.training.splits import select_splits
+
+PROBES = ("linear", "attentive", "self-attentive", "step")
+SWEEP_LRS = (1e-3, 3e-3, 1e-2)
+SWEEP_RECIPES = ({"epochs": 30, "batch_size": 64}, {"epochs": 100, "batch_size": 16})
+HEADLINE = ("top1", "pair_accuracy")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("caches", nargs="*", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("defaults.jsonl"))
+    parser.add_argument("--probes", nargs="+", default=list(PROBES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--defaults-only", action="store_true", help="skip the sweep (re-measure the defaults)")
+    parser.add_argument("--table", type=Path, help="print the table of a --out file and exit")
+    return parser.parse_args()
+
+
+def summary(metrics: list[dict], split: str) -> dict[str, list[float]]:
+    """metric -> [value per seed] on ``split`` ("val": the top level of metrics.json, or "test")."""
+    chosen = [m if split == "val" else m["test"] for m in metrics]
+    return {key: [m[key] for m in chosen if m.get(key) is not None] for key in HEADLINE}
+
+
+def measure(cache: Path, probe: str, seeds: int, defaults_only: bool) -> dict:
+    shards = open_shards(cache)
+    base = {"progress": False, "data": "memory"}
+    groups = {"default": [make_config(probe, {**base, "seed": s}) for s in range(seeds)]}
+    if not defaults_only:
+        for recipe in SWEEP_RECIPES:
+            for lr in SWEEP_LRS:
+                name = f"lr {lr:g}, {recipe['epochs']} ep, batch {recipe['batch_size']}"
+                groups[name] = [make_config(probe, {**base, **recipe, "lr": lr, "seed": s}) for s in range(seeds)]
+    configs = [config for members in groups.values() for config in members]
+    data = DataCache(shards)
+    started = time.perf_counter()
+    try:
+        results = train_stacked(shards, configs, data=data)
+    finally:
+        data.close()
+    seconds = time.perf_counter() - started
+    by_group, index = {}, 0
+    for name, members in groups.items():
+        metrics = [r.metrics for r in results[index : index + len(members)]]
+        index += len(members)
+        by_group[name] = {"val": summary(metrics, "val"), "test": summary(metrics, "test")}
+    swept = {name: group for name, group in by_group.items() if name != "default"}
+    best = max(swept, key=lambda name: np.mean(swept[name]["val"]["top1"])) if swept else None
+    splits = select_splits(shards.labels, shards.splits, shards.videos)
+    resolved = with_schedule(configs[0], len(splits.train))
+    return {
+        "cache": str(cache),
+        "probe": probe,
+        "train_clips": len(splits.train),
+        "val_clips": len(splits.val),
+        "test_clips": len(splits.test),
+        "frames": shards.manifest.frames,
+        "classes": len(shards.classes),
+        "default_schedule": {"epochs": resolved.epochs, "batch_size": resolved.batch_size, "lr": resolved.lr},
+        "groups": by_group,
+        "best": best,
+        "seconds": seconds,
+    }
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1 if len(values) > 1 else 0):.1f}"
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [
+        "| cache | train / val / test | T | probe | default (epochs, batch) | default test top-1 | default test pair"
+        " | best of sweep (chosen on val) | its test top-1 | its test pair | default / best (pair) |",
+        "|---|---|---:|---|---|---:|---:|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        default, best = row["groups"]["default"]["test"], row["groups"].get(row["best"], {}).get("test", {})
+        pair, best_pair = default.get("pair_accuracy") or default["top1"], best.get("pair_accuracy") or best.get("top1")
+        ratio = f"{np.mean(pair) / np.mean(best_pair):.2f}" if best_pair else "–"
+        schedule = row["default_schedule"]
+        lines.append(
+            f"| {Path(row['cache']).parent.name or row['cache']} | {row['train_clips']} / {row['val_clips']} / "
+            f"{row['test_clips']} | {row['frames']} | {row['probe']} | {schedule['epochs']}, {schedule['batch_size']} "
+            f"| {mean_std(default['top1'])} | {mean_std(default.get('pair_accuracy', []))} | {row['best'] or '–'} | "
+            f"{mean_std(best.get('top1', []))} | {mean_std(best.get('pair_accuracy', []))} | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    done = set()
+    if args.out.is_file():
+        done = {(r["cache"], r["probe"]) for r in map(json.loads, args.out.read_text().splitlines()) if r}
+    for cache in args.caches:
+        for probe in args.probes:
+            if (str(cache), probe) in done:
+                continue
+            row = measure(cache, probe, args.seeds, args.defaults_only)
+            with args.out.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+            default = row["groups"]["default"]["test"]
+            print(
+                f"{cache} {probe}: default test top-1 {mean_std(default['top1'])}, pair "
+                f"{mean_std(default.get('pair_accuracy', []))}; best {row['best']}; {row['seconds']:.0f} s",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
