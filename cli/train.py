@@ -44,8 +44,22 @@ def train_probe(
     ] = None,
     probe: Annotated[str, typer.Option(help="linear, attentive, self-attentive or step.")] = "step",
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<probe>).")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Training epochs (default: auto, at least 30 and enough for 1500 optimizer steps; docs/training.md).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Clips per optimizer step (default: auto, about 16 batches per epoch, a power of two in 8-64).",
+            show_default=False,
+        ),
+    ] = None,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
     weight_decay: Annotated[
         float, typer.Option("--weight-decay", "--wd", help="On weight matrices only (not norms, biases, tokens).")
@@ -54,7 +68,15 @@ def train_probe(
     label_smoothing: Annotated[float, typer.Option()] = 0.0,
     dropout: Annotated[float | None, typer.Option(help="Probe dropout (default: the probe's, 0).")] = None,
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm; 0 disables clipping.")] = 1.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the initial weights, batch order and held-out val videos.")] = 0,
+    seeds: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Train seeds SEED..SEED+N-1 together as one stacked batch and report mean ± std (same batches and "
+            "splits; the seeds differ in initial weights and dropout).",
+        ),
+    ] = 1,
     val_fraction: Annotated[
         float, typer.Option(help="Share of training videos held out (stratified) when the cache has no val split.")
     ] = 0.2,
@@ -86,7 +108,11 @@ def train_probe(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics."""
+    """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
+
+    The checkpoint is chosen on the val split; the printed figures are the test split's when the cache has one
+    (else the val figures, and the line says so). Epochs and batch size default to a schedule chosen from the
+    number of training clips (docs/training.md)."""
     from step_cache.training.trainer import train_probe as run_training
 
     setup_logging()
@@ -115,6 +141,7 @@ def train_probe(
             label_smoothing=label_smoothing,
             clip_grad=clip_grad,
             seed=seed,
+            seeds=seeds,
             val_fraction=val_fraction,
             tokens=tokens,
             pairs=str(pairs) if pairs else None,

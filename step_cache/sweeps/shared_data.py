@@ -12,9 +12,9 @@ from step_cache.cache.shards import ShardSet
 from step_cache.devices import resolve_device
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
+from step_cache.training.run_data import check_splits, resolve_pairs, token_subset
 from step_cache.training.splits import Splits, select_splits
 from step_cache.training.token_data import TokenSelection, TokenSource, open_token_source, select_tokens
-from step_cache.training.trainer import check_splits, resolve_pairs, token_subset
 
 
 @dataclass

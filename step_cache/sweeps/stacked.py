@@ -7,6 +7,8 @@ before building the probe), the same batches (``batch_plan`` keyed by (seed, epo
 schedule, the same per-epoch validation and best-checkpoint rule, and the same final metrics (order metrics
 included) of its best checkpoint. On CPU in float32 and without dropout it matches a lone run to float rounding
 (tested). With dropout it cannot match bit for bit: vmap draws every member's masks from one random stream.
+Members of another seed than the first (``train-probe --seeds``) get their own initial weights but the first
+member's batches and validation split, so their spread measures initialisation (and dropout) alone.
 
 A member can be stopped after any epoch (``on_epoch`` returns True: an Optuna pruner said so). It is then
 *dropped from the stack* — its parameters, optimizer state and best weights are indexed away — rather than
@@ -31,7 +33,7 @@ from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.sweeps.members import StackedProbes
 from step_cache.sweeps.shared_data import DataCache, TrainingData
 from step_cache.sweeps.stacked_adamw import StackedAdamW
-from step_cache.training.config import TrainConfig
+from step_cache.training.config import TrainConfig, with_schedule
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches
 from step_cache.training.optimization import schedule_steps
@@ -41,7 +43,9 @@ from step_cache.training.token_data import batch_plan
 log = logging.getLogger(__name__)
 
 # A member's own settings; every other TrainConfig field, and every probe option but dropout, must be shared.
-MEMBER_FIELDS = ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad")
+# ``seed`` seeds a member's initial weights; the batches and a held-out validation split come from the first
+# member's seed, so members of different seeds (``train-probe --seeds``) see the same data.
+MEMBER_FIELDS = ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad", "seed")
 MEMBER_PROBE_OPTIONS = ("dropout",)
 _IGNORED_FIELDS = ("progress",)
 
@@ -96,7 +100,10 @@ class StackedRun:
         if len({shape_key(c) for c in configs}) != 1:
             raise ValueError("configs of different shapes cannot be stacked; group them with group_by_shape")
         self.data, self.device = data, data.device
-        self.configs = [dataclasses.replace(c, probe_options=full_options(c)) for c in configs]
+        train_clips = len(data.splits.train)
+        self.configs = [
+            with_schedule(dataclasses.replace(c, probe_options=full_options(c)), train_clips) for c in configs
+        ]
         self.first = first = self.configs[0]
         shards = data.shards
         probes = []

@@ -36,8 +36,9 @@ from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
 from step_cache.sweeps.stacked import MemberResult, group_by_shape, train_stacked
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
+from step_cache.training.run_data import resolve_pairs, token_subset
 from step_cache.training.token_data import select_tokens
-from step_cache.training.trainer import TrainResult, resolve_pairs, token_subset
+from step_cache.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +131,15 @@ def make_sampler(name: str, space: SearchSpace, seed: int) -> optuna.samplers.Ba
     raise SweepError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
 
 
-def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
+def make_pruner(name: str, epochs: int | None) -> optuna.pruners.BasePruner:
+    """``epochs`` None (the automatic schedule, known once the data is open): Hyperband takes the first finished
+    trial's epoch count."""
     if name == "median":
         # Compares with *completed* trials at the same epoch, so the first batch of a sweep is never pruned;
         # steps are 1-based epochs, and the first epoch is never judged (too early to tell).
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
     if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto", reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
     raise SweepError(f"unknown pruner {name!r}; choose one of: {', '.join(PRUNERS)}")

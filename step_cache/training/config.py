@@ -4,10 +4,11 @@ run written to ``config.json``."""
 from __future__ import annotations
 
 import json
+import math
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import h5py
@@ -15,6 +16,7 @@ import numpy as np
 import torch
 
 from step_cache import __version__
+from step_cache.training.optimization import resolve_schedule, schedule_steps
 from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
 
 
@@ -29,14 +31,16 @@ class TrainConfig:
 
     probe: str = "step"
     probe_options: dict[str, Any] = field(default_factory=dict)  # e.g. dropout, num_heads, frame_pos, mlp, depth
-    epochs: int = 30
-    batch_size: int = 64
+    # None: chosen from the number of training clips (optimization.resolve_schedule); a run records the values used.
+    epochs: int | None = None
+    batch_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0  # linear warm-up, per optimizer step, then cosine decay to 0
     label_smoothing: float = 0.0
     clip_grad: float = 1.0  # max gradient norm; 0 disables clipping
     seed: int = 0
+    seeds: int = 1  # > 1: seeds seed .. seed+seeds-1 trained together as one stack; mean ± std (training/seeds.py)
     val_fraction: float = 0.2  # of training videos held out, only when the cache has no "val" split
     tokens: str = "auto"  # auto | all | cls | patches (auto: cls for the linear probe, which reads nothing else)
     pairs: str | None = None  # pairs file; default: the manifest's pairs
@@ -65,11 +69,12 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         )
     config = TrainConfig(probe=probe, **options)
     checks = [
-        (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
-        (config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
-        (config.lr > 0, f"lr must be > 0, got {config.lr}"),
+        (config.epochs is None or config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
+        (config.batch_size is None or config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
+        (0 < config.lr < math.inf, f"lr must be a finite number > 0, got {config.lr}"),
         (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
         (config.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {config.warmup_epochs}"),
+        (config.seeds >= 1, f"seeds must be >= 1, got {config.seeds}"),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
@@ -87,6 +92,25 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     if config.pairs is not None:
         config.pairs = str(config.pairs)
     return config
+
+
+def with_schedule(config: TrainConfig, train_clips: int) -> TrainConfig:
+    """``config`` with ``epochs`` and ``batch_size`` resolved for ``train_clips`` training clips (see
+    ``optimization.resolve_schedule``); the values given stay as they are."""
+    epochs, batch_size = resolve_schedule(config.epochs, config.batch_size, train_clips)
+    return replace(config, epochs=epochs, batch_size=batch_size)
+
+
+def schedule_record(requested: TrainConfig, resolved: TrainConfig, train_clips: int) -> dict[str, Any]:
+    """What ``config.json`` says of the schedule: the values used, which were chosen automatically, the steps."""
+    total, warmup = schedule_steps(resolved.epochs, train_clips, resolved.batch_size, resolved.warmup_epochs)
+    return {
+        "epochs": resolved.epochs,
+        "batch_size": resolved.batch_size,
+        "auto": [name for name in ("epochs", "batch_size") if getattr(requested, name) is None],
+        "optimizer_steps": total,
+        "warmup_steps": warmup,
+    }
 
 
 def versions() -> dict[str, str]:

@@ -136,3 +136,10 @@ def format_percent(value: float | None, missing: str = "n/a") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return missing
     return f"{100 * value:.1f}%"
+
+
+def format_percent_spread(mean: float | None, std: float | None, missing: str = "n/a") -> str:
+    """Mean ± standard deviation of a share over seeds ("97.5 ± 1.2%")."""
+    if mean is None or std is None or math.isnan(mean):
+        return missing
+    return f"{100 * mean:.1f} ± {100 * std:.1f}%"

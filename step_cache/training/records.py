@@ -77,7 +77,8 @@ def final_metrics(
     device: str,
 ) -> dict[str, Any]:
     """The content of ``metrics.json``: the best checkpoint's validation metrics (per video, order metrics
-    included), its test metrics when there is a test split, and what the run cost."""
+    included) at the top level, its test metrics under ``test`` when there is a test split, ``headline`` naming
+    the split to report (``headline_metrics``), and what the run cost."""
     metrics: dict[str, Any] = {
         "probe": probe,
         "split": "val",
@@ -91,6 +92,9 @@ def final_metrics(
         "shuffled_pair_accuracy": None,
     }
     metrics.update(val)
+    # Which split the figures a user reads come from: test when there is one (nothing was selected on it), else
+    # the validation split that also chose the checkpoint (optimistic).
+    metrics["headline"] = "test" if test is not None else "val"
     metrics["parameters"] = parameters
     metrics["parameters_without_head"] = parameters_without_head
     metrics.update(training_time.metrics())
@@ -99,3 +103,47 @@ def final_metrics(
     if test is not None:
         metrics["test"] = test
     return metrics
+
+
+# The metrics a multi-seed run summarises with mean and std (those present and not None in every seed).
+SEED_METRICS = (
+    "top1",
+    "top5",
+    "mean_class_accuracy",
+    "pair_accuracy",
+    "reversed_top1",
+    "reversed_pair_accuracy",
+    "shuffled_top1",
+    "shuffled_pair_accuracy",
+    "loss",
+)
+
+
+def headline_metrics(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(split, figures) to report from a ``metrics.json``: the test split's when the run has one, else the
+    validation figures (which also chose the checkpoint). Runs written before ``headline`` existed are "val"."""
+    if metrics.get("headline") == "test" and metrics.get("test"):
+        return "test", metrics["test"]
+    return "val", metrics
+
+
+def seed_statistics(per_seed: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(mean, std)`` over the seeds' ``metrics.json`` contents: ``{metric: value}`` for ``SEED_METRICS`` (and
+    the same under ``test`` when the runs have a test split). ``std`` is the sample standard deviation (ddof 1;
+    0 for a single seed)."""
+
+    def summarise(dicts: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+        mean, std = {}, {}
+        for key in SEED_METRICS:
+            values = [d.get(key) for d in dicts]
+            if not values or any(v is None for v in values):
+                continue
+            average = math.fsum(values) / len(values)
+            spread = math.fsum((v - average) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+            mean[key], std[key] = average, math.sqrt(spread)
+        return mean, std
+
+    mean, std = summarise(per_seed)
+    if per_seed and all(m.get("test") for m in per_seed):
+        mean["test"], std["test"] = summarise([m["test"] for m in per_seed])
+    return mean, std

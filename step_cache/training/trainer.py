@@ -21,17 +21,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.training import runs
-from step_cache.training.config import TrainConfig, make_config, run_record
+from step_cache.training.config import TrainConfig, make_config, run_record, with_schedule
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
-from step_cache.training.metrics import format_percent, pair_indices
+from step_cache.training.metrics import format_percent, format_percent_spread, pair_indices
 from step_cache.training.optimization import build_optimizer, build_scheduler, schedule_steps
-from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
-from step_cache.training.splits import DataError, Splits, select_splits
+from step_cache.training.records import (
+    NO_SCORE,
+    TrainingTime,
+    epoch_record,
+    final_metrics,
+    headline_metrics,
+    validation_score,
+)
+from step_cache.training.run_data import check_splits, data_record, resolve_pairs, token_subset
+from step_cache.training.splits import select_splits
 from step_cache.training.token_data import TokenSelection, batch_plan, open_token_source, select_tokens
 
 log = logging.getLogger(__name__)
@@ -47,52 +54,37 @@ class TrainResult:
 
     def summary(self) -> str:
         m = self.metrics
+        split, figures = headline_metrics(m)
+        mean, std = m.get("mean"), m.get("std")
+        if mean is not None and split == "test":
+            mean, std = mean.get("test", {}), std.get("test", {})
 
         def pct(key: str) -> str:
-            return format_percent(m.get(key))
+            if mean is None:
+                return format_percent(figures.get(key))
+            return format_percent_spread(mean.get(key), std.get(key))
 
+        note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
+        seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if "seeds" in m else ""
         return (
-            f"{m['probe']}: val top-1 {pct('top1')} | pair {pct('pair_accuracy')} | reversed {pct('reversed_top1')}"
-            f" | shuffled {pct('shuffled_top1')} | {m['parameters']:,} params ({m['parameters_without_head']:,}"
-            f" without head) | {m['train_time_s']:.1f} s ({m['train_clips_per_s']:.0f} clips/s) -> {self.run_dir}"
+            f"{m['probe']}: {split} top-1 {pct('top1')} | pair {pct('pair_accuracy')} | reversed "
+            f"{pct('reversed_top1')} | shuffled {pct('shuffled_top1')}{note}{seeds} | {m['parameters']:,} params "
+            f"({m['parameters_without_head']:,} without head) | {m['train_time_s']:.1f} s "
+            f"({m['train_clips_per_s']:.0f} clips/s) -> {self.run_dir}"
         )
-
-
-def resolve_pairs(shards: ShardSet, pairs_file: str | None) -> list[tuple[str, str]]:
-    if pairs_file is not None:
-        return read_pairs(pairs_file, shards.classes)
-    return [(a, b) for a, b in shards.manifest.pairs if a in shards.classes and b in shards.classes]
-
-
-def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
-    where = ", ".join(map(str, shards.directories))
-    labelled = int((shards.labels >= 0).sum())
-    if len(splits.train) == 0:
-        raise DataError(
-            f"{where}: no training clips ({labelled} of {len(shards)} clips are labelled; training uses labelled "
-            "clips whose split is 'train' or empty)"
-        )
-    if len(splits.val) == 0:
-        reason = (
-            "--val-fraction is 0"
-            if config.val_fraction == 0
-            else "every class has a single training video, so none can be held out"
-        )
-        raise DataError(f"{where}: no validation clips: the cache has no 'val' split and {reason}")
-    missing = sorted(set(range(len(shards.classes))) - set(shards.labels[splits.train].tolist()))
-    if missing:
-        log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
 
 
 class _Run:
     """The state of one training run: model, optimizer, data, history."""
 
     def __init__(self, shards: ShardSet, config: TrainConfig, run_dir: Path, selection: TokenSelection):
-        self.shards, self.config, self.run_dir, self.selection = shards, config, run_dir, selection
+        self.shards, self.run_dir, self.selection = shards, run_dir, selection
         self.device = resolve_device(config.device)
         self.pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
         self.splits = select_splits(shards.labels, shards.splits, shards.videos, config.val_fraction, config.seed)
         check_splits(self.splits, shards, config)
+        self.requested = config  # epochs / batch_size may be None (auto): resolved from the training clips
+        self.config = config = with_schedule(config, len(self.splits.train))
         torch.manual_seed(config.seed)
         self.model = build_probe(
             config.probe,
@@ -121,21 +113,7 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
     def data_record(self) -> dict[str, Any]:
-        return {
-            "features": [str(d.resolve()) for d in self.shards.directories],
-            "manifest_hash": self.shards.manifest.content_hash(),
-            "extraction": self.shards.manifest.extraction,
-            "classes": list(self.shards.classes),
-            "pairs": [[self.shards.classes[a], self.shards.classes[b]] for a, b in self.pairs],
-            "tokens": {
-                "subset": self.selection.subset,
-                "tokens_per_frame": self.selection.tokens_per_frame,
-                "cls_index": self.selection.cls_index,
-            },
-            "frames": self.shards.manifest.frames,
-            "dim": self.shards.layout.dim,
-            "splits": self.splits.counts(),
-        }
+        return data_record(self.shards, self.selection, self.splits, self.pairs, self.requested, self.config)
 
     def open_data(self) -> None:
         needed = np.concatenate([self.splits.train, self.splits.val, self.splits.test])
@@ -271,14 +249,6 @@ class _Run:
         )
 
 
-def token_subset(requested: str, probe: str, shards: ShardSet) -> str:
-    """``auto``: only the per-frame CLS tokens for the linear probe (all it reads: same result, P times less
-    memory and compute), every token for the others."""
-    if requested != "auto":
-        return requested
-    return "cls" if probe == "linear" and shards.layout.cls_tokens > 0 else "all"
-
-
 def train_probe(
     features: str | Path | Sequence[str | Path] | ShardSet,
     probe: str = "step",
@@ -291,14 +261,21 @@ def train_probe(
 ) -> TrainResult:
     """Train ``probe`` on the shards in ``features`` and write a run directory ``out``.
 
-    ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...). ``resume``
+    ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
+    N seeds as one stack and reports mean ± std (``training/seeds.py``). ``resume``
     continues a killed run from its last completed epoch (the settings must match). ``on_epoch`` is called with
     each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there.
     """
     config = make_config(probe, options)
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
+    if config.seeds > 1:
+        from step_cache.training.seeds import train_seeds  # uses the sweeps' stacked training, which imports us
+
+        metrics, history = train_seeds(features, config, Path(out), resume, on_epoch)
+        return TrainResult(Path(out), metrics, history)
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     run = _Run(shards, config, Path(out), select_tokens(shards.layout, token_subset(config.tokens, probe, shards)))
+    config = run.config  # with the schedule resolved
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:
         final = runs.read_final_metrics(run.run_dir)

@@ -1,0 +1,78 @@
+"""What a training run trains on, shared by ``train_probe``, the stacked sweeps and multi-seed runs: the mirrored
+pairs, the token subset, the check that the splits can train and validate, and the ``data`` part of
+``config.json``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from step_cache.cache.shards import ShardSet
+from step_cache.catalog import read_pairs
+from step_cache.training.config import TrainConfig, schedule_record
+from step_cache.training.splits import DataError, Splits
+from step_cache.training.token_data import TokenSelection
+
+log = logging.getLogger(__name__)
+
+
+def resolve_pairs(shards: ShardSet, pairs_file: str | None) -> list[tuple[str, str]]:
+    if pairs_file is not None:
+        return read_pairs(pairs_file, shards.classes)
+    return [(a, b) for a, b in shards.manifest.pairs if a in shards.classes and b in shards.classes]
+
+
+def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
+    where = ", ".join(map(str, shards.directories))
+    labelled = int((shards.labels >= 0).sum())
+    if len(splits.train) == 0:
+        raise DataError(
+            f"{where}: no training clips ({labelled} of {len(shards)} clips are labelled; training uses labelled "
+            "clips whose split is 'train' or empty)"
+        )
+    if len(splits.val) == 0:
+        reason = (
+            "--val-fraction is 0"
+            if config.val_fraction == 0
+            else "every class has a single training video, so none can be held out"
+        )
+        raise DataError(f"{where}: no validation clips: the cache has no 'val' split and {reason}")
+    missing = sorted(set(range(len(shards.classes))) - set(shards.labels[splits.train].tolist()))
+    if missing:
+        log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
+
+
+def data_record(
+    shards: ShardSet,
+    selection: TokenSelection,
+    splits: Splits,
+    pairs: Sequence[tuple[int, int]],
+    requested: TrainConfig,
+    resolved: TrainConfig,
+) -> dict[str, Any]:
+    """The ``data`` part of ``config.json``: the cache's identity, classes, pairs, tokens, splits and schedule."""
+    return {
+        "features": [str(d.resolve()) for d in shards.directories],
+        "manifest_hash": shards.manifest.content_hash(),
+        "extraction": shards.manifest.extraction,
+        "classes": list(shards.classes),
+        "pairs": [[shards.classes[a], shards.classes[b]] for a, b in pairs],
+        "tokens": {
+            "subset": selection.subset,
+            "tokens_per_frame": selection.tokens_per_frame,
+            "cls_index": selection.cls_index,
+        },
+        "frames": shards.manifest.frames,
+        "dim": shards.layout.dim,
+        "splits": splits.counts(),
+        "schedule": schedule_record(requested, resolved, len(splits.train)),
+    }
+
+
+def token_subset(requested: str, probe: str, shards: ShardSet) -> str:
+    """``auto``: only the per-frame CLS tokens for the linear probe (all it reads: same result, P times less
+    memory and compute), every token for the others."""
+    if requested != "auto":
+        return requested
+    return "cls" if probe == "linear" and shards.layout.cls_tokens > 0 else "all"

@@ -1,0 +1,127 @@
+"""``train_probe(..., seeds=N)``: one probe configuration trained with N seeds at once, as one stacked batch
+(``sweeps.stacked``: the seeds are members of one vmapped stack), to report its figures as mean ± std.
+
+Seeds ``seed .. seed+N-1`` give each member its own initial weights (and dropout masks); the batches and, when the
+cache has no val split, the held-out validation videos come from ``seed`` for every member, so the spread
+measures the probe's sensitivity to its initialisation on fixed data. Each member keeps its own best checkpoint
+(chosen on val, like a lone run).
+
+Run directory (``runs.py`` plus)::
+
+    config.json                 the run record; data.seeds lists the seeds
+    metrics.json                the first seed's metrics, plus seeds, per_seed, mean and std (test under "test")
+    metrics.jsonl, best.pt      the first seed's (so evaluate, predict and report read it like a one-seed run)
+    seeds/seed-<s>/             metrics.json, metrics.jsonl and best.pt of every seed
+
+A killed multi-seed run has no per-epoch state: ``--resume`` returns a finished run and starts an unfinished one
+over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.sweeps.shared_data import DataCache
+from step_cache.sweeps.stacked import MemberResult, StackedRun, full_options
+from step_cache.training import runs
+from step_cache.training.config import TrainConfig, run_record, with_schedule
+from step_cache.training.records import seed_statistics
+from step_cache.training.run_data import data_record
+
+log = logging.getLogger(__name__)
+
+SEEDS_DIR = "seeds"
+# What each seed's metrics.json summarises in per_seed (the rest is the same for every seed).
+PER_SEED_KEYS = ("best_epoch", "top1", "top5", "mean_class_accuracy", "pair_accuracy", "reversed_top1",
+                 "reversed_pair_accuracy", "shuffled_top1", "shuffled_pair_accuracy", "loss")  # fmt: skip
+
+
+def seed_dir(run_dir: Path, seed: int) -> Path:
+    return run_dir / SEEDS_DIR / f"seed-{seed}"
+
+
+def train_seeds(
+    features: str | Path | Sequence[str | Path] | ShardSet,
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train ``config`` with ``config.seeds`` seeds as one stack into ``out``; returns (metrics, first seed's
+    epoch records). ``on_epoch`` sees the first seed's epoch records. ``train_probe`` calls this when
+    ``seeds > 1``, after refusing an existing run."""
+    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    data = DataCache(shards)
+    try:
+        training = data.get(config)
+        resolved = with_schedule(
+            dataclasses.replace(config, probe_options=full_options(config)), len(training.splits.train)
+        )
+        seeds = [config.seed + i for i in range(config.seeds)]
+        record = run_record(
+            resolved,
+            {
+                **data_record(shards, training.selection, training.splits, training.pairs, config, resolved),
+                "seeds": seeds,
+            },
+        )
+        if resume and (finished := _finished(out, record)) is not None:
+            return finished
+        runs.open_run_dir(out, record, resume)  # checks the settings on --resume; clears an unfinished run
+        shutil.rmtree(out / SEEDS_DIR, ignore_errors=True)
+        members = [dataclasses.replace(resolved, seed=seed) for seed in seeds]
+        log.info("%s: training %d seeds (%s) as one stack", config.probe, len(seeds), ", ".join(map(str, seeds)))
+
+        def first_seed(member: int, record: dict[str, Any]) -> bool:
+            if member == 0 and on_epoch is not None:
+                on_epoch(record)
+            return False
+
+        results = StackedRun(training, members).run(first_seed, keep_weights=True)
+    finally:
+        data.close()
+    return _write(out, seeds, results), results[0].history
+
+
+def _finished(out: Path, record: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    metrics = runs.read_final_metrics(out)
+    if metrics is None or metrics.get("seeds") != record["data"]["seeds"]:
+        return None
+    runs.open_run_dir(out, record, resume=True)  # raises if the settings differ
+    return metrics, runs.read_epoch_log(out)
+
+
+def _write(out: Path, seeds: list[int], results: list[MemberResult]) -> dict[str, Any]:
+    """Every seed's files, then the first seed's as the run's own, then metrics.json (the commit point)."""
+    for seed, result in zip(seeds, results, strict=True):
+        directory = seed_dir(out, seed)
+        directory.mkdir(parents=True, exist_ok=True)
+        runs.save_state(result.weights, directory / runs.BEST)
+        runs.write_epoch_log(directory, result.history)
+        runs.write_json(directory / runs.FINAL_METRICS, {**result.metrics, "seed": seed})
+    runs.save_state(results[0].weights, out / runs.BEST)
+    runs.write_epoch_log(out, results[0].history)
+    per_seed = [result.metrics for result in results]
+    mean, std = seed_statistics(per_seed)
+    metrics = {
+        **per_seed[0],
+        "seeds": seeds,
+        "per_seed": [_seed_summary(seed, m) for seed, m in zip(seeds, per_seed, strict=True)],
+        "mean": mean,
+        "std": std,
+    }
+    runs.write_json(out / runs.FINAL_METRICS, metrics)
+    return metrics
+
+
+def _seed_summary(seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
+    summary = {"seed": seed, **{key: metrics.get(key) for key in PER_SEED_KEYS}}
+    if metrics.get("test"):
+        summary["test"] = {key: metrics["test"].get(key) for key in PER_SEED_KEYS if key in metrics["test"]}
+    return summary
