@@ -74,7 +74,12 @@ def demo(
         "demo"
     ),
     per_class: Annotated[int, typer.Option(help="Videos per class.")] = DemoSettings.per_class,
-    epochs: Annotated[int, typer.Option(help="Training epochs per probe.")] = DemoSettings.epochs,
+    epochs: Annotated[
+        int | None, typer.Option(help="Training epochs per probe (default: train-probe's automatic schedule).")
+    ] = DemoSettings.epochs,
+    seeds: Annotated[
+        int, typer.Option(min=1, help="Seeds per probe, trained together; the table shows mean ± std.")
+    ] = DemoSettings.seeds,
     backbone: Annotated[str, typer.Option(help="Backbone (see extract --help).")] = DemoSettings.backbone,
     weights: Annotated[
         str, typer.Option(help="'random' works offline; 'hub' or a file for pretrained weights.")
@@ -84,13 +89,19 @@ def demo(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
     """Show what STEP is for, offline, in a few minutes: generate the near-symmetric benchmark, extract tokens,
-    train the linear, attentive, self-attentive and STEP probes, print the comparison and write a report.
-    Re-running reuses every finished step."""
+    train the linear, attentive, self-attentive and STEP probes (3 seeds each), print the comparison on the
+    test split (mean ± std) and write a report. Re-running reuses every finished step."""
     from step_cache.demo import run_demo
 
     setup_logging()
     settings = DemoSettings(
-        per_class=per_class, epochs=epochs, backbone=backbone, weights=weights, image_size=image_size, seed=seed
+        per_class=per_class,
+        epochs=epochs,
+        seeds=seeds,
+        backbone=backbone,
+        weights=weights,
+        image_size=image_size,
+        seed=seed,
     )
     with user_errors():
         result = run_demo(directory, settings, progress=not quiet)

@@ -17,7 +17,10 @@ def demo(tmp_path_factory):
 
 
 def metrics(demo, probe):
-    return json.loads((demo.directory / "runs" / probe / "metrics.json").read_text())
+    """The test split's figures, mean over the seeds (the table's headline)."""
+    run = json.loads((demo.directory / "runs" / probe / "metrics.json").read_text())
+    assert run["headline"] == "test" and run["seeds"] == [0, 1, 2] and len(run["per_seed"]) == 3
+    return {**run["mean"]["test"], "parameters_without_head": run["parameters_without_head"]}
 
 
 def test_step_separates_mirrored_pairs_and_invariant_probes_do_not(demo):
@@ -35,7 +38,8 @@ def test_step_separates_mirrored_pairs_and_invariant_probes_do_not(demo):
 
 def test_table_and_report(demo):
     lines = demo.table.splitlines()
-    assert lines[0].split()[:3] == ["run", "probe", "top-1"] and len(lines) == 2 + len(SMALL.probes)
+    assert lines[0].split()[:5] == ["run", "probe", "split", "seeds", "top-1"] and len(lines) == 2 + len(SMALL.probes)
+    assert all(line.split()[2:4] == ["test", "3"] and "±" in line for line in lines[2:])
     assert demo.report.is_file() and (demo.directory / "report" / "report.html").is_file()
     assert "figures/comparison.png" in demo.report.read_text()
 

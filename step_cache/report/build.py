@@ -12,7 +12,8 @@ from typing import Any
 from step_cache.extras import require
 from step_cache.report.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from step_cache.training import runs as run_files
-from step_cache.training.metrics import format_percent
+from step_cache.training.metrics import format_percent, format_percent_spread
+from step_cache.training.records import headline_metrics
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
 COLUMNS = [
@@ -45,6 +46,18 @@ class RunSummary:
     config: dict[str, Any]
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+
+    @property
+    def headline(self) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+        """(split, figures, std or None): the figures to report (``records.headline_metrics``: test when the run
+        has a test split), as the mean over seeds with their std for a multi-seed run."""
+        split, figures = headline_metrics(self.metrics)
+        mean, std = self.metrics.get("mean"), self.metrics.get("std")
+        if mean is None or std is None:
+            return split, figures, None
+        if split == "test":
+            return split, mean.get("test", {}), std.get("test", {})
+        return split, mean, std
 
     @property
     def problem(self) -> str | None:
@@ -107,11 +120,19 @@ def _cell(value: Any, kind: str) -> str:
 def comparison_rows(summaries: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]:
     """The comparison table's header and rows; runs whose metrics are not finite are left out (``excluded_lines``
     says which and why)."""
-    header = ["run", "probe", *(title for title, _, _ in COLUMNS)]
-    rows = [
-        [s.name, s.metrics.get("probe", "?"), *(_cell(s.metrics.get(key), kind) for _, key, kind in COLUMNS)]
-        for s in comparable(summaries)[0]
-    ]
+    header = ["run", "probe", "split", "seeds", *(title for title, _, _ in COLUMNS)]
+    rows = []
+    for s in comparable(summaries)[0]:
+        split, figures, std = s.headline
+        cells = []
+        for _, key, kind in COLUMNS:
+            if kind != "pct":  # cost columns: the run's own
+                cells.append(_cell(s.metrics.get(key), kind))
+            elif std is not None and figures.get(key) is not None and std.get(key) is not None:
+                cells.append(format_percent_spread(figures[key], std[key]))
+            else:
+                cells.append(_cell(figures.get(key), kind))
+        rows.append([s.name, s.metrics.get("probe", "?"), split, str(len(s.metrics.get("seeds", [0]))), *cells])
     return header, rows
 
 
@@ -218,9 +239,12 @@ def build_report(
     blocks: list[Block] = [
         Heading(title, 1),
         Paragraph(
-            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(summaries)} run(s). Accuracies are on "
-            "the validation set, per video. 'reversed' and 'shuffled' re-evaluate the same clips with their "
-            "frames reversed / shuffled: a probe that reads frame order drops there, an order-blind probe "
+            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(summaries)} run(s). Accuracies are per video, "
+            "on the split named in the 'split' column: 'test' when the cache has a test split (the checkpoint was "
+            "chosen on validation, so these figures were not selected on), else 'val' (the same figures that chose "
+            "the checkpoint: optimistic). With several seeds a cell is the mean ± sample std over seeds, and "
+            "error bars in the figure show the std. 'reversed' and 'shuffled' re-evaluate the same clips with "
+            "their frames reversed / shuffled: a probe that reads frame order drops there, an order-blind probe "
             "does not. 'pair acc' decides each clip of a mirrored class pair between the two classes only."
         ),
         *(Paragraph(note) for note in notes),
@@ -228,20 +252,20 @@ def build_report(
         Heading("Comparison"),
         Table(header, rows, align_right=set(range(2, len(header)))),
     ]
+    shown = [("top-1", "top1"), ("pair acc", "pair_accuracy"), ("reversed top-1", "reversed_top1"),
+             ("reversed pair", "reversed_pair_accuracy")]  # fmt: skip
+    headlines = [s.headline for s in summaries]
+    splits = sorted({split for split, _, _ in headlines})
     bars = figures.comparison_bars(
         [s.name for s in summaries],
-        {
-            label: [s.metrics.get(key) for s in summaries]
-            for label, key in [
-                ("top-1", "top1"),
-                ("pair acc", "pair_accuracy"),
-                ("reversed top-1", "reversed_top1"),
-                ("reversed pair", "reversed_pair_accuracy"),
-            ]
-        },
+        {label: [figures_.get(key) for _, figures_, _ in headlines] for label, key in shown},
         figure_path("comparison"),
+        errors={label: [(std or {}).get(key) for _, _, std in headlines] for label, key in shown},
+        split=" / ".join(splits),
     )
-    blocks.append(Image(bars.relative_to(out).as_posix(), "Accuracy per run, as is and with frames reversed"))
+    blocks.append(
+        Image(bars.relative_to(out).as_posix(), f"Accuracy per run ({' / '.join(splits)}), as is and reversed")
+    )
     if any(s.history for s in summaries):
         curves = figures.training_curves({s.name: s.history for s in summaries if s.history}, figure_path("curves"))
         blocks += [Heading("Training curves"), Image(curves.relative_to(out).as_posix(), "Loss and val top-1")]
@@ -249,7 +273,7 @@ def build_report(
         blocks.append(Heading(f"{summary.name} ({summary.metrics.get('probe')})"))
         config = summary.config.get("config", {})
         settings = ", ".join(
-            f"{k}={config[k]}" for k in ("epochs", "lr", "weight_decay", "batch_size", "seed") if k in config
+            f"{k}={config[k]}" for k in ("epochs", "lr", "weight_decay", "batch_size", "seed", "seeds") if k in config
         )
         blocks.append(Paragraph(f"{summary.directory} — {settings}; best epoch {summary.metrics.get('best_epoch')}"))
         per_class = summary.metrics.get("per_class_accuracy") or {}

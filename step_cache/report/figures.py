@@ -20,20 +20,28 @@ def _save(figure: Any, path: Path) -> Path:
     return path
 
 
-def comparison_bars(names: list[str], metrics: dict[str, list[float]], path: Path) -> Path:
-    """Grouped bars: one group per run, one bar per metric (accuracies in [0, 1])."""
+def comparison_bars(
+    names: list[str],
+    metrics: dict[str, list[float]],
+    path: Path,
+    errors: dict[str, list[float | None]] | None = None,
+    split: str = "val",
+) -> Path:
+    """Grouped bars: one group per run, one bar per metric (accuracies in [0, 1]); ``errors`` (std over seeds,
+    None where a run has one seed) draw error bars."""
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4))
     width = 0.8 / max(1, len(metrics))
     x = np.arange(len(names))
     for i, (label, values) in enumerate(metrics.items()):
         shown = [np.nan if v is None else v for v in values]
-        axis.bar(x + (i - (len(metrics) - 1) / 2) * width, shown, width, label=label)
+        spread = [0.0 if e is None else e for e in (errors or {}).get(label, [None] * len(values))]
+        axis.bar(x + (i - (len(metrics) - 1) / 2) * width, shown, width, label=label, yerr=spread, capsize=2)
     axis.set_xticks(x, names, rotation=15, ha="right")
     axis.set_ylim(0, 1)
     axis.set_ylabel("accuracy")
     axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     axis.legend(fontsize=8, ncol=min(4, len(metrics)))
-    axis.set_title("Validation accuracy, as is and with frames reversed")
+    axis.set_title(f"Accuracy ({split} split), as is and with frames reversed")
     return _save(figure, path)
 
 

@@ -1,0 +1,164 @@
+"""Figures a user can trust: the automatic schedule, test figures as the headline, several seeds as mean ± std."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from step_cache.checkpoints import load_state_dict_file
+from step_cache.report.build import format_comparison, load_run
+from step_cache.synthetic.tokens import write_token_cache
+from step_cache.training.config import TrainConfigError, make_config
+from step_cache.training.optimization import (
+    AUTO_MIN_EPOCHS,
+    AUTO_MIN_STEPS,
+    auto_batch_size,
+    resolve_schedule,
+    schedule_steps,
+)
+from step_cache.training.records import headline_metrics, seed_statistics
+from step_cache.training.trainer import train_probe
+
+FAST = {"epochs": 3, "batch_size": 8, "lr": 3e-3, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def split_cache(tmp_path_factory):
+    """The order task with a val and a test split (every 4th video val, every 5th test)."""
+    directory = tmp_path_factory.mktemp("split-tokens")
+    write_token_cache(directory, videos_per_class=10, dim=16, val_every=4, test_every=5)
+    return directory
+
+
+@pytest.mark.parametrize("train_clips", [1, 20, 180, 317, 1000, 5000, 200_000])
+def test_auto_schedule_has_enough_steps_on_any_dataset_size(train_clips):
+    epochs, batch = resolve_schedule(None, None, train_clips)
+    assert batch in (8, 16, 32, 64)
+    total, _ = schedule_steps(epochs, train_clips, batch, warmup_epochs=1.0)
+    assert epochs >= AUTO_MIN_EPOCHS
+    # Enough optimizer steps, unless the epoch cap binds (only for a handful of clips).
+    assert total >= AUTO_MIN_STEPS or epochs == 1000
+    if train_clips >= 16 * 64:
+        assert batch == 64 and epochs == AUTO_MIN_EPOCHS  # large sets keep the usual 30 epochs at batch 64
+
+
+def test_auto_batch_is_smaller_for_small_sets_and_given_values_win():
+    assert auto_batch_size(180) == 8 and auto_batch_size(317) == 16 and auto_batch_size(600) == 32
+    # The case from the issue: 180 clips, 30 epochs at batch 64 were 90 steps; auto gives >= 1500.
+    epochs, batch = resolve_schedule(None, None, 180)
+    assert schedule_steps(epochs, 180, batch, 1.0)[0] >= 1500
+    assert resolve_schedule(7, 5, 180) == (7, 5)
+    assert resolve_schedule(7, None, 180) == (7, 8)
+
+
+def test_config_records_the_resolved_schedule(split_cache, tmp_path):
+    train_probe(split_cache, "linear", tmp_path / "run", lr=3e-3, progress=False, epochs=2)
+    record = json.loads((tmp_path / "run" / "config.json").read_text())
+    train = record["data"]["splits"]["train"]
+    assert record["config"]["epochs"] == 2 and record["config"]["batch_size"] == auto_batch_size(train)
+    schedule = record["data"]["schedule"]
+    assert schedule["auto"] == ["batch_size"] and schedule["epochs"] == 2
+    assert schedule["optimizer_steps"] == 2 * math.ceil(train / schedule["batch_size"])
+
+
+@pytest.mark.parametrize("lr", [math.inf, math.nan, 0.0, -1.0])
+def test_lr_must_be_finite_and_positive(lr):
+    with pytest.raises(TrainConfigError, match="lr must be a finite number > 0"):
+        make_config("step", {"lr": lr})
+
+
+def test_headline_is_test_when_the_cache_has_a_test_split(split_cache, tmp_path):
+    result = train_probe(split_cache, "step", tmp_path / "run", **FAST)
+    metrics = result.metrics
+    assert metrics["headline"] == "test" and metrics["split"] == "val"
+    split, figures = headline_metrics(metrics)
+    assert split == "test" and figures is metrics["test"] and figures["videos"] == 4  # 2 classes x 2 test videos
+    assert result.summary().startswith("step: test top-1 ")
+    table = format_comparison([load_run(tmp_path / "run")])
+    assert table.splitlines()[2].split()[2:4] == ["test", "1"]
+
+
+def test_headline_is_val_and_says_so_without_a_test_split(tmp_path):
+    write_token_cache(tmp_path / "cache", videos_per_class=6, dim=16, val_every=3)
+    result = train_probe(tmp_path / "cache", "linear", tmp_path / "run", **FAST)
+    assert result.metrics["headline"] == "val" and "test" not in result.metrics
+    assert headline_metrics(result.metrics) == ("val", result.metrics)
+    assert "val top-1" in result.summary() and "no test split" in result.summary()
+    # A metrics.json written before "headline" existed reads as val.
+    assert headline_metrics({"top1": 0.5})[0] == "val"
+
+
+def test_seed_statistics_are_mean_and_sample_std():
+    runs = [{"top1": 0.5, "pair_accuracy": None, "test": {"top1": 0.25}}, {"top1": 1.0, "test": {"top1": 0.75}}]
+    mean, std = seed_statistics(runs)
+    assert mean["top1"] == 0.75 and std["top1"] == pytest.approx(math.sqrt(0.125))
+    assert "pair_accuracy" not in mean  # not in every seed
+    assert mean["test"]["top1"] == 0.5 and std["test"]["top1"] == pytest.approx(math.sqrt(0.125))
+    single_mean, single_std = seed_statistics(runs[:1])
+    assert single_mean["top1"] == 0.5 and single_std["top1"] == 0.0
+
+
+def test_seeds_train_as_one_stack_and_report_mean_and_std(split_cache, tmp_path):
+    result = train_probe(split_cache, "step", tmp_path / "seeds", seed=4, seeds=3, **FAST)
+    metrics = result.metrics
+    assert metrics["seeds"] == [4, 5, 6] and metrics["stacked_members"] == 3
+    assert [s["seed"] for s in metrics["per_seed"]] == [4, 5, 6]
+    values = [s["top1"] for s in metrics["per_seed"]]
+    assert metrics["mean"]["top1"] == pytest.approx(sum(values) / 3)
+    assert metrics["std"]["top1"] == pytest.approx(float(torch.tensor(values, dtype=torch.float64).std()))
+    test_values = [s["test"]["pair_accuracy"] for s in metrics["per_seed"]]
+    assert metrics["mean"]["test"]["pair_accuracy"] == pytest.approx(sum(test_values) / 3)
+    assert "±" in result.summary() and "3 seeds" in result.summary() and "test top-1" in result.summary()
+    # Every seed has its own files; the run's own best.pt is the first seed's.
+    run = tmp_path / "seeds"
+    for seed in (4, 5, 6):
+        seed_metrics = json.loads((run / "seeds" / f"seed-{seed}" / "metrics.json").read_text())
+        assert seed_metrics["seed"] == seed and (run / "seeds" / f"seed-{seed}" / "best.pt").is_file()
+    first = load_state_dict_file(run / "seeds" / "seed-4" / "best.pt")
+    own = load_state_dict_file(run / "best.pt")
+    assert all(torch.equal(first[k], own[k]) for k in first)
+    other = load_state_dict_file(run / "seeds" / "seed-5" / "best.pt")
+    assert not torch.equal(first["frame_pos"], other["frame_pos"])  # another seed, other initial weights
+    record = json.loads((run / "config.json").read_text())
+    assert record["config"]["seeds"] == 3 and record["data"]["seeds"] == [4, 5, 6]
+    # A finished run is returned by --resume without training again; other seeds are refused.
+    again = train_probe(split_cache, "step", run, seed=4, seeds=3, resume=True, **FAST)
+    assert again.metrics == metrics
+    with pytest.raises(ValueError, match="seeds"):
+        train_probe(split_cache, "step", run, seed=4, seeds=2, resume=True, **FAST)
+
+
+def test_first_seed_of_a_stack_is_the_run_of_that_seed_alone(split_cache, tmp_path):
+    """Seeds share the first seed's batches, so member 0 is train_probe(seed=s) up to float rounding (vmapped and
+    plain kernels sum in other orders). Adam moves a weight by at most about lr per step whatever the gradient's
+    size, so rounding that flips a near-zero gradient's sign bounds the difference by 2 x lr x steps."""
+    alone = train_probe(split_cache, "step", tmp_path / "alone", seed=2, **FAST)
+    stacked = train_probe(split_cache, "step", tmp_path / "stack", seed=2, seeds=2, **FAST)
+    steps = json.loads((tmp_path / "alone" / "config.json").read_text())["data"]["schedule"]["optimizer_steps"]
+    a, b = (load_state_dict_file(tmp_path / name / "best.pt") for name in ("alone", "stack"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], rtol=0, atol=2 * FAST["lr"] * steps) for k in a)
+    # Far tighter in practice: the same predictions on every video.
+    assert stacked.metrics["per_seed"][0]["top1"] == alone.metrics["top1"]
+
+
+def test_cli_seeds_print_mean_and_std(split_cache, tmp_path):
+    from cli.main import _register_commands, app
+
+    _register_commands()
+    result = CliRunner().invoke(
+        app,
+        [
+            "train-probe", str(split_cache), "--probe", "linear", "--out", str(tmp_path / "run"), "--epochs", "2",
+            "--seeds", "2", "--quiet",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "linear: test top-1" in result.output and "±" in result.output and "2 seeds" in result.output
+    bad = CliRunner().invoke(app, ["train-probe", str(split_cache), "--lr", "inf", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "lr must be a finite number" in bad.output
+    assert not (tmp_path / "x").exists()
