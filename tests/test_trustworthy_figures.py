@@ -162,3 +162,16 @@ def test_cli_seeds_print_mean_and_std(split_cache, tmp_path):
     bad = CliRunner().invoke(app, ["train-probe", str(split_cache), "--lr", "inf", "--out", str(tmp_path / "x")])
     assert bad.exit_code != 0 and "lr must be a finite number" in bad.output
     assert not (tmp_path / "x").exists()
+
+
+def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(split_cache, tmp_path):
+    from step_cache.sweeps.stacked import train_stacked
+    from step_cache.training.epoch_loop import NonFiniteLossError
+
+    with pytest.raises(NonFiniteLossError, match="lower --lr"):
+        train_probe(split_cache, "step", tmp_path / "run", seeds=2, **{**FAST, "lr": 1e30})
+    for path in (tmp_path / "run").rglob("*.json*"):
+        assert "NaN" not in path.read_text() and "Infinity" not in path.read_text(), path
+    diverged, fine = train_stacked(split_cache, [make_config("step", {**FAST, "lr": lr}) for lr in (1e30, 3e-3)])
+    assert diverged.metrics is None and "non-finite" in diverged.diverged and diverged.stopped_after == 0
+    assert fine.diverged is None and fine.metrics["stacked_members"] == 2 and len(fine.history) == 3

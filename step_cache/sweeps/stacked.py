@@ -59,6 +59,7 @@ class MemberResult:
     metrics: dict[str, Any] | None = None  # train_probe's metrics.json content; None when stopped early
     stopped_after: int | None = None  # the epoch after which on_epoch stopped it
     weights: dict[str, torch.Tensor] | None = None  # best checkpoint (with keep_weights)
+    diverged: str | None = None  # why training stopped when the loss became non-finite (then metrics is None)
 
 
 def full_options(config: TrainConfig) -> dict[str, Any]:
@@ -143,16 +144,18 @@ class StackedRun:
         self.training_time = TrainingTime()  # of the whole stack
 
     # -- training ----------------------------------------------------------------------------------------
-    def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    def train_step(
+        self, tokens: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, list[float], Any]:
         with autocast(self.device, self.first.amp):
             logits = self.stack(tokens)
         losses = member_losses(logits.float(), labels, self.smoothing)
         self.stack.zero_grad()
         losses.sum().backward()  # members are independent: each gets the gradient of its own loss
-        self.optimizer.clip_gradients(self.stack.params)
+        norms = self.optimizer.clip_gradients(self.stack.params)
         lr = self.optimizer.current_lr()
         self.optimizer.step(self.stack.params)
-        return losses, logits, lr
+        return losses, logits, lr, norms
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch of every active member: the shared timing and per-slot loss / top-1 / lr."""
@@ -192,7 +195,20 @@ class StackedRun:
         val = self.evaluate(self.data.splits.val, orders=False)
         eval_s = time.perf_counter() - start
         improved, stopped = [], []
+        diverged = [slot for slot, finite in enumerate(shared["finite"]) if not finite]
+        for slot in diverged:
+            # Its weights are NaN now: no record, no checkpoint; it leaves the stack (metrics stay None).
+            member = self.active[slot]
+            self.results[member].stopped_after = epoch
+            self.results[member].diverged = f"loss became non-finite in epoch {epoch + 1} (lr too high?)"
+            config = self.configs[member]
+            log.warning(
+                "member %d (lr %g, seed %d) diverged in epoch %d and was dropped", member, config.lr, config.seed,
+                epoch + 1,
+            )  # fmt: skip
         for slot, member in enumerate(self.active):
+            if slot in diverged:
+                continue
             train = {**shared, **{key: shared[key][slot] for key in ("train_loss", "train_top1", "lr")}}
             score = validation_score(val[slot])
             record = epoch_record(
@@ -207,11 +223,13 @@ class StackedRun:
             for name, param in self.stack.params.items():
                 self.best_params[name][index] = param.detach()[index]
         for slot, member in enumerate(self.active):
+            if slot in diverged:
+                continue
             if on_epoch is not None and on_epoch(member, self.results[member].history[-1]):
                 self.results[member].stopped_after = epoch + 1
                 stopped.append(slot)
-        if stopped:
-            self.drop(stopped)
+        if stopped or diverged:
+            self.drop(sorted(stopped + diverged))
         top = max((self.best[m][0] for m in range(len(self.configs))), default=float("nan"))
         log.debug(
             "epoch %d/%d: %d probes trained, best val top-1 so far %.3f%s", epoch + 1, self.first.epochs,

@@ -224,7 +224,11 @@ def run_batch(
         results = train_stacked(data.shards, configs, on_epoch=on_epoch, data=data)
         for index, (trial, config, result) in enumerate(zip(trials, configs, results, strict=True)):
             _record_result(trial, config, result, metric)
-            if result.metrics is None:
+            if result.diverged is not None:
+                trial.set_user_attr("failure", result.diverged)
+                told[index] = TrialState.FAIL
+                study.tell(trial, state=TrialState.FAIL)
+            elif result.metrics is None:
                 told[index] = TrialState.PRUNED
                 study.tell(trial, state=TrialState.PRUNED)
             elif _finite(result.metrics.get(metric)) is None:

@@ -32,6 +32,18 @@ class NonFiniteLossError(RuntimeError):
     description, e.g. "epoch 3/30"), ``batch`` (1-based, the first non-finite one), ``lr`` (the step's learning
     rate, None when unknown) and ``quantity`` ("loss" or "gradient norm") say where and what."""
 
+    @classmethod
+    def for_seed(cls, seed: int, reason: str, lr: float) -> NonFiniteLossError:
+        """A member of a multi-seed run diverged (``MemberResult.diverged`` says where)."""
+        error = cls.__new__(cls)
+        error.epoch, error.batch, error.lr, error.value, error.quantity = "", 0, lr, float("nan"), "loss"
+        RuntimeError.__init__(
+            error,
+            f"training diverged: seed {seed}'s {reason}; the learning rate ({lr:g}) is likely too high — "
+            "try a lower --lr",
+        )
+        return error
+
     def __init__(self, epoch: str, batch: int, lr: float | None, value: float, quantity: str = "loss") -> None:
         self.epoch, self.batch, self.lr, self.value, self.quantity = epoch, batch, lr, value, quantity
         where = f"{epoch}, batch {batch}" if epoch else f"batch {batch}"

@@ -31,6 +31,7 @@ from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.stacked import MemberResult, StackedRun, full_options
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, run_record, with_schedule
+from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.records import seed_statistics
 from step_cache.training.run_data import data_record
 
@@ -86,6 +87,9 @@ def train_seeds(
         results = StackedRun(training, members).run(first_seed, keep_weights=True)
     finally:
         data.close()
+    for seed, result in zip(seeds, results, strict=True):
+        if result.diverged:  # one configuration: a diverged seed fails the run, as a lone run would
+            raise NonFiniteLossError.for_seed(seed, result.diverged, config.lr)
     return _write(out, seeds, results), results[0].history
 
 

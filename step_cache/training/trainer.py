@@ -176,19 +176,20 @@ class _Run:
         }
 
     # -- one epoch ---------------------------------------------------------------------------------------
-    def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, Any]:
         config = self.config
         with autocast(self.device, config.amp):
             logits = self.model(tokens)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if config.clip_grad > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
+        norm = None
+        if config.clip_grad > 0:  # the norm also tells epoch_loop when the gradients diverged
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
-        return loss, logits, lr
+        return loss, logits, lr, norm
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         config = self.config
