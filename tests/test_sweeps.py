@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -27,14 +28,11 @@ from step_cache.sweeps.stacked_adamw import StackedAdamW
 from step_cache.sweeps.study import SweepError, run_batch, run_sweep, trial_config
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import make_config
-from step_cache.training.optimization import build_optimizer, build_scheduler
+from step_cache.training.optimization import WarmupCosine, build_optimizer, build_scheduler, schedule_steps
 from step_cache.training.trainer import train_probe
 
 BASE = {"epochs": 5, "batch_size": 8, "progress": False}
 TIMING = {"train_s", "data_wait_s", "clips_per_s", "eval_s"}
-FINAL = ("top1", "top5", "mean_class_accuracy", "pair_accuracy", "reversed_top1", "shuffled_top1",
-         "reversed_pair_accuracy", "shuffled_pair_accuracy", "best_epoch", "per_class_accuracy", "confusion_matrix",
-         "parameters", "parameters_without_head", "videos", "clips")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -92,29 +90,53 @@ def test_stacked_adamw_steps_each_member_exactly_like_torch_adamw():
 # --- a member trained in a stack = the same config trained alone -------------------------------------------------
 
 
-def assert_same_as_lone_run(member, lone, weights_tol=1e-5):
+# What "a member = its lone run" can promise in float32. The stack and the lone run compute the same sums in another
+# order (vmapped vs plain kernels, and again per CPU: scalar, AVX2 and AVX-512 kernels split sums differently), so
+# their gradients differ by rounding. Exactly equal stays what is computed from predictions (accuracies, confusion
+# matrices, the best epoch: a prediction would flip only if a logit margin were within rounding) or not from the
+# weights at all (counts, shapes, learning rates). Floats computed from the weights are compared with the bounds below.
+EXACT_FINAL = ("top1", "top5", "mean_class_accuracy", "pair_accuracy", "reversed_top1", "shuffled_top1",
+               "reversed_pair_accuracy", "shuffled_pair_accuracy", "best_epoch", "per_class_accuracy",
+               "confusion_matrix", "parameters", "parameters_without_head", "videos", "clips")  # fmt: skip
+LOSSES = ("train_loss", "val_loss", "loss")
+# Losses: no a-priori bound is tighter than the weights' below (AdamW amplifies rounding data-dependently). Measured
+# between stack and lone on CPU kernel families torch and MKL dispatch to (ATEN_CPU_CAPABILITY=default / avx2 /
+# avx512 combined with MKL_CBWR=COMPATIBLE / AVX / AVX2 / AVX512): at most 1.0e-5 relative. 1e-4 leaves 10x, and a
+# member bug still moves a loss further (measured on these configs: weight decay off 1.4e-3, lr +10 % 3e-2, label
+# smoothing or warm-up ignored > 1e-3, weight decay +10 % 1.4e-4).
+LOSS_RTOL = 1e-4
+
+
+def adamw_drift(config, train_clips: int, epochs: int) -> float:
+    """How far one weight of two AdamW runs of ``config`` can drift apart in ``epochs`` epochs when their gradients
+    differ only by rounding. An AdamW step moves a weight by lr_t · m̂/(√v̂ + eps): about lr_t whatever the gradient's
+    size, also when the gradient is rounding noise around 0 (e.g. the attention key bias, whose true gradient is 0:
+    softmax cancels it), and the noise may point the two runs opposite ways. So at most 2 · Σ lr_t."""
+    total, warmup = schedule_steps(config.epochs, train_clips, config.batch_size, config.warmup_epochs)
+    schedule = WarmupCosine(total, warmup)
+    steps = epochs * math.ceil(train_clips / config.batch_size)
+    return 2 * sum(config.lr * schedule(step) for step in range(steps))
+
+
+def assert_same_as_lone_run(member, lone):
     assert len(member.history) == len(lone.history)
     for mine, theirs in zip(member.history, lone.history, strict=True):
         assert set(mine) == set(theirs)
         for key in set(mine) - TIMING:
-            assert mine[key] == pytest.approx(theirs[key], rel=1e-5, abs=1e-6), key
-    for key in FINAL:
-        if isinstance(lone.metrics[key], float):
-            assert member.metrics[key] == pytest.approx(lone.metrics[key], rel=1e-5, abs=1e-6), key
-        else:  # counts, confusion matrix, per-class accuracies (all from exactly equal predictions)
-            assert member.metrics[key] == lone.metrics[key], key
-    assert member.metrics["loss"] == pytest.approx(lone.metrics["loss"], rel=1e-5)
+            if key in LOSSES:
+                assert mine[key] == pytest.approx(theirs[key], rel=LOSS_RTOL, abs=0), key
+            else:
+                assert mine[key] == theirs[key], key
+    for key in EXACT_FINAL:
+        assert member.metrics[key] == lone.metrics[key], key
+    assert member.metrics["loss"] == pytest.approx(lone.metrics["loss"], rel=LOSS_RTOL, abs=0)
     best = load_state_dict_file(lone.run_dir / "best.pt")
     assert set(best) == set(member.weights)
+    assert all(member.weights[key].shape == value.shape for key, value in best.items())
+    train_clips = json.loads((lone.run_dir / "config.json").read_text())["data"]["splits"]["train"]
+    drift = adamw_drift(member.config, train_clips, lone.metrics["best_epoch"])
     for key, value in best.items():
-        mine = member.weights[key]
-        if key.endswith("attn.qkv.bias"):
-            # The key bias shifts every score of a query equally, so softmax cancels it: its true gradient is 0
-            # and what autograd returns is rounding noise, which Adam scales up to lr-sized steps. It follows a
-            # different noise in a stack than alone, and never changes a logit.
-            dim = len(value) // 3
-            mine, value = torch.cat([mine[:dim], mine[2 * dim :]]), torch.cat([value[:dim], value[2 * dim :]])
-        torch.testing.assert_close(mine, value, rtol=0, atol=weights_tol, msg=key)
+        torch.testing.assert_close(member.weights[key], value, rtol=0, atol=drift, msg=key)
 
 
 @pytest.mark.parametrize(("probe", "options"), [("step", {}), ("self-attentive", {"depth": 2, "num_heads": 2})])
@@ -148,10 +170,7 @@ def test_members_with_dropout_drop_differently_learn_and_leave_others_exact(cach
     assert first.metrics["top1"] >= 0.8 and second.metrics["top1"] >= 0.8
     # A dropout-0 member keeps every unit whatever the stream: it still equals its lone run.
     lone = train_probe(cache, "step", tmp_path / "zero", **BASE, lr=1e-2, probe_options={"dropout": 0.0})
-    for key in ("top1", "loss", "best_epoch"):
-        assert zero.metrics[key] == pytest.approx(lone.metrics[key], rel=1e-5)
-    lone_head = load_state_dict_file(lone.run_dir / "best.pt")["head.weight"]
-    torch.testing.assert_close(zero.weights["head.weight"], lone_head, rtol=0, atol=1e-5)
+    assert_same_as_lone_run(zero, lone)
 
 
 def test_configs_are_grouped_by_shape_and_results_come_back_in_order(cache):
@@ -279,11 +298,12 @@ def test_sweep_writes_sorted_trials_best_config_best_run_and_plots(cache, tmp_pa
     assert best["number"] == rows[0]["number"] and best["params"] == rows[0]["params"]
     assert best["config"]["lr"] == best["params"]["lr"]
     assert best["config"]["probe_options"]["depth"] == best["params"]["depth"]
-    # The best configuration retrained alone (no dropout) reproduces the trial: same metric, normal run dir.
+    # The best configuration retrained alone (no dropout) reproduces the trial: same metric, normal run dir. Top-1
+    # counts equal predictions, which a stack member and its lone run share (see assert_same_as_lone_run): exact.
     run = out / "best-run"
     assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.json", "metrics.jsonl", "best.pt", "last.pt"}
-    assert json.loads((run / "metrics.json").read_text())["top1"] == pytest.approx(best["value"])
-    assert best["best_run"]["top1"] == pytest.approx(best["value"])
+    assert json.loads((run / "metrics.json").read_text())["top1"] == best["value"]
+    assert best["best_run"]["top1"] == best["value"]
     names = sorted(p.name for p in result.figures)
     assert names == ["objective_vs_depth.png", "objective_vs_lr.png", "objective_vs_weight_decay.png",
                      "parallel_coordinates.png"]  # fmt: skip
