@@ -22,6 +22,12 @@ from step_cache.probes import (
 from step_cache.probes.layers import Block, cls_readout, default_num_heads
 
 D, T, P, C = 32, 6, 5, 3
+EPS32 = torch.finfo(torch.float32).eps  # 1.19e-7
+# Two summation orders of the same float32 arithmetic (vmapped vs plain kernels, permuted frames, folded vs explicit
+# attention; and per CPU, scalar / AVX2 / AVX-512 kernels) differ by at most about eps × (number of terms summed) ×
+# (size of the values summed). Here: D = 32-wide dot products and LayerNorms, attention over T·P + 1 = 31 tokens, on
+# activations of size up to ~3 (LayerNorm'd, or 3·x + 1): 32 × 3 × eps = 1.1e-5. Measured: at most 4.8e-7.
+FORWARD_ATOL = EPS32 * max(D, T * P + 1) * 3
 INVARIANT = ("linear", "attentive", "self-attentive")
 # CPU SDPA has no vmap batching rule; the fallback is correct, only slower, and warns.
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop:UserWarning")
@@ -113,16 +119,18 @@ def test_default_heads_are_64_channels_each_and_divide_the_width():
 def test_linear_reads_cls_tokens_or_averages_all_tokens_without_cls():
     x = tokens()
     probe = make("linear")
-    torch.testing.assert_close(probe(x), probe.head(probe.norm(x[:, :, 0].mean(1))))
+    # The probe's own operations, in the same order: equal bit for bit.
+    torch.testing.assert_close(probe(x), probe.head(probe.norm(x[:, :, 0].mean(1))), rtol=0, atol=0)
     torch.manual_seed(0)
     no_cls = build_probe("linear", dim=D, num_classes=C, frames=T, tokens_per_frame=P, cls_index=None).eval()
-    torch.testing.assert_close(no_cls(x), no_cls.head(no_cls.norm(x.mean((1, 2)))))
+    torch.testing.assert_close(no_cls(x), no_cls.head(no_cls.norm(x.mean((1, 2)))), rtol=0, atol=0)
 
 
 def test_step_without_frame_pos_and_with_mlp_is_the_self_attentive_probe():
     reference, step = make("self-attentive", seed=3), make("step", seed=4, frame_pos=False, mlp=True)
     step.load_state_dict(reference.state_dict())
-    torch.testing.assert_close(step(tokens()), reference(tokens()), rtol=0, atol=1e-6)
+    # Both run cls_readout over the same blocks, then the same norm and head: the same operations, bit for bit.
+    torch.testing.assert_close(step(tokens()), reference(tokens()), rtol=0, atol=0)
 
 
 def random_layer_norms(module: torch.nn.Module) -> None:
@@ -145,7 +153,7 @@ def test_pooling_query_outside_the_context_matches_explicit_cross_attention():
         for h, w, b in zip((normed_queries, context, context), weights, biases, strict=True)
     )
     explicit = queries + block.attn.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
-    torch.testing.assert_close(block.pool(queries, x, include_queries=False), explicit, rtol=0, atol=1e-5)
+    torch.testing.assert_close(block.pool(queries, x, include_queries=False), explicit, rtol=0, atol=FORWARD_ATOL)
 
 
 @pytest.mark.parametrize("depth", [1, 2])
@@ -159,7 +167,7 @@ def test_cls_readout_matches_running_full_blocks_on_the_whole_sequence(depth, wi
     sequence = torch.cat([cls, (x if frame_pos is None else x + frame_pos[:, None]).flatten(1, 2)], dim=1)
     for block in blocks:
         sequence = block(sequence)
-    torch.testing.assert_close(cls_readout(blocks, cls, x, frame_pos), sequence[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(cls_readout(blocks, cls, x, frame_pos), sequence[:, 0], rtol=0, atol=FORWARD_ATOL)
 
 
 # --- frame order ----------------------------------------------------------------------------------------------
@@ -180,16 +188,16 @@ def with_random_weights(probe: torch.nn.Module) -> torch.nn.Module:
 @pytest.mark.parametrize("name", INVARIANT)
 def test_order_blind_probes_ignore_frame_permutations(name):
     probe, x = with_random_weights(make(name)), tokens()
-    torch.testing.assert_close(probe(x[:, PERMUTATION]), probe(x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(probe(x[:, PERMUTATION]), probe(x), rtol=0, atol=FORWARD_ATOL)
 
 
 @pytest.mark.parametrize("options", [{}, {"global_cls": False}, {"mlp": True, "depth": 2}])
 def test_step_sees_frame_order_unless_frame_pos_is_off(options):
     x = tokens()
     step = with_random_weights(make("step", **options))
-    assert (step(x[:, PERMUTATION]) - step(x)).abs().max() > 1e-3  # 100x the tolerance of "equal" below
+    assert (step(x[:, PERMUTATION]) - step(x)).abs().max() > 1e-3  # ~100x FORWARD_ATOL, the tolerance of "equal"
     blind = with_random_weights(make("step", frame_pos=False, **options))
-    torch.testing.assert_close(blind(x[:, PERMUTATION]), blind(x), rtol=0, atol=1e-5)
+    torch.testing.assert_close(blind(x[:, PERMUTATION]), blind(x), rtol=0, atol=FORWARD_ATOL)
 
 
 # --- parameter budgets ----------------------------------------------------------------------------------------
@@ -278,7 +286,7 @@ def test_vmapped_members_match_members_run_one_by_one(name, options):
     stacked = stacked_forward(probes, x)
     assert stacked.shape == (3, 4, C)
     for member, probe in enumerate(probes):
-        torch.testing.assert_close(stacked[member], probe(x), rtol=0, atol=1e-5)
+        torch.testing.assert_close(stacked[member], probe(x), rtol=0, atol=FORWARD_ATOL)
 
 
 @pytest.mark.parametrize("mode", ["vmap(grad)", "backward through vmap"])
@@ -299,8 +307,12 @@ def test_vmapped_gradients_match_per_member_gradients(name, mode):
         grads = {key: value.grad for key, value in params.items()}
     for member, probe in enumerate(probes):
         F.cross_entropy(probe(x), y).backward()
+        # A gradient element sums over 4 clips x 31 tokens, terms the size of the largest gradient at most (some
+        # cancel to ~0, e.g. the key bias's): eps x 124 x that size (~1e-5; measured: at most 1.8e-7).
+        scale = max(parameter.grad.abs().max().item() for parameter in probe.parameters())
         for key, parameter in probe.named_parameters():
-            torch.testing.assert_close(grads[key][member], parameter.grad, rtol=1e-4, atol=1e-6)
+            atol = EPS32 * len(y) * (T * P + 1) * scale
+            torch.testing.assert_close(grads[key][member], parameter.grad, rtol=0, atol=atol, msg=key)
 
 
 def test_each_stacked_member_drops_with_its_own_rate():
@@ -310,7 +322,7 @@ def test_each_stacked_member_drops_with_its_own_rate():
     stacked = stacked_forward(probes, x)
     with torch.no_grad():
         eval_logits = probes[0].eval()(x)
-    torch.testing.assert_close(stacked[0], eval_logits, rtol=0, atol=1e-5)  # rate 0: no dropout at all
+    torch.testing.assert_close(stacked[0], eval_logits, rtol=0, atol=FORWARD_ATOL)  # rate 0: no dropout at all
     assert (stacked[1] - eval_logits).abs().max() > 1e-3  # same weights, rate 0.5: dropped
     assert (stacked[1] - stacked[2]).abs().max() > 1e-3  # randomness='different': independent masks
 
@@ -319,7 +331,8 @@ def test_stackable_dropout_rate_and_scaling():
     dropout = StackableDropout(0.25).train()
     torch.manual_seed(0)
     out = dropout(torch.ones(100_000))
-    assert torch.allclose(out.unique(), torch.tensor([0.0, 1 / 0.75]))
+    assert torch.allclose(out.unique(), torch.tensor([0.0, 1 / 0.75]))  # 1 / 0.75 rounded once or twice: 1 ulp
+    # 100 000 Bernoulli(0.25) draws: standard deviation sqrt(0.25 · 0.75 / 1e5) = 0.0014, so 0.01 is 7 sigma.
     assert (out == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
     assert torch.equal(dropout.eval()(torch.ones(10)), torch.ones(10))
     assert "rate" not in dropout.state_dict()  # a setting, not a weight: checkpoints hold weights only
