@@ -127,7 +127,7 @@ def test_seeds_train_as_one_stack_and_report_mean_and_std(split_cache, tmp_path)
     assert record["config"]["seeds"] == 3 and record["data"]["seeds"] == [4, 5, 6]
     # A finished run is returned by --resume without training again; other seeds are refused.
     again = train_probe(split_cache, "step", run, seed=4, seeds=3, resume=True, **FAST)
-    assert again.metrics == metrics
+    assert again.metrics == metrics and json.loads((run / "metrics.json").read_text()) == metrics
     with pytest.raises(ValueError, match="seeds"):
         train_probe(split_cache, "step", run, seed=4, seeds=2, resume=True, **FAST)
 

@@ -128,6 +128,11 @@ def classification_metrics(
     }
     if pairs:
         summary["pair_accuracy"], summary["pair_count"] = pair_accuracy(logits, labels, pairs)
+    # NaN here means "does not apply" (no clip, or no clip of a paired class): None in metrics.json, which is
+    # strict JSON; a NaN *loss* still stops a run (it means divergence).
+    for key in ("top1", "top5", "mean_class_accuracy", "pair_accuracy"):
+        if key in summary and math.isnan(summary[key]):
+            summary[key] = None
     return summary
 
 

@@ -56,8 +56,8 @@ class TrainingTime:
     def metrics(self) -> dict[str, float]:
         return {
             "train_time_s": self.seconds,
-            "train_clips_per_s": self.clips / self.seconds if self.seconds > 0 else math.nan,
-            "data_wait_share": self.data_wait / self.seconds if self.seconds > 0 else math.nan,
+            "train_clips_per_s": self.clips / self.seconds if self.seconds > 0 else None,
+            "data_wait_share": self.data_wait / self.seconds if self.seconds > 0 else None,
         }
 
 

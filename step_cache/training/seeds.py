@@ -30,7 +30,7 @@ from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.stacked import MemberResult, StackedRun, full_options
 from step_cache.training import runs
-from step_cache.training.config import TrainConfig, run_record, with_schedule
+from step_cache.training.config import TrainConfig, record_differences, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.records import seed_statistics
 from step_cache.training.run_data import data_record
@@ -97,7 +97,12 @@ def _finished(out: Path, record: dict[str, Any]) -> tuple[dict[str, Any], list[d
     metrics = runs.read_final_metrics(out)
     if metrics is None or metrics.get("seeds") != record["data"]["seeds"]:
         return None
-    runs.open_run_dir(out, record, resume=True)  # raises if the settings differ
+    differences = record_differences(runs.read_config(out), record)
+    if differences:
+        raise runs.RunError(
+            f"{out}: cannot resume with different settings ({'; '.join(differences)}); "
+            "repeat the original command with --resume, or use a new --out"
+        )
     return metrics, runs.read_epoch_log(out)
 
 

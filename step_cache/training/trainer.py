@@ -70,7 +70,7 @@ class TrainResult:
             f"{m['probe']}: {split} top-1 {pct('top1')} | pair {pct('pair_accuracy')} | reversed "
             f"{pct('reversed_top1')} | shuffled {pct('shuffled_top1')}{note}{seeds} | {m['parameters']:,} params "
             f"({m['parameters_without_head']:,} without head) | {m['train_time_s']:.1f} s "
-            f"({m['train_clips_per_s']:.0f} clips/s) -> {self.run_dir}"
+            f"({m['train_clips_per_s'] or 0:.0f} clips/s) -> {self.run_dir}"
         )
 
 
