@@ -175,3 +175,34 @@ def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(sp
     diverged, fine = train_stacked(split_cache, [make_config("step", {**FAST, "lr": lr}) for lr in (1e30, 3e-3)])
     assert diverged.metrics is None and "non-finite" in diverged.diverged and diverged.stopped_after == 0
     assert fine.diverged is None and fine.metrics["stacked_members"] == 2 and len(fine.history) == 3
+
+
+def test_a_killed_multi_seed_run_resumes_exactly(split_cache, tmp_path):
+    """The stack's state is committed after every epoch; a run stopped in epoch 3 resumes from epoch 2 and ends
+    with the same figures and weights as an uninterrupted run."""
+    whole = train_probe(split_cache, "step", tmp_path / "whole", seeds=2, **{**FAST, "epochs": 4})
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_3(record):
+        if record["epoch"] == 3:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_probe(split_cache, "step", tmp_path / "cut", seeds=2, on_epoch=kill_in_epoch_3, **{**FAST, "epochs": 4})
+    assert not (tmp_path / "cut" / "metrics.json").exists()
+    assert len((tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()) == 2
+    seen = []
+    resumed = train_probe(
+        split_cache, "step", tmp_path / "cut", seeds=2, resume=True, on_epoch=lambda r: seen.append(r["epoch"]),
+        **{**FAST, "epochs": 4},
+    )  # fmt: skip
+    assert seen == [3, 4]  # continued after epoch 2, not started over
+    timing = {"train_time_s", "train_clips_per_s", "data_wait_share", "data_mode"}
+    assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
+        k: v for k, v in whole.metrics.items() if k not in timing
+    }
+    for seed in (0, 1):
+        a, b = (load_state_dict_file(tmp_path / run / "seeds" / f"seed-{seed}" / "best.pt") for run in ("whole", "cut"))
+        assert all(torch.equal(a[k], b[k]) for k in a)

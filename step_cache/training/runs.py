@@ -164,17 +164,22 @@ def refuse_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
         )
 
 
+def check_same_settings(run_dir: Path, record: dict[str, Any]) -> None:
+    """Refuse to resume ``run_dir`` when its stored config differs from ``record`` (execution-only fields aside)."""
+    differences = record_differences(read_config(run_dir), record)
+    if differences:
+        raise RunError(
+            f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
+            "repeat the original command with --resume, or use a new --out"
+        )
+
+
 def open_run_dir(run_dir: Path, record: dict[str, Any], resume: bool) -> dict[str, Any] | None:
     """Start a run (clear old run files, write config.json) or, with ``resume``, check the stored config against
     ``record`` and return the saved state (None when no epoch was completed: the run starts over)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume and (run_dir / CONFIG).is_file():
-        differences = record_differences(read_config(run_dir), record)
-        if differences:
-            raise RunError(
-                f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
-                "repeat the original command with --resume, or use a new --out"
-            )
+        check_same_settings(run_dir, record)
         if (run_dir / STATE).is_file():
             return load_state(run_dir / STATE)
         log.info("%s: no completed epoch to resume from; starting from the beginning", run_dir)

@@ -13,8 +13,9 @@ Run directory (``runs.py`` plus)::
     metrics.jsonl, best.pt      the first seed's (so evaluate, predict and report read it like a one-seed run)
     seeds/seed-<s>/             metrics.json, metrics.jsonl and best.pt of every seed
 
-A killed multi-seed run has no per-epoch state: ``--resume`` returns a finished run and starts an unfinished one
-over.
+After each epoch the whole stack (parameters, optimizer moments, best checkpoints, histories, RNG state) is
+saved to ``last_state.pt``, so ``--resume`` continues a killed run from its last completed epoch, exactly as a
+one-seed run does; a finished run is returned as it is.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.stacked import MemberResult, StackedRun, full_options
 from step_cache.training import runs
-from step_cache.training.config import TrainConfig, record_differences, run_record, with_schedule
+from step_cache.training.config import TrainConfig, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.records import seed_statistics
 from step_cache.training.run_data import data_record
@@ -74,9 +75,14 @@ def train_seeds(
         )
         if resume and (finished := _finished(out, record)) is not None:
             return finished
-        runs.open_run_dir(out, record, resume)  # checks the settings on --resume; clears an unfinished run
-        shutil.rmtree(out / SEEDS_DIR, ignore_errors=True)
+        state = runs.open_run_dir(out, record, resume)  # checks the settings on --resume; else starts over
+        if state is None:
+            shutil.rmtree(out / SEEDS_DIR, ignore_errors=True)
         members = [dataclasses.replace(resolved, seed=seed) for seed in seeds]
+        stack = StackedRun(training, members)
+        if state is not None:
+            stack.restore(state)
+            log.info("resuming %s after epoch %d of %d", out, stack.start_epoch, resolved.epochs)
         log.info("%s: training %d seeds (%s) as one stack", config.probe, len(seeds), ", ".join(map(str, seeds)))
 
         def first_seed(member: int, record: dict[str, Any]) -> bool:
@@ -84,7 +90,12 @@ def train_seeds(
                 on_epoch(record)
             return False
 
-        results = StackedRun(training, members).run(first_seed, keep_weights=True)
+        def commit(epochs_done: int) -> None:
+            # The state file is the epoch's commit point, as for one seed; metrics.jsonl (the first seed's) follows.
+            runs.save_state(stack.state(epochs_done), out / runs.STATE)
+            runs.write_epoch_log(out, stack.results[0].history)
+
+        results = stack.run(first_seed, keep_weights=True, after_epoch=commit)
     finally:
         data.close()
     for seed, result in zip(seeds, results, strict=True):
@@ -97,12 +108,7 @@ def _finished(out: Path, record: dict[str, Any]) -> tuple[dict[str, Any], list[d
     metrics = runs.read_final_metrics(out)
     if metrics is None or metrics.get("seeds") != record["data"]["seeds"]:
         return None
-    differences = record_differences(runs.read_config(out), record)
-    if differences:
-        raise runs.RunError(
-            f"{out}: cannot resume with different settings ({'; '.join(differences)}); "
-            "repeat the original command with --resume, or use a new --out"
-        )
+    runs.check_same_settings(out, record)
     return metrics, runs.read_epoch_log(out)
 
 
