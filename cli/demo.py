@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.main import app
 from step_cache.benchmark import DEFAULT_KINDS, KINDS, make_demo_dataset, parse_size
 from step_cache.demo import DemoSettings
 
@@ -21,7 +21,13 @@ def make_demo(
     directory: Annotated[Path, typer.Argument(help="Output folder: DIR/<class>/*.mp4, annotations.csv, pairs.txt.")],
     per_class: Annotated[int, typer.Option("--per-class", help="Videos per class.")] = 20,
     seed: Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same videos.")] = 0,
-    frames: Annotated[int, typer.Option("--frames", help="Frames per video.")] = 32,
+    frames: Annotated[
+        int,
+        typer.Option(
+            "--frames",
+            help="Frames per video; keep it odd, so frames sampled from a clip and from its reverse match.",
+        ),
+    ] = 33,
     size: Annotated[str, typer.Option("--size", help="Frame size WIDTHxHEIGHT (even numbers).")] = "112x112",
     fps: Annotated[int, typer.Option("--fps", help="Frames per second written in the videos.")] = 16,
     crf: Annotated[

@@ -311,3 +311,25 @@ def test_frame_statistics_do_not_separate_a_pair_but_order_does(tmp_path):
     slopes = np.array([[_motion_slope(v)] for v in videos])
     assert _permutation_p_value(slopes, labels) < 0.01
     assert np.mean((slopes[:, 0] < 0) == labels) >= 0.85
+
+
+@pytest.mark.parametrize("num_frames", [9, 17, 33, 47, 65])
+def test_odd_frame_counts_sample_a_clip_and_its_reverse_at_mirrored_frames(num_frames):
+    """A mirrored clip shows frame N - 1 - f of its partner at f: for odd N the frames extraction samples from it
+    are exactly the partner's sampled frames in reverse order, for every T and number of clips."""
+    from step_cache.extraction.sampling import segment_indices
+
+    for frames in range(1, num_frames + 1):
+        for clips in (1, 2, 3):
+            sampled = segment_indices(num_frames, frames, clips)
+            mirrored = num_frames - 1 - sampled[::-1, ::-1]  # the reverse video's clips, frames back to front
+            np.testing.assert_array_equal(sampled, mirrored)
+
+
+def test_even_frame_counts_leak_order_and_make_demo_warns(tmp_path, caplog):
+    from step_cache.extraction.sampling import segment_indices
+
+    sampled = segment_indices(32, 4)[0]
+    assert sampled.tolist() == [4, 12, 20, 28] and (31 - sampled[::-1]).tolist() == [3, 11, 19, 27]
+    make_demo_dataset(tmp_path, per_class=3, num_frames=8, size=SIZE, kinds=["fade"], progress=False)
+    assert "8 frames per video is even" in caplog.text

@@ -12,6 +12,7 @@ DIR)`` work)::
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -26,6 +27,8 @@ from step_cache.benchmark.actions import DEFAULT_KINDS, KINDS
 from step_cache.benchmark.scene import BenchmarkError, SceneConfig, class_table, render_clip
 from step_cache.catalog import VideoItem, write_annotations, write_pairs
 from step_cache.synthetic.videos import write_video
+
+log = logging.getLogger(__name__)
 
 METADATA_NAME = "benchmark.json"
 ANNOTATIONS_NAME = "annotations.csv"
@@ -152,7 +155,7 @@ def make_demo_dataset(
     out_dir: str | Path,
     per_class: int = 20,
     seed: int = 0,
-    num_frames: int = 32,
+    num_frames: int = 33,
     size: tuple[int, int] = (112, 112),
     fps: int = 16,
     crf: int = 0,
@@ -173,8 +176,21 @@ def make_demo_dataset(
     action length together (see ``SceneConfig.from_difficulty``); ``scene`` overrides it knob by knob. ``crf`` is
     0 (lossless) by default: x264's quality decays after each key frame, which would leak frame order, and lossless
     video decodes to the very same pixels on every run (x264's lossy output is not always bit-reproducible).
+
+    ``num_frames`` is odd by default, and should be: extraction samples frame ⌊(i + ½)·N/T⌋ of N frames, and a
+    mirrored clip is its partner played backwards (frame f ↦ N − 1 − f). For odd N no (i + ½)·N/T is an integer,
+    whatever T (and clips per video), so the sampled frames of a clip and of its reverse are the same frames in
+    reverse order; for even N they are shifted by one frame for some T (at N = 32, T = 4: frames 4, 12, 20, 28 of
+    one against 3, 11, 19, 27 of the process behind the other), which an order-blind probe can exploit.
     """
     _check_settings(per_class, num_frames, size, fps, crf, val_fraction, test_fraction)
+    if num_frames % 2 == 0:
+        log.warning(
+            "make-demo: %d frames per video is even, so the frames sampled from a clip and from its reverse differ "
+            "(segment centres are not symmetric under reversal): order-blind probes can then tell mirrored classes "
+            "apart. Use an odd number of frames (e.g. %d) for a benchmark where they cannot.", num_frames,
+            num_frames + 1,
+        )  # fmt: skip
     if scene is None:
         scene = SceneConfig.from_difficulty(difficulty)
     else:
