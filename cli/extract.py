@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.main import app
 
 
 @app.command(rich_help_panel="Stage one: tokens")

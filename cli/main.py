@@ -1,24 +1,14 @@
 """The ``step-cache`` command: a thin Typer app. Each sub-command lives in its own module and only parses
-options and calls the library."""
+options and calls the library; the app object lives in ``cli.app``, and this module registers the commands."""
 
 from __future__ import annotations
 
-import typer
-
-app = typer.Typer(
-    name="step-cache",
-    help=(
-        "Cache frozen image-backbone tokens of videos once (extract), then train STEP and baseline "
-        "temporal probes on the cache in minutes (train-probe, sweep)."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+from cli.app import app
 
 
 def _register_commands() -> None:
-    # Imported here so that each module can `from cli.main import app` without a cycle.
+    # Importing a command module registers its commands on the app. Imported on demand so that `import cli.main`
+    # stays cheap; the command modules import only cli.app, never this module.
     import cli.cache
     import cli.demo
     import cli.extract
@@ -32,6 +22,8 @@ def main() -> None:
     _register_commands()
     app()
 
+
+__all__ = ["_register_commands", "app", "main"]
 
 if __name__ == "__main__":
     main()

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cli.app import app
 from cli.console import user_errors
-from cli.main import app
 from step_cache.datasets import ADAPTERS, prepare
 
 _DATASETS_HELP = "; ".join(f"{name}: {adapter.description}" for name, adapter in ADAPTERS.items())

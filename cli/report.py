@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cli.app import app
 from cli.console import user_errors
-from cli.main import app
 from cli.train import PANEL
 
 

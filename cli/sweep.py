@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.main import app
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"

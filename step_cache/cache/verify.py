@@ -21,7 +21,7 @@ from step_cache.cache.manifest import (
     read_manifest,
     settings_hash,
 )
-from step_cache.cache.shards import METADATA, STRING
+from step_cache.cache.shard_file import METADATA, STRING
 
 _READ_BLOCK_BYTES = 256 * 2**20  # read tokens in blocks of about this size: bounded memory, few calls
 

@@ -24,7 +24,7 @@ from step_cache.cache.manifest import (
     settings_hash,
     write_manifest,
 )
-from step_cache.cache.shards import (
+from step_cache.cache.shard_file import (
     ClipRecord,
     ShardError,
     ShardWriter,

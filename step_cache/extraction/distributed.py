@@ -9,7 +9,6 @@ merges once all ranks are past a barrier (gloo: works on CPU-only and GPU nodes 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -21,26 +20,10 @@ from typing import Any
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Manifest, ManifestError, ShardRecord, read_manifest, write_manifest
 from step_cache.cache.shards import check_compatible
-from step_cache.catalog import VideoItem
+from step_cache.extraction.parts import PARTS_DIR, part_directory, part_of, partition
 
 log = logging.getLogger(__name__)
-PARTS_DIR = "parts"
 _PART_NAME = re.compile(r"^part-(\d{3})-of-(\d{3})$")
-
-
-def part_of(key: str, num_parts: int) -> int:
-    """Stable part of an item: the same on every machine, run and Python version (not ``hash()``)."""
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:8], "big") % num_parts
-
-
-def partition(items: Sequence[VideoItem], num_parts: int, part: int) -> list[VideoItem]:
-    if num_parts < 1 or not 0 <= part < num_parts:
-        raise ValueError(f"--part must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part}")
-    return [item for item in items if part_of(item.key, num_parts) == part]
-
-
-def part_directory(out: str | Path, part: int, num_parts: int) -> Path:
-    return Path(out) / PARTS_DIR / f"part-{part:03d}-of-{num_parts:03d}"
 
 
 def find_parts(out: str | Path) -> list[Path]:
@@ -140,3 +123,15 @@ def extract_distributed(videos: Any, out: str | Path, timeout_hours: float = 48.
     finally:
         dist.destroy_process_group()
     return report
+
+
+__all__ = [
+    "PARTS_DIR",
+    "extract_distributed",
+    "find_parts",
+    "merge",
+    "part_directory",
+    "part_of",
+    "partition",
+    "torchrun_environment",
+]

@@ -29,8 +29,8 @@ from step_cache.catalog import VideoItem, class_names, discover_videos, read_ann
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
-from step_cache.extraction.distributed import part_directory, partition
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
+from step_cache.extraction.parts import part_directory, partition
 
 log = logging.getLogger(__name__)
 

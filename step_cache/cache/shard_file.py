@@ -1,0 +1,207 @@
+"""One HDF5 shard file: its datasets, the crash-safe writer, and reading one file's metadata.
+
+A shard ``shard-XXXXX.h5`` holds N clips; see ``docs/shard-format.md`` for every dataset and attribute. It is
+written as ``.shard-XXXXX.h5.tmp`` and renamed only once complete and flushed, so a shard that exists under its
+final name is whole; the manifest then lists it with its checksum. The reader of whole caches (``ShardSet``,
+``open_shards``) is in ``step_cache.cache.shards``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from step_cache.cache.manifest import FORMAT_VERSION, ShardRecord, TokenLayout, file_sha256, fsync_dir
+
+STRING = h5py.string_dtype("utf-8")
+# Per-clip metadata datasets (besides ``tokens``), with their dtypes; a missing one makes a shard unreadable.
+METADATA = {
+    "labels": np.int64,  # index into manifest classes, -1 when unlabelled
+    "video": STRING,  # item key: relative path, plus "#start-end" for segments
+    "clip": np.int32,  # temporal clip index within the video (0..K-1)
+    "split": STRING,  # "train" | "val" | "test" | ""
+    "frame_indices": np.int64,  # (N, T) sampled frame numbers in the video
+    "num_frames": np.int64,  # frame count of the video (or segment)
+    "short": np.bool_,  # True when the video had fewer than T frames and frames were repeated
+}
+
+
+class ShardError(ValueError):
+    """A shard file that is missing, incomplete, or does not match its manifest."""
+
+
+COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+
+
+def compression_filter(name: str) -> dict:
+    """h5py dataset options for a compression choice (see docs/performance.md for why "none" is the default)."""
+    if name == "none":
+        return {}
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if name in ("lz4", "zstd"):
+        hdf5plugin = load_compression_plugins(name)
+        return dict(hdf5plugin.Blosc(cname=name, clevel=5 if name == "lz4" else 3, shuffle=hdf5plugin.Blosc.SHUFFLE))
+    raise ShardError(f"unknown compression {name!r}; choose one of {', '.join(COMPRESSIONS)}")
+
+
+def load_compression_plugins(name: str):
+    """Blosc shards need hdf5plugin's filters registered with HDF5 before any read or write."""
+    try:
+        import hdf5plugin
+    except ImportError:
+        raise ShardError(
+            f"shards compressed with {name} need the hdf5plugin package: pip install 'step-cache[compression]'"
+        ) from None
+    return hdf5plugin
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}.h5"
+
+
+@dataclass
+class ClipRecord:
+    """One clip to append to a shard."""
+
+    tokens: np.ndarray  # (T, P, D)
+    label: int
+    video: str
+    clip: int
+    split: str
+    frame_indices: np.ndarray  # (T,)
+    num_frames: int
+    short: bool
+
+
+class ShardWriter:
+    """Appends clips to a temporary HDF5 file and publishes it atomically with ``finish()``."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        name: str,
+        layout: TokenLayout,
+        frames: int,
+        compression: str = "none",
+        settings: str = "",
+    ):
+        self.directory = Path(directory)
+        self.name = name
+        self.final_path = self.directory / name
+        self.tmp_path = self.directory / f".{name}.tmp"
+        self.count = 0
+        self.videos: set[str] = set()
+        self._file = h5py.File(self.tmp_path, "w")
+        tokens_shape = (frames, layout.tokens_per_frame, layout.dim)
+        # One chunk per clip: a random clip read touches exactly one chunk.
+        self._file.create_dataset(
+            "tokens",
+            shape=(0, *tokens_shape),
+            maxshape=(None, *tokens_shape),
+            chunks=(1, *tokens_shape),
+            dtype=np.dtype(layout.dtype),
+            **compression_filter(compression),
+        )
+        self._frames = frames
+        # Metadata is small: keep it in memory and write each dataset once, in finish().
+        self._metadata: dict[str, list] = {key: [] for key in METADATA}
+        self._file.attrs["format_version"] = FORMAT_VERSION
+        self._file.attrs["complete"] = False
+        self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
+        self._committed = 0  # clips up to the last whole video
+
+    @property
+    def committed(self) -> int:
+        """Clips of whole videos written so far: what ``finish`` would publish."""
+        return self._committed
+
+    def append(self, record: ClipRecord) -> None:
+        """Append one clip (a whole video when the cache has one clip per video)."""
+        self.append_video([record])
+
+    def append_video(self, records: list[ClipRecord]) -> None:
+        """Append all clips of one video. ``finish`` publishes whole videos only: if an interrupt lands between
+        two clips of a video, that video's clips are dropped and it is extracted again on resume."""
+        for record in records:
+            self._append_clip(record)
+        self._committed = self.count
+
+    def _append_clip(self, record: ClipRecord) -> None:
+        tokens = self._file["tokens"]
+        if self.count == len(tokens):  # grow geometrically: resizing per clip costs more than the write
+            tokens.resize(max(8, 2 * len(tokens)), axis=0)
+        tokens[self.count] = record.tokens
+        for key, value in (
+            ("labels", record.label),
+            ("video", record.video),
+            ("clip", record.clip),
+            ("split", record.split),
+            ("frame_indices", record.frame_indices),
+            ("num_frames", record.num_frames),
+            ("short", record.short),
+        ):
+            self._metadata[key].append(value)
+        self.count += 1
+        self.videos.add(record.video)
+
+    def finish(self) -> ShardRecord:
+        """Mark complete, flush to disk, rename to the final name; returns the manifest entry."""
+        self.count = self._committed
+        self._metadata = {key: values[: self.count] for key, values in self._metadata.items()}
+        self.videos = set(self._metadata["video"])
+        self._file["tokens"].resize(self.count, axis=0)
+        for key, dtype in METADATA.items():
+            shape = (self.count, self._frames) if key == "frame_indices" else (self.count,)
+            values = np.asarray(self._metadata[key], dtype=object if dtype is STRING else dtype).reshape(shape)
+            self._file.create_dataset(key, data=values, dtype=dtype, maxshape=(None, *shape[1:]), chunks=True)
+        self._file.attrs["complete"] = True
+        self._file.attrs["num_clips"] = self.count
+        self._file.flush()
+        self._file.close()
+        with open(self.tmp_path, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(self.tmp_path, self.final_path)
+        fsync_dir(self.directory)
+        return ShardRecord(
+            file=self.name,
+            clips=self.count,
+            videos=len(self.videos),
+            bytes=self.final_path.stat().st_size,
+            sha256=file_sha256(self.final_path),
+        )
+
+    def abandon(self) -> None:
+        """Drop the unfinished shard (its videos will be extracted again on resume)."""
+        with contextlib.suppress(Exception):
+            self._file.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+def read_shard_settings(path: str | Path) -> str:
+    """The extraction-settings hash a shard was written with ('' when unknown)."""
+    with h5py.File(path, "r") as handle:
+        value = handle.attrs.get("settings_sha256", "")
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_shard_metadata(path: str | Path) -> dict[str, np.ndarray]:
+    """Per-clip metadata of one complete shard (strings decoded). Raises ShardError for a half-written file."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as handle:
+            if not handle.attrs.get("complete", False):
+                raise ShardError(f"{path}: shard is incomplete (its writer did not finish); it is never read")
+            missing = [key for key in ("tokens", *METADATA) if key not in handle]
+            if missing:
+                raise ShardError(f"{path}: shard lacks dataset(s) {', '.join(missing)}")
+            return {
+                key: handle[key].asstr()[...] if handle[key].dtype == STRING else handle[key][...] for key in METADATA
+            }
+    except OSError as error:
+        raise ShardError(f"{path}: cannot open shard ({error})") from None
