@@ -128,3 +128,18 @@ def test_hub_weights_offline_fail_fast_with_advice(monkeypatch, tmp_path):
     assert time.monotonic() - started < 10
     message = str(info.value)
     assert "--weights /path/to/model.safetensors" in message and "vit_tiny_patch16_224" in message
+
+
+def test_backbone_preprocessing_follows_the_model_crop_mode_and_input_shape():
+    from types import SimpleNamespace
+
+    from step_cache.extraction.backbones import _model_input_size
+
+    # timm's eval config of this model squashes frames to the square input instead of cropping the centre
+    squash = load_backbone("timm:vit_medium_patch16_gap_384.sw_in12k_ft_in1k", weights="random", image_size=32)
+    assert squash.preprocessing.crop_mode == "squash" and squash.preprocessing.crop_size == (32, 32)
+    assert squash.preprocessing.to_dict()["crop_mode"] == "squash"
+    # a model built for a non-square input keeps both sides (height, width), not only the width
+    tall = SimpleNamespace(patch_embed=SimpleNamespace(img_size=(64, 48)))
+    assert _model_input_size(tall, {"input_size": (3, 224, 224)}, None) == (64, 48)
+    assert _model_input_size(SimpleNamespace(), {"input_size": (3, 1024, 768)}, None) == (1024, 768)

@@ -46,7 +46,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['directory']}  (shard format v{summary['format_version']})",
         f"  backbone   {summary['backbone']['name']} = timm {summary['backbone']['timm_model']}, weights {weight_text}",
         f"  sampling   {summary['frames']} frames x {summary['clips_per_video']} clip(s) per video, "
-        f"{summary['preprocessing']['crop']} px crop",
+        f"{_crop_text(summary['preprocessing'])}",
         f"  tokens     {tokens['tokens_per_frame']} per frame ({tokens['cls_tokens']} CLS + "
         f"{tokens['grid'][0]}x{tokens['grid'][1]} patches, pool {tokens['patch_pool']}, "
         f"{tokens['registers_dropped']} registers dropped), dim {tokens['dim']}, {tokens['dtype']}",
@@ -69,3 +69,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         if len(summary["failures"]) > 20:
             lines.append(f"    ... and {len(summary['failures']) - 20} more (see manifest.json)")
     return "\n".join(lines)
+
+
+def _crop_text(preprocessing: dict[str, Any]) -> str:
+    """'224 px crop', '1024x768 px crop (squash)': size and, when not a centre crop, timm's crop mode."""
+    crop = preprocessing.get("crop")
+    size = "x".join(map(str, crop)) if isinstance(crop, list) else str(crop)
+    mode = preprocessing.get("crop_mode", "center")
+    return f"{size} px crop" + ("" if mode == "center" else f" ({mode})")

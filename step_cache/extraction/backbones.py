@@ -215,19 +215,24 @@ def _random(spec: BackboneSpec, kwargs: dict[str, Any], seed: int) -> tuple[torc
     return model, identity
 
 
-def _model_input_size(model: torch.nn.Module, config: dict[str, Any], requested: int | None) -> int:
+def _model_input_size(model: torch.nn.Module, config: dict[str, Any], requested: int | None) -> tuple[int, int]:
+    """(height, width) of the frames the model takes."""
     patch_embed = getattr(model, "patch_embed", None)
     img_size = getattr(patch_embed, "img_size", None)
     if img_size:  # the size the model was built for, which may differ from its pretrained config's
-        return int(img_size[-1] if isinstance(img_size, (tuple, list)) else img_size)
-    return requested or int(config["input_size"][-1])
+        if isinstance(img_size, (tuple, list)):
+            return int(img_size[-2]), int(img_size[-1])
+        return int(img_size), int(img_size)
+    if requested:
+        return requested, requested
+    return int(config["input_size"][-2]), int(config["input_size"][-1])
 
 
-def _probe_layout(backbone: Backbone, size: int, dtype: str) -> TokenLayout:
+def _probe_layout(backbone: Backbone, size: tuple[int, int], dtype: str) -> TokenLayout:
     """Run one blank frame through the model to learn the token grid and width."""
     with torch.inference_mode():
-        tokens = backbone.forward_tokens(torch.zeros(1, 3, size, size))
-        height, width = backbone.patch_grid(torch.zeros(1, 3, size, size))
+        tokens = backbone.forward_tokens(torch.zeros(1, 3, *size))
+        height, width = backbone.patch_grid(torch.zeros(1, 3, *size))
     pool = backbone.patch_pool
     grid = (-(-height // pool), -(-width // pool))
     if backbone.cls_tokens + grid[0] * grid[1] != tokens.shape[1]:
