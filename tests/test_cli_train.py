@@ -133,3 +133,26 @@ def test_clear_one_line_errors(invoke, shards, tmp_path):
         assert result.exit_code == 1, (args, result.output)
         assert message in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_train_probe_combines_caches_of_two_roots_with_the_same_file_names(invoke, tmp_path):
+    """Two datasets extracted from different roots share relative paths (rise_0/video_0000.mp4 in both): they are
+    different videos and train together; the same cache given twice is still refused."""
+    from step_cache.cache.manifest import read_manifest, write_manifest
+
+    caches = []
+    for name in ("kitchen", "garage"):
+        cache = tmp_path / name
+        write_token_cache(cache, videos_per_class=3)
+        manifest = read_manifest(cache)
+        manifest.source["videos"] = f"/data/{name}"
+        write_manifest(cache, manifest)
+        caches.append(cache)
+    run = tmp_path / "run"
+    args = ["--probe", "linear", "--epochs", "1", "--batch-size", "4", "--quiet", "--out", run]
+    result = invoke("train-probe", "--features", caches[0], "--features", caches[1], *args)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["videos"] == metrics["clips"] > 0  # one clip per video: none merged
+    again = invoke("train-probe", "--features", caches[0], "--features", caches[0], *args[:-1], tmp_path / "r2")
+    assert again.exit_code == 1 and "is in both" in again.stderr and "the same video twice" in again.stderr

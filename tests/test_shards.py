@@ -132,6 +132,47 @@ def test_combining_caches_checks_compatibility(tmp_path):
         open_shards([a, c])
 
 
+def _set_videos_root(directory, root):
+    manifest = read_manifest(directory)
+    manifest.source["videos"] = root
+    write_manifest(directory, manifest)
+
+
+def test_caches_of_two_roots_with_the_same_file_names_combine(tmp_path):
+    """Keys are paths relative to each cache's videos root: the same names under two roots are two videos."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for directory, root in ((a, "/data/kitchen"), (b, "/data/garage")):
+        directory.mkdir()
+        write_cache(directory)  # both hold v0.mp4 .. v4.mp4
+        _set_videos_root(directory, root)
+    b_only = tmp_path / "b_only"
+    b_only.mkdir()
+    write_cache(b_only, clips_per_shard=(1,), prefix="w")
+    _set_videos_root(b_only, "/data/garage")
+
+    shards = open_shards([a, b, b_only])
+    assert len(shards) == 11
+    videos = shards.videos.tolist()
+    assert len(set(videos)) == 11  # every clip is its own video: none merged
+    assert videos[:2] == ["/data/kitchen/v0.mp4", "/data/kitchen/v1.mp4"]  # shared names carry their root
+    assert videos[5] == "/data/garage/v0.mp4" and videos[-1] == "w0.mp4"  # unshared keys stay as they were
+    assert open_shards(a).videos.tolist()[0] == "v0.mp4"  # one cache alone: keys unchanged
+
+
+def test_the_same_video_in_two_caches_is_refused(tmp_path):
+    a, copy = tmp_path / "a", tmp_path / "copy"
+    for directory in (a, copy):
+        directory.mkdir()
+        write_cache(directory)
+        _set_videos_root(directory, "/data/kitchen")  # the same root and path: the same video extracted twice
+    with pytest.raises(
+        ShardError,
+        match=r"video v0.mp4 is in both .*/a and .*/copy \(both extracted from "
+        r"/data/kitchen\): that is the same video twice; give each cache directory once",
+    ):
+        open_shards([a, copy])
+
+
 def test_shard_set_pickles_without_handles(tmp_path):
     import pickle
 

@@ -77,29 +77,51 @@ class ShardSet:
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)])
         meta = {key: np.concatenate([p[key] for p in parts]) for key in METADATA}
         self.labels: np.ndarray = meta["labels"]
-        self.videos: np.ndarray = meta["video"]
+        # A video's identity: its key within one cache; across combined caches, the root it came from + its key.
+        self.videos: np.ndarray = self._video_identities(parts, sources) if len(self.directories) > 1 else meta["video"]
         self.clip_index: np.ndarray = meta["clip"]
         self.splits: np.ndarray = meta["split"]
         self.frame_indices: np.ndarray = meta["frame_indices"]
         self.num_frames: np.ndarray = meta["num_frames"]
         self.short: np.ndarray = meta["short"]
-        if len(self.directories) > 1:
-            self._refuse_shared_videos(parts, sources)
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 
-    def _refuse_shared_videos(self, parts: list[dict[str, np.ndarray]], sources: list[int]) -> None:
-        """Metrics average clips per video key and splits keep a video on one side: two caches holding the same
-        key (the same relative path under two roots, or one cache given twice) would be merged silently."""
-        owners: dict[str, int] = {}
+    def _video_identities(self, parts: list[dict[str, np.ndarray]], sources: list[int]) -> np.ndarray:
+        """Per-clip video identities of combined caches. A key is a path relative to the videos root its cache was
+        extracted from (manifest ``source.videos``), so two datasets extracted from different roots may share keys
+        (approach/approach_000.mp4 in both): such keys are qualified with their root, ``ROOT/KEY``, and the others
+        stay as they are. The same key from the same root in two caches (or one cache given twice) is the same
+        video twice: refused, since metrics average clips per video and splits keep a video on one side."""
+        roots = [manifest.source.get("videos") for manifest in self.manifests]
+        holders: dict[str, list[int]] = {}
         for meta, source in zip(parts, sources, strict=True):
-            for video in np.unique(meta["video"]):
-                if owners.setdefault(video, source) != source:
-                    first, second = self.directories[owners[video]], self.directories[source]
+            for video in np.unique(meta["video"]).tolist():
+                owners = holders.setdefault(video, [])
+                if source not in owners:
+                    owners.append(source)
+        qualified: dict[tuple[int, str], str] = {}
+        for video, owners in holders.items():
+            if len(owners) < 2:
+                continue
+            by_root: dict[str | None, int] = {}
+            for source in owners:
+                root = roots[source]
+                if root in by_root:
+                    first, second = self.directories[by_root[root]], self.directories[source]
+                    origin = f"both extracted from {root}" if root else "neither records its videos root"
                     raise ShardError(
-                        f"video {video} is in both {first} and {second}: combined caches must hold "
-                        "different videos (extract each dataset from its own root, or give a directory once)"
+                        f"video {video} is in both {first} and {second} ({origin}): that is the same video twice; "
+                        "give each cache directory once and leave out caches that repeat another's videos"
                     )
+                by_root[root] = source
+                qualified[(source, video)] = f"{root.rstrip('/')}/{video}" if root else video
+        if not qualified:
+            return np.concatenate([meta["video"] for meta in parts])
+        return np.concatenate([
+            np.array([qualified.get((source, video), video) for video in meta["video"].tolist()], dtype=object)
+            for meta, source in zip(parts, sources, strict=True)
+        ])  # fmt: skip
 
     # -- shape information -----------------------------------------------------------------------------
     @property
