@@ -149,3 +149,42 @@ def test_unsafe_or_wrong_checkpoints_are_one_line_errors(video_tree, tmp_path):
         assert result.returncode == 1, result.stderr
         assert f"error: {path}: {message}" in result.stderr and "Traceback" not in result.stderr
     assert not marker.exists()
+
+
+def test_partial_decodes_are_recorded_and_shown(video_tree, tmp_path):
+    """A truncated .mkv opens and decodes without error, with fewer frames than the container declares; a segment
+    whose end lies past the video's end is clamped. Both are extracted, and both are recorded and shown."""
+    import numpy as np
+
+    from step_cache.catalog import VideoItem, write_annotations
+    from step_cache.synthetic.videos import moving_square, write_video
+
+    full = write_video(tmp_path / "full.mkv", moving_square(num_frames=40, direction=1, seed=3))
+    (video_tree / "slide_right" / "cut.mkv").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    items = [
+        VideoItem("slide_left/slide_left_0.mp4", "left"),
+        VideoItem("slide_left/slide_left_1.mp4", "left", start_frame=10, end_frame=30),  # the video has 20 frames
+        VideoItem("slide_right/cut.mkv", "right"),
+    ]
+    annotations = write_annotations(video_tree / "ann.csv", items)
+    out = tmp_path / "shards"
+    result = run_cli("extract", "--annotations", annotations, "--out", out, *TINY_CLI, "--workers", "1", check=True)
+    assert "extracted 3 videos" in result.stdout and "2 with warnings" in result.stdout
+
+    warnings = {w["video"]: w["reason"] for w in json.loads((out / "manifest.json").read_text())["warnings"]}
+    assert set(warnings) == {"slide_left/slide_left_1.mp4#10-30", "slide_right/cut.mkv"}
+    assert re.search(r"truncated: \d+ of the 40 frames the container declares", warnings["slide_right/cut.mkv"])
+    assert (
+        "segment [10, 30) ends past the video's 20 frames; frames were sampled from [10, 20)"
+        in warnings["slide_left/slide_left_1.mp4#10-30"]
+    )
+    shards = open_shards(out)
+    segment = shards.videos.tolist().index("slide_left/slide_left_1.mp4#10-30")
+    assert shards.num_frames[segment] == 10 and np.all(shards.frame_indices[segment] < 20)
+
+    shown = run_cli("inspect", out, check=True).stdout
+    assert "warnings   2 videos extracted from less than asked for:" in shown
+    assert "slide_right/cut.mkv: truncated:" in shown and "ends past the video's 20 frames" in shown
+    resumed = run_cli("extract", "--annotations", annotations, "--out", out, *TINY_CLI, "--workers", "1", check=True)
+    assert "3 already done" in resumed.stdout
+    assert len(json.loads((out / "manifest.json").read_text())["warnings"]) == 2  # kept for the videos kept

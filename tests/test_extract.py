@@ -237,3 +237,21 @@ def test_hub_weights_identity_is_the_same_on_first_download_and_from_the_cache(t
     first = load_backbone("vit-tiny", weights="hub", image_size=32).weights
     second = load_backbone("vit-tiny", weights="hub", image_size=32).weights
     assert first == second and first["source"] == "hub" and len(first["sha256"]) == 64
+
+
+def test_decoding_less_than_asked_for_is_reported(tmp_path):
+    from step_cache.synthetic.videos import moving_square, write_video
+
+    full = write_video(tmp_path / "full.mkv", moving_square(num_frames=40, direction=1, seed=3))
+    assert decode_clips(full, 4).warnings == []
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    decoded = decode_clips(cut, 4)  # decord indexes only what is left: no error, fewer frames
+    assert decoded.num_frames < 30 and not decoded.short
+    assert decoded.warnings == [
+        f"truncated: {decoded.num_frames} of the 40 frames the container declares could be decoded; "
+        f"frames were sampled from those {decoded.num_frames}"
+    ]
+    clamped = decode_clips(full, 4, start_frame=30, end_frame=50)
+    assert clamped.num_frames == 10 and clamped.frame_indices.max() < 40
+    assert clamped.warnings == ["segment [30, 50) ends past the video's 40 frames; frames were sampled from [30, 40)"]

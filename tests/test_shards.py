@@ -203,3 +203,15 @@ def test_an_interrupt_inside_the_first_video_publishes_no_empty_shard(tmp_path, 
     cache.finish({})  # what extraction does on Ctrl-C: publish the whole videos written so far
     assert read_manifest(tmp_path).shards == []
     assert not list(tmp_path.glob("*.h5*"))
+
+
+def test_manifest_warnings_are_optional_and_round_trip(tmp_path):
+    from step_cache.cache.manifest import VideoWarning
+
+    manifest = Manifest(extraction=settings(), classes=["a"])
+    data = manifest.to_dict()
+    assert "warnings" not in data  # a cache without warnings keeps the manifest (and content hash) it had
+    assert Manifest.from_dict(data).warnings == []  # manifests written before warnings existed read unchanged
+    manifest.warnings = [VideoWarning("v.mkv", "v.mkv: truncated: 19 of the 40 frames ...")]
+    write_manifest(tmp_path, manifest)
+    assert read_manifest(tmp_path).warnings == manifest.warnings

@@ -77,6 +77,15 @@ class Failure:
 
 
 @dataclass
+class VideoWarning:
+    """A video that was extracted, but from less than was asked for (e.g. a truncated file, a segment that ends
+    past the video's end); ``reason`` says what and names the file."""
+
+    video: str
+    reason: str
+
+
+@dataclass
 class Manifest:
     """Everything needed to read the shards and to reproduce them.
 
@@ -89,6 +98,7 @@ class Manifest:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     shards: list[ShardRecord] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
+    warnings: list[VideoWarning] = field(default_factory=list)  # absent from manifests written before it existed
     source: dict[str, Any] = field(default_factory=dict)
     storage: dict[str, Any] = field(default_factory=dict)  # how shards are stored, e.g. {"compression": "lz4"}
     created: str = ""
@@ -135,6 +145,8 @@ class Manifest:
             "num_clips": self.num_clips,
             "shards": [asdict(s) for s in self.shards],
             "failures": [asdict(f) for f in self.failures],
+            # only when there are any: a cache without warnings keeps the manifest (and content_hash) it had
+            **({"warnings": [asdict(w) for w in self.warnings]} if self.warnings else {}),
             "source": self.source,
             "storage": self.storage,
         }
@@ -150,6 +162,7 @@ class Manifest:
                 pairs=[(str(a), str(b)) for a, b in data.get("pairs", [])],
                 shards=[ShardRecord(**s) for s in data.get("shards", [])],
                 failures=[Failure(**f) for f in data.get("failures", [])],
+                warnings=[VideoWarning(**w) for w in data.get("warnings", [])],
                 source=data.get("source", {}),
                 storage=data.get("storage", {}),
                 created=data.get("created", ""),

@@ -33,6 +33,7 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "splits": dict(Counter(split or "(none)" for split in shards.splits)),
             "pairs": [list(pair) for pair in manifest.pairs],
             "failures": [{"video": f.video, "reason": f.reason} for f in manifest.failures],
+            "warnings": [{"video": w.video, "reason": w.reason} for w in manifest.warnings],
         }
 
 
@@ -63,6 +64,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  short      {summary['short_videos']} videos had fewer frames than sampled (frames repeated)")
     if summary["pairs"]:
         lines.append(f"  pairs      {', '.join('/'.join(p) for p in summary['pairs'])}")
+    if summary["warnings"]:
+        lines.append(f"  warnings   {len(summary['warnings'])} videos extracted from less than asked for:")
+        lines += [f"    {warning['reason']}" for warning in summary["warnings"][:20]]
+        if len(summary["warnings"]) > 20:
+            lines.append(f"    ... and {len(summary['warnings']) - 20} more (see manifest.json)")
     if summary["failures"]:
         lines.append(f"  failures   {len(summary['failures'])}:")
         lines += [f"    {failure['reason']}" for failure in summary["failures"][:20]]

@@ -3,7 +3,7 @@
 Each worker decodes, samples and resizes/crops one video at a time and ships uint8 frames back. A Python error
 becomes a per-video failure; a decoder that crashes the whole process (segfault) or hangs is detected, its video
 recorded as failed, its other queued videos handed to a fresh worker, and the run goes on.
-Workers import only numpy, PIL and decord (no torch), so they start fast with the ``spawn`` method, which is
+Workers import only numpy, PIL, decord and PyAV (no torch), so they start fast with the ``spawn`` method, which is
 safe next to a parent that already runs torch threads.
 """
 
@@ -41,6 +41,7 @@ class DecodeResult:
     num_frames: int = 0
     short: bool = False
     error: str | None = None
+    warnings: tuple[str, ...] = ()  # decoded, but less than asked for (a truncated file, a clamped segment)
 
 
 def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Preprocessing) -> DecodeResult:
@@ -52,7 +53,9 @@ def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Prepro
         return DecodeResult(task.task_id, error=str(error))
     except Exception as error:  # noqa: BLE001 - one bad video must never stop the run
         return DecodeResult(task.task_id, error=f"{task.path}: {type(error).__name__}: {error}")
-    return DecodeResult(task.task_id, pixels, decoded.frame_indices, decoded.num_frames, decoded.short)
+    return DecodeResult(
+        task.task_id, pixels, decoded.frame_indices, decoded.num_frames, decoded.short, warnings=tuple(decoded.warnings)
+    )
 
 
 def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int) -> None:

@@ -60,6 +60,7 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
         check_compatible(first, manifest, str(part_dirs[0]), str(directory))
     shards: list[ShardRecord] = []
     failures = []
+    warnings = []
     for directory, manifest in zip(part_dirs, manifests, strict=True):
         if not manifest.source.get("finished", False):
             log.warning(
@@ -68,12 +69,14 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
         prefix = os.path.relpath(directory, out)
         shards += [ShardRecord(**{**vars(r), "file": f"{prefix}/{r.file}"}) for r in manifest.shards]
         failures += manifest.failures
+        warnings += manifest.warnings
     merged = Manifest(
         extraction=first.extraction,
         classes=first.classes,
         pairs=first.pairs,
         shards=shards,
         failures=sorted(failures, key=lambda f: f.video),
+        warnings=sorted(warnings, key=lambda w: w.video),
         tool_version=first.tool_version,
         source={
             **first.source,

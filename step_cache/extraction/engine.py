@@ -22,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from step_cache.cache.locking import DirectoryLock
-from step_cache.cache.manifest import Failure, Manifest
+from step_cache.cache.manifest import Failure, Manifest, VideoWarning
 from step_cache.cache.shards import COMPRESSIONS, ClipRecord
 from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_index, open_output, recover
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
@@ -80,6 +80,7 @@ class ExtractReport:
     frames: int = 0
     skipped: int = 0  # already in the cache
     failures: list[Failure] = field(default_factory=list)  # of this run
+    warnings: list[VideoWarning] = field(default_factory=list)  # of this run: extracted from less than asked
     seconds: float = 0.0
 
     @property
@@ -95,6 +96,9 @@ class ExtractReport:
         if self.failures:
             text += f"; {len(self.failures)} failed: " + "; ".join(f.reason for f in self.failures[:3])
             text += " ..." if len(self.failures) > 3 else ""
+        if self.warnings:
+            text += f"; {len(self.warnings)} with warnings: " + "; ".join(w.reason for w in self.warnings[:3])
+            text += " ..." if len(self.warnings) > 3 else ""
         return text
 
 
@@ -206,6 +210,9 @@ def _run(
     report = ExtractReport(out=out, manifest=manifest, skipped=sum(item.key in done for item in items))
     todo = [item for item in items if item.key not in done]
     failures = {f.video: f for f in manifest.failures if f.video not in done}
+    # warnings of videos in the cache; a video extracted again gets its own
+    warnings = {w.video: w for w in manifest.warnings if w.video in done}
+    manifest.warnings = sorted(warnings.values(), key=lambda w: w.video)
     label_index = {name: i for i, name in enumerate(manifest.classes)}
     layout = backbone.layout
     clip_bytes = opts.frames * layout.tokens_per_frame * layout.dim * np.dtype(opts.dtype).itemsize
@@ -238,6 +245,12 @@ def _run(
                 for k in range(opts.clips)
             ])  # fmt: skip
             failures.pop(item.key, None)
+            if result.warnings:  # recorded in the manifest (and shown by inspect) with the video's shard
+                warning = VideoWarning(item.key, f"{item.key}: {'; '.join(result.warnings)}")
+                log.warning("%s", warning.reason)
+                warnings[item.key] = warning
+                report.warnings.append(warning)
+                manifest.warnings = sorted(warnings.values(), key=lambda w: w.video)
             report.videos += 1
             report.clips += opts.clips
             bar.update(1)

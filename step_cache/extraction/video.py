@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +21,11 @@ class DecodedClips:
     frame_indices: np.ndarray  # (clips, T) frame numbers in the video
     num_frames: int  # frames in the sampled span (whole video or segment)
     short: bool
+    warnings: list[str] = field(default_factory=list)  # decoded, but not all that was asked for (see decode_clips)
 
 
 def _open_reader(path: Path):
+    import av  # noqa: F401 - before decord, whose bundled FFmpeg loaded first breaks PyAV (see declared_frames)
     import decord  # imported lazily: worker processes import it once, and tests of other parts do not need it
 
     if not path.exists():
@@ -54,6 +56,18 @@ def decode_clips(
         raise VideoDecodeError(f"{path}: video has no frames")
     if start >= end:
         raise VideoDecodeError(f"{path}: segment [{start}, {end_frame}) is outside the video's {total} frames")
+    warnings = []
+    declared = declared_frames(path)
+    if declared is not None and total < declared - max(2, 0.05 * declared):
+        warnings.append(
+            f"truncated: {total} of the {declared} frames the container declares could be decoded; "
+            f"frames were sampled from those {total}"
+        )
+    if end_frame is not None and end_frame > total:
+        warnings.append(
+            f"segment [{start}, {end_frame}) ends past the video's {total} frames; frames were sampled from "
+            f"[{start}, {end})"
+        )
     indices = segment_indices(end - start, frames, clips, start=start)
     # decord decodes each unique frame once; repeated indices (short videos, overlapping clips) are copied.
     unique, inverse = np.unique(indices.ravel(), return_inverse=True)
@@ -63,7 +77,31 @@ def decode_clips(
         raise VideoDecodeError(f"{path}: decoding failed ({_first_line(error)})") from None
     if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[-1] != 3:
         raise VideoDecodeError(f"{path}: decoder returned frames of shape {batch.shape}")
-    return DecodedClips(batch[inverse], indices, end - start, is_short(end - start, frames))
+    return DecodedClips(batch[inverse], indices, end - start, is_short(end - start, frames), warnings)
+
+
+def declared_frames(path: Path) -> int | None:
+    """Frames the container says the video stream has: its frame count, else its (or the file's) duration times
+    the frame rate. decord counts only the frames it can index, so a file cut short (a truncated .mkv) opens and
+    decodes without error, with fewer frames: comparing with this number is how such a file is noticed.
+    None when the container does not say (or PyAV cannot read it; decord then decides)."""
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            rate = stream.average_rate or stream.guessed_rate
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            else:
+                return None
+            return round(seconds * float(rate)) if rate else None
+    except Exception:  # noqa: BLE001 - a probe only: any failure leaves the check to decord
+        return None
 
 
 def quiet_decoder_logs() -> None:
