@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,17 +34,87 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise CheckpointError(
-                f"{path}: refusing to load: the pickle holds Python objects other than tensors, which could run "
-                f"code ({str(error).splitlines()[0][:160]}). Convert it to .safetensors or a plain state dict."
-            ) from None
-        except Exception as error:  # noqa: BLE001 - corrupt or foreign file: name it and stop
-            raise CheckpointError(
-                f"{path}: not a readable torch checkpoint ({str(error).splitlines()[0][:200]})"
-            ) from None
+            with warnings.catch_warnings():  # a second line about the pickle protocol: the error below says it all
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - unsafe, corrupt or foreign file: say which, name it and stop
+            raise CheckpointError(f"{path}: {_why_unloadable(path, error)}") from None
     return _unwrap(state, path)
+
+
+# Modules whose globals torch's weights-only loader may accept; a pickle naming others wants to build objects.
+_TENSOR_MODULES = ("torch", "collections", "_codecs", "numpy")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
+
+
+def _why_unloadable(path: Path, error: Exception) -> str:
+    """One line saying what the file is, from its bytes rather than from torch's message: a pickle that names
+    Python callables (could run code: refused), a file that is no checkpoint at all, or a damaged checkpoint."""
+    kind, data = _pickle_bytes(path)
+    if kind == "zip-damaged":
+        return f"a damaged torch checkpoint ({_first_sentence(error)}); save or copy it again"
+    if kind == "zip-foreign":
+        return "a zip archive but not a torch checkpoint (it holds no data.pkl)"
+    globals_named = _pickle_globals(data) if data is not None else None
+    if globals_named is None:
+        return (
+            "not a torch checkpoint (neither a torch.save archive nor a complete pickle); give a .safetensors file "
+            "or a state dict saved with torch.save"
+        )
+    unsafe = sorted({name for name in globals_named if not name.startswith(_TENSOR_MODULES)})
+    if unsafe:
+        shown = ", ".join(unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
+        return (
+            f"refusing to load: the pickle names Python objects other than tensors ({shown}), which could run code; "
+            "convert it to .safetensors or a plain state dict of tensors"
+        )
+    return f"not a readable torch checkpoint ({_first_sentence(error)})"
+
+
+def _pickle_bytes(path: Path) -> tuple[str, bytes | None]:
+    """('zip', data.pkl) for a torch.save archive, ('raw', the file) otherwise, or a zip that is damaged/foreign."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = [name for name in archive.namelist() if name.endswith("data.pkl")]
+                return ("zip", archive.read(names[0])) if names else ("zip-foreign", None)
+        except (zipfile.BadZipFile, OSError, EOFError):
+            return "zip-damaged", None
+    data = path.read_bytes()
+    if data.startswith(b"PK\x03\x04"):  # a zip's first entry but no readable directory: a cut-short archive
+        return "zip-damaged", None
+    return "raw", data
+
+
+def _pickle_globals(data: bytes) -> list[str] | None:
+    """'module.name' of every global the first pickle in ``data`` names, without running it; None when ``data``
+    does not start with a whole pickle (random bytes, text). For STACK_GLOBAL the module and name are the two
+    strings pushed last, which is how pickle writes them (a memoised repeat may show an older pair: the list is
+    for the message, the refusal itself is torch's)."""
+    import pickletools
+
+    names: list[str] = []
+    strings: list[str] = []
+    try:
+        for opcode, argument, _position in pickletools.genops(data):
+            if opcode.name in _STRING_OPS:
+                strings.append(str(argument))
+            elif opcode.name in ("GLOBAL", "INST"):
+                names.append(str(argument).replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL":
+                names.append(".".join(strings[-2:]))
+    except Exception:  # noqa: BLE001 - pickletools raises ValueError and others on bytes that are no pickle
+        return None
+    return names
+
+
+def _first_sentence(error: Exception) -> str:
+    """The first sentence of an error's first non-empty line (torch's messages run on over several)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    return text.split(". ")[0].rstrip(".")
 
 
 def _unwrap(state: object, path: Path) -> dict[str, torch.Tensor]:

@@ -143,3 +143,32 @@ def test_backbone_preprocessing_follows_the_model_crop_mode_and_input_shape():
     tall = SimpleNamespace(patch_embed=SimpleNamespace(img_size=(64, 48)))
     assert _model_input_size(tall, {"input_size": (3, 224, 224)}, None) == (64, 48)
     assert _model_input_size(SimpleNamespace(), {"input_size": (3, 1024, 768)}, None) == (1024, 768)
+
+
+def test_checkpoint_errors_say_what_the_file_is_in_one_line(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    saved = tmp_path / "saved_evil.pth"
+    torch.save({"weight": Exploit()}, saved)  # a torch.save archive whose data.pkl calls os.system
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(bytes(range(256)) * 16)
+    cut = tmp_path / "cut.pth"
+    torch.save({"weight": torch.zeros(8)}, cut)
+    cut.write_bytes(cut.read_bytes()[:200])
+    expected = {
+        saved: "refusing to load: the pickle names Python objects other than tensors (posix.system), which could "
+        "run code; convert it to .safetensors or a plain state dict of tensors",
+        noise: "not a torch checkpoint (neither a torch.save archive nor a complete pickle); give a .safetensors "
+        "file or a state dict saved with torch.save",
+        cut: "a damaged torch checkpoint (PytorchStreamReader failed reading zip archive: failed finding central "
+        "directory); save or copy it again",
+    }
+    for path, message in expected.items():
+        with pytest.raises(CheckpointError) as info:
+            load_state_dict_file(path)
+        assert str(info.value) == f"{path}: {message}"
+    assert not marker.exists()

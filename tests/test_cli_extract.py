@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 from conftest import BAD_VIDEOS, GOOD_VIDEOS, TINY_CLI
 
@@ -54,7 +55,8 @@ def test_extract_then_inspect(video_tree, tmp_path):
             "/no/such/dir: videos directory does not exist",
         ),
         (["extract", "--videos", ".", "--backbone", "dino", "--out", "x"], "unknown backbone 'dino'"),
-        (["inspect", "/no/such/cache"], "no manifest"),
+        (["inspect", "/no/such/cache"], "/no/such/cache: cache directory does not exist"),
+        (["inspect", "."], "no manifest (is this a step-cache shard directory?"),
     ],
 )
 def test_clear_one_line_errors(args, message, tmp_path):
@@ -144,10 +146,23 @@ def test_unsafe_or_wrong_checkpoints_are_one_line_errors(video_tree, tmp_path):
     import torch
 
     torch.save([1, 2, 3], not_state)
-    for path, message in [(evil, "refusing to load"), (not_state, "not a state dict")]:
+    noise = tmp_path / "noise.pth"
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    cut = tmp_path / "cut.pth"
+    torch.save({"w": torch.zeros(64)}, cut)
+    cut.write_bytes(cut.read_bytes()[:300])
+    cases = [
+        (evil, "refusing to load: the pickle names Python objects other than tensors (posix.system)"),
+        (not_state, "not a state dict"),
+        (noise, "not a torch checkpoint (neither a torch.save archive nor a complete pickle)"),  # not "run code"
+        (cut, "a damaged torch checkpoint (PytorchStreamReader failed reading zip archive: failed finding central "
+         "directory); save or copy it again"),
+    ]  # fmt: skip
+    for path, message in cases:
         result = run_cli("extract", "--videos", video_tree, "--out", tmp_path / "s", *TINY_CLI[:2], "--weights", path)
         assert result.returncode == 1, result.stderr
         assert f"error: {path}: {message}" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one line, torch's essay left out
     assert not marker.exists()
 
 

@@ -116,7 +116,7 @@ def test_clear_one_line_errors(invoke, shards, tmp_path):
     (run / "config.json").write_text("{}")
     cases = [
         (["train-probe"], "give the shard directory"),
-        (["train-probe", "--features", "/no/such/cache"], "/no/such/cache: no manifest"),
+        (["train-probe", "--features", "/no/such/cache"], "/no/such/cache: cache directory does not exist"),
         (["train-probe", "--features", shards, "--probe", "mamba", "--out", tmp_path / "r"], "unknown probe 'mamba'"),
         (
             ["train-probe", "--features", shards, "--probe", "linear", "--no-frame-pos", "--out", tmp_path / "r"],

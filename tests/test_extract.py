@@ -255,3 +255,89 @@ def test_decoding_less_than_asked_for_is_reported(tmp_path):
     clamped = decode_clips(full, 4, start_frame=30, end_frame=50)
     assert clamped.num_frames == 10 and clamped.frame_indices.max() < 40
     assert clamped.warnings == ["segment [30, 50) ends past the video's 40 frames; frames were sampled from [30, 40)"]
+
+
+def test_decoder_errors_are_one_readable_line(video_tree):
+    from step_cache.extraction.video import VideoDecodeError, _decoder_message
+
+    with pytest.raises(VideoDecodeError) as info:  # decord itself only says "Error reading FILE..."
+        decode_clips(video_tree / "slide_left" / "truncated.mp4", 4)
+    assert str(info.value) == (
+        f"{video_tree / 'slide_left' / 'truncated.mp4'}: not a readable video (invalid data found when processing "
+        "input: not a video, or a damaged or cut-short one)"
+    )
+    raw = (
+        "[08:41:41] /github/workspace/src/video/ffmpeg/threaded_decoder.cc:292: [08:41:41] /github/workspace/src/"
+        "video/ffmpeg/threaded_decoder.cc:218: Check failed: avcodec_send_packet(dec_ctx_.get(), pkt.get()) >= 0 "
+        "(-1094995529 vs. 0) Thread worker: Error sending packet."
+    )  # decord's text when a damaged mp4 fails mid-decode
+    assert _decoder_message(RuntimeError(raw)) == "error sending packet"
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """read_only(directory): writing under it fails as it would for a user without write permission. Simulated,
+    because the tests may run as root, whom chmod does not stop."""
+    import builtins
+    import errno
+    import os
+
+    blocked: list[str] = []
+
+    def under(path) -> bool:
+        return any(os.path.abspath(os.fspath(path)).startswith(b) for b in blocked)
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+    real_open, real_mkdir, real_builtin_open, real_access = os.open, os.mkdir, builtins.open, os.access
+
+    def os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) and under(path):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    def mkdir(path, *args, **kwargs):
+        if under(path):
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def builtin_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and set(mode) & set("wax+") and under(file):
+            refuse(file)
+        return real_builtin_open(file, mode, *args, **kwargs)
+
+    def access(path, mode, *args, **kwargs):
+        return False if mode & os.W_OK and under(path) else real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(builtins, "open", builtin_open)
+    monkeypatch.setattr(os, "access", access)
+    return lambda directory: blocked.append(os.path.abspath(directory))
+
+
+def test_a_finished_extract_reruns_in_a_read_only_folder(video_tree, tmp_path, read_only):
+    good = [
+        VideoItem(str(path.relative_to(video_tree)), path.parent.name)
+        for path in sorted(video_tree.glob("*/*.mp4"))
+        if str(path.relative_to(video_tree)) not in BAD_VIDEOS
+    ]
+    complete, with_failures = tmp_path / "complete", tmp_path / "with_failures"
+    extract(video_tree, complete, items=good, **TINY)
+    extract(video_tree, with_failures, **TINY)
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    read_only(tmp_path)
+
+    report = extract(video_tree, complete, items=good, **TINY)  # nothing to do: no lock, nothing written
+    assert (report.videos, report.skipped) == (0, GOOD_VIDEOS)
+    report = extract(video_tree, with_failures, **TINY)  # failed videos cannot be retried here: said, not fatal
+    assert (report.videos, report.skipped) == (0, GOOD_VIDEOS)
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == before
+
+    from step_cache.cache.locking import NotWritableError
+
+    with pytest.raises(NotWritableError, match=r"/new: cannot write here \(Permission denied\); choose a writable"):
+        extract(video_tree, tmp_path / "new", **TINY)
+    with pytest.raises(NotWritableError, match="cannot write here"):  # other settings: there is work to do
+        extract(video_tree, complete, items=good, **{**TINY, "frames": 2})

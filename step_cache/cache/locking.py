@@ -9,6 +9,7 @@ directory there (extract --num-parts / --part).
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -23,6 +24,13 @@ class LockedError(RuntimeError):
     """Another live process is writing to the same directory."""
 
 
+class NotWritableError(RuntimeError):
+    """The directory cannot be written to (its permissions, or a read-only file system)."""
+
+
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
 class DirectoryLock:
     """``with DirectoryLock(out):`` holds ``out/.lock``. ``replaced_stale`` names a previous holder that died
     without releasing it (its run was interrupted)."""
@@ -34,7 +42,17 @@ class DirectoryLock:
         self._fd: int | None = None
 
     def acquire(self) -> DirectoryLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            return self._acquire()
+        except OSError as error:
+            if error.errno in _NOT_WRITABLE:  # one line that says what is wrong, instead of a bare [Errno 13]
+                raise NotWritableError(
+                    f"{self.path.parent}: cannot write here ({error.strerror}); choose a writable directory"
+                ) from None
+            raise
+
+    def _acquire(self) -> DirectoryLock:
         for _ in range(10):
             fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
             try:

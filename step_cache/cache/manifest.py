@@ -272,6 +272,12 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
 
 def read_manifest(directory: str | Path) -> Manifest:
     directory = Path(directory)
+    if not directory.exists():
+        # "no manifest" kept in the text: callers (and tests) that matched the old message still do
+        raise ManifestError(
+            f"{directory}: cache directory does not exist, so there is no manifest to read (check the path, or run "
+            "step-cache extract)"
+        )
     path = directory / MANIFEST_NAME if directory.is_dir() else directory
     if not path.is_file():
         raise ManifestError(f"{path}: no manifest (is this a step-cache shard directory? run step-cache extract)")

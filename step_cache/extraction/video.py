@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,12 +36,35 @@ def _open_reader(path: Path):
     try:
         return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     except Exception as error:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError for anything unreadable
-        raise VideoDecodeError(f"{path}: not a readable video ({_first_line(error)})") from None
+        raise VideoDecodeError(f"{path}: not a readable video ({_why_unopenable(path, error)})") from None
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+def _why_unopenable(path: Path, error: Exception) -> str:
+    """decord only says 'Error reading FILE...' (FFmpeg's reason goes to its log): ask FFmpeg through PyAV."""
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                return "the file has no video stream"
+    except Exception as probe:  # noqa: BLE001 - av.error.* carry FFmpeg's reason in strerror
+        reason = getattr(probe, "strerror", None) or _decoder_message(probe)
+        return f"{reason[:1].lower()}{reason[1:]}: not a video, or a damaged or cut-short one"
+    return f"the decoder cannot open it: {_decoder_message(error)}"
+
+
+_DECORD_LOG_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")  # "[08:41:41] src/video/x.cc:218: "
+_DECORD_CHECK = re.compile(r"Check failed: .*\) ")  # an internal assertion's expression, before its explanation
+
+
+def _decoder_message(error: Exception) -> str:
+    """decord's error text without its source locations, timestamps and assertion expressions: the reason only."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = _DECORD_CHECK.sub("", _DECORD_LOG_PREFIX.sub("", lines[0] if lines else ""))
+    text = text.replace("Thread worker: ", "").strip().rstrip(".")
+    if not text:
+        return type(error).__name__
+    return text if text[:2].isupper() else f"{text[:1].lower()}{text[1:]}"  # keep "ERROR", lower "Error"
 
 
 def decode_clips(
@@ -74,7 +98,7 @@ def decode_clips(
     try:
         batch = reader.get_batch(unique.tolist()).asnumpy()
     except Exception as error:  # noqa: BLE001 - any decoder error fails this video only
-        raise VideoDecodeError(f"{path}: decoding failed ({_first_line(error)})") from None
+        raise VideoDecodeError(f"{path}: decoding failed, the file is damaged ({_decoder_message(error)})") from None
     if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[-1] != 3:
         raise VideoDecodeError(f"{path}: decoder returned frames of shape {batch.shape}")
     return DecodedClips(batch[inverse], indices, end - start, is_short(end - start, frames), warnings)
