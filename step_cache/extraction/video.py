@@ -105,10 +105,10 @@ def decode_clips(
 
 
 def declared_frames(path: Path) -> int | None:
-    """Frames the container says the video stream has: its frame count, else its (or the file's) duration times
-    the frame rate. decord counts only the frames it can index, so a file cut short (a truncated .mkv) opens and
-    decodes without error, with fewer frames: comparing with this number is how such a file is noticed.
-    None when the container does not say (or PyAV cannot read it; decord then decides)."""
+    """Frames the container says the video stream has: its frame count, else its duration (the stream's, its
+    Matroska DURATION tag, or the file's) times the frame rate. decord counts only the frames it can index, so a
+    file cut short (a truncated .mkv) opens and decodes without error, with fewer frames: comparing with this
+    number is how such a file is noticed. None when the container does not say (or PyAV cannot read it)."""
     try:
         import av
 
@@ -117,8 +117,12 @@ def declared_frames(path: Path) -> int | None:
             if stream.frames:
                 return int(stream.frames)
             rate = stream.average_rate or stream.guessed_rate
+            tagged = str(stream.metadata.get("DURATION", ""))  # Matroska's per-stream "HH:MM:SS.fffffffff"
             if stream.duration is not None and stream.time_base is not None:
                 seconds = float(stream.duration * stream.time_base)
+            elif tagged.count(":") == 2:  # the video's own duration: an audio track may outlast it
+                hours, minutes, rest = tagged.split(":")
+                seconds = int(hours) * 3600 + int(minutes) * 60 + float(rest)
             elif container.duration is not None:
                 seconds = container.duration / av.time_base
             else:
