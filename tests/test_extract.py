@@ -341,3 +341,26 @@ def test_a_finished_extract_reruns_in_a_read_only_folder(video_tree, tmp_path, r
         extract(video_tree, tmp_path / "new", **TINY)
     with pytest.raises(NotWritableError, match="cannot write here"):  # other settings: there is work to do
         extract(video_tree, complete, items=good, **{**TINY, "frames": 2})
+
+
+def test_an_audio_track_longer_than_the_video_is_not_a_truncation(tmp_path):
+    import av
+
+    path = tmp_path / "with_audio.mkv"
+    with av.open(str(path), "w") as container:  # 20 video frames (0.8 s at 25 fps), 2 s of audio
+        video = container.add_stream("libx264", rate=25)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = container.add_stream("pcm_s16le", rate=16000)
+        audio.layout = "mono"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), i * 10, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        sound = av.AudioFrame.from_ndarray(np.zeros((1, 32000), np.int16), format="s16", layout="mono")
+        sound.sample_rate, sound.pts = 16000, 0
+        for packet in [*audio.encode(sound), *audio.encode()]:
+            container.mux(packet)
+    decoded = decode_clips(path, 4)
+    assert decoded.num_frames == 20 and decoded.warnings == []  # the file lasts 2 s; its video stream 0.8 s
