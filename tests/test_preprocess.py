@@ -128,3 +128,12 @@ def test_normalise_uses_mean_and_std():
     white = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     values = spec.normalise(white)[0, :, 0, 0].tolist()
     assert values == pytest.approx([2.0, 1.0, 0.5])
+
+
+def test_inspect_names_the_crop_size_and_a_mode_other_than_centre():
+    from step_cache.cache.summary import _crop_text
+
+    assert _crop_text({"crop": 224, "resize_shorter": 256}) == "224 px crop"  # a manifest written before modes
+    assert _crop_text({"crop": [1024, 768], "crop_mode": "squash", "scale_size": [1024, 768]}) == (
+        "1024x768 px crop (squash)"
+    )
