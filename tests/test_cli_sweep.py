@@ -99,4 +99,3 @@ def test_without_optuna_the_sweep_command_names_the_extra_to_install(shards, tmp
     assert result.output.strip().splitlines() == [
         "error: step-cache sweep needs optuna, which is not installed: pip install 'step-cache[sweep]'"
     ]
-

@@ -58,4 +58,3 @@ def test_without_matplotlib_the_demo_skips_its_report_and_still_prints_the_table
     assert again.report is None and again.table == demo.table
     assert again.summary().startswith(demo.table) and "pip install 'step-cache[report]'" in again.summary()
     assert "no report: the report (its figures) needs matplotlib" in caplog.text
-

@@ -153,7 +153,9 @@ def test_the_cache_is_identical_with_any_number_of_workers(video_tree, tmp_path)
     a, b, c = (open_shards(tmp_path / name) for name in "abc")
     assert list(a.videos) == list(b.videos) == list(c.videos)
     np.testing.assert_array_equal(b.read_tokens(range(len(b))), c.read_tokens(range(len(c))))
-    np.testing.assert_allclose(a.read_tokens(range(len(a))), b.read_tokens(range(len(b))), atol=2e-3)
+    # Another frame batch size sums in another order: float32 tokens that differ by rounding can land on
+    # neighbouring float16 values, one float16 step apart (2^-10 relative; 2^-14 absolute near zero).
+    np.testing.assert_allclose(a.read_tokens(range(len(a))), b.read_tokens(range(len(b))), rtol=2**-10, atol=2**-14)
 
 
 def test_decoder_crash_is_recorded_and_run_goes_on(video_tree, tmp_path, monkeypatch):

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.probes import build_probe, count_parameters, probe_options
+from step_cache.probes import build_probe, count_parameters
+from step_cache.sweeps.grouping import full_options, group_by_shape, shape_key
 from step_cache.sweeps.members import StackedProbes
 from step_cache.sweeps.shared_data import DataCache, TrainingData
 from step_cache.sweeps.stacked_adamw import StackedAdamW
@@ -42,13 +43,6 @@ from step_cache.training.token_data import batch_plan
 
 log = logging.getLogger(__name__)
 
-# A member's own settings; every other TrainConfig field, and every probe option but dropout, must be shared.
-# ``seed`` seeds a member's initial weights; the batches and a held-out validation split come from the first
-# member's seed, so members of different seeds (``train-probe --seeds``) see the same data.
-MEMBER_FIELDS = ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad", "seed")
-MEMBER_PROBE_OPTIONS = ("dropout",)
-_IGNORED_FIELDS = ("progress",)
-
 MemberCallback = Callable[[int, dict[str, Any]], bool]  # (member index, epoch record) -> stop this member?
 
 
@@ -60,29 +54,6 @@ class MemberResult:
     stopped_after: int | None = None  # the epoch after which on_epoch stopped it
     weights: dict[str, torch.Tensor] | None = None  # best checkpoint (with keep_weights)
     diverged: str | None = None  # why training stopped when the loss became non-finite (then metrics is None)
-
-
-def full_options(config: TrainConfig) -> dict[str, Any]:
-    return {**probe_options(config.probe), **config.probe_options}
-
-
-def shape_key(config: TrainConfig) -> tuple:
-    """What members of one stack must share: probe, structure, data and schedule length."""
-    shared = tuple(
-        (f.name, getattr(config, f.name))
-        for f in dataclasses.fields(TrainConfig)
-        if f.name not in (*MEMBER_FIELDS, "probe_options", *_IGNORED_FIELDS)
-    )
-    options = tuple(sorted((k, v) for k, v in full_options(config).items() if k not in MEMBER_PROBE_OPTIONS))
-    return (*shared, ("probe_options", options))
-
-
-def group_by_shape(configs: Sequence[TrainConfig]) -> list[list[int]]:
-    """Indices of ``configs`` grouped by ``shape_key``, groups in order of first appearance."""
-    groups: dict[tuple, list[int]] = {}
-    for index, config in enumerate(configs):
-        groups.setdefault(shape_key(config), []).append(index)
-    return list(groups.values())
 
 
 def member_losses(logits: torch.Tensor, labels: torch.Tensor, smoothing: torch.Tensor) -> torch.Tensor:

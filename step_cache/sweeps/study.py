@@ -31,10 +31,11 @@ from tqdm import tqdm
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
+from step_cache.sweeps.grouping import group_by_shape
 from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, retrain_best, write_results
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
-from step_cache.sweeps.stacked import MemberResult, group_by_shape, train_stacked
+from step_cache.sweeps.stacked import MemberResult, train_stacked
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
 from step_cache.training.run_data import resolve_pairs, token_subset
 from step_cache.training.token_data import select_tokens
@@ -132,13 +133,11 @@ def make_sampler(name: str, space: SearchSpace, seed: int) -> optuna.samplers.Ba
 
 
 def make_pruner(name: str, epochs: int | None) -> optuna.pruners.BasePruner:
-    """``epochs`` None (the automatic schedule, known once the data is open): Hyperband takes the first finished
-    trial's epoch count."""
     if name == "median":
         # Compares with *completed* trials at the same epoch, so the first batch of a sweep is never pruned;
         # steps are 1-based epochs, and the first epoch is never judged (too early to tell).
         return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if name == "hyperband":
+    if name == "hyperband":  # epochs None (automatic schedule): "auto" takes the first finished trial's
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto", reduction_factor=3)
     if name == "none":
         return optuna.pruners.NopPruner()
@@ -224,17 +223,16 @@ def run_batch(
         results = train_stacked(data.shards, configs, on_epoch=on_epoch, data=data)
         for index, (trial, config, result) in enumerate(zip(trials, configs, results, strict=True)):
             _record_result(trial, config, result, metric)
-            if result.diverged is not None:
-                trial.set_user_attr("failure", result.diverged)
+            failure = result.diverged
+            if failure is None and result.metrics is not None and _finite(result.metrics.get(metric)) is None:
+                failure = f"{metric} is not a finite number (diverged?)"
+            if failure is not None:
+                trial.set_user_attr("failure", failure)
                 told[index] = TrialState.FAIL
                 study.tell(trial, state=TrialState.FAIL)
             elif result.metrics is None:
                 told[index] = TrialState.PRUNED
                 study.tell(trial, state=TrialState.PRUNED)
-            elif _finite(result.metrics.get(metric)) is None:
-                trial.set_user_attr("failure", f"{metric} is not a finite number (diverged?)")
-                told[index] = TrialState.FAIL
-                study.tell(trial, state=TrialState.FAIL)
             else:
                 told[index] = TrialState.COMPLETE
                 study.tell(trial, float(result.metrics[metric]))

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.sweeps.grouping import full_options
 from step_cache.sweeps.shared_data import DataCache
-from step_cache.sweeps.stacked import MemberResult, StackedRun, full_options
+from step_cache.sweeps.stacked import MemberResult, StackedRun
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
