@@ -52,8 +52,8 @@ class WarmupCosine:
 # The automatic schedule (``epochs`` / ``batch_size`` left to "auto"): a schedule counted in epochs does not
 # transfer across dataset sizes (30 epochs of 180 clips at batch 64 are 90 optimizer steps, too few to learn a frame
 # embedding from scratch), so the batch shrinks on small sets and the epochs grow until the run has at least
-# AUTO_MIN_STEPS optimizer steps. The constants were chosen on the demo benchmark and checked on benchmarks of other
-# sizes, kinds, frame counts and difficulty (docs/training.md).
+# AUTO_MIN_STEPS optimizer steps. The constants come from the demo's old recipe (about 2400 steps worked, 90 did
+# not) and were checked on benchmarks of other sizes, kinds, frame counts and difficulty (docs/training.md).
 AUTO_BATCHES_PER_EPOCH = 16  # the auto batch aims at this many batches per epoch...
 AUTO_BATCH_RANGE = (8, 64)  # ...as a power of two in this range
 AUTO_MIN_EPOCHS = 30
