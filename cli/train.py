@@ -60,7 +60,12 @@ def train_probe(
             show_default=False,
         ),
     ] = None,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW).")] = 1e-3,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Peak learning rate (AdamW); default 1e-2 for linear, 1e-3 for the others.", show_default=False
+        ),
+    ] = None,
     weight_decay: Annotated[
         float, typer.Option("--weight-decay", "--wd", help="On weight matrices only (not norms, biases, tokens).")
     ] = 0.05,

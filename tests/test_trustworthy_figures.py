@@ -65,6 +65,12 @@ def test_config_records_the_resolved_schedule(split_cache, tmp_path):
     assert schedule["optimizer_steps"] == 2 * math.ceil(train / schedule["batch_size"])
 
 
+def test_default_learning_rate_is_per_probe_and_a_given_one_wins():
+    assert make_config("linear", {}).lr == 1e-2
+    assert {make_config(p, {}).lr for p in ("attentive", "self-attentive", "step")} == {1e-3}
+    assert make_config("linear", {"lr": 3e-4}).lr == 3e-4
+
+
 @pytest.mark.parametrize("lr", [math.inf, math.nan, 0.0, -1.0])
 def test_lr_must_be_finite_and_positive(lr):
     with pytest.raises(TrainConfigError, match="lr must be a finite number > 0"):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from step_cache import __version__
-from step_cache.training.optimization import resolve_schedule, schedule_steps
+from step_cache.training.optimization import default_lr, resolve_schedule, schedule_steps
 from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
 
 
@@ -34,7 +34,7 @@ class TrainConfig:
     # None: chosen from the number of training clips (optimization.resolve_schedule); a run records the values used.
     epochs: int | None = None
     batch_size: int | None = None
-    lr: float = 1e-3
+    lr: float | None = None  # None: optimization.default_lr(probe) (1e-2 for linear, 1e-3 for the others)
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0  # linear warm-up, per optimizer step, then cosine decay to 0
     label_smoothing: float = 0.0
@@ -68,6 +68,8 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
             f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}"
         )
     config = TrainConfig(probe=probe, **options)
+    if config.lr is None:
+        config.lr = default_lr(probe)
     checks = [
         (config.epochs is None or config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
         (config.batch_size is None or config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),

@@ -61,6 +61,16 @@ AUTO_MIN_STEPS = 1500
 AUTO_MAX_EPOCHS = 1000
 
 
+# Peak learning rate when none is given. The linear probe (a convex head on per-frame CLS tokens) chose 1e-2 on val
+# on 6 of the 7 benchmarks of docs/training.md (1e-3 left it under-trained); the attention probes 1e-3 or 3e-3.
+DEFAULT_LR = {"linear": 1e-2}
+FALLBACK_LR = 1e-3
+
+
+def default_lr(probe: str) -> float:
+    return DEFAULT_LR.get(probe, FALLBACK_LR)
+
+
 def auto_batch_size(train_clips: int) -> int:
     """The largest power of two giving at least ``AUTO_BATCHES_PER_EPOCH`` batches, clamped to ``AUTO_BATCH_RANGE``."""
     low, high = AUTO_BATCH_RANGE
