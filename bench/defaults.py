@@ -103,19 +103,20 @@ def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     lines = [
         "| cache | train / val / test | T | probe | default (epochs, batch) | default test top-1 | default test pair"
-        " | best of sweep (chosen on val) | its test top-1 | its test pair | default / best (pair) |",
-        "|---|---|---:|---|---|---:|---:|---|---:|---:|---:|",
+        " | best of sweep (chosen on val) | its test top-1 | its test pair | default / best: top-1 | pair |",
+        "|---|---|---:|---|---|---:|---:|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         default, best = row["groups"]["default"]["test"], row["groups"].get(row["best"], {}).get("test", {})
         pair, best_pair = default.get("pair_accuracy") or default["top1"], best.get("pair_accuracy") or best.get("top1")
         ratio = f"{np.mean(pair) / np.mean(best_pair):.2f}" if best_pair else "–"
+        top1 = f"{np.mean(default['top1']) / np.mean(best['top1']):.2f}" if best.get("top1") else "–"
         schedule = row["default_schedule"]
         lines.append(
             f"| {Path(row['cache']).parent.name or row['cache']} | {row['train_clips']} / {row['val_clips']} / "
             f"{row['test_clips']} | {row['frames']} | {row['probe']} | {schedule['epochs']}, {schedule['batch_size']} "
             f"| {mean_std(default['top1'])} | {mean_std(default.get('pair_accuracy', []))} | {row['best'] or '–'} | "
-            f"{mean_std(best.get('top1', []))} | {mean_std(best.get('pair_accuracy', []))} | {ratio} |"
+            f"{mean_std(best.get('top1', []))} | {mean_std(best.get('pair_accuracy', []))} | {top1} | {ratio} |"
         )
     return "\n".join(lines)
 
