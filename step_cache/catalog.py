@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from pathlib import Path
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 SPLITS = ("train", "val", "test")
 ANNOTATION_COLUMNS = ("path", "label", "split", "start_frame", "end_frame")
+SEGMENT_SUFFIX = re.compile(r"#\d*-\d*$")  # item keys of segments end in "#start-end" (VideoItem.key)
 
 
 class CatalogError(ValueError):
@@ -44,6 +46,11 @@ class VideoItem:
         start = "" if self.start_frame is None else self.start_frame
         end = "" if self.end_frame is None else self.end_frame
         return f"{self.path}#{start}-{end}"
+
+
+def source_video(key: str) -> str:
+    """The video file an item key comes from (segment suffix removed)."""
+    return SEGMENT_SUFFIX.sub("", key)
 
 
 def discover_videos(root: str | Path) -> list[VideoItem]:

@@ -29,7 +29,7 @@ def settings(frames=FRAMES):
     }
 
 
-def write_cache(directory, clips_per_shard=(3, 2), classes=("a", "b"), frames=FRAMES, prefix="v"):
+def write_cache(directory, clips_per_shard=(3, 2), classes=("a", "b"), frames=FRAMES, prefix="v", keys=None):
     rng = np.random.default_rng(0)
     manifest = Manifest(extraction=settings(frames), classes=list(classes), pairs=[("a", "b")])
     written = []
@@ -40,7 +40,14 @@ def write_cache(directory, clips_per_shard=(3, 2), classes=("a", "b"), frames=FR
             tokens = rng.standard_normal((frames, LAYOUT.tokens_per_frame, LAYOUT.dim)).astype(np.float16)
             writer.append(
                 ClipRecord(
-                    tokens, n % 2, f"{prefix}{n}.mp4", 0, "train" if n % 3 else "val", np.arange(frames) * 2, 10, False
+                    tokens,
+                    n % 2,
+                    keys[n] if keys else f"{prefix}{n}.mp4",
+                    0,
+                    "train" if n % 3 else "val",
+                    np.arange(frames) * 2,
+                    10,
+                    False,
                 )
             )
             written.append(tokens)
@@ -171,6 +178,54 @@ def test_the_same_video_in_two_caches_is_refused(tmp_path):
         r"/data/kitchen\): that is the same video twice; give each cache directory once",
     ):
         open_shards([a, copy])
+
+
+def _cache_of(directory, root, keys):
+    directory.mkdir()
+    write_cache(directory, clips_per_shard=(len(keys),), keys=keys)
+    _set_videos_root(directory, root)
+    return directory
+
+
+def test_segments_of_a_shared_file_name_keep_their_root_and_their_file(tmp_path):
+    """Segment keys (FILE#start-end) collide on their source file, not on the exact key: every segment of a file two
+    roots share is qualified, so the train/val holdout (grouped by source file) keeps each root's file on one side
+    and never takes two roots' files for one video."""
+    from step_cache.catalog import source_video
+
+    kitchen = _cache_of(tmp_path / "kitchen", "/data/kitchen", ["v0.mp4#0-10", "v0.mp4#10-20"])
+    garage = _cache_of(tmp_path / "garage", "/data/garage", ["v0.mp4#0-10", "v0.mp4#20-30"])
+    videos = open_shards([kitchen, garage]).videos.tolist()
+    assert videos == [
+        "/data/kitchen/v0.mp4#0-10",
+        "/data/kitchen/v0.mp4#10-20",
+        "/data/garage/v0.mp4#0-10",
+        "/data/garage/v0.mp4#20-30",
+    ]
+    assert [source_video(v) for v in videos] == ["/data/kitchen/v0.mp4"] * 2 + ["/data/garage/v0.mp4"] * 2
+
+
+def test_a_video_keeps_its_name_when_another_cache_is_added(tmp_path):
+    """Every key of a cache that shares a source file with a cache of another root is qualified, not only the shared
+    ones: adding a third cache that shares another of its files renames nothing already named."""
+    a = _cache_of(tmp_path / "a", "/data/kitchen", ["v0.mp4", "v1.mp4#0-5"])
+    b = _cache_of(tmp_path / "b", "/data/garage", ["v0.mp4"])
+    c = _cache_of(tmp_path / "c", "/data/yard", ["v1.mp4#5-9"])
+    two = open_shards([a, b]).videos.tolist()
+    three = open_shards([a, b, c]).videos.tolist()
+    assert two == ["/data/kitchen/v0.mp4", "/data/kitchen/v1.mp4#0-5", "/data/garage/v0.mp4"]
+    assert three == [*two, "/data/yard/v1.mp4#5-9"]
+
+
+def test_segments_of_one_file_under_one_root_in_two_caches_combine_as_one_file(tmp_path):
+    """The same root and file in two caches, different segments: one video file, names unchanged (grouped together);
+    the same root and the exact same key is the same clip twice and still refused."""
+    a = _cache_of(tmp_path / "a", "/data/kitchen", ["v0.mp4#0-10"])
+    b = _cache_of(tmp_path / "b", "/data/kitchen", ["v0.mp4#10-20"])
+    assert open_shards([a, b]).videos.tolist() == ["v0.mp4#0-10", "v0.mp4#10-20"]
+    c = _cache_of(tmp_path / "c", "/data/kitchen/", ["v0.mp4#0-10"])  # a trailing slash is the same root
+    with pytest.raises(ShardError, match=r"video v0.mp4#0-10 is in both .*/a and .*/c .*the same video twice"):
+        open_shards([a, b, c])
 
 
 def test_shard_set_pickles_without_handles(tmp_path):

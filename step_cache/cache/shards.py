@@ -34,6 +34,14 @@ from step_cache.cache.shard_file import (
     read_shard_settings,
     shard_name,
 )
+from step_cache.catalog import source_video
+
+
+def _normal_root(root: str | None) -> str | None:
+    """A recorded videos root without trailing slashes ("/data/x/" and "/data/x" are one root)."""
+    if not root:
+        return None
+    return root.rstrip("/") or "/"
 
 
 class ShardSet:
@@ -89,37 +97,45 @@ class ShardSet:
 
     def _video_identities(self, parts: list[dict[str, np.ndarray]], sources: list[int]) -> np.ndarray:
         """Per-clip video identities of combined caches. A key is a path relative to the videos root its cache was
-        extracted from (manifest ``source.videos``), so two datasets extracted from different roots may share keys
-        (approach/approach_000.mp4 in both): such keys are qualified with their root, ``ROOT/KEY``, and the others
-        stay as they are. The same key from the same root in two caches (or one cache given twice) is the same
-        video twice: refused, since metrics average clips per video and splits keep a video on one side."""
-        roots = [manifest.source.get("videos") for manifest in self.manifests]
-        holders: dict[str, list[int]] = {}
+        extracted from (manifest ``source.videos``), with ``#start-end`` for a segment; splits group clips by source
+        file (the key without that suffix). Two datasets extracted from different roots may share source files
+        (approach/approach_000.mp4 in both): every cache that shares a source file with a cache of another root has
+        *all* its keys qualified with its root, ``ROOT/KEY``, so each root's file stays one group and a cache's names
+        do not change when a further cache joins. Other caches keep their keys. The same key from the same root in
+        two caches (or one cache given twice) is the same video twice: refused, since metrics average clips per
+        video and splits keep a video on one side."""
+        roots = [_normal_root(manifest.source.get("videos")) for manifest in self.manifests]
+        keys: list[list[str]] = [[] for _ in self.directories]  # each cache's distinct keys, in clip order
         for meta, source in zip(parts, sources, strict=True):
-            for video in np.unique(meta["video"]).tolist():
-                owners = holders.setdefault(video, [])
-                if source not in owners:
-                    owners.append(source)
-        qualified: dict[tuple[int, str], str] = {}
-        for video, owners in holders.items():
-            if len(owners) < 2:
-                continue
-            by_root: dict[str | None, int] = {}
-            for source in owners:
-                root = roots[source]
-                if root in by_root:
-                    first, second = self.directories[by_root[root]], self.directories[source]
+            keys[source].extend(np.unique(meta["video"]).tolist())
+        first_holder: dict[tuple[str | None, str], int] = {}
+        file_roots: dict[str, dict[str | None, list[int]]] = {}  # source file -> root -> caches holding it
+        for source, cache_keys in enumerate(keys):
+            root = roots[source]
+            for key in dict.fromkeys(cache_keys):
+                holder = first_holder.setdefault((root, key), source)
+                if holder != source:
+                    first, second = self.directories[holder], self.directories[source]
                     origin = f"both extracted from {root}" if root else "neither records its videos root"
                     raise ShardError(
-                        f"video {video} is in both {first} and {second} ({origin}): that is the same video twice; "
+                        f"video {key} is in both {first} and {second} ({origin}): that is the same video twice; "
                         "give each cache directory once and leave out caches that repeat another's videos"
                     )
-                by_root[root] = source
-                qualified[(source, video)] = f"{root.rstrip('/')}/{video}" if root else video
-        if not qualified:
-            return np.concatenate([meta["video"] for meta in parts])
+                holders = file_roots.setdefault(source_video(key), {}).setdefault(root, [])
+                if source not in holders:
+                    holders.append(source)
+        qualified = {
+            source
+            for by_root in file_roots.values()
+            if len(by_root) > 1
+            for holders in by_root.values()
+            for source in holders
+            if roots[source]
+        }
         return np.concatenate([
-            np.array([qualified.get((source, video), video) for video in meta["video"].tolist()], dtype=object)
+            np.array([f"{str(roots[source]).rstrip('/')}/{video}" for video in meta["video"].tolist()], dtype=object)
+            if source in qualified
+            else meta["video"]
             for meta, source in zip(parts, sources, strict=True)
         ])  # fmt: skip
 

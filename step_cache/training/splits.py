@@ -9,14 +9,13 @@ selected.
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-_SEGMENT_SUFFIX = re.compile(r"#\d*-\d*$")  # item keys of segments end in "#start-end" (catalog.VideoItem.key)
+from step_cache.catalog import source_video
 
 
 class DataError(ValueError):
@@ -34,11 +33,6 @@ class Splits:
 
     def counts(self) -> dict[str, int | str]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test), "val_source": self.val_source}
-
-
-def source_video(key: str) -> str:
-    """The video file an item key comes from (segment suffix removed)."""
-    return _SEGMENT_SUFFIX.sub("", key)
 
 
 def select_splits(
