@@ -88,6 +88,29 @@ def test_different_settings_are_refused_until_overwrite(video_tree, tmp_path):
     assert report.videos == GOOD_VIDEOS and open_shards(out).clip_shape[0] == 8
 
 
+def test_a_cache_of_another_videos_root_is_refused_until_overwrite(video_tree, tmp_path):
+    """Keys are paths relative to the videos root: the same names under another root are other videos, so neither
+    the finished-cache shortcut nor a resume may take them for the cached ones (or rewrite source.videos)."""
+    import shutil
+
+    other = tmp_path / "other_videos"
+    shutil.copytree(video_tree, other)
+    finished, partial = tmp_path / "finished", tmp_path / "partial"
+    first = [VideoItem(f"slide_left/slide_left_{i}.mp4", "slide_left") for i in range(2)]
+    extract(video_tree, finished, items=first, **TINY)  # holds every item: a re-run would have nothing to do
+    extract(video_tree, partial, items=first[:1], **TINY)
+    for out in (finished, partial):
+        with pytest.raises(
+            ExtractionError,
+            match=rf"{out} holds videos extracted from {video_tree}, not from {other}: .*use another --out, or "
+            "--overwrite",
+        ):
+            extract(other, out, items=first, **TINY)
+        assert json.loads((out / "manifest.json").read_text())["source"]["videos"] == str(video_tree)
+    report = extract(other, finished, items=first, **TINY, overwrite=True)
+    assert report.videos == 2 and report.manifest.source["videos"] == str(other)
+
+
 def test_strict_stops_at_first_failure_and_keeps_work(video_tree, tmp_path):
     with pytest.raises(ExtractionError, match="--strict"):
         extract(video_tree, tmp_path / "s", **TINY, strict=True)

@@ -54,17 +54,45 @@ def open_output(
         write_manifest(out, manifest)
         return manifest
     manifest = read_manifest(out)
+    if refusal := resume_refusal(out, manifest, extraction, classes, source):
+        raise ExtractionError(refusal)
+    manifest.pairs = pairs or manifest.pairs
+    manifest.source = source
+    return manifest
+
+
+def resume_refusal(out: Path, manifest: Manifest, extraction: dict, classes: list[str], source: dict) -> str | None:
+    """Why the cache in ``out`` cannot take this run's items (None when it can): other extraction settings or
+    classes, or another videos root. Keys are paths relative to the videos root, so the same names under another
+    root are other videos; comparing the roots recorded in ``source.videos`` keeps them apart (only when both runs
+    record one). Used by the resume and by the finished-cache shortcut alike."""
     differences = extraction_differences(manifest.extraction, extraction)
     if manifest.classes != classes:
         differences.append(f"classes: {manifest.classes} != {classes}")
     if differences:
-        raise ExtractionError(
+        return (
             f"{out} holds a cache made with other settings ({'; '.join(differences[:4])}); "
             "use another --out, or --overwrite to start over"
         )
-    manifest.pairs = pairs or manifest.pairs
-    manifest.source = source
-    return manifest
+    cached, given = manifest.source.get("videos"), source.get("videos")
+    if cached and given and cached != given:
+        return (
+            f"{out} holds videos extracted from {cached}, not from {given}: the same file names there may be other "
+            "videos; use another --out, or --overwrite to start over"
+        )
+    return None
+
+
+def finished_keys(out: Path, manifest: Manifest) -> set[str]:
+    """Item keys of the clips in the manifest's shards. ExtractionError when a listed shard is missing, ShardError
+    when one cannot be read."""
+    done: set[str] = set()
+    for record in manifest.shards:
+        path = out / record.file
+        if not path.is_file():
+            raise ExtractionError(f"{path}: listed in the manifest but missing; run step-cache verify, or --overwrite")
+        done.update(read_shard_metadata(path)["video"].tolist())
+    return done
 
 
 def remove_cache(out: Path) -> None:
@@ -104,12 +132,7 @@ def recover(out: Path, manifest: Manifest) -> set[str]:
             ShardRecord(path.name, len(meta["labels"]), len(set(meta["video"])), path.stat().st_size, file_sha256(path))
         )
         log.warning("%s: adopted a complete shard missing from the manifest", path)
-    done: set[str] = set()
-    for record in manifest.shards:
-        path = out / record.file
-        if not path.is_file():
-            raise ExtractionError(f"{path}: listed in the manifest but missing; run step-cache verify, or --overwrite")
-        done.update(read_shard_metadata(path)["video"].tolist())
+    done = finished_keys(out, manifest)
     write_manifest(out, manifest)
     return done
 

@@ -22,16 +22,17 @@ import torch
 from tqdm import tqdm
 
 from step_cache.cache.locking import DirectoryLock
-from step_cache.cache.manifest import (
-    Failure,
-    Manifest,
-    ManifestError,
-    VideoWarning,
-    extraction_differences,
-    read_manifest,
+from step_cache.cache.manifest import Failure, Manifest, ManifestError, VideoWarning, read_manifest
+from step_cache.cache.shards import COMPRESSIONS, ClipRecord, ShardError
+from step_cache.cache.writer import (
+    CacheWriter,
+    ExtractionError,
+    finished_keys,
+    next_shard_index,
+    open_output,
+    recover,
+    resume_refusal,
 )
-from step_cache.cache.shards import COMPRESSIONS, ClipRecord, ShardError, read_shard_metadata
-from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_index, open_output, recover
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
@@ -166,7 +167,7 @@ def extract(
             "finished": False,  # set once a run has tried every item
             **({"part": opts.part, "num_parts": opts.num_parts} if opts.num_parts > 1 else {}),
         }
-        if not opts.overwrite and (finished := _already_complete(out, extraction, classes, pair_list, items)):
+        if not opts.overwrite and (finished := _already_complete(out, extraction, classes, pair_list, source, items)):
             return finished  # nothing to do: take no lock and write nothing (the folder may be read-only)
         with DirectoryLock(out) as lock:
             if lock.replaced_stale:
@@ -194,27 +195,25 @@ def extraction_settings(backbone: Backbone, opts: ExtractOptions) -> dict[str, A
 
 
 def _already_complete(
-    out: Path, extraction: dict[str, Any], classes: list[str], pairs: list, items: list[VideoItem]
+    out: Path, extraction: dict[str, Any], classes: list[str], pairs: list, source: dict, items: list[VideoItem]
 ) -> ExtractReport | None:
-    """The report of a re-run that has nothing to do: a finished cache of the same settings, classes and pairs that
-    holds every item, with no unfinished shard left behind; or one whose only missing items failed before while the
-    folder is read-only (they cannot be retried there: said in the log). Anything else (None) goes the usual way,
-    under the lock, which also reports a settings mismatch or a folder it cannot write to."""
+    """The report of a re-run that has nothing to do: a finished cache of the same settings, classes, videos root
+    and pairs that holds every item, with no unfinished shard left behind; or one whose only missing items failed
+    before while the folder is read-only (they cannot be retried there: said in the log). Anything else (None) goes
+    the usual way, under the lock, which also reports a settings mismatch or a folder it cannot write to."""
     try:
         manifest = read_manifest(out)
     except ManifestError:
         return None
     same_pairs = not pairs or [tuple(p) for p in pairs] == [tuple(p) for p in manifest.pairs]
-    if extraction_differences(manifest.extraction, extraction) or manifest.classes != classes or not same_pairs:
+    if resume_refusal(out, manifest, extraction, classes, source) or not same_pairs:
         return None
     if not manifest.source.get("finished") or any(out.glob(".shard-*.h5.tmp")):
         return None
-    done: set[str] = set()
-    for record in manifest.shards:
-        try:
-            done.update(read_shard_metadata(out / record.file)["video"].tolist())
-        except ShardError:
-            return None
+    try:
+        done = finished_keys(out, manifest)
+    except (ExtractionError, ShardError):
+        return None
     missing = {item.key for item in items} - done
     failed = {failure.video for failure in manifest.failures}
     if missing and (not missing <= failed or os.access(out, os.W_OK)):
