@@ -1,5 +1,6 @@
 import os
 import pickle
+import re
 import time
 
 import pytest
@@ -160,15 +161,19 @@ def test_checkpoint_errors_say_what_the_file_is_in_one_line(tmp_path):
     torch.save({"weight": torch.zeros(8)}, cut)
     cut.write_bytes(cut.read_bytes()[:200])
     expected = {
-        saved: "refusing to load: the pickle names Python objects other than tensors (posix.system), which could "
-        "run code; convert it to .safetensors or a plain state dict of tensors",
-        noise: "not a torch checkpoint (neither a torch.save archive nor a complete pickle); give a .safetensors "
-        "file or a state dict saved with torch.save",
-        cut: "a damaged torch checkpoint (PytorchStreamReader failed reading zip archive: failed finding central "
-        "directory); save or copy it again",
+        saved: re.escape(
+            "refusing to load: the pickle names Python objects other than tensors (posix.system), which could "
+            "run code; convert it to .safetensors or a plain state dict of tensors"
+        ),
+        noise: re.escape(
+            "not a torch checkpoint (neither a torch.save archive nor a complete pickle); give a .safetensors "
+            "file or a state dict saved with torch.save"
+        ),
+        # the project's wording around torch's reason, whose text differs between torch versions
+        cut: re.escape("a damaged torch checkpoint (") + r"[^\n]+" + re.escape("); save or copy it again"),
     }
     for path, message in expected.items():
         with pytest.raises(CheckpointError) as info:
             load_state_dict_file(path)
-        assert str(info.value) == f"{path}: {message}"
+        assert re.fullmatch(re.escape(f"{path}: ") + message, str(info.value)), str(info.value)
     assert not marker.exists()

@@ -155,13 +155,13 @@ def test_unsafe_or_wrong_checkpoints_are_one_line_errors(video_tree, tmp_path):
         (evil, "refusing to load: the pickle names Python objects other than tensors (posix.system)"),
         (not_state, "not a state dict"),
         (noise, "not a torch checkpoint (neither a torch.save archive nor a complete pickle)"),  # not "run code"
-        (cut, "a damaged torch checkpoint (PytorchStreamReader failed reading zip archive: failed finding central "
-         "directory); save or copy it again"),
-    ]  # fmt: skip
+        (cut, "a damaged torch checkpoint (*); save or copy it again"),  # *: torch's reason, worded by torch's version
+    ]
     for path, message in cases:
         result = run_cli("extract", "--videos", video_tree, "--out", tmp_path / "s", *TINY_CLI[:2], "--weights", path)
         assert result.returncode == 1, result.stderr
-        assert f"error: {path}: {message}" in result.stderr and "Traceback" not in result.stderr
+        pattern = re.escape(f"error: {path}: {message}").replace(r"\*", r"[^\n]+")
+        assert re.search(pattern, result.stderr) and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # one line, torch's essay left out
     assert not marker.exists()
 

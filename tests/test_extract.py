@@ -1,6 +1,7 @@
 """Extraction through the Python API: shapes, labels, failures, resume, settings checks, exact tokens."""
 
 import json
+import re
 import subprocess
 import sys
 from collections import deque
@@ -287,10 +288,9 @@ def test_decoder_errors_are_one_readable_line(video_tree):
 
     with pytest.raises(VideoDecodeError) as info:  # decord itself only says "Error reading FILE..."
         decode_clips(video_tree / "slide_left" / "truncated.mp4", 4)
-    assert str(info.value) == (
-        f"{video_tree / 'slide_left' / 'truncated.mp4'}: not a readable video (invalid data found when processing "
-        "input: not a video, or a damaged or cut-short one)"
-    )
+    # the project's wording; FFmpeg's reason inside the parentheses differs between FFmpeg versions
+    pattern = re.escape(f"{video_tree / 'slide_left' / 'truncated.mp4'}: not a readable video (") + r"[^\n]+\)"
+    assert re.fullmatch(pattern, str(info.value)), str(info.value)
     raw = (
         "[08:41:41] /github/workspace/src/video/ffmpeg/threaded_decoder.cc:292: [08:41:41] /github/workspace/src/"
         "video/ffmpeg/threaded_decoder.cc:218: Check failed: avcodec_send_packet(dec_ctx_.get(), pkt.get()) >= 0 "
