@@ -54,6 +54,8 @@ def _assert_same_as_timm(config: dict, frames: np.ndarray) -> None:
     ],
 )
 def test_matches_timm_eval_transform_of_the_model(model_name, shape):
+    if model_name not in timm.list_models(model_name, pretrained=True):  # newer than the installed timm
+        pytest.skip(f"{model_name} is not in timm {timm.__version__}")
     # Built on the meta device: the data config comes from timm's offline pretrained_cfg, no weights are made.
     with torch.device("meta"):
         model = timm.create_model(model_name, pretrained=False)
