@@ -38,6 +38,7 @@ from step_cache.training.records import (
     validation_score,
 )
 from step_cache.training.run_data import check_splits, data_record, resolve_pairs, token_subset
+from step_cache.training.seeds import train_seeds
 from step_cache.training.splits import select_splits
 from step_cache.training.token_data import TokenSelection, batch_plan, open_token_source, select_tokens
 
@@ -270,8 +271,6 @@ def train_probe(
     config = make_config(probe, options)
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     if config.seeds > 1:
-        from step_cache.training.seeds import train_seeds  # uses the sweeps' stacked training, which imports us
-
         metrics, history = train_seeds(features, config, Path(out), resume, on_epoch)
         return TrainResult(Path(out), metrics, history)
     shards = features if isinstance(features, ShardSet) else open_shards(features)
