@@ -43,7 +43,8 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 # Modules whose globals torch's weights-only loader may accept; a pickle naming others wants to build objects.
-_TENSOR_MODULES = ("torch", "collections", "_codecs", "numpy")
+_TENSOR_MODULES = {"torch", "collections", "_codecs", "numpy"}  # top-level packages (torch.*, not torchvision)
+_PICKLE_PREFIX = 16 << 20  # bytes read to classify a refused file: its globals come first, tensor data after
 _STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING", "STRING"}
 
 
@@ -61,7 +62,7 @@ def _why_unloadable(path: Path, error: Exception) -> str:
             "not a torch checkpoint (neither a torch.save archive nor a complete pickle); give a .safetensors file "
             "or a state dict saved with torch.save"
         )
-    unsafe = sorted({name for name in globals_named if not name.startswith(_TENSOR_MODULES)})
+    unsafe = sorted({name for name in globals_named if name.split(".")[0] not in _TENSOR_MODULES})
     if unsafe:
         shown = ", ".join(unsafe[:3]) + (" ..." if len(unsafe) > 3 else "")
         return (
@@ -72,17 +73,22 @@ def _why_unloadable(path: Path, error: Exception) -> str:
 
 
 def _pickle_bytes(path: Path) -> tuple[str, bytes | None]:
-    """('zip', data.pkl) for a torch.save archive, ('raw', the file) otherwise, or a zip that is damaged/foreign."""
+    """('zip', data.pkl) for a torch.save archive, ('raw', the file) otherwise, or a zip that is damaged/foreign.
+    At most ``_PICKLE_PREFIX`` bytes of the pickle are read (a checkpoint may be gigabytes)."""
     import zipfile
 
     if zipfile.is_zipfile(path):
         try:
             with zipfile.ZipFile(path) as archive:
                 names = [name for name in archive.namelist() if name.endswith("data.pkl")]
-                return ("zip", archive.read(names[0])) if names else ("zip-foreign", None)
+                if not names:
+                    return "zip-foreign", None
+                with archive.open(names[0]) as member:
+                    return "zip", member.read(_PICKLE_PREFIX)
         except (zipfile.BadZipFile, OSError, EOFError):
             return "zip-damaged", None
-    data = path.read_bytes()
+    with path.open("rb") as file:
+        data = file.read(_PICKLE_PREFIX)
     if data.startswith(b"PK\x03\x04"):  # a zip's first entry but no readable directory: a cut-short archive
         return "zip-damaged", None
     return "raw", data
@@ -90,15 +96,18 @@ def _pickle_bytes(path: Path) -> tuple[str, bytes | None]:
 
 def _pickle_globals(data: bytes) -> list[str] | None:
     """'module.name' of every global the first pickle in ``data`` names, without running it; None when ``data``
-    does not start with a whole pickle (random bytes, text). For STACK_GLOBAL the module and name are the two
-    strings pushed last, which is how pickle writes them (a memoised repeat may show an older pair: the list is
-    for the message, the refusal itself is torch's)."""
+    does not start with a whole pickle (random bytes, text). A pickle cut off at ``_PICKLE_PREFIX`` bytes gives
+    the globals named before the cut. For STACK_GLOBAL the module and name are the two strings pushed last, which is
+    how pickle writes them (a memoised repeat may show an older pair: the list is for the message, the refusal
+    itself is torch's)."""
+    import io
     import pickletools
 
     names: list[str] = []
     strings: list[str] = []
+    stream = io.BytesIO(data)
     try:
-        for opcode, argument, _position in pickletools.genops(data):
+        for opcode, argument, _position in pickletools.genops(stream):
             if opcode.name in _STRING_OPS:
                 strings.append(str(argument))
             elif opcode.name in ("GLOBAL", "INST"):
@@ -106,7 +115,8 @@ def _pickle_globals(data: bytes) -> list[str] | None:
             elif opcode.name == "STACK_GLOBAL":
                 names.append(".".join(strings[-2:]))
     except Exception:  # noqa: BLE001 - pickletools raises ValueError and others on bytes that are no pickle
-        return None
+        cut_by_prefix = len(data) >= _PICKLE_PREFIX and stream.tell() >= len(data)  # it ran out of bytes, not sense
+        return names if cut_by_prefix and names else None
     return names
 
 

@@ -177,3 +177,30 @@ def test_checkpoint_errors_say_what_the_file_is_in_one_line(tmp_path):
             load_state_dict_file(path)
         assert re.fullmatch(re.escape(f"{path}: ") + message, str(info.value)), str(info.value)
     assert not marker.exists()
+
+
+def test_only_the_tensor_modules_themselves_count_as_safe(tmp_path):
+    """torchvision.* or numpyx.* merely start with a safe module's name: they are other modules, named as unsafe."""
+    for module in ("torchvision.ops", "numpyx", "collections_extra"):
+        path = tmp_path / f"{module}.pth"
+        path.write_bytes(b"\x80\x02c" + module.encode() + b"\nrun\nq\x00.")  # a pickle naming module.run
+        with pytest.raises(CheckpointError, match=rf"refusing to load: .* other than tensors \({module}\.run\)"):
+            load_state_dict_file(path)
+
+
+def test_a_large_pickle_is_classified_from_a_bounded_prefix(tmp_path, monkeypatch):
+    """Classifying a refused file reads a bounded prefix, not a whole multi-gigabyte file; a pickle cut off by the
+    prefix still shows the globals named before the cut."""
+    import step_cache.checkpoints as checkpoints
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    path = tmp_path / "big.pth"
+    path.write_bytes(pickle.dumps({"w": Exploit(), "pad": b"x" * 100_000}))
+    monkeypatch.setattr(checkpoints, "_PICKLE_PREFIX", 4096)
+    kind, data = checkpoints._pickle_bytes(path)
+    assert kind == "raw" and len(data) <= 4096
+    with pytest.raises(CheckpointError, match=r"other than tensors \(posix.system\), which could run code"):
+        load_state_dict_file(path)
