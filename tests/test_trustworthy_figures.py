@@ -170,7 +170,7 @@ def test_cli_seeds_print_mean_and_std(split_cache, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(split_cache, tmp_path):
+def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(split_cache, tmp_path, monkeypatch):
     from step_cache.sweeps.stacked import train_stacked
     from step_cache.training.epoch_loop import NonFiniteLossError
 
@@ -181,6 +181,19 @@ def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(sp
     diverged, fine = train_stacked(split_cache, [make_config("step", {**FAST, "lr": lr}) for lr in (1e30, 3e-3)])
     assert diverged.metrics is None and "non-finite" in diverged.diverged and diverged.stopped_after == 0
     assert fine.diverged is None and fine.metrics["stacked_members"] == 2 and len(fine.history) == 3
+    # One seed of three diverging (its initial weights non-finite) fails the run with the same clear error.
+    from step_cache.sweeps.stacked import StackedRun
+
+    original = StackedRun.__init__
+
+    def poison_second_seed(self, data, configs):
+        original(self, data, configs)
+        with torch.no_grad():
+            next(iter(self.stack.params.values()))[1].fill_(float("nan"))
+
+    monkeypatch.setattr(StackedRun, "__init__", poison_second_seed)
+    with pytest.raises(NonFiniteLossError, match="seed 1's loss became non-finite"):
+        train_probe(split_cache, "step", tmp_path / "one", seeds=3, **FAST)
 
 
 def test_a_killed_multi_seed_run_resumes_exactly(split_cache, tmp_path):

@@ -92,6 +92,7 @@ def train_seeds(
             return False
 
         def commit(epochs_done: int) -> None:
+            _raise_if_diverged(seeds, stack.results, config.lr)  # before a state with a diverged seed is saved
             # The state file is the epoch's commit point, as for one seed; metrics.jsonl (the first seed's) follows.
             runs.save_state(stack.state(epochs_done), out / runs.STATE)
             runs.write_epoch_log(out, stack.results[0].history)
@@ -99,10 +100,15 @@ def train_seeds(
         results = stack.run(first_seed, keep_weights=True, after_epoch=commit)
     finally:
         data.close()
-    for seed, result in zip(seeds, results, strict=True):
-        if result.diverged:  # one configuration: a diverged seed fails the run, as a lone run would
-            raise NonFiniteLossError.for_seed(seed, result.diverged, config.lr)
+    _raise_if_diverged(seeds, results, config.lr)  # every seed diverged in the same epoch: no commit saw it
     return _write(out, seeds, results), results[0].history
+
+
+def _raise_if_diverged(seeds: list[int], results: list[MemberResult], lr: float) -> None:
+    """One configuration: a diverged seed fails the run, as a lone run would."""
+    for seed, result in zip(seeds, results, strict=True):
+        if result.diverged:
+            raise NonFiniteLossError.for_seed(seed, result.diverged, lr)
 
 
 def _finished(out: Path, record: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
