@@ -283,6 +283,36 @@ def test_decoding_less_than_asked_for_is_reported(tmp_path):
     assert clamped.warnings == ["segment [30, 50) ends past the video's 40 frames; frames were sampled from [30, 40)"]
 
 
+def test_an_exact_frame_count_allows_two_missing_frames_an_estimate_five_percent(tmp_path, monkeypatch):
+    """An .mp4 states its frame count: more than 2 frames missing is a truncation (4 of 100 was let through by the 5 %
+    allowance). An .mkv's count is estimated from its duration: 5 % stays allowed there."""
+    from step_cache.extraction import video
+    from step_cache.synthetic.videos import moving_square, write_video
+
+    class Fewer:  # a decoder that indexes only the first `frames` frames, as decord does with a cut-short file
+        def __init__(self, reader, frames):
+            self.reader, self.frames = reader, frames
+
+        def __len__(self):
+            return self.frames
+
+        def get_batch(self, indices):
+            return self.reader.get_batch(indices)
+
+    def decoding(path, frames):
+        open_reader = video._open_reader
+        with monkeypatch.context() as patch:
+            patch.setattr(video, "_open_reader", lambda p: Fewer(open_reader(p), frames))
+            return decode_clips(path, 4).warnings
+
+    for suffix, exact in ((".mp4", True), (".mkv", False)):
+        path = write_video(tmp_path / f"v{suffix}", moving_square(num_frames=100, direction=1, seed=3))
+        assert decoding(path, 98) == []  # 2 missing: a decoder's rounding, either way
+        warnings = decoding(path, 96)
+        assert warnings == [] if not exact else warnings[0].startswith("truncated: 96 of the 100 frames"), suffix
+        assert decoding(path, 90)[0].startswith("truncated: 90 of the 100 frames"), suffix
+
+
 def test_decoder_errors_are_one_readable_line(video_tree):
     from step_cache.extraction.video import VideoDecodeError, _decoder_message
 

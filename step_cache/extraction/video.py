@@ -81,8 +81,10 @@ def decode_clips(
     if start >= end:
         raise VideoDecodeError(f"{path}: segment [{start}, {end_frame}) is outside the video's {total} frames")
     warnings = []
-    declared = declared_frames(path)
-    if declared is not None and total < declared - max(2, 0.05 * declared):
+    declared, exact = declared_frames(path)
+    # A stated frame count may differ from what the decoder indexes by a frame or two (edit lists, a last frame
+    # without a packet); a count estimated from duration x frame rate by rounding and variable rates as well.
+    if declared is not None and total < declared - (2 if exact else max(2, 0.05 * declared)):
         warnings.append(
             f"truncated: {total} of the {declared} frames the container declares could be decoded; "
             f"frames were sampled from those {total}"
@@ -104,18 +106,20 @@ def decode_clips(
     return DecodedClips(batch[inverse], indices, end - start, is_short(end - start, frames), warnings)
 
 
-def declared_frames(path: Path) -> int | None:
+def declared_frames(path: Path) -> tuple[int | None, bool]:
     """Frames the container says the video stream has: its frame count, else its duration (the stream's, its
     Matroska DURATION tag, or the file's) times the frame rate. decord counts only the frames it can index, so a
     file cut short (a truncated .mkv) opens and decodes without error, with fewer frames: comparing with this
-    number is how such a file is noticed. None when the container does not say (or PyAV cannot read it)."""
+    number is how such a file is noticed. Returns (frames, exact): exact when the container states the count, not
+    when it is estimated from the duration; (None, False) when the container does not say (or PyAV cannot read
+    it)."""
     try:
         import av
 
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             if stream.frames:
-                return int(stream.frames)
+                return int(stream.frames), True
             rate = stream.average_rate or stream.guessed_rate
             tagged = str(stream.metadata.get("DURATION", ""))  # Matroska's per-stream "HH:MM:SS.fffffffff"
             if stream.duration is not None and stream.time_base is not None:
@@ -126,10 +130,10 @@ def declared_frames(path: Path) -> int | None:
             elif container.duration is not None:
                 seconds = container.duration / av.time_base
             else:
-                return None
-            return round(seconds * float(rate)) if rate else None
+                return None, False
+            return (round(seconds * float(rate)) if rate else None), False
     except Exception:  # noqa: BLE001 - a probe only: any failure leaves the check to decord
-        return None
+        return None, False
 
 
 def quiet_decoder_logs() -> None:
