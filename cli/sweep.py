@@ -9,6 +9,7 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
+from cli.options import BatchSize, Epochs
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -45,22 +46,8 @@ def sweep(
         str | None, typer.Option(help="Optuna RDB URL shared by workers, e.g. sqlite:///sweep.db (default: memory).")
     ] = None,
     study_name: Annotated[str | None, typer.Option(help="Study name in --storage (workers use the same).")] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Training epochs (default: auto, at least 30 and enough for 1500 optimizer steps; docs/training.md).",
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Clips per optimizer step (default: auto, about 16 batches per epoch, a power of two in 8-64).",
-            show_default=False,
-        ),
-    ] = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
     seed: Annotated[int, typer.Option(help="Data order, initial weights and sampler seed.")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Held-out share of training videos when no val split.")] = 0.2,
     tokens: Annotated[str, typer.Option(help="all, cls, patches or auto.")] = "auto",

@@ -10,6 +10,7 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
+from cli.options import BatchSize, Epochs
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -44,22 +45,8 @@ def train_probe(
     ] = None,
     probe: Annotated[str, typer.Option(help="linear, attentive, self-attentive or step.")] = "step",
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<probe>).")] = None,
-    epochs: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Training epochs (default: auto, at least 30 and enough for 1500 optimizer steps; docs/training.md).",
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Clips per optimizer step (default: auto, about 16 batches per epoch, a power of two in 8-64).",
-            show_default=False,
-        ),
-    ] = None,
+    epochs: Epochs = None,
+    batch_size: BatchSize = None,
     lr: Annotated[
         float | None,
         typer.Option(

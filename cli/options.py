@@ -1,0 +1,24 @@
+"""Options that several commands share, defined once so their help and defaults cannot drift apart."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Epochs = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Training epochs (default: auto, at least 30 and enough for 1500 optimizer steps; docs/training.md).",
+        show_default=False,
+    ),
+]
+BatchSize = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Clips per optimizer step (default: auto, about 16 batches per epoch, a power of two in 8-64).",
+        show_default=False,
+    ),
+]
