@@ -13,7 +13,7 @@ from step_cache.extras import require
 from step_cache.report.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from step_cache.training import runs as run_files
 from step_cache.training.metrics import format_percent, format_percent_spread
-from step_cache.training.records import headline_metrics
+from step_cache.training.records import headline_figures
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
 COLUMNS = [
@@ -51,13 +51,7 @@ class RunSummary:
     def headline(self) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
         """(split, figures, std or None): the figures to report (``records.headline_metrics``: test when the run
         has a test split), as the mean over seeds with their std for a multi-seed run."""
-        split, figures = headline_metrics(self.metrics)
-        mean, std = self.metrics.get("mean"), self.metrics.get("std")
-        if mean is None or std is None:
-            return split, figures, None
-        if split == "test":
-            return split, mean.get("test", {}), std.get("test", {})
-        return split, mean, std
+        return headline_figures(self.metrics)
 
     @property
     def problem(self) -> str | None:

@@ -127,6 +127,18 @@ def headline_metrics(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return "val", metrics
 
 
+def headline_figures(metrics: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """(split, figures, std or None): ``headline_metrics``, as the mean over seeds with their std for a
+    multi-seed run (``train-probe --seeds``)."""
+    split, figures = headline_metrics(metrics)
+    mean, std = metrics.get("mean"), metrics.get("std")
+    if mean is None or std is None:
+        return split, figures, None
+    if split == "test":
+        return split, mean.get("test", {}), std.get("test", {})
+    return split, mean, std
+
+
 def seed_statistics(per_seed: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(mean, std)`` over the seeds' ``metrics.json`` contents: ``{metric: value}`` for ``SEED_METRICS`` (and
     the same under ``test`` when the runs have a test split). ``std`` is the sample standard deviation (ddof 1;

@@ -34,7 +34,7 @@ from step_cache.training.records import (
     TrainingTime,
     epoch_record,
     final_metrics,
-    headline_metrics,
+    headline_figures,
     validation_score,
 )
 from step_cache.training.run_data import check_splits, data_record, resolve_pairs, token_subset
@@ -55,15 +55,12 @@ class TrainResult:
 
     def summary(self) -> str:
         m = self.metrics
-        split, figures = headline_metrics(m)
-        mean, std = m.get("mean"), m.get("std")
-        if mean is not None and split == "test":
-            mean, std = mean.get("test", {}), std.get("test", {})
+        split, figures, std = headline_figures(m)
 
         def pct(key: str) -> str:
-            if mean is None:
+            if std is None:
                 return format_percent(figures.get(key))
-            return format_percent_spread(mean.get(key), std.get(key))
+            return format_percent_spread(figures.get(key), std.get(key))
 
         note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
         seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if "seeds" in m else ""
