@@ -22,3 +22,22 @@ BatchSize = Annotated[
         show_default=False,
     ),
 ]
+TokenDrop = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=0.99,
+        help="Training augmentation: drop this share of each frame's patch tokens per clip and epoch (CLS tokens "
+        "stay). Not for the linear probe, which reads CLS only.",
+    ),
+]
+ReversePairs = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Training augmentation for exact mirrored pairs only: with this probability play a clip of a paired "
+        "class backwards and label it as its partner (off by default: real near-mirror actions are not exact "
+        "reverses).",
+    ),
+]

@@ -10,7 +10,7 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs
+from cli.options import BatchSize, Epochs, ReversePairs, TokenDrop
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -60,6 +60,8 @@ def train_probe(
     label_smoothing: Annotated[float, typer.Option()] = 0.0,
     dropout: Annotated[float | None, typer.Option(help="Probe dropout (default: the probe's, 0).")] = None,
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm; 0 disables clipping.")] = 1.0,
+    token_drop: TokenDrop = 0.0,
+    reverse_pairs: ReversePairs = 0.0,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights, batch order and held-out val videos.")] = 0,
     seeds: Annotated[
         int,
@@ -132,6 +134,8 @@ def train_probe(
             warmup_epochs=warmup_epochs,
             label_smoothing=label_smoothing,
             clip_grad=clip_grad,
+            token_drop=token_drop,
+            reverse_pairs=reverse_pairs,
             seed=seed,
             seeds=seeds,
             val_fraction=val_fraction,

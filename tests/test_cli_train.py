@@ -156,3 +156,14 @@ def test_train_probe_combines_caches_of_two_roots_with_the_same_file_names(invok
     assert metrics["epochs"] == 1 and metrics["videos"] == metrics["clips"] > 0  # one clip per video: none merged
     again = invoke("train-probe", "--features", caches[0], "--features", caches[0], *args[:-1], tmp_path / "r2")
     assert again.exit_code == 1 and "is in both" in again.stderr and "the same video twice" in again.stderr
+
+
+def test_token_augmentation_options(shards, tmp_path):
+    pairs = shards.parent / "pairs.txt"
+    args = ["--probe", "attentive", "--pairs", pairs, "--token-drop", "0.5", "--reverse-pairs", "0.3", *SHORT]
+    run_cli("train-probe", shards, "--out", tmp_path / "run", *args, check=True)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert (config["token_drop"], config["reverse_pairs"]) == (0.5, 0.3)
+    refused = run_cli("train-probe", shards, "--probe", "linear", "--token-drop", "0.5", "--out", tmp_path / "lin")
+    assert refused.returncode != 0 and "read the CLS token only" in refused.stderr
+    assert "Traceback" not in refused.stderr

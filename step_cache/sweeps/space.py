@@ -18,7 +18,8 @@ number / boolean (fixed) or a table ``{low = .., high = .., log = true, step = .
 Parameters: the per-member hyperparameters (``lr``, ``weight_decay``/``wd``, ``warmup_epochs``/``warmup``,
 ``label_smoothing``/``ls``, ``clip_grad``, ``dropout``), the probe's structural options (``depth``,
 ``num_heads``/``heads``, ``mlp_ratio``, ``frame_pos``, ``global_cls``, ``mlp``: whatever the probe takes), and
-``batch_size`` and ``tokens``. Structural values split a batch of trials into stacks of equal shape.
+``batch_size``, ``tokens`` and the token-space augmentations ``token_drop`` and ``reverse_pairs``. Structural
+values, and those of the last four, split a batch of trials into stacks of equal shape.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ TRAINING_PARAMS: dict[str, type] = {
     "clip_grad": float,
     "batch_size": int,
     "tokens": str,
+    "token_drop": float,
+    "reverse_pairs": float,
 }
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^(?P<log>log:)?(?P<low>{_NUMBER})\.\.(?P<high>{_NUMBER})(?::(?P<step>{_NUMBER}))?$")

@@ -34,6 +34,7 @@ from step_cache.sweeps.grouping import full_options, group_by_shape, shape_key
 from step_cache.sweeps.members import StackedProbes
 from step_cache.sweeps.shared_data import DataCache, TrainingData
 from step_cache.sweeps.stacked_adamw import StackedAdamW
+from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, with_schedule
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches
@@ -78,6 +79,9 @@ class StackedRun:
         ]
         self.first = first = self.configs[0]
         shards = data.shards
+        self.augmentation = build_augmentation(  # shared, like the batches: drawn from the first member's seed
+            first.token_drop, first.reverse_pairs, data.pairs, len(shards.classes), data.selection
+        )
         probes = []
         for config in self.configs:
             torch.manual_seed(config.seed)  # what train_probe does before building its probe
@@ -134,9 +138,11 @@ class StackedRun:
         first, members = self.first, self.stack.size
         self.stack.train(True)
         plan = batch_plan(self.data.splits.train, first.batch_size, shuffle=True, seed=first.seed, epoch=epoch)
+        augment = self.augmentation.for_epoch(first.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.data.source, plan, self.device, self.train_step, members=(members,),
             description=f"epoch {epoch + 1}/{first.epochs} ({members} probes)", progress=first.progress,
+            augment=augment,
         )  # fmt: skip
         self.training_time.add(train)
         return train

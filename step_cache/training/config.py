@@ -39,6 +39,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up, per optimizer step, then cosine decay to 0
     label_smoothing: float = 0.0
     clip_grad: float = 1.0  # max gradient norm; 0 disables clipping
+    token_drop: float = 0.0  # share of each frame's patch tokens dropped per training clip (augment.py)
+    reverse_pairs: float = 0.0  # probability a mirrored-pair clip is reversed and relabelled as its partner
     seed: int = 0
     seeds: int = 1  # > 1: seeds seed .. seed+seeds-1 trained together as one stack; mean ± std (training/seeds.py)
     val_fraction: float = 0.2  # of training videos held out, only when the cache has no "val" split
@@ -79,6 +81,8 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (config.seeds >= 1, f"seeds must be >= 1, got {config.seeds}"),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),
+        (0 <= config.token_drop < 1, f"token_drop must be in [0, 1), got {config.token_drop}"),
+        (0 <= config.reverse_pairs <= 1, f"reverse_pairs must be in [0, 1], got {config.reverse_pairs}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
         (
             config.tokens in ("auto", *TOKEN_SUBSETS),
@@ -140,7 +144,10 @@ def record_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Settings that differ between a stored run record and a new one, ignoring execution-only fields."""
     new = json.loads(json.dumps(new))  # compare like with like: tuples become lists, as in the stored file
     differences = []
-    old_config, new_config = old.get("config", {}), new["config"]
+    # A run recorded before a setting existed trained with its default.
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    old_config = {**defaults, **old.get("config", {})}
+    new_config = new["config"]
     for key in sorted(set(old_config) | set(new_config)):
         if key in LOCAL_FIELDS:
             continue

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from step_cache.training.augment import Augment
 from step_cache.training.token_data import TokenSource
 
 # (tokens, labels) on the device -> (loss: () or (K,), logits: (B, C) or (K, B, C), learning rate(s) used), or the
@@ -63,10 +64,12 @@ def train_epoch(
     members: tuple[int, ...] = (),
     description: str = "",
     progress: bool = True,
+    augment: Augment | None = None,
 ) -> dict[str, Any]:
     """Run ``step`` on every batch of ``plan``. Returns ``train_loss`` and ``train_top1`` (a float, or a list per
     member with ``members=(K,)``), ``lr`` (of the last step), ``train_s``, ``data_wait_s``, ``clips_per_s``,
     ``clips`` and ``finite`` (True, or a list per member: whether its loss and gradient norm stayed finite).
+    ``augment`` (``augment.TokenAugmentation.for_epoch``) transforms each batch on the device before ``step``.
 
     Without ``members`` a non-finite loss or gradient norm raises ``NonFiniteLossError`` (at the next progress
     update or at the end of the epoch). With ``members`` it does not: one diverged member must not stop the
@@ -92,6 +95,8 @@ def train_epoch(
                 break
             tokens = batch[0].to(device, non_blocking=True).float()
             labels = batch[1].to(device, non_blocking=True)
+            if augment is not None:
+                tokens, labels = augment(tokens, labels)
             loss, logits, lr, *rest = step(tokens, labels)
             lrs.append(lr)
             loss_sum += loss.detach() * len(labels)

@@ -42,6 +42,7 @@ class TokenSelection:
     start: int
     stop: int
     cls_index: int | None
+    cls_tokens: int = 0  # how many of the selected tokens are CLS tokens (they lead the frame); only training reads it
 
     @property
     def tokens_per_frame(self) -> int:
@@ -56,11 +57,11 @@ def select_tokens(layout: TokenLayout, subset: str = "all") -> TokenSelection:
     """``all``: CLS + patches, ``cls``: the per-frame CLS token(s) only, ``patches``: the patch grid only."""
     total, cls = layout.tokens_per_frame, layout.cls_tokens
     if subset == "all":
-        return TokenSelection(subset, 0, total, 0 if cls else None)
+        return TokenSelection(subset, 0, total, 0 if cls else None, cls)
     if subset == "cls":
         if cls == 0:
             raise DataError("--tokens cls: this cache stores no CLS token (extracted without one); use patches")
-        return TokenSelection(subset, 0, cls, 0)
+        return TokenSelection(subset, 0, cls, 0, cls)
     if subset == "patches":
         if total == cls:
             raise DataError("--tokens patches: this cache stores no patch tokens; use cls")

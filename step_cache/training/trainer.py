@@ -24,6 +24,7 @@ from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.training import runs
+from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, make_config, run_record, with_schedule
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
@@ -83,6 +84,9 @@ class _Run:
         check_splits(self.splits, shards, config)
         self.requested = config  # epochs / batch_size may be None (auto): resolved from the training clips
         self.config = config = with_schedule(config, len(self.splits.train))
+        self.augmentation = build_augmentation(
+            config.token_drop, config.reverse_pairs, self.pairs, len(shards.classes), selection
+        )
         torch.manual_seed(config.seed)
         self.model = build_probe(
             config.probe,
@@ -193,9 +197,10 @@ class _Run:
         config = self.config
         self.model.train()
         plan = batch_plan(self.splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch)
+        augment = self.augmentation.for_epoch(config.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.source, plan, self.device, self.train_step, description=f"epoch {epoch + 1}/{config.epochs}",
-            progress=config.progress,
+            progress=config.progress, augment=augment,
         )  # fmt: skip
         self.training_time.add(train)
         return train
