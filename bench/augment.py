@@ -1,0 +1,130 @@
+"""Do the token-space augmentations help? (docs/training.md, "Token-space augmentations")
+
+For every cache and probe this trains, with the default schedule and learning rate and S seeds each (as stacked
+batches; each variant is its own stack, since augmentations are shared by a stack):
+
+- ``none``: no augmentation;
+- ``token-drop P``: every frame keeps a random (1 - P) of its patch tokens per clip and epoch;
+- ``reverse-pairs Q``: a clip of a mirrored class is reversed and relabelled as its partner with probability Q;
+- ``both``.
+
+The checkpoint is chosen on val as always; the figures are the **test** split's (mean ± sample std over seeds).
+One JSON line per (cache, probe) goes to --out.
+
+    python bench/augment.py CACHE [CACHE ...] --out augment.jsonl [--probes step attentive] [--seeds 3]
+    python bench/augment.py --table augment.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from defaults import mean_std, summary
+
+from step_cache.cache.shards import open_shards
+from step_cache.sweeps.shared_data import DataCache
+from step_cache.sweeps.stacked import train_stacked
+from step_cache.training.config import make_config
+from step_cache.training.splits import select_splits
+
+PROBES = ("attentive", "self-attentive", "step")  # the linear probe reads CLS only: nothing to drop
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("caches", nargs="*", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("augment.jsonl"))
+    parser.add_argument("--probes", nargs="+", default=list(PROBES))
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--token-drop", type=float, default=0.5)
+    parser.add_argument("--reverse-pairs", type=float, default=0.5)
+    parser.add_argument("--table", type=Path, help="print the table of a --out file and exit")
+    return parser.parse_args()
+
+
+def variants(token_drop: float, reverse_pairs: float) -> dict[str, dict[str, float]]:
+    return {
+        "none": {},
+        f"token-drop {token_drop:g}": {"token_drop": token_drop},
+        f"reverse-pairs {reverse_pairs:g}": {"reverse_pairs": reverse_pairs},
+        "both": {"token_drop": token_drop, "reverse_pairs": reverse_pairs},
+    }
+
+
+def measure(cache: Path, probe: str, seeds: int, chosen: dict[str, dict[str, float]]) -> dict:
+    shards = open_shards(cache)
+    base = {"progress": False, "data": "memory"}
+    groups = {
+        name: [make_config(probe, {**base, **options, "seed": s}) for s in range(seeds)]
+        for name, options in chosen.items()
+    }
+    configs = [config for members in groups.values() for config in members]
+    data = DataCache(shards)
+    started = time.perf_counter()
+    try:
+        results = train_stacked(shards, configs, data=data)
+    finally:
+        data.close()
+    by_group, index = {}, 0
+    for name, members in groups.items():
+        metrics = [r.metrics for r in results[index : index + len(members)]]
+        index += len(members)
+        by_group[name] = {"val": summary(metrics, "val"), "test": summary(metrics, "test")}
+    splits = select_splits(shards.labels, shards.splits, shards.videos)
+    return {
+        "cache": str(cache),
+        "probe": probe,
+        "train_clips": len(splits.train),
+        "test_clips": len(splits.test),
+        "frames": shards.manifest.frames,
+        "groups": by_group,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def table(path: Path) -> str:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    names = list(rows[0]["groups"]) if rows else []
+    header = " | ".join(f"{name}: test top-1 | pair" for name in names)
+    lines = [f"| cache | train / test | T | probe | {header} |", "|---|---|---:|---|" + "---:|---:|" * len(names)]
+    for row in rows:
+        cells = []
+        for name in names:
+            test = row["groups"].get(name, {}).get("test", {})
+            cells += [mean_std(test.get("top1", [])), mean_std(test.get("pair_accuracy", []))]
+        lines.append(
+            f"| {Path(row['cache']).parent.name or row['cache']} | {row['train_clips']} / {row['test_clips']} | "
+            f"{row['frames']} | {row['probe']} | {' | '.join(cells)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    done = set()
+    if args.out.is_file():
+        done = {(r["cache"], r["probe"]) for r in map(json.loads, args.out.read_text().splitlines()) if r}
+    chosen = variants(args.token_drop, args.reverse_pairs)
+    for cache in args.caches:
+        for probe in args.probes:
+            if (str(cache), probe) in done:
+                continue
+            row = measure(cache, probe, args.seeds, chosen)
+            with args.out.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+            figures = ", ".join(
+                f"{name} {100 * np.mean(group['test']['pair_accuracy'] or group['test']['top1']):.1f}"
+                for name, group in row["groups"].items()
+            )
+            print(f"{cache} {probe}: test pair {figures}; {row['seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
