@@ -42,6 +42,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--probes", nargs="+", default=list(PROBES))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--defaults-only", action="store_true", help="skip the sweep (re-measure the defaults)")
+    parser.add_argument("--lrs", nargs="+", type=float, default=list(SWEEP_LRS), help="the sweep's learning rates")
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=[f"{r['epochs']}x{r['batch_size']}" for r in SWEEP_RECIPES],
+        help="the sweep's schedules as EPOCHSxBATCH (default: 30x64 100x16)",
+    )
     parser.add_argument("--table", type=Path, help="print the table of a --out file and exit")
     return parser.parse_args()
 
@@ -52,13 +59,25 @@ def summary(metrics: list[dict], split: str) -> dict[str, list[float]]:
     return {key: [m[key] for m in chosen if m.get(key) is not None] for key in HEADLINE}
 
 
-def measure(cache: Path, probe: str, seeds: int, defaults_only: bool) -> dict:
+def parse_recipe(text: str) -> dict[str, int]:
+    epochs, batch_size = text.lower().split("x")
+    return {"epochs": int(epochs), "batch_size": int(batch_size)}
+
+
+def measure(
+    cache: Path,
+    probe: str,
+    seeds: int,
+    defaults_only: bool,
+    lrs: tuple[float, ...] = SWEEP_LRS,
+    recipes: tuple[dict[str, int], ...] = SWEEP_RECIPES,
+) -> dict:
     shards = open_shards(cache)
     base = {"progress": False, "data": "memory"}
     groups = {"default": [make_config(probe, {**base, "seed": s}) for s in range(seeds)]}
     if not defaults_only:
-        for recipe in SWEEP_RECIPES:
-            for lr in SWEEP_LRS:
+        for recipe in recipes:
+            for lr in lrs:
                 name = f"lr {lr:g}, {recipe['epochs']} ep, batch {recipe['batch_size']}"
                 groups[name] = [make_config(probe, {**base, **recipe, "lr": lr, "seed": s}) for s in range(seeds)]
     configs = [config for members in groups.values() for config in members]
@@ -133,7 +152,8 @@ def main() -> None:
         for probe in args.probes:
             if (str(cache), probe) in done:
                 continue
-            row = measure(cache, probe, args.seeds, args.defaults_only)
+            recipes = tuple(parse_recipe(text) for text in args.recipes)
+            row = measure(cache, probe, args.seeds, args.defaults_only, tuple(args.lrs), recipes)
             with args.out.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
             default = row["groups"]["default"]["test"]
