@@ -53,21 +53,27 @@ class RunModel:
         return Manifest(extraction={}, classes=[], durations=durations).typical_duration
 
     @torch.no_grad()
-    def encode(self, frames: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
-        """(N, H, W, 3) RGB uint8 frames -> (N, P, D) tokens in the cache's dtype, on the CPU."""
+    def encode(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) RGB uint8 frames -> (N, P, D) tokens in the cache's dtype, as a numpy array (windows are
+        gathered from them with numpy: torch's CPU stack of float16 tensors is ~1000x slower than a copy)."""
         pixels = self.preprocessing.resize_and_crop(np.stack(frames) if isinstance(frames, list) else frames)
         tokens, ready = self.computer(np.ascontiguousarray(pixels))
         if ready is not None:
             ready.synchronize()
-        return tokens.cpu()
+        return tokens.cpu().numpy()
 
     @torch.no_grad()
-    def classify(self, windows: torch.Tensor) -> np.ndarray:
-        """(B, K, T, P, D) window tokens -> (B, C) float32 logits, the K clips' logits averaged (as per video in
-        ``evaluate``)."""
+    def classify(self, windows: np.ndarray) -> np.ndarray:
+        """(B, K, T, P, D) window tokens (the cache's dtype) -> (B, C) float32 logits, the K clips' logits averaged
+        (as per video in ``evaluate``)."""
         batch, clips = windows.shape[:2]
         tokens = self.selection.apply(windows.reshape(batch * clips, *windows.shape[2:]))
-        tokens = tokens.to(self.device, non_blocking=True).float()
+        # float16 -> float32 is exact, in numpy as in torch; on the CPU numpy's is the fast one, a GPU gets the
+        # half-size tokens and converts them itself.
+        if self.device.type == "cpu":
+            tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32))
+        else:
+            tokens = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.device, non_blocking=True).float()
         with autocast(self.device, self.amp):
             logits = self.probe(tokens).float()
         return logits.reshape(batch, clips, -1).mean(dim=1).cpu().numpy()

@@ -14,7 +14,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.windows import Window
@@ -33,7 +32,7 @@ class WindowRunner:
         self.upcoming: Window | None = next(self.windows, None)
         self.pending: deque[Window] = deque()  # registered, not yet classified, in order of start
         self.needed: Counter[int] = Counter()  # frame number -> pending windows sampling it
-        self.tokens: dict[int, torch.Tensor] = {}
+        self.tokens: dict[int, np.ndarray] = {}
         self.buffer: list[tuple[int, np.ndarray]] = []
         self.batch_frames = max(1, batch_frames)
         self.frames_encoded = 0
@@ -71,10 +70,7 @@ class WindowRunner:
             complete.append(self.pending.popleft())
         if not complete:
             return []
-        batch = torch.stack([
-            torch.stack([torch.stack([self.tokens[int(i)] for i in clip]) for clip in window.indices])
-            for window in complete
-        ])  # fmt: skip
+        batch = np.stack([[[self.tokens[int(i)] for i in clip] for clip in window.indices] for window in complete])
         logits = self.model.classify(batch)
         for window in complete:  # frames no pending window samples are let go
             for index in np.unique(window.indices).tolist():
