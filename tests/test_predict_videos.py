@@ -117,6 +117,11 @@ def test_recorded_settings_rebuild_extraction_and_weights_are_checked(demo_run, 
     weights.write_bytes(b"other weights")
     with pytest.raises(RunSettingsError, match=r"random weights \(seed 0\), not a weights file"):
         extract_options(record, weights)
+    hub = {**record, "data": {**record["data"], "extraction": {**record["data"]["extraction"]}}}
+    hub["data"]["extraction"]["weights"] = {"source": "hub", "hf_hub_id": "timm/x", "sha256": "0" * 64}
+    assert extract_options(hub)["weights"] == "hub"
+    with pytest.raises(RunSettingsError, match="timm's hub weights"):
+        extract_options(hub, weights)
     recorded = {"source": "file", "sha256": "0" * 64}
     with pytest.raises(RunSettingsError, match=r"w.safetensors: sha256 \w+\.\.\. differs from the weights"):
         check_weights_file(weights, recorded)

@@ -80,6 +80,16 @@ def test_timeline_names_each_action_and_writes_three_files(colour_run, tmp_path)
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_unreadable_video_is_one_clear_line(colour_run, tmp_path):
+    run, _ = colour_run
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video\n")
+    command = [sys.executable, "-m", "cli", "timeline", str(bad), "--run", str(run), "--out", str(tmp_path / "o")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ})
+    assert result.returncode == 1 and "bad.mp4: not a readable video" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_recognizer_gives_timeline_logits(colour_run, tmp_path):
     run, long_video = colour_run
     result = timeline(run, long_video, tmp_path, stride=2 / FPS, progress=False)

@@ -53,7 +53,12 @@ def _weights_argument(record: dict[str, Any], recorded: dict[str, Any], given: s
                 "not a weights file; leave --weights out"
             )
         return "random"
-    if source == "hub" and given is None:
+    if source == "hub":
+        if given is not None:  # the cache records a hub identity, which a file's would never equal
+            raise RunSettingsError(
+                f"--weights {given}: the run's tokens were made with timm's hub weights ({recorded.get('hf_hub_id')}); "
+                "leave --weights out (they load from the Hugging Face cache when downloaded before)"
+            )
         return "hub"
     path = Path(given) if given is not None else _recorded_weights_path(record)
     check_weights_file(path, recorded)

@@ -83,10 +83,10 @@ def run_timeline(
     """Logits of every window of ``video`` (no files written)."""
     video = Path(video)
     started = time.perf_counter()
+    first = decode_clips(video, 1)  # the frame count and size, and a clear error for an unreadable file
     rate = fps or frame_rate(video)
     if not rate:
         raise WindowError(f"{video}: the container states no frame rate; give it (--fps)")
-    first = decode_clips(video, 1)  # the frame count and size, and a clear error for an unreadable file
     total = first.num_frames
     plan = plan_windows(rate, model.frames, model.clips, window, stride, model.typical_duration())
     windows = plan.over(total)

@@ -79,7 +79,7 @@ def predict_videos(
         )  # fmt: skip
         for failure in extracted.failures:
             log.warning("unreadable: %s", failure.reason)
-        path = predict(run_dir, directory, out_csv, top_k=top_k, device=device, data="memory")
+        path = predict(run_dir, directory, out_csv, top_k=top_k, device=device)
         failures = sorted(extracted.manifest.failures, key=lambda f: f.video)
         return VideoPredictions(path, extracted.manifest.num_videos, failures, directory if keep else None)
     finally:
