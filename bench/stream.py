@@ -10,8 +10,8 @@ one epoch: its accuracy is irrelevant here, only its cost), then on a generated 
   live latency       Recognizer.push on the video's frames: the time of the push that completes a window (encode
                      its last frame + the probe), mean ± std over windows, and the real-time factor of the pushes
 
-    python bench/stream.py --backbone vit-tiny
-    python bench/stream.py --backbone dinov2-s --seconds 6
+    python bench/stream.py --backbone vit-tiny --threads 1
+    python bench/stream.py --backbone dinov2-s --seconds 6 --naive-windows 3 --threads 1
 """
 
 from __future__ import annotations
@@ -89,7 +89,12 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--naive-windows", type=int, default=6)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (on a busy machine 1 avoids spinning)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         run = build_run(root, args)
