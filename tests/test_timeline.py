@@ -163,3 +163,15 @@ def test_runner_classifies_a_window_once_its_last_frame_is_in(colour_run):
     last = plan.window(0).last
     assert all(runner.push(i, frame) == [] for i in range(last))
     assert [r.window.start for r in runner.push(last, frame)] == [0]
+
+
+def test_merge_adds_up_the_parts_durations(video_tree, tmp_path):
+    from step_cache.extraction.distributed import merge
+
+    out = tmp_path / "parts"
+    parts = [extract(video_tree, out, **TINY, num_parts=2, part=p).manifest for p in range(2)]
+    assert all(part.durations for part in parts)
+    merged = merge(out)
+    assert sum(merged.durations.values()) == merged.num_videos == sum(p.num_videos for p in parts)
+    # the generated videos: 20 frames (and one of 3) at write_video's 25 fps
+    assert set(merged.durations) == {"0.800", "0.120"}
