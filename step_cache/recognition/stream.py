@@ -53,11 +53,6 @@ class WindowRunner:
         """Encode what is buffered and classify every window that is complete."""
         return self._encode()
 
-    @property
-    def done(self) -> bool:
-        """No window is left to classify."""
-        return self.upcoming is None and not self.pending
-
     def _encode(self) -> list[WindowLogits]:
         if self.buffer:
             numbers = [index for index, _ in self.buffer]
