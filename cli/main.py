@@ -15,6 +15,7 @@ def _register_commands() -> None:
     import cli.prepare
     import cli.report
     import cli.sweep
+    import cli.timeline
     import cli.train  # noqa: F401
 
 

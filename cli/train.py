@@ -192,7 +192,31 @@ def evaluate(
 @app.command(rich_help_panel=PANEL)
 def predict(
     run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
-    features: Features,
+    features: Annotated[
+        list[Path] | None,
+        typer.Option(help="Shard directory written by extract (repeat to combine compatible caches)."),
+    ] = None,
+    videos: Annotated[
+        Path | None,
+        typer.Option(
+            help="Classify videos directly instead of a cache: one video file, a folder (DIR/<class>/*.mp4 fills "
+            "the label column), or the root of --annotations. Tokens are extracted with the run's own settings."
+        ),
+    ] = None,
+    annotations: Annotated[
+        Path | None, typer.Option(help="With --videos: CSV path,label[,split][,start_frame,end_frame].")
+    ] = None,
+    weights: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --videos: the backbone weights file (default: where the run's cache recorded it); a file "
+            "whose sha256 differs from the recorded one is refused."
+        ),
+    ] = None,
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="With --videos: keep the extracted tokens in this shard directory (default: none kept)."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="CSV to write: video, clips, label, class_1, prob_1, ...")] = Path(
         "predictions.csv"
     ),
@@ -200,15 +224,34 @@ def predict(
     device: Device = "auto",
     data: DataMode = "auto",
     workers: Workers = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Clips per probe batch (256) / with --videos: frames per backbone call.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
 ) -> None:
-    """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe."""
-    from step_cache.training.evaluation import predict as run_prediction
-
+    """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe, from a cache
+    (--features) or straight from video files (--videos: the run's backbone, preprocessing and frame sampling are
+    rebuilt from its recorded settings; unreadable videos are listed with the reason)."""
     setup_logging()
     with user_errors():
-        path = run_prediction(
-            run, features, out, top_k=top_k, device=device, data=data, workers=workers, batch_size=batch_size
-        )
-    rows = len(path.read_text(encoding="utf-8").splitlines()) - 1
-    typer.echo(f"wrote top-{top_k} predictions for {rows} videos to {path}")
+        if (features is None) == (videos is None):
+            raise ValueError("give either --features SHARDS/ or --videos PATH")
+        if videos is None:
+            if annotations or weights or cache:
+                raise ValueError("--annotations, --weights and --cache go with --videos")
+            from step_cache.training.evaluation import predict as run_prediction
+
+            path = run_prediction(
+                run, features, out, top_k=top_k, device=device, data=data, workers=workers,
+                batch_size=batch_size or 256,
+            )  # fmt: skip
+            rows = len(path.read_text(encoding="utf-8").splitlines()) - 1
+            typer.echo(f"wrote top-{top_k} predictions for {rows} videos to {path}")
+            return
+        from step_cache.recognition.videos import predict_videos
+
+        result = predict_videos(
+            run, videos, out, annotations=annotations, weights=weights, cache=cache, top_k=top_k, device=device,
+            workers=workers, batch_size=batch_size, progress=not quiet,
+        )  # fmt: skip
+    typer.echo(result.summary())

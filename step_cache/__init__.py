@@ -34,6 +34,10 @@ _EXPORTS = {
     "build_report": "step_cache.report",
     "make_demo_dataset": "step_cache.benchmark",
     "run_demo": "step_cache.demo",
+    "Recognizer": "step_cache.recognition.recognizer",
+    "Prediction": "step_cache.recognition.recognizer",
+    "timeline": "step_cache.recognition.timeline",
+    "predict_videos": "step_cache.recognition.videos",
     "DemoSettings": "step_cache.demo",
 }
 

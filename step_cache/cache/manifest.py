@@ -101,6 +101,8 @@ class Manifest:
     warnings: list[VideoWarning] = field(default_factory=list)  # absent from manifests written before it existed
     source: dict[str, Any] = field(default_factory=dict)
     storage: dict[str, Any] = field(default_factory=dict)  # how shards are stored, e.g. {"compression": "lz4"}
+    # clip durations: seconds (rounded to ms, as text) -> videos; absent from manifests written before it existed
+    durations: dict[str, int] = field(default_factory=dict)
     created: str = ""
     updated: str = ""
     tool_version: str = ""
@@ -121,6 +123,21 @@ class Manifest:
     @property
     def backbone(self) -> str:
         return str(self.extraction["backbone"]["name"])
+
+    def add_duration(self, seconds: float) -> None:
+        key = f"{seconds:.3f}"
+        self.durations[key] = self.durations.get(key, 0) + 1
+
+    @property
+    def typical_duration(self) -> float | None:
+        """Median clip duration in seconds (None when the manifest records none)."""
+        values = sorted((float(k), n) for k, n in self.durations.items())
+        total, seen = sum(n for _, n in values), 0
+        for seconds, count in values:
+            seen += count
+            if 2 * seen >= total:
+                return seconds
+        return None
 
     @property
     def num_clips(self) -> int:
@@ -149,6 +166,7 @@ class Manifest:
             **({"warnings": [asdict(w) for w in self.warnings]} if self.warnings else {}),
             "source": self.source,
             "storage": self.storage,
+            **({"durations": dict(sorted(self.durations.items()))} if self.durations else {}),
         }
 
     @classmethod
@@ -165,6 +183,7 @@ class Manifest:
                 warnings=[VideoWarning(**w) for w in data.get("warnings", [])],
                 source=data.get("source", {}),
                 storage=data.get("storage", {}),
+                durations={str(k): int(n) for k, n in data.get("durations", {}).items()},
                 created=data.get("created", ""),
                 updated=data.get("updated", ""),
                 tool_version=data.get("tool_version", ""),

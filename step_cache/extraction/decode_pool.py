@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
+from step_cache.extraction.frame_rate import frame_rate
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
 
@@ -42,6 +43,7 @@ class DecodeResult:
     short: bool = False
     error: str | None = None
     warnings: tuple[str, ...] = ()  # decoded, but less than asked for (a truncated file, a clamped segment)
+    fps: float | None = None  # the container's frame rate: num_frames / fps is the clip's duration
 
 
 def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Preprocessing) -> DecodeResult:
@@ -54,7 +56,13 @@ def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Prepro
     except Exception as error:  # noqa: BLE001 - one bad video must never stop the run
         return DecodeResult(task.task_id, error=f"{task.path}: {type(error).__name__}: {error}")
     return DecodeResult(
-        task.task_id, pixels, decoded.frame_indices, decoded.num_frames, decoded.short, warnings=tuple(decoded.warnings)
+        task.task_id,
+        pixels,
+        decoded.frame_indices,
+        decoded.num_frames,
+        decoded.short,
+        warnings=tuple(decoded.warnings),
+        fps=frame_rate(task.path),
     )
 
 

@@ -85,6 +85,9 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
         },
         storage=first.storage,
     )
+    for manifest in manifests:  # the parts' clip durations add up
+        for seconds, count in manifest.durations.items():
+            merged.durations[seconds] = merged.durations.get(seconds, 0) + count
     with DirectoryLock(out):
         write_manifest(out, merged)
     return merged

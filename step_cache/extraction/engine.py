@@ -284,6 +284,8 @@ def _run(
                 for k in range(opts.clips)
             ])  # fmt: skip
             failures.pop(item.key, None)
+            if result.fps:  # the typical duration is timeline's default window
+                manifest.add_duration(result.num_frames / result.fps)
             if result.warnings:  # recorded in the manifest (and shown by inspect) with the video's shard
                 warning = VideoWarning(item.key, f"{item.key}: {'; '.join(result.warnings)}")
                 log.warning("%s", warning.reason)

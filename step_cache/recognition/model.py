@@ -1,0 +1,79 @@
+"""A trained run ready for raw frames: the rebuilt backbone turns frames into tokens exactly as extraction did
+(same preprocessing, same model, tokens rounded to the cache's dtype), and the probe turns windows of tokens into
+logits exactly as ``evaluate`` does on a cache (K clips of a window averaged in logit space)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from step_cache.cache.manifest import Manifest, ManifestError, TokenLayout, read_manifest
+from step_cache.devices import resolve_device
+from step_cache.extraction.frame_batches import TokenComputer
+from step_cache.recognition.settings import load_run_backbone
+from step_cache.training.evaluation import load_probe
+from step_cache.training.inference import autocast
+from step_cache.training.token_data import select_tokens
+
+
+class RunModel:
+    """Backbone + probe of a train-probe run directory (its best checkpoint)."""
+
+    def __init__(
+        self, run_dir: str | Path, *, weights: str | Path | None = None, device: str = "auto", amp: bool = True
+    ):
+        self.run_dir = Path(run_dir)
+        self.record, probe = load_probe(run_dir)
+        backbone, options = load_run_backbone(self.record, weights)
+        self.device = resolve_device(device)
+        self.amp = amp
+        self.computer = TokenComputer(backbone, self.device, options.dtype)
+        self.preprocessing = backbone.preprocessing
+        self.probe = probe.to(self.device).eval()
+        data = self.record["data"]
+        self.classes: list[str] = list(data["classes"])
+        self.frames: int = int(data["frames"])  # T per clip
+        self.clips: int = int(data["extraction"]["sampling"]["clips"])  # K views per window
+        layout = TokenLayout.from_dict(data["extraction"]["tokens"])
+        self.selection = select_tokens(layout, data["tokens"]["subset"])
+
+    def typical_duration(self) -> float | None:
+        """Median duration (seconds) of the videos of the run's cache(s), when their manifests record it."""
+        durations: dict[str, int] = {}
+        for directory in self.record["data"].get("features", []):
+            try:
+                manifest = read_manifest(directory)
+            except ManifestError:
+                continue
+            for seconds, count in manifest.durations.items():
+                durations[seconds] = durations.get(seconds, 0) + count
+        return Manifest(extraction={}, classes=[], durations=durations).typical_duration
+
+    @torch.no_grad()
+    def encode(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) RGB uint8 frames -> (N, P, D) tokens in the cache's dtype, as a numpy array (windows are
+        gathered from them with numpy: torch's CPU stack of float16 tensors is ~1000x slower than a copy)."""
+        pixels = self.preprocessing.resize_and_crop(np.stack(frames) if isinstance(frames, list) else frames)
+        tokens, ready = self.computer(np.ascontiguousarray(pixels))
+        if ready is not None:
+            ready.synchronize()
+        return tokens.cpu().numpy()
+
+    @torch.no_grad()
+    def classify(self, windows: np.ndarray) -> np.ndarray:
+        """(B, K, T, P, D) window tokens (the cache's dtype) -> (B, C) float32 logits, the K clips' logits averaged
+        (as per video in ``evaluate``)."""
+        batch, clips = windows.shape[:2]
+        tokens = self.selection.apply(windows.reshape(batch * clips, *windows.shape[2:]))
+        # float16 -> float32 is exact, in numpy as in torch; on the CPU numpy's is the fast one, a GPU gets the
+        # half-size tokens and converts them itself.
+        if self.device.type == "cpu":
+            tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.float32))
+        else:
+            tokens = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.device, non_blocking=True).float()
+        with autocast(self.device, self.amp):
+            logits = self.probe(tokens).float()
+        return logits.reshape(batch, clips, -1).mean(dim=1).cpu().numpy()

@@ -1,0 +1,90 @@
+"""``step_cache.Recognizer``: live action recognition, one frame at a time (a webcam, a robot's camera, a video
+read frame by frame).
+
+Each pushed frame that a window samples is encoded at once (so the work is spread over the stream, and a window's
+prediction costs one frame's backbone pass plus the probe once its last frame arrives); tokens are shared by the
+overlapping windows that sample the same frame. Windows are those of ``timeline`` (same sampling, same logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from step_cache.recognition.model import RunModel
+from step_cache.recognition.stream import WindowRunner
+from step_cache.recognition.windows import WindowPlan, plan_windows
+
+
+@dataclass
+class Prediction:
+    """A window's answer: its frames ``[start_frame, end_frame)`` (seconds at the given frame rate), its logits
+    and softmax probabilities over ``classes``."""
+
+    start_frame: int
+    end_frame: int
+    start_s: float
+    end_s: float
+    logits: np.ndarray  # (C,) float32
+    probabilities: np.ndarray  # (C,)
+    classes: list[str]
+
+    @property
+    def label(self) -> str:
+        return self.classes[int(self.probabilities.argmax())]
+
+    @property
+    def confidence(self) -> float:
+        return float(self.probabilities.max())
+
+    def top(self, k: int = 5) -> list[tuple[str, float]]:
+        order = np.argsort(-self.probabilities, kind="stable")[:k]
+        return [(self.classes[c], float(self.probabilities[c])) for c in order]
+
+
+class Recognizer:
+    """Classify windows of a stream of RGB frames with a trained run.
+
+    ``fps`` is the stream's frame rate; ``window`` and ``stride`` are in seconds (defaults: the median duration
+    of the run's training videos, and one segment of the window, as in ``timeline``).
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        fps: float = 30.0,
+        window: float | None = None,
+        stride: float | None = None,
+        weights: str | Path | None = None,
+        device: str = "auto",
+    ):
+        self.model = RunModel(run_dir, weights=weights, device=device)
+        self.fps = float(fps)
+        self.plan: WindowPlan = plan_windows(
+            self.fps, self.model.frames, self.model.clips, window, stride, self.model.typical_duration()
+        )
+        self.classes = self.model.classes
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new stream: frame numbers restart at 0 and no window is pending."""
+        self.runner = WindowRunner(self.model, self.plan.stream(), batch_frames=1)
+        self.frames_seen = 0
+
+    def push(self, frame: np.ndarray) -> Prediction | None:
+        """Feed the next frame, (H, W, 3) RGB uint8; returns the prediction of the window it completes, if any."""
+        frame = np.asarray(frame)
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError(f"a frame must be (H, W, 3) RGB uint8, got {frame.shape} {frame.dtype}")
+        finished = self.runner.push(self.frames_seen, frame)
+        self.frames_seen += 1
+        if not finished:
+            return None
+        result = finished[-1]  # windows complete one per frame (their starts differ)
+        probabilities = torch.softmax(torch.from_numpy(result.logits)[None], dim=1)[0].numpy()
+        start, end = result.window.start, result.window.end
+        return Prediction(start, end, start / self.fps, end / self.fps, result.logits, probabilities, self.classes)

@@ -1,0 +1,71 @@
+"""Action segments from a timeline of windows: each window votes for its top class when its probability reaches
+``min_confidence``, over the stretch of time it stands for (one stride around its centre); consecutive votes for
+one class merge into a segment; segments shorter than ``min_length`` seconds are dropped and their neighbours of
+the same class joined again."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Segment:
+    start_s: float
+    end_s: float
+    label: str
+    mean_prob: float  # mean top-class probability of its windows
+    windows: int  # windows that voted for it (not those of short noise it absorbed)
+
+    @property
+    def length(self) -> float:
+        return self.end_s - self.start_s
+
+
+def merge_segments(
+    starts: np.ndarray,
+    ends: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[str],
+    *,
+    min_confidence: float = 0.5,
+    min_length: float = 0.0,
+) -> list[Segment]:
+    """Segments of windows (``starts``/``ends`` in seconds, ``probabilities`` (N, C)), in time order."""
+    if len(starts) == 0:
+        return []
+    centres = (np.asarray(starts) + np.asarray(ends)) / 2
+    # Each window stands for the time closer to its centre than to its neighbours' centres.
+    bounds = np.concatenate([[starts[0]], (centres[1:] + centres[:-1]) / 2, [ends[-1]]])
+    top = probabilities.argmax(axis=1)
+    confident = probabilities.max(axis=1) >= min_confidence
+    votes = [int(c) if ok else -1 for c, ok in zip(top, confident, strict=True)]
+    runs = _runs(votes, bounds, probabilities.max(axis=1))
+    kept = [run for run in runs if run[0] >= 0 and bounds[run[2]] - bounds[run[1]] >= min_length]
+    merged: list[list] = []
+    for label, first, stop, probs in kept:
+        if merged and merged[-1][0] == label and _only_gaps_between(runs, merged[-1][2], first, min_length, bounds):
+            merged[-1][2], merged[-1][3] = stop, merged[-1][3] + probs
+        else:
+            merged.append([label, first, stop, probs])
+    return [
+        Segment(float(bounds[first]), float(bounds[stop]), classes[label], float(np.mean(probs)), len(probs))
+        for label, first, stop, probs in merged
+    ]
+
+
+def _runs(votes: list[int], bounds: np.ndarray, top_probs: np.ndarray) -> list[tuple[int, int, int, list[float]]]:
+    """(label, first window, one past the last, their top probabilities) of each run of equal votes."""
+    runs, first = [], 0
+    for i in range(1, len(votes) + 1):
+        if i == len(votes) or votes[i] != votes[first]:
+            runs.append((votes[first], first, i, [float(p) for p in top_probs[first:i]]))
+            first = i
+    return runs
+
+
+def _only_gaps_between(runs: list, stop: int, first: int, min_length: float, bounds: np.ndarray) -> bool:
+    """Whether every run between windows ``stop`` and ``first`` was dropped as too short: the same class on both
+    sides is then one segment interrupted by noise (a long stretch of no confident class still separates)."""
+    return all(bounds[r[2]] - bounds[r[1]] < min_length for r in runs if r[1] >= stop and r[2] <= first)

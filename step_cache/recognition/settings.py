@@ -1,0 +1,118 @@
+"""The backbone and preprocessing a run's tokens came from, rebuilt from what the run recorded.
+
+A run's ``config.json`` keeps its cache's extraction settings (``data.extraction``: backbone, weights identity,
+preprocessing, sampling, token layout). From them we rebuild the exact backbone that made the training tokens, so
+that a new video gets the tokens extraction would have given it. Random weights are rebuilt from their recorded
+seed; a weights file must have the recorded checksum (a different file would give other tokens silently).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from step_cache.cache.manifest import ManifestError, extraction_differences, file_sha256, read_manifest
+from step_cache.extraction.backbones import Backbone, load_backbone
+from step_cache.extraction.engine import ExtractOptions, extraction_settings
+
+
+class RunSettingsError(ValueError):
+    """The run's recorded extraction settings cannot be rebuilt here (missing or mismatched weights...)."""
+
+
+def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
+    """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, image size,
+    patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum)."""
+    extraction = record["data"]["extraction"]
+    recorded = extraction["weights"]
+    crop = extraction["preprocessing"]["crop"]
+    return {
+        "backbone": extraction["backbone"]["name"],
+        "weights": _weights_argument(record, recorded, weights),
+        "frames": int(extraction["sampling"]["frames"]),
+        "clips": int(extraction["sampling"]["clips"]),
+        # The model's input size is the crop; passing it rebuilds the same model (a square crop: one number).
+        "image_size": int(crop) if isinstance(crop, int) else None,
+        "pool_patches": int(extraction["tokens"].get("patch_pool", 1)),
+        "dtype": str(extraction["tokens"]["dtype"]),
+        "seed": int(recorded.get("seed", 0)),
+    }
+
+
+def _weights_argument(record: dict[str, Any], recorded: dict[str, Any], given: str | Path | None) -> str:
+    source = recorded["source"]
+    if given is not None and str(given) in ("random", "hub"):
+        if str(given) != source:
+            raise RunSettingsError(f"--weights {given}: the run's tokens were made with {_describe(recorded)}")
+        return str(given)
+    if source == "random":
+        if given is not None:
+            raise RunSettingsError(
+                f"--weights {given}: the run's tokens were made with random weights (seed {recorded.get('seed')}), "
+                "not a weights file; leave --weights out"
+            )
+        return "random"
+    if source == "hub":
+        if given is not None:  # the cache records a hub identity, which a file's would never equal
+            raise RunSettingsError(
+                f"--weights {given}: the run's tokens were made with timm's hub weights ({recorded.get('hf_hub_id')}); "
+                "leave --weights out (they load from the Hugging Face cache when downloaded before)"
+            )
+        return "hub"
+    path = Path(given) if given is not None else _recorded_weights_path(record)
+    check_weights_file(path, recorded)
+    return str(path)
+
+
+def _describe(recorded: dict[str, Any]) -> str:
+    if recorded["source"] == "random":
+        return f"random weights (seed {recorded.get('seed')})"
+    return f"{recorded['source']} weights (sha256 {str(recorded.get('sha256'))[:12]}...)"
+
+
+def check_weights_file(path: Path, recorded: dict[str, Any]) -> None:
+    """Refuse a weights file whose sha256 differs from the one recorded at extraction."""
+    if not path.is_file():
+        raise RunSettingsError(f"{path}: weights file does not exist")
+    expected = recorded.get("sha256")
+    if expected is None:
+        raise RunSettingsError(
+            f"{path}: the run's tokens were made with {recorded['source']} weights of unrecorded checksum, so "
+            "this file cannot be checked against them"
+        )
+    actual = file_sha256(path)
+    if actual != expected:
+        raise RunSettingsError(
+            f"{path}: sha256 {actual[:12]}... differs from the weights the run's tokens were extracted with "
+            f"({expected[:12]}...); these weights would give other tokens, refused"
+        )
+
+
+def _recorded_weights_path(record: dict[str, Any]) -> Path:
+    """Where the weights file lay when the run's cache was extracted (the cache manifest records it)."""
+    for directory in record["data"].get("features", []):
+        try:
+            path = read_manifest(directory).source.get("weights_path")
+        except ManifestError:
+            continue
+        if path and Path(path).is_file():
+            return Path(path)
+    raise RunSettingsError(
+        "the run's tokens were made with a weights file that is no longer where its cache recorded it; pass it "
+        "with --weights FILE (its checksum is checked)"
+    )
+
+
+def load_run_backbone(record: dict[str, Any], weights: str | Path | None = None) -> tuple[Backbone, ExtractOptions]:
+    """The backbone of the run's cache, rebuilt; refused when its settings differ from the recorded ones."""
+    options = ExtractOptions(**extract_options(record, weights), progress=False)
+    backbone = load_backbone(
+        options.backbone, options.weights, options.image_size, options.pool_patches, options.seed, options.dtype
+    )
+    rebuilt = extraction_settings(backbone, options)
+    recorded = json.loads(json.dumps(record["data"]["extraction"]))
+    differences = extraction_differences(recorded, rebuilt)
+    if differences:
+        raise RunSettingsError(f"cannot rebuild the backbone the run's tokens came from: {'; '.join(differences[:4])}")
+    return backbone, options

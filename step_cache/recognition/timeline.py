@@ -1,0 +1,173 @@
+"""``timeline``: follow actions along an untrimmed video with a trained probe.
+
+Windows slide over the video (``windows.py``: each sampled like a training clip); the video is decoded once, in
+chunks of consecutive frames, and only the frames some window samples are kept, preprocessed and encoded, each
+once, in batches (``stream.py``). Writes ``timeline.csv`` (one row per window: ``start_s, end_s, class_1,
+prob_1, ...``), ``segments.csv`` (``segments.py``) and ``timeline.png`` (``plot.py``) into the output folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from step_cache.extraction.frame_rate import frame_rate
+from step_cache.extraction.video import decode_clips
+from step_cache.recognition.model import RunModel
+from step_cache.recognition.plot import plot_timeline
+from step_cache.recognition.segments import Segment, merge_segments
+from step_cache.recognition.stream import WindowLogits, WindowRunner
+from step_cache.recognition.windows import WindowError, WindowPlan, plan_windows
+
+CHUNK_BYTES = 256 * 2**20  # decoded full-size pixels held at once
+
+
+@dataclass
+class Timeline:
+    video: Path
+    fps: float
+    plan: WindowPlan
+    classes: list[str]
+    results: list[WindowLogits]
+    segments: list[Segment] = field(default_factory=list)
+    frames: int = 0  # in the video
+    frames_encoded: int = 0
+    seconds: float = 0.0  # compute time, decoding included
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def probabilities(self) -> np.ndarray:
+        logits = torch.from_numpy(np.stack([r.logits for r in self.results]))
+        return torch.softmax(logits, dim=1).numpy()
+
+    @property
+    def times(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start_s, end_s) of every window."""
+        return (
+            np.array([r.window.start / self.fps for r in self.results]),
+            np.array([r.window.end / self.fps for r in self.results]),
+        )
+
+    @property
+    def realtime_factor(self) -> float:
+        """Seconds of video per second of compute."""
+        return self.frames / self.fps / self.seconds if self.seconds else float("inf")
+
+    def summary(self) -> str:
+        labels = ", ".join(f"{s.label} {s.start_s:.1f}-{s.end_s:.1f} s" for s in self.segments[:6])
+        more = " ..." if len(self.segments) > 6 else ""
+        return (
+            f"{self.video}: {len(self.results)} windows of {self.plan.length} frames every {self.plan.stride} "
+            f"({self.plan.length / self.fps:.2f} s / {self.plan.stride / self.fps:.2f} s at {self.fps:g} fps); "
+            f"{self.frames_encoded} of {self.frames} frames encoded; {self.realtime_factor:.2f}x real time; "
+            f"{len(self.segments)} segments: {labels or 'none confident enough'}{more}"
+        )
+
+
+def run_timeline(
+    model: RunModel,
+    video: str | Path,
+    *,
+    window: float | None = None,
+    stride: float | None = None,
+    fps: float | None = None,
+    batch_frames: int = 32,
+    progress: bool = True,
+) -> Timeline:
+    """Logits of every window of ``video`` (no files written)."""
+    video = Path(video)
+    started = time.perf_counter()
+    first = decode_clips(video, 1)  # the frame count and size, and a clear error for an unreadable file
+    rate = fps or frame_rate(video)
+    if not rate:
+        raise WindowError(f"{video}: the container states no frame rate; give it (--fps)")
+    total = first.num_frames
+    plan = plan_windows(rate, model.frames, model.clips, window, stride, model.typical_duration())
+    windows = plan.over(total)
+    needed = np.zeros(total, dtype=bool)
+    for w in windows:
+        needed[w.indices.ravel()] = True
+    runner = WindowRunner(model, windows, batch_frames)
+    results: list[WindowLogits] = []
+    chunk = max(1, CHUNK_BYTES // first.frames[0].nbytes)
+    with tqdm(total=total, unit="frame", desc=f"timeline {video.name}", disable=not progress) as bar:
+        for start in range(0, total, chunk):
+            stop = min(total, start + chunk)
+            if needed[start:stop].any():
+                decoded = decode_clips(video, stop - start, 1, start, stop)
+                for index, frame in zip(decoded.frame_indices[0].tolist(), decoded.frames, strict=True):
+                    if needed[index]:
+                        results += runner.push(index, frame)
+            bar.update(stop - start)
+    results += runner.flush()
+    return Timeline(
+        video, rate, plan, model.classes, results, frames=total, frames_encoded=runner.frames_encoded,
+        seconds=time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def write_timeline(
+    result: Timeline, out_dir: str | Path, *, top_k: int = 5, min_confidence: float = 0.5, min_length: float = 0.0
+) -> Timeline:
+    """Write ``timeline.csv``, ``segments.csv`` and ``timeline.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    probabilities = result.probabilities
+    starts, ends = result.times
+    result.segments = merge_segments(
+        starts, ends, probabilities, result.classes, min_confidence=min_confidence, min_length=min_length
+    )
+    top_k = min(top_k, len(result.classes))
+    ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
+    table = out_dir / "timeline.csv"
+    with table.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["start_s", "end_s"] + [f"{kind}_{k + 1}" for k in range(top_k) for kind in ("class", "prob")])
+        for row, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            cells: list[object] = [f"{start:.3f}", f"{end:.3f}"]
+            for c in ranking[row]:
+                cells += [result.classes[c], f"{probabilities[row, c]:.6f}"]
+            writer.writerow(cells)
+    segments = out_dir / "segments.csv"
+    with segments.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["start_s", "end_s", "class", "mean_prob", "windows"])
+        for s in result.segments:
+            writer.writerow([f"{s.start_s:.3f}", f"{s.end_s:.3f}", s.label, f"{s.mean_prob:.6f}", s.windows])
+    plan = result.plan
+    title = f"{result.video.name}: windows of {plan.length / result.fps:.2f} s every {plan.stride / result.fps:.2f} s"
+    figure = plot_timeline(
+        out_dir / "timeline.png", (starts + ends) / 2, probabilities, result.classes, result.segments, title
+    )
+    result.files = [table, segments, figure]
+    return result
+
+
+def timeline(
+    run_dir: str | Path,
+    video: str | Path,
+    out_dir: str | Path,
+    *,
+    window: float | None = None,
+    stride: float | None = None,
+    fps: float | None = None,
+    top_k: int = 5,
+    min_confidence: float = 0.5,
+    min_length: float = 0.0,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    batch_frames: int = 32,
+    progress: bool = True,
+) -> Timeline:
+    """Slide windows over ``video`` with the run's probe and write the timeline, its segments and a figure."""
+    model = RunModel(run_dir, weights=weights, device=device)
+    result = run_timeline(
+        model, video, window=window, stride=stride, fps=fps, batch_frames=batch_frames, progress=progress
+    )
+    return write_timeline(result, out_dir, top_k=top_k, min_confidence=min_confidence, min_length=min_length)

@@ -1,0 +1,87 @@
+"""``predict --run R --videos PATH``: classify new videos with a trained probe, straight from the files.
+
+The videos go through the very extraction the run's cache came from (``extract`` with the settings rebuilt from
+the run: same backbone and weights, preprocessing, frames and clips per video, token dtype) into a cache, and
+``predict`` reads that cache: the tokens, and so the answers, are the ones the probe would have got from a cache
+extracted by hand. The cache lives in a temporary folder that is removed afterwards, unless ``cache`` names a
+folder to keep (re-running with the same ``cache`` resumes: videos already there are not decoded again).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from step_cache.cache.manifest import Failure
+from step_cache.catalog import VIDEO_EXTENSIONS, CatalogError, VideoItem
+from step_cache.extraction.engine import extract
+from step_cache.recognition.settings import extract_options
+from step_cache.training import runs
+from step_cache.training.evaluation import predict
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VideoPredictions:
+    """What ``predict_videos`` did: the CSV, the videos it classified, those it could not read and why."""
+
+    csv: Path
+    videos: int
+    failures: list[Failure] = field(default_factory=list)
+    cache: Path | None = None  # the kept cache, when one was asked for
+
+    def summary(self) -> str:
+        text = f"wrote predictions for {self.videos} videos to {self.csv}"
+        if self.cache is not None:
+            text += f" (tokens kept in {self.cache})"
+        if self.failures:
+            text += f"; {len(self.failures)} unreadable: " + "; ".join(f.reason for f in self.failures)
+        return text
+
+
+def predict_videos(
+    run_dir: str | Path,
+    videos: str | Path,
+    out_csv: str | Path = "predictions.csv",
+    *,
+    annotations: str | Path | None = None,
+    weights: str | Path | None = None,
+    cache: str | Path | None = None,
+    top_k: int = 5,
+    device: str = "auto",
+    workers: int | None = None,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> VideoPredictions:
+    """Write ``predict``'s CSV (``video, clips, label, class_1, prob_1, ...``) for the videos at ``videos``: one
+    file, a folder (``<class>/`` sub-folders fill ``label``), or the rows of ``annotations`` (paths relative to
+    ``videos``). Unreadable videos are skipped and returned with their reason."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    record = runs.read_config(run_dir)
+    options = extract_options(record, weights)  # checks the weights before any video is decoded
+    videos = Path(videos)
+    items = None
+    if annotations is None and videos.is_file():
+        if videos.suffix.lower() not in VIDEO_EXTENSIONS:
+            raise CatalogError(f"{videos}: not a video file (expected one of {', '.join(VIDEO_EXTENSIONS)})")
+        items, videos = [VideoItem(path=videos.name)], videos.parent
+    keep = cache is not None
+    directory = Path(cache) if keep else Path(tempfile.mkdtemp(prefix="step-cache-predict-"))
+    try:
+        extracted = extract(
+            videos, directory, annotations=annotations, items=items, device=device, workers=workers,
+            batch_size=batch_size, progress=progress, **options,
+        )  # fmt: skip
+        for failure in extracted.failures:
+            log.warning("unreadable: %s", failure.reason)
+        path = predict(run_dir, directory, out_csv, top_k=top_k, device=device)
+        failures = sorted(extracted.manifest.failures, key=lambda f: f.video)
+        return VideoPredictions(path, extracted.manifest.num_videos, failures, directory if keep else None)
+    finally:
+        if not keep:
+            shutil.rmtree(directory, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""Which frames a window of an untrimmed video samples: each window is a clip of ``length`` frames sampled with the
+run's T frames and K clips exactly as extraction samples a training video (``segment_indices``), so the probe sees
+windows as it saw its training clips. Windows start every ``stride`` frames.
+
+With the stride one segment of the window (``length / T`` frames, the default), consecutive windows share T - 1
+of their sampled frames per clip: each new window needs one new frame encoded per clip, not T.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from step_cache.extraction.sampling import segment_indices
+
+
+class WindowError(ValueError):
+    """Window settings that cannot work (no window length known, a stride below one frame...)."""
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # first frame of the window
+    end: int  # one past its last frame
+    indices: np.ndarray  # (K, T) frame numbers it samples
+
+    @property
+    def last(self) -> int:
+        """The frame after which the window can be classified."""
+        return int(self.indices.max())
+
+    def seconds(self, fps: float) -> tuple[float, float]:
+        return self.start / fps, self.end / fps
+
+
+@dataclass(frozen=True)
+class WindowPlan:
+    length: int  # frames per window
+    stride: int  # frames between window starts
+    frames: int  # T
+    clips: int  # K
+
+    def window(self, start: int, length: int | None = None) -> Window:
+        length = length or self.length
+        return Window(start, start + length, segment_indices(length, self.frames, self.clips, start=start))
+
+    def stream(self) -> Iterator[Window]:
+        """Windows of an endless stream, in order."""
+        start = 0
+        while True:
+            yield self.window(start)
+            start += self.stride
+
+    def over(self, total: int) -> list[Window]:
+        """Windows covering a video of ``total`` frames: every ``stride`` frames, plus one ending at the last frame
+        when the stride leaves the end uncovered; a video shorter than a window is one window (sampled as extraction
+        samples a short video)."""
+        if total < 1:
+            raise WindowError("the video has no frames")
+        if total <= self.length:
+            return [self.window(0, total)]
+        starts = list(range(0, total - self.length + 1, self.stride))
+        if starts[-1] + self.length < total:
+            starts.append(total - self.length)
+        return [self.window(start) for start in starts]
+
+
+def plan_windows(
+    fps: float, frames: int, clips: int, window: float | None, stride: float | None, typical: float | None = None
+) -> WindowPlan:
+    """A plan from seconds: ``window`` (default: ``typical``, the median training-video duration) and ``stride``
+    (default: one segment of the window, for which the window is rounded to a multiple of T frames)."""
+    if fps <= 0:
+        raise WindowError(f"frame rate must be positive, got {fps}")
+    seconds = window if window is not None else typical
+    if seconds is None:
+        raise WindowError(
+            "the run's cache records no clip durations (extracted before they were recorded, or its manifest is "
+            "gone): give the window length in seconds (--window)"
+        )
+    if seconds <= 0:
+        raise WindowError(f"window must be positive, got {seconds} s")
+    length = max(1, round(seconds * fps))
+    if stride is None:
+        length = max(frames, round(length / frames) * frames)
+        step = length // frames
+    else:
+        step = round(stride * fps)
+        if step < 1:
+            raise WindowError(f"stride {stride} s is less than one frame at {fps:g} frames/s")
+    return WindowPlan(length=length, stride=step, frames=frames, clips=clips)
