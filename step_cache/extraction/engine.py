@@ -37,6 +37,7 @@ from step_cache.catalog import VideoItem, class_names, discover_videos, read_ann
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_settings, decoder_spec
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.parts import part_directory, partition
 
@@ -62,6 +63,7 @@ class ExtractOptions:
     strict: bool = False
     overwrite: bool = False
     compile: bool = False
+    decoder: str = DEFAULT_DECODER  # decord, pyav, torchcodec or torchcodec-cuda (step_cache.extraction.decoders)
     decode_timeout: float = 600.0
     progress: bool = True
     compression: str = "none"  # "none", "lz4", "zstd" (Blosc, needs hdf5plugin) or "gzip"
@@ -77,6 +79,7 @@ class ExtractOptions:
             raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.compression not in COMPRESSIONS:
             raise ExtractionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        decoder_spec(self.decoder)  # an unknown or uninstalled decoder fails now, in one line, before any work
 
 
 @dataclass
@@ -152,7 +155,7 @@ def extract(
     device = resolve_device(opts.device)
     workers = _default_workers(device.type) if opts.workers is None else opts.workers
     # Decode workers take a moment to start: spawn them now so that they are ready once the backbone is loaded.
-    pool = DecodePool(workers, opts.frames, opts.clips, timeout=opts.decode_timeout).start()
+    pool = DecodePool(workers, opts.frames, opts.clips, timeout=opts.decode_timeout, decoder=opts.decoder).start()
     try:
         backbone = load_backbone(
             opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
@@ -190,6 +193,7 @@ def extraction_settings(backbone: Backbone, opts: ExtractOptions) -> dict[str, A
         "preprocessing": backbone.preprocessing.to_dict(),
         "sampling": {"frames": opts.frames, "clips": opts.clips, "strategy": "segment-centres"},
         "tokens": backbone.layout.to_dict(),
+        **decoder_settings(opts.decoder),
     }
     return json.loads(json.dumps(settings))
 
