@@ -38,7 +38,7 @@ class DecodeTask:
 @dataclass
 class DecodeResult:
     task_id: int
-    frames: np.ndarray | None = None  # (clips * T, 3, S, S) uint8, ready for normalisation
+    frames: np.ndarray | None = None  # (clips * T, 3, S, S) uint8, ready for normalisation (a tensor: device_decode)
     frame_indices: np.ndarray | None = None  # (clips, T)
     num_frames: int = 0
     short: bool = False

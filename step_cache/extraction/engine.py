@@ -37,7 +37,8 @@ from step_cache.catalog import VideoItem, class_names, discover_videos, read_ann
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
-from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_settings, decoder_spec
+from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_settings
+from step_cache.extraction.device_decode import open_decode_pool
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.parts import part_directory, partition
 
@@ -79,7 +80,6 @@ class ExtractOptions:
             raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.compression not in COMPRESSIONS:
             raise ExtractionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
-        decoder_spec(self.decoder)  # an unknown or uninstalled decoder fails now, in one line, before any work
 
 
 @dataclass
@@ -154,8 +154,8 @@ def extract(
 
     device = resolve_device(opts.device)
     workers = _default_workers(device.type) if opts.workers is None else opts.workers
-    # Decode workers take a moment to start: spawn them now so that they are ready once the backbone is loaded.
-    pool = DecodePool(workers, opts.frames, opts.clips, timeout=opts.decode_timeout, decoder=opts.decoder).start()
+    # Decode workers take a moment to start: spawn them now, ready once the backbone is loaded (a bad --decoder fails)
+    pool = open_decode_pool(opts.decoder, device, workers, opts.frames, opts.clips, opts.decode_timeout)
     try:
         backbone = load_backbone(
             opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype

@@ -44,6 +44,32 @@ def decode_clips(
         source.close()
 
 
+def decode_clips_on_device(
+    path: str | Path,
+    frames: int,
+    clips: int,
+    start_frame: int | None,
+    end_frame: int | None,
+    decoder: str,
+    device: str,
+) -> DecodedClips:
+    """``decode_clips`` with a decoder that decodes on ``device`` (torchcodec-cuda): ``frames`` of the result is
+    an (N, 3, H, W) uint8 tensor there, never copied to the host."""
+    path = Path(path)
+    source = open_video(path, decoder, device=device)
+    try:
+        return _sample(_TensorReads(source), path, frames, clips, start_frame, end_frame)
+    finally:
+        source.close()
+
+
+class _TensorReads:
+    """A source whose reads give the decoder's device tensors (N, 3, H, W) instead of host arrays."""
+
+    def __init__(self, source):
+        self.num_frames, self.read = source.num_frames, source.read_tensor
+
+
 def _open_source(path: Path, decoder: str):
     return open_video(path, decoder)
 
@@ -120,4 +146,11 @@ def quiet_decoder_logs() -> None:
     os.close(devnull)
 
 
-__all__ = ["DecodedClips", "VideoDecodeError", "declared_frames", "decode_clips", "quiet_decoder_logs"]
+__all__ = [
+    "DecodedClips",
+    "VideoDecodeError",
+    "declared_frames",
+    "decode_clips",
+    "decode_clips_on_device",
+    "quiet_decoder_logs",
+]

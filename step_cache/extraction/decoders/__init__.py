@@ -28,14 +28,14 @@ class DecoderSpec:
     source: str  # its VideoSource class
     requires: str  # the third-party module it imports
     extra: str  # the pyproject extra that installs it
-    device: str = "cpu"  # where the frames are decoded (and stay)
+    on_device: bool = False  # decodes on the compute device (CUDA), where the frames stay (device_decode.py)
 
 
 DECODERS = {
     "decord": DecoderSpec("decord_backend", "DecordSource", "decord", "decord"),
     "pyav": DecoderSpec("pyav_backend", "PyAVSource", "av", "pyav"),
     "torchcodec": DecoderSpec("torchcodec_backend", "TorchCodecSource", "torchcodec", "torchcodec"),
-    "torchcodec-cuda": DecoderSpec("torchcodec_backend", "TorchCodecSource", "torchcodec", "torchcodec", "cuda"),
+    "torchcodec-cuda": DecoderSpec("torchcodec_backend", "TorchCodecSource", "torchcodec", "torchcodec", True),
 }
 
 
@@ -70,14 +70,17 @@ def decoder_settings(name: str) -> dict[str, str]:
     return {} if name == DEFAULT_DECODER else {"decoder": name}
 
 
-def open_video(path: str | Path, decoder: str = DEFAULT_DECODER, threads: int = 1) -> VideoSource:
+def open_video(
+    path: str | Path, decoder: str = DEFAULT_DECODER, threads: int = 1, device: str | None = None
+) -> VideoSource:
     """Open ``path`` with the named backend; VideoDecodeError (naming the file and the problem) when it cannot be
-    read. ``threads`` are the decoder's own threads (1 in decode worker processes, which parallelise already)."""
+    read. ``threads`` are the decoder's own threads (1 in decode worker processes, which parallelise already).
+    ``device``: where an on-device decoder decodes (default "cuda"); CPU decoders ignore it."""
     spec = decoder_spec(decoder)
     source = getattr(importlib.import_module(f"{__name__}.{spec.module}"), spec.source)
     path = Path(path)
-    if spec.device != "cpu":
-        return source(path, threads=threads, device=spec.device)
+    if spec.on_device:
+        return source(path, threads=threads, device=device or "cuda")
     return source(path, threads=threads)
 
 

@@ -39,15 +39,19 @@ class TorchCodecSource:
         fps = metadata.average_fps
         self.fps = float(fps) if fps else None
 
-    def read_tensor(self, indices: list[int]) -> Any:
-        """Frames at ``indices`` as a uint8 tensor on the decoder's device: NHWC on the CPU, NCHW on CUDA."""
+    def _frames_at(self, indices: list[int]) -> Any:
         try:
             return self._decoder.get_frames_at(indices=list(indices)).data
         except Exception as error:  # noqa: BLE001 - any decoder error fails this video only
             raise damaged(self.path, error) from None
 
+    def read_tensor(self, indices: list[int]) -> Any:
+        """Frames at ``indices`` as an (N, 3, H, W) uint8 tensor on the decoder's device."""
+        frames = self._frames_at(indices)
+        return frames.permute(0, 3, 1, 2) if self.device == "cpu" else frames
+
     def read(self, indices: list[int]) -> np.ndarray:
-        frames = self.read_tensor(indices)
+        frames = self._frames_at(indices)
         if self.device != "cpu":
             frames = frames.permute(0, 2, 3, 1).cpu()
         return check_frames(self.path, frames.numpy(), len(indices))
