@@ -22,7 +22,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
-from step_cache.extraction.decoders import DEFAULT_DECODER
+from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
 
@@ -64,6 +64,12 @@ def decode_task(
 
 def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, decoder: str) -> None:
     quiet_decoder_logs()
+    if decoder_spec(decoder).requires == "torchcodec":
+        import torch
+
+        # torchcodec copies frames with torch ops: intra-op threads in every worker (one per core) spin against each
+        # other and the backbone (6x slower dense decoding measured on 2 busy cores); workers parallelise already.
+        torch.set_num_threads(1)
     # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
     crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")
     parent = os.getppid()
