@@ -34,14 +34,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from extract import GpuUtilisation, backbone_only  # noqa: E402 - bench/extract.py, beside this script
+from extract import GpuUtilisation, backbone_only  # bench/extract.py, beside this script
 
-from step_cache import extract  # noqa: E402
-from step_cache.devices import resolve_device  # noqa: E402
-from step_cache.extraction.decoders import DECODERS, decoder_spec, open_video  # noqa: E402
-from step_cache.extraction.preprocess import Preprocessing  # noqa: E402
-from step_cache.extraction.video import decode_clips  # noqa: E402
-from step_cache.extras import MissingExtraError  # noqa: E402
+from step_cache import extract
+from step_cache.devices import resolve_device
+from step_cache.extraction.decoders import DECODERS, decoder_spec, open_video
+from step_cache.extraction.preprocess import Preprocessing
+from step_cache.extraction.video import decode_clips
+from step_cache.extras import MissingExtraError
 
 SIZES = {"240p": (240, 428), "480p": (480, 854), "1080p": (1080, 1920)}
 LENGTHS = {"short": 64, "long": 300}
