@@ -60,7 +60,8 @@ def extract(
         int | None,
         typer.Option(
             min=0,
-            help="Decode processes (default: spare cores up to 8 on CPU, cores up to 32 on CUDA; 0 = in-process).",
+            help="Decode processes (default: spare cores up to 8 on CPU, cores up to 32 on CUDA; 0 = in-process). "
+            "Not used by --decoder torchcodec-cuda, which decodes on the GPU from one thread.",
         ),
     ] = None,
     decoder: Annotated[
