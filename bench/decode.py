@@ -5,15 +5,17 @@ textured background panning under a moving square, keyframe every 32 frames), fo
 
   sparse  frames/s  16 frames at segment centres (what extract samples), decode_clips
   dense   frames/s  every frame, read in runs of 32 consecutive frames
-  each on one core (one process, decoder threads 1), on all cores (one process per core, as extract's decode
-  workers), and dense with one process and the decoder's own threads (threads = cores)
+  each on one core (one process, decoder threads 1: frames per CPU-second, undisturbed by other jobs), on all
+  cores (one process per core, as extract's decode workers; wall clock), and dense with one process and the
+  decoder's own threads (threads = cores; wall clock)
   max |Δ|           largest pixel difference to decord after resize and crop to 224 (8-bit levels)
 
 then the extraction ratio per backend: end-to-end extract (vit-tiny, random weights, T = 16, 224 px) over the
 backbone alone on the same frames. With a CUDA GPU the torchcodec-cuda backend joins, and the mean GPU
 utilisation during each end-to-end run is printed.
 
-    python bench/decode.py                                  # the default matrix, a few minutes on 2 cores
+    python bench/decode.py                                  # the default cases (no 1080p/240p long videos)
+    python bench/decode.py --full                           # every codec x size x length
     python bench/decode.py --sizes 1080p --lengths long     # one corner of it
     python bench/decode.py --device cuda --extract-videos 256 --batch-size 256   # on a GPU machine
 """
@@ -97,24 +99,23 @@ def _job(job: tuple[str, str, str, int]) -> int:
     return (_sparse if mode == "sparse" else _dense)(path, decoder, threads)
 
 
-def timed(mode: str, path: Path, decoder: str, threads: int = 1, repeats: int = 2) -> float:
-    """Frames/s in this process: the best of ``repeats`` runs after one warm-up (imports, page cache)."""
-    _job((mode, str(path), decoder, threads))
-    best = float("inf")
-    frames = 0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        frames = _job((mode, str(path), decoder, threads))
-        best = min(best, time.perf_counter() - started)
-    return frames / best
+def timed(mode: str, path: Path, decoder: str, threads: int = 1) -> float:
+    """Frames/s in this process, after a sparse warm-up (imports, page cache). One decoder thread: frames per
+    CPU-second of this process (time.process_time), which other jobs on a shared machine do not disturb; more
+    threads: frames per wall-clock second (what the threads buy)."""
+    _job(("sparse", str(path), decoder, threads))
+    clock = time.process_time if threads == 1 else time.perf_counter
+    started = clock()
+    frames = _job((mode, str(path), decoder, threads))
+    return frames / (clock() - started)
 
 
 def timed_parallel(pool: mp.pool.Pool, processes: int, mode: str, path: Path, decoder: str) -> float:
-    """Frames/s of ``processes`` decoding at once, 2 videos each (one process per core, as extract's workers)."""
-    jobs = [(mode, str(path), decoder, 1)] * (2 * processes)
-    pool.map(_job, jobs[:processes], chunksize=1)  # warm-up: each process imports the backend
+    """Frames/s (wall clock) of ``processes`` decoding at once, one video each (one process per core, as
+    extract's decode workers)."""
+    pool.map(_job, [("sparse", str(path), decoder, 1)] * processes, chunksize=1)  # warm-up: imports the backend
     started = time.perf_counter()
-    frames = sum(pool.map(_job, jobs, chunksize=1))
+    frames = sum(pool.map(_job, [(mode, str(path), decoder, 1)] * processes, chunksize=1))
     return frames / (time.perf_counter() - started)
 
 
@@ -146,6 +147,24 @@ def installed_backends(device: torch.device) -> list[str]:
     return names
 
 
+# The default run: every codec and size, short videos, and long ones at 480p (SSv2-like); 1080p long videos and
+# 240p long ones only with --full (or by naming --sizes/--lengths), to keep the default to minutes on 2 cores.
+DEFAULT_CASES = [(codec, size, "short") for codec in CODECS for size in SIZES] + [
+    (codec, "480p", "long") for codec in CODECS
+]
+
+
+def cases(args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    if not (args.full or args.codecs or args.sizes or args.lengths):
+        return sorted(DEFAULT_CASES, key=lambda case: (case[0], list(SIZES).index(case[1]), case[2] == "long"))
+    return [
+        (codec, size, length)
+        for codec in args.codecs or CODECS
+        for size in args.sizes or SIZES
+        for length in args.lengths or LENGTHS
+    ]
+
+
 def _one_torch_thread() -> None:
     torch.set_num_threads(1)  # torchcodec's frame copies are torch ops: a decoder gets one core, as in extract
 
@@ -157,24 +176,21 @@ def decode_table(args: argparse.Namespace, root: Path, backends: list[str]) -> l
     threads = torch.get_num_threads()
     _one_torch_thread()
     with mp.get_context("spawn").Pool(cores, initializer=_one_torch_thread) as pool:
-        for codec in args.codecs:
-            for size in args.sizes:
-                for length in args.lengths:
-                    extension, encoder = CODECS[codec]
-                    path = write_textured(root / f"{codec}-{size}-{length}.{extension}", LENGTHS[length],
-                                          SIZES[size], encoder)  # fmt: skip
-                    for name in backends:
-                        on_cpu = name in cpu_backends
-                        row = {"codec": codec, "size": size, "length": length, "frames": LENGTHS[length],
-                               "backend": name, "mb": round(path.stat().st_size / 2**20, 2)}  # fmt: skip
-                        row["sparse_1"] = timed("sparse", path, name)
-                        row["sparse_all"] = timed_parallel(pool, cores, "sparse", path, name) if on_cpu else None
-                        row["dense_1"] = timed("dense", path, name, repeats=1)
-                        row["dense_all"] = timed_parallel(pool, cores, "dense", path, name) if on_cpu else None
-                        row["dense_threads"] = timed("dense", path, name, threads=cores, repeats=1) if on_cpu else None
-                        row["max_diff"] = max_difference(path, name)
-                        rows.append(row)
-                        print(_row_text(row), flush=True)
+        for codec, size, length in cases(args):
+            extension, encoder = CODECS[codec]
+            path = write_textured(root / f"{codec}-{size}-{length}.{extension}", LENGTHS[length], SIZES[size], encoder)
+            for name in backends:
+                on_cpu = name in cpu_backends
+                row = {"codec": codec, "size": size, "length": length, "frames": LENGTHS[length],
+                       "backend": name, "mb": round(path.stat().st_size / 2**20, 2)}  # fmt: skip
+                row["sparse_1"] = timed("sparse", path, name)
+                row["sparse_all"] = timed_parallel(pool, cores, "sparse", path, name) if on_cpu else None
+                row["dense_1"] = timed("dense", path, name)
+                row["dense_all"] = timed_parallel(pool, cores, "dense", path, name) if on_cpu else None
+                row["dense_threads"] = timed("dense", path, name, threads=cores) if on_cpu else None
+                row["max_diff"] = max_difference(path, name)
+                rows.append(row)
+                print(_row_text(row), flush=True)
     torch.set_num_threads(threads)
     return rows
 
@@ -184,8 +200,8 @@ def _fps(value: float | None) -> str:
 
 
 HEADER = (
-    "| codec | size | frames | backend | sparse 1 core | sparse all cores | dense 1 core | dense all cores "
-    "| dense 1 proc threaded | max abs diff |"
+    "| codec | size | frames | backend | sparse 1 core (CPU s) | sparse all cores | dense 1 core (CPU s) "
+    "| dense all cores | dense 1 proc threaded | max abs diff |"
 )
 
 
@@ -226,9 +242,10 @@ def extraction_ratio(args: argparse.Namespace, root: Path, backends: list[str]) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    parser.add_argument("--lengths", nargs="+", default=list(LENGTHS), choices=list(LENGTHS))
+    parser.add_argument("--full", action="store_true", help="every codec x size x length (default: a subset)")
+    parser.add_argument("--codecs", nargs="+", default=None, choices=list(CODECS))
+    parser.add_argument("--sizes", nargs="+", default=None, choices=list(SIZES))
+    parser.add_argument("--lengths", nargs="+", default=None, choices=list(LENGTHS))
     parser.add_argument("--backends", nargs="+", default=None, help="default: every installed one")
     parser.add_argument("--device", default="cpu", help="backbone device for the extraction ratio")
     parser.add_argument("--extract-videos", type=int, default=8, help="480p H.264 videos for the ratio (0: skip)")
@@ -240,7 +257,8 @@ def main() -> None:
     device = resolve_device(args.device)
     backends = args.backends or installed_backends(device)
     print(f"{os.cpu_count()} cores, torch {torch.__version__}, PyAV {av.__version__}; backends: {', '.join(backends)}")
-    print("frames/s; max abs diff: 8-bit levels after resize+crop to 224, against decord\n")
+    print(f"load average before: {os.getloadavg()[0]:.1f}; frames/s (1 core: per CPU-second of the process; others: "
+          "wall clock); max abs diff: 8-bit levels after resize+crop to 224, against decord\n")  # fmt: skip
     print(HEADER)
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
