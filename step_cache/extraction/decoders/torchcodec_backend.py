@@ -53,7 +53,7 @@ class TorchCodecSource:
     def read(self, indices: list[int]) -> np.ndarray:
         frames = self._frames_at(indices)
         if self.device != "cpu":
-            frames = frames.permute(0, 2, 3, 1).cpu()
+            frames = frames.permute(0, 2, 3, 1).contiguous().cpu()
         return check_frames(self.path, frames.numpy(), len(indices))
 
     def close(self) -> None:
