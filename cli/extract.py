@@ -60,9 +60,18 @@ def extract(
         int | None,
         typer.Option(
             min=0,
-            help="Decode processes (default: spare cores up to 8 on CPU, cores up to 32 on CUDA; 0 = in-process).",
+            help="Decode processes (default: spare cores up to 8 on CPU, cores up to 32 on CUDA; 0 = in-process). "
+            "Not used by --decoder torchcodec-cuda, which decodes on the GPU from one thread.",
         ),
     ] = None,
+    decoder: Annotated[
+        str,
+        typer.Option(
+            help="Video decoder: decord (default), pyav (threaded FFmpeg), torchcodec (extra [torchcodec]) or "
+            "torchcodec-cuda (decodes on the GPU; frames stay there). Recorded in the cache: caches of different "
+            "decoders are not resumed into or merged."
+        ),
+    ] = "decord",
     shard_size_mb: Annotated[float, typer.Option(help="Target shard size in MiB.")] = 1024.0,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
     strict: Annotated[bool, typer.Option(help="Stop at the first video that cannot be read.")] = False,
@@ -114,5 +123,6 @@ def extract(
             compile=compile,
             progress=not quiet,
             compression=compression,
+            decoder=decoder,
         )
     typer.echo(report.summary())

@@ -290,19 +290,19 @@ def test_an_exact_frame_count_allows_two_missing_frames_an_estimate_five_percent
     from step_cache.synthetic.videos import moving_square, write_video
 
     class Fewer:  # a decoder that indexes only the first `frames` frames, as decord does with a cut-short file
-        def __init__(self, reader, frames):
-            self.reader, self.frames = reader, frames
+        def __init__(self, source, frames):
+            self.source, self.num_frames = source, frames
 
-        def __len__(self):
-            return self.frames
+        def read(self, indices):
+            return self.source.read(indices)
 
-        def get_batch(self, indices):
-            return self.reader.get_batch(indices)
+        def close(self):
+            self.source.close()
 
     def decoding(path, frames):
-        open_reader = video._open_reader
+        open_source = video._open_source
         with monkeypatch.context() as patch:
-            patch.setattr(video, "_open_reader", lambda p: Fewer(open_reader(p), frames))
+            patch.setattr(video, "_open_source", lambda p, decoder: Fewer(open_source(p, decoder), frames))
             return decode_clips(path, 4).warnings
 
     for suffix, exact in ((".mp4", True), (".mkv", False)):
@@ -325,8 +325,9 @@ def test_decoder_errors_are_one_readable_line(video_tree):
         "[08:41:41] /github/workspace/src/video/ffmpeg/threaded_decoder.cc:292: [08:41:41] /github/workspace/src/"
         "video/ffmpeg/threaded_decoder.cc:218: Check failed: avcodec_send_packet(dec_ctx_.get(), pkt.get()) >= 0 "
         "(-1094995529 vs. 0) Thread worker: Error sending packet."
-    )  # decord's text when a damaged mp4 fails mid-decode
-    assert _decoder_message(RuntimeError(raw)) == "error sending packet"
+    )  # decord's text when a damaged mp4 fails mid-decode: FFmpeg's AVERROR_INVALIDDATA, worded as PyAV words it
+    assert _decoder_message(RuntimeError(raw)) == "invalid data found when processing input"
+    assert _decoder_message(RuntimeError(raw.replace("-1094995529", "-11"))) == "error sending packet"
 
 
 @pytest.fixture

@@ -18,6 +18,8 @@ from typing import Any
 FORMAT_NAME = "step-cache-shards"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# extraction.decoder is absent from caches decoded by decord, the default (and the only decoder before 0.2)
+DEFAULT_DECODER = "decord"
 
 
 class ManifestError(ValueError):
@@ -138,6 +140,10 @@ class Manifest:
             if 2 * seen >= total:
                 return seconds
         return None
+
+    @property
+    def decoder(self) -> str:
+        return str(self.extraction.get("decoder", DEFAULT_DECODER))
 
     @property
     def num_clips(self) -> int:
@@ -309,6 +315,8 @@ def read_manifest(directory: str | Path) -> Manifest:
 
 def extraction_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Human-readable list of settings that differ between two ``extraction`` dicts."""
+    if not prefix:  # name both decoders, also when one is decord's (which is not written down)
+        old, new = ({"decoder": DEFAULT_DECODER, **settings} for settings in (old, new))
     differences = []
     for key in sorted(set(old) | set(new)):
         name = f"{prefix}{key}"

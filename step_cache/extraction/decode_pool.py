@@ -3,8 +3,9 @@
 Each worker decodes, samples and resizes/crops one video at a time and ships uint8 frames back. A Python error
 becomes a per-video failure; a decoder that crashes the whole process (segfault) or hangs is detected, its video
 recorded as failed, its other queued videos handed to a fresh worker, and the run goes on.
-Workers import only numpy, PIL, decord and PyAV (no torch), so they start fast with the ``spawn`` method, which is
-safe next to a parent that already runs torch threads.
+Workers of the decord and PyAV decoders import only numpy, PIL, decord and PyAV (no torch), so they start fast
+with the ``spawn`` method, which is safe next to a parent that already runs torch threads; torchcodec's import
+torch (a second or two more per worker start). A GPU decoder does not use this pool (see gpu_decode.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from multiprocessing.connection import Connection, wait
 
 import numpy as np
 
+from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
 from step_cache.extraction.frame_rate import frame_rate
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
@@ -37,7 +39,7 @@ class DecodeTask:
 @dataclass
 class DecodeResult:
     task_id: int
-    frames: np.ndarray | None = None  # (clips * T, 3, S, S) uint8, ready for normalisation
+    frames: np.ndarray | None = None  # (clips * T, 3, S, S) uint8, ready for normalisation (a tensor: device_decode)
     frame_indices: np.ndarray | None = None  # (clips, T)
     num_frames: int = 0
     short: bool = False
@@ -45,11 +47,18 @@ class DecodeResult:
     warnings: tuple[str, ...] = ()  # decoded, but less than asked for (a truncated file, a clamped segment)
     fps: float | None = None  # the container's frame rate: num_frames / fps is the clip's duration
 
+    def take_frames(self) -> np.ndarray:
+        """Hand the pixels over (to the frame batcher), keeping no reference to them here."""
+        frames, self.frames = self.frames, None
+        return frames
 
-def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Preprocessing) -> DecodeResult:
+
+def decode_task(
+    task: DecodeTask, frames: int, clips: int, preprocessing: Preprocessing, decoder: str = DEFAULT_DECODER
+) -> DecodeResult:
     """Decode and preprocess one video; any error is returned as a failure naming the file."""
     try:
-        decoded = decode_clips(task.path, frames, clips, task.start_frame, task.end_frame)
+        decoded = decode_clips(task.path, frames, clips, task.start_frame, task.end_frame, decoder=decoder)
         pixels = preprocessing.resize_and_crop(decoded.frames)
     except VideoDecodeError as error:
         return DecodeResult(task.task_id, error=str(error))
@@ -66,8 +75,14 @@ def decode_task(task: DecodeTask, frames: int, clips: int, preprocessing: Prepro
     )
 
 
-def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int) -> None:
+def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, decoder: str) -> None:
     quiet_decoder_logs()
+    if decoder_spec(decoder).requires == "torchcodec":
+        import torch
+
+        # torchcodec copies frames with torch ops: intra-op threads in every worker (one per core) spin against each
+        # other and the backbone (6x slower dense decoding measured on 2 busy cores); workers parallelise already.
+        torch.set_num_threads(1)
     # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
     crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")
     parent = os.getppid()
@@ -86,7 +101,7 @@ def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int) 
             continue
         if crash_on and message.path.endswith(crash_on):
             os.kill(os.getpid(), signal.SIGSEGV)
-        results.send(decode_task(message, frames, clips, preprocessing))
+        results.send(decode_task(message, frames, clips, preprocessing, decoder))
 
 
 class DecodeWorkerError(RuntimeError):
@@ -113,9 +128,18 @@ class DecodePool:
     when a worker is killed while its feeder thread holds the queue's lock, which a segfault can do at any time.
     """
 
-    def __init__(self, workers: int, frames: int, clips: int, prefetch: int = 2, timeout: float = 600.0):
+    def __init__(
+        self,
+        workers: int,
+        frames: int,
+        clips: int,
+        prefetch: int = 2,
+        timeout: float = 600.0,
+        decoder: str = DEFAULT_DECODER,
+    ):
         self.num_workers = workers
         self.frames, self.clips = frames, clips
+        self.decoder = decoder
         self.preprocessing: Preprocessing | None = None
         self.prefetch = max(1, prefetch)
         self.timeout = timeout
@@ -133,7 +157,7 @@ class DecodePool:
         self.preprocessing = preprocessing
         if self.num_workers <= 0:
             for task in tasks:
-                yield decode_task(task, self.frames, self.clips, preprocessing)
+                yield decode_task(task, self.frames, self.clips, preprocessing, self.decoder)
             return
         pending = deque(tasks)
         by_id = {task.task_id: task for task in pending}
@@ -170,7 +194,7 @@ class DecodePool:
         reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=_worker_main,
-            args=(tasks, writer, self.frames, self.clips),
+            args=(tasks, writer, self.frames, self.clips, self.decoder),
             daemon=True,
         )
         process.start()

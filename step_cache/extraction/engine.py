@@ -36,7 +36,9 @@ from step_cache.cache.writer import (
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
-from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.extraction.decode_pool import DecodePool, DecodeTask
+from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_settings
+from step_cache.extraction.device_decode import open_decode_pool
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.parts import part_directory, partition
 
@@ -62,6 +64,7 @@ class ExtractOptions:
     strict: bool = False
     overwrite: bool = False
     compile: bool = False
+    decoder: str = DEFAULT_DECODER  # decord, pyav, torchcodec or torchcodec-cuda (step_cache.extraction.decoders)
     decode_timeout: float = 600.0
     progress: bool = True
     compression: str = "none"  # "none", "lz4", "zstd" (Blosc, needs hdf5plugin) or "gzip"
@@ -151,8 +154,8 @@ def extract(
 
     device = resolve_device(opts.device)
     workers = _default_workers(device.type) if opts.workers is None else opts.workers
-    # Decode workers take a moment to start: spawn them now so that they are ready once the backbone is loaded.
-    pool = DecodePool(workers, opts.frames, opts.clips, timeout=opts.decode_timeout).start()
+    # Decode workers take a moment to start: spawn them now, ready once the backbone is loaded (a bad --decoder fails)
+    pool = open_decode_pool(opts.decoder, device, workers, opts.frames, opts.clips, opts.decode_timeout)
     try:
         backbone = load_backbone(
             opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
@@ -190,6 +193,7 @@ def extraction_settings(backbone: Backbone, opts: ExtractOptions) -> dict[str, A
         "preprocessing": backbone.preprocessing.to_dict(),
         "sampling": {"frames": opts.frames, "clips": opts.clips, "strategy": "segment-centres"},
         "tokens": backbone.layout.to_dict(),
+        **decoder_settings(opts.decoder),
     }
     return json.loads(json.dumps(settings))
 
@@ -312,7 +316,7 @@ def _run(
                     write_finished(batcher.flush())
                     raise ExtractionError(f"--strict: {result.error}")
                 continue
-            write_finished(batcher.add(PendingVideo(payload=(item, result), frames=_take_frames(result))))
+            write_finished(batcher.add(PendingVideo(payload=(item, result), frames=result.take_frames())))
         write_finished(batcher.flush())
         manifest.source["finished"] = True
         state.finish(failures)
@@ -338,11 +342,6 @@ def _run(
         )
     report.frames = batcher.frames_done
     return report
-
-
-def _take_frames(result: DecodeResult) -> np.ndarray:
-    frames, result.frames = result.frames, None  # the batcher owns the pixels now
-    return frames
 
 
 __all__ = ["ExtractOptions", "ExtractReport", "ExtractionError", "extract", "extraction_settings"]

@@ -22,7 +22,7 @@ class PendingVideo:
     """A decoded video waiting for its tokens; ``tokens`` fills up as its frames come back from the backbone."""
 
     payload: Any  # whatever the caller needs back (the catalogue item and decode result)
-    frames: np.ndarray  # (F, 3, S, S) uint8
+    frames: np.ndarray | torch.Tensor  # (F, 3, S, S) uint8; a device tensor when decoded on the GPU
     tokens: np.ndarray | None = None  # (F, P, D) in the storage dtype
     submitted: int = 0
     filled: int = 0
@@ -60,11 +60,14 @@ class TokenComputer:
         if self.cuda and storage_dtype != "float32":
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
-    def __call__(self, frames: np.ndarray) -> tuple[torch.Tensor, Any]:
+    def __call__(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Any]:
         """Start computing tokens for (B, 3, S, S) uint8 frames; returns (host tensor, CUDA event or None)."""
-        batch = torch.from_numpy(frames)
-        if self.cuda:
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        if isinstance(frames, torch.Tensor):  # decoded on the device already: no host round trip
+            batch = frames.to(self.device)
+        else:
+            batch = torch.from_numpy(frames)
+            if self.cuda:
+                batch = batch.pin_memory().to(self.device, non_blocking=True)
         autocast = (
             torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
@@ -120,7 +123,10 @@ class FrameBatcher:
             size += take
             if video.submitted == len(video.frames):
                 self.queue.popleft()
-        frames = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if len(parts) == 1:
+            frames = parts[0]
+        else:
+            frames = torch.cat(parts) if isinstance(parts[0], torch.Tensor) else np.concatenate(parts)
         output, ready = self.compute(frames)
         # Launch this batch before collecting the previous one: the GPU works while the host scatters.
         finished = self._collect()

@@ -1,19 +1,17 @@
-"""Decoding sampled frames with decord, and the errors a bad video gives."""
+"""Decoding the sampled frames of a video with any decoder backend (see ``decoders``), and the warnings and errors
+a bad video gives."""
 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from step_cache.extraction.decoders import DEFAULT_DECODER, open_video
+from step_cache.extraction.decoders.base import VideoDecodeError, decoder_message
 from step_cache.extraction.sampling import is_short, segment_indices
-
-
-class VideoDecodeError(RuntimeError):
-    """A video that cannot be read; the message names the file and the problem."""
 
 
 @dataclass
@@ -25,55 +23,59 @@ class DecodedClips:
     warnings: list[str] = field(default_factory=list)  # decoded, but not all that was asked for (see decode_clips)
 
 
-def _open_reader(path: Path):
-    import av  # noqa: F401 - before decord, whose bundled FFmpeg loaded first breaks PyAV (see declared_frames)
-    import decord  # imported lazily: worker processes import it once, and tests of other parts do not need it
-
-    if not path.exists():
-        raise VideoDecodeError(f"{path}: file does not exist")
-    if path.stat().st_size == 0:
-        raise VideoDecodeError(f"{path}: empty file (0 bytes)")
-    try:
-        return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-    except Exception as error:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError for anything unreadable
-        raise VideoDecodeError(f"{path}: not a readable video ({_why_unopenable(path, error)})") from None
-
-
-def _why_unopenable(path: Path, error: Exception) -> str:
-    """decord only says 'Error reading FILE...' (FFmpeg's reason goes to its log): ask FFmpeg through PyAV."""
-    try:
-        import av
-
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                return "the file has no video stream"
-    except Exception as probe:  # noqa: BLE001 - av.error.* carry FFmpeg's reason in strerror
-        reason = getattr(probe, "strerror", None) or _decoder_message(probe)
-        return f"{reason[:1].lower()}{reason[1:]}: not a video, or a damaged or cut-short one"
-    return f"the decoder cannot open it: {_decoder_message(error)}"
-
-
-_DECORD_LOG_PREFIX = re.compile(r"\[\d{2}:\d{2}:\d{2}\] \S+:\d+: ")  # "[08:41:41] src/video/x.cc:218: "
-_DECORD_CHECK = re.compile(r"Check failed: .*\) ")  # an internal assertion's expression, before its explanation
-
-
-def _decoder_message(error: Exception) -> str:
-    """decord's error text without its source locations, timestamps and assertion expressions: the reason only."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = _DECORD_CHECK.sub("", _DECORD_LOG_PREFIX.sub("", lines[0] if lines else ""))
-    text = text.replace("Thread worker: ", "").strip().rstrip(".")
-    if not text:
-        return type(error).__name__
-    return text if text[:2].isupper() else f"{text[:1].lower()}{text[1:]}"  # keep "ERROR", lower "Error"
+_decoder_message = decoder_message  # the name the tests (and older callers) use
 
 
 def decode_clips(
-    path: str | Path, frames: int, clips: int = 1, start_frame: int | None = None, end_frame: int | None = None
+    path: str | Path,
+    frames: int,
+    clips: int = 1,
+    start_frame: int | None = None,
+    end_frame: int | None = None,
+    decoder: str = DEFAULT_DECODER,
 ) -> DecodedClips:
-    """Decode ``clips`` x ``frames`` uniformly sampled frames of ``path`` (or of ``[start_frame, end_frame)``)."""
+    """Decode ``clips`` x ``frames`` uniformly sampled frames of ``path`` (or of ``[start_frame, end_frame)``) with
+    the named decoder backend; VideoDecodeError naming the file and the problem when it cannot be read."""
     path = Path(path)
-    reader = _open_reader(path)
-    total = len(reader)
+    source = _open_source(path, decoder)
+    try:
+        return _sample(source, path, frames, clips, start_frame, end_frame)
+    finally:
+        source.close()
+
+
+def decode_clips_on_device(
+    path: str | Path,
+    frames: int,
+    clips: int,
+    start_frame: int | None,
+    end_frame: int | None,
+    decoder: str,
+    device: str,
+) -> DecodedClips:
+    """``decode_clips`` with a decoder that decodes on ``device`` (torchcodec-cuda): ``frames`` of the result is
+    an (N, 3, H, W) uint8 tensor there, never copied to the host."""
+    path = Path(path)
+    source = open_video(path, decoder, device=device)
+    try:
+        return _sample(_TensorReads(source), path, frames, clips, start_frame, end_frame)
+    finally:
+        source.close()
+
+
+class _TensorReads:
+    """A source whose reads give the decoder's device tensors (N, 3, H, W) instead of host arrays."""
+
+    def __init__(self, source):
+        self.num_frames, self.read = source.num_frames, source.read_tensor
+
+
+def _open_source(path: Path, decoder: str):
+    return open_video(path, decoder)
+
+
+def _sample(source, path: Path, frames: int, clips: int, start_frame: int | None, end_frame: int | None):
+    total = source.num_frames
     start = start_frame or 0
     end = total if end_frame is None else min(end_frame, total)
     if total == 0:
@@ -95,24 +97,19 @@ def decode_clips(
             f"[{start}, {end})"
         )
     indices = segment_indices(end - start, frames, clips, start=start)
-    # decord decodes each unique frame once; repeated indices (short videos, overlapping clips) are copied.
+    # Each unique frame is decoded once; repeated indices (short videos, overlapping clips) are copied.
     unique, inverse = np.unique(indices.ravel(), return_inverse=True)
-    try:
-        batch = reader.get_batch(unique.tolist()).asnumpy()
-    except Exception as error:  # noqa: BLE001 - any decoder error fails this video only
-        raise VideoDecodeError(f"{path}: decoding failed, the file is damaged ({_decoder_message(error)})") from None
-    if batch.ndim != 4 or batch.shape[0] != len(unique) or batch.shape[-1] != 3:
-        raise VideoDecodeError(f"{path}: decoder returned frames of shape {batch.shape}")
+    batch = source.read(unique.tolist())  # VideoDecodeError when the file turns out damaged
     return DecodedClips(batch[inverse], indices, end - start, is_short(end - start, frames), warnings)
 
 
 def declared_frames(path: Path) -> tuple[int | None, bool]:
     """Frames the container says the video stream has: its frame count, else its duration (the stream's, its
-    Matroska DURATION tag, or the file's) times the frame rate. decord counts only the frames it can index, so a
-    file cut short (a truncated .mkv) opens and decodes without error, with fewer frames: comparing with this
-    number is how such a file is noticed. Returns (frames, exact): exact when the container states the count, not
-    when it is estimated from the duration; (None, False) when the container does not say (or PyAV cannot read
-    it)."""
+    Matroska DURATION tag, or the file's) times the frame rate. Decoders count only the frames they can index,
+    so a file cut short (a truncated .mkv) opens and decodes without error, with fewer frames: comparing with
+    this number is how such a file is noticed. Returns (frames, exact): exact when the container states the
+    count, not when it is estimated from the duration; (None, False) when the container does not say (or PyAV
+    cannot read it)."""
     try:
         import av
 
@@ -147,3 +144,13 @@ def quiet_decoder_logs() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)
     os.close(devnull)
+
+
+__all__ = [
+    "DecodedClips",
+    "VideoDecodeError",
+    "declared_frames",
+    "decode_clips",
+    "decode_clips_on_device",
+    "quiet_decoder_logs",
+]

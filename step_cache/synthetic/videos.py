@@ -1,6 +1,6 @@
 """Small generated videos (moving shapes) written with PyAV, for tests and the offline demo.
 
-Only *encoding* needs PyAV; everything that reads videos goes through decord (see ``video.py``).
+Only *encoding* happens here; reading goes through the decoder backends (``step_cache.extraction.decoders``).
 """
 
 from __future__ import annotations
