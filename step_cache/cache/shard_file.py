@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from step_cache.cache.integrity import ShardError, remember
 from step_cache.cache.manifest import FORMAT_VERSION, ShardRecord, TokenLayout, file_sha256, fsync_dir
 
 STRING = h5py.string_dtype("utf-8")
@@ -29,10 +30,6 @@ METADATA = {
     "num_frames": np.int64,  # frame count of the video (or segment)
     "short": np.bool_,  # True when the video had fewer than T frames and frames were repeated
 }
-
-
-class ShardError(ValueError):
-    """A shard file that is missing, incomplete, or does not match its manifest."""
 
 
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
@@ -168,13 +165,15 @@ class ShardWriter:
             os.fsync(handle.fileno())
         os.replace(self.tmp_path, self.final_path)
         fsync_dir(self.directory)
-        return ShardRecord(
+        record = ShardRecord(
             file=self.name,
             clips=self.count,
             videos=len(self.videos),
             bytes=self.final_path.stat().st_size,
             sha256=file_sha256(self.final_path),
         )
+        remember([(self.final_path, record.sha256)])  # readers then trust it without checksumming it again
+        return record
 
     def abandon(self) -> None:
         """Drop the unfinished shard (its videos will be extracted again on resume)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from step_cache.cache.integrity import IntegrityError, check_shards
 from step_cache.cache.manifest import (
     Manifest,
     ManifestError,
@@ -51,7 +52,7 @@ class ShardSet:
     and per process, so a ShardSet can be handed to DataLoader workers (each opens its own handles).
     """
 
-    def __init__(self, directories: Sequence[str | Path]):
+    def __init__(self, directories: Sequence[str | Path], check: bool = True, progress: bool = False):
         if not directories:
             raise ShardError("no shard directory given")
         self.directories = [Path(d) for d in directories]
@@ -62,6 +63,9 @@ class ShardSet:
                 load_compression_plugins(manifest.storage["compression"])
         for directory, manifest in zip(self.directories[1:], self.manifests[1:], strict=True):
             check_compatible(self.manifest, manifest, str(self.directories[0]), str(directory))
+        if check:  # never read a shard whose bytes changed after it was published (step_cache.cache.integrity)
+            for directory, manifest in zip(self.directories, self.manifests, strict=True):
+                check_shards(directory, manifest.shards, progress=progress)
         self.paths: list[Path] = []
         parts: list[dict[str, np.ndarray]] = []
         sources: list[int] = []  # which of the directories given each shard comes from
@@ -231,11 +235,15 @@ def check_compatible(a: Manifest, b: Manifest, name_a: str, name_b: str) -> None
         raise ManifestError(f"{name_b} does not match {name_a}: {shown}")
 
 
-def open_shards(directories: str | Path | Sequence[str | Path]) -> ShardSet:
-    """Open one shard directory (or several with identical extraction settings) for reading."""
+def open_shards(directories: str | Path | Sequence[str | Path], check: bool = True, progress: bool = False) -> ShardSet:
+    """Open one shard directory (or several with identical extraction settings) for reading.
+
+    ``check``: first make sure no shard changed since it was published (size and file times against what was
+    remembered, a checksum where they differ, e.g. in a copied cache); a changed shard raises ``IntegrityError``
+    naming it. ``check=False`` is for quick looks at metadata (``inspect``)."""
     if isinstance(directories, (str, Path)):
         directories = [directories]
-    return ShardSet(list(directories))
+    return ShardSet(list(directories), check=check, progress=progress)
 
 
 __all__ = [
@@ -243,6 +251,7 @@ __all__ = [
     "METADATA",
     "STRING",
     "ClipRecord",
+    "IntegrityError",
     "ManifestError",
     "ShardError",
     "ShardSet",
