@@ -17,7 +17,8 @@ import h5py
 import numpy as np
 
 from step_cache.cache.integrity import ShardError, remember
-from step_cache.cache.manifest import FORMAT_VERSION, ShardRecord, TokenLayout, file_sha256, fsync_dir
+from step_cache.cache.manifest import ShardRecord, TokenLayout, file_sha256, fsync_dir
+from step_cache.cache.quantize import SCALE_DTYPE, quantize
 
 STRING = h5py.string_dtype("utf-8")
 # Per-clip metadata datasets (besides ``tokens``), with their dtypes; a missing one makes a shard unreadable.
@@ -66,7 +67,7 @@ def shard_name(index: int) -> str:
 class ClipRecord:
     """One clip to append to a shard."""
 
-    tokens: np.ndarray  # (T, P, D)
+    tokens: np.ndarray  # (T, P, D) float; an int8 cache's writer quantizes them
     label: int
     video: str
     clip: int
@@ -105,10 +106,19 @@ class ShardWriter:
             dtype=np.dtype(layout.dtype),
             **compression_filter(compression),
         )
+        self._quantized = layout.quantized
+        if self._quantized:  # version 2: int8 values, one float16 absmax scale per token beside them
+            self._file.create_dataset(
+                "token_scales",
+                shape=(0, *tokens_shape[:2]),
+                maxshape=(None, *tokens_shape[:2]),
+                chunks=(1, *tokens_shape[:2]),
+                dtype=SCALE_DTYPE,
+            )
         self._frames = frames
         # Metadata is small: keep it in memory and write each dataset once, in finish().
         self._metadata: dict[str, list] = {key: [] for key in METADATA}
-        self._file.attrs["format_version"] = FORMAT_VERSION
+        self._file.attrs["format_version"] = layout.format_version  # version 1 unless the tokens need 2
         self._file.attrs["complete"] = False
         self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
         self._committed = 0  # clips up to the last whole video
@@ -133,7 +143,12 @@ class ShardWriter:
         tokens = self._file["tokens"]
         if self.count == len(tokens):  # grow geometrically: resizing per clip costs more than the write
             tokens.resize(max(8, 2 * len(tokens)), axis=0)
-        tokens[self.count] = record.tokens
+            if self._quantized:
+                self._file["token_scales"].resize(len(tokens), axis=0)
+        if self._quantized:
+            tokens[self.count], self._file["token_scales"][self.count] = quantize(record.tokens)
+        else:
+            tokens[self.count] = record.tokens
         for key, value in (
             ("labels", record.label),
             ("video", record.video),
@@ -153,6 +168,8 @@ class ShardWriter:
         self._metadata = {key: values[: self.count] for key, values in self._metadata.items()}
         self.videos = set(self._metadata["video"])
         self._file["tokens"].resize(self.count, axis=0)
+        if self._quantized:
+            self._file["token_scales"].resize(self.count, axis=0)
         for key, dtype in METADATA.items():
             shape = (self.count, self._frames) if key == "frame_indices" else (self.count,)
             values = np.asarray(self._metadata[key], dtype=object if dtype is STRING else dtype).reshape(shape)

@@ -22,6 +22,7 @@ from step_cache.cache.manifest import (
     file_sha256,
     read_manifest,
 )
+from step_cache.cache.quantize import SCALE_DTYPE, dequantize
 from step_cache.cache.shard_file import (
     COMPRESSIONS,
     METADATA,
@@ -158,7 +159,8 @@ class ShardSet:
 
     @property
     def tokens_nbytes(self) -> int:
-        return int(len(self) * np.prod(self.clip_shape) * np.dtype(self.layout.dtype).itemsize)
+        """Bytes of all tokens as stored (int8: values and scales)."""
+        return int(len(self) * self.layout.clip_bytes(self.manifest.frames))
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -179,34 +181,39 @@ class ShardSet:
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return shard, int(index - self.offsets[shard])
 
-    def read_tokens(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Tokens of the given clips, (n, T, P, D) in the stored dtype, in the order asked."""
+    def read_stored(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Tokens of the given clips as stored, in the order asked: values (n, T, P, D) in the stored dtype and, for
+        an int8 cache, their scales (n, T, P) (else None). ``read_tokens`` is this, dequantized."""
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), *self.clip_shape), dtype=np.dtype(self.layout.dtype))
+        values = np.empty((len(indices), *self.clip_shape), dtype=np.dtype(self.layout.dtype))
+        scales = np.empty((len(indices), *self.clip_shape[:2]), dtype=SCALE_DTYPE) if self.layout.quantized else None
         if len(indices) == 0:
-            return out
+            return values, scales
         if indices.min() < 0 or indices.max() >= len(self):
             raise IndexError(f"clip indices out of range 0..{len(self) - 1}")
         shards = np.searchsorted(self.offsets, indices, side="right") - 1
         for shard in np.unique(shards):
             positions = np.nonzero(shards == shard)[0]
-            rows = indices[positions] - self.offsets[shard]
-            unique_rows, inverse = np.unique(rows, return_inverse=True)
-            dataset = self._handle(int(shard))["tokens"]
-            # Contiguous runs go straight into one buffer with read_direct: h5py's fancy indexing is ~30x slower
-            # per row, and slicing allocates a temporary per run.
-            block = np.empty((len(unique_rows), *self.clip_shape), dtype=out.dtype)
-            breaks = np.nonzero(np.diff(unique_rows) != 1)[0] + 1
-            start = 0
-            for run in np.split(unique_rows, breaks):
-                dataset.read_direct(block, np.s_[run[0] : run[-1] + 1], np.s_[start : start + len(run)])
-                start += len(run)
-            out[positions] = block[inverse]
-        return out
+            unique_rows, inverse = np.unique(indices[positions] - self.offsets[shard], return_inverse=True)
+            handle = self._handle(int(shard))
+            values[positions] = _read_rows(handle["tokens"], unique_rows)[inverse]
+            if scales is not None:
+                scales[positions] = _read_rows(handle["token_scales"], unique_rows)[inverse]
+        return values, scales
+
+    def read_tokens(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Tokens of the given clips, (n, T, P, D) in the order asked, in ``layout.read_dtype``: as stored for a
+        float cache, dequantized to float16 for an int8 one."""
+        return _dequantized(*self.read_stored(indices), self.layout.read_dtype)
+
+    def read_shard_stored(self, shard: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """All tokens of one shard as stored (values, and scales for int8), in one contiguous read each."""
+        handle = self._handle(shard)
+        return handle["tokens"][...], handle["token_scales"][...] if self.layout.quantized else None
 
     def read_shard_tokens(self, shard: int) -> np.ndarray:
         """All tokens of one shard in one contiguous read (the fast path for loading a cache into memory)."""
-        return self._handle(shard)["tokens"][...]
+        return _dequantized(*self.read_shard_stored(shard), self.layout.read_dtype)
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -223,6 +230,21 @@ class ShardSet:
         state = self.__dict__.copy()
         state["_handles"] = {}  # HDF5 handles do not pickle; workers reopen lazily
         return state
+
+
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows (sorted, unique) of a per-clip dataset. Contiguous runs go straight into one buffer with read_direct:
+    h5py's fancy indexing is ~30x slower per row, and slicing allocates a temporary per run."""
+    block = np.empty((len(rows), *dataset.shape[1:]), dtype=dataset.dtype)
+    start = 0
+    for run in np.split(rows, np.nonzero(np.diff(rows) != 1)[0] + 1):
+        dataset.read_direct(block, np.s_[run[0] : run[-1] + 1], np.s_[start : start + len(run)])
+        start += len(run)
+    return block
+
+
+def _dequantized(values: np.ndarray, scales: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    return values if scales is None else dequantize(values, scales, dtype)
 
 
 def check_compatible(a: Manifest, b: Manifest, name_a: str, name_b: str) -> None:

@@ -22,6 +22,7 @@ from step_cache.cache.manifest import (
     read_manifest,
     settings_hash,
 )
+from step_cache.cache.quantize import SCALE_DTYPE
 from step_cache.cache.shard_file import METADATA, STRING
 
 _READ_BLOCK_BYTES = 256 * 2**20  # read tokens in blocks of about this size: bounded memory, few calls
@@ -132,6 +133,11 @@ def _check_contents(
         return [f"tokens have shape {tokens.shape}, expected {expected}"]
     if tokens.dtype != np.dtype(layout.dtype):
         problems.append(f"tokens are {tokens.dtype}, manifest says {layout.dtype}")
+    if layout.quantized:  # int8: the scales must be there, one per token
+        scales = handle.get("token_scales")
+        if scales is None or scales.shape != expected[:3] or scales.dtype != SCALE_DTYPE:
+            found = "missing" if scales is None else f"{scales.dtype} {scales.shape}"
+            problems.append(f"token_scales {found}, expected {np.dtype(SCALE_DTYPE)} {expected[:3]}")
     for key in METADATA:
         if len(handle[key]) != record.clips:
             problems.append(f"{key} has {len(handle[key])} rows, expected {record.clips}")
@@ -152,7 +158,10 @@ def _check_contents(
     bad_clips = []
     for start in range(0, record.clips, block):
         try:
-            values = tokens[start : start + block]
+            # int8 values are always finite: a NaN/Inf token of an int8 cache has a non-finite scale
+            values = (
+                handle["token_scales"][start : start + block] if layout.quantized else tokens[start : start + block]
+            )
         except OSError as error:  # a damaged chunk: name the clips it holds
             problems.append(f"clips {start}..{min(record.clips, start + block) - 1} unreadable ({error})")
             continue
