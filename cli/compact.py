@@ -25,12 +25,22 @@ def compact(
     pool_patches: Annotated[
         int, typer.Option(min=1, help="Average NxN patch neighbourhoods (1 = keep the grid); CLS tokens are kept.")
     ] = 1,
+    project: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Store tokens as their coordinates on the top-K principal directions (PCA fitted on a seeded "
+            "sample of training clips; matrix and mean in OUT/projection.npy).",
+        ),
+    ] = None,
+    project_clips: Annotated[int, typer.Option(min=1, help="Training clips the PCA of --project is fitted on.")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of the --project sample.")] = 0,
     shard_size_mb: Annotated[float, typer.Option(help="Target shard size in MiB.")] = 1024.0,
     compression: Annotated[str, typer.Option(help="Shard compression: none (default), lz4, zstd or gzip.")] = "none",
     overwrite: Annotated[bool, typer.Option(help="Delete an existing cache in --out and start over.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Rewrite a cache smaller without running the backbone again: int8 tokens and/or pooled patches.
+    """Rewrite a cache smaller without running the backbone again: int8 tokens, pooled patches, projected tokens.
 
     SRC's shards are checked before use and never modified. OUT is written like extract writes: shards published
     whole, the manifest after each, so an interrupted run resumes when re-run with the same options. `verify`,
@@ -45,6 +55,9 @@ def compact(
             out,
             dtype=dtype,
             pool_patches=pool_patches,
+            project=project,
+            project_clips=project_clips,
+            project_seed=seed,
             shard_size_mb=shard_size_mb,
             compression=compression,
             overwrite=overwrite,

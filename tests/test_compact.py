@@ -145,3 +145,36 @@ def test_cli_compact_to_int8_then_every_reader(_video_tree, tmp_path):
     assert c.manifest.extraction == b.manifest.extraction and list(c.videos) == list(b.videos)
     for got, want in zip(c.read_stored(range(len(c))), b.read_stored(range(len(b))), strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_projection_on_principal_directions_of_training_clips(tmp_path):
+    src = tmp_path / "src"
+    write_token_cache(src, videos_per_class=6, grid=(2, 2), dim=16, val_every=3, test_every=6, clips_per_shard=8)
+    out = tmp_path / "projected"
+    compact(src, out, project=4, project_clips=1000, progress=False)
+    a, b = open_shards(src), open_shards(out)
+    assert b.clip_shape == (4, 5, 4)
+    record = b.manifest.extraction["tokens"]["projection"]
+    assert record["components"] == 4 and record["source_dim"] == 16 and 0 < record["explained_variance"] <= 1
+    array = np.load(out / "projection.npy")
+    components, mean = array[:4], array[4]
+    np.testing.assert_allclose(components @ components.T, np.eye(4), atol=1e-5)
+    # the fit saw every training clip (and no val/test clip): its mean is theirs
+    train = np.nonzero(np.isin(a.splits, ["train", ""]))[0]
+    assert record["fit"]["clips"] == len(train) < len(a)
+    source = a.read_tokens(range(len(a))).astype(np.float32)
+    np.testing.assert_allclose(mean, source[train].reshape(-1, 16).mean(0), atol=1e-5)
+    # the largest-variance direction of the training tokens, up to the sign fixed by the fit
+    centred = source[train].reshape(-1, 16) - mean
+    top = np.linalg.eigh(centred.T @ centred)[1][:, -1]
+    assert abs(float(top @ components[0])) > 0.999
+    expected = ((source - mean) @ components.T).astype(np.float16)
+    np.testing.assert_array_equal(b.read_tokens(range(len(b))), expected)
+    assert verify_cache(out).ok
+    again = compact(src, out, project=4, project_clips=1000, progress=False)  # the same fit: resumes, nothing to do
+    assert again.videos == 0 and again.skipped == len(a)
+    array[0, 0] += 1
+    np.save(out / "projection.npy", array)
+    assert any("differs from the projection the manifest records" in p for p in verify_cache(out).problems)
+    compact(src, tmp_path / "p8", dtype="int8", project=4, project_clips=1000, progress=False)
+    assert open_shards(tmp_path / "p8").tokens_nbytes == len(a) * 4 * 5 * (4 + 2)

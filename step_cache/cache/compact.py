@@ -9,7 +9,8 @@ in DST are skipped). SRC is only read; DST may not be SRC nor hold any of its sh
 Compacting a float cache to another dtype writes exactly the extraction settings (and, for int8, the very values)
 that ``extract --dtype`` would have written, so the two kinds of cache combine and resume into each other. What
 extract would not have produced is recorded in ``tokens``: ``pooled_after_storage`` (patches averaged from stored
-values rather than the backbone's float32 ones) and ``dequantized_from`` (int8 tokens written back as floats).
+values rather than the backbone's float32 ones), ``dequantized_from`` (int8 tokens written back as floats) and
+``projection`` (tokens projected on principal directions, ``step_cache.cache.projection``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Failure, Manifest, TokenLayout
+from step_cache.cache.projection import Projection, fit_pca, sample_training_clips, subsample_tokens
 from step_cache.cache.quantize import check_dtype
 from step_cache.cache.shard_file import COMPRESSIONS, ClipRecord
 from step_cache.cache.shards import ShardSet, open_shards
@@ -104,13 +106,18 @@ def compact(
     *,
     dtype: str | None = None,
     pool_patches: int = 1,
+    project: int | None = None,
+    project_clips: int = 512,
+    project_seed: int = 0,
     shard_size_mb: float = 1024.0,
     compression: str = "none",
     overwrite: bool = False,
     progress: bool = True,
 ) -> CompactReport:
     """Rewrite the cache in ``src`` into ``out`` with tokens in ``dtype`` (default: src's) and ``pool_patches`` x
-    ``pool_patches`` patch neighbourhoods averaged. Re-running the same call resumes; see the module docstring."""
+    ``pool_patches`` patch neighbourhoods averaged and, with ``project=K``, projected on their top-K principal
+    directions (PCA on ``project_clips`` training clips drawn with ``project_seed``; step_cache.cache.projection).
+    Re-running the same call resumes; see the module docstring."""
     src, out = Path(src), Path(out)
     if compression not in COMPRESSIONS:
         raise CompactionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
@@ -120,7 +127,13 @@ def compact(
     _refuse_same(src, out, shards)
     source_manifest = shards.manifest
     layout = compacted_layout(source_manifest.layout, dtype, pool_patches)
+    projection = None
+    if project is not None:
+        projection = _fit_projection(shards, project, pool_patches, project_clips, project_seed)
+        layout = replace(layout, dim=project)
     tokens = layout.to_dict()
+    if projection is not None:
+        tokens["projection"] = projection.record()
     # Say what differs from tokens extract would have written: pooled from stored values (not the backbone's
     # float32 ones), or read back from int8 into a float dtype.
     if pool_patches > 1:
@@ -136,6 +149,8 @@ def compact(
     }
     with DirectoryLock(out):
         manifest = open_output(out, extraction, source_manifest.classes, source_manifest.pairs, source, overwrite)
+        if projection is not None:
+            projection.save(out)  # the same fit as the manifest records (a different one was refused above)
         manifest.storage = {"compression": compression}
         manifest.warnings = list(source_manifest.warnings)
         done = recover(out, manifest)
@@ -147,7 +162,7 @@ def compact(
         )
         started = time.perf_counter()
         try:
-            _copy(shards, state, done, pool_patches, report, failures, progress)
+            _copy(shards, state, done, pool_patches, projection, report, failures, progress)
             manifest.source["finished"] = True
             state.finish(failures)
         except KeyboardInterrupt:
@@ -171,6 +186,7 @@ def _copy(
     state: CacheWriter,
     done: set[str],
     pool: int,
+    projection: Projection | None,
     report: CompactReport,
     failures: dict[str, Failure],
     progress: bool,
@@ -197,6 +213,8 @@ def _copy(
             position += 1
         first, last = block[0][0], block[-1][1]
         values = pool_grid(shards.read_tokens(np.arange(first, last)), layout.cls_tokens, layout.grid, pool)
+        if projection is not None:
+            values = projection.apply(values)
         for a, b in block:
             state.append_video([_record(shards, index, values[index - first]) for index in range(a, b)])
             report.videos += 1
@@ -204,6 +222,21 @@ def _copy(
             bar.update(b - a)
             state.roll_over_if_full(failures)
     bar.close()
+
+
+def _fit_projection(
+    shards: ShardSet, k: int, pool: int, clips: int, seed: int, max_tokens: int = 200_000
+) -> Projection:
+    """PCA on the (pooled) tokens of a seeded sample of training clips, at most ``max_tokens`` token vectors."""
+    layout = shards.layout
+    indices = sample_training_clips(shards.labels, shards.splits, clips, seed)
+    per_clip = max(1, max_tokens // len(indices))
+    parts = []
+    for start in range(0, len(indices), 32):
+        chunk = indices[start : start + 32]
+        tokens = pool_grid(shards.read_tokens(chunk), layout.cls_tokens, layout.grid, pool)
+        parts.append(subsample_tokens(tokens, per_clip * len(chunk), seed + start))
+    return fit_pca(np.concatenate(parts), k, fit_clips=len(indices), seed=seed)
 
 
 def _record(shards: ShardSet, index: int, tokens: np.ndarray) -> ClipRecord:

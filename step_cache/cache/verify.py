@@ -22,6 +22,7 @@ from step_cache.cache.manifest import (
     read_manifest,
     settings_hash,
 )
+from step_cache.cache.projection import check_projection
 from step_cache.cache.quantize import SCALE_DTYPE
 from step_cache.cache.shard_file import METADATA, STRING
 
@@ -63,6 +64,10 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
     except ManifestError as error:
         report.problems.append(str(error))
         return report
+    if (projection := manifest.extraction["tokens"].get("projection")) and (
+        problem := check_projection(directory, projection)
+    ):
+        report.problems.append(problem)
     seen_videos: dict[str, str] = {}
     for record in tqdm(manifest.shards, desc="verify", unit="shard", disable=not progress):
         report.shards += 1
