@@ -146,3 +146,17 @@ def test_extract_int8_equals_float16_quantized(_video_tree, tmp_path):
     assert i8.tokens_nbytes / f16.tokens_nbytes == (192 + 2) / 384
     on_disk = sum(r.bytes for r in i8.manifest.shards) / sum(r.bytes for r in f16.manifest.shards)
     assert on_disk < 0.75  # these clips are so small (5 x 192 values) that HDF5's own metadata counts
+
+
+def test_the_loaders_torch_dequantization_equals_the_reference():
+    from step_cache.training.token_data import as_tensor
+
+    rng = np.random.default_rng(3)
+    x = (
+        rng.standard_normal((64, 4, 9, 32)).astype(np.float32)
+        * np.logspace(-3, 4, 64, dtype=np.float32)[:, None, None, None]
+    )
+    q, scales = quantize(x)
+    got = as_tensor(q, scales, np.dtype(np.float16))
+    assert got.dtype == torch.float16
+    np.testing.assert_array_equal(got.numpy(), dequantize(q, scales, np.float16))
