@@ -35,6 +35,7 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "failures": [{"video": f.video, "reason": f.reason} for f in manifest.failures],
             "warnings": [{"video": w.video, "reason": w.reason} for w in manifest.warnings],
             "compacted_from": manifest.source.get("compacted_from"),
+            "projection": manifest.extraction["tokens"].get("projection"),
         }
 
 
@@ -61,7 +62,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     ]
     if tokens["dtype"] == "int8":
         lines[3] += " (one float16 scale per token; read as float16)"
-    if projection := tokens.get("projection"):
+    if projection := summary.get("projection"):
         lines.append(
             f"  projected  on the top {projection['components']} of {projection['source_dim']} principal directions "
             f"({100 * projection['explained_variance']:.1f} % of the variance; {projection['fit']['clips']} training "
