@@ -212,7 +212,7 @@ def _copy(
             block.append(todo[position])
             position += 1
         first, last = block[0][0], block[-1][1]
-        values = pool_grid(shards.read_tokens(np.arange(first, last)), layout.cls_tokens, layout.grid, pool)
+        values = pool_grid(shards.read_tokens(np.arange(first, last), np.float32), layout.cls_tokens, layout.grid, pool)
         if projection is not None:
             values = projection.apply(values)
         for a, b in block:
@@ -234,7 +234,7 @@ def _fit_projection(
     parts = []
     for start in range(0, len(indices), 32):
         chunk = indices[start : start + 32]
-        tokens = pool_grid(shards.read_tokens(chunk), layout.cls_tokens, layout.grid, pool)
+        tokens = pool_grid(shards.read_tokens(chunk, np.float32), layout.cls_tokens, layout.grid, pool)
         parts.append(subsample_tokens(tokens, per_clip * len(chunk), seed + start))
     return fit_pca(np.concatenate(parts), k, fit_clips=len(indices), seed=seed)
 

@@ -201,10 +201,13 @@ class ShardSet:
                 scales[positions] = _read_rows(handle["token_scales"], unique_rows)[inverse]
         return values, scales
 
-    def read_tokens(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    def read_tokens(self, indices: Sequence[int] | np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
         """Tokens of the given clips, (n, T, P, D) in the order asked, in ``layout.read_dtype``: as stored for a
-        float cache, dequantized to float16 for an int8 one."""
-        return _dequantized(*self.read_stored(indices), self.layout.read_dtype)
+        float cache, dequantized to float16 for an int8 one. ``dtype="float32"`` returns float32 instead (for an
+        int8 cache it also spares numpy's slow float32-to-float16 conversion)."""
+        values, scales = self.read_stored(indices)
+        dtype = np.dtype(dtype or self.layout.read_dtype)
+        return _dequantized(values, scales, dtype).astype(dtype, copy=False)
 
     def read_shard_stored(self, shard: int) -> tuple[np.ndarray, np.ndarray | None]:
         """All tokens of one shard as stored (values, and scales for int8), in one contiguous read each."""
