@@ -51,7 +51,13 @@ def extract(
     pool_patches: Annotated[
         int, typer.Option(min=1, help="Average NxN patch neighbourhoods to cut storage (1 = keep all).")
     ] = 1,
-    dtype: Annotated[str, typer.Option(help="Storage dtype: float16 or float32.")] = "float16",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="Storage dtype: float16, float32, or int8 (one absmax scale per token; about half the bytes of "
+            "float16, read back as float16; shard format version 2)."
+        ),
+    ] = "float16",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Frames per backbone call (default 32 on CPU, 256 on CUDA).")

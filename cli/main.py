@@ -10,6 +10,7 @@ def _register_commands() -> None:
     # Importing a command module registers its commands on the app. Imported on demand so that `import cli.main`
     # stays cheap; the command modules import only cli.app, never this module.
     import cli.cache
+    import cli.compact
     import cli.demo
     import cli.extract
     import cli.prepare

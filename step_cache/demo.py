@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from step_cache.cache.manifest import atomic_write_text
+from step_cache.cache.files import atomic_write_text
 from step_cache.extras import MissingExtraError
 
 log = logging.getLogger(__name__)

@@ -302,9 +302,18 @@ def test_clear_errors(cache, tmp_path):
 def _set_labels(directory, value):
     import h5py
 
+    from step_cache.cache.files import file_sha256
+    from step_cache.cache.manifest import read_manifest, write_manifest
+
     for path in sorted(directory.glob("shard-*.h5")):
         with h5py.File(path, "a") as handle:
             handle["labels"][...] = value
+    # record the new bytes, as a cache written this way would: readers refuse shards changed behind the manifest
+    manifest = read_manifest(directory)
+    for record in manifest.shards:
+        record.bytes = (directory / record.file).stat().st_size
+        record.sha256 = file_sha256(directory / record.file)
+    write_manifest(directory, manifest)
 
 
 def test_weight_decay_groups_and_schedule():

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from step_cache.cache.files import atomic_write_text, now_iso
+from step_cache.cache.quantize import TOKEN_DTYPES, is_quantized, read_dtype, token_bytes
+
 FORMAT_NAME = "step-cache-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this step-cache reads and writes (2: int8 tokens)
 MANIFEST_NAME = "manifest.json"
 # extraction.decoder is absent from caches decoded by decord, the default (and the only decoder before 0.2)
 DEFAULT_DECODER = "decord"
@@ -41,6 +44,26 @@ class TokenLayout:
     def tokens_per_frame(self) -> int:
         return self.cls_tokens + self.grid[0] * self.grid[1]
 
+    @property
+    def quantized(self) -> bool:
+        """int8 values with a float16 scale per token (``step_cache.cache.quantize``)."""
+        return is_quantized(self.dtype)
+
+    @property
+    def read_dtype(self) -> np.dtype:
+        """The dtype readers return tokens in (int8 tokens are dequantized to float16)."""
+        return read_dtype(self.dtype)
+
+    def clip_bytes(self, frames: int) -> int:
+        """Bytes one clip of ``frames`` frames takes on disk and in memory (int8: values and scales)."""
+        return frames * self.tokens_per_frame * token_bytes(self.dtype, self.dim)
+
+    @property
+    def format_version(self) -> int:
+        """The oldest shard format that can hold these tokens: a float cache stays version 1, so that older
+        step-cache versions keep reading it; int8 tokens need version 2."""
+        return 2 if self.quantized else 1
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
         return cls(
@@ -56,6 +79,8 @@ class TokenLayout:
         data = asdict(self)
         data["grid"] = list(self.grid)
         data["tokens_per_frame"] = self.tokens_per_frame
+        if self.quantized:
+            data["scale_dtype"] = "float16"  # one absmax scale per token, dataset token_scales
         return data
 
 
@@ -157,7 +182,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": self.layout.format_version,
             "tool_version": self.tool_version,
             "created": self.created,
             "updated": self.updated,
@@ -243,47 +268,14 @@ def upgrade(data: dict[str, Any], origin: str) -> dict[str, Any]:
         )
     if version < 1:
         raise ManifestError(f"{origin}: shard format version {version} is not supported; re-extract the videos")
-    # Version 1 is the first public format: nothing to upgrade yet. Future versions add steps here, e.g.
-    # `if version == 1: data = _v1_to_v2(data)`, so old caches stay readable.
+    # Version 2 only added int8 tokens (``tokens.dtype`` "int8" with a ``token_scales`` dataset): a version-1
+    # manifest reads unchanged. Future versions add steps here, e.g. `if version == 2: data = _v2_to_v3(data)`.
+    tokens = data.get("extraction", {}).get("tokens", {}) if isinstance(data.get("extraction"), dict) else {}
+    dtype = tokens.get("dtype") if isinstance(tokens, dict) else None
+    if dtype is not None and dtype not in TOKEN_DTYPES:
+        known = ", ".join(TOKEN_DTYPES)
+        raise ManifestError(f"{origin}: unknown token dtype {dtype!r} (this step-cache reads {known})")
     return data
-
-
-def file_sha256(path: str | Path, block: int = 1 << 22) -> str:
-    """Checksum of a file as recorded in manifests (shards, weight files)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def now_iso() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Persist a rename: without it a crash can forget that the new name exists."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_manifest(directory: str | Path, manifest: Manifest) -> Path:

@@ -16,7 +16,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from step_cache.cache.manifest import FORMAT_VERSION, ShardRecord, TokenLayout, file_sha256, fsync_dir
+from step_cache.cache.files import file_sha256, fsync_dir
+from step_cache.cache.integrity import ShardError, remember
+from step_cache.cache.manifest import ShardRecord, TokenLayout
+from step_cache.cache.quantize import SCALE_DTYPE, quantize
 
 STRING = h5py.string_dtype("utf-8")
 # Per-clip metadata datasets (besides ``tokens``), with their dtypes; a missing one makes a shard unreadable.
@@ -29,10 +32,6 @@ METADATA = {
     "num_frames": np.int64,  # frame count of the video (or segment)
     "short": np.bool_,  # True when the video had fewer than T frames and frames were repeated
 }
-
-
-class ShardError(ValueError):
-    """A shard file that is missing, incomplete, or does not match its manifest."""
 
 
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
@@ -69,7 +68,7 @@ def shard_name(index: int) -> str:
 class ClipRecord:
     """One clip to append to a shard."""
 
-    tokens: np.ndarray  # (T, P, D)
+    tokens: np.ndarray  # (T, P, D) float; an int8 cache's writer quantizes them
     label: int
     video: str
     clip: int
@@ -108,10 +107,19 @@ class ShardWriter:
             dtype=np.dtype(layout.dtype),
             **compression_filter(compression),
         )
+        self._quantized = layout.quantized
+        if self._quantized:  # version 2: int8 values, one float16 absmax scale per token beside them
+            self._file.create_dataset(
+                "token_scales",
+                shape=(0, *tokens_shape[:2]),
+                maxshape=(None, *tokens_shape[:2]),
+                chunks=(1, *tokens_shape[:2]),
+                dtype=SCALE_DTYPE,
+            )
         self._frames = frames
         # Metadata is small: keep it in memory and write each dataset once, in finish().
         self._metadata: dict[str, list] = {key: [] for key in METADATA}
-        self._file.attrs["format_version"] = FORMAT_VERSION
+        self._file.attrs["format_version"] = layout.format_version  # version 1 unless the tokens need 2
         self._file.attrs["complete"] = False
         self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
         self._committed = 0  # clips up to the last whole video
@@ -136,7 +144,12 @@ class ShardWriter:
         tokens = self._file["tokens"]
         if self.count == len(tokens):  # grow geometrically: resizing per clip costs more than the write
             tokens.resize(max(8, 2 * len(tokens)), axis=0)
-        tokens[self.count] = record.tokens
+            if self._quantized:
+                self._file["token_scales"].resize(len(tokens), axis=0)
+        if self._quantized:
+            tokens[self.count], self._file["token_scales"][self.count] = quantize(record.tokens)
+        else:
+            tokens[self.count] = record.tokens
         for key, value in (
             ("labels", record.label),
             ("video", record.video),
@@ -156,6 +169,8 @@ class ShardWriter:
         self._metadata = {key: values[: self.count] for key, values in self._metadata.items()}
         self.videos = set(self._metadata["video"])
         self._file["tokens"].resize(self.count, axis=0)
+        if self._quantized:
+            self._file["token_scales"].resize(self.count, axis=0)
         for key, dtype in METADATA.items():
             shape = (self.count, self._frames) if key == "frame_indices" else (self.count,)
             values = np.asarray(self._metadata[key], dtype=object if dtype is STRING else dtype).reshape(shape)
@@ -168,13 +183,15 @@ class ShardWriter:
             os.fsync(handle.fileno())
         os.replace(self.tmp_path, self.final_path)
         fsync_dir(self.directory)
-        return ShardRecord(
+        record = ShardRecord(
             file=self.name,
             clips=self.count,
             videos=len(self.videos),
             bytes=self.final_path.stat().st_size,
             sha256=file_sha256(self.final_path),
         )
+        remember([(self.final_path, record.sha256)])  # readers then trust it without checksumming it again
+        return record
 
     def abandon(self) -> None:
         """Drop the unfinished shard (its videos will be extracted again on resume)."""

@@ -13,14 +13,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from step_cache.cache.files import file_sha256
+from step_cache.cache.integrity import IntegrityError, check_shards
 from step_cache.cache.manifest import (
     Manifest,
     ManifestError,
     TokenLayout,
     extraction_differences,
-    file_sha256,
     read_manifest,
 )
+from step_cache.cache.quantize import SCALE_DTYPE, dequantize
 from step_cache.cache.shard_file import (
     COMPRESSIONS,
     METADATA,
@@ -51,7 +53,7 @@ class ShardSet:
     and per process, so a ShardSet can be handed to DataLoader workers (each opens its own handles).
     """
 
-    def __init__(self, directories: Sequence[str | Path]):
+    def __init__(self, directories: Sequence[str | Path], check: bool = True, progress: bool = False):
         if not directories:
             raise ShardError("no shard directory given")
         self.directories = [Path(d) for d in directories]
@@ -62,6 +64,9 @@ class ShardSet:
                 load_compression_plugins(manifest.storage["compression"])
         for directory, manifest in zip(self.directories[1:], self.manifests[1:], strict=True):
             check_compatible(self.manifest, manifest, str(self.directories[0]), str(directory))
+        if check:  # never read a shard whose bytes changed after it was published (step_cache.cache.integrity)
+            for directory, manifest in zip(self.directories, self.manifests, strict=True):
+                check_shards(directory, manifest.shards, progress=progress)
         self.paths: list[Path] = []
         parts: list[dict[str, np.ndarray]] = []
         sources: list[int] = []  # which of the directories given each shard comes from
@@ -154,7 +159,8 @@ class ShardSet:
 
     @property
     def tokens_nbytes(self) -> int:
-        return int(len(self) * np.prod(self.clip_shape) * np.dtype(self.layout.dtype).itemsize)
+        """Bytes of all tokens as stored (int8: values and scales)."""
+        return int(len(self) * self.layout.clip_bytes(self.manifest.frames))
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -175,34 +181,42 @@ class ShardSet:
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return shard, int(index - self.offsets[shard])
 
-    def read_tokens(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Tokens of the given clips, (n, T, P, D) in the stored dtype, in the order asked."""
+    def read_stored(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Tokens of the given clips as stored, in the order asked: values (n, T, P, D) in the stored dtype and, for
+        an int8 cache, their scales (n, T, P) (else None). ``read_tokens`` is this, dequantized."""
         indices = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(indices), *self.clip_shape), dtype=np.dtype(self.layout.dtype))
+        values = np.empty((len(indices), *self.clip_shape), dtype=np.dtype(self.layout.dtype))
+        scales = np.empty((len(indices), *self.clip_shape[:2]), dtype=SCALE_DTYPE) if self.layout.quantized else None
         if len(indices) == 0:
-            return out
+            return values, scales
         if indices.min() < 0 or indices.max() >= len(self):
             raise IndexError(f"clip indices out of range 0..{len(self) - 1}")
         shards = np.searchsorted(self.offsets, indices, side="right") - 1
         for shard in np.unique(shards):
             positions = np.nonzero(shards == shard)[0]
-            rows = indices[positions] - self.offsets[shard]
-            unique_rows, inverse = np.unique(rows, return_inverse=True)
-            dataset = self._handle(int(shard))["tokens"]
-            # Contiguous runs go straight into one buffer with read_direct: h5py's fancy indexing is ~30x slower
-            # per row, and slicing allocates a temporary per run.
-            block = np.empty((len(unique_rows), *self.clip_shape), dtype=out.dtype)
-            breaks = np.nonzero(np.diff(unique_rows) != 1)[0] + 1
-            start = 0
-            for run in np.split(unique_rows, breaks):
-                dataset.read_direct(block, np.s_[run[0] : run[-1] + 1], np.s_[start : start + len(run)])
-                start += len(run)
-            out[positions] = block[inverse]
-        return out
+            unique_rows, inverse = np.unique(indices[positions] - self.offsets[shard], return_inverse=True)
+            handle = self._handle(int(shard))
+            values[positions] = _read_rows(handle["tokens"], unique_rows)[inverse]
+            if scales is not None:
+                scales[positions] = _read_rows(handle["token_scales"], unique_rows)[inverse]
+        return values, scales
+
+    def read_tokens(self, indices: Sequence[int] | np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
+        """Tokens of the given clips, (n, T, P, D) in the order asked, in ``layout.read_dtype``: as stored for a
+        float cache, dequantized to float16 for an int8 one. ``dtype="float32"`` returns float32 instead (for an
+        int8 cache it also spares numpy's slow float32-to-float16 conversion)."""
+        values, scales = self.read_stored(indices)
+        dtype = np.dtype(dtype or self.layout.read_dtype)
+        return _dequantized(values, scales, dtype).astype(dtype, copy=False)
+
+    def read_shard_stored(self, shard: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """All tokens of one shard as stored (values, and scales for int8), in one contiguous read each."""
+        handle = self._handle(shard)
+        return handle["tokens"][...], handle["token_scales"][...] if self.layout.quantized else None
 
     def read_shard_tokens(self, shard: int) -> np.ndarray:
         """All tokens of one shard in one contiguous read (the fast path for loading a cache into memory)."""
-        return self._handle(shard)["tokens"][...]
+        return _dequantized(*self.read_shard_stored(shard), self.layout.read_dtype)
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -221,6 +235,21 @@ class ShardSet:
         return state
 
 
+def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
+    """Rows (sorted, unique) of a per-clip dataset. Contiguous runs go straight into one buffer with read_direct:
+    h5py's fancy indexing is ~30x slower per row, and slicing allocates a temporary per run."""
+    block = np.empty((len(rows), *dataset.shape[1:]), dtype=dataset.dtype)
+    start = 0
+    for run in np.split(rows, np.nonzero(np.diff(rows) != 1)[0] + 1):
+        dataset.read_direct(block, np.s_[run[0] : run[-1] + 1], np.s_[start : start + len(run)])
+        start += len(run)
+    return block
+
+
+def _dequantized(values: np.ndarray, scales: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    return values if scales is None else dequantize(values, scales, dtype)
+
+
 def check_compatible(a: Manifest, b: Manifest, name_a: str, name_b: str) -> None:
     """Refuse to combine caches whose tokens are not interchangeable (backbone, frames, layout, classes)."""
     differences = extraction_differences(a.extraction, b.extraction)
@@ -231,11 +260,15 @@ def check_compatible(a: Manifest, b: Manifest, name_a: str, name_b: str) -> None
         raise ManifestError(f"{name_b} does not match {name_a}: {shown}")
 
 
-def open_shards(directories: str | Path | Sequence[str | Path]) -> ShardSet:
-    """Open one shard directory (or several with identical extraction settings) for reading."""
+def open_shards(directories: str | Path | Sequence[str | Path], check: bool = True, progress: bool = False) -> ShardSet:
+    """Open one shard directory (or several with identical extraction settings) for reading.
+
+    ``check``: first make sure no shard changed since it was published (size and file times against what was
+    remembered, a checksum where they differ, e.g. in a copied cache); a changed shard raises ``IntegrityError``
+    naming it. ``check=False`` is for quick looks at metadata (``inspect``)."""
     if isinstance(directories, (str, Path)):
         directories = [directories]
-    return ShardSet(list(directories))
+    return ShardSet(list(directories), check=check, progress=progress)
 
 
 __all__ = [
@@ -243,6 +276,7 @@ __all__ = [
     "METADATA",
     "STRING",
     "ClipRecord",
+    "IntegrityError",
     "ManifestError",
     "ShardError",
     "ShardSet",

@@ -11,7 +11,7 @@ from step_cache.cache.shards import open_shards
 
 def summarize_cache(directory: str | Path) -> dict[str, Any]:
     """Counts and settings of a cache, as plain data (JSON-serialisable)."""
-    with open_shards(directory) as shards:
+    with open_shards(directory, check=False) as shards:  # metadata only: verify checks the bytes
         manifest = shards.manifest
         labels = Counter(int(label) for label in shards.labels)
         return {
@@ -34,6 +34,8 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "pairs": [list(pair) for pair in manifest.pairs],
             "failures": [{"video": f.video, "reason": f.reason} for f in manifest.failures],
             "warnings": [{"video": w.video, "reason": w.reason} for w in manifest.warnings],
+            "compacted_from": manifest.source.get("compacted_from"),
+            "projection": manifest.extraction["tokens"].get("projection"),
         }
 
 
@@ -58,6 +60,16 @@ def format_summary(summary: dict[str, Any]) -> str:
         + ", ".join(f"{name} ({count})" for name, count in list(summary["classes"].items())[:12])
         + (" ..." if len(summary["classes"]) > 12 else ""),
     ]
+    if tokens["dtype"] == "int8":
+        lines[3] += " (one float16 scale per token; read as float16)"
+    if projection := summary.get("projection"):
+        lines.append(
+            f"  projected  on the top {projection['components']} of {projection['source_dim']} principal directions "
+            f"({100 * projection['explained_variance']:.1f} % of the variance; {projection['fit']['clips']} training "
+            f"clips, seed {projection['fit']['seed']}; {projection['file']})"
+        )
+    if summary.get("compacted_from"):
+        lines.append(f"  compacted  from {summary['compacted_from']}")
     if summary["unlabelled_clips"]:
         lines.append(f"  unlabelled {summary['unlabelled_clips']} clips")
     if summary["short_videos"]:

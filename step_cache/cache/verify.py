@@ -12,15 +12,18 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from step_cache.cache.files import file_sha256
+from step_cache.cache.integrity import remember
 from step_cache.cache.manifest import (
     MANIFEST_NAME,
     Manifest,
     ManifestError,
     ShardRecord,
-    file_sha256,
     read_manifest,
     settings_hash,
 )
+from step_cache.cache.projection import check_projection
+from step_cache.cache.quantize import SCALE_DTYPE
 from step_cache.cache.shard_file import METADATA, STRING
 
 _READ_BLOCK_BYTES = 256 * 2**20  # read tokens in blocks of about this size: bounded memory, few calls
@@ -61,6 +64,10 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
     except ManifestError as error:
         report.problems.append(str(error))
         return report
+    if (projection := manifest.extraction["tokens"].get("projection")) and (
+        problem := check_projection(directory, projection)
+    ):
+        report.problems.append(problem)
     seen_videos: dict[str, str] = {}
     for record in tqdm(manifest.shards, desc="verify", unit="shard", disable=not progress):
         report.shards += 1
@@ -107,6 +114,8 @@ def _check_shard(
             problems += _check_contents(handle, record, manifest, seen_videos, record.file)
     except (OSError, KeyError, ValueError) as error:
         problems.append(f"unreadable ({' '.join(str(error).split())[:200]})")
+    if checksums and not problems:
+        remember([(path, record.sha256)])  # train-probe & co. then trust it without another checksum
     return problems
 
 
@@ -129,6 +138,11 @@ def _check_contents(
         return [f"tokens have shape {tokens.shape}, expected {expected}"]
     if tokens.dtype != np.dtype(layout.dtype):
         problems.append(f"tokens are {tokens.dtype}, manifest says {layout.dtype}")
+    if layout.quantized:  # int8: the scales must be there, one per token
+        scales = handle.get("token_scales")
+        if scales is None or scales.shape != expected[:3] or scales.dtype != SCALE_DTYPE:
+            found = "missing" if scales is None else f"{scales.dtype} {scales.shape}"
+            problems.append(f"token_scales {found}, expected {np.dtype(SCALE_DTYPE)} {expected[:3]}")
     for key in METADATA:
         if len(handle[key]) != record.clips:
             problems.append(f"{key} has {len(handle[key])} rows, expected {record.clips}")
@@ -149,7 +163,10 @@ def _check_contents(
     bad_clips = []
     for start in range(0, record.clips, block):
         try:
-            values = tokens[start : start + block]
+            # int8 values are always finite: a NaN/Inf token of an int8 cache has a non-finite scale
+            values = (
+                handle["token_scales"][start : start + block] if layout.quantized else tokens[start : start + block]
+            )
         except OSError as error:  # a damaged chunk: name the clips it holds
             problems.append(f"clips {start}..{min(record.clips, start + block) - 1} unreadable ({error})")
             continue

@@ -12,6 +12,8 @@ import re
 from pathlib import Path
 
 from step_cache import __version__
+from step_cache.cache.files import file_sha256
+from step_cache.cache.integrity import CHECKED_NAME, remember
 from step_cache.cache.manifest import (
     MANIFEST_NAME,
     Failure,
@@ -19,7 +21,6 @@ from step_cache.cache.manifest import (
     ShardRecord,
     TokenLayout,
     extraction_differences,
-    file_sha256,
     read_manifest,
     settings_hash,
     write_manifest,
@@ -101,6 +102,7 @@ def remove_cache(out: Path) -> None:
     shards = [p for p in out.iterdir() if _SHARD_FILE.match(p.name) or p.name.endswith(".h5.tmp")]
     for path in shards:
         path.unlink()
+    (out / CHECKED_NAME).unlink(missing_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     if shards:
         log.info("%s: removed the previous cache (--overwrite)", out)
@@ -128,9 +130,10 @@ def recover(out: Path, manifest: Manifest) -> set[str]:
                 f"{path}: a shard made with other extraction settings, not listed in the manifest; move it "
                 "away, or use --overwrite to start the cache over"
             )
-        manifest.shards.append(
-            ShardRecord(path.name, len(meta["labels"]), len(set(meta["video"])), path.stat().st_size, file_sha256(path))
-        )
+        sha = file_sha256(path)
+        videos = len(set(meta["video"]))
+        manifest.shards.append(ShardRecord(path.name, len(meta["labels"]), videos, path.stat().st_size, sha))
+        remember([(path, sha)])
         log.warning("%s: adopted a complete shard missing from the manifest", path)
     done = finished_keys(out, manifest)
     write_manifest(out, manifest)

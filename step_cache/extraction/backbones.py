@@ -12,7 +12,8 @@ from urllib.parse import urlparse
 import torch
 import torch.nn.functional as F
 
-from step_cache.cache.manifest import TokenLayout, file_sha256
+from step_cache.cache.files import file_sha256
+from step_cache.cache.manifest import TokenLayout
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.extraction.preprocess import Preprocessing
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Failure, Manifest, ManifestError, VideoWarning, read_manifest
+from step_cache.cache.quantize import TOKEN_DTYPES, read_dtype
 from step_cache.cache.shards import COMPRESSIONS, ClipRecord, ShardError
 from step_cache.cache.writer import (
     CacheWriter,
@@ -74,8 +74,8 @@ class ExtractOptions:
     def __post_init__(self) -> None:
         if self.frames < 1 or self.clips < 1:
             raise ExtractionError(f"frames and clips must be >= 1 (got frames={self.frames}, clips={self.clips})")
-        if self.dtype not in ("float16", "float32"):
-            raise ExtractionError(f"dtype must be float16 or float32, got {self.dtype!r}")
+        if self.dtype not in TOKEN_DTYPES:
+            raise ExtractionError(f"dtype must be one of {', '.join(TOKEN_DTYPES)}, got {self.dtype!r}")
         if self.shard_size_mb <= 0:
             raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.compression not in COMPRESSIONS:
@@ -258,9 +258,9 @@ def _run(
     manifest.warnings = sorted(warnings.values(), key=lambda w: w.video)
     label_index = {name: i for i, name in enumerate(manifest.classes)}
     layout = backbone.layout
-    clip_bytes = opts.frames * layout.tokens_per_frame * layout.dim * np.dtype(opts.dtype).itemsize
-    shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // clip_bytes))
-    computer = TokenComputer(backbone, device, opts.dtype, compile_model=opts.compile)
+    shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // layout.clip_bytes(opts.frames)))
+    # int8: the backbone's tokens come back in float16 and the shard writer quantizes them (as compact would)
+    computer = TokenComputer(backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile)
     batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
     tasks = [
         DecodeTask(

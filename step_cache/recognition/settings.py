@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from step_cache.cache.manifest import ManifestError, extraction_differences, file_sha256, read_manifest
+from step_cache.cache.files import file_sha256
+from step_cache.cache.manifest import ManifestError, extraction_differences, read_manifest
 from step_cache.extraction.backbones import Backbone, load_backbone
 from step_cache.extraction.engine import ExtractOptions, extraction_settings
 

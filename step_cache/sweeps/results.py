@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from step_cache.cache.manifest import atomic_write_text
+from step_cache.cache.files import atomic_write_text
 from step_cache.cache.shards import ShardSet
 from step_cache.sweeps.space import SearchSpace
 from step_cache.training import runs

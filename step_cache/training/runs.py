@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from step_cache.cache.manifest import atomic_write_text, fsync_dir
+from step_cache.cache.files import atomic_write_text, fsync_dir
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.training.config import record_differences
 
