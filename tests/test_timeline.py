@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from step_cache.cache.manifest import Manifest
+from step_cache.cache.manifest import Manifest, TokenLayout
 from step_cache.extraction.engine import extract
 from step_cache.extraction.video import decode_clips
 from step_cache.recognition.model import RunModel
@@ -146,7 +146,8 @@ def test_segments_merge_windows_and_drop_short_noise():
 
 
 def test_manifest_durations_are_optional_and_give_the_median():
-    manifest = Manifest(extraction={}, classes=[])
+    tokens = TokenLayout(cls_tokens=1, grid=(2, 2), dim=4).to_dict()  # to_dict needs the layout (format version)
+    manifest = Manifest(extraction={"tokens": tokens}, classes=[])
     assert manifest.typical_duration is None and "durations" not in manifest.to_dict()
     for seconds in (1.0, 2.0, 2.0, 9.5):
         manifest.add_duration(seconds)
