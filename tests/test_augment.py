@@ -128,3 +128,13 @@ def test_stacked_seeds_share_the_augmentation_of_a_lone_run(cache, tmp_path):
     loss, reference = stacked["train_loss"], alone.history[0]["train_loss"]
     # Same batches, weights and order of operations per member; the stacked kernels sum in another order.
     assert loss == pytest.approx(reference, rel=1e-4)
+
+
+def test_augmentations_are_sweep_parameters_that_split_stacks():
+    from step_cache.sweeps.grouping import group_by_shape
+    from step_cache.sweeps.space import build_space
+
+    space = build_space("step", ["token_drop=0,0.5", "reverse_pairs=0.25"])
+    assert space.distributions["token_drop"].choices == (0.0, 0.5) and space.fixed == {"reverse_pairs": 0.25}
+    configs = [make_config("step", {"token_drop": drop, "lr": lr}) for drop in (0.0, 0.5) for lr in (1e-3, 3e-3)]
+    assert group_by_shape(configs) == [[0, 1], [2, 3]]  # augmentations are shared by a stack, lr is per member
