@@ -16,9 +16,10 @@ import queue
 import signal
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from typing import Any
 
 import numpy as np
 
@@ -57,9 +58,19 @@ def decode_task(
     task: DecodeTask, frames: int, clips: int, preprocessing: Preprocessing, decoder: str = DEFAULT_DECODER
 ) -> DecodeResult:
     """Decode and preprocess one video; any error is returned as a failure naming the file."""
-    try:
+
+    def decode() -> tuple[Any, Any]:
         decoded = decode_clips(task.path, frames, clips, task.start_frame, task.end_frame, decoder=decoder)
-        pixels = preprocessing.resize_and_crop(decoded.frames)
+        return decoded, preprocessing.resize_and_crop(decoded.frames)
+
+    return guarded_decode(task, decode)
+
+
+def guarded_decode(task: DecodeTask, decode: Callable[[], tuple[Any, Any]]) -> DecodeResult:
+    """The result of ``decode()`` (decoded clips, their preprocessed pixels) for ``task``, or the failure it raised
+    (one bad video must never stop the run); shared by the CPU pool and the on-device decoder."""
+    try:
+        decoded, pixels = decode()
     except VideoDecodeError as error:
         return DecodeResult(task.task_id, error=str(error))
     except Exception as error:  # noqa: BLE001 - one bad video must never stop the run
@@ -71,7 +82,7 @@ def decode_task(
         decoded.num_frames,
         decoded.short,
         warnings=tuple(decoded.warnings),
-        fps=frame_rate(task.path),
+        fps=frame_rate(task.path),  # for the clip durations in the manifest
     )
 
 

@@ -21,15 +21,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import torch
 
-from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask, guarded_decode
 from step_cache.extraction.decoders import decoder_spec
 from step_cache.extraction.device_preprocess import check_device_preprocessing, resize_and_crop_tensor
-from step_cache.extraction.frame_rate import frame_rate
 from step_cache.extraction.preprocess import Preprocessing
-from step_cache.extraction.video import VideoDecodeError, decode_clips_on_device
+from step_cache.extraction.video import decode_clips_on_device
 
 DEVICE_TYPES = ("cuda",)  # where an on-device decoder may run (the tests add "cpu" to run this path on the CPU)
 
@@ -42,24 +42,14 @@ def decode_on_device(
     task: DecodeTask, frames: int, clips: int, preprocessing: Preprocessing, decoder: str, device: torch.device
 ) -> DecodeResult:
     """Decode, sample, resize and crop one video on ``device``; any error is returned as a failure naming the file."""
-    try:
+
+    def decode() -> tuple[Any, torch.Tensor]:
         decoded = decode_clips_on_device(
             task.path, frames, clips, task.start_frame, task.end_frame, decoder, str(device)
         )
-        pixels = resize_and_crop_tensor(preprocessing, decoded.frames)
-    except VideoDecodeError as error:
-        return DecodeResult(task.task_id, error=str(error))
-    except Exception as error:  # noqa: BLE001 - one bad video must never stop the run
-        return DecodeResult(task.task_id, error=f"{task.path}: {type(error).__name__}: {error}")
-    return DecodeResult(
-        task.task_id,
-        pixels,
-        decoded.frame_indices,
-        decoded.num_frames,
-        decoded.short,
-        warnings=tuple(decoded.warnings),
-        fps=frame_rate(task.path),  # for the clip durations in the manifest, as decode_pool records them
-    )
+        return decoded, resize_and_crop_tensor(preprocessing, decoded.frames)
+
+    return guarded_decode(task, decode)
 
 
 class DeviceDecodePool:

@@ -62,10 +62,6 @@ class TokenAugmentation:
             partner[a], partner[b] = b, a
         self.partner = torch.as_tensor(partner)
 
-    @property
-    def active(self) -> bool:
-        return self.keep < self.patch_tokens or self.reverse_pairs > 0
-
     def for_epoch(self, seed: int, epoch: int) -> Augment:
         generator = torch.Generator().manual_seed(
             int(np.random.SeedSequence([seed, epoch, _STREAM]).generate_state(1)[0])
