@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
-from defaults import mean_std, summary
+from defaults import append_row, mean_std, pending, train_groups
 
 from step_cache.cache.shards import open_shards
-from step_cache.sweeps.shared_data import DataCache
-from step_cache.sweeps.stacked import train_stacked
 from step_cache.training.config import make_config
 from step_cache.training.splits import select_splits
 
@@ -62,18 +59,7 @@ def measure(cache: Path, probe: str, seeds: int, chosen: dict[str, dict[str, flo
         name: [make_config(probe, {**base, **options, "seed": s}) for s in range(seeds)]
         for name, options in chosen.items()
     }
-    configs = [config for members in groups.values() for config in members]
-    data = DataCache(shards)
-    started = time.perf_counter()
-    try:
-        results = train_stacked(shards, configs, data=data)
-    finally:
-        data.close()
-    by_group, index = {}, 0
-    for name, members in groups.items():
-        metrics = [r.metrics for r in results[index : index + len(members)]]
-        index += len(members)
-        by_group[name] = {"val": summary(metrics, "val"), "test": summary(metrics, "test")}
+    by_group, seconds = train_groups(shards, groups)
     splits = select_splits(shards.labels, shards.splits, shards.videos)
     return {
         "cache": str(cache),
@@ -82,7 +68,7 @@ def measure(cache: Path, probe: str, seeds: int, chosen: dict[str, dict[str, flo
         "test_clips": len(splits.test),
         "frames": shards.manifest.frames,
         "groups": by_group,
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
     }
 
 
@@ -108,22 +94,15 @@ def main() -> None:
     if args.table:
         print(table(args.table))
         return
-    done = set()
-    if args.out.is_file():
-        done = {(r["cache"], r["probe"]) for r in map(json.loads, args.out.read_text().splitlines()) if r}
     chosen = variants(args.token_drop, args.reverse_pairs)
-    for cache in args.caches:
-        for probe in args.probes:
-            if (str(cache), probe) in done:
-                continue
-            row = measure(cache, probe, args.seeds, chosen)
-            with args.out.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-            figures = ", ".join(
-                f"{name} {100 * np.mean(group['test']['pair_accuracy'] or group['test']['top1']):.1f}"
-                for name, group in row["groups"].items()
-            )
-            print(f"{cache} {probe}: test pair {figures}; {row['seconds']:.0f} s", flush=True)
+    for cache, probe in pending(args.out, args.caches, args.probes):
+        row = measure(cache, probe, args.seeds, chosen)
+        append_row(args.out, row)
+        figures = ", ".join(
+            f"{name} {100 * np.mean(group['test']['pair_accuracy'] or group['test']['top1']):.1f}"
+            for name, group in row["groups"].items()
+        )
+        print(f"{cache} {probe}: test pair {figures}; {row['seconds']:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

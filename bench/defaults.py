@@ -19,14 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from step_cache.cache.shards import open_shards
+from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.stacked import train_stacked
-from step_cache.training.config import make_config, with_schedule
+from step_cache.training.config import TrainConfig, make_config, with_schedule
 from step_cache.training.splits import select_splits
 
 PROBES = ("linear", "attentive", "self-attentive", "step")
@@ -59,6 +60,40 @@ def summary(metrics: list[dict], split: str) -> dict[str, list[float]]:
     return {key: [m[key] for m in chosen if m.get(key) is not None] for key in HEADLINE}
 
 
+def train_groups(shards: ShardSet, groups: dict[str, list[TrainConfig]]) -> tuple[dict[str, dict], float]:
+    """Train every group's configs (stacked where shapes allow); per group, the val and test figures per seed, and
+    the seconds it all took."""
+    configs = [config for members in groups.values() for config in members]
+    data = DataCache(shards)
+    started = time.perf_counter()
+    try:
+        results = train_stacked(shards, configs, data=data)
+    finally:
+        data.close()
+    by_group, index = {}, 0
+    for name, members in groups.items():
+        metrics = [r.metrics for r in results[index : index + len(members)]]
+        index += len(members)
+        by_group[name] = {"val": summary(metrics, "val"), "test": summary(metrics, "test")}
+    return by_group, time.perf_counter() - started
+
+
+def pending(out: Path, caches: list[Path], probes: list[str]) -> Iterator[tuple[Path, str]]:
+    """The (cache, probe) pairs not yet in ``out``: a bench stopped midway goes on where it stopped."""
+    done = set()
+    if out.is_file():
+        done = {(r["cache"], r["probe"]) for r in map(json.loads, out.read_text().splitlines()) if r}
+    for cache in caches:
+        for probe in probes:
+            if (str(cache), probe) not in done:
+                yield cache, probe
+
+
+def append_row(out: Path, row: dict) -> None:
+    with out.open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
 def parse_recipe(text: str) -> dict[str, int]:
     epochs, batch_size = text.lower().split("x")
     return {"epochs": int(epochs), "batch_size": int(batch_size)}
@@ -80,23 +115,11 @@ def measure(
             for lr in lrs:
                 name = f"lr {lr:g}, {recipe['epochs']} ep, batch {recipe['batch_size']}"
                 groups[name] = [make_config(probe, {**base, **recipe, "lr": lr, "seed": s}) for s in range(seeds)]
-    configs = [config for members in groups.values() for config in members]
-    data = DataCache(shards)
-    started = time.perf_counter()
-    try:
-        results = train_stacked(shards, configs, data=data)
-    finally:
-        data.close()
-    seconds = time.perf_counter() - started
-    by_group, index = {}, 0
-    for name, members in groups.items():
-        metrics = [r.metrics for r in results[index : index + len(members)]]
-        index += len(members)
-        by_group[name] = {"val": summary(metrics, "val"), "test": summary(metrics, "test")}
+    by_group, seconds = train_groups(shards, groups)
     swept = {name: group for name, group in by_group.items() if name != "default"}
     best = max(swept, key=lambda name: np.mean(swept[name]["val"]["top1"])) if swept else None
     splits = select_splits(shards.labels, shards.splits, shards.videos)
-    resolved = with_schedule(configs[0], len(splits.train))
+    resolved = with_schedule(groups["default"][0], len(splits.train))
     return {
         "cache": str(cache),
         "probe": probe,
@@ -145,23 +168,16 @@ def main() -> None:
     if args.table:
         print(table(args.table))
         return
-    done = set()
-    if args.out.is_file():
-        done = {(r["cache"], r["probe"]) for r in map(json.loads, args.out.read_text().splitlines()) if r}
-    for cache in args.caches:
-        for probe in args.probes:
-            if (str(cache), probe) in done:
-                continue
-            recipes = tuple(parse_recipe(text) for text in args.recipes)
-            row = measure(cache, probe, args.seeds, args.defaults_only, tuple(args.lrs), recipes)
-            with args.out.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-            default = row["groups"]["default"]["test"]
-            print(
-                f"{cache} {probe}: default test top-1 {mean_std(default['top1'])}, pair "
-                f"{mean_std(default.get('pair_accuracy', []))}; best {row['best']}; {row['seconds']:.0f} s",
-                flush=True,
-            )
+    recipes = tuple(parse_recipe(text) for text in args.recipes)
+    for cache, probe in pending(args.out, args.caches, args.probes):
+        row = measure(cache, probe, args.seeds, args.defaults_only, tuple(args.lrs), recipes)
+        append_row(args.out, row)
+        default = row["groups"]["default"]["test"]
+        print(
+            f"{cache} {probe}: default test top-1 {mean_std(default['top1'])}, pair "
+            f"{mean_std(default.get('pair_accuracy', []))}; best {row['best']}; {row['seconds']:.0f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":
