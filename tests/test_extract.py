@@ -291,7 +291,7 @@ def test_an_exact_frame_count_allows_two_missing_frames_an_estimate_five_percent
 
     class Fewer:  # a decoder that indexes only the first `frames` frames, as decord does with a cut-short file
         def __init__(self, source, frames):
-            self.source, self.num_frames = source, frames
+            self.source, self.num_frames, self.fps = source, frames, source.fps
 
         def read(self, indices):
             return self.source.read(indices)

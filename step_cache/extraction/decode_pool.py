@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
-from step_cache.extraction.frame_rate import frame_rate
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
 
@@ -82,7 +81,7 @@ def guarded_decode(task: DecodeTask, decode: Callable[[], tuple[Any, Any]]) -> D
         decoded.num_frames,
         decoded.short,
         warnings=tuple(decoded.warnings),
-        fps=frame_rate(task.path),  # for the clip durations in the manifest
+        fps=decoded.fps,  # for the clip durations in the manifest
     )
 
 

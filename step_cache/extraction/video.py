@@ -21,6 +21,7 @@ class DecodedClips:
     num_frames: int  # frames in the sampled span (whole video or segment)
     short: bool
     warnings: list[str] = field(default_factory=list)  # decoded, but not all that was asked for (see decode_clips)
+    fps: float | None = None  # the container's frame rate (None when it does not say): durations in seconds
 
 
 _decoder_message = decoder_message  # the name the tests (and older callers) use
@@ -67,7 +68,7 @@ class _TensorReads:
     """A source whose reads give the decoder's device tensors (N, 3, H, W) instead of host arrays."""
 
     def __init__(self, source):
-        self.num_frames, self.read = source.num_frames, source.read_tensor
+        self.num_frames, self.fps, self.read = source.num_frames, source.fps, source.read_tensor
 
 
 def _open_source(path: Path, decoder: str):
@@ -100,7 +101,7 @@ def _sample(source, path: Path, frames: int, clips: int, start_frame: int | None
     # Each unique frame is decoded once; repeated indices (short videos, overlapping clips) are copied.
     unique, inverse = np.unique(indices.ravel(), return_inverse=True)
     batch = source.read(unique.tolist())  # VideoDecodeError when the file turns out damaged
-    return DecodedClips(batch[inverse], indices, end - start, is_short(end - start, frames), warnings)
+    return DecodedClips(batch[inverse], indices, end - start, is_short(end - start, frames), warnings, fps=source.fps)
 
 
 def declared_frames(path: Path) -> tuple[int | None, bool]:
