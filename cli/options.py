@@ -18,7 +18,7 @@ BatchSize = Annotated[
     int | None,
     typer.Option(
         min=1,
-        help="Clips per optimizer step (default: auto, about 16 batches per epoch, a power of two in 8-64).",
+        help="Clips per optimizer step (default: auto, about 16 batches per epoch, a power of two in 16-64).",
         show_default=False,
     ),
 ]
