@@ -19,7 +19,8 @@ from step_cache.cache.files import atomic_write_text, now_iso
 from step_cache.cache.quantize import TOKEN_DTYPES, is_quantized, read_dtype, token_bytes
 
 FORMAT_NAME = "step-cache-shards"
-FORMAT_VERSION = 2  # the newest version this step-cache reads and writes (2: int8 tokens)
+FORMAT_VERSION = 3  # the newest version this step-cache reads and writes (2: int8 tokens; 3: augmented views)
+VIEWS_FORMAT_VERSION = 3  # a cache with augmented views (``extraction.views``) is written as version 3
 MANIFEST_NAME = "manifest.json"
 # extraction.decoder is absent from caches decoded by decord, the default (and the only decoder before 0.2)
 DEFAULT_DECODER = "decord"
@@ -148,6 +149,17 @@ class Manifest:
         return int(self.extraction["sampling"]["clips"])
 
     @property
+    def view_count(self) -> int:
+        """Augmented views stored per training video besides the clean one (``extract --views``; 0: none)."""
+        return int(self.extraction.get("views", {}).get("count", 0))
+
+    @property
+    def format_version(self) -> int:
+        """The oldest format that holds this cache: 1 for float tokens, 2 for int8, 3 with augmented views (older
+        readers would take views for ordinary clips, so they must refuse such a cache)."""
+        return max(self.layout.format_version, VIEWS_FORMAT_VERSION if self.view_count else 1)
+
+    @property
     def backbone(self) -> str:
         return str(self.extraction["backbone"]["name"])
 
@@ -182,7 +194,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT_NAME,
-            "format_version": self.layout.format_version,
+            "format_version": self.format_version,
             "tool_version": self.tool_version,
             "created": self.created,
             "updated": self.updated,
@@ -268,8 +280,9 @@ def upgrade(data: dict[str, Any], origin: str) -> dict[str, Any]:
         )
     if version < 1:
         raise ManifestError(f"{origin}: shard format version {version} is not supported; re-extract the videos")
-    # Version 2 only added int8 tokens (``tokens.dtype`` "int8" with a ``token_scales`` dataset): a version-1
-    # manifest reads unchanged. Future versions add steps here, e.g. `if version == 2: data = _v2_to_v3(data)`.
+    # Version 2 only added int8 tokens (``tokens.dtype`` "int8" with a ``token_scales`` dataset) and version 3 only
+    # augmented views (``extraction.views``, shard datasets ``view`` and ``view_params``): older manifests read
+    # unchanged. Future versions add steps here, e.g. `if version == 2: data = _v2_to_v3(data)`.
     tokens = data.get("extraction", {}).get("tokens", {}) if isinstance(data.get("extraction"), dict) else {}
     dtype = tokens.get("dtype") if isinstance(tokens, dict) else None
     if dtype is not None and dtype not in TOKEN_DTYPES:

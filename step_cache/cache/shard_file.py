@@ -18,7 +18,7 @@ import numpy as np
 
 from step_cache.cache.files import file_sha256, fsync_dir
 from step_cache.cache.integrity import ShardError, remember
-from step_cache.cache.manifest import ShardRecord, TokenLayout
+from step_cache.cache.manifest import VIEWS_FORMAT_VERSION, ShardRecord, TokenLayout
 from step_cache.cache.quantize import SCALE_DTYPE, quantize
 
 STRING = h5py.string_dtype("utf-8")
@@ -31,6 +31,11 @@ METADATA = {
     "frame_indices": np.int64,  # (N, T) sampled frame numbers in the video
     "num_frames": np.int64,  # frame count of the video (or segment)
     "short": np.bool_,  # True when the video had fewer than T frames and frames were repeated
+}
+# Per-clip datasets of a cache with augmented views (format version 3); older shards read as all-clean.
+VIEW_METADATA = {
+    "view": np.int32,  # 0: the clean view; 1..N: augmented views of a training video
+    "view_params": STRING,  # JSON of the view's drawn parameters ("" for the clean view)
 }
 
 
@@ -76,6 +81,8 @@ class ClipRecord:
     frame_indices: np.ndarray  # (T,)
     num_frames: int
     short: bool
+    view: int = 0  # 0: the clean view; 1..N: augmented views (a cache written with views=True only)
+    view_params: str = ""  # JSON of the augmented view's parameters
 
 
 class ShardWriter:
@@ -89,6 +96,7 @@ class ShardWriter:
         frames: int,
         compression: str = "none",
         settings: str = "",
+        views: bool = False,
     ):
         self.directory = Path(directory)
         self.name = name
@@ -118,8 +126,10 @@ class ShardWriter:
             )
         self._frames = frames
         # Metadata is small: keep it in memory and write each dataset once, in finish().
-        self._metadata: dict[str, list] = {key: [] for key in METADATA}
-        self._file.attrs["format_version"] = layout.format_version  # version 1 unless the tokens need 2
+        self._fields = {**METADATA, **(VIEW_METADATA if views else {})}
+        self._metadata: dict[str, list] = {key: [] for key in self._fields}
+        # version 1 unless the tokens need 2 or the views 3 (Manifest.format_version)
+        self._file.attrs["format_version"] = max(layout.format_version, VIEWS_FORMAT_VERSION if views else 1)
         self._file.attrs["complete"] = False
         self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
         self._committed = 0  # clips up to the last whole video
@@ -158,8 +168,13 @@ class ShardWriter:
             ("frame_indices", record.frame_indices),
             ("num_frames", record.num_frames),
             ("short", record.short),
+            ("view", record.view),
+            ("view_params", record.view_params),
         ):
-            self._metadata[key].append(value)
+            if key in self._metadata:
+                self._metadata[key].append(value)
+            elif key == "view" and value:
+                raise ShardError(f"{self.tmp_path}: an augmented view given to a shard written without views")
         self.count += 1
         self.videos.add(record.video)
 
@@ -171,7 +186,7 @@ class ShardWriter:
         self._file["tokens"].resize(self.count, axis=0)
         if self._quantized:
             self._file["token_scales"].resize(self.count, axis=0)
-        for key, dtype in METADATA.items():
+        for key, dtype in self._fields.items():
             shape = (self.count, self._frames) if key == "frame_indices" else (self.count,)
             values = np.asarray(self._metadata[key], dtype=object if dtype is STRING else dtype).reshape(shape)
             self._file.create_dataset(key, data=values, dtype=dtype, maxshape=(None, *shape[1:]), chunks=True)
@@ -217,8 +232,15 @@ def read_shard_metadata(path: str | Path) -> dict[str, np.ndarray]:
             missing = [key for key in ("tokens", *METADATA) if key not in handle]
             if missing:
                 raise ShardError(f"{path}: shard lacks dataset(s) {', '.join(missing)}")
-            return {
+            meta = {
                 key: handle[key].asstr()[...] if handle[key].dtype == STRING else handle[key][...] for key in METADATA
             }
+            count = len(meta["labels"])
+            for key, dtype in VIEW_METADATA.items():  # shards before version 3 hold clean views only
+                if key in handle:
+                    meta[key] = handle[key].asstr()[...] if dtype is STRING else handle[key][...]
+                else:
+                    meta[key] = np.full(count, "", dtype=object) if dtype is STRING else np.zeros(count, dtype)
+            return meta
     except OSError as error:
         raise ShardError(f"{path}: cannot open shard ({error})") from None

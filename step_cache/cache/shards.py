@@ -26,6 +26,7 @@ from step_cache.cache.quantize import SCALE_DTYPE, dequantize
 from step_cache.cache.shard_file import (
     COMPRESSIONS,
     METADATA,
+    VIEW_METADATA,
     STRING,
     ClipRecord,
     ShardError,
@@ -88,7 +89,7 @@ class ShardSet:
             raise ShardError(f"{', '.join(map(str, self.directories))}: no completed shards yet")
         self.shard_sizes = np.array([len(p["labels"]) for p in parts])
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)])
-        meta = {key: np.concatenate([p[key] for p in parts]) for key in METADATA}
+        meta = {key: np.concatenate([p[key] for p in parts]) for key in (*METADATA, *VIEW_METADATA)}
         self.labels: np.ndarray = meta["labels"]
         # A video's identity: its key within one cache; across combined caches, the root it came from + its key.
         self.videos: np.ndarray = self._video_identities(parts, sources) if len(self.directories) > 1 else meta["video"]
@@ -97,6 +98,8 @@ class ShardSet:
         self.frame_indices: np.ndarray = meta["frame_indices"]
         self.num_frames: np.ndarray = meta["num_frames"]
         self.short: np.ndarray = meta["short"]
+        self.views: np.ndarray = meta["view"]  # 0: clean view; 1..N: augmented views of training videos
+        self.view_params: np.ndarray = meta["view_params"]
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 
@@ -274,6 +277,7 @@ def open_shards(directories: str | Path | Sequence[str | Path], check: bool = Tr
 __all__ = [
     "COMPRESSIONS",
     "METADATA",
+    "VIEW_METADATA",
     "STRING",
     "ClipRecord",
     "IntegrityError",

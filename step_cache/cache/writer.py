@@ -167,7 +167,7 @@ class CacheWriter:
         if self.writer is None:
             self.writer = ShardWriter(
                 self.out, shard_name(self.next_index), self.layout, self.frames, self.compression,
-                settings=settings_hash(self.manifest.extraction),
+                settings=settings_hash(self.manifest.extraction), views=self.manifest.view_count > 0,
             )  # fmt: skip
             self.next_index += 1
         self.writer.append_video(records)

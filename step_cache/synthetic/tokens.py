@@ -9,7 +9,8 @@ Two tasks:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,8 @@ class SyntheticTokens:
     test_every: int = 0  # every n-th video of a class gets split "test" (before val_every is applied)
     clips_per_shard: int = 64
     seed: int = 0
+    views: int = 0  # augmented views per training video: the clean tokens plus view_noise (as extract --views)
+    view_noise: float = 0.25
 
     @property
     def layout(self) -> TokenLayout:
@@ -56,6 +59,7 @@ class SyntheticTokens:
             "preprocessing": {},
             "sampling": {"frames": self.frames, "clips": self.clips_per_video, "strategy": "synthetic"},
             "tokens": self.layout.to_dict(),
+            **({"views": {"count": self.views, "kind": "synthetic", "noise": self.view_noise}} if self.views else {}),
         }
 
     def clip(self, label: int, rng: np.random.Generator) -> np.ndarray:
@@ -67,6 +71,12 @@ class SyntheticTokens:
         else:
             tokens[:, :, label % self.dim] += self.signal
         return tokens.astype(np.float16)
+
+
+    def augmented(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """A stand-in for an augmented view: the clean tokens plus Gaussian noise."""
+        noise = rng.standard_normal(tokens.shape, dtype=np.float32) * self.view_noise
+        return (tokens.astype(np.float32) + noise).astype(np.float16)
 
 
 def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None, **overrides: object) -> Manifest:
@@ -95,7 +105,7 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
                 if writer is None:
                     writer = ShardWriter(
                         directory, shard_name(len(manifest.shards)), spec.layout, spec.frames,
-                        settings=settings_hash(manifest.extraction),
+                        settings=settings_hash(manifest.extraction), views=spec.views > 0,
                     )  # fmt: skip
                 record = ClipRecord(
                     tokens=spec.clip(label, rng),
@@ -107,7 +117,13 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
                     num_frames=spec.frames * 4 + spec.clips_per_video,
                     short=False,
                 )
-                writer.append(record)
+                # Augmented views of training videos only, appended with the clean clip (one video, one shard).
+                views = [
+                    replace(record, tokens=spec.augmented(record.tokens, rng), view=view,
+                            view_params=json.dumps({"noise": spec.view_noise}))
+                    for view in range(1, spec.views + 1)
+                ] if split in ("train", "") else []  # fmt: skip
+                writer.append_video([record, *views])
                 if writer.count >= spec.clips_per_shard:
                     manifest.shards.append(writer.finish())
                     writer = None
