@@ -26,8 +26,8 @@ from step_cache.cache.quantize import SCALE_DTYPE, dequantize
 from step_cache.cache.shard_file import (
     COMPRESSIONS,
     METADATA,
-    VIEW_METADATA,
     STRING,
+    VIEW_METADATA,
     ClipRecord,
     ShardError,
     ShardWriter,
@@ -277,8 +277,8 @@ def open_shards(directories: str | Path | Sequence[str | Path], check: bool = Tr
 __all__ = [
     "COMPRESSIONS",
     "METADATA",
-    "VIEW_METADATA",
     "STRING",
+    "VIEW_METADATA",
     "ClipRecord",
     "IntegrityError",
     "ManifestError",

@@ -72,7 +72,6 @@ class SyntheticTokens:
             tokens[:, :, label % self.dim] += self.signal
         return tokens.astype(np.float16)
 
-
     def augmented(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A stand-in for an augmented view: the clean tokens plus Gaussian noise."""
         noise = rng.standard_normal(tokens.shape, dtype=np.float32) * self.view_noise
