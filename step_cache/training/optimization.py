@@ -57,7 +57,7 @@ class WarmupCosine:
 AUTO_BATCHES_PER_EPOCH = 16  # the auto batch aims at this many batches per epoch...
 # ...as a power of two in this range. The floor is 16, not 8: at batch 8 the attentive probe's default trailed its
 # tuned recipe on every 8-videos-per-class benchmark, and batch 16 beat batch 8 on test by 3-14 points of top-1
-# at equal epochs (docs/training.md, "Why the smallest automatic batch is 16").
+# at equal epochs (docs/training.md, "The smallest automatic batch is 16").
 AUTO_BATCH_RANGE = (16, 64)
 AUTO_MIN_EPOCHS = 30
 AUTO_MIN_STEPS = 1500
