@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from step_cache.extraction.decoders import open_video
+from step_cache.extraction.engine import ExtractionError, ExtractOptions, view_settings
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import decode_clips
 from step_cache.extraction.views import (
@@ -177,3 +178,15 @@ def test_views_are_decoded_in_the_same_pass_as_the_clean_clips(tmp_path):
             np.testing.assert_array_equal(frames, source.read(indices.tolist()))
     finally:
         source.close()
+
+
+def test_view_options_through_extract_options(tmp_path):
+    pairs = tmp_path / "flips.txt"
+    pairs.write_text("slide_left,slide_right\n")
+    options = ExtractOptions(views=2, view_flip=True, flip_pairs=str(pairs), view_scale=[0.5, 0.9], view_seed=4)
+    views = view_settings(options, ["shake", "slide_left", "slide_right"])
+    assert views.flip_pairs == (("slide_left", "slide_right"),) and views.scale == (0.5, 0.9) and views.seed == 4
+    assert views.to_dict()["flip_pairs"] == [["slide_left", "slide_right"]]
+    with pytest.raises(ExtractionError, match="not supported with --decoder torchcodec-cuda"):
+        view_settings(ExtractOptions(views=1, decoder="torchcodec-cuda"), [])
+    assert view_settings(ExtractOptions(decoder="torchcodec-cuda"), []).count == 0  # no views: nothing refused

@@ -37,7 +37,7 @@ from step_cache.catalog import VideoItem, class_names, discover_videos, read_ann
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeTask
-from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_settings, decoder_spec
+from step_cache.extraction.decoders import DECODERS, DEFAULT_DECODER, decoder_settings
 from step_cache.extraction.device_decode import open_decode_pool
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.parts import part_directory, partition
@@ -171,7 +171,7 @@ def view_settings(opts: ExtractOptions, classes: list[str]) -> ViewSettings:
         opts.views, tuple(opts.view_scale), tuple(opts.view_ratio), opts.view_span, opts.view_colour,
         opts.view_flip, pairs, opts.view_seed,
     )  # fmt: skip
-    if views.count and decoder_spec(opts.decoder).on_device:
+    if views.count and getattr(DECODERS.get(opts.decoder), "on_device", False):
         raise ExtractionError(f"--views is not supported with --decoder {opts.decoder} yet; use a CPU decoder")
     return views
 
