@@ -85,7 +85,8 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
             f" do not match its shard list ({manifest.num_clips}/{manifest.num_videos})"
         )
     report.problems += _check_views(seen_videos, splits, manifest.view_count)
-    clips_per_video = Counter(key.rsplit("#clip", 1)[0] for key in seen_videos if key.endswith("#view0"))
+    clips_per_video = Counter({key.rsplit("#clip", 1)[0]: 0 for key in seen_videos})  # clean clips per video
+    clips_per_video.update(key.rsplit("#clip", 1)[0] for key in seen_videos if key.endswith("#view0"))
     partial = [video for video, count in clips_per_video.items() if count != manifest.clips_per_video]
     if partial:
         report.problems.append(
