@@ -5,7 +5,7 @@ through the backbone, and the bytes stored per training video; then the frames V
 would push through the backbone (a new augmented clip of every training video every epoch: epochs x training
 videos x T), and the time that would take at the backbone speed measured in the N = 0 run.
 
-    python bench/views.py --per-class 5 --views 0,2,4 --epochs 100
+    python bench/extract_views.py --per-class 5 --views 0,2,4 --epochs 100
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ video's key, the view index), so that a resumed run, another part or another ran
    ``scale``, log-uniform aspect ratio in ``ratio``, a centre crop after 10 failed tries), resized to the
    backbone's input size with its interpolation;
 3. a horizontal flip with probability 0.5, only with ``flip`` (a flip turns *slide left* into *slide right*);
-4. brightness, contrast and saturation factors in [1 - colour, 1 + colour] (torchvision's ``ColorJitter``
-   arithmetic, in that order), only with ``colour`` > 0.
+4. brightness, contrast and saturation factors in [1 - colour, 1 + colour] (the formulas of torchvision's
+   ``adjust_*``, always in that order, where ``ColorJitter`` shuffles it), only with ``colour`` > 0.
 
 The drawn parameters are stored per clip (``view_params``, JSON), so a view can be reproduced from the video.
 """
@@ -181,7 +181,8 @@ def render_view(frames: np.ndarray, params: dict[str, Any], preprocessing: Prepr
 
 def colour_jitter(frames: np.ndarray, brightness: float, contrast: float, saturation: float) -> np.ndarray:
     """torchvision's adjust_brightness, adjust_contrast (per-frame grey mean) and adjust_saturation on (N, H, W, 3)
-    uint8 frames, applied in that order, clamped to [0, 255] after each step."""
+    uint8 frames, applied in that order, in float32, clamped to [0, 255] after each step and rounded once at the end
+    (torchvision truncates to uint8 after each step on uint8 tensors: values may differ by one)."""
     x = frames.astype(np.float32)
     x = np.clip(x * brightness, 0, 255)
     grey = _grey(x)
