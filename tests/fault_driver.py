@@ -15,10 +15,21 @@ import time
 from pathlib import Path
 
 
-def check(out: Path, good: set[str]) -> str:
-    """'empty' (no manifest yet), 'partial' or 'complete'; raises AssertionError when a promise is broken."""
-    from step_cache.cache.manifest import read_manifest
+def rows(out: Path) -> dict[tuple[str, int, int], str]:
+    """(video, clip, view) -> view_params of every row of the cache; AssertionError when a row appears twice."""
     from step_cache.cache.shards import open_shards
+
+    with open_shards(out) as shards:
+        keys = list(zip(shards.videos.tolist(), shards.clip_index.tolist(), shards.views.tolist(), strict=True))
+        table = dict(zip(keys, shards.view_params.tolist(), strict=True))
+    assert len(table) == len(keys), "a clip (or a view of one) appears twice"
+    return table
+
+
+def check(out: Path, good: set[str]) -> str:
+    """'empty' (no manifest yet), 'partial' or 'complete'; raises AssertionError when a promise is broken (verify
+    also checks that every video in the cache has all its augmented views, when the cache has views)."""
+    from step_cache.cache.manifest import read_manifest
     from step_cache.cache.verify import verify_cache
 
     if not (out / "manifest.json").exists():
@@ -28,9 +39,7 @@ def check(out: Path, good: set[str]) -> str:
     assert report.ok, report.summary()
     if not manifest.shards:
         return "partial"
-    with open_shards(out) as shards:
-        videos = list(shards.videos)
-    assert len(videos) == len(set(videos)), "a video appears twice"
+    videos = {video for video, _, _ in rows(out)}
     assert set(videos) <= good, f"unexpected videos {set(videos) - good}"
     return "complete" if set(videos) == good else "partial"
 
@@ -65,6 +74,7 @@ def main() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the calibration run failed"
     duration = time.monotonic() - started
+    reference = rows(out)  # an uninterrupted run: a resumed one must hold the same rows and the same views
 
     states, overwrite = [], True
     for _ in range(config["rounds"]):
@@ -80,6 +90,7 @@ def main() -> None:
     assert os.waitstatus_to_exitcode(status) == 0, "the final resume failed"
     final = check(out, good)
     assert final == "complete", final
+    assert rows(out) == reference, "the resumed cache's rows or views differ from an uninterrupted run's"
     print(json.dumps({"states": states, "final": final, "run_seconds": round(duration, 2)}))
 
 

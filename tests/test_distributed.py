@@ -75,6 +75,8 @@ def test_torchrun_two_ranks_with_gloo(video_tree, tmp_path):
         *TINY_CLI,
         "--workers",
         "0",
+        "--views",  # every rank draws the views of its videos from the same per-video seeds
+        "1",
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"}
@@ -82,7 +84,10 @@ def test_torchrun_two_ranks_with_gloo(video_tree, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     assert part_directory(out, 0, 2).is_dir() and part_directory(out, 1, 2).is_dir()
     shards = open_shards(out)
-    assert sorted(shards.videos) == sorted(set(shards.videos)) and len(shards) == GOOD_VIDEOS
+    clean = shards.views == 0
+    assert sorted(shards.videos[clean]) == sorted(set(shards.videos)) and clean.sum() == GOOD_VIDEOS
+    assert sorted(shards.videos[~clean]) == sorted(shards.videos[clean])  # one view of each (unsplit) video
+    assert verify_cache(out).ok
 
     # A rank that died is re-run alone, then merged again.
     for path in part_directory(out, 1, 2).iterdir():
@@ -102,8 +107,10 @@ def test_torchrun_two_ranks_with_gloo(video_tree, tmp_path):
         "2",
         "--part",
         "1",
+        "--views",
+        "1",
     ]
     assert subprocess.run(rerun, capture_output=True, timeout=300).returncode == 0
     merged = subprocess.run([sys.executable, "-m", "cli", "merge", str(out)], capture_output=True, text=True)
     assert merged.returncode == 0 and f"{GOOD_VIDEOS} videos" in merged.stdout
-    assert len(open_shards(out)) == GOOD_VIDEOS
+    assert len(open_shards(out)) == 2 * GOOD_VIDEOS

@@ -32,7 +32,7 @@ def good_keys(tree: Path) -> list[str]:
     return [item.key for item in discover_videos(tree) if item.key not in bad]
 
 
-def run_driver(tree: Path, out: Path, rounds: int, seed: int) -> dict:
+def run_driver(tree: Path, out: Path, rounds: int, seed: int, **extra: object) -> dict:
     config = {
         "videos": str(tree),
         "out": str(out),
@@ -40,7 +40,7 @@ def run_driver(tree: Path, out: Path, rounds: int, seed: int) -> dict:
         "rounds": rounds,
         "seed": seed,
         "max_delay": 2.5,
-        "options": {**TINY, "shard_size_mb": 0.001},
+        "options": {**TINY, "shard_size_mb": 0.001, **extra},
     }
     result = subprocess.run(
         [sys.executable, str(DRIVER), json.dumps(config)],
@@ -58,6 +58,15 @@ def test_sigkill_at_random_moments_then_resume(video_tree, tmp_path):
     outcome = run_driver(video_tree, tmp_path / "s", rounds=10, seed=0)
     assert len(outcome["states"]) == 10 and outcome["final"] == "complete"
     assert "partial" in outcome["states"], outcome  # some kills did land mid-run
+
+
+def test_sigkill_with_augmented_views_loses_and_duplicates_nothing(video_tree, tmp_path):
+    """Views of a video are written with its clean clips, so a kill never leaves a video with some of its views:
+    verify (run after every kill) checks views 1..2 on every training video, and the resumed cache holds exactly
+    the rows and drawn view parameters of an uninterrupted run."""
+    add_copies(video_tree, 8)
+    outcome = run_driver(video_tree, tmp_path / "s", rounds=6, seed=2, views=2, view_colour=0.2)
+    assert outcome["final"] == "complete" and "partial" in outcome["states"], outcome
 
 
 @pytest.mark.slow

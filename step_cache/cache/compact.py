@@ -249,4 +249,6 @@ def _record(shards: ShardSet, index: int, tokens: np.ndarray) -> ClipRecord:
         frame_indices=shards.frame_indices[index],
         num_frames=int(shards.num_frames[index]),
         short=bool(shards.short[index]),
+        view=int(shards.views[index]),  # augmented views (extract --views) are carried over as they are
+        view_params=str(shards.view_params[index]),
     )

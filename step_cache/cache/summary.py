@@ -13,7 +13,10 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
     """Counts and settings of a cache, as plain data (JSON-serialisable)."""
     with open_shards(directory, check=False) as shards:  # metadata only: verify checks the bytes
         manifest = shards.manifest
-        labels = Counter(int(label) for label in shards.labels)
+        clean = shards.views == 0  # counts of clips are of clean views; augmented views are counted apart
+        labels = Counter(int(label) for label in shards.labels[clean])
+        augmented = Counter(str(video) for video in shards.videos[~clean])  # view rows per video
+        views_per_video = Counter(augmented.get(str(v), 0) // manifest.clips_per_video for v in set(shards.videos))
         return {
             "directory": str(directory),
             "format_version": manifest.to_dict()["format_version"],
@@ -24,13 +27,16 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "tokens": manifest.layout.to_dict(),
             "preprocessing": manifest.extraction["preprocessing"],
             "videos": manifest.num_videos,
-            "clips": len(shards),
-            "short_videos": len(set(shards.videos[shards.short])),
+            "clips": int(clean.sum()),
+            "view_clips": int((~clean).sum()),
+            "views": manifest.extraction.get("views"),
+            "views_per_video": {int(k): v for k, v in sorted(views_per_video.items())},
+            "short_videos": len(set(shards.videos[shards.short & clean])),
             "bytes": sum(record.bytes for record in manifest.shards),
             "shards": len(manifest.shards),
             "classes": {name: labels.get(i, 0) for i, name in enumerate(manifest.classes)},
             "unlabelled_clips": labels.get(-1, 0),
-            "splits": dict(Counter(split or "(none)" for split in shards.splits)),
+            "splits": dict(Counter(split or "(none)" for split in shards.splits[clean])),
             "pairs": [list(pair) for pair in manifest.pairs],
             "failures": [{"video": f.video, "reason": f.reason} for f in manifest.failures],
             "warnings": [{"video": w.video, "reason": w.reason} for w in manifest.warnings],
@@ -53,13 +59,17 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"  tokens     {tokens['tokens_per_frame']} per frame ({tokens['cls_tokens']} CLS + "
         f"{tokens['grid'][0]}x{tokens['grid'][1]} patches, pool {tokens['patch_pool']}, "
         f"{tokens['registers_dropped']} registers dropped), dim {tokens['dim']}, {tokens['dtype']}",
-        f"  contents   {summary['videos']} videos, {summary['clips']} clips, {summary['shards']} shard(s), "
-        f"{summary['bytes'] / 2**20:.1f} MiB ({summary['bytes'] / max(1, summary['clips']) / 2**10:.0f} KiB/clip)",
+        f"  contents   {summary['videos']} videos, {summary['clips']} clips"
+        + (f" + {summary['view_clips']} of augmented views" if summary.get("view_clips") else "")
+        + f", {summary['shards']} shard(s), {summary['bytes'] / 2**20:.1f} MiB "
+        f"({summary['bytes'] / max(1, summary['clips'] + summary.get('view_clips', 0)) / 2**10:.0f} KiB/clip)",
         f"  splits     {', '.join(f'{k}: {v}' for k, v in sorted(summary['splits'].items()))}",
         f"  classes    {len(summary['classes'])}: "
         + ", ".join(f"{name} ({count})" for name, count in list(summary["classes"].items())[:12])
         + (" ..." if len(summary["classes"]) > 12 else ""),
     ]
+    if summary.get("views"):
+        lines.insert(5, _views_text(summary["views"], summary["views_per_video"]))
     if tokens["dtype"] == "int8":
         lines[3] += " (one float16 scale per token; read as float16)"
     if projection := summary.get("projection"):
@@ -95,3 +105,19 @@ def _crop_text(preprocessing: dict[str, Any]) -> str:
     size = "x".join(map(str, crop)) if isinstance(crop, list) else str(crop)
     mode = preprocessing.get("crop_mode", "center")
     return f"{size} px crop" + ("" if mode == "center" else f" ({mode})")
+
+
+def _views_text(views: dict[str, Any], per_video: dict[int, int]) -> str:
+    """The views line of inspect: the settings, then how many videos have how many views."""
+    span = f"sub-span >= {views['span']}" if views.get("span") else "whole video"
+    flip = "off"
+    if views.get("flip"):
+        pairs = views.get("flip_pairs") or []
+        flip = f"p 0.5, labels swapped for {len(pairs)} pair(s)" if pairs else "p 0.5, labels kept"
+    settings = (
+        f"  views      {views['count']} per training video: crop scale {views['scale'][0]}-{views['scale'][1]}, "
+        f"ratio {views['ratio'][0]}-{views['ratio'][1]}, {span}, colour {views.get('colour') or 'off'}, "
+        f"flip {flip}, seed {views.get('seed', 0)}"
+    )
+    counts = ", ".join(f"{n} views: {videos} videos" for n, videos in per_video.items())
+    return f"{settings}\n  per video  {counts}"

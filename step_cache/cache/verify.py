@@ -24,8 +24,10 @@ from step_cache.cache.manifest import (
 )
 from step_cache.cache.projection import check_projection
 from step_cache.cache.quantize import SCALE_DTYPE
-from step_cache.cache.shard_file import METADATA, STRING
+from step_cache.cache.shard_file import METADATA, STRING, VIEW_METADATA
 
+# videos that may have augmented views (step_cache.extraction.views.VIEW_SPLITS): training, or no split
+_VIEW_SPLITS = ("train", "")
 _READ_BLOCK_BYTES = 256 * 2**20  # read tokens in blocks of about this size: bounded memory, few calls
 
 
@@ -68,10 +70,11 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
         problem := check_projection(directory, projection)
     ):
         report.problems.append(problem)
-    seen_videos: dict[str, str] = {}
+    seen_videos: dict[str, str] = {}  # "video#clipK#viewV" -> the shard that holds it
+    splits: dict[str, str] = {}  # video -> its split
     for record in tqdm(manifest.shards, desc="verify", unit="shard", disable=not progress):
         report.shards += 1
-        problems = _check_shard(directory / record.file, record, manifest, checksums, seen_videos)
+        problems = _check_shard(directory / record.file, record, manifest, checksums, seen_videos, splits)
         report.problems += [f"{directory / record.file}: {p}" for p in problems]
         report.clips += record.clips
         report.bytes += record.bytes
@@ -81,7 +84,9 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
             f"{directory / MANIFEST_NAME}: num_clips/num_videos ({stored.get('num_clips')}/{stored.get('num_videos')})"
             f" do not match its shard list ({manifest.num_clips}/{manifest.num_videos})"
         )
-    clips_per_video = Counter(key.rsplit("#clip", 1)[0] for key in seen_videos)
+    report.problems += _check_views(seen_videos, splits, manifest.view_count)
+    clips_per_video = Counter({key.rsplit("#clip", 1)[0]: 0 for key in seen_videos})  # clean clips per video
+    clips_per_video.update(key.rsplit("#clip", 1)[0] for key in seen_videos if key.endswith("#view0"))
     partial = [video for video, count in clips_per_video.items() if count != manifest.clips_per_video]
     if partial:
         report.problems.append(
@@ -98,8 +103,35 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
     return report
 
 
+def _check_views(seen_videos: dict[str, str], splits: dict[str, str], count: int) -> list[str]:
+    """Every clip of a training video has views 1..count besides its clean one (view 0); val/test videos have none.
+    A clip without a clean view is counted by the clips-per-video check."""
+    views: dict[str, set[int]] = {}
+    for key in seen_videos:
+        clip, view = key.rsplit("#view", 1)
+        views.setdefault(clip, set()).add(int(view))
+    problems, wrong, outside = [], [], []
+    for clip, found in views.items():
+        video = clip.rsplit("#clip", 1)[0]
+        expected = set(range(count + 1)) if splits.get(video, "") in _VIEW_SPLITS else {0}
+        if found - {0} and expected == {0}:
+            outside.append(f"{video} ({splits[video]})")
+        elif found - {0} != expected - {0}:
+            wrong.append(f"{clip.replace('#clip', ' clip ')} (views {sorted(found - {0})})")
+    if outside:
+        problems.append(f"{len(outside)} video(s) outside the training split with augmented views, e.g. {outside[0]}")
+    if wrong:
+        problems.append(f"{len(wrong)} training clip(s) without exactly views 1..{count}, e.g. {wrong[0]}")
+    return problems
+
+
 def _check_shard(
-    path: Path, record: ShardRecord, manifest: Manifest, checksums: bool, seen_videos: dict[str, str]
+    path: Path,
+    record: ShardRecord,
+    manifest: Manifest,
+    checksums: bool,
+    seen_videos: dict[str, str],
+    splits: dict[str, str],
 ) -> list[str]:
     if not path.is_file():
         return ["missing"]
@@ -111,7 +143,7 @@ def _check_shard(
         problems.append("sha256 differs from the manifest (altered)")
     try:
         with h5py.File(path, "r") as handle:
-            problems += _check_contents(handle, record, manifest, seen_videos, record.file)
+            problems += _check_contents(handle, record, manifest, seen_videos, splits, record.file)
     except (OSError, KeyError, ValueError) as error:
         problems.append(f"unreadable ({' '.join(str(error).split())[:200]})")
     if checksums and not problems:
@@ -120,14 +152,20 @@ def _check_shard(
 
 
 def _check_contents(
-    handle: h5py.File, record: ShardRecord, manifest: Manifest, seen_videos: dict[str, str], name: str
+    handle: h5py.File,
+    record: ShardRecord,
+    manifest: Manifest,
+    seen_videos: dict[str, str],
+    splits: dict[str, str],
+    name: str,
 ) -> list[str]:
     if not handle.attrs.get("complete", False):
         return ["not marked complete"]
     settings = handle.attrs.get("settings_sha256", "")
     if (settings.decode() if isinstance(settings, bytes) else str(settings)) != settings_hash(manifest.extraction):
         return ["written with other extraction settings than the manifest's (a shard of another cache?)"]
-    missing = [key for key in ("tokens", *METADATA) if key not in handle]
+    fields = (*METADATA, *(VIEW_METADATA if manifest.view_count else ()))
+    missing = [key for key in ("tokens", *fields) if key not in handle]
     if missing:
         return [f"lacks dataset(s) {', '.join(missing)}"]
     layout = manifest.layout
@@ -143,7 +181,7 @@ def _check_contents(
         if scales is None or scales.shape != expected[:3] or scales.dtype != SCALE_DTYPE:
             found = "missing" if scales is None else f"{scales.dtype} {scales.shape}"
             problems.append(f"token_scales {found}, expected {np.dtype(SCALE_DTYPE)} {expected[:3]}")
-    for key in METADATA:
+    for key in fields:
         if len(handle[key]) != record.clips:
             problems.append(f"{key} has {len(handle[key])} rows, expected {record.clips}")
     if problems:
@@ -154,11 +192,16 @@ def _check_contents(
     if handle["frame_indices"].shape != (record.clips, manifest.frames):
         problems.append(f"frame_indices have shape {handle['frame_indices'].shape}")
     videos = handle["video"].asstr()[...] if handle["video"].dtype == STRING else handle["video"][...]
-    for video, clip in zip(videos, handle["clip"][...], strict=True):
-        key = f"{video}#clip{clip}"
+    views = handle["view"][...] if "view" in handle else np.zeros(record.clips, np.int32)
+    split_names = handle["split"].asstr()[...]
+    for video, clip, view, split in zip(videos, handle["clip"][...], views, split_names, strict=True):
+        key = f"{video}#clip{clip}#view{view}"
         if key in seen_videos:
-            problems.append(f"{video} clip {clip} also in {seen_videos[key]} (duplicate)")
+            problems.append(
+                f"{video} clip {clip}{f' view {view}' if view else ''} also in {seen_videos[key]} (duplicate)"
+            )
         seen_videos[key] = name
+        splits[str(video)] = str(split)
     block = max(1, _READ_BLOCK_BYTES // (int(np.prod(expected[1:])) * tokens.dtype.itemsize))
     bad_clips = []
     for start in range(0, record.clips, block):

@@ -17,7 +17,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
+from step_cache.extraction.views import ViewSettings, render_views, view_sampler
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class DecodeTask:
     path: str
     start_frame: int | None
     end_frame: int | None
+    key: str = ""  # the video's catalogue key: seeds its augmented views
+    views: ViewSettings | None = None  # draw augmented views of this (training) video
 
 
 @dataclass
@@ -46,6 +49,7 @@ class DecodeResult:
     error: str | None = None
     warnings: tuple[str, ...] = ()  # decoded, but less than asked for (a truncated file, a clamped segment)
     fps: float | None = None  # the container's frame rate: num_frames / fps is the clip's duration
+    view_params: list[dict[str, Any]] = field(default_factory=list)  # views 1..N, their frames after the clean ones
 
     def take_frames(self) -> np.ndarray:
         """Hand the pixels over (to the frame batcher), keeping no reference to them here."""
@@ -59,8 +63,13 @@ def decode_task(
     """Decode and preprocess one video; any error is returned as a failure naming the file."""
 
     def decode() -> tuple[Any, Any]:
-        decoded = decode_clips(task.path, frames, clips, task.start_frame, task.end_frame, decoder=decoder)
-        return decoded, preprocessing.resize_and_crop(decoded.frames)
+        sampler = view_sampler(task.views, task.key, frames, clips) if task.views and task.views.count else None
+        decoded = decode_clips(task.path, frames, clips, task.start_frame, task.end_frame, decoder, sampler)
+        pixels = preprocessing.resize_and_crop(decoded.frames)
+        if not decoded.views:
+            return decoded, pixels
+        # the views' pixels follow the clean ones: the backbone sees them all in one stream of batches
+        return decoded, np.concatenate([pixels, *render_views(decoded, task.views, preprocessing)])
 
     return guarded_decode(task, decode)
 
@@ -82,6 +91,7 @@ def guarded_decode(task: DecodeTask, decode: Callable[[], tuple[Any, Any]]) -> D
         decoded.short,
         warnings=tuple(decoded.warnings),
         fps=decoded.fps,  # for the clip durations in the manifest
+        view_params=[params for _, params, _ in getattr(decoded, "views", [])],
     )
 
 

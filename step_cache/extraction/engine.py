@@ -13,7 +13,7 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Failure, Manifest, ManifestError, VideoWarning, read_manifest
 from step_cache.cache.quantize import TOKEN_DTYPES, read_dtype
-from step_cache.cache.shards import COMPRESSIONS, ClipRecord, ShardError
+from step_cache.cache.shards import COMPRESSIONS, ShardError
 from step_cache.cache.writer import (
     CacheWriter,
     ExtractionError,
@@ -37,10 +37,13 @@ from step_cache.catalog import VideoItem, class_names, discover_videos, read_ann
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeTask
-from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_settings
+from step_cache.extraction.decoders import DECODERS, DEFAULT_DECODER, decoder_settings
 from step_cache.extraction.device_decode import open_decode_pool
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.parts import part_directory, partition
+from step_cache.extraction.records import video_records
+from step_cache.extraction.report import ExtractReport
+from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings, gets_views
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,14 @@ class ExtractOptions:
     compression: str = "none"  # "none", "lz4", "zstd" (Blosc, needs hdf5plugin) or "gzip"
     num_parts: int = 1  # split the catalogue into parts (one per GPU / machine / array task) ...
     part: int = 0  # ... and extract this one into OUT/parts/part-III-of-NNN
+    views: int = 0  # augmented views per training video besides the clean one (step_cache.extraction.views)
+    view_scale: tuple[float, float] = DEFAULT_SCALE  # random resized crop: area fraction ...
+    view_ratio: tuple[float, float] = DEFAULT_RATIO  # ... and aspect ratio (width / height) ranges
+    view_span: float | None = None  # a random sub-span of at least this fraction of the video (None: whole)
+    view_colour: float = 0.0  # brightness/contrast/saturation factors in [1 - c, 1 + c]
+    view_flip: bool = False  # horizontal flips (p = 0.5): off by default, they turn slide-left into slide-right
+    flip_pairs: str | None = None  # file of 'a,b' class pairs whose labels a flip swaps
+    view_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.clips < 1:
@@ -80,37 +91,6 @@ class ExtractOptions:
             raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.compression not in COMPRESSIONS:
             raise ExtractionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
-
-
-@dataclass
-class ExtractReport:
-    out: Path
-    manifest: Manifest
-    videos: int = 0  # extracted in this run
-    clips: int = 0
-    frames: int = 0
-    skipped: int = 0  # already in the cache
-    failures: list[Failure] = field(default_factory=list)  # of this run
-    warnings: list[VideoWarning] = field(default_factory=list)  # of this run: extracted from less than asked
-    seconds: float = 0.0
-
-    @property
-    def frames_per_second(self) -> float:
-        return self.frames / self.seconds if self.seconds else 0.0
-
-    def summary(self) -> str:
-        text = (
-            f"{self.out}: extracted {self.videos} videos ({self.clips} clips) in {self.seconds:.1f} s "
-            f"({self.frames_per_second:.1f} frames/s); {self.skipped} already done; "
-            f"cache holds {self.manifest.num_videos} videos in {len(self.manifest.shards)} shards"
-        )
-        if self.failures:
-            text += f"; {len(self.failures)} failed: " + "; ".join(f.reason for f in self.failures[:3])
-            text += " ..." if len(self.failures) > 3 else ""
-        if self.warnings:
-            text += f"; {len(self.warnings)} with warnings: " + "; ".join(w.reason for w in self.warnings[:3])
-            text += " ..." if len(self.warnings) > 3 else ""
-        return text
 
 
 def extract(
@@ -148,6 +128,7 @@ def extract(
     classes = class_names(items)  # from the whole catalogue, so that every part has the same class list
     pairs_file = Path(pairs) if pairs else _pairs_beside(annotations)
     pair_list = read_pairs(pairs_file, classes) if pairs_file else []
+    views = view_settings(opts, classes)
     if opts.num_parts > 1:
         items = partition(items, opts.num_parts, opts.part)
         out = part_directory(out, opts.part, opts.num_parts)
@@ -160,7 +141,7 @@ def extract(
         backbone = load_backbone(
             opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
         )
-        extraction = extraction_settings(backbone, opts)
+        extraction = extraction_settings(backbone, opts, views)
         source = {
             "videos": str(Path(videos).resolve()) if videos is not None else None,
             "annotations": str(Path(annotations).resolve()) if annotations else None,
@@ -178,12 +159,24 @@ def extract(
             manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
             manifest.storage = {"compression": opts.compression}
             done = recover(out, manifest)
-            return _run(backbone, opts, out, manifest, items, done, videos, device, pool)
+            return _run(backbone, opts, out, manifest, items, done, videos, device, pool, views)
     finally:
         pool.close()
 
 
-def extraction_settings(backbone: Backbone, opts: ExtractOptions) -> dict[str, Any]:
+def view_settings(opts: ExtractOptions, classes: list[str]) -> ViewSettings:
+    """The augmented views asked for; flip pairs are checked against the catalogue's classes."""
+    pairs = tuple(read_pairs(opts.flip_pairs, classes)) if opts.flip_pairs else ()
+    views = ViewSettings(
+        opts.views, tuple(opts.view_scale), tuple(opts.view_ratio), opts.view_span, opts.view_colour,
+        opts.view_flip, pairs, opts.view_seed,
+    )  # fmt: skip
+    if views.count and getattr(DECODERS.get(opts.decoder), "on_device", False):
+        raise ExtractionError(f"--views is not supported with --decoder {opts.decoder} yet; use a CPU decoder")
+    return views
+
+
+def extraction_settings(backbone: Backbone, opts: ExtractOptions, views: ViewSettings | None = None) -> dict[str, Any]:
     """The settings that define the tokens; a resumed run must match them exactly (JSON-normalised)."""
     # Where a weights file lies is not part of its identity (its checksum is): moving it must not block a resume.
     weights = {k: v for k, v in backbone.weights.items() if k != "path"}
@@ -194,6 +187,7 @@ def extraction_settings(backbone: Backbone, opts: ExtractOptions) -> dict[str, A
         "sampling": {"frames": opts.frames, "clips": opts.clips, "strategy": "segment-centres"},
         "tokens": backbone.layout.to_dict(),
         **decoder_settings(opts.decoder),
+        **({"views": views.to_dict()} if views is not None and views.count else {}),  # absent: byte-identical
     }
     return json.loads(json.dumps(settings))
 
@@ -249,6 +243,7 @@ def _run(
     videos_root: str | Path | None,
     device: torch.device,
     pool: DecodePool,
+    views: ViewSettings,
 ) -> ExtractReport:
     report = ExtractReport(out=out, manifest=manifest, skipped=sum(item.key in done for item in items))
     todo = [item for item in items if item.key not in done]
@@ -257,6 +252,7 @@ def _run(
     warnings = {w.video: w for w in manifest.warnings if w.video in done}
     manifest.warnings = sorted(warnings.values(), key=lambda w: w.video)
     label_index = {name: i for i, name in enumerate(manifest.classes)}
+    swap = views.swap_map()
     layout = backbone.layout
     shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // layout.clip_bytes(opts.frames)))
     # int8: the backbone's tokens come back in float16 and the shard writer quantizes them (as compact would)
@@ -268,6 +264,8 @@ def _run(
             str(Path(videos_root) / item.path) if videos_root is not None else item.path,
             item.start_frame,
             item.end_frame,
+            key=item.key,
+            views=views if views.count and gets_views(item.split) else None,
         )
         for i, item in enumerate(todo)
     ]
@@ -278,15 +276,9 @@ def _run(
     def write_finished(finished: list[PendingVideo]) -> None:
         for video in finished:
             item, result = video.payload
-            tokens = video.tokens.reshape(opts.clips, opts.frames, *video.tokens.shape[1:])
-            label = label_index.get(item.label, -1) if item.label else -1
-            state.append_video([
-                ClipRecord(
-                    tokens=tokens[k], label=label, video=item.key, clip=k, split=item.split or "",
-                    frame_indices=result.frame_indices[k], num_frames=result.num_frames, short=result.short,
-                )
-                for k in range(opts.clips)
-            ])  # fmt: skip
+            # whole videos only: the clean clips and all views go into one shard together (crash safety)
+            records = video_records(video.tokens, item, result, label_index, opts.clips, opts.frames, swap)
+            state.append_video(records)
             failures.pop(item.key, None)
             if result.fps:  # the typical duration is timeline's default window
                 manifest.add_duration(result.num_frames / result.fps)
@@ -298,6 +290,7 @@ def _run(
                 manifest.warnings = sorted(warnings.values(), key=lambda w: w.video)
             report.videos += 1
             report.clips += opts.clips
+            report.view_clips += len(records) - opts.clips
             bar.update(1)
             elapsed = time.perf_counter() - started
             bar.set_postfix(frames_s=f"{batcher.frames_done / elapsed:.1f}", failed=len(report.failures))
@@ -344,4 +337,4 @@ def _run(
     return report
 
 
-__all__ = ["ExtractOptions", "ExtractReport", "ExtractionError", "extract", "extraction_settings"]
+__all__ = ["ExtractOptions", "ExtractReport", "ExtractionError", "extract", "extraction_settings", "view_settings"]

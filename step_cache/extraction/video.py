@@ -4,8 +4,10 @@ a bad video gives."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -22,8 +24,12 @@ class DecodedClips:
     short: bool
     warnings: list[str] = field(default_factory=list)  # decoded, but not all that was asked for (see decode_clips)
     fps: float | None = None  # the container's frame rate (None when it does not say): durations in seconds
+    # augmented views (extract --views): (rng, drawn parameters, (clips * T, H, W, 3) frames) per view
+    views: list[tuple[Any, dict[str, Any], np.ndarray]] = field(default_factory=list)
 
 
+# (frames in the sampled span, its first frame) -> [(rng, parameters with "frame_indices" (clips, T))] per view
+ViewDraws = Callable[[int, int], list[tuple[Any, dict[str, Any]]]]
 _decoder_message = decoder_message  # the name the tests (and older callers) use
 
 
@@ -34,13 +40,15 @@ def decode_clips(
     start_frame: int | None = None,
     end_frame: int | None = None,
     decoder: str = DEFAULT_DECODER,
+    views: ViewDraws | None = None,
 ) -> DecodedClips:
     """Decode ``clips`` x ``frames`` uniformly sampled frames of ``path`` (or of ``[start_frame, end_frame)``) with
-    the named decoder backend; VideoDecodeError naming the file and the problem when it cannot be read."""
+    the named decoder backend; VideoDecodeError naming the file and the problem when it cannot be read.
+    ``views(frames in the span, its start)`` draws augmented views, whose frames are read in the same pass."""
     path = Path(path)
     source = _open_source(path, decoder)
     try:
-        return _sample(source, path, frames, clips, start_frame, end_frame)
+        return _sample(source, path, frames, clips, start_frame, end_frame, views)
     finally:
         source.close()
 
@@ -75,7 +83,15 @@ def _open_source(path: Path, decoder: str):
     return open_video(path, decoder)
 
 
-def _sample(source, path: Path, frames: int, clips: int, start_frame: int | None, end_frame: int | None):
+def _sample(
+    source,
+    path: Path,
+    frames: int,
+    clips: int,
+    start_frame: int | None,
+    end_frame: int | None,
+    views: ViewDraws | None = None,
+):
     total = source.num_frames
     start = start_frame or 0
     end = total if end_frame is None else min(end_frame, total)
@@ -98,10 +114,18 @@ def _sample(source, path: Path, frames: int, clips: int, start_frame: int | None
             f"[{start}, {end})"
         )
     indices = segment_indices(end - start, frames, clips, start=start)
-    # Each unique frame is decoded once; repeated indices (short videos, overlapping clips) are copied.
-    unique, inverse = np.unique(indices.ravel(), return_inverse=True)
+    drawn = views(end - start, start) if views is not None else []
+    wanted = [indices, *(np.asarray(params["frame_indices"]) for _, params in drawn)]
+    # Each unique frame is decoded once, for the clean clips and every view; repeated indices (short videos,
+    # overlapping clips or views) are copied.
+    unique, inverse = np.unique(np.concatenate([w.ravel() for w in wanted]), return_inverse=True)
     batch = source.read(unique.tolist())  # VideoDecodeError when the file turns out damaged
-    return DecodedClips(batch[inverse], indices, end - start, is_short(end - start, frames), warnings, fps=source.fps)
+    n = indices.size
+    decoded = DecodedClips(
+        batch[inverse[:n]], indices, end - start, is_short(end - start, frames), warnings, fps=source.fps
+    )
+    decoded.views = [(rng, params, batch[inverse[n * v : n * (v + 1)]]) for v, (rng, params) in enumerate(drawn, 1)]
+    return decoded
 
 
 def declared_frames(path: Path) -> tuple[int | None, bool]:
