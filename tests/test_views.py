@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,3 +259,23 @@ def test_cli_views_off_is_recorded_and_evaluate_counts_clean_clips(caches, tmp_p
     )
     assert written.exit_code == 0 and f"for {len(set(clean.videos.tolist()))} videos" in written.stdout
     assert "--views" in runner.invoke(app, ["train-probe", "--help"]).stdout
+
+
+def test_bench_views_trains_on_and_off_and_prints_a_table(caches, tmp_path):
+    bench = Path(__file__).resolve().parent.parent / "bench" / "views.py"
+    out = tmp_path / "views.jsonl"
+    command = [sys.executable, str(bench), str(caches[0]), "--out", str(out), "--probes", "linear", "step"]
+    done = subprocess.run([*command, "--seeds", "2", "--epochs", "2"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["probe"] for row in rows] == ["linear", "step"]
+    assert rows[0]["views_per_clip"] == 2 and rows[0]["train_clips"] == len(shard_splits(open_shards(caches[0])).train)
+    assert list(rows[0]["groups"]) == ["views off", "views on", "views + reverse-pairs 0.5"]  # linear: no token drop
+    assert list(rows[1]["groups"]) == ["views off", "views on", "views + token-drop 0.5", "views + reverse-pairs 0.5"]
+    assert all(len(group["test"]["top1"]) == 2 for row in rows for group in row["groups"].values())  # 2 seeds each
+    again = subprocess.run(command, capture_output=True, text=True, check=True)  # done already: nothing to train
+    assert len(out.read_text().splitlines()) == 2 and "test top-1" not in again.stdout
+    printed = subprocess.run([sys.executable, str(bench), "--table", str(out)], capture_output=True, text=True)
+    lines = printed.stdout.strip().splitlines()
+    assert lines[0].startswith("| cache | views |") and "views off: test top-1" in lines[0] and len(lines) == 4
+    assert "| linear |" in lines[2] and "| – | – |" in lines[2]  # no token-drop figures for the linear probe
