@@ -279,3 +279,20 @@ def test_bench_views_trains_on_and_off_and_prints_a_table(caches, tmp_path):
     lines = printed.stdout.strip().splitlines()
     assert lines[0].startswith("| cache | views |") and "views off: test top-1" in lines[0] and len(lines) == 4
     assert "| linear |" in lines[2] and "| – | – |" in lines[2]  # no token-drop figures for the linear probe
+
+
+def test_a_run_trained_on_views_rebuilds_its_backbone_for_videos():
+    """predict --videos rebuilds the run's extraction from config.json: the views recorded there are training
+    material, not a setting that changes a video's clean tokens."""
+    from conftest import TINY
+
+    from step_cache.extraction.backbones import load_backbone
+    from step_cache.extraction.engine import ExtractOptions, extraction_settings
+    from step_cache.recognition.settings import load_run_backbone
+
+    options = ExtractOptions(**{k: v for k, v in TINY.items() if k != "progress"}, progress=False)
+    backbone = load_backbone(options.backbone, options.weights, options.image_size, 1, options.seed, options.dtype)
+    settings = extraction_settings(backbone, options)
+    record = {"data": {"extraction": {**settings, "views": {"count": 2}}, "features": []}}
+    rebuilt, rebuilt_options = load_run_backbone(record)
+    assert rebuilt_options.frames == TINY["frames"] and type(rebuilt) is type(backbone)

@@ -113,6 +113,7 @@ def load_run_backbone(record: dict[str, Any], weights: str | Path | None = None)
     )
     rebuilt = extraction_settings(backbone, options)
     recorded = json.loads(json.dumps(record["data"]["extraction"]))
+    recorded.pop("views", None)  # extract --views only added training rows: videos get the clean view's tokens
     differences = extraction_differences(recorded, rebuilt)
     if differences:
         raise RunSettingsError(f"cannot rebuild the backbone the run's tokens came from: {'; '.join(differences[:4])}")
