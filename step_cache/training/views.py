@@ -85,12 +85,12 @@ class ViewTable:
 
 def view_table(shards: ShardSet, clips: np.ndarray, mode: str) -> ViewTable:
     """The views of the training ``clips`` for ``views=mode`` ("on" or "off"); "on" on a cache without views
-    trains on clean clips (logged, not an error)."""
+    trains on clean clips (not an error; a debug message, since that is every cache extracted without --views)."""
     if mode not in VIEW_MODES:
         raise ValueError(f"views must be one of {', '.join(VIEW_MODES)}, got {mode!r}")
     table = ViewTable(shards, clips, enabled=mode == "on")
     if mode == "on" and not table.enabled:
-        log.info("the cache has no augmented views of the training clips: training uses the clean clips")
+        log.debug("the cache has no augmented views of the training clips: training uses the clean clips")
     elif mode == "off" and table.available:
         log.info("views off: training on the clean clips only (the cache holds %d views per clip)", table.available)
     elif table.enabled:
