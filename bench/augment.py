@@ -26,7 +26,7 @@ from defaults import append_row, mean_std, pending, train_groups
 
 from step_cache.cache.shards import open_shards
 from step_cache.training.config import make_config
-from step_cache.training.splits import select_splits
+from step_cache.training.splits import shard_splits
 
 PROBES = ("attentive", "self-attentive", "step")  # the linear probe reads CLS only: nothing to drop
 
@@ -60,7 +60,7 @@ def measure(cache: Path, probe: str, seeds: int, chosen: dict[str, dict[str, flo
         for name, options in chosen.items()
     }
     by_group, seconds = train_groups(shards, groups)
-    splits = select_splits(shards.labels, shards.splits, shards.videos)
+    splits = shard_splits(shards)
     return {
         "cache": str(cache),
         "probe": probe,

@@ -28,7 +28,7 @@ from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.stacked import train_stacked
 from step_cache.training.config import TrainConfig, make_config, with_schedule
-from step_cache.training.splits import select_splits
+from step_cache.training.splits import shard_splits
 
 PROBES = ("linear", "attentive", "self-attentive", "step")
 SWEEP_LRS = (1e-3, 3e-3, 1e-2)
@@ -118,7 +118,7 @@ def measure(
     by_group, seconds = train_groups(shards, groups)
     swept = {name: group for name, group in by_group.items() if name != "default"}
     best = max(swept, key=lambda name: np.mean(swept[name]["val"]["top1"])) if swept else None
-    splits = select_splits(shards.labels, shards.splits, shards.videos)
+    splits = shard_splits(shards)
     resolved = with_schedule(groups["default"][0], len(splits.train))
     return {
         "cache": str(cache),

@@ -41,3 +41,12 @@ ReversePairs = Annotated[
         "reverses).",
     ),
 ]
+Views = Annotated[
+    str,
+    typer.Option(
+        help="on: each epoch, every training clip contributes one of its cached views, drawn uniformly from the "
+        "clean one and its augmented ones (extract --views N; the views are held in memory too: (1 + N) x the "
+        "training clips' tokens); off: clean clips only, to measure the gain. A no-op on a cache without views. "
+        "Validation, test, evaluate and predict always use the clean views.",
+    ),
+]

@@ -9,7 +9,7 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs
+from cli.options import BatchSize, Epochs, Views
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -51,6 +51,7 @@ def sweep(
     seed: Annotated[int, typer.Option(help="Data order, initial weights and sampler seed.")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Held-out share of training videos when no val split.")] = 0.2,
     tokens: Annotated[str, typer.Option(help="all, cls, patches or auto.")] = "auto",
+    views: Views = "on",
     pairs: Annotated[Path | None, typer.Option(help="Mirrored class pairs file (default: the cache's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     data: Annotated[str, typer.Option(help="auto, memory or streaming.")] = "auto",
@@ -97,6 +98,7 @@ def sweep(
             seed=seed,
             val_fraction=val_fraction,
             tokens=tokens,
+            views=views,
             pairs=str(pairs) if pairs else None,
             device=device,
             data=data,

@@ -10,7 +10,7 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs, ReversePairs, TokenDrop
+from cli.options import BatchSize, Epochs, ReversePairs, TokenDrop, Views
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -62,6 +62,7 @@ def train_probe(
     clip_grad: Annotated[float, typer.Option(help="Max gradient norm; 0 disables clipping.")] = 1.0,
     token_drop: TokenDrop = 0.0,
     reverse_pairs: ReversePairs = 0.0,
+    views: Views = "on",
     seed: Annotated[int, typer.Option(help="Seed of the initial weights, batch order and held-out val videos.")] = 0,
     seeds: Annotated[
         int,
@@ -136,6 +137,7 @@ def train_probe(
             clip_grad=clip_grad,
             token_drop=token_drop,
             reverse_pairs=reverse_pairs,
+            views=views,
             seed=seed,
             seeds=seeds,
             val_fraction=val_fraction,

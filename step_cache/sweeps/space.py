@@ -18,8 +18,9 @@ number / boolean (fixed) or a table ``{low = .., high = .., log = true, step = .
 Parameters: the per-member hyperparameters (``lr``, ``weight_decay``/``wd``, ``warmup_epochs``/``warmup``,
 ``label_smoothing``/``ls``, ``clip_grad``, ``dropout``), the probe's structural options (``depth``,
 ``num_heads``/``heads``, ``mlp_ratio``, ``frame_pos``, ``global_cls``, ``mlp``: whatever the probe takes), and
-``batch_size``, ``tokens`` and the token-space augmentations ``token_drop`` and ``reverse_pairs``. Structural
-values, and those of the last four, split a batch of trials into stacks of equal shape.
+``batch_size``, ``tokens``, the token-space augmentations ``token_drop`` and ``reverse_pairs``, and ``views``
+(``on`` / ``off``: train on a cache's augmented views or on clean clips only). Structural values, and those of
+the last five, split a batch of trials into stacks of equal shape.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from step_cache.probes import probe_options
 from step_cache.training.token_data import TOKEN_SUBSETS
+from step_cache.training.views import VIEW_MODES
 
 
 class SweepSpaceError(ValueError):
@@ -52,6 +54,7 @@ TRAINING_PARAMS: dict[str, type] = {
     "tokens": str,
     "token_drop": float,
     "reverse_pairs": float,
+    "views": str,
 }
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^(?P<log>log:)?(?P<low>{_NUMBER})\.\.(?P<high>{_NUMBER})(?::(?P<step>{_NUMBER}))?$")
@@ -141,6 +144,8 @@ def parse_value(text: Any, kind: type, name: str, where: str) -> Any:
         value = str(text).strip()
         if name == "tokens" and value not in ("auto", *TOKEN_SUBSETS):
             raise SweepSpaceError(f"{where}: tokens takes auto, {', '.join(TOKEN_SUBSETS)}, got {value!r}")
+        if name == "views" and value not in VIEW_MODES:
+            raise SweepSpaceError(f"{where}: views takes {' or '.join(VIEW_MODES)}, got {value!r}")
         return value
     try:
         number = float(text) if isinstance(text, str) else text

@@ -3,12 +3,13 @@ parameters are stacked along a leading K axis and run with one vmapped forward a
 its own optimizer state, learning rate, weight decay, warm-up, gradient clipping, label smoothing and dropout.
 
 A member gets what ``train_probe`` would give its config alone: the same initial weights (``manual_seed(seed)``
-before building the probe), the same batches (``batch_plan`` keyed by (seed, epoch)), the same AdamW and
-schedule, the same per-epoch validation and best-checkpoint rule, and the same final metrics (order metrics
-included) of its best checkpoint. On CPU in float32 and without dropout it matches a lone run to float rounding
-(tested). With dropout it cannot match bit for bit: vmap draws every member's masks from one random stream.
+before building the probe), the same batches (``views.epoch_plan``: batch order and augmented views keyed by
+(seed, epoch)), the same AdamW and schedule, the same per-epoch validation and best-checkpoint rule, and the same
+final metrics (order metrics included) of its best checkpoint. On CPU in float32 and without dropout it matches a
+lone run to float rounding (tested). With dropout it cannot match bit for bit: vmap draws every member's masks
+from one random stream.
 Members of another seed than the first (``train-probe --seeds``) get their own initial weights but the first
-member's batches and validation split, so their spread measures initialisation (and dropout) alone.
+member's batches, views and validation split, so their spread measures initialisation (and dropout) alone.
 
 A member can be stopped after any epoch (``on_epoch`` returns True: an Optuna pruner said so). It is then
 *dropped from the stack* — its parameters, optimizer state and best weights are indexed away — rather than
@@ -40,7 +41,7 @@ from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches
 from step_cache.training.optimization import schedule_steps
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
-from step_cache.training.token_data import batch_plan
+from step_cache.training.views import epoch_plan
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class StackedRun:
         """One epoch of every active member: the shared timing and per-slot loss / top-1 / lr."""
         first, members = self.first, self.stack.size
         self.stack.train(True)
-        plan = batch_plan(self.data.splits.train, first.batch_size, shuffle=True, seed=first.seed, epoch=epoch)
+        plan = epoch_plan(self.data.views, first.batch_size, first.seed, epoch)  # the first member's, like the views
         augment = self.augmentation.for_epoch(first.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.data.source, plan, self.device, self.train_step, members=(members,),

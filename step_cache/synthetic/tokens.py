@@ -89,6 +89,9 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
     pairs = [(classes[i], classes[i + 1]) for i in range(0, len(classes), 2)] if spec.task == "order" else []
     manifest = Manifest(extraction=spec.extraction(), classes=classes, pairs=pairs)
     rng = np.random.default_rng(spec.seed)
+    # The views' noise has a generator of its own, so the clean tokens are the same with or without views (as
+    # extract's clean view is): a cache with views compares exactly with the same cache without them.
+    view_rng = np.random.default_rng([spec.seed, 1])
     writer: ShardWriter | None = None
     # Videos interleaved by class, so every shard (and any prefix of the cache) holds every class.
     for video in range(spec.videos_per_class):
@@ -118,7 +121,7 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
                 )
                 # Augmented views of training videos only, appended with the clean clip (one video, one shard).
                 views = [
-                    replace(record, tokens=spec.augmented(record.tokens, rng), view=view,
+                    replace(record, tokens=spec.augmented(record.tokens, view_rng), view=view,
                             view_params=json.dumps({"noise": spec.view_noise}))
                     for view in range(1, spec.views + 1)
                 ] if split in ("train", "") else []  # fmt: skip

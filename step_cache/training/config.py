@@ -18,6 +18,7 @@ import torch
 from step_cache import __version__
 from step_cache.training.optimization import default_lr, resolve_schedule, schedule_steps
 from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
+from step_cache.training.views import VIEW_MODES
 
 
 class TrainConfigError(ValueError):
@@ -41,6 +42,7 @@ class TrainConfig:
     clip_grad: float = 1.0  # max gradient norm; 0 disables clipping
     token_drop: float = 0.0  # share of each frame's patch tokens dropped per training clip (augment.py)
     reverse_pairs: float = 0.0  # probability a mirrored-pair clip is reversed and relabelled as its partner
+    views: str = "on"  # on: each epoch one of a training clip's cached views (extract --views); off: clean only
     seed: int = 0
     seeds: int = 1  # > 1: seeds seed .. seed+seeds-1 trained together as one stack; mean ± std (training/seeds.py)
     val_fraction: float = 0.2  # of training videos held out, only when the cache has no "val" split
@@ -72,6 +74,8 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     config = TrainConfig(probe=probe, **options)
     if config.lr is None:
         config.lr = default_lr(probe)
+    if isinstance(config.views, bool):  # the Python API may say views=True / False
+        config.views = "on" if config.views else "off"
     checks = [
         (config.epochs is None or config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
         (config.batch_size is None or config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
@@ -83,6 +87,7 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),
         (0 <= config.token_drop < 1, f"token_drop must be in [0, 1), got {config.token_drop}"),
         (0 <= config.reverse_pairs <= 1, f"reverse_pairs must be in [0, 1], got {config.reverse_pairs}"),
+        (config.views in VIEW_MODES, f"views must be one of {', '.join(VIEW_MODES)}, got {config.views!r}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
         (
             config.tokens in ("auto", *TOKEN_SUBSETS),

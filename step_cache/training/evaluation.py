@@ -3,7 +3,8 @@
 The probe is rebuilt from the run's ``config.json`` and loaded from ``best.pt``. The cache must hold the same
 kind of tokens (backbone, weights, preprocessing, frames, layout; the number of clips per video may differ). Its
 classes are matched to the probe's *by name*: clips of classes the probe does not know are reported and left
-out, never scored against the wrong class.
+out, never scored against the wrong class. Only clean views are scored: a cache's augmented views
+(``extract --views``) are training material, never clips of their own.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video, pair_indices
 from step_cache.training.splits import DataError, select_splits
 from step_cache.training.token_data import TokenSelection, open_token_source
+from step_cache.training.views import clean_rows
 
 log = logging.getLogger(__name__)
 
 EVAL_SPLITS = ("all", "train", "val", "test")
 # Settings that may differ between the training cache and another cache without changing what a token means.
-_HARMLESS = ("sampling.clips",)
+# Augmented views (extract --views) only add training rows: the clean tokens are the same with or without them.
+_HARMLESS = ("sampling.clips", "views")
 
 
 def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str, Any], nn.Module]:
@@ -74,7 +77,8 @@ def map_labels(shards: ShardSet, classes: Sequence[str]) -> tuple[np.ndarray, di
     lookup = {name: index for index, name in enumerate(classes)}
     to_probe = np.array([lookup.get(name, -1) for name in shards.classes] + [-1], dtype=np.int64)
     mapped = to_probe[shards.labels]  # label -1 picks the trailing -1
-    unknown = Counter(shards.classes[label] for label in shards.labels[(shards.labels >= 0) & (mapped < 0)])
+    left_out = (shards.labels >= 0) & (mapped < 0) & clean_rows(shards)  # clips: augmented views do not count
+    unknown = Counter(shards.classes[label] for label in shards.labels[left_out])
     return mapped, dict(sorted(unknown.items()))
 
 
@@ -110,10 +114,12 @@ def evaluate(
             sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
         )  # fmt: skip
     if split == "all":
-        indices = np.nonzero(labels >= 0)[0]
+        indices = np.nonzero((labels >= 0) & clean_rows(shards))[0]  # augmented views are not scored
     else:
         config = record["config"]
-        chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], config["seed"])
+        chosen = select_splits(
+            labels, shards.splits, shards.videos, config["val_fraction"], config["seed"], views=shards.views
+        )
         indices = getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
@@ -160,17 +166,18 @@ def predict(
     check_cache_fits(record, shards)
     classes = record["data"]["classes"]
     top_k = min(top_k, len(classes))
-    indices = np.arange(len(shards))
+    indices = np.nonzero(clean_rows(shards))[0]  # clean views only: augmented views are training material
     target = resolve_device(device)
     source = open_token_source(shards, indices, _selection(record), shards.labels, mode=data, workers=workers)
     try:
         logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)
     finally:
         source.close()
-    video_logits, keys, first = average_by_video(logits, shards.videos)
+    video_logits, keys, first = average_by_video(logits, shards.videos[indices])
+    first = indices[first]  # rows of the ShardSet
     probabilities = torch.softmax(torch.from_numpy(video_logits), dim=1).numpy()
     ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
-    clips = Counter(shards.videos.tolist())
+    clips = Counter(shards.videos[indices].tolist())
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="", encoding="utf-8") as handle:

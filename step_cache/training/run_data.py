@@ -13,6 +13,7 @@ from step_cache.catalog import read_pairs
 from step_cache.training.config import TrainConfig, schedule_record
 from step_cache.training.splits import DataError, Splits
 from step_cache.training.token_data import TokenSelection
+from step_cache.training.views import ViewTable, clean_rows
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,11 @@ def resolve_pairs(shards: ShardSet, pairs_file: str | None) -> list[tuple[str, s
 
 def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
     where = ", ".join(map(str, shards.directories))
-    labelled = int((shards.labels >= 0).sum())
+    clean = clean_rows(shards)  # augmented views are not clips of their own
+    labelled = int((shards.labels[clean] >= 0).sum())
     if len(splits.train) == 0:
         raise DataError(
-            f"{where}: no training clips ({labelled} of {len(shards)} clips are labelled; training uses labelled "
+            f"{where}: no training clips ({labelled} of {int(clean.sum())} clips are labelled; training uses labelled "
             "clips whose split is 'train' or empty)"
         )
     if len(splits.val) == 0:
@@ -50,8 +52,10 @@ def data_record(
     pairs: Sequence[tuple[int, int]],
     requested: TrainConfig,
     resolved: TrainConfig,
+    views: ViewTable,
 ) -> dict[str, Any]:
-    """The ``data`` part of ``config.json``: the cache's identity, classes, pairs, tokens, splits and schedule."""
+    """The ``data`` part of ``config.json``: the cache's identity, classes, pairs, tokens, splits, augmented views
+    and schedule."""
     return {
         "features": [str(d.resolve()) for d in shards.directories],
         "manifest_hash": shards.manifest.content_hash(),
@@ -66,6 +70,7 @@ def data_record(
         "frames": shards.manifest.frames,
         "dim": shards.layout.dim,
         "splits": splits.counts(),
+        **views.record(resolved.views),
         "schedule": schedule_record(requested, resolved, len(splits.train)),
     }
 

@@ -1,10 +1,10 @@
 """``train_probe(..., seeds=N)``: one probe configuration trained with N seeds at once, as one stacked batch
 (``sweeps.stacked``: the seeds are members of one vmapped stack), to report its figures as mean ± std.
 
-Seeds ``seed .. seed+N-1`` give each member its own initial weights (and dropout masks); the batches and, when the
-cache has no val split, the held-out validation videos come from ``seed`` for every member, so the spread
-measures the probe's sensitivity to its initialisation on fixed data. Each member keeps its own best checkpoint
-(chosen on val, like a lone run).
+Seeds ``seed .. seed+N-1`` give each member its own initial weights (and dropout masks); the batches, the augmented
+views drawn each epoch and, when the cache has no val split, the held-out validation videos come from ``seed`` for
+every member, so the spread measures the probe's sensitivity to its initialisation on fixed data. Each member
+keeps its own best checkpoint (chosen on val, like a lone run).
 
 Run directory (``runs.py`` plus)::
 
@@ -70,7 +70,9 @@ def train_seeds(
         record = run_record(
             resolved,
             {
-                **data_record(shards, training.selection, training.splits, training.pairs, config, resolved),
+                **data_record(
+                    shards, training.selection, training.splits, training.pairs, config, resolved, training.views
+                ),
                 "seeds": seeds,
             },
         )

@@ -4,7 +4,8 @@ The shards' ``split`` column decides: ``test`` clips are held out, ``val`` clips
 ("") clips train. When the cache has no ``val`` clip, a fraction of the training *videos* is held out instead,
 stratified by class and deterministic for a seed. Clips are grouped by source video file (temporal clips and
 segments of one file stay on one side), so no footage leaks between train and val. Unlabelled clips are never
-selected.
+selected, nor are augmented views (``views`` > 0, ``extract --views``): they are not clips of their own, so every
+split, and the held-out videos, are those of the same cache without views (training.views draws them).
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from step_cache.catalog import source_video
+
+if TYPE_CHECKING:
+    from step_cache.cache.shards import ShardSet
 
 
 class DataError(ValueError):
@@ -36,13 +41,20 @@ class Splits:
 
 
 def select_splits(
-    labels: np.ndarray, splits: np.ndarray, videos: Sequence[str], val_fraction: float = 0.2, seed: int = 0
+    labels: np.ndarray,
+    splits: np.ndarray,
+    videos: Sequence[str],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    views: np.ndarray | None = None,
 ) -> Splits:
-    """Split labelled clips into train / val / test (see the module doc). ``val_fraction`` only applies when no
-    clip is marked ``val``."""
+    """Split labelled clean clips into train / val / test (see the module doc). ``val_fraction`` only applies when
+    no clip is marked ``val``; ``views`` (``ShardSet.views``; None: all clean) leaves out augmented views."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     labels, splits, videos = np.asarray(labels), np.asarray(splits), np.asarray(videos)
+    if views is not None:
+        labels = np.where(np.asarray(views) == 0, labels, -1)  # a view is never a clip of its own
     # Clips in video-key order, whatever order extraction wrote them in (parts merged from several ranks, a resumed
     # run), so that a seed gives the same batches, and the same run, on every extraction of the same videos.
     order = np.argsort(videos, kind="stable")
@@ -54,6 +66,11 @@ def select_splits(
 
     result = _select(labels, splits, videos, val_fraction, seed)
     return Splits(canonical(result.train), canonical(result.val), canonical(result.test), result.val_source)
+
+
+def shard_splits(shards: ShardSet, val_fraction: float = 0.2, seed: int = 0) -> Splits:
+    """``select_splits`` of a ShardSet's clean clips (its labels, splits, videos and views)."""
+    return select_splits(shards.labels, shards.splits, shards.videos, val_fraction, seed, views=shards.views)
 
 
 def _select(labels: np.ndarray, splits: np.ndarray, videos: np.ndarray, val_fraction: float, seed: int) -> Splits:

@@ -2,8 +2,8 @@
 killed run exactly, and write the final metrics (including the frame-order metrics) of the best checkpoint.
 
 The run directory layout is described in ``runs.py``. On CPU a run is fully deterministic for a seed:
-batch order is keyed by (seed, epoch), dropout draws from torch's global generator whose state is checkpointed,
-and both data paths (in memory, streaming) yield the same batches.
+batch order and the augmented views drawn (``views.py``) are keyed by (seed, epoch), dropout draws from torch's
+global generator whose state is checkpointed, and both data paths (in memory, streaming) yield the same batches.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ from step_cache.training.records import (
 )
 from step_cache.training.run_data import check_splits, data_record, resolve_pairs, token_subset
 from step_cache.training.seeds import train_seeds
-from step_cache.training.splits import select_splits
-from step_cache.training.token_data import TokenSelection, batch_plan, open_token_source, select_tokens
+from step_cache.training.splits import shard_splits
+from step_cache.training.token_data import TokenSelection, open_token_source, select_tokens
+from step_cache.training.views import epoch_plan, view_table
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,9 @@ class _Run:
         self.shards, self.run_dir, self.selection = shards, run_dir, selection
         self.device = resolve_device(config.device)
         self.pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
-        self.splits = select_splits(shards.labels, shards.splits, shards.videos, config.val_fraction, config.seed)
+        self.splits = shard_splits(shards, config.val_fraction, config.seed)
         check_splits(self.splits, shards, config)
+        self.views = view_table(shards, self.splits.train, config.views)
         self.requested = config  # epochs / batch_size may be None (auto): resolved from the training clips
         self.config = config = with_schedule(config, len(self.splits.train))
         self.augmentation = build_augmentation(
@@ -115,10 +117,13 @@ class _Run:
         self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
     def data_record(self) -> dict[str, Any]:
-        return data_record(self.shards, self.selection, self.splits, self.pairs, self.requested, self.config)
+        return data_record(
+            self.shards, self.selection, self.splits, self.pairs, self.requested, self.config, self.views
+        )
 
     def open_data(self) -> None:
-        needed = np.concatenate([self.splits.train, self.splits.val, self.splits.test])
+        # the augmented views training may draw are loaded too (in memory: (1 + N) x the training clips' tokens)
+        needed = np.concatenate([self.splits.train, self.views.augmented_rows, self.splits.val, self.splits.test])
         self.source = open_token_source(
             self.shards,
             needed,
@@ -196,7 +201,7 @@ class _Run:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         config = self.config
         self.model.train()
-        plan = batch_plan(self.splits.train, config.batch_size, shuffle=True, seed=config.seed, epoch=epoch)
+        plan = epoch_plan(self.views, config.batch_size, config.seed, epoch)
         augment = self.augmentation.for_epoch(config.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.source, plan, self.device, self.train_step, description=f"epoch {epoch + 1}/{config.epochs}",
