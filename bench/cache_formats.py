@@ -9,8 +9,17 @@ Takes a float16 cache (e.g. the demo benchmark extracted with vit-tiny), writes 
   random GB/s   one-clip reads in random order as the streaming loader reads them (ShardSet.read_stored, then
                 dequantized in torch), stored bytes per second
   load GB/s     reading every clip into RAM as the in-memory loader does (stored bytes per second)
-  train clips/s in-memory training through train_probe (fastest epoch after the first; int8 is dequantized
+  memory clips/s
+                in-memory training through train_probe (fastest epoch after the first; int8 is dequantized
                 per batch)
+  stream clips/s
+                streaming training (``data="streaming"``: batches read from the shards on demand by reader
+                processes, ``--workers``; train-probe's default is the spare cores, at most 4), fastest epoch after
+                the first; "wait" is the share of that epoch the training loop waited for its next batch
+
+Formats: float16 (the source), int8, pool 2 (float16), int8 + pool 2, and int8 + project K for each ``--project K``
+(PCA on the training clips, ``compact --project``; default K = D/1.5 and D/3 rounded to a multiple of 64 where
+that is < D, e.g. 128 and 64 at D = 192, 256 and 128 at D = 384).
 
 Every figure is the best of ``--rounds`` rounds that interleave the formats (other jobs only slow a figure down).
 
@@ -18,6 +27,7 @@ Files this small sit in the OS page cache after the first pass, so the read figu
 read (HDF5, copies, dequantization), not a disk.
 
     python bench/cache_formats.py --cache demo/shards --probe step --epochs 3
+    python bench/cache_formats.py --cache dinov2/shards --project 256 128 --formats float16 int8 int8+p256
 """
 
 from __future__ import annotations
@@ -37,14 +47,27 @@ from step_cache.cache.shards import open_shards
 from step_cache.training.token_data import InMemoryTokens, as_tensor, select_tokens
 from step_cache.training.trainer import train_probe
 
-FORMATS = {"float16": (None, 1), "int8": ("int8", 1), "pool2": (None, 2), "int8+pool2": ("int8", 2)}
+# name -> (dtype, pool_patches, project); int8+pK formats are added per --project K.
+FORMATS = {
+    "float16": (None, 1, None),
+    "int8": ("int8", 1, None),
+    "pool2": (None, 2, None),
+    "int8+pool2": ("int8", 2, None),
+}
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, required=True, help="a float16 cache (extract's default dtype)")
     parser.add_argument("--work", type=Path, default=None, help="where to write the other formats (default: temp)")
-    parser.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
+    parser.add_argument(
+        "--formats", nargs="+", default=None, help=f"subset of {', '.join(FORMATS)}, int8+pK (default: all)"
+    )
+    parser.add_argument(
+        "--project", nargs="*", type=int, default=None, help="K of the int8+pK formats (default: from D, see above)"
+    )
+    parser.add_argument("--data", nargs="+", default=["memory", "streaming"], choices=["memory", "streaming"])
+    parser.add_argument("--workers", type=int, default=None, help="streaming reader processes (default: train-probe's)")
     parser.add_argument("--probe", default="step")
     parser.add_argument("--epochs", type=int, default=3, help="the first warms up, the fastest other counts")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -53,12 +76,26 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def build(source: Path, work: Path, name: str) -> tuple[Path, float]:
+def default_projections(dim: int) -> list[int]:
+    return sorted({k for k in (64 * round(dim / 1.5 / 64), 64 * round(dim / 3 / 64)) if 0 < k < dim}, reverse=True)
+
+
+def formats(args: argparse.Namespace, dim: int) -> dict[str, tuple[str | None, int, int | None]]:
+    projects = default_projections(dim) if args.project is None else args.project
+    known = {**FORMATS, **{f"int8+p{k}": ("int8", 1, k) for k in projects}}
+    chosen = args.formats or list(known)
+    unknown = [name for name in chosen if name not in known]
+    if unknown:
+        raise SystemExit(f"unknown formats {unknown}; known: {', '.join(known)} (int8+pK needs --project K)")
+    return {name: known[name] for name in chosen}
+
+
+def build(source: Path, work: Path, name: str, spec: tuple[str | None, int, int | None]) -> tuple[Path, float]:
     if name == "float16":
         return source, float("nan")
-    dtype, pool = FORMATS[name]
+    dtype, pool, project = spec
     out = work / name
-    report = compact(source, out, dtype=dtype, pool_patches=pool, overwrite=True, progress=False)
+    report = compact(source, out, dtype=dtype, pool_patches=pool, project=project, overwrite=True, progress=False)
     return out, report.out_bytes / report.seconds / 1e6
 
 
@@ -80,12 +117,29 @@ def read_speeds(directory: Path, repeats: int) -> tuple[float, float]:
     return total / random_best, total / load_best
 
 
-def train_speed(directory: Path, args: argparse.Namespace, out: Path) -> float:
+def train_speed(directory: Path, args: argparse.Namespace, out: Path, data: str) -> tuple[float, float]:
+    """Clips/s of the fastest epoch after the first, and the share of that epoch spent waiting for batches."""
     result = train_probe(
         directory, args.probe, out, overwrite=True, epochs=args.epochs, batch_size=args.batch_size,
-        data="memory", progress=False,
+        data=data, workers=args.workers, progress=False,
     )  # fmt: skip
-    return max(record["clips_per_s"] for record in (result.history[1:] or result.history))
+    best = max(result.history[1:] or result.history, key=lambda record: record["clips_per_s"])
+    return best["clips_per_s"], best["data_wait_s"] / best["train_s"]
+
+
+def measure_round(directory: Path, args: argparse.Namespace, out: Path) -> dict[str, float]:
+    random_speed, load_speed = read_speeds(directory, args.repeats)
+    figures = {"random": random_speed, "load": load_speed}
+    for data in args.data:
+        figures[data], figures[f"{data} wait"] = train_speed(directory, args, out, data)
+    return figures
+
+
+def span(values: list[float], digits: int = 0) -> str:
+    low, high = min(values), max(values)
+    return (
+        f"{high:.{digits}f}" if f"{low:.{digits}f}" == f"{high:.{digits}f}" else f"{low:.{digits}f}-{high:.{digits}f}"
+    )
 
 
 def main() -> None:
@@ -94,33 +148,44 @@ def main() -> None:
     if source.layout.dtype != "float16":
         raise SystemExit(f"{args.cache}: a float16 cache is needed, this one is {source.layout.dtype}")
     frames, tokens, dim = source.clip_shape
+    chosen = formats(args, dim)
     print(f"source: {args.cache}, {len(source)} clips of T={frames} x P={tokens} x D={dim} float16")
     print(
         f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}; probe {args.probe}, "
-        f"batch {args.batch_size}"
+        f"batch {args.batch_size}, streaming workers {args.workers if args.workers is not None else 'default'}"
     )
-    header = ["format", "P", "bytes/clip", "tokens/clip", "x float16", "write MB/s", "random GB/s", "load GB/s"]
-    print("".join(f"{h:>14}" for h in [*header, "train clips/s"]))
     with tempfile.TemporaryDirectory(prefix="bench-formats-") as scratch:
         work = args.work or Path(scratch)
         base_tokens = source.tokens_nbytes / len(source)
-        built = {name: build(args.cache, work, name) for name in args.formats}
-        # Rounds interleave the formats and each figure is the best of its rounds: on a shared machine other jobs
-        # only ever slow a measurement down, and interleaving spreads their coming and going over every format.
-        best: dict[str, list[float]] = {name: [0.0, 0.0, 0.0] for name in args.formats}
-        for _ in range(args.rounds):
+        built = {name: build(args.cache, work, name, spec) for name, spec in chosen.items()}
+        # Rounds interleave the formats: on a shared machine other jobs only ever slow a measurement down, and
+        # interleaving spreads their coming and going over every format. The best of the rounds is the figure;
+        # the train columns also show the range over rounds (how unresolved a speed is).
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in built}
+        for number in range(args.rounds):
             for name, (directory, _speed) in built.items():
-                figures = (*read_speeds(directory, args.repeats), train_speed(directory, args, work / f"run-{name}"))
-                best[name] = [max(a, b) for a, b in zip(best[name], figures, strict=True)]
+                figures = measure_round(directory, args, work / f"run-{name}")
+                rounds[name].append(figures)
+                shown = ", ".join(f"{key} {value:.3g}" for key, value in figures.items())
+                print(f"  round {number + 1} {name}: {shown}; load average {os.getloadavg()[0]:.1f}", flush=True)
+        header = ["format", "P x D", "bytes/clip", "tokens/clip", "x float16", "write MB/s", "random GB/s", "load GB/s"]
+        for data in args.data:
+            header += [f"{data} clips/s", "wait"]
+        print("".join(f"{h:>19}" for h in header))
         for name, (directory, write_speed) in built.items():
             shards = open_shards(directory)
             on_disk = sum(record.bytes for record in shards.manifest.shards) / len(shards)
             per_clip = shards.tokens_nbytes / len(shards)
-            random_speed, load_speed, clips_per_s = best[name]
-            row = [name, shards.clip_shape[1], f"{on_disk:,.0f}", f"{per_clip:,.0f}", f"{per_clip / base_tokens:.3f}"]
-            row += [f"{write_speed:.0f}", f"{random_speed:.3f}", f"{load_speed:.2f}", f"{clips_per_s:.0f}"]
-            print("".join(f"{v!s:>14}" for v in row), flush=True)
+            runs = rounds[name]
+            row = [name, f"{shards.clip_shape[1]} x {shards.clip_shape[2]}", f"{on_disk:,.0f}", f"{per_clip:,.0f}"]
+            row += [f"{per_clip / base_tokens:.3f}", f"{write_speed:.0f}"]
+            row += [f"{max(r['random'] for r in runs):.3f}", f"{max(r['load'] for r in runs):.2f}"]
+            for data in args.data:
+                speeds = [r[data] for r in runs]
+                best = max(runs, key=lambda r, data=data: r[data])
+                row += [f"{max(speeds):.0f} ({span(speeds)})", f"{100 * best[f'{data} wait']:.0f} %"]
+            print("".join(f"{v!s:>19}" for v in row), flush=True)
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

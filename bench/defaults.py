@@ -141,6 +141,12 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1 if len(values) > 1 else 0):.1f}"
 
 
+def cache_name(cache: str) -> str:
+    """ "d48" for d48/shards (extract's usual layout), "d48-int8" for a cache written to d48-int8/."""
+    path = Path(cache)
+    return (path.parent.name if path.name == "shards" else path.name) or cache
+
+
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     lines = [
@@ -155,7 +161,7 @@ def table(path: Path) -> str:
         top1 = f"{np.mean(default['top1']) / np.mean(best['top1']):.2f}" if best.get("top1") else "–"
         schedule = row["default_schedule"]
         lines.append(
-            f"| {Path(row['cache']).parent.name or row['cache']} | {row['train_clips']} / {row['val_clips']} / "
+            f"| {cache_name(row['cache'])} | {row['train_clips']} / {row['val_clips']} / "
             f"{row['test_clips']} | {row['frames']} | {row['probe']} | {schedule['epochs']}, {schedule['batch_size']} "
             f"| {mean_std(default['top1'])} | {mean_std(default.get('pair_accuracy', []))} | {row['best'] or '–'} | "
             f"{mean_std(best.get('top1', []))} | {mean_std(best.get('pair_accuracy', []))} | {top1} | {ratio} |"
