@@ -3,7 +3,8 @@
 For every cache and probe this trains, as stacked batches (``train_stacked``: seeds and learning rates are member
 settings, so each group below is one run):
 
-- the defaults (automatic epochs and batch size, the probe's default learning rate), seeds 0..S-1;
+- the defaults (automatic epochs and batch size, the probe's default learning rate), seeds F..F+S-1 (F:
+  --first-seed, default 0; other seeds of the same benchmark go to another --out file);
 - a small sweep: learning rates {1e-3, 3e-3, 1e-2} x recipes {30 epochs at batch 64 (the old defaults),
   100 epochs at batch 16 (the old demo recipe)}, seeds 0..S-1 each.
 
@@ -42,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("defaults.jsonl"))
     parser.add_argument("--probes", nargs="+", default=list(PROBES))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="the defaults' seeds are F..F+S-1")
     parser.add_argument("--defaults-only", action="store_true", help="skip the sweep (re-measure the defaults)")
     parser.add_argument("--lrs", nargs="+", type=float, default=list(SWEEP_LRS), help="the sweep's learning rates")
     parser.add_argument(
@@ -106,10 +108,11 @@ def measure(
     defaults_only: bool,
     lrs: tuple[float, ...] = SWEEP_LRS,
     recipes: tuple[dict[str, int], ...] = SWEEP_RECIPES,
+    first_seed: int = 0,
 ) -> dict:
     shards = open_shards(cache)
     base = {"progress": False, "data": "memory"}
-    groups = {"default": [make_config(probe, {**base, "seed": s}) for s in range(seeds)]}
+    groups = {"default": [make_config(probe, {**base, "seed": first_seed + s}) for s in range(seeds)]}
     if not defaults_only:
         for recipe in recipes:
             for lr in lrs:
@@ -128,6 +131,7 @@ def measure(
         "test_clips": len(splits.test),
         "frames": shards.manifest.frames,
         "classes": len(shards.classes),
+        "default_seeds": [config.seed for config in groups["default"]],
         "default_schedule": {"epochs": resolved.epochs, "batch_size": resolved.batch_size, "lr": resolved.lr},
         "groups": by_group,
         "best": best,
@@ -176,7 +180,7 @@ def main() -> None:
         return
     recipes = tuple(parse_recipe(text) for text in args.recipes)
     for cache, probe in pending(args.out, args.caches, args.probes):
-        row = measure(cache, probe, args.seeds, args.defaults_only, tuple(args.lrs), recipes)
+        row = measure(cache, probe, args.seeds, args.defaults_only, tuple(args.lrs), recipes, args.first_seed)
         append_row(args.out, row)
         default = row["groups"]["default"]["test"]
         print(
