@@ -15,6 +15,7 @@ JSON line per (cache, probe) goes to --out; a stopped bench goes on where it sto
 
     python bench/views.py CACHE [CACHE ...] --out views.jsonl [--probes step attentive] [--seeds 3]
     python bench/views.py --table views.jsonl
+    python bench/views.py --table views.jsonl more.jsonl --pooled   # per probe, over every cache's runs
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 from defaults import append_row, mean_std, pending, train_groups
 
 from step_cache.cache.shards import open_shards
@@ -42,7 +44,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--token-drop", type=float, default=0.5)
     parser.add_argument("--reverse-pairs", type=float, default=0.5)
     parser.add_argument("--epochs", type=int, help="override the automatic schedule (a quick check)")
-    parser.add_argument("--table", type=Path, help="print the table of a --out file and exit")
+    parser.add_argument("--table", type=Path, nargs="+", help="print the table of --out file(s) and exit")
+    parser.add_argument(
+        "--pooled",
+        action="store_true",
+        help="with --table: one row per probe and metric over every cache's runs (caches x seeds), with each "
+        "variant's paired difference from 'views off' (same cache, same seed)",
+    )
     return parser.parse_args()
 
 
@@ -77,10 +85,41 @@ def measure(cache: Path, probe: str, seeds: int, args: argparse.Namespace) -> di
     }
 
 
-def table(path: Path) -> str:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def read_rows(paths: list[Path]) -> list[dict]:
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
+
+
+def variant_names(rows: list[dict]) -> list[str]:
     names = list(dict.fromkeys(name for row in rows for name in row["groups"]))  # every variant any row has
     names.sort(key=lambda name: (name != "views off", name != "views on", "reverse-pairs" in name))
+    return names
+
+
+def pooled_table(rows: list[dict]) -> str:
+    """Per probe and metric: each variant's mean ± std over all runs, and its mean paired gain over 'views off'."""
+    names = variant_names(rows)
+    lines = [
+        "| probe | metric | caches | " + " | ".join(names) + " |",
+        "|---|---|---:|" + "---:|" * len(names),
+    ]
+    for probe in dict.fromkeys(row["probe"] for row in rows):
+        mine = [row for row in rows if row["probe"] == probe]
+        for metric, label in (("top1", "top-1"), ("pair_accuracy", "pair")):
+            cells = []
+            for name in names:
+                values, gains = [], []
+                for row in mine:
+                    test, off = row["groups"].get(name, {}).get("test", {}), row["groups"]["views off"]["test"]
+                    values += test.get(metric, [])
+                    gains += [a - b for a, b in zip(test.get(metric, []), off.get(metric, []), strict=False)]
+                gain = "" if name == "views off" or not gains else f" ({100 * np.mean(gains):+.1f})"
+                cells.append(mean_std(values) + gain if values else "–")
+            lines.append(f"| {probe} | {label} | {len(mine)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table(rows: list[dict]) -> str:
+    names = variant_names(rows)
     header = " | ".join(f"{name}: test top-1 | pair" for name in names)
     lines = [
         f"| cache | views | train / test | T | probe | {header} |",
@@ -101,7 +140,8 @@ def table(path: Path) -> str:
 def main() -> None:
     args = parse_args()
     if args.table:
-        print(table(args.table))
+        rows = read_rows(args.table)
+        print(pooled_table(rows) if args.pooled else table(rows))
         return
     for cache, probe in pending(args.out, args.caches, args.probes):
         row = measure(cache, probe, args.seeds, args)

@@ -279,6 +279,13 @@ def test_bench_views_trains_on_and_off_and_prints_a_table(caches, tmp_path):
     lines = printed.stdout.strip().splitlines()
     assert lines[0].startswith("| cache | views |") and "views off: test top-1" in lines[0] and len(lines) == 4
     assert "| linear |" in lines[2] and "| – | – |" in lines[2]  # no token-drop figures for the linear probe
+    pooled = subprocess.run([*command[:2], "--table", str(out), "--pooled"], capture_output=True, text=True)
+    lines = pooled.stdout.strip().splitlines()
+    assert lines[0].startswith("| probe | metric | caches | views off | views on |") and len(lines) == 2 + 2 * 2
+    step_top1 = next(line for line in lines if line.startswith("| step | top-1 |"))
+    on = rows[1]["groups"]["views on"]["test"]["top1"]
+    gain = np.mean(on) - np.mean(rows[1]["groups"]["views off"]["test"]["top1"])
+    assert f"({100 * gain:+.1f})" in step_top1  # the paired gain over views off, same seeds
 
 
 def test_a_run_trained_on_views_rebuilds_its_backbone_for_videos():
