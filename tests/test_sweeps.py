@@ -380,6 +380,16 @@ def test_sweep_errors(cache, tmp_path):
     with pytest.raises(SweepError, match=r"study 's' was started with other settings \(config: "):
         run_sweep(cache, "step", tmp_path / "b", space=space, trials=0, storage=storage, study_name="s",
                   **{**BASE, "epochs": 7})  # fmt: skip
+    # A study started by a step-cache before a setting existed (its stored config lacks it) ran it at its default.
+    import optuna
+
+    study = optuna.load_study(study_name="s", storage=storage)
+    stored = study.user_attrs["sweep"]
+    study.set_user_attr("sweep", {**stored, "config": {k: v for k, v in stored["config"].items() if k != "views"}})
+    run_sweep(cache, "step", tmp_path / "c", space=space, trials=0, storage=storage, study_name="s", **BASE)
+    with pytest.raises(SweepError, match=r"views: 'on' in the study, 'off' here|config: "):
+        run_sweep(cache, "step", tmp_path / "d", space=space, trials=0, storage=storage, study_name="s",
+                  **{**BASE, "views": "off"})  # fmt: skip
 
 
 WORKER = textwrap.dedent("""

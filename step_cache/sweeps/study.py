@@ -6,8 +6,7 @@ Storage is in memory by default; with an RDB URL (``sqlite:///sweep.db``, ``post
 several processes or machines work on one study: ``trials`` is the study's total budget (trial numbers 0 to
 trials − 1), each worker asks while trials remain, and a trial asked past the budget in a race is told FAIL
 without running (marked ``surplus``). The first worker records the sweep's settings in the study; a worker with
-other settings is refused.
-"""
+other settings is refused."""
 
 from __future__ import annotations
 
@@ -36,7 +35,7 @@ from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, retrain_best, wr
 from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
 from step_cache.sweeps.stacked import MemberResult, train_stacked
-from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
+from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config, with_config_defaults
 from step_cache.training.run_data import resolve_pairs, token_subset
 from step_cache.training.token_data import select_tokens
 from step_cache.training.trainer import TrainResult
@@ -179,7 +178,8 @@ def open_study(
     stored = study.user_attrs.get("sweep")
     if stored is None:
         study.set_user_attr("sweep", settings)
-    else:
+    else:  # a study started before a setting existed ran it at its default
+        stored = {**stored, "config": with_config_defaults(stored.get("config", {}), skip=LOCAL_FIELDS)}
         differences = [f"{k}: {stored.get(k)!r} in the study, {settings.get(k)!r} here"
                        for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]  # fmt: skip
         if differences:

@@ -8,6 +8,7 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -145,13 +146,19 @@ def run_record(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def with_config_defaults(stored: dict[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:
+    """A stored config (config.json, a sweep study's settings) with the settings it predates at their defaults: a
+    run recorded before a setting existed (``views``, ``token_drop``) trained with its default. ``skip``: fields
+    the record leaves out on purpose (a study's execution-only fields)."""
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    return {**{key: value for key, value in defaults.items() if key not in skip}, **stored}
+
+
 def record_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Settings that differ between a stored run record and a new one, ignoring execution-only fields."""
     new = json.loads(json.dumps(new))  # compare like with like: tuples become lists, as in the stored file
     differences = []
-    # A run recorded before a setting existed trained with its default.
-    defaults = json.loads(json.dumps(asdict(TrainConfig())))
-    old_config = {**defaults, **old.get("config", {})}
+    old_config = with_config_defaults(old.get("config", {}))
     new_config = new["config"]
     for key in sorted(set(old_config) | set(new_config)):
         if key in LOCAL_FIELDS:
