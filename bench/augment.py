@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from defaults import append_row, mean_std, pending, train_groups
+from defaults import append_row, pending, train_groups, variant_cells
 
 from step_cache.cache.shards import open_shards
 from step_cache.training.config import make_config
@@ -78,10 +78,7 @@ def table(path: Path) -> str:
     header = " | ".join(f"{name}: test top-1 | pair" for name in names)
     lines = [f"| cache | train / test | T | probe | {header} |", "|---|---|---:|---|" + "---:|---:|" * len(names)]
     for row in rows:
-        cells = []
-        for name in names:
-            test = row["groups"].get(name, {}).get("test", {})
-            cells += [mean_std(test.get("top1", [])), mean_std(test.get("pair_accuracy", []))]
+        cells = variant_cells(row, names)
         lines.append(
             f"| {Path(row['cache']).parent.name or row['cache']} | {row['train_clips']} / {row['test_clips']} | "
             f"{row['frames']} | {row['probe']} | {' | '.join(cells)} |"

@@ -151,6 +151,15 @@ def cache_name(cache: str) -> str:
     return (path.parent.name if path.name == "shards" else path.name) or cache
 
 
+def variant_cells(row: dict, names: list[str]) -> list[str]:
+    """Test top-1 and pair accuracy (mean ± std over seeds) of each named group of a bench row ("–": none)."""
+    cells = []
+    for name in names:
+        test = row["groups"].get(name, {}).get("test", {})
+        cells += [mean_std(test.get("top1", [])), mean_std(test.get("pair_accuracy", []))]
+    return cells
+
+
 def table(path: Path) -> str:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     lines = [

@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from defaults import append_row, mean_std, pending, train_groups
+from defaults import append_row, mean_std, pending, train_groups, variant_cells
 
 from step_cache.cache.shards import open_shards
 from step_cache.training.config import make_config
@@ -126,10 +126,7 @@ def table(rows: list[dict]) -> str:
         "|---|---:|---|---:|---|" + "---:|---:|" * len(names),
     ]
     for row in rows:
-        cells = []
-        for name in names:
-            test = row["groups"].get(name, {}).get("test", {})
-            cells += [mean_std(test.get("top1", [])), mean_std(test.get("pair_accuracy", []))]
+        cells = variant_cells(row, names)
         lines.append(
             f"| {Path(row['cache']).parent.name or row['cache']} | {row['views_per_clip']} | {row['train_clips']} / "
             f"{row['test_clips']} | {row['frames']} | {row['probe']} | {' | '.join(cells)} |"
