@@ -229,3 +229,33 @@ def test_foreign_shards_are_never_adopted(video_tree, tmp_path):
         extract(video_tree, out, **TINY)
     report = extract(video_tree, out, **TINY, overwrite=True)  # --overwrite removes the stray shard
     assert report.videos == GOOD_VIDEOS and open_shards(out).clip_shape == (4, 5, 192)
+
+
+def test_an_overwrite_killed_midway_leaves_a_valid_cache(video_tree, tmp_path, monkeypatch):
+    """--overwrite removes the old cache before writing the new one; killed after some shards are gone, the
+    directory must still verify (a manifest listing no shard, the rest unlisted) and the next run must finish."""
+    from step_cache.cache import writer
+    from step_cache.cache.verify import verify_cache
+
+    out = tmp_path / "s"
+    extract(video_tree, out, **TINY, shard_size_mb=0.001)
+    assert len(list(out.glob("shard-*.h5"))) > 2
+    real_unlink, removed = Path.unlink, []
+
+    def dying_unlink(self, *args, **kwargs):
+        if self.name.startswith("shard-") and len(removed) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        removed.append(self)
+        return real_unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", dying_unlink)
+    with pytest.raises(KeyboardInterrupt):
+        writer.remove_cache(out)
+    monkeypatch.setattr(Path, "unlink", real_unlink)
+    report = verify_cache(out, checksums=True)
+    assert report.ok, report.summary()
+    assert any("not in the manifest" in warning for warning in report.warnings)
+    extract(video_tree, out, **TINY, shard_size_mb=0.001)  # resumes: adopts the leftovers, extracts the rest
+    with open_shards(out) as shards:
+        assert sorted(set(shards.videos.tolist())) == sorted(good_keys(video_tree))
+        assert len(shards.videos) == len(set(shards.videos.tolist()))

@@ -7,6 +7,7 @@ are done. ``CacheWriter`` then appends clips, publishes full shards and rewrites
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 from pathlib import Path
@@ -18,6 +19,7 @@ from step_cache.cache.manifest import (
     MANIFEST_NAME,
     Failure,
     Manifest,
+    ManifestError,
     ShardRecord,
     TokenLayout,
     extraction_differences,
@@ -97,9 +99,16 @@ def finished_keys(out: Path, manifest: Manifest) -> set[str]:
 
 
 def remove_cache(out: Path) -> None:
-    """Delete a cache's shards first and its manifest last, so an interrupted removal still reads as a cache
-    (whose missing shards ``verify`` reports) rather than leaving shards without a manifest."""
+    """Delete a cache: first the manifest's list of shards (an atomic rewrite), then the shards, the manifest last.
+    A removal killed at any point thus leaves a valid cache: one listing no shard, beside unlisted shard files that
+    ``verify`` reports and the next run adopts (same settings) or refuses (others), rather than a manifest listing
+    shards that are gone."""
     shards = [p for p in out.iterdir() if _SHARD_FILE.match(p.name) or p.name.endswith(".h5.tmp")]
+    if shards and (out / MANIFEST_NAME).is_file():
+        with contextlib.suppress(ManifestError):  # an unreadable manifest lists nothing to keep consistent
+            manifest = read_manifest(out)
+            manifest.shards, manifest.failures, manifest.warnings, manifest.durations = [], [], [], {}
+            write_manifest(out, manifest)
     for path in shards:
         path.unlink()
     (out / CHECKED_NAME).unlink(missing_ok=True)
