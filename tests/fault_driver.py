@@ -58,6 +58,23 @@ def run_child(videos: Path, out: Path, options: dict, overwrite: bool) -> int:
     return pid
 
 
+def started_writing(out: Path, pid: int, limit: float) -> bool:
+    """Wait until the child ``pid`` holds the cache's lock (it is about to remove or write shards); False when it
+    finished first. Killing only from then on makes the kills land in the writing part of a run, not in its start-up
+    (imports, model loading), which would leave the previous cache untouched every time."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((out / ".lock").read_text()).get("pid") == pid:
+                return True
+        except (OSError, ValueError):
+            pass  # not there yet, or being written
+        if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+            return False  # done already (left unreaped for the caller's waitpid)
+        time.sleep(0.002)
+    return False
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     videos, out = Path(config["videos"]), Path(config["out"])
@@ -68,9 +85,10 @@ def main() -> None:
 
     import step_cache.extraction.engine  # noqa: F401
 
-    # Calibrate: how long does one whole run take here? Kills are then spread over that time.
-    started = time.monotonic()
+    # Calibrate: how long does one whole run take here, from taking the lock? Kills are spread over that time.
     pid = run_child(videos, out, options, True)
+    started_writing(out, pid, limit=120.0)
+    started = time.monotonic()
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0, "the calibration run failed"
     duration = time.monotonic() - started
@@ -79,7 +97,8 @@ def main() -> None:
     states, overwrite = [], True
     for _ in range(config["rounds"]):
         pid = run_child(videos, out, options, overwrite)
-        time.sleep(rng.uniform(0.0, duration))
+        if started_writing(out, pid, limit=120.0):
+            time.sleep(rng.uniform(0.0, duration))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         state = check(out, good)
