@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from defaults import append_row, pending, train_groups, variant_cells
+from defaults import append_row, cache_name, pending, train_groups, variant_cells
 
 from step_cache.cache.shards import open_shards
 from step_cache.training.config import make_config
@@ -80,7 +80,7 @@ def table(path: Path) -> str:
     for row in rows:
         cells = variant_cells(row, names)
         lines.append(
-            f"| {Path(row['cache']).parent.name or row['cache']} | {row['train_clips']} / {row['test_clips']} | "
+            f"| {cache_name(row['cache'])} | {row['train_clips']} / {row['test_clips']} | "
             f"{row['frames']} | {row['probe']} | {' | '.join(cells)} |"
         )
     return "\n".join(lines)

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from defaults import cache_name, mean_std
 
 PROBES = ("linear", "attentive", "self-attentive", "step")
 
@@ -28,12 +29,8 @@ def rows(paths: list[Path]) -> dict[tuple[str, str], dict]:
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                found[(Path(row["cache"]).parent.name or row["cache"], row["probe"])] = row
+                found[(cache_name(row["cache"]), row["probe"])] = row
     return found
-
-
-def mean_std(values: list[float]) -> str:
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1 if len(values) > 1 else 0):.1f}"
 
 
 def pooled_table(sweeps: dict, defaults: dict, groups: dict[str, list[str]]) -> str:
