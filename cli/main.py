@@ -3,21 +3,30 @@ options and calls the library; the app object lives in ``cli.app``, and this mod
 
 from __future__ import annotations
 
+import importlib
+
 from cli.app import app
+
+# Importing a command module registers its commands on the app, and `--help` lists them in registration order
+# within each panel: this order puts each stage's main command first (extract, then its cache tools; train-probe...).
+COMMAND_MODULES = (
+    "cli.prepare",
+    "cli.extract",
+    "cli.cache",
+    "cli.compact",
+    "cli.train",
+    "cli.sweep",
+    "cli.timeline",
+    "cli.report",
+    "cli.demo",
+)
 
 
 def _register_commands() -> None:
-    # Importing a command module registers its commands on the app. Imported on demand so that `import cli.main`
-    # stays cheap; the command modules import only cli.app, never this module.
-    import cli.cache
-    import cli.compact
-    import cli.demo
-    import cli.extract
-    import cli.prepare
-    import cli.report
-    import cli.sweep
-    import cli.timeline
-    import cli.train  # noqa: F401
+    # Imported on demand so that `import cli.main` stays cheap; the command modules import only cli.app, never
+    # this module.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
 
 
 def main() -> None:

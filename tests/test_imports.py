@@ -1,4 +1,5 @@
-"""Structure checks: project modules import each other in one direction only, and stay a readable size."""
+"""Structure checks: project modules import each other in one direction only (no cycles, and never from a higher
+layer of the package), and stay a readable size."""
 
 from __future__ import annotations
 
@@ -85,6 +86,63 @@ def test_project_has_no_import_cycles():
     assert "cli.main" in graph and "step_cache.extraction.engine" in graph  # the walk found the project
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+# The package's layers, top to bottom. A module may import its own layer or any layer below it, never one above:
+# a reader can learn the project bottom-up, and each layer is testable without the ones above it.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("cli",),
+    ("step_cache.demo", "step_cache.report"),
+    ("step_cache.recognition", "step_cache.sweeps"),
+    ("step_cache.training", "step_cache.stacking", "step_cache.extraction"),
+    ("step_cache.cache", "step_cache.datasets", "step_cache.benchmark", "step_cache.synthetic"),
+    ("step_cache.probes",),
+    ("step_cache.catalog", "step_cache.checkpoints", "step_cache.devices", "step_cache.extras", "step_cache"),
+)
+
+
+def layer_of(module: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int:
+    """Index of the layer (0: top) of the longest prefix in ``layers`` that names ``module`` or a package above it."""
+    best: tuple[int, int] | None = None  # (prefix length, layer)
+    for index, prefixes in enumerate(layers):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), index)
+    if best is None:
+        raise KeyError(f"{module} is in no layer of tests/test_imports.py LAYERS: place its package there")
+    return best[1]
+
+
+def upward_imports(graph: dict[str, set[str]], layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:
+    """Every import of a module from a higher layer than the importer's, as readable lines."""
+    return [
+        f"{module} (layer {layer_of(module, layers)}) imports {target} (layer {layer_of(target, layers)}, higher)"
+        for module in sorted(graph)
+        for target in sorted(graph[module])
+        if layer_of(target, layers) < layer_of(module, layers)
+    ]
+
+
+def test_layer_check_names_the_offending_import():
+    layers = (("app",), ("app.high",), ("app.low", "app.base"))
+    graph = {"app.low.x": {"app.high.y"}, "app.high.y": {"app.low.x", "app.base"}, "app.base": set(), "app": set()}
+    assert layer_of("app.high.y", layers) == 1 and layer_of("app", layers) == 0 and layer_of("app.base", layers) == 2
+    assert upward_imports(graph, layers) == ["app.low.x (layer 2) imports app.high.y (layer 1, higher)"]
+
+
+def test_no_module_imports_a_higher_layer():
+    graph = import_graph()
+    for module in graph:
+        layer_of(module)  # every package is placed in a layer
+    assert upward_imports(graph) == []
+
+
+def test_stacking_engine_lives_below_sweeps():
+    graph = import_graph()
+    sweeps = {name for name in graph if name.startswith("step_cache.sweeps.")}
+    assert sweeps == {f"step_cache.sweeps.{name}" for name in ("plots", "results", "space", "study")}
+    assert "step_cache.stacking.engine" in graph["step_cache.training.seeds"]
+    assert not any(target.startswith("step_cache.sweeps") for target in graph["step_cache.training.seeds"])
 
 
 def test_cli_command_modules_import_the_app_not_main():

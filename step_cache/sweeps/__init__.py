@@ -1,7 +1,3 @@
-"""Sweeps: many probe configurations trained in one pass over the cache (``stacked``), driven by Optuna
-(``study``; imported on use, as Optuna is an optional dependency)."""
-
-from step_cache.sweeps.grouping import group_by_shape, shape_key
-from step_cache.sweeps.stacked import MemberResult, train_stacked
-
-__all__ = ["MemberResult", "group_by_shape", "shape_key", "train_stacked"]
+"""Sweeps: the search over probe configurations. An Optuna study (``study``; imported on use, as Optuna is an
+optional dependency), its search space (``space``), results and plots. Training many configurations at once is
+the stacking engine's job (``step_cache.stacking``), one layer below."""

@@ -30,11 +30,11 @@ from tqdm import tqdm
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
-from step_cache.sweeps.grouping import group_by_shape
+from step_cache.stacking.engine import MemberResult, train_stacked
+from step_cache.stacking.grouping import group_by_shape
+from step_cache.stacking.shared_data import DataCache
 from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, retrain_best, write_results
-from step_cache.sweeps.shared_data import DataCache
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
-from step_cache.sweeps.stacked import MemberResult, train_stacked
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config, with_config_defaults
 from step_cache.training.run_data import resolve_pairs, token_subset
 from step_cache.training.token_data import select_tokens

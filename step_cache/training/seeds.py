@@ -1,5 +1,5 @@
 """``train_probe(..., seeds=N)``: one probe configuration trained with N seeds at once, as one stacked batch
-(``sweeps.stacked``: the seeds are members of one vmapped stack), to report its figures as mean ± std.
+(``stacking.engine``: the seeds are members of one vmapped stack), to report its figures as mean ± std.
 
 Seeds ``seed .. seed+N-1`` give each member its own initial weights (and dropout masks); the batches, the augmented
 views drawn each epoch and, when the cache has no val split, the held-out validation videos come from ``seed`` for
@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.sweeps.grouping import full_options
-from step_cache.sweeps.shared_data import DataCache
-from step_cache.sweeps.stacked import MemberResult, StackedRun
+from step_cache.stacking.engine import MemberResult, StackedRun
+from step_cache.stacking.grouping import full_options
+from step_cache.stacking.shared_data import DataCache
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError

@@ -31,10 +31,10 @@ import torch
 
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.probes import build_probe, count_parameters
-from step_cache.sweeps.grouping import full_options, group_by_shape, shape_key
-from step_cache.sweeps.members import StackedProbes
-from step_cache.sweeps.shared_data import DataCache, TrainingData
-from step_cache.sweeps.stacked_adamw import StackedAdamW
+from step_cache.stacking.adamw import StackedAdamW
+from step_cache.stacking.grouping import full_options, group_by_shape, shape_key
+from step_cache.stacking.members import StackedProbes
+from step_cache.stacking.shared_data import DataCache, TrainingData
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, with_schedule
 from step_cache.training.epoch_loop import train_epoch
