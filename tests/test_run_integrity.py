@@ -210,6 +210,30 @@ def test_a_kill_between_a_checkpoint_and_its_record_is_refused_then_repaired_by_
     assert evaluate(run, cache)["top1"] == evaluate(tmp_path / "straight", cache)["top1"]
 
 
+def test_seeds_a_kill_between_the_last_checkpoint_and_its_record_is_repaired_by_resume(cache, tmp_path, monkeypatch):
+    """--seeds writes its checkpoints at the end: each seed's best.pt, then the run's own (kill before its record)."""
+    options = {**FAST, "seeds": 2}
+    straight = train_probe(cache, "linear", tmp_path / "straight", **options)
+    real_record = run_checkpoints.record
+
+    def record_or_die(run_dir, path, data):
+        if path == run_dir / runs.BEST:
+            raise Killed
+        real_record(run_dir, path, data)
+
+    monkeypatch.setattr(run_checkpoints, "record", record_or_die)
+    with pytest.raises(Killed):
+        train_probe(cache, "linear", tmp_path / "run", **options)
+    monkeypatch.setattr(run_checkpoints, "record", real_record)
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointMismatchError, match=r"records no checksum for best\.pt"):
+        evaluate(run, cache)
+    resumed = train_probe(cache, "linear", run, resume=True, **options)
+    assert resumed.metrics["mean"] == straight.metrics["mean"]
+    assert run_checkpoints.read_sums(run) == run_checkpoints.read_sums(tmp_path / "straight")
+    assert evaluate(run, cache)["top1"] == evaluate(tmp_path / "straight", cache)["top1"]
+
+
 def test_seed_checkpoints_are_recorded(cache, tmp_path):
     run = train_probe(cache, "linear", tmp_path / "seeds", seeds=2, **FAST).run_dir
     sums = run_checkpoints.read_sums(run)

@@ -276,7 +276,8 @@ def train_probe(
     ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
     N seeds as one stack and reports mean ± std (``training/seeds.py``). ``resume``
     continues a killed run from its last completed epoch (the settings must match). ``on_epoch`` is called with
-    each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there.
+    each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there. The run
+    directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
     """
     config = make_config(probe, options)
     with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
