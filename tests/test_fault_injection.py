@@ -191,6 +191,12 @@ def test_train_probe_killed_at_random_epochs_resumes_to_the_same_result(tmp_path
     for key in ("top1", "pair_accuracy", "reversed_top1", "best_epoch", "confusion_matrix"):
         assert a[key] == b[key], key
     assert (tmp_path / "straight" / "metrics.jsonl").read_text().count("\n") == log.read_text().count("\n") == 12
+    # The checkpoints and their recorded checksums agree after the kills: identical bytes, usable by evaluate.
+    from step_cache.training.run_status import usable_checkpoint
+
+    for name in ("best.pt", "last.pt"):
+        assert (run / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+        usable_checkpoint(run, name)
 
 
 def test_interrupt_between_two_clips_of_a_video_publishes_whole_videos_only(video_tree, tmp_path, monkeypatch):

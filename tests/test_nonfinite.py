@@ -76,8 +76,9 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_nan_in_any_file(cache, 
     message = str(caught.value)
     assert DIVERGED.match(message) and "\n" not in message, message
     assert isinstance(caught.value, RuntimeError) and caught.value.batch >= 2 and caught.value.lr > 0
-    # Stopped before the epoch was recorded: no epoch log, no checkpoint, no final metrics.
-    assert assert_strict_json_files(run) == ["config.json"]
+    # Stopped before the epoch was recorded: no epoch log, no checkpoint, no final metrics; marked failed, with why.
+    assert assert_strict_json_files(run) == ["config.json", "failed.json"]
+    assert json.loads((run / runs.FAILED).read_text())["reason"] == message
     assert not any((run / name).exists() for name in (runs.EPOCH_LOG, runs.FINAL_METRICS, runs.STATE, runs.BEST))
 
 
@@ -91,7 +92,7 @@ def test_the_cli_exits_with_one_error_line(cache, tmp_path):
     lines = result.output.strip().splitlines()  # the run's one info line, then the error: no traceback
     assert "Traceback" not in result.output and [line for line in lines if line.startswith("error:")] == lines[-1:]
     assert DIVERGED.match(lines[-1].removeprefix("error: ")), result.output
-    assert assert_strict_json_files(tmp_path / "run") == ["config.json"]
+    assert assert_strict_json_files(tmp_path / "run") == ["config.json", "failed.json"]
 
 
 class ListSource:

@@ -33,10 +33,12 @@ _NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 class DirectoryLock:
     """``with DirectoryLock(out):`` holds ``out/.lock``. ``replaced_stale`` names a previous holder that died
-    without releasing it (its run was interrupted)."""
+    without releasing it (its run was interrupted). ``writer`` names the kind of writer in the refusal ("another
+    extraction (pid ...) is writing here")."""
 
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, writer: str = "extraction"):
         self.path = Path(directory) / LOCK_NAME
+        self.writer = writer
         self.owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
         self.replaced_stale: dict | None = None
         self._fd: int | None = None
@@ -61,7 +63,7 @@ class DirectoryLock:
                 holder = _read(fd)
                 os.close(fd)
                 raise LockedError(
-                    f"{self.path.parent}: another extraction (pid {holder.get('pid')} on {holder.get('host')}, "
+                    f"{self.path.parent}: another {self.writer} (pid {holder.get('pid')} on {holder.get('host')}, "
                     f"since {holder.get('since')}) is writing here; wait for it to finish"
                 ) from None
             # The holder we raced with may have released and unlinked the file after we opened it: then we hold

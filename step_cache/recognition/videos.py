@@ -21,6 +21,7 @@ from step_cache.extraction.engine import extract
 from step_cache.recognition.settings import extract_options
 from step_cache.training import runs
 from step_cache.training.evaluation import predict
+from step_cache.training.run_status import usable_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def predict_videos(
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     record = runs.read_config(run_dir)
+    usable_checkpoint(run_dir)  # a failed run or a foreign checkpoint is refused before any video is decoded
     options = extract_options(record, weights)  # checks the weights before any video is decoded
     videos = Path(videos)
     items = None

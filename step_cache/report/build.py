@@ -14,6 +14,7 @@ from step_cache.report.document import Block, Heading, Image, Paragraph, Table, 
 from step_cache.training import runs as run_files
 from step_cache.training.metrics import format_percent, format_percent_spread
 from step_cache.training.records import headline_figures
+from step_cache.training.run_status import failure
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
 COLUMNS = [
@@ -46,6 +47,7 @@ class RunSummary:
     config: dict[str, Any]
     metrics: dict[str, Any]
     history: list[dict[str, Any]]
+    failure: str | None = None  # the reason a failed run (failed.json) failed
 
     @property
     def headline(self) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
@@ -55,7 +57,10 @@ class RunSummary:
 
     @property
     def problem(self) -> str | None:
-        """Why this run is left out of comparisons (None when it is not): its headline metrics are not finite."""
+        """Why this run is left out of comparisons (None when it is not): it failed, or its headline metrics are
+        not finite."""
+        if self.failure is not None:
+            return f"the run failed ({self.failure})"
         return metrics_problem(self.metrics)
 
 
@@ -88,6 +93,9 @@ def excluded_lines(summaries: Sequence[RunSummary]) -> list[str]:
 def load_run(directory: str | Path, name: str | None = None) -> RunSummary:
     directory = Path(directory)
     config = run_files.read_config(directory)
+    reason = failure(directory)
+    if reason is not None:  # listed as failed, with its reason, and left out of the comparison
+        return RunSummary(name or directory.name, directory, config, {}, [], failure=reason)
     metrics = run_files.read_final_metrics(directory)
     if metrics is None:
         raise ReportError(f"{directory}: no metrics.json yet (the run has not finished; resume it with --resume)")
@@ -204,8 +212,9 @@ def build_report(
     Markdown path. Every run must have finished (``metrics.json``). A directory written by ``step-cache sweep``
     (it holds ``trials.json``) adds a sweep section with its best trials and figures, and its ``best-run``.
 
-    A run whose headline metrics are not finite (it diverged; ``metrics_problem``) is left out of the table and
-    the figures, with a warning line in the report naming it and why; when no run is left, ReportError."""
+    A run that failed (``failed.json``: it diverged) or whose headline metrics are not finite (``metrics_problem``)
+    is left out of the table and the figures, with a warning line in the report naming it and why; when no run is
+    left, ReportError."""
     require("matplotlib", "the report (its figures)")
     from step_cache.report import figures
 
@@ -219,7 +228,7 @@ def build_report(
     warnings = excluded_lines(loaded)  # in the report; callers printing format_comparison show them there too
     if not summaries:
         raise ReportError(
-            "no run to compare: every run's metrics are not finite ("
+            "no run to compare: every run failed or has metrics that are not finite ("
             + "; ".join(f"{s.name}: {s.problem}" for s in excluded)
             + "); retrain with a lower --lr"
         )

@@ -1,9 +1,10 @@
 """Reusing a trained probe: ``evaluate`` it on (other) shards, ``predict`` per-video top-k classes to a CSV.
 
-The probe is rebuilt from the run's ``config.json`` and loaded from ``best.pt``. The cache must hold the same
-kind of tokens (backbone, weights, preprocessing, frames, layout; the number of clips per video may differ). Its
-classes are matched to the probe's *by name*: clips of classes the probe does not know are reported and left
-out, never scored against the wrong class. Only clean views are scored: a cache's augmented views
+The probe is rebuilt from the run's ``config.json`` and loaded from ``best.pt``, once ``run_status`` has checked
+that the run did not fail and that ``best.pt`` is the file the run wrote (its recorded sha256). The cache must
+hold the same kind of tokens (backbone, weights, preprocessing, frames, layout; the number of clips per video may
+differ). Its classes are matched to the probe's *by name*: clips of classes the probe does not know are reported
+and left out, never scored against the wrong class. Only clean views are scored: a cache's augmented views
 (``extract --views``) are training material, never clips of their own.
 """
 
@@ -27,6 +28,7 @@ from step_cache.probes import build_probe
 from step_cache.training import runs
 from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video, pair_indices
+from step_cache.training.run_status import usable_checkpoint
 from step_cache.training.splits import DataError, select_splits
 from step_cache.training.token_data import TokenSelection, open_token_source
 from step_cache.training.views import clean_rows
@@ -53,10 +55,7 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
         cls_index=data["tokens"]["cls_index"],
         **config["probe_options"],
     )
-    path = run_dir / weights
-    if not path.is_file():
-        raise runs.RunError(f"{path}: missing; the run has not completed an epoch yet")
-    runs.load_weights(probe, path)
+    runs.load_weights(probe, usable_checkpoint(run_dir, weights))  # not failed, present, the run's own bytes
     return record, probe.eval()
 
 

@@ -7,6 +7,13 @@
   the commit point of an epoch: ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are written after it and
   rewritten from it on resume.
 - ``metrics.json``: final metrics of the best checkpoint.
+- ``checkpoints.json``: the sha256 of every checkpoint the run wrote (``run_checkpoints.py``), written after the
+  checkpoint; a checkpoint that differs (copied in from another run, edited) is refused by every consumer.
+- ``failed.json``: written when the run diverged (``run_status.py``); every consumer refuses the run with its reason.
+- ``.lock``: held while a process writes the run (``run_lock.py``): one writer per run directory.
+
+Checkpoints are serialised in memory and written as bytes: ``torch.save`` to a path names the archive's root folder
+after the (temporary) file, so identical runs would otherwise write different bytes.
 
 Every JSON file is strict JSON (RFC 8259 has no NaN or Infinity): a non-finite number is refused with a
 ``NonFiniteValueError`` naming the file and the key, before anything is written. A diverged run must stop before
@@ -16,6 +23,7 @@ than written unreadable by strict parsers.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -38,7 +46,10 @@ FINAL_METRICS = "metrics.json"
 BEST = "best.pt"
 LAST = "last.pt"
 STATE = "last_state.pt"
-RUN_FILES = (CONFIG, EPOCH_LOG, FINAL_METRICS, BEST, LAST, STATE)
+CHECKPOINT_SUMS = "checkpoints.json"
+FAILED = "failed.json"
+# config.json first: a removal cut short leaves no config, so no command takes the remains for a run.
+RUN_FILES = (CONFIG, EPOCH_LOG, FINAL_METRICS, BEST, LAST, STATE, CHECKPOINT_SUMS, FAILED)
 
 
 class RunError(ValueError):
@@ -99,18 +110,38 @@ def read_final_metrics(run_dir: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def torch_bytes(obj: Any) -> bytes:
+    """``torch.save(obj)`` as bytes. Saved to a buffer, the archive's root folder is always "archive"; saved to a
+    path it is the file's stem (a temporary name holding the pid), which made identical runs' files differ."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     """As ``atomic_write_text``: the data reaches the disk before the rename, and the rename itself after it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb") as handle:
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
 
-def save_weights(module: torch.nn.Module, path: Path) -> None:
-    _atomic_torch_save({k: v.detach().cpu().clone() for k, v in module.state_dict().items()}, path)
+def _atomic_torch_save(obj: Any, path: Path) -> bytes:
+    data = torch_bytes(obj)
+    atomic_write_bytes(path, data)
+    return data
+
+
+def weights_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> bytes:
+    """Write ``module``'s weights to ``path`` atomically; returns the bytes written (to checksum them)."""
+    return _atomic_torch_save(weights_of(module), path)
 
 
 def load_weights(module: torch.nn.Module, path: Path) -> None:
@@ -122,8 +153,8 @@ def load_weights(module: torch.nn.Module, path: Path) -> None:
         raise CheckpointError(f"{path}: does not fit this probe ({str(error).splitlines()[0]})") from None
 
 
-def save_state(state: dict[str, Any], path: Path) -> None:
-    _atomic_torch_save(state, path)
+def save_state(state: dict[str, Any], path: Path) -> bytes:
+    return _atomic_torch_save(state, path)
 
 
 def load_state(path: Path) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from step_cache.training import runs
 from step_cache.training.config import TrainConfig, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.records import seed_statistics
+from step_cache.training.run_checkpoints import save_checkpoint
 from step_cache.training.run_data import data_record
 
 log = logging.getLogger(__name__)
@@ -126,10 +127,10 @@ def _write(out: Path, seeds: list[int], results: list[MemberResult]) -> dict[str
     for seed, result in zip(seeds, results, strict=True):
         directory = seed_dir(out, seed)
         directory.mkdir(parents=True, exist_ok=True)
-        runs.save_state(result.weights, directory / runs.BEST)
+        save_checkpoint(out, directory / runs.BEST, result.weights)
         runs.write_epoch_log(directory, result.history)
         runs.write_json(directory / runs.FINAL_METRICS, {**result.metrics, "seed": seed})
-    runs.save_state(results[0].weights, out / runs.BEST)
+    save_checkpoint(out, out / runs.BEST, results[0].weights)
     runs.write_epoch_log(out, results[0].history)
     per_seed = [result.metrics for result in results]
     mean, std = seed_statistics(per_seed)

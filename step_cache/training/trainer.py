@@ -26,7 +26,7 @@ from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, make_config, run_record, with_schedule
-from step_cache.training.epoch_loop import train_epoch
+from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
 from step_cache.training.metrics import format_percent, format_percent_spread, pair_indices
 from step_cache.training.optimization import build_optimizer, build_scheduler, schedule_steps
@@ -38,7 +38,10 @@ from step_cache.training.records import (
     headline_figures,
     validation_score,
 )
+from step_cache.training.run_checkpoints import save_checkpoint
 from step_cache.training.run_data import check_splits, data_record, resolve_pairs, token_subset
+from step_cache.training.run_lock import hold_run_dir
+from step_cache.training.run_status import mark_failed, refuse_failed_resume, usable_checkpoint
 from step_cache.training.seeds import train_seeds
 from step_cache.training.splits import shard_splits
 from step_cache.training.token_data import TokenSelection, open_token_source, select_tokens
@@ -144,9 +147,9 @@ class _Run:
     # -- resume ------------------------------------------------------------------------------------------
     def write_derived_files(self) -> None:
         """last.pt (and best.pt when the last epoch is the best) and metrics.jsonl, from the committed state."""
-        runs.save_weights(self.model, self.run_dir / runs.LAST)
+        save_checkpoint(self.run_dir, self.run_dir / runs.LAST, self.model)
         if self.history and self.best_epoch == self.history[-1]["epoch"]:
-            runs.save_weights(self.model, self.run_dir / runs.BEST)
+            save_checkpoint(self.run_dir, self.run_dir / runs.BEST, self.model)
         runs.write_epoch_log(self.run_dir, self.history)
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -241,7 +244,7 @@ class _Run:
 
     # -- final metrics -----------------------------------------------------------------------------------
     def final_metrics(self) -> dict[str, Any]:
-        runs.load_weights(self.model, self.run_dir / runs.BEST)
+        runs.load_weights(self.model, usable_checkpoint(self.run_dir))
         return final_metrics(
             probe=self.config.probe,
             best_epoch=self.best_epoch,
@@ -273,10 +276,30 @@ def train_probe(
     ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
     N seeds as one stack and reports mean ± std (``training/seeds.py``). ``resume``
     continues a killed run from its last completed epoch (the settings must match). ``on_epoch`` is called with
-    each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there.
+    each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there. The run
+    directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
     """
     config = make_config(probe, options)
+    with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
+        try:
+            return _train(features, probe, config, Path(out), resume, overwrite, on_epoch)
+        except (NonFiniteLossError, runs.NonFiniteValueError) as error:
+            mark_failed(Path(out), str(error))  # no command may use what the diverged run left
+            raise
+
+
+def _train(
+    features: str | Path | Sequence[str | Path] | ShardSet,
+    probe: str,
+    config: TrainConfig,
+    out: Path,
+    resume: bool,
+    overwrite: bool,
+    on_epoch: EpochCallback | None,
+) -> TrainResult:
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
+    if resume:
+        refuse_failed_resume(out)
     if config.seeds > 1:
         metrics, history = train_seeds(features, config, Path(out), resume, on_epoch)
         return TrainResult(Path(out), metrics, history)

@@ -1,0 +1,85 @@
+"""Checkpoints bound to their run: the run records the sha256 of every checkpoint it writes in
+``checkpoints.json``, and a checkpoint is only loaded when its bytes hash to the recorded value.
+
+Same shapes are not the same run: a ``best.pt`` copied in from another run, or one whose head weights were edited,
+loads into the probe without complaint and gives other figures. The checksum catches both.
+
+Order of writes: the checkpoint first (atomic rename), then its entry (atomic rename of ``checkpoints.json``). A
+kill between the two leaves a checkpoint whose entry is the previous one's: it is refused until the run is
+resumed, and ``--resume`` rewrites (and re-records) every checkpoint a kill can have left half-recorded, from the
+committed state (``trainer._Run.restore``, ``seeds._write``). The entry is never written before the file, so an
+entry always names bytes that were, at some point, this run's own checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from step_cache.training import runs
+
+# Keys of checkpoints.json are paths relative to the run directory (e.g. "best.pt", "seeds/seed-1/best.pt").
+
+
+class CheckpointMismatchError(runs.RunError):
+    """A checkpoint whose bytes are not those its run recorded (replaced, edited), or that no record covers."""
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _key(run_dir: Path, path: Path) -> str:
+    return path.relative_to(run_dir).as_posix()
+
+
+def read_sums(run_dir: Path) -> dict[str, dict[str, Any]]:
+    """The recorded checkpoints ({relative path: {"sha256", "bytes"}}); empty when none is recorded."""
+    path = run_dir / runs.CHECKPOINT_SUMS
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise CheckpointMismatchError(
+            f"{path}: unreadable checkpoint record ({error}); retrain the run with --overwrite"
+        ) from None
+    return content.get("checkpoints", {}) if isinstance(content, dict) else {}
+
+
+def record(run_dir: Path, path: Path, data: bytes) -> None:
+    """Record ``data`` (just written to ``path``) as the run's checkpoint at ``path``. One writer per run
+    directory (``run_lock``), so read-modify-write is safe."""
+    sums = read_sums(run_dir)
+    sums[_key(run_dir, path)] = {"sha256": sha256(data), "bytes": len(data)}
+    runs.write_json(run_dir / runs.CHECKPOINT_SUMS, {"checkpoints": dict(sorted(sums.items()))})
+
+
+def save_checkpoint(run_dir: Path, path: Path, weights: dict[str, torch.Tensor] | torch.nn.Module) -> None:
+    """Write ``weights`` (a state dict, or a module's) to ``path`` inside ``run_dir``, then record its checksum."""
+    module = isinstance(weights, torch.nn.Module)
+    data = runs.save_weights(weights, path) if module else runs.save_state(weights, path)
+    record(run_dir, path, data)
+
+
+def verify_checkpoint(run_dir: Path, path: Path) -> None:
+    """Refuse ``path`` unless its bytes are those ``run_dir`` recorded for it. The caller has checked it exists."""
+    key = _key(run_dir, path)
+    entry = read_sums(run_dir).get(key)
+    if entry is None:
+        raise CheckpointMismatchError(
+            f"{path}: {run_dir / runs.CHECKPOINT_SUMS} records no checksum for {key}, so it cannot be tied to this "
+            "run (a run written by an older step-cache, or a file put there by hand); retrain with --overwrite, "
+            "or continue an interrupted run with --resume"
+        )
+    actual = sha256(path.read_bytes())
+    if actual != entry.get("sha256"):
+        raise CheckpointMismatchError(
+            f"{path}: not the checkpoint this run wrote (sha256 {actual[:12]}…, recorded "
+            f"{str(entry.get('sha256'))[:12]}… in {runs.CHECKPOINT_SUMS}): it was replaced or edited; put the run's "
+            "own file back or retrain with --overwrite (a run interrupted while saving: continue it with --resume)"
+        )
