@@ -34,7 +34,8 @@ class RunProgress:
     def start_epoch(self, epoch: int) -> None:
         """``epoch`` is 0-based, as the training loops count."""
         self.epoch = epoch
-        self.bar.set_postfix_str(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
+        # set_postfix_str: no read-back of figures here (tests count set_postfix calls, each a device sync)
+        self.bar.set_postfix_str(f"epoch={epoch + 1}/{self.epochs}", refresh=False)
 
     # The epoch loop's interface (a tqdm's update / set_postfix / close), so it draws on this bar.
     def update(self, n: int = 1) -> None:

@@ -1,14 +1,17 @@
 """When a training run commits its state, and what a commit writes.
 
 A commit is ``last_state.pt`` (everything ``--resume`` needs, the best weights included), then the files derived
-from it: ``last.pt``, ``best.pt`` (each recorded in ``checkpoints.json``) and ``metrics.jsonl``. Committing every
-epoch made a small set's run mostly checkpoint writing (fsyncs): with one batch per epoch a commit costs about as
-much as the epoch. So a run keeps its best weights in memory and commits after its first epoch, then when
-``COMMIT_EVERY_S`` seconds have passed since the last commit, and after its last epoch (and when ``on_epoch``
-stops it). Between commits each epoch's line is appended to ``metrics.jsonl`` (no fsync), so the file follows the
-run live; ``--resume`` continues from the last commit, rewrites ``metrics.jsonl`` from it (dropping the lines of
-epochs after it) and re-runs those epochs exactly (batches, views and dropout are keyed by the committed state).
-A kill loses at most ``COMMIT_EVERY_S`` seconds of training.
+from it: ``last.pt``, ``best.pt`` (each recorded in ``checkpoints.json``) and ``metrics.jsonl``, each renamed into
+place and fsynced. Committed every epoch, a small set's run (one batch per epoch) spent about a quarter of its
+epoch time writing them (docs/training.md "Commit cadence"). So a run keeps its best weights in memory and commits
+after its first epoch, then once ``COMMIT_EVERY_S`` seconds have passed since the last commit, and after its last
+epoch. A run given an ``on_epoch`` callback commits every epoch before calling it (the callback's documented
+contract: it sees saved epochs, and raising from it stops the run there).
+
+Between commits each epoch's line is appended to ``metrics.jsonl`` (no fsync), so the file follows the run live.
+``--resume`` continues from the last commit: it rewrites ``metrics.jsonl`` from the committed history (dropping the
+lines of later epochs) and runs those epochs again, exactly (batches, views and dropout are keyed by the committed
+state). A kill loses at most ``COMMIT_EVERY_S`` seconds of training.
 """
 
 from __future__ import annotations
@@ -33,14 +36,13 @@ class CommitClock:
     def __init__(self, every: float | None = None) -> None:
         self.every = every
         self.last: float | None = None  # monotonic time of the last commit; None: none yet in this process
-        self.epoch = -1  # the epochs done at the last commit (in this process)
 
     def due(self, epochs_done: int, epochs: int) -> bool:
         every = COMMIT_EVERY_S if self.every is None else self.every
         return self.last is None or epochs_done >= epochs or time.monotonic() - self.last >= every
 
-    def committed(self, epochs_done: int) -> None:
-        self.last, self.epoch = time.monotonic(), epochs_done
+    def committed(self) -> None:
+        self.last = time.monotonic()
 
 
 def append_epoch(run_dir: Path, record: dict[str, Any]) -> None:

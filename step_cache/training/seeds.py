@@ -92,26 +92,24 @@ def train_seeds(
             stack.restore(state)
             log.info("resuming %s after epoch %d of %d", out, stack.start_epoch, resolved.epochs)
         log.info("%s: training %d seeds (%s) as one stack", config.probe, len(seeds), ", ".join(map(str, seeds)))
-        clock = CommitClock()  # as for one seed (run_commits): first and last epoch, and every ~30 s
+        # As for one seed (run_commits): after the first and last epoch and every ~30 s; every epoch with on_epoch
+        # (a callback that stops the run must find every epoch before it committed).
+        clock = CommitClock(0.0 if on_epoch is not None else None)
 
         def first_seed(member: int, record: dict[str, Any]) -> bool:
             if member == 0 and on_epoch is not None:
-                try:
-                    on_epoch(record)
-                except BaseException:  # it stops the run after this epoch: commit it (every seed has its record)
-                    commit(record["epoch"], force=True)
-                    raise
+                on_epoch(record)
             return False
 
-        def commit(epochs_done: int, force: bool = False) -> None:
+        def commit(epochs_done: int) -> None:
             _raise_if_diverged(seeds, stack.results, config.lr)  # before a state with a diverged seed is saved
-            if not (force or clock.due(epochs_done, resolved.epochs)):
+            if not clock.due(epochs_done, resolved.epochs):
                 append_epoch(out, stack.results[0].history[-1])
                 return
             # The state file is the commit point, as for one seed; metrics.jsonl (the first seed's) follows.
             runs.save_state(stack.state(epochs_done), out / runs.STATE)
             runs.write_epoch_log(out, stack.results[0].history)
-            clock.committed(epochs_done)
+            clock.committed()
 
         batches = len(epoch_plan(training.views, resolved.batch_size, resolved.seed, 0))
         label = f"{config.probe} x{len(seeds)} seeds"

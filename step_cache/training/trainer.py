@@ -163,7 +163,7 @@ class _Run:
         # derived from it afterwards, and ``restore`` rewrites them, so a kill between any two writes loses nothing.
         runs.save_state(run_state(self, epochs_done), self.run_dir / runs.STATE)
         self.write_derived_files()
-        self.commits.committed(epochs_done)
+        self.commits.committed()
 
     # -- one epoch ---------------------------------------------------------------------------------------
     def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, Any]:
@@ -297,18 +297,15 @@ def _train(
         run.build_optimizer()
     run.open_data()
     batches = len(epoch_plan(run.views, config.batch_size, config.seed, 0))
+    if on_epoch is not None:
+        run.commits.every = 0.0  # on_epoch's contract: it sees each epoch after its commit (run_commits)
     run.bar = RunProgress(config.probe, config.epochs, batches, run.start_epoch, config.progress)
     try:
         for epoch in range(run.start_epoch, config.epochs):
             run.bar.start_epoch(epoch)
             record = run.run_epoch(epoch)
             if on_epoch is not None:
-                try:
-                    on_epoch(record)
-                except BaseException:
-                    if run.commits.epoch != record["epoch"]:
-                        run.commit(record["epoch"])  # it stops the run here: keep every epoch it saw
-                    raise
+                on_epoch(record)
         metrics = run.final_metrics()
     finally:
         run.bar.close()
