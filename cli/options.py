@@ -55,8 +55,8 @@ Threads = Annotated[
     typer.Option(
         min=1,
         help="CPU threads for torch (and the size of the decode / reader process pools). Default: OMP_NUM_THREADS "
-        "if set, else the CPUs this process may use (affinity, capped by a container's CPU quota). Recorded in "
-        "config.json.",
+        "if set, else the CPUs this process may use (affinity, capped by a container's CPU quota). A training "
+        "run records it in config.json.",
         show_default=False,
     ),
 ]
