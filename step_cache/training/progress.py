@@ -14,6 +14,11 @@ from typing import Any
 from tqdm import tqdm
 
 
+def batches_per_epoch(train_clips: int, batch_size: int) -> int:
+    """What ``views.epoch_plan`` cuts an epoch into (one drawn view per clean clip, the last batch partial)."""
+    return -(-train_clips // batch_size)
+
+
 class RunProgress:
     """The bar of one run (``train_probe`` or one stack of ``--seeds``): ``epochs`` epochs of ``batches`` batches,
     ``done`` epochs of which were completed before (a resumed run). ``enabled=False`` draws nothing."""

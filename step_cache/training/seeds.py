@@ -35,12 +35,11 @@ from step_cache.stacking.shared_data import DataCache
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
-from step_cache.training.progress import RunProgress
+from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import seed_statistics
 from step_cache.training.run_checkpoints import save_checkpoint
 from step_cache.training.run_commits import CommitClock, append_epoch
 from step_cache.training.run_data import data_record
-from step_cache.training.views import epoch_plan
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def train_seeds(
             runs.write_epoch_log(out, stack.results[0].history)
             clock.committed()
 
-        batches = len(epoch_plan(training.views, resolved.batch_size, resolved.seed, 0))
+        batches = batches_per_epoch(len(training.splits.train), resolved.batch_size)
         label = f"{config.probe} x{len(seeds)} seeds"
         stack.bar = RunProgress(label, resolved.epochs, batches, stack.start_epoch, config.progress)
         try:

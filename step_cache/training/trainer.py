@@ -30,7 +30,7 @@ from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
 from step_cache.training.metrics import format_percent, format_percent_spread, pair_indices
 from step_cache.training.optimization import build_optimizer, build_scheduler, schedule_steps
-from step_cache.training.progress import RunProgress
+from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import (
     NO_SCORE,
     TrainingTime,
@@ -296,7 +296,7 @@ def _train(
     else:
         run.build_optimizer()
     run.open_data()
-    batches = len(epoch_plan(run.views, config.batch_size, config.seed, 0))
+    batches = batches_per_epoch(len(run.splits.train), config.batch_size)
     if on_epoch is not None:
         run.commits.every = 0.0  # on_epoch's contract: it sees each epoch after its commit (run_commits)
     run.bar = RunProgress(config.probe, config.epochs, batches, run.start_epoch, config.progress)
