@@ -67,7 +67,7 @@ def test_threads_option_beats_omp_num_threads_which_beats_the_budget():
 
 def test_spin_wait_is_limited_unless_the_user_chose_a_wait_policy():
     environ: dict[str, str] = {}
-    assert limit_spin_wait(environ) == environ == {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
+    assert limit_spin_wait(environ) == environ == {"GOMP_SPINCOUNT": "1000", "KMP_BLOCKTIME": "1"}
     for name in WAIT:
         own = {name: "PASSIVE" if name == "OMP_WAIT_POLICY" else "5"}
         assert limit_spin_wait(dict(own)) == {}
@@ -91,7 +91,7 @@ def test_the_cli_limits_spin_wait_before_torch_is_imported_and_applies_the_threa
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["False 10000", "1 1 {'count': 1, 'source': '--threads'}"]
+    assert done.stdout.splitlines() == ["False 1000", "1 1 {'count': 1, 'source': '--threads'}"]
     mine = subprocess.run(
         [sys.executable, "-c", "import os, cli.main; print(os.environ.get('GOMP_SPINCOUNT'))"],
         capture_output=True, text=True, env=clean_env(OMP_WAIT_POLICY="ACTIVE"), timeout=120,
