@@ -28,7 +28,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # OpenMP threads spin this many iterations before sleeping when a parallel region ends (libgomp's default is
 # 300,000: far longer than the gap between a probe's small regions, so a thread whose partner lost its core spins
 # through its own time slice). Chosen with bench/contention.py under load (docs/performance.md "Shared CPUs /
-# contention"): STEP took 5.8x passive's time with 300,000, 2.1-2.6x with 10,000, 1.4x with 1,000, 1.0x with 100;
+# contention"): STEP took 5.8x passive's time with 300,000, 2.0-2.1x with 10,000, 1.4x with 1,000, 1.0x with 100;
 # fewer spins cost idle speed (passive cost ~30 % idle), so 1,000 keeps a short spin for back-to-back regions.
 SPIN_COUNT = 1_000
 # The variables a user may set to choose the wait behaviour themselves; any one of them leaves ours unset.
