@@ -105,3 +105,17 @@ def test_a_default_run_prints_a_few_lines_and_one_bar_and_logs_every_epoch(cache
     assert [r["epoch"] for r in log] == list(range(1, 41))
     verbose = run_cli(cache, tmp_path / "verbose", "--seeds", n_seeds, "--verbose", "--quiet")
     assert len(re.findall(r"epoch (\d+)/40", verbose.stderr)) == 40
+
+
+def test_a_default_sweep_prints_a_few_lines_and_no_bar_per_trial_epoch(cache, tmp_path):
+    pytest.importorskip("optuna")
+    command = [sys.executable, "-m", "cli", "sweep", str(cache), "--probe", "linear", "--out", str(tmp_path / "s"),
+               "--trials", "4", "--parallel", "2", "--param", "lr=log:1e-3..1e-2", "--epochs", "20", "--batch-size",
+               "4", "--no-plots"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr.decode()
+    out, err = done.stdout.decode(), done.stderr.decode()
+    assert len((out + err).strip().split("\n")) <= 25, out + err
+    assert not re.search(r"epoch \d+/20 \(\d+ probes\)", err)  # the stacked trials draw no bar of their own
+    assert "trials: 100%" in err  # the sweep's one bar
+    assert [r["epoch"] for r in runs.read_epoch_log(tmp_path / "s" / "best-run")] == list(range(1, 21))
