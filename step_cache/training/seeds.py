@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 SEEDS_DIR = "seeds"
 # What each seed's metrics.json summarises in per_seed (the rest is the same for every seed).
 PER_SEED_KEYS = ("best_epoch", "top1", "top5", "mean_class_accuracy", "pair_accuracy", "reversed_top1",
-                 "reversed_pair_accuracy", "shuffled_top1", "shuffled_pair_accuracy", "loss")  # fmt: skip
+                 "reversed_pair_accuracy", "shuffled_top1", "shuffled_pair_accuracy", "loss", "early_stop")  # fmt: skip
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:
