@@ -226,3 +226,24 @@ def test_seeds_resume_after_a_seed_stopped_continues_the_others_exactly(cache, t
     for seed in (0, 1, 2):
         path = f"seeds/seed-{seed}/best.pt"
         assert (tmp_path / "run" / path).read_bytes() == (tmp_path / "straight" / path).read_bytes()
+
+
+def test_cli_sweep_trials_stop_early_complete_and_the_retrain_stops_where_its_trial_did(cache, tmp_path):
+    from cli.main import _register_commands, app
+
+    _register_commands()
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(app, [
+        "sweep", str(cache), "--probe", "linear", "--out", str(out), "--trials", "2", "--parallel", "2",
+        "--param", "lr=0.01,0.003", "--grid", "--pruner", "none", "--epochs", "30", "--batch-size", "8",
+        "--patience", "3", "--no-plots", "--quiet",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = json.loads((out / "trials.json").read_text())["trials"]
+    assert [row["state"] for row in rows] == ["COMPLETE", "COMPLETE"]  # stopped early is complete, not pruned
+    assert all(row["epochs_run"] < 30 for row in rows)
+    best = json.loads((out / "best.json").read_text())
+    assert best["config"]["early_stop"] is True and best["config"]["patience"] == 3
+    retrained = json.loads((out / "best-run" / "metrics.json").read_text())
+    assert retrained["early_stop"]["stopped"] and retrained["early_stop"]["epoch"] == rows[0]["epochs_run"]
+    assert retrained["top1"] == best["value"]
