@@ -4,6 +4,7 @@ a stopped or mid-patience run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -11,11 +12,19 @@ import torch
 from test_sweeps import LOSS_RTOL, assert_same_as_lone_run  # the stacked-vs-lone tolerances, derived there
 from typer.testing import CliRunner
 
+from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
 from step_cache.stacking import train_stacked
+from step_cache.sweeps.results import retrain_best
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training import runs
-from step_cache.training.config import TrainConfigError, make_config, with_config_defaults, with_schedule
+from step_cache.training.config import (
+    LOCAL_FIELDS,
+    TrainConfigError,
+    make_config,
+    with_config_defaults,
+    with_schedule,
+)
 from step_cache.training.early_stopping import auto_patience, early_stop_record, is_finished, should_stop
 from step_cache.training.trainer import train_probe
 
@@ -247,3 +256,13 @@ def test_cli_sweep_trials_stop_early_complete_and_the_retrain_stops_where_its_tr
     retrained = json.loads((out / "best-run" / "metrics.json").read_text())
     assert retrained["early_stop"]["stopped"] and retrained["early_stop"]["epoch"] == rows[0]["epochs_run"]
     assert retrained["top1"] == best["value"]
+
+
+def test_the_best_trial_of_a_study_from_before_early_stopping_is_retrained_in_full(cache, tmp_path):
+    trial = dataclasses.asdict(make_config("linear", {**STOPPING, "patience": None, "lr": 1e-2}))
+    for name in ("early_stop", "patience"):  # what such a study stored
+        del trial[name]
+    here = make_config("linear", {"early_stop": False, "progress": False})
+    assert set(LOCAL_FIELDS) <= set(trial)
+    result = retrain_best(tmp_path, open_shards(cache), {"config": trial}, here)
+    assert result.metrics["early_stop"]["stopped"] is False and len(result.history) == 30
