@@ -225,7 +225,9 @@ class StackedRun:
         for slot in finished:
             member = self.active[slot]
             self.results[member].stopped_after = epoch + 1
-            log.info("member %d: %s", member, describe_stop(self.configs[member], epoch + 1, self.best_epoch[member]))
+            config = self.configs[member]  # debug: a sweep batch would print one line per trial
+            log.debug("member %d (seed %d, lr %g): %s", member, config.seed, config.lr,
+                      describe_stop(config, epoch + 1, self.best_epoch[member]))  # fmt: skip
         if stopped or diverged or finished:
             self.drop(sorted(stopped + diverged + finished))
         top = max((self.best[m][0] for m in range(len(self.configs))), default=float("nan"))

@@ -104,6 +104,10 @@ def train_seeds(
     finally:
         data.close()
     _raise_if_diverged(seeds, results, config.lr)  # every seed diverged in the same epoch: no commit saw it
+    stops = [(seed, r.metrics["early_stop"]) for seed, r in zip(seeds, results, strict=True)]
+    if any(stop["stopped"] for _, stop in stops):
+        trained = ", ".join(f"seed {seed} {stop['epoch']}/{stop['planned_epochs']}" for seed, stop in stops)
+        log.info("%s: early stopping (patience %s), epochs trained: %s", config.probe, stops[0][1]["patience"], trained)
     return _write(out, seeds, results), results[0].history
 
 
