@@ -151,8 +151,8 @@ def table(lines: list[dict]) -> str:
         )
     rows += [
         "",
-        "Per benchmark, over its probes: epochs saved and mean difference in test top-1 (points; largest per-probe "
-        "difference in brackets), for the default and other patience shares:",
+        "Per benchmark, over its probes: epochs saved and mean difference in test top-1 (points; the worst probe's "
+        "in brackets), for the default and other patience shares:",
         "",
         "| cache | " + " | ".join(f"{s}: epochs saved | {s}: difference" for s in SHARES) + " |",
         "|---|" + "---:|---:|" * len(SHARES),
