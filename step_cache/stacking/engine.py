@@ -57,7 +57,7 @@ MemberCallback = Callable[[int, dict[str, Any]], bool]  # (member index, epoch r
 class MemberResult:
     config: TrainConfig  # with the probe's full options, as train_probe records them
     history: list[dict[str, Any]] = field(default_factory=list)  # train_probe's metrics.jsonl lines
-    metrics: dict[str, Any] | None = None  # train_probe's metrics.json content; None when stopped early
+    metrics: dict[str, Any] | None = None  # train_probe's metrics.json content; None when pruned or diverged
     stopped_after: int | None = None  # the epoch after which on_epoch or early stopping stopped it
     weights: dict[str, torch.Tensor] | None = None  # best checkpoint (with keep_weights)
     diverged: str | None = None  # why training stopped when the loss became non-finite (then metrics is None)
