@@ -60,3 +60,21 @@ Threads = Annotated[
         show_default=False,
     ),
 ]
+EarlyStop = Annotated[
+    bool,
+    typer.Option(
+        "--early-stop/--no-early-stop",
+        help="Stop a run (each seed, each trial) once its validation score (val top-1, then val loss: what picks "
+        "best.pt) has not improved for --patience epochs after the warm-up; the schedule stays the planned one "
+        "(docs/training.md, Early stopping).",
+    ),
+]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Early stopping: epochs without a better validation score before a run stops (default: max(10, 30 % "
+        "of the planned epochs)).",
+        show_default=False,
+    ),
+]

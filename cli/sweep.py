@@ -9,7 +9,7 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs, Threads, Views
+from cli.options import BatchSize, EarlyStop, Epochs, Patience, Threads, Views
 from step_cache.cpu_budget import apply_threads
 from step_cache.training.metrics import format_percent
 
@@ -53,6 +53,8 @@ def sweep(
     val_fraction: Annotated[float, typer.Option(help="Held-out share of training videos when no val split.")] = 0.2,
     tokens: Annotated[str, typer.Option(help="all, cls, patches or auto.")] = "auto",
     views: Views = "on",
+    early_stop: EarlyStop = True,
+    patience: Patience = None,
     pairs: Annotated[Path | None, typer.Option(help="Mirrored class pairs file (default: the cache's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     data: Annotated[str, typer.Option(help="auto, memory or streaming.")] = "auto",
@@ -105,6 +107,8 @@ def sweep(
             val_fraction=val_fraction,
             tokens=tokens,
             views=views,
+            early_stop=early_stop,
+            patience=patience,
             pairs=str(pairs) if pairs else None,
             device=device,
             data=data,

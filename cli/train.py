@@ -10,7 +10,7 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs, ReversePairs, Threads, TokenDrop, Views
+from cli.options import BatchSize, EarlyStop, Epochs, Patience, ReversePairs, Threads, TokenDrop, Views
 from step_cache.cpu_budget import apply_threads
 from step_cache.training.metrics import format_percent
 
@@ -64,6 +64,8 @@ def train_probe(
     token_drop: TokenDrop = 0.0,
     reverse_pairs: ReversePairs = 0.0,
     views: Views = "on",
+    early_stop: EarlyStop = True,
+    patience: Patience = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights, batch order and held-out val videos.")] = 0,
     seeds: Annotated[
         int,
@@ -144,6 +146,8 @@ def train_probe(
             token_drop=token_drop,
             reverse_pairs=reverse_pairs,
             views=views,
+            early_stop=early_stop,
+            patience=patience,
             seed=seed,
             seeds=seeds,
             val_fraction=val_fraction,

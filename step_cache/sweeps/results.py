@@ -23,7 +23,7 @@ from step_cache.cache.files import atomic_write_text
 from step_cache.cache.shards import ShardSet
 from step_cache.sweeps.space import SearchSpace
 from step_cache.training import runs
-from step_cache.training.config import LOCAL_FIELDS, TrainConfig
+from step_cache.training.config import LOCAL_FIELDS, TrainConfig, with_config_defaults
 from step_cache.training.trainer import TrainResult, train_probe
 
 TRIALS_JSON, TRIALS_CSV, BEST_JSON, BEST_RUN = "trials.json", "trials.csv", "best.json", "best-run"
@@ -150,7 +150,7 @@ def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], current: Tra
     The trial may have run on another worker of a shared study (another machine, GPU, data path): its
     machine-local settings (``LOCAL_FIELDS``: device, data mode, workers, progress, pairs file...) are replaced by
     those of ``current``, this process's sweep config, so the retrain runs here."""
-    options = dict(best["config"])
+    options = with_config_defaults(best["config"])  # a trial stored before early stopping existed ran in full
     probe = options.pop("probe")
     options.update({name: getattr(current, name) for name in LOCAL_FIELDS})
     return train_probe(shards, probe, out / BEST_RUN, overwrite=True, **options)

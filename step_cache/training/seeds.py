@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 SEEDS_DIR = "seeds"
 # What each seed's metrics.json summarises in per_seed (the rest is the same for every seed).
 PER_SEED_KEYS = ("best_epoch", "top1", "top5", "mean_class_accuracy", "pair_accuracy", "reversed_top1",
-                 "reversed_pair_accuracy", "shuffled_top1", "shuffled_pair_accuracy", "loss")  # fmt: skip
+                 "reversed_pair_accuracy", "shuffled_top1", "shuffled_pair_accuracy", "loss", "early_stop")  # fmt: skip
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:
@@ -103,7 +103,8 @@ def train_seeds(
         def commit(epochs_done: int) -> None:
             _raise_if_diverged(seeds, stack.results, config.lr)  # before a state with a diverged seed is saved
             if not clock.due(epochs_done, resolved.epochs):
-                append_epoch(out, stack.results[0].history[-1])
+                if len(stack.results[0].history) == epochs_done:  # the first seed may have stopped early
+                    append_epoch(out, stack.results[0].history[-1])
                 return
             # The state file is the commit point, as for one seed; metrics.jsonl (the first seed's) follows.
             runs.save_state(stack.state(epochs_done), out / runs.STATE)
@@ -120,6 +121,10 @@ def train_seeds(
     finally:
         data.close()
     _raise_if_diverged(seeds, results, config.lr)  # every seed diverged in the same epoch: no commit saw it
+    stops = [(seed, r.metrics["early_stop"]) for seed, r in zip(seeds, results, strict=True)]
+    if any(stop["stopped"] for _, stop in stops):
+        trained = ", ".join(f"seed {seed} {stop['epoch']}/{stop['planned_epochs']}" for seed, stop in stops)
+        log.info("%s: early stopping (patience %s), epochs trained: %s", config.probe, stops[0][1]["patience"], trained)
     return _write(out, seeds, results), results[0].history
 
 

@@ -26,6 +26,7 @@ from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, make_config, run_record, with_schedule
+from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
 from step_cache.training.metrics import format_percent, format_percent_spread, pair_indices
@@ -212,7 +213,8 @@ class _Run:
             self.best, self.best_epoch = score, epoch + 1
             self.best_weights = runs.weights_of(self.model)
         self.history.append(record)
-        if self.commits.due(epoch + 1, self.config.epochs):
+        # A run about to stop early commits now: its best.pt must be the weights metrics.json reports.
+        if self.commits.due(epoch + 1, self.config.epochs) or should_stop(self.config, epoch + 1, self.best_epoch):
             self.commit(epoch + 1)
         else:
             append_epoch(self.run_dir, record)
@@ -226,7 +228,7 @@ class _Run:
     # -- final metrics -----------------------------------------------------------------------------------
     def final_metrics(self) -> dict[str, Any]:
         runs.load_weights(self.model, usable_checkpoint(self.run_dir))
-        return final_metrics(
+        metrics = final_metrics(
             probe=self.config.probe,
             best_epoch=self.best_epoch,
             epochs=self.config.epochs,
@@ -240,6 +242,8 @@ class _Run:
             data_mode=self.source.mode,
             device=str(self.device),
         )
+        metrics["early_stop"] = early_stop_record(self.config, len(self.history), self.best_epoch)
+        return metrics
 
 
 def train_probe(
@@ -290,7 +294,7 @@ def _train(
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:
         final = runs.read_final_metrics(run.run_dir)
-        if int(state["epoch"]) >= config.epochs and final is not None:
+        if final is not None and is_finished(config, int(state["epoch"]), int(state["best_epoch"])):
             return TrainResult(run.run_dir, final, list(state["history"]))
         run.restore(state)
     else:
@@ -302,6 +306,9 @@ def _train(
     run.bar = RunProgress(config.probe, config.epochs, batches, run.start_epoch, config.progress)
     try:
         for epoch in range(run.start_epoch, config.epochs):
+            if should_stop(config, epoch, run.best_epoch):  # checked before each epoch: a resumed run too
+                log.info("%s: %s", config.probe, describe_stop(config, epoch, run.best_epoch))
+                break
             run.bar.start_epoch(epoch)
             record = run.run_epoch(epoch)
             if on_epoch is not None:
