@@ -26,6 +26,7 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
     """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, image size,
     patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum)."""
     extraction = record["data"]["extraction"]
+    check_rebuildable(extraction)
     recorded = extraction["weights"]
     crop = extraction["preprocessing"]["crop"]
     return {
@@ -39,6 +40,36 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "dtype": str(extraction["tokens"]["dtype"]),
         "seed": int(recorded.get("seed", 0)),
     }
+
+
+def check_rebuildable(extraction: dict[str, Any]) -> None:
+    """Refuse, before any video is decoded, a run whose tokens no extraction of videos gives: synthetic tokens, or
+    a cache rewritten by ``step-cache compact`` (patches pooled from stored values, int8 read back as floats, or
+    tokens projected on principal directions)."""
+    tokens = extraction.get("tokens", {})
+    if extraction.get("backbone", {}).get("name") == "synthetic" or "crop" not in extraction.get("preprocessing", {}):
+        raise RunSettingsError(
+            "--run: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it cannot "
+            "classify videos; use predict --features with a cache of the same kind"
+        )
+    if projection := tokens.get("projection"):
+        raise RunSettingsError(
+            f"--run: the run was trained on tokens projected on {projection.get('components')} principal directions "
+            "(step-cache compact --project), which cannot be rebuilt from videos; to classify videos, train on a "
+            "cache without --project"
+        )
+    compacted = []
+    if pooled := tokens.get("pooled_after_storage"):
+        pool = int(tokens.get("patch_pool", 1)) // max(1, int(pooled.get("patch_pool", 1)))
+        compacted.append(f"--pool-patches {pool}: patches averaged from stored tokens")
+    if "dequantized_from" in tokens:
+        compacted.append(f"--dtype {tokens.get('dtype')}: {tokens['dequantized_from']} tokens read back")
+    if what := "; ".join(compacted):
+        raise RunSettingsError(
+            f"--run: the run was trained on a cache rewritten by step-cache compact ({what}), whose tokens "
+            "extraction does not reproduce; extract the videos like the cache it was compacted from, compact them "
+            "with the same options and use predict --features, or train on a cache extracted with those settings"
+        )
 
 
 def _weights_argument(record: dict[str, Any], recorded: dict[str, Any], given: str | Path | None) -> str:

@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from step_cache.cache.manifest import Failure
+from step_cache.cache.manifest import Failure, ManifestError, read_manifest
 from step_cache.catalog import VIDEO_EXTENSIONS, CatalogError, VideoItem
-from step_cache.extraction.engine import extract
+from step_cache.extraction.engine import ExtractionError, extract
 from step_cache.recognition.settings import extract_options
 from step_cache.training import runs
 from step_cache.training.evaluation import predict
@@ -42,6 +42,26 @@ class VideoPredictions:
         if self.failures:
             text += f"; {len(self.failures)} unreadable: " + "; ".join(f.reason for f in self.failures)
         return text
+
+
+def _refuse_unreadable(videos: Path, directory: Path) -> None:
+    """When no video could be read, raise an ExtractionError that lists every reason (the temporary cache that
+    recorded them is about to be removed); otherwise return, and the original error stands."""
+    try:
+        manifest = read_manifest(directory)
+    except ManifestError:
+        return
+    if manifest.num_videos or not manifest.failures:
+        return
+    reasons = "; ".join(failure.reason for failure in manifest.failures[:_LISTED])
+    more = f"; and {len(manifest.failures) - _LISTED} more" if len(manifest.failures) > _LISTED else ""
+    raise ExtractionError(
+        f"{videos}: none of the {len(manifest.failures)} videos could be read: {reasons}{more} (--cache DIR keeps "
+        "every reason in DIR/manifest.json)"
+    )
+
+
+_LISTED = 5  # unreadable videos named in the error when none could be read
 
 
 def predict_videos(
@@ -75,10 +95,15 @@ def predict_videos(
     keep = cache is not None
     directory = Path(cache) if keep else Path(tempfile.mkdtemp(prefix="step-cache-predict-"))
     try:
-        extracted = extract(
-            videos, directory, annotations=annotations, items=items, device=device, workers=workers,
-            batch_size=batch_size, progress=progress, **options,
-        )  # fmt: skip
+        try:
+            extracted = extract(
+                videos, directory, annotations=annotations, items=items, device=device, workers=workers,
+                batch_size=batch_size, progress=progress, **options,
+            )  # fmt: skip
+        except ExtractionError:
+            if not keep:  # the error names the manifest of a folder removed below: give the reasons instead
+                _refuse_unreadable(videos, directory)
+            raise
         for failure in extracted.failures:
             log.warning("unreadable: %s", failure.reason)
         path = predict(run_dir, directory, out_csv, top_k=top_k, device=device)
