@@ -1,8 +1,11 @@
 """Issue 23 case 8: each message one line, true, naming the file or the option to change.
 
 - ``predict --videos`` when no video can be read lists the reasons (not a temporary folder that is gone);
-- a run trained on a ``compact --pool-patches`` / ``--project`` cache, or on synthetic tokens, is refused by
-  ``predict --videos`` (and ``timeline``) in one line, before any video is decoded or the backbone is built;
+- ``predict --videos`` for a run trained on a ``compact --pool-patches`` cache (int8 read back as float16 too)
+  compacts the extracted tokens the same way: the answers of ``predict --features`` on the run's cache; ``timeline``
+  refuses such a run in one line before building the backbone;
+- a run on a ``compact --project`` cache, or on synthetic tokens, is refused by ``predict --videos`` and
+  ``timeline`` in one line, before any video is decoded or the backbone is built;
 - a finished run whose best.pt was removed says the checkpoint is missing;
 - ``timeline`` on a non-video prints the one-line error only (STEP_CACHE_DECODER_LOGS=1 keeps the decoders' lines).
 """
@@ -27,12 +30,13 @@ ENV = {key: value for key, value in os.environ.items() if key != "STEP_CACHE_DEC
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Linear runs on a TINY cache of six videos, on its compacted forms (pooled 2x2, projected on 8 directions)
-    and on synthetic tokens."""
+    """Linear runs on a TINY cache of six videos, on its compacted forms (int8, then back to float16 with 2x2
+    patches pooled; projected on 8 directions) and on synthetic tokens."""
     root = tmp_path_factory.mktemp("messages")
     write_class_folders(root / "videos", {"left": -1, "right": 1}, videos_per_class=3, num_frames=8)
     extract(root / "videos", root / "c", **TINY)
-    compact(root / "c", root / "pooled", pool_patches=2, progress=False)
+    compact(root / "c", root / "int8", dtype="int8", progress=False)
+    compact(root / "int8", root / "pooled", dtype="float16", pool_patches=2, progress=False)
     compact(root / "c", root / "projected", project=8, progress=False)
     write_token_cache(root / "synthetic", num_classes=2, videos_per_class=6)
     for name in ("c", "pooled", "projected", "synthetic"):
@@ -67,7 +71,6 @@ def test_no_readable_video_lists_the_reasons(runs, tmp_path):
 @pytest.mark.parametrize(
     ("run", "expected"),
     [
-        ("pooled", "compact (--pool-patches 2: patches averaged from stored tokens)"),
         ("projected", "tokens projected on 8 principal directions (step-cache compact --project)"),
         ("synthetic", "trained on synthetic tokens (no backbone or preprocessing to rebuild)"),
     ],
@@ -87,6 +90,25 @@ def test_runs_whose_tokens_videos_cannot_give_are_refused_first(runs, tmp_path, 
         video = runs / "videos" / "left" / "left_0.mp4"
         timeline = cli("timeline", video, "--run", runs / f"run-{run}", "--out", tmp_path / "t")
         assert timeline.returncode == 1 and _error_lines(timeline) == _error_lines(result)
+
+
+def test_a_pooled_run_predicts_videos_like_its_cache(runs, tmp_path):
+    out = tmp_path / "videos.csv"
+    result = cli("predict", "--run", runs / "run-pooled", "--videos", runs / "videos", "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    cached = tmp_path / "c.csv"
+    from_cache = cli("predict", "--run", runs / "run-pooled", "--features", runs / "pooled", "--out", cached)
+    assert from_cache.returncode == 0, from_cache.stderr
+    # the same frames, backbone, int8 rounding, pooling of stored values and probe: the same CSV, to the digit
+    assert out.read_text() == cached.read_text() and len(out.read_text().splitlines()) == 7
+    timeline = cli("timeline", runs / "videos" / "left" / "left_0.mp4", "--run", runs / "run-pooled", "--out",
+                   tmp_path / "t")  # fmt: skip
+    assert timeline.returncode == 1 and _error_lines(timeline) == [
+        "error: --run: the run was trained on a cache rewritten by step-cache compact (--pool-patches 2: patches "
+        "averaged from stored tokens; --dtype float16: int8 tokens read back), whose tokens timeline and "
+        "Recognizer do not reproduce frame by frame; use predict --videos (which compacts the same way), or train "
+        "on a cache extracted with those settings"
+    ]
 
 
 def test_a_finished_run_without_best_pt_says_it_is_missing(runs, tmp_path):
