@@ -231,7 +231,7 @@ def predict(
         Path | None,
         typer.Option(help="With --videos: keep the extracted tokens in this shard directory (default: none kept)."),
     ] = None,
-    out: Annotated[Path, typer.Option(help="CSV to write: video, clips, label, class_1, prob_1, ...")] = Path(
+    out: Annotated[Path, typer.Option(help="CSV to write: video, clips, label, short, class_1, prob_1, ...")] = Path(
         "predictions.csv"
     ),
     top_k: Annotated[int, typer.Option(min=1, help="Classes per video.")] = 5,
