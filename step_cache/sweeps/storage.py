@@ -110,7 +110,7 @@ class _HeartbeatRDBStorage(optuna.storages.RDBStorage):
 
 
 def _rdb(url: str, heartbeat: int, attempts: int = 6) -> optuna.storages.BaseStorage:
-    from sqlalchemy.exc import IntegrityError, OperationalError  # an Optuna dependency
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError  # an Optuna dependency
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     for attempt in range(attempts):
@@ -120,9 +120,9 @@ def _rdb(url: str, heartbeat: int, attempts: int = 6) -> optuna.storages.BaseSto
                 return _HeartbeatRDBStorage(
                     url, engine_kwargs=kwargs, heartbeat_interval=heartbeat, grace_period=GRACE_FACTOR * heartbeat
                 )
-        except (IntegrityError, OperationalError):
-            # Workers started together on a new database race to create its tables; the loser retries and then
-            # finds them made.
+        except (IntegrityError, OperationalError, ProgrammingError):
+            # Workers started together on a new database race to create its tables (PostgreSQL may report the
+            # loser's CREATE as a duplicate type); the loser retries and then finds them made.
             if attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
@@ -206,23 +206,35 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     return below >= budget
 
 
-def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial, reason: str) -> bool:
-    """Fail ``trial`` (if still RUNNING) and add a WAITING copy with its parameters, so the next ask runs it
-    again. The state change is atomic in the storage: of two workers requeuing one trial, only one adds a copy."""
+def requeue(study: optuna.Study, trial: FrozenTrial | optuna.Trial, reason: str, exclusive: bool = False) -> bool:
+    """Fail ``trial`` (if still RUNNING) and add a WAITING copy with its parameters, so the next ask runs it again.
+
+    Shared storage: fail first: the state change is atomic there, so of two workers requeuing one trial only one
+    adds a copy (a kill between the two steps loses the copy; a fresh trial then takes its place in the budget).
+    ``exclusive`` (this process is the storage's only writer): copy first, unless a copy exists, so a kill between
+    the steps loses nothing."""
     frozen = trial if isinstance(trial, FrozenTrial) else study._storage.get_trial(trial._trial_id)
+    copied = any(frozen.number in t.system_attrs.get("retry_history", ()) for t in study.get_trials(deepcopy=False))
+    if exclusive and not copied:
+        _add_copy(study, frozen)
     try:
         if not study._storage.set_trial_state_values(frozen._trial_id, state=TrialState.FAIL):
             return False
     except (UpdateFinishedTrialError, StorageInternalError):  # another worker was first, or a database hiccup
         return False  # (then the trial is still RUNNING and the next check tries again)
+    if not exclusive and not copied:
+        _add_copy(study, frozen)
+    log.warning("trial %d %s: re-queued to run again", frozen.number, reason)
+    return True
+
+
+def _add_copy(study: optuna.Study, frozen: FrozenTrial) -> None:
     system_attrs = {**frozen.system_attrs, "failed_trial": frozen.system_attrs.get("failed_trial", frozen.number)}
     system_attrs["retry_history"] = [*frozen.system_attrs.get("retry_history", []), frozen.number]
     study.add_trial(optuna.trial.create_trial(
         state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-        user_attrs={k: v for k, v in frozen.user_attrs.items() if k == "worker"}, system_attrs=system_attrs,
+        system_attrs=system_attrs,
     ))  # fmt: skip
-    log.warning("trial %d %s: re-queued to run again", frozen.number, reason)
-    return True
 
 
 def requeue_stale(study: optuna.Study, store: SweepStorage) -> int:
@@ -235,4 +247,4 @@ def requeue_stale(study: optuna.Study, store: SweepStorage) -> int:
         reason = f"lost its worker (no heartbeat for {GRACE_FACTOR * (store.heartbeat or 0)} s)"
     else:
         reason = "was interrupted (its process stopped)"
-    return sum(requeue(study, trial, reason) for trial in running)
+    return sum(requeue(study, trial, reason, exclusive=not store.shared) for trial in running)

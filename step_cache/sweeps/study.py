@@ -149,15 +149,20 @@ def _record_result(trial: Trial, config: TrainConfig, result: MemberResult, metr
     summary["epochs_run"] = len(result.history)
     trial.set_user_attr("metrics", summary)
     trial.set_user_attr("config", dataclasses.asdict(config))
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    trial.set_user_attr("worker", worker_name())
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def run_batch(
     study: optuna.Study, trials: Sequence[Trial], configs: Sequence[TrainConfig], data: DataCache, metric: str,
-    pruning: bool,
+    pruning: bool, exclusive: bool = False,
 ) -> list[TrialState | None]:  # fmt: skip
     """Train one batch of asked trials (stacked by shape) and tell Optuna each outcome; returns the states (None:
-    the trial was taken over by another worker after its heartbeat was judged late, so its outcome is not ours)."""
+    the trial was taken over by another worker after its heartbeat was judged late, so its outcome is not ours).
+    ``exclusive``: this process is the storage's only writer (the journal in OUT), see ``storage.requeue``."""
     report_key = METRICS[metric][1]
     lost: set[int] = set()
 
@@ -180,7 +185,7 @@ def run_batch(
     finally:  # an error or Ctrl-C: no trial stays RUNNING; each goes back to the queue for the next run
         for index, trial in enumerate(trials):
             if index not in told and index not in lost:
-                requeue(study, trial, "was interrupted")
+                requeue(study, trial, "was interrupted", exclusive=exclusive)
     return [told[index] for index in range(len(trials))]
 
 
@@ -317,6 +322,7 @@ def _optimize(
                 trial.set_user_attr("surplus", True)
                 study.tell(trial, state=TrialState.FAIL)
                 break
+            trial.set_user_attr("worker", worker_name())  # who runs it: trials.json shows it while RUNNING
             batch.append(trial)
         if not batch:
             if not (store.shared and running and done < trials):
@@ -330,7 +336,7 @@ def _optimize(
             continue
         configs = [trial_config(probe, options, {**space.fixed, **trial.params}) for trial in batch]
         with store.beats(trial._trial_id for trial in batch):
-            states = run_batch(study, batch, configs, data, metric, pruning=pruning)
+            states = run_batch(study, batch, configs, data, metric, pruning=pruning, exclusive=not store.shared)
         write_results(out, study, metric, space, storage=store.label)
         bar.update(sum(state is not None for state in states))
         bar.set_postfix(best=_best_text(study))
