@@ -210,6 +210,8 @@ def write_results(
             }
         elif best_run is not None:
             best["best_run"] = best_run
+        elif (kept := retrained(out, best)) is not None:  # best-run/ still holds this best trial's retrain
+            best["best_run"] = kept
         runs.write_json(out / BEST_JSON, best)
     return rows, best
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
-import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +22,6 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import Trial, TrialState
 from tqdm import tqdm
 
@@ -33,10 +29,10 @@ from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
-from step_cache.stacking.engine import MemberResult, train_stacked
 from step_cache.stacking.grouping import group_by_shape
 from step_cache.stacking.shared_data import DataCache
-from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, check_resume, retrain_best, retrained, write_results
+from step_cache.sweeps.batch import run_batch, worker_name
+from step_cache.sweeps.results import best_trial, check_resume, retrain_best, retrained, write_results
 from step_cache.sweeps.search import METRICS, SAMPLERS, SweepError, make_pruner, make_sampler
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
 from step_cache.sweeps.storage import (
@@ -45,7 +41,6 @@ from step_cache.sweeps.storage import (
     counts,
     is_surplus,
     open_storage,
-    requeue,
     requeue_stale,
 )  # fmt: skip
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config, with_config_defaults
@@ -127,89 +122,21 @@ def open_study(
         study.set_user_attr("sweep", settings)
     else:  # a study started before a setting existed ran it at its default
         stored = {**stored, "config": with_config_defaults(stored.get("config", {}), skip=LOCAL_FIELDS)}
-        differences = [f"{k}: {stored.get(k)!r} in the study, {settings.get(k)!r} here"
-                       for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]  # fmt: skip
+        flat_stored, flat_settings = _flat(stored), _flat(settings)
+        differences = [f"{k}: {flat_stored.get(k)!r} in the study, {flat_settings.get(k)!r} here"
+                       for k in sorted(set(flat_stored) | set(flat_settings))
+                       if flat_stored.get(k) != flat_settings.get(k)]  # fmt: skip
         if differences:
             where = "" if store.shared else " (use the same options to resume it, or another --out)"
             raise SweepError(f"study {study_name!r} was started with other settings ({'; '.join(differences)}){where}")
     return study
 
 
-def _finite(value: Any) -> float | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
-
-
-def _record_result(trial: Trial, config: TrainConfig, result: MemberResult, metric: str) -> None:
-    if result.metrics is not None:
-        summary = {key: _finite(result.metrics.get(key)) for key in SUMMARY_KEYS}
-    else:  # stopped early: its last epoch's validation
-        last = result.history[-1]
-        summary = {key: _finite(last.get(f"val_{key}")) for key in ("top1", "top5", "mean_class_accuracy", "loss",
-                                                                     "pair_accuracy")}  # fmt: skip
-    summary["epochs_run"] = len(result.history)
-    trial.set_user_attr("metrics", summary)
-    trial.set_user_attr("config", dataclasses.asdict(config))
-    trial.set_user_attr("worker", worker_name())
-
-
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def run_batch(
-    study: optuna.Study, trials: Sequence[Trial], configs: Sequence[TrainConfig], data: DataCache, metric: str,
-    pruning: bool, exclusive: bool = False,
-) -> list[TrialState | None]:  # fmt: skip
-    """Train one batch of asked trials (stacked by shape) and tell Optuna each outcome; returns the states (None:
-    the trial was taken over by another worker after its heartbeat was judged late, so its outcome is not ours).
-    ``exclusive``: this process is the storage's only writer (the journal in OUT), see ``storage.requeue``."""
-    report_key = METRICS[metric][1]
-    lost: set[int] = set()
-
-    def on_epoch(index: int, record: dict[str, Any]) -> bool:
-        value = _finite(record.get(report_key))
-        if value is None or index in lost:
-            return index in lost
-        try:
-            trials[index].report(value, record["epoch"])
-        except UpdateFinishedTrialError:  # re-queued by another worker: stop training it (a pruned member is dropped)
-            lost.add(index)
-            return True
-        return pruning and trials[index].should_prune()
-
-    told: dict[int, TrialState | None] = {}
-    try:
-        results = train_stacked(data.shards, configs, on_epoch=on_epoch, data=data)
-        for index, (trial, config, result) in enumerate(zip(trials, configs, results, strict=True)):
-            told[index] = None if index in lost else _tell(study, trial, config, result, metric)
-    finally:  # an error or Ctrl-C: no trial stays RUNNING; each goes back to the queue for the next run
-        for index, trial in enumerate(trials):
-            if index not in told and index not in lost:
-                requeue(study, trial, "was interrupted", exclusive=exclusive)
-    return [told[index] for index in range(len(trials))]
-
-
-def _tell(
-    study: optuna.Study, trial: Trial, config: TrainConfig, result: MemberResult, metric: str
-) -> TrialState | None:
-    try:
-        _record_result(trial, config, result, metric)
-        failure = result.diverged
-        if failure is None and result.metrics is not None and _finite(result.metrics.get(metric)) is None:
-            failure = f"{metric} is not a finite number (diverged?)"
-        if failure is not None:
-            trial.set_user_attr("failure", failure)
-            study.tell(trial, state=TrialState.FAIL)
-            return TrialState.FAIL
-        if result.metrics is None:
-            study.tell(trial, state=TrialState.PRUNED)
-            return TrialState.PRUNED
-        study.tell(trial, float(result.metrics[metric]))
-        return TrialState.COMPLETE
-    except UpdateFinishedTrialError:
-        log.warning("trial %d was re-queued by another worker (late heartbeat); its copy counts, not this run",
-                    trial.number)  # fmt: skip
-        return None
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings with the training config's fields as ``config.NAME`` (a difference names the field)."""
+    flat = {k: v for k, v in settings.items() if k != "config"}
+    flat.update({f"config.{k}": v for k, v in (settings.get("config") or {}).items()})
+    return flat
 
 
 def sweep_settings(probe: str, metric: str, space: SearchSpace, config: TrainConfig, shards: ShardSet) -> dict:
@@ -270,7 +197,9 @@ def run_sweep(
         raise SweepError("--storage needs --study-name (the name several workers share)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(out)
-    with DirectoryLock(out, writer="sweep"):  # one writer per OUT: its journal, its tables, its best-run
+    with DirectoryLock(out, writer="sweep") as lock:  # one writer per OUT: its journal, its tables, its best-run
+        if lock.replaced_stale:
+            log.info("%s: taking over from pid %s, which stopped while sweeping", out, lock.replaced_stale.get("pid"))
         store = open_storage(storage, out, heartbeat)
         study = open_study(
             store, study_name or DEFAULT_STUDY, metric, make_sampler(sampler, space, base.seed),
@@ -288,12 +217,10 @@ def run_sweep(
             data.close()  # streaming reader processes
         rows, best = write_results(out, study, metric, space, storage=store.label)
         result = SweepResult(out, study, rows, best)
-        if best is not None and retrain:
-            previous = retrained(out, best)
-            if previous is None:
-                result.best_run = retrain_best(out, shards, best, base)
+        if best is not None and retrain and retrained(out, best) is None:  # not yet, or for another best trial
+            result.best_run = retrain_best(out, shards, best, base)
             rows, result.best = write_results(out, study, metric, space, storage=store.label,
-                                              best_run=result.best_run or previous)  # fmt: skip
+                                              best_run=result.best_run)  # fmt: skip
         if plots and rows:
             try:
                 require("matplotlib", "the sweep's plots", extra="sweep")
