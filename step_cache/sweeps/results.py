@@ -153,10 +153,12 @@ def check_resume(out: Path, store: SweepStorage, study: optuna.Study, trials: in
                 f"{path}: holds {before} finished trials of another study ({previous.get('study')!r}, "
                 f"{previous.get('storage', 'not resumable: no study.journal')}); choose another --out"
             )  # fmt: skip
+    where = f"study {study.study_name!r} in {store.label}" if store.shared else str(out)
     if done >= trials:
-        log.info("%s: the sweep is finished (%d of %d trials done); nothing to train", out, done, trials)
+        log.info("%s: the sweep is finished (%d of %d trials done); nothing to train", where, done, trials)
     elif done:
-        log.info("resuming %s: %d of %d trials done, %d left", out, done, trials, trials - done)
+        log.info("%s %s: %d of %d trials done, %d left", "joining" if store.shared else "resuming", where, done,
+                 trials, trials - done)  # fmt: skip
     return done
 
 

@@ -154,18 +154,18 @@ def open_storage(url: str | None, out: Path, heartbeat: int) -> SweepStorage:
 def _heartbeats(storage: optuna.storages.BaseStorage, trial_ids: list[int], interval: int) -> Iterator[None]:
     stop = threading.Event()
 
-    def beat() -> None:
-        while True:
-            for trial_id in trial_ids:
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception as error:  # noqa: BLE001 - a database hiccup: the next beat may get through
-                    log.warning("heartbeat of a trial not recorded (%s); retrying in %d s", error, interval)
-            if stop.wait(interval):
-                return
+    def record() -> None:
+        for trial_id in trial_ids:
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception as error:  # noqa: BLE001 - a database hiccup: the next beat may get through
+                log.warning("heartbeat of a trial not recorded (%s); retrying in %d s", error, interval)
 
-    for trial_id in trial_ids:  # the first beat before any training, so the trial is never left unwatched
-        storage.record_heartbeat(trial_id)
+    def beat() -> None:
+        while not stop.wait(interval):
+            record()
+
+    record()  # the first beat before any training, so the trial is watched from the start
     thread = threading.Thread(target=beat, name="sweep-heartbeat", daemon=True)
     thread.start()
     try:
@@ -248,3 +248,14 @@ def requeue_stale(study: optuna.Study, store: SweepStorage) -> int:
     else:
         reason = "was interrupted (its process stopped)"
     return sum(requeue(study, trial, reason, exclusive=not store.shared) for trial in running)
+
+
+def drop_leftovers(study: optuna.Study) -> None:
+    """When the budget is met, a re-queued copy may still wait (it was added while another worker asked a fresh
+    trial in its place): take each and mark it ``surplus``, so no trial is left WAITING."""
+    for _ in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        with warnings.catch_warnings():  # "heartbeat ... used with Study.optimize": we beat ourselves (beats())
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+            trial = study.ask()  # pops a WAITING trial (or, if another worker took it meanwhile, makes a new one)
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from step_cache.sweeps.storage import (
     DEFAULT_STUDY,
     SweepStorage,
     counts,
+    drop_leftovers,
     is_surplus,
     open_storage,
     requeue_stale,
@@ -244,7 +246,9 @@ def _optimize(
         done, running = counts(study)
         batch: list[Trial] = []
         for _ in range(min(parallel, trials - done - running)):
-            trial = study.ask(space.distributions)
+            with warnings.catch_warnings():  # we record the heartbeats ourselves (store.beats), not optimize()
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = study.ask(space.distributions)
             if is_surplus(study, trial, trials):  # another worker took the last trials meanwhile
                 trial.set_user_attr("surplus", True)
                 study.tell(trial, state=TrialState.FAIL)
@@ -252,13 +256,15 @@ def _optimize(
             trial.set_user_attr("worker", worker_name())  # who runs it: trials.json shows it while RUNNING
             batch.append(trial)
         if not batch:
-            if not (store.shared and running and done < trials):
+            done, running = counts(study)
+            if done >= trials or not store.shared:  # (the journal's only worker has nothing RUNNING elsewhere)
+                drop_leftovers(study)
                 return
-            if not waiting_said:
+            if running and not waiting_said:
                 log.info("waiting for %d trial(s) running on other workers (re-queued here if their worker dies)",
                          running)  # fmt: skip
                 waiting_said = True
-            time.sleep(min(store.heartbeat or 1, 5))
+            time.sleep(min(store.heartbeat or 1, 5))  # also when a race left only queued trials: ask again
             requeue_stale(study, store)
             continue
         configs = [trial_config(probe, options, {**space.fixed, **trial.params}) for trial in batch]
