@@ -44,9 +44,21 @@ def sweep(
         str, typer.Option(help="Objective: top1, top5, mean_class_accuracy, pair_accuracy or loss (minimised).")
     ] = "top1",
     storage: Annotated[
-        str | None, typer.Option(help="Optuna RDB URL shared by workers, e.g. sqlite:///sweep.db (default: memory).")
+        str | None,
+        typer.Option(
+            help="Optuna RDB URL shared by workers: sqlite:///sweep.db, postgresql+psycopg://user@host:5432/db "
+            "(default: OUT/study.journal; re-running the command resumes it)."
+        ),
     ] = None,
     study_name: Annotated[str | None, typer.Option(help="Study name in --storage (workers use the same).")] = None,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="--storage: seconds between a running trial's heartbeats; a trial silent for 3x this long "
+            "(its worker died) is re-queued.",
+        ),
+    ] = 60,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     seed: Annotated[int, typer.Option(help="Data order, initial weights and sampler seed.")] = 0,
@@ -99,6 +111,7 @@ def sweep(
             metric=metric,
             storage=storage,
             study_name=study_name,
+            heartbeat=heartbeat,
             retrain=retrain,
             plots=plots,
             epochs=epochs,
