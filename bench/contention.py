@@ -9,8 +9,9 @@ C threads; OpenMP's spin-waiting made it far worse (docs/performance.md "Shared 
     python bench/contention.py --cache demo/shards --busy 0,4 --setting default --setting spin=GOMP_SPINCOUNT=300000
 
 Tasks: ``attentive`` (train-probe --probe attentive --seeds 3 --epochs 20), ``step`` (train-probe --probe step
---epochs 10) and ``extract`` (vit-tiny, random weights, 112 px, 8 frames, into a temporary directory; needs
---videos). Settings: ``default`` (the CLI as shipped), ``legacy`` (libgomp's own spin count, i.e. before
+--epochs 10), both with --no-early-stop so every setting trains the same epochs, and ``extract`` (vit-tiny,
+random weights, 112 px, 8 frames, into a temporary directory; needs --videos).
+Settings: ``default`` (the CLI as shipped), ``legacy`` (libgomp's own spin count, i.e. before
 step_cache.cpu_budget limited it), ``passive`` (OMP_WAIT_POLICY=PASSIVE), ``threads1`` (--threads 1), or
 NAME=VAR=VALUE[,VAR=VALUE] for any environment, and NAME=--threads=N for a thread count.
 The machine's load (os.getloadavg) is printed before each k: figures taken on a shared machine say so.
@@ -58,10 +59,10 @@ def command(task: str, cache: Path, videos: Path | None, work: Path, extra: list
     cli = [sys.executable, "-m", "cli"]
     if task == "attentive":
         return [*cli, "train-probe", str(cache), "--probe", "attentive", "--seeds", "3", "--epochs", "20",
-                "--out", str(work / "attentive"), "--overwrite", "--quiet", *extra]  # fmt: skip
+                "--out", str(work / "attentive"), "--overwrite", "--quiet", "--no-early-stop", *extra]  # fmt: skip
     if task == "step":
         return [*cli, "train-probe", str(cache), "--probe", "step", "--epochs", "10", "--out", str(work / "step"),
-                "--overwrite", "--quiet", *extra]  # fmt: skip
+                "--overwrite", "--quiet", "--no-early-stop", *extra]  # fmt: skip
     if videos is None:
         raise SystemExit("the extract task needs --videos")
     annotations = ["--annotations", str(videos / "annotations.csv")] if (videos / "annotations.csv").is_file() else []
