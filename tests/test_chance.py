@@ -1,0 +1,81 @@
+"""Chance, stated: the one-sided binomial test of top-1 against the majority-class rate, in metrics.json and lines."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from step_cache.synthetic.tokens import write_token_cache
+from step_cache.training.chance import binomial_tail, chance_note, chance_of, chance_test, pooled_chance
+from step_cache.training.records import run_chance
+from step_cache.training.trainer import train_probe
+
+FAST = {"epochs": 12, "batch_size": 8, "lr": 3e-3, "progress": False}
+
+
+def _tail_by_comb(correct: int, trials: int, level: float) -> float:
+    return sum(math.comb(trials, i) * level**i * (1 - level) ** (trials - i) for i in range(correct, trials + 1))
+
+
+@pytest.mark.parametrize(("correct", "trials", "level"), [(8, 10, 0.5), (3, 20, 0.25), (0, 5, 0.5), (40, 60, 0.5)])
+def test_binomial_tail_matches_the_exact_sum(correct, trials, level):
+    # log-space sum of ~60 terms: agrees with the direct sum to a few ulps per term
+    assert binomial_tail(correct, trials, level) == pytest.approx(_tail_by_comb(correct, trials, level), rel=1e-12)
+
+
+def test_binomial_tail_known_values_and_edges():
+    assert binomial_tail(8, 10, 0.5) == pytest.approx(56 / 1024, rel=1e-12)  # C(10,8)+C(10,9)+C(10,10) = 56
+    assert binomial_tail(10, 10, 0.5) == pytest.approx(2**-10, rel=1e-12)
+    assert binomial_tail(0, 10, 0.3) == 1.0 and binomial_tail(11, 10, 0.3) == 0.0
+    assert binomial_tail(5, 10, 1.0) == 1.0  # a split of one class: nothing beats always naming it
+    # Thousands of trials stay finite (no overflow of comb * p^k) and tiny.
+    assert 0.0 <= binomial_tail(3000, 5000, 0.5) < 1e-40
+
+
+def test_chance_record_from_a_confusion_matrix():
+    # 3 classes, 10 videos, majority class has 5: level 0.5; 8 correct.
+    figures = {"confusion_matrix": [[4, 1, 0], [0, 2, 1], [0, 0, 2]]}
+    chance = chance_of(figures)
+    assert chance["level"] == 0.5 and chance["correct"] == 8 and chance["trials"] == 10 and chance["majority"] == 5
+    assert chance["p_value"] == pytest.approx(56 / 1024, rel=1e-12) and chance["above"] is False  # 0.055 >= 0.05
+    assert chance["alpha"] == 0.05
+    assert chance_note(chance) == " | not above chance (p = 0.055)"
+    assert chance_note(chance_test(10, 10, 5)) == ""  # p = 1/1024: above, nothing said
+    assert chance_of({}) is None and chance_test(0, 0, 0) is None
+
+
+def test_seeds_pool_correct_and_trials():
+    seed_a = {"confusion_matrix": [[4, 1], [1, 4]]}  # 8 of 10
+    seed_b = {"confusion_matrix": [[5, 0], [0, 5]]}  # 10 of 10
+    pooled = pooled_chance([seed_a, seed_b])
+    assert (pooled["correct"], pooled["trials"], pooled["majority"], pooled["seeds"]) == (18, 20, 10, 2)
+    assert pooled["p_value"] == pytest.approx(_tail_by_comb(18, 20, 0.5), rel=1e-12) and pooled["above"]
+
+
+def test_old_metrics_json_gets_chance_from_its_confusion_matrix():
+    old = {"split": "val", "headline": "test", "confusion_matrix": [[1, 0], [0, 1]],
+           "test": {"confusion_matrix": [[0, 2], [2, 0]]}}  # fmt: skip
+    assert run_chance(old)["correct"] == 0 and run_chance(old)["trials"] == 4  # the headline (test) split's
+
+
+def test_labels_without_signal_are_not_above_chance(tmp_path):
+    # signal 0: the tokens say nothing about the label, as with shuffled labels.
+    write_token_cache(tmp_path / "cache", num_classes=4, videos_per_class=15, test_every=3, signal=0.0, dim=16)
+    result = train_probe(tmp_path / "cache", "step", tmp_path / "run", **FAST)
+    chance = json.loads((tmp_path / "run" / "metrics.json").read_text())["chance"]
+    assert chance["above"] is False and chance["trials"] == 20 and chance["level"] == 0.25
+    assert chance["p_value"] >= 0.05
+    assert f"not above chance (p = {chance['p_value']:.2g})" in result.summary()
+
+
+def test_step_on_mirrored_pairs_is_above_chance_and_seeds_pool(tmp_path):
+    write_token_cache(tmp_path / "cache", num_classes=4, videos_per_class=15, test_every=3, dim=16)
+    result = train_probe(tmp_path / "cache", "step", tmp_path / "run", seeds=2, **{**FAST, "epochs": 30, "lr": 1e-2})
+    chance = result.metrics["chance"]
+    assert chance["above"] is True and chance["p_value"] < 0.05
+    assert chance["trials"] == 2 * 20 and chance["seeds"] == 2  # both seeds' 20 test videos pooled
+    test_top1 = [seed["test"]["top1"] for seed in result.metrics["per_seed"]]
+    assert chance["correct"] == round(20 * sum(test_top1))
+    assert "not above chance" not in result.summary()
