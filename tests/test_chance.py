@@ -6,11 +6,15 @@ import json
 import math
 
 import pytest
+from typer.testing import CliRunner
 
+from cli.main import _register_commands, app
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.chance import binomial_tail, chance_note, chance_of, chance_test, pooled_chance
 from step_cache.training.records import run_chance
 from step_cache.training.trainer import train_probe
+
+_register_commands()
 
 FAST = {"epochs": 12, "batch_size": 8, "lr": 3e-3, "progress": False}
 
@@ -60,14 +64,28 @@ def test_old_metrics_json_gets_chance_from_its_confusion_matrix():
     assert run_chance(old)["correct"] == 0 and run_chance(old)["trials"] == 4  # the headline (test) split's
 
 
-def test_labels_without_signal_are_not_above_chance(tmp_path):
+@pytest.fixture(scope="module")
+def no_signal_run(tmp_path_factory):
     # signal 0: the tokens say nothing about the label, as with shuffled labels.
-    write_token_cache(tmp_path / "cache", num_classes=4, videos_per_class=15, test_every=3, signal=0.0, dim=16)
-    result = train_probe(tmp_path / "cache", "step", tmp_path / "run", **FAST)
-    chance = json.loads((tmp_path / "run" / "metrics.json").read_text())["chance"]
+    root = tmp_path_factory.mktemp("no-signal")
+    write_token_cache(root / "cache", num_classes=4, videos_per_class=15, test_every=3, signal=0.0, dim=16)
+    return train_probe(root / "cache", "step", root / "run", **FAST)
+
+
+def test_labels_without_signal_are_not_above_chance(no_signal_run):
+    chance = json.loads((no_signal_run.run_dir / "metrics.json").read_text())["chance"]
     assert chance["above"] is False and chance["trials"] == 20 and chance["level"] == 0.25
     assert chance["p_value"] >= 0.05
-    assert f"not above chance (p = {chance['p_value']:.2g})" in result.summary()
+    assert f"not above chance (p = {chance['p_value']:.2g})" in no_signal_run.summary()
+
+
+def test_report_names_a_run_not_above_chance(no_signal_run, tmp_path):
+    result = CliRunner().invoke(app, ["report", str(no_signal_run.run_dir), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    p_value = no_signal_run.metrics["chance"]["p_value"]
+    line = f"note: run ({no_signal_run.run_dir}): test top-1 not above chance (p = {p_value:.2g})"
+    assert line in result.stdout.splitlines()
+    assert line in (tmp_path / "rep" / "report.md").read_text()
 
 
 def test_step_on_mirrored_pairs_is_above_chance_and_seeds_pool(tmp_path):
@@ -79,3 +97,20 @@ def test_step_on_mirrored_pairs_is_above_chance_and_seeds_pool(tmp_path):
     test_top1 = [seed["test"]["top1"] for seed in result.metrics["per_seed"]]
     assert chance["correct"] == round(20 * sum(test_top1))
     assert "not above chance" not in result.summary()
+
+
+def test_comparison_figure_labels_chance_and_draws_error_bars_only_with_seeds():
+    from step_cache.report.figures import draw_comparison
+
+    metrics = {"top-1": [0.8, 0.6], "pair acc": [0.9, 0.7]}
+    errors = {"top-1": [0.05, None], "pair acc": [0.02, None]}  # run a: 3 seeds; run b: one seed
+    _, axis = draw_comparison(["a", "b"], metrics, errors, "test", chance=[0.25, 0.5])
+    labels = [text.get_text() for text in axis.get_legend().get_texts()]
+    assert "pair chance (50%)" in labels and "top-1 chance (majority class)" in labels
+    bars = [c for c in axis.containers if type(c).__name__ == "BarContainer"]
+    # One error bar, on the run with seeds (±0.05 around 0.8); the one-seed run's segment is not drawn.
+    for bar, (low, high) in zip(bars, [(0.75, 0.85), (0.88, 0.92)], strict=True):
+        drawn, missing = bar.errorbar.lines[2][0].get_segments()
+        assert drawn[:, 1] == pytest.approx([low, high]) and missing.size == 0
+    _, one_seed = draw_comparison(["b"], {"top-1": [0.6]}, {"top-1": [None]}, "test", chance=[0.5])
+    assert all(c.errorbar is None for c in one_seed.containers)  # no bars of zero length with caps
