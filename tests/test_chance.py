@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -114,3 +115,29 @@ def test_comparison_figure_labels_chance_and_draws_error_bars_only_with_seeds():
         assert drawn[:, 1] == pytest.approx([low, high]) and missing.size == 0
     _, one_seed = draw_comparison(["b"], {"top-1": [0.6]}, {"top-1": [None]}, "test", chance=[0.5])
     assert all(c.errorbar is None for c in one_seed.containers)  # no bars of zero length with caps
+
+
+def test_predict_clamps_top_k_once_and_says_the_run_is_not_above_chance(no_signal_run, tmp_path):
+    cache = no_signal_run.run_dir.parent / "cache"
+    out = tmp_path / "p.csv"
+    args = ["predict", "--run", str(no_signal_run.run_dir), "--features", str(cache), "--out", str(out), "--top-k", "9"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("--top-k 9 is more than the run's 4 classes: giving all 4") == 1
+    assert "test top-1 not above chance (p = " in result.stderr
+    assert "wrote top-4 predictions for 60 videos" in result.stdout
+    assert out.read_text().splitlines()[0].count("class_") == 4
+
+
+def test_min_confidence_is_measured_from_chance_so_it_filters_two_classes():
+    from step_cache.recognition.segments import above_chance, merge_segments
+
+    coin = np.array([[0.503, 0.497]] * 4)  # the confident-looking timeline of a run at chance
+    starts = np.arange(4.0)
+    assert above_chance(coin) == pytest.approx([0.006] * 4)  # (0.503 - 1/2) / (1 - 1/2)
+    assert merge_segments(starts, starts + 2, coin, ["forward", "backward"], min_confidence=0.5) == []
+    sure = np.array([[0.8, 0.2]] * 4)  # 0.6 above chance
+    assert len(merge_segments(starts, starts + 2, sure, ["forward", "backward"], min_confidence=0.5)) == 1
+    ten = np.full((1, 10), 0.05)
+    ten[0, 3] = 0.55  # (0.55 - 0.1) / 0.9 = 0.5
+    assert above_chance(ten) == pytest.approx([0.5])

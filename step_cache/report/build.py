@@ -115,7 +115,8 @@ def load_run(directory: str | Path, name: str | None = None) -> RunSummary:
 
 
 def _names(directories: Sequence[Path]) -> list[str]:
-    names = [d.name for d in directories]
+    # a sweep's retrained run is named after its sweep ("step-sweep/best-run"), not a bare "best-run"
+    names = [f"{d.parent.name}/{d.name}" if d.name == "best-run" else d.name for d in directories]
     if len(set(names)) < len(names):  # e.g. a/step and b/step
         names = [f"{d.parent.name}/{d.name}" for d in directories]
     return names
