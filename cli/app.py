@@ -7,9 +7,14 @@ import contextlib
 from collections.abc import Iterator
 
 import typer
-from typer import _click as click  # typer >= 0.25 runs its own copy of click: its Context, formatter, wrapper
-from typer._click import _textwrap
 from typer.core import TyperGroup
+
+try:  # recent typer runs its own copy of click: its Context, formatter and wrapper are the ones in use
+    from typer import _click as click
+    from typer._click import _textwrap
+except ImportError:  # older typer uses click itself
+    import click
+    from click import _textwrap
 
 
 class _WholeWordWrapper(_textwrap.TextWrapper):
