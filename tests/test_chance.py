@@ -141,3 +141,21 @@ def test_min_confidence_is_measured_from_chance_so_it_filters_two_classes():
     ten = np.full((1, 10), 0.05)
     ten[0, 3] = 0.55  # (0.55 - 0.1) / 0.9 = 0.5
     assert above_chance(ten) == pytest.approx([0.5])
+
+
+def test_timeline_summary_warns_about_a_run_not_above_chance(no_signal_run, tmp_path):
+    from step_cache.recognition.timeline import Timeline
+    from step_cache.recognition.windows import WindowPlan
+    from step_cache.training.run_notes import not_above_chance
+
+    note = not_above_chance(no_signal_run.run_dir)
+    p_value = no_signal_run.metrics["chance"]["p_value"]
+    assert note == (
+        f"{no_signal_run.run_dir}: test top-1 not above chance (p = {p_value:.2g}): its answers are no better than "
+        "always naming the most frequent class"
+    )
+    timeline = Timeline(tmp_path / "v.mp4", 25.0, WindowPlan(16, 4, 4, 1), ["a", "b"], [], notes=[note])
+    assert timeline.summary().endswith(f"\nwarning: {note}")
+    write_token_cache(tmp_path / "cache", num_classes=4, videos_per_class=15, test_every=3, dim=16)
+    good = train_probe(tmp_path / "cache", "step", tmp_path / "run", **{**FAST, "epochs": 30, "lr": 1e-2})
+    assert good.metrics["chance"]["above"] and not_above_chance(good.run_dir) is None
