@@ -157,7 +157,7 @@ def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], current: Tra
     result = train_probe(shards, probe, out / BEST_RUN, overwrite=True, **options)
     # The run carries its sweep's name, so that a copied or reported best-run still says where it came from.
     record = runs.read_config(result.run_dir)
-    record["sweep"] = {"name": out.name, "out": str(out), "trial": best["number"], "params": best["params"]}
+    record["sweep"] = {"name": out.name, "out": str(out), "trial": best.get("number"), "params": best.get("params")}
     runs.write_json(result.run_dir / runs.CONFIG, record)
     return result
 
