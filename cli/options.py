@@ -50,3 +50,13 @@ Views = Annotated[
         "Validation, test, evaluate and predict always use the clean views.",
     ),
 ]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPU threads for torch (and the size of the decode / reader process pools). Default: OMP_NUM_THREADS "
+        "if set, else the CPUs this process may use (affinity, capped by a container's CPU quota). A training "
+        "run records it in config.json.",
+        show_default=False,
+    ),
+]

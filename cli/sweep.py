@@ -9,7 +9,8 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs, Views
+from cli.options import BatchSize, Epochs, Threads, Views
+from step_cache.cpu_budget import apply_threads
 
 PANEL = "Stage two: probes"
 
@@ -62,11 +63,16 @@ def sweep(
     ] = True,
     plots: Annotated[bool, typer.Option(help="Write PNG figures to OUT/plots.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    threads: Threads = None,
+    verbose: Annotated[
+        bool, typer.Option(help="Print every epoch's figures (they are always in RUN/metrics.jsonl).")
+    ] = False,
 ) -> None:
     """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""
     from step_cache.extras import require
 
-    setup_logging()
+    setup_logging(verbose)
+    apply_threads(threads)
     with user_errors():
         require("optuna", "step-cache sweep")
         from step_cache.sweeps.results import trial_line

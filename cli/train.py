@@ -10,7 +10,8 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs, ReversePairs, TokenDrop, Views
+from cli.options import BatchSize, Epochs, ReversePairs, Threads, TokenDrop, Views
+from step_cache.cpu_budget import apply_threads
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -102,6 +103,10 @@ def train_probe(
     resume: Annotated[bool, typer.Option(help="Continue a killed run from its last completed epoch.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    threads: Threads = None,
+    verbose: Annotated[
+        bool, typer.Option(help="Print every epoch's figures (they are always in RUN/metrics.jsonl).")
+    ] = False,
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
 
@@ -110,7 +115,8 @@ def train_probe(
     number of training clips (docs/training.md)."""
     from step_cache.training.trainer import train_probe as run_training
 
-    setup_logging()
+    setup_logging(verbose)
+    apply_threads(threads)
     given = {
         "dropout": dropout,
         "num_heads": heads,
@@ -166,12 +172,14 @@ def evaluate(
     data: DataMode = "auto",
     workers: Workers = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    threads: Threads = None,
 ) -> None:
     """Evaluate a trained probe (best checkpoint) on shards; classes are matched by name."""
     from step_cache.training.evaluation import evaluate as run_evaluation
     from step_cache.training.runs import write_json
 
     setup_logging()
+    apply_threads(threads)
     with user_errors():
         metrics = run_evaluation(
             run, features, split=split, device=device, data=data, workers=workers, batch_size=batch_size
@@ -230,11 +238,13 @@ def predict(
         int | None, typer.Option(min=1, help="Clips per probe batch (256) / with --videos: frames per backbone call.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    threads: Threads = None,
 ) -> None:
     """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe, from a cache
     (--features) or straight from video files (--videos: the run's backbone, preprocessing and frame sampling are
     rebuilt from its recorded settings; unreadable videos are listed with the reason)."""
     setup_logging()
+    apply_threads(threads)
     with user_errors():
         if (features is None) == (videos is None):
             raise ValueError("give either --features SHARDS/ or --videos PATH")

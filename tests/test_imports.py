@@ -97,7 +97,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("step_cache.training", "step_cache.stacking", "step_cache.extraction"),
     ("step_cache.cache", "step_cache.datasets", "step_cache.benchmark", "step_cache.synthetic"),
     ("step_cache.probes",),
-    ("step_cache.catalog", "step_cache.checkpoints", "step_cache.devices", "step_cache.extras", "step_cache"),
+    (
+        "step_cache.catalog",
+        "step_cache.checkpoints",
+        "step_cache.cpu_budget",
+        "step_cache.devices",
+        "step_cache.extras",
+        "step_cache",
+    ),
 )
 
 

@@ -35,11 +35,13 @@ from step_cache.stacking.adamw import StackedAdamW
 from step_cache.stacking.grouping import full_options, group_by_shape, shape_key
 from step_cache.stacking.members import StackedProbes
 from step_cache.stacking.shared_data import DataCache, TrainingData
+from step_cache.stacking.stack_state import restore_stack, stack_state
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, with_schedule
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches
 from step_cache.training.optimization import schedule_steps
+from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
 from step_cache.training.views import epoch_plan
 
@@ -119,6 +121,7 @@ class StackedRun:
         self.eval_batch_size = first.eval_batch_size or 4 * first.batch_size
         self.training_time = TrainingTime()  # of the whole stack
         self.start_epoch = 0  # > 0 after restore()
+        self.bar: RunProgress | None = None  # train-probe --seeds: one bar for the whole run (training.progress)
 
     # -- training ----------------------------------------------------------------------------------------
     def train_step(
@@ -143,7 +146,7 @@ class StackedRun:
         train = train_epoch(
             self.data.source, plan, self.device, self.train_step, members=(members,),
             description=f"epoch {epoch + 1}/{first.epochs} ({members} probes)", progress=first.progress,
-            augment=augment,
+            augment=augment, run_bar=self.bar,
         )  # fmt: skip
         self.training_time.add(train)
         return train
@@ -263,6 +266,8 @@ class StackedRun:
         """Train the remaining epochs (all, or those after a ``restore``), then the final metrics.
         ``after_epoch(epochs_done)`` runs after each epoch (``train-probe --seeds`` saves ``state()`` there)."""
         for epoch in range(self.start_epoch, self.first.epochs):
+            if self.bar is not None:
+                self.bar.start_epoch(epoch)
             self.run_epoch(epoch, on_epoch)
             if not self.active:
                 break
@@ -271,52 +276,14 @@ class StackedRun:
         self.final_metrics(keep_weights)
         return self.results
 
-    # -- resume ------------------------------------------------------------------------------------------
+    # -- resume (stacking.stack_state) ---------------------------------------------------------------------
     def state(self, epochs_done: int) -> dict[str, Any]:
-        """Everything ``restore`` needs to continue exactly after ``epochs_done`` epochs, on the CPU. Only for a
-        stack whose members are all still active (a multi-seed run; a sweep drops members and does not resume)."""
-        if len(self.active) != len(self.configs):
-            raise RuntimeError("a stack that dropped members cannot be checkpointed")
-
-        def cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {name: value.detach().cpu().clone() for name, value in tensors.items()}
-
-        return {
-            "epoch": epochs_done,
-            "params": cpu(self.stack.params),
-            "best_params": cpu(self.best_params),
-            "exp_avg": cpu(self.optimizer.exp_avg),
-            "exp_avg_sq": cpu(self.optimizer.exp_avg_sq),
-            "optimizer_steps": self.optimizer.steps,
-            "best": [list(score) for score in self.best],
-            "best_epoch": list(self.best_epoch),
-            "histories": [result.history for result in self.results],
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "training_time": [self.training_time.seconds, self.training_time.data_wait, self.training_time.clips],
-        }
+        """Everything ``restore`` needs to continue exactly after ``epochs_done`` epochs (``stack_state``)."""
+        return stack_state(self, epochs_done)
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a ``state()``: parameters, optimizer moments and step, best checkpoints, histories, RNG."""
-        self.stack.load(state["params"])
-        for name, value in state["best_params"].items():
-            self.best_params[name] = value.to(self.device)
-        for own, saved in (
-            (self.optimizer.exp_avg, state["exp_avg"]),
-            (self.optimizer.exp_avg_sq, state["exp_avg_sq"]),
-        ):
-            for name, value in saved.items():
-                own[name].copy_(value)
-        self.optimizer.steps = int(state["optimizer_steps"])
-        self.best = [tuple(score) for score in state["best"]]
-        self.best_epoch = list(state["best_epoch"])
-        for result, history in zip(self.results, state["histories"], strict=True):
-            result.history = list(history)
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.training_time = TrainingTime(*state["training_time"])
-        self.start_epoch = int(state["epoch"])
+        """Continue from a ``state()`` (``restore_stack``)."""
+        restore_stack(self, state)
 
 
 def train_stacked(

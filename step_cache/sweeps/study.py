@@ -316,7 +316,7 @@ def run_sweep(
                 batch.append(trial)
             if not batch:
                 break
-            configs = [trial_config(probe, options, {**space.fixed, **trial.params}) for trial in batch]
+            configs = [trial_config(probe, {**options, "progress": False}, {**space.fixed, **t.params}) for t in batch]
             states = run_batch(study, batch, configs, data, metric, pruning=pruner != "none")
             write_results(out, study, metric, space)
             bar.update(len(batch))

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from step_cache import __version__
+from step_cache.cpu_budget import recorded_threads
 from step_cache.training.optimization import default_lr, resolve_schedule, schedule_steps
 from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
 from step_cache.training.views import VIEW_MODES
@@ -54,7 +55,7 @@ class TrainConfig:
     device: str = "auto"
     data: str = "auto"  # auto | memory | streaming
     memory_fraction: float = 0.5  # auto loads into RAM below this share of available memory
-    workers: int | None = None  # streaming reader processes (default: spare cores, at most 4)
+    workers: int | None = None  # streaming reader processes (default: spare threads of the CPU budget, at most 4)
     eval_batch_size: int | None = None  # default: 4 x batch_size
     progress: bool = True
 
@@ -141,6 +142,7 @@ def run_record(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
         "config": asdict(config),
         "data": data,
         "versions": versions(),
+        "threads": recorded_threads().record(),  # execution only: never compared on --resume
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
