@@ -17,7 +17,8 @@ def inspect(
     shards: Annotated[Path, typer.Argument(help="Shard directory written by extract.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Summarise a shard directory: backbone, sampling, token layout, counts per class and split, failures."""
+    """Summarise a shard directory: backbone, sampling and decoder, token layout, counts per class and split,
+    failures."""
     from step_cache.cache.summary import format_summary, summarize_cache
 
     with user_errors():

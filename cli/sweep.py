@@ -11,7 +11,6 @@ from cli.app import app
 from cli.console import setup_logging, user_errors
 from cli.options import BatchSize, EarlyStop, Epochs, Patience, Threads, Views
 from step_cache.cpu_budget import apply_threads
-from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
 
@@ -90,8 +89,10 @@ def sweep(
     apply_threads(threads)
     with user_errors():
         require("optuna", "step-cache sweep")
+        from step_cache.sweeps.results import trial_line
         from step_cache.sweeps.space import build_space
         from step_cache.sweeps.study import run_sweep
+        from step_cache.training import runs
 
         chosen = [*(shards or []), *(features or [])]
         if not chosen:
@@ -136,10 +137,10 @@ def sweep(
         f"{len(states) - states.count('COMPLETE') - states.count('PRUNED')} other -> {result.out}"
     )
     for row in [r for r in result.rows if r["state"] == "COMPLETE"][:5]:
-        params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
-        typer.echo(
-            f"  #{row['number']:<4} {metric} {row['value']:.4f} | top-1 {format_percent(row['metrics'].get('top1'))} | "
-            f"pair {format_percent(row['metrics'].get('pair_accuracy'))} | {params}"
-        )
+        typer.echo(trial_line(row, metric))
     if result.best_run is not None:
-        typer.echo(f"best configuration retrained: {result.best_run.summary()}")
+        sweep_record = runs.read_config(result.best_run.run_dir).get("sweep", {})
+        typer.echo(
+            f"best configuration (trial #{sweep_record.get('trial')} of sweep {sweep_record.get('name')}) retrained: "
+            f"{result.best_run.summary()}"
+        )

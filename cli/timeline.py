@@ -34,7 +34,11 @@ def timeline(
     ] = None,
     fps: Annotated[float | None, typer.Option(help="Frame rate, when the container does not state it.")] = None,
     min_confidence: Annotated[
-        float, typer.Option(help="Segments: a window votes for its top class only at this probability or more.")
+        float,
+        typer.Option(
+            help="Segments: a window votes for its top class only at this confidence above chance or more: "
+            "(p - 1/C) / (1 - 1/C) for C classes, 0 = a guess, 1 = certain (0.5 with 2 classes: p >= 0.75)."
+        ),
     ] = 0.5,
     min_length: Annotated[
         float, typer.Option(help="Segments: shorter ones (seconds) are dropped, their same-class neighbours joined.")

@@ -261,8 +261,9 @@ def predict(
                 run, features, out, top_k=top_k, device=device, data=data, workers=workers,
                 batch_size=batch_size or 256,
             )  # fmt: skip
-            rows = len(path.read_text(encoding="utf-8").splitlines()) - 1
-            typer.echo(f"wrote top-{top_k} predictions for {rows} videos to {path}")
+            lines = path.read_text(encoding="utf-8").splitlines()
+            shown = sum(cell.startswith("class_") for cell in lines[0].split(","))  # top_k, capped at the classes
+            typer.echo(f"wrote top-{shown} predictions for {len(lines) - 1} videos to {path}")
             return
         from step_cache.recognition.videos import predict_videos
 

@@ -19,7 +19,7 @@ def demo(tmp_path_factory):
 def metrics(demo, probe):
     """The test split's figures, mean over the seeds (the table's headline)."""
     run = json.loads((demo.directory / "runs" / probe / "metrics.json").read_text())
-    assert run["headline"] == "test" and run["seeds"] == [0, 1, 2] and len(run["per_seed"]) == 3
+    assert run["headline_split"] == "test" and run["seeds"] == [0, 1, 2] and len(run["per_seed"]) == 3
     return {**run["mean"]["test"], "parameters_without_head": run["parameters_without_head"]}
 
 

@@ -395,7 +395,10 @@ def test_a_finished_extract_reruns_in_a_read_only_folder(video_tree, tmp_path, r
 
     with pytest.raises(NotWritableError, match=r"/new: cannot write here \(Permission denied\); choose a writable"):
         extract(video_tree, tmp_path / "new", **TINY)
-    with pytest.raises(NotWritableError, match="cannot write here"):  # other settings: there is work to do
+    with pytest.raises(NotWritableError, match="cannot write here"):  # videos the cache lacks: there is work to do
+        extract(video_tree, complete, **TINY)
+    # Other settings are refused before anything else (quick_check: before the backbone, before the lock).
+    with pytest.raises(ExtractionError, match=r"other settings \(sampling.frames: 4 != 2\)"):
         extract(video_tree, complete, items=good, **{**TINY, "frames": 2})
 
 

@@ -92,7 +92,7 @@ def test_report_includes_a_sweep_with_its_best_run_and_figures(two_runs, tmp_pat
     markdown = build_report([two_runs / "runs" / "linear", tmp_path / "sweep"], tmp_path / "rep")
     text = markdown.read_text()
     assert "## Sweep sweep" in text and "| trial | lr | weight_decay |" in text
-    assert "| best-run | step |" in text  # the sweep's retrained best configuration joins the comparison
+    assert "| sweep/best-run | step |" in text  # the sweep's retrained best configuration, named after its sweep
     assert "figures/sweep/parallel_coordinates.png" in text
     assert (tmp_path / "rep" / "figures" / "sweep" / "objective_vs_lr.png").is_file()
 

@@ -23,7 +23,7 @@ from step_cache.stacking import group_by_shape, train_stacked
 from step_cache.stacking.adamw import StackedAdamW
 from step_cache.stacking.engine import StackedRun
 from step_cache.stacking.members import StackedProbes
-from step_cache.sweeps.results import retrain_best
+from step_cache.sweeps.results import retrain_best, trial_line
 from step_cache.sweeps.space import SweepSpaceError, build_space
 from step_cache.sweeps.study import SweepError, run_batch, run_sweep, trial_config
 from step_cache.synthetic.tokens import write_token_cache
@@ -304,6 +304,11 @@ def test_sweep_writes_sorted_trials_best_config_best_run_and_plots(cache, tmp_pa
     assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.json", "metrics.jsonl", "best.pt", "last.pt"}
     assert json.loads((run / "metrics.json").read_text())["top1"] == best["value"]
     assert best["best_run"]["top1"] == best["value"]
+    sweep = json.loads((run / "config.json").read_text())["sweep"]  # the retrained run carries its sweep's name
+    assert sweep == {"name": "s", "out": str(out), "trial": best["number"], "params": best["params"]}
+    line = trial_line(rows[0], "top1")  # the objective named once, with its split
+    assert line.startswith(f"  #{rows[0]['number']:<4} val top-1 {100 * rows[0]['value']:.1f}% | pair ")
+    assert "top1" not in line and line.count("top-1") == 1
     names = sorted(p.name for p in result.figures)
     assert names == ["objective_vs_depth.png", "objective_vs_lr.png", "objective_vs_weight_decay.png",
                      "parallel_coordinates.png"]  # fmt: skip

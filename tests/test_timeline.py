@@ -103,7 +103,7 @@ def test_recognizer_gives_timeline_logits(colour_run, tmp_path):
     for prediction in predictions[: len(by_start)]:
         expected = by_start[prediction.start_frame]
         assert prediction.end_frame == expected.window.end
-        # The same float16 tokens, but the backbone ran on batches of 1 frame here and of up to 32 there: the
+        # The same float16 tokens, but the backbone ran on other batches here (a window's new frames) than there: the
         # float32 sums may differ in their last bits and round a token to the neighbouring float16 (2^-11
         # relative); through a linear probe that moves a logit by far less than 1e-3.
         np.testing.assert_allclose(prediction.logits, expected.logits, rtol=0, atol=1e-3)

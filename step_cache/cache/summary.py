@@ -26,6 +26,7 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "clips_per_video": manifest.clips_per_video,
             "tokens": manifest.layout.to_dict(),
             "preprocessing": manifest.extraction["preprocessing"],
+            "decoder": manifest.decoder,  # decord when the manifest names none (caches before pluggable decoders)
             "videos": manifest.num_videos,
             "clips": int(clean.sum()),
             "view_clips": int((~clean).sum()),
@@ -55,7 +56,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{summary['directory']}  (shard format v{summary['format_version']})",
         f"  backbone   {summary['backbone']['name']} = timm {summary['backbone']['timm_model']}, weights {weight_text}",
         f"  sampling   {summary['frames']} frames x {summary['clips_per_video']} clip(s) per video, "
-        f"{_crop_text(summary['preprocessing'])}",
+        f"{_crop_text(summary['preprocessing'])}, decoded with {summary.get('decoder', 'decord')}",
         f"  tokens     {tokens['tokens_per_frame']} per frame ({tokens['cls_tokens']} CLS + "
         f"{tokens['grid'][0]}x{tokens['grid'][1]} patches, pool {tokens['patch_pool']}, "
         f"{tokens['registers_dropped']} registers dropped), dim {tokens['dim']}, {tokens['dtype']}",

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,18 +20,10 @@ import torch
 from tqdm import tqdm
 
 from step_cache.cache.locking import DirectoryLock
-from step_cache.cache.manifest import Failure, Manifest, ManifestError, VideoWarning, read_manifest
+from step_cache.cache.manifest import Failure, Manifest, VideoWarning
 from step_cache.cache.quantize import TOKEN_DTYPES, read_dtype
-from step_cache.cache.shards import COMPRESSIONS, ShardError
-from step_cache.cache.writer import (
-    CacheWriter,
-    ExtractionError,
-    finished_keys,
-    next_shard_index,
-    open_output,
-    recover,
-    resume_refusal,
-)
+from step_cache.cache.shards import COMPRESSIONS
+from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_index, open_output, recover
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
 from step_cache.cpu_budget import worker_count
 from step_cache.devices import resolve_device
@@ -42,6 +33,7 @@ from step_cache.extraction.decoders import DECODERS, DEFAULT_DECODER, decoder_se
 from step_cache.extraction.device_decode import open_decode_pool
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.parts import part_directory, partition
+from step_cache.extraction.quick_check import already_complete, quick_check, request_record
 from step_cache.extraction.records import video_records
 from step_cache.extraction.report import ExtractReport
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings, gets_views
@@ -133,6 +125,9 @@ def extract(
     if opts.num_parts > 1:
         items = partition(items, opts.num_parts, opts.part)
         out = part_directory(out, opts.part, opts.num_parts)
+    # A no-op re-run or a settings mismatch is answered now, before the backbone and the decode workers (seconds)
+    if not opts.overwrite and (finished := quick_check(out, opts, views, classes, pair_list, videos, items)):
+        return finished
 
     device = resolve_device(opts.device)
     workers = _default_workers(device.type) if opts.workers is None else opts.workers
@@ -148,11 +143,12 @@ def extract(
             "annotations": str(Path(annotations).resolve()) if annotations else None,
             "pairs": str(pairs_file.resolve()) if pairs_file else None,
             "weights_path": backbone.weights.get("path"),
+            "request": request_record(opts),  # lets the next run's quick_check answer before loading the backbone
             "items": len(items),
             "finished": False,  # set once a run has tried every item
             **({"part": opts.part, "num_parts": opts.num_parts} if opts.num_parts > 1 else {}),
         }
-        if not opts.overwrite and (finished := _already_complete(out, extraction, classes, pair_list, source, items)):
+        if not opts.overwrite and (finished := already_complete(out, extraction, classes, pair_list, source, items)):
             return finished  # nothing to do: take no lock and write nothing (the folder may be read-only)
         with DirectoryLock(out) as lock:
             if lock.replaced_stale:
@@ -191,35 +187,6 @@ def extraction_settings(backbone: Backbone, opts: ExtractOptions, views: ViewSet
         **({"views": views.to_dict()} if views is not None and views.count else {}),  # absent: byte-identical
     }
     return json.loads(json.dumps(settings))
-
-
-def _already_complete(
-    out: Path, extraction: dict[str, Any], classes: list[str], pairs: list, source: dict, items: list[VideoItem]
-) -> ExtractReport | None:
-    """The report of a re-run that has nothing to do: a finished cache of the same settings, classes, videos root
-    and pairs that holds every item, with no unfinished shard left behind; or one whose only missing items failed
-    before while the folder is read-only (they cannot be retried there: said in the log). Anything else (None) goes
-    the usual way, under the lock, which also reports a settings mismatch or a folder it cannot write to."""
-    try:
-        manifest = read_manifest(out)
-    except ManifestError:
-        return None
-    same_pairs = not pairs or [tuple(p) for p in pairs] == [tuple(p) for p in manifest.pairs]
-    if resume_refusal(out, manifest, extraction, classes, source) or not same_pairs:
-        return None
-    if not manifest.source.get("finished") or any(out.glob(".shard-*.h5.tmp")):
-        return None
-    try:
-        done = finished_keys(out, manifest)
-    except (ExtractionError, ShardError):
-        return None
-    missing = {item.key for item in items} - done
-    failed = {failure.video for failure in manifest.failures}
-    if missing and (not missing <= failed or os.access(out, os.W_OK)):
-        return None
-    if missing:
-        log.warning("%s: read-only, so the %d videos that failed before are not tried again", out, len(missing))
-    return ExtractReport(out=out, manifest=manifest, skipped=len(items) - len(missing))
 
 
 def _pairs_beside(annotations: str | Path | None) -> Path | None:

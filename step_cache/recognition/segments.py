@@ -1,7 +1,12 @@
-"""Action segments from a timeline of windows: each window votes for its top class when its probability reaches
-``min_confidence``, over the stretch of time it stands for (one stride around its centre); consecutive votes for
-one class merge into a segment; segments shorter than ``min_length`` seconds are dropped and their neighbours of
-the same class joined again."""
+"""Action segments from a timeline of windows: each window votes for its top class when its confidence above
+chance reaches ``min_confidence``, over the stretch of time it stands for (one stride around its centre);
+consecutive votes for one class merge into a segment; segments shorter than ``min_length`` seconds are dropped and
+their neighbours of the same class joined again.
+
+Confidence is measured from chance, 1/C for C classes: (p - 1/C) / (1 - 1/C), 0 for a window that cannot tell the
+classes apart and 1 for a certain one. A bare probability threshold meant different things for different class
+counts: with 2 classes every top probability is at least 0.5, so 0.5 could never filter.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +28,14 @@ class Segment:
         return self.end_s - self.start_s
 
 
+def above_chance(probabilities: np.ndarray) -> np.ndarray:
+    """(N,) confidence of each row's top class measured from chance: (p_top - 1/C) / (1 - 1/C), in [0, 1]."""
+    classes = probabilities.shape[1]
+    if classes < 2:
+        return np.ones(len(probabilities))
+    return (probabilities.max(axis=1) - 1 / classes) / (1 - 1 / classes)
+
+
 def merge_segments(
     starts: np.ndarray,
     ends: np.ndarray,
@@ -39,7 +52,7 @@ def merge_segments(
     # Each window stands for the time closer to its centre than to its neighbours' centres.
     bounds = np.concatenate([[starts[0]], (centres[1:] + centres[:-1]) / 2, [ends[-1]]])
     top = probabilities.argmax(axis=1)
-    confident = probabilities.max(axis=1) >= min_confidence
+    confident = above_chance(probabilities) >= min_confidence
     votes = [int(c) if ok else -1 for c, ok in zip(top, confident, strict=True)]
     runs = _runs(votes, bounds, probabilities.max(axis=1))
     kept = [run for run in runs if run[0] >= 0 and bounds[run[2]] - bounds[run[1]] >= min_length]

@@ -3,8 +3,10 @@
 Frames go in one at a time with their number. A frame no pending window samples is dropped at once; a sampled
 one is encoded (in batches of ``batch_frames``) and its tokens kept until the last window that samples it is
 classified. A window is classified as soon as its last sampled frame is encoded, in a batch with the other windows
-completed then. ``timeline`` feeds a decoded video with large batches; ``Recognizer`` feeds a live stream with
-``batch_frames=1`` (no frame waits for others).
+completed then. ``timeline`` feeds a decoded video with large batches. ``Recognizer`` feeds a live stream with
+``when_due``: the buffered frames are encoded together when the frame that completes the oldest pending window
+arrives (or ``batch_frames`` are buffered), so its answers come at the same frames as with one frame per backbone
+call, at the cost of batched calls: one-frame calls made it 3.8-7.7x slower than ``timeline`` on the same windows.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class WindowLogits:
 
 
 class WindowRunner:
-    def __init__(self, model: RunModel, windows: Iterable[Window], batch_frames: int = 32):
+    def __init__(self, model: RunModel, windows: Iterable[Window], batch_frames: int = 32, when_due: bool = False):
         self.model = model
         self.windows: Iterator[Window] = iter(windows)
         self.upcoming: Window | None = next(self.windows, None)
@@ -35,6 +37,7 @@ class WindowRunner:
         self.tokens: dict[int, np.ndarray] = {}
         self.buffer: list[tuple[int, np.ndarray]] = []
         self.batch_frames = max(1, batch_frames)
+        self.when_due = when_due  # also encode as soon as the oldest pending window can be completed
         self.frames_encoded = 0
 
     def push(self, index: int, frame: np.ndarray) -> list[WindowLogits]:
@@ -45,7 +48,8 @@ class WindowRunner:
             self.upcoming = next(self.windows, None)
         if index in self.needed and index not in self.tokens:
             self.buffer.append((index, frame))
-            if len(self.buffer) >= self.batch_frames:
+            due = self.when_due and self.pending[0].last <= index  # the oldest window's last frame is in
+            if due or len(self.buffer) >= self.batch_frames:
                 return self._encode()
         return []
 

@@ -25,6 +25,7 @@ from step_cache.recognition.plot import plot_timeline
 from step_cache.recognition.segments import Segment, merge_segments
 from step_cache.recognition.stream import WindowLogits, WindowRunner
 from step_cache.recognition.windows import WindowError, WindowPlan, plan_windows
+from step_cache.training.run_notes import clamp_top_k, not_above_chance
 
 log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 2**20  # decoded full-size pixels held at once
@@ -42,6 +43,7 @@ class Timeline:
     frames_encoded: int = 0
     seconds: float = 0.0  # compute time, decoding included
     files: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. the run is not above chance
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -88,7 +90,7 @@ class Timeline:
             f"{self.video}: {windows}; "
             f"{self.frames_encoded} of {self.frames} frames encoded; {self.realtime_factor:.2f}x real time; "
             f"{len(self.segments)} segments: {labels or 'none confident enough'}{more}"
-        )
+        ) + "".join(f"\nwarning: {note}" for note in self.notes)
 
 
 def run_timeline(
@@ -149,7 +151,7 @@ def write_timeline(
     result.segments = merge_segments(
         starts, ends, probabilities, result.classes, min_confidence=min_confidence, min_length=min_length
     )
-    top_k = min(top_k, len(result.classes))
+    top_k = clamp_top_k(top_k, result.classes)
     ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     table = out_dir / "timeline.csv"
     with table.open("w", newline="", encoding="utf-8") as handle:
@@ -196,4 +198,5 @@ def timeline(
     result = run_timeline(
         model, video, window=window, stride=stride, fps=fps, batch_frames=batch_frames, progress=progress
     )
+    result.notes += [note for note in [not_above_chance(run_dir)] if note]
     return write_timeline(result, out_dir, top_k=top_k, min_confidence=min_confidence, min_length=min_length)

@@ -12,8 +12,9 @@ from typing import Any
 from step_cache.extras import require
 from step_cache.report.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from step_cache.training import runs as run_files
+from step_cache.training.chance import chance_note
 from step_cache.training.metrics import format_percent, format_percent_spread
-from step_cache.training.records import headline_figures
+from step_cache.training.records import headline_figures, run_chance
 from step_cache.training.run_status import failure
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
@@ -90,6 +91,17 @@ def excluded_lines(summaries: Sequence[RunSummary]) -> list[str]:
     return [f"warning: {s.name} ({s.directory}) left out: {s.problem}" for s in summaries if s.problem is not None]
 
 
+def chance_lines(summaries: Sequence[RunSummary]) -> list[str]:
+    """One note per compared run whose headline top-1 is not above chance (``chance.py``; pooled over seeds)."""
+    lines = []
+    for s in comparable(summaries)[0]:
+        note = chance_note(run_chance(s.metrics))
+        if note:
+            split = s.headline[0]
+            lines.append(f"note: {s.name} ({s.directory}): {split} top-1{note.removeprefix(' |')}")
+    return lines
+
+
 def load_run(directory: str | Path, name: str | None = None) -> RunSummary:
     directory = Path(directory)
     config = run_files.read_config(directory)
@@ -103,7 +115,8 @@ def load_run(directory: str | Path, name: str | None = None) -> RunSummary:
 
 
 def _names(directories: Sequence[Path]) -> list[str]:
-    names = [d.name for d in directories]
+    # a sweep's retrained run is named after its sweep ("step-sweep/best-run"), not a bare "best-run"
+    names = [f"{d.parent.name}/{d.name}" if d.name == "best-run" else d.name for d in directories]
     if len(set(names)) < len(names):  # e.g. a/step and b/step
         names = [f"{d.parent.name}/{d.name}" for d in directories]
     return names
@@ -248,10 +261,13 @@ def build_report(
             "the checkpoint: optimistic). With several seeds a cell is the mean ± sample std over seeds, and "
             "error bars in the figure show the std. 'reversed' and 'shuffled' re-evaluate the same clips with "
             "their frames reversed / shuffled: a probe that reads frame order drops there, an order-blind probe "
-            "does not. 'pair acc' decides each clip of a mirrored class pair between the two classes only."
+            "does not. 'pair acc' decides each clip of a mirrored class pair between the two classes only. A run "
+            "whose top-1 is not above chance (one-sided binomial test against the majority-class rate, p >= 0.05) "
+            "is named in a note."
         ),
         *(Paragraph(note) for note in notes),
         *(Paragraph(line) for line in warnings),
+        *(Paragraph(line) for line in chance_lines(summaries)),
         Heading("Comparison"),
         Table(header, rows, align_right=set(range(2, len(header)))),
     ]
@@ -265,6 +281,7 @@ def build_report(
         figure_path("comparison"),
         errors={label: [(std or {}).get(key) for _, _, std in headlines] for label, key in shown},
         split=" / ".join(splits),
+        chance=[(run_chance(s.metrics) or {}).get("level") for s in summaries],
     )
     blocks.append(
         Image(bars.relative_to(out).as_posix(), f"Accuracy per run ({' / '.join(splits)}), as is and reversed")

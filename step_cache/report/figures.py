@@ -26,23 +26,44 @@ def comparison_bars(
     path: Path,
     errors: dict[str, list[float | None]] | None = None,
     split: str = "val",
+    chance: list[float | None] | None = None,
 ) -> Path:
     """Grouped bars: one group per run, one bar per metric (accuracies in [0, 1]); ``errors`` (std over seeds,
-    None where a run has one seed) draw error bars."""
+    None where a run has one seed) draw error bars; ``chance`` (each run's top-1 chance level) a labelled mark."""
+    figure, _ = draw_comparison(names, metrics, errors, split, chance)
+    return _save(figure, path)
+
+
+def draw_comparison(
+    names: list[str],
+    metrics: dict[str, list[float]],
+    errors: dict[str, list[float | None]] | None = None,
+    split: str = "val",
+    chance: list[float | None] | None = None,
+) -> tuple[Any, Any]:
+    """(figure, axis) of ``comparison_bars``. Error bars only for runs with a std (>= 2 seeds): a zero-length bar
+    with caps reads as "measured, no spread". The lines are labelled: pair accuracy's chance is 50% (two
+    classes), top-1's is the run's majority-class rate."""
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4))
     width = 0.8 / max(1, len(metrics))
     x = np.arange(len(names))
     for i, (label, values) in enumerate(metrics.items()):
         shown = [np.nan if v is None else v for v in values]
-        spread = [0.0 if e is None else e for e in (errors or {}).get(label, [None] * len(values))]
-        axis.bar(x + (i - (len(metrics) - 1) / 2) * width, shown, width, label=label, yerr=spread, capsize=2)
+        spread = [np.nan if e is None else e for e in (errors or {}).get(label, [None] * len(values))]
+        has_spread = not all(np.isnan(spread))
+        offset = x + (i - (len(metrics) - 1) / 2) * width
+        axis.bar(offset, shown, width, label=label, yerr=spread if has_spread else None, capsize=2)
     axis.set_xticks(x, names, rotation=15, ha="right")
     axis.set_ylim(0, 1)
     axis.set_ylabel("accuracy")
-    axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    axis.legend(fontsize=8, ncol=min(4, len(metrics)))
+    axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":", label="pair chance (50%)")
+    levels = [(position, level) for position, level in zip(x, chance or [], strict=False) if level is not None]
+    for n, (position, level) in enumerate(levels):
+        axis.hlines(level, position - 0.45, position + 0.45, color="black", linewidth=1.0, linestyle="--",
+                    label="top-1 chance (majority class)" if n == 0 else None)  # fmt: skip
+    axis.legend(fontsize=8, ncol=min(3, len(metrics) + 1))
     axis.set_title(f"Accuracy ({split} split), as is and with frames reversed")
-    return _save(figure, path)
+    return figure, axis
 
 
 def per_class_bars(name: str, per_class: dict[str, float], path: Path) -> Path:

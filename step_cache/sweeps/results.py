@@ -33,6 +33,7 @@ from step_cache.sweeps.space import SearchSpace
 from step_cache.sweeps.storage import SweepStorage, has_outcome
 from step_cache.training import runs
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, with_config_defaults
+from step_cache.training.metrics import format_percent
 from step_cache.training.trainer import TrainResult, train_probe
 
 TRIALS_JSON, TRIALS_CSV, BEST_JSON, BEST_RUN = "trials.json", "trials.csv", "best.json", "best-run"
@@ -228,4 +229,25 @@ def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], current: Tra
     options = with_config_defaults(best["config"])  # a trial stored before early stopping existed ran in full
     probe = options.pop("probe")
     options.update({name: getattr(current, name) for name in LOCAL_FIELDS})
-    return train_probe(shards, probe, out / BEST_RUN, overwrite=True, **options)
+    result = train_probe(shards, probe, out / BEST_RUN, overwrite=True, **options)
+    # The run carries its sweep's name, so that a copied or reported best-run still says where it came from.
+    record = runs.read_config(result.run_dir)
+    record["sweep"] = {"name": out.name, "out": str(out), "trial": best.get("number"), "params": best.get("params")}
+    runs.write_json(result.run_dir / runs.CONFIG, record)
+    return result
+
+
+def trial_line(row: dict[str, Any], metric: str) -> str:
+    """One completed trial for the console, the objective named once with its split: "#12   val top-1 62.5% |
+    pair 75.0% | lr=0.001" (a loss objective: "val loss 0.4123 | top-1 ...")."""
+    labels = {"top1": "top-1", "top5": "top-5", "mean_class_accuracy": "mean class", "pair_accuracy": "pair"}
+    figures = row["metrics"]
+    if metric == "loss":
+        shown = [f"val loss {row['value']:.4f}", f"top-1 {format_percent(figures.get('top1'))}"]
+    else:
+        shown = [f"val {labels.get(metric, metric)} {format_percent(row['value'])}"]
+        shown += [
+            f"{labels[key]} {format_percent(figures.get(key))}" for key in ("top1", "pair_accuracy") if key != metric
+        ]
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
+    return f"  #{row['number']:<4} {' | '.join(shown)} | {params}"

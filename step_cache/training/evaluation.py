@@ -28,6 +28,7 @@ from step_cache.probes import build_probe
 from step_cache.training import runs
 from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video, pair_indices
+from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
 from step_cache.training.run_status import usable_checkpoint
 from step_cache.training.splits import DataError, select_splits
 from step_cache.training.token_data import TokenSelection, open_token_source
@@ -165,7 +166,8 @@ def predict(
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     check_cache_fits(record, shards)
     classes = record["data"]["classes"]
-    top_k = min(top_k, len(classes))
+    top_k = clamp_top_k(top_k, classes)  # said once, here
+    warn_if_not_above_chance(run_dir)
     indices = np.nonzero(clean_rows(shards))[0]  # clean views only: augmented views are training material
     target = resolve_device(device)
     source = open_token_source(shards, indices, _selection(record), shards.labels, mode=data, workers=workers)

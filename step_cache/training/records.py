@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from step_cache.training.chance import chance_of, pooled_chance
+
 NO_SCORE = (-math.inf, -math.inf)  # below every validation score
 
 
@@ -77,11 +79,11 @@ def final_metrics(
     device: str,
 ) -> dict[str, Any]:
     """The content of ``metrics.json``: the best checkpoint's validation metrics (per video, order metrics
-    included) at the top level, its test metrics under ``test`` when there is a test split, ``headline`` naming
-    the split to report (``headline_metrics``), and what the run cost."""
+    included) at the top level, its test metrics under ``test`` when there is a test split, ``headline_split``
+    naming the split to report (``headline_metrics``), ``chance`` (is that split's top-1 above chance,
+    ``chance.py``), and what the run cost."""
     metrics: dict[str, Any] = {
         "probe": probe,
-        "split": "val",
         "unit": "video (clip logits averaged)",
         "best_epoch": best_epoch,
         "epochs": epochs,
@@ -93,8 +95,10 @@ def final_metrics(
     }
     metrics.update(val)
     # Which split the figures a user reads come from: test when there is one (nothing was selected on it), else
-    # the validation split that also chose the checkpoint (optimistic).
-    metrics["headline"] = "test" if test is not None else "val"
+    # the validation split that also chose the checkpoint (optimistic). One key: the top-level figures are always
+    # val's, so a second "split" key only invited reading them as the headline.
+    metrics["headline_split"] = "test" if test is not None else "val"
+    metrics["chance"] = chance_of(test if test is not None else val)
     metrics["parameters"] = parameters
     metrics["parameters_without_head"] = parameters_without_head
     metrics.update(training_time.metrics())
@@ -119,12 +123,34 @@ SEED_METRICS = (
 )
 
 
+def headline_split(metrics: dict[str, Any]) -> str:
+    """ "test" or "val": the split a ``metrics.json``'s reported figures come from. Reads every version: the
+    ``headline_split`` key, the older ``headline`` key (next to a ``split`` key that named the top level, always
+    val), and runs written before either, which are "val"."""
+    split = metrics.get("headline_split", metrics.get("headline"))
+    return "test" if split == "test" and metrics.get("test") else "val"
+
+
 def headline_metrics(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """(split, figures) to report from a ``metrics.json``: the test split's when the run has one, else the
-    validation figures (which also chose the checkpoint). Runs written before ``headline`` existed are "val"."""
-    if metrics.get("headline") == "test" and metrics.get("test"):
-        return "test", metrics["test"]
-    return "val", metrics
+    validation figures (which also chose the checkpoint)."""
+    split = headline_split(metrics)
+    return split, (metrics["test"] if split == "test" else metrics)
+
+
+def run_chance(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``chance`` record of a ``metrics.json``: stored (pooled over seeds for ``--seeds``), or computed from the
+    headline split's confusion matrix for runs written before it existed."""
+    if not metrics:
+        return None
+    if "chance" in metrics:
+        return metrics["chance"]
+    return chance_of(headline_metrics(metrics)[1])
+
+
+def seeds_chance(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The chance record of a ``--seeds`` run: every seed's headline split pooled (sums of correct and trials)."""
+    return pooled_chance([headline_metrics(metrics)[1] for metrics in per_seed])
 
 
 def headline_figures(metrics: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any] | None]:

@@ -10,6 +10,7 @@ Run directory (``runs.py`` plus)::
 
     config.json                 the run record; data.seeds lists the seeds
     metrics.json                the first seed's metrics, plus seeds, per_seed, mean and std (test under "test")
+                                and chance pooled over the seeds
     metrics.jsonl, best.pt      the first seed's (so evaluate, predict and report read it like a one-seed run)
     seeds/seed-<s>/             metrics.json, metrics.jsonl and best.pt of every seed
 
@@ -36,7 +37,7 @@ from step_cache.training import runs
 from step_cache.training.config import TrainConfig, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.progress import RunProgress, batches_per_epoch
-from step_cache.training.records import seed_statistics
+from step_cache.training.records import seed_statistics, seeds_chance
 from step_cache.training.run_checkpoints import save_checkpoint
 from step_cache.training.run_commits import CommitClock, append_epoch
 from step_cache.training.run_data import data_record
@@ -161,6 +162,7 @@ def _write(out: Path, seeds: list[int], results: list[MemberResult]) -> dict[str
         "per_seed": [_seed_summary(seed, m) for seed, m in zip(seeds, per_seed, strict=True)],
         "mean": mean,
         "std": std,
+        "chance": seeds_chance(per_seed),  # pooled over the seeds (each seed's own is in seeds/seed-<s>/)
     }
     runs.write_json(out / runs.FINAL_METRICS, metrics)
     return metrics

@@ -25,6 +25,7 @@ from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
+from step_cache.training.chance import chance_note
 from step_cache.training.config import TrainConfig, make_config, run_record, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
@@ -38,6 +39,7 @@ from step_cache.training.records import (
     epoch_record,
     final_metrics,
     headline_figures,
+    run_chance,
     validation_score,
 )
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
@@ -71,8 +73,9 @@ class TrainResult:
 
         note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
         seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if "seeds" in m else ""
+        chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
         return (
-            f"{m['probe']}: {split} top-1 {pct('top1')} | pair {pct('pair_accuracy')} | reversed "
+            f"{m['probe']}: {split} top-1 {pct('top1')}{chance} | pair {pct('pair_accuracy')} | reversed "
             f"{pct('reversed_top1')} | shuffled {pct('shuffled_top1')}{note}{seeds} | {m['parameters']:,} params "
             f"({m['parameters_without_head']:,} without head) | {m['train_time_s']:.1f} s "
             f"({m['train_clips_per_s'] or 0:.0f} clips/s) -> {self.run_dir}"
