@@ -94,6 +94,31 @@ def train_probe(
     mlp: Annotated[
         bool | None, typer.Option("--mlp/--no-mlp", help="STEP: full block with MLP instead of attention only.")
     ] = None,
+    query_norm: Annotated[
+        bool | None,
+        typer.Option("--query-norm/--no-query-norm", help="attentive: LayerNorm the query too (V-JEPA: no)."),
+    ] = None,
+    output_projection: Annotated[
+        bool | None,
+        typer.Option(
+            "--output-projection/--no-output-projection",
+            help="attentive: apply the attention's output projection (released V-JEPA: no; jepa after PR 17: yes).",
+        ),
+    ] = None,
+    final_norm: Annotated[
+        bool | None,
+        typer.Option("--final-norm/--no-final-norm", help="attentive: LayerNorm before the head (V-JEPA: no)."),
+    ] = None,
+    avgpool: Annotated[
+        bool | None,
+        typer.Option(
+            "--avgpool/--no-avgpool", help="linear: CLS token + mean of the patch tokens (DINOv2's use_avgpool)."
+        ),
+    ] = None,
+    layer_norm: Annotated[
+        bool | None,
+        typer.Option("--layer-norm/--no-layer-norm", help="linear: LayerNorm before the head (DINOv2: none)."),
+    ] = None,
     device: Device = "auto",
     data: DataMode = "auto",
     memory_fraction: Annotated[float, typer.Option(help="data=auto loads into RAM below this share.")] = 0.5,
@@ -119,6 +144,11 @@ def train_probe(
         "frame_pos": frame_pos,
         "global_cls": global_cls,
         "mlp": mlp,
+        "query_norm": query_norm,
+        "output_projection": output_projection,
+        "final_norm": final_norm,
+        "avgpool": avgpool,
+        "layer_norm": layer_norm,
     }
     with user_errors():
         result = run_training(

@@ -69,8 +69,15 @@ def test_logits_shape_and_float16_tokens(name):
 
 def test_registry_lists_options_with_defaults():
     assert set(PROBES) == {"linear", "attentive", "self-attentive", "step"}
-    assert probe_options("linear") == {"dropout": 0.0}
-    assert probe_options("attentive") == {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0}
+    assert probe_options("linear") == {"dropout": 0.0, "avgpool": False, "layer_norm": True}
+    assert probe_options("attentive") == {
+        "num_heads": None,
+        "dropout": 0.0,
+        "mlp_ratio": 4.0,
+        "query_norm": False,
+        "output_projection": False,
+        "final_norm": False,
+    }
     assert probe_options("step") == {
         "num_heads": None,
         "dropout": 0.0,

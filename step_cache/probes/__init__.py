@@ -16,6 +16,7 @@ from step_cache.probes.layers import ProbeConfigError, ProbeInputError, Stackabl
 from step_cache.probes.linear import LinearProbe
 from step_cache.probes.self_attentive import SelfAttentiveProbe
 from step_cache.probes.step import StepProbe
+from step_cache.probes.vjepa import attentive_from_vjepa
 
 __all__ = [
     "PROBES",
@@ -26,6 +27,7 @@ __all__ = [
     "SelfAttentiveProbe",
     "StackableDropout",
     "StepProbe",
+    "attentive_from_vjepa",
     "build_probe",
     "count_parameters",
     "probe_options",
