@@ -18,6 +18,7 @@ from step_cache.probes import (
     build_probe,
     count_parameters,
     probe_options,
+    recorded_options,
 )
 
 B, T, P, D, H, C = 3, 4, 5, 48, 4, 7
@@ -120,7 +121,7 @@ def test_attentive_from_vjepa_accepts_a_ddp_prefix_and_refuses_other_layouts():
     probe = attentive_from_vjepa(wrapped, num_heads=H, frames=T, tokens_per_frame=P).eval()
     assert (probe(tokens) - vjepa_logits(state, tokens, apply_proj=False)).abs().max() <= TOLERANCE
     deeper = {**state, "pooler.blocks.0.norm1.weight": torch.ones(D, dtype=torch.float64)}
-    with pytest.raises(ProbeConfigError, match="pooler.blocks.*only depth 1"):
+    with pytest.raises(ProbeConfigError, match=r"pooler\.blocks\.\*: only depth 1"):
         attentive_from_vjepa(deeper, num_heads=H, frames=T, tokens_per_frame=P)
     del state[BLOCK + "xattn.kv.bias"]
     with pytest.raises(ProbeConfigError, match=r"lacks pooler\.cross_attention_block\.xattn\.kv\.bias"):
@@ -195,7 +196,20 @@ def test_linear_without_layer_norm_is_dinov2s_head(avgpool):
 
 
 def test_linear_avgpool_needs_the_cls_and_patch_tokens():
-    with pytest.raises(ProbeConfigError, match="avgpool=True.*use --tokens all"):
+    with pytest.raises(ProbeConfigError, match=r"avgpool=True.*use --tokens all"):
         build_probe("linear", dim=D, num_classes=C, frames=T, tokens_per_frame=1, cls_index=0, avgpool=True)
     with pytest.raises(ProbeConfigError, match="avgpool=True"):
         build_probe("linear", dim=D, num_classes=C, frames=T, tokens_per_frame=P, cls_index=None, avgpool=True)
+
+
+def test_runs_recorded_before_the_attentive_options_rebuild_the_probe_they_trained():
+    shape = {"dim": D, "num_classes": C, "frames": T, "tokens_per_frame": P, "cls_index": 0}
+    old_config = {"num_heads": H, "dropout": 0.0, "mlp_ratio": 4.0}  # a config.json from before issue 24
+    trained = build_probe("attentive", **shape, **old_config, query_norm=True, output_projection=True, final_norm=True)
+    rebuilt = build_probe("attentive", **shape, **recorded_options("attentive", old_config))
+    rebuilt.load_state_dict(trained.state_dict())  # strict: the projection and final norm are there again
+    tokens = random_tokens().float()
+    assert torch.equal(rebuilt.eval()(tokens), trained.eval()(tokens))
+    # A run that recorded the options keeps them; other probes are unchanged.
+    assert recorded_options("attentive", {**old_config, "final_norm": False})["final_norm"] is False
+    assert recorded_options("step", {"depth": 2}) == {"depth": 2}

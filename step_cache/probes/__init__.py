@@ -31,6 +31,7 @@ __all__ = [
     "build_probe",
     "count_parameters",
     "probe_options",
+    "recorded_options",
 ]
 
 PROBES: dict[str, type[nn.Module]] = {
@@ -39,6 +40,11 @@ PROBES: dict[str, type[nn.Module]] = {
     "self-attentive": SelfAttentiveProbe,
     "step": StepProbe,
 }
+
+# Options a probe gained after runs were recorded without them, with the value that reproduces what those runs
+# trained: attentive before it became V-JEPA's function (issue 24) normalised the query, applied the output
+# projection and had a final LayerNorm.
+_BEFORE_OPTION = {"attentive": {"query_norm": True, "output_projection": True, "final_norm": True}}
 
 # Constructor arguments that describe the cache rather than the probe: not options.
 _SHAPE_ARGUMENTS = ("dim", "num_classes", "frames", "tokens_per_frame", "cls_index")
@@ -59,6 +65,12 @@ def probe_options(name: str) -> dict[str, Any]:
         for key, parameter in parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in _SHAPE_ARGUMENTS
     }
+
+
+def recorded_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options to rebuild a recorded run's probe with: ``options`` (as its config.json has them) plus, for an
+    option the run predates, the value it was trained with (not today's default)."""
+    return {**_BEFORE_OPTION.get(name, {}), **options}
 
 
 def build_probe(
