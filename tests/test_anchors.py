@@ -213,3 +213,34 @@ def test_runs_recorded_before_the_attentive_options_rebuild_the_probe_they_train
     # A run that recorded the options keeps them; other probes are unchanged.
     assert recorded_options("attentive", {**old_config, "final_norm": False})["final_norm"] is False
     assert recorded_options("step", {"depth": 2}) == {"depth": 2}
+
+
+def test_cli_records_the_anchor_options_and_every_reader_rebuilds_them(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from step_cache.synthetic.tokens import write_token_cache
+    from step_cache.training.evaluation import load_probe
+
+    cache = tmp_path / "cache"
+    write_token_cache(cache, videos_per_class=4, dim=16)
+    runs = {
+        "linear": ["--probe", "linear", "--avgpool", "--no-layer-norm"],
+        "attentive": ["--probe", "attentive", "--output-projection", "--query-norm", "--final-norm"],
+    }
+    for name, options in runs.items():
+        command = [sys.executable, "-m", "cli", "train-probe", cache, *options, "--out", tmp_path / name]
+        result = subprocess.run(
+            [*map(str, command), "--epochs", "1", "--batch-size", "4", "--quiet"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+    linear = json.loads((tmp_path / "linear" / "config.json").read_text())
+    assert linear["config"]["probe_options"] == {"dropout": 0.0, "avgpool": True, "layer_norm": False}
+    assert linear["data"]["tokens"]["subset"] == "all"  # --tokens auto loads the patch tokens avgpool reads
+    _, probe = load_probe(tmp_path / "linear")
+    assert probe.avgpool and probe.norm is None and probe.head.in_features == 32
+    attentive = json.loads((tmp_path / "attentive" / "config.json").read_text())["config"]["probe_options"]
+    assert attentive["output_projection"] and attentive["query_norm"] and attentive["final_norm"]
+    _, probe = load_probe(tmp_path / "attentive")
+    assert probe.block.attn.proj is not None and probe.norm is not None and probe.query_norm
