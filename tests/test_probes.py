@@ -277,7 +277,9 @@ def test_every_probe_learns_an_order_free_task(name):
 
 VARIANTS = [
     ("linear", {}),
+    ("linear", {"avgpool": True, "layer_norm": False}),
     ("attentive", {}),
+    ("attentive", {"query_norm": True, "output_projection": True, "final_norm": True}),
     ("self-attentive", {}),
     ("self-attentive", {"depth": 2}),
     ("step", {}),
