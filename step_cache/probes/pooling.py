@@ -14,7 +14,7 @@ from matmuls against the cached tokens x themselves:
 
 Token-side cost is O(H·L·N·D) for H heads and L queries, versus O(N·D²) naively, and every product with x goes
 through shared_matmul, so K vmapped members share one read of x and never copy it. Measured in docs/step.md.
-The token-side part runs in float32 even under autocast (see ``_pool_normed_tokens``).
+The token-side part runs in float32 even under autocast (see ``_pool_normed_tokens``); a float64 probe keeps float64.
 """
 
 from __future__ import annotations
