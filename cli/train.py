@@ -94,20 +94,12 @@ def train_probe(
     mlp: Annotated[
         bool | None, typer.Option("--mlp/--no-mlp", help="STEP: full block with MLP instead of attention only.")
     ] = None,
-    query_norm: Annotated[
-        bool | None,
-        typer.Option("--query-norm/--no-query-norm", help="attentive: LayerNorm the query too (V-JEPA: no)."),
-    ] = None,
     output_projection: Annotated[
         bool | None,
         typer.Option(
             "--output-projection/--no-output-projection",
             help="attentive: apply the attention's output projection (released V-JEPA: no; jepa after PR 17: yes).",
         ),
-    ] = None,
-    final_norm: Annotated[
-        bool | None,
-        typer.Option("--final-norm/--no-final-norm", help="attentive: LayerNorm before the head (V-JEPA: no)."),
     ] = None,
     avgpool: Annotated[
         bool | None,
@@ -144,9 +136,7 @@ def train_probe(
         "frame_pos": frame_pos,
         "global_cls": global_cls,
         "mlp": mlp,
-        "query_norm": query_norm,
         "output_projection": output_projection,
-        "final_norm": final_norm,
         "avgpool": avgpool,
         "layer_norm": layer_norm,
     }

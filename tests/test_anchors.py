@@ -141,7 +141,7 @@ def test_attentive_initialisation_follows_vjepa():
         assert weight.std().item() == pytest.approx(0.02, rel=0.02)
     assert block.mlp.fc2.weight.std().item() == pytest.approx(0.02 / math.sqrt(2), rel=0.02)
     assert block.attn.qkv.bias.abs().max() == 0 and block.mlp.fc2.bias.abs().max() == 0
-    assert block.attn.proj is None and probe.norm is None
+    assert block.attn.proj is None and not hasattr(probe, "norm")
     # Head: PyTorch's default Linear init, uniform in ±1/sqrt(D) (weights: kaiming_uniform with a = sqrt(5)).
     bound = 1 / math.sqrt(dim)
     assert probe.head.weight.abs().max() <= bound and probe.head.weight.abs().max() > 0.95 * bound
@@ -153,21 +153,18 @@ def test_attentive_initialisation_follows_vjepa():
 
 
 def test_attentive_options_and_parameter_counts():
-    assert probe_options("attentive") == {
-        "num_heads": None,
-        "dropout": 0.0,
-        "mlp_ratio": 4.0,
-        "query_norm": False,
-        "output_projection": False,
-        "final_norm": False,
-    }
+    expected = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0, "output_projection": False}
+    assert probe_options("attentive") == expected
     shape = {"dim": 384, "num_classes": 10, "frames": 16, "tokens_per_frame": 257, "cls_index": 0}
     vjepa = count_parameters(build_probe("attentive", **shape), exclude_head=True)
-    old = build_probe("attentive", **shape, query_norm=True, output_projection=True, final_norm=True)
-    # Without the head: query D, norm1 2D, qkv 3D² + 3D, norm2 2D, MLP 8D² + 5D; the old variant adds the
-    # output projection D² + D and the final LayerNorm 2D.
+    later = build_probe("attentive", **shape, output_projection=True)
+    # Without the head: query D, norm1 2D, qkv 3D² + 3D, norm2 2D, MLP 8D² + 5D; the later jepa revision adds the
+    # output projection D² + D.
     assert vjepa == 11 * 384**2 + 13 * 384
-    assert count_parameters(old, exclude_head=True) - vjepa == 384**2 + 3 * 384
+    assert count_parameters(later, exclude_head=True) - vjepa == 384**2 + 384
+    for removed in ("query_norm", "final_norm"):  # the earlier probe's differences measured no better: gone
+        with pytest.raises(ProbeConfigError, match=f"probe 'attentive' has no option {removed}"):
+            build_probe("attentive", **shape, **{removed: True})
 
 
 def dinov2_linear_logits(
@@ -202,17 +199,12 @@ def test_linear_avgpool_needs_the_cls_and_patch_tokens():
         build_probe("linear", dim=D, num_classes=C, frames=T, tokens_per_frame=P, cls_index=None, avgpool=True)
 
 
-def test_runs_recorded_before_the_attentive_options_rebuild_the_probe_they_trained():
-    shape = {"dim": D, "num_classes": C, "frames": T, "tokens_per_frame": P, "cls_index": 0}
+def test_runs_of_the_earlier_attentive_probe_are_refused_by_name():
     old_config = {"num_heads": H, "dropout": 0.0, "mlp_ratio": 4.0}  # a config.json from before issue 24
-    trained = build_probe("attentive", **shape, **old_config, query_norm=True, output_projection=True, final_norm=True)
-    rebuilt = build_probe("attentive", **shape, **recorded_options("attentive", old_config))
-    rebuilt.load_state_dict(trained.state_dict())  # strict: the projection and final norm are there again
-    tokens = random_tokens().float()
-    assert torch.equal(rebuilt.eval()(tokens), trained.eval()(tokens))
-    # A run that recorded the options keeps them; other probes are unchanged.
-    assert recorded_options("attentive", {**old_config, "final_norm": False})["final_norm"] is False
-    assert recorded_options("step", {"depth": 2}) == {"depth": 2}
+    with pytest.raises(ProbeConfigError, match=r"^runs/a was trained with the attentive probe from before .*train it"):
+        recorded_options("attentive", old_config, "runs/a")
+    assert recorded_options("attentive", {**old_config, "output_projection": False}, "runs/a")["mlp_ratio"] == 4.0
+    assert recorded_options("step", {"depth": 2}) == {"depth": 2}  # other probes: unchanged
 
 
 def test_cli_records_the_anchor_options_and_every_reader_rebuilds_them(tmp_path):
@@ -227,7 +219,7 @@ def test_cli_records_the_anchor_options_and_every_reader_rebuilds_them(tmp_path)
     write_token_cache(cache, videos_per_class=4, dim=16)
     runs = {
         "linear": ["--probe", "linear", "--avgpool", "--no-layer-norm"],
-        "attentive": ["--probe", "attentive", "--output-projection", "--query-norm", "--final-norm"],
+        "attentive": ["--probe", "attentive", "--output-projection"],
     }
     for name, options in runs.items():
         command = [sys.executable, "-m", "cli", "train-probe", cache, *options, "--out", tmp_path / name]
@@ -241,6 +233,6 @@ def test_cli_records_the_anchor_options_and_every_reader_rebuilds_them(tmp_path)
     _, probe = load_probe(tmp_path / "linear")
     assert probe.avgpool and probe.norm is None and probe.head.in_features == 32
     attentive = json.loads((tmp_path / "attentive" / "config.json").read_text())["config"]["probe_options"]
-    assert attentive["output_projection"] and attentive["query_norm"] and attentive["final_norm"]
+    assert attentive["output_projection"] is True
     _, probe = load_probe(tmp_path / "attentive")
-    assert probe.block.attn.proj is not None and probe.norm is not None and probe.query_norm
+    assert probe.block.attn.proj is not None

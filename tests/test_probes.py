@@ -70,14 +70,8 @@ def test_logits_shape_and_float16_tokens(name):
 def test_registry_lists_options_with_defaults():
     assert set(PROBES) == {"linear", "attentive", "self-attentive", "step"}
     assert probe_options("linear") == {"dropout": 0.0, "avgpool": False, "layer_norm": True}
-    assert probe_options("attentive") == {
-        "num_heads": None,
-        "dropout": 0.0,
-        "mlp_ratio": 4.0,
-        "query_norm": False,
-        "output_projection": False,
-        "final_norm": False,
-    }
+    expected = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0, "output_projection": False}
+    assert probe_options("attentive") == expected
     assert probe_options("step") == {
         "num_heads": None,
         "dropout": 0.0,
@@ -279,7 +273,7 @@ VARIANTS = [
     ("linear", {}),
     ("linear", {"avgpool": True, "layer_norm": False}),
     ("attentive", {}),
-    ("attentive", {"query_norm": True, "output_projection": True, "final_norm": True}),
+    ("attentive", {"output_projection": True}),
     ("self-attentive", {}),
     ("self-attentive", {"depth": 2}),
     ("step", {}),

@@ -41,10 +41,12 @@ PROBES: dict[str, type[nn.Module]] = {
     "step": StepProbe,
 }
 
-# Options a probe gained after runs were recorded without them, with the value that reproduces what those runs
-# trained: attentive before it became V-JEPA's function (issue 24) normalised the query, applied the output
-# projection and had a final LayerNorm.
-_BEFORE_OPTION = {"attentive": {"query_norm": True, "output_projection": True, "final_norm": True}}
+# A recorded attentive run without ``output_projection`` in its options was trained before the probe became
+# V-JEPA's function (issue 24): a different function (query LayerNormed, output projection, final LayerNorm).
+_OLD_ATTENTIVE = (
+    "was trained with the attentive probe from before it became V-JEPA's (a LayerNormed query, an output "
+    "projection and a final LayerNorm), which this step-cache no longer builds; train it again"
+)
 
 # Constructor arguments that describe the cache rather than the probe: not options.
 _SHAPE_ARGUMENTS = ("dim", "num_classes", "frames", "tokens_per_frame", "cls_index")
@@ -67,10 +69,12 @@ def probe_options(name: str) -> dict[str, Any]:
     }
 
 
-def recorded_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The options to rebuild a recorded run's probe with: ``options`` (as its config.json has them) plus, for an
-    option the run predates, the value it was trained with (not today's default)."""
-    return {**_BEFORE_OPTION.get(name, {}), **options}
+def recorded_options(name: str, options: dict[str, Any], origin: str = "run") -> dict[str, Any]:
+    """The options to rebuild a recorded run's probe with (``options`` as its config.json has them); raises
+    ProbeConfigError naming ``origin`` for a run whose probe this step-cache no longer builds."""
+    if name == "attentive" and "output_projection" not in options:
+        raise ProbeConfigError(f"{origin} {_OLD_ATTENTIVE}")
+    return dict(options)
 
 
 def build_probe(

@@ -7,9 +7,9 @@ The query plus the attention output is refined by a residual pre-norm MLP and re
 final LayerNorm. There is no temporal position, so it is permutation-invariant over frames.
 
 ``output_projection=True`` applies the attention's output projection (as jepa does after its pull request 17;
-the released code creates it but never applies it). ``query_norm=True`` and ``final_norm=True`` restore two
-more differences of this project's earlier attentive probe (written from V-JEPA's description): the query
-through ``norm1`` before the q projection, and a LayerNorm before the head."""
+the released code creates it but never applies it). This project's earlier attentive probe (written from
+V-JEPA's description) also normalised the query and had a final LayerNorm; it measured no better on any
+benchmark (docs/training.md), so those are gone, and runs trained with it are refused (``recorded_options``)."""
 
 from __future__ import annotations
 
@@ -41,16 +41,13 @@ class AttentiveProbe(nn.Module):
         num_heads: int | None = None,
         dropout: float = 0.0,
         mlp_ratio: float = 4.0,
-        query_norm: bool = False,
         output_projection: bool = False,
-        final_norm: bool = False,
     ) -> None:
         super().__init__()
         check_probe_shape(
             dim=dim, num_classes=num_classes, frames=frames, tokens_per_frame=tokens_per_frame, cls_index=cls_index
         )
         self.dim = dim
-        self.query_norm = bool(query_norm)
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         # The query sits outside the context, so this block is a cross-attention block (+ MLP).
         self.block = Block(
@@ -61,7 +58,6 @@ class AttentiveProbe(nn.Module):
             dropout=dropout,
             output_projection=output_projection,
         )
-        self.norm = nn.LayerNorm(dim) if final_norm else None
         self.head_drop = StackableDropout(dropout)
         self.head = nn.Linear(dim, num_classes)
         # V-JEPA's pooler init: trunc-normal (std 0.02) weights and query, zero biases, unit LayerNorms; then the
@@ -79,7 +75,6 @@ class AttentiveProbe(nn.Module):
         check_tokens(tokens, self.dim)
         x = as_dtype_of(tokens, self.head.weight)
         query = self.query.expand(x.shape[0], -1, -1)
-        pooled = self.block.pool(query, x, include_queries=False, query_norm=self.query_norm)[:, 0]
-        if self.norm is not None:
-            pooled = self.norm(pooled)
+        # V-JEPA's CrossAttentionBlock normalises the tokens only: the query reaches the q projection raw.
+        pooled = self.block.pool(query, x, include_queries=False, query_norm=False)[:, 0]
         return self.head(self.head_drop(pooled))

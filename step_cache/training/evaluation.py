@@ -53,7 +53,7 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
         frames=data["frames"],
         tokens_per_frame=data["tokens"]["tokens_per_frame"],
         cls_index=data["tokens"]["cls_index"],
-        **recorded_options(config["probe"], config["probe_options"]),
+        **recorded_options(config["probe"], config["probe_options"], str(run_dir)),
     )
     runs.load_weights(probe, usable_checkpoint(run_dir, weights))  # not failed, present, the run's own bytes
     return record, probe.eval()
