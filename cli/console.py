@@ -33,7 +33,12 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt:
-        typer.echo("interrupted; completed work is saved, re-run the same command to resume", err=True)
+        # Work is committed in steps (a training run about every 30 s): what came after the last commit is redone.
+        typer.echo(
+            "interrupted; work up to the last commit is saved: re-run the same command (train-probe: with "
+            "--resume) to continue",
+            err=True,
+        )
         raise typer.Exit(130) from None
     except (ValueError, RuntimeError, OSError) as error:
         if os.environ.get("STEP_CACHE_DEBUG") == "1":

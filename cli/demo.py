@@ -10,7 +10,9 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
+from cli.options import Threads
 from step_cache.benchmark import DEFAULT_KINDS, KINDS, make_demo_dataset, parse_size
+from step_cache.cpu_budget import apply_threads
 from step_cache.demo import DemoSettings
 
 PANEL = "Demo"
@@ -93,6 +95,7 @@ def demo(
     image_size: Annotated[int, typer.Option(help="Frame size fed to the backbone.")] = DemoSettings.image_size,
     seed: Annotated[int, typer.Option(help="Seed of the videos, the random backbone and training.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    threads: Threads = None,
 ) -> None:
     """Show what STEP is for, offline, in a few minutes: generate the near-symmetric benchmark, extract tokens,
     train the linear, attentive, self-attentive and STEP probes (3 seeds each), print the comparison on the
@@ -100,6 +103,7 @@ def demo(
     from step_cache.demo import run_demo
 
     setup_logging()
+    apply_threads(threads)
     settings = DemoSettings(
         per_class=per_class,
         epochs=epochs,

@@ -10,6 +10,8 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
+from cli.options import Threads
+from step_cache.cpu_budget import apply_threads
 
 
 @app.command(rich_help_panel="Stage one: tokens")
@@ -129,6 +131,7 @@ def extract(
     ] = None,
     view_seed: Annotated[int, typer.Option(help="Seed of the augmented views.")] = 0,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    threads: Threads = None,
 ) -> None:
     """Run a frozen image backbone over videos once and store per-frame tokens in HDF5 shards.
 
@@ -140,6 +143,7 @@ def extract(
     from step_cache.extraction.engine import extract as extract_videos
 
     setup_logging()
+    apply_threads(threads)
     with user_errors():
         if videos is None and annotations is None:
             raise ValueError("give --videos DIR (class folders) and/or --annotations FILE.csv")

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import importlib
 
-from cli.app import app
+from step_cache.cpu_budget import limit_spin_wait
+
+# Before anything imports torch: libgomp reads its spin-wait setting once, when torch first loads it; a user's own
+# OMP_WAIT_POLICY / GOMP_SPINCOUNT / KMP_BLOCKTIME wins (step_cache.cpu_budget).
+limit_spin_wait()
+
+from cli.app import app  # noqa: E402 - after limit_spin_wait on purpose
 
 # Importing a command module registers its commands on the app, and `--help` lists them in registration order
 # within each panel: this order puts each stage's main command first (extract, then its cache tools; train-probe...).

@@ -50,3 +50,31 @@ Views = Annotated[
         "Validation, test, evaluate and predict always use the clean views.",
     ),
 ]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="CPU threads for torch (and the size of the decode / reader process pools). Default: OMP_NUM_THREADS "
+        "if set, else the CPUs this process may use (affinity, capped by a container's CPU quota). A training "
+        "run records it in config.json.",
+        show_default=False,
+    ),
+]
+EarlyStop = Annotated[
+    bool,
+    typer.Option(
+        "--early-stop/--no-early-stop",
+        help="Stop a run (each seed, each trial) once its validation score (val top-1, then val loss: what picks "
+        "best.pt) has not improved for --patience epochs after the warm-up; the schedule stays the planned one "
+        "(docs/training.md, Early stopping).",
+    ),
+]
+Patience = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Early stopping: epochs without a better validation score before a run stops (default: max(10, 30 % "
+        "of the planned epochs)).",
+        show_default=False,
+    ),
+]

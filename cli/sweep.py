@@ -9,7 +9,8 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs, Views
+from cli.options import BatchSize, EarlyStop, Epochs, Patience, Threads, Views
+from step_cache.cpu_budget import apply_threads
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -43,15 +44,29 @@ def sweep(
         str, typer.Option(help="Objective: top1, top5, mean_class_accuracy, pair_accuracy or loss (minimised).")
     ] = "top1",
     storage: Annotated[
-        str | None, typer.Option(help="Optuna RDB URL shared by workers, e.g. sqlite:///sweep.db (default: memory).")
+        str | None,
+        typer.Option(
+            help="Optuna RDB URL shared by workers: sqlite:///sweep.db, postgresql+psycopg://user@host:5432/db "
+            "(default: OUT/study.journal; re-running the command resumes it)."
+        ),
     ] = None,
     study_name: Annotated[str | None, typer.Option(help="Study name in --storage (workers use the same).")] = None,
+    heartbeat: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="--storage: seconds between a running trial's heartbeats; a trial silent for 3x this long "
+            "(its worker died) is re-queued.",
+        ),
+    ] = 60,
     epochs: Epochs = None,
     batch_size: BatchSize = None,
     seed: Annotated[int, typer.Option(help="Data order, initial weights and sampler seed.")] = 0,
     val_fraction: Annotated[float, typer.Option(help="Held-out share of training videos when no val split.")] = 0.2,
     tokens: Annotated[str, typer.Option(help="all, cls, patches or auto.")] = "auto",
     views: Views = "on",
+    early_stop: EarlyStop = True,
+    patience: Patience = None,
     pairs: Annotated[Path | None, typer.Option(help="Mirrored class pairs file (default: the cache's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     data: Annotated[str, typer.Option(help="auto, memory or streaming.")] = "auto",
@@ -63,11 +78,16 @@ def sweep(
     ] = True,
     plots: Annotated[bool, typer.Option(help="Write PNG figures to OUT/plots.")] = True,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    threads: Threads = None,
+    verbose: Annotated[
+        bool, typer.Option(help="Print every epoch's figures (they are always in RUN/metrics.jsonl).")
+    ] = False,
 ) -> None:
     """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""
     from step_cache.extras import require
 
-    setup_logging()
+    setup_logging(verbose)
+    apply_threads(threads)
     with user_errors():
         require("optuna", "step-cache sweep")
         from step_cache.sweeps.space import build_space
@@ -91,6 +111,7 @@ def sweep(
             metric=metric,
             storage=storage,
             study_name=study_name,
+            heartbeat=heartbeat,
             retrain=retrain,
             plots=plots,
             epochs=epochs,
@@ -99,6 +120,8 @@ def sweep(
             val_fraction=val_fraction,
             tokens=tokens,
             views=views,
+            early_stop=early_stop,
+            patience=patience,
             pairs=str(pairs) if pairs else None,
             device=device,
             data=data,

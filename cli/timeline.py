@@ -9,6 +9,8 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
+from cli.options import Threads
+from step_cache.cpu_budget import apply_threads
 
 
 @app.command(rich_help_panel="Stage two: probes")
@@ -45,6 +47,7 @@ def timeline(
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="Frames per backbone call.")] = 32,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    threads: Threads = None,
 ) -> None:
     """Slide windows over an untrimmed video and name the action in each: every window is sampled with the run's
     T frames like a training clip; the video is decoded once and each sampled frame encoded once (overlapping
@@ -53,6 +56,7 @@ def timeline(
     from step_cache.recognition.timeline import timeline as run_timeline
 
     setup_logging()
+    apply_threads(threads)
     with user_errors():
         result = run_timeline(
             run, video, out, window=window, stride=stride, fps=fps, top_k=top_k, min_confidence=min_confidence,

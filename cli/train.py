@@ -10,7 +10,8 @@ import typer
 
 from cli.app import app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, Epochs, ReversePairs, TokenDrop, Views
+from cli.options import BatchSize, EarlyStop, Epochs, Patience, ReversePairs, Threads, TokenDrop, Views
+from step_cache.cpu_budget import apply_threads
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -63,6 +64,8 @@ def train_probe(
     token_drop: TokenDrop = 0.0,
     reverse_pairs: ReversePairs = 0.0,
     views: Views = "on",
+    early_stop: EarlyStop = True,
+    patience: Patience = None,
     seed: Annotated[int, typer.Option(help="Seed of the initial weights, batch order and held-out val videos.")] = 0,
     seeds: Annotated[
         int,
@@ -119,6 +122,10 @@ def train_probe(
     resume: Annotated[bool, typer.Option(help="Continue a killed run from its last completed epoch.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    threads: Threads = None,
+    verbose: Annotated[
+        bool, typer.Option(help="Print every epoch's figures (they are always in RUN/metrics.jsonl).")
+    ] = False,
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
 
@@ -127,7 +134,8 @@ def train_probe(
     number of training clips (docs/training.md)."""
     from step_cache.training.trainer import train_probe as run_training
 
-    setup_logging()
+    setup_logging(verbose)
+    apply_threads(threads)
     given = {
         "dropout": dropout,
         "num_heads": heads,
@@ -158,6 +166,8 @@ def train_probe(
             token_drop=token_drop,
             reverse_pairs=reverse_pairs,
             views=views,
+            early_stop=early_stop,
+            patience=patience,
             seed=seed,
             seeds=seeds,
             val_fraction=val_fraction,
@@ -186,12 +196,14 @@ def evaluate(
     data: DataMode = "auto",
     workers: Workers = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    threads: Threads = None,
 ) -> None:
     """Evaluate a trained probe (best checkpoint) on shards; classes are matched by name."""
     from step_cache.training.evaluation import evaluate as run_evaluation
     from step_cache.training.runs import write_json
 
     setup_logging()
+    apply_threads(threads)
     with user_errors():
         metrics = run_evaluation(
             run, features, split=split, device=device, data=data, workers=workers, batch_size=batch_size
@@ -239,7 +251,7 @@ def predict(
         Path | None,
         typer.Option(help="With --videos: keep the extracted tokens in this shard directory (default: none kept)."),
     ] = None,
-    out: Annotated[Path, typer.Option(help="CSV to write: video, clips, label, class_1, prob_1, ...")] = Path(
+    out: Annotated[Path, typer.Option(help="CSV to write: video, clips, label, short, class_1, prob_1, ...")] = Path(
         "predictions.csv"
     ),
     top_k: Annotated[int, typer.Option(min=1, help="Classes per video.")] = 5,
@@ -250,11 +262,13 @@ def predict(
         int | None, typer.Option(min=1, help="Clips per probe batch (256) / with --videos: frames per backbone call.")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    threads: Threads = None,
 ) -> None:
     """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe, from a cache
     (--features) or straight from video files (--videos: the run's backbone, preprocessing and frame sampling are
     rebuilt from its recorded settings; unreadable videos are listed with the reason)."""
     setup_logging()
+    apply_threads(threads)
     with user_errors():
         if (features is None) == (videos is None):
             raise ValueError("give either --features SHARDS/ or --videos PATH")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -48,3 +49,6 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
+    # The CLI sizes torch's pool from OMP_NUM_THREADS (step_cache.cpu_budget): an in-process CliRunner call must
+    # not raise this process to the machine's CPU count, which also changes float rounding for later tests.
+    os.environ["OMP_NUM_THREADS"] = "1"

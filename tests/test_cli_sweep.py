@@ -99,3 +99,70 @@ def test_without_optuna_the_sweep_command_names_the_extra_to_install(shards, tmp
     assert result.output.strip().splitlines() == [
         "error: step-cache sweep needs optuna, which is not installed: pip install 'step-cache[sweep]'"
     ]
+
+
+RESUMABLE = ["--param", "lr=log:1e-3..1e-2", "--param", "wd=0,0.1", "--parallel", "2", "--no-plots", *SHORT]
+
+
+def test_the_same_command_resumes_the_sweep_and_a_finished_one_trains_nothing(shards, tmp_path):
+    out = tmp_path / "s"
+    first = run_cli("sweep", shards, "--out", out, "--trials", "2", *RESUMABLE)
+    assert first.returncode == 0, first.stderr
+    before = json.loads((out / "trials.json").read_text())
+    assert before["finished"] == 2 and before["storage"] == "journal" and (out / "study.journal").is_file()
+
+    more = run_cli("sweep", shards, "--out", out, "--trials", "4", *RESUMABLE)
+    assert more.returncode == 0, more.stderr
+    assert f"resuming {out}: 2 of 4 trials done, 2 left" in more.stderr
+    after = json.loads((out / "trials.json").read_text())
+    assert after["finished"] == 4 and sorted(t["number"] for t in after["trials"]) == [0, 1, 2, 3]
+    kept = {t["number"]: (t["params"], t["value"]) for t in before["trials"]}
+    assert {n: (t["params"], t["value"]) for t in after["trials"] if (n := t["number"]) in kept} == kept
+    best_run = out / "best-run" / "metrics.json"
+    retrained_at = best_run.stat().st_mtime_ns
+
+    again = run_cli("sweep", shards, "--out", out, "--trials", "4", *RESUMABLE)
+    assert again.returncode == 0, again.stderr
+    assert f"{out}: the sweep is finished (4 of 4 trials done); nothing to train" in again.stderr
+    assert "epoch" not in again.stderr and again.stdout.startswith("4 trials: ")
+    assert json.loads((out / "trials.json").read_text())["trials"] == after["trials"]
+    assert best_run.stat().st_mtime_ns == retrained_at  # the best configuration was not retrained again
+
+    changed = run_cli("sweep", shards, "--out", out, "--trials", "4", *RESUMABLE[:-1], "--epochs", "3")
+    assert changed.returncode == 1
+    assert changed.stderr.strip() == (
+        "error: study 'sweep' was started with other settings (config.epochs: 2 in the study, 3 here) "
+        "(use the same options to resume it, or another --out)"
+    )
+
+
+def test_a_second_writer_is_refused_naming_the_holder_and_a_dead_holders_lock_is_taken_over(shards, tmp_path):
+    from step_cache.cache.locking import DirectoryLock
+
+    out = tmp_path / "s"
+    with DirectoryLock(out, writer="sweep"):
+        held = run_cli("sweep", shards, "--out", out, "--trials", "2", *RESUMABLE)
+    assert held.returncode == 1
+    assert held.stderr.strip().splitlines() == [held.stderr.strip()]
+    assert f"error: {out}: another sweep (pid {os.getpid()} on " in held.stderr
+    assert not (out / "trials.json").exists()
+    # A lock file left by a process that died (nobody holds its flock): taken over, the sweep runs.
+    (out / ".lock").write_text(json.dumps({"pid": 999999, "host": "gone", "since": "earlier"}))
+    taken = run_cli("sweep", shards, "--out", out, "--trials", "2", *RESUMABLE)
+    assert taken.returncode == 0, taken.stderr
+    assert f"{out}: taking over from pid 999999, which stopped while sweeping" in taken.stderr
+    assert not (out / ".lock").exists()
+
+
+def test_results_of_another_study_in_out_are_never_replaced(shards, tmp_path):
+    out = tmp_path / "s"
+    out.mkdir()
+    old = {"study": "no-name-1", "trials": [{"number": n, "state": "COMPLETE"} for n in range(3)]}
+    (out / "trials.json").write_text(json.dumps(old))  # a sweep from before sweeps resumed: no journal
+    refused = run_cli("sweep", shards, "--out", out, "--trials", "2", *RESUMABLE)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        f"error: {out / 'trials.json'}: holds 3 finished trials of another study ('no-name-1', not resumable: "
+        "no study.journal); choose another --out"
+    )
+    assert json.loads((out / "trials.json").read_text()) == old

@@ -24,22 +24,25 @@ from step_cache.synthetic.videos import moving_square, write_video
 STRINGS = ("video", "split", "view_params")
 
 
-def settings_sha256(extraction: dict) -> str:
-    """'Serialising the settings': json.dumps with sort_keys=True and otherwise the defaults (", " and ": "
-    separators, ASCII escapes), encoded as ASCII, sha256 in lowercase hex."""
-    return hashlib.sha256(json.dumps(extraction, sort_keys=True).encode("ascii")).hexdigest()
+def canonical_sha256(data: dict) -> str:
+    """The doc's serialisation (settings_sha256, the seal): json.dumps with sort_keys=True and otherwise the
+    defaults (", " and ": " separators, ASCII escapes), encoded as ASCII, sha256 in lowercase hex."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode("ascii")).hexdigest()
 
 
 def read_cache(directory: Path) -> dict:
     """Every row of a cache in the doc's row order: shards in the manifest's order, rows in stored order."""
     manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["format"] == "step-cache-shards" and manifest["format_version"] in (1, 2, 3)
+    assert manifest["format"] == "step-cache-shards" and manifest["format_version"] in (1, 2, 3, 4)
+    if "manifest_sha256" in manifest:  # the seal: the same serialisation, of the manifest without the seal
+        unsealed = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+        assert canonical_sha256(unsealed) == manifest["manifest_sha256"]
     if manifest.get("storage", {}).get("compression") in ("lz4", "zstd"):
         import hdf5plugin  # noqa: F401 - registers the Blosc filter with HDF5 before any read
 
     layout = manifest["extraction"]["tokens"]
     frames, per_frame = manifest["extraction"]["sampling"]["frames"], layout["cls_tokens"] + np.prod(layout["grid"])
-    expected_settings = settings_sha256(manifest["extraction"])
+    expected_settings = canonical_sha256(manifest["extraction"])
     columns: dict[str, list] = {}
     for record in manifest["shards"]:
         with h5py.File(directory / record["file"], "r") as shard:  # "file" is relative to the manifest's folder

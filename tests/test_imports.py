@@ -97,7 +97,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("step_cache.training", "step_cache.stacking", "step_cache.extraction"),
     ("step_cache.cache", "step_cache.datasets", "step_cache.benchmark", "step_cache.synthetic"),
     ("step_cache.probes",),
-    ("step_cache.catalog", "step_cache.checkpoints", "step_cache.devices", "step_cache.extras", "step_cache"),
+    (
+        "step_cache.catalog",
+        "step_cache.checkpoints",
+        "step_cache.cpu_budget",
+        "step_cache.devices",
+        "step_cache.extras",
+        "step_cache",
+    ),
 )
 
 
@@ -140,7 +147,8 @@ def test_no_module_imports_a_higher_layer():
 def test_stacking_engine_lives_below_sweeps():
     graph = import_graph()
     sweeps = {name for name in graph if name.startswith("step_cache.sweeps.")}
-    assert sweeps == {f"step_cache.sweeps.{name}" for name in ("plots", "results", "space", "study")}
+    names = ("batch", "plots", "results", "search", "space", "storage", "study")
+    assert sweeps == {f"step_cache.sweeps.{name}" for name in names}
     assert "step_cache.stacking.engine" in graph["step_cache.training.seeds"]
     assert not any(target.startswith("step_cache.sweeps") for target in graph["step_cache.training.seeds"])
 

@@ -249,7 +249,8 @@ def test_predict_writes_per_video_top_k(cache, tmp_path):
     path = predict(run, cache, tmp_path / "preds.csv", top_k=5)
     rows = list(csv.DictReader(path.read_text().splitlines()))
     shards = open_shards(cache)
-    assert len(rows) == 16 and list(rows[0]) == ["video", "clips", "label", "class_1", "prob_1", "class_2", "prob_2"]
+    columns = ["video", "clips", "label", "short", "class_1", "prob_1", "class_2", "prob_2"]
+    assert len(rows) == 16 and list(rows[0]) == columns and {r["short"] for r in rows} == {"False"}
     assert all(r["clips"] == "2" and r["label"] == r["video"].split("/")[0] for r in rows)
     from step_cache.training.evaluation import load_probe
     from step_cache.training.token_data import InMemoryTokens

@@ -17,10 +17,13 @@ import numpy as np
 
 from step_cache.cache.files import atomic_write_text, now_iso
 from step_cache.cache.quantize import TOKEN_DTYPES, is_quantized, read_dtype, token_bytes
+from step_cache.cache.sealing import seal, seal_problem
 
 FORMAT_NAME = "step-cache-shards"
-FORMAT_VERSION = 3  # the newest version this step-cache reads and writes (2: int8 tokens; 3: augmented views)
+FORMAT_VERSION = 4  # the newest version this step-cache reads and writes (2: int8; 3: views; 4: several roots)
 VIEWS_FORMAT_VERSION = 3  # a cache with augmented views (``extraction.views``) is written as version 3
+# a merge of caches extracted from different video folders records each shard's root (``ShardRecord.root``)
+ROOTS_FORMAT_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 # extraction.decoder is absent from caches decoded by decord, the default (and the only decoder before 0.2)
 DEFAULT_DECODER = "decord"
@@ -94,6 +97,13 @@ class ShardRecord:
     videos: int
     bytes: int
     sha256: str
+    root: str | None = None  # its part's videos root, in a merge of several roots (format 4); else not written
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.root is None:  # caches from one root keep the entries (and content_hash) they always had
+            del data["root"]
+        return data
 
 
 @dataclass
@@ -155,9 +165,10 @@ class Manifest:
 
     @property
     def format_version(self) -> int:
-        """The oldest format that holds this cache: 1 for float tokens, 2 for int8, 3 with augmented views (older
-        readers would take views for ordinary clips, so they must refuse such a cache)."""
-        return max(self.layout.format_version, VIEWS_FORMAT_VERSION if self.view_count else 1)
+        """The oldest format that holds this cache: 1 for float tokens, 2 for int8, 3 with augmented views, 4 with
+        shards of several video roots (older readers would mix views or same-named videos up, so must refuse)."""
+        roots = ROOTS_FORMAT_VERSION if any(s.root is not None for s in self.shards) else 1
+        return max(self.layout.format_version, VIEWS_FORMAT_VERSION if self.view_count else 1, roots)
 
     @property
     def backbone(self) -> str:
@@ -203,7 +214,7 @@ class Manifest:
             "pairs": [list(p) for p in self.pairs],
             "num_videos": self.num_videos,
             "num_clips": self.num_clips,
-            "shards": [asdict(s) for s in self.shards],
+            "shards": [s.to_dict() for s in self.shards],
             "failures": [asdict(f) for f in self.failures],
             # only when there are any: a cache without warnings keeps the manifest (and content_hash) it had
             **({"warnings": [asdict(w) for w in self.warnings]} if self.warnings else {}),
@@ -282,7 +293,8 @@ def upgrade(data: dict[str, Any], origin: str) -> dict[str, Any]:
         raise ManifestError(f"{origin}: shard format version {version} is not supported; re-extract the videos")
     # Version 2 only added int8 tokens (``tokens.dtype`` "int8" with a ``token_scales`` dataset) and version 3 only
     # augmented views (``extraction.views``, shard datasets ``view`` and ``view_params``): older manifests read
-    # unchanged. Future versions add steps here, e.g. `if version == 2: data = _v2_to_v3(data)`.
+    # unchanged, and version 4 only the ``root`` of shard entries in a merge of several video roots (read by
+    # ``ShardSet``). Future versions add steps here, e.g. `if version == 2: data = _v2_to_v3(data)`.
     tokens = data.get("extraction", {}).get("tokens", {}) if isinstance(data.get("extraction"), dict) else {}
     dtype = tokens.get("dtype") if isinstance(tokens, dict) else None
     if dtype is not None and dtype not in TOKEN_DTYPES:
@@ -296,11 +308,13 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
     manifest.updated = now_iso()
     manifest.created = manifest.created or manifest.updated
     path = directory / MANIFEST_NAME
-    atomic_write_text(path, json.dumps(manifest.to_dict(), indent=2) + "\n")
+    atomic_write_text(path, json.dumps(seal(manifest.to_dict()), indent=2) + "\n")
     return path
 
 
-def read_manifest(directory: str | Path) -> Manifest:
+def read_manifest(directory: str | Path, check_seal: bool = True) -> Manifest:
+    """The manifest of a cache directory (or a manifest file). ``check_seal``: refuse a manifest edited after it
+    was written (``step_cache.cache.sealing``); ``verify`` turns it off to report that among its findings."""
     directory = Path(directory)
     if not directory.exists():
         # "no manifest" kept in the text: callers (and tests) that matched the old message still do
@@ -315,7 +329,10 @@ def read_manifest(directory: str | Path) -> Manifest:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise ManifestError(f"{path}: unreadable manifest ({error})") from None
-    return Manifest.from_dict(data, origin=str(path))
+    manifest = Manifest.from_dict(data, origin=str(path))
+    if check_seal and (problem := seal_problem(data, str(path))):
+        raise ManifestError(problem)
+    return manifest
 
 
 def extraction_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

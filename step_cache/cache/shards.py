@@ -14,10 +14,12 @@ import h5py
 import numpy as np
 
 from step_cache.cache.files import file_sha256
+from step_cache.cache.identity import normal_root, qualified_groups, qualify
 from step_cache.cache.integrity import IntegrityError, check_shards
 from step_cache.cache.manifest import (
     Manifest,
     ManifestError,
+    ShardRecord,
     TokenLayout,
     extraction_differences,
     read_manifest,
@@ -37,14 +39,16 @@ from step_cache.cache.shard_file import (
     read_shard_settings,
     shard_name,
 )
-from step_cache.catalog import source_video
 
 
-def _normal_root(root: str | None) -> str | None:
-    """A recorded videos root without trailing slashes ("/data/x/" and "/data/x" are one root)."""
-    if not root:
-        return None
-    return root.rstrip("/") or "/"
+def _has_roots(manifest: Manifest) -> bool:
+    """Whether a manifest merges parts of several video roots (its shard entries record each part's root)."""
+    return any(record.root is not None for record in manifest.shards)
+
+
+def shard_root(manifest: Manifest, record: ShardRecord) -> str | None:
+    """The videos root of a shard's keys: its entry's (a merge of several roots), else the cache's."""
+    return normal_root(record.root if record.root is not None else manifest.source.get("videos"))
 
 
 class ShardSet:
@@ -70,7 +74,7 @@ class ShardSet:
                 check_shards(directory, manifest.shards, progress=progress)
         self.paths: list[Path] = []
         parts: list[dict[str, np.ndarray]] = []
-        sources: list[int] = []  # which of the directories given each shard comes from
+        groups: list[tuple[int, str | None]] = []  # per shard: the directory given it comes from, and its root
         for source, (directory, manifest) in enumerate(zip(self.directories, self.manifests, strict=True)):
             for record in manifest.shards:
                 path = directory / record.file
@@ -84,15 +88,16 @@ class ShardSet:
                     )
                 self.paths.append(path)
                 parts.append(meta)
-                sources.append(source)
+                groups.append((source, shard_root(manifest, record)))
         if not parts:
             raise ShardError(f"{', '.join(map(str, self.directories))}: no completed shards yet")
         self.shard_sizes = np.array([len(p["labels"]) for p in parts])
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)])
         meta = {key: np.concatenate([p[key] for p in parts]) for key in (*METADATA, *VIEW_METADATA)}
         self.labels: np.ndarray = meta["labels"]
-        # A video's identity: its key within one cache; across combined caches, the root it came from + its key.
-        self.videos: np.ndarray = self._video_identities(parts, sources) if len(self.directories) > 1 else meta["video"]
+        # A video's identity: its key within one root; across roots, the root it came from + its key.
+        several = len(set(groups)) > 1
+        self.videos: np.ndarray = self._video_identities(parts, groups) if several else meta["video"]
         self.clip_index: np.ndarray = meta["clip"]
         self.splits: np.ndarray = meta["split"]
         self.frame_indices: np.ndarray = meta["frame_indices"]
@@ -103,48 +108,25 @@ class ShardSet:
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 
-    def _video_identities(self, parts: list[dict[str, np.ndarray]], sources: list[int]) -> np.ndarray:
-        """Per-clip video identities of combined caches. A key is a path relative to the videos root its cache was
-        extracted from (manifest ``source.videos``), with ``#start-end`` for a segment; splits group clips by source
-        file (the key without that suffix). Two datasets extracted from different roots may share source files
-        (approach/approach_000.mp4 in both): every cache that shares a source file with a cache of another root has
-        *all* its keys qualified with its root, ``ROOT/KEY``, so each root's file stays one group and a cache's names
-        do not change when a further cache joins. Other caches keep their keys. The same key from the same root in
-        two caches (or one cache given twice) is the same video twice: refused, since metrics average clips per
-        video and splits keep a video on one side."""
-        roots = [_normal_root(manifest.source.get("videos")) for manifest in self.manifests]
-        keys: list[list[str]] = [[] for _ in self.directories]  # each cache's distinct keys, in clip order
-        for meta, source in zip(parts, sources, strict=True):
-            keys[source].extend(np.unique(meta["video"]).tolist())
-        first_holder: dict[tuple[str | None, str], int] = {}
-        file_roots: dict[str, dict[str | None, list[int]]] = {}  # source file -> root -> caches holding it
-        for source, cache_keys in enumerate(keys):
-            root = roots[source]
-            for key in dict.fromkeys(cache_keys):
-                holder = first_holder.setdefault((root, key), source)
-                if holder != source:
-                    first, second = self.directories[holder], self.directories[source]
-                    origin = f"both extracted from {root}" if root else "neither records its videos root"
-                    raise ShardError(
-                        f"video {key} is in both {first} and {second} ({origin}): that is the same video twice; "
-                        "give each cache directory once and leave out caches that repeat another's videos"
-                    )
-                holders = file_roots.setdefault(source_video(key), {}).setdefault(root, [])
-                if source not in holders:
-                    holders.append(source)
-        qualified = {
-            source
-            for by_root in file_roots.values()
-            if len(by_root) > 1
-            for holders in by_root.values()
-            for source in holders
-            if roots[source]
-        }
+    def _video_identities(self, parts: list[dict[str, np.ndarray]], groups: list[tuple[int, str | None]]) -> np.ndarray:
+        """Per-clip video identities of combined caches, or of a cache merged from several roots: each shard's group
+        is (the directory it was given in, its root); keys are qualified where groups of other roots share a source
+        file (``step_cache.cache.identity``)."""
+        order = list(dict.fromkeys(groups))
+        keys: list[list[str]] = [[] for _ in order]  # each group's distinct keys, in clip order
+        for meta, group in zip(parts, groups, strict=True):
+            keys[order.index(group)].extend(np.unique(meta["video"]).tolist())
+        names = [
+            f"{self.directories[source]} (its part from {root})" if _has_roots(self.manifests[source]) else
+            str(self.directories[source])
+            for source, root in order
+        ]  # fmt: skip
+        qualified = qualified_groups(keys, [root for _, root in order], names)
         return np.concatenate([
-            np.array([f"{str(roots[source]).rstrip('/')}/{video}" for video in meta["video"].tolist()], dtype=object)
-            if source in qualified
+            np.array([qualify(video, group[1]) for video in meta["video"].tolist()], dtype=object)
+            if order.index(group) in qualified
             else meta["video"]
-            for meta, source in zip(parts, sources, strict=True)
+            for meta, group in zip(parts, groups, strict=True)
         ])  # fmt: skip
 
     # -- shape information -----------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
@@ -13,6 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from step_cache.cache.files import file_sha256
+from step_cache.cache.identity import qualified_groups, qualify
 from step_cache.cache.integrity import remember
 from step_cache.cache.manifest import (
     MANIFEST_NAME,
@@ -24,7 +26,9 @@ from step_cache.cache.manifest import (
 )
 from step_cache.cache.projection import check_projection
 from step_cache.cache.quantize import SCALE_DTYPE
-from step_cache.cache.shard_file import METADATA, STRING, VIEW_METADATA
+from step_cache.cache.sealing import SEAL_KEY, seal_problem
+from step_cache.cache.shard_file import METADATA, STRING, VIEW_METADATA, ShardError, read_shard_metadata
+from step_cache.cache.shards import shard_root
 
 # videos that may have augmented views (step_cache.extraction.views.VIEW_SPLITS): training, or no split
 _VIEW_SPLITS = ("train", "")
@@ -62,10 +66,23 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
     report = VerifyReport(directory)
     started = time.perf_counter()
     try:
-        manifest = read_manifest(directory)
+        manifest = read_manifest(directory, check_seal=False)  # an edited manifest is reported, then checked on
     except ManifestError as error:
         report.problems.append(str(error))
         return report
+    stored = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
+    if problem := seal_problem(stored, str(directory / MANIFEST_NAME)):
+        report.problems.append(problem)
+    elif SEAL_KEY not in stored:
+        report.warnings.append(
+            f"{directory / MANIFEST_NAME}: no manifest_sha256 (written by an older step-cache), so edits to it "
+            "cannot be detected"
+        )
+    try:
+        prefixes = _identity_prefixes(directory, manifest)
+    except ShardError as error:
+        report.problems.append(str(error))
+        prefixes = {}
     if (projection := manifest.extraction["tokens"].get("projection")) and (
         problem := check_projection(directory, projection)
     ):
@@ -74,11 +91,12 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
     splits: dict[str, str] = {}  # video -> its split
     for record in tqdm(manifest.shards, desc="verify", unit="shard", disable=not progress):
         report.shards += 1
-        problems = _check_shard(directory / record.file, record, manifest, checksums, seen_videos, splits)
+        problems = _check_shard(
+            directory / record.file, record, manifest, checksums, seen_videos, splits, prefixes.get(record.file, "")
+        )
         report.problems += [f"{directory / record.file}: {p}" for p in problems]
         report.clips += record.clips
         report.bytes += record.bytes
-    stored = json.loads((directory / MANIFEST_NAME).read_text(encoding="utf-8"))
     if stored.get("num_clips") != manifest.num_clips or stored.get("num_videos") != manifest.num_videos:
         report.problems.append(
             f"{directory / MANIFEST_NAME}: num_clips/num_videos ({stored.get('num_clips')}/{stored.get('num_videos')})"
@@ -101,6 +119,25 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
         report.warnings.append(f"{path}: unfinished shard of an interrupted run; the next extract removes it")
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _identity_prefixes(directory: Path, manifest: Manifest) -> dict[str, str]:
+    """In a cache merged from several video roots: ``ROOT/`` for each shard whose keys readers qualify with their
+    root (``step_cache.cache.identity``), so that same-named videos of two roots are not duplicates. {} otherwise."""
+    if not any(record.root is not None for record in manifest.shards):
+        return {}
+    groups: dict[str | None, list[str]] = {}
+    for record in manifest.shards:
+        keys = groups.setdefault(shard_root(manifest, record), [])
+        with contextlib.suppress(OSError, KeyError, ValueError):  # an unreadable shard is reported below
+            keys += read_shard_metadata(directory / record.file)["video"].tolist()
+    roots = list(groups)
+    qualified = qualified_groups(list(groups.values()), roots, [f"{directory} (its part from {r})" for r in roots])
+    return {
+        record.file: qualify("", shard_root(manifest, record))
+        for record in manifest.shards
+        if roots.index(shard_root(manifest, record)) in qualified
+    }
 
 
 def _check_views(seen_videos: dict[str, str], splits: dict[str, str], count: int) -> list[str]:
@@ -132,6 +169,7 @@ def _check_shard(
     checksums: bool,
     seen_videos: dict[str, str],
     splits: dict[str, str],
+    prefix: str = "",
 ) -> list[str]:
     if not path.is_file():
         return ["missing"]
@@ -143,7 +181,7 @@ def _check_shard(
         problems.append("sha256 differs from the manifest (altered)")
     try:
         with h5py.File(path, "r") as handle:
-            problems += _check_contents(handle, record, manifest, seen_videos, splits, record.file)
+            problems += _check_contents(handle, record, manifest, seen_videos, splits, record.file, prefix)
     except (OSError, KeyError, ValueError) as error:
         problems.append(f"unreadable ({' '.join(str(error).split())[:200]})")
     if checksums and not problems:
@@ -158,6 +196,7 @@ def _check_contents(
     seen_videos: dict[str, str],
     splits: dict[str, str],
     name: str,
+    prefix: str = "",
 ) -> list[str]:
     if not handle.attrs.get("complete", False):
         return ["not marked complete"]
@@ -194,7 +233,8 @@ def _check_contents(
     videos = handle["video"].asstr()[...] if handle["video"].dtype == STRING else handle["video"][...]
     views = handle["view"][...] if "view" in handle else np.zeros(record.clips, np.int32)
     split_names = handle["split"].asstr()[...]
-    for video, clip, view, split in zip(videos, handle["clip"][...], views, split_names, strict=True):
+    for key_in_root, clip, view, split in zip(videos, handle["clip"][...], views, split_names, strict=True):
+        video = f"{prefix}{key_in_root}"  # its identity: qualified by its root where readers qualify it
         key = f"{video}#clip{clip}#view{view}"
         if key in seen_videos:
             problems.append(

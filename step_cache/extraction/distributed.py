@@ -17,9 +17,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from step_cache.cache.identity import qualified_groups
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Manifest, ManifestError, ShardRecord, read_manifest, write_manifest
-from step_cache.cache.shards import check_compatible
+from step_cache.cache.shards import check_compatible, read_shard_metadata, shard_root
 from step_cache.extraction.parts import PARTS_DIR, part_directory, part_of, partition
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
     """Write ``OUT/manifest.json`` listing the shards of every part (default: all of ``OUT/parts``).
 
     Parts must have identical extraction settings and class lists (extract computes classes from the whole
-    catalogue before partitioning, so they do). Unfinished parts are merged with a warning.
+    catalogue before partitioning, so they do). Unfinished parts are merged with a warning. Parts extracted from
+    different video folders keep their videos apart: each shard entry then records its part's root (format 4) and
+    readers qualify colliding keys with it. A part given twice, or a copy of another, is refused.
     """
     out = Path(out)
     part_dirs = [Path(p) for p in parts] if parts else find_parts(out)
@@ -58,6 +61,7 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
     first = manifests[0]
     for directory, manifest in zip(part_dirs[1:], manifests[1:], strict=True):
         check_compatible(first, manifest, str(part_dirs[0]), str(directory))
+    roots = check_identities(part_dirs, manifests)
     shards: list[ShardRecord] = []
     failures = []
     warnings = []
@@ -67,7 +71,10 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
                 "%s: this part has not finished; merging the %d videos it holds", directory, manifest.num_videos
             )
         prefix = os.path.relpath(directory, out)
-        shards += [ShardRecord(**{**vars(r), "file": f"{prefix}/{r.file}"}) for r in manifest.shards]
+        shards += [
+            ShardRecord(**{**vars(r), "file": f"{prefix}/{r.file}", "root": shard_root(manifest, r) if roots else None})
+            for r in manifest.shards
+        ]
         failures += manifest.failures
         warnings += manifest.warnings
     merged = Manifest(
@@ -82,6 +89,8 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
             **first.source,
             "parts": [os.path.relpath(p, out) for p in part_dirs],
             "finished": all(m.source.get("finished", False) for m in manifests),
+            # several roots: each shard entry names its own, and no single root holds the merged cache's keys
+            **({"videos": None, "roots": roots} if roots else {}),
         },
         storage=first.storage,
     )
@@ -91,6 +100,33 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
     with DirectoryLock(out):
         write_manifest(out, merged)
     return merged
+
+
+def check_identities(part_dirs: Sequence[Path], manifests: Sequence[Manifest]) -> list[str | None]:
+    """Refuse parts that are the same cache twice (a shard of equal sha256: the same directory, another path to
+    it, or a copy) or that hold the same video of the same root; return the parts' distinct video roots when there
+    are several (their shard entries then record them), else []."""
+    holders: dict[str, tuple[int, str]] = {}  # shard sha256 -> the part (its position) and file that hold it
+    for index, (directory, manifest) in enumerate(zip(part_dirs, manifests, strict=True)):
+        for record in manifest.shards:
+            holder, file = holders.setdefault(record.sha256, (index, record.file))
+            if holder != index:
+                other = part_dirs[holder]
+                how = "given twice" if other.resolve() == directory.resolve() else f"a copy of {other}"
+                raise ManifestError(
+                    f"merge: {directory} is {how} ({directory / record.file} has the sha256 of {other / file}): "
+                    "its clips would count twice; give each part once"
+                )
+    groups: dict[tuple[int, str | None], list[str]] = {}  # (part, root) -> its video keys
+    for index, (directory, manifest) in enumerate(zip(part_dirs, manifests, strict=True)):
+        for record in manifest.shards:
+            keys = groups.setdefault((index, shard_root(manifest, record)), [])
+            if (directory / record.file).is_file():  # a missing shard is verify's to report
+                keys += read_shard_metadata(directory / record.file)["video"].tolist()
+    names = [f"{part_dirs[index]}" for index, _ in groups]
+    qualified_groups(list(groups.values()), [root for _, root in groups], names)  # same root, same key: refused
+    distinct = list(dict.fromkeys(root for _, root in groups))
+    return distinct if len(distinct) > 1 else []
 
 
 def torchrun_environment() -> tuple[int, int, int] | None:

@@ -34,6 +34,7 @@ from step_cache.cache.writer import (
     resume_refusal,
 )
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
+from step_cache.cpu_budget import worker_count
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeTask
@@ -229,8 +230,8 @@ def _pairs_beside(annotations: str | Path | None) -> Path | None:
 
 
 def _default_workers(device_type: str) -> int:
-    cores = os.cpu_count() or 1
-    return min(32, cores) if device_type == "cuda" else max(1, min(8, cores - 1))
+    # from the thread budget (affinity, CPU quota, --threads), not the host's core count
+    return worker_count(32, spare=0) if device_type == "cuda" else worker_count(8)
 
 
 def _run(

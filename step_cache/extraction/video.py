@@ -3,8 +3,11 @@ a bad video gives."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,11 +174,46 @@ def quiet_decoder_logs() -> None:
     os.close(devnull)
 
 
+@contextlib.contextmanager
+def decoder_logs_silenced() -> Iterator[None]:
+    """Silence FFmpeg's and decord's stderr lines for the duration, in a process that keeps its own stderr (the
+    ``timeline`` command): an unreadable file then gives our one-line error only. File descriptor 2 is redirected
+    and restored, under a lock with a count, so nested or concurrent uses restore the real stderr last.
+    STEP_CACHE_DECODER_LOGS=1 keeps the decoders' lines, as for ``quiet_decoder_logs``."""
+    global _silenced, _saved_stderr
+    if os.environ.get("STEP_CACHE_DECODER_LOGS") == "1":
+        yield
+        return
+    with _silence_lock:
+        if _silenced == 0:
+            sys.stderr.flush()
+            _saved_stderr = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        _silenced += 1
+    try:
+        yield
+    finally:
+        with _silence_lock:
+            _silenced -= 1
+            if _silenced == 0 and _saved_stderr is not None:
+                os.dup2(_saved_stderr, 2)
+                os.close(_saved_stderr)
+                _saved_stderr = None
+
+
+_silence_lock = threading.Lock()
+_silenced = 0  # decoder_logs_silenced blocks open
+_saved_stderr: int | None = None  # the real stderr while they are
+
+
 __all__ = [
     "DecodedClips",
     "VideoDecodeError",
     "declared_frames",
     "decode_clips",
     "decode_clips_on_device",
+    "decoder_logs_silenced",
     "quiet_decoder_logs",
 ]

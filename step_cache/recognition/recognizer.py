@@ -78,8 +78,12 @@ class Recognizer:
     def push(self, frame: np.ndarray) -> Prediction | None:
         """Feed the next frame, (H, W, 3) RGB uint8; returns the prediction of the window it completes, if any."""
         frame = np.asarray(frame)
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"a frame must be (H, W, 3) RGB uint8, got {frame.shape} {frame.dtype}")
+        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or 0 in frame.shape[:2]:
+            empty = " (an empty frame)" if frame.size == 0 else ""
+            raise ValueError(
+                f"Recognizer.push: a frame must be (H, W, 3) RGB uint8 with H, W >= 1, got {frame.shape} "
+                f"{frame.dtype}{empty}"
+            )
         finished = self.runner.push(self.frames_seen, frame)
         self.frames_seen += 1
         if not finished:

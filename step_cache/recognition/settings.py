@@ -24,8 +24,12 @@ class RunSettingsError(ValueError):
 
 def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
     """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, image size,
-    patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum)."""
+    patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum).
+    For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted from: then
+    ``compaction`` says how to compact their tokens into the run's."""
     extraction = record["data"]["extraction"]
+    check_rebuildable(extraction)
+    compacted = compaction(extraction)
     recorded = extraction["weights"]
     crop = extraction["preprocessing"]["crop"]
     return {
@@ -35,10 +39,58 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "clips": int(extraction["sampling"]["clips"]),
         # The model's input size is the crop; passing it rebuilds the same model (a square crop: one number).
         "image_size": int(crop) if isinstance(crop, int) else None,
-        "pool_patches": int(extraction["tokens"].get("patch_pool", 1)),
-        "dtype": str(extraction["tokens"]["dtype"]),
+        "pool_patches": compacted["source_pool"] if compacted else int(extraction["tokens"].get("patch_pool", 1)),
+        "dtype": compacted["source_dtype"] if compacted else str(extraction["tokens"]["dtype"]),
         "seed": int(recorded.get("seed", 0)),
     }
+
+
+def compaction(extraction: dict[str, Any]) -> dict[str, Any] | None:
+    """How ``step-cache compact`` rewrote the run's cache when extraction alone does not give its tokens (patches
+    pooled from stored values, int8 tokens read back as floats): the extracted cache's ``source_dtype`` and
+    ``source_pool``, and compact's ``pool_patches`` and ``dtype``. None when extraction gives the tokens (compact
+    to int8 writes what ``extract --dtype int8`` writes)."""
+    tokens = extraction.get("tokens", {})
+    pooled = tokens.get("pooled_after_storage")
+    if not pooled and "dequantized_from" not in tokens:
+        return None
+    source_pool = int(pooled["patch_pool"]) if pooled else int(tokens.get("patch_pool", 1))
+    return {
+        "source_dtype": str(pooled["dtype"] if pooled else tokens["dequantized_from"]),
+        "source_pool": source_pool,
+        "pool_patches": int(tokens.get("patch_pool", 1)) // max(1, source_pool),
+        "dtype": str(tokens["dtype"]),
+    }
+
+
+def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> None:
+    """Refuse, before any video is decoded, a run whose tokens no extraction of videos gives: synthetic tokens, or
+    tokens projected on principal directions (``compact --project``). ``streaming`` (``timeline``,
+    ``Recognizer``, which encode frame by frame without a cache to compact) also refuses the other compacted
+    caches, which ``predict --videos`` reproduces by compacting the extracted tokens the same way."""
+    tokens = extraction.get("tokens", {})
+    if extraction.get("backbone", {}).get("name") == "synthetic" or "crop" not in extraction.get("preprocessing", {}):
+        raise RunSettingsError(
+            "--run: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it cannot "
+            "classify videos; use predict --features with a cache of the same kind"
+        )
+    if projection := tokens.get("projection"):
+        raise RunSettingsError(
+            f"--run: the run was trained on tokens projected on {projection.get('components')} principal directions "
+            "(step-cache compact --project), which cannot be rebuilt from videos; to classify videos, train on a "
+            "cache without --project"
+        )
+    if streaming and (compacted := compaction(extraction)):
+        what = []
+        if compacted["pool_patches"] > 1:
+            what.append(f"--pool-patches {compacted['pool_patches']}: patches averaged from stored tokens")
+        if "dequantized_from" in tokens:
+            what.append(f"--dtype {compacted['dtype']}: {compacted['source_dtype']} tokens read back")
+        raise RunSettingsError(
+            f"--run: the run was trained on a cache rewritten by step-cache compact ({'; '.join(what)}), whose "
+            "tokens timeline and Recognizer do not reproduce frame by frame; use predict --videos (which compacts "
+            "the same way), or train on a cache extracted with those settings"
+        )
 
 
 def _weights_argument(record: dict[str, Any], recorded: dict[str, Any], given: str | Path | None) -> str:
@@ -107,6 +159,7 @@ def _recorded_weights_path(record: dict[str, Any]) -> Path:
 
 def load_run_backbone(record: dict[str, Any], weights: str | Path | None = None) -> tuple[Backbone, ExtractOptions]:
     """The backbone of the run's cache, rebuilt; refused when its settings differ from the recorded ones."""
+    check_rebuildable(record["data"]["extraction"], streaming=True)  # before the backbone is built
     options = ExtractOptions(**extract_options(record, weights), progress=False)
     backbone = load_backbone(
         options.backbone, options.weights, options.image_size, options.pool_patches, options.seed, options.dtype

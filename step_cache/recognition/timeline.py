@@ -9,6 +9,7 @@ prob_1, ...``), ``segments.csv`` (``segments.py``) and ``timeline.png`` (``plot.
 from __future__ import annotations
 
 import csv
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +19,14 @@ import torch
 from tqdm import tqdm
 
 from step_cache.extraction.frame_rate import frame_rate
-from step_cache.extraction.video import decode_clips
+from step_cache.extraction.video import decode_clips, decoder_logs_silenced
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.plot import plot_timeline
 from step_cache.recognition.segments import Segment, merge_segments
 from step_cache.recognition.stream import WindowLogits, WindowRunner
 from step_cache.recognition.windows import WindowError, WindowPlan, plan_windows
 
+log = logging.getLogger(__name__)
 CHUNK_BYTES = 256 * 2**20  # decoded full-size pixels held at once
 
 
@@ -59,12 +61,31 @@ class Timeline:
         """Seconds of video per second of compute."""
         return self.frames / self.fps / self.seconds if self.seconds else float("inf")
 
+    @property
+    def short(self) -> str | None:
+        """What to say when the video is shorter than one window (None otherwise): it is then one window of the
+        whole video, sampled as extraction samples a short video (frames repeated when it has fewer than T)."""
+        if self.frames >= self.plan.length:
+            return None
+        few = self.frames < self.plan.frames
+        repeated = f", fewer than the run's {self.plan.frames} per clip, so frames are repeated" if few else ""
+        return (
+            f"{self.video}: {self.frames} frames ({self.frames / self.fps:.2f} s) is shorter than one window of "
+            f"{self.plan.length} frames ({self.plan.length / self.fps:.2f} s): one window of the whole video{repeated}"
+        )
+
     def summary(self) -> str:
         labels = ", ".join(f"{s.label} {s.start_s:.1f}-{s.end_s:.1f} s" for s in self.segments[:6])
         more = " ..." if len(self.segments) > 6 else ""
+        windows = (
+            f"1 window of the whole video, {self.frames} frames (shorter than one window of {self.plan.length}) "
+            f"at {self.fps:g} fps"
+            if self.short
+            else f"{len(self.results)} windows of {self.plan.length} frames every {self.plan.stride} "
+            f"({self.plan.length / self.fps:.2f} s / {self.plan.stride / self.fps:.2f} s at {self.fps:g} fps)"
+        )
         return (
-            f"{self.video}: {len(self.results)} windows of {self.plan.length} frames every {self.plan.stride} "
-            f"({self.plan.length / self.fps:.2f} s / {self.plan.stride / self.fps:.2f} s at {self.fps:g} fps); "
+            f"{self.video}: {windows}; "
             f"{self.frames_encoded} of {self.frames} frames encoded; {self.realtime_factor:.2f}x real time; "
             f"{len(self.segments)} segments: {labels or 'none confident enough'}{more}"
         )
@@ -83,12 +104,16 @@ def run_timeline(
     """Logits of every window of ``video`` (no files written)."""
     video = Path(video)
     started = time.perf_counter()
-    first = decode_clips(video, 1)  # the frame count and size, and a clear error for an unreadable file
-    rate = fps or frame_rate(video)
+    with decoder_logs_silenced():  # an unreadable file: our one-line error, not FFmpeg's lines before it
+        first = decode_clips(video, 1)  # the frame count and size, and a clear error for an unreadable file
+        rate = fps or frame_rate(video)
     if not rate:
         raise WindowError(f"{video}: the container states no frame rate; give it (--fps)")
     total = first.num_frames
     plan = plan_windows(rate, model.frames, model.clips, window, stride, model.typical_duration())
+    if total < plan.length:
+        option = f" (--window {window:g} s is longer than the video)" if window is not None else ""
+        log.warning("%s%s", Timeline(video, rate, plan, model.classes, [], frames=total).short, option)
     windows = plan.over(total)
     needed = np.zeros(total, dtype=bool)
     for w in windows:
@@ -100,7 +125,8 @@ def run_timeline(
         for start in range(0, total, chunk):
             stop = min(total, start + chunk)
             if needed[start:stop].any():
-                decoded = decode_clips(video, stop - start, 1, start, stop)
+                with decoder_logs_silenced():
+                    decoded = decode_clips(video, stop - start, 1, start, stop)
                 for index, frame in zip(decoded.frame_indices[0].tolist(), decoded.frames, strict=True):
                     if needed[index]:
                         results += runner.push(index, frame)

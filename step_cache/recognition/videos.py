@@ -4,7 +4,9 @@ The videos go through the very extraction the run's cache came from (``extract``
 the run: same backbone and weights, preprocessing, frames and clips per video, token dtype) into a cache, and
 ``predict`` reads that cache: the tokens, and so the answers, are the ones the probe would have got from a cache
 extracted by hand. The cache lives in a temporary folder that is removed afterwards, unless ``cache`` names a
-folder to keep (re-running with the same ``cache`` resumes: videos already there are not decoded again).
+folder to keep (re-running with the same ``cache`` resumes: videos already there are not decoded again). A run
+on a cache rewritten by ``step-cache compact`` (pooled patches, int8 read back as floats) gets its videos extracted
+like the cache that was compacted, then compacted the same way (``settings.compaction``).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from step_cache.cache.manifest import Failure
+from step_cache.cache.compact import compact
+from step_cache.cache.manifest import Failure, ManifestError, read_manifest
 from step_cache.catalog import VIDEO_EXTENSIONS, CatalogError, VideoItem
-from step_cache.extraction.engine import extract
-from step_cache.recognition.settings import extract_options
+from step_cache.extraction.engine import ExtractionError, extract
+from step_cache.recognition.settings import compaction, extract_options
 from step_cache.training import runs
 from step_cache.training.evaluation import predict
 from step_cache.training.run_status import usable_checkpoint
@@ -44,6 +47,26 @@ class VideoPredictions:
         return text
 
 
+def _refuse_unreadable(videos: Path, directory: Path) -> None:
+    """When no video could be read, raise an ExtractionError that lists every reason (the temporary cache that
+    recorded them is about to be removed); otherwise return, and the original error stands."""
+    try:
+        manifest = read_manifest(directory)
+    except ManifestError:
+        return
+    if manifest.num_videos or not manifest.failures:
+        return
+    reasons = "; ".join(failure.reason for failure in manifest.failures[:_LISTED])
+    more = f"; and {len(manifest.failures) - _LISTED} more" if len(manifest.failures) > _LISTED else ""
+    raise ExtractionError(
+        f"{videos}: none of the {len(manifest.failures)} videos could be read: {reasons}{more} (--cache DIR keeps "
+        "every reason in DIR/manifest.json)"
+    )
+
+
+_LISTED = 5  # unreadable videos named in the error when none could be read
+
+
 def predict_videos(
     run_dir: str | Path,
     videos: str | Path,
@@ -58,7 +81,7 @@ def predict_videos(
     batch_size: int | None = None,
     progress: bool = True,
 ) -> VideoPredictions:
-    """Write ``predict``'s CSV (``video, clips, label, class_1, prob_1, ...``) for the videos at ``videos``: one
+    """Write ``predict``'s CSV (``video, clips, label, short, class_1, ...``) for the videos at ``videos``: one
     file, a folder (``<class>/`` sub-folders fill ``label``), or the rows of ``annotations`` (paths relative to
     ``videos``). Unreadable videos are skipped and returned with their reason."""
     if top_k < 1:
@@ -74,16 +97,30 @@ def predict_videos(
         items, videos = [VideoItem(path=videos.name)], videos.parent
     keep = cache is not None
     directory = Path(cache) if keep else Path(tempfile.mkdtemp(prefix="step-cache-predict-"))
+    # A run on a cache rewritten by step-cache compact (pooled, or int8 read back): extract like its source cache
+    # into a temporary folder, then compact into ``directory`` the same way, so the probe gets its kind of tokens.
+    compacted = compaction(record["data"]["extraction"])
+    extracted_to = Path(tempfile.mkdtemp(prefix="step-cache-predict-")) if compacted else directory
     try:
-        extracted = extract(
-            videos, directory, annotations=annotations, items=items, device=device, workers=workers,
-            batch_size=batch_size, progress=progress, **options,
-        )  # fmt: skip
+        try:
+            extracted = extract(
+                videos, extracted_to, annotations=annotations, items=items, device=device, workers=workers,
+                batch_size=batch_size, progress=progress, **options,
+            )  # fmt: skip
+        except ExtractionError:
+            if not keep or compacted:  # the error names the manifest of a folder removed below: give the reasons
+                _refuse_unreadable(videos, extracted_to)
+            raise
         for failure in extracted.failures:
             log.warning("unreadable: %s", failure.reason)
+        if compacted:
+            compact(
+                extracted_to, directory, dtype=compacted["dtype"], pool_patches=compacted["pool_patches"],
+                progress=progress,
+            )  # fmt: skip
         path = predict(run_dir, directory, out_csv, top_k=top_k, device=device)
         failures = sorted(extracted.manifest.failures, key=lambda f: f.video)
         return VideoPredictions(path, extracted.manifest.num_videos, failures, directory if keep else None)
     finally:
-        if not keep:
-            shutil.rmtree(directory, ignore_errors=True)
+        for folder in {directory, extracted_to} - ({directory} if keep else set()):
+            shutil.rmtree(folder, ignore_errors=True)

@@ -11,9 +11,12 @@ from one random stream.
 Members of another seed than the first (``train-probe --seeds``) get their own initial weights but the first
 member's batches, views and validation split, so their spread measures initialisation (and dropout) alone.
 
-A member can be stopped after any epoch (``on_epoch`` returns True: an Optuna pruner said so). It is then
-*dropped from the stack* — its parameters, optimizer state and best weights are indexed away — rather than
-frozen with lr 0, so the remaining epochs cost only what the surviving members need.
+A member can be stopped after any epoch (``on_epoch`` returns True: an Optuna pruner said so; it has no final
+metrics then), or stop by itself when its own early-stopping rule says so (``training/early_stopping.py``, on its
+own best epoch; it gets its final metrics from its best weights right then, as ``train_probe`` would). Either way
+it is *dropped from the stack* — its parameters, optimizer state and best weights are indexed away — rather than
+frozen with lr 0, so the remaining epochs cost only what the surviving members need and a stopped member's results
+cannot change afterwards.
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ from step_cache.probes import build_probe, count_parameters
 from step_cache.stacking.adamw import StackedAdamW
 from step_cache.stacking.grouping import full_options, group_by_shape, shape_key
 from step_cache.stacking.members import StackedProbes
+from step_cache.stacking.resume import restore_stack, stack_state
 from step_cache.stacking.shared_data import DataCache, TrainingData
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, with_schedule
+from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches
 from step_cache.training.optimization import schedule_steps
+from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
 from step_cache.training.views import epoch_plan
 
@@ -52,8 +58,8 @@ MemberCallback = Callable[[int, dict[str, Any]], bool]  # (member index, epoch r
 class MemberResult:
     config: TrainConfig  # with the probe's full options, as train_probe records them
     history: list[dict[str, Any]] = field(default_factory=list)  # train_probe's metrics.jsonl lines
-    metrics: dict[str, Any] | None = None  # train_probe's metrics.json content; None when stopped early
-    stopped_after: int | None = None  # the epoch after which on_epoch stopped it
+    metrics: dict[str, Any] | None = None  # train_probe's metrics.json content; None when pruned or diverged
+    stopped_after: int | None = None  # the epoch after which on_epoch or early stopping stopped it
     weights: dict[str, torch.Tensor] | None = None  # best checkpoint (with keep_weights)
     diverged: str | None = None  # why training stopped when the loss became non-finite (then metrics is None)
 
@@ -119,6 +125,8 @@ class StackedRun:
         self.eval_batch_size = first.eval_batch_size or 4 * first.batch_size
         self.training_time = TrainingTime()  # of the whole stack
         self.start_epoch = 0  # > 0 after restore()
+        self.bar: RunProgress | None = None  # train-probe --seeds: one bar for the whole run (training.progress)
+        self.keep_weights = False  # results keep their best weights (set by run())
 
     # -- training ----------------------------------------------------------------------------------------
     def train_step(
@@ -143,27 +151,32 @@ class StackedRun:
         train = train_epoch(
             self.data.source, plan, self.device, self.train_step, members=(members,),
             description=f"epoch {epoch + 1}/{first.epochs} ({members} probes)", progress=first.progress,
-            augment=augment,
+            augment=augment, run_bar=self.bar,
         )  # fmt: skip
         self.training_time.add(train)
         return train
 
     # -- evaluation --------------------------------------------------------------------------------------
-    def member_logits(self, indices: np.ndarray, order: str = "original") -> np.ndarray:
-        """(K, N, C) float32 logits of every active member, frames reordered by ``order``."""
-        self.stack.train(False)
+    def member_logits(
+        self, indices: np.ndarray, order: str = "original", stack: StackedProbes | None = None
+    ) -> np.ndarray:
+        """(K, N, C) float32 logits of every member of ``stack`` (default: the active ones), frames reordered by
+        ``order``."""
+        stack = stack or self.stack
+        stack.train(False)
         outputs = forward_batches(
-            self.stack, self.data.source, indices, batch_size=self.eval_batch_size, device=self.device,
+            stack, self.data.source, indices, batch_size=self.eval_batch_size, device=self.device,
             amp=self.first.amp, order=order,
         )  # fmt: skip
-        self.stack.train(True)
+        stack.train(True)
         return torch.cat(outputs, dim=1).numpy()
 
-    def evaluate(self, indices: np.ndarray, orders: bool) -> list[dict[str, Any]]:
-        """``inference.evaluate_clips`` for every active member (per video, order metrics with ``orders``)."""
+    def evaluate(self, indices: np.ndarray, orders: bool, stack: StackedProbes | None = None) -> list[dict[str, Any]]:
+        """``inference.evaluate_clips`` for every member of ``stack`` (default: the active ones; per video, order
+        metrics with ``orders``)."""
         shards = self.data.shards
         return evaluate_logits(
-            lambda order: self.member_logits(indices, order), shards.labels[indices], shards.videos[indices],
+            lambda order: self.member_logits(indices, order, stack), shards.labels[indices], shards.videos[indices],
             shards.classes, self.data.pairs, orders=orders,
         )  # fmt: skip
 
@@ -207,8 +220,18 @@ class StackedRun:
             if on_epoch is not None and on_epoch(member, self.results[member].history[-1]):
                 self.results[member].stopped_after = epoch + 1
                 stopped.append(slot)
-        if stopped or diverged:
-            self.drop(sorted(stopped + diverged))
+        finished = [slot for slot, member in enumerate(self.active) if slot not in stopped + diverged
+                    and should_stop(self.configs[member], epoch + 1, self.best_epoch[member])]  # fmt: skip
+        if finished:
+            self.finish(finished)
+        for slot in finished:
+            member = self.active[slot]
+            self.results[member].stopped_after = epoch + 1
+            config = self.configs[member]  # debug: a sweep batch would print one line per trial
+            log.debug("member %d (seed %d, lr %g): %s", member, config.seed, config.lr,
+                      describe_stop(config, epoch + 1, self.best_epoch[member]))  # fmt: skip
+        if stopped or diverged or finished:
+            self.drop(sorted(stopped + diverged + finished))
         top = max((self.best[m][0] for m in range(len(self.configs))), default=float("nan"))
         log.debug(
             "epoch %d/%d: %d probes trained, best val top-1 so far %.3f%s", epoch + 1, self.first.epochs,
@@ -226,23 +249,24 @@ class StackedRun:
         self.best_params = {name: value[index] for name, value in self.best_params.items()}
         self.smoothing = self.smoothing[index]
 
-    def final_metrics(self, keep_weights: bool) -> None:
-        """train_probe's metrics.json for every member still active, from its best checkpoint."""
-        if not self.active:
-            return
-        self.stack.load(self.best_params)
-        val = self.evaluate(self.data.splits.val, orders=True)
-        test = self.evaluate(self.data.splits.test, orders=True) if len(self.data.splits.test) else None
+    def finish(self, slots: list[int]) -> None:
+        """train_probe's metrics.json (and, with ``keep_weights``, the best weights) of the active members at
+        ``slots``, from their best checkpoints; the stack's own parameters are left as they are."""
+        index = torch.tensor(slots, device=self.device)
+        best = self.stack.subset(index, {name: value[index] for name, value in self.best_params.items()})
+        val = self.evaluate(self.data.splits.val, orders=True, stack=best)
+        test = self.evaluate(self.data.splits.test, orders=True, stack=best) if len(self.data.splits.test) else None
         shards = self.data.shards
-        for slot, member in enumerate(self.active):
+        for position, slot in enumerate(slots):
+            member = self.active[slot]
             metrics = final_metrics(
                 probe=self.first.probe,
                 best_epoch=self.best_epoch[member],
                 epochs=self.first.epochs,
                 classes=shards.classes,
                 pairs=self.data.pairs,
-                val=val[slot],
-                test=test[slot] if test is not None else None,
+                val=val[position],
+                test=test[position] if test is not None else None,
                 parameters=self.parameters,
                 parameters_without_head=self.parameters_without_head,
                 training_time=self.training_time,
@@ -250,9 +274,11 @@ class StackedRun:
                 device=str(self.device),
             )
             metrics["stacked_members"] = len(self.configs)
+            config, done = self.configs[member], len(self.results[member].history)
+            metrics["early_stop"] = early_stop_record(config, done, self.best_epoch[member])
             self.results[member].metrics = metrics
-            if keep_weights:
-                self.results[member].weights = self.stack.member_state_dict(slot)
+            if self.keep_weights:
+                self.results[member].weights = best.member_state_dict(position)
 
     def run(
         self,
@@ -262,61 +288,29 @@ class StackedRun:
     ) -> list[MemberResult]:
         """Train the remaining epochs (all, or those after a ``restore``), then the final metrics.
         ``after_epoch(epochs_done)`` runs after each epoch (``train-probe --seeds`` saves ``state()`` there)."""
+        self.keep_weights = keep_weights
         for epoch in range(self.start_epoch, self.first.epochs):
+            if not self.active:  # restored after every member had stopped
+                break
+            if self.bar is not None:
+                self.bar.start_epoch(epoch)
             self.run_epoch(epoch, on_epoch)
             if not self.active:
                 break
             if after_epoch is not None:
                 after_epoch(epoch + 1)
-        self.final_metrics(keep_weights)
+        if self.active:
+            self.finish(list(range(len(self.active))))
         return self.results
 
-    # -- resume ------------------------------------------------------------------------------------------
+    # -- resume (stacking.resume) ---------------------------------------------------------------------------
     def state(self, epochs_done: int) -> dict[str, Any]:
-        """Everything ``restore`` needs to continue exactly after ``epochs_done`` epochs, on the CPU. Only for a
-        stack whose members are all still active (a multi-seed run; a sweep drops members and does not resume)."""
-        if len(self.active) != len(self.configs):
-            raise RuntimeError("a stack that dropped members cannot be checkpointed")
-
-        def cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-            return {name: value.detach().cpu().clone() for name, value in tensors.items()}
-
-        return {
-            "epoch": epochs_done,
-            "params": cpu(self.stack.params),
-            "best_params": cpu(self.best_params),
-            "exp_avg": cpu(self.optimizer.exp_avg),
-            "exp_avg_sq": cpu(self.optimizer.exp_avg_sq),
-            "optimizer_steps": self.optimizer.steps,
-            "best": [list(score) for score in self.best],
-            "best_epoch": list(self.best_epoch),
-            "histories": [result.history for result in self.results],
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "training_time": [self.training_time.seconds, self.training_time.data_wait, self.training_time.clips],
-        }
+        """Everything ``restore`` needs to continue exactly after ``epochs_done`` epochs (``resume.stack_state``)."""
+        return stack_state(self, epochs_done)
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a ``state()``: parameters, optimizer moments and step, best checkpoints, histories, RNG."""
-        self.stack.load(state["params"])
-        for name, value in state["best_params"].items():
-            self.best_params[name] = value.to(self.device)
-        for own, saved in (
-            (self.optimizer.exp_avg, state["exp_avg"]),
-            (self.optimizer.exp_avg_sq, state["exp_avg_sq"]),
-        ):
-            for name, value in saved.items():
-                own[name].copy_(value)
-        self.optimizer.steps = int(state["optimizer_steps"])
-        self.best = [tuple(score) for score in state["best"]]
-        self.best_epoch = list(state["best_epoch"])
-        for result, history in zip(self.results, state["histories"], strict=True):
-            result.history = list(history)
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.training_time = TrainingTime(*state["training_time"])
-        self.start_epoch = int(state["epoch"])
+        """Continue from a ``state()`` (``resume.restore_stack``)."""
+        restore_stack(self, state)
 
 
 def train_stacked(

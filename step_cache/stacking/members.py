@@ -59,6 +59,15 @@ class StackedProbes:
         }
         self.buffers = {name: b[index.to(b.device)] for name, b in self.buffers.items()}
 
+    def subset(self, index: torch.Tensor, params: dict[str, torch.Tensor]) -> StackedProbes:
+        """The members at ``index`` with ``params`` (already indexed, e.g. their best weights) as a separate stack
+        to evaluate; this one is left as it is."""
+        view = copy.copy(self)
+        view.params = params
+        view.buffers = {name: b[index.to(b.device)] for name, b in self.buffers.items()}
+        view.base = copy.deepcopy(self.base)  # own train/eval mode
+        return view
+
     def snapshot(self) -> dict[str, torch.Tensor]:
         """A detached copy of the stacked parameters."""
         return {name: p.detach().clone() for name, p in self.params.items()}

@@ -6,12 +6,19 @@ worker of a shared study):
 - ``trials.csv``: the same, one row per trial, one column per parameter and metric.
 - ``best.json``: the best completed trial: its parameters, its full training config and metrics, and the summary
   of ``best-run/`` — that config retrained alone by ``train_probe`` (a normal train-probe run directory).
+
+Each file is replaced atomically and never with fewer finished trials than it held: outcomes in a study are
+permanent, and a run whose study is not the one the files came from is refused before it trains
+(``check_resume``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -21,9 +28,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from step_cache.cache.files import atomic_write_text
 from step_cache.cache.shards import ShardSet
+from step_cache.sweeps.search import SweepError
 from step_cache.sweeps.space import SearchSpace
+from step_cache.sweeps.storage import SweepStorage, has_outcome
 from step_cache.training import runs
-from step_cache.training.config import LOCAL_FIELDS, TrainConfig
+from step_cache.training.config import LOCAL_FIELDS, TrainConfig, with_config_defaults
 from step_cache.training.trainer import TrainResult, train_probe
 
 TRIALS_JSON, TRIALS_CSV, BEST_JSON, BEST_RUN = "trials.json", "trials.csv", "best.json", "best-run"
@@ -33,6 +42,7 @@ SUMMARY_KEYS = (
     "stacked_members",
 )  # fmt: skip
 _STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1}
+log = logging.getLogger(__name__)
 
 
 def _maximize(study: optuna.Study) -> bool:
@@ -55,11 +65,13 @@ def _last_reported(trial: FrozenTrial) -> float | None:
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """Every trial but surplus ones, completed first by objective, then pruned by their last reported value."""
+    """Every trial with an outcome or running, completed first by objective, then pruned by their last reported
+    value. Left out: surplus trials, queued ones, and those failed because their worker died or was interrupted
+    (their re-queued copy is listed instead)."""
     sign = -1 if _maximize(study) else 1
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if trial.user_attrs.get("surplus"):
+        if not (has_outcome(trial) or (trial.state == TrialState.RUNNING and not trial.user_attrs.get("surplus"))):
             continue
         metrics = dict(trial.user_attrs.get("metrics", {}))
         rows.append({
@@ -71,6 +83,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "params": dict(trial.params),
             "metrics": metrics,
             "worker": trial.user_attrs.get("worker"),
+            "failure": trial.user_attrs.get("failure"),
+            "retry_of": trial.system_attrs.get("failed_trial"),
             "duration_s": trial.duration.total_seconds() if trial.duration is not None else None,
         })  # fmt: skip
 
@@ -113,15 +127,71 @@ def best_record(study: optuna.Study, metric: str, space: SearchSpace) -> dict[st
     }
 
 
+def _finished(content: dict[str, Any]) -> int:
+    if "finished" in content:
+        return int(content["finished"])
+    return sum(r["state"] in ("COMPLETE", "PRUNED") or bool(r.get("failure")) for r in content.get("trials", []))
+
+
+def check_resume(out: Path, store: SweepStorage, study: optuna.Study, trials: int) -> int:
+    """The number of trials with an outcome in ``study``, after checking that ``out``'s files (if any) came from
+    this study: a sweep started afresh over them would replace their trials with fewer. Logs where the sweep
+    stands."""
+    done = sum(has_outcome(t) for t in study.get_trials(deepcopy=False))
+    path = out / TRIALS_JSON
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            raise SweepError(f"{path}: not valid JSON; move it away to start the sweep afresh") from None
+        before = _finished(previous)
+        other = previous.get("storage", store.label) != store.label or (
+            before and previous.get("study") != study.study_name
+        )
+        if other or before > done:
+            raise SweepError(
+                f"{path}: holds {before} finished trials of another study ({previous.get('study')!r}, "
+                f"{previous.get('storage', 'not resumable: no study.journal')}); choose another --out"
+            )  # fmt: skip
+    where = f"study {study.study_name!r} in {store.label}" if store.shared else str(out)
+    if done >= trials:
+        log.info("%s: the sweep is finished (%d of %d trials done); nothing to train", where, done, trials)
+    elif done:
+        log.info("%s %s: %d of %d trials done, %d left", "joining" if store.shared else "resuming", where, done,
+                 trials, trials - done)  # fmt: skip
+    return done
+
+
+def retrained(out: Path, best: dict[str, Any]) -> dict[str, Any] | None:
+    """best.json's record of ``best-run/`` when it was retrained from this same best trial and finished."""
+    try:
+        record = json.loads((out / BEST_JSON).read_text()).get("best_run")
+    except (OSError, ValueError):
+        return None
+    if record and record.get("number") == best["number"] and (out / BEST_RUN / "metrics.json").is_file():
+        return record
+    return None
+
+
 def write_results(
-    out: Path, study: optuna.Study, metric: str, space: SearchSpace, best_run: TrainResult | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Write trials.json, trials.csv and best.json (when a trial completed); returns (rows, best)."""
+    out: Path, study: optuna.Study, metric: str, space: SearchSpace, storage: str = "journal",
+    best_run: TrainResult | dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:  # fmt: skip
+    """Write trials.json, trials.csv and best.json (when a trial completed); returns (rows, best). ``storage``
+    names where the study lives (checked when the sweep resumes)."""
     rows = trial_rows(study)
+    finished = sum(has_outcome(t) for t in study.get_trials(deepcopy=False))
+    before = 0
+    with contextlib.suppress(OSError, ValueError):  # no file yet (or unreadable: replaced)
+        before = _finished(json.loads((out / TRIALS_JSON).read_text()))
+    if before > finished:  # the guarantee, whatever happens around it: never fewer
+        raise SweepError(f"{out / TRIALS_JSON}: holds {before} finished trials, the study {finished}; not replaced")
     runs.write_json(out / TRIALS_JSON, {
         "metric": metric,
         "direction": study.direction.name.lower(),
         "study": study.study_name,
+        "storage": storage,
+        "finished": finished,
         "space": space.describe(),
         "trials": rows,
     })  # fmt: skip
@@ -133,12 +203,17 @@ def write_results(
     atomic_write_text(out / TRIALS_CSV, table.getvalue())
     best = best_record(study, metric, space)
     if best is not None:
-        if best_run is not None:
+        if isinstance(best_run, TrainResult):
             best["best_run"] = {
+                "number": best["number"],
                 "dir": str(best_run.run_dir),
                 metric: best_run.metrics.get(metric),
                 **{key: best_run.metrics.get(key) for key in ("top1", "pair_accuracy", "reversed_top1")},
             }
+        elif best_run is not None:
+            best["best_run"] = best_run
+        elif (kept := retrained(out, best)) is not None:  # best-run/ still holds this best trial's retrain
+            best["best_run"] = kept
         runs.write_json(out / BEST_JSON, best)
     return rows, best
 
@@ -150,7 +225,7 @@ def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], current: Tra
     The trial may have run on another worker of a shared study (another machine, GPU, data path): its
     machine-local settings (``LOCAL_FIELDS``: device, data mode, workers, progress, pairs file...) are replaced by
     those of ``current``, this process's sweep config, so the retrain runs here."""
-    options = dict(best["config"])
+    options = with_config_defaults(best["config"])  # a trial stored before early stopping existed ran in full
     probe = options.pop("probe")
     options.update({name: getattr(current, name) for name in LOCAL_FIELDS})
     return train_probe(shards, probe, out / BEST_RUN, overwrite=True, **options)

@@ -2,21 +2,20 @@
 batches (``stacked.train_stacked``), reporting each member's per-epoch validation metric to the pruner and
 telling the outcome (COMPLETE with the objective, or PRUNED).
 
-Storage is in memory by default; with an RDB URL (``sqlite:///sweep.db``, ``postgresql://...``) and a study name
-several processes or machines work on one study: ``trials`` is the study's total budget (trial numbers 0 to
-trials − 1), each worker asks while trials remain, and a trial asked past the budget in a race is told FAIL
-without running (marked ``surplus``). The first worker records the sweep's settings in the study; a worker with
-other settings is refused."""
+The study is kept in ``OUT/study.journal`` by default, so re-running the same command resumes it (``OUT`` has one
+writer at a time: ``OUT/.lock``); with an RDB URL (``sqlite:///sweep.db``, ``postgresql+psycopg://...``) and a
+study name several processes or machines work on one study. ``trials`` is the study's total of trials with an
+outcome (``storage.has_outcome``); each worker asks while fewer are claimed, and a trial asked past the budget in
+a race is told FAIL without running (marked ``surplus``). Trials of a dead worker are re-queued
+(``storage.requeue_stale``). The first worker records the sweep's settings in the study; a worker (or a resumed
+run) with other settings is refused."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import os
-import random
-import socket
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,35 +26,31 @@ import torch
 from optuna.trial import Trial, TrialState
 from tqdm import tqdm
 
+from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
-from step_cache.stacking.engine import MemberResult, train_stacked
 from step_cache.stacking.grouping import group_by_shape
 from step_cache.stacking.shared_data import DataCache
-from step_cache.sweeps.results import SUMMARY_KEYS, best_trial, retrain_best, write_results
+from step_cache.sweeps.batch import run_batch, worker_name
+from step_cache.sweeps.results import best_trial, check_resume, retrain_best, retrained, write_results
+from step_cache.sweeps.search import METRICS, SAMPLERS, SweepError, make_pruner, make_sampler
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
+from step_cache.sweeps.storage import (
+    DEFAULT_STUDY,
+    SweepStorage,
+    counts,
+    drop_leftovers,
+    is_surplus,
+    open_storage,
+    requeue_stale,
+)  # fmt: skip
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config, with_config_defaults
 from step_cache.training.run_data import resolve_pairs, token_subset
 from step_cache.training.token_data import select_tokens
 from step_cache.training.trainer import TrainResult
 
 log = logging.getLogger(__name__)
-
-# objective -> (direction, key of the per-epoch record reported to the pruner)
-METRICS = {
-    "top1": ("maximize", "val_top1"),
-    "top5": ("maximize", "val_top5"),
-    "mean_class_accuracy": ("maximize", "val_mean_class_accuracy"),
-    "pair_accuracy": ("maximize", "val_pair_accuracy"),
-    "loss": ("minimize", "val_loss"),
-}
-SAMPLERS = ("tpe", "random", "grid")
-PRUNERS = ("median", "none", "hyperband")
-
-
-class SweepError(ValueError):
-    """Sweep settings that cannot work (unknown sampler / pruner / metric, a study made with other settings)."""
 
 
 @dataclass
@@ -112,64 +107,13 @@ def validate_space(space: SearchSpace, probe: str, options: dict[str, Any], shar
                 raise SweepSpaceError(f"{name}={value}: {error}") from None
 
 
-class _AskTellGridSampler(optuna.samplers.GridSampler):
-    """GridSampler whose ``after_trial`` does not call ``study.stop()`` on an exhausted grid: that only works
-    inside ``study.optimize`` and raises under ask/tell, where the trial budget (capped at the grid size) ends the
-    loop instead."""
-
-    def after_trial(self, study: optuna.Study, trial: Any, state: TrialState, values: Any) -> None:
-        return None
-
-
-def make_sampler(name: str, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)  # constant_liar (the default) keeps parallel asks apart
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return _AskTellGridSampler(space.grid(), seed=seed)
-    raise SweepError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-
-
-def make_pruner(name: str, epochs: int | None) -> optuna.pruners.BasePruner:
-    if name == "median":
-        # Compares with *completed* trials at the same epoch, so the first batch of a sweep is never pruned;
-        # steps are 1-based epochs, and the first epoch is never judged (too early to tell).
-        return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
-    if name == "hyperband":  # epochs None (automatic schedule): "auto" takes the first finished trial's
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs or "auto", reduction_factor=3)
-    if name == "none":
-        return optuna.pruners.NopPruner()
-    raise SweepError(f"unknown pruner {name!r}; choose one of: {', '.join(PRUNERS)}")
-
-
-def _storage(url: str | None, attempts: int = 6) -> optuna.storages.BaseStorage | None:
-    if url is None:
-        return None
-    from sqlalchemy.exc import IntegrityError, OperationalError  # an Optuna dependency
-
-    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    for attempt in range(attempts):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        except (IntegrityError, OperationalError):
-            # Workers started together on a new database race to create its tables; the loser retries and then
-            # finds them made.
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1) + random.random() * 0.2)
-    return None
-
-
 def open_study(
-    storage: str | None, study_name: str | None, metric: str, sampler: optuna.samplers.BaseSampler,
+    store: SweepStorage, study_name: str, metric: str, sampler: optuna.samplers.BaseSampler,
     pruner: optuna.pruners.BasePruner, settings: dict[str, Any],
 ) -> optuna.Study:  # fmt: skip
     direction = METRICS[metric][0]
-    if storage is not None and study_name is None:
-        raise SweepError("--storage needs --study-name (the name several workers share)")
     study = optuna.create_study(
-        storage=_storage(storage), study_name=study_name, direction=direction, sampler=sampler, pruner=pruner,
+        storage=store.storage, study_name=study_name, direction=direction, sampler=sampler, pruner=pruner,
         load_if_exists=True,
     )  # fmt: skip
     if study.direction.name.lower() != direction:
@@ -180,67 +124,21 @@ def open_study(
         study.set_user_attr("sweep", settings)
     else:  # a study started before a setting existed ran it at its default
         stored = {**stored, "config": with_config_defaults(stored.get("config", {}), skip=LOCAL_FIELDS)}
-        differences = [f"{k}: {stored.get(k)!r} in the study, {settings.get(k)!r} here"
-                       for k in sorted(set(stored) | set(settings)) if stored.get(k) != settings.get(k)]  # fmt: skip
+        flat_stored, flat_settings = _flat(stored), _flat(settings)
+        differences = [f"{k}: {flat_stored.get(k)!r} in the study, {flat_settings.get(k)!r} here"
+                       for k in sorted(set(flat_stored) | set(flat_settings))
+                       if flat_stored.get(k) != flat_settings.get(k)]  # fmt: skip
         if differences:
-            raise SweepError(f"study {study_name!r} was started with other settings ({'; '.join(differences)})")
+            where = "" if store.shared else " (use the same options to resume it, or another --out)"
+            raise SweepError(f"study {study_name!r} was started with other settings ({'; '.join(differences)}){where}")
     return study
 
 
-def _finite(value: Any) -> float | None:
-    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else value
-
-
-def _record_result(trial: Trial, config: TrainConfig, result: MemberResult, metric: str) -> None:
-    if result.metrics is not None:
-        summary = {key: _finite(result.metrics.get(key)) for key in SUMMARY_KEYS}
-    else:  # stopped early: its last epoch's validation
-        last = result.history[-1]
-        summary = {key: _finite(last.get(f"val_{key}")) for key in ("top1", "top5", "mean_class_accuracy", "loss",
-                                                                     "pair_accuracy")}  # fmt: skip
-    summary["epochs_run"] = len(result.history)
-    trial.set_user_attr("metrics", summary)
-    trial.set_user_attr("config", dataclasses.asdict(config))
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-
-
-def run_batch(
-    study: optuna.Study, trials: Sequence[Trial], configs: Sequence[TrainConfig], data: DataCache, metric: str,
-    pruning: bool,
-) -> list[TrialState]:  # fmt: skip
-    """Train one batch of asked trials (stacked by shape) and tell Optuna each outcome; returns the states."""
-    report_key = METRICS[metric][1]
-
-    def on_epoch(index: int, record: dict[str, Any]) -> bool:
-        value = _finite(record.get(report_key))
-        if value is None:
-            return False
-        trials[index].report(value, record["epoch"])
-        return pruning and trials[index].should_prune()
-
-    told: dict[int, TrialState] = {}
-    try:
-        results = train_stacked(data.shards, configs, on_epoch=on_epoch, data=data)
-        for index, (trial, config, result) in enumerate(zip(trials, configs, results, strict=True)):
-            _record_result(trial, config, result, metric)
-            failure = result.diverged
-            if failure is None and result.metrics is not None and _finite(result.metrics.get(metric)) is None:
-                failure = f"{metric} is not a finite number (diverged?)"
-            if failure is not None:
-                trial.set_user_attr("failure", failure)
-                told[index] = TrialState.FAIL
-                study.tell(trial, state=TrialState.FAIL)
-            elif result.metrics is None:
-                told[index] = TrialState.PRUNED
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                told[index] = TrialState.COMPLETE
-                study.tell(trial, float(result.metrics[metric]))
-    finally:  # an error or Ctrl-C: no trial stays RUNNING forever
-        for index, trial in enumerate(trials):
-            if index not in told:
-                study.tell(trial, state=TrialState.FAIL)
-    return [told[index] for index in range(len(trials))]
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings with the training config's fields as ``config.NAME`` (a difference names the field)."""
+    flat = {k: v for k, v in settings.items() if k != "config"}
+    flat.update({f"config.{k}": v for k, v in (settings.get("config") or {}).items()})
+    return flat
 
 
 def sweep_settings(probe: str, metric: str, space: SearchSpace, config: TrainConfig, shards: ShardSet) -> dict:
@@ -268,6 +166,7 @@ def run_sweep(
     metric: str = "top1",
     storage: str | None = None,
     study_name: str | None = None,
+    heartbeat: int = 60,
     retrain: bool = True,
     plots: bool = True,
     **options: Any,
@@ -276,6 +175,8 @@ def run_sweep(
 
     ``options`` are ``TrainConfig`` fields shared by every trial (``epochs``, ``batch_size``, ``seed``, ...).
     ``trials`` is the study's total; ``parallel`` trials are asked at a time and trained as stacked batches.
+    The study is ``out/study.journal`` unless ``storage`` (an RDB URL) is given; re-running resumes it.
+    ``heartbeat``: seconds between the heartbeats of a trial in an RDB study (dead after 3 missed).
     """
     if metric not in METRICS:
         raise SweepError(f"unknown metric {metric!r}; choose one of: {', '.join(METRICS)}")
@@ -294,55 +195,88 @@ def run_sweep(
     validate_space(space, probe, options, shards)
     if metric == "pair_accuracy" and not resolve_pairs(shards, base.pairs):
         raise SweepError("--metric pair_accuracy needs mirrored class pairs (--pairs FILE or pairs in the cache)")
+    if storage is not None and study_name is None:
+        raise SweepError("--storage needs --study-name (the name several workers share)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(
-        storage, study_name, metric, make_sampler(sampler, space, base.seed), make_pruner(pruner, base.epochs),
-        sweep_settings(probe, metric, space, base, shards),
-    )  # fmt: skip
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = DataCache(shards)
-    bar = tqdm(total=trials, desc="trials", unit="trial", disable=not base.progress)
-    bar.update(min(trials, len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))))
-    try:
-        while True:
-            batch: list[Trial] = []
-            for _ in range(min(parallel, trials - len(study.get_trials(deepcopy=False)))):
-                trial = study.ask(space.distributions)
-                if trial.number >= trials:  # another worker took the last trials meanwhile
-                    trial.set_user_attr("surplus", True)
-                    study.tell(trial, state=TrialState.FAIL)
-                    break
-                batch.append(trial)
-            if not batch:
-                break
-            configs = [trial_config(probe, options, {**space.fixed, **trial.params}) for trial in batch]
-            states = run_batch(study, batch, configs, data, metric, pruning=pruner != "none")
-            write_results(out, study, metric, space)
-            bar.update(len(batch))
-            bar.set_postfix(best=_best_text(study))
-            log.info(
-                "trials %d-%d: %d stack(s), %d pruned; best %s %s", batch[0].number, batch[-1].number,
-                len(group_by_shape(configs)), states.count(TrialState.PRUNED), metric, _best_text(study),
-            )  # fmt: skip
-    finally:
-        bar.close()
-        data.close()  # streaming reader processes
-    rows, best = write_results(out, study, metric, space)
-    result = SweepResult(out, study, rows, best)
-    if best is not None and retrain:
-        result.best_run = retrain_best(out, shards, best, base)
-        rows, result.best = write_results(out, study, metric, space, best_run=result.best_run)
-    if plots and rows:
+    with DirectoryLock(out, writer="sweep") as lock:  # one writer per OUT: its journal, its tables, its best-run
+        if lock.replaced_stale:
+            log.info("%s: taking over from pid %s, which stopped while sweeping", out, lock.replaced_stale.get("pid"))
+        store = open_storage(storage, out, heartbeat)
+        study = open_study(
+            store, study_name or DEFAULT_STUDY, metric, make_sampler(sampler, space, base.seed),
+            make_pruner(pruner, base.epochs), sweep_settings(probe, metric, space, base, shards),
+        )  # fmt: skip
+        requeue_stale(study, store)
+        done = check_resume(out, store, study, trials)
+        data = DataCache(shards)
+        bar = tqdm(total=trials, desc="trials", unit="trial", disable=not base.progress, initial=min(done, trials))
         try:
-            require("matplotlib", "the sweep's plots", extra="sweep")
-        except MissingExtraError as error:
-            log.warning("no plots: %s", error)
-        else:
-            from step_cache.sweeps.plots import sweep_figures
+            _optimize(study, store, out, space, probe, options, data, bar, trials=trials, parallel=parallel,
+                      metric=metric, pruning=pruner != "none")  # fmt: skip
+        finally:
+            bar.close()
+            data.close()  # streaming reader processes
+        rows, best = write_results(out, study, metric, space, storage=store.label)
+        result = SweepResult(out, study, rows, best)
+        if best is not None and retrain and retrained(out, best) is None:  # not yet, or for another best trial
+            result.best_run = retrain_best(out, shards, best, base)
+            rows, result.best = write_results(out, study, metric, space, storage=store.label,
+                                              best_run=result.best_run)  # fmt: skip
+        if plots and rows:
+            try:
+                require("matplotlib", "the sweep's plots", extra="sweep")
+            except MissingExtraError as error:
+                log.warning("no plots: %s", error)
+            else:
+                from step_cache.sweeps.plots import sweep_figures
 
-            result.figures = sweep_figures(out)
+                result.figures = sweep_figures(out)
     return result
+
+
+def _optimize(
+    study: optuna.Study, store: SweepStorage, out: Path, space: SearchSpace, probe: str, options: dict[str, Any],
+    data: DataCache, bar: tqdm, *, trials: int, parallel: int, metric: str, pruning: bool,
+) -> None:  # fmt: skip
+    """Ask, train and tell batches until ``trials`` trials have an outcome. A worker of a shared study with nothing
+    left to ask waits while other workers' trials run, so it takes over any whose worker dies."""
+    waiting_said = False
+    while True:
+        done, running = counts(study)
+        batch: list[Trial] = []
+        for _ in range(min(parallel, trials - done - running)):
+            with warnings.catch_warnings():  # we record the heartbeats ourselves (store.beats), not optimize()
+                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+                trial = study.ask(space.distributions)
+            if is_surplus(study, trial, trials):  # another worker took the last trials meanwhile
+                trial.set_user_attr("surplus", True)
+                study.tell(trial, state=TrialState.FAIL)
+                break
+            trial.set_user_attr("worker", worker_name())  # who runs it: trials.json shows it while RUNNING
+            batch.append(trial)
+        if not batch:
+            done, running = counts(study)
+            if done >= trials or not store.shared:  # (the journal's only worker has nothing RUNNING elsewhere)
+                drop_leftovers(study)
+                return
+            if running and not waiting_said:
+                log.info("waiting for %d trial(s) running on other workers (re-queued here if their worker dies)",
+                         running)  # fmt: skip
+                waiting_said = True
+            time.sleep(min(store.heartbeat or 1, 5))  # also when a race left only queued trials: ask again
+            requeue_stale(study, store)
+            continue
+        configs = [trial_config(probe, {**options, "progress": False}, {**space.fixed, **t.params}) for t in batch]
+        with store.beats(trial._trial_id for trial in batch):
+            states = run_batch(study, batch, configs, data, metric, pruning=pruning, exclusive=not store.shared)
+        write_results(out, study, metric, space, storage=store.label)
+        bar.update(sum(state is not None for state in states))
+        bar.set_postfix(best=_best_text(study))
+        log.info(
+            "trials %d-%d: %d stack(s), %d pruned; best %s %s", batch[0].number, batch[-1].number,
+            len(group_by_shape(configs)), states.count(TrialState.PRUNED), metric, _best_text(study),
+        )  # fmt: skip
 
 
 def _best_text(study: optuna.Study) -> str:

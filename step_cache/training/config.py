@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from step_cache import __version__
+from step_cache.cpu_budget import recorded_threads
+from step_cache.training.early_stopping import resolve_patience
 from step_cache.training.optimization import default_lr, resolve_schedule, schedule_steps
 from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
 from step_cache.training.views import VIEW_MODES
@@ -44,6 +46,10 @@ class TrainConfig:
     token_drop: float = 0.0  # share of each frame's patch tokens dropped per training clip (augment.py)
     reverse_pairs: float = 0.0  # probability a mirrored-pair clip is reversed and relabelled as its partner
     views: str = "on"  # on: each epoch one of a training clip's cached views (extract --views); off: clean only
+    # Early stopping (training/early_stopping.py): stop after ``patience`` epochs without a better validation score
+    # (None: max(10, ceil(0.3 x epochs)), resolved with the schedule); off runs every planned epoch.
+    early_stop: bool = True
+    patience: int | None = None
     seed: int = 0
     seeds: int = 1  # > 1: seeds seed .. seed+seeds-1 trained together as one stack; mean ± std (training/seeds.py)
     val_fraction: float = 0.2  # of training videos held out, only when the cache has no "val" split
@@ -54,7 +60,7 @@ class TrainConfig:
     device: str = "auto"
     data: str = "auto"  # auto | memory | streaming
     memory_fraction: float = 0.5  # auto loads into RAM below this share of available memory
-    workers: int | None = None  # streaming reader processes (default: spare cores, at most 4)
+    workers: int | None = None  # streaming reader processes (default: spare threads of the CPU budget, at most 4)
     eval_batch_size: int | None = None  # default: 4 x batch_size
     progress: bool = True
 
@@ -84,6 +90,11 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
         (config.warmup_epochs >= 0, f"warmup_epochs must be >= 0, got {config.warmup_epochs}"),
         (config.seeds >= 1, f"seeds must be >= 1, got {config.seeds}"),
+        (config.patience is None or config.patience >= 1, f"patience must be >= 1, got {config.patience}"),
+        (
+            config.early_stop or config.patience is None,
+            "patience goes with early stopping: drop --no-early-stop (early_stop=False) or --patience",
+        ),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),
         (0 <= config.token_drop < 1, f"token_drop must be in [0, 1), got {config.token_drop}"),
@@ -108,9 +119,10 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
 
 def with_schedule(config: TrainConfig, train_clips: int) -> TrainConfig:
     """``config`` with ``epochs`` and ``batch_size`` resolved for ``train_clips`` training clips (see
-    ``optimization.resolve_schedule``); the values given stay as they are."""
+    ``optimization.resolve_schedule``), and the early-stopping patience for those epochs; the values given stay."""
     epochs, batch_size = resolve_schedule(config.epochs, config.batch_size, train_clips)
-    return replace(config, epochs=epochs, batch_size=batch_size)
+    patience = resolve_patience(config.early_stop, config.patience, epochs)
+    return replace(config, epochs=epochs, batch_size=batch_size, patience=patience)
 
 
 def schedule_record(requested: TrainConfig, resolved: TrainConfig, train_clips: int) -> dict[str, Any]:
@@ -141,16 +153,21 @@ def run_record(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
         "config": asdict(config),
         "data": data,
         "versions": versions(),
+        "threads": recorded_threads().record(),  # execution only: never compared on --resume
         "command": sys.argv,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
+# Settings whose default is not what a run recorded before they existed did: those runs never stopped early.
+PREDATING = {"early_stop": False}
+
+
 def with_config_defaults(stored: dict[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:
     """A stored config (config.json, a sweep study's settings) with the settings it predates at their defaults: a
-    run recorded before a setting existed (``views``, ``token_drop``) trained with its default. ``skip``: fields
-    the record leaves out on purpose (a study's execution-only fields)."""
-    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    run recorded before a setting existed (``views``, ``token_drop``) trained with its default, or with its
+    ``PREDATING`` value. ``skip``: fields the record leaves out on purpose (a study's execution-only fields)."""
+    defaults = {**json.loads(json.dumps(asdict(TrainConfig()))), **PREDATING}
     return {**{key: value for key, value in defaults.items() if key not in skip}, **stored}
 
 

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from step_cache.training.augment import Augment
+from step_cache.training.progress import RunProgress
 from step_cache.training.token_data import TokenSource
 
 # (tokens, labels) on the device -> (loss: () or (K,), logits: (B, C) or (K, B, C), learning rate(s) used), or the
@@ -65,11 +66,13 @@ def train_epoch(
     description: str = "",
     progress: bool = True,
     augment: Augment | None = None,
+    run_bar: RunProgress | None = None,
 ) -> dict[str, Any]:
     """Run ``step`` on every batch of ``plan``. Returns ``train_loss`` and ``train_top1`` (a float, or a list per
     member with ``members=(K,)``), ``lr`` (of the last step), ``train_s``, ``data_wait_s``, ``clips_per_s``,
     ``clips`` and ``finite`` (True, or a list per member: whether its loss and gradient norm stayed finite).
     ``augment`` (``augment.TokenAugmentation.for_epoch``) transforms each batch on the device before ``step``.
+    ``run_bar`` (``progress.RunProgress``): draw on the run's bar instead of a bar of this epoch.
 
     Without ``members`` a non-finite loss or gradient norm raises ``NonFiniteLossError`` (at the next progress
     update or at the end of the epoch). With ``members`` it does not: one diverged member must not stop the
@@ -83,7 +86,7 @@ def train_epoch(
     bad_norm = torch.zeros(members, device=device, dtype=torch.bool)  # the loss was finite there, the norm was not
     lrs: list[Any] = []  # the learning rate of each step (Python floats: free to keep), for the error message
     seen, done, wait = 0, 0, 0.0
-    bar = tqdm(total=len(plan), desc=description, unit="batch", leave=False, disable=not progress)
+    bar = run_bar or tqdm(total=len(plan), desc=description, unit="batch", leave=False, disable=not progress)
     start = time.perf_counter()
     try:
         batches = iter(source.batches(plan))
@@ -121,7 +124,8 @@ def train_epoch(
         if not members:
             _raise_if_diverged(first_bad, bad_value, bad_norm, description, lrs)
     finally:
-        bar.close()
+        if run_bar is None:  # the run's bar outlives the epoch
+            bar.close()
     elapsed = time.perf_counter() - start
     return {
         "train_loss": (loss_sum.double() / seen).tolist(),

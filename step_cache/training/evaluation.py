@@ -156,8 +156,9 @@ def predict(
     workers: int | None = None,
     batch_size: int = 256,
 ) -> Path:
-    """Write one CSV row per video of ``features`` (labelled or not): ``video, clips, label, class_1, prob_1, ...,
-    class_k, prob_k`` with clip logits averaged per video and probabilities from their softmax."""
+    """Write one CSV row per video of ``features`` (labelled or not): ``video, clips, label, short, class_1, prob_1,
+    ..., class_k, prob_k`` with clip logits averaged per video and probabilities from their softmax. ``short`` is
+    True for a video of fewer frames than the run's T (its clips repeat frames); their count is logged."""
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}")
     record, probe = load_probe(run_dir)
@@ -177,17 +178,24 @@ def predict(
     probabilities = torch.softmax(torch.from_numpy(video_logits), dim=1).numpy()
     ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     clips = Counter(shards.videos[indices].tolist())
+    short = set(shards.videos[indices][shards.short[indices]].tolist())
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with out_csv.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(
-            ["video", "clips", "label"] + [f"{kind}_{k + 1}" for k in range(top_k) for kind in ("class", "prob")]
+            ["video", "clips", "label", "short"]
+            + [f"{kind}_{k + 1}" for k in range(top_k) for kind in ("class", "prob")]
         )
         for row, (key, clip) in enumerate(zip(keys, first, strict=True)):
             label = shards.labels[clip]
-            cells: list[Any] = [key, clips[key], shards.classes[label] if label >= 0 else ""]
+            cells: list[Any] = [key, clips[key], shards.classes[label] if label >= 0 else "", key in short]
             for c in ranking[row]:
                 cells += [classes[c], f"{probabilities[row, c]:.6f}"]
             writer.writerow(cells)
+    if short:
+        log.warning(
+            "%d of %d videos had fewer frames than the run's %d per clip, so frames were repeated (short=True in %s)",
+            len(short), len(keys), shards.manifest.frames, out_csv,
+        )  # fmt: skip
     return out_csv

@@ -1,11 +1,11 @@
 """The files of a training run directory, written crash-safely (write a temporary file, then rename).
 
 - ``config.json``: everything needed to reproduce the run (hyperparameters, probe options, cache identity).
-- ``metrics.jsonl``: one JSON line per completed epoch.
+- ``metrics.jsonl``: one JSON line per completed epoch (appended between commits, ``run_commits.py``).
 - ``best.pt`` / ``last.pt``: probe weights only (a state dict of tensors), loadable with ``weights_only=True``.
-- ``last_state.pt``: everything ``--resume`` needs (weights, optimizer, scheduler, RNG, epoch, history). It is
-  the commit point of an epoch: ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are written after it and
-  rewritten from it on resume.
+- ``last_state.pt``: everything ``--resume`` needs (weights, best weights, optimizer, scheduler, RNG, epoch,
+  history). It is the commit point (after the first and last epoch and every ~30 s: ``run_commits.py``):
+  ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are written after it and rewritten from it on resume.
 - ``metrics.json``: final metrics of the best checkpoint.
 - ``checkpoints.json``: the sha256 of every checkpoint the run wrote (``run_checkpoints.py``), written after the
   checkpoint; a checkpoint that differs (copied in from another run, edited) is refused by every consumer.
@@ -165,8 +165,8 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def write_epoch_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
-    """Rewrite ``metrics.jsonl`` from the committed epoch records (so a crash never leaves an extra line); strict
-    JSON lines, checked all before the file is touched."""
+    """Rewrite ``metrics.jsonl`` from the committed epoch records (at a commit, and on resume, which so drops the
+    lines appended after the last commit); strict JSON lines, checked all before the file is touched."""
     path = run_dir / EPOCH_LOG
     lines = [strict_json(record, f"{path}: line {number}") + "\n" for number, record in enumerate(records, 1)]
     atomic_write_text(path, "".join(lines))

@@ -13,9 +13,10 @@ Run directory (``runs.py`` plus)::
     metrics.jsonl, best.pt      the first seed's (so evaluate, predict and report read it like a one-seed run)
     seeds/seed-<s>/             metrics.json, metrics.jsonl and best.pt of every seed
 
-After each epoch the whole stack (parameters, optimizer moments, best checkpoints, histories, RNG state) is
-saved to ``last_state.pt``, so ``--resume`` continues a killed run from its last completed epoch, exactly as a
-one-seed run does; a finished run is returned as it is.
+The whole stack (parameters, optimizer moments, best checkpoints, histories, RNG state) is committed to
+``last_state.pt`` as often as a one-seed run commits (``run_commits``: after the first and the last epoch and every
+~30 s), so ``--resume`` continues a killed run from its last commit, exactly as a one-seed run does; a finished run
+is returned as it is.
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ from step_cache.stacking.shared_data import DataCache
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
+from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import seed_statistics
 from step_cache.training.run_checkpoints import save_checkpoint
+from step_cache.training.run_commits import CommitClock, append_epoch
 from step_cache.training.run_data import data_record
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,7 @@ log = logging.getLogger(__name__)
 SEEDS_DIR = "seeds"
 # What each seed's metrics.json summarises in per_seed (the rest is the same for every seed).
 PER_SEED_KEYS = ("best_epoch", "top1", "top5", "mean_class_accuracy", "pair_accuracy", "reversed_top1",
-                 "reversed_pair_accuracy", "shuffled_top1", "shuffled_pair_accuracy", "loss")  # fmt: skip
+                 "reversed_pair_accuracy", "shuffled_top1", "shuffled_pair_accuracy", "loss", "early_stop")  # fmt: skip
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:
@@ -88,6 +91,9 @@ def train_seeds(
             stack.restore(state)
             log.info("resuming %s after epoch %d of %d", out, stack.start_epoch, resolved.epochs)
         log.info("%s: training %d seeds (%s) as one stack", config.probe, len(seeds), ", ".join(map(str, seeds)))
+        # As for one seed (run_commits): after the first and last epoch and every ~30 s; every epoch with on_epoch
+        # (a callback that stops the run must find every epoch before it committed).
+        clock = CommitClock(0.0 if on_epoch is not None else None)
 
         def first_seed(member: int, record: dict[str, Any]) -> bool:
             if member == 0 and on_epoch is not None:
@@ -96,14 +102,29 @@ def train_seeds(
 
         def commit(epochs_done: int) -> None:
             _raise_if_diverged(seeds, stack.results, config.lr)  # before a state with a diverged seed is saved
-            # The state file is the epoch's commit point, as for one seed; metrics.jsonl (the first seed's) follows.
+            if not clock.due(epochs_done, resolved.epochs):
+                if len(stack.results[0].history) == epochs_done:  # the first seed may have stopped early
+                    append_epoch(out, stack.results[0].history[-1])
+                return
+            # The state file is the commit point, as for one seed; metrics.jsonl (the first seed's) follows.
             runs.save_state(stack.state(epochs_done), out / runs.STATE)
             runs.write_epoch_log(out, stack.results[0].history)
+            clock.committed()
 
-        results = stack.run(first_seed, keep_weights=True, after_epoch=commit)
+        batches = batches_per_epoch(len(training.splits.train), resolved.batch_size)
+        label = f"{config.probe} x{len(seeds)} seeds"
+        stack.bar = RunProgress(label, resolved.epochs, batches, stack.start_epoch, config.progress)
+        try:
+            results = stack.run(first_seed, keep_weights=True, after_epoch=commit)
+        finally:
+            stack.bar.close()
     finally:
         data.close()
     _raise_if_diverged(seeds, results, config.lr)  # every seed diverged in the same epoch: no commit saw it
+    stops = [(seed, r.metrics["early_stop"]) for seed, r in zip(seeds, results, strict=True)]
+    if any(stop["stopped"] for _, stop in stops):
+        trained = ", ".join(f"seed {seed} {stop['epoch']}/{stop['planned_epochs']}" for seed, stop in stops)
+        log.info("%s: early stopping (patience %s), epochs trained: %s", config.probe, stops[0][1]["patience"], trained)
     return _write(out, seeds, results), results[0].history
 
 

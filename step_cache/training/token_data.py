@@ -26,6 +26,7 @@ from tqdm import tqdm
 from step_cache.cache.manifest import TokenLayout
 from step_cache.cache.quantize import SCALE_DTYPE, token_bytes
 from step_cache.cache.shards import ShardSet
+from step_cache.cpu_budget import worker_count
 from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
@@ -274,7 +275,8 @@ def choose_mode(mode: str, nbytes: int, memory_fraction: float = 0.5) -> str:
 
 
 def default_workers() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) - 1))
+    # from the thread budget (affinity, CPU quota, --threads), not the host's core count
+    return worker_count(4)
 
 
 def open_token_source(

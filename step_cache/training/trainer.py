@@ -26,10 +26,12 @@ from step_cache.probes import build_probe, count_parameters, probe_options
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, make_config, run_record, with_schedule
+from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
 from step_cache.training.metrics import format_percent, format_percent_spread, pair_indices
 from step_cache.training.optimization import build_optimizer, build_scheduler, schedule_steps
+from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import (
     NO_SCORE,
     TrainingTime,
@@ -38,7 +40,7 @@ from step_cache.training.records import (
     headline_figures,
     validation_score,
 )
-from step_cache.training.run_checkpoints import save_checkpoint
+from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
 from step_cache.training.run_data import check_splits, data_record, resolve_pairs, token_subset
 from step_cache.training.run_lock import hold_run_dir
 from step_cache.training.run_status import mark_failed, refuse_failed_resume, usable_checkpoint
@@ -107,6 +109,9 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.best, self.best_epoch = NO_SCORE, 0  # records.validation_score of the best epoch so far
+        self.best_weights: dict[str, torch.Tensor] | None = None  # kept in memory, written at each commit
+        self.commits = CommitClock()  # run_commits: after the first and last epoch, and every ~30 s
+        self.bar: RunProgress | None = None
         self.training_time = TrainingTime()
         self.source = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -144,46 +149,22 @@ class _Run:
             self.splits.val_source, self.source.mode, self.device,
         )  # fmt: skip
 
-    # -- resume ------------------------------------------------------------------------------------------
+    # -- resume (run_commits: what a commit writes, and when) --------------------------------------------
     def write_derived_files(self) -> None:
-        """last.pt (and best.pt when the last epoch is the best) and metrics.jsonl, from the committed state."""
-        save_checkpoint(self.run_dir, self.run_dir / runs.LAST, self.model)
-        if self.history and self.best_epoch == self.history[-1]["epoch"]:
-            save_checkpoint(self.run_dir, self.run_dir / runs.BEST, self.model)
-        runs.write_epoch_log(self.run_dir, self.history)
+        """last.pt, best.pt and metrics.jsonl, from the committed state."""
+        write_derived(self.run_dir, self.model, self.best_weights, self.history, self.best_epoch)
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.build_optimizer()
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        if self.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.start_epoch = int(state["epoch"])
-        self.history = list(state["history"])
-        self.best, self.best_epoch = tuple(state["best"]), int(state["best_epoch"])
-        self.training_time = TrainingTime(
-            float(state["train_time"]), float(state["data_wait"]), int(state["train_clips"])
-        )
+        restore_run(self, state)
         self.write_derived_files()  # whatever a kill left half-done after the last commit
         log.info("resuming %s after epoch %d of %d", self.run_dir, self.start_epoch, self.config.epochs)
 
-    def state(self, epoch: int) -> dict[str, Any]:
-        return {
-            "epoch": epoch,
-            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
-            "history": self.history,
-            "best": list(self.best),
-            "best_epoch": self.best_epoch,
-            "train_time": self.training_time.seconds,
-            "data_wait": self.training_time.data_wait,
-            "train_clips": self.training_time.clips,
-        }
+    def commit(self, epochs_done: int) -> None:
+        # The state file (with the best weights) is the commit point; last.pt, best.pt and metrics.jsonl are
+        # derived from it afterwards, and ``restore`` rewrites them, so a kill between any two writes loses nothing.
+        runs.save_state(run_state(self, epochs_done), self.run_dir / runs.STATE)
+        self.write_derived_files()
+        self.commits.committed()
 
     # -- one epoch ---------------------------------------------------------------------------------------
     def train_step(self, tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float, Any]:
@@ -208,7 +189,7 @@ class _Run:
         augment = self.augmentation.for_epoch(config.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.source, plan, self.device, self.train_step, description=f"epoch {epoch + 1}/{config.epochs}",
-            progress=config.progress, augment=augment,
+            progress=config.progress, augment=augment, run_bar=self.bar,
         )  # fmt: skip
         self.training_time.add(train)
         return train
@@ -230,12 +211,14 @@ class _Run:
         )
         if record["best"]:
             self.best, self.best_epoch = score, epoch + 1
+            self.best_weights = runs.weights_of(self.model)
         self.history.append(record)
-        # The state file (with the weights) is the epoch's commit point; last.pt, best.pt and metrics.jsonl are
-        # derived from it afterwards, and ``restore`` rewrites them, so a kill between any two writes loses nothing.
-        runs.save_state(self.state(epoch + 1), self.run_dir / runs.STATE)
-        self.write_derived_files()
-        log.info(
+        # A run about to stop early commits now: its best.pt must be the weights metrics.json reports.
+        if self.commits.due(epoch + 1, self.config.epochs) or should_stop(self.config, epoch + 1, self.best_epoch):
+            self.commit(epoch + 1)
+        else:
+            append_epoch(self.run_dir, record)
+        log.debug(
             "epoch %d/%d  loss %.4f  train %.3f  val top-1 %.3f  val loss %.4f%s",
             epoch + 1, self.config.epochs, record["train_loss"], record["train_top1"], val["top1"], val["loss"],
             "  (best)" if record["best"] else "",
@@ -245,7 +228,7 @@ class _Run:
     # -- final metrics -----------------------------------------------------------------------------------
     def final_metrics(self) -> dict[str, Any]:
         runs.load_weights(self.model, usable_checkpoint(self.run_dir))
-        return final_metrics(
+        metrics = final_metrics(
             probe=self.config.probe,
             best_epoch=self.best_epoch,
             epochs=self.config.epochs,
@@ -259,6 +242,8 @@ class _Run:
             data_mode=self.source.mode,
             device=str(self.device),
         )
+        metrics["early_stop"] = early_stop_record(self.config, len(self.history), self.best_epoch)
+        return metrics
 
 
 def train_probe(
@@ -309,19 +294,28 @@ def _train(
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:
         final = runs.read_final_metrics(run.run_dir)
-        if int(state["epoch"]) >= config.epochs and final is not None:
+        if final is not None and is_finished(config, int(state["epoch"]), int(state["best_epoch"])):
             return TrainResult(run.run_dir, final, list(state["history"]))
         run.restore(state)
     else:
         run.build_optimizer()
     run.open_data()
+    batches = batches_per_epoch(len(run.splits.train), config.batch_size)
+    if on_epoch is not None:
+        run.commits.every = 0.0  # on_epoch's contract: it sees each epoch after its commit (run_commits)
+    run.bar = RunProgress(config.probe, config.epochs, batches, run.start_epoch, config.progress)
     try:
         for epoch in range(run.start_epoch, config.epochs):
+            if should_stop(config, epoch, run.best_epoch):  # checked before each epoch: a resumed run too
+                log.info("%s: %s", config.probe, describe_stop(config, epoch, run.best_epoch))
+                break
+            run.bar.start_epoch(epoch)
             record = run.run_epoch(epoch)
             if on_epoch is not None:
                 on_epoch(record)
         metrics = run.final_metrics()
     finally:
+        run.bar.close()
         run.source.close()  # streaming reader processes
     runs.write_json(run.run_dir / runs.FINAL_METRICS, metrics)
     return TrainResult(run.run_dir, metrics, run.history)
