@@ -13,6 +13,8 @@ reported on the **test** split (mean ± std over seeds). One JSON line per (cach
 
     python bench/defaults.py CACHE [CACHE ...] --out defaults.jsonl [--probes step linear] [--seeds 3]
     python bench/defaults.py --table defaults.jsonl      # the markdown table of docs/training.md
+
+``--options '{"avgpool": true}'`` passes probe options to every run (one JSON object; the row records it).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def parse_args() -> argparse.Namespace:
         nargs="+",
         default=[f"{r['epochs']}x{r['batch_size']}" for r in SWEEP_RECIPES],
         help="the sweep's schedules as EPOCHSxBATCH (default: 30x64 100x16)",
+    )
+    parser.add_argument(
+        "--options", type=json.loads, default={}, help="probe options as one JSON object, e.g. '{\"avgpool\": true}'"
     )
     parser.add_argument("--table", type=Path, help="print the table of a --out file and exit")
     return parser.parse_args()
@@ -109,9 +114,10 @@ def measure(
     lrs: tuple[float, ...] = SWEEP_LRS,
     recipes: tuple[dict[str, int], ...] = SWEEP_RECIPES,
     first_seed: int = 0,
+    probe_options: dict | None = None,
 ) -> dict:
     shards = open_shards(cache)
-    base = {"progress": False, "data": "memory"}
+    base = {"progress": False, "data": "memory", "probe_options": dict(probe_options or {})}
     groups = {"default": [make_config(probe, {**base, "seed": first_seed + s}) for s in range(seeds)]}
     if not defaults_only:
         for recipe in recipes:
@@ -126,6 +132,7 @@ def measure(
     return {
         "cache": str(cache),
         "probe": probe,
+        "probe_options": dict(probe_options or {}),
         "train_clips": len(splits.train),
         "val_clips": len(splits.val),
         "test_clips": len(splits.test),
@@ -189,7 +196,9 @@ def main() -> None:
         return
     recipes = tuple(parse_recipe(text) for text in args.recipes)
     for cache, probe in pending(args.out, args.caches, args.probes):
-        row = measure(cache, probe, args.seeds, args.defaults_only, tuple(args.lrs), recipes, args.first_seed)
+        row = measure(
+            cache, probe, args.seeds, args.defaults_only, tuple(args.lrs), recipes, args.first_seed, args.options
+        )
         append_row(args.out, row)
         default = row["groups"]["default"]["test"]
         print(

@@ -97,6 +97,23 @@ def train_probe(
     mlp: Annotated[
         bool | None, typer.Option("--mlp/--no-mlp", help="STEP: full block with MLP instead of attention only.")
     ] = None,
+    output_projection: Annotated[
+        bool | None,
+        typer.Option(
+            "--output-projection/--no-output-projection",
+            help="attentive: apply the attention's output projection (released V-JEPA: no; jepa after PR 17: yes).",
+        ),
+    ] = None,
+    avgpool: Annotated[
+        bool | None,
+        typer.Option(
+            "--avgpool/--no-avgpool", help="linear: CLS token + mean of the patch tokens (DINOv2's use_avgpool)."
+        ),
+    ] = None,
+    layer_norm: Annotated[
+        bool | None,
+        typer.Option("--layer-norm/--no-layer-norm", help="linear: LayerNorm before the head (DINOv2: none)."),
+    ] = None,
     device: Device = "auto",
     data: DataMode = "auto",
     memory_fraction: Annotated[float, typer.Option(help="data=auto loads into RAM below this share.")] = 0.5,
@@ -127,6 +144,9 @@ def train_probe(
         "frame_pos": frame_pos,
         "global_cls": global_cls,
         "mlp": mlp,
+        "output_projection": output_projection,
+        "avgpool": avgpool,
+        "layer_norm": layer_norm,
     }
     with user_errors():
         result = run_training(

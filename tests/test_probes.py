@@ -69,8 +69,9 @@ def test_logits_shape_and_float16_tokens(name):
 
 def test_registry_lists_options_with_defaults():
     assert set(PROBES) == {"linear", "attentive", "self-attentive", "step"}
-    assert probe_options("linear") == {"dropout": 0.0}
-    assert probe_options("attentive") == {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0}
+    assert probe_options("linear") == {"dropout": 0.0, "avgpool": False, "layer_norm": True}
+    expected = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0, "output_projection": False}
+    assert probe_options("attentive") == expected
     assert probe_options("step") == {
         "num_heads": None,
         "dropout": 0.0,
@@ -270,7 +271,9 @@ def test_every_probe_learns_an_order_free_task(name):
 
 VARIANTS = [
     ("linear", {}),
+    ("linear", {"avgpool": True, "layer_norm": False}),
     ("attentive", {}),
+    ("attentive", {"output_projection": True}),
     ("self-attentive", {}),
     ("self-attentive", {"depth": 2}),
     ("step", {}),

@@ -16,6 +16,7 @@ from step_cache.probes.layers import ProbeConfigError, ProbeInputError, Stackabl
 from step_cache.probes.linear import LinearProbe
 from step_cache.probes.self_attentive import SelfAttentiveProbe
 from step_cache.probes.step import StepProbe
+from step_cache.probes.vjepa import attentive_from_vjepa
 
 __all__ = [
     "PROBES",
@@ -26,9 +27,11 @@ __all__ = [
     "SelfAttentiveProbe",
     "StackableDropout",
     "StepProbe",
+    "attentive_from_vjepa",
     "build_probe",
     "count_parameters",
     "probe_options",
+    "recorded_options",
 ]
 
 PROBES: dict[str, type[nn.Module]] = {
@@ -37,6 +40,13 @@ PROBES: dict[str, type[nn.Module]] = {
     "self-attentive": SelfAttentiveProbe,
     "step": StepProbe,
 }
+
+# A recorded attentive run without ``output_projection`` in its options was trained before the probe became
+# V-JEPA's function (issue 24): a different function (query LayerNormed, output projection, final LayerNorm).
+_OLD_ATTENTIVE = (
+    "was trained with the attentive probe from before it became V-JEPA's (a LayerNormed query, an output "
+    "projection and a final LayerNorm), which this step-cache no longer builds; train it again"
+)
 
 # Constructor arguments that describe the cache rather than the probe: not options.
 _SHAPE_ARGUMENTS = ("dim", "num_classes", "frames", "tokens_per_frame", "cls_index")
@@ -57,6 +67,14 @@ def probe_options(name: str) -> dict[str, Any]:
         for key, parameter in parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in _SHAPE_ARGUMENTS
     }
+
+
+def recorded_options(name: str, options: dict[str, Any], origin: str = "run") -> dict[str, Any]:
+    """The options to rebuild a recorded run's probe with (``options`` as its config.json has them); raises
+    ProbeConfigError naming ``origin`` for a run whose probe this step-cache no longer builds."""
+    if name == "attentive" and "output_projection" not in options:
+        raise ProbeConfigError(f"{origin} {_OLD_ATTENTIVE}")
+    return dict(options)
 
 
 def build_probe(

@@ -96,23 +96,28 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """Multi-head attention with one fused q/k/v projection (3·D² + 3·D) and an output projection (D² + D).
+    """Multi-head attention with one fused q/k/v projection (3·D² + 3·D) and an output projection (D² + D;
+    ``output_projection=False`` leaves it out, as V-JEPA's released attentive pooler does: docs/step.md).
 
     ``forward(x)`` is self-attention over all tokens. Where only a few rows matter (a pooling query, or the CLS
     row of the last block: all a probe classifies from), ``Block.pool`` computes them far more cheaply with
     ``pooling.attention_pool``.
     """
 
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, *, output_projection: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim) if output_projection else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, dim = x.shape
         q, k, v = self.qkv(x).unflatten(-1, (3, self.num_heads, dim // self.num_heads)).permute(2, 0, 3, 1, 4)
-        return self.proj(attend(q, k, v).transpose(1, 2).reshape(batch, length, dim))
+        return self.project(attend(q, k, v).transpose(1, 2).reshape(batch, length, dim))
+
+    def project(self, heads_out: torch.Tensor) -> torch.Tensor:
+        """The output projection of the concatenated heads (the identity without one)."""
+        return heads_out if self.proj is None else self.proj(heads_out)
 
 
 class MLP(nn.Module):
@@ -134,10 +139,19 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + attn(LN(x)) [+ MLP(LN(x))]. With ``mlp=False`` it is the attention
     sub-layer alone (STEP's simplified block: ~1/3 of the full block's parameters)."""
 
-    def __init__(self, dim: int, num_heads: int, *, mlp: bool, mlp_ratio: float, dropout: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        mlp: bool,
+        mlp_ratio: float,
+        dropout: float,
+        output_projection: bool = True,
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, output_projection=output_projection)
         self.attn_drop = StackableDropout(dropout)
         self.norm2 = nn.LayerNorm(dim) if mlp else None
         self.mlp = MLP(dim, mlp_ratio) if mlp else None
@@ -155,11 +169,16 @@ class Block(nn.Module):
         frame_pos: torch.Tensor | None = None,
         *,
         include_queries: bool,
+        query_norm: bool = True,
     ) -> torch.Tensor:
         """The block's output for the query rows (B, L, D) only, the context being [queries if
         include_queries; tokens (B, T, P, D) + frame_pos (T, D)] — what ``forward`` gives on that sequence
-        for those rows (a CLS token: include it; a pooling query: do not), at a fraction of the cost."""
-        pooled = attention_pool(self.attn, self.norm1, queries, tokens, frame_pos, include_queries=include_queries)
+        for those rows (a CLS token: include it; a pooling query: do not), at a fraction of the cost.
+        ``query_norm=False``: the queries reach the q projection without ``norm1`` (V-JEPA's cross-attention
+        block normalises only the context)."""
+        pooled = attention_pool(
+            self.attn, self.norm1, queries, tokens, frame_pos, include_queries=include_queries, query_norm=query_norm
+        )
         return self._mlp(queries + self.attn_drop(pooled))
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:

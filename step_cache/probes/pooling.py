@@ -14,7 +14,7 @@ from matmuls against the cached tokens x themselves:
 
 Token-side cost is O(H·L·N·D) for H heads and L queries, versus O(N·D²) naively, and every product with x goes
 through shared_matmul, so K vmapped members share one read of x and never copy it. Measured in docs/step.md.
-The token-side part runs in float32 even under autocast (see ``_pool_normed_tokens``).
+The token-side part runs in float32 even under autocast (see ``_pool_normed_tokens``); a float64 probe keeps float64.
 """
 
 from __future__ import annotations
@@ -34,7 +34,13 @@ def frame_token_stats(
     Always in float32, also under autocast: var(x + e) is assembled from several terms, which half precision
     would cancel badly."""
     with torch.autocast(tokens.device.type, enabled=False):
-        return _frame_token_stats(tokens.float(), None if frame_pos is None else frame_pos.float(), eps)
+        wide = _at_least_float32(tokens.dtype)
+        return _frame_token_stats(tokens.to(wide), None if frame_pos is None else frame_pos.to(wide), eps)
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half-precision inputs; float64 stays float64 (a float64 probe computes in float64)."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 def _frame_token_stats(
@@ -68,8 +74,9 @@ def _pool_normed_tokens(
     products cancel badly (6.8 % error at a mean offset of 5 in bf16; tests/test_autocast.py). These products
     are O(H·L·N·D), small next to anything that projects the tokens."""
     with torch.autocast(tokens.device.type, enabled=False):
-        q_tokens, normed_queries, tokens = q_tokens.float(), normed_queries.float(), tokens.float()
-        frame_pos = None if frame_pos is None else frame_pos.float()
+        wide = _at_least_float32(q_tokens.dtype)
+        q_tokens, normed_queries, tokens = q_tokens.to(wide), normed_queries.to(wide), tokens.to(wide)
+        frame_pos = None if frame_pos is None else frame_pos.to(wide)
         num_queries = normed_queries.shape[1]
         mean, rstd = frame_token_stats(tokens, frame_pos, eps)  # (B, T, P)
         flat_tokens = tokens.flatten(1, 2)  # (B, N, D)
@@ -101,10 +108,12 @@ def attention_pool(
     frame_pos: torch.Tensor | None = None,
     *,
     include_queries: bool,
+    query_norm: bool = True,
 ) -> torch.Tensor:
     """``attn`` (an Attention) of queries (B, L, D) over context = [queries if include_queries;
     tokens (B, T, P, D) + frame_pos (T, D)], where queries and context first pass through ``norm`` — exactly
-    ``attn`` applied to the LayerNormed, concatenated sequence, for the query rows only. Returns (B, L, D)."""
+    ``attn`` applied to the LayerNormed, concatenated sequence, for the query rows only. Returns (B, L, D).
+    With ``query_norm=False`` the q projection reads the queries as they are (the context is still normed)."""
     batch, num_queries, dim = queries.shape
     heads, head_dim = attn.num_heads, dim // attn.num_heads
     gamma, beta = norm.weight, norm.bias
@@ -113,7 +122,8 @@ def attention_pool(
     per_head = (heads, head_dim)
 
     normed_queries = F.layer_norm(queries, (dim,), eps=norm.eps)
-    q = F.linear(normed_queries * gamma + beta, w_q, b_q).unflatten(-1, per_head).transpose(1, 2)  # (B, H, L, hd)
+    q_input = normed_queries * gamma + beta if query_norm else queries
+    q = F.linear(q_input, w_q, b_q).unflatten(-1, per_head).transpose(1, 2)  # (B, H, L, hd)
     # Queries mapped into token space; heads and queries share one row axis R = H·L.
     q_tokens = torch.einsum("bhle,hed->bhld", q * head_dim**-0.5, w_k.unflatten(0, per_head)) * gamma
     q_tokens = q_tokens.flatten(1, 2)  # (B, R, D)
@@ -121,4 +131,4 @@ def attention_pool(
     pooled = _pool_normed_tokens(q_tokens, normed_queries, tokens, frame_pos, norm.eps, include_queries)
     pooled = (pooled.to(queries.dtype) * gamma + beta).unflatten(1, (heads, num_queries))  # (B, H, L, D)
     out = torch.einsum("bhld,hed->blhe", pooled, w_v.unflatten(0, per_head)).reshape(batch, num_queries, dim)
-    return attn.proj(out + b_v)
+    return attn.project(out + b_v)

@@ -41,7 +41,7 @@ class DataCache:
 
     def get(self, config: TrainConfig) -> TrainingData:
         shards = self.shards
-        selection = select_tokens(shards.layout, token_subset(config.tokens, config.probe, shards))
+        selection = select_tokens(shards.layout, token_subset(config, shards))
         splits = shard_splits(shards, config.val_fraction, config.seed)
         check_splits(splits, shards, config)
         views = view_table(shards, splits.train, config.views)

@@ -24,7 +24,7 @@ from torch import nn
 from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
-from step_cache.probes import build_probe
+from step_cache.probes import build_probe, recorded_options
 from step_cache.training import runs
 from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video, pair_indices
@@ -54,7 +54,7 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
         frames=data["frames"],
         tokens_per_frame=data["tokens"]["tokens_per_frame"],
         cls_index=data["tokens"]["cls_index"],
-        **config["probe_options"],
+        **recorded_options(config["probe"], config["probe_options"], str(run_dir)),
     )
     runs.load_weights(probe, usable_checkpoint(run_dir, weights))  # not failed, present, the run's own bytes
     return record, probe.eval()

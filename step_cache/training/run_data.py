@@ -75,9 +75,11 @@ def data_record(
     }
 
 
-def token_subset(requested: str, probe: str, shards: ShardSet) -> str:
-    """``auto``: only the per-frame CLS tokens for the linear probe (all it reads: same result, P times less
-    memory and compute), every token for the others."""
-    if requested != "auto":
-        return requested
-    return "cls" if probe == "linear" and shards.layout.cls_tokens > 0 else "all"
+def token_subset(config: TrainConfig, shards: ShardSet) -> str:
+    """The token subset of ``config.tokens``; ``auto``: only the per-frame CLS tokens for the linear probe (all it
+    reads: same result, P times less memory and compute) unless it also averages the patch tokens (``avgpool``),
+    every token for the others."""
+    if config.tokens != "auto":
+        return config.tokens
+    cls_only = config.probe == "linear" and not (config.probe_options or {}).get("avgpool")
+    return "cls" if cls_only and shards.layout.cls_tokens > 0 else "all"

@@ -292,7 +292,7 @@ def _train(
         metrics, history = train_seeds(features, config, Path(out), resume, on_epoch)
         return TrainResult(Path(out), metrics, history)
     shards = features if isinstance(features, ShardSet) else open_shards(features)
-    run = _Run(shards, config, Path(out), select_tokens(shards.layout, token_subset(config.tokens, probe, shards)))
+    run = _Run(shards, config, Path(out), select_tokens(shards.layout, token_subset(config, shards)))
     config = run.config  # with the schedule resolved
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:
