@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,7 +44,8 @@ def test_sweep_from_flags_and_grid_from_a_toml_file(shards, tmp_path):
                    "--no-retrain", *SHORT)  # fmt: skip
     stdout, stderr = searched.communicate(timeout=300)
     assert searched.returncode == 0, stderr
-    assert stdout.startswith("4 trials: ") and "best configuration retrained: step: val top-1" in stdout
+    assert stdout.startswith("4 trials: ")
+    assert re.search(r"best configuration \(trial #\d+ of sweep s\) retrained: step: val top-1", stdout), stdout
     with (tmp_path / "s" / "trials.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 4 and {"lr", "weight_decay"} <= set(rows[0]) and "dropout" not in rows[0]

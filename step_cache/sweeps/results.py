@@ -237,17 +237,22 @@ def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], current: Tra
     return result
 
 
+METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "mean_class_accuracy": "mean class", "pair_accuracy": "pair"}
+
+
+def objective_text(metric: str, value: float) -> str:
+    """The objective with the split every trial is measured on: "val top-1 62.5%", "val loss 0.4123"."""
+    if metric == "loss":
+        return f"val loss {value:.4f}"
+    return f"val {METRIC_LABELS.get(metric, metric)} {format_percent(value)}"
+
+
 def trial_line(row: dict[str, Any], metric: str) -> str:
     """One completed trial for the console, the objective named once with its split: "#12   val top-1 62.5% |
     pair 75.0% | lr=0.001" (a loss objective: "val loss 0.4123 | top-1 ...")."""
-    labels = {"top1": "top-1", "top5": "top-5", "mean_class_accuracy": "mean class", "pair_accuracy": "pair"}
     figures = row["metrics"]
-    if metric == "loss":
-        shown = [f"val loss {row['value']:.4f}", f"top-1 {format_percent(figures.get('top1'))}"]
-    else:
-        shown = [f"val {labels.get(metric, metric)} {format_percent(row['value'])}"]
-        shown += [
-            f"{labels[key]} {format_percent(figures.get(key))}" for key in ("top1", "pair_accuracy") if key != metric
-        ]
+    shown = [objective_text(metric, row["value"])]
+    others = ("top1",) if metric == "loss" else ("top1", "pair_accuracy")
+    shown += [f"{METRIC_LABELS[key]} {format_percent(figures.get(key))}" for key in others if key != metric]
     params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["params"].items())
     return f"  #{row['number']:<4} {' | '.join(shown)} | {params}"

@@ -33,7 +33,14 @@ from step_cache.probes import build_probe
 from step_cache.stacking.grouping import group_by_shape
 from step_cache.stacking.shared_data import DataCache
 from step_cache.sweeps.batch import run_batch, worker_name
-from step_cache.sweeps.results import best_trial, check_resume, retrain_best, retrained, write_results
+from step_cache.sweeps.results import (
+    best_trial,
+    check_resume,
+    objective_text,
+    retrain_best,
+    retrained,
+    write_results,
+)
 from step_cache.sweeps.search import METRICS, SAMPLERS, SweepError, make_pruner, make_sampler
 from step_cache.sweeps.space import SearchSpace, SweepSpaceError, probe_option_names
 from step_cache.sweeps.storage import (
@@ -272,13 +279,13 @@ def _optimize(
             states = run_batch(study, batch, configs, data, metric, pruning=pruning, exclusive=not store.shared)
         write_results(out, study, metric, space, storage=store.label)
         bar.update(sum(state is not None for state in states))
-        bar.set_postfix(best=_best_text(study))
+        bar.set_postfix(best=_best_text(study, metric))
         log.info(
-            "trials %d-%d: %d stack(s), %d pruned; best %s %s", batch[0].number, batch[-1].number,
-            len(group_by_shape(configs)), states.count(TrialState.PRUNED), metric, _best_text(study),
+            "trials %d-%d: %d stack(s), %d pruned; best %s", batch[0].number, batch[-1].number,
+            len(group_by_shape(configs)), states.count(TrialState.PRUNED), _best_text(study, metric),
         )  # fmt: skip
 
 
-def _best_text(study: optuna.Study) -> str:
+def _best_text(study: optuna.Study, metric: str) -> str:
     best = best_trial(study)
-    return "n/a" if best is None else f"{best.value:.4f} (#{best.number})"
+    return "n/a" if best is None else f"{objective_text(metric, best.value)} (#{best.number})"
