@@ -20,26 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from stream import build_run  # bench/stream.py: the same small run (bench/ is on the path of a bench script)
 
-from step_cache import extract, train_probe
 from step_cache.extraction.video import decode_clips
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.recognizer import Recognizer
 from step_cache.recognition.timeline import run_timeline
 from step_cache.synthetic.videos import moving_square, write_video
-
-
-def build_run(root: Path, args: argparse.Namespace) -> Path:
-    frames = round(args.clip_seconds * args.fps)
-    for i in range(4):
-        clip = moving_square(frames, (args.height, args.width), direction=1 if i % 2 else -1, seed=i)
-        write_video(root / "videos" / ("right" if i % 2 else "left") / f"v{i}.mp4", clip, fps=args.fps, crf=18)
-    extract(
-        root / "videos", root / "shards", backbone=args.backbone, weights="random", frames=args.frames,
-        device=args.device, workers=0, progress=False,
-    )  # fmt: skip
-    train_probe(root / "shards", "step", root / "run", epochs=1, batch_size=2, val_fraction=0.5, progress=False)
-    return root / "run"
 
 
 def main() -> None:
