@@ -59,7 +59,7 @@ def main() -> None:
     stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
     print(f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}; {choice.count} threads ({choice.source})")
     print(result.summary())
-    epochs = result.metrics.get("epochs")
+    epochs = result.metrics.get("early_stop", {}).get("epoch") or result.metrics.get("epochs")  # trained, not planned
     print(f"wall {wall:.1f} s for {epochs} epochs ({1000 * wall / max(1, epochs or 1):.0f} ms per epoch)")
     for label, suffix, name in PARTS:
         seconds = sum(v[3] for (file, _, func), v in stats.items() if func == name and file.endswith(suffix))

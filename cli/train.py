@@ -34,7 +34,10 @@ Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
 DataMode = Annotated[
     str, typer.Option(help="auto (in memory when it fits), memory (load all tokens into RAM) or streaming (HDF5).")
 ]
-Workers = Annotated[int | None, typer.Option(min=0, help="Streaming reader processes (default: spare cores, max 4).")]
+Workers = Annotated[
+    int | None,
+    typer.Option(min=0, help="Streaming reader processes (default: spare threads of the CPU budget, at most 4)."),
+]
 
 
 @app.command("train-probe", rich_help_panel=PANEL)
@@ -119,7 +122,9 @@ def train_probe(
     memory_fraction: Annotated[float, typer.Option(help="data=auto loads into RAM below this share.")] = 0.5,
     workers: Workers = None,
     amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA.")] = True,
-    resume: Annotated[bool, typer.Option(help="Continue a killed run from its last completed epoch.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue a killed run from its last commit (runs commit about every 30 s).")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     threads: Threads = None,

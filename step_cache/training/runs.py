@@ -197,11 +197,19 @@ def refuse_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 def check_same_settings(run_dir: Path, record: dict[str, Any]) -> None:
     """Refuse to resume ``run_dir`` when its stored config differs from ``record`` (execution-only fields aside)."""
-    differences = record_differences(read_config(run_dir), record)
+    stored = read_config(run_dir)
+    differences = record_differences(stored, record)
     if differences:
+        # A run from before early stopping reads as early_stop off: its original command now needs --no-early-stop.
+        trained_without = stored.get("config", {}).get("early_stop", False) is False
+        hint = (
+            " (it was trained without early stopping: add --no-early-stop)"
+            if trained_without and any("early_stop" in difference for difference in differences)
+            else ""
+        )
         raise RunError(
             f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
-            "repeat the original command with --resume, or use a new --out"
+            f"repeat the original command with --resume{hint}, or use a new --out"
         )
 
 

@@ -156,8 +156,12 @@ def _write(out: Path, seeds: list[int], results: list[MemberResult]) -> dict[str
     runs.write_epoch_log(out, results[0].history)
     per_seed = [result.metrics for result in results]
     mean, std = seed_statistics(per_seed)
+    # The stack trains until its last seed stops: that seed's clock is the run's cost (the first seed may have
+    # stopped early, with the stack's time at that moment).
+    last = max(per_seed, key=lambda m: m.get("train_time_s") or 0.0)
     metrics = {
         **per_seed[0],
+        **{key: last.get(key) for key in ("train_time_s", "train_clips_per_s", "data_wait_share")},
         "seeds": seeds,
         "per_seed": [_seed_summary(seed, m) for seed, m in zip(seeds, per_seed, strict=True)],
         "mean": mean,

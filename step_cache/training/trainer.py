@@ -263,7 +263,7 @@ def train_probe(
 
     ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
     N seeds as one stack and reports mean ± std (``training/seeds.py``). ``resume``
-    continues a killed run from its last completed epoch (the settings must match). ``on_epoch`` is called with
+    continues a killed run from its last commit (about every 30 s; the settings must match). ``on_epoch`` is called with
     each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there. The run
     directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
     """
