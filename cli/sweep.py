@@ -79,7 +79,11 @@ def sweep(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     threads: Threads = None,
     verbose: Annotated[
-        bool, typer.Option(help="Print every epoch's figures (they are always in RUN/metrics.jsonl).")
+        bool,
+        typer.Option(
+            help="Debug log: a line per epoch of each stacked batch and one per trial that stops early; the retrained "
+            "best-run logs every epoch's figures."
+        ),
     ] = False,
 ) -> None:
     """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""

@@ -230,12 +230,14 @@ class StackedRun:
             config = self.configs[member]  # debug: a sweep batch would print one line per trial
             log.debug("member %d (seed %d, lr %g): %s", member, config.seed, config.lr,
                       describe_stop(config, epoch + 1, self.best_epoch[member]))  # fmt: skip
+        trained = len(self.active)  # before this epoch's drops
         if stopped or diverged or finished:
             self.drop(sorted(stopped + diverged + finished))
         top = max((self.best[m][0] for m in range(len(self.configs))), default=float("nan"))
         log.debug(
             "epoch %d/%d: %d probes trained, best val top-1 so far %.3f%s", epoch + 1, self.first.epochs,
-            len(self.active) + len(stopped), top, f", {len(stopped)} stopped early" if stopped else "",
+            trained, top, "".join(f", {n} {what}" for n, what in ((len(stopped), "pruned"),
+                                                                  (len(finished), "stopped early")) if n),
         )  # fmt: skip
 
     def drop(self, slots: list[int]) -> None:

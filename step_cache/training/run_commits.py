@@ -5,8 +5,9 @@ from it: ``last.pt``, ``best.pt`` (each recorded in ``checkpoints.json``) and ``
 place and fsynced. Committed every epoch, a small set's run (one batch per epoch) spent about a quarter of its
 epoch time writing them (docs/training.md "Commit cadence"). So a run keeps its best weights in memory and commits
 after its first epoch, then once ``COMMIT_EVERY_S`` seconds have passed since the last commit, and after its last
-epoch. A run given an ``on_epoch`` callback commits every epoch before calling it (the callback's documented
-contract: it sees saved epochs, and raising from it stops the run there).
+epoch. A one-seed run given an ``on_epoch`` callback commits every epoch before calling it (the callback's
+documented contract: it sees saved epochs, and raising from it stops the run there); with ``--seeds`` the callback
+sees the first seed's epoch just before the stack's commit of it.
 
 Between commits each epoch's line is appended to ``metrics.jsonl`` (no fsync), so the file follows the run live.
 ``--resume`` continues from the last commit: it rewrites ``metrics.jsonl`` from the committed history (dropping the
