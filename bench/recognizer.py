@@ -20,13 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from stream import build_run  # bench/stream.py: the same small run (bench/ is on the path of a bench script)
+from stream import (  # bench/stream.py: the same small run (bench/ is on the path of a bench script)
+    build_run,
+    long_video,
+)
 
 from step_cache.extraction.video import decode_clips
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.recognizer import Recognizer
 from step_cache.recognition.timeline import run_timeline
-from step_cache.synthetic.videos import moving_square, write_video
 
 
 def main() -> None:
@@ -48,10 +50,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         run = build_run(root, args)
-        total = round(args.seconds * args.fps)
-        video = write_video(
-            root / "long.mp4", moving_square(total, (args.height, args.width), seed=7), fps=args.fps, crf=18
-        )
+        video, total = long_video(root, args), round(args.seconds * args.fps)
         model = RunModel(run, device=args.device)
         run_timeline(model, video, window=args.window, stride=args.stride, progress=False)  # warm-up
         started = time.perf_counter()

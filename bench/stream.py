@@ -46,6 +46,12 @@ def build_run(root: Path, args: argparse.Namespace) -> Path:
     return root / "run"
 
 
+def long_video(root: Path, args: argparse.Namespace) -> Path:
+    """The video both benches recognise: --seconds of a moving square at --fps."""
+    total = round(args.seconds * args.fps)
+    return write_video(root / "long.mp4", moving_square(total, (args.height, args.width), seed=7), fps=args.fps, crf=18)
+
+
 class Timed:
     """Seconds spent in the backbone (encode) and the probe (classify) of a RunModel."""
 
@@ -98,10 +104,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         run = build_run(root, args)
-        total = round(args.seconds * args.fps)
-        video = write_video(
-            root / "long.mp4", moving_square(total, (args.height, args.width), seed=7), fps=args.fps, crf=18
-        )
+        video, total = long_video(root, args), round(args.seconds * args.fps)
         model = RunModel(run, device=args.device)
         run_timeline(model, video, progress=False)  # warm-up: lazy initialisation, kernel choice
         timer = Timed(model)
