@@ -30,6 +30,8 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # through its own time slice). Chosen with bench/contention.py under load (docs/performance.md "Shared CPUs /
 # contention"): STEP took 5.8x passive's time with 300,000, 2.0-2.1x with 10,000, 1.4x with 1,000, 1.0x with 100;
 # fewer spins cost idle speed (passive cost ~30 % idle), so 1,000 keeps a short spin for back-to-back regions.
+# Idle re-measurement (attentive --seeds 3): 2-11 % slower than 300,000 idle, 2.7-4.4x idle beside 4 busy loops
+# against 8.9-12.1x; a constant cannot meet both (docs/performance.md).
 SPIN_COUNT = 1_000
 # The variables a user may set to choose the wait behaviour themselves; any one of them leaves ours unset.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
