@@ -15,6 +15,7 @@ batched, right before the model.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -143,10 +144,22 @@ class Preprocessing:
         """(N, 3, H, W) uint8 on any device -> normalised float tensor (float32 by default) on that device."""
         import torch
 
-        dtype = dtype or torch.float32
-        mean = torch.tensor(self.mean, device=frames.device, dtype=dtype).view(1, 3, 1, 1) * 255.0
-        std = torch.tensor(self.std, device=frames.device, dtype=dtype).view(1, 3, 1, 1) * 255.0
-        return (frames.to(dtype) - mean) / std
+        mean, std = _constants(self.mean, self.std, frames.device, dtype or torch.float32)
+        return (frames.to(mean.dtype) - mean) / std
+
+
+@functools.lru_cache(maxsize=32)
+def _constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """mean·255 and std·255 as (1, 3, 1, 1) tensors on ``device``: made once per device and dtype, not per batch
+    (each ``torch.tensor(..., device=cuda)`` is a blocking host-to-device copy)."""
+    import torch
+
+    with torch.inference_mode(False):  # usable inside and outside inference mode
+        mean_t = torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1) * 255.0
+        std_t = torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1) * 255.0
+    return mean_t, std_t
 
 
 def _center_crop_or_pad(image: np.ndarray, crop_h: int, crop_w: int, fill: tuple[int, int, int]) -> np.ndarray:

@@ -20,6 +20,9 @@ from step_cache.training.optimization import WarmupCosine, decays
 BETAS = (0.9, 0.999)
 EPS = 1e-8
 CLIP_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_
+# Steps whose per-member scalars are copied to the device at once: one small host-to-device copy per this many
+# steps (and after members are dropped) instead of three per step.
+SCHEDULE_CHUNK = 256
 
 
 class StackedAdamW:
@@ -51,6 +54,9 @@ class StackedAdamW:
         self.exp_avg = {name: torch.zeros_like(p, memory_format=torch.preserve_format) for name, p in params.items()}
         self.exp_avg_sq = {name: torch.zeros_like(p, memory_format=torch.preserve_format) for name, p in params.items()}
         self.steps = 0
+        self._table: torch.Tensor | None = None  # _step_scalars' per-member scalars of SCHEDULE_CHUNK steps
+        self._table_start = 0
+        self._max_norm: torch.Tensor | None = None  # _clip_limits'
 
     @property
     def size(self) -> int:
@@ -60,10 +66,33 @@ class StackedAdamW:
         """Each member's learning rate for the next step (what LambdaLR puts into ``param_groups[0]['lr']``)."""
         return [base * schedule(self.steps) for base, schedule in zip(self.lr, self.schedules, strict=True)]
 
-    @staticmethod
-    def _member_scalars(values: Sequence[float], like: torch.Tensor) -> torch.Tensor:
-        """Per-member Python floats as a (K,) tensor in ``like``'s dtype: rounded as a Python scalar argument is."""
-        return torch.tensor(values, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
+    def _step_scalars(self, like: torch.Tensor) -> torch.Tensor:
+        """(2, K) on ``like``'s device and dtype: each member's ``-lr / bias_correction1`` and ``1 - lr * wd`` for
+        the current step, a view into a table of the next ``SCHEDULE_CHUNK`` steps. The table is computed on the
+        host in float64 Python floats (as PyTorch computes its scalar arguments), rounded to the parameter dtype
+        and copied to the device once per chunk (or after ``keep``), so a step itself makes no host tensor."""
+        start = self.steps - self.steps % SCHEDULE_CHUNK
+        table = self._table
+        if table is None or self._table_start != start or table.device != like.device or table.dtype != like.dtype:
+            rows = []
+            for step in range(start, start + SCHEDULE_CHUNK):
+                lr = [base * schedule(step) for base, schedule in zip(self.lr, self.schedules, strict=True)]
+                bias_correction1 = 1 - BETAS[0] ** (step + 1)
+                rows.append(
+                    [
+                        [-(rate / bias_correction1) for rate in lr],
+                        [1 - r * wd for r, wd in zip(lr, self.weight_decay, strict=True)],
+                    ]
+                )
+            table = torch.tensor(rows, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
+            self._table, self._table_start = table, start
+        return table[self.steps - start]
+
+    def _clip_limits(self, like: torch.Tensor) -> torch.Tensor:
+        """Each member's max gradient norm (K,) on the device, made once (and again after ``keep``)."""
+        if self._max_norm is None or self._max_norm.device != like.device or self._max_norm.dtype != like.dtype:
+            self._max_norm = torch.tensor(self.clip_grad, device=like.device).to(like.dtype)
+        return self._max_norm
 
     @staticmethod
     def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -80,38 +109,46 @@ class StackedAdamW:
         grads = [p.grad for p in params.values() if p.grad is not None]
         norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (params, K)
         total = torch.linalg.vector_norm(norms, dim=0)  # (K,)
-        max_norm = torch.tensor(self.clip_grad, device=total.device).to(total.dtype)
+        max_norm = self._clip_limits(total)
         # clip_grad_norm_ computes max_norm / (total + eps) with a Python float max_norm, which torch evaluates
         # as reciprocal(total + eps) * max_norm (Tensor.__rtruediv__): the same here, so the result is identical.
         coef = torch.clamp((total + CLIP_EPS).reciprocal() * max_norm, max=1.0)
         coef = torch.where(max_norm > 0, coef, torch.ones_like(coef))
-        for g in grads:
-            g.mul_(self._per_member(coef.to(g.dtype), g))
+        torch._foreach_mul_(grads, [self._per_member(coef.to(g.dtype), g) for g in grads])
         return total
 
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor]) -> None:
-        """One AdamW step of every member (the gradients in ``params[name].grad``), then the schedule advances."""
-        lr = self.current_lr()
+        """One AdamW step of every member (the gradients in ``params[name].grad``), then the schedule advances.
+
+        The tensor operations are ``_foreach`` ops over all parameters (a few kernels per step on CUDA, not a few
+        per parameter); on the CPU they run the single-tensor ops in the same order, hence the exact match."""
+        stepping = [name for name, param in params.items() if param.grad is not None]
+        if not stepping:
+            self.steps += 1
+            return
+        like = params[stepping[0]]
+        neg_step, shrink = self._step_scalars(like)
         self.steps += 1
         beta1, beta2 = BETAS
-        bias_correction1 = 1 - beta1**self.steps
         bias_correction2_sqrt = (1 - beta2**self.steps) ** 0.5
-        like = next(iter(params.values()))
-        neg_step = self._member_scalars([-(rate / bias_correction1) for rate in lr], like)
-        shrink = self._member_scalars([1 - rate * wd for rate, wd in zip(lr, self.weight_decay, strict=True)], like)
-        for name, param in params.items():
-            grad = param.grad
-            if grad is None:
-                continue
-            exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
-            if self.decays[name]:
-                param.mul_(self._per_member(shrink, param))
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(EPS)
-            # addcdiv_(exp_avg, denom, value=v) computes self + (v * exp_avg) / denom: same order here.
-            param.add_(exp_avg * self._per_member(neg_step, param) / denom)
+        param_list = [params[name] for name in stepping]
+        grads = [param.grad for param in param_list]
+        exp_avgs = [self.exp_avg[name] for name in stepping]
+        exp_avg_sqs = [self.exp_avg_sq[name] for name in stepping]
+        decaying = [params[name] for name in stepping if self.decays[name]]
+        if decaying:
+            torch._foreach_mul_(decaying, [self._per_member(shrink, p) for p in decaying])
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        denom = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denom, bias_correction2_sqrt)
+        torch._foreach_add_(denom, EPS)
+        # addcdiv_(exp_avg, denom, value=v) computes self + (v * exp_avg) / denom: same order here.
+        update = torch._foreach_mul(exp_avgs, [self._per_member(neg_step, p) for p in param_list])
+        torch._foreach_div_(update, denom)
+        torch._foreach_add_(param_list, update)
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the members at ``index`` (a 1-D long tensor), in that order."""
@@ -120,6 +157,7 @@ class StackedAdamW:
         self.weight_decay = [self.weight_decay[i] for i in picked]
         self.clip_grad = [self.clip_grad[i] for i in picked]
         self.schedules = [self.schedules[i] for i in picked]
+        self._table, self._max_norm = None, None  # rebuilt for the members kept at the next step
         for state in (self.exp_avg, self.exp_avg_sq):
             for name, value in state.items():
                 state[name] = value[index.to(value.device)]

@@ -9,9 +9,10 @@ pass and no extra cache bytes.
   where the backward class *is* the forward one reversed); real near-mirrors such as opening / closing a bottle are
   not exact reverses, hence off by default.
 
-The draws come from a CPU generator keyed by (seed, epoch), like ``token_data.batch_plan``: an epoch's
-augmentations do not depend on what ran before it, so ``--resume`` stays exact and CPU and GPU runs draw the same.
-Evaluation never augments.
+The draws come from a generator keyed by (seed, epoch), like ``token_data.batch_plan``: an epoch's
+augmentations do not depend on what ran before it, so ``--resume`` stays exact. The generator lives on the batch's
+device, so a step makes no host tensor and no host-to-device copy (a CUDA generator draws other numbers than the
+CPU one from the same key: a CUDA run repeats itself exactly, not a CPU run's draws). Evaluation never augments.
 """
 
 from __future__ import annotations
@@ -63,10 +64,21 @@ class TokenAugmentation:
         self.partner = torch.as_tensor(partner)
 
     def for_epoch(self, seed: int, epoch: int) -> Augment:
-        generator = torch.Generator().manual_seed(
-            int(np.random.SeedSequence([seed, epoch, _STREAM]).generate_state(1)[0])
-        )
-        return lambda tokens, labels: self.apply(tokens, labels, generator)
+        key = int(np.random.SeedSequence([seed, epoch, _STREAM]).generate_state(1)[0])
+        generators: dict[torch.device, torch.Generator] = {}
+
+        def augment(tokens: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if tokens.device not in generators:  # made at the epoch's first batch, on the batch's device
+                generators[tokens.device] = torch.Generator(device=tokens.device).manual_seed(key)
+            return self.apply(tokens, labels, generators[tokens.device])
+
+        return augment
+
+    def _partner(self, device: torch.device) -> torch.Tensor:
+        """The class partner table on ``device``, copied there once."""
+        if self.partner.device != device:
+            self.partner = self.partner.to(device)
+        return self.partner
 
     def apply(
         self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
@@ -81,17 +93,17 @@ class TokenAugmentation:
     def _reverse(
         self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        draw = torch.rand(len(labels), generator=generator).to(labels.device)
-        partner = self.partner.to(labels.device)[labels]
+        draw = torch.rand(len(labels), generator=generator, device=generator.device)
+        partner = self._partner(labels.device)[labels]
         swap = (partner >= 0) & (draw < self.reverse_pairs)
         tokens = torch.where(swap[:, None, None, None], tokens.flip(1), tokens)
         return tokens, torch.where(swap, partner, labels)
 
     def _drop(self, tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch, frames = tokens.shape[:2]
-        scores = torch.rand(batch, frames, self.patch_tokens, generator=generator)
+        scores = torch.rand(batch, frames, self.patch_tokens, generator=generator, device=generator.device)
         kept = scores.argsort(dim=-1)[..., : self.keep].sort(dim=-1).values + self.kept_prefix
-        prefix = torch.arange(self.kept_prefix).expand(batch, frames, -1)
+        prefix = torch.arange(self.kept_prefix, device=kept.device).expand(batch, frames, -1)
         index = torch.cat([prefix, kept], dim=-1).to(tokens.device)
         return tokens.gather(2, index[..., None].expand(-1, -1, -1, tokens.shape[-1]))
 
