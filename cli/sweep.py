@@ -68,7 +68,7 @@ def sweep(
     patience: Patience = None,
     pairs: Annotated[Path | None, typer.Option(help="Mirrored class pairs file (default: the cache's).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    data: Annotated[str, typer.Option(help="auto, memory or streaming.")] = "auto",
+    data: Annotated[str, typer.Option(help="auto, memory, streaming or device.")] = "auto",
     memory_fraction: Annotated[float, typer.Option(help="data=auto loads into RAM below this share.")] = 0.5,
     workers: Annotated[int | None, typer.Option(min=0, help="Streaming reader processes.")] = None,
     amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA.")] = True,

@@ -32,11 +32,18 @@ def _all_features(positional: list[Path] | None, features: list[Path] | None) ->
 
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
 DataMode = Annotated[
-    str, typer.Option(help="auto (in memory when it fits), memory (load all tokens into RAM) or streaming (HDF5).")
+    str,
+    typer.Option(
+        help="auto (in memory when it fits; on a GPU, there when it fits), memory (load all tokens into RAM), "
+        "streaming (HDF5) or device (all tokens on the compute device)."
+    ),
 ]
 Workers = Annotated[
     int | None,
-    typer.Option(min=0, help="Streaming reader processes (default: spare threads of the CPU budget, at most 4)."),
+    typer.Option(
+        min=0,
+        help="Streaming reader processes (default: spare threads of the CPU budget, at most 4; on CUDA all but 2).",
+    ),
 ]
 
 

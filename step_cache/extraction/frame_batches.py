@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from step_cache.extraction.backbones import Backbone
+from step_cache.streams import DeviceStreams
 
 
 @dataclass
@@ -44,9 +45,21 @@ class _Batch:
 
 
 class TokenComputer:
-    """Runs a frozen ``Backbone`` on uint8 frame batches and returns host tokens in the storage dtype."""
+    """Runs a frozen ``Backbone`` on uint8 frame batches and returns host tokens in the storage dtype.
 
-    def __init__(self, backbone: Backbone, device: torch.device, storage_dtype: str, compile_model: bool = False):
+    With ``in_flight`` (the default on CUDA) a call only queues the work: frames go up on an upload stream, tokens
+    come back into a pinned buffer on a download stream, and the returned event says when they are there, so the
+    host batches the next frames meanwhile. On the CPU the same sequence runs synchronously (``streams``' fake);
+    ``in_flight=True`` there exercises the batcher's one-batch-in-flight collection without a GPU."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        device: torch.device,
+        storage_dtype: str,
+        compile_model: bool = False,
+        in_flight: bool | None = None,
+    ):
         self.backbone = backbone
         self.device = device
         self.storage_dtype = getattr(torch, storage_dtype)
@@ -54,6 +67,9 @@ class TokenComputer:
         if compile_model:
             backbone.model.forward_features = torch.compile(backbone.model.forward_features, dynamic=False)
         self.cuda = device.type == "cuda"
+        self.in_flight = self.cuda if in_flight is None else in_flight
+        self.streams = DeviceStreams(device)
+        self.upload, self.download = self.streams.new_stream(), self.streams.new_stream()
         # bf16 where the GPU has it (no overflow risk), else fp16; CPU keeps float32 for exact tokens, and so does
         # CUDA when float32 storage is asked for (its point is full precision).
         self.autocast_dtype = None
@@ -61,13 +77,17 @@ class TokenComputer:
             self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def __call__(self, frames: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """Start computing tokens for (B, 3, S, S) uint8 frames; returns (host tensor, CUDA event or None)."""
+        """Start computing tokens for (B, 3, S, S) uint8 frames; returns (host tensor, event or None): the event
+        (``in_flight`` only) says when the tensor holds the tokens."""
+        streams = self.streams
         if isinstance(frames, torch.Tensor):  # decoded on the device already: no host round trip
             batch = frames.to(self.device)
         else:
-            batch = torch.from_numpy(frames)
-            if self.cuda:
-                batch = batch.pin_memory().to(self.device, non_blocking=True)
+            with streams.on(self.upload):
+                batch = streams.pin(torch.from_numpy(frames)).to(self.device, non_blocking=True)
+                uploaded = streams.record(self.upload)
+            streams.wait(uploaded)  # the backbone's stream waits for the copy, the host does not
+            streams.used_on(batch)
         autocast = (
             torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
             if self.autocast_dtype is not None
@@ -76,13 +96,15 @@ class TokenComputer:
         with torch.inference_mode(), autocast:
             pixels = self.backbone.preprocessing.normalise(batch)
             tokens = self.backbone.forward_tokens(pixels).to(self.storage_dtype)
-        if not self.cuda:
+        if not self.in_flight:
             return tokens, None
-        host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
-        host.copy_(tokens, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record(torch.cuda.current_stream(self.device))
-        return host, event
+        computed = streams.record()
+        host = streams.empty_pinned(tokens.shape, tokens.dtype)
+        with streams.on(self.download):
+            streams.wait(computed, self.download)
+            host.copy_(tokens, non_blocking=True)
+            streams.used_on(tokens, self.download)
+            return host, streams.record(self.download)
 
 
 class FrameBatcher:

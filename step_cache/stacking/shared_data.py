@@ -65,6 +65,7 @@ class DataCache:
                 workers=config.workers,
                 pin_memory=device.type == "cuda",
                 progress=config.progress,
+                device=device,
             )
         return TrainingData(shards, selection, splits, pairs, self._sources[key], device, views)
 

@@ -58,7 +58,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     # Execution only:
     device: str = "auto"
-    data: str = "auto"  # auto | memory | streaming
+    data: str = "auto"  # auto | memory | streaming | device
     memory_fraction: float = 0.5  # auto loads into RAM below this share of available memory
     workers: int | None = None  # streaming reader processes (default: spare threads of the CPU budget, at most 4)
     eval_batch_size: int | None = None  # default: 4 x batch_size

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from step_cache.training.augment import Augment
+from step_cache.training.prefetch import source_batches
 from step_cache.training.progress import RunProgress
 from step_cache.training.token_data import TokenSource
 
@@ -89,7 +90,7 @@ def train_epoch(
     bar = run_bar or tqdm(total=len(plan), desc=description, unit="batch", leave=False, disable=not progress)
     start = time.perf_counter()
     try:
-        batches = iter(source.batches(plan))
+        batches = source_batches(source, plan, device)
         while True:
             fetch = time.perf_counter()
             batch = next(batches, None)

@@ -126,7 +126,7 @@ def evaluate(
         raise DataError(f"{where}: no labelled clips of the probe's classes in split {split!r} to evaluate")
     pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
-    source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers)
+    source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers, device=target)
     try:
         metrics = evaluate_clips(
             probe.to(target), source, indices, labels, shards.videos, classes, pairs,
@@ -170,7 +170,9 @@ def predict(
     warn_if_not_above_chance(run_dir)
     indices = np.nonzero(clean_rows(shards))[0]  # clean views only: augmented views are training material
     target = resolve_device(device)
-    source = open_token_source(shards, indices, _selection(record), shards.labels, mode=data, workers=workers)
+    source = open_token_source(
+        shards, indices, _selection(record), shards.labels, mode=data, workers=workers, device=target
+    )
     try:
         logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)
     finally:

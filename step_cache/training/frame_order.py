@@ -40,10 +40,15 @@ def frame_order(name: str, frames: int) -> np.ndarray | None:
         raise ValueError(f"unknown frame order {name!r}; choose original, {', '.join(ORDERS)}") from None
 
 
-def permute_frames(tokens: torch.Tensor | np.ndarray, order: np.ndarray | None) -> torch.Tensor | np.ndarray:
-    """Reorder the frame axis (axis 1) of (B, T, P, D) tokens; ``None`` leaves them untouched."""
+def permute_frames(
+    tokens: torch.Tensor | np.ndarray, order: np.ndarray | torch.Tensor | None
+) -> torch.Tensor | np.ndarray:
+    """Reorder the frame axis (axis 1) of (B, T, P, D) tokens; ``None`` leaves them untouched. ``order`` may be a
+    tensor on the tokens' device already (made once per pass by the caller, who checked it)."""
     if order is None:
         return tokens
+    if isinstance(order, torch.Tensor) and order.device == getattr(tokens, "device", None):
+        return tokens[:, order]  # already checked and on the device (inference.forward_batches): no sync here
     if len(order) != tokens.shape[1] or sorted(order.tolist()) != list(range(tokens.shape[1])):
         raise ValueError(f"frame order {order.tolist()} is not a permutation of the {tokens.shape[1]} frames")
     if isinstance(tokens, torch.Tensor):

@@ -15,6 +15,7 @@ from torch import nn
 
 from step_cache.training.frame_order import frame_order, permute_frames
 from step_cache.training.metrics import average_by_video, classification_metrics
+from step_cache.training.prefetch import source_batches
 from step_cache.training.token_data import TokenSource, batch_plan
 
 
@@ -37,14 +38,23 @@ def forward_batches(
     order: str = "original",
 ) -> list[torch.Tensor]:
     """``forward`` (a probe, or stacked probes) on the clips ``indices`` in batches, frames reordered by ``order``
-    ("original", "reversed", "shuffled"): its float32 outputs per batch, on the CPU."""
+    ("original", "reversed", "shuffled"): its float32 outputs per batch, on the CPU. The batches come as training
+    gets them (``prefetch.source_batches``); the outputs stay on the device until the end, then come back in one
+    copy (one sync per pass, not one per batch)."""
     outputs = []
-    for tokens, _, _ in source.batches(batch_plan(indices, batch_size, shuffle=False)):
+    plan = batch_plan(indices, batch_size, shuffle=False)
+    index = None  # the frame permutation as a device tensor, made once per pass
+    for tokens, _, _ in source_batches(source, plan, device):
         tokens = tokens.to(device, non_blocking=True).float()
-        tokens = permute_frames(tokens, frame_order(order, tokens.shape[1]))
+        if index is None and (permutation := frame_order(order, tokens.shape[1])) is not None:
+            index = torch.as_tensor(permutation, device=device)
+        tokens = tokens if index is None else permute_frames(tokens, index)
         with autocast(device, amp):
-            outputs.append(forward(tokens).float().cpu())
-    return outputs
+            outputs.append(forward(tokens).float())
+    if not outputs:
+        return []
+    # the batch axis is -2 of a probe's (B, C) and of a stack's (K, B, C) outputs
+    return list(torch.cat(outputs, dim=-2).cpu().split([out.shape[-2] for out in outputs], dim=-2))
 
 
 def collect_logits(

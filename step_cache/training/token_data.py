@@ -3,6 +3,7 @@
 - ``InMemoryTokens`` reads the selected clips once, shard by shard, and keeps them in the stored dtype (float16;
   int8 with per-token scales) in RAM; a batch is a fancy-indexed copy (int8: dequantized to float16). The probe
   casts per batch.
+- ``DeviceTokens`` (``device_tokens.py``) holds them on the compute device and gathers batches there.
 - ``StreamingTokens`` reads each batch from HDF5 in DataLoader worker processes; each worker opens its own file
   handles (``ShardSet`` reopens them after a fork). The workers persist across passes (epochs, evaluations), so
   processes are started and files opened once per source, not once per pass.
@@ -27,12 +28,13 @@ from step_cache.cache.manifest import TokenLayout
 from step_cache.cache.quantize import SCALE_DTYPE, token_bytes
 from step_cache.cache.shards import ShardSet
 from step_cache.cpu_budget import worker_count
+from step_cache.training.device_tokens import DeviceTokens, device_free_bytes
 from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
 
 TOKEN_SUBSETS = ("all", "cls", "patches")
-DATA_MODES = ("auto", "memory", "streaming")
+DATA_MODES = ("auto", "memory", "streaming", "device")
 
 # tokens (B, T, P, D) float16 (float32 for a float32 cache; int8 caches dequantized), labels (B,), clip indices
 Batch = tuple[torch.Tensor, torch.Tensor, np.ndarray]
@@ -261,21 +263,28 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def choose_mode(mode: str, nbytes: int, memory_fraction: float = 0.5) -> str:
-    """``memory`` or ``streaming``: ``auto`` loads into RAM when the tokens need less than ``memory_fraction`` of
-    the available memory."""
+def choose_mode(mode: str, nbytes: int, memory_fraction: float = 0.5, device_bytes: int | None = None) -> str:
+    """``memory``, ``streaming`` or ``device``: ``auto`` loads into RAM when the tokens need less than
+    ``memory_fraction`` of the available memory, and onto a GPU (``device_bytes`` free) when they also fit in that
+    share of its free memory."""
     if mode not in DATA_MODES:
         raise DataError(f"unknown data mode {mode!r}; choose one of: {', '.join(DATA_MODES)}")
     if mode != "auto":
         return mode
     budget = memory_fraction * available_memory()
     chosen = "memory" if nbytes <= budget else "streaming"
+    if chosen == "memory" and device_bytes is not None and nbytes <= memory_fraction * device_bytes:
+        chosen = "device"
     log.debug("tokens need %.2f GiB, in-memory budget %.2f GiB: %s", nbytes / 2**30, budget / 2**30, chosen)
     return chosen
 
 
-def default_workers() -> int:
-    # from the thread budget (affinity, CPU quota, --threads), not the host's core count
+def default_workers(device: torch.device | None = None) -> int:
+    """Streaming reader processes, from the thread budget (affinity, CPU quota, --threads), not the host's core
+    count. On CUDA the cores have nothing else to do: all but two (the training and prefetch threads). On the CPU
+    the probe's own threads need the cores: at most 4, as measured (docs/performance.md)."""
+    if device is not None and device.type == "cuda":
+        return worker_count(1 << 10, spare=2)
     return worker_count(4)
 
 
@@ -290,13 +299,17 @@ def open_token_source(
     workers: int | None = None,
     pin_memory: bool = False,
     progress: bool = False,
+    device: torch.device | None = None,
 ) -> TokenSource:
-    """A token source over ``indices`` (the clips the caller will ask for), in the chosen data mode."""
+    """A token source over ``indices`` (the clips the caller will ask for), in the chosen data mode (``device``:
+    on ``device``, the CPU when None)."""
     frames, _, dim = shards.clip_shape
     per_clip = frames * selection.tokens_per_frame * token_bytes(shards.layout.dtype, dim)
     nbytes = int(len(np.unique(indices)) * per_clip)
-    if choose_mode(mode, nbytes, memory_fraction) == "memory":
-        return InMemoryTokens(shards, indices, selection, labels, progress=progress)
-    return StreamingTokens(
-        shards, selection, labels, workers=default_workers() if workers is None else workers, pin_memory=pin_memory
-    )
+    device = device or torch.device("cpu")
+    chosen = choose_mode(mode, nbytes, memory_fraction, device_free_bytes(device))
+    if chosen in ("memory", "device"):
+        memory = InMemoryTokens(shards, indices, selection, labels, progress=progress)
+        return DeviceTokens(memory, device) if chosen == "device" else memory
+    workers = default_workers(device) if workers is None else workers
+    return StreamingTokens(shards, selection, labels, workers=workers, pin_memory=pin_memory)

@@ -145,6 +145,7 @@ class _Run:
             workers=self.config.workers,
             pin_memory=self.device.type == "cuda",
             progress=self.config.progress,
+            device=self.device,
         )
         log.info(
             "%s: %d train / %d val / %d test clips (val: %s), %s data, device %s",
