@@ -10,33 +10,26 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from tqdm import tqdm
-
 from step_cache.cache.locking import DirectoryLock
-from step_cache.cache.manifest import Failure, Manifest, VideoWarning
-from step_cache.cache.quantize import TOKEN_DTYPES, read_dtype
+from step_cache.cache.quantize import TOKEN_DTYPES
 from step_cache.cache.shards import COMPRESSIONS
-from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_index, open_output, recover
+from step_cache.cache.writer import ExtractionError, open_output, recover
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
 from step_cache.cpu_budget import worker_count
 from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
-from step_cache.extraction.decode_pool import DecodePool, DecodeTask
 from step_cache.extraction.decoders import DECODERS, DEFAULT_DECODER, decoder_settings
 from step_cache.extraction.device_decode import open_decode_pool
-from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.parts import part_directory, partition
+from step_cache.extraction.pipeline import ExtractionRun
 from step_cache.extraction.quick_check import already_complete, quick_check, request_record
-from step_cache.extraction.records import video_records
 from step_cache.extraction.report import ExtractReport
-from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings, gets_views
+from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +149,7 @@ def extract(
             manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
             manifest.storage = {"compression": opts.compression}
             done = recover(out, manifest)
-            return _run(backbone, opts, out, manifest, items, done, videos, device, pool, views)
+            return ExtractionRun(backbone, opts, out, manifest, items, done, device, views).run(pool, videos)
     finally:
         pool.close()
 
@@ -199,110 +192,6 @@ def _pairs_beside(annotations: str | Path | None) -> Path | None:
 def _default_workers(device_type: str) -> int:
     # from the thread budget (affinity, CPU quota, --threads), not the host's core count
     return worker_count(32, spare=0) if device_type == "cuda" else worker_count(8)
-
-
-def _run(
-    backbone: Backbone,
-    opts: ExtractOptions,
-    out: Path,
-    manifest: Manifest,
-    items: list[VideoItem],
-    done: set[str],
-    videos_root: str | Path | None,
-    device: torch.device,
-    pool: DecodePool,
-    views: ViewSettings,
-) -> ExtractReport:
-    report = ExtractReport(out=out, manifest=manifest, skipped=sum(item.key in done for item in items))
-    todo = [item for item in items if item.key not in done]
-    failures = {f.video: f for f in manifest.failures if f.video not in done}
-    # warnings of videos in the cache; a video extracted again gets its own
-    warnings = {w.video: w for w in manifest.warnings if w.video in done}
-    manifest.warnings = sorted(warnings.values(), key=lambda w: w.video)
-    label_index = {name: i for i, name in enumerate(manifest.classes)}
-    swap = views.swap_map()
-    layout = backbone.layout
-    shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // layout.clip_bytes(opts.frames)))
-    # int8: the backbone's tokens come back in float16 and the shard writer quantizes them (as compact would)
-    computer = TokenComputer(backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile)
-    batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
-    tasks = [
-        DecodeTask(
-            i,
-            str(Path(videos_root) / item.path) if videos_root is not None else item.path,
-            item.start_frame,
-            item.end_frame,
-            key=item.key,
-            views=views if views.count and gets_views(item.split) else None,
-        )
-        for i, item in enumerate(todo)
-    ]
-    state = CacheWriter(out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression)
-    started = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="video", desc=f"extract {backbone.spec.name}", disable=not opts.progress)
-
-    def write_finished(finished: list[PendingVideo]) -> None:
-        for video in finished:
-            item, result = video.payload
-            # whole videos only: the clean clips and all views go into one shard together (crash safety)
-            records = video_records(video.tokens, item, result, label_index, opts.clips, opts.frames, swap)
-            state.append_video(records)
-            failures.pop(item.key, None)
-            if result.fps:  # the typical duration is timeline's default window
-                manifest.add_duration(result.num_frames / result.fps)
-            if result.warnings:  # recorded in the manifest (and shown by inspect) with the video's shard
-                warning = VideoWarning(item.key, f"{item.key}: {'; '.join(result.warnings)}")
-                log.warning("%s", warning.reason)
-                warnings[item.key] = warning
-                report.warnings.append(warning)
-                manifest.warnings = sorted(warnings.values(), key=lambda w: w.video)
-            report.videos += 1
-            report.clips += opts.clips
-            report.view_clips += len(records) - opts.clips
-            bar.update(1)
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(frames_s=f"{batcher.frames_done / elapsed:.1f}", failed=len(report.failures))
-            state.roll_over_if_full(failures)
-
-    try:
-        for result in pool.run(tasks, backbone.preprocessing):
-            item = todo[result.task_id]
-            if result.error is not None:
-                failure = Failure(item.key, result.error)
-                failures[item.key] = failure
-                report.failures.append(failure)
-                bar.update(1)
-                log.warning("skipped %s", result.error)
-                if opts.strict:
-                    write_finished(batcher.flush())
-                    raise ExtractionError(f"--strict: {result.error}")
-                continue
-            write_finished(batcher.add(PendingVideo(payload=(item, result), frames=result.take_frames())))
-        write_finished(batcher.flush())
-        manifest.source["finished"] = True
-        state.finish(failures)
-    except KeyboardInterrupt:
-        state.finish(failures)  # publishes whole videos only: clips of a video cut short are dropped
-        raise
-    except ExtractionError:
-        state.finish(failures)
-        raise
-    except Exception as error:
-        state.abandon(failures)
-        raise ExtractionError(
-            f"{out}: extraction stopped by {type(error).__name__}: {error}; completed shards are kept, "
-            "re-run the same command to resume"
-        ) from error
-    finally:
-        bar.close()
-    report.seconds = time.perf_counter() - started
-    if report.failures and manifest.num_videos == 0:  # the run was for nothing: say so, and exit non-zero
-        raise ExtractionError(
-            f"none of the {len(report.failures)} videos could be extracted (first: {report.failures[0].reason}); "
-            f"all are recorded in {out / 'manifest.json'}"
-        )
-    report.frames = batcher.frames_done
-    return report
 
 
 __all__ = ["ExtractOptions", "ExtractReport", "ExtractionError", "extract", "extraction_settings", "view_settings"]

@@ -11,15 +11,22 @@ torch's gathers in place of numpy's: that is how the path is tested where no GPU
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from step_cache.training.splits import DataError
 
-if TYPE_CHECKING:  # token_data opens this source: a runtime import would be circular
-    from step_cache.training.token_data import Batch, InMemoryTokens
+
+class HostTokens(Protocol):
+    """What ``token_data.InMemoryTokens`` holds (named here: token_data opens this source, so no import back)."""
+
+    tokens: np.ndarray  # (N, T, P, D) as stored
+    scales: np.ndarray | None  # (N, T, P) float16 for an int8 cache
+    row: np.ndarray  # global clip index -> row, -1 where not loaded
+    labels: torch.Tensor
+    read_dtype: np.dtype
 
 
 class DeviceTokens:
@@ -27,7 +34,7 @@ class DeviceTokens:
 
     mode = "device"
 
-    def __init__(self, memory: InMemoryTokens, device: torch.device) -> None:
+    def __init__(self, memory: HostTokens, device: torch.device) -> None:
         self.device = device
         self.host_row = memory.row  # the membership check runs on the host: on the device it would sync
         self.tokens = torch.from_numpy(memory.tokens).to(device)
@@ -40,7 +47,7 @@ class DeviceTokens:
     def nbytes(self) -> int:
         return self.tokens.nbytes + (0 if self.scales is None else self.scales.nbytes)
 
-    def batches(self, plan: Sequence[np.ndarray]) -> Iterator[Batch]:
+    def batches(self, plan: Sequence[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         if not len(plan):
             return
         clips = np.concatenate(plan)
@@ -71,4 +78,4 @@ def device_free_bytes(device: torch.device) -> int | None:
     return int(free)
 
 
-__all__ = ["DeviceTokens", "device_free_bytes"]
+__all__ = ["DeviceTokens", "HostTokens", "device_free_bytes"]

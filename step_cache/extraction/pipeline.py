@@ -1,0 +1,202 @@
+"""Stage one's pipeline, step by step: decode workers -> frame batches on the device -> a writer thread -> shards.
+
+``ExtractionRun`` holds a run's state and names its steps: ``decode_tasks`` (what the workers decode),
+``compute`` (the main thread: decoded videos into backbone batches), ``write_video`` and ``record_failure``
+(the writer thread: clips into the shard, bookkeeping into the manifest and the report) and ``finish`` /
+``stop`` (publish whole videos only, whatever ended the run). Everything that touches the manifest, the failures
+or the report runs in the writer thread, in the order the main thread queued it, so the cache sees the same
+sequence of writes as a single-threaded run; the main thread only decodes, batches and queues.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from step_cache.cache.manifest import Failure, Manifest, VideoWarning
+from step_cache.cache.quantize import read_dtype
+from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_index
+from step_cache.catalog import VideoItem
+from step_cache.extraction.backbones import Backbone
+from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
+from step_cache.extraction.records import video_records
+from step_cache.extraction.report import ExtractReport
+from step_cache.extraction.views import ViewSettings, gets_views
+from step_cache.extraction.write_queue import WriteQueue
+
+log = logging.getLogger(__name__)
+
+
+class ExtractionRun:
+    """One run of ``extract`` over the items not yet in the cache (``done`` lists those that are)."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        opts: Any,  # engine.ExtractOptions
+        out: Path,
+        manifest: Manifest,
+        items: list[VideoItem],
+        done: set[str],
+        device: torch.device,
+        views: ViewSettings,
+    ) -> None:
+        self.opts, self.out, self.manifest, self.views = opts, out, manifest, views
+        self.report = ExtractReport(out=out, manifest=manifest, skipped=sum(item.key in done for item in items))
+        self.todo = [item for item in items if item.key not in done]
+        self.failures = {f.video: f for f in manifest.failures if f.video not in done}
+        # warnings of videos in the cache; a video extracted again gets its own
+        self.warnings = {w.video: w for w in manifest.warnings if w.video in done}
+        manifest.warnings = sorted(self.warnings.values(), key=lambda w: w.video)
+        self.label_index = {name: i for i, name in enumerate(manifest.classes)}
+        self.swap = views.swap_map()
+        layout = backbone.layout
+        shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // layout.clip_bytes(opts.frames)))
+        # int8: the backbone's tokens come back in float16 and the shard writer quantizes them (as compact would)
+        computer = TokenComputer(backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile)
+        self.batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
+        self.state = CacheWriter(
+            out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression
+        )
+        self.name = backbone.spec.name
+        self.started = time.perf_counter()
+        self.bar: tqdm | None = None
+
+    def decode_tasks(self, videos_root: str | Path | None) -> list[DecodeTask]:
+        """What the decode workers do: one task per video to extract (its augmented views with it)."""
+        views = self.views
+        return [
+            DecodeTask(
+                i,
+                str(Path(videos_root) / item.path) if videos_root is not None else item.path,
+                item.start_frame,
+                item.end_frame,
+                key=item.key,
+                views=views if views.count and gets_views(item.split) else None,
+            )
+            for i, item in enumerate(self.todo)
+        ]
+
+    # -- the writer thread -------------------------------------------------------------------------------
+    def write_video(self, video: PendingVideo) -> None:
+        """A video's clips (and views) into the shard, all together (crash safety), and its bookkeeping."""
+        item, result = video.payload
+        opts, report = self.opts, self.report
+        records = video_records(video.tokens, item, result, self.label_index, opts.clips, opts.frames, self.swap)
+        self.state.append_video(records)
+        self.failures.pop(item.key, None)
+        if result.fps:  # the typical duration is timeline's default window
+            self.manifest.add_duration(result.num_frames / result.fps)
+        if result.warnings:  # recorded in the manifest (and shown by inspect) with the video's shard
+            warning = VideoWarning(item.key, f"{item.key}: {'; '.join(result.warnings)}")
+            log.warning("%s", warning.reason)
+            self.warnings[item.key] = warning
+            report.warnings.append(warning)
+            self.manifest.warnings = sorted(self.warnings.values(), key=lambda w: w.video)
+        report.videos += 1
+        report.clips += opts.clips
+        report.view_clips += len(records) - opts.clips
+        self._progress()
+        self.state.roll_over_if_full(self.failures)  # publishing (fsync, sha256) happens here, off the hot path
+
+    def record_failure(self, item: VideoItem, reason: str) -> None:
+        failure = Failure(item.key, reason)
+        self.failures[item.key] = failure
+        self.report.failures.append(failure)
+        log.warning("skipped %s", reason)
+        self._progress()
+
+    def _handle(self, entry: tuple[str, Any]) -> None:
+        kind, payload = entry
+        if kind == "video":
+            self.write_video(payload)
+        else:
+            self.record_failure(*payload)
+
+    def _progress(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            elapsed = time.perf_counter() - self.started
+            self.bar.set_postfix(frames_s=f"{self.batcher.frames_done / elapsed:.1f}", failed=len(self.failures))
+
+    # -- the main thread ---------------------------------------------------------------------------------
+    def compute(self, pool: DecodePool, tasks: list[DecodeTask], writes: WriteQueue) -> None:
+        """Decoded videos into backbone batches; finished videos and failures to the writer, in order."""
+        preprocessing = self.batcher.compute.backbone.preprocessing
+        for result in pool.run(tasks, preprocessing):
+            item = self.todo[result.task_id]
+            if result.error is not None:
+                writes.put(("failure", (item, result.error)))
+                if self.opts.strict:
+                    self._queue(self.batcher.flush(), writes)
+                    raise ExtractionError(f"--strict: {result.error}")
+                continue
+            self._queue(self.batcher.add(self._pending(item, result)), writes)
+        self._queue(self.batcher.flush(), writes)
+
+    @staticmethod
+    def _pending(item: VideoItem, result: DecodeResult) -> PendingVideo:
+        return PendingVideo(payload=(item, result), frames=result.take_frames())
+
+    @staticmethod
+    def _queue(finished: list[PendingVideo], writes: WriteQueue) -> None:
+        for video in finished:
+            writes.put(("video", video))
+
+    def run(self, pool: DecodePool, videos_root: str | Path | None) -> ExtractReport:
+        """Extract every video to do; whole videos are published whatever stops the run."""
+        tasks = self.decode_tasks(videos_root)
+        self.bar = tqdm(total=len(self.todo), unit="video", desc=f"extract {self.name}", disable=not self.opts.progress)
+        writes = WriteQueue(self._handle)
+        try:
+            self.compute(pool, tasks, writes)
+            writes.close()  # everything queued is written
+            self.manifest.source["finished"] = True
+            self.state.finish(self.failures)
+        except (KeyboardInterrupt, ExtractionError):
+            self.finish(writes)  # publishes whole videos only: clips of a video cut short are dropped
+            raise
+        except Exception as error:
+            self.stop(writes)
+            raise ExtractionError(
+                f"{self.out}: extraction stopped by {type(error).__name__}: {error}; completed shards are kept, "
+                "re-run the same command to resume"
+            ) from error
+        finally:
+            self.bar.close()
+        return self.summary()
+
+    def finish(self, writes: WriteQueue) -> None:
+        """An interrupt or a refusal: write the videos already computed, then publish the shard."""
+        try:
+            writes.close()
+        finally:
+            self.state.finish(self.failures)
+
+    def stop(self, writes: WriteQueue) -> None:
+        """An error (in the pipeline or the writer): the unfinished shard is dropped, the manifest kept valid."""
+        try:
+            writes.close()
+        except Exception as error:  # noqa: BLE001 - the writer's own error, already the reason we stop
+            log.debug("writer stopped: %s", error)
+        self.state.abandon(self.failures)
+
+    def summary(self) -> ExtractReport:
+        report = self.report
+        report.seconds = time.perf_counter() - self.started
+        if report.failures and self.manifest.num_videos == 0:  # the run was for nothing: say so, exit non-zero
+            raise ExtractionError(
+                f"none of the {len(report.failures)} videos could be extracted (first: {report.failures[0].reason}); "
+                f"all are recorded in {self.out / 'manifest.json'}"
+            )
+        report.frames = self.batcher.frames_done
+        return report
+
+
+__all__ = ["ExtractionRun"]
