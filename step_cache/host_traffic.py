@@ -10,13 +10,16 @@ host-to-device copy every time it is used on the device.
 the ones that would sync or copy on CUDA, whatever device they run on (a ``TorchDispatchMode`` sees ``aten``
 ops; ``tolist``/``numpy``/``cpu`` do not dispatch on CPU tensors, so they are wrapped while the counter runs).
 Tensors that live on the host by design (torch's optimizers keep their step counters there, so reading them is no
-device sync) are left out with ``exempt``. On CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` says the same of
-the syncs the driver sees; this counter also catches host tensors and runs without a GPU.
+device sync) are left out with ``exempt``. Only the thread that entered the counter is counted (dispatch modes are
+per thread): work a helper thread does off the hot loop, such as the prefetch thread's, is not the loop's. On
+CUDA, ``torch.cuda.set_sync_debug_mode("warn")`` says the same of the syncs the driver sees; this counter also
+catches host tensors and runs without a GPU.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,8 +66,10 @@ class HostTraffic(TorchDispatchMode):
         self.host_tensors: list[Event] = []
         self._exempt = {_storage(t) for t in exempt}
         self._saved: dict[str, Any] = {}
+        self._thread = threading.get_ident()  # the dispatch mode is per thread: so are the wrappers' counts
 
     def __enter__(self) -> HostTraffic:
+        self._thread = threading.get_ident()
         for name in _READ_BACK_METHODS:
             original = getattr(torch.Tensor, name)
             self._saved[name] = original
@@ -84,7 +89,7 @@ class HostTraffic(TorchDispatchMode):
     def _wrap(self, name: str, original: Any) -> Any:
         @functools.wraps(original)
         def counted(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if _storage(tensor) not in self._exempt:
+            if threading.get_ident() == self._thread and _storage(tensor) not in self._exempt:
                 self.syncs.append(Event("sync", f"Tensor.{name}", _caller()))
             return original(tensor, *args, **kwargs)
 

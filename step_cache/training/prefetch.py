@@ -1,11 +1,12 @@
 """A background thread that prepares the next batches while the training thread computes on the current one.
 
-For the in-memory path the host work per batch (numpy gather, int8 dequantisation, and on the CPU the float32
-cast the probe needs) runs in this thread, ``depth`` batches ahead; numpy and torch release the GIL in those
-copies, so it overlaps the step. On CUDA the thread also pins each batch (torch's caching host allocator recycles
-the pinned blocks once their copy has finished: the ring of pinned buffers) and copies it to the device on a side
-stream; the training stream waits on the copy's event, never the host. The batches and their order are exactly
-the source's, so results do not change.
+For the in-memory path the host work per batch (numpy gather, int8 dequantisation) runs in this thread, ``depth``
+batches ahead; numpy and torch release the GIL in those copies, so it overlaps the step. The float32 cast stays
+with the step: on a GPU it runs there, after the half-size copy; on the CPU, moved here, it made this thread the
+bottleneck of a linear probe on a loaded machine. On CUDA the thread also pins each batch (torch's caching host
+allocator recycles the pinned blocks once their copy has finished: the ring of pinned buffers) and copies it to
+the device on a side stream; the training stream waits on the copy's event, never the host. The batches and their
+order are exactly the source's, so results do not change.
 """
 
 from __future__ import annotations
@@ -30,9 +31,8 @@ class _Failure:
 
 
 def prefetched(batches: Iterator[Batch], device: torch.device, depth: int = 2) -> Iterator[Batch]:
-    """``batches`` as they would come, prepared ``depth`` ahead by a thread: copied to the device (CUDA, on a side
-    stream) or, on the CPU, cast to float32 there (what ``epoch_loop`` and ``inference`` compute in). Stopping early
-    (an exception, a ``break``) stops the thread and closes ``batches``."""
+    """``batches`` as they would come, prepared ``depth`` ahead by a thread (on CUDA also pinned and copied to the
+    device on a side stream). Stopping early (an exception, a ``break``) stops the thread and closes ``batches``."""
     streams = DeviceStreams(device)
     ready: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -54,8 +54,6 @@ def prefetched(batches: Iterator[Batch], device: torch.device, depth: int = 2) -
                 with streams.on(side):
                     tokens = streams.pin(tokens).to(device, non_blocking=True)
                     labels = streams.pin(labels).to(device, non_blocking=True)
-                    if not streams.cuda:  # on a GPU the cast runs there, after the (half-size) copy
-                        tokens = tokens.float()
                     put((streams.record(side), tokens, labels, *rest))
         except BaseException as error:  # noqa: BLE001 - handed to the training thread, which raises it
             put(_Failure(error))
