@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.stacking.engine import train_stacked
-from step_cache.stacking.shared_data import DataCache
+from step_cache.training.stacking.engine import train_stacked
+from step_cache.training.stacking.shared_data import DataCache
 from step_cache.training.config import TrainConfig, make_config, with_schedule
 from step_cache.training.splits import shard_splits
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
-from step_cache.stacking import train_stacked
+from step_cache.training.stacking import train_stacked
 from step_cache.sweeps.results import retrain_best
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training import run_commits, runs

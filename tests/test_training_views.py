@@ -17,8 +17,8 @@ from test_training import TIMING, same_run, without
 
 from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
-from step_cache.stacking import group_by_shape, train_stacked
-from step_cache.stacking.shared_data import DataCache
+from step_cache.training.stacking import group_by_shape, train_stacked
+from step_cache.training.stacking.shared_data import DataCache
 from step_cache.sweeps.space import SweepSpaceError, build_space
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training import trainer

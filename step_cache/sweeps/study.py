@@ -30,8 +30,8 @@ from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
-from step_cache.stacking.grouping import group_by_shape
-from step_cache.stacking.shared_data import DataCache
+from step_cache.training.stacking.grouping import group_by_shape
+from step_cache.training.stacking.shared_data import DataCache
 from step_cache.sweeps.batch import run_batch, worker_name
 from step_cache.sweeps.results import (
     best_trial,

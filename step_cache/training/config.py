@@ -18,6 +18,7 @@ import torch
 
 from step_cache import __version__
 from step_cache.cpu_budget import recorded_threads
+from step_cache.probes import probe_options
 from step_cache.training.early_stopping import resolve_patience
 from step_cache.training.optimization import default_lr, resolve_schedule, schedule_steps
 from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
@@ -115,6 +116,11 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     if config.pairs is not None:
         config.pairs = str(config.pairs)
     return config
+
+
+def full_options(config: TrainConfig) -> dict[str, Any]:
+    """The probe's options as it is built: its defaults (``probes.probe_options``), then the config's own."""
+    return {**probe_options(config.probe), **config.probe_options}
 
 
 def with_schedule(config: TrainConfig, train_clips: int) -> TrainConfig:

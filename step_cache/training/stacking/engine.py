@@ -34,13 +34,13 @@ import torch
 
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.probes import build_probe, count_parameters
-from step_cache.stacking.adamw import StackedAdamW
-from step_cache.stacking.grouping import full_options, group_by_shape, shape_key
-from step_cache.stacking.members import StackedProbes
-from step_cache.stacking.resume import restore_stack, stack_state
-from step_cache.stacking.shared_data import DataCache, TrainingData
+from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.grouping import group_by_shape, shape_key
+from step_cache.training.stacking.members import StackedProbes
+from step_cache.training.stacking.resume import restore_stack, stack_state
+from step_cache.training.stacking.shared_data import DataCache, TrainingData
 from step_cache.training.augment import build_augmentation
-from step_cache.training.config import TrainConfig, with_schedule
+from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches

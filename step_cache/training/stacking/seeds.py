@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.stacking.engine import MemberResult, StackedRun
-from step_cache.stacking.grouping import full_options
-from step_cache.stacking.shared_data import DataCache
+from step_cache.training.stacking.engine import MemberResult, StackedRun
+
+from step_cache.training.stacking.shared_data import DataCache
 from step_cache.training import runs
-from step_cache.training.config import TrainConfig, run_record, with_schedule
+from step_cache.training.config import TrainConfig, full_options, run_record, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import seed_statistics, seeds_chance
