@@ -12,6 +12,7 @@ from cli.app import app
 from cli.console import setup_logging, user_errors
 from cli.options import Threads
 from step_cache.cpu_budget import apply_threads
+from step_cache.errors import InputError
 
 
 @app.command(rich_help_panel="Stage one: tokens")
@@ -146,7 +147,7 @@ def extract(
     apply_threads(threads)
     with user_errors():
         if videos is None and annotations is None:
-            raise ValueError("give --videos DIR (class folders) and/or --annotations FILE.csv")
+            raise InputError("give --videos DIR (class folders) and/or --annotations FILE.csv")
         under_torchrun = torchrun_environment() is not None and num_parts == 1
         run_extract = extract_distributed if under_torchrun else partial(extract_videos, num_parts=num_parts, part=part)
         report = run_extract(

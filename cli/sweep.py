@@ -11,6 +11,7 @@ from cli.app import app
 from cli.console import setup_logging, user_errors
 from cli.options import BatchSize, EarlyStop, Epochs, Patience, Threads, Views
 from step_cache.cpu_budget import apply_threads
+from step_cache.errors import InputError
 
 PANEL = "Stage two: probes"
 
@@ -100,9 +101,9 @@ def sweep(
 
         chosen = [*(shards or []), *(features or [])]
         if not chosen:
-            raise ValueError("give the shard directory: step-cache sweep SHARDS/ (or --features SHARDS/)")
+            raise InputError("give the shard directory: step-cache sweep SHARDS/ (or --features SHARDS/)")
         if grid and sampler not in ("tpe", "grid"):
-            raise ValueError(f"--grid and --sampler {sampler} exclude each other")
+            raise InputError(f"--grid and --sampler {sampler} exclude each other")
         search_space = build_space(probe, param, space)
         result = run_sweep(
             chosen,

@@ -12,6 +12,7 @@ from cli.app import app
 from cli.console import setup_logging, user_errors
 from cli.options import BatchSize, EarlyStop, Epochs, Patience, ReversePairs, Threads, TokenDrop, Views
 from step_cache.cpu_budget import apply_threads
+from step_cache.errors import InputError
 from step_cache.training.metrics import format_percent
 
 PANEL = "Stage two: probes"
@@ -26,7 +27,7 @@ ShardArguments = Annotated[
 def _all_features(positional: list[Path] | None, features: list[Path] | None) -> list[Path]:
     chosen = [*(positional or []), *(features or [])]
     if not chosen:
-        raise ValueError("give the shard directory: step-cache train-probe SHARDS/ (or --features SHARDS/)")
+        raise InputError("give the shard directory: step-cache train-probe SHARDS/ (or --features SHARDS/)")
     return chosen
 
 
@@ -276,10 +277,10 @@ def predict(
     apply_threads(threads)
     with user_errors():
         if (features is None) == (videos is None):
-            raise ValueError("give either --features SHARDS/ or --videos PATH")
+            raise InputError("give either --features SHARDS/ or --videos PATH")
         if videos is None:
             if annotations or weights or cache:
-                raise ValueError("--annotations, --weights and --cache go with --videos")
+                raise InputError("--annotations, --weights and --cache go with --videos")
             from step_cache.training.evaluation import predict as run_prediction
 
             path = run_prediction(

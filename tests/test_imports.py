@@ -112,6 +112,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "step_cache.extras",
         "step_cache",
     ),
+    ("step_cache.errors",),  # StepCacheError, the base of every error the project raises
 )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from step_cache.errors import StepCacheError
 from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
@@ -124,7 +125,7 @@ def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, 
         results.send(decode_task(message, frames, clips, preprocessing, decoder))
 
 
-class DecodeWorkerError(RuntimeError):
+class DecodeWorkerError(StepCacheError, RuntimeError):
     """Decode workers cannot run at all (they exit before decoding anything), so every video would fail."""
 
 

@@ -12,14 +12,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from step_cache.errors import StepCacheError
 from step_cache.probes.pooling import attention_pool
 
 
-class ProbeConfigError(ValueError):
+class ProbeConfigError(StepCacheError, ValueError):
     """A probe was asked for with an unknown name, an unknown option or an invalid value."""
 
 
-class ProbeInputError(ValueError):
+class ProbeInputError(StepCacheError, ValueError):
     """Tokens handed to a probe do not have the shape it was built for."""
 
 

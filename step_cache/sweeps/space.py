@@ -34,12 +34,13 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from step_cache.errors import StepCacheError
 from step_cache.probes import probe_options
 from step_cache.training.token_data import TOKEN_SUBSETS
 from step_cache.training.views import VIEW_MODES
 
 
-class SweepSpaceError(ValueError):
+class SweepSpaceError(StepCacheError, ValueError):
     """A search space that names an unknown parameter, has a malformed range or searches nothing."""
 
 

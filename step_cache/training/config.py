@@ -18,6 +18,7 @@ import torch
 
 from step_cache import __version__
 from step_cache.cpu_budget import recorded_threads
+from step_cache.errors import StepCacheError
 from step_cache.probes import probe_options
 from step_cache.training.early_stopping import resolve_patience
 from step_cache.training.optimization import default_lr, resolve_schedule, schedule_steps
@@ -25,7 +26,7 @@ from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
 from step_cache.training.views import VIEW_MODES
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(StepCacheError, ValueError):
     """A training option that is unknown or out of range."""
 
 
