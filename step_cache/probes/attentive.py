@@ -14,12 +14,14 @@ benchmark (docs/training.md), so those are gone, and runs trained with it are re
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from step_cache.probes.layers import (
     Block,
+    ProbeShape,
     StackableDropout,
     as_dtype_of,
     check_probe_shape,
@@ -28,25 +30,22 @@ from step_cache.probes.layers import (
     resolve_num_heads,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 
 class AttentiveProbe(nn.Module):
     def __init__(
         self,
         *,
-        dim: int,
-        num_classes: int,
-        frames: int,
-        tokens_per_frame: int,
-        cls_index: int | None,
         num_heads: int | None = None,
         dropout: float = 0.0,
         mlp_ratio: float = 4.0,
         output_projection: bool = False,
+        **shape: Unpack[ProbeShape],
     ) -> None:
         super().__init__()
-        check_probe_shape(
-            dim=dim, num_classes=num_classes, frames=frames, tokens_per_frame=tokens_per_frame, cls_index=cls_index
-        )
+        dim = check_probe_shape(shape)["dim"]
         self.dim = dim
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         # The query sits outside the context, so this block is a cross-attention block (+ MLP).
@@ -59,7 +58,7 @@ class AttentiveProbe(nn.Module):
             output_projection=output_projection,
         )
         self.head_drop = StackableDropout(dropout)
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(dim, shape["num_classes"])
         # V-JEPA's pooler init: trunc-normal (std 0.02) weights and query, zero biases, unit LayerNorms; then the
         # residual branches' last weights divided by sqrt(2 · layer_id), layer_id = 1 for the one block. The head
         # is created outside the pooler and keeps PyTorch's default Linear init.
