@@ -8,14 +8,14 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from cli.app import TOKENS_PANEL, app
 from cli.console import setup_logging, user_errors
 from cli.options import Threads
 from step_cache.cpu_budget import apply_threads
 from step_cache.errors import InputError
 
 
-@app.command(rich_help_panel="Stage one: tokens")
+@app.command(rich_help_panel=TOKENS_PANEL)
 def extract(
     videos: Annotated[
         Path | None,
@@ -24,7 +24,7 @@ def extract(
             "or the root the --annotations paths are relative to."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Shard directory to create or resume.")] = Path("shards"),
+    out: Annotated[Path, typer.Option(help="Cache directory to create or resume.")] = Path("shards"),
     annotations: Annotated[
         Path | None, typer.Option(help="CSV with columns path,label[,split][,start_frame,end_frame].")
     ] = None,

@@ -115,7 +115,7 @@ def test_clear_one_line_errors(invoke, shards, tmp_path):
     run.mkdir()
     (run / "config.json").write_text("{}")
     cases = [
-        (["train-probe"], "give the shard directory"),
+        (["train-probe"], "give the cache directory"),
         (["train-probe", "--features", "/no/such/cache"], "/no/such/cache: cache directory does not exist"),
         (["train-probe", "--features", shards, "--probe", "mamba", "--out", tmp_path / "r"], "unknown probe 'mamba'"),
         (

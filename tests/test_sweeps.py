@@ -19,16 +19,17 @@ from torch import nn
 from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
 from step_cache.probes import ProbeConfigError, build_probe
-from step_cache.training.stacking import group_by_shape, train_stacked
-from step_cache.training.stacking.adamw import StackedAdamW
-from step_cache.training.stacking.engine import StackedRun
-from step_cache.training.stacking.members import StackedProbes
 from step_cache.sweeps.results import retrain_best, trial_line
 from step_cache.sweeps.space import SweepSpaceError, build_space
 from step_cache.sweeps.study import SweepError, run_batch, run_sweep, trial_config
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import make_config
-from step_cache.training.optimization import WarmupCosine, build_optimizer, build_scheduler, schedule_steps
+from step_cache.training.optimization import WarmupCosine, build_optimizer, build_scheduler
+from step_cache.training.schedule import schedule_steps
+from step_cache.training.stacking import group_by_shape, train_stacked
+from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.engine import StackedRun
+from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.trainer import train_probe
 
 BASE = {"epochs": 5, "batch_size": 8, "progress": False}

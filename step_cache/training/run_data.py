@@ -14,8 +14,10 @@ import torch
 from step_cache.cache.shards import ShardSet
 from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
-from step_cache.training.config import TrainConfig, schedule_record
+from step_cache.probes import ProbeShape
+from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
+from step_cache.training.run_record import schedule_record
 from step_cache.training.splits import DataError, Splits, shard_splits
 from step_cache.training.token_data import TokenSelection, select_tokens
 from step_cache.training.views import ViewTable, clean_rows, view_table
@@ -33,6 +35,17 @@ class RunInputs:
     pairs: list[tuple[int, int]]
     device: torch.device
     views: ViewTable  # the training clips' augmented views (enabled with views="on" on a cache that has them)
+
+
+def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
+    """The shape arguments of a probe over ``selection`` of the tokens of ``shards``."""
+    return ProbeShape(
+        dim=shards.layout.dim,
+        num_classes=len(shards.classes),
+        frames=shards.manifest.frames,
+        tokens_per_frame=selection.tokens_per_frame,
+        cls_index=selection.cls_index,
+    )
 
 
 def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:

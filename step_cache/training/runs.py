@@ -37,7 +37,7 @@ import torch
 from step_cache.cache.files import atomic_write_text, fsync_dir
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.errors import StepCacheError
-from step_cache.training.config import record_differences
+from step_cache.training.run_record import record_differences
 
 log = logging.getLogger(__name__)
 

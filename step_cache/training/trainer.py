@@ -25,12 +25,12 @@ from step_cache.probes import build_probe, count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.chance import chance_note
-from step_cache.training.config import TrainConfig, full_options, make_config, run_record, with_schedule
+from step_cache.training.config import TrainConfig, full_options, make_config, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
 from step_cache.training.metrics import format_percent, format_percent_spread
-from step_cache.training.optimization import build_optimizer, build_scheduler, schedule_steps
+from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import (
     NO_SCORE,
@@ -42,9 +42,11 @@ from step_cache.training.records import (
     validation_score,
 )
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
-from step_cache.training.run_data import data_record, run_inputs
+from step_cache.training.run_data import data_record, probe_shape, run_inputs
 from step_cache.training.run_lock import hold_run_dir
+from step_cache.training.run_record import run_record
 from step_cache.training.run_status import mark_failed, refuse_failed_resume, usable_checkpoint
+from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.seeds import train_seeds
 from step_cache.training.token_data import open_token_source
 from step_cache.training.views import epoch_plan
@@ -91,18 +93,12 @@ class _Run:
         self.requested = config  # epochs / batch_size may be None (auto): resolved from the training clips
         self.config = config = with_schedule(config, len(self.splits.train))
         self.augmentation = build_augmentation(
-            config.token_drop, config.reverse_pairs, self.pairs, len(shards.classes), selection
+            config.token_drop, config.reverse_pairs, self.pairs, len(shards.classes), self.selection
         )
         torch.manual_seed(config.seed)
-        self.model = build_probe(
-            config.probe,
-            dim=shards.layout.dim,
-            num_classes=len(shards.classes),
-            frames=shards.manifest.frames,
-            tokens_per_frame=selection.tokens_per_frame,
-            cls_index=selection.cls_index,
-            **config.probe_options,
-        ).to(self.device)
+        self.model = build_probe(config.probe, **probe_shape(shards, self.selection), **config.probe_options).to(
+            self.device
+        )
         config.probe_options = full_options(config)
         self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
         self.history: list[dict[str, Any]] = []

@@ -30,17 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.training.stacking.engine import MemberResult, StackedRun
-
-from step_cache.training.stacking.shared_data import DataCache
 from step_cache.training import runs
-from step_cache.training.config import TrainConfig, full_options, run_record, with_schedule
+from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import seed_statistics, seeds_chance
 from step_cache.training.run_checkpoints import save_checkpoint
 from step_cache.training.run_commits import CommitClock, append_epoch
 from step_cache.training.run_data import data_record
+from step_cache.training.run_record import run_record
+from step_cache.training.stacking.engine import MemberResult, StackedRun
+from step_cache.training.stacking.shared_data import DataCache
 
 log = logging.getLogger(__name__)
 
