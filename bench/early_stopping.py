@@ -36,8 +36,8 @@ from result_rows import cache_name
 from step_cache.cache.shards import open_shards
 from step_cache.training.config import make_config
 from step_cache.training.early_stopping import MIN_PATIENCE, PATIENCE_SHARE, should_stop
-from step_cache.training.stacking.engine import StackedRun
 from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import StackedRun
 from step_cache.training.trainer import train_probe
 
 PROBES = ("linear", "attentive", "self-attentive", "step")

@@ -7,8 +7,8 @@ import time
 
 from step_cache.cache.shards import ShardSet
 from step_cache.training.config import TrainConfig
-from step_cache.training.stacking.engine import train_stacked
 from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import train_stacked
 
 HEADLINE = ("top1", "pair_accuracy")
 

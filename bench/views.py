@@ -31,7 +31,7 @@ from stacked_groups import train_groups
 from step_cache.cache.shards import open_shards
 from step_cache.training.config import make_config
 from step_cache.training.splits import shard_splits
-from step_cache.training.views import view_table
+from step_cache.training.view_table import view_table
 
 PROBES = ("linear", "attentive", "self-attentive", "step")
 

@@ -11,9 +11,9 @@ import typer
 from cli.app import DEMO_PANEL, app
 from cli.console import setup_logging, user_errors
 from cli.options import Threads
-from step_cache.benchmark import DEFAULT_KINDS, KINDS, make_demo_dataset, parse_size
 from step_cache.cpu_budget import apply_threads
 from step_cache.demo import DemoSettings
+from step_cache.demo_dataset import DEFAULT_KINDS, KINDS, make_demo_dataset, parse_size
 
 
 @app.command("make-demo", rich_help_panel=DEMO_PANEL)

@@ -100,7 +100,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("step_cache.training.trainer", "step_cache.stacking"),  # one seed or --seeds; the old path of the stack
     ("step_cache.training.stacking",),  # K members trained as one vmapped batch: --seeds and sweeps
     ("step_cache.training", "step_cache.extraction"),
-    ("step_cache.benchmark", "step_cache.datasets"),
+    ("step_cache.demo_dataset", "step_cache.datasets"),
     ("step_cache.synthetic",),
     ("step_cache.cache",),
     ("step_cache.probes",),
@@ -176,7 +176,7 @@ def test_stacking_lives_inside_training_below_the_trainer_and_sweeps():
     sweeps = {name for name in graph if name.startswith("step_cache.sweeps.")}
     names = ("batch", "plots", "results", "search", "space", "storage", "study")
     assert sweeps == {f"step_cache.sweeps.{name}" for name in names}
-    assert "step_cache.training.stacking.engine" in graph["step_cache.training.stacking.seeds"]
+    assert "step_cache.training.stacking.stacked_run" in graph["step_cache.training.stacking.seeds"]
     assert "step_cache.training.stacking.seeds" in graph["step_cache.training.trainer"]
     stacking = [name for name in graph if name.startswith("step_cache.training.stacking")]
     for name in stacking:  # the stack builds on training's modules, never on the trainer or on sweeps

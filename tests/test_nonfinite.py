@@ -21,8 +21,8 @@ from step_cache.training import runs
 from step_cache.training.config import make_config
 from step_cache.training.epoch_loop import POSTFIX_EVERY, NonFiniteLossError, train_epoch
 from step_cache.training.stacking.adamw import StackedAdamW
-from step_cache.training.stacking.engine import StackedRun
 from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import StackedRun
 from step_cache.training.trainer import train_probe
 
 _register_commands()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from step_cache.benchmark import make_demo_dataset
+from step_cache.demo_dataset import make_demo_dataset
 from step_cache.extraction.engine import extract
 from step_cache.recognition.settings import RunSettingsError, check_weights_file, extract_options
 from step_cache.training import runs

@@ -28,8 +28,8 @@ from step_cache.training.optimization import WarmupCosine, build_optimizer, buil
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking import group_by_shape, train_stacked
 from step_cache.training.stacking.adamw import StackedAdamW
-from step_cache.training.stacking.engine import StackedRun
 from step_cache.training.stacking.members import StackedProbes
+from step_cache.training.stacking.stacked_run import StackedRun
 from step_cache.training.trainer import train_probe
 
 BASE = {"epochs": 5, "batch_size": 8, "progress": False}

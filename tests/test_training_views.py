@@ -27,7 +27,7 @@ from step_cache.training.splits import select_splits, shard_splits
 from step_cache.training.stacking import group_by_shape, train_stacked
 from step_cache.training.stacking.shared_data import DataCache
 from step_cache.training.trainer import train_probe
-from step_cache.training.views import clean_rows, epoch_plan, view_table
+from step_cache.training.view_table import clean_rows, epoch_plan, view_table
 
 FAST = {"epochs": 3, "batch_size": 8, "lr": 3e-3, "progress": False}
 # 2 classes (a mirrored pair) x 8 videos x 2 clips, every 4th video a test video, val held out by val_fraction;

@@ -177,7 +177,7 @@ def test_cli_seeds_print_mean_and_std(split_cache, tmp_path):
 
 def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(split_cache, tmp_path, monkeypatch):
     from step_cache.training.epoch_loop import NonFiniteLossError
-    from step_cache.training.stacking.engine import train_stacked
+    from step_cache.training.stacking.stacked_run import train_stacked
 
     with pytest.raises(NonFiniteLossError, match="lower --lr"):
         train_probe(split_cache, "step", tmp_path / "run", seeds=2, **{**FAST, "lr": 1e30})
@@ -187,7 +187,7 @@ def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(sp
     assert diverged.metrics is None and "non-finite" in diverged.diverged and diverged.stopped_after == 0
     assert fine.diverged is None and fine.metrics["stacked_members"] == 2 and len(fine.history) == 3
     # One seed of three diverging (its initial weights non-finite) fails the run with the same clear error.
-    from step_cache.training.stacking.engine import StackedRun
+    from step_cache.training.stacking.stacked_run import StackedRun
 
     original = StackedRun.__init__
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from step_cache.benchmark.actions import KINDS, Action, Kind, Stage
-from step_cache.benchmark.drawing import ObjectTrack, composite, stationary_noise, textured_background
+from step_cache.demo_dataset.actions import KINDS, Action, Kind, Stage
+from step_cache.demo_dataset.drawing import ObjectTrack, composite, stationary_noise, textured_background
 from step_cache.errors import StepCacheError
 
 

@@ -38,7 +38,7 @@ from step_cache.errors import StepCacheError
 from step_cache.probes import probe_options
 from step_cache.training.config import setting_names, value_type
 from step_cache.training.token_data import TOKEN_SUBSETS
-from step_cache.training.views import VIEW_MODES
+from step_cache.training.view_table import VIEW_MODES
 
 
 class SweepSpaceError(StepCacheError, ValueError):

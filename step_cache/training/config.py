@@ -210,7 +210,7 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     # Imported here, not at the top: the command line builds its options from this module, and `--help` should
     # not wait for torch, which these modules load.
     from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
-    from step_cache.training.views import VIEW_MODES
+    from step_cache.training.view_table import VIEW_MODES
 
     config = TrainConfig(probe=probe, **options)
     if config.lr is None:

@@ -20,7 +20,7 @@ from step_cache.training.metrics import pair_indices
 from step_cache.training.run_record import schedule_record
 from step_cache.training.splits import DataError, Splits, shard_splits
 from step_cache.training.token_data import TokenSelection, select_tokens
-from step_cache.training.views import ViewTable, clean_rows, view_table
+from step_cache.training.view_table import ViewTable, clean_rows, view_table
 
 log = logging.getLogger(__name__)
 

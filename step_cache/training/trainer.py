@@ -2,7 +2,7 @@
 killed run exactly, and write the final metrics (including the frame-order metrics) of the best checkpoint.
 
 The run directory layout is described in ``runs.py``. On CPU a run is fully deterministic for a seed:
-batch order and the augmented views drawn (``views.py``) are keyed by (seed, epoch), dropout draws from torch's
+batch order and the augmented views drawn (``view_table.py``) are keyed by (seed, epoch), dropout draws from torch's
 global generator whose state is checkpointed, and both data paths (in memory, streaming) yield the same batches.
 """
 
@@ -49,7 +49,7 @@ from step_cache.training.run_status import mark_failed, refuse_failed_resume, us
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.seeds import train_seeds
 from step_cache.training.token_data import open_token_source
-from step_cache.training.views import epoch_plan
+from step_cache.training.view_table import epoch_plan
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@
 on it.
 """
 
-from step_cache.training.stacking.engine import MemberResult, train_stacked
 from step_cache.training.stacking.grouping import group_by_shape, shape_key
+from step_cache.training.stacking.stacked_run import MemberResult, train_stacked
 
 __all__ = ["MemberResult", "group_by_shape", "shape_key", "train_stacked"]

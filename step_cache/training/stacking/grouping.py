@@ -1,4 +1,4 @@
-"""Which probe configurations can train together in one stack (``engine.py``): the same shape (probe, structure,
+"""Which probe configurations can train together in one stack (``stacked_run.py``): the same shape (probe, structure,
 data, schedule length), differing only in the members' own settings."""
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from step_cache.training.stacking.members import StackedProbes
 
 
 class Member(Protocol):
-    """What the state keeps of one member (``engine.MemberResult`` is one)."""
+    """What the state keeps of one member (``stacked_run.MemberResult`` is one)."""
 
     history: list[dict[str, Any]]
     metrics: dict[str, Any] | None
@@ -31,7 +31,7 @@ class Member(Protocol):
 
 
 class Stack(Protocol):
-    """What the state saves of a stack and restores (``engine.StackedRun`` is one; the engine imports this module,
+    """What the state saves of a stack and restores (``stacked_run.StackedRun`` is one; that module imports this one,
     so the state is typed by what it reads, not by that class)."""
 
     configs: Sequence[Any]

@@ -1,5 +1,5 @@
 """``train_probe(..., seeds=N)``: one probe configuration trained with N seeds at once, as one stacked batch
-(``stacking.engine``: the seeds are members of one vmapped stack), to report its figures as mean ± std.
+(``stacking.stacked_run``: the seeds are members of one vmapped stack), to report its figures as mean ± std.
 
 Seeds ``seed .. seed+N-1`` give each member its own initial weights (and dropout masks); the batches, the augmented
 views drawn each epoch and, when the cache has no val split, the held-out validation videos come from ``seed`` for
@@ -39,8 +39,8 @@ from step_cache.training.run_checkpoints import save_checkpoint
 from step_cache.training.run_commits import CommitClock, append_epoch
 from step_cache.training.run_data import data_record
 from step_cache.training.run_record import run_record
-from step_cache.training.stacking.engine import MemberResult, StackedRun
 from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import MemberResult, StackedRun
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from step_cache.cache.shards import ShardSet
 from step_cache.training.config import TrainConfig
 from step_cache.training.run_data import RunInputs, run_inputs
 from step_cache.training.token_data import TokenSource, open_token_source
-from step_cache.training.views import clean_rows
+from step_cache.training.view_table import clean_rows
 
 
 @dataclass

@@ -48,7 +48,7 @@ from step_cache.training.stacking.grouping import group_by_shape, shape_key
 from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.stacking.resume import restore_stack, stack_state
 from step_cache.training.stacking.shared_data import DataCache, TrainingData
-from step_cache.training.views import epoch_plan
+from step_cache.training.view_table import epoch_plan
 
 log = logging.getLogger(__name__)
 
