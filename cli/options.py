@@ -39,6 +39,14 @@ Threads = Annotated[
     ),
 ]
 Quiet = Annotated[bool, typer.Option(help="No progress bars.")]
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        help="Debug log: every epoch's figures (they are always in RUN/metrics.jsonl); in a sweep, a line per epoch "
+        "of each stacked batch and one per trial that stops early."
+    ),
+]
+RunDir = Annotated[Path, typer.Option("--run", help="Run directory written by train-probe.")]
 Device = Annotated[str, typer.Option(help=settings()["device"].help)]
 DataMode = Annotated[str, typer.Option(help=settings()["data"].help)]
 Workers = Annotated[int | None, typer.Option(min=0, help=settings()["workers"].help)]
@@ -52,7 +60,7 @@ def chosen_caches(command: str, positional: list[Path] | None, features: list[Pa
     return chosen
 
 
-def _option(name: str, command: str) -> inspect.Parameter:
+def _option(name: str) -> inspect.Parameter:
     meta = settings()[name]
     default = TrainConfig.__dataclass_fields__[name].default
     option = typer.Option(*meta.flags, help=meta.help, min=meta.min, max=meta.max, show_default=default is not None)
@@ -61,22 +69,31 @@ def _option(name: str, command: str) -> inspect.Parameter:
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
 
 
-def config_options(command: str, after: str) -> Callable[[Command], Command]:
-    """Give ``command`` a command-line option for every ``TrainConfig`` field whose ``Setting`` lists it, placed
-    after its parameter ``after``; the function takes them in its ``**config``."""
+def spliced_options(parameters: list[inspect.Parameter], after: str) -> Callable[[Command], Command]:
+    """Give ``command`` the options ``parameters`` (declared elsewhere), placed after its parameter ``after``; the
+    function takes them in its ``**kwargs``. Typer reads the function's signature, so the options show in --help
+    and reach the function like its own."""
 
     def decorate(function: Command) -> Command:
         own = list(inspect.signature(function, eval_str=True).parameters.values())
-        config = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]
-        if len(config) != 1:
-            raise TypeError(f"{function.__name__} must take the config options as **config")
-        own.remove(config[0])
-        derived = [_option(name, command) for name, meta in settings().items() if command in meta.commands]
+        rest = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]
+        if len(rest) != 1:
+            raise TypeError(f"{function.__name__} must take the spliced options as **kwargs")
+        own.remove(rest[0])
         cut = [p.name for p in own].index(after) + 1
-        parameters = [*own[:cut], *derived, *own[cut:]]
         function.__signature__ = inspect.Signature(  # type: ignore[attr-defined] - what Typer reads
-            [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters]
+            [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in [*own[:cut], *parameters, *own[cut:]]]
         )
         return function
 
     return decorate
+
+
+def config_options(command: str, after: str) -> Callable[[Command], Command]:
+    """An option for every ``TrainConfig`` field whose ``Setting`` lists ``command`` (``spliced_options``)."""
+    return spliced_options([_option(name) for name, meta in settings().items() if command in meta.commands], after)
+
+
+def options_of(template: Callable[..., Any]) -> list[inspect.Parameter]:
+    """The parameters of ``template``, a function that only declares a group of options (``spliced_options``)."""
+    return list(inspect.signature(template, eval_str=True).parameters.values())

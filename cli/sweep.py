@@ -9,7 +9,7 @@ import typer
 
 from cli.app import PROBES_PANEL, app
 from cli.console import setup_logging, user_errors
-from cli.options import CacheArguments, FeaturesOption, Quiet, Threads, chosen_caches, config_options
+from cli.options import CacheArguments, FeaturesOption, Quiet, Threads, Verbose, chosen_caches, config_options
 from step_cache.cpu_budget import apply_threads
 from step_cache.errors import InputError
 
@@ -59,13 +59,7 @@ def sweep(
     plots: Annotated[bool, typer.Option(help="Write PNG figures to OUT/plots.")] = True,
     quiet: Quiet = False,
     threads: Threads = None,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            help="Debug log: a line per epoch of each stacked batch and one per trial that stops early; the retrained "
-            "best-run logs every epoch's figures."
-        ),
-    ] = False,
+    verbose: Verbose = False,
     **config: Any,
 ) -> None:
     """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""

@@ -16,7 +16,9 @@ from cli.options import (
     Device,
     FeaturesOption,
     Quiet,
+    RunDir,
     Threads,
+    Verbose,
     Workers,
     chosen_caches,
     config_options,
@@ -68,9 +70,7 @@ def train_probe(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
     quiet: Quiet = False,
     threads: Threads = None,
-    verbose: Annotated[
-        bool, typer.Option(help="Print every epoch's figures (they are always in RUN/metrics.jsonl).")
-    ] = False,
+    verbose: Verbose = False,
     **config: Any,
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
@@ -109,7 +109,7 @@ def train_probe(
 
 @app.command(rich_help_panel=PROBES_PANEL)
 def evaluate(
-    run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
+    run: RunDir,
     caches: CacheArguments = None,
     features: FeaturesOption = None,
     split: Annotated[
@@ -156,7 +156,7 @@ def evaluate(
 
 @app.command(rich_help_panel=PROBES_PANEL)
 def predict(
-    run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
+    run: RunDir,
     caches: CacheArguments = None,
     features: FeaturesOption = None,
     videos: Annotated[
