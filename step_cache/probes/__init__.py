@@ -60,12 +60,13 @@ def _probe_class(name: str) -> type[nn.Module]:
 
 def probe_options(name: str) -> dict[str, Any]:
     """The options probe ``name`` accepts, each with its default (``num_heads=None`` means D // 64)."""
-    parameters = inspect.signature(_probe_class(name).__init__).parameters
-    return {
+    probe = _probe_class(name)
+    own = {
         key: parameter.default
-        for key, parameter in parameters.items()
+        for key, parameter in inspect.signature(probe.__init__).parameters.items()
         if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in SHAPE_ARGUMENTS
     }
+    return {**getattr(probe, "shared_options", {}), **own}  # the attention probes' num_heads, dropout, mlp_ratio
 
 
 def recorded_options(name: str, options: dict[str, Any], origin: str = "run") -> dict[str, Any]:

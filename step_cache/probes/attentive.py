@@ -20,40 +20,32 @@ import torch
 from torch import nn
 
 from step_cache.probes.layers import (
+    AttentionProbe,
+    AttentionProbeArguments,
     Block,
-    ProbeShape,
     StackableDropout,
     as_dtype_of,
-    check_probe_shape,
     check_tokens,
     init_probe_weights,
-    resolve_num_heads,
 )
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 
-class AttentiveProbe(nn.Module):
-    def __init__(
-        self,
-        *,
-        num_heads: int | None = None,
-        dropout: float = 0.0,
-        mlp_ratio: float = 4.0,
-        output_projection: bool = False,
-        **shape: Unpack[ProbeShape],
-    ) -> None:
+class AttentiveProbe(AttentionProbe):
+    def __init__(self, *, output_projection: bool = False, **kwargs: Unpack[AttentionProbeArguments]) -> None:
         super().__init__()
-        dim = check_probe_shape(shape)["dim"]
+        shape, options = self.split_arguments(kwargs)
+        dim, dropout = shape["dim"], options["dropout"]
         self.dim = dim
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         # The query sits outside the context, so this block is a cross-attention block (+ MLP).
         self.block = Block(
             dim,
-            resolve_num_heads(dim, num_heads),
+            options["num_heads"],
             mlp=True,
-            mlp_ratio=mlp_ratio,
+            mlp_ratio=options["mlp_ratio"],
             dropout=dropout,
             output_projection=output_projection,
         )

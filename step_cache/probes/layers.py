@@ -246,3 +246,32 @@ def check_probe_shape(shape: Mapping[str, Any]) -> ProbeShape:
     if cls_index is not None and not 0 <= cls_index < tokens_per_frame:
         raise ProbeConfigError(f"cls_index={cls_index} must be None or in [0, tokens_per_frame={tokens_per_frame})")
     return ProbeShape(**{name: shape[name] for name in SHAPE_ARGUMENTS})
+
+
+class AttentionOptions(TypedDict, total=False):
+    """The options every attention probe (attentive, self-attentive, STEP) takes, defaults in ATTENTION_DEFAULTS."""
+
+    num_heads: int | None
+    dropout: float
+    mlp_ratio: float
+
+
+class AttentionProbeArguments(ProbeShape, AttentionOptions):
+    """An attention probe constructor's ``**kwargs``: the shape and the shared options."""
+
+
+ATTENTION_DEFAULTS: dict[str, Any] = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0}  # heads None: D // 64
+
+
+class AttentionProbe(nn.Module):
+    """The base of the attention probes (attentive, self-attentive, STEP): the options they share, declared once."""
+
+    shared_options = ATTENTION_DEFAULTS  # probes.probe_options lists them before a probe's own options
+
+    @staticmethod
+    def split_arguments(kwargs: Mapping[str, Any]) -> tuple[ProbeShape, dict[str, Any]]:
+        """A constructor's ``**kwargs`` as its checked shape and the shared options (defaults filled in, the number
+        of heads resolved for the width)."""
+        shape = check_probe_shape({k: v for k, v in kwargs.items() if k not in ATTENTION_DEFAULTS})
+        options = {name: kwargs.get(name, default) for name, default in ATTENTION_DEFAULTS.items()}
+        return shape, {**options, "num_heads": resolve_num_heads(shape["dim"], options["num_heads"])}

@@ -14,26 +14,9 @@ from step_cache.probes.step import StepProbe
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from step_cache.probes.layers import ProbeShape
+    from step_cache.probes.layers import AttentionProbeArguments
 
 
 class SelfAttentiveProbe(StepProbe):
-    def __init__(
-        self,
-        *,
-        num_heads: int | None = None,
-        dropout: float = 0.0,
-        mlp_ratio: float = 4.0,
-        depth: int = 1,
-        **shape: Unpack[ProbeShape],
-    ) -> None:
-        super().__init__(
-            num_heads=num_heads,
-            dropout=dropout,
-            mlp_ratio=mlp_ratio,
-            depth=depth,
-            frame_pos=False,
-            global_cls=True,
-            mlp=True,
-            **shape,
-        )
+    def __init__(self, *, depth: int = 1, **kwargs: Unpack[AttentionProbeArguments]) -> None:
+        super().__init__(depth=depth, frame_pos=False, global_cls=True, mlp=True, **kwargs)

@@ -19,47 +19,44 @@ import torch
 from torch import nn
 
 from step_cache.probes.layers import (
+    AttentionProbe,
+    AttentionProbeArguments,
     Block,
     ProbeConfigError,
-    ProbeShape,
     StackableDropout,
     as_dtype_of,
-    check_probe_shape,
     check_tokens,
     cls_readout,
     init_probe_weights,
-    resolve_num_heads,
 )
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
 
-class StepProbe(nn.Module):
+class StepProbe(AttentionProbe):
     def __init__(
         self,
         *,
-        num_heads: int | None = None,
-        dropout: float = 0.0,
-        mlp_ratio: float = 4.0,
         frame_pos: bool = True,
         global_cls: bool = True,
         mlp: bool = False,
         depth: int = 1,
-        **shape: Unpack[ProbeShape],
+        **kwargs: Unpack[AttentionProbeArguments],
     ) -> None:
         super().__init__()
-        dim, frames = check_probe_shape(shape)["dim"], shape["frames"]
+        shape, options = self.split_arguments(kwargs)
+        dim, frames, dropout = shape["dim"], shape["frames"], options["dropout"]
         if depth < 1:
             raise ProbeConfigError(f"depth={depth} must be at least 1")
         self.dim = dim
         self.frames = frames
-        heads = resolve_num_heads(dim, num_heads)
+        heads = options["num_heads"]
         # Row t is added to every token of frame t.
         self.frame_pos = nn.Parameter(torch.zeros(frames, dim)) if frame_pos else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if global_cls else None
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp=mlp, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth)
+            Block(dim, heads, mlp=mlp, mlp_ratio=options["mlp_ratio"], dropout=dropout) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
         self.head_drop = StackableDropout(dropout)
