@@ -102,7 +102,7 @@ def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, 
         import torch
 
         # torchcodec copies frames with torch ops: intra-op threads in every worker (one per core) spin against each
-        # other and the backbone (6x slower dense decoding measured on 2 busy cores); workers parallelise already.
+        # other and the backbone (measured: docs/performance.md, "Video decoders"); workers parallelise already.
         torch.set_num_threads(1)
     # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
     crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")

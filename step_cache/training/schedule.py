@@ -6,10 +6,9 @@ from __future__ import annotations
 import math
 
 # The automatic schedule (``epochs`` / ``batch_size`` left to "auto"): a schedule counted in epochs does not
-# transfer across dataset sizes (30 epochs of 180 clips at batch 64 are 90 optimizer steps, too few to learn a frame
-# embedding from scratch), so the batch shrinks on small sets and the epochs grow until the run has at least
-# AUTO_MIN_STEPS optimizer steps. The constants come from the demo's old recipe (about 2400 steps worked, 90 did
-# not) and were checked on benchmarks of other sizes, kinds, frame counts and difficulty (docs/training.md).
+# transfer across dataset sizes, so the batch shrinks on small sets and the epochs grow until the run has at least
+# AUTO_MIN_STEPS optimizer steps. Why, and the measurements behind the constants: docs/training.md, "Default
+# schedule".
 AUTO_BATCHES_PER_EPOCH = 16  # the auto batch aims at this many batches per epoch...
 # ...as a power of two in this range. The floor is 16, not 8: measured in docs/training.md, "The smallest automatic
 # batch is 16".

@@ -251,7 +251,8 @@ def train_probe(
     on_epoch: EpochCallback | None = None,
     **options: Any,
 ) -> TrainResult:
-    """Train ``probe`` on the shards in ``features`` and write a run directory ``out``.
+    """Train ``probe`` on the cache ``features`` (one or more cache directories, or an open ``ShardSet``) and write
+    a run directory ``out``.
 
     ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
     N seeds as one stack and reports mean ± std (``training/stacking/seeds.py``). ``resume``
