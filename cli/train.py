@@ -123,7 +123,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     threads: Threads = None,
 ) -> None:
-    """Evaluate a trained probe (best checkpoint) on shards; classes are matched by name."""
+    """Evaluate a trained probe (best checkpoint) on a cache; classes are matched by name."""
     from step_cache.training.evaluation import evaluate as run_evaluation
     from step_cache.training.runs import write_json
 
