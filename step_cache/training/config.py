@@ -10,8 +10,14 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_args, get_type_hints
 
 from step_cache.errors import StepCacheError
-from step_cache.training.early_stopping import resolve_patience
-from step_cache.training.schedule import resolve_schedule
+from step_cache.training.early_stopping import MIN_PATIENCE, PATIENCE_SHARE, resolve_patience
+from step_cache.training.schedule import (
+    AUTO_BATCH_RANGE,
+    AUTO_BATCHES_PER_EPOCH,
+    AUTO_MIN_EPOCHS,
+    AUTO_MIN_STEPS,
+    resolve_schedule,
+)
 
 # Peak learning rate when none is given, per probe (the others: FALLBACK_LR); measured in docs/training.md, "Default
 # schedule".
@@ -51,6 +57,9 @@ def setting(default: Any, help: str, **meta: Any) -> Any:
 
 TRAIN_ONLY = ("train-probe",)
 NO_OPTION: tuple[str, ...] = ()
+# The flags the settings of one kind share: a stack member's own hyperparameters, and the token-space augmentations.
+MEMBER_OWN: dict[str, Any] = {"commands": TRAIN_ONLY, "searchable": True, "member": True}
+AUGMENTATION: dict[str, Any] = {"commands": TRAIN_ONLY, "searchable": True}
 _LR_HELP = ", ".join(f"{lr:g} for {probe}" for probe, lr in DEFAULT_LR.items())
 
 
@@ -65,47 +74,38 @@ class TrainConfig:
     # None: chosen from the number of training clips (schedule.resolve_schedule); a run records the values used.
     epochs: int | None = setting(
         None,
-        "Training epochs (default: auto, at least 30 and enough for 1500 optimizer steps; docs/training.md).",
+        f"Training epochs (default: auto, at least {AUTO_MIN_EPOCHS} and enough for {AUTO_MIN_STEPS} optimizer steps; "
+        "docs/training.md).",
         min=1,
     )
     batch_size: int | None = setting(
         None,
-        "Clips per optimizer step (default: auto, about 16 batches per epoch, a power of two in 16-64).",
+        f"Clips per optimizer step (default: auto, about {AUTO_BATCHES_PER_EPOCH} batches per epoch, a power of two "
+        f"in {AUTO_BATCH_RANGE[0]}-{AUTO_BATCH_RANGE[1]}).",
         min=1,
         searchable=True,
     )
     lr: float | None = setting(
         None,
         f"Peak learning rate (AdamW); default {_LR_HELP}, {FALLBACK_LR:g} for the others.",
-        commands=TRAIN_ONLY,
-        searchable=True,
-        member=True,
+        **MEMBER_OWN,
     )
     weight_decay: float = setting(
         0.05,
         "On weight matrices only (not norms, biases, tokens).",
         flags=("--weight-decay", "--wd"),
-        commands=TRAIN_ONLY,
-        searchable=True,
-        member=True,
+        **MEMBER_OWN,
     )
-    warmup_epochs: float = setting(
-        1.0, "Linear warm-up (per step), then cosine decay to 0.", commands=TRAIN_ONLY, searchable=True, member=True
-    )
-    label_smoothing: float = setting(
-        0.0, "Label smoothing of the cross-entropy, in [0, 1).", commands=TRAIN_ONLY, searchable=True, member=True
-    )
-    clip_grad: float = setting(
-        1.0, "Max gradient norm; 0 disables clipping.", commands=TRAIN_ONLY, searchable=True, member=True
-    )
+    warmup_epochs: float = setting(1.0, "Linear warm-up (per step), then cosine decay to 0.", **MEMBER_OWN)
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy, in [0, 1).", **MEMBER_OWN)
+    clip_grad: float = setting(1.0, "Max gradient norm; 0 disables clipping.", **MEMBER_OWN)
     token_drop: float = setting(
         0.0,
         "Training augmentation: drop this share of each frame's patch tokens per clip and epoch (CLS tokens stay; "
         "augment.py). Not for the linear probe, which reads CLS only.",
         min=0.0,
         max=0.99,
-        commands=TRAIN_ONLY,
-        searchable=True,
+        **AUGMENTATION,
     )
     reverse_pairs: float = setting(
         0.0,
@@ -113,8 +113,7 @@ class TrainConfig:
         "backwards and label it as its partner (off by default: real near-mirror actions are not exact reverses).",
         min=0.0,
         max=1.0,
-        commands=TRAIN_ONLY,
-        searchable=True,
+        **AUGMENTATION,
     )
     views: str = setting(
         "on",
@@ -124,8 +123,7 @@ class TrainConfig:
         "evaluate and predict always use the clean views.",
         searchable=True,
     )
-    # Early stopping (training/early_stopping.py); patience None: max(10, ceil(0.3 x epochs)), resolved with the
-    # schedule.
+    # Early stopping (training/early_stopping.py); patience None is resolved with the schedule.
     early_stop: bool = setting(
         True,
         "Stop a run (each seed, each trial) once its validation score (val top-1, then val loss: what picks best.pt) "
@@ -134,8 +132,8 @@ class TrainConfig:
     )
     patience: int | None = setting(
         None,
-        "Early stopping: epochs without a better validation score before a run stops (default: max(10, 30 % of the "
-        "planned epochs)).",
+        "Early stopping: epochs without a better validation score before a run stops (default: "
+        f"max({MIN_PATIENCE}, {PATIENCE_SHARE:.0%} of the planned epochs)).",
         min=1,
     )
     seed: int = setting(
