@@ -15,7 +15,7 @@ from step_cache.errors import InputError
 
 
 @app.command(rich_help_panel=PROBES_PANEL)
-@config_options("sweep", after="features")
+@config_options("sweep", after="out")
 def sweep(
     caches: CacheArguments = None,
     features: FeaturesOption = None,

@@ -29,7 +29,7 @@ from step_cache.training.metrics import format_percent
 
 
 @app.command("train-probe", rich_help_panel=PROBES_PANEL)
-@config_options("train-probe", after="features")
+@config_options("train-probe", after="out")
 def train_probe(
     caches: CacheArguments = None,
     features: FeaturesOption = None,
