@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.cache.shards import CacheInput, ShardSet, as_shards
 from step_cache.probes import build_probe, count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
@@ -242,7 +242,7 @@ class _Run:
 
 
 def train_probe(
-    features: str | Path | Sequence[str | Path] | ShardSet,
+    cache: CacheInput,
     probe: str = "step",
     out: str | Path = "runs/probe",
     *,
@@ -251,8 +251,8 @@ def train_probe(
     on_epoch: EpochCallback | None = None,
     **options: Any,
 ) -> TrainResult:
-    """Train ``probe`` on the cache ``features`` (one or more cache directories, or an open ``ShardSet``) and write
-    a run directory ``out``.
+    """Train ``probe`` on ``cache`` (one or more cache directories, or an open ``ShardSet``) and write a run
+    directory ``out``.
 
     ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
     N seeds as one stack and reports mean ± std (``training/stacking/seeds.py``). ``resume``
@@ -263,14 +263,14 @@ def train_probe(
     config = make_config(probe, options)
     with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
         try:
-            return _train(features, probe, config, Path(out), resume, overwrite, on_epoch)
+            return _train(cache, probe, config, Path(out), resume, overwrite, on_epoch)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:
             mark_failed(Path(out), str(error))  # no command may use what the diverged run left
             raise
 
 
 def _train(
-    features: str | Path | Sequence[str | Path] | ShardSet,
+    cache: CacheInput,
     probe: str,
     config: TrainConfig,
     out: Path,
@@ -282,9 +282,9 @@ def _train(
     if resume:
         refuse_failed_resume(out)
     if config.seeds > 1:
-        metrics, history = train_seeds(features, config, Path(out), resume, on_epoch)
+        metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch)
         return TrainResult(Path(out), metrics, history)
-    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    shards = as_shards(cache)
     run = _Run(shards, config, Path(out))
     config = run.config  # with the schedule resolved
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)

@@ -25,11 +25,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.cache.shards import CacheInput, as_shards
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
@@ -55,7 +55,7 @@ def seed_dir(run_dir: Path, seed: int) -> Path:
 
 
 def train_seeds(
-    features: str | Path | Sequence[str | Path] | ShardSet,
+    cache: CacheInput,
     config: TrainConfig,
     out: Path,
     resume: bool,
@@ -64,7 +64,7 @@ def train_seeds(
     """Train ``config`` with ``config.seeds`` seeds as one stack into ``out``; returns (metrics, first seed's
     epoch records). ``on_epoch`` sees the first seed's epoch records. ``train_probe`` calls this when
     ``seeds > 1``, after refusing an existing run."""
-    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    shards = as_shards(cache)
     data = DataCache(shards)
     try:
         training = data.get(config)

@@ -26,13 +26,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.cache.shards import CacheInput, as_shards
 from step_cache.probes import build_probe, count_parameters
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, with_schedule
@@ -308,7 +307,7 @@ class StackedRun:
 
 
 def train_stacked(
-    features: str | Path | Sequence[str | Path] | ShardSet,
+    cache: CacheInput,
     configs: Sequence[TrainConfig],
     *,
     on_epoch: MemberCallback | None = None,
@@ -318,7 +317,7 @@ def train_stacked(
     """Train every config in ``configs`` (``train_config.make_config(probe, options)``), stacking those that
     share a shape; results in the order of ``configs``. ``on_epoch(index, record)`` is called for each member
     after each epoch and may return True to stop that member. ``data`` reuses loaded tokens across calls."""
-    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    shards = as_shards(cache)
     own_data = data is None
     data = data or DataCache(shards)
     results: list[MemberResult | None] = [None] * len(configs)
