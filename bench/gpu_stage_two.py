@@ -84,9 +84,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 def _stacked_step(members: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     from step_cache.probes import build_probe
-    from step_cache.stacking.adamw import StackedAdamW
-    from step_cache.stacking.engine import member_losses
-    from step_cache.stacking.members import StackedProbes
+    from step_cache.training.stacking.adamw import StackedAdamW
+    from step_cache.training.stacking.members import StackedProbes
+    from step_cache.training.stacking.stacked_run import member_losses
 
     frames, tokens_per_frame, dim, batch = (4, 5, 32, 8) if args.small else (16, 257, 768, 64)
     probes = [

@@ -14,15 +14,14 @@ from step_cache.cache.shards import open_shards
 from step_cache.extraction.backbones import load_backbone
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.host_traffic import HostTraffic
-from step_cache.stacking import adamw
-from step_cache.stacking.adamw import StackedAdamW
-from step_cache.stacking.engine import StackedRun
-from step_cache.stacking.shared_data import DataCache
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import make_config
 from step_cache.training.inference import forward_batches
-from step_cache.training.run_data import token_subset
-from step_cache.training.token_data import batch_plan, select_tokens
+from step_cache.training.stacking import adamw
+from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import StackedRun
+from step_cache.training.token_data import batch_plan
 from step_cache.training.trainer import _Run
 
 # What an epoch reads back once, whatever its length: the loss, top-1 and finiteness sums (epoch_loop.train_epoch's
@@ -53,7 +52,7 @@ def single_epoch_traffic(cache: Path, data: str, batch_size: int, **options) -> 
     shards = open_shards(cache)
     config = make_config("step", {"epochs": 3, "batch_size": batch_size, "progress": False, "data": data,
                                   "clip_grad": 1.0, **options})  # fmt: skip
-    run = _Run(shards, config, Path(tempfile.mkdtemp()), select_tokens(shards.layout, token_subset(config, shards)))
+    run = _Run(shards, config, Path(tempfile.mkdtemp()))
     run.build_optimizer()
     run.open_data()
     run.train_epoch(0)  # the first step creates the optimizer's state
@@ -125,7 +124,7 @@ def test_stacked_adamw_uploads_its_schedule_once_per_chunk(monkeypatch):
 def test_validation_pass_reads_back_once(cache, data):
     shards = open_shards(cache)
     config = make_config("step", {"epochs": 1, "batch_size": 4, "progress": False, "data": data})
-    run = _Run(shards, config, Path(tempfile.mkdtemp()), select_tokens(shards.layout, token_subset(config, shards)))
+    run = _Run(shards, config, Path(tempfile.mkdtemp()))
     run.open_data()
     counts = []
     for batch_size in (1, 4):  # 6 batches, then 2

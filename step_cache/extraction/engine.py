@@ -25,10 +25,10 @@ from step_cache.devices import resolve_device
 from step_cache.extraction.backbones import Backbone, load_backbone, resolve_backbone
 from step_cache.extraction.decoders import DECODERS, DEFAULT_DECODER, decoder_settings
 from step_cache.extraction.device_decode import open_decode_pool
+from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.parts import part_directory, partition
 from step_cache.extraction.pipeline import ExtractionRun
 from step_cache.extraction.quick_check import already_complete, quick_check, request_record
-from step_cache.extraction.report import ExtractReport
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_ind
 from step_cache.catalog import VideoItem
 from step_cache.extraction.backbones import Backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
-from step_cache.extraction.records import video_records
-from step_cache.extraction.report import ExtractReport
+from step_cache.extraction.video_rows import video_records
 from step_cache.extraction.views import ViewSettings, gets_views
 from step_cache.extraction.write_queue import WriteQueue
 
