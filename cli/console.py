@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import typer
 from tqdm import tqdm
 
+from step_cache.interface import command_line
+
 
 class _TqdmHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
@@ -29,9 +31,11 @@ def setup_logging(verbose: bool = False) -> None:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the library's errors (bad input, missing files, mismatched caches) into one line on stderr and a
-    non-zero exit. STEP_CACHE_DEBUG=1 shows the traceback instead."""
+    non-zero exit. STEP_CACHE_DEBUG=1 shows the traceback instead. Within it messages name command-line
+    options (``step_cache.interface``)."""
     try:
-        yield
+        with command_line():
+            yield
     except KeyboardInterrupt:
         # Work is committed in steps (a training run about every 30 s): what came after the last commit is redone.
         typer.echo(

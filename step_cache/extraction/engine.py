@@ -37,6 +37,7 @@ from step_cache.extraction.quick_check import already_complete, quick_check, req
 from step_cache.extraction.records import video_records
 from step_cache.extraction.report import ExtractReport
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings, gets_views
+from step_cache.interface import option
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,9 @@ def view_settings(opts: ExtractOptions, classes: list[str]) -> ViewSettings:
         opts.view_flip, pairs, opts.view_seed,
     )  # fmt: skip
     if views.count and getattr(DECODERS.get(opts.decoder), "on_device", False):
-        raise ExtractionError(f"--views is not supported with --decoder {opts.decoder} yet; use a CPU decoder")
+        raise ExtractionError(
+            f"{option('views')} is not supported with {option('decoder', opts.decoder)} yet; use a CPU decoder"
+        )
     return views
 
 
@@ -272,10 +275,11 @@ def _run(
                 failures[item.key] = failure
                 report.failures.append(failure)
                 bar.update(1)
+                bar.set_postfix(failed=len(report.failures))  # the bar's count matches the lines saying so
                 log.warning("skipped %s", result.error)
                 if opts.strict:
                     write_finished(batcher.flush())
-                    raise ExtractionError(f"--strict: {result.error}")
+                    raise ExtractionError(f"{option('strict')}: {result.error}")
                 continue
             write_finished(batcher.add(PendingVideo(payload=(item, result), frames=result.take_frames())))
         write_finished(batcher.flush())
