@@ -302,8 +302,8 @@ def test_sweep_writes_sorted_trials_best_config_best_run_and_plots(cache, tmp_pa
     # counts equal predictions, which a stack member and its lone run share (see assert_same_as_lone_run): exact.
     run = out / "best-run"
     assert {p.name for p in run.iterdir()} >= {"config.json", "metrics.json", "metrics.jsonl", "best.pt", "last.pt"}
-    assert json.loads((run / "metrics.json").read_text())["top1"] == best["value"]
-    assert best["best_run"]["top1"] == best["value"]
+    assert json.loads((run / "metrics.json").read_text())["splits"]["val"]["top1"] == best["value"]
+    assert best["best_run"]["val_top1"] == best["value"]
     sweep = json.loads((run / "config.json").read_text())["sweep"]  # the retrained run carries its sweep's name
     assert sweep == {"name": "s", "out": str(out), "trial": best["number"], "params": best["params"]}
     line = trial_line(rows[0], "top1")  # the objective named once, with its split
