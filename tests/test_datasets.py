@@ -491,7 +491,7 @@ def test_holdout_keeps_segments_of_a_video_together():
         for s, label in enumerate(["open", "close", "open"])
     ]
     split = {}
-    for item in holdout(items, val_fraction=0.5, seed=1):
+    for item in holdout(items, val_fraction=0.5, seed=1).items:
         split.setdefault(item.path, set()).add(item.split)
     assert all(len(splits) == 1 for splits in split.values())
     assert sorted(s.pop() for s in split.values()) == ["train"] * 3 + ["val"] * 3
