@@ -187,20 +187,18 @@ def train_probe(
     typer.echo(result.summary())
 
 
+EVAL_SPLIT_HELP = (
+    "all (every labelled clip), or the run's own train / val / test selection [default: test when the cache has test "
+    "clips, else val on the run's own cache, else all]."
+)
+
+
 @app.command(rich_help_panel=PANEL)
 def evaluate(
     run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
     features: Features,
-    split: Annotated[
-        str | None,
-        typer.Option(
-            help="all (every labelled clip), or the run's own train / val / test selection [default: test when the "
-            "cache has test clips, else all]."
-        ),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Score this seed of a --seeds run alone [default: every seed, mean ± std].")
-    ] = None,
+    split: Annotated[str | None, typer.Option(help=EVAL_SPLIT_HELP)] = None,
+    seed: Annotated[int | None, typer.Option(help="Score this seed of a --seeds run alone [default: all].")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON to this file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     device: Device = "auto",

@@ -9,7 +9,6 @@ from pathlib import Path
 from step_cache.extras import require
 from step_cache.report.document import Block, Heading, Paragraph, Table, to_html, to_markdown
 from step_cache.report.summaries import (
-    TOP_K,
     ReportError,
     RunSummary,
     cell,
@@ -19,7 +18,7 @@ from step_cache.report.summaries import (
     load_run,
     run_names,
 )
-from step_cache.training.metrics import format_percent_spread
+from step_cache.training.metrics import TOP_K, format_percent_spread
 
 __all__ = [
     "ReportError",

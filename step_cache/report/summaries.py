@@ -15,8 +15,6 @@ from step_cache.training.metrics import format_percent
 from step_cache.training.records import headline_figures, run_chance
 from step_cache.training.run_status import failure
 
-TOP_K = 5  # the k of the top-5 column
-
 
 class ReportError(ValueError):
     """A run directory that cannot be reported (not a run, or a run that never finished)."""

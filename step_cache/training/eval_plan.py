@@ -1,9 +1,10 @@
 """What ``evaluate`` scores when it is not told: the run's headline split, every seed's checkpoint, and a cache whose
 tokens differ from the run's only by int8 storage (``step-cache compact --dtype int8``: read back as floats).
 
-- Split: ``test`` when the cache has test clips (the run's headline when it trained on this cache), else ``all``;
-  scoring clips that the run's own selection puts in train (``all``, ``train``) draws a warning, since those
-  figures say how well the probe remembers, not how it generalises.
+- Split: ``test`` when the cache has test clips (the run's headline when it trained on this cache), else ``val``
+  on the run's own cache (its headline then) and ``all`` on another; scoring clips that the run's own selection
+  puts in train (``all``, ``train``) draws a warning, since those figures say how well the probe remembers, not
+  how it generalises.
 - Seeds: a ``--seeds`` run is scored with every seed's best checkpoint (``seeds/seed-<s>/best.pt``) and reported as
   the mean ± std, like its ``metrics.json``; ``seed`` picks one.
 - int8: the reader dequantizes int8 tokens (``cache.quantize``: within half a scale step of the stored floats), so
@@ -30,9 +31,13 @@ EVAL_SPLITS = ("all", "train", "val", "test")
 _STORAGE = ("tokens.dtype", "tokens.scale_dtype", "tokens.dequantized_from")
 
 
-def default_split(shards: ShardSet) -> str:
-    """``test`` when the cache has labelled test clips, else ``all``."""
-    return "test" if bool(np.any((shards.splits == "test") & (shards.labels >= 0))) else "all"
+def default_split(shards: ShardSet, record: dict[str, Any]) -> str:
+    """``test`` when the cache has labelled test clips; else ``val`` on the run's own cache (its headline split),
+    ``all`` on another cache."""
+    if bool(np.any((shards.splits == "test") & (shards.labels >= 0))):
+        return "test"
+    own = record["data"].get("manifest_hash") == shards.manifest.content_hash()
+    return "val" if own else "all"
 
 
 def check_split(split: str) -> None:

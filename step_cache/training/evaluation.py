@@ -26,7 +26,7 @@ from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, recorded_options
 from step_cache.training import runs
-from step_cache.training.chance import pooled_chance
+from step_cache.training.chance import chance_of, pooled_chance
 from step_cache.training.eval_plan import (
     check_split,
     default_split,
@@ -113,15 +113,19 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics (top-1/5, per-class, confusion, pair and order metrics, chance; per video) of a run's best
     checkpoint(s) on the labelled clips of ``features`` in ``split``: "all", or the run's own train / val / test
-    selection; None picks test when the cache has test clips, else all (``eval_plan``). A ``--seeds`` run is scored
+    selection; None picks the run's headline split (``eval_plan.default_split``). A ``--seeds`` run is scored
     with every seed (mean, ``std``, pooled confusion matrix and chance, as its metrics.json) unless ``seed`` names
     one; each seed's own figures are under ``per_seed``."""
-    record = runs.read_config(run_dir)
-    shards = features if isinstance(features, ShardSet) else open_shards(features)
-    split = default_split(shards) if split is None else split
-    check_split(split)
-    check_cache_fits(record, shards)
+    if split is not None:
+        check_split(split)
+    # Every checkpoint is checked (not failed, the run's own bytes) before anything else is said; the run's own
+    # best.pt (the first seed's) is checked also when another seed is scored.
+    record, first = load_probe(run_dir)
     checkpoints = seed_checkpoints(str(run_dir), seed)
+    probes = [first if weights == runs.BEST else load_probe(run_dir, weights)[1] for _, weights in checkpoints]
+    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    split = default_split(shards, record) if split is None else split
+    check_cache_fits(record, shards)
     classes = record["data"]["classes"]
     labels, unknown = map_labels(shards, classes)
     if unknown:
@@ -144,10 +148,9 @@ def evaluate(
     source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers)
     try:
         per_seed = []
-        for _, weights in checkpoints:  # one token source for every seed: the tokens are the same
-            probe = load_probe(run_dir, weights)[1].to(target)
+        for probe in probes:  # one token source for every seed: the tokens are the same
             figures = evaluate_clips(
-                probe, source, indices, labels, shards.videos, classes, pairs,
+                probe.to(target), source, indices, labels, shards.videos, classes, pairs,
                 batch_size=batch_size, device=target, orders=orders,
             )  # fmt: skip
             per_seed.append(figures)
@@ -165,8 +168,7 @@ def evaluate(
         "figures": describe(split, seeds),
         **figures,
         **({"std": std} if std is not None else {}),
-        "clips": per_seed[0]["clips"],
-        "chance": pooled_chance(per_seed),
+        "chance": pooled_chance(per_seed) if len(per_seed) > 1 else chance_of(per_seed[0]),
         "training_videos": training_videos,
         "tokens_note": note,
         "classes": classes,

@@ -6,9 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from step_cache.training.chance import chance_note
-from step_cache.training.metrics import format_percent, format_percent_spread
-
-TOP_K = 5  # the k of top-5: shown only when the run has more classes (else every class is in the top 5)
+from step_cache.training.metrics import TOP_K, format_percent, format_percent_spread
 
 
 def evaluation_line(metrics: dict[str, Any]) -> str:
