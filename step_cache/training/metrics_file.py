@@ -77,6 +77,7 @@ def split_figures(per_seed: Sequence[dict[str, Any]], classes: Sequence[str]) ->
     if len(per_seed) > 1:
         figures["std"] = spread
     figures["videos"] = per_seed[0].get("videos") if per_seed else None
+    figures["clips"] = per_seed[0].get("clips") if per_seed else None
     matrix = pooled_matrix([m.get("confusion_matrix") for m in per_seed])
     if matrix is not None:
         figures["confusion_matrix"] = matrix
@@ -105,14 +106,16 @@ def metrics_document(seeds: Sequence[int], members: Sequence[dict[str, Any]]) ->
     }
     if "std" in headline:
         document["std"] = headline["std"]
-    document["videos"] = headline["videos"]
+    document["videos"], document["clips"] = headline["videos"], headline["clips"]
     document["confusion_matrix"] = headline.get("confusion_matrix")
     document["per_class_accuracy"] = headline.get("per_class_accuracy")
     document["pooled_seeds"] = list(seeds)
-    document["chance"] = pooled_chance([m["test"] if split == "test" else m for m in members])
+    scored = [m["test"] if split == "test" else m for m in members]
+    document["chance"] = pooled_chance(scored) if len(scored) > 1 else chance_of(scored[0])
     document["epochs"] = first["epochs"]  # planned
     document["epochs_trained"] = max(_trained(m) for m in members)
-    document["best_epoch"] = first["best_epoch"]  # the first seed's; every seed's is in per_seed
+    document["best_epoch"] = first["best_epoch"]  # the first seed's, as early_stop; every seed's is in per_seed
+    document["early_stop"] = first.get("early_stop")
     document.update({key: first[key] for key in RUN_KEYS if key in first})
     slowest = max(members, key=lambda m: m.get("train_time_s") or 0.0)
     document.update({key: slowest.get(key) for key in COST_KEYS})
@@ -178,7 +181,7 @@ def _from_version_1(old: dict[str, Any], seed: int) -> dict[str, Any]:
             figures["std"] = {key: spread[key] for key in FIGURES if key in spread}
         else:
             figures = {key: own[name][key] for key in FIGURES if own[name].get(key) is not None}
-        figures["videos"] = own[name].get("videos")
+        figures["videos"], figures["clips"] = own[name].get("videos"), own[name].get("clips")
         if own[name].get("confusion_matrix"):
             figures["confusion_matrix"] = own[name]["confusion_matrix"]
             figures["per_class_accuracy"] = own[name].get("per_class_accuracy")
@@ -197,7 +200,7 @@ def _from_version_1(old: dict[str, Any], seed: int) -> dict[str, Any]:
     }
     if "std" in headline:
         document["std"] = headline["std"]
-    document["videos"] = headline.get("videos")
+    document["videos"], document["clips"] = headline.get("videos"), headline.get("clips")
     document["confusion_matrix"] = headline.get("confusion_matrix")
     document["per_class_accuracy"] = headline.get("per_class_accuracy")
     document["pooled_seeds"] = seeds[:1]  # version 1 kept the first seed's matrix only
@@ -206,6 +209,7 @@ def _from_version_1(old: dict[str, Any], seed: int) -> dict[str, Any]:
     stops = [entry.get("early_stop") or {} for entry in old.get("per_seed") or [old]]
     document["epochs_trained"] = max((int(s.get("epoch") or 0) for s in stops), default=0) or old.get("epochs")
     document["best_epoch"] = old.get("best_epoch")
+    document["early_stop"] = old.get("early_stop")
     document.update({key: old[key] for key in (*RUN_KEYS, *COST_KEYS) if key in old})
     document["splits"] = splits
     document["per_seed"] = (
