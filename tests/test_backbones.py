@@ -149,7 +149,7 @@ def test_extract_from_python_names_its_arguments_offline(video_tree, monkeypatch
 def test_option_names_a_setting_as_the_caller_writes_it():
     from step_cache.interface import command_line, option
 
-    assert option("pool_patches") == "pool_patches" and option("top_k", 7) == "top_k=7"
+    assert option("pool_patches") == "pool_patches=" and option("top_k", 7) == "top_k=7"
     assert option("weights", "random") == "weights='random'"
     with command_line():
         assert option("pool_patches") == "--pool-patches" and option("top_k", 7) == "--top-k 7"

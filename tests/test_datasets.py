@@ -651,7 +651,7 @@ def test_unknown_dataset_and_no_videos(tmp_path):
     with pytest.raises(DatasetError, match=r"unknown dataset 'ssv3'; choose one of ssv2, diving48"):
         prepare("ssv3", tmp_path, tmp_path / "a.csv")
     root = ssv2_tree(tmp_path / "ssv2")
-    with pytest.raises(DatasetError, match=r"none of the 7 listed videos exist.*wrong --root or --videos"):
+    with pytest.raises(DatasetError, match=r"none of the 7 listed videos exist.*wrong root= or videos="):
         prepare("ssv2", root, tmp_path / "a.csv", videos=tmp_path)
     assert set(ADAPTERS) == {"ssv2", "diving48", "ucf101", "hmdb51", "kinetics", "folder", "drive-act", "ikea-asm"}
 
