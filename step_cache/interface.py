@@ -19,13 +19,13 @@ _UNSET = object()
 
 def option(name: str, value: object = _UNSET) -> str:
     """The setting ``name`` (a keyword argument, ``snake_case``), with ``value`` if given, as the caller writes it:
-    ``--pool-patches`` / ``--pool-patches 2`` under the command line, ``pool_patches`` / ``pool_patches=2`` (a
+    ``--pool-patches`` / ``--pool-patches 2`` under the command line, ``pool_patches=`` / ``pool_patches=2`` (a
     string value quoted: ``weights='random'``) from Python."""
     if _FROM_CLI.get():
         flag = "--" + name.replace("_", "-")
         return flag if value is _UNSET else f"{flag} {value}"
-    argument = name.replace("-", "_")
-    return argument if value is _UNSET else f"{argument}={value!r}"
+    argument = name.replace("-", "_") + "="
+    return argument if value is _UNSET else f"{argument}{value!r}"
 
 
 def from_command_line() -> bool:
