@@ -31,7 +31,7 @@ from step_cache.training.trainer import train_probe
 # On this cache (4 val videos) these settings stop every run long before epoch 30, seeds 0-2 at different epochs.
 STOPPING = {"epochs": 30, "batch_size": 8, "patience": 3, "progress": False}
 TIMING = {"train_s", "data_wait_s", "clips_per_s", "eval_s"}
-FINAL_TIMING = {"train_time_s", "train_clips_per_s", "data_wait_share"}
+FINAL_TIMING = {"train_time_s", "train_clips_per_s", "data_wait_share", "wall_time_s"}
 
 
 class Killed(Exception):

@@ -232,7 +232,7 @@ def test_a_killed_multi_seed_run_resumes_exactly(split_cache, tmp_path):
         **{**FAST, "epochs": 4},
     )  # fmt: skip
     assert seen == [3, 4]  # continued after epoch 2, not started over
-    timing = {"train_time_s", "train_clips_per_s", "data_wait_share", "data_mode"}
+    timing = {"train_time_s", "train_clips_per_s", "data_wait_share", "wall_time_s", "data_mode"}
     assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
         k: v for k, v in whole.metrics.items() if k not in timing
     }

@@ -85,10 +85,12 @@ def split_figures(per_seed: Sequence[dict[str, Any]], classes: Sequence[str]) ->
     return figures
 
 
-def metrics_document(seeds: Sequence[int], members: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def metrics_document(
+    seeds: Sequence[int], members: Sequence[dict[str, Any]], wall_time_s: float | None = None
+) -> dict[str, Any]:
     """The version-2 ``metrics.json`` of a run from its seeds' own metrics (``records.final_metrics``: val at the
-    top level, test under ``test``), first seed first. The cost is the slowest seed's: a stack trains until its
-    last seed stops."""
+    top level, test under ``test``), first seed first. The training loop's cost is the slowest seed's (a stack
+    trains until its last seed stops); ``wall_time_s`` is the command's that finished the run."""
     first = members[0]
     classes = first["classes"]
     split = "test" if first.get("test") else "val"
@@ -119,6 +121,7 @@ def metrics_document(seeds: Sequence[int], members: Sequence[dict[str, Any]]) ->
     document.update({key: first[key] for key in RUN_KEYS if key in first})
     slowest = max(members, key=lambda m: m.get("train_time_s") or 0.0)
     document.update({key: slowest.get(key) for key in COST_KEYS})
+    document["wall_time_s"] = wall_time_s
     document["splits"] = splits
     document["per_seed"] = [_seed_entry(seed, m) for seed, m in zip(seeds, members, strict=True)]
     return document

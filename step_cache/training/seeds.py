@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,12 @@ def train_seeds(
     out: Path,
     resume: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    started: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train ``config`` with ``config.seeds`` seeds as one stack into ``out``; returns (metrics, first seed's
     epoch records). ``on_epoch`` sees the first seed's epoch records. ``train_probe`` calls this when
-    ``seeds > 1``, after refusing an existing run."""
+    ``seeds > 1``, after refusing an existing run; ``started`` (``time.perf_counter``) dates the command for
+    metrics.json's ``wall_time_s``."""
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     data = DataCache(shards)
     try:
@@ -123,7 +126,8 @@ def train_seeds(
     if any(stop["stopped"] for _, stop in stops):
         trained = ", ".join(f"seed {seed} {stop['epoch']}/{stop['planned_epochs']}" for seed, stop in stops)
         log.info("%s: early stopping (patience %s), epochs trained: %s", config.probe, stops[0][1]["patience"], trained)
-    return _write(out, seeds, results), results[0].history
+    wall = time.perf_counter() - started if started is not None else None
+    return _write(out, seeds, results, wall), results[0].history
 
 
 def _raise_if_diverged(seeds: list[int], results: list[MemberResult], lr: float) -> None:
@@ -141,7 +145,7 @@ def _finished(out: Path, record: dict[str, Any]) -> tuple[dict[str, Any], list[d
     return metrics, runs.read_epoch_log(out)
 
 
-def _write(out: Path, seeds: list[int], results: list[MemberResult]) -> dict[str, Any]:
+def _write(out: Path, seeds: list[int], results: list[MemberResult], wall: float | None) -> dict[str, Any]:
     """Every seed's files, then the first seed's as the run's own, then metrics.json (the commit point)."""
     for seed, result in zip(seeds, results, strict=True):
         directory = seed_dir(out, seed)
@@ -151,6 +155,6 @@ def _write(out: Path, seeds: list[int], results: list[MemberResult]) -> dict[str
         runs.write_json(directory / runs.FINAL_METRICS, metrics_document([seed], [result.metrics]))
     save_checkpoint(out, out / runs.BEST, results[0].weights)
     runs.write_epoch_log(out, results[0].history)
-    metrics = metrics_document(seeds, [result.metrics for result in results])
+    metrics = metrics_document(seeds, [result.metrics for result in results], wall)
     runs.write_json(out / runs.FINAL_METRICS, metrics)
     return metrics

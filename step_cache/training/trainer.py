@@ -62,7 +62,6 @@ class TrainResult:
     run_dir: Path
     metrics: dict[str, Any]  # the content of metrics.json (metrics_file: the headline at the top level)
     history: list[dict[str, Any]] = field(default_factory=list)  # the lines of metrics.jsonl
-    wall_s: float | None = None  # the whole call, loading and final evaluation included
 
     def summary(self) -> str:
         m = self.metrics
@@ -84,12 +83,11 @@ class TrainResult:
 
     def _time(self) -> str:
         # The command's wall time is what a user waited; the training loop's share is the probe's own speed.
-        loop = (
-            f"training loop {self.metrics['train_time_s']:.1f} s, {self.metrics['train_clips_per_s'] or 0:.0f} clips/s"
-        )
-        if self.wall_s is None:
-            return f"{loop}"
-        return f"{self.wall_s:.1f} s ({loop})"
+        m = self.metrics
+        loop = f"training loop {m['train_time_s']:.1f} s, {m['train_clips_per_s'] or 0:.0f} clips/s"
+        if m.get("wall_time_s") is None:  # a metrics.json of format 1
+            return loop
+        return f"{m['wall_time_s']:.1f} s ({loop})"
 
 
 class _Run:
@@ -278,12 +276,10 @@ def train_probe(
     directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
     """
     config = make_config(probe, options)
-    start = time.perf_counter()
+    started = time.perf_counter()  # metrics.json's wall_time_s: the command's, loading and evaluation included
     with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
         try:
-            result = _train(features, probe, config, Path(out), resume, overwrite, on_epoch)
-            result.wall_s = time.perf_counter() - start
-            return result
+            return _train(features, probe, config, Path(out), resume, overwrite, on_epoch, started)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:
             mark_failed(Path(out), str(error))  # no command may use what the diverged run left
             raise
@@ -297,12 +293,13 @@ def _train(
     resume: bool,
     overwrite: bool,
     on_epoch: EpochCallback | None,
+    started: float,
 ) -> TrainResult:
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     if resume:
         refuse_failed_resume(out)
     if config.seeds > 1:
-        metrics, history = train_seeds(features, config, Path(out), resume, on_epoch)
+        metrics, history = train_seeds(features, config, Path(out), resume, on_epoch, started)
         return TrainResult(Path(out), metrics, history)
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     run = _Run(shards, config, Path(out), select_tokens(shards.layout, token_subset(config, shards)))
@@ -333,6 +330,6 @@ def _train(
     finally:
         run.bar.close()
         run.source.close()  # streaming reader processes
-    metrics = metrics_document([config.seed], [metrics])
+    metrics = metrics_document([config.seed], [metrics], time.perf_counter() - started)
     runs.write_json(run.run_dir / runs.FINAL_METRICS, metrics)
     return TrainResult(run.run_dir, metrics, run.history)
