@@ -136,3 +136,22 @@ def test_recognizer_results_carry_the_chance_verdict(walkthrough, caplog):
     frames = moving_square(num_frames=12, direction=1, seed=0)
     predictions = [p for frame in frames if (p := recognizer.push(frame)) is not None]
     assert predictions and all(p.above_chance is False for p in predictions)
+
+
+def test_timeline_png_carries_the_chance_warning(walkthrough, tmp_path, monkeypatch):
+    from step_cache.recognition import timeline as module
+
+    root, _, _ = walkthrough
+    drawn = {}
+    real = module.plot_timeline
+
+    def spy(*args, **kwargs):
+        drawn["warning"] = args[6]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "plot_timeline", spy)
+    frames = moving_square(num_frames=36, direction=1, seed=3)
+    video = write_video(tmp_path / "long.mp4", np.concatenate([frames, frames[::-1]]), crf=0)
+    result = module.timeline(root / "run", video, tmp_path / "t", window=0.48, progress=False)
+    assert drawn["warning"] == "run not above chance: these answers are no better than guessing"
+    assert (tmp_path / "t" / "timeline.png").is_file() and "not above chance" in result.summary()

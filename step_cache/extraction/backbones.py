@@ -15,15 +15,16 @@ import torch.nn.functional as F
 from step_cache.cache.files import file_sha256
 from step_cache.cache.manifest import TokenLayout
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
+from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.interface import option
 
 
-class BackboneError(ValueError):
+class BackboneError(StepCacheError, ValueError):
     """An unknown backbone name or unusable backbone settings."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(StepCacheError, RuntimeError):
     """Pretrained weights were asked for but cannot be obtained (typically: offline)."""
 
 
@@ -296,9 +297,7 @@ def _from_hub(spec: BackboneSpec, kwargs: dict[str, Any]) -> tuple[torch.nn.Modu
 
     cfg = timm.models.get_pretrained_cfg(spec.timm_name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise WeightsUnavailableError(
-            f"timm has no pretrained weights for {spec.timm_name}; pass {option('weights', 'FILE')}"
-        )
+        raise WeightsUnavailableError(f"timm has no pretrained weights for {spec.timm_name}; pass {option('weights')}")
     identity = {"source": "hub", "timm_model": spec.timm_name, "hf_hub_id": cfg.hf_hub_id, "url": cfg.url}
     cached = _hub_cache_file(cfg.hf_hub_id) if cfg.hf_hub_id else None
     if cached is not None:  # already downloaded: load it without touching the network

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from step_cache.errors import StepCacheError
 from step_cache.training import runs as run_files
 from step_cache.training.chance import chance_note
 from step_cache.training.metrics import format_percent
@@ -16,7 +17,7 @@ from step_cache.training.records import headline_figures, run_chance
 from step_cache.training.run_status import failure
 
 
-class ReportError(ValueError):
+class ReportError(StepCacheError, ValueError):
     """A run directory that cannot be reported (not a run, or a run that never finished)."""
 
 

@@ -42,7 +42,7 @@ from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
 from step_cache.training.run_status import usable_checkpoint
 from step_cache.training.splits import DataError, select_splits
 from step_cache.training.token_data import TokenSelection, open_token_source
-from step_cache.training.views import clean_rows
+from step_cache.training.view_table import clean_rows
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from step_cache.errors import StepCacheError
 from step_cache.training.chance import chance_of, pooled_chance
 
 FORMAT_VERSION = 2
@@ -40,7 +41,7 @@ RUN_KEYS = ("probe", "unit", "classes", "pairs", "parameters", "parameters_witho
 COST_KEYS = ("train_time_s", "train_clips_per_s", "data_wait_share")
 
 
-class MetricsFormatError(ValueError):
+class MetricsFormatError(StepCacheError, ValueError):
     """A metrics.json this version cannot read (written by a newer step-cache)."""
 
 

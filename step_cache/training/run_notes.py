@@ -9,6 +9,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from step_cache.errors import InputError
 from step_cache.interface import option
 from step_cache.training import runs
 from step_cache.training.chance import chance_note
@@ -26,7 +27,7 @@ def clamp_top_k(top_k: int | None, classes: Sequence[str]) -> int:
     if top_k is None:
         return min(DEFAULT_TOP_K, len(classes))
     if top_k < 1:
-        raise ValueError(f"{option('top_k', top_k)}: must be >= 1")
+        raise InputError(f"{option('top_k', top_k)}: must be >= 1")
     if top_k > len(classes):
         log.warning(
             "%s is more than the run's %d classes: giving all %d", option("top_k", top_k), len(classes), len(classes)
