@@ -14,7 +14,7 @@ HEADLINE = ("top1", "pair_accuracy")
 
 
 def summary(metrics: list[dict], split: str) -> dict[str, list[float]]:
-    """metric -> [value per seed] on ``split`` ("val": the top level of metrics.json, or "test")."""
+    """metric -> [value per seed] on ``split`` ("val": the top level of a stack member's metrics, or "test")."""
     chosen = [m if split == "val" else m["test"] for m in metrics]
     return {key: [m[key] for m in chosen if m.get(key) is not None] for key in HEADLINE}
 

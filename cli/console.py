@@ -20,6 +20,7 @@ except ImportError:
 
 from step_cache import __version__
 from step_cache.errors import StepCacheError
+from step_cache.interface import command_line
 
 BUG_HEADER = (
     f"step-cache {__version__} hit a bug (not a problem with your input): please report it on the step-cache issue "
@@ -52,9 +53,11 @@ def user_errors() -> Iterator[None]:
     """Turn the library's errors (``StepCacheError``: bad input, mismatched caches, diverged runs) and the system's
     (``OSError``: missing files, full disks; out of memory) into one line on stderr and exit 1. Anything else is a
     bug: its traceback is printed under a header saying so, and the exit status is 1 too. STEP_CACHE_DEBUG=1
-    re-raises every error with its traceback."""
+    re-raises every error with its traceback. Within it messages name command-line options
+    (``step_cache.interface``)."""
     try:
-        yield
+        with command_line():
+            yield
     except KeyboardInterrupt:
         # Work is committed in steps (a training run about every 30 s): what came after the last commit is redone.
         typer.echo(

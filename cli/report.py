@@ -21,12 +21,12 @@ def report(
     for sweeps their best trials and plots) as report.md and report.html with PNG figures, and print the table."""
     from step_cache.extras import require
     from step_cache.report import build_report
-    from step_cache.report.build import chance_lines, format_comparison, load_run, split_inputs
+    from step_cache.report.build import chance_lines, format_comparison, load_inputs
 
     with user_errors():
         require("matplotlib", "step-cache report")
         markdown = build_report(runs, out, title=title)
-        summaries = [load_run(run) for run in split_inputs(runs)[0]]
+        summaries = load_inputs(runs)[0]  # named as in report.md ("s1/best-run")
         typer.echo(format_comparison(summaries))
         for line in chance_lines(summaries):  # "note: NAME (DIR): test top-1 not above chance (p = 0.41)"
             typer.echo(line)

@@ -43,7 +43,9 @@ def timeline(
     min_length: Annotated[
         float, typer.Option(help="Segments: shorter ones (seconds) are dropped, their same-class neighbours joined.")
     ] = 0.0,
-    top_k: Annotated[int, typer.Option(min=1, help="Classes per window in timeline.csv.")] = 5,
+    top_k: Annotated[
+        int | None, typer.Option(min=1, help="Classes per window in timeline.csv [default: 5, or every class].")
+    ] = None,
     weights: Annotated[
         Path | None,
         typer.Option(help="Backbone weights file (default: where the run's cache recorded it; sha256 checked)."),

@@ -25,7 +25,6 @@ from cli.options import (
 )
 from step_cache.cpu_budget import apply_threads
 from step_cache.errors import InputError
-from step_cache.training.metrics import format_percent
 
 
 @app.command("train-probe", rich_help_panel=PROBES_PANEL)
@@ -107,14 +106,19 @@ def train_probe(
     typer.echo(result.summary())
 
 
+EVAL_SPLIT_HELP = (
+    "all (every labelled clip), or the run's own train / val / test selection [default: test when the cache has test "
+    "clips, else val on the run's own cache, else all]."
+)
+
+
 @app.command(rich_help_panel=PROBES_PANEL)
 def evaluate(
     run: RunDir,
     caches: CacheArguments = None,
     features: FeaturesOption = None,
-    split: Annotated[
-        str, typer.Option(help="all (every labelled clip), or the run's own train / val / test selection.")
-    ] = "all",
+    split: Annotated[str | None, typer.Option(help=EVAL_SPLIT_HELP)] = None,
+    seed: Annotated[int | None, typer.Option(help="Score this seed of a --seeds run alone [default: all].")] = None,
     out: Annotated[Path | None, typer.Option(help="Also write the metrics as JSON to this file.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON.")] = False,
     device: Device = "auto",
@@ -123,8 +127,9 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     threads: Threads = None,
 ) -> None:
-    """Evaluate a trained probe (best checkpoint) on a cache; classes are matched by name."""
+    """Evaluate a trained probe (best checkpoint of each seed) on a cache; classes are matched by name."""
     from step_cache.training.evaluation import evaluate as run_evaluation
+    from step_cache.training.evaluation_text import evaluation_line
     from step_cache.training.runs import write_json
 
     setup_logging()
@@ -134,6 +139,7 @@ def evaluate(
             run,
             chosen_caches("evaluate", caches, features),
             split=split,
+            seed=seed,
             device=device,
             data=data,
             workers=workers,
@@ -144,14 +150,7 @@ def evaluate(
     if as_json:
         typer.echo(json.dumps(metrics, indent=2))
         return
-    excluded = f" | {metrics['excluded_clips']} clips of unknown classes left out" if metrics["excluded_clips"] else ""
-    pct = format_percent
-    typer.echo(
-        f"{metrics['probe']} on {metrics['videos']} videos ({metrics['clips']} clips, split {split}): "
-        f"top-1 {pct(metrics['top1'])} | top-5 {pct(metrics['top5'])} | mean class "
-        f"{pct(metrics['mean_class_accuracy'])} | pair {pct(metrics.get('pair_accuracy'))} | reversed "
-        f"{pct(metrics.get('reversed_top1'))} | shuffled {pct(metrics.get('shuffled_top1'))}{excluded}"
-    )
+    typer.echo(evaluation_line(metrics))
 
 
 @app.command(rich_help_panel=PROBES_PANEL)
@@ -183,7 +182,7 @@ def predict(
     out: Annotated[Path, typer.Option(help="CSV to write: video, clips, label, short, class_1, prob_1, ...")] = Path(
         "predictions.csv"
     ),
-    top_k: Annotated[int, typer.Option(min=1, help="Classes per video.")] = 5,
+    top_k: Annotated[int | None, typer.Option(min=1, help="Classes per video [default: 5, or every class].")] = None,
     device: Device = "auto",
     data: DataMode = "auto",
     workers: Workers = None,

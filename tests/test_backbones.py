@@ -128,7 +128,33 @@ def test_hub_weights_offline_fail_fast_with_advice(monkeypatch, tmp_path):
         load_backbone("vit-tiny", weights="hub")
     assert time.monotonic() - started < 10
     message = str(info.value)
-    assert "--weights /path/to/model.safetensors" in message and "vit_tiny_patch16_224" in message
+    # From Python the advice names the keyword argument; the CLI's names the option (test_cli_extract)
+    assert "weights='/path/to/model.safetensors'" in message and "vit_tiny_patch16_224" in message
+    assert "weights='random'" in message and "--weights" not in message
+
+
+def test_extract_from_python_names_its_arguments_offline(video_tree, monkeypatch, tmp_path):
+    """README's call, offline: the error tells a Python user to pass weights=, not the CLI's --weights."""
+    import step_cache
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("step_cache.extraction.backbones._hub_cache_file", lambda repo: None)
+    with pytest.raises(WeightsUnavailableError) as info:
+        step_cache.extract(video_tree, tmp_path / "shards", backbone="dinov2-s", frames=16)
+    message = str(info.value)
+    assert "HF_HUB_OFFLINE is set" in message and "weights='/path/to/model.safetensors'" in message
+    assert "--weights" not in message and not (tmp_path / "shards" / "manifest.json").exists()
+
+
+def test_option_names_a_setting_as_the_caller_writes_it():
+    from step_cache.interface import command_line, option
+
+    assert option("pool_patches") == "pool_patches=" and option("top_k", 7) == "top_k=7"
+    assert option("weights", "random") == "weights='random'"
+    with command_line():
+        assert option("pool_patches") == "--pool-patches" and option("top_k", 7) == "--top-k 7"
+        assert option("weights", "random") == "--weights random"
+    assert option("weights", "random") == "weights='random'"  # only within the block
 
 
 def test_backbone_preprocessing_follows_the_model_crop_mode_and_input_shape():

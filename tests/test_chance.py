@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from cli.main import _register_commands, app
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.chance import binomial_tail, chance_note, chance_of, chance_test, pooled_chance
+from step_cache.training.metrics_file import upgrade
 from step_cache.training.records import run_chance
 from step_cache.training.trainer import train_probe
 
@@ -62,7 +63,7 @@ def test_seeds_pool_correct_and_trials():
 def test_old_metrics_json_gets_chance_from_its_confusion_matrix():
     old = {"split": "val", "headline": "test", "confusion_matrix": [[1, 0], [0, 1]],
            "test": {"confusion_matrix": [[0, 2], [2, 0]]}}  # fmt: skip
-    assert run_chance(old)["correct"] == 0 and run_chance(old)["trials"] == 4  # the headline (test) split's
+    assert run_chance(upgrade(old))["correct"] == 0 and run_chance(upgrade(old))["trials"] == 4  # test's
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,7 @@ def test_offline_hub_weights_error(video_tree, tmp_path):
     )
     assert result.returncode == 1
     assert "pass it with --weights /path/to/model.safetensors" in result.stderr
+    assert "--weights random gives" in result.stderr and "weights=" not in result.stderr
 
 
 def test_strict_exit_code(video_tree, tmp_path):

@@ -76,13 +76,14 @@ def test_every_probe_end_to_end(shards, tmp_path):
             assert "head.weight" in torch.load(run / name, weights_only=True)
     run = tmp_path / "step"
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["pairs"] == [["slide_left", "slide_right"]] and metrics["pair_count"] == 2
+    headline = metrics["per_seed"][0][metrics["headline_split"]]
+    assert metrics["pairs"] == [["slide_left", "slide_right"]] and headline["pair_count"] == 2
     assert 0.0 <= metrics["reversed_pair_accuracy"] <= 1.0
     assert json.loads((run / "config.json").read_text())["config"]["probe_options"]["mlp"] is False
 
     out = tmp_path / "eval.json"
     shown = run_cli("evaluate", "--run", run, "--features", shards, "--split", "val", "--out", out, check=True).stdout
-    assert "step on 2 videos (2 clips, split val): top-1" in shown
+    assert "step on 2 videos (2 clips; val split, seed 0): top-1" in shown
     assert json.loads(out.read_text())["top1"] == metrics["top1"]  # the run's own val split, best checkpoint
 
     preds = tmp_path / "preds.csv"
@@ -154,7 +155,8 @@ def test_train_probe_combines_caches_of_two_roots_with_the_same_file_names(invok
     result = invoke("train-probe", "--features", caches[0], "--features", caches[1], *args)
     assert result.exit_code == 0, result.output
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["epochs"] == 1 and metrics["videos"] == metrics["clips"] > 0  # one clip per video: none merged
+    headline = metrics["per_seed"][0][metrics["headline_split"]]
+    assert metrics["epochs"] == 1 and metrics["videos"] == headline["clips"] > 0  # one clip per video: none merged
     again = invoke("train-probe", "--features", caches[0], "--features", caches[0], *args[:-1], tmp_path / "r2")
     assert again.exit_code == 1 and "is in both" in again.stderr and "the same video twice" in again.stderr
 

@@ -491,7 +491,7 @@ def test_holdout_keeps_segments_of_a_video_together():
         for s, label in enumerate(["open", "close", "open"])
     ]
     split = {}
-    for item in holdout(items, val_fraction=0.5, seed=1):
+    for item in holdout(items, val_fraction=0.5, seed=1).items:
         split.setdefault(item.path, set()).add(item.split)
     assert all(len(splits) == 1 for splits in split.values())
     assert sorted(s.pop() for s in split.values()) == ["train"] * 3 + ["val"] * 3
@@ -651,7 +651,7 @@ def test_unknown_dataset_and_no_videos(tmp_path):
     with pytest.raises(DatasetError, match=r"unknown dataset 'ssv3'; choose one of ssv2, diving48"):
         prepare("ssv3", tmp_path, tmp_path / "a.csv")
     root = ssv2_tree(tmp_path / "ssv2")
-    with pytest.raises(DatasetError, match=r"none of the 7 listed videos exist.*wrong --root or --videos"):
+    with pytest.raises(DatasetError, match=r"none of the 7 listed videos exist.*wrong root= or videos="):
         prepare("ssv2", root, tmp_path / "a.csv", videos=tmp_path)
     assert set(ADAPTERS) == {"ssv2", "diving48", "ucf101", "hmdb51", "kinetics", "folder", "drive-act", "ikea-asm"}
 

@@ -20,7 +20,7 @@ def metrics(demo, probe):
     """The test split's figures, mean over the seeds (the table's headline)."""
     run = json.loads((demo.directory / "runs" / probe / "metrics.json").read_text())
     assert run["headline_split"] == "test" and run["seeds"] == [0, 1, 2] and len(run["per_seed"]) == 3
-    return {**run["mean"]["test"], "parameters_without_head": run["parameters_without_head"]}
+    return {**run["splits"]["test"], "parameters_without_head": run["parameters_without_head"]}
 
 
 def test_step_separates_mirrored_pairs_and_invariant_probes_do_not(demo):

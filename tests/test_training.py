@@ -30,7 +30,7 @@ from step_cache.training.trainer import train_probe
 
 FAST = {"epochs": 2, "batch_size": 8, "lr": 3e-3, "progress": False}
 TIMING = {"train_s", "data_wait_s", "clips_per_s", "eval_s"}
-FINAL_TIMING = {"train_time_s", "train_clips_per_s", "data_wait_share", "data_mode"}
+FINAL_TIMING = {"train_time_s", "train_clips_per_s", "data_wait_share", "wall_time_s", "data_mode"}
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from step_cache.checkpoints import load_state_dict_file
 from step_cache.report.build import format_comparison, load_run
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import TrainConfigError, make_config
-from step_cache.training.records import headline_metrics, seed_statistics
+from step_cache.training.metrics_file import split_figures
 from step_cache.training.schedule import (
     AUTO_MIN_EPOCHS,
     AUTO_MIN_STEPS,
@@ -37,7 +37,7 @@ def split_cache(tmp_path_factory):
 @pytest.mark.parametrize("train_clips", [1, 20, 180, 317, 1000, 5000, 200_000])
 def test_auto_schedule_has_enough_steps_on_any_dataset_size(train_clips):
     epochs, batch = resolve_schedule(None, None, train_clips)
-    assert batch in (16, 32, 64)
+    assert batch in (16, 32, 64) or batch == train_clips < 16  # never a batch larger than the training set
     total, _ = schedule_steps(epochs, train_clips, batch, warmup_epochs=1.0)
     assert epochs >= AUTO_MIN_EPOCHS
     # Enough optimizer steps, unless the epoch cap binds (only for a handful of clips).
@@ -49,6 +49,8 @@ def test_auto_schedule_has_enough_steps_on_any_dataset_size(train_clips):
 def test_auto_batch_is_smaller_for_small_sets_and_given_values_win():
     assert auto_batch_size(180) == 16 and auto_batch_size(317) == 16 and auto_batch_size(600) == 32
     assert auto_batch_size(44) == 16  # the floor: batch 8 under-trained the attentive probe on small sets
+    # ... unless the training set is smaller: 12 clips train in one batch of 12, not a planned "batch 16"
+    assert auto_batch_size(12) == 12 and auto_batch_size(1) == 1 and auto_batch_size(16) == 16
     # The case from the issue: 180 clips, 30 epochs at batch 64 were 90 steps; auto gives >= 1500.
     epochs, batch = resolve_schedule(None, None, 180)
     assert schedule_steps(epochs, 180, batch, 1.0)[0] >= 1500
@@ -82,11 +84,13 @@ def test_lr_must_be_finite_and_positive(lr):
 def test_headline_is_test_when_the_cache_has_a_test_split(split_cache, tmp_path):
     result = train_probe(split_cache, "step", tmp_path / "run", **FAST)
     metrics = result.metrics
-    # One split key: the top-level figures are always val's, the headline names the split to report.
-    assert metrics["headline_split"] == "test" and "split" not in metrics and "headline" not in metrics
-    split, figures = headline_metrics(metrics)
-    assert split == "test" and figures is metrics["test"] and figures["videos"] == 4  # 2 classes x 2 test videos
-    assert result.summary().startswith("step: test top-1 ")
+    # metrics.json opens with the headline: its top level is the test split's figures, the splits sit below.
+    assert metrics["format_version"] == 2 and metrics["headline_split"] == "test" and metrics["seeds"] == [0]
+    assert metrics["top1"] == metrics["splits"]["test"]["top1"] == metrics["per_seed"][0]["test"]["top1"]
+    assert metrics["videos"] == 4 and metrics["figures"] == "test split, seed 0"  # 2 classes x 2 test videos
+    assert metrics["confusion_matrix"] == metrics["per_seed"][0]["test"]["confusion_matrix"]
+    assert "std" not in metrics and "test" not in metrics
+    assert result.summary().startswith(f"step: test top-1 {100 * metrics['top1']:.1f}%")
     table = format_comparison([load_run(tmp_path / "run")])
     assert table.splitlines()[2].split()[2:4] == ["test", "1"]
 
@@ -94,23 +98,22 @@ def test_headline_is_test_when_the_cache_has_a_test_split(split_cache, tmp_path)
 def test_headline_is_val_and_says_so_without_a_test_split(tmp_path):
     write_token_cache(tmp_path / "cache", videos_per_class=6, dim=16, val_every=3)
     result = train_probe(tmp_path / "cache", "linear", tmp_path / "run", **FAST)
-    assert result.metrics["headline_split"] == "val" and "test" not in result.metrics
-    assert headline_metrics(result.metrics) == ("val", result.metrics)
+    assert result.metrics["headline_split"] == "val" and "test" not in result.metrics["splits"]
+    assert result.metrics["top1"] == result.metrics["splits"]["val"]["top1"]
     assert "val top-1" in result.summary() and "no test split" in result.summary()
-    # A metrics.json written before "headline" existed reads as val; one with the older "headline" key still reads.
-    assert headline_metrics({"top1": 0.5})[0] == "val"
-    old = {"split": "val", "headline": "test", "top1": 0.5, "test": {"top1": 0.75}}
-    assert headline_metrics(old) == ("test", {"top1": 0.75})
 
 
-def test_seed_statistics_are_mean_and_sample_std():
-    runs = [{"top1": 0.5, "pair_accuracy": None, "test": {"top1": 0.25}}, {"top1": 1.0, "test": {"top1": 0.75}}]
-    mean, std = seed_statistics(runs)
-    assert mean["top1"] == 0.75 and std["top1"] == pytest.approx(math.sqrt(0.125))
-    assert "pair_accuracy" not in mean  # not in every seed
-    assert mean["test"]["top1"] == 0.5 and std["test"]["top1"] == pytest.approx(math.sqrt(0.125))
-    single_mean, single_std = seed_statistics(runs[:1])
-    assert single_mean["top1"] == 0.5 and single_std["top1"] == 0.0
+def test_split_figures_are_mean_and_sample_std_with_pooled_matrices():
+    seeds = [
+        {"top1": 0.5, "pair_accuracy": None, "confusion_matrix": [[1, 1], [0, 2]], "videos": 4},
+        {"top1": 1.0, "confusion_matrix": [[2, 0], [0, 2]], "videos": 4},
+    ]
+    figures = split_figures(seeds, ["a", "b"])
+    assert figures["top1"] == 0.75 and figures["std"]["top1"] == pytest.approx(math.sqrt(0.125))
+    assert "pair_accuracy" not in figures  # not in every seed
+    assert figures["confusion_matrix"] == [[3, 1], [0, 4]] and figures["per_class_accuracy"] == {"a": 0.75, "b": 1.0}
+    single = split_figures(seeds[:1], ["a", "b"])
+    assert single["top1"] == 0.5 and "std" not in single
 
 
 def test_seeds_train_as_one_stack_and_report_mean_and_std(split_cache, tmp_path):
@@ -118,17 +121,23 @@ def test_seeds_train_as_one_stack_and_report_mean_and_std(split_cache, tmp_path)
     metrics = result.metrics
     assert metrics["seeds"] == [4, 5, 6] and metrics["stacked_members"] == 3
     assert [s["seed"] for s in metrics["per_seed"]] == [4, 5, 6]
-    values = [s["top1"] for s in metrics["per_seed"]]
-    assert metrics["mean"]["top1"] == pytest.approx(sum(values) / 3)
+    # The top level is the headline: the test figures' mean over the seeds, their std beside.
+    values = [s["test"]["top1"] for s in metrics["per_seed"]]
+    assert metrics["top1"] == pytest.approx(sum(values) / 3)
     assert metrics["std"]["top1"] == pytest.approx(float(torch.tensor(values, dtype=torch.float64).std()))
-    test_values = [s["test"]["pair_accuracy"] for s in metrics["per_seed"]]
-    assert metrics["mean"]["test"]["pair_accuracy"] == pytest.approx(sum(test_values) / 3)
+    val_values = [s["val"]["pair_accuracy"] for s in metrics["per_seed"]]
+    assert metrics["splits"]["val"]["pair_accuracy"] == pytest.approx(sum(val_values) / 3)
+    pooled = [
+        [sum(s["test"]["confusion_matrix"][i][j] for s in metrics["per_seed"]) for j in range(2)] for i in range(2)
+    ]
+    assert metrics["confusion_matrix"] == pooled and metrics["pooled_seeds"] == [4, 5, 6]
+    assert metrics["chance"]["trials"] == 3 * metrics["videos"]
     assert "±" in result.summary() and "3 seeds" in result.summary() and "test top-1" in result.summary()
     # Every seed has its own files; the run's own best.pt is the first seed's.
     run = tmp_path / "seeds"
     for seed in (4, 5, 6):
         seed_metrics = json.loads((run / "seeds" / f"seed-{seed}" / "metrics.json").read_text())
-        assert seed_metrics["seed"] == seed and (run / "seeds" / f"seed-{seed}" / "best.pt").is_file()
+        assert seed_metrics["seeds"] == [seed] and (run / "seeds" / f"seed-{seed}" / "best.pt").is_file()
     first = load_state_dict_file(run / "seeds" / "seed-4" / "best.pt")
     own = load_state_dict_file(run / "best.pt")
     assert all(torch.equal(first[k], own[k]) for k in first)
@@ -154,7 +163,7 @@ def test_first_seed_of_a_stack_is_the_run_of_that_seed_alone(split_cache, tmp_pa
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=2 * FAST["lr"] * steps) for k in a)
     # Far tighter in practice: the same predictions on every video.
-    assert stacked.metrics["per_seed"][0]["top1"] == alone.metrics["top1"]
+    assert stacked.metrics["per_seed"][0]["test"]["top1"] == alone.metrics["top1"]
 
 
 def test_cli_seeds_print_mean_and_std(split_cache, tmp_path):
@@ -223,7 +232,7 @@ def test_a_killed_multi_seed_run_resumes_exactly(split_cache, tmp_path):
         **{**FAST, "epochs": 4},
     )  # fmt: skip
     assert seen == [3, 4]  # continued after epoch 2, not started over
-    timing = {"train_time_s", "train_clips_per_s", "data_wait_share", "data_mode"}
+    timing = {"train_time_s", "train_clips_per_s", "data_wait_share", "wall_time_s", "data_mode"}
     assert {k: v for k, v in resumed.metrics.items() if k not in timing} == {
         k: v for k, v in whole.metrics.items() if k not in timing
     }

@@ -21,6 +21,7 @@ from step_cache.datasets import diving48, drive_act, folder, ikea_asm, kinetics,
 from step_cache.datasets.adapter import AdapterResult, DatasetError, Request
 from step_cache.datasets.holdout import holdout
 from step_cache.datasets.pairs import pairs_present
+from step_cache.interface import option
 
 __all__ = ["ADAPTERS", "DatasetError", "PreparedDataset", "prepare"]
 
@@ -54,6 +55,7 @@ class PreparedDataset:
     pairs_path: Path | None = None
     sources: list[Path] = field(default_factory=list)  # the dataset's annotation files that were read
     notes: list[str] = field(default_factory=list)
+    groups_kept: int | None = None  # with a hold-out: groups of several videos kept in one split (holdout.py)
 
     def split_counts(self) -> dict[str, int]:
         counts = Counter(item.split or "(none)" for item in self.items)
@@ -69,6 +71,11 @@ class PreparedDataset:
         ]
         if self.missing:
             lines.append(f"{len(self.missing)} listed video(s) missing and skipped, e.g. {self.missing[0]}")
+        if self.groups_kept is not None:
+            lines.append(
+                f"held out by group: {self.groups_kept} group(s) of several videos (same file name across class "
+                "folders, UCF101 v_X_gNN) kept whole in one split"
+            )
         if self.pairs_path is not None:
             lines.append(f"{len(self.pairs)} mirrored pair(s) written to {self.pairs_path}")
         lines += [f"note: {note}" for note in self.notes]
@@ -100,9 +107,35 @@ def prepare(
 
     ``split`` is the dataset's official split number where it has several (UCF101/HMDB51 1..3, Drive&Act 0..2);
     ``annotations`` / ``videos`` override where annotation files and videos are looked for (default: under ``root``);
-    ``val_fraction`` / ``test_fraction`` hold out a stratified random part of train (``seed``); ``strict`` makes a
-    missing video an error instead of a skipped row; ``pairs_out`` overrides ``<out dir>/pairs.txt``.
+    ``val_fraction`` / ``test_fraction`` hold out a stratified random part of train (``seed``), groups of videos
+    whole (``holdout.py``); ``strict`` makes a missing video an error instead of a skipped row; ``pairs_out``
+    overrides ``<out dir>/pairs.txt``.
     """
+    name, request = _request(dataset, root, annotations, videos, split, view, use_frame_ranges)
+    result = ADAPTERS[name].read(request)
+    notes = list(result.notes)
+    items = _drop_duplicates(result.items, notes)
+    present, missing = _present_videos(name, items, request.videos_root, strict, progress)
+    held = holdout(present, val_fraction, test_fraction, seed)
+    out = Path(out)
+    write_annotations(out, held.items)
+    pairs, pairs_path = _write_pairs(name, result.pairs, held.items, out, pairs_out)
+    return PreparedDataset(
+        name, out, request.videos_root, held.items, missing, pairs, pairs_path, result.sources, notes,
+        groups_kept=held.groups_kept if val_fraction or test_fraction else None,
+    )  # fmt: skip
+
+
+def _request(
+    dataset: str,
+    root: str | Path,
+    annotations: str | Path | None,
+    videos: str | Path | None,
+    split: int | None,
+    view: str | None,
+    use_frame_ranges: bool,
+) -> tuple[str, Request]:
+    """(adapter name, what to read), after refusing an unknown dataset and missing folders."""
     name = dataset.strip().lower().replace("_", "-")
     if name not in ADAPTERS:
         raise DatasetError(f"unknown dataset {dataset!r}; choose one of {', '.join(ADAPTERS)}")
@@ -121,10 +154,13 @@ def prepare(
         view=view,
         use_frame_ranges=use_frame_ranges,
     )
-    result = ADAPTERS[name].read(request)
-    notes = list(result.notes)
-    items = _drop_duplicates(result.items, notes)
+    return name, request
 
+
+def _present_videos(
+    name: str, items: list[VideoItem], videos_root: Path, strict: bool, progress: bool
+) -> tuple[list[VideoItem], list[str]]:
+    """(rows whose video exists, listed videos that do not); missing ones are fatal with ``strict``."""
     present, missing = [], []
     exists: dict[str, bool] = {}
     for item in tqdm(items, desc=f"{name}: checking videos", unit="row", disable=not progress or len(items) < 5000):
@@ -137,28 +173,30 @@ def prepare(
     if missing and strict:
         raise DatasetError(
             f"{videos_root}: {len(missing)} listed video(s) do not exist, e.g. {missing[0]} "
-            "(drop --strict to skip them)"
+            f"(drop {option('strict')} to skip them)"
         )
     if not present:
         raise DatasetError(
             f"{videos_root}: none of the {len(items)} listed videos exist"
             + (f", e.g. {missing[0]}" if missing else "")
-            + " (wrong --root or --videos?)"
+            + f" (wrong {option('root')} or {option('videos')}?)"
         )
+    return present, missing
 
-    present = holdout(present, val_fraction, test_fraction, seed)
-    out = Path(out)
-    write_annotations(out, present)
 
-    pairs = pairs_present(result.pairs, class_names(present))
-    pairs_path = None
-    if pairs:
-        pairs_path = Path(pairs_out) if pairs_out is not None else out.parent / "pairs.txt"
-        pairs_path.parent.mkdir(parents=True, exist_ok=True)
-        header = f"Mirrored class pairs of {name}, reviewed list from step_cache/datasets/pairs.py (docs/datasets.md)"
-        write_pairs(pairs_path, pairs, header=header)
-        read_pairs(pairs_path, class_names(present))  # the file must read back against the written classes
-    return PreparedDataset(name, out, videos_root, present, missing, pairs, pairs_path, result.sources, notes)
+def _write_pairs(
+    name: str, listed: list[tuple[str, str]], items: list[VideoItem], out: Path, pairs_out: str | Path | None
+) -> tuple[list[tuple[str, str]], Path | None]:
+    """The dataset's reviewed mirrored pairs whose two classes occur, written to ``pairs.txt`` (or ``pairs_out``)."""
+    pairs = pairs_present(listed, class_names(items))
+    if not pairs:
+        return pairs, None
+    pairs_path = Path(pairs_out) if pairs_out is not None else out.parent / "pairs.txt"
+    pairs_path.parent.mkdir(parents=True, exist_ok=True)
+    header = f"Mirrored class pairs of {name}, reviewed list from step_cache/datasets/pairs.py (docs/datasets.md)"
+    write_pairs(pairs_path, pairs, header=header)
+    read_pairs(pairs_path, class_names(items))  # the file must read back against the written classes
+    return pairs, pairs_path
 
 
 def _drop_duplicates(items: list[VideoItem], notes: list[str]) -> list[VideoItem]:

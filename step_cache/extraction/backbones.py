@@ -17,6 +17,7 @@ from step_cache.cache.manifest import TokenLayout
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import Preprocessing
+from step_cache.interface import option
 
 
 class BackboneError(StepCacheError, ValueError):
@@ -148,7 +149,7 @@ def load_backbone(
     if image_size is not None:
         kwargs["img_size"] = image_size
     if patch_pool < 1:
-        raise BackboneError(f"--pool-patches must be >= 1, got {patch_pool}")
+        raise BackboneError(f"{option('pool_patches')} must be >= 1, got {patch_pool}")
     if image_size is not None and not _accepts_img_size(spec.timm_name):
         kwargs.pop("img_size")  # e.g. a CNN: any input size works, only the crop changes
     try:
@@ -296,7 +297,7 @@ def _from_hub(spec: BackboneSpec, kwargs: dict[str, Any]) -> tuple[torch.nn.Modu
 
     cfg = timm.models.get_pretrained_cfg(spec.timm_name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url):
-        raise WeightsUnavailableError(f"timm has no pretrained weights for {spec.timm_name}; pass --weights FILE")
+        raise WeightsUnavailableError(f"timm has no pretrained weights for {spec.timm_name}; pass {option('weights')}")
     identity = {"source": "hub", "timm_model": spec.timm_name, "hf_hub_id": cfg.hf_hub_id, "url": cfg.url}
     cached = _hub_cache_file(cfg.hf_hub_id) if cfg.hf_hub_id else None
     if cached is not None:  # already downloaded: load it without touching the network
@@ -340,9 +341,9 @@ def _require_network(spec: BackboneSpec, hub_id: str | None, url: str | None) ->
 
 
 def _offline_message(spec: BackboneSpec, reason: str) -> str:
-    return (
-        f"cannot get pretrained weights for {spec.name} ({spec.timm_name}) from the hub ({reason}). "
-        f"On an offline machine, download the checkpoint elsewhere (e.g. the model.safetensors of "
-        f"https://huggingface.co/timm/{spec.timm_name}) and pass it with --weights /path/to/model.safetensors "
-        f"(.pth also works); --weights random gives an untrained backbone for tests only."
+    return (  # option: weights= from Python, --weights from the command line
+        f"cannot get pretrained weights for {spec.name} ({spec.timm_name}) from the hub ({reason}). On an offline "
+        f"machine, download the checkpoint elsewhere (e.g. the model.safetensors of https://huggingface.co/timm/"
+        f"{spec.timm_name}) and pass it with {option('weights', '/path/to/model.safetensors')} (.pth also works); "
+        f"{option('weights', 'random')} gives an untrained backbone for tests only."
     )

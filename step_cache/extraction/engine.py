@@ -30,6 +30,7 @@ from step_cache.extraction.parts import part_directory, partition
 from step_cache.extraction.pipeline import ExtractionRun
 from step_cache.extraction.quick_check import already_complete, quick_check, request_record
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings
+from step_cache.interface import option
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,9 @@ def view_settings(opts: ExtractOptions, classes: list[str]) -> ViewSettings:
         opts.view_flip, pairs, opts.view_seed,
     )  # fmt: skip
     if views.count and getattr(DECODERS.get(opts.decoder), "on_device", False):
-        raise ExtractionError(f"--views is not supported with --decoder {opts.decoder} yet; use a CPU decoder")
+        raise ExtractionError(
+            f"{option('views')} is not supported with {option('decoder', opts.decoder)} yet; use a CPU decoder"
+        )
     return views
 
 

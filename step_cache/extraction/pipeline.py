@@ -29,6 +29,7 @@ from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, Toke
 from step_cache.extraction.video_rows import video_records
 from step_cache.extraction.views import ViewSettings, gets_views
 from step_cache.extraction.write_queue import WriteQueue
+from step_cache.interface import option
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ class ExtractionRun:
         if self.bar is not None:
             self.bar.update(1)
             elapsed = time.perf_counter() - self.started
-            self.bar.set_postfix(frames_s=f"{self.batcher.frames_done / elapsed:.1f}", failed=len(self.failures))
+            # failed= counts this run's "skipped" lines, not failures recorded by earlier runs
+            self.bar.set_postfix(frames_s=f"{self.batcher.frames_done / elapsed:.1f}", failed=len(self.report.failures))
 
     # -- the main thread ---------------------------------------------------------------------------------
     def compute(self, pool: DecodePool, tasks: list[DecodeTask], writes: WriteQueue) -> None:
@@ -135,7 +137,7 @@ class ExtractionRun:
                 writes.put(("failure", (item, result.error)))
                 if self.opts.strict:
                     self._queue(self.batcher.flush(), writes)
-                    raise ExtractionError(f"--strict: {result.error}")
+                    raise ExtractionError(f"{option('strict')}: {result.error}")
                 continue
             self._queue(self.batcher.add(self._pending(item, result)), writes)
         self._queue(self.batcher.flush(), writes)

@@ -12,8 +12,15 @@ MAX_LINES = 8  # classes drawn: those reaching the highest probability somewhere
 
 
 def plot_timeline(
-    path: Path, centres: np.ndarray, probabilities: np.ndarray, classes: list[str], segments: list[Segment], title: str
+    path: Path,
+    centres: np.ndarray,
+    probabilities: np.ndarray,
+    classes: list[str],
+    segments: list[Segment],
+    title: str,
+    warning: str | None = None,
 ) -> Path:
+    """Draw the figure; ``warning`` (e.g. the run is not above chance) is printed across the curves in red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,6 +38,9 @@ def plot_timeline(
     curves.set_title(title, fontsize=10)
     curves.legend(loc="upper right", fontsize=8, ncol=min(4, len(shown)))
     curves.grid(alpha=0.3)
+    if warning:
+        curves.text(0.5, 0.5, warning, transform=curves.transAxes, ha="center", va="center", fontsize=11,
+                    color="red", wrap=True, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "red"})  # fmt: skip
     for segment in segments:
         index = classes.index(segment.label)
         colour = colours.get(index, "0.5")

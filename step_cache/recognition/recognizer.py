@@ -21,6 +21,7 @@ from step_cache.errors import InputError
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.stream import WindowRunner
 from step_cache.recognition.windows import WindowPlan, plan_windows
+from step_cache.training.run_notes import warn_if_not_above_chance
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Prediction:
     logits: np.ndarray  # (C,) float32
     probabilities: np.ndarray  # (C,)
     classes: list[str]
+    above_chance: bool = True  # False: the run's headline top-1 never beat chance, so this answer is no better
 
     @property
     def label(self) -> str:
@@ -53,7 +55,8 @@ class Recognizer:
     """Classify windows of a stream of RGB frames with a trained run.
 
     ``fps`` is the stream's frame rate; ``window`` and ``stride`` are in seconds (defaults: the median duration
-    of the run's training videos, and one segment of the window, as in ``timeline``).
+    of the run's training videos, and one segment of the window, as in ``timeline``). A run whose headline top-1
+    is not above chance is warned about once, here, and every ``Prediction`` carries ``above_chance=False``.
     """
 
     def __init__(
@@ -72,6 +75,7 @@ class Recognizer:
             self.fps, self.model.frames, self.model.clips, window, stride, self.model.typical_duration()
         )
         self.classes = self.model.classes
+        self.chance_note = warn_if_not_above_chance(run_dir)  # None when the run beat chance
         self.reset()
 
     def reset(self) -> None:
@@ -96,4 +100,7 @@ class Recognizer:
         result = finished[-1]  # windows complete one per frame (their starts differ)
         probabilities = torch.softmax(torch.from_numpy(result.logits)[None], dim=1)[0].numpy()
         start, end = result.window.start, result.window.end
-        return Prediction(start, end, start / self.fps, end / self.fps, result.logits, probabilities, self.classes)
+        return Prediction(
+            start, end, start / self.fps, end / self.fps, result.logits, probabilities, self.classes,
+            above_chance=self.chance_note is None,
+        )  # fmt: skip

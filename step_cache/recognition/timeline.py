@@ -44,6 +44,7 @@ class Timeline:
     seconds: float = 0.0  # compute time, decoding included
     files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. the run is not above chance
+    chance_note: str | None = None  # run_notes.not_above_chance: also drawn on timeline.png
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -141,7 +142,12 @@ def run_timeline(
 
 
 def write_timeline(
-    result: Timeline, out_dir: str | Path, *, top_k: int = 5, min_confidence: float = 0.5, min_length: float = 0.0
+    result: Timeline,
+    out_dir: str | Path,
+    *,
+    top_k: int | None = None,
+    min_confidence: float = 0.5,
+    min_length: float = 0.0,
 ) -> Timeline:
     """Write ``timeline.csv``, ``segments.csv`` and ``timeline.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -170,8 +176,10 @@ def write_timeline(
             writer.writerow([f"{s.start_s:.3f}", f"{s.end_s:.3f}", s.label, f"{s.mean_prob:.6f}", s.windows])
     plan = result.plan
     title = f"{result.video.name}: windows of {plan.length / result.fps:.2f} s every {plan.stride / result.fps:.2f} s"
+    # The figure says it too: a picture travels without the terminal's warning.
+    warning = "run not above chance: these answers are no better than guessing" if result.chance_note else None
     figure = plot_timeline(
-        out_dir / "timeline.png", (starts + ends) / 2, probabilities, result.classes, result.segments, title
+        out_dir / "timeline.png", (starts + ends) / 2, probabilities, result.classes, result.segments, title, warning
     )
     result.files = [table, segments, figure]
     return result
@@ -185,7 +193,7 @@ def timeline(
     window: float | None = None,
     stride: float | None = None,
     fps: float | None = None,
-    top_k: int = 5,
+    top_k: int | None = None,
     min_confidence: float = 0.5,
     min_length: float = 0.0,
     weights: str | Path | None = None,
@@ -198,5 +206,6 @@ def timeline(
     result = run_timeline(
         model, video, window=window, stride=stride, fps=fps, batch_frames=batch_frames, progress=progress
     )
-    result.notes += [note for note in [not_above_chance(run_dir)] if note]
+    result.chance_note = not_above_chance(run_dir)
+    result.notes += [result.chance_note] if result.chance_note else []
     return write_timeline(result, out_dir, top_k=top_k, min_confidence=min_confidence, min_length=min_length)

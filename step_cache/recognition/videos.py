@@ -22,6 +22,7 @@ from step_cache.cache.manifest import Failure, ManifestError, read_manifest
 from step_cache.catalog import VIDEO_EXTENSIONS, CatalogError, VideoItem
 from step_cache.errors import InputError
 from step_cache.extraction.engine import ExtractionError, extract
+from step_cache.interface import option
 from step_cache.recognition.settings import compaction, extract_options
 from step_cache.training import runs
 from step_cache.training.evaluation import predict
@@ -43,8 +44,10 @@ class VideoPredictions:
         text = f"wrote predictions for {self.videos} videos to {self.csv}"
         if self.cache is not None:
             text += f" (tokens kept in {self.cache})"
-        if self.failures:
-            text += f"; {len(self.failures)} unreadable: " + "; ".join(f.reason for f in self.failures)
+        if self.failures:  # each reason was logged once as it was skipped ("skipped ...")
+            names = ", ".join(f.video for f in self.failures[:_LISTED])
+            more = f" and {len(self.failures) - _LISTED} more" if len(self.failures) > _LISTED else ""
+            text += f"; {len(self.failures)} unreadable video(s) skipped: {names}{more}"
         return text
 
 
@@ -76,7 +79,7 @@ def predict_videos(
     annotations: str | Path | None = None,
     weights: str | Path | None = None,
     cache: str | Path | None = None,
-    top_k: int = 5,
+    top_k: int | None = None,
     device: str = "auto",
     workers: int | None = None,
     batch_size: int | None = None,
@@ -85,8 +88,8 @@ def predict_videos(
     """Write ``predict``'s CSV (``video, clips, label, short, class_1, ...``) for the videos at ``videos``: one
     file, a folder (``<class>/`` sub-folders fill ``label``), or the rows of ``annotations`` (paths relative to
     ``videos``). Unreadable videos are skipped and returned with their reason."""
-    if top_k < 1:
-        raise InputError(f"top_k must be >= 1, got {top_k}")
+    if top_k is not None and top_k < 1:
+        raise InputError(f"{option('top_k', top_k)}: must be >= 1")
     record = runs.read_config(run_dir)
     usable_checkpoint(run_dir)  # a failed run or a foreign checkpoint is refused before any video is decoded
     options = extract_options(record, weights)  # checks the weights before any video is decoded
@@ -112,8 +115,6 @@ def predict_videos(
             if not keep or compacted:  # the error names the manifest of a folder removed below: give the reasons
                 _refuse_unreadable(videos, extracted_to)
             raise
-        for failure in extracted.failures:
-            log.warning("unreadable: %s", failure.reason)
         if compacted:
             compact(
                 extracted_to, directory, dtype=compacted["dtype"], pool_patches=compacted["pool_patches"],

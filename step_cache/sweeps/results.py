@@ -209,7 +209,9 @@ def write_results(
             best["best_run"] = {
                 "number": best["number"],
                 "dir": str(best_run.run_dir),
-                metric: best_run.metrics.get(metric),
+                # the objective on val, as the trial measured it; then the retrained run's headline figures
+                f"val_{metric}": best_run.metrics["splits"]["val"].get(metric),
+                "headline_split": best_run.metrics["headline_split"],
                 **{key: best_run.metrics.get(key) for key in ("top1", "pair_accuracy", "reversed_top1")},
             }
         elif best_run is not None:

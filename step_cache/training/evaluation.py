@@ -24,11 +24,20 @@ from torch import nn
 from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
-from step_cache.errors import InputError
 from step_cache.probes import build_probe, recorded_options
 from step_cache.training import runs
+from step_cache.training.chance import chance_of, pooled_chance
+from step_cache.training.eval_plan import (
+    check_split,
+    default_split,
+    int8_note,
+    seed_checkpoints,
+    storage_only,
+    warn_training_clips,
+)
 from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video, pair_indices
+from step_cache.training.metrics_file import describe, split_figures
 from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
 from step_cache.training.run_status import usable_checkpoint
 from step_cache.training.splits import DataError, select_splits
@@ -37,7 +46,6 @@ from step_cache.training.view_table import clean_rows
 
 log = logging.getLogger(__name__)
 
-EVAL_SPLITS = ("all", "train", "val", "test")
 # Settings that may differ between the training cache and another cache without changing what a token means.
 # Augmented views (extract --views) only add training rows: the clean tokens are the same with or without them.
 _HARMLESS = ("sampling.clips", "views")
@@ -62,12 +70,14 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
 
 
 def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
+    """Refuse a cache whose tokens differ from the run's; int8 storage of the same tokens is read back
+    (``eval_plan.storage_only``)."""
     differences = [
         d
         for d in extraction_differences(record["data"]["extraction"], shards.manifest.extraction)
         if not d.startswith(_HARMLESS)
     ]
-    if differences:
+    if differences and not storage_only(differences):
         where = ", ".join(map(str, shards.directories))
         raise ManifestError(f"{where}: tokens differ from those the probe was trained on: {'; '.join(differences[:4])}")
 
@@ -93,19 +103,28 @@ def evaluate(
     run_dir: str | Path,
     features: str | Path | Sequence[str | Path] | ShardSet,
     *,
-    split: str = "all",
+    split: str | None = None,
+    seed: int | None = None,
     device: str = "auto",
     data: str = "auto",
     workers: int | None = None,
     batch_size: int = 256,
     orders: bool = True,
 ) -> dict[str, Any]:
-    """Metrics (top-1/5, per-class, confusion, pair and order metrics; per video) of a run's best checkpoint on
-    the labelled clips of ``features`` in ``split`` ("all", or the run's own train/val/test selection)."""
-    if split not in EVAL_SPLITS:
-        raise DataError(f"unknown split {split!r}; choose one of: {', '.join(EVAL_SPLITS)}")
-    record, probe = load_probe(run_dir)
+    """Metrics (top-1/5, per-class, confusion, pair and order metrics, chance; per video) of a run's best
+    checkpoint(s) on the labelled clips of ``features`` in ``split``: "all", or the run's own train / val / test
+    selection; None picks the run's headline split (``eval_plan.default_split``). A ``--seeds`` run is scored
+    with every seed (mean, ``std``, pooled confusion matrix and chance, as its metrics.json) unless ``seed`` names
+    one; each seed's own figures are under ``per_seed``."""
+    if split is not None:
+        check_split(split)
+    # Every checkpoint is checked (not failed, the run's own bytes) before anything else is said; the run's own
+    # best.pt (the first seed's) is checked also when another seed is scored.
+    record, first = load_probe(run_dir)
+    checkpoints = seed_checkpoints(str(run_dir), seed)
+    probes = [first if weights == runs.BEST else load_probe(run_dir, weights)[1] for _, weights in checkpoints]
     shards = features if isinstance(features, ShardSet) else open_shards(features)
+    split = default_split(shards, record) if split is None else split
     check_cache_fits(record, shards)
     classes = record["data"]["classes"]
     labels, unknown = map_labels(shards, classes)
@@ -114,37 +133,49 @@ def evaluate(
             "left out %d clip(s) of class(es) the probe was not trained on: %s",
             sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
         )  # fmt: skip
-    if split == "all":
-        indices = np.nonzero((labels >= 0) & clean_rows(shards))[0]  # augmented views are not scored
-    else:
-        config = record["config"]
-        chosen = select_splits(
-            labels, shards.splits, shards.videos, config["val_fraction"], config["seed"], views=shards.views
-        )
-        indices = getattr(chosen, split)
+    config = record["config"]
+    chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], config["seed"],
+                           views=shards.views)  # fmt: skip
+    indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
         raise DataError(f"{where}: no labelled clips of the probe's classes in split {split!r} to evaluate")
+    training_videos = warn_training_clips(indices, chosen, shards)
+    if (note := int8_note(record, shards)) is not None:
+        log.info("%s", note)
     pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
     source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers, device=target)
     try:
-        metrics = evaluate_clips(
-            probe.to(target), source, indices, labels, shards.videos, classes, pairs,
-            batch_size=batch_size, device=target, orders=orders,
-        )  # fmt: skip
+        per_seed = []
+        for probe in probes:  # one token source for every seed: the tokens are the same
+            figures = evaluate_clips(
+                probe.to(target), source, indices, labels, shards.videos, classes, pairs,
+                batch_size=batch_size, device=target, orders=orders,
+            )  # fmt: skip
+            per_seed.append(figures)
     finally:
         source.close()
-    metrics.update(
-        run=str(run_dir),
-        probe=record["config"]["probe"],
-        features=[str(d) for d in shards.directories],
-        split=split,
-        classes=classes,
-        excluded_classes=unknown,
-        excluded_clips=int(sum(unknown.values())),
-    )
-    return metrics
+    seeds = [s for s, _ in checkpoints]
+    figures = split_figures(per_seed, classes)
+    std = figures.pop("std", None)
+    return {
+        "run": str(run_dir),
+        "probe": config["probe"],
+        "features": [str(d) for d in shards.directories],
+        "split": split,
+        "seeds": seeds,
+        "figures": describe(split, seeds),
+        **figures,
+        **({"std": std} if std is not None else {}),
+        "chance": pooled_chance(per_seed) if len(per_seed) > 1 else chance_of(per_seed[0]),
+        "training_videos": training_videos,
+        "tokens_note": note,
+        "classes": classes,
+        "excluded_classes": unknown,
+        "excluded_clips": int(sum(unknown.values())),
+        "per_seed": [{"seed": s, **m} for s, m in zip(seeds, per_seed, strict=True)],
+    }
 
 
 def predict(
@@ -152,7 +183,7 @@ def predict(
     features: str | Path | Sequence[str | Path] | ShardSet,
     out_csv: str | Path,
     *,
-    top_k: int = 5,
+    top_k: int | None = None,
     device: str = "auto",
     data: str = "auto",
     workers: int | None = None,
@@ -160,9 +191,8 @@ def predict(
 ) -> Path:
     """Write one CSV row per video of ``features`` (labelled or not): ``video, clips, label, short, class_1, prob_1,
     ..., class_k, prob_k`` with clip logits averaged per video and probabilities from their softmax. ``short`` is
-    True for a video of fewer frames than the run's T (its clips repeat frames); their count is logged."""
-    if top_k < 1:
-        raise InputError(f"top_k must be >= 1, got {top_k}")
+    True for a video of fewer frames than the run's T (its clips repeat frames); their count is logged. ``top_k``
+    None: 5, or every class when the run has fewer."""
     record, probe = load_probe(run_dir)
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     check_cache_fits(record, shards)

@@ -108,6 +108,9 @@ def average_by_video(logits: Any, videos: Sequence[str]) -> tuple[np.ndarray, np
     return (sums / counts)[order], keys[order], first[order]
 
 
+TOP_K = 5  # the k of "top5"; with this many classes or fewer every class is in the top k, so it is not shown
+
+
 def classification_metrics(
     logits: Any, labels: Any, classes: Sequence[str], pairs: Sequence[tuple[int, int]] = ()
 ) -> dict[str, Any]:
@@ -119,7 +122,7 @@ def classification_metrics(
     summary: dict[str, Any] = {
         "count": len(labels),
         "top1": topk_accuracy(logits, labels, 1),
-        "top5": topk_accuracy(logits, labels, 5),
+        "top5": topk_accuracy(logits, labels, TOP_K),
         "mean_class_accuracy": mean_class_accuracy(matrix),
         "per_class_accuracy": {
             name: (None if np.isnan(value) else float(value)) for name, value in zip(classes, per_class, strict=True)

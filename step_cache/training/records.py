@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from step_cache.training.chance import chance_of, pooled_chance
+from step_cache.training.chance import chance_of
 
 NO_SCORE = (-math.inf, -math.inf)  # below every validation score
 
@@ -78,10 +78,10 @@ def final_metrics(
     data_mode: str,
     device: str,
 ) -> dict[str, Any]:
-    """The content of ``metrics.json``: the best checkpoint's validation metrics (per video, order metrics
-    included) at the top level, its test metrics under ``test`` when there is a test split, ``headline_split``
-    naming the split to report (``headline_metrics``), ``chance`` (is that split's top-1 above chance,
-    ``chance.py``), and what the run cost."""
+    """One seed's metrics, the material of ``metrics.json`` (``metrics_file.metrics_document``) and of a sweep
+    trial's record: the best checkpoint's validation metrics (per video, order metrics included) at the top level,
+    its test metrics under ``test`` when there is a test split, ``headline_split``, ``chance`` (is that split's
+    top-1 above chance, ``chance.py``), and what the run cost."""
     metrics: dict[str, Any] = {
         "probe": probe,
         "unit": "video (clip logits averaged)",
@@ -95,8 +95,7 @@ def final_metrics(
     }
     metrics.update(val)
     # Which split the figures a user reads come from: test when there is one (nothing was selected on it), else
-    # the validation split that also chose the checkpoint (optimistic). One key: the top-level figures are always
-    # val's, so a second "split" key only invited reading them as the headline.
+    # the validation split that also chose the checkpoint (optimistic).
     metrics["headline_split"] = "test" if test is not None else "val"
     metrics["chance"] = chance_of(test if test is not None else val)
     metrics["parameters"] = parameters
@@ -109,79 +108,18 @@ def final_metrics(
     return metrics
 
 
-# The metrics a multi-seed run summarises with mean and std (those present and not None in every seed).
-SEED_METRICS = (
-    "top1",
-    "top5",
-    "mean_class_accuracy",
-    "pair_accuracy",
-    "reversed_top1",
-    "reversed_pair_accuracy",
-    "shuffled_top1",
-    "shuffled_pair_accuracy",
-    "loss",
-)
-
-
 def headline_split(metrics: dict[str, Any]) -> str:
-    """ "test" or "val": the split a ``metrics.json``'s reported figures come from. Reads every version: the
-    ``headline_split`` key, the older ``headline`` key (next to a ``split`` key that named the top level, always
-    val), and runs written before either, which are "val"."""
-    split = metrics.get("headline_split", metrics.get("headline"))
-    return "test" if split == "test" and metrics.get("test") else "val"
-
-
-def headline_metrics(metrics: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(split, figures) to report from a ``metrics.json``: the test split's when the run has one, else the
-    validation figures (which also chose the checkpoint)."""
-    split = headline_split(metrics)
-    return split, (metrics["test"] if split == "test" else metrics)
-
-
-def run_chance(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The ``chance`` record of a ``metrics.json``: stored (pooled over seeds for ``--seeds``), or computed from the
-    headline split's confusion matrix for runs written before it existed."""
-    if not metrics:
-        return None
-    if "chance" in metrics:
-        return metrics["chance"]
-    return chance_of(headline_metrics(metrics)[1])
-
-
-def seeds_chance(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The chance record of a ``--seeds`` run: every seed's headline split pooled (sums of correct and trials)."""
-    return pooled_chance([headline_metrics(metrics)[1] for metrics in per_seed])
+    """ "test" or "val": the split a ``metrics.json``'s top-level figures come from (``metrics_file``; any version
+    reads as version 2)."""
+    return metrics.get("headline_split", "val")
 
 
 def headline_figures(metrics: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """(split, figures, std or None): ``headline_metrics``, as the mean over seeds with their std for a
-    multi-seed run (``train-probe --seeds``)."""
-    split, figures = headline_metrics(metrics)
-    mean, std = metrics.get("mean"), metrics.get("std")
-    if mean is None or std is None:
-        return split, figures, None
-    if split == "test":
-        return split, mean.get("test", {}), std.get("test", {})
-    return split, mean, std
+    """(split, figures, std or None) of a version-2 ``metrics.json``: its top level is the headline (the mean over
+    seeds for ``--seeds``, with their std)."""
+    return headline_split(metrics), metrics, metrics.get("std")
 
 
-def seed_statistics(per_seed: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(mean, std)`` over the seeds' ``metrics.json`` contents: ``{metric: value}`` for ``SEED_METRICS`` (and
-    the same under ``test`` when the runs have a test split). ``std`` is the sample standard deviation (ddof 1;
-    0 for a single seed)."""
-
-    def summarise(dicts: Sequence[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
-        mean, std = {}, {}
-        for key in SEED_METRICS:
-            values = [d.get(key) for d in dicts]
-            if not values or any(v is None for v in values):
-                continue
-            average = math.fsum(values) / len(values)
-            spread = math.fsum((v - average) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-            mean[key], std[key] = average, math.sqrt(spread)
-        return mean, std
-
-    mean, std = summarise(per_seed)
-    if per_seed and all(m.get("test") for m in per_seed):
-        mean["test"], std["test"] = summarise([m["test"] for m in per_seed])
-    return mean, std
+def run_chance(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``chance`` record of a ``metrics.json`` (pooled over seeds for ``--seeds``); None without one."""
+    return (metrics or {}).get("chance")

@@ -1,6 +1,7 @@
-"""What a command that uses a trained run says about its answers: a ``--top-k`` above the class count (clamped,
-said once) and a run whose headline top-1 is not above chance (``chance.py``), so that a confident-looking
-prediction or timeline of a run that never beat chance does not pass for an answer."""
+"""What a command that uses a trained run says about its answers: a given ``top_k`` above the class count
+(clamped, said once; nothing when it was not given) and a run whose headline top-1 is not above chance
+(``chance.py``), so that a confident-looking prediction or timeline of a run that never beat chance does not pass
+for an answer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from step_cache.errors import InputError
+from step_cache.interface import option
 from step_cache.training import runs
 from step_cache.training.chance import chance_note
 from step_cache.training.records import headline_split, run_chance
@@ -15,10 +18,20 @@ from step_cache.training.records import headline_split, run_chance
 log = logging.getLogger(__name__)
 
 
-def clamp_top_k(top_k: int, classes: Sequence[str]) -> int:
-    """``top_k`` capped at the number of classes, with one log line when it was above it."""
+DEFAULT_TOP_K = 5
+
+
+def clamp_top_k(top_k: int | None, classes: Sequence[str]) -> int:
+    """The classes to list per video: ``top_k`` capped at the number of classes, with one log line when a given
+    ``top_k`` was above it; None (not given) is 5, capped silently."""
+    if top_k is None:
+        return min(DEFAULT_TOP_K, len(classes))
+    if top_k < 1:
+        raise InputError(f"{option('top_k', top_k)}: must be >= 1")
     if top_k > len(classes):
-        log.warning("--top-k %d is more than the run's %d classes: giving all %d", top_k, len(classes), len(classes))
+        log.warning(
+            "%s is more than the run's %d classes: giving all %d", option("top_k", top_k), len(classes), len(classes)
+        )
     return min(top_k, len(classes))
 
 

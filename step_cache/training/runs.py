@@ -6,7 +6,7 @@
 - ``last_state.pt``: everything ``--resume`` needs (weights, best weights, optimizer, scheduler, RNG, epoch,
   history). It is the commit point (after the first and last epoch and every ~30 s: ``run_commits.py``):
   ``last.pt``, ``best.pt`` and ``metrics.jsonl`` are written after it and rewritten from it on resume.
-- ``metrics.json``: final metrics of the best checkpoint.
+- ``metrics.json``: final metrics of the best checkpoint, headline first (``metrics_file.py``).
 - ``checkpoints.json``: the sha256 of every checkpoint the run wrote (``run_checkpoints.py``), written after the
   checkpoint; a checkpoint that differs (copied in from another run, edited) is refused by every consumer.
 - ``failed.json``: written when the run diverged (``run_status.py``); every consumer refuses the run with its reason.
@@ -23,6 +23,7 @@ than written unreadable by strict parsers.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -37,6 +38,7 @@ import torch
 from step_cache.cache.files import atomic_write_text, fsync_dir
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.errors import StepCacheError
+from step_cache.training.metrics_file import upgrade
 from step_cache.training.run_record import record_differences
 
 log = logging.getLogger(__name__)
@@ -107,8 +109,16 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def read_final_metrics(run_dir: str | Path) -> dict[str, Any] | None:
+    """A finished run's ``metrics.json`` as format version 2 (``metrics_file.upgrade`` reads version 1); None
+    before the run finished."""
     path = Path(run_dir) / FINAL_METRICS
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    if "format_version" not in metrics and "seeds" not in metrics:  # a version-1 one-seed file: config.json has it
+        with contextlib.suppress(RunError, KeyError, TypeError):
+            return upgrade(metrics, int(read_config(run_dir)["config"]["seed"]), str(path))
+    return upgrade(metrics, path=str(path))
 
 
 def torch_bytes(obj: Any) -> bytes:

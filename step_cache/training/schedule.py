@@ -19,10 +19,11 @@ AUTO_MAX_EPOCHS = 1000
 
 
 def auto_batch_size(train_clips: int) -> int:
-    """The largest power of two giving at least ``AUTO_BATCHES_PER_EPOCH`` batches, clamped to ``AUTO_BATCH_RANGE``."""
+    """The largest power of two giving at least ``AUTO_BATCHES_PER_EPOCH`` batches, clamped to ``AUTO_BATCH_RANGE``,
+    and never more than the training clips (a set smaller than the floor trains in one batch of all its clips)."""
     low, high = AUTO_BATCH_RANGE
     target = max(1, train_clips // AUTO_BATCHES_PER_EPOCH)
-    return int(min(high, max(low, 2 ** math.floor(math.log2(target)))))
+    return int(min(high, max(low, 2 ** math.floor(math.log2(target))), max(1, train_clips)))
 
 
 def auto_epochs(train_clips: int, batch_size: int) -> int:

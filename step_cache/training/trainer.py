@@ -30,6 +30,7 @@ from step_cache.training.early_stopping import describe_stop, early_stop_record,
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
 from step_cache.training.metrics import format_percent, format_percent_spread
+from step_cache.training.metrics_file import metrics_document
 from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import (
@@ -59,7 +60,7 @@ EpochCallback = Callable[[dict[str, Any]], None]
 @dataclass
 class TrainResult:
     run_dir: Path
-    metrics: dict[str, Any]  # the content of metrics.json
+    metrics: dict[str, Any]  # the content of metrics.json (metrics_file: the headline at the top level)
     history: list[dict[str, Any]] = field(default_factory=list)  # the lines of metrics.jsonl
 
     def summary(self) -> str:
@@ -72,14 +73,21 @@ class TrainResult:
             return format_percent_spread(figures.get(key), std.get(key))
 
         note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
-        seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if "seeds" in m else ""
+        seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if len(m.get("seeds", ())) > 1 else ""
         chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
         return (
             f"{m['probe']}: {split} top-1 {pct('top1')}{chance} | pair {pct('pair_accuracy')} | reversed "
             f"{pct('reversed_top1')} | shuffled {pct('shuffled_top1')}{note}{seeds} | {m['parameters']:,} params "
-            f"({m['parameters_without_head']:,} without head) | {m['train_time_s']:.1f} s "
-            f"({m['train_clips_per_s'] or 0:.0f} clips/s) -> {self.run_dir}"
+            f"({m['parameters_without_head']:,} without head) | {self._time()} -> {self.run_dir}"
         )
+
+    def _time(self) -> str:
+        # The command's wall time is what a user waited; the training loop's share is the probe's own speed.
+        m = self.metrics
+        loop = f"training loop {m['train_time_s']:.1f} s, {m['train_clips_per_s'] or 0:.0f} clips/s"
+        if m.get("wall_time_s") is None:  # a metrics.json of format 1
+            return loop
+        return f"{m['wall_time_s']:.1f} s ({loop})"
 
 
 class _Run:
@@ -262,9 +270,10 @@ def train_probe(
     directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
     """
     config = make_config(probe, options)
+    started = time.perf_counter()  # metrics.json's wall_time_s: the command's, loading and evaluation included
     with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
         try:
-            return _train(cache, probe, config, Path(out), resume, overwrite, on_epoch)
+            return _train(cache, probe, config, Path(out), resume, overwrite, on_epoch, started)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:
             mark_failed(Path(out), str(error))  # no command may use what the diverged run left
             raise
@@ -278,12 +287,13 @@ def _train(
     resume: bool,
     overwrite: bool,
     on_epoch: EpochCallback | None,
+    started: float,
 ) -> TrainResult:
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     if resume:
         refuse_failed_resume(out)
     if config.seeds > 1:
-        metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch)
+        metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch, started)
         return TrainResult(Path(out), metrics, history)
     shards = as_shards(cache)
     run = _Run(shards, config, Path(out))
@@ -314,5 +324,6 @@ def _train(
     finally:
         run.bar.close()
         run.source.close()  # streaming reader processes
+    metrics = metrics_document([config.seed], [metrics], time.perf_counter() - started)
     runs.write_json(run.run_dir / runs.FINAL_METRICS, metrics)
     return TrainResult(run.run_dir, metrics, run.history)

@@ -9,8 +9,8 @@ keeps its own best checkpoint (chosen on val, like a lone run).
 Run directory (``runs.py`` plus)::
 
     config.json                 the run record; data.seeds lists the seeds
-    metrics.json                the first seed's metrics, plus seeds, per_seed, mean and std (test under "test")
-                                and chance pooled over the seeds
+    metrics.json                the headline figures (mean over the seeds, std beside, matrices and chance pooled),
+                                every split's and every seed's figures (``metrics_file``)
     metrics.jsonl, best.pt      the first seed's (so evaluate, predict and report read it like a one-seed run)
     seeds/seed-<s>/             metrics.json, metrics.jsonl and best.pt of every seed
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ from step_cache.cache.shards import CacheInput, as_shards
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
+from step_cache.training.metrics_file import metrics_document
 from step_cache.training.progress import RunProgress, batches_per_epoch
-from step_cache.training.records import seed_statistics, seeds_chance
 from step_cache.training.run_checkpoints import save_checkpoint
 from step_cache.training.run_commits import CommitClock, append_epoch
 from step_cache.training.run_data import data_record
@@ -45,9 +46,6 @@ from step_cache.training.stacking.stacked_run import MemberResult, StackedRun
 log = logging.getLogger(__name__)
 
 SEEDS_DIR = "seeds"
-# What each seed's metrics.json summarises in per_seed (the rest is the same for every seed).
-PER_SEED_KEYS = ("best_epoch", "top1", "top5", "mean_class_accuracy", "pair_accuracy", "reversed_top1",
-                 "reversed_pair_accuracy", "shuffled_top1", "shuffled_pair_accuracy", "loss", "early_stop")  # fmt: skip
 
 
 def seed_dir(run_dir: Path, seed: int) -> Path:
@@ -60,10 +58,12 @@ def train_seeds(
     out: Path,
     resume: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    started: float | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train ``config`` with ``config.seeds`` seeds as one stack into ``out``; returns (metrics, first seed's
     epoch records). ``on_epoch`` sees the first seed's epoch records. ``train_probe`` calls this when
-    ``seeds > 1``, after refusing an existing run."""
+    ``seeds > 1``, after refusing an existing run; ``started`` (``time.perf_counter``) dates the command for
+    metrics.json's ``wall_time_s``."""
     shards = as_shards(cache)
     data = DataCache(shards)
     try:
@@ -126,7 +126,8 @@ def train_seeds(
     if any(stop["stopped"] for _, stop in stops):
         trained = ", ".join(f"seed {seed} {stop['epoch']}/{stop['planned_epochs']}" for seed, stop in stops)
         log.info("%s: early stopping (patience %s), epochs trained: %s", config.probe, stops[0][1]["patience"], trained)
-    return _write(out, seeds, results), results[0].history
+    wall = time.perf_counter() - started if started is not None else None
+    return _write(out, seeds, results, wall), results[0].history
 
 
 def _raise_if_diverged(seeds: list[int], results: list[MemberResult], lr: float) -> None:
@@ -144,36 +145,16 @@ def _finished(out: Path, record: dict[str, Any]) -> tuple[dict[str, Any], list[d
     return metrics, runs.read_epoch_log(out)
 
 
-def _write(out: Path, seeds: list[int], results: list[MemberResult]) -> dict[str, Any]:
+def _write(out: Path, seeds: list[int], results: list[MemberResult], wall: float | None) -> dict[str, Any]:
     """Every seed's files, then the first seed's as the run's own, then metrics.json (the commit point)."""
     for seed, result in zip(seeds, results, strict=True):
         directory = seed_dir(out, seed)
         directory.mkdir(parents=True, exist_ok=True)
         save_checkpoint(out, directory / runs.BEST, result.weights)
         runs.write_epoch_log(directory, result.history)
-        runs.write_json(directory / runs.FINAL_METRICS, {**result.metrics, "seed": seed})
+        runs.write_json(directory / runs.FINAL_METRICS, metrics_document([seed], [result.metrics]))
     save_checkpoint(out, out / runs.BEST, results[0].weights)
     runs.write_epoch_log(out, results[0].history)
-    per_seed = [result.metrics for result in results]
-    mean, std = seed_statistics(per_seed)
-    # The stack trains until its last seed stops: that seed's clock is the run's cost (the first seed may have
-    # stopped early, with the stack's time at that moment).
-    last = max(per_seed, key=lambda m: m.get("train_time_s") or 0.0)
-    metrics = {
-        **per_seed[0],
-        **{key: last.get(key) for key in ("train_time_s", "train_clips_per_s", "data_wait_share")},
-        "seeds": seeds,
-        "per_seed": [_seed_summary(seed, m) for seed, m in zip(seeds, per_seed, strict=True)],
-        "mean": mean,
-        "std": std,
-        "chance": seeds_chance(per_seed),  # pooled over the seeds (each seed's own is in seeds/seed-<s>/)
-    }
+    metrics = metrics_document(seeds, [result.metrics for result in results], wall)
     runs.write_json(out / runs.FINAL_METRICS, metrics)
     return metrics
-
-
-def _seed_summary(seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
-    summary = {"seed": seed, **{key: metrics.get(key) for key in PER_SEED_KEYS}}
-    if metrics.get("test"):
-        summary["test"] = {key: metrics["test"].get(key) for key in PER_SEED_KEYS if key in metrics["test"]}
-    return summary
