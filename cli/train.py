@@ -89,7 +89,15 @@ def train_probe(
         Path | None, typer.Option(help="Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     ] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads (default D // 64).")] = None,
-    depth: Annotated[int | None, typer.Option(help="step / self-attentive: number of blocks (default 1).")] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Number of blocks (default 1). step / self-attentive: transformer blocks. attentive: V-JEPA 2's "
+            "num_probe_blocks: DEPTH-1 self-attention blocks over the tokens before the cross-attention (its "
+            "frozen evaluation uses 4).",
+        ),
+    ] = None,
     mlp_ratio: Annotated[float | None, typer.Option(help="MLP width / D, where the probe has an MLP.")] = None,
     frame_pos: Annotated[
         bool | None, typer.Option("--frame-pos/--no-frame-pos", help="STEP: learnable frame-wise position.")
