@@ -64,9 +64,9 @@ EarlyStop = Annotated[
     bool,
     typer.Option(
         "--early-stop/--no-early-stop",
-        help="Stop a run (each seed, each trial) once its validation score (val top-1, then val loss: what picks "
-        "best.pt) has not improved for --patience epochs after the warm-up; the schedule stays the planned one "
-        "(docs/training.md, Early stopping).",
+        help="Stop a run (each seed, each trial) once its validation score (what picks best.pt: val top-1, or "
+        "train-probe's --select-metric; then val loss) has not improved for --patience epochs after the warm-up; "
+        "the schedule stays the planned one (docs/training.md, Early stopping).",
     ),
 ]
 Patience = Annotated[

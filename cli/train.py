@@ -69,6 +69,14 @@ def train_probe(
     views: Views = "on",
     early_stop: EarlyStop = True,
     patience: Patience = None,
+    select_metric: Annotated[
+        str,
+        typer.Option(
+            help="The validation metric that picks best.pt and drives early stopping (ties: lower val loss): top1, "
+            "mean-class (mean of per-class accuracies, for imbalanced sets such as Drive&Act) or pair (mirrored "
+            "pairs' accuracy). Recorded in config.json and metrics.json.",
+        ),
+    ] = "top1",
     seed: Annotated[int, typer.Option(help="Seed of the initial weights, batch order and held-out val videos.")] = 0,
     seeds: Annotated[
         int,
@@ -142,9 +150,9 @@ def train_probe(
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
 
-    The checkpoint is chosen on the val split; the printed figures are the test split's when the cache has one
-    (else the val figures, and the line says so). Epochs and batch size default to a schedule chosen from the
-    number of training clips (docs/training.md)."""
+    The checkpoint is chosen on the val split (by --select-metric); the printed figures are the test split's when
+    the cache has one (else the val figures, and the line says so). Epochs and batch size default to a schedule
+    chosen from the number of training clips (docs/training.md)."""
     from step_cache.training.trainer import train_probe as run_training
 
     setup_logging(verbose)
@@ -181,6 +189,7 @@ def train_probe(
             views=views,
             early_stop=early_stop,
             patience=patience,
+            select_metric=select_metric,
             seed=seed,
             seeds=seeds,
             val_fraction=val_fraction,

@@ -12,7 +12,7 @@ from step_cache.cache.shards import ShardSet
 from step_cache.devices import resolve_device
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
-from step_cache.training.run_data import check_splits, resolve_pairs, token_subset
+from step_cache.training.run_data import check_select_metric, check_splits, resolve_pairs, token_subset
 from step_cache.training.splits import Splits, shard_splits
 from step_cache.training.token_data import TokenSelection, TokenSource, open_token_source, select_tokens
 from step_cache.training.views import ViewTable, clean_rows, view_table
@@ -46,6 +46,7 @@ class DataCache:
         check_splits(splits, shards, config)
         views = view_table(shards, splits.train, config.views)
         pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
+        check_select_metric(config, splits, shards, pairs)
         device = resolve_device(config.device)
         key = (selection, config.data, config.memory_fraction, config.workers, device.type)
         # A source that holds the views holds the clean clips too: a run without views may share it.

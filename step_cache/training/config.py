@@ -20,6 +20,7 @@ from step_cache import __version__
 from step_cache.cpu_budget import recorded_threads
 from step_cache.training.early_stopping import resolve_patience
 from step_cache.training.optimization import default_lr, resolve_schedule, schedule_steps
+from step_cache.training.records import SELECT_METRICS
 from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
 from step_cache.training.views import VIEW_MODES
 
@@ -50,6 +51,9 @@ class TrainConfig:
     # (None: max(10, ceil(0.3 x epochs)), resolved with the schedule); off runs every planned epoch.
     early_stop: bool = True
     patience: int | None = None
+    # The validation metric that picks the best checkpoint and drives early stopping (records.SELECT_METRICS):
+    # top1, mean-class (classes weighted equally, as Drive&Act reports) or pair (mirrored pairs).
+    select_metric: str = "top1"
     seed: int = 0
     seeds: int = 1  # > 1: seeds seed .. seed+seeds-1 trained together as one stack; mean ± std (training/seeds.py)
     val_fraction: float = 0.2  # of training videos held out, only when the cache has no "val" split
@@ -94,6 +98,10 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (
             config.early_stop or config.patience is None,
             "patience goes with early stopping: drop --no-early-stop (early_stop=False) or --patience",
+        ),
+        (
+            config.select_metric in SELECT_METRICS,
+            f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {config.select_metric!r}",
         ),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),

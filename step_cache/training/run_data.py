@@ -45,6 +45,23 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
         log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
 
 
+def check_select_metric(
+    config: TrainConfig, splits: Splits, shards: ShardSet, pairs: Sequence[tuple[int, int]]
+) -> None:
+    """``select_metric="pair"`` picks the checkpoint by val pair accuracy: refused, before any training, where
+    the validation split has no clip of a paired class (the metric would be undefined at every epoch)."""
+    if config.select_metric != "pair":
+        return
+    where = ", ".join(map(str, shards.directories))
+    if not pairs:
+        raise DataError(
+            f"{where}: --select-metric pair needs mirrored class pairs: the cache names none (give --pairs FILE)"
+        )
+    paired = {c for pair in pairs for c in pair}
+    if not any(label in paired for label in shards.labels[splits.val].tolist()):
+        raise DataError(f"{where}: --select-metric pair: no validation clip belongs to a paired class")
+
+
 def data_record(
     shards: ShardSet,
     selection: TokenSelection,

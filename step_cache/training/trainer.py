@@ -35,6 +35,7 @@ from step_cache.training.optimization import build_optimizer, build_scheduler, s
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import (
     NO_SCORE,
+    SELECT_LABELS,
     TrainingTime,
     epoch_record,
     final_metrics,
@@ -43,7 +44,13 @@ from step_cache.training.records import (
     validation_score,
 )
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
-from step_cache.training.run_data import check_splits, data_record, resolve_pairs, token_subset
+from step_cache.training.run_data import (
+    check_select_metric,
+    check_splits,
+    data_record,
+    resolve_pairs,
+    token_subset,
+)
 from step_cache.training.run_lock import hold_run_dir
 from step_cache.training.run_status import mark_failed, refuse_failed_resume, usable_checkpoint
 from step_cache.training.seeds import train_seeds
@@ -72,6 +79,9 @@ class TrainResult:
             return format_percent_spread(figures.get(key), std.get(key))
 
         note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
+        selected = m.get("select_metric", "top1")  # runs written before the setting chose on top-1
+        if selected != "top1":
+            note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
         seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if "seeds" in m else ""
         chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
         return (
@@ -91,6 +101,7 @@ class _Run:
         self.pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
         self.splits = shard_splits(shards, config.val_fraction, config.seed)
         check_splits(self.splits, shards, config)
+        check_select_metric(config, self.splits, shards, self.pairs)
         self.views = view_table(shards, self.splits.train, config.views)
         self.requested = config  # epochs / batch_size may be None (auto): resolved from the training clips
         self.config = config = with_schedule(config, len(self.splits.train))
@@ -208,7 +219,7 @@ class _Run:
         train = self.train_epoch(epoch)
         start = time.perf_counter()
         val = self.evaluate(self.splits.val, orders=False)
-        score = validation_score(val)
+        score = validation_score(val, self.config.select_metric)
         record = epoch_record(
             epoch + 1, train, val, time.perf_counter() - start, has_pairs=bool(self.pairs), best=score > self.best
         )
@@ -234,6 +245,7 @@ class _Run:
         metrics = final_metrics(
             probe=self.config.probe,
             best_epoch=self.best_epoch,
+            select_metric=self.config.select_metric,
             epochs=self.config.epochs,
             classes=self.shards.classes,
             pairs=self.pairs,
