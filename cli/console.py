@@ -1,4 +1,5 @@
-"""Console plumbing shared by the commands: log lines that do not break progress bars, one-line errors."""
+"""Console plumbing shared by the commands: log lines that do not break progress bars, one-line errors for the
+project's own errors and a traceback, marked as a bug, for anything else."""
 
 from __future__ import annotations
 
@@ -6,10 +7,24 @@ import contextlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Iterator
 
 import typer
 from tqdm import tqdm
+
+try:  # recent typer runs its own copy of click (cli/app.py)
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click import ClickException
+
+from step_cache import __version__
+from step_cache.errors import StepCacheError
+
+BUG_HEADER = (
+    f"step-cache {__version__} hit a bug (not a problem with your input): please report it on the step-cache issue "
+    "tracker with the command you ran and the traceback below."
+)
 
 
 class _TqdmHandler(logging.Handler):
@@ -26,10 +41,18 @@ def setup_logging(verbose: bool = False) -> None:
     logger.propagate = False
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError (a RuntimeError) and MemoryError: the machine's limit, not a bug; not importing
+    # torch here keeps `step-cache --help` fast.
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's errors (bad input, missing files, mismatched caches) into one line on stderr and a
-    non-zero exit. STEP_CACHE_DEBUG=1 shows the traceback instead."""
+    """Turn the library's errors (``StepCacheError``: bad input, mismatched caches, diverged runs) and the system's
+    (``OSError``: missing files, full disks; out of memory) into one line on stderr and exit 1. Anything else is a
+    bug: its traceback is printed under a header saying so, and the exit status is 1 too. STEP_CACHE_DEBUG=1
+    re-raises every error with its traceback."""
     try:
         yield
     except KeyboardInterrupt:
@@ -40,8 +63,14 @@ def user_errors() -> Iterator[None]:
             err=True,
         )
         raise typer.Exit(130) from None
-    except (ValueError, RuntimeError, OSError) as error:
+    except (typer.Exit, typer.Abort, ClickException):
+        raise  # typer's own: exit statuses and usage errors
+    except Exception as error:
         if os.environ.get("STEP_CACHE_DEBUG") == "1":
             raise
-        typer.echo(f"error: {error}", err=True)
+        if isinstance(error, (StepCacheError, OSError)) or _is_out_of_memory(error):
+            typer.echo(f"error: {error}", err=True)
+        else:
+            typer.echo(BUG_HEADER, err=True)
+            typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
         raise typer.Exit(1) from None

@@ -9,11 +9,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from step_cache.stacking.engine import StackedRun
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import TrainConfigError, make_config
 from step_cache.training.records import NO_SCORE, validation_score
 from step_cache.training.splits import DataError
+from step_cache.training.stacking.stacked_run import StackedRun
 from step_cache.training.trainer import _Run, train_probe
 
 # A recorded validation history where the metrics disagree: top-1 peaks in epoch 2, mean class accuracy in epoch 4,

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from step_cache.errors import StepCacheError
 from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
@@ -101,7 +102,7 @@ def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, 
         import torch
 
         # torchcodec copies frames with torch ops: intra-op threads in every worker (one per core) spin against each
-        # other and the backbone (6x slower dense decoding measured on 2 busy cores); workers parallelise already.
+        # other and the backbone (measured: docs/performance.md, "Video decoders"); workers parallelise already.
         torch.set_num_threads(1)
     # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
     crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")
@@ -124,7 +125,7 @@ def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, 
         results.send(decode_task(message, frames, clips, preprocessing, decoder))
 
 
-class DecodeWorkerError(RuntimeError):
+class DecodeWorkerError(StepCacheError, RuntimeError):
     """Decode workers cannot run at all (they exit before decoding anything), so every video would fail."""
 
 

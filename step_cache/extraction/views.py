@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import _PIL_MODES, Preprocessing
 
 # The crop ranges of V-JEPA's pretraining configs (configs/pretrain/vitl16.yaml: random_resize_scale 0.3-1.0,
@@ -42,7 +43,7 @@ VIEW_SPLITS = ("train", "")  # videos that get views; "" (no split): training ma
 _CROP_TRIES = 10  # timm / torchvision RandomResizedCrop
 
 
-class ViewError(ValueError):
+class ViewError(StepCacheError, ValueError):
     """View options that cannot be used (bad ranges, an unknown class in the flip pairs)."""
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from step_cache.errors import StepCacheError
 from step_cache.sweeps.space import SearchSpace
 
 # objective -> (direction, key of the per-epoch record reported to the pruner)
@@ -22,7 +23,7 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none", "hyperband")
 
 
-class SweepError(ValueError):
+class SweepError(StepCacheError, ValueError):
     """Sweep settings that cannot work (unknown sampler / pruner / metric, a study made with other settings)."""
 
 
