@@ -24,7 +24,9 @@ def view_options(
         str,
         typer.Option(
             help="LO,HI: area fraction of the frame a view's crop covers (timm's RandomResizedCrop scale). Default: "
-            "V-JEPA's frozen-evaluation range, milder than ImageNet's 0.08,1 which often crops the action away."
+            "the range of V-JEPA's pretraining crops, milder than the 0.08,1 of ImageNet and of V-JEPA's frozen "
+            "evaluation (which also adds RandAugment and random erasing, afresh every epoch), as 0.08 often crops "
+            "the action away."
         ),
     ] = "0.3,1.0",
     view_ratio: Annotated[

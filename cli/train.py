@@ -35,7 +35,15 @@ def train_probe(
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<probe>).")] = None,
     dropout: Annotated[float | None, typer.Option(help="Probe dropout (default: the probe's, 0).")] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads (default D // 64).")] = None,
-    depth: Annotated[int | None, typer.Option(help="step / self-attentive: number of blocks (default 1).")] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Number of blocks (default 1). step / self-attentive: transformer blocks. attentive: V-JEPA 2's "
+            "num_probe_blocks: DEPTH-1 self-attention blocks over the tokens before the cross-attention (its "
+            "frozen evaluation uses 4).",
+        ),
+    ] = None,
     mlp_ratio: Annotated[float | None, typer.Option(help="MLP width / D, where the probe has an MLP.")] = None,
     frame_pos: Annotated[
         bool | None, typer.Option("--frame-pos/--no-frame-pos", help="STEP: learnable frame-wise position.")
@@ -74,9 +82,9 @@ def train_probe(
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
 
-    The checkpoint is chosen on the val split; the printed figures are the test split's when the cache has one
-    (else the val figures, and the line says so). Epochs and batch size default to a schedule chosen from the
-    number of training clips (docs/training.md)."""
+    The checkpoint is chosen on the val split (by --select-metric); the printed figures are the test split's when
+    the cache has one (else the val figures, and the line says so). Epochs and batch size default to a schedule
+    chosen from the number of training clips (docs/training.md)."""
     from step_cache.training.trainer import train_probe as run_training
 
     setup_logging(verbose)

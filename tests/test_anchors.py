@@ -1,5 +1,6 @@
 """The baselines against their anchors (docs/step.md, "Fidelity to the anchors"): ``attentive`` computes V-JEPA's
-``AttentiveClassifier`` (depth 1) and is initialised like it; ``linear`` computes DINOv2's linear head over
+``AttentiveClassifier`` (depth 1) and V-JEPA 2's (depth N) and is initialised like them; ``linear`` computes
+DINOv2's linear head over
 ``create_linear_input`` (one block, with and without ``use_avgpool``). The references below are written from
 the anchors' forward passes, in float64, as plain tensor arithmetic."""
 
@@ -62,8 +63,12 @@ def vjepa_logits(state: dict[str, torch.Tensor], tokens: torch.Tensor, apply_pro
     """V-JEPA's AttentiveClassifier forward on tokens (B, T, P, D) flattened time-major: the query is not
     normalised, the tokens go through norm1, multi-head cross-attention (head_dim^-0.5 scale), the projection
     only where the revision applies it, a residual pre-norm GELU MLP, no final norm, then ``linear``."""
+    return cross_attention_logits(state, tokens.flatten(1, 2), apply_proj)
+
+
+def cross_attention_logits(state: dict[str, torch.Tensor], x: torch.Tensor, apply_proj: bool) -> torch.Tensor:
+    """The pooler's cross-attention block and ``linear`` on a token sequence x (B, N, D) (``vjepa_logits``)."""
     w = {key.removeprefix(BLOCK): value for key, value in state.items()}
-    x = tokens.flatten(1, 2)
     batch, length, _ = x.shape
     head_dim = D // H
     query = w["pooler.query_tokens"].expand(batch, -1, -1)
@@ -113,6 +118,8 @@ def test_attentive_from_vjepa_is_the_registry_probe_with_its_state():
     assert list(ours) == list(theirs)
     assert all(ours[key].shape == theirs[key].shape for key in ours)
     assert "block.attn.proj.weight" not in ours and "norm.weight" not in ours  # as V-JEPA's forward uses them
+    # Depth 1 has no self-attention blocks: the keys of every attentive checkpoint written before depth existed.
+    assert not any(key.startswith("blocks.") for key in ours)
 
 
 def test_attentive_from_vjepa_accepts_a_ddp_prefix_and_refuses_other_layouts():
@@ -120,12 +127,113 @@ def test_attentive_from_vjepa_accepts_a_ddp_prefix_and_refuses_other_layouts():
     wrapped = {f"module.{key}": value for key, value in state.items()}
     probe = attentive_from_vjepa(wrapped, num_heads=H, frames=T, tokens_per_frame=P).eval()
     assert (probe(tokens) - vjepa_logits(state, tokens, apply_proj=False)).abs().max() <= TOLERANCE
-    deeper = {**state, "pooler.blocks.0.norm1.weight": torch.ones(D, dtype=torch.float64)}
-    with pytest.raises(ProbeConfigError, match=r"pooler\.blocks\.\*: only depth 1"):
-        attentive_from_vjepa(deeper, num_heads=H, frames=T, tokens_per_frame=P)
+    partial_block = {**state, "pooler.blocks.0.norm1.weight": torch.ones(D, dtype=torch.float64)}
+    with pytest.raises(ProbeConfigError, match=r"lacks pooler\.blocks\.0\.attn\.proj\.bias, "):
+        attentive_from_vjepa(partial_block, num_heads=H, frames=T, tokens_per_frame=P)
     del state[BLOCK + "xattn.kv.bias"]
     with pytest.raises(ProbeConfigError, match=r"lacks pooler\.cross_attention_block\.xattn\.kv\.bias"):
         attentive_from_vjepa(state, num_heads=H, frames=T, tokens_per_frame=P)
+
+
+def vjepa2_state_dict(depth: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A V-JEPA 2 AttentiveClassifier state dict of ``num_probe_blocks=depth``: ``vjepa_state_dict`` without
+    ``xattn.proj`` (V-JEPA 2's CrossAttention has none) plus depth − 1 self-attention blocks under its module
+    tree's names, ``pooler.blocks.<i>.{norm1, attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``."""
+    generator = torch.Generator().manual_seed(1000 + seed)
+    state = {key: value for key, value in vjepa_state_dict(seed).items() if ".xattn.proj." not in key}
+    shapes = {
+        "norm1.weight": (D,),
+        "norm1.bias": (D,),
+        "attn.qkv.weight": (3 * D, D),
+        "attn.qkv.bias": (3 * D,),
+        "attn.proj.weight": (D, D),
+        "attn.proj.bias": (D,),
+        "norm2.weight": (D,),
+        "norm2.bias": (D,),
+        "mlp.fc1.weight": (HIDDEN, D),
+        "mlp.fc1.bias": (HIDDEN,),
+        "mlp.fc2.weight": (D, HIDDEN),
+        "mlp.fc2.bias": (D,),
+    }
+    for index in range(depth - 1):
+        for name, shape in shapes.items():
+            unit = 1.0 if name.startswith("norm") and name.endswith("weight") else 0.0  # LayerNorm affines near 1
+            noise = 0.3 * torch.randn(shape, generator=generator, dtype=torch.float64)
+            state[f"pooler.blocks.{index}.{name}"] = unit + noise
+    return state
+
+
+def vjepa2_logits(state: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """V-JEPA 2's AttentiveClassifier forward (its AttentivePooler.forward: the blocks over the tokens, then the
+    cross-attention block) on tokens (B, T, P, D) flattened time-major. Each ``Block``: x + proj(MHSA(norm1(x)))
+    with one fused qkv (rows q, k, v; head_dim^-0.5 scale, softmax over all tokens), then
+    x + fc2(GELU(fc1(norm2(x))))."""
+    x = tokens.flatten(1, 2)
+    batch, length, _ = x.shape
+    head_dim = D // H
+    depth = 1 + len({key.split(".")[2] for key in state if key.startswith("pooler.blocks.")})
+    for index in range(depth - 1):
+        w = {key.removeprefix(f"pooler.blocks.{index}."): value for key, value in state.items()}
+        normed = F.layer_norm(x, (D,), w["norm1.weight"], w["norm1.bias"], eps=1e-5)
+        qkv = F.linear(normed, w["attn.qkv.weight"], w["attn.qkv.bias"]).reshape(batch, length, 3, H, head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        attention = ((q @ k.transpose(-2, -1)) * head_dim**-0.5).softmax(dim=-1)
+        y = (attention @ v).transpose(1, 2).reshape(batch, length, D)
+        x = x + F.linear(y, w["attn.proj.weight"], w["attn.proj.bias"])
+        hidden = F.gelu(F.linear(F.layer_norm(x, (D,), w["norm2.weight"], w["norm2.bias"], eps=1e-5), *mlp(w, 1)))
+        x = x + F.linear(hidden, *mlp(w, 2))
+    return cross_attention_logits(state, x, apply_proj=False)
+
+
+def test_attentive_from_vjepa_reads_a_depth_4_vjepa2_classifier_and_gives_its_logits_in_float64():
+    state, tokens = vjepa2_state_dict(depth=4), random_tokens()
+    wrapped = {f"module.{key}": value for key, value in state.items()}  # V-JEPA 2 saves its DDP-wrapped heads
+    probe = attentive_from_vjepa(wrapped, num_heads=H, frames=T, tokens_per_frame=P).eval()
+    assert len(probe.blocks) == 3 and probe.block.attn.proj is None
+    expected = vjepa2_logits(state, tokens)
+    assert expected.abs().max() > 1.0  # logits far from zero: a wrong function could not hide in the tolerance
+    assert (probe(tokens) - expected).abs().max() <= TOLERANCE
+    # The self-attention blocks matter: without them (the depth-1 function on the same cross-attention weights)
+    # the logits are far off.
+    assert (vjepa_logits(state, tokens, apply_proj=False) - expected).abs().max() > 0.1
+    built = build_probe(
+        "attentive", dim=D, num_classes=C, frames=T, tokens_per_frame=P, cls_index=None, num_heads=H, depth=4
+    )
+    ours, theirs = probe.state_dict(), built.state_dict()
+    assert list(ours) == list(theirs) and all(ours[key].shape == theirs[key].shape for key in ours)
+    assert "blocks.2.attn.proj.weight" in ours and "blocks.3.norm1.weight" not in ours
+
+
+def test_attentive_from_vjepa_refuses_gaps_and_strays_among_the_blocks():
+    state = vjepa2_state_dict(depth=3)
+    gap = {key.replace("pooler.blocks.1.", "pooler.blocks.2."): value for key, value in state.items()}
+    with pytest.raises(ProbeConfigError, match=r"has pooler\.blocks \[0, 2\]: expected blocks 0 to 1"):
+        attentive_from_vjepa(gap, num_heads=H, frames=T, tokens_per_frame=P)
+    stray = {**state, "pooler.blocks.1.attn.q_norm.weight": torch.ones(D, dtype=torch.float64)}
+    with pytest.raises(ProbeConfigError, match=r"AttentiveClassifier has not: pooler\.blocks\.1\.attn\.q_norm"):
+        attentive_from_vjepa(stray, num_heads=H, frames=T, tokens_per_frame=P)
+    with pytest.raises(ProbeConfigError, match="depth=0 must be at least 1"):
+        build_probe("attentive", dim=D, num_classes=C, frames=T, tokens_per_frame=P, cls_index=None, depth=0)
+
+
+def test_attentive_initialisation_at_depth_4_follows_vjepa2():
+    torch.manual_seed(0)
+    dim = 384
+    probe = build_probe("attentive", dim=dim, num_classes=50, frames=2, tokens_per_frame=3, cls_index=0, depth=4)
+    # V-JEPA 2's _rescale_blocks: block i's proj and fc2 divided by sqrt(2 (i + 1)); the cross-attention block's
+    # fc2 by sqrt(2 · (depth − 1)) (the loop's last layer_id, plus 1). Sample std of 147k-590k entries: 0.1-0.2 %
+    # relative error (allowed: 2 %).
+    for index, block in enumerate(probe.blocks):
+        scale = math.sqrt(2 * (index + 1))
+        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.02)
+        assert block.mlp.fc1.weight.std().item() == pytest.approx(0.02, rel=0.02)
+        assert block.attn.proj.weight.std().item() == pytest.approx(0.02 / scale, rel=0.02)
+        assert block.mlp.fc2.weight.std().item() == pytest.approx(0.02 / scale, rel=0.02)
+        assert block.attn.qkv.bias.abs().max() == 0 and block.norm1.weight.eq(1).all()
+    assert probe.block.mlp.fc2.weight.std().item() == pytest.approx(0.02 / math.sqrt(6), rel=0.02)
+    assert probe.block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.02)
+    bound = 1 / math.sqrt(dim)  # the head: PyTorch's default init, as at depth 1
+    assert probe.head.weight.abs().max() <= bound and probe.head.weight.abs().max() > 0.95 * bound
 
 
 def test_attentive_initialisation_follows_vjepa():
@@ -153,15 +261,17 @@ def test_attentive_initialisation_follows_vjepa():
 
 
 def test_attentive_options_and_parameter_counts():
-    expected = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0, "output_projection": False}
+    expected = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0, "output_projection": False, "depth": 1}
     assert probe_options("attentive") == expected
     shape = {"dim": 384, "num_classes": 10, "frames": 16, "tokens_per_frame": 257, "cls_index": 0}
     vjepa = count_parameters(build_probe("attentive", **shape), exclude_head=True)
     later = build_probe("attentive", **shape, output_projection=True)
     # Without the head: query D, norm1 2D, qkv 3D² + 3D, norm2 2D, MLP 8D² + 5D; the later jepa revision adds the
-    # output projection D² + D.
+    # output projection D² + D; each of V-JEPA 2's self-attention blocks a full block, 12D² + 13D.
     assert vjepa == 11 * 384**2 + 13 * 384
     assert count_parameters(later, exclude_head=True) - vjepa == 384**2 + 384
+    deeper = count_parameters(build_probe("attentive", **shape, depth=4), exclude_head=True)
+    assert deeper - vjepa == 3 * (12 * 384**2 + 13 * 384)
     for removed in ("query_norm", "final_norm"):  # the earlier probe's differences measured no better: gone
         with pytest.raises(ProbeConfigError, match=f"probe 'attentive' has no option {removed}"):
             build_probe("attentive", **shape, **{removed: True})
@@ -219,7 +329,7 @@ def test_cli_records_the_anchor_options_and_every_reader_rebuilds_them(tmp_path)
     write_token_cache(cache, videos_per_class=4, dim=16)
     runs = {
         "linear": ["--probe", "linear", "--avgpool", "--no-layer-norm"],
-        "attentive": ["--probe", "attentive", "--output-projection"],
+        "attentive": ["--probe", "attentive", "--output-projection", "--depth", "2"],
     }
     for name, options in runs.items():
         command = [sys.executable, "-m", "cli", "train-probe", cache, *options, "--out", tmp_path / name]
@@ -233,6 +343,6 @@ def test_cli_records_the_anchor_options_and_every_reader_rebuilds_them(tmp_path)
     _, probe = load_probe(tmp_path / "linear")
     assert probe.avgpool and probe.norm is None and probe.head.in_features == 32
     attentive = json.loads((tmp_path / "attentive" / "config.json").read_text())["config"]["probe_options"]
-    assert attentive["output_projection"] is True
+    assert attentive["output_projection"] is True and attentive["depth"] == 2
     _, probe = load_probe(tmp_path / "attentive")
-    assert probe.block.attn.proj is not None
+    assert probe.block.attn.proj is not None and len(probe.blocks) == 1

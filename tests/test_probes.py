@@ -73,7 +73,7 @@ def test_logits_shape_and_float16_tokens(name):
 def test_registry_lists_options_with_defaults():
     assert set(PROBES) == {"linear", "attentive", "self-attentive", "step"}
     assert probe_options("linear") == {"dropout": 0.0, "avgpool": False, "layer_norm": True}
-    expected = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0, "output_projection": False}
+    expected = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0, "output_projection": False, "depth": 1}
     assert probe_options("attentive") == expected
     assert probe_options("step") == {
         "num_heads": None,
@@ -210,9 +210,9 @@ def with_random_weights(probe: torch.nn.Module) -> torch.nn.Module:
     return probe
 
 
-@pytest.mark.parametrize("name", INVARIANT)
-def test_order_blind_probes_ignore_frame_permutations(name):
-    probe, x = with_random_weights(make(name)), tokens()
+@pytest.mark.parametrize(("name", "options"), [*((name, {}) for name in INVARIANT), ("attentive", {"depth": 2})])
+def test_order_blind_probes_ignore_frame_permutations(name, options):
+    probe, x = with_random_weights(make(name, **options)), tokens()
     torch.testing.assert_close(probe(x[:, PERMUTATION]), probe(x), rtol=0, atol=FORWARD_ATOL)
 
 
@@ -298,6 +298,7 @@ VARIANTS = [
     ("linear", {"avgpool": True, "layer_norm": False}),
     ("attentive", {}),
     ("attentive", {"output_projection": True}),
+    ("attentive", {"depth": 2}),
     ("self-attentive", {}),
     ("self-attentive", {"depth": 2}),
     ("step", {}),

@@ -1,7 +1,9 @@
 """Augmented views of training videos (``extract --views N``): what each view draws and how its pixels are made.
 
-A frozen-evaluation protocol such as V-JEPA's re-runs the backbone on a fresh random resized crop of every training
-clip every epoch. A cache instead stores, once, N augmented views of each training video beside its clean view;
+A frozen-evaluation protocol such as V-JEPA's re-runs the backbone on a fresh augmented clip of every training video
+every epoch (its eval.py ``make_dataloader``: random resized crops over 0.08-1 of the frame at aspect 0.75-4/3,
+RandAugment, random erasing with p 0.25, no flip). A cache instead stores, once, N augmented views of each training
+video beside its clean view (no RandAugment, no erasing; docs/training.md "Augmented views" says what differs);
 training then draws one view per video per epoch. Each view draws, from an RNG seeded by (``--view-seed``, the
 video's key, the view index), so that a resumed run, another part or another rank draws the same view:
 
@@ -32,8 +34,9 @@ import numpy as np
 from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import _PIL_MODES, Preprocessing
 
-# V-JEPA's frozen-evaluation training crops (its eval configs: random_resize_scale 0.3-1.0, aspect 0.75-1.35):
-# milder than ImageNet's (0.08, 1), which often crops the moving object out of an action clip.
+# The crop ranges of V-JEPA's pretraining configs (configs/pretrain/vitl16.yaml: random_resize_scale 0.3-1.0,
+# aspect 0.75-1.35), not of its frozen evaluation (0.08-1.0, aspect 0.75-4/3): milder than (0.08, 1), which often
+# crops the moving object out of an action clip.
 DEFAULT_SCALE = (0.3, 1.0)
 DEFAULT_RATIO = (0.75, 1.35)
 VIEW_SPLITS = ("train", "")  # videos that get views; "" (no split): training may hold out its own val set

@@ -11,6 +11,7 @@ from typing import Any, get_args, get_type_hints
 
 from step_cache.errors import StepCacheError
 from step_cache.training.early_stopping import MIN_PATIENCE, PATIENCE_SHARE, resolve_patience
+from step_cache.training.records import SELECT_METRICS
 from step_cache.training.schedule import (
     AUTO_BATCH_RANGE,
     AUTO_BATCHES_PER_EPOCH,
@@ -126,15 +127,22 @@ class TrainConfig:
     # Early stopping (training/early_stopping.py); patience None is resolved with the schedule.
     early_stop: bool = setting(
         True,
-        "Stop a run (each seed, each trial) once its validation score (val top-1, then val loss: what picks best.pt) "
-        "has not improved for --patience epochs after the warm-up; the schedule stays the planned one "
-        "(docs/training.md, Early stopping).",
+        "Stop a run (each seed, each trial) once its validation score (what picks best.pt: val top-1 or the "
+        "--select-metric, then val loss) has not improved for --patience epochs after the warm-up; the schedule "
+        "stays the planned one (docs/training.md, Early stopping).",
     )
     patience: int | None = setting(
         None,
         "Early stopping: epochs without a better validation score before a run stops (default: "
         f"max({MIN_PATIENCE}, {PATIENCE_SHARE:.0%} of the planned epochs)).",
         min=1,
+    )
+    # records.SELECT_METRICS; every member of a stack shares it (a sweep's --metric ranks trials, not checkpoints).
+    select_metric: str = setting(
+        "top1",
+        "The validation metric that picks best.pt and drives early stopping (ties: lower val loss): top1, mean-class "
+        "(mean of per-class accuracies, for imbalanced sets such as Drive&Act) or pair (mirrored pairs' accuracy). "
+        "Recorded in config.json and metrics.json.",
     )
     seed: int = setting(
         0, "Seed of the initial weights, batch order and held-out val videos (and of a sweep's sampler).", member=True
@@ -227,6 +235,10 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (
             config.early_stop or config.patience is None,
             "patience goes with early stopping: drop --no-early-stop (early_stop=False) or --patience",
+        ),
+        (
+            config.select_metric in SELECT_METRICS,
+            f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {config.select_metric!r}",
         ),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),

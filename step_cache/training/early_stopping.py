@@ -2,9 +2,10 @@
 its retrain) follow.
 
 The rule: a run stops after the epoch at which ``patience`` epochs have passed without a better validation
-score — the best-checkpoint criterion of ``records.validation_score`` (higher val top-1, ties broken by the lower
-val loss), so the stop looks at exactly what picks ``best.pt`` — counted from the later of the best epoch and the
-end of the warm-up. ``patience`` defaults to ``max(MIN_PATIENCE, ceil(PATIENCE_SHARE x planned epochs))``.
+score — the best-checkpoint criterion of ``records.validation_score`` (a higher val ``select_metric``, top-1 by
+default, ties broken by the lower val loss), so the stop looks at exactly what picks ``best.pt`` — counted from
+the later of the best epoch and the end of the warm-up. ``patience`` defaults to
+``max(MIN_PATIENCE, ceil(PATIENCE_SHARE x planned epochs))``.
 
 Why these choices:
 
@@ -25,6 +26,8 @@ from __future__ import annotations
 import math
 from typing import Any, Protocol
 
+from step_cache.training.records import SELECT_LABELS
+
 MIN_PATIENCE = 10  # epochs: the floor, for short schedules (30 epochs -> 10)
 PATIENCE_SHARE = 0.3  # of the planned epochs
 
@@ -36,6 +39,7 @@ class StopSettings(Protocol):
     warmup_epochs: float
     early_stop: bool
     patience: int | None
+    select_metric: str
 
 
 def auto_patience(epochs: int) -> int:
@@ -86,6 +90,6 @@ def describe_stop(config: StopSettings, epochs_done: int, best_epoch: int) -> st
     """The log line of a stop."""
     patience = resolve_patience(True, config.patience, config.epochs)
     return (
-        f"stopped early after epoch {epochs_done} of {config.epochs}: no better validation score (val top-1, "
-        f"then val loss) since epoch {best_epoch} (patience {patience} epochs)"
+        f"stopped early after epoch {epochs_done} of {config.epochs}: no better validation score "
+        f"({SELECT_LABELS[config.select_metric]}, then val loss) since epoch {best_epoch} (patience {patience} epochs)"
     )

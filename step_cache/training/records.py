@@ -12,12 +12,16 @@ from typing import Any
 from step_cache.training.chance import chance_of
 
 NO_SCORE = (-math.inf, -math.inf)  # below every validation score
+# ``--select-metric`` (TrainConfig.select_metric) -> the validation metric that picks the best checkpoint.
+SELECT_METRICS = {"top1": "top1", "mean-class": "mean_class_accuracy", "pair": "pair_accuracy"}
+SELECT_LABELS = {"top1": "val top-1", "mean-class": "val mean class accuracy", "pair": "val pair accuracy"}
 
 
-def validation_score(val: dict[str, Any]) -> tuple[float, float]:
-    """The best-checkpoint rule: an epoch is better when this is greater — higher val top-1, ties broken by the
-    lower val loss."""
-    return (val["top1"], -val["loss"])
+def validation_score(val: dict[str, Any], select_metric: str = "top1") -> tuple[float, float]:
+    """The best-checkpoint rule (early stopping follows it too): an epoch is better when this is greater —
+    a higher validation ``select_metric`` (a ``SELECT_METRICS`` name: top-1 by default, mean class accuracy or
+    pair accuracy), ties broken by the lower val loss."""
+    return (val[SELECT_METRICS[select_metric]], -val["loss"])
 
 
 def epoch_record(
@@ -67,6 +71,7 @@ def final_metrics(
     *,
     probe: str,
     best_epoch: int,
+    select_metric: str,
     epochs: int,
     classes: Sequence[str],
     pairs: Sequence[tuple[int, int]],
@@ -80,12 +85,14 @@ def final_metrics(
 ) -> dict[str, Any]:
     """One seed's metrics, the material of ``metrics.json`` (``metrics_file.metrics_document``) and of a sweep
     trial's record: the best checkpoint's validation metrics (per video, order metrics included) at the top level,
-    its test metrics under ``test`` when there is a test split, ``headline_split``, ``chance`` (is that split's
-    top-1 above chance, ``chance.py``), and what the run cost."""
+    ``select_metric`` (the validation metric that chose it), its test metrics under ``test`` when there is a test
+    split, ``headline_split``, ``chance`` (is that split's top-1 above chance, ``chance.py``), and what the run
+    cost."""
     metrics: dict[str, Any] = {
         "probe": probe,
         "unit": "video (clip logits averaged)",
         "best_epoch": best_epoch,
+        "select_metric": select_metric,
         "epochs": epochs,
         "classes": list(classes),
         "pairs": [[classes[a], classes[b]] for a, b in pairs],

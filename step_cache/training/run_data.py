@@ -55,6 +55,7 @@ def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
     splits = shard_splits(shards, config.val_fraction, config.seed)
     check_splits(splits, shards, config)
+    check_select_metric(config, splits, shards, pairs)
     views = view_table(shards, splits.train, config.views)
     return RunInputs(shards, selection, splits, pairs, device, views)
 
@@ -84,6 +85,23 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
     missing = sorted(set(range(len(shards.classes))) - set(shards.labels[splits.train].tolist()))
     if missing:
         log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
+
+
+def check_select_metric(
+    config: TrainConfig, splits: Splits, shards: ShardSet, pairs: Sequence[tuple[int, int]]
+) -> None:
+    """``select_metric="pair"`` picks the checkpoint by val pair accuracy: refused, before any training, where
+    the validation split has no clip of a paired class (the metric would be undefined at every epoch)."""
+    if config.select_metric != "pair":
+        return
+    where = ", ".join(map(str, shards.directories))
+    if not pairs:
+        raise DataError(
+            f"{where}: --select-metric pair needs mirrored class pairs: the cache names none (give --pairs FILE)"
+        )
+    paired = {c for pair in pairs for c in pair}
+    if not any(label in paired for label in shards.labels[splits.val].tolist()):
+        raise DataError(f"{where}: --select-metric pair: no validation clip belongs to a paired class")
 
 
 def data_record(

@@ -35,6 +35,7 @@ from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import (
     NO_SCORE,
+    SELECT_LABELS,
     TrainingTime,
     epoch_record,
     final_metrics,
@@ -73,6 +74,9 @@ class TrainResult:
             return format_percent_spread(figures.get(key), std.get(key))
 
         note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
+        selected = m.get("select_metric", "top1")  # runs written before the setting chose on top-1
+        if selected != "top1":
+            note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
         seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if len(m.get("seeds", ())) > 1 else ""
         chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
         return (
@@ -209,7 +213,7 @@ class _Run:
         train = self.train_epoch(epoch)
         start = time.perf_counter()
         val = self.evaluate(self.splits.val, orders=False)
-        score = validation_score(val)
+        score = validation_score(val, self.config.select_metric)
         record = epoch_record(
             epoch + 1, train, val, time.perf_counter() - start, has_pairs=bool(self.pairs), best=score > self.best
         )
@@ -235,6 +239,7 @@ class _Run:
         metrics = final_metrics(
             probe=self.config.probe,
             best_epoch=self.best_epoch,
+            select_metric=self.config.select_metric,
             epochs=self.config.epochs,
             classes=self.shards.classes,
             pairs=self.pairs,

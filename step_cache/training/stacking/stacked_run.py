@@ -193,7 +193,7 @@ class StackedRun:
             if slot in diverged:
                 continue
             train = {**shared, **{key: shared[key][slot] for key in ("train_loss", "train_top1", "lr")}}
-            score = validation_score(val[slot])
+            score = validation_score(val[slot], self.configs[member].select_metric)
             record = epoch_record(
                 epoch + 1, train, val[slot], eval_s, has_pairs=bool(self.data.pairs), best=score > self.best[member]
             )
@@ -226,7 +226,7 @@ class StackedRun:
             self.drop(sorted(stopped + diverged + finished))
         top = max((self.best[m][0] for m in range(len(self.configs))), default=float("nan"))
         log.debug(
-            "epoch %d/%d: %d probes trained, best val top-1 so far %.3f%s", epoch + 1, self.first.epochs,
+            "epoch %d/%d: %d probes trained, best validation score so far %.3f%s", epoch + 1, self.first.epochs,
             trained, top, "".join(f", {n} {what}" for n, what in ((len(stopped), "pruned"),
                                                                   (len(finished), "stopped early")) if n),
         )  # fmt: skip
@@ -255,6 +255,7 @@ class StackedRun:
             metrics = final_metrics(
                 probe=self.first.probe,
                 best_epoch=self.best_epoch[member],
+                select_metric=self.configs[member].select_metric,
                 epochs=self.first.epochs,
                 classes=shards.classes,
                 pairs=self.data.pairs,
