@@ -30,7 +30,7 @@ from step_cache.cache.files import atomic_write_text
 from step_cache.cache.shards import ShardSet
 from step_cache.sweeps.search import SweepError
 from step_cache.sweeps.space import SearchSpace
-from step_cache.sweeps.storage import SweepStorage, has_outcome
+from step_cache.sweeps.storage import SweepStorage, has_outcome, is_skipped
 from step_cache.training import runs
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, with_config_defaults
 from step_cache.training.metrics import format_percent
@@ -67,12 +67,13 @@ def _last_reported(trial: FrozenTrial) -> float | None:
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Every trial with an outcome or running, completed first by objective, then pruned by their last reported
-    value. Left out: surplus trials, queued ones, and those failed because their worker died or was interrupted
+    value. Left out: surplus and duplicate trials, queued ones, and those failed because their worker died or was
+    interrupted
     (their re-queued copy is listed instead)."""
     sign = -1 if _maximize(study) else 1
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if not (has_outcome(trial) or (trial.state == TrialState.RUNNING and not trial.user_attrs.get("surplus"))):
+        if not (has_outcome(trial) or (trial.state == TrialState.RUNNING and not is_skipped(trial))):
             continue
         metrics = dict(trial.user_attrs.get("metrics", {}))
         rows.append({
