@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from step_cache.training import runs
+
+log = logging.getLogger(__name__)
 
 # Keys of checkpoints.json are paths relative to the run directory (e.g. "best.pt", "seeds/seed-1/best.pt").
 
@@ -83,3 +86,25 @@ def verify_checkpoint(run_dir: Path, path: Path) -> None:
             f"{str(entry.get('sha256'))[:12]}… in {runs.CHECKPOINT_SUMS}): it was replaced or edited; put the run's "
             "own file back or retrain with --overwrite (a run interrupted while saving: continue it with --resume)"
         )
+
+
+def restore_best(run_dir: Path, best_weights: dict[str, torch.Tensor] | None, copy: Path | None = None) -> None:
+    """``--resume`` of a finished run whose ``best.pt`` was deleted: write it again from the committed state's best
+    weights (one seed) or from ``copy``, a recorded checkpoint with the same bytes (``--seeds``: the first seed's
+    ``seeds/seed-<s>/best.pt``); a RunError says so when neither holds them."""
+    path = run_dir / runs.BEST
+    if path.is_file():
+        return
+    if best_weights is not None:
+        save_checkpoint(run_dir, path, best_weights)
+    elif copy is not None and copy.is_file():
+        verify_checkpoint(run_dir, copy)  # only the run's own bytes are copied
+        data = copy.read_bytes()
+        runs.atomic_write_bytes(path, data)
+        record(run_dir, path, data)
+    else:
+        raise runs.RunError(
+            f"{path}: missing, and the run's committed state does not hold its best weights: put the file back or "
+            "train again with --overwrite"
+        )
+    log.info("%s: restored from the run's committed state", path)
