@@ -28,6 +28,18 @@ class Segment:
         return self.end_s - self.start_s
 
 
+def check_segment_options(min_confidence: float, min_length: float) -> None:
+    """ValueError naming the option for a confidence outside [0, 1] (or NaN: every comparison with it is false,
+    so it silently kept nothing) or a negative length."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(
+            f"--min-confidence must be from 0 to 1 (confidence above chance: 0 keeps every window, 1 only certain "
+            f"ones), got {min_confidence}"
+        )
+    if not min_length >= 0.0:
+        raise ValueError(f"--min-length must be 0 or more seconds, got {min_length}")
+
+
 def above_chance(probabilities: np.ndarray) -> np.ndarray:
     """(N,) confidence of each row's top class measured from chance: (p_top - 1/C) / (1 - 1/C), in [0, 1]."""
     classes = probabilities.shape[1]
@@ -46,6 +58,7 @@ def merge_segments(
     min_length: float = 0.0,
 ) -> list[Segment]:
     """Segments of windows (``starts``/``ends`` in seconds, ``probabilities`` (N, C)), in time order."""
+    check_segment_options(min_confidence, min_length)
     if len(starts) == 0:
         return []
     centres = (np.asarray(starts) + np.asarray(ends)) / 2

@@ -180,13 +180,13 @@ def split_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
 
 def sweep_blocks(sweep_dir: Path, out: Path, top: int = 10) -> list[Block]:
     """A sweep's section: its best trials and its figures (objective vs each parameter, parallel coordinates)."""
-    import json
     import shutil
 
     from step_cache.sweeps.plots import sweep_figures
+    from step_cache.sweeps.results import read_trials
 
-    content = json.loads((sweep_dir / "trials.json").read_text(encoding="utf-8"))
-    trials = [t for t in content["trials"] if t["state"] == "COMPLETE" and t["value"] is not None]
+    content = read_trials(sweep_dir / "trials.json")  # a file of another shape: one line naming it
+    trials = [t for t in content["trials"] if t["state"] == "COMPLETE" and t.get("value") is not None]
     names = [n for n, spec in content["space"].items() if spec["type"] != "fixed"]
     header = ["trial", *names, f"val {content['metric']}", "pair acc", "reversed top-1"]
     rows = [

@@ -35,6 +35,7 @@ from step_cache.sweeps.batch import run_batch, worker_name
 from step_cache.sweeps.distinct import ask_distinct, exhausted, space_size
 from step_cache.sweeps.results import (
     best_trial,
+    check_out_first,
     check_resume,
     objective_text,
     retrain_best,
@@ -209,6 +210,7 @@ def run_sweep(
     with DirectoryLock(out, writer="sweep") as lock:  # one writer per OUT: its journal, its tables, its best-run
         if lock.replaced_stale:
             log.info("%s: taking over from pid %s, which stopped while sweeping", out, lock.replaced_stale.get("pid"))
+        check_out_first(out, shared=storage is not None)  # before open_storage creates OUT/study.journal
         store = open_storage(storage, out, heartbeat)
         study = open_study(
             store, study_name or DEFAULT_STUDY, metric, make_sampler(sampler, space, base.seed),
