@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterator
 
 import typer
 from tqdm import tqdm
+
+from step_cache import stopping
+from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_disk_full
 
 
 class _TqdmHandler(logging.Handler):
@@ -30,6 +35,7 @@ def setup_logging(verbose: bool = False) -> None:
 def user_errors() -> Iterator[None]:
     """Turn the library's errors (bad input, missing files, mismatched caches) into one line on stderr and a
     non-zero exit. STEP_CACHE_DEBUG=1 shows the traceback instead."""
+    stopping.install()  # SIGINT and SIGTERM: a clean stop, never lost (step_cache/stopping.py)
     try:
         yield
     except KeyboardInterrupt:
@@ -39,9 +45,15 @@ def user_errors() -> Iterator[None]:
             "--resume) to continue",
             err=True,
         )
-        raise typer.Exit(130) from None
+        # The interpreter's exit-time garbage collection walks every object torch and timm created: seconds on a
+        # busy machine. Frozen objects are skipped; everything was written and closed above.
+        gc.freeze()
+        raise typer.Exit(128 + (stopping.requested() or signal.SIGINT)) from None
     except (ValueError, RuntimeError, OSError) as error:
         if os.environ.get("STEP_CACHE_DEBUG") == "1":
             raise
+        if isinstance(error, OSError) and not isinstance(error, DiskFullError) and is_disk_full(error):
+            error = DiskFullError(error.filename or "", disk_full_message(error.filename or "", "the command"))
         typer.echo(f"error: {error}", err=True)
+        gc.freeze()  # as above: a full disk or a refusal exits at once
         raise typer.Exit(1) from None

@@ -116,11 +116,12 @@ class Failure:
 
 @dataclass
 class VideoWarning:
-    """A video that was extracted, but from less than was asked for (e.g. a truncated file, a segment that ends
-    past the video's end); ``reason`` says what and names the file."""
+    """A video extracted from less than was asked for (a truncated file, a segment past the video's end) or from
+    damaged data (``decode_errors`` its decoder reported); ``reason`` says what and names the file."""
 
     video: str
     reason: str
+    decode_errors: int = 0  # written only when > 0 (absent from older manifests: none)
 
 
 @dataclass
@@ -203,6 +204,7 @@ class Manifest:
 
     # -- (de)serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        warnings = [{k: v for k, v in asdict(w).items() if v or k != "decode_errors"} for w in self.warnings]
         return {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
@@ -217,7 +219,7 @@ class Manifest:
             "shards": [s.to_dict() for s in self.shards],
             "failures": [asdict(f) for f in self.failures],
             # only when there are any: a cache without warnings keeps the manifest (and content_hash) it had
-            **({"warnings": [asdict(w) for w in self.warnings]} if self.warnings else {}),
+            **({"warnings": warnings} if warnings else {}),
             "source": self.source,
             "storage": self.storage,
             **({"durations": dict(sorted(self.durations.items()))} if self.durations else {}),

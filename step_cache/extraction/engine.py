@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from step_cache.cache.disk_space import DiskFullError, check_not_full, disk_full_message, is_disk_full
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Failure, Manifest, VideoWarning
 from step_cache.cache.quantize import TOKEN_DTYPES, read_dtype
@@ -37,6 +38,7 @@ from step_cache.extraction.quick_check import already_complete, quick_check, req
 from step_cache.extraction.records import video_records
 from step_cache.extraction.report import ExtractReport
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings, gets_views
+from step_cache.stopping import raise_if_stopping
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,8 @@ class ExtractOptions:
     workers: int | None = None  # decode processes; None: one per spare CPU core
     shard_size_mb: float = 1024.0
     seed: int = 0
-    strict: bool = False
+    strict: bool = False  # also: a video with decoder errors stops the run
+    max_decode_errors: float = float("inf")  # a video whose decoder reported more errors is skipped as a failure
     overwrite: bool = False
     compile: bool = False
     decoder: str = DEFAULT_DECODER  # decord, pyav, torchcodec or torchcodec-cuda (step_cache.extraction.decoders)
@@ -150,13 +153,23 @@ def extract(
         }
         if not opts.overwrite and (finished := already_complete(out, extraction, classes, pair_list, source, items)):
             return finished  # nothing to do: take no lock and write nothing (the folder may be read-only)
-        with DirectoryLock(out) as lock:
-            if lock.replaced_stale:
-                log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
-            manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
-            manifest.storage = {"compression": opts.compression}
-            done = recover(out, manifest)
-            return _run(backbone, opts, out, manifest, items, done, videos, device, pool, views)
+        try:
+            with DirectoryLock(out) as lock:
+                if lock.replaced_stale:
+                    log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
+                manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
+                manifest.storage = {"compression": opts.compression}
+                done = recover(out, manifest)
+                return _run(backbone, opts, out, manifest, items, done, videos, device, pool, views)
+        except OSError as error:  # full before the first video (its lock or manifest): nothing was written
+            if is_disk_full(error) and not isinstance(error, DiskFullError):
+                raise ExtractionError(disk_full_message(out, "extraction", 0)) from None
+            raise
+    except BaseException:
+        pool.close(
+            wait=False
+        )  # stopping (an error, a full disk, a signal): the videos queued to workers are not wanted
+        raise
     finally:
         pool.close()
 
@@ -237,7 +250,11 @@ def _run(
         )
         for i, item in enumerate(todo)
     ]
-    state = CacheWriter(out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression)
+    per_video = [opts.clips * (1 + (views.count if task.views is not None else 0)) for task in tasks]
+    state = CacheWriter(
+        out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression,
+        expected_clips=sum(per_video), video_clips=max(per_video, default=opts.clips),
+    )  # fmt: skip
     started = time.perf_counter()
     bar = tqdm(total=len(todo), unit="video", desc=f"extract {backbone.spec.name}", disable=not opts.progress)
 
@@ -251,7 +268,7 @@ def _run(
             if result.fps:  # the typical duration is timeline's default window
                 manifest.add_duration(result.num_frames / result.fps)
             if result.warnings:  # recorded in the manifest (and shown by inspect) with the video's shard
-                warning = VideoWarning(item.key, f"{item.key}: {'; '.join(result.warnings)}")
+                warning = VideoWarning(item.key, f"{item.key}: {'; '.join(result.warnings)}", result.decode_errors)
                 log.warning("%s", warning.reason)
                 warnings[item.key] = warning
                 report.warnings.append(warning)
@@ -266,6 +283,8 @@ def _run(
 
     try:
         for result in pool.run(tasks, backbone.preprocessing):
+            raise_if_stopping()  # a Ctrl-C or SIGTERM swallowed somewhere stops the run at the next video
+            check_not_full(out)  # another writer may fill the disk: stop now, not when this shard is done
             item = todo[result.task_id]
             if result.error is not None:
                 failure = Failure(item.key, result.error)
@@ -276,6 +295,17 @@ def _run(
                 if opts.strict:
                     write_finished(batcher.flush())
                     raise ExtractionError(f"--strict: {result.error}")
+                continue
+            if result.decode_errors and (opts.strict or result.decode_errors > opts.max_decode_errors):
+                reason = f"{tasks[result.task_id].path}: {result.warnings[-1]}"
+                if opts.strict:
+                    write_finished(batcher.flush())
+                    raise ExtractionError(f"--strict: {reason}")
+                failure = Failure(item.key, f"{reason} (more than --max-decode-errors {opts.max_decode_errors})")
+                failures[item.key] = failure
+                report.failures.append(failure)
+                bar.update(1)
+                log.warning("skipped %s", failure.reason)
                 continue
             write_finished(batcher.add(PendingVideo(payload=(item, result), frames=result.take_frames())))
         write_finished(batcher.flush())
@@ -288,6 +318,8 @@ def _run(
         state.finish(failures)
         raise
     except Exception as error:
+        if is_disk_full(error):  # one line, the shards kept; never HDF5's tracebacks (disk_space)
+            raise ExtractionError(state.stop_on_full_disk(failures)) from None
         state.abandon(failures)
         raise ExtractionError(
             f"{out}: extraction stopped by {type(error).__name__}: {error}; completed shards are kept, "

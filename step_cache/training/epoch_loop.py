@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from step_cache.stopping import raise_if_stopping
 from step_cache.training.augment import Augment
 from step_cache.training.progress import RunProgress
 from step_cache.training.token_data import TokenSource
@@ -91,6 +92,7 @@ def train_epoch(
     try:
         batches = iter(source.batches(plan))
         while True:
+            raise_if_stopping()  # a Ctrl-C or SIGTERM swallowed somewhere stops the run at the next batch
             fetch = time.perf_counter()
             batch = next(batches, None)
             wait += time.perf_counter() - fetch

@@ -121,11 +121,15 @@ def torch_bytes(obj: Any) -> bytes:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """As ``atomic_write_text``: the data reaches the disk before the rename, and the rename itself after it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or an interrupt: leave no half-written temporary file behind
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)
 
 
