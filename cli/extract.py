@@ -93,6 +93,9 @@ def extract(
             "Default: cache it, recorded with its error count (inspect and verify list it).",
         ),
     ] = None,
+    allow_outside: Annotated[
+        bool, typer.Option(help="Accept --annotations paths outside --videos (absolute, or with '..').")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing cache in --out and start over.")] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the backbone (worth it for long GPU runs).")] = False,
     compression: Annotated[
@@ -177,6 +180,7 @@ def extract(
             shard_size_mb=shard_size_mb,
             seed=seed,
             strict=strict,
+            allow_outside=allow_outside,
             **({} if max_decode_errors is None else {"max_decode_errors": max_decode_errors}),
             overwrite=overwrite,
             compile=compile,

@@ -102,3 +102,66 @@ def test_a_refused_old_format_sweep_leaves_no_new_study_journal(tmp_path):
                                  "--out", out, "--quiet", "--no-plots"))  # fmt: skip
     assert "holds 1 finished trials of another study (None, not resumable: no study.journal)" in line, line
     assert sorted(p.name for p in out.iterdir()) == ["trials.json"]
+
+
+def test_threads_above_the_cpus_this_process_may_use_are_capped_with_one_line(caplog):
+    import torch
+
+    from step_cache.cpu_budget import apply_threads, available_cpus
+
+    budget = available_cpus()
+    before = torch.get_num_threads()
+    try:
+        with caplog.at_level("WARNING", logger="step_cache.cpu_budget"):
+            choice = apply_threads(budget.count + 1000)
+        assert choice.count == budget.count == torch.get_num_threads()
+        assert choice.source == f"--threads {budget.count + 1000}, capped at the {budget.source}"
+        assert [r.getMessage() for r in caplog.records] == [
+            f"--threads {budget.count + 1000} is more than the {budget.count} CPU(s) this process may use "
+            f"({budget.source}): using {budget.count}"
+        ]
+        assert apply_threads(1).count == 1  # within the budget: as asked
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_an_annotation_csv_with_a_utf8_byte_order_mark_is_read(tmp_path):
+    from step_cache.catalog import read_annotations
+
+    csv = tmp_path / "a.csv"
+    csv.write_bytes("\ufeffpath,label,split\nleft/a.mp4,left,train\n".encode())
+    items = read_annotations(csv)
+    assert [(i.path, i.label, i.split) for i in items] == [("left/a.mp4", "left", "train")]
+
+
+@pytest.mark.parametrize("path", ["../elsewhere/a.mp4", "/abs/a.mp4", "left/../../a.mp4"])
+def test_annotation_paths_outside_the_videos_root_are_refused_unless_allowed(tmp_path, path):
+    from step_cache.catalog import CatalogError, read_annotations
+
+    csv = tmp_path / "a.csv"
+    csv.write_text(f"path,label\nleft/ok.mp4,left\n{path},right\n")
+    with pytest.raises(CatalogError) as error:
+        read_annotations(csv)
+    assert str(error.value) == (
+        f"{csv}:3: path {path} leaves the videos root (absolute or with '..'); paths are relative to --videos: "
+        "move the file under it, or pass --allow-outside"
+    )
+    assert [i.path for i in read_annotations(csv, allow_outside=True)] == ["left/ok.mp4", path]
+
+
+def test_extract_allow_outside_reads_a_video_beside_the_root(tmp_path):
+    from conftest import TINY
+
+    from step_cache.cache.manifest import read_manifest
+    from step_cache.extraction.engine import extract
+    from step_cache.synthetic.videos import write_class_folders
+
+    write_class_folders(tmp_path / "root", {"left": -1}, videos_per_class=1, num_frames=8)
+    write_class_folders(tmp_path / "beside", {"right": 1}, videos_per_class=1, num_frames=8)
+    csv = tmp_path / "root" / "annotations.csv"
+    csv.write_text("path,label\nleft/left_0.mp4,left\n../beside/right/right_0.mp4,right\n")
+    line = one_error_line(invoke("extract", "--annotations", csv, "--out", tmp_path / "refused", "--backbone",
+                                 "vit-tiny", "--weights", "random", "--quiet"))  # fmt: skip
+    assert "leaves the videos root" in line and "--allow-outside" in line
+    extract(None, tmp_path / "c", annotations=csv, allow_outside=True, **TINY)
+    assert read_manifest(tmp_path / "c").num_videos == 2

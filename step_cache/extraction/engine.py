@@ -61,6 +61,7 @@ class ExtractOptions:
     seed: int = 0
     strict: bool = False  # also: a video with decoder errors stops the run
     max_decode_errors: float = float("inf")  # a video whose decoder reported more errors is skipped as a failure
+    allow_outside: bool = False  # annotation paths may leave the videos root (absolute, '..')
     overwrite: bool = False
     compile: bool = False
     decoder: str = DEFAULT_DECODER  # decord, pyav, torchcodec or torchcodec-cuda (step_cache.extraction.decoders)
@@ -115,7 +116,7 @@ def extract(
         videos = Path(annotations).parent  # paths in an annotation CSV are relative to the videos root
     if items is None:
         if annotations is not None:
-            items = read_annotations(annotations, videos)
+            items = read_annotations(annotations, videos, allow_outside=opts.allow_outside)
         elif videos is not None:
             items = discover_videos(videos)
         else:
