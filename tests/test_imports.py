@@ -147,7 +147,7 @@ def test_no_module_imports_a_higher_layer():
 def test_stacking_engine_lives_below_sweeps():
     graph = import_graph()
     sweeps = {name for name in graph if name.startswith("step_cache.sweeps.")}
-    names = ("batch", "plots", "results", "search", "space", "storage", "study")
+    names = ("batch", "distinct", "plots", "results", "search", "space", "storage", "study")
     assert sweeps == {f"step_cache.sweeps.{name}" for name in names}
     assert "step_cache.stacking.engine" in graph["step_cache.training.seeds"]
     assert not any(target.startswith("step_cache.sweeps") for target in graph["step_cache.training.seeds"])

@@ -64,8 +64,7 @@ class TokenLayout:
 
     @property
     def format_version(self) -> int:
-        """The oldest shard format that can hold these tokens: a float cache stays version 1, so that older
-        step-cache versions keep reading it; int8 tokens need version 2."""
+        """The oldest shard format for these tokens: 1 for floats (older step-cache reads it), 2 for int8."""
         return 2 if self.quantized else 1
 
     @classmethod
@@ -116,8 +115,7 @@ class Failure:
 
 @dataclass
 class VideoWarning:
-    """A video extracted from less than was asked for (a truncated file, a segment past the video's end) or from
-    damaged data (``decode_errors`` its decoder reported); ``reason`` says what and names the file."""
+    """A video extracted from less than asked for (truncated, a segment past its end) or damaged data: ``reason``."""
 
     video: str
     reason: str
