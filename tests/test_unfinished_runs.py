@@ -12,33 +12,19 @@ import sys
 import time
 
 import pytest
+import test_run_integrity as integrity
 import torch
-from typer.testing import CliRunner
 
-from cli.main import _register_commands, app
 from step_cache.cache.locking import holder
-from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training import runs
 from step_cache.training.evaluation import evaluate
 from step_cache.training.run_lock import hold_run_dir
 from step_cache.training.run_status import unfinished
 from step_cache.training.trainer import train_probe
 
-_register_commands()
-
 FAST = {"epochs": 2, "batch_size": 4, "lr": 3e-3, "progress": False}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("unfinished") / "shards"
-    write_token_cache(directory, videos_per_class=8, dim=16)
-    return directory
-
-
-def invoke(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+cache, invoke = integrity.cache, integrity.invoke  # the same small cache (a fixture) and CLI runner
 
 
 def error_line(result) -> str:

@@ -27,14 +27,13 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from step_cache.cache.files import atomic_write_text, fsync_dir
+from step_cache.cache.files import atomic_write_bytes, atomic_write_text
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.training.config import record_differences
 
@@ -116,21 +115,6 @@ def torch_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """As ``atomic_write_text``: the data reaches the disk before the rename, and the rename itself after it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or an interrupt: leave no half-written temporary file behind
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> bytes:
