@@ -22,7 +22,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from defaults import append_row, cache_name, pending, train_groups, variant_cells
+from result_rows import append_row, cache_name, pending, variant_cells
+from stacked_groups import train_groups
 
 from step_cache.cache.shards import open_shards
 from step_cache.training.config import make_config

@@ -21,22 +21,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+from result_rows import append_row, cache_name, mean_std, pending
+from stacked_groups import train_groups
 
-from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.stacking.engine import train_stacked
-from step_cache.stacking.shared_data import DataCache
-from step_cache.training.config import TrainConfig, make_config, with_schedule
+from step_cache.cache.shards import open_shards
+from step_cache.training.config import make_config, with_schedule
 from step_cache.training.splits import shard_splits
 
 PROBES = ("linear", "attentive", "self-attentive", "step")
 SWEEP_LRS = (1e-3, 3e-3, 1e-2)
 SWEEP_RECIPES = ({"epochs": 30, "batch_size": 64}, {"epochs": 100, "batch_size": 16})
-HEADLINE = ("top1", "pair_accuracy")
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,46 +56,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--table", type=Path, help="print the table of a --out file and exit")
     return parser.parse_args()
-
-
-def summary(metrics: list[dict], split: str) -> dict[str, list[float]]:
-    """metric -> [value per seed] on ``split`` ("val": the top level of metrics.json, or "test")."""
-    chosen = [m if split == "val" else m["test"] for m in metrics]
-    return {key: [m[key] for m in chosen if m.get(key) is not None] for key in HEADLINE}
-
-
-def train_groups(shards: ShardSet, groups: dict[str, list[TrainConfig]]) -> tuple[dict[str, dict], float]:
-    """Train every group's configs (stacked where shapes allow); per group, the val and test figures per seed, and
-    the seconds it all took."""
-    configs = [config for members in groups.values() for config in members]
-    data = DataCache(shards)
-    started = time.perf_counter()
-    try:
-        results = train_stacked(shards, configs, data=data)
-    finally:
-        data.close()
-    by_group, index = {}, 0
-    for name, members in groups.items():
-        metrics = [r.metrics for r in results[index : index + len(members)]]
-        index += len(members)
-        by_group[name] = {"val": summary(metrics, "val"), "test": summary(metrics, "test")}
-    return by_group, time.perf_counter() - started
-
-
-def pending(out: Path, caches: list[Path], probes: list[str]) -> Iterator[tuple[Path, str]]:
-    """The (cache, probe) pairs not yet in ``out``: a bench stopped midway goes on where it stopped."""
-    done = set()
-    if out.is_file():
-        done = {(r["cache"], r["probe"]) for r in map(json.loads, out.read_text().splitlines()) if r}
-    for cache in caches:
-        for probe in probes:
-            if (str(cache), probe) not in done:
-                yield cache, probe
-
-
-def append_row(out: Path, row: dict) -> None:
-    with out.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(row) + "\n")
 
 
 def parse_recipe(text: str) -> dict[str, int]:
@@ -144,27 +101,6 @@ def measure(
         "best": best,
         "seconds": seconds,
     }
-
-
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "–"
-    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values, ddof=1 if len(values) > 1 else 0):.1f}"
-
-
-def cache_name(cache: str) -> str:
-    """ "d48" for d48/shards (extract's usual layout), "d48-int8" for a cache written to d48-int8/."""
-    path = Path(cache)
-    return (path.parent.name if path.name == "shards" else path.name) or cache
-
-
-def variant_cells(row: dict, names: list[str]) -> list[str]:
-    """Test top-1 and pair accuracy (mean ± std over seeds) of each named group of a bench row ("–": none)."""
-    cells = []
-    for name in names:
-        test = row["groups"].get(name, {}).get("test", {})
-        cells += [mean_std(test.get("top1", [])), mean_std(test.get("pair_accuracy", []))]
-    return cells
 
 
 def table(path: Path) -> str:

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from defaults import cache_name, mean_std
+from result_rows import cache_name, mean_std
 
 PROBES = ("linear", "attentive", "self-attentive", "step")
 

@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from result_rows import cache_name
 
 from step_cache.cache.shards import open_shards
-from step_cache.stacking.engine import StackedRun
-from step_cache.stacking.shared_data import DataCache
 from step_cache.training.config import make_config
 from step_cache.training.early_stopping import MIN_PATIENCE, PATIENCE_SHARE, should_stop
+from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import StackedRun
 from step_cache.training.trainer import train_probe
 
 PROBES = ("linear", "attentive", "self-attentive", "step")
@@ -77,10 +78,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--verify", type=Path, help="also run the real early-stopped train-probe into this folder")
     parser.add_argument("--table", type=Path, help="print the tables of a --out file and exit")
     return parser.parse_args()
-
-
-def cache_name(path: Path) -> str:
-    return path.parent.name if path.name == "shards" else path.name
 
 
 def watch(cache: Path, probe: str, seeds: int) -> dict[str, Any]:
@@ -177,7 +174,7 @@ def main() -> None:
         print(table([json.loads(line) for line in args.table.read_text().splitlines() if line.strip()]))
         return
     for cache in args.caches:
-        name = cache_name(cache)
+        name = cache_name(str(cache))
         for probe in args.probes:
             started = time.perf_counter()
             line = {"cache": name, "probe": probe, "seeds": args.seeds, **watch(cache, probe, args.seeds)}

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from step_cache import extract, open_shards
-from step_cache.benchmark.dataset import make_demo_dataset
+from step_cache.demo_dataset.dataset import make_demo_dataset
 
 
 def main() -> None:

@@ -29,9 +29,9 @@ import torch
 
 from step_cache.cache.shards import open_shards
 from step_cache.probes import PROBES
-from step_cache.stacking import train_stacked
 from step_cache.synthetic.tokens import SyntheticTokens, write_token_cache
 from step_cache.training.config import make_config
+from step_cache.training.stacking import train_stacked
 from step_cache.training.trainer import train_probe
 
 

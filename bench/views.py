@@ -25,12 +25,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-from defaults import append_row, mean_std, pending, train_groups, variant_cells
+from result_rows import append_row, mean_std, pending, variant_cells
+from stacked_groups import train_groups
 
 from step_cache.cache.shards import open_shards
 from step_cache.training.config import make_config
 from step_cache.training.splits import shard_splits
-from step_cache.training.views import view_table
+from step_cache.training.view_table import view_table
 
 PROBES = ("linear", "attentive", "self-attentive", "step")
 

@@ -17,6 +17,13 @@ except ImportError:  # older typer uses click itself
     from click import _textwrap
 
 
+# The panels of `step-cache --help`, named once here for every command module.
+DATA_PANEL = "Data"
+TOKENS_PANEL = "Stage one: tokens"
+PROBES_PANEL = "Stage two: probes"
+DEMO_PANEL = "Demo"
+
+
 class _WholeWordWrapper(_textwrap.TextWrapper):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **{**kwargs, "break_on_hyphens": False})

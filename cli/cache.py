@@ -8,42 +8,43 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from cli.app import TOKENS_PANEL, app
 from cli.console import setup_logging, user_errors
+from cli.options import Quiet
 
 
-@app.command(rich_help_panel="Stage one: tokens")
+@app.command(rich_help_panel=TOKENS_PANEL)
 def inspect(
-    shards: Annotated[Path, typer.Argument(help="Shard directory written by extract.")],
+    cache: Annotated[Path, typer.Argument(help="Cache directory written by extract.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Summarise a shard directory: backbone, sampling and decoder, token layout, counts per class and split,
+    """Summarise a cache: backbone, sampling and decoder, token layout, counts per class and split,
     failures."""
     from step_cache.cache.summary import format_summary, summarize_cache
 
     with user_errors():
-        summary = summarize_cache(shards)
+        summary = summarize_cache(cache)
     typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
 
 
-@app.command(rich_help_panel="Stage one: tokens")
+@app.command(rich_help_panel=TOKENS_PANEL)
 def verify(
-    shards: Annotated[Path, typer.Argument(help="Shard directory written by extract.")],
+    cache: Annotated[Path, typer.Argument(help="Cache directory written by extract.")],
     checksums: Annotated[bool, typer.Option(help="Compare every shard's sha256 with the manifest.")] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Quiet = False,
 ) -> None:
     """Check every shard against the manifest: sizes, checksums, shapes, readable chunks, labels, no NaN/Inf,
     no duplicate videos. Exits with 1 and names the damaged shard when anything is wrong."""
     from step_cache.cache.verify import verify_cache
 
     with user_errors():
-        report = verify_cache(shards, checksums=checksums, progress=not quiet)
+        report = verify_cache(cache, checksums=checksums, progress=not quiet)
     typer.echo(report.summary())
     if not report.ok:
         raise typer.Exit(1)
 
 
-@app.command(rich_help_panel="Stage one: tokens")
+@app.command(rich_help_panel=TOKENS_PANEL)
 def merge(
     out: Annotated[Path, typer.Argument(help="Cache directory whose parts/ to merge (extract --num-parts N).")],
     parts: Annotated[

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from cli.app import TOKENS_PANEL, app
 from cli.console import setup_logging, user_errors
 
 
-@app.command(rich_help_panel="Stage one: tokens")
+@app.command(rich_help_panel=TOKENS_PANEL)
 def compact(
     src: Annotated[Path, typer.Argument(help="Cache directory to read (written by extract or compact).")],
     out: Annotated[Path, typer.Option(help="Cache directory to write (never SRC); re-run to resume.")],

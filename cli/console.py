@@ -1,4 +1,5 @@
-"""Console plumbing shared by the commands: log lines that do not break progress bars, one-line errors."""
+"""Console plumbing shared by the commands: log lines that do not break progress bars, one-line errors for the
+project's own errors and a traceback, marked as a bug, for anything else."""
 
 from __future__ import annotations
 
@@ -8,13 +9,25 @@ import logging
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 
 import typer
 from tqdm import tqdm
 
-from step_cache import stopping
+try:  # recent typer runs its own copy of click (cli/app.py)
+    from typer._click.exceptions import ClickException
+except ImportError:
+    from click import ClickException
+
+from step_cache import __version__, stopping
 from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_disk_full
+from step_cache.errors import StepCacheError
+
+BUG_HEADER = (
+    f"step-cache {__version__} hit a bug (not a problem with your input): please report it on the step-cache issue "
+    "tracker with the command you ran and the traceback below."
+)
 
 
 class _TqdmHandler(logging.Handler):
@@ -31,11 +44,19 @@ def setup_logging(verbose: bool = False) -> None:
     logger.propagate = False
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    # torch.cuda.OutOfMemoryError (a RuntimeError) and MemoryError: the machine's limit, not a bug; not importing
+    # torch here keeps `step-cache --help` fast.
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn the library's errors (bad input, missing files, mismatched caches) into one line on stderr and a
-    non-zero exit. STEP_CACHE_DEBUG=1 shows the traceback instead."""
-    stopping.install()  # SIGINT and SIGTERM: a clean stop, never lost (step_cache/stopping.py)
+    """Turn the library's errors (``StepCacheError``: bad input, mismatched caches, diverged runs) and the system's
+    (``OSError``: missing files, full disks; out of memory) into one line on stderr and exit 1. Anything else is a
+    bug: its traceback is printed under a header saying so, and the exit status is 1 too. STEP_CACHE_DEBUG=1
+    re-raises every error with its traceback. SIGINT and SIGTERM stop the command cleanly (exit 130 / 143)."""
+    stopping.install()  # a stop request is never lost (step_cache/stopping.py)
     try:
         yield
     except KeyboardInterrupt:
@@ -49,11 +70,17 @@ def user_errors() -> Iterator[None]:
         # busy machine. Frozen objects are skipped; everything was written and closed above.
         gc.freeze()
         raise typer.Exit(128 + (stopping.requested() or signal.SIGINT)) from None
-    except (ValueError, RuntimeError, OSError) as error:
+    except (typer.Exit, typer.Abort, ClickException):
+        raise  # typer's own: exit statuses and usage errors
+    except Exception as error:
         if os.environ.get("STEP_CACHE_DEBUG") == "1":
             raise
         if isinstance(error, OSError) and not isinstance(error, DiskFullError) and is_disk_full(error):
             error = DiskFullError(error.filename or "", disk_full_message(error.filename or "", "the command"))
-        typer.echo(f"error: {error}", err=True)
-        gc.freeze()  # as above: a full disk or a refusal exits at once
+        if isinstance(error, (StepCacheError, OSError)) or _is_out_of_memory(error):
+            typer.echo(f"error: {error}", err=True)
+        else:
+            typer.echo(BUG_HEADER, err=True)
+            typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+        gc.freeze()  # as above: an error exits at once
         raise typer.Exit(1) from None

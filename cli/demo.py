@@ -8,17 +8,15 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from cli.app import DEMO_PANEL, app
 from cli.console import setup_logging, user_errors
 from cli.options import Threads
-from step_cache.benchmark import DEFAULT_KINDS, KINDS, make_demo_dataset, parse_size
 from step_cache.cpu_budget import apply_threads
 from step_cache.demo import DemoSettings
+from step_cache.demo_dataset import DEFAULT_KINDS, KINDS, make_demo_dataset, parse_size
 
-PANEL = "Demo"
 
-
-@app.command("make-demo", rich_help_panel=PANEL)
+@app.command("make-demo", rich_help_panel=DEMO_PANEL)
 def make_demo(
     directory: Annotated[Path, typer.Argument(help="Output folder: DIR/<class>/*.mp4, annotations.csv, pairs.txt.")],
     per_class: Annotated[int, typer.Option("--per-class", help="Videos per class.")] = 20,
@@ -76,7 +74,7 @@ def make_demo(
     typer.echo(f"Annotations: {dataset.annotations_path}  Pairs: {dataset.pairs_path}")
 
 
-@app.command(rich_help_panel=PANEL)
+@app.command(rich_help_panel=DEMO_PANEL)
 def demo(
     directory: Annotated[Path, typer.Argument(help="Working folder: data/, shards/, runs/<probe>/, report/.")] = Path(
         "demo"

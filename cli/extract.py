@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from functools import partial
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.app import app
+from cli.app import TOKENS_PANEL, app
 from cli.console import setup_logging, user_errors
-from cli.options import Threads
+from cli.extract_views import extract_views, view_options
+from cli.options import Device, Quiet, Threads, options_of, spliced_options
 from step_cache.cpu_budget import apply_threads
+from step_cache.errors import InputError
 
 
-@app.command(rich_help_panel="Stage one: tokens")
+@app.command(rich_help_panel=TOKENS_PANEL)
+@spliced_options(options_of(view_options), after="part")
 def extract(
     videos: Annotated[
         Path | None,
@@ -23,7 +26,7 @@ def extract(
             "or the root the --annotations paths are relative to."
         ),
     ] = None,
-    out: Annotated[Path, typer.Option(help="Shard directory to create or resume.")] = Path("shards"),
+    out: Annotated[Path, typer.Option(help="Cache directory to create or resume.")] = Path("shards"),
     annotations: Annotated[
         Path | None, typer.Option(help="CSV with columns path,label[,split][,start_frame,end_frame].")
     ] = None,
@@ -60,7 +63,7 @@ def extract(
             "float16, read back as float16; shard format version 2)."
         ),
     ] = "float16",
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
+    device: Device = "auto",
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Frames per backbone call (default 32 on CPU, 256 on CUDA).")
     ] = None,
@@ -105,46 +108,9 @@ def extract(
         int, typer.Option(min=1, help="Split the videos into N parts (SLURM arrays); under torchrun: WORLD_SIZE.")
     ] = 1,
     part: Annotated[int, typer.Option(min=0, help="Which part (0..N-1) this process extracts.")] = 0,
-    views: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            help="Augmented views stored per training video (split 'train' or none) besides the clean view; val/test "
-            "videos keep the clean view only. Each view: a random resized crop, frames jittered within their "
-            "segments, optional colour jitter and flips, drawn from an RNG seeded by --view-seed, the video and the "
-            "view (a resumed run draws the same). Training draws one view per video per epoch. Shard format 3.",
-        ),
-    ] = 0,
-    view_scale: Annotated[
-        str,
-        typer.Option(
-            help="LO,HI: area fraction of the frame a view's crop covers (timm's RandomResizedCrop scale). Default: "
-            "V-JEPA's frozen-evaluation range, milder than ImageNet's 0.08,1 which often crops the action away."
-        ),
-    ] = "0.3,1.0",
-    view_ratio: Annotated[
-        str, typer.Option(help="LO,HI: aspect ratio (width/height) range of a view's crop, drawn log-uniformly.")
-    ] = "0.75,1.35",
-    view_span: Annotated[
-        float | None,
-        typer.Option(help="Sample a view's frames from a random sub-span of at least this fraction of the video."),
-    ] = None,
-    view_colour: Annotated[
-        float, typer.Option(help="Colour jitter S: brightness, contrast, saturation factors in [1-S, 1+S] (0: off).")
-    ] = 0.0,
-    view_flip: Annotated[
-        bool,
-        typer.Option(
-            help="Flip views horizontally with p = 0.5. Off by default: a flip turns 'slide left' into 'slide "
-            "right'. Without --flip-pairs a flipped view keeps its label."
-        ),
-    ] = False,
-    flip_pairs: Annotated[
-        Path | None, typer.Option(help="With --view-flip: lines 'slide_left,slide_right' whose labels a flip swaps.")
-    ] = None,
-    view_seed: Annotated[int, typer.Option(help="Seed of the augmented views.")] = 0,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    quiet: Quiet = False,
     threads: Threads = None,
+    **view_options: Any,
 ) -> None:
     """Run a frozen image backbone over videos once and store per-frame tokens in HDF5 shards.
 
@@ -159,7 +125,7 @@ def extract(
     apply_threads(threads)
     with user_errors():
         if videos is None and annotations is None:
-            raise ValueError("give --videos DIR (class folders) and/or --annotations FILE.csv")
+            raise InputError("give --videos DIR (class folders) and/or --annotations FILE.csv")
         under_torchrun = torchrun_environment() is not None and num_parts == 1
         run_extract = extract_distributed if under_torchrun else partial(extract_videos, num_parts=num_parts, part=part)
         report = run_extract(
@@ -187,22 +153,6 @@ def extract(
             progress=not quiet,
             compression=compression,
             decoder=decoder,
-            views=views,
-            view_scale=_range(view_scale, "--view-scale"),
-            view_ratio=_range(view_ratio, "--view-ratio"),
-            view_span=view_span,
-            view_colour=view_colour,
-            view_flip=view_flip,
-            flip_pairs=flip_pairs,
-            view_seed=view_seed,
+            **extract_views(**view_options),
         )
     typer.echo(report.summary())
-
-
-def _range(text: str, option: str) -> tuple[float, float]:
-    """'LO,HI' -> (LO, HI)."""
-    try:
-        lo, hi = (float(part) for part in text.split(","))
-    except ValueError:
-        raise typer.BadParameter(f"expected LO,HI (two numbers), got {text!r}", param_hint=option) from None
-    return lo, hi

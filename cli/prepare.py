@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from cli.app import DATA_PANEL, app
 from cli.console import user_errors
 from step_cache.datasets import ADAPTERS, prepare
 
@@ -16,7 +16,7 @@ _DATASETS_HELP = "; ".join(f"{name}: {adapter.description}" for name, adapter in
 
 @app.command(
     "prepare",
-    rich_help_panel="Data",
+    rich_help_panel=DATA_PANEL,
     short_help="Write the annotation CSV (and pairs.txt) of a public dataset (SSv2, Diving48, UCF101, ...).",
     help=f"Write the annotation CSV (and pairs.txt) of a public dataset.\n\n{_DATASETS_HELP}.",
 )

@@ -7,12 +7,11 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from cli.app import PROBES_PANEL, app
 from cli.console import user_errors
-from cli.train import PANEL
 
 
-@app.command(rich_help_panel=PANEL)
+@app.command(rich_help_panel=PROBES_PANEL)
 def report(
     runs: Annotated[list[Path], typer.Argument(help="Run directories (train-probe) and/or sweep directories (sweep).")],
     out: Annotated[Path, typer.Option(help="Directory for report.md, report.html and figures/.")] = Path("report"),

@@ -3,27 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.app import app
+from cli.app import PROBES_PANEL, app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, EarlyStop, Epochs, Patience, Threads, Views
+from cli.options import CacheArguments, FeaturesOption, Quiet, Threads, Verbose, chosen_caches, config_options
 from step_cache.cpu_budget import apply_threads
+from step_cache.errors import InputError
 
-PANEL = "Stage two: probes"
 
-
-@app.command(rich_help_panel=PANEL)
+@app.command(rich_help_panel=PROBES_PANEL)
+@config_options("sweep", after="out")
 def sweep(
-    shards: Annotated[
-        list[Path] | None, typer.Argument(help="Shard directories (the same as --features)", show_default=False)
-    ] = None,
-    features: Annotated[
-        list[Path] | None, typer.Option(help="Shard directory written by extract (repeat to combine caches).")
-    ] = None,
-    probe: Annotated[str, typer.Option(help="linear, attentive, self-attentive or step.")] = "step",
+    caches: CacheArguments = None,
+    features: FeaturesOption = None,
     out: Annotated[Path | None, typer.Option(help="Sweep directory (default: sweeps/<probe>).")] = None,
     trials: Annotated[int, typer.Option(min=0, help="Total trials of the study (all workers together).")] = 64,
     parallel: Annotated[int, typer.Option(min=1, help="Trials asked at once and trained as one stacked batch.")] = 16,
@@ -58,33 +53,14 @@ def sweep(
             "(its worker died) is re-queued.",
         ),
     ] = 60,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    seed: Annotated[int, typer.Option(help="Data order, initial weights and sampler seed.")] = 0,
-    val_fraction: Annotated[float, typer.Option(help="Held-out share of training videos when no val split.")] = 0.2,
-    tokens: Annotated[str, typer.Option(help="all, cls, patches or auto.")] = "auto",
-    views: Views = "on",
-    early_stop: EarlyStop = True,
-    patience: Patience = None,
-    pairs: Annotated[Path | None, typer.Option(help="Mirrored class pairs file (default: the cache's).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")] = "auto",
-    data: Annotated[str, typer.Option(help="auto, memory or streaming.")] = "auto",
-    memory_fraction: Annotated[float, typer.Option(help="data=auto loads into RAM below this share.")] = 0.5,
-    workers: Annotated[int | None, typer.Option(min=0, help="Streaming reader processes.")] = None,
-    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA.")] = True,
     retrain: Annotated[
         bool, typer.Option(help="Retrain the best configuration alone into OUT/best-run (train-probe format).")
     ] = True,
     plots: Annotated[bool, typer.Option(help="Write PNG figures to OUT/plots.")] = True,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
     threads: Threads = None,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            help="Debug log: a line per epoch of each stacked batch and one per trial that stops early; the retrained "
-            "best-run logs every epoch's figures."
-        ),
-    ] = False,
+    verbose: Verbose = False,
+    **config: Any,
 ) -> None:
     """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""
     from step_cache.extras import require
@@ -98,11 +74,10 @@ def sweep(
         from step_cache.sweeps.study import run_sweep
         from step_cache.training import runs
 
-        chosen = [*(shards or []), *(features or [])]
-        if not chosen:
-            raise ValueError("give the shard directory: step-cache sweep SHARDS/ (or --features SHARDS/)")
+        chosen = chosen_caches("sweep", caches, features)
         if grid and sampler not in ("tpe", "grid"):
-            raise ValueError(f"--grid and --sampler {sampler} exclude each other")
+            raise InputError(f"--grid and --sampler {sampler} exclude each other")
+        probe = config.pop("probe")
         search_space = build_space(probe, param, space)
         result = run_sweep(
             chosen,
@@ -119,21 +94,8 @@ def sweep(
             heartbeat=heartbeat,
             retrain=retrain,
             plots=plots,
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-            val_fraction=val_fraction,
-            tokens=tokens,
-            views=views,
-            early_stop=early_stop,
-            patience=patience,
-            pairs=str(pairs) if pairs else None,
-            device=device,
-            data=data,
-            memory_fraction=memory_fraction,
-            workers=workers,
-            amp=amp,
             progress=not quiet,
+            **config,
         )
     states = [row["state"] for row in result.rows]
     typer.echo(

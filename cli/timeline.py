@@ -7,16 +7,16 @@ from typing import Annotated
 
 import typer
 
-from cli.app import app
+from cli.app import PROBES_PANEL, app
 from cli.console import setup_logging, user_errors
-from cli.options import Threads
+from cli.options import RunDir, Threads
 from step_cache.cpu_budget import apply_threads
 
 
-@app.command(rich_help_panel="Stage two: probes")
+@app.command(rich_help_panel=PROBES_PANEL)
 def timeline(
     video: Annotated[Path, typer.Argument(help="An untrimmed video file.", show_default=False)],
-    run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
+    run: RunDir,
     out: Annotated[Path, typer.Option(help="Folder for timeline.csv, segments.csv and timeline.png.")],
     window: Annotated[
         float | None,

@@ -4,90 +4,37 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.app import app
+from cli.app import PROBES_PANEL, app
 from cli.console import setup_logging, user_errors
-from cli.options import BatchSize, EarlyStop, Epochs, Patience, ReversePairs, Threads, TokenDrop, Views
+from cli.options import (
+    CacheArguments,
+    DataMode,
+    Device,
+    FeaturesOption,
+    Quiet,
+    RunDir,
+    Threads,
+    Verbose,
+    Workers,
+    chosen_caches,
+    config_options,
+)
 from step_cache.cpu_budget import apply_threads
+from step_cache.errors import InputError
 from step_cache.training.metrics import format_percent
 
-PANEL = "Stage two: probes"
-Features = Annotated[
-    list[Path], typer.Option(help="Shard directory written by extract (repeat to combine compatible caches).")
-]
-ShardArguments = Annotated[
-    list[Path] | None, typer.Argument(help="Shard directories (the same as --features)", show_default=False)
-]
 
-
-def _all_features(positional: list[Path] | None, features: list[Path] | None) -> list[Path]:
-    chosen = [*(positional or []), *(features or [])]
-    if not chosen:
-        raise ValueError("give the shard directory: step-cache train-probe SHARDS/ (or --features SHARDS/)")
-    return chosen
-
-
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda[:N].")]
-DataMode = Annotated[
-    str, typer.Option(help="auto (in memory when it fits), memory (load all tokens into RAM) or streaming (HDF5).")
-]
-Workers = Annotated[
-    int | None,
-    typer.Option(min=0, help="Streaming reader processes (default: spare threads of the CPU budget, at most 4)."),
-]
-
-
-@app.command("train-probe", rich_help_panel=PANEL)
+@app.command("train-probe", rich_help_panel=PROBES_PANEL)
+@config_options("train-probe", after="out")
 def train_probe(
-    shards: ShardArguments = None,
-    features: Annotated[
-        list[Path] | None,
-        typer.Option(help="Shard directory written by extract (repeat to combine compatible caches)."),
-    ] = None,
-    probe: Annotated[str, typer.Option(help="linear, attentive, self-attentive or step.")] = "step",
+    caches: CacheArguments = None,
+    features: FeaturesOption = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<probe>).")] = None,
-    epochs: Epochs = None,
-    batch_size: BatchSize = None,
-    lr: Annotated[
-        float | None,
-        typer.Option(
-            help="Peak learning rate (AdamW); default 1e-2 for linear, 1e-3 for the others.", show_default=False
-        ),
-    ] = None,
-    weight_decay: Annotated[
-        float, typer.Option("--weight-decay", "--wd", help="On weight matrices only (not norms, biases, tokens).")
-    ] = 0.05,
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up (per step), then cosine decay.")] = 1.0,
-    label_smoothing: Annotated[float, typer.Option()] = 0.0,
     dropout: Annotated[float | None, typer.Option(help="Probe dropout (default: the probe's, 0).")] = None,
-    clip_grad: Annotated[float, typer.Option(help="Max gradient norm; 0 disables clipping.")] = 1.0,
-    token_drop: TokenDrop = 0.0,
-    reverse_pairs: ReversePairs = 0.0,
-    views: Views = "on",
-    early_stop: EarlyStop = True,
-    patience: Patience = None,
-    seed: Annotated[int, typer.Option(help="Seed of the initial weights, batch order and held-out val videos.")] = 0,
-    seeds: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            help="Train seeds SEED..SEED+N-1 together as one stacked batch and report mean ± std (same batches and "
-            "splits; the seeds differ in initial weights and dropout).",
-        ),
-    ] = 1,
-    val_fraction: Annotated[
-        float, typer.Option(help="Share of training videos held out (stratified) when the cache has no val split.")
-    ] = 0.2,
-    tokens: Annotated[
-        str,
-        typer.Option(help="Tokens the probe sees per frame: all, cls, patches, or auto (cls for linear, else all)."),
-    ] = "auto",
-    pairs: Annotated[
-        Path | None, typer.Option(help="Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
-    ] = None,
     heads: Annotated[int | None, typer.Option(help="Attention heads (default D // 64).")] = None,
     depth: Annotated[int | None, typer.Option(help="step / self-attentive: number of blocks (default 1).")] = None,
     mlp_ratio: Annotated[float | None, typer.Option(help="MLP width / D, where the probe has an MLP.")] = None,
@@ -117,20 +64,14 @@ def train_probe(
         bool | None,
         typer.Option("--layer-norm/--no-layer-norm", help="linear: LayerNorm before the head (DINOv2: none)."),
     ] = None,
-    device: Device = "auto",
-    data: DataMode = "auto",
-    memory_fraction: Annotated[float, typer.Option(help="data=auto loads into RAM below this share.")] = 0.5,
-    workers: Workers = None,
-    amp: Annotated[bool, typer.Option(help="bf16 autocast on CUDA.")] = True,
     resume: Annotated[
         bool, typer.Option(help="Continue a killed run from its last commit (runs commit about every 30 s).")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run in --out.")] = False,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
     threads: Threads = None,
-    verbose: Annotated[
-        bool, typer.Option(help="Print every epoch's figures (they are always in RUN/metrics.jsonl).")
-    ] = False,
+    verbose: Verbose = False,
+    **config: Any,
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
 
@@ -155,43 +96,22 @@ def train_probe(
     }
     with user_errors():
         result = run_training(
-            _all_features(shards, features),
-            probe,
-            out or Path("runs") / probe,
+            chosen_caches("train-probe", caches, features),
+            out=out or Path("runs") / config["probe"],
             resume=resume,
             overwrite=overwrite,
             probe_options={k: v for k, v in given.items() if v is not None},
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_epochs=warmup_epochs,
-            label_smoothing=label_smoothing,
-            clip_grad=clip_grad,
-            token_drop=token_drop,
-            reverse_pairs=reverse_pairs,
-            views=views,
-            early_stop=early_stop,
-            patience=patience,
-            seed=seed,
-            seeds=seeds,
-            val_fraction=val_fraction,
-            tokens=tokens,
-            pairs=str(pairs) if pairs else None,
-            amp=amp,
-            device=device,
-            data=data,
-            memory_fraction=memory_fraction,
-            workers=workers,
             progress=not quiet,
+            **config,
         )
     typer.echo(result.summary())
 
 
-@app.command(rich_help_panel=PANEL)
+@app.command(rich_help_panel=PROBES_PANEL)
 def evaluate(
-    run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
-    features: Features,
+    run: RunDir,
+    caches: CacheArguments = None,
+    features: FeaturesOption = None,
     split: Annotated[
         str, typer.Option(help="all (every labelled clip), or the run's own train / val / test selection.")
     ] = "all",
@@ -203,7 +123,7 @@ def evaluate(
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
     threads: Threads = None,
 ) -> None:
-    """Evaluate a trained probe (best checkpoint) on shards; classes are matched by name."""
+    """Evaluate a trained probe (best checkpoint) on a cache; classes are matched by name."""
     from step_cache.training.evaluation import evaluate as run_evaluation
     from step_cache.training.runs import write_json
 
@@ -211,7 +131,13 @@ def evaluate(
     apply_threads(threads)
     with user_errors():
         metrics = run_evaluation(
-            run, features, split=split, device=device, data=data, workers=workers, batch_size=batch_size
+            run,
+            chosen_caches("evaluate", caches, features),
+            split=split,
+            device=device,
+            data=data,
+            workers=workers,
+            batch_size=batch_size,
         )
         if out is not None:
             write_json(out, metrics)
@@ -228,13 +154,11 @@ def evaluate(
     )
 
 
-@app.command(rich_help_panel=PANEL)
+@app.command(rich_help_panel=PROBES_PANEL)
 def predict(
-    run: Annotated[Path, typer.Option(help="Run directory written by train-probe.")],
-    features: Annotated[
-        list[Path] | None,
-        typer.Option(help="Shard directory written by extract (repeat to combine compatible caches)."),
-    ] = None,
+    run: RunDir,
+    caches: CacheArguments = None,
+    features: FeaturesOption = None,
     videos: Annotated[
         Path | None,
         typer.Option(
@@ -254,7 +178,7 @@ def predict(
     ] = None,
     cache: Annotated[
         Path | None,
-        typer.Option(help="With --videos: keep the extracted tokens in this shard directory (default: none kept)."),
+        typer.Option(help="With --videos: keep the extracted tokens in this cache directory (default: none kept)."),
     ] = None,
     out: Annotated[Path, typer.Option(help="CSV to write: video, clips, label, short, class_1, prob_1, ...")] = Path(
         "predictions.csv"
@@ -266,24 +190,25 @@ def predict(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Clips per probe batch (256) / with --videos: frames per backbone call.")
     ] = None,
-    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    quiet: Quiet = False,
     threads: Threads = None,
 ) -> None:
     """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe, from a cache
-    (--features) or straight from video files (--videos: the run's backbone, preprocessing and frame sampling are
-    rebuilt from its recorded settings; unreadable videos are listed with the reason)."""
+    (CACHE or --features) or straight from video files (--videos: the run's backbone, preprocessing and frame
+    sampling are rebuilt from its recorded settings; unreadable videos are listed with the reason)."""
     setup_logging()
     apply_threads(threads)
     with user_errors():
-        if (features is None) == (videos is None):
-            raise ValueError("give either --features SHARDS/ or --videos PATH")
+        given = [*(caches or []), *(features or [])]
+        if bool(given) == (videos is not None):
+            raise InputError("give either a cache (CACHE/ or --features CACHE/) or --videos PATH")
         if videos is None:
             if annotations or weights or cache:
-                raise ValueError("--annotations, --weights and --cache go with --videos")
+                raise InputError("--annotations, --weights and --cache go with --videos")
             from step_cache.training.evaluation import predict as run_prediction
 
             path = run_prediction(
-                run, features, out, top_k=top_k, device=device, data=data, workers=workers,
+                run, given, out, top_k=top_k, device=device, data=data, workers=workers,
                 batch_size=batch_size or 256,
             )  # fmt: skip
             lines = path.read_text(encoding="utf-8").splitlines()

@@ -32,7 +32,7 @@ _EXPORTS = {
     "run_sweep": "step_cache.sweeps.study",
     "build_space": "step_cache.sweeps.space",
     "build_report": "step_cache.report",
-    "make_demo_dataset": "step_cache.benchmark",
+    "make_demo_dataset": "step_cache.demo_dataset",
     "run_demo": "step_cache.demo",
     "Recognizer": "step_cache.recognition.recognizer",
     "Prediction": "step_cache.recognition.recognizer",

@@ -18,13 +18,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from step_cache.errors import StepCacheError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 SPLITS = ("train", "val", "test")
 ANNOTATION_COLUMNS = ("path", "label", "split", "start_frame", "end_frame")
 SEGMENT_SUFFIX = re.compile(r"#\d*-\d*$")  # item keys of segments end in "#start-end" (VideoItem.key)
 
 
-class CatalogError(ValueError):
+class CatalogError(StepCacheError, ValueError):
     """A problem with the list of videos or its annotations; the message names the file."""
 
 

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import torch
 
+from step_cache.errors import StepCacheError
+
 # Wrappers that training frameworks put around the weights (DINOv2 saves a "teacher", Lightning a "state_dict").
 _WRAPPER_KEYS = ("state_dict", "model", "teacher", "model_ema", "module", "student")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(StepCacheError, ValueError):
     """A checkpoint file that is missing, unsafe, or not a state dict of tensors."""
 
 

@@ -25,16 +25,15 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from step_cache.errors import InputError
+
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
-# OpenMP threads spin this many iterations before sleeping when a parallel region ends (libgomp's default is
-# 300,000: far longer than the gap between a probe's small regions, so a thread whose partner lost its core spins
-# through its own time slice). Chosen with bench/contention.py under load (docs/performance.md "Shared CPUs /
-# contention"): STEP took 5.8x passive's time with 300,000, 2.0-2.1x with 10,000, 1.4x with 1,000, 1.0x with 100;
-# fewer spins cost idle speed (passive cost ~30 % idle), so 1,000 keeps a short spin for back-to-back regions.
-# Idle re-measurement (attentive --seeds 3): 2-11 % slower than 300,000 idle, 2.7-4.4x idle beside 4 busy loops
-# against 8.9-12.1x; a constant cannot meet both (docs/performance.md).
+# OpenMP threads spin this many iterations before sleeping when a parallel region ends. libgomp's default is far
+# longer than the gap between a probe's small regions, so a thread whose partner lost its core spins through its
+# own time slice; fewer spins cost a little idle speed. The measurements behind the choice, idle and under load:
+# docs/performance.md, "Shared CPUs / contention" (bench/contention.py).
 SPIN_COUNT = 1_000
 # The variables a user may set to choose the wait behaviour themselves; any one of them leaves ours unset.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
@@ -154,7 +153,7 @@ def choose_threads(requested: int | None = None, environ: MutableMapping[str, st
     """``--threads`` (``requested``) > ``OMP_NUM_THREADS`` > the CPUs available (``available_cpus``)."""
     if requested is not None:
         if requested < 1:
-            raise ValueError(f"--threads must be >= 1, got {requested}")
+            raise InputError(f"--threads must be >= 1, got {requested}")
         return ThreadChoice(requested, "--threads")
     from_env = _omp_num_threads(os.environ if environ is None else environ)
     if from_env is not None:

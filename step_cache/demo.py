@@ -1,6 +1,6 @@
 """The demo (``make demo`` / ``step-cache demo DIR``): what STEP is for, in one command, offline.
 
-1. write the built-in benchmark of nearly symmetric actions (``step_cache.benchmark``): mirrored class pairs whose
+1. write the built-in benchmark of nearly symmetric actions (``step_cache.demo_dataset``): mirrored class pairs whose
    clips are the same visual process played forwards or backwards, plus order-free classes;
 2. extract tokens with an offline-capable backbone (a random-initialised small ViT by default; ``weights`` picks
    pretrained ones when available);
@@ -31,7 +31,7 @@ class DemoSettings:
     """The demo's defaults were chosen so that it runs in a few minutes on 2 CPU cores (docs/step.md)."""
 
     per_class: int = 48  # videos per class (60 % train, 20 % val to choose checkpoints, 20 % test to report)
-    video_frames: int = 33  # odd: sampled frames of a clip and of its reverse match (benchmark/dataset.py)
+    video_frames: int = 33  # odd: sampled frames of a clip and of its reverse match (demo_dataset/dataset.py)
     video_size: tuple[int, int] = (112, 112)
     difficulty: float = 0.5
     seed: int = 0
@@ -70,7 +70,7 @@ def run_demo(directory: str | Path, settings: DemoSettings | None = None, progre
     A stage whose settings changed is redone, and so is everything after it; a stage that was interrupted resumes.
     """
     # Imported here so that the CLI (which reads DemoSettings' defaults) starts without torch.
-    from step_cache.benchmark import make_demo_dataset
+    from step_cache.demo_dataset import make_demo_dataset
     from step_cache.extraction.engine import extract
     from step_cache.report import build_report
     from step_cache.report.build import format_comparison, load_run

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from step_cache.errors import InputError
+
 
 def resolve_device(device: str = "auto") -> torch.device:
     """``auto`` (CUDA when torch sees a GPU, else CPU), ``cpu`` or ``cuda[:N]``; a clear error for anything else.
@@ -16,11 +18,11 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
+        raise InputError(f"unknown device {device!r}; use auto, cpu or cuda[:N]") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} asked for, but torch sees no CUDA GPU")
+            raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
+            raise InputError(f"device {device!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
         torch.cuda.set_device(resolved)
     return resolved

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 
+from step_cache.errors import StepCacheError
+
 # module -> the extra that installs it (pyproject.toml [project.optional-dependencies])
 EXTRAS = {"optuna": "sweep", "matplotlib": "report"}
 
 
-class MissingExtraError(RuntimeError):
+class MissingExtraError(StepCacheError, RuntimeError):
     """An optional dependency needed for the requested work is not installed."""
 
 

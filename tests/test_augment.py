@@ -131,8 +131,8 @@ def test_stacked_seeds_share_the_augmentation_of_a_lone_run(cache, tmp_path):
 
 
 def test_augmentations_are_sweep_parameters_that_split_stacks():
-    from step_cache.stacking.grouping import group_by_shape
     from step_cache.sweeps.space import build_space
+    from step_cache.training.stacking.grouping import group_by_shape
 
     space = build_space("step", ["token_drop=0,0.5", "reverse_pairs=0.25"])
     assert space.distributions["token_drop"].choices == (0.0, 0.5) and space.fixed == {"reverse_pairs": 0.25}

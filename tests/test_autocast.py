@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from step_cache.probes import build_probe
 from step_cache.probes.layers import Block
 from step_cache.probes.shared_matmul import token_scores, weighted_tokens
-from step_cache.stacking.adamw import StackedAdamW
-from step_cache.stacking.engine import member_losses
-from step_cache.stacking.members import StackedProbes
 from step_cache.training.optimization import build_optimizer
+from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.members import StackedProbes
+from step_cache.training.stacking.stacked_run import member_losses
 
 D, T, P, C = 64, 4, 5, 3
 # bf16 keeps 8 significant bits: each rounding is off by up to 2^-9 ≈ 0.2 % (relative), and float32 accumulation

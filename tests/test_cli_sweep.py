@@ -90,7 +90,7 @@ def test_bad_input_is_one_line_error(shards, tmp_path, args, message):
 def test_missing_shards_is_an_error(tmp_path):
     _register_commands()
     result = CliRunner().invoke(app, ["sweep", "--param", "lr=1e-3,1e-2", "--quiet"])
-    assert result.exit_code == 1 and "give the shard directory" in result.output
+    assert result.exit_code == 1 and "give the cache directory" in result.output
 
 
 def test_without_optuna_the_sweep_command_names_the_extra_to_install(shards, tmp_path, monkeypatch):

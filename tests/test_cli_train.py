@@ -86,7 +86,8 @@ def test_every_probe_end_to_end(shards, tmp_path):
     assert json.loads(out.read_text())["top1"] == metrics["top1"]  # the run's own val split, best checkpoint
 
     preds = tmp_path / "preds.csv"
-    shown = run_cli("predict", "--run", run, "--features", shards, "--out", preds, "--top-k", "2", check=True).stdout
+    # The cache positionally, as train-probe takes it (evaluate above: --features, the design card's spelling).
+    shown = run_cli("predict", shards, "--run", run, "--out", preds, "--top-k", "2", check=True).stdout
     assert f"for 9 videos to {preds}" in shown
     rows = list(csv.DictReader(preds.read_text().splitlines()))
     assert len(rows) == 9 and {r["label"] for r in rows} == {"blink", "slide_left", "slide_right"}
@@ -115,7 +116,7 @@ def test_clear_one_line_errors(invoke, shards, tmp_path):
     run.mkdir()
     (run / "config.json").write_text("{}")
     cases = [
-        (["train-probe"], "give the shard directory"),
+        (["train-probe"], "give the cache directory"),
         (["train-probe", "--features", "/no/such/cache"], "/no/such/cache: cache directory does not exist"),
         (["train-probe", "--features", shards, "--probe", "mamba", "--out", tmp_path / "r"], "unknown probe 'mamba'"),
         (

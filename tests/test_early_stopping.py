@@ -14,18 +14,13 @@ from typer.testing import CliRunner
 
 from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
-from step_cache.stacking import train_stacked
 from step_cache.sweeps.results import retrain_best
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training import run_commits, runs
-from step_cache.training.config import (
-    LOCAL_FIELDS,
-    TrainConfigError,
-    make_config,
-    with_config_defaults,
-    with_schedule,
-)
+from step_cache.training.config import LOCAL_FIELDS, TrainConfigError, make_config, with_schedule
 from step_cache.training.early_stopping import auto_patience, early_stop_record, is_finished, should_stop
+from step_cache.training.run_record import with_config_defaults
+from step_cache.training.stacking import train_stacked
 from step_cache.training.trainer import train_probe
 
 # On this cache (4 val videos) these settings stop every run long before epoch 30, seeds 0-2 at different epochs.

@@ -88,14 +88,21 @@ def test_project_has_no_import_cycles():
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
-# The package's layers, top to bottom. A module may import its own layer or any layer below it, never one above:
-# a reader can learn the project bottom-up, and each layer is testable without the ones above it.
+# The package's layers, top to bottom. A module may import its own package (the longest prefix below that names
+# it) or any layer below it, never a layer above and never another package of its own layer: packages share a layer
+# only where neither imports the other, so the order is strict where it matters and a reader can learn the project
+# bottom-up, each layer testable without the ones above it.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
-    ("step_cache.demo", "step_cache.report"),
+    ("step_cache.demo",),
+    ("step_cache.report",),
     ("step_cache.recognition", "step_cache.sweeps"),
-    ("step_cache.training", "step_cache.stacking", "step_cache.extraction"),
-    ("step_cache.cache", "step_cache.datasets", "step_cache.benchmark", "step_cache.synthetic"),
+    ("step_cache.training.trainer", "step_cache.stacking"),  # one seed or --seeds; the old path of the stack
+    ("step_cache.training.stacking",),  # K members trained as one vmapped batch: --seeds and sweeps
+    ("step_cache.training", "step_cache.extraction"),
+    ("step_cache.demo_dataset", "step_cache.datasets"),
+    ("step_cache.synthetic",),
+    ("step_cache.cache",),
     ("step_cache.probes",),
     (
         "step_cache.catalog",
@@ -105,52 +112,75 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "step_cache.extras",
         "step_cache",
     ),
+    ("step_cache.errors",),  # StepCacheError, the base of every error the project raises
 )
 
 
-def layer_of(module: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int:
-    """Index of the layer (0: top) of the longest prefix in ``layers`` that names ``module`` or a package above it."""
-    best: tuple[int, int] | None = None  # (prefix length, layer)
+def place_of(module: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> tuple[int, str]:
+    """(layer index (0: top), prefix) of the longest prefix in ``layers`` that names ``module`` or a package above
+    it."""
+    best: tuple[int, int, str] | None = None  # (prefix length, layer, prefix)
     for index, prefixes in enumerate(layers):
         for prefix in prefixes:
             if (module == prefix or module.startswith(prefix + ".")) and (best is None or len(prefix) > best[0]):
-                best = (len(prefix), index)
+                best = (len(prefix), index, prefix)
     if best is None:
         raise KeyError(f"{module} is in no layer of tests/test_imports.py LAYERS: place its package there")
-    return best[1]
+    return best[1], best[2]
 
 
-def upward_imports(graph: dict[str, set[str]], layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:
-    """Every import of a module from a higher layer than the importer's, as readable lines."""
-    return [
-        f"{module} (layer {layer_of(module, layers)}) imports {target} (layer {layer_of(target, layers)}, higher)"
-        for module in sorted(graph)
-        for target in sorted(graph[module])
-        if layer_of(target, layers) < layer_of(module, layers)
-    ]
+def layer_of(module: str, layers: tuple[tuple[str, ...], ...] = LAYERS) -> int:
+    return place_of(module, layers)[0]
+
+
+def wrong_way_imports(graph: dict[str, set[str]], layers: tuple[tuple[str, ...], ...] = LAYERS) -> list[str]:
+    """Every import of a module from a higher layer, or from another package of the importer's own layer, as
+    readable lines."""
+    found = []
+    for module in sorted(graph):
+        layer, prefix = place_of(module, layers)
+        for target in sorted(graph[module]):
+            target_layer, target_prefix = place_of(target, layers)
+            if target_layer < layer:
+                found.append(f"{module} (layer {layer}) imports {target} (layer {target_layer}, higher)")
+            elif target_layer == layer and target_prefix != prefix:
+                found.append(f"{module} imports {target}: {prefix} and {target_prefix} share layer {layer}")
+    return found
 
 
 def test_layer_check_names_the_offending_import():
     layers = (("app",), ("app.high",), ("app.low", "app.base"))
     graph = {"app.low.x": {"app.high.y"}, "app.high.y": {"app.low.x", "app.base"}, "app.base": set(), "app": set()}
     assert layer_of("app.high.y", layers) == 1 and layer_of("app", layers) == 0 and layer_of("app.base", layers) == 2
-    assert upward_imports(graph, layers) == ["app.low.x (layer 2) imports app.high.y (layer 1, higher)"]
+    assert wrong_way_imports(graph, layers) == ["app.low.x (layer 2) imports app.high.y (layer 1, higher)"]
+    graph = {"app.low.x": {"app.base", "app.low.z"}, "app.low.z": set(), "app.base": set(), "app": set()}
+    assert wrong_way_imports(graph, layers) == ["app.low.x imports app.base: app.low and app.base share layer 2"]
 
 
-def test_no_module_imports_a_higher_layer():
+def test_layer_check_sees_a_nested_package_apart_from_its_parent():
+    layers = (("app.top",), ("app.top.inner",), ("app",))
+    assert place_of("app.top.inner.x", layers) == (1, "app.top.inner") and place_of("app.top.y", layers)[0] == 0
+    graph = {"app.top.inner.x": {"app.top.y"}, "app.top.y": set()}
+    assert wrong_way_imports(graph, layers) == ["app.top.inner.x (layer 1) imports app.top.y (layer 0, higher)"]
+
+
+def test_no_module_imports_a_higher_layer_or_a_neighbour():
     graph = import_graph()
     for module in graph:
         layer_of(module)  # every package is placed in a layer
-    assert upward_imports(graph) == []
+    assert wrong_way_imports(graph) == []
 
 
-def test_stacking_engine_lives_below_sweeps():
+def test_stacking_lives_inside_training_below_the_trainer_and_sweeps():
     graph = import_graph()
     sweeps = {name for name in graph if name.startswith("step_cache.sweeps.")}
     names = ("batch", "distinct", "plots", "results", "search", "space", "storage", "study")
     assert sweeps == {f"step_cache.sweeps.{name}" for name in names}
-    assert "step_cache.stacking.engine" in graph["step_cache.training.seeds"]
-    assert not any(target.startswith("step_cache.sweeps") for target in graph["step_cache.training.seeds"])
+    assert "step_cache.training.stacking.stacked_run" in graph["step_cache.training.stacking.seeds"]
+    assert "step_cache.training.stacking.seeds" in graph["step_cache.training.trainer"]
+    stacking = [name for name in graph if name.startswith("step_cache.training.stacking")]
+    for name in stacking:  # the stack builds on training's modules, never on the trainer or on sweeps
+        assert not any(t.startswith(("step_cache.sweeps", "step_cache.training.trainer")) for t in graph[name]), name
 
 
 def test_cli_command_modules_import_the_app_not_main():
@@ -165,3 +195,10 @@ def test_modules_stay_under_350_lines():
     for path in [*(ROOT / "step_cache").rglob("*.py"), *(ROOT / "cli").glob("*.py")]:
         lines = len(path.read_text(encoding="utf-8").splitlines())
         assert lines <= 350, f"{path.relative_to(ROOT)} has {lines} lines; split it where a seam shows"
+
+
+def test_the_documented_old_stacking_path_still_imports():
+    import step_cache.stacking as old
+    import step_cache.training.stacking as new
+
+    assert old.train_stacked is new.train_stacked and old.group_by_shape is new.group_by_shape

@@ -16,13 +16,13 @@ from typer.testing import CliRunner
 
 from cli.main import _register_commands, app
 from step_cache.cache.shards import open_shards
-from step_cache.stacking.adamw import StackedAdamW
-from step_cache.stacking.engine import StackedRun
-from step_cache.stacking.shared_data import DataCache
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training import runs
 from step_cache.training.config import make_config
 from step_cache.training.epoch_loop import POSTFIX_EVERY, NonFiniteLossError, train_epoch
+from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import StackedRun
 from step_cache.training.trainer import train_probe
 
 _register_commands()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import TINY
 
-from step_cache.benchmark import make_demo_dataset
+from step_cache.demo_dataset import make_demo_dataset
 from step_cache.extraction.engine import extract
 from step_cache.recognition.settings import RunSettingsError, check_weights_file, extract_options
 from step_cache.training import runs
@@ -128,6 +128,6 @@ def test_recorded_settings_rebuild_extraction_and_weights_are_checked(demo_run, 
     result = run_cli("predict", "--run", run, "--videos", shards, "--weights", weights)
     assert result.returncode == 1 and "not a weights file" in result.stderr
     both = run_cli("predict", "--run", run, "--videos", shards, "--features", shards)
-    assert both.returncode == 1 and "either --features SHARDS/ or --videos PATH" in both.stderr
+    assert both.returncode == 1 and "give either a cache (CACHE/ or --features CACHE/) or --videos PATH" in both.stderr
     manifest = json.loads((shards / "manifest.json").read_text())
     assert manifest["durations"] == {"1.062": 12}  # 17 frames at 16 fps, every video

@@ -4,6 +4,7 @@ synthetic tokens, and equivalence under torch.func.vmap over stacked members (ho
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +13,11 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 from step_cache.probes import (
     PROBES,
+    SHAPE_ARGUMENTS,
     ProbeConfigError,
     ProbeInputError,
     StackableDropout,
+    StepProbe,
     build_probe,
     count_parameters,
     probe_options,
@@ -132,6 +135,27 @@ def test_step_without_frame_pos_and_with_mlp_is_the_self_attentive_probe():
     step.load_state_dict(reference.state_dict())
     # Both run cls_readout over the same blocks, then the same norm and head: the same operations, bit for bit.
     torch.testing.assert_close(step(tokens()), reference(tokens()), rtol=0, atol=0)
+
+
+def test_a_self_attentive_checkpoint_from_before_the_preset_loads_and_computes_the_same():
+    # Written by the SelfAttentiveProbe class of commit 17db002, before the probe became a preset of StepProbe.
+    saved = torch.load(Path(__file__).parent / "data" / "self_attentive_17db002.pt", weights_only=True)
+    probe = build_probe("self-attentive", **saved["shape"], **saved["options"]).eval()
+    probe.load_state_dict(saved["state_dict"])  # strict: the same parameter names and shapes
+    assert isinstance(probe, StepProbe) and probe.frame_pos is None
+    assert probe_options("self-attentive") == {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0, "depth": 1}
+    # The same operations in the same order as the old class: equal but for the CPU's kernels (FORWARD_ATOL).
+    torch.testing.assert_close(probe(saved["tokens"]), saved["logits"], rtol=0, atol=FORWARD_ATOL)
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_every_probe_takes_the_same_shape_keywords(name):
+    shape = {"dim": D, "num_classes": C, "frames": T, "tokens_per_frame": P, "cls_index": 0}
+    assert tuple(shape) == SHAPE_ARGUMENTS
+    with pytest.raises(TypeError, match=r"missing \['frames'\], unexpected \['frame'\]"):
+        PROBES[name](**{**{k: v for k, v in shape.items() if k != "frames"}, "frame": T})
+    with pytest.raises(ProbeConfigError, match=r"cls_index=5 must be None or in \[0, tokens_per_frame=5\)"):
+        PROBES[name](**{**shape, "cls_index": 5})
 
 
 def random_layer_norms(module: torch.nn.Module) -> None:

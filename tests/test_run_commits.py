@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from step_cache.synthetic.tokens import write_token_cache
-from step_cache.training import run_commits, runs, seeds, trainer
+from step_cache.training import run_commits, runs, trainer
+from step_cache.training.stacking import seeds
 from step_cache.training.trainer import train_probe
 
 OPTIONS = {"epochs": 5, "batch_size": 8, "lr": 3e-3, "progress": False, "probe_options": {"dropout": 0.2}}

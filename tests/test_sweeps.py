@@ -19,17 +19,18 @@ from torch import nn
 from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
 from step_cache.probes import ProbeConfigError, build_probe
-from step_cache.stacking import group_by_shape, train_stacked
-from step_cache.stacking.adamw import StackedAdamW
-from step_cache.stacking.engine import StackedRun
-from step_cache.stacking.members import StackedProbes
 from step_cache.sweeps.results import retrain_best, trial_line
 from step_cache.sweeps.space import SweepSpaceError, build_space
 from step_cache.sweeps.storage import has_outcome
 from step_cache.sweeps.study import SweepError, run_batch, run_sweep, trial_config
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import make_config
-from step_cache.training.optimization import WarmupCosine, build_optimizer, build_scheduler, schedule_steps
+from step_cache.training.optimization import WarmupCosine, build_optimizer, build_scheduler
+from step_cache.training.schedule import schedule_steps
+from step_cache.training.stacking import group_by_shape, train_stacked
+from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.members import StackedProbes
+from step_cache.training.stacking.stacked_run import StackedRun
 from step_cache.training.trainer import train_probe
 
 BASE = {"epochs": 5, "batch_size": 8, "progress": False}
@@ -356,7 +357,7 @@ def test_pruned_members_stop_early_are_reported_pruned_and_the_batch_goes_on(cac
     space = build_space("step", ["lr=log:1e-3..1e-2"])
     trials = [study.ask(space.distributions) for _ in range(4)]
     configs = [trial_config("step", BASE, t.params) for t in trials]
-    from step_cache.stacking.shared_data import DataCache
+    from step_cache.training.stacking.shared_data import DataCache
 
     states = run_batch(study, trials, configs, DataCache(open_shards(cache)), "top1", pruning=True)
     assert [s.name for s in states] == ["COMPLETE", "PRUNED", "COMPLETE", "PRUNED"]

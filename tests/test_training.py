@@ -15,7 +15,6 @@ from step_cache.cache.manifest import ManifestError
 from step_cache.cache.shards import ClipRecord, ShardWriter, open_shards, shard_name
 from step_cache.checkpoints import load_state_dict_file
 from step_cache.probes import ProbeConfigError
-from step_cache.stacking import train_stacked
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training import runs
 from step_cache.training.config import TrainConfigError, make_config
@@ -25,6 +24,7 @@ from step_cache.training.metrics import average_by_video
 from step_cache.training.optimization import WarmupCosine, decays
 from step_cache.training.runs import RunError, read_epoch_log
 from step_cache.training.splits import DataError
+from step_cache.training.stacking import train_stacked
 from step_cache.training.token_data import select_tokens
 from step_cache.training.trainer import train_probe
 

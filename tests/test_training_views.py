@@ -17,8 +17,6 @@ from test_training import TIMING, same_run, without
 
 from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
-from step_cache.stacking import group_by_shape, train_stacked
-from step_cache.stacking.shared_data import DataCache
 from step_cache.sweeps.space import SweepSpaceError, build_space
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training import trainer
@@ -26,8 +24,10 @@ from step_cache.training.config import TrainConfigError, make_config
 from step_cache.training.evaluation import evaluate, predict
 from step_cache.training.runs import read_epoch_log
 from step_cache.training.splits import select_splits, shard_splits
+from step_cache.training.stacking import group_by_shape, train_stacked
+from step_cache.training.stacking.shared_data import DataCache
 from step_cache.training.trainer import train_probe
-from step_cache.training.views import clean_rows, epoch_plan, view_table
+from step_cache.training.view_table import clean_rows, epoch_plan, view_table
 
 FAST = {"epochs": 3, "batch_size": 8, "lr": 3e-3, "progress": False}
 # 2 classes (a mirrored pair) x 8 videos x 2 clips, every 4th video a test video, val held out by val_fraction;

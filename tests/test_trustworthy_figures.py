@@ -13,14 +13,14 @@ from step_cache.checkpoints import load_state_dict_file
 from step_cache.report.build import format_comparison, load_run
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import TrainConfigError, make_config
-from step_cache.training.optimization import (
+from step_cache.training.records import headline_metrics, seed_statistics
+from step_cache.training.schedule import (
     AUTO_MIN_EPOCHS,
     AUTO_MIN_STEPS,
     auto_batch_size,
     resolve_schedule,
     schedule_steps,
 )
-from step_cache.training.records import headline_metrics, seed_statistics
 from step_cache.training.trainer import train_probe
 
 FAST = {"epochs": 3, "batch_size": 8, "lr": 3e-3, "progress": False}
@@ -176,8 +176,8 @@ def test_cli_seeds_print_mean_and_std(split_cache, tmp_path):
 
 
 def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(split_cache, tmp_path, monkeypatch):
-    from step_cache.stacking.engine import train_stacked
     from step_cache.training.epoch_loop import NonFiniteLossError
+    from step_cache.training.stacking.stacked_run import train_stacked
 
     with pytest.raises(NonFiniteLossError, match="lower --lr"):
         train_probe(split_cache, "step", tmp_path / "run", seeds=2, **{**FAST, "lr": 1e30})
@@ -187,7 +187,7 @@ def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(sp
     assert diverged.metrics is None and "non-finite" in diverged.diverged and diverged.stopped_after == 0
     assert fine.diverged is None and fine.metrics["stacked_members"] == 2 and len(fine.history) == 3
     # One seed of three diverging (its initial weights non-finite) fails the run with the same clear error.
-    from step_cache.stacking.engine import StackedRun
+    from step_cache.training.stacking.stacked_run import StackedRun
 
     original = StackedRun.__init__
 

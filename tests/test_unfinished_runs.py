@@ -50,7 +50,7 @@ def test_a_seeds_run_killed_with_sigkill_is_called_unfinished_with_resume(cache,
     assert not (run / runs.BEST).exists() and holder(run) is None
     expected = f"{run / runs.BEST}: missing; the run is unfinished ("
     for command in (("evaluate", "--run", run, "--features", cache),
-                    ("predict", "--run", run, "--features", cache, "--out", tmp_path / "p.csv")):  # fmt: skip
+                    ("predict", "--run", run, cache, "--out", tmp_path / "p.csv")):  # fmt: skip
         line = error_line(invoke(*command))
         assert line.startswith(f"error: {expected}"), line
         assert line.endswith("its process stopped): continue it with the command that started it and --resume"), line

@@ -32,12 +32,13 @@ from step_cache.cache.quantize import check_dtype
 from step_cache.cache.shard_file import COMPRESSIONS, ClipRecord
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.cache.writer import CacheWriter, next_shard_index, open_output, recover
+from step_cache.errors import StepCacheError
 
 log = logging.getLogger(__name__)
 _BLOCK_BYTES = 128 * 2**20  # tokens read per step: bounded memory, few HDF5 calls
 
 
-class CompactionError(RuntimeError):
+class CompactionError(StepCacheError, RuntimeError):
     """A compaction that cannot start (same directory, bad option) or was stopped."""
 
 

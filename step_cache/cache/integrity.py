@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from step_cache.cache.files import atomic_write_text, file_sha256
 from step_cache.cache.manifest import ShardRecord
+from step_cache.errors import StepCacheError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ CHECKED_NAME = ".checked.json"
 _CHECKED_FORMAT = "step-cache-checked"
 
 
-class ShardError(ValueError):
+class ShardError(StepCacheError, ValueError):
     """A shard file that is missing, incomplete, or does not match its manifest."""
 
 

@@ -17,14 +17,16 @@ import socket
 import time
 from pathlib import Path
 
+from step_cache.errors import StepCacheError
+
 LOCK_NAME = ".lock"
 
 
-class LockedError(RuntimeError):
+class LockedError(StepCacheError, RuntimeError):
     """Another live process is writing to the same directory."""
 
 
-class NotWritableError(RuntimeError):
+class NotWritableError(StepCacheError, RuntimeError):
     """The directory cannot be written to (its permissions, or a read-only file system)."""
 
 

@@ -1,8 +1,7 @@
-"""The manifest of a shard directory (``OUT/manifest.json``): what was extracted, how, and where.
-
-The manifest is a public contract documented in ``docs/shard-format.md``. It is versioned; older versions are
-upgraded on read where possible, newer ones are refused with a clear message. It is always replaced atomically,
-so a reader sees either the previous or the next complete manifest, never a half-written one.
+"""The manifest of a cache (``OUT/manifest.json``): what was extracted, how, and where. A public contract
+(``docs/shard-format.md``), versioned: older versions are upgraded on read where possible, newer ones are refused
+with a clear message. It is always replaced atomically, so a reader sees either the previous or the next complete
+manifest, never a half-written one.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import numpy as np
 from step_cache.cache.files import atomic_write_text, now_iso
 from step_cache.cache.quantize import TOKEN_DTYPES, is_quantized, read_dtype, token_bytes
 from step_cache.cache.sealing import seal, seal_problem
+from step_cache.errors import StepCacheError
 
 FORMAT_NAME = "step-cache-shards"
 FORMAT_VERSION = 4  # the newest version this step-cache reads and writes (2: int8; 3: views; 4: several roots)
@@ -29,7 +29,7 @@ MANIFEST_NAME = "manifest.json"
 DEFAULT_DECODER = "decord"
 
 
-class ManifestError(ValueError):
+class ManifestError(StepCacheError, ValueError):
     """A manifest that is missing, unreadable, of an unknown version, or incompatible with another."""
 
 

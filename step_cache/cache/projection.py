@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from step_cache.cache.files import fsync_dir
+from step_cache.errors import InputError
 
 PROJECTION_NAME = "projection.npy"
 
@@ -70,9 +71,9 @@ def fit_pca(vectors: np.ndarray, k: int, *, fit_clips: int, seed: int) -> Projec
     x = np.asarray(vectors, dtype=np.float64)
     n, dim = x.shape
     if not 1 <= k < dim:
-        raise ValueError(f"--project {k}: choose 1..{dim - 1} components (the tokens have width {dim})")
+        raise InputError(f"--project {k}: choose 1..{dim - 1} components (the tokens have width {dim})")
     if n < 2:
-        raise ValueError("--project: the cache has too few training tokens to fit a projection")
+        raise InputError("--project: the cache has too few training tokens to fit a projection")
     mean = x.mean(axis=0)
     centred = x - mean
     covariance = centred.T @ centred / (n - 1)
@@ -89,7 +90,7 @@ def sample_training_clips(labels: np.ndarray, splits: np.ndarray, count: int, se
     """Up to ``count`` labelled training clips (split ``train`` or empty), drawn with ``seed``, sorted."""
     candidates = np.nonzero((labels >= 0) & np.isin(splits, ["train", ""]))[0]
     if len(candidates) == 0:
-        raise ValueError("--project: the cache has no training clips (labelled, split 'train' or empty) to fit on")
+        raise InputError("--project: the cache has no training clips (labelled, split 'train' or empty) to fit on")
     chosen = np.random.default_rng(seed).choice(candidates, size=min(count, len(candidates)), replace=False)
     return np.sort(chosen)
 

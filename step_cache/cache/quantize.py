@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from step_cache.errors import InputError
+
 TOKEN_DTYPES = ("float16", "float32", "int8")
 SCALE_DTYPE = np.float16
 _LEVELS = 127  # symmetric: -127..127, so -x quantizes to -q
@@ -20,7 +22,7 @@ _LEVELS = 127  # symmetric: -127..127, so -x quantizes to -q
 
 def check_dtype(dtype: str) -> str:
     if dtype not in TOKEN_DTYPES:
-        raise ValueError(f"token dtype must be one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
+        raise InputError(f"token dtype must be one of {', '.join(TOKEN_DTYPES)}, got {dtype!r}")
     return dtype
 
 

@@ -256,17 +256,27 @@ def open_shards(directories: str | Path | Sequence[str | Path], check: bool = Tr
     return ShardSet(list(directories), check=check, progress=progress)
 
 
+CacheInput = str | Path | Sequence[str | Path] | ShardSet  # a cache as the library's functions take it
+
+
+def as_shards(cache: CacheInput) -> ShardSet:
+    """``cache`` opened for reading (one or more cache directories, ``open_shards``), or as it is when open."""
+    return cache if isinstance(cache, ShardSet) else open_shards(cache)
+
+
 __all__ = [
     "COMPRESSIONS",
     "METADATA",
     "STRING",
     "VIEW_METADATA",
+    "CacheInput",
     "ClipRecord",
     "IntegrityError",
     "ManifestError",
     "ShardError",
     "ShardSet",
     "ShardWriter",
+    "as_shards",
     "check_compatible",
     "compression_filter",
     "file_sha256",

@@ -36,12 +36,13 @@ from step_cache.cache.shard_file import (
     read_shard_settings,
     shard_name,
 )
+from step_cache.errors import StepCacheError
 
 log = logging.getLogger(__name__)
 _SHARD_FILE = re.compile(r"^shard-(?P<index>\d+)\.h5$")
 
 
-class ExtractionError(RuntimeError):
+class ExtractionError(StepCacheError, RuntimeError):
     """Extraction cannot start or was stopped (settings mismatch, --strict failure, write error)."""
 
 

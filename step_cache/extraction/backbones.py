@@ -15,14 +15,15 @@ import torch.nn.functional as F
 from step_cache.cache.files import file_sha256
 from step_cache.cache.manifest import TokenLayout
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
+from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import Preprocessing
 
 
-class BackboneError(ValueError):
+class BackboneError(StepCacheError, ValueError):
     """An unknown backbone name or unusable backbone settings."""
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(StepCacheError, RuntimeError):
     """Pretrained weights were asked for but cannot be obtained (typically: offline)."""
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from step_cache.errors import StepCacheError
 from step_cache.extraction.decoder_errors import counting_decoder_errors
 from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
 from step_cache.extraction.preprocess import Preprocessing
@@ -108,7 +109,7 @@ def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, 
         import torch
 
         # torchcodec copies frames with torch ops: intra-op threads in every worker (one per core) spin against each
-        # other and the backbone (6x slower dense decoding measured on 2 busy cores); workers parallelise already.
+        # other and the backbone (measured: docs/performance.md, "Video decoders"); workers parallelise already.
         torch.set_num_threads(1)
     # Fault injection for tests: die like a segfaulting decoder on files whose path ends with this text.
     crash_on = os.environ.get("STEP_CACHE_TEST_CRASH_ON")
@@ -131,7 +132,7 @@ def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, 
         results.send(decode_task(message, frames, clips, preprocessing, decoder))
 
 
-class DecodeWorkerError(RuntimeError):
+class DecodeWorkerError(StepCacheError, RuntimeError):
     """Decode workers cannot run at all (they exit before decoding anything), so every video would fail."""
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from step_cache.errors import StepCacheError
 from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask, guarded_decode
 from step_cache.extraction.decoders import decoder_spec
 from step_cache.extraction.device_preprocess import check_device_preprocessing, resize_and_crop_tensor
@@ -34,7 +35,7 @@ from step_cache.extraction.video import decode_clips_on_device
 DEVICE_TYPES = ("cuda",)  # where an on-device decoder may run (the tests add "cpu" to run this path on the CPU)
 
 
-class DeviceDecodeError(ValueError):
+class DeviceDecodeError(StepCacheError, ValueError):
     """An on-device decoder asked for where it cannot run (no CUDA device, or a resize torch cannot reproduce)."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import Preprocessing
 
 # timm's interpolation names -> torch's antialiased ones, which follow PIL's filters. Nearest is left out: torch's
@@ -18,7 +19,7 @@ from step_cache.extraction.preprocess import Preprocessing
 TORCH_MODES = {"bilinear": "bilinear", "bicubic": "bicubic"}
 
 
-class DevicePreprocessingError(ValueError):
+class DevicePreprocessingError(StepCacheError, ValueError):
     """A preprocessing torch cannot reproduce on the device (PIL's nearest, box, hamming and lanczos filters)."""
 
 

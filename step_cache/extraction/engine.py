@@ -32,11 +32,11 @@ from step_cache.extraction.backbones import Backbone, load_backbone, resolve_bac
 from step_cache.extraction.decode_pool import DecodePool, DecodeTask
 from step_cache.extraction.decoders import DECODERS, DEFAULT_DECODER, decoder_settings
 from step_cache.extraction.device_decode import open_decode_pool
+from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.parts import part_directory, partition
 from step_cache.extraction.quick_check import already_complete, quick_check, request_record
-from step_cache.extraction.records import video_records
-from step_cache.extraction.report import ExtractReport
+from step_cache.extraction.video_rows import video_records
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings, gets_views
 from step_cache.stopping import raise_if_stopping
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from step_cache.catalog import VideoItem
+from step_cache.errors import InputError
 
 PARTS_DIR = "parts"
 
@@ -22,7 +23,7 @@ def part_of(key: str, num_parts: int) -> int:
 
 def partition(items: Sequence[VideoItem], num_parts: int, part: int) -> list[VideoItem]:
     if num_parts < 1 or not 0 <= part < num_parts:
-        raise ValueError(f"--part must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part}")
+        raise InputError(f"--part must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part}")
     return [item for item in items if part_of(item.key, num_parts) == part]
 
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from step_cache.errors import StepCacheError
+
 if TYPE_CHECKING:
     import torch
 
@@ -30,7 +32,7 @@ CROP_MODES = ("center", "squash", "border")
 DEFAULT_CROP_PCT = 0.875  # timm's, when a config gives none
 
 
-class PreprocessingError(ValueError):
+class PreprocessingError(StepCacheError, ValueError):
     """A data config that timm's eval transform would not accept either."""
 
 

@@ -26,7 +26,7 @@ from step_cache.cache.writer import ExtractionError, finished_keys, resume_refus
 from step_cache.catalog import VideoItem
 from step_cache.extraction.backbones import resolve_backbone
 from step_cache.extraction.decoders import decoder_settings
-from step_cache.extraction.report import ExtractReport
+from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.views import ViewSettings
 
 log = logging.getLogger(__name__)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from step_cache.errors import InputError
+
 
 def segment_indices(num_frames: int, frames: int, clips: int = 1, start: int = 0) -> np.ndarray:
     """Frame numbers (clips, frames) sampled uniformly over ``[start, start + num_frames)``.
@@ -13,9 +15,9 @@ def segment_indices(num_frames: int, frames: int, clips: int = 1, start: int = 0
     and together cover the video evenly (multi-view evaluation). Videos shorter than ``frames`` repeat frames.
     """
     if num_frames < 1:
-        raise ValueError(f"cannot sample from a video with {num_frames} frames")
+        raise InputError(f"cannot sample from a video with {num_frames} frames")
     if frames < 1 or clips < 1:
-        raise ValueError(f"frames and clips must be >= 1, got frames={frames}, clips={clips}")
+        raise InputError(f"frames and clips must be >= 1, got frames={frames}, clips={clips}")
     segment = num_frames / frames
     offsets = (np.arange(clips)[:, None] + 0.5) / clips  # (clips, 1) position inside each segment
     positions = (np.arange(frames)[None, :] + offsets) * segment

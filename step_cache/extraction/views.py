@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import _PIL_MODES, Preprocessing
 
 # V-JEPA's frozen-evaluation training crops (its eval configs: random_resize_scale 0.3-1.0, aspect 0.75-1.35):
@@ -39,7 +40,7 @@ VIEW_SPLITS = ("train", "")  # videos that get views; "" (no split): training ma
 _CROP_TRIES = 10  # timm / torchvision RandomResizedCrop
 
 
-class ViewError(ValueError):
+class ViewError(StepCacheError, ValueError):
     """View options that cannot be used (bad ranges, an unknown class in the flip pairs)."""
 
 

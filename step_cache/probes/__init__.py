@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from step_cache.probes.attentive import AttentiveProbe
-from step_cache.probes.layers import ProbeConfigError, ProbeInputError, StackableDropout
+from step_cache.probes.layers import SHAPE_ARGUMENTS, ProbeConfigError, ProbeInputError, ProbeShape, StackableDropout
 from step_cache.probes.linear import LinearProbe
 from step_cache.probes.self_attentive import SelfAttentiveProbe
 from step_cache.probes.step import StepProbe
@@ -20,10 +20,12 @@ from step_cache.probes.vjepa import attentive_from_vjepa
 
 __all__ = [
     "PROBES",
+    "SHAPE_ARGUMENTS",
     "AttentiveProbe",
     "LinearProbe",
     "ProbeConfigError",
     "ProbeInputError",
+    "ProbeShape",
     "SelfAttentiveProbe",
     "StackableDropout",
     "StepProbe",
@@ -48,9 +50,6 @@ _OLD_ATTENTIVE = (
     "projection and a final LayerNorm), which this step-cache no longer builds; train it again"
 )
 
-# Constructor arguments that describe the cache rather than the probe: not options.
-_SHAPE_ARGUMENTS = ("dim", "num_classes", "frames", "tokens_per_frame", "cls_index")
-
 
 def _probe_class(name: str) -> type[nn.Module]:
     try:
@@ -61,12 +60,13 @@ def _probe_class(name: str) -> type[nn.Module]:
 
 def probe_options(name: str) -> dict[str, Any]:
     """The options probe ``name`` accepts, each with its default (``num_heads=None`` means D // 64)."""
-    parameters = inspect.signature(_probe_class(name).__init__).parameters
-    return {
+    probe = _probe_class(name)
+    own = {
         key: parameter.default
-        for key, parameter in parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in _SHAPE_ARGUMENTS
+        for key, parameter in inspect.signature(probe.__init__).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and key not in SHAPE_ARGUMENTS
     }
+    return {**getattr(probe, "shared_options", {}), **own}  # the attention probes' num_heads, dropout, mlp_ratio
 
 
 def recorded_options(name: str, options: dict[str, Any], origin: str = "run") -> dict[str, Any]:

@@ -14,52 +14,43 @@ benchmark (docs/training.md), so those are gone, and runs trained with it are re
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from step_cache.probes.layers import (
+    AttentionProbe,
+    AttentionProbeArguments,
     Block,
     StackableDropout,
     as_dtype_of,
-    check_probe_shape,
     check_tokens,
     init_probe_weights,
-    resolve_num_heads,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-class AttentiveProbe(nn.Module):
-    def __init__(
-        self,
-        *,
-        dim: int,
-        num_classes: int,
-        frames: int,
-        tokens_per_frame: int,
-        cls_index: int | None,
-        num_heads: int | None = None,
-        dropout: float = 0.0,
-        mlp_ratio: float = 4.0,
-        output_projection: bool = False,
-    ) -> None:
+
+class AttentiveProbe(AttentionProbe):
+    def __init__(self, *, output_projection: bool = False, **kwargs: Unpack[AttentionProbeArguments]) -> None:
         super().__init__()
-        check_probe_shape(
-            dim=dim, num_classes=num_classes, frames=frames, tokens_per_frame=tokens_per_frame, cls_index=cls_index
-        )
+        shape, options = self.split_arguments(kwargs)
+        dim, dropout = shape["dim"], options["dropout"]
         self.dim = dim
         self.query = nn.Parameter(torch.zeros(1, 1, dim))
         # The query sits outside the context, so this block is a cross-attention block (+ MLP).
         self.block = Block(
             dim,
-            resolve_num_heads(dim, num_heads),
+            options["num_heads"],
             mlp=True,
-            mlp_ratio=mlp_ratio,
+            mlp_ratio=options["mlp_ratio"],
             dropout=dropout,
             output_projection=output_projection,
         )
         self.head_drop = StackableDropout(dropout)
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(dim, shape["num_classes"])
         # V-JEPA's pooler init: trunc-normal (std 0.02) weights and query, zero biases, unit LayerNorms; then the
         # residual branches' last weights divided by sqrt(2 · layer_id), layer_id = 1 for the one block. The head
         # is created outside the pooler and keeps PyTorch's default Linear init.

@@ -8,18 +8,22 @@ passes have no data-dependent Python control flow, and randomness comes from ``t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, TypedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from step_cache.errors import StepCacheError
 from step_cache.probes.pooling import attention_pool
 
 
-class ProbeConfigError(ValueError):
+class ProbeConfigError(StepCacheError, ValueError):
     """A probe was asked for with an unknown name, an unknown option or an invalid value."""
 
 
-class ProbeInputError(ValueError):
+class ProbeInputError(StepCacheError, ValueError):
     """Tokens handed to a probe do not have the shape it was built for."""
 
 
@@ -212,12 +216,62 @@ def init_probe_weights(module: nn.Module) -> None:
             nn.init.zeros_(sub.bias)
 
 
-def check_probe_shape(*, dim: int, num_classes: int, frames: int, tokens_per_frame: int, cls_index: int | None) -> None:
-    """Validate the shape arguments every probe constructor takes."""
-    for name, value in (("dim", dim), ("num_classes", num_classes), ("frames", frames)):
-        if value < 1:
-            raise ProbeConfigError(f"{name}={value} must be at least 1")
+class ProbeShape(TypedDict):
+    """The cache's token layout a probe is built for: the keyword arguments every probe constructor takes (as
+    ``**shape``) besides its options. Tokens are (B, T=frames, P=tokens_per_frame, D=dim); ``cls_index`` is the CLS
+    token's place among a frame's P tokens (None: the tokens have none); C=num_classes."""
+
+    dim: int
+    num_classes: int
+    frames: int
+    tokens_per_frame: int
+    cls_index: int | None
+
+
+SHAPE_ARGUMENTS = tuple(ProbeShape.__annotations__)
+
+
+def check_probe_shape(shape: Mapping[str, Any]) -> ProbeShape:
+    """``shape`` (a probe constructor's ``**shape``) checked: every shape argument given, no other, each valid."""
+    missing = [name for name in SHAPE_ARGUMENTS if name not in shape]
+    unknown = sorted(set(shape) - set(SHAPE_ARGUMENTS))
+    if missing or unknown:  # what Python says of a missing or unexpected keyword argument
+        raise TypeError(f"probe shape: missing {missing or 'nothing'}, unexpected {unknown or 'nothing'}")
+    for name in ("dim", "num_classes", "frames"):
+        if shape[name] < 1:
+            raise ProbeConfigError(f"{name}={shape[name]} must be at least 1")
+    tokens_per_frame, cls_index = shape["tokens_per_frame"], shape["cls_index"]
     if tokens_per_frame < 1:
         raise ProbeConfigError(f"tokens_per_frame={tokens_per_frame} must be at least 1")
     if cls_index is not None and not 0 <= cls_index < tokens_per_frame:
         raise ProbeConfigError(f"cls_index={cls_index} must be None or in [0, tokens_per_frame={tokens_per_frame})")
+    return ProbeShape(**{name: shape[name] for name in SHAPE_ARGUMENTS})
+
+
+class AttentionOptions(TypedDict, total=False):
+    """The options every attention probe (attentive, self-attentive, STEP) takes, defaults in ATTENTION_DEFAULTS."""
+
+    num_heads: int | None
+    dropout: float
+    mlp_ratio: float
+
+
+class AttentionProbeArguments(ProbeShape, AttentionOptions):
+    """An attention probe constructor's ``**kwargs``: the shape and the shared options."""
+
+
+ATTENTION_DEFAULTS: dict[str, Any] = {"num_heads": None, "dropout": 0.0, "mlp_ratio": 4.0}  # heads None: D // 64
+
+
+class AttentionProbe(nn.Module):
+    """The base of the attention probes (attentive, self-attentive, STEP): the options they share, declared once."""
+
+    shared_options = ATTENTION_DEFAULTS  # probes.probe_options lists them before a probe's own options
+
+    @staticmethod
+    def split_arguments(kwargs: Mapping[str, Any]) -> tuple[ProbeShape, dict[str, Any]]:
+        """A constructor's ``**kwargs`` as its checked shape and the shared options (defaults filled in, the number
+        of heads resolved for the width)."""
+        shape = check_probe_shape({k: v for k, v in kwargs.items() if k not in ATTENTION_DEFAULTS})
+        options = {name: kwargs.get(name, default) for name, default in ATTENTION_DEFAULTS.items()}
+        return shape, {**options, "num_heads": resolve_num_heads(shape["dim"], options["num_heads"])}

@@ -8,29 +8,36 @@ addition: DINOv2 has none) and read by one Linear layer initialised as DINOv2's 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
-from step_cache.probes.layers import ProbeConfigError, StackableDropout, as_dtype_of, check_probe_shape, check_tokens
+from step_cache.probes.layers import (
+    ProbeConfigError,
+    ProbeShape,
+    StackableDropout,
+    as_dtype_of,
+    check_probe_shape,
+    check_tokens,
+)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 
 class LinearProbe(nn.Module):
     def __init__(
         self,
         *,
-        dim: int,
-        num_classes: int,
-        frames: int,
-        tokens_per_frame: int,
-        cls_index: int | None,
         dropout: float = 0.0,
         avgpool: bool = False,
         layer_norm: bool = True,
+        **shape: Unpack[ProbeShape],
     ) -> None:
         super().__init__()
-        check_probe_shape(
-            dim=dim, num_classes=num_classes, frames=frames, tokens_per_frame=tokens_per_frame, cls_index=cls_index
-        )
+        shape = check_probe_shape(shape)
+        dim, tokens_per_frame, cls_index = shape["dim"], shape["tokens_per_frame"], shape["cls_index"]
         if avgpool and (cls_index is None or tokens_per_frame < 2):
             raise ProbeConfigError(
                 "avgpool=True concatenates the CLS token with the mean of the patch tokens: it needs both in the "
@@ -43,7 +50,7 @@ class LinearProbe(nn.Module):
         width = 2 * dim if avgpool else dim
         self.norm = nn.LayerNorm(width) if layer_norm else None
         self.head_drop = StackableDropout(dropout)
-        self.head = nn.Linear(width, num_classes)
+        self.head = nn.Linear(width, shape["num_classes"])
         nn.init.normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
 

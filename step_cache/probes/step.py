@@ -8,62 +8,59 @@ changes, each a switch so the paper's ablations can be reproduced (see docs/step
 3. ``mlp=False``: the simplified block — our reading: the attention sub-layer alone, without the MLP, which is
    about 1/3 of a full block's parameters. ``mlp=True`` restores the full block.
 
-With ``frame_pos=False, mlp=True`` it computes the same function as the self-attentive probe.
+With ``frame_pos=False, mlp=True`` it is the self-attentive probe (``self_attentive.py``: that preset).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from step_cache.probes.layers import (
+    AttentionProbe,
+    AttentionProbeArguments,
     Block,
     ProbeConfigError,
     StackableDropout,
     as_dtype_of,
-    check_probe_shape,
     check_tokens,
     cls_readout,
     init_probe_weights,
-    resolve_num_heads,
 )
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
-class StepProbe(nn.Module):
+
+class StepProbe(AttentionProbe):
     def __init__(
         self,
         *,
-        dim: int,
-        num_classes: int,
-        frames: int,
-        tokens_per_frame: int,
-        cls_index: int | None,
-        num_heads: int | None = None,
-        dropout: float = 0.0,
-        mlp_ratio: float = 4.0,
         frame_pos: bool = True,
         global_cls: bool = True,
         mlp: bool = False,
         depth: int = 1,
+        **kwargs: Unpack[AttentionProbeArguments],
     ) -> None:
         super().__init__()
-        check_probe_shape(
-            dim=dim, num_classes=num_classes, frames=frames, tokens_per_frame=tokens_per_frame, cls_index=cls_index
-        )
+        shape, options = self.split_arguments(kwargs)
+        dim, frames, dropout = shape["dim"], shape["frames"], options["dropout"]
         if depth < 1:
             raise ProbeConfigError(f"depth={depth} must be at least 1")
         self.dim = dim
         self.frames = frames
-        heads = resolve_num_heads(dim, num_heads)
+        heads = options["num_heads"]
         # Row t is added to every token of frame t.
         self.frame_pos = nn.Parameter(torch.zeros(frames, dim)) if frame_pos else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if global_cls else None
         self.blocks = nn.ModuleList(
-            Block(dim, heads, mlp=mlp, mlp_ratio=mlp_ratio, dropout=dropout) for _ in range(depth)
+            Block(dim, heads, mlp=mlp, mlp_ratio=options["mlp_ratio"], dropout=dropout) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
         self.head_drop = StackableDropout(dropout)
-        self.head = nn.Linear(dim, num_classes)
+        self.head = nn.Linear(dim, shape["num_classes"])
         init_probe_weights(self)
         # Random (not zero) so that even an untrained probe tells frame orders apart.
         for embedding in (self.frame_pos, self.cls_token):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from step_cache.errors import InputError
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.stream import WindowRunner
 from step_cache.recognition.windows import WindowPlan, plan_windows
@@ -84,7 +85,7 @@ class Recognizer:
         frame = np.asarray(frame)
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or 0 in frame.shape[:2]:
             empty = " (an empty frame)" if frame.size == 0 else ""
-            raise ValueError(
+            raise InputError(
                 f"Recognizer.push: a frame must be (H, W, 3) RGB uint8 with H, W >= 1, got {frame.shape} "
                 f"{frame.dtype}{empty}"
             )

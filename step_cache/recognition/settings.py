@@ -14,11 +14,12 @@ from typing import Any
 
 from step_cache.cache.files import file_sha256
 from step_cache.cache.manifest import ManifestError, extraction_differences, read_manifest
+from step_cache.errors import StepCacheError
 from step_cache.extraction.backbones import Backbone, load_backbone
 from step_cache.extraction.engine import ExtractOptions, extraction_settings
 
 
-class RunSettingsError(ValueError):
+class RunSettingsError(StepCacheError, ValueError):
     """The run's recorded extraction settings cannot be rebuilt here (missing or mismatched weights...)."""
 
 

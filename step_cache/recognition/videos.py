@@ -20,6 +20,7 @@ from pathlib import Path
 from step_cache.cache.compact import compact
 from step_cache.cache.manifest import Failure, ManifestError, read_manifest
 from step_cache.catalog import VIDEO_EXTENSIONS, CatalogError, VideoItem
+from step_cache.errors import InputError
 from step_cache.extraction.engine import ExtractionError, extract
 from step_cache.recognition.settings import compaction, extract_options
 from step_cache.training import runs
@@ -85,7 +86,7 @@ def predict_videos(
     file, a folder (``<class>/`` sub-folders fill ``label``), or the rows of ``annotations`` (paths relative to
     ``videos``). Unreadable videos are skipped and returned with their reason."""
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InputError(f"top_k must be >= 1, got {top_k}")
     record = runs.read_config(run_dir)
     usable_checkpoint(run_dir)  # a failed run or a foreign checkpoint is refused before any video is decoded
     options = extract_options(record, weights)  # checks the weights before any video is decoded

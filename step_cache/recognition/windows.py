@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from step_cache.errors import StepCacheError
 from step_cache.extraction.sampling import segment_indices
 
 
-class WindowError(ValueError):
+class WindowError(StepCacheError, ValueError):
     """Window settings that cannot work (no window length known, a stride below one frame...)."""
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from step_cache.errors import StepCacheError
 from step_cache.extras import require
 from step_cache.report.document import Block, Heading, Image, Paragraph, Table, to_html, to_markdown
 from step_cache.training import runs as run_files
@@ -31,7 +32,7 @@ COLUMNS = [
 ]
 
 
-class ReportError(ValueError):
+class ReportError(StepCacheError, ValueError):
     """A run directory that cannot be reported (not a run, or a run that never finished)."""
 
 

@@ -16,13 +16,13 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import Trial, TrialState
 
-from step_cache.stacking.engine import MemberResult, train_stacked
-from step_cache.stacking.shared_data import DataCache
 from step_cache.sweeps.distinct import is_duplicate
 from step_cache.sweeps.results import SUMMARY_KEYS
 from step_cache.sweeps.search import METRICS
 from step_cache.sweeps.storage import requeue
 from step_cache.training.config import TrainConfig
+from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import MemberResult, train_stacked
 
 log = logging.getLogger(__name__)
 

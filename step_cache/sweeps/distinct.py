@@ -22,6 +22,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 
+from step_cache.sweeps.search import SweepError
 from step_cache.sweeps.storage import DUPLICATE, has_outcome, is_skipped
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def ask_distinct(
         skip(study, trial, holder)
         if exhausted(study, size):
             return None
-    raise RuntimeError(f"no configuration not yet tried was found in {2 * ASKS} asks")
+    raise SweepError(f"no configuration not yet tried was found in {2 * ASKS} asks")
 
 
 def _ask(study: optuna.Study, distributions: dict[str, BaseDistribution]) -> Trial:

@@ -32,8 +32,9 @@ from step_cache.sweeps.search import SweepError
 from step_cache.sweeps.space import SearchSpace
 from step_cache.sweeps.storage import JOURNAL, SweepStorage, has_outcome, is_skipped
 from step_cache.training import runs
-from step_cache.training.config import LOCAL_FIELDS, TrainConfig, with_config_defaults
+from step_cache.training.config import LOCAL_FIELDS, TrainConfig
 from step_cache.training.metrics import format_percent
+from step_cache.training.run_record import with_config_defaults
 from step_cache.training.trainer import TrainResult, train_probe
 
 TRIALS_JSON, TRIALS_CSV, BEST_JSON, BEST_RUN = "trials.json", "trials.csv", "best.json", "best-run"

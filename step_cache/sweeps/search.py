@@ -9,6 +9,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
+from step_cache.errors import StepCacheError
 from step_cache.sweeps.space import SearchSpace
 
 # objective -> (direction, key of the per-epoch record reported to the pruner)
@@ -23,7 +24,7 @@ SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none", "hyperband")
 
 
-class SweepError(ValueError):
+class SweepError(StepCacheError, ValueError):
     """Sweep settings that cannot work (unknown sampler / pruner / metric, a study made with other settings)."""
 
 

@@ -34,28 +34,20 @@ from typing import Any
 
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
+from step_cache.errors import StepCacheError
 from step_cache.probes import probe_options
+from step_cache.training.config import setting_names, value_type
 from step_cache.training.token_data import TOKEN_SUBSETS
-from step_cache.training.views import VIEW_MODES
+from step_cache.training.view_table import VIEW_MODES
 
 
-class SweepSpaceError(ValueError):
+class SweepSpaceError(StepCacheError, ValueError):
     """A search space that names an unknown parameter, has a malformed range or searches nothing."""
 
 
 ALIASES = {"wd": "weight_decay", "ls": "label_smoothing", "warmup": "warmup_epochs", "heads": "num_heads"}
-TRAINING_PARAMS: dict[str, type] = {
-    "lr": float,
-    "weight_decay": float,
-    "warmup_epochs": float,
-    "label_smoothing": float,
-    "clip_grad": float,
-    "batch_size": int,
-    "tokens": str,
-    "token_drop": float,
-    "reverse_pairs": float,
-    "views": str,
-}
+# The TrainConfig fields a sweep may search (their Setting says so), each with its value type.
+TRAINING_PARAMS: dict[str, type] = {name: value_type(name) for name in setting_names(searchable=True)}
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _RANGE = re.compile(rf"^(?P<log>log:)?(?P<low>{_NUMBER})\.\.(?P<high>{_NUMBER})(?::(?P<step>{_NUMBER}))?$")
 

@@ -31,6 +31,8 @@ import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
+from step_cache.errors import InputError
+
 log = logging.getLogger(__name__)
 
 JOURNAL = "study.journal"
@@ -144,7 +146,7 @@ def redact(url: str) -> str:
 def open_storage(url: str | None, out: Path, heartbeat: int) -> SweepStorage:
     """The journal in ``out`` (``url`` None; the caller holds ``out``'s lock) or the RDB at ``url``."""
     if heartbeat < 1:
-        raise ValueError(f"--heartbeat must be a whole number of seconds >= 1, got {heartbeat}")
+        raise InputError(f"--heartbeat must be a whole number of seconds >= 1, got {heartbeat}")
     if url is None:
         path = out / JOURNAL
         _repair_journal(path)

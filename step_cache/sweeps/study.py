@@ -29,8 +29,6 @@ from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
-from step_cache.stacking.grouping import group_by_shape
-from step_cache.stacking.shared_data import DataCache
 from step_cache.sweeps.batch import run_batch, worker_name
 from step_cache.sweeps.distinct import ask_distinct, exhausted, space_size
 from step_cache.sweeps.results import (
@@ -53,8 +51,11 @@ from step_cache.sweeps.storage import (
     open_storage,
     requeue_stale,
 )  # fmt: skip
-from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config, with_config_defaults
-from step_cache.training.run_data import resolve_pairs, token_subset
+from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
+from step_cache.training.run_data import probe_shape, resolve_pairs, token_subset
+from step_cache.training.run_record import with_config_defaults
+from step_cache.training.stacking.grouping import group_by_shape
+from step_cache.training.stacking.shared_data import DataCache
 from step_cache.training.token_data import select_tokens
 from step_cache.training.trainer import TrainResult
 
@@ -100,15 +101,7 @@ def validate_space(space: SearchSpace, probe: str, options: dict[str, Any], shar
                 config = trial_config(probe, options, {**space.fixed, name: value})
                 selection = select_tokens(shards.layout, token_subset(config, shards))
                 with torch.device("meta"):
-                    build_probe(
-                        probe,
-                        dim=shards.layout.dim,
-                        num_classes=len(shards.classes),
-                        frames=shards.manifest.frames,
-                        tokens_per_frame=selection.tokens_per_frame,
-                        cls_index=selection.cls_index,
-                        **config.probe_options,
-                    )
+                    build_probe(probe, **probe_shape(shards, selection), **config.probe_options)
             except SweepSpaceError:
                 raise
             except ValueError as error:

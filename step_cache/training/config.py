@@ -1,71 +1,198 @@
-"""``TrainConfig``: the hyperparameters of a probe training run, their checks, and the reproducible record of a
-run written to ``config.json``."""
+"""``TrainConfig``: the hyperparameters of a probe training run, each declared once with its default and its
+``Setting`` (help, bounds, which commands offer it, how sweeps, stacks and ``--resume`` treat it), and their checks.
+Without torch, so the command line can build its options from it quickly; the record a run writes to
+``config.json`` is ``run_record.py``'s."""
 
 from __future__ import annotations
 
-import json
 import math
-import platform
-import sys
-import time
-from collections.abc import Collection
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, get_args, get_type_hints
 
-import h5py
-import numpy as np
-import torch
+from step_cache.errors import StepCacheError
+from step_cache.training.early_stopping import MIN_PATIENCE, PATIENCE_SHARE, resolve_patience
+from step_cache.training.schedule import (
+    AUTO_BATCH_RANGE,
+    AUTO_BATCHES_PER_EPOCH,
+    AUTO_MIN_EPOCHS,
+    AUTO_MIN_STEPS,
+    resolve_schedule,
+)
 
-from step_cache import __version__
-from step_cache.cpu_budget import recorded_threads
-from step_cache.training.early_stopping import resolve_patience
-from step_cache.training.optimization import default_lr, resolve_schedule, schedule_steps
-from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
-from step_cache.training.views import VIEW_MODES
+# Peak learning rate when none is given, per probe (the others: FALLBACK_LR); measured in docs/training.md, "Default
+# schedule".
+DEFAULT_LR = {"linear": 1e-2}
+FALLBACK_LR = 1e-3
 
 
-class TrainConfigError(ValueError):
+def default_lr(probe: str) -> float:
+    return DEFAULT_LR.get(probe, FALLBACK_LR)
+
+
+class TrainConfigError(StepCacheError, ValueError):
     """A training option that is unknown or out of range."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a ``TrainConfig`` field means to its users, declared once beside its default: the help of its command-line
+    option and the option's bounds, the commands that offer it, and how sweeps, stacks and ``--resume`` treat it.
+    The train-probe and sweep options (``cli/options.py``), the sweep space (``sweeps/space.py``), the stack grouping
+    (``stacking/grouping.py``) and ``EXECUTION_FIELDS`` are derived from these."""
+
+    help: str
+    flags: tuple[str, ...] = ()  # the option's spellings, when not --field-name
+    min: float | None = None  # the option's bounds (make_config checks the Python API's values)
+    max: float | None = None
+    commands: tuple[str, ...] = ("train-probe", "sweep")  # the commands with an option for it
+    searchable: bool = False  # a sweep may search it (--param NAME=SPEC)
+    member: bool = False  # each member of a stack has its own (the others must be shared: stacking/grouping.py)
+    execution: bool = False  # changes only how fast a run goes (on CPU never its figures): --resume may change it
+
+
+def setting(default: Any, help: str, **meta: Any) -> Any:
+    """A ``TrainConfig`` field: its default and its ``Setting``."""
+    return field(default=default, metadata={"setting": Setting(help, **meta)})
+
+
+TRAIN_ONLY = ("train-probe",)
+NO_OPTION: tuple[str, ...] = ()
+# The flags the settings of one kind share: a stack member's own hyperparameters, and the token-space augmentations.
+MEMBER_OWN: dict[str, Any] = {"commands": TRAIN_ONLY, "searchable": True, "member": True}
+AUGMENTATION: dict[str, Any] = {"commands": TRAIN_ONLY, "searchable": True}
+_LR_HELP = ", ".join(f"{lr:g} for {probe}" for probe, lr in DEFAULT_LR.items())
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Fields in ``EXECUTION_FIELDS`` only change how fast it runs (on
-    CPU the metrics do not depend on them), so ``--resume`` may change them; the others must match."""
+    """Everything that defines a training run. Fields whose ``Setting`` is ``execution`` only change how fast it runs
+    (on CPU the metrics do not depend on them), so ``--resume`` may change them; the others must match."""
 
-    probe: str = "step"
-    probe_options: dict[str, Any] = field(default_factory=dict)  # e.g. dropout, num_heads, frame_pos, mlp, depth
-    # None: chosen from the number of training clips (optimization.resolve_schedule); a run records the values used.
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None  # None: optimization.default_lr(probe) (1e-2 for linear, 1e-3 for the others)
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0  # linear warm-up, per optimizer step, then cosine decay to 0
-    label_smoothing: float = 0.0
-    clip_grad: float = 1.0  # max gradient norm; 0 disables clipping
-    token_drop: float = 0.0  # share of each frame's patch tokens dropped per training clip (augment.py)
-    reverse_pairs: float = 0.0  # probability a mirrored-pair clip is reversed and relabelled as its partner
-    views: str = "on"  # on: each epoch one of a training clip's cached views (extract --views); off: clean only
-    # Early stopping (training/early_stopping.py): stop after ``patience`` epochs without a better validation score
-    # (None: max(10, ceil(0.3 x epochs)), resolved with the schedule); off runs every planned epoch.
-    early_stop: bool = True
-    patience: int | None = None
-    seed: int = 0
-    seeds: int = 1  # > 1: seeds seed .. seed+seeds-1 trained together as one stack; mean ± std (training/seeds.py)
-    val_fraction: float = 0.2  # of training videos held out, only when the cache has no "val" split
-    tokens: str = "auto"  # auto | all | cls | patches (auto: cls for the linear probe, which reads nothing else)
-    pairs: str | None = None  # pairs file; default: the manifest's pairs
-    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    # Execution only:
-    device: str = "auto"
-    data: str = "auto"  # auto | memory | streaming
-    memory_fraction: float = 0.5  # auto loads into RAM below this share of available memory
-    workers: int | None = None  # streaming reader processes (default: spare threads of the CPU budget, at most 4)
-    eval_batch_size: int | None = None  # default: 4 x batch_size
-    progress: bool = True
+    probe: str = setting("step", "linear, attentive, self-attentive or step.")
+    # e.g. dropout, num_heads, frame_pos, mlp, depth: the probe's own options (cli/train.py has their flags)
+    probe_options: dict[str, Any] = field(default_factory=dict)
+    # None: chosen from the number of training clips (schedule.resolve_schedule); a run records the values used.
+    epochs: int | None = setting(
+        None,
+        f"Training epochs (default: auto, at least {AUTO_MIN_EPOCHS} and enough for {AUTO_MIN_STEPS} optimizer steps; "
+        "docs/training.md).",
+        min=1,
+    )
+    batch_size: int | None = setting(
+        None,
+        f"Clips per optimizer step (default: auto, about {AUTO_BATCHES_PER_EPOCH} batches per epoch, a power of two "
+        f"in {AUTO_BATCH_RANGE[0]}-{AUTO_BATCH_RANGE[1]}).",
+        min=1,
+        searchable=True,
+    )
+    lr: float | None = setting(
+        None,
+        f"Peak learning rate (AdamW); default {_LR_HELP}, {FALLBACK_LR:g} for the others.",
+        **MEMBER_OWN,
+    )
+    weight_decay: float = setting(
+        0.05,
+        "On weight matrices only (not norms, biases, tokens).",
+        flags=("--weight-decay", "--wd"),
+        **MEMBER_OWN,
+    )
+    warmup_epochs: float = setting(1.0, "Linear warm-up (per step), then cosine decay to 0.", **MEMBER_OWN)
+    label_smoothing: float = setting(0.0, "Label smoothing of the cross-entropy, in [0, 1).", **MEMBER_OWN)
+    clip_grad: float = setting(1.0, "Max gradient norm; 0 disables clipping.", **MEMBER_OWN)
+    token_drop: float = setting(
+        0.0,
+        "Training augmentation: drop this share of each frame's patch tokens per clip and epoch (CLS tokens stay; "
+        "augment.py). Not for the linear probe, which reads CLS only.",
+        min=0.0,
+        max=0.99,
+        **AUGMENTATION,
+    )
+    reverse_pairs: float = setting(
+        0.0,
+        "Training augmentation for exact mirrored pairs only: with this probability play a clip of a paired class "
+        "backwards and label it as its partner (off by default: real near-mirror actions are not exact reverses).",
+        min=0.0,
+        max=1.0,
+        **AUGMENTATION,
+    )
+    views: str = setting(
+        "on",
+        "on: each epoch, every training clip contributes one of its cached views, drawn uniformly from the clean one "
+        "and its augmented ones (extract --views N; the views are held in memory too: (1 + N) x the training clips' "
+        "tokens); off: clean clips only, to measure the gain. A no-op on a cache without views. Validation, test, "
+        "evaluate and predict always use the clean views.",
+        searchable=True,
+    )
+    # Early stopping (training/early_stopping.py); patience None is resolved with the schedule.
+    early_stop: bool = setting(
+        True,
+        "Stop a run (each seed, each trial) once its validation score (val top-1, then val loss: what picks best.pt) "
+        "has not improved for --patience epochs after the warm-up; the schedule stays the planned one "
+        "(docs/training.md, Early stopping).",
+    )
+    patience: int | None = setting(
+        None,
+        "Early stopping: epochs without a better validation score before a run stops (default: "
+        f"max({MIN_PATIENCE}, {PATIENCE_SHARE:.0%} of the planned epochs)).",
+        min=1,
+    )
+    seed: int = setting(
+        0, "Seed of the initial weights, batch order and held-out val videos (and of a sweep's sampler).", member=True
+    )
+    seeds: int = setting(
+        1,
+        "Train seeds SEED..SEED+N-1 together as one stacked batch and report mean ± std (same batches and splits; the "
+        "seeds differ in initial weights and dropout; training/stacking/seeds.py).",
+        min=1,
+        commands=TRAIN_ONLY,
+    )
+    val_fraction: float = setting(
+        0.2, "Share of training videos held out (stratified) when the cache has no val split."
+    )
+    tokens: str = setting(
+        "auto",
+        "Tokens the probe sees per frame: all, cls, patches, or auto (cls for linear, else all).",
+        searchable=True,
+    )
+    pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
+    amp: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU).")
+    device: str = setting("auto", "auto, cpu or cuda[:N].", execution=True)
+    data: str = setting(
+        "auto",
+        "auto (in memory when it fits), memory (load all tokens into RAM) or streaming (HDF5).",
+        execution=True,
+    )
+    memory_fraction: float = setting(
+        0.5, "data=auto loads into RAM below this share of available memory.", execution=True
+    )
+    workers: int | None = setting(
+        None,
+        "Streaming reader processes (default: spare threads of the CPU budget, at most 4).",
+        min=0,
+        execution=True,
+    )
+    eval_batch_size: int | None = setting(None, "Default: 4 x batch_size.", commands=NO_OPTION, execution=True)
+    progress: bool = setting(True, "Progress bars (the CLI's --quiet).", commands=NO_OPTION, execution=True)
 
 
-EXECUTION_FIELDS = ("device", "data", "memory_fraction", "workers", "eval_batch_size", "progress")
+def settings() -> dict[str, Setting]:
+    """Each ``TrainConfig`` field that has a ``Setting``, in field order."""
+    return {f.name: f.metadata["setting"] for f in fields(TrainConfig) if "setting" in f.metadata}
+
+
+def setting_names(**wanted: bool) -> tuple[str, ...]:
+    """The fields whose ``Setting`` has every flag in ``wanted`` as given, e.g. ``setting_names(searchable=True)``."""
+    return tuple(name for name, meta in settings().items() if all(getattr(meta, k) == v for k, v in wanted.items()))
+
+
+def value_type(name: str) -> type:
+    """The type of field ``name``'s values, without the ``None`` that stands for "chosen automatically"."""
+    kinds = [kind for kind in get_args(_HINTS[name]) or (_HINTS[name],) if kind is not type(None)]
+    return kinds[0]
+
+
+_HINTS = get_type_hints(TrainConfig)
+EXECUTION_FIELDS = setting_names(execution=True)
 # What may differ where the same run is repeated (resumed, retrained, another sweep worker): the execution-only
 # fields and the pairs *file*, which may move (the pairs it resolves to are compared separately).
 LOCAL_FIELDS = (*EXECUTION_FIELDS, "pairs")
@@ -78,6 +205,11 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         raise TrainConfigError(
             f"unknown training option(s) {', '.join(unknown)}; valid options: {', '.join(sorted(names))}"
         )
+    # Imported here, not at the top: the command line builds its options from this module, and `--help` should
+    # not wait for torch, which these modules load.
+    from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
+    from step_cache.training.view_table import VIEW_MODES
+
     config = TrainConfig(probe=probe, **options)
     if config.lr is None:
         config.lr = default_lr(probe)
@@ -117,72 +249,16 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     return config
 
 
+def full_options(config: TrainConfig) -> dict[str, Any]:
+    """The probe's options as it is built: its defaults (``probes.probe_options``), then the config's own."""
+    from step_cache.probes import probe_options  # here, not at the top: torch (see make_config)
+
+    return {**probe_options(config.probe), **config.probe_options}
+
+
 def with_schedule(config: TrainConfig, train_clips: int) -> TrainConfig:
     """``config`` with ``epochs`` and ``batch_size`` resolved for ``train_clips`` training clips (see
-    ``optimization.resolve_schedule``), and the early-stopping patience for those epochs; the values given stay."""
+    ``schedule.resolve_schedule``), and the early-stopping patience for those epochs; the values given stay."""
     epochs, batch_size = resolve_schedule(config.epochs, config.batch_size, train_clips)
     patience = resolve_patience(config.early_stop, config.patience, epochs)
     return replace(config, epochs=epochs, batch_size=batch_size, patience=patience)
-
-
-def schedule_record(requested: TrainConfig, resolved: TrainConfig, train_clips: int) -> dict[str, Any]:
-    """What ``config.json`` says of the schedule: the values used, which were chosen automatically, the steps."""
-    total, warmup = schedule_steps(resolved.epochs, train_clips, resolved.batch_size, resolved.warmup_epochs)
-    return {
-        "epochs": resolved.epochs,
-        "batch_size": resolved.batch_size,
-        "auto": [name for name in ("epochs", "batch_size") if getattr(requested, name) is None],
-        "optimizer_steps": total,
-        "warmup_steps": warmup,
-    }
-
-
-def versions() -> dict[str, str]:
-    return {
-        "step_cache": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def run_record(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
-    """The content of ``config.json``: the config, the data it saw (cache identity, classes, splits), versions."""
-    return {
-        "config": asdict(config),
-        "data": data,
-        "versions": versions(),
-        "threads": recorded_threads().record(),  # execution only: never compared on --resume
-        "command": sys.argv,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
-# Settings whose default is not what a run recorded before they existed did: those runs never stopped early.
-PREDATING = {"early_stop": False}
-
-
-def with_config_defaults(stored: dict[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:
-    """A stored config (config.json, a sweep study's settings) with the settings it predates at their defaults: a
-    run recorded before a setting existed (``views``, ``token_drop``) trained with its default, or with its
-    ``PREDATING`` value. ``skip``: fields the record leaves out on purpose (a study's execution-only fields)."""
-    defaults = {**json.loads(json.dumps(asdict(TrainConfig()))), **PREDATING}
-    return {**{key: value for key, value in defaults.items() if key not in skip}, **stored}
-
-
-def record_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Settings that differ between a stored run record and a new one, ignoring execution-only fields."""
-    new = json.loads(json.dumps(new))  # compare like with like: tuples become lists, as in the stored file
-    differences = []
-    old_config = with_config_defaults(old.get("config", {}))
-    new_config = new["config"]
-    for key in sorted(set(old_config) | set(new_config)):
-        if key in LOCAL_FIELDS:
-            continue
-        if old_config.get(key) != new_config.get(key):
-            differences.append(f"{key}: {old_config.get(key)!r} in the run, {new_config.get(key)!r} now")
-    for key in ("manifest_hash", "pairs", "tokens"):
-        if old.get("data", {}).get(key) != new["data"].get(key):
-            differences.append(f"data.{key}: {old.get('data', {}).get(key)!r} in the run, {new['data'].get(key)!r} now")
-    return differences

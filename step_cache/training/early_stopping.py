@@ -12,7 +12,7 @@ Why these choices:
   stops early, so a stopped run is the first epochs of the full run, figure for figure, and its best checkpoint is
   the full run's best among those epochs: early stopping can only lose the improvements the full run finds later.
 - The patience scales with the schedule: the automatic schedule ranges from 30 to 1000 epochs
-  (``optimization.resolve_schedule``), and a plateau of 10 epochs in a 1000-epoch run is noise, not a verdict.
+  (``schedule.resolve_schedule``), and a plateau of 10 epochs in a 1000-epoch run is noise, not a verdict.
   The share was checked on the benchmarks of docs/training.md ("Early stopping").
 - Epochs of the warm-up do not count: the learning rate is still rising there, and a flat start says nothing.
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from step_cache.errors import StepCacheError
 from step_cache.stopping import raise_if_stopping
 from step_cache.training.augment import Augment
 from step_cache.training.progress import RunProgress
@@ -30,7 +31,7 @@ TrainStep = Callable[[torch.Tensor, torch.Tensor], tuple[Any, ...]]
 POSTFIX_EVERY = 10  # batches between progress-bar postfix updates (each reads the sums back: a device sync)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(StepCacheError, RuntimeError):
     """Training diverged: the loss (or the gradient norm) became NaN or infinite. ``epoch`` (the progress
     description, e.g. "epoch 3/30"), ``batch`` (1-based, the first non-finite one), ``lr`` (the step's learning
     rate, None when unknown) and ``quantity`` ("loss" or "gradient norm") say where and what."""

@@ -24,6 +24,7 @@ from torch import nn
 from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
+from step_cache.errors import InputError
 from step_cache.probes import build_probe, recorded_options
 from step_cache.training import runs
 from step_cache.training.inference import collect_logits, evaluate_clips
@@ -32,7 +33,7 @@ from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
 from step_cache.training.run_status import usable_checkpoint, warn_if_unfinished
 from step_cache.training.splits import DataError, select_splits
 from step_cache.training.token_data import TokenSelection, open_token_source
-from step_cache.training.views import clean_rows
+from step_cache.training.view_table import clean_rows
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,7 @@ def predict(
     ..., class_k, prob_k`` with clip logits averaged per video and probabilities from their softmax. ``short`` is
     True for a video of fewer frames than the run's T (its clips repeat frames); their count is logged."""
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise InputError(f"top_k must be >= 1, got {top_k}")
     record, probe = load_probe(run_dir)
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     check_cache_fits(record, shards)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from step_cache.errors import InputError
+
 SHUFFLE_SEED = 1234  # fixed, so "shuffled accuracy" is comparable across runs and probes
 
 
@@ -37,7 +39,7 @@ def frame_order(name: str, frames: int) -> np.ndarray | None:
     try:
         return ORDERS[name](frames)
     except KeyError:
-        raise ValueError(f"unknown frame order {name!r}; choose original, {', '.join(ORDERS)}") from None
+        raise InputError(f"unknown frame order {name!r}; choose original, {', '.join(ORDERS)}") from None
 
 
 def permute_frames(tokens: torch.Tensor | np.ndarray, order: np.ndarray | None) -> torch.Tensor | np.ndarray:
@@ -45,7 +47,7 @@ def permute_frames(tokens: torch.Tensor | np.ndarray, order: np.ndarray | None) 
     if order is None:
         return tokens
     if len(order) != tokens.shape[1] or sorted(order.tolist()) != list(range(tokens.shape[1])):
-        raise ValueError(f"frame order {order.tolist()} is not a permutation of the {tokens.shape[1]} frames")
+        raise InputError(f"frame order {order.tolist()} is not a permutation of the {tokens.shape[1]} frames")
     if isinstance(tokens, torch.Tensor):
         return tokens[:, torch.as_tensor(order, device=tokens.device)]
     return tokens[:, order]

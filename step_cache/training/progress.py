@@ -4,7 +4,7 @@ A bar per epoch (what the epoch loop draws on its own) restarts its ETA each epo
 epochs, turns a run into hundreds of bars and log lines. The run bar counts the batches of all epochs; its rate is
 the average since the run (or its resume) started, so validation and checkpoint time between epochs are part of
 the ETA. The postfix shows the epoch and the latest loss / accuracy. Per-epoch figures go to ``metrics.jsonl``
-and, with ``--verbose``, to the log (``trainer``, ``stacking.engine``), not to the bar.
+and, with ``--verbose``, to the log (``trainer``, ``stacking.stacked_run``), not to the bar.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -72,8 +72,25 @@ def write_derived(
     runs.write_epoch_log(run_dir, history)
 
 
-def run_state(run: Any, epochs_done: int) -> dict[str, Any]:
-    """Everything ``restore_run`` needs to continue ``run`` (a ``trainer._Run``) exactly after ``epochs_done``."""
+class CommittedRun(Protocol):
+    """What a commit saves of a one-seed run and restores (``trainer._Run`` is one)."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer | None  # None until build_optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    device: torch.device
+    history: list[dict[str, Any]]
+    best: tuple[float, ...]  # records.validation_score of the best epoch
+    best_epoch: int
+    best_weights: dict[str, torch.Tensor] | None
+    training_time: TrainingTime
+    start_epoch: int
+
+    def build_optimizer(self) -> None: ...
+
+
+def run_state(run: CommittedRun, epochs_done: int) -> dict[str, Any]:
+    """Everything ``restore_run`` needs to continue ``run`` exactly after ``epochs_done``."""
     return {
         "epoch": epochs_done,
         "model": runs.weights_of(run.model),
@@ -91,8 +108,8 @@ def run_state(run: Any, epochs_done: int) -> dict[str, Any]:
     }
 
 
-def restore_run(run: Any, state: dict[str, Any]) -> None:
-    """Put ``run`` (a ``trainer._Run``) back in the committed ``state``; builds its optimizer."""
+def restore_run(run: CommittedRun, state: dict[str, Any]) -> None:
+    """Put ``run`` back in the committed ``state``; builds its optimizer."""
     run.model.load_state_dict(state["model"])
     run.build_optimizer()
     run.optimizer.load_state_dict(state["optimizer"])

@@ -1,21 +1,62 @@
-"""What a training run trains on, shared by ``train_probe``, the stacked sweeps and multi-seed runs: the mirrored
-pairs, the token subset, the check that the splits can train and validate, and the ``data`` part of
-``config.json``."""
+"""What a training run trains on, set up once (``run_inputs``) for ``train_probe``, multi-seed runs and the stacked
+sweeps: the token subset, the device, the mirrored pairs, the splits (checked to train and validate), the augmented
+views, and the ``data`` part of ``config.json``."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from step_cache.cache.shards import ShardSet
 from step_cache.catalog import read_pairs
-from step_cache.training.config import TrainConfig, schedule_record
-from step_cache.training.splits import DataError, Splits
-from step_cache.training.token_data import TokenSelection
-from step_cache.training.views import ViewTable, clean_rows
+from step_cache.devices import resolve_device
+from step_cache.probes import ProbeShape
+from step_cache.training.config import TrainConfig
+from step_cache.training.metrics import pair_indices
+from step_cache.training.run_record import schedule_record
+from step_cache.training.splits import DataError, Splits, shard_splits
+from step_cache.training.token_data import TokenSelection, select_tokens
+from step_cache.training.view_table import ViewTable, clean_rows, view_table
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunInputs:
+    """Everything a run of ``config`` reads but the tokens themselves (``token_data.TokenSource``)."""
+
+    shards: ShardSet
+    selection: TokenSelection
+    splits: Splits
+    pairs: list[tuple[int, int]]
+    device: torch.device
+    views: ViewTable  # the training clips' augmented views (enabled with views="on" on a cache that has them)
+
+
+def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
+    """The shape arguments of a probe over ``selection`` of the tokens of ``shards``."""
+    return ProbeShape(
+        dim=shards.layout.dim,
+        num_classes=len(shards.classes),
+        frames=shards.manifest.frames,
+        tokens_per_frame=selection.tokens_per_frame,
+        cls_index=selection.cls_index,
+    )
+
+
+def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
+    """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``)."""
+    selection = select_tokens(shards.layout, token_subset(config, shards))
+    device = resolve_device(config.device)
+    pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
+    splits = shard_splits(shards, config.val_fraction, config.seed)
+    check_splits(splits, shards, config)
+    views = view_table(shards, splits.train, config.views)
+    return RunInputs(shards, selection, splits, pairs, device, views)
 
 
 def resolve_pairs(shards: ShardSet, pairs_file: str | None) -> list[tuple[str, str]]:

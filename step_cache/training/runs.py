@@ -35,7 +35,8 @@ import torch
 
 from step_cache.cache.files import atomic_write_bytes, atomic_write_text
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
-from step_cache.training.config import record_differences
+from step_cache.errors import StepCacheError
+from step_cache.training.run_record import record_differences
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +52,11 @@ FAILED = "failed.json"
 RUN_FILES = (CONFIG, EPOCH_LOG, FINAL_METRICS, BEST, LAST, STATE, CHECKPOINT_SUMS, FAILED)
 
 
-class RunError(ValueError):
+class RunError(StepCacheError, ValueError):
     """A run directory that is missing, incomplete, or does not match what was asked of it."""
 
 
-class NonFiniteValueError(ValueError):
+class NonFiniteValueError(StepCacheError, ValueError):
     """JSON data holding NaN or ±Infinity, which strict JSON cannot represent."""
 
 

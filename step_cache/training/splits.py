@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from step_cache.catalog import source_video
+from step_cache.errors import StepCacheError
 
 if TYPE_CHECKING:
     from step_cache.cache.shards import ShardSet
 
 
-class DataError(ValueError):
+class DataError(StepCacheError, ValueError):
     """The cache cannot provide the clips a run needs (no training clips, no validation clips, ...)."""
 
 

@@ -2,7 +2,7 @@
 killed run exactly, and write the final metrics (including the frame-order metrics) of the best checkpoint.
 
 The run directory layout is described in ``runs.py``. On CPU a run is fully deterministic for a seed:
-batch order and the augmented views drawn (``views.py``) are keyed by (seed, epoch), dropout draws from torch's
+batch order and the augmented views drawn (``view_table.py``) are keyed by (seed, epoch), dropout draws from torch's
 global generator whose state is checkpointed, and both data paths (in memory, streaming) yield the same batches.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,18 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.devices import resolve_device
-from step_cache.probes import build_probe, count_parameters, probe_options
+from step_cache.cache.shards import CacheInput, ShardSet, as_shards
+from step_cache.probes import build_probe, count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.chance import chance_note
-from step_cache.training.config import TrainConfig, make_config, run_record, with_schedule
+from step_cache.training.config import TrainConfig, full_options, make_config, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
-from step_cache.training.metrics import format_percent, format_percent_spread, pair_indices
-from step_cache.training.optimization import build_optimizer, build_scheduler, schedule_steps
+from step_cache.training.metrics import format_percent, format_percent_spread
+from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import (
     NO_SCORE,
@@ -44,13 +43,14 @@ from step_cache.training.records import (
 )
 from step_cache.training.run_checkpoints import restore_best
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
-from step_cache.training.run_data import check_splits, data_record, resolve_pairs, token_subset
+from step_cache.training.run_data import data_record, probe_shape, run_inputs
 from step_cache.training.run_lock import hold_run_dir
+from step_cache.training.run_record import run_record
 from step_cache.training.run_status import mark_failed, refuse_failed_resume, usable_checkpoint
-from step_cache.training.seeds import train_seeds
-from step_cache.training.splits import shard_splits
-from step_cache.training.token_data import TokenSelection, open_token_source, select_tokens
-from step_cache.training.views import epoch_plan, view_table
+from step_cache.training.schedule import schedule_steps
+from step_cache.training.stacking.seeds import train_seeds
+from step_cache.training.token_data import open_token_source
+from step_cache.training.view_table import epoch_plan
 
 log = logging.getLogger(__name__)
 
@@ -86,29 +86,21 @@ class TrainResult:
 class _Run:
     """The state of one training run: model, optimizer, data, history."""
 
-    def __init__(self, shards: ShardSet, config: TrainConfig, run_dir: Path, selection: TokenSelection):
-        self.shards, self.run_dir, self.selection = shards, run_dir, selection
-        self.device = resolve_device(config.device)
-        self.pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
-        self.splits = shard_splits(shards, config.val_fraction, config.seed)
-        check_splits(self.splits, shards, config)
-        self.views = view_table(shards, self.splits.train, config.views)
+    def __init__(self, shards: ShardSet, config: TrainConfig, run_dir: Path):
+        self.run_dir = run_dir
+        inputs = run_inputs(shards, config)  # the set-up --seeds and sweeps share (stacking.shared_data)
+        self.shards, self.selection, self.splits = shards, inputs.selection, inputs.splits
+        self.pairs, self.device, self.views = inputs.pairs, inputs.device, inputs.views
         self.requested = config  # epochs / batch_size may be None (auto): resolved from the training clips
         self.config = config = with_schedule(config, len(self.splits.train))
         self.augmentation = build_augmentation(
-            config.token_drop, config.reverse_pairs, self.pairs, len(shards.classes), selection
+            config.token_drop, config.reverse_pairs, self.pairs, len(shards.classes), self.selection
         )
         torch.manual_seed(config.seed)
-        self.model = build_probe(
-            config.probe,
-            dim=shards.layout.dim,
-            num_classes=len(shards.classes),
-            frames=shards.manifest.frames,
-            tokens_per_frame=selection.tokens_per_frame,
-            cls_index=selection.cls_index,
-            **config.probe_options,
-        ).to(self.device)
-        config.probe_options = {**probe_options(config.probe), **config.probe_options}
+        self.model = build_probe(config.probe, **probe_shape(shards, self.selection), **config.probe_options).to(
+            self.device
+        )
+        config.probe_options = full_options(config)
         self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
@@ -251,7 +243,7 @@ class _Run:
 
 
 def train_probe(
-    features: str | Path | Sequence[str | Path] | ShardSet,
+    cache: CacheInput,
     probe: str = "step",
     out: str | Path = "runs/probe",
     *,
@@ -260,10 +252,11 @@ def train_probe(
     on_epoch: EpochCallback | None = None,
     **options: Any,
 ) -> TrainResult:
-    """Train ``probe`` on the shards in ``features`` and write a run directory ``out``.
+    """Train ``probe`` on ``cache`` (one or more cache directories, or an open ``ShardSet``) and write a run
+    directory ``out``.
 
     ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
-    N seeds as one stack and reports mean ± std (``training/seeds.py``). ``resume``
+    N seeds as one stack and reports mean ± std (``training/stacking/seeds.py``). ``resume``
     continues a killed run from its last commit (about every 30 s; the settings must match). ``on_epoch`` is called with
     each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there. The run
     directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
@@ -271,14 +264,14 @@ def train_probe(
     config = make_config(probe, options)
     with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
         try:
-            return _train(features, probe, config, Path(out), resume, overwrite, on_epoch)
+            return _train(cache, probe, config, Path(out), resume, overwrite, on_epoch)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:
             mark_failed(Path(out), str(error))  # no command may use what the diverged run left
             raise
 
 
 def _train(
-    features: str | Path | Sequence[str | Path] | ShardSet,
+    cache: CacheInput,
     probe: str,
     config: TrainConfig,
     out: Path,
@@ -290,10 +283,10 @@ def _train(
     if resume:
         refuse_failed_resume(out)
     if config.seeds > 1:
-        metrics, history = train_seeds(features, config, Path(out), resume, on_epoch)
+        metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch)
         return TrainResult(Path(out), metrics, history)
-    shards = features if isinstance(features, ShardSet) else open_shards(features)
-    run = _Run(shards, config, Path(out), select_tokens(shards.layout, token_subset(config, shards)))
+    shards = as_shards(cache)
+    run = _Run(shards, config, Path(out))
     config = run.config  # with the schedule resolved
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:

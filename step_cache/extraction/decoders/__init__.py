@@ -16,6 +16,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from step_cache.errors import InputError
 from step_cache.extraction.decoders.base import VideoDecodeError, VideoSource
 from step_cache.extras import MissingExtraError
 
@@ -43,7 +44,7 @@ def decoder_spec(name: str) -> DecoderSpec:
     """The backend called ``name``; ValueError naming the choices for an unknown one, MissingExtraError (one line
     naming the extra) when its library is not installed or does not load."""
     if name not in DECODERS:
-        raise ValueError(f"unknown decoder {name!r}: choose one of {', '.join(DECODERS)}")
+        raise InputError(f"unknown decoder {name!r}: choose one of {', '.join(DECODERS)}")
     spec = DECODERS[name]
     try:
         importlib.import_module(spec.requires)

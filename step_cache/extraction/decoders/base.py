@@ -14,8 +14,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from step_cache.errors import StepCacheError
 
-class VideoDecodeError(RuntimeError):
+
+class VideoDecodeError(StepCacheError, RuntimeError):
     """A video that cannot be read; the message names the file and the problem."""
 
 

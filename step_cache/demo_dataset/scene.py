@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from step_cache.benchmark.actions import KINDS, Action, Kind, Stage
-from step_cache.benchmark.drawing import ObjectTrack, composite, stationary_noise, textured_background
+from step_cache.demo_dataset.actions import KINDS, Action, Kind, Stage
+from step_cache.demo_dataset.drawing import ObjectTrack, composite, stationary_noise, textured_background
+from step_cache.errors import StepCacheError
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(StepCacheError, ValueError):
     """Bad settings for the generated benchmark; the message says which and why."""
 
 

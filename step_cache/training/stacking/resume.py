@@ -10,20 +10,50 @@ the shape it had when the state was saved, and a member that stopped never train
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 
 from step_cache.training.records import TrainingTime
+from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.members import StackedProbes
 
-# ``run`` below is a ``stacking.engine.StackedRun`` (not imported: the engine imports this module).
+
+class Member(Protocol):
+    """What the state keeps of one member (``stacked_run.MemberResult`` is one)."""
+
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any] | None
+    stopped_after: int | None
+    weights: dict[str, torch.Tensor] | None
+    diverged: str | None
+
+
+class Stack(Protocol):
+    """What the state saves of a stack and restores (``stacked_run.StackedRun`` is one; that module imports this one,
+    so the state is typed by what it reads, not by that class)."""
+
+    configs: Sequence[Any]
+    results: Sequence[Member]
+    active: list[int]  # stack slot -> member index
+    stack: StackedProbes
+    best_params: dict[str, torch.Tensor]
+    optimizer: StackedAdamW
+    best: list[tuple[float, ...]]
+    best_epoch: list[int]
+    device: torch.device
+    training_time: TrainingTime
+    start_epoch: int
+
+    def drop(self, slots: list[int]) -> None: ...
 
 
 def _cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: value.detach().cpu().clone() for name, value in tensors.items()}
 
 
-def stack_state(run: Any, epochs_done: int) -> dict[str, Any]:
+def stack_state(run: Stack, epochs_done: int) -> dict[str, Any]:
     """Everything ``restore_stack`` needs to continue ``run`` exactly after ``epochs_done`` epochs, on the CPU."""
     if not run.active:
         raise RuntimeError("a stack whose members have all stopped has nothing left to checkpoint")
@@ -55,7 +85,7 @@ def stack_state(run: Any, epochs_done: int) -> dict[str, Any]:
     }
 
 
-def restore_stack(run: Any, state: dict[str, Any]) -> None:
+def restore_stack(run: Stack, state: dict[str, Any]) -> None:
     """Continue a freshly built ``run`` (all members active) from a ``stack_state``: the members that had left are
     dropped again with what they finished with, then parameters, optimizer moments and step, best checkpoints,
     histories and RNG are loaded."""

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from step_cache.benchmark.actions import DEFAULT_KINDS, KINDS
-from step_cache.benchmark.scene import BenchmarkError, SceneConfig, class_table, render_clip
 from step_cache.catalog import VideoItem, write_annotations, write_pairs
+from step_cache.demo_dataset.actions import DEFAULT_KINDS, KINDS
+from step_cache.demo_dataset.scene import BenchmarkError, SceneConfig, class_table, render_clip
 from step_cache.synthetic.videos import write_video
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def make_demo_dataset(
     )
     pairs_path = write_pairs(root / PAIRS_NAME, pairs, header=header)
     metadata = {
-        "generator": "step_cache.benchmark",
+        "generator": "step_cache.demo_dataset",
         "format": 1,
         "seed": seed,
         "per_class": per_class,

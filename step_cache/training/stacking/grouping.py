@@ -1,25 +1,19 @@
-"""Which probe configurations can train together in one stack (``stacked.py``): the same shape (probe, structure,
+"""Which probe configurations can train together in one stack (``stacked_run.py``): the same shape (probe, structure,
 data, schedule length), differing only in the members' own settings."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
-from step_cache.probes import probe_options
-from step_cache.training.config import TrainConfig
+from step_cache.training.config import TrainConfig, full_options, setting_names
 
 # A member's own settings; every other TrainConfig field, and every probe option but dropout, must be shared.
 # ``seed`` seeds a member's initial weights; the batches and a held-out validation split come from the first
 # member's seed, so members of different seeds (``train-probe --seeds``) see the same data.
-MEMBER_FIELDS = ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad", "seed")
+MEMBER_FIELDS = setting_names(member=True)  # lr, weight_decay, warmup_epochs, label_smoothing, clip_grad, seed
 MEMBER_PROBE_OPTIONS = ("dropout",)
 _IGNORED_FIELDS = ("progress",)
-
-
-def full_options(config: TrainConfig) -> dict[str, Any]:
-    return {**probe_options(config.probe), **config.probe_options}
 
 
 def shape_key(config: TrainConfig) -> tuple:

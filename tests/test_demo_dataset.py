@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from step_cache.benchmark import (
+from step_cache.catalog import discover_videos, read_annotations, read_pairs
+from step_cache.demo_dataset import (
     DEFAULT_KINDS,
     KINDS,
     BenchmarkError,
@@ -20,8 +21,7 @@ from step_cache.benchmark import (
     parse_size,
     render_clip,
 )
-from step_cache.benchmark.dataset import stratified_split
-from step_cache.catalog import discover_videos, read_annotations, read_pairs
+from step_cache.demo_dataset.dataset import stratified_split
 
 SIZE = (64, 48)  # width, height: tiny but even
 FRAMES = 12
@@ -134,7 +134,7 @@ def test_decoded_videos_have_the_requested_frames_and_size_and_are_near_lossless
         reader = decord.VideoReader(str(demo.root / item.path))
         assert len(reader) == FRAMES and reader[0].shape == (height, width, 3)
     # Re-render one clip and compare: only the yuv420p colour subsampling and a tiny x264 error remain.
-    from step_cache.benchmark.dataset import clip_rng
+    from step_cache.demo_dataset.dataset import clip_rng
 
     label = demo.classes[0]
     rendered = render_clip(label, clip_rng(3, label, 0), FRAMES, SIZE, SceneConfig.from_difficulty(0.5)).frames

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from step_cache.cache.shards import ShardSet
+from step_cache.errors import InputError
 from step_cache.training.token_data import batch_plan
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ def view_table(shards: ShardSet, clips: np.ndarray, mode: str) -> ViewTable:
     """The views of the training ``clips`` for ``views=mode`` ("on" or "off"); "on" on a cache without views
     trains on clean clips (not an error; a debug message, since that is every cache extracted without --views)."""
     if mode not in VIEW_MODES:
-        raise ValueError(f"views must be one of {', '.join(VIEW_MODES)}, got {mode!r}")
+        raise InputError(f"views must be one of {', '.join(VIEW_MODES)}, got {mode!r}")
     table = ViewTable(shards, clips, enabled=mode == "on")
     if mode == "on" and not table.enabled:
         log.debug("the cache has no augmented views of the training clips: training uses the clean clips")

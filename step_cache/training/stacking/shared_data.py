@@ -3,32 +3,22 @@ by every group that can use it (the tokens are read into memory once, not once p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
-import torch
 
 from step_cache.cache.shards import ShardSet
-from step_cache.devices import resolve_device
 from step_cache.training.config import TrainConfig
-from step_cache.training.metrics import pair_indices
-from step_cache.training.run_data import check_splits, resolve_pairs, token_subset
-from step_cache.training.splits import Splits, shard_splits
-from step_cache.training.token_data import TokenSelection, TokenSource, open_token_source, select_tokens
-from step_cache.training.views import ViewTable, clean_rows, view_table
+from step_cache.training.run_data import RunInputs, run_inputs
+from step_cache.training.token_data import TokenSource, open_token_source
+from step_cache.training.view_table import clean_rows
 
 
 @dataclass
-class TrainingData:
-    """Everything a run reads, as ``training._Run`` sets it up for one config."""
+class TrainingData(RunInputs):
+    """A run's inputs (``run_data.run_inputs``, as a one-seed run sets them up) and the token source it reads."""
 
-    shards: ShardSet
-    selection: TokenSelection
-    splits: Splits
-    pairs: list[tuple[int, int]]
     source: TokenSource
-    device: torch.device
-    views: ViewTable  # the training clips' augmented views (enabled with views="on" on a cache that has them)
 
 
 class DataCache:
@@ -41,12 +31,8 @@ class DataCache:
 
     def get(self, config: TrainConfig) -> TrainingData:
         shards = self.shards
-        selection = select_tokens(shards.layout, token_subset(config, shards))
-        splits = shard_splits(shards, config.val_fraction, config.seed)
-        check_splits(splits, shards, config)
-        views = view_table(shards, splits.train, config.views)
-        pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
-        device = resolve_device(config.device)
+        inputs = run_inputs(shards, config)
+        selection, views, device = inputs.selection, inputs.views, inputs.device
         key = (selection, config.data, config.memory_fraction, config.workers, device.type)
         # A source that holds the views holds the clean clips too: a run without views may share it.
         key = (*key, views.enabled or (*key, True) in self._sources)
@@ -66,7 +52,8 @@ class DataCache:
                 pin_memory=device.type == "cuda",
                 progress=config.progress,
             )
-        return TrainingData(shards, selection, splits, pairs, self._sources[key], device, views)
+        given = {f.name: getattr(inputs, f.name) for f in fields(RunInputs)}
+        return TrainingData(**given, source=self._sources[key])
 
     def close(self) -> None:
         """Release the token sources (streaming reader processes); a later ``get`` opens them again."""

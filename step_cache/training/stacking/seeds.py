@@ -1,5 +1,5 @@
 """``train_probe(..., seeds=N)``: one probe configuration trained with N seeds at once, as one stacked batch
-(``stacking.engine``: the seeds are members of one vmapped stack), to report its figures as mean ± std.
+(``stacking.stacked_run``: the seeds are members of one vmapped stack), to report its figures as mean ± std.
 
 Seeds ``seed .. seed+N-1`` give each member its own initial weights (and dropout masks); the batches, the augmented
 views drawn each epoch and, when the cache has no val split, the held-out validation videos come from ``seed`` for
@@ -25,22 +25,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.stacking.engine import MemberResult, StackedRun
-from step_cache.stacking.grouping import full_options
-from step_cache.stacking.shared_data import DataCache
+from step_cache.cache.shards import CacheInput, as_shards
 from step_cache.training import runs
-from step_cache.training.config import TrainConfig, run_record, with_schedule
+from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.records import seed_statistics, seeds_chance
 from step_cache.training.run_checkpoints import restore_best, save_checkpoint
 from step_cache.training.run_commits import CommitClock, append_epoch
 from step_cache.training.run_data import data_record
+from step_cache.training.run_record import run_record
+from step_cache.training.stacking.shared_data import DataCache
+from step_cache.training.stacking.stacked_run import MemberResult, StackedRun
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def seed_dir(run_dir: Path, seed: int) -> Path:
 
 
 def train_seeds(
-    features: str | Path | Sequence[str | Path] | ShardSet,
+    cache: CacheInput,
     config: TrainConfig,
     out: Path,
     resume: bool,
@@ -64,7 +64,7 @@ def train_seeds(
     """Train ``config`` with ``config.seeds`` seeds as one stack into ``out``; returns (metrics, first seed's
     epoch records). ``on_epoch`` sees the first seed's epoch records. ``train_probe`` calls this when
     ``seeds > 1``, after refusing an existing run."""
-    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    shards = as_shards(cache)
     data = DataCache(shards)
     try:
         training = data.get(config)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from step_cache.benchmark.drawing import SHAPES, ObjectTrack, constant, hsv_colour, place, stationary_noise
+from step_cache.demo_dataset.drawing import SHAPES, ObjectTrack, constant, hsv_colour, place, stationary_noise
 
 
 @dataclass

@@ -26,28 +26,28 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from step_cache.cache.shards import ShardSet, open_shards
+from step_cache.cache.shards import CacheInput, as_shards
 from step_cache.probes import build_probe, count_parameters
-from step_cache.stacking.adamw import StackedAdamW
-from step_cache.stacking.grouping import full_options, group_by_shape, shape_key
-from step_cache.stacking.members import StackedProbes
-from step_cache.stacking.resume import restore_stack, stack_state
-from step_cache.stacking.shared_data import DataCache, TrainingData
 from step_cache.training.augment import build_augmentation
-from step_cache.training.config import TrainConfig, with_schedule
+from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches
-from step_cache.training.optimization import schedule_steps
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
-from step_cache.training.views import epoch_plan
+from step_cache.training.run_data import probe_shape
+from step_cache.training.schedule import schedule_steps
+from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.grouping import group_by_shape, shape_key
+from step_cache.training.stacking.members import StackedProbes
+from step_cache.training.stacking.resume import restore_stack, stack_state
+from step_cache.training.stacking.shared_data import DataCache, TrainingData
+from step_cache.training.view_table import epoch_plan
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +92,8 @@ class StackedRun:
         probes = []
         for config in self.configs:
             torch.manual_seed(config.seed)  # what train_probe does before building its probe
-            probes.append(
-                build_probe(
-                    config.probe,
-                    dim=shards.layout.dim,
-                    num_classes=len(shards.classes),
-                    frames=shards.manifest.frames,
-                    tokens_per_frame=data.selection.tokens_per_frame,
-                    cls_index=data.selection.cls_index,
-                    **config.probe_options,
-                ).to(self.device)
-            )
+            shape = probe_shape(shards, data.selection)
+            probes.append(build_probe(config.probe, **shape, **config.probe_options).to(self.device))
         self.parameters = count_parameters(probes[0])
         self.parameters_without_head = count_parameters(probes[0], exclude_head=True)
         self.stack = StackedProbes(probes)
@@ -316,7 +307,7 @@ class StackedRun:
 
 
 def train_stacked(
-    features: str | Path | Sequence[str | Path] | ShardSet,
+    cache: CacheInput,
     configs: Sequence[TrainConfig],
     *,
     on_epoch: MemberCallback | None = None,
@@ -326,7 +317,7 @@ def train_stacked(
     """Train every config in ``configs`` (``train_config.make_config(probe, options)``), stacking those that
     share a shape; results in the order of ``configs``. ``on_epoch(index, record)`` is called for each member
     after each epoch and may return True to stop that member. ``data`` reuses loaded tokens across calls."""
-    shards = features if isinstance(features, ShardSet) else open_shards(features)
+    shards = as_shards(cache)
     own_data = data is None
     data = data or DataCache(shards)
     results: list[MemberResult | None] = [None] * len(configs)
