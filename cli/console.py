@@ -4,7 +4,6 @@ project's own errors and a traceback, marked as a bug, for anything else."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import os
 import signal
@@ -56,31 +55,27 @@ def user_errors() -> Iterator[None]:
     (``OSError``: missing files, full disks; out of memory) into one line on stderr and exit 1. Anything else is a
     bug: its traceback is printed under a header saying so, and the exit status is 1 too. STEP_CACHE_DEBUG=1
     re-raises every error with its traceback. SIGINT and SIGTERM stop the command cleanly (exit 130 / 143)."""
-    stopping.install()  # a stop request is never lost (step_cache/stopping.py)
-    try:
-        yield
-    except KeyboardInterrupt:
-        # Work is committed in steps (a training run about every 30 s): what came after the last commit is redone.
-        typer.echo(
-            "interrupted; work up to the last commit is saved: re-run the same command (train-probe: with "
-            "--resume) to continue",
-            err=True,
-        )
-        # The interpreter's exit-time garbage collection walks every object torch and timm created: seconds on a
-        # busy machine. Frozen objects are skipped; everything was written and closed above.
-        gc.freeze()
-        raise typer.Exit(128 + (stopping.requested() or signal.SIGINT)) from None
-    except (typer.Exit, typer.Abort, ClickException):
-        raise  # typer's own: exit statuses and usage errors
-    except Exception as error:
-        if os.environ.get("STEP_CACHE_DEBUG") == "1":
-            raise
-        if isinstance(error, OSError) and not isinstance(error, DiskFullError) and is_disk_full(error):
-            error = DiskFullError(error.filename or "", disk_full_message(error.filename or "", "the command"))
-        if isinstance(error, (StepCacheError, OSError)) or _is_out_of_memory(error):
-            typer.echo(f"error: {error}", err=True)
-        else:
-            typer.echo(BUG_HEADER, err=True)
-            typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
-        gc.freeze()  # as above: an error exits at once
-        raise typer.Exit(1) from None
+    with stopping.handled():  # a stop request is never lost (step_cache/stopping.py)
+        try:
+            yield
+        except KeyboardInterrupt:
+            # Work is committed in steps (a training run about every 30 s): what came after the last commit is redone.
+            typer.echo(
+                "interrupted; work up to the last commit is saved: re-run the same command (train-probe: with "
+                "--resume) to continue",
+                err=True,
+            )
+            raise typer.Exit(128 + (stopping.requested() or signal.SIGINT)) from None
+        except (typer.Exit, typer.Abort, ClickException):
+            raise  # typer's own: exit statuses and usage errors
+        except Exception as error:
+            if os.environ.get("STEP_CACHE_DEBUG") == "1":
+                raise
+            if isinstance(error, OSError) and not isinstance(error, DiskFullError) and is_disk_full(error):
+                error = DiskFullError(error.filename or "", disk_full_message(error.filename or "", "the command"))
+            if isinstance(error, (StepCacheError, OSError)) or _is_out_of_memory(error):
+                typer.echo(f"error: {error}", err=True)
+            else:
+                typer.echo(BUG_HEADER, err=True)
+                typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+            raise typer.Exit(1) from None

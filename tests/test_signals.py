@@ -109,3 +109,18 @@ def test_sigint_and_sigterm_stop_the_command_within_seconds_and_it_resumes(input
 @pytest.mark.parametrize("name", ["extract", "train-probe", "sweep"])
 def test_twenty_signals_at_random_moments(inputs, tmp_path, name):
     interrupt_and_finish(name, inputs, tmp_path, tries=20, seed=1)
+
+
+def test_a_stop_request_lives_only_as_long_as_the_command():
+    from step_cache import stopping
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), stopping.handled():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            assert stopping.requested() == signal.SIGTERM
+            stopping.raise_if_stopping()  # a swallowed request is raised again at the next step
+    assert stopping.requested() is None and signal.getsignal(signal.SIGTERM) is before
+    stopping.raise_if_stopping()  # nothing pending once the command is over
