@@ -19,18 +19,19 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from step_cache.errors import StepCacheError
+
 _FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _FULL_TEXTS = ("no space left on device", "disk quota exceeded", "errno = 28", "errno = 122")
 
 
-class DiskFullError(OSError):
-    """The disk under a writer is full; ``written`` and ``needed`` bytes make the message (None: unknown)."""
+class DiskFullError(StepCacheError, RuntimeError):
+    """The disk under a writer is full; the message says so ("No space left on device", so ``is_disk_full`` knows
+    it) and, from ``disk_full_message``, what was kept and what more is needed."""
 
     def __init__(self, path: str | Path, message: str | None = None) -> None:
-        super().__init__(errno.ENOSPC, message or os.strerror(errno.ENOSPC), str(path))
-
-    def __str__(self) -> str:
-        return str(self.strerror)
+        super().__init__(message or f"{path}: {os.strerror(errno.ENOSPC)}")
+        self.filename = str(path)
 
 
 def is_disk_full(error: BaseException | None) -> bool:

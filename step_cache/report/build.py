@@ -186,7 +186,7 @@ def sweep_blocks(sweep_dir: Path, out: Path, top: int = 10) -> list[Block]:
     from step_cache.sweeps.plots import sweep_figures
     from step_cache.sweeps.results import read_trials
 
-    content = read_trials(sweep_dir / "trials.json")  # a file of another shape: one line naming it
+    content = read_trials(sweep_dir / "trials.json", tables=True)  # a file of another shape: one line naming it
     trials = [t for t in content["trials"] if t["state"] == "COMPLETE" and t.get("value") is not None]
     names = [n for n, spec in content["space"].items() if spec["type"] != "fixed"]
     header = ["trial", *names, f"val {content['metric']}", "pair acc", "reversed top-1"]

@@ -117,7 +117,7 @@ def sweep_figures(sweep_dir: str | Path) -> list[Path]:
     """Draw the sweep's figures into ``sweep_dir/plots`` and return their paths (none when no trial has a
     value yet)."""
     sweep_dir = Path(sweep_dir)
-    content = read_trials(sweep_dir / "trials.json")
+    content = read_trials(sweep_dir / "trials.json", tables=True)
     metric, direction = content["metric"], content.get("direction", "maximize")
     space = {k: v for k, v in content["space"].items() if v["type"] != "fixed"}
     done = [r for r in content["trials"] if r["state"] == "COMPLETE" and r["value"] is not None]

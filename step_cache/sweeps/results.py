@@ -130,22 +130,24 @@ def best_record(study: optuna.Study, metric: str, space: SearchSpace) -> dict[st
     }
 
 
-def read_trials(path: Path) -> dict[str, Any]:
-    """A sweep's ``trials.json``, after checking its shape (an object with ``metric``, ``space`` and a list of
-    ``trials``, each an object with ``number``, ``state`` and ``params``): an old or hand-made file of another shape
-    is one SweepError naming it, never a traceback later on."""
+def read_trials(path: Path, tables: bool = False) -> dict[str, Any]:
+    """A sweep's ``trials.json``, after checking its shape: an object with a list of ``trials``, each an object
+    with ``number`` and ``state`` (older sweeps wrote no more); ``tables``: also ``metric``, ``space`` and every
+    trial's ``params`` (what reports and plots read). An old or hand-made file of another shape is one SweepError
+    naming it, never a traceback later on."""
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:
         raise SweepError(f"{path}: not valid JSON; move it away to start the sweep afresh") from None
     trials = content.get("trials") if isinstance(content, dict) else None
+    fields = {"number", "state", *(("params",) if tables else ())}
     problem = (
         f"a JSON {type(content).__name__}, not an object" if not isinstance(content, dict)
         else "no list of 'trials'" if not isinstance(trials, list)
-        else "no 'space' object or 'metric'" if not isinstance(content.get("space"), dict) or "metric" not in content
-        else "a trial without 'number', 'state' and 'params'" if not all(
-            isinstance(t, dict) and {"number", "state"} <= set(t) and isinstance(t.get("params"), dict)
-            for t in trials)
+        else "no 'space' object or 'metric'" if tables and (not isinstance(content.get("space"), dict)
+                                                            or "metric" not in content)
+        else f"a trial without {', '.join(sorted(fields))}" if not all(
+            isinstance(t, dict) and fields <= set(t) and isinstance(t.get("params", {}), dict) for t in trials)
         else None
     )  # fmt: skip
     if problem:
