@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
 import traceback
 from collections.abc import Iterator
@@ -18,7 +19,8 @@ try:  # recent typer runs its own copy of click (cli/app.py)
 except ImportError:
     from click import ClickException
 
-from step_cache import __version__
+from step_cache import __version__, stopping
+from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_disk_full
 from step_cache.errors import StepCacheError
 from step_cache.interface import command_line
 
@@ -54,26 +56,29 @@ def user_errors() -> Iterator[None]:
     (``OSError``: missing files, full disks; out of memory) into one line on stderr and exit 1. Anything else is a
     bug: its traceback is printed under a header saying so, and the exit status is 1 too. STEP_CACHE_DEBUG=1
     re-raises every error with its traceback. Within it messages name command-line options
-    (``step_cache.interface``)."""
-    try:
-        with command_line():
-            yield
-    except KeyboardInterrupt:
-        # Work is committed in steps (a training run about every 30 s): what came after the last commit is redone.
-        typer.echo(
-            "interrupted; work up to the last commit is saved: re-run the same command (train-probe: with "
-            "--resume) to continue",
-            err=True,
-        )
-        raise typer.Exit(130) from None
-    except (typer.Exit, typer.Abort, ClickException):
-        raise  # typer's own: exit statuses and usage errors
-    except Exception as error:
-        if os.environ.get("STEP_CACHE_DEBUG") == "1":
-            raise
-        if isinstance(error, (StepCacheError, OSError)) or _is_out_of_memory(error):
-            typer.echo(f"error: {error}", err=True)
-        else:
-            typer.echo(BUG_HEADER, err=True)
-            typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
-        raise typer.Exit(1) from None
+    (``step_cache.interface``). SIGINT and SIGTERM stop the command cleanly (exit 130 / 143)."""
+    with stopping.handled():  # a stop request is never lost (step_cache/stopping.py)
+        try:
+            with command_line():
+                yield
+        except KeyboardInterrupt:
+            # Work is committed in steps (a training run about every 30 s): what came after the last commit is redone.
+            typer.echo(
+                "interrupted; work up to the last commit is saved: re-run the same command (train-probe: with "
+                "--resume) to continue",
+                err=True,
+            )
+            raise typer.Exit(128 + (stopping.requested() or signal.SIGINT)) from None
+        except (typer.Exit, typer.Abort, ClickException):
+            raise  # typer's own: exit statuses and usage errors
+        except Exception as error:
+            if os.environ.get("STEP_CACHE_DEBUG") == "1":
+                raise
+            if isinstance(error, OSError) and not isinstance(error, DiskFullError) and is_disk_full(error):
+                error = DiskFullError(error.filename or "", disk_full_message(error.filename or "", "the command"))
+            if isinstance(error, (StepCacheError, OSError)) or _is_out_of_memory(error):
+                typer.echo(f"error: {error}", err=True)
+            else:
+                typer.echo(BUG_HEADER, err=True)
+                typer.echo("".join(traceback.format_exception(error)).rstrip(), err=True)
+            raise typer.Exit(1) from None

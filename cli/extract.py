@@ -85,7 +85,20 @@ def extract(
     ] = "decord",
     shard_size_mb: Annotated[float, typer.Option(help="Target shard size in MiB.")] = 1024.0,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
-    strict: Annotated[bool, typer.Option(help="Stop at the first video that cannot be read.")] = False,
+    strict: Annotated[
+        bool, typer.Option(help="Stop at the first video that cannot be read or whose decoder reports errors.")
+    ] = False,
+    max_decode_errors: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Skip (as a failure) a video whose decoder reports more errors than this (damaged data). "
+            "Default: cache it, recorded with its error count (inspect and verify list it).",
+        ),
+    ] = None,
+    allow_outside: Annotated[
+        bool, typer.Option(help="Accept --annotations paths outside --videos (absolute, or with '..').")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing cache in --out and start over.")] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the backbone (worth it for long GPU runs).")] = False,
     compression: Annotated[
@@ -133,6 +146,8 @@ def extract(
             shard_size_mb=shard_size_mb,
             seed=seed,
             strict=strict,
+            allow_outside=allow_outside,
+            **({} if max_decode_errors is None else {"max_decode_errors": max_decode_errors}),
             overwrite=overwrite,
             compile=compile,
             progress=not quiet,

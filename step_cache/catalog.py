@@ -16,7 +16,7 @@ import io
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from step_cache.errors import StepCacheError
 
@@ -92,13 +92,16 @@ def _optional_int(value: str, csv_path: Path, line: int, column: str) -> int | N
     return number
 
 
-def read_annotations(csv_path: str | Path, videos_root: str | Path | None = None) -> list[VideoItem]:
-    """Read an annotation CSV (see module doc). Checks columns, duplicates, splits, segments and, when
-    ``videos_root`` is given, that every listed file exists."""
+def read_annotations(
+    csv_path: str | Path, videos_root: str | Path | None = None, allow_outside: bool = False
+) -> list[VideoItem]:
+    """Read an annotation CSV (see module doc). Checks columns, duplicates, splits, segments, that no path leaves
+    the videos root (absolute, or with ``..``) unless ``allow_outside`` and, when ``videos_root`` is given, that
+    every listed file exists. A UTF-8 byte-order mark (spreadsheet exports) is accepted."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise CatalogError(f"{csv_path}: annotation file does not exist")
-    with csv_path.open(newline="", encoding="utf-8") as handle:
+    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in ("path", "label") if c not in columns]
@@ -119,6 +122,11 @@ def read_annotations(csv_path: str | Path, videos_root: str | Path | None = None
             path = row["path"].replace("\\", "/")
             if not path:
                 raise CatalogError(f"{csv_path}:{line}: empty path")
+            if not allow_outside and (path.startswith("/") or ".." in PurePosixPath(path).parts):
+                raise CatalogError(
+                    f"{csv_path}:{line}: path {path} leaves the videos root (absolute or with '..'); paths are "
+                    "relative to --videos: move the file under it, or pass --allow-outside"
+                )
             split = row.get("split") or None
             if split is not None and split not in SPLITS:
                 raise CatalogError(f"{csv_path}:{line}: split must be one of {', '.join(SPLITS)}, got {split!r}")

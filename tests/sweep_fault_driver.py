@@ -6,7 +6,7 @@ Run as a script by tests/test_sweep_faults.py with one JSON argument: {"work", "
 
 - ``trials.json`` never holds fewer finished trials than before a kill (and always parses: atomic writes);
 - the study never has more than ``trials`` trials with an outcome, and no configuration has two (a re-queued
-  trial's original has none);
+  trial's original has none, and a restarted process does not ask the values of the first one again);
 - the last re-run ends with exactly ``trials`` trials with an outcome, none RUNNING, and a further re-run says the
   sweep is finished, exits 0 and adds no trial.
 """
@@ -74,6 +74,8 @@ def check(out: Path, storage: str, trials: int) -> tuple[int, int]:
         assert not numbers & set(history), f"trial {trial.number} and its original {history} both have an outcome"
     origins = [t.system_attrs.get("failed_trial", t.number) for t in outcome]
     assert len(origins) == len(set(origins)), f"a configuration has two outcomes: {sorted(origins)}"
+    configurations = [tuple(sorted(t.params.items())) for t in outcome]  # restarts draw new values, not the same
+    assert len(configurations) == len(set(configurations)), f"configurations repeated: {sorted(configurations)}"
     running = sum(t.state.name == "RUNNING" for t in all_trials)
     return len(outcome), running
 

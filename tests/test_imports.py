@@ -174,7 +174,7 @@ def test_no_module_imports_a_higher_layer_or_a_neighbour():
 def test_stacking_lives_inside_training_below_the_trainer_and_sweeps():
     graph = import_graph()
     sweeps = {name for name in graph if name.startswith("step_cache.sweeps.")}
-    names = ("batch", "plots", "results", "search", "space", "storage", "study")
+    names = ("batch", "distinct", "plots", "results", "search", "space", "storage", "study")
     assert sweeps == {f"step_cache.sweeps.{name}" for name in names}
     assert "step_cache.training.stacking.stacked_run" in graph["step_cache.training.stacking.seeds"]
     assert "step_cache.training.stacking.seeds" in graph["step_cache.training.trainer"]

@@ -125,7 +125,8 @@ def test_a_finished_run_without_best_pt_says_it_is_missing(runs, tmp_path):
         assert result.returncode == 1
         assert _error_lines(result) == [
             f"error: {run / 'best.pt'}: missing, but the run finished (metrics.json); the checkpoint was deleted or "
-            "moved: put it back or train again with --overwrite"
+            "moved: put it back, re-run the command that trained it with --resume (--resume writes best.pt again "
+            "from the run's committed state), or train again with --overwrite"
         ]
 
 

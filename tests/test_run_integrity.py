@@ -306,8 +306,10 @@ def test_a_finished_run_without_its_checkpoint_says_it_is_missing(cache, tmp_pat
     message = one_error_line(invoke("evaluate", "--run", run, "--features", cache))
     assert message == (
         f"error: {run / runs.BEST}: missing, but the run finished (metrics.json); the checkpoint was deleted or "
-        "moved: put it back or train again with --overwrite"
+        "moved: put it back, re-run the command that trained it with --resume (--resume writes best.pt again from "
+        "the run's committed state), or train again with --overwrite"
     )
     (run / runs.FINAL_METRICS).unlink()
-    with pytest.raises(runs.RunError, match="missing, though the run completed 2 epoch\\(s\\)"):
+    with pytest.raises(runs.RunError, match="missing; the run is unfinished \\(2 epoch\\(s\\) recorded; its process "
+                       "stopped\\): continue it with the command that started it and --resume"):  # fmt: skip
         evaluate(run, cache)

@@ -1,6 +1,7 @@
 """Sweeps under SIGKILL: the real ``step-cache sweep`` command killed at random moments and re-run, on the
 default journal storage and on SQLite (tests/sweep_fault_driver.py does the killing and checks every promise:
-exactly ``--trials`` trials with an outcome in the end, none lost or run twice, trials.json never shrinks)."""
+exactly ``--trials`` trials with an outcome in the end, none lost or run twice, no configuration repeated,
+trials.json never shrinks)."""
 
 from __future__ import annotations
 
@@ -25,9 +26,9 @@ def run_driver(work: Path, storage: str, kills: int, seed: int, trials: int = 8)
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
-def test_three_kills_then_the_same_command_finishes_every_trial_once(storage, tmp_path):
-    outcome = run_driver(tmp_path, storage, kills=3, seed=0)
-    assert outcome["kills"] == 3 and outcome["storage"] == storage
+def test_five_kills_then_the_same_command_finishes_every_trial_once_with_distinct_configurations(storage, tmp_path):
+    outcome = run_driver(tmp_path, storage, kills=5, seed=0)
+    assert outcome["kills"] == 5 and outcome["storage"] == storage
 
 
 @pytest.mark.slow

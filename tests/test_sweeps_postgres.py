@@ -160,5 +160,7 @@ def test_a_killed_worker_s_trial_is_requeued_and_every_trial_finishes_once(postg
         copies = [t for t in outcome if number in t.system_attrs.get("retry_history", [])]
         assert len(copies) == 1 and copies[0].params == by_number[number].params
     origins = [t.system_attrs.get("failed_trial", t.number) for t in outcome]
-    assert len(origins) == len(set(origins))  # no configuration finished twice
+    assert len(origins) == len(set(origins))  # no trial finished twice
+    configurations = {tuple(sorted(t.params.items())) for t in outcome}  # nor a configuration, across workers
+    assert len(configurations) == TRIALS, [t.params for t in outcome]
     assert {t.user_attrs["worker"].rsplit(":", 1)[1] for t in outcome} >= {str(second.pid)}

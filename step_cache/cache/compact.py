@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from step_cache.cache.disk_space import full_disk_said, is_disk_full
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Failure, Manifest, TokenLayout
 from step_cache.cache.projection import Projection, fit_pca, sample_training_clips, subsample_tokens
@@ -148,7 +149,7 @@ def compact(
         "compacted_from_manifest": source_manifest.content_hash(),
         "finished": False,
     }
-    with DirectoryLock(out):
+    with full_disk_said(out, "compaction"), DirectoryLock(out):
         manifest = open_output(out, extraction, source_manifest.classes, source_manifest.pairs, source, overwrite)
         if projection is not None:
             projection.save(out)  # the same fit as the manifest records (a different one was refused above)
@@ -170,6 +171,8 @@ def compact(
             state.finish(failures)  # whole videos only; the next run resumes after them
             raise
         except Exception as error:
+            if is_disk_full(error):  # one line, the shards kept (disk_space)
+                raise CompactionError(state.stop_on_full_disk(failures, "compaction")) from None
             state.abandon(failures)
             raise CompactionError(
                 f"{out}: compaction stopped by {type(error).__name__}: {error}; completed shards are kept, re-run "

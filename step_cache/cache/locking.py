@@ -107,3 +107,31 @@ def _read(fd: int) -> dict:
         return json.loads(os.pread(fd, 4096, 0).decode() or "{}")
     except (OSError, ValueError):
         return {}
+
+
+def holder(directory: str | Path) -> dict | None:
+    """Who holds ``directory``'s lock now (pid, host, since), or None when nobody does. Asked without taking the
+    lock: the kernel's table of ``flock`` locks (``/proc/locks``) names the lock file's inode while a live process
+    holds it, so a reader never makes a starting writer fail."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        key = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+        try:
+            with open("/proc/locks", encoding="ascii") as table:
+                held = any(line.split()[5] == key for line in table if "FLOCK" in line and len(line.split()) > 5)
+        except OSError:  # no /proc (not Linux): a shared lock that fails while the writer holds its exclusive one
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = True
+            else:
+                held = False
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        return (_read(fd) or {"pid": "?"}) if held else None
+    finally:
+        os.close(fd)

@@ -64,8 +64,7 @@ class TokenLayout:
 
     @property
     def format_version(self) -> int:
-        """The oldest shard format that can hold these tokens: a float cache stays version 1, so that older
-        step-cache versions keep reading it; int8 tokens need version 2."""
+        """The oldest shard format for these tokens: 1 for floats (older step-cache reads it), 2 for int8."""
         return 2 if self.quantized else 1
 
     @classmethod
@@ -116,11 +115,11 @@ class Failure:
 
 @dataclass
 class VideoWarning:
-    """A video that was extracted, but from less than was asked for (e.g. a truncated file, a segment that ends
-    past the video's end); ``reason`` says what and names the file."""
+    """A video extracted from less than asked for (truncated, a segment past its end) or damaged data: ``reason``."""
 
     video: str
     reason: str
+    decode_errors: int = 0  # written only when > 0 (absent from older manifests: none)
 
 
 @dataclass
@@ -203,6 +202,7 @@ class Manifest:
 
     # -- (de)serialisation -------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        warnings = [{k: v for k, v in asdict(w).items() if v or k != "decode_errors"} for w in self.warnings]
         return {
             "format": FORMAT_NAME,
             "format_version": self.format_version,
@@ -217,7 +217,7 @@ class Manifest:
             "shards": [s.to_dict() for s in self.shards],
             "failures": [asdict(f) for f in self.failures],
             # only when there are any: a cache without warnings keeps the manifest (and content_hash) it had
-            **({"warnings": [asdict(w) for w in self.warnings]} if self.warnings else {}),
+            **({"warnings": warnings} if warnings else {}),
             "source": self.source,
             "storage": self.storage,
             **({"durations": dict(sorted(self.durations.items()))} if self.durations else {}),

@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from step_cache.cache.disk_space import reserve
 from step_cache.cache.files import file_sha256, fsync_dir
 from step_cache.cache.integrity import ShardError, remember
 from step_cache.cache.manifest import VIEWS_FORMAT_VERSION, ShardRecord, TokenLayout
@@ -97,6 +98,7 @@ class ShardWriter:
         compression: str = "none",
         settings: str = "",
         views: bool = False,
+        reserve_bytes: int = 0,
     ):
         self.directory = Path(directory)
         self.name = name
@@ -105,6 +107,14 @@ class ShardWriter:
         self.count = 0
         self.videos: set[str] = set()
         self._file = h5py.File(self.tmp_path, "w")
+        self._reserved = reserve_bytes > 0
+        if self._reserved:  # HDF5 must never meet a full disk (disk_space): its bytes are allocated before use
+            try:
+                self._file.flush()
+                reserve(self.tmp_path, reserve_bytes)
+            except BaseException:
+                self.abandon()
+                raise
         tokens_shape = (frames, layout.tokens_per_frame, layout.dim)
         # One chunk per clip: a random clip read touches exactly one chunk.
         self._file.create_dataset(
@@ -193,7 +203,14 @@ class ShardWriter:
         self._file.attrs["complete"] = True
         self._file.attrs["num_clips"] = self.count
         self._file.flush()
+        end = self._file.id.get_filesize()  # HDF5's end of data; a reserved file is longer
         self._file.close()
+        if self._reserved:
+            os.truncate(self.tmp_path, end)  # give back the reserved bytes the shard did not use
+            try:
+                h5py.File(self.tmp_path, "r").close()  # HDF5 refuses a file cut before its end of data
+            except OSError as error:
+                raise ShardError(f"{self.tmp_path}: unreadable after trimming its reserved space ({error})") from None
         with open(self.tmp_path, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(self.tmp_path, self.final_path)

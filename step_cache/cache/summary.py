@@ -88,7 +88,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["pairs"]:
         lines.append(f"  pairs      {', '.join('/'.join(p) for p in summary['pairs'])}")
     if summary["warnings"]:
-        lines.append(f"  warnings   {len(summary['warnings'])} videos extracted from less than asked for:")
+        lines.append(f"  warnings   {len(summary['warnings'])} videos extracted from less than asked for or from "
+                     "damaged data (decoder errors):")  # fmt: skip
         lines += [f"    {warning['reason']}" for warning in summary["warnings"][:20]]
         if len(summary["warnings"]) > 20:
             lines.append(f"    ... and {len(summary['warnings']) - 20} more (see manifest.json)")

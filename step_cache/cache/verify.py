@@ -78,6 +78,9 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
             f"{directory / MANIFEST_NAME}: no manifest_sha256 (written by an older step-cache), so edits to it "
             "cannot be detected"
         )
+    report.warnings += [  # cached, but its decoder reported damaged data: its frames may be wrong
+        f"{directory / MANIFEST_NAME}: {w.reason}" for w in manifest.warnings if w.decode_errors
+    ]
     try:
         prefixes = _identity_prefixes(directory, manifest)
     except ShardError as error:

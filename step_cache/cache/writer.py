@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from step_cache import __version__
+from step_cache.cache.disk_space import DiskFullError, disk_full_message, free_bytes, is_disk_full
 from step_cache.cache.files import file_sha256
 from step_cache.cache.integrity import CHECKED_NAME, remember
 from step_cache.cache.manifest import (
@@ -156,7 +157,14 @@ def next_shard_index(manifest: Manifest) -> int:
 
 
 class CacheWriter:
-    """The shard being written, rolled over when full; the manifest is rewritten after every published shard."""
+    """The shard being written, rolled over when full; the manifest is rewritten after every published shard.
+
+    Each shard reserves its bytes on disk when it opens (``disk_space``): as many clips as a shard holds, or as
+    this run still has to write (``expected_clips``), or as fit in the free space (minus ``SLACK`` kept for the
+    manifest), in which case the shard is published early and the next one finds the disk full."""
+
+    SLACK = 1 << 20  # bytes left free beside a reservation: the manifest and its temporary copy
+    OVERHEAD = 1 << 18  # a shard file's own structures, beside its clips
 
     def __init__(
         self,
@@ -167,29 +175,60 @@ class CacheWriter:
         next_index: int,
         shard_clips: int,
         compression: str,
+        expected_clips: int | None = None,
+        video_clips: int = 1,
     ):
         self.out, self.manifest, self.layout, self.frames = out, manifest, layout, frames
         self.next_index, self.shard_clips, self.compression = next_index, shard_clips, compression
         self.writer: ShardWriter | None = None
+        self.capacity = shard_clips  # clips the open shard has room for
+        self.remaining = expected_clips  # clips this run still has to write (None: unknown)
+        self.video_clips = video_clips  # the most clips one video adds
+        self.written = 0  # bytes of the shards published by this run
+        # per clip: its tokens and its metadata (video key, frame indices, ...)
+        self.clip_bytes = layout.clip_bytes(frames) + 512 + 16 * frames
+
+    def needed_bytes(self) -> int | None:
+        """About how many more bytes this run's remaining clips take (None: unknown)."""
+        return None if self.remaining is None else self.remaining * self.clip_bytes
 
     def append_video(self, records: list[ClipRecord]) -> None:
         """All clips of one video, in one shard, published together or not at all."""
         if self.writer is None:
-            self.writer = ShardWriter(
-                self.out, shard_name(self.next_index), self.layout, self.frames, self.compression,
-                settings=settings_hash(self.manifest.extraction), views=self.manifest.view_count > 0,
-            )  # fmt: skip
-            self.next_index += 1
+            self._open(len(records))
         self.writer.append_video(records)
+        if self.remaining is not None:
+            self.remaining = max(0, self.remaining - len(records))
+
+    def _open(self, first: int) -> None:
+        want = self.shard_clips + self.video_clips  # a shard rolls over after the video that fills it
+        if self.remaining is not None:
+            want = min(want, max(self.remaining, first))
+        fits = (free_bytes(self.out) - self.SLACK - self.OVERHEAD) // self.clip_bytes
+        if fits < first:
+            raise DiskFullError(self.out)
+        self.capacity = min(want, fits)
+        self.writer = ShardWriter(
+            self.out, shard_name(self.next_index), self.layout, self.frames, self.compression,
+            settings=settings_hash(self.manifest.extraction), views=self.manifest.view_count > 0,
+            reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD,
+        )  # fmt: skip
+        self.next_index += 1
 
     def roll_over_if_full(self, failures: dict[str, Failure]) -> None:
-        if self.writer is not None and self.writer.count >= self.shard_clips:
+        """Publish the shard when it holds ``shard_clips`` clips, or when its reservation has no room for another
+        video (a disk with less free space than a whole shard gets its clips in smaller shards)."""
+        if self.writer is not None and (
+            self.writer.count >= self.shard_clips or self.writer.count + self.video_clips > self.capacity
+        ):
             self._publish(failures)
 
     def _publish(self, failures: dict[str, Failure]) -> None:
         writer, self.writer = self.writer, None
         if writer is not None and writer.committed:  # an interrupt inside the first video leaves nothing to list
-            self.manifest.shards.append(writer.finish())
+            record = writer.finish()
+            self.written += record.bytes
+            self.manifest.shards.append(record)
         elif writer is not None:
             writer.abandon()
         self._save(failures)
@@ -209,3 +248,17 @@ class CacheWriter:
             self._save(failures)
         except OSError as error:  # e.g. the disk is still full: the previous manifest stays valid
             log.error("%s: could not update the manifest (%s)", self.out, error)
+
+    def stop_on_full_disk(self, failures: dict[str, Failure], what: str = "extraction") -> str:
+        """After the disk filled: publish the whole videos of the open shard (its bytes are reserved, so this
+        needs no new space; a shard renamed before its manifest entry could be written is adopted by the next
+        run) and return the one-line message."""
+        try:
+            self.finish(failures)
+        except OSError as error:
+            if not is_disk_full(error):
+                raise
+            if self.writer is not None:
+                self.writer.abandon()
+                self.writer = None
+        return disk_full_message(self.out, what, self.written, self.needed_bytes())

@@ -24,10 +24,12 @@ from typing import Any
 import numpy as np
 
 from step_cache.errors import StepCacheError
+from step_cache.extraction.decoder_errors import counting_decoder_errors
 from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
 from step_cache.extraction.views import ViewSettings, render_views, view_sampler
+from step_cache.stopping import raise_if_stopping
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class DecodeResult:
     error: str | None = None
     warnings: tuple[str, ...] = ()  # decoded, but less than asked for (a truncated file, a clamped segment)
     fps: float | None = None  # the container's frame rate: num_frames / fps is the clip's duration
+    decode_errors: int = 0  # errors the decoder reported while decoding (damaged data: see decoder_errors)
     view_params: list[dict[str, Any]] = field(default_factory=list)  # views 1..N, their frames after the clean ones
 
     def take_frames(self) -> np.ndarray:
@@ -79,25 +82,29 @@ def guarded_decode(task: DecodeTask, decode: Callable[[], tuple[Any, Any]]) -> D
     """The result of ``decode()`` (decoded clips, their preprocessed pixels) for ``task``, or the failure it raised
     (one bad video must never stop the run); shared by the CPU pool and the on-device decoder."""
     try:
-        decoded, pixels = decode()
+        with counting_decoder_errors() as errors:
+            decoded, pixels = decode()
     except VideoDecodeError as error:
         return DecodeResult(task.task_id, error=str(error))
     except Exception as error:  # noqa: BLE001 - one bad video must never stop the run
         return DecodeResult(task.task_id, error=f"{task.path}: {type(error).__name__}: {error}")
+    damaged = (errors.describe(),) if errors.count else ()
     return DecodeResult(
         task.task_id,
         pixels,
         decoded.frame_indices,
         decoded.num_frames,
         decoded.short,
-        warnings=tuple(decoded.warnings),
+        warnings=(*decoded.warnings, *damaged),
         fps=decoded.fps,  # for the clip durations in the manifest
+        decode_errors=errors.count,
         view_params=[params for _, params, _ in getattr(decoded, "views", [])],
     )
 
 
 def _worker_main(tasks: mp.Queue, results: Connection, frames: int, clips: int, decoder: str) -> None:
     quiet_decoder_logs()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
     if decoder_spec(decoder).requires == "torchcodec":
         import torch
 
@@ -191,8 +198,10 @@ class DecodePool:
         self.start()
         for worker in self._workers:
             worker.tasks.put(preprocessing)
+        finished = False
         try:
             while pending or any(worker.outstanding for worker in self._workers):
+                raise_if_stopping()  # waiting on slow workers: a stop request still ends the run within 0.5 s
                 # ``pending`` stays in task order (requeued tasks are sorted back in), so the task to hand out
                 # next is either with a worker or first in line: never hold that one back.
                 head_waiting = bool(pending) and position < len(order) and pending[0].task_id == order[position]
@@ -207,8 +216,9 @@ class DecodePool:
                 while position < len(order) and order[position] in ready:
                     yield ready.pop(order[position])
                     position += 1
+            finished = True
         finally:
-            self.close()
+            self.close(wait=finished)  # a caller that stops early (an error, a signal) wants no more videos
 
     def _spawn(self) -> _Worker:
         tasks = self._context.Queue()
@@ -290,11 +300,12 @@ class DecodePool:
             self._workers[index] = self._spawn()
         return results
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the workers: after the videos queued to them (``wait``), or at once (the run is stopping)."""
         for worker in self._workers:
             if worker.process.is_alive():
                 worker.tasks.put(None)
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + (5 if wait else 0)
         for worker in self._workers:
             worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from step_cache.cache.disk_space import full_disk_said
 from step_cache.cache.identity import qualified_groups
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Manifest, ManifestError, ShardRecord, read_manifest, write_manifest
@@ -97,7 +98,7 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
     for manifest in manifests:  # the parts' clip durations add up
         for seconds, count in manifest.durations.items():
             merged.durations[seconds] = merged.durations.get(seconds, 0) + count
-    with DirectoryLock(out):
+    with full_disk_said(out, "merge"), DirectoryLock(out):  # the parts stay as they were: merging again is safe
         write_manifest(out, merged)
     return merged
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_disk_full
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.quantize import TOKEN_DTYPES
 from step_cache.cache.shards import COMPRESSIONS
@@ -51,7 +52,9 @@ class ExtractOptions:
     workers: int | None = None  # decode processes; None: one per spare CPU core
     shard_size_mb: float = 1024.0
     seed: int = 0
-    strict: bool = False
+    strict: bool = False  # also: a video with decoder errors stops the run
+    max_decode_errors: float = float("inf")  # a video whose decoder reported more errors is skipped as a failure
+    allow_outside: bool = False  # annotation paths may leave the videos root (absolute, '..')
     overwrite: bool = False
     compile: bool = False
     decoder: str = DEFAULT_DECODER  # decord, pyav, torchcodec or torchcodec-cuda (step_cache.extraction.decoders)
@@ -106,7 +109,7 @@ def extract(
         videos = Path(annotations).parent  # paths in an annotation CSV are relative to the videos root
     if items is None:
         if annotations is not None:
-            items = read_annotations(annotations, videos)
+            items = read_annotations(annotations, videos, allow_outside=opts.allow_outside)
         elif videos is not None:
             items = discover_videos(videos)
         else:
@@ -144,13 +147,22 @@ def extract(
         }
         if not opts.overwrite and (finished := already_complete(out, extraction, classes, pair_list, source, items)):
             return finished  # nothing to do: take no lock and write nothing (the folder may be read-only)
-        with DirectoryLock(out) as lock:
-            if lock.replaced_stale:
-                log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
-            manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
-            manifest.storage = {"compression": opts.compression}
-            done = recover(out, manifest)
-            return ExtractionRun(backbone, opts, out, manifest, items, done, device, views).run(pool, videos)
+        try:
+            with DirectoryLock(out) as lock:
+                if lock.replaced_stale:
+                    log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
+                manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
+                manifest.storage = {"compression": opts.compression}
+                done = recover(out, manifest)
+                return ExtractionRun(backbone, opts, out, manifest, items, done, device, views).run(pool, videos)
+        except OSError as error:  # full before the first video (its lock or manifest): nothing was written
+            if is_disk_full(error) and not isinstance(error, DiskFullError):
+                raise ExtractionError(disk_full_message(out, "extraction", 0)) from None
+            raise
+    except BaseException:
+        # stopping (an error, a full disk, a signal): the videos queued to workers are not wanted
+        pool.close(wait=False)
+        raise
     finally:
         pool.close()
 

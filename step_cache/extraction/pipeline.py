@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from step_cache.cache.disk_space import check_not_full, is_disk_full
 from step_cache.cache.manifest import Failure, Manifest, VideoWarning
 from step_cache.cache.quantize import read_dtype
 from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_index
@@ -30,6 +31,7 @@ from step_cache.extraction.video_rows import video_records
 from step_cache.extraction.views import ViewSettings, gets_views
 from step_cache.extraction.write_queue import WriteQueue
 from step_cache.interface import option
+from step_cache.stopping import raise_if_stopping
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +64,12 @@ class ExtractionRun:
         # int8: the backbone's tokens come back in float16 and the shard writer quantizes them (as compact would)
         computer = TokenComputer(backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile)
         self.batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
+        # clips per video (views included): the writer reserves their bytes so a full disk stops between videos
+        per_video = [opts.clips * (1 + (views.count if views.count and gets_views(i.split) else 0)) for i in self.todo]
         self.state = CacheWriter(
-            out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression
-        )
+            out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression,
+            expected_clips=sum(per_video), video_clips=max(per_video, default=opts.clips),
+        )  # fmt: skip
         self.name = backbone.spec.name
         self.started = time.perf_counter()
         self.bar: tqdm | None = None
@@ -95,7 +100,7 @@ class ExtractionRun:
         if result.fps:  # the typical duration is timeline's default window
             self.manifest.add_duration(result.num_frames / result.fps)
         if result.warnings:  # recorded in the manifest (and shown by inspect) with the video's shard
-            warning = VideoWarning(item.key, f"{item.key}: {'; '.join(result.warnings)}")
+            warning = VideoWarning(item.key, f"{item.key}: {'; '.join(result.warnings)}", result.decode_errors)
             log.warning("%s", warning.reason)
             self.warnings[item.key] = warning
             report.warnings.append(warning)
@@ -131,13 +136,24 @@ class ExtractionRun:
     def compute(self, pool: DecodePool, tasks: list[DecodeTask], writes: WriteQueue) -> None:
         """Decoded videos into backbone batches; finished videos and failures to the writer, in order."""
         preprocessing = self.batcher.compute.backbone.preprocessing
+        opts = self.opts
         for result in pool.run(tasks, preprocessing):
+            raise_if_stopping()  # a Ctrl-C or SIGTERM swallowed somewhere stops the run at the next video
+            check_not_full(self.out)  # another writer may fill the disk: stop now, not when this shard is done
             item = self.todo[result.task_id]
             if result.error is not None:
                 writes.put(("failure", (item, result.error)))
-                if self.opts.strict:
+                if opts.strict:
                     self._queue(self.batcher.flush(), writes)
                     raise ExtractionError(f"{option('strict')}: {result.error}")
+                continue
+            if result.decode_errors and (opts.strict or result.decode_errors > opts.max_decode_errors):
+                reason = f"{tasks[result.task_id].path}: {result.warnings[-1]}"
+                if opts.strict:
+                    self._queue(self.batcher.flush(), writes)
+                    raise ExtractionError(f"{option('strict')}: {reason}")
+                limit = f"more than {option('max_decode_errors')} {opts.max_decode_errors}"
+                writes.put(("failure", (item, f"{reason} ({limit})")))
                 continue
             self._queue(self.batcher.add(self._pending(item, result)), writes)
         self._queue(self.batcher.flush(), writes)
@@ -165,6 +181,9 @@ class ExtractionRun:
             self.finish(writes)  # publishes whole videos only: clips of a video cut short are dropped
             raise
         except Exception as error:
+            if is_disk_full(error):  # one line, the whole videos kept; never HDF5's tracebacks (disk_space)
+                self.close_quietly(writes)
+                raise ExtractionError(self.state.stop_on_full_disk(self.failures)) from None
             self.stop(writes)
             raise ExtractionError(
                 f"{self.out}: extraction stopped by {type(error).__name__}: {error}; completed shards are kept, "
@@ -183,11 +202,16 @@ class ExtractionRun:
 
     def stop(self, writes: WriteQueue) -> None:
         """An error (in the pipeline or the writer): the unfinished shard is dropped, the manifest kept valid."""
+        self.close_quietly(writes)
+        self.state.abandon(self.failures)
+
+    @staticmethod
+    def close_quietly(writes: WriteQueue) -> None:
+        """Stop the writer thread; its own error, if any, is already the reason the run stops."""
         try:
             writes.close()
         except Exception as error:  # noqa: BLE001 - the writer's own error, already the reason we stop
             log.debug("writer stopped: %s", error)
-        self.state.abandon(self.failures)
 
     def summary(self) -> ExtractReport:
         report = self.report

@@ -22,7 +22,7 @@ from step_cache.extraction.frame_rate import frame_rate
 from step_cache.extraction.video import decode_clips, decoder_logs_silenced
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.plot import plot_timeline
-from step_cache.recognition.segments import Segment, merge_segments
+from step_cache.recognition.segments import Segment, check_segment_options, merge_segments
 from step_cache.recognition.stream import WindowLogits, WindowRunner
 from step_cache.recognition.windows import WindowError, WindowPlan, plan_windows
 from step_cache.training.run_notes import clamp_top_k, not_above_chance
@@ -202,6 +202,7 @@ def timeline(
     progress: bool = True,
 ) -> Timeline:
     """Slide windows over ``video`` with the run's probe and write the timeline, its segments and a figure."""
+    check_segment_options(min_confidence, min_length)  # before the backbone is built and the video decoded
     model = RunModel(run_dir, weights=weights, device=device)
     result = run_timeline(
         model, video, window=window, stride=stride, fps=fps, batch_frames=batch_frames, progress=progress

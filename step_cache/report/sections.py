@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -71,9 +70,10 @@ def run_blocks(summary: RunSummary, out: Path) -> list[Block]:
 def sweep_blocks(sweep_dir: Path, out: Path, top: int = 10) -> list[Block]:
     """A sweep's section: its best trials and its figures (objective vs each parameter, parallel coordinates)."""
     from step_cache.sweeps.plots import sweep_figures
+    from step_cache.sweeps.results import read_trials
 
-    content = json.loads((sweep_dir / "trials.json").read_text(encoding="utf-8"))
-    trials = [t for t in content["trials"] if t["state"] == "COMPLETE" and t["value"] is not None]
+    content = read_trials(sweep_dir / "trials.json", tables=True)  # a file of another shape: one line naming it
+    trials = [t for t in content["trials"] if t["state"] == "COMPLETE" and t.get("value") is not None]
     names = [n for n, spec in content["space"].items() if spec["type"] != "fixed"]
     header = ["trial", *names, f"val {content['metric']}", "pair acc", "reversed top-1"]
     rows = [

@@ -14,7 +14,7 @@ from step_cache.training import runs as run_files
 from step_cache.training.chance import chance_note
 from step_cache.training.metrics import format_percent
 from step_cache.training.records import headline_figures, run_chance
-from step_cache.training.run_status import failure
+from step_cache.training.run_status import failure, unfinished
 
 
 class ReportError(StepCacheError, ValueError):
@@ -96,7 +96,7 @@ def load_run(directory: str | Path, name: str | None = None) -> RunSummary:
         return RunSummary(name or directory.name, directory, config, {}, [], failure=reason)
     metrics = run_files.read_final_metrics(directory)
     if metrics is None:
-        raise ReportError(f"{directory}: no metrics.json yet (the run has not finished; resume it with --resume)")
+        raise ReportError(f"{unfinished(directory)} (no metrics.json yet)")
     return RunSummary(name or directory.name, directory, config, metrics, run_files.read_epoch_log(directory))
 
 

@@ -16,6 +16,7 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import Trial, TrialState
 
+from step_cache.sweeps.distinct import is_duplicate
 from step_cache.sweeps.results import SUMMARY_KEYS
 from step_cache.sweeps.search import METRICS
 from step_cache.sweeps.storage import requeue
@@ -52,7 +53,8 @@ def run_batch(
     pruning: bool, exclusive: bool = False,
 ) -> list[TrialState | None]:  # fmt: skip
     """Train one batch of asked trials (stacked by shape) and tell Optuna each outcome; returns the states (None:
-    the trial was taken over by another worker after its heartbeat was judged late, so its outcome is not ours).
+    the trial was taken over by another worker after its heartbeat was judged late, or another trial holds its
+    configuration, so its outcome is not ours).
     ``exclusive``: this process is the storage's only writer (the journal in OUT), see ``storage.requeue``."""
     report_key = METRICS[metric][1]
     lost: set[int] = set()
@@ -84,6 +86,8 @@ def _tell(
     study: optuna.Study, trial: Trial, config: TrainConfig, result: MemberResult, metric: str
 ) -> TrialState | None:
     try:
+        if is_duplicate(study, trial):  # another worker asked the same configuration at the same moment
+            return None
         _record_result(trial, config, result, metric)
         failure = result.diverged
         if failure is None and result.metrics is not None and _finite(result.metrics.get(metric)) is None:

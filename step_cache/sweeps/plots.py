@@ -11,7 +11,6 @@ Figures are drawn with ``matplotlib.figure.Figure`` (no pyplot, no GUI backend, 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -22,6 +21,8 @@ from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+
+from step_cache.sweeps.results import read_trials
 
 PLOTS = "plots"
 
@@ -116,8 +117,8 @@ def sweep_figures(sweep_dir: str | Path) -> list[Path]:
     """Draw the sweep's figures into ``sweep_dir/plots`` and return their paths (none when no trial has a
     value yet)."""
     sweep_dir = Path(sweep_dir)
-    content = json.loads((sweep_dir / "trials.json").read_text(encoding="utf-8"))
-    metric, direction = content["metric"], content["direction"]
+    content = read_trials(sweep_dir / "trials.json", tables=True)
+    metric, direction = content["metric"], content.get("direction", "maximize")
     space = {k: v for k, v in content["space"].items() if v["type"] != "fixed"}
     done = [r for r in content["trials"] if r["state"] == "COMPLETE" and r["value"] is not None]
     pruned = [r for r in content["trials"] if r["state"] == "PRUNED" and r["last_reported"] is not None]

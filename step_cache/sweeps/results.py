@@ -30,7 +30,7 @@ from step_cache.cache.files import atomic_write_text
 from step_cache.cache.shards import ShardSet
 from step_cache.sweeps.search import SweepError
 from step_cache.sweeps.space import SearchSpace
-from step_cache.sweeps.storage import SweepStorage, has_outcome
+from step_cache.sweeps.storage import JOURNAL, SweepStorage, has_outcome, is_skipped
 from step_cache.training import runs
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig
 from step_cache.training.metrics import format_percent
@@ -68,12 +68,13 @@ def _last_reported(trial: FrozenTrial) -> float | None:
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     """Every trial with an outcome or running, completed first by objective, then pruned by their last reported
-    value. Left out: surplus trials, queued ones, and those failed because their worker died or was interrupted
+    value. Left out: surplus and duplicate trials, queued ones, and those failed because their worker died or was
+    interrupted
     (their re-queued copy is listed instead)."""
     sign = -1 if _maximize(study) else 1
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if not (has_outcome(trial) or (trial.state == TrialState.RUNNING and not trial.user_attrs.get("surplus"))):
+        if not (has_outcome(trial) or (trial.state == TrialState.RUNNING and not is_skipped(trial))):
             continue
         metrics = dict(trial.user_attrs.get("metrics", {}))
         rows.append({
@@ -129,10 +130,50 @@ def best_record(study: optuna.Study, metric: str, space: SearchSpace) -> dict[st
     }
 
 
+def read_trials(path: Path, tables: bool = False) -> dict[str, Any]:
+    """A sweep's ``trials.json``, after checking its shape: an object with a list of ``trials``, each an object
+    with ``number`` and ``state`` (older sweeps wrote no more); ``tables``: also ``metric``, ``space`` and every
+    trial's ``params`` (what reports and plots read). An old or hand-made file of another shape is one SweepError
+    naming it, never a traceback later on."""
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise SweepError(f"{path}: not valid JSON; move it away to start the sweep afresh") from None
+    trials = content.get("trials") if isinstance(content, dict) else None
+    fields = {"number", "state", *(("params",) if tables else ())}
+    problem = (
+        f"a JSON {type(content).__name__}, not an object" if not isinstance(content, dict)
+        else "no list of 'trials'" if not isinstance(trials, list)
+        else "no 'space' object or 'metric'" if tables and (not isinstance(content.get("space"), dict)
+                                                            or "metric" not in content)
+        else f"a trial without {', '.join(sorted(fields))}" if not all(
+            isinstance(t, dict) and fields <= set(t) and isinstance(t.get("params", {}), dict) for t in trials)
+        else None
+    )  # fmt: skip
+    if problem:
+        raise SweepError(f"{path}: not a sweep's trials.json ({problem}); move it away or choose another --out")
+    return content
+
+
 def _finished(content: dict[str, Any]) -> int:
     if "finished" in content:
         return int(content["finished"])
     return sum(r["state"] in ("COMPLETE", "PRUNED") or bool(r.get("failure")) for r in content.get("trials", []))
+
+
+def check_out_first(out: Path, shared: bool) -> None:
+    """Before the study is opened (which creates ``OUT/study.journal``): refuse an ``OUT`` whose ``trials.json``
+    has another shape, or holds finished trials but no journal (a sweep from before sweeps resumed), so that a
+    refused sweep leaves nothing new behind."""
+    path = out / TRIALS_JSON
+    if not path.exists():
+        return
+    previous = read_trials(path)
+    if not shared and not (out / JOURNAL).exists() and (before := _finished(previous)):
+        raise SweepError(
+            f"{path}: holds {before} finished trials of another study ({previous.get('study')!r}, "
+            f"{previous.get('storage', 'not resumable: no study.journal')}); choose another --out"
+        )
 
 
 def check_resume(out: Path, store: SweepStorage, study: optuna.Study, trials: int) -> int:
@@ -142,10 +183,7 @@ def check_resume(out: Path, store: SweepStorage, study: optuna.Study, trials: in
     done = sum(has_outcome(t) for t in study.get_trials(deepcopy=False))
     path = out / TRIALS_JSON
     if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except ValueError:
-            raise SweepError(f"{path}: not valid JSON; move it away to start the sweep afresh") from None
+        previous = read_trials(path)
         before = _finished(previous)
         other = previous.get("storage", store.label) != store.label or (
             before and previous.get("study") != study.study_name
@@ -185,7 +223,7 @@ def write_results(
     finished = sum(has_outcome(t) for t in study.get_trials(deepcopy=False))
     before = 0
     with contextlib.suppress(OSError, ValueError):  # no file yet (or unreadable: replaced)
-        before = _finished(json.loads((out / TRIALS_JSON).read_text()))
+        before = _finished(read_trials(out / TRIALS_JSON))
     if before > finished:  # the guarantee, whatever happens around it: never fewer
         raise SweepError(f"{out / TRIALS_JSON}: holds {before} finished trials, the study {finished}; not replaced")
     runs.write_json(out / TRIALS_JSON, {

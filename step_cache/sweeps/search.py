@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -36,11 +37,55 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
         return None
 
 
+def worker_seed(seed: int, first_trial: int) -> int:
+    """The sampler seed of a process whose first asked trial is number ``first_trial``: ``seed`` itself for the
+    study's first trial (a single uninterrupted worker draws the same sequence as ever), else a seed derived from
+    both. Trial numbers are unique in a study, so a restarted sweep or another worker never replays a stream."""
+    if first_trial == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, first_trial]).generate_state(1)[0])
+
+
+class _WorkerSeeded:
+    """Reseeds a sampler's random streams with ``worker_seed`` at the first trial this process asks (Optuna calls
+    ``before_trial`` once the trial, and so its number, exists). Without it every restart and every worker seeded
+    with ``--seed`` asks the same first values again (Optuna's docs: give each process its own seed)."""
+
+    _base_seed: int
+    _reseeded = False
+
+    def before_trial(self, study: optuna.Study, trial: Any) -> None:
+        if not self._reseeded:
+            self._reseeded = True
+            if trial.number != 0:
+                for part in self._streams():
+                    part._rng.rng.seed(worker_seed(self._base_seed, trial.number))
+        super().before_trial(study, trial)  # type: ignore[misc]
+
+    def _streams(self) -> list[Any]:
+        return [self]
+
+
+class _TPESampler(_WorkerSeeded, optuna.samplers.TPESampler):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)  # constant_liar (the default) keeps parallel asks apart
+        self._base_seed = seed
+
+    def _streams(self) -> list[Any]:
+        return [self, self._random_sampler]  # its own draws and its random start-up trials
+
+
+class _RandomSampler(_WorkerSeeded, optuna.samplers.RandomSampler):
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self._base_seed = seed
+
+
 def make_sampler(name: str, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)  # constant_liar (the default) keeps parallel asks apart
+        return _TPESampler(seed)
     if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
+        return _RandomSampler(seed)
     if name == "grid":
         return _AskTellGridSampler(space.grid(), seed=seed)
     raise SweepError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")

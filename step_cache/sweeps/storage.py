@@ -10,7 +10,8 @@
 
 **Counting.** ``--trials`` counts trials with an outcome: COMPLETE, PRUNED, or FAIL with a ``failure`` (diverged).
 A trial failed because its worker died (or was interrupted) has no outcome: its WAITING copy replaces it, so
-it never counts twice. Trials asked past the budget in a race are ``surplus`` and never count.
+it never counts twice. Trials asked past the budget in a race are ``surplus``, and trials that asked a configuration
+another trial holds are ``duplicate_of`` it (``distinct``): neither ever counts.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ JOURNAL = "study.journal"
 DEFAULT_STUDY = "sweep"
 GRACE_FACTOR = 3  # missed heartbeats before a trial is judged dead: tolerates a busy worker or database
 OUTCOME = (TrialState.COMPLETE, TrialState.PRUNED)
+DUPLICATE = "duplicate_of"  # user attribute of a trial skipped because another trial holds its configuration
 
 
 @dataclass
@@ -177,9 +179,14 @@ def _heartbeats(storage: optuna.storages.BaseStorage, trial_ids: list[int], inte
         thread.join()
 
 
+def is_skipped(trial: FrozenTrial) -> bool:
+    """Told FAIL without running: asked past the budget (``surplus``) or a configuration already held."""
+    return bool(trial.user_attrs.get("surplus")) or DUPLICATE in trial.user_attrs
+
+
 def has_outcome(trial: FrozenTrial) -> bool:
     """COMPLETE, PRUNED or FAIL with a recorded failure (diverged): the trials ``--trials`` counts."""
-    if trial.user_attrs.get("surplus"):
+    if is_skipped(trial):
         return False
     return trial.state in OUTCOME or (trial.state == TrialState.FAIL and "failure" in trial.user_attrs)
 
@@ -191,7 +198,7 @@ def counts(study: optuna.Study) -> tuple[int, int]:
     for trial in study.get_trials(deepcopy=False):
         if has_outcome(trial):
             done += 1
-        elif trial.state == TrialState.RUNNING and not trial.user_attrs.get("surplus"):
+        elif trial.state == TrialState.RUNNING and not is_skipped(trial):
             running += 1
     return done, running
 
@@ -201,7 +208,7 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, budget: int) -> bool:
     the higher numbers give way, so exactly one of them runs)."""
     below = 0
     for other in study.get_trials(deepcopy=False):
-        if other.number >= trial.number or other.user_attrs.get("surplus"):
+        if other.number >= trial.number or is_skipped(other):
             continue
         if has_outcome(other) or other.state in (TrialState.RUNNING, TrialState.WAITING):
             below += 1

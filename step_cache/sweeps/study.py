@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,8 +30,10 @@ from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
 from step_cache.probes import build_probe
 from step_cache.sweeps.batch import run_batch, worker_name
+from step_cache.sweeps.distinct import ask_distinct, exhausted, space_size
 from step_cache.sweeps.results import (
     best_trial,
+    check_out_first,
     check_resume,
     objective_text,
     retrain_best,
@@ -202,6 +203,7 @@ def run_sweep(
     with DirectoryLock(out, writer="sweep") as lock:  # one writer per OUT: its journal, its tables, its best-run
         if lock.replaced_stale:
             log.info("%s: taking over from pid %s, which stopped while sweeping", out, lock.replaced_stale.get("pid"))
+        check_out_first(out, shared=storage is not None)  # before open_storage creates OUT/study.journal
         store = open_storage(storage, out, heartbeat)
         study = open_study(
             store, study_name or DEFAULT_STUDY, metric, make_sampler(sampler, space, base.seed),
@@ -213,7 +215,7 @@ def run_sweep(
         bar = tqdm(total=trials, desc="trials", unit="trial", disable=not base.progress, initial=min(done, trials))
         try:
             _optimize(study, store, out, space, probe, options, data, bar, trials=trials, parallel=parallel,
-                      metric=metric, pruning=pruner != "none")  # fmt: skip
+                      metric=metric, pruning=pruner != "none", seed=base.seed)  # fmt: skip
         finally:
             bar.close()
             data.close()  # streaming reader processes
@@ -237,18 +239,24 @@ def run_sweep(
 
 def _optimize(
     study: optuna.Study, store: SweepStorage, out: Path, space: SearchSpace, probe: str, options: dict[str, Any],
-    data: DataCache, bar: tqdm, *, trials: int, parallel: int, metric: str, pruning: bool,
+    data: DataCache, bar: tqdm, *, trials: int, parallel: int, metric: str, pruning: bool, seed: int,
 ) -> None:  # fmt: skip
-    """Ask, train and tell batches until ``trials`` trials have an outcome. A worker of a shared study with nothing
-    left to ask waits while other workers' trials run, so it takes over any whose worker dies."""
-    waiting_said = False
+    """Ask, train and tell batches until ``trials`` trials have an outcome or the space is exhausted, never asking a
+    configuration another trial holds (``distinct``). A worker of a shared study with nothing left to ask waits
+    while other workers' trials run, so it takes over any whose worker dies."""
+    waiting_said = exhausted_said = False
+    size = space_size(space.distributions)
     while True:
         done, running = counts(study)
         batch: list[Trial] = []
         for _ in range(min(parallel, trials - done - running)):
-            with warnings.catch_warnings():  # we record the heartbeats ourselves (store.beats), not optimize()
-                warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
-                trial = study.ask(space.distributions)
+            trial = None if exhausted(study, size) else ask_distinct(study, space.distributions, size, seed)
+            if trial is None:  # every configuration of the space has a trial
+                if not exhausted_said:
+                    log.info("the search space has %d configurations and every one has a trial: no more to ask "
+                             "(%d of %d trials done)", size, done, trials)  # fmt: skip
+                    exhausted_said = True
+                break
             if is_surplus(study, trial, trials):  # another worker took the last trials meanwhile
                 trial.set_user_attr("surplus", True)
                 study.tell(trial, state=TrialState.FAIL)
@@ -257,7 +265,8 @@ def _optimize(
             batch.append(trial)
         if not batch:
             done, running = counts(study)
-            if done >= trials or not store.shared:  # (the journal's only worker has nothing RUNNING elsewhere)
+            if done >= trials or not store.shared or (exhausted_said and not running):  # (the journal's only
+                # worker has nothing RUNNING elsewhere)
                 drop_leftovers(study)
                 return
             if running and not waiting_said:

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from step_cache.errors import StepCacheError
+from step_cache.stopping import raise_if_stopping
 from step_cache.training.augment import Augment
 from step_cache.training.prefetch import source_batches
 from step_cache.training.progress import RunProgress
@@ -93,6 +94,7 @@ def train_epoch(
     try:
         batches = source_batches(source, plan, device)
         while True:
+            raise_if_stopping()  # a Ctrl-C or SIGTERM swallowed somewhere stops the run at the next batch
             fetch = time.perf_counter()
             batch = next(batches, None)
             wait += time.perf_counter() - fetch

@@ -39,7 +39,7 @@ from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import average_by_video, pair_indices
 from step_cache.training.metrics_file import describe, split_figures
 from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
-from step_cache.training.run_status import usable_checkpoint
+from step_cache.training.run_status import usable_checkpoint, warn_if_unfinished
 from step_cache.training.splits import DataError, select_splits
 from step_cache.training.token_data import TokenSelection, open_token_source
 from step_cache.training.view_table import clean_rows
@@ -66,6 +66,7 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
         **recorded_options(config["probe"], config["probe_options"], str(run_dir)),
     )
     runs.load_weights(probe, usable_checkpoint(run_dir, weights))  # not failed, present, the run's own bytes
+    warn_if_unfinished(run_dir)  # still training, or stopped: its best epoch so far, not its final one
     return record, probe.eval()
 
 

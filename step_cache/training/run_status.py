@@ -4,16 +4,24 @@ A run that diverged is a failed run: ``train_probe`` writes ``failed.json`` with
 ``evaluate``, ``predict`` (both modes), ``timeline``, ``Recognizer`` and ``report`` refuse it with that reason
 (its ``best.pt``, from an epoch before the divergence, may hold absurd weights that still give a top-1). A failed
 run is not resumed (it would diverge again): ``--overwrite`` starts it over and removes the mark.
+
+A run without ``metrics.json`` has not finished: either a live process still trains it (it holds ``RUN/.lock``) or
+its process stopped (killed, interrupted, out of space), and ``--resume`` continues it from its last commit. Every
+consumer says which (``unfinished``), so nobody is sent to ``--overwrite`` for a run that can go on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from step_cache.cache.files import now_iso
+from step_cache.cache.locking import holder
 from step_cache.training import runs
 from step_cache.training.run_checkpoints import verify_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class FailedRunError(runs.RunError):
@@ -54,24 +62,46 @@ def refuse_failed_resume(run_dir: Path) -> None:
         )
 
 
+def unfinished(run_dir: str | Path) -> str | None:
+    """``"RUN: the run is still training (pid P on H, since T)"`` or ``"RUN: the run is unfinished (N epoch(s) ...);
+    continue it with the command that started it and --resume"``; None for a finished run (``metrics.json``)."""
+    run_dir = Path(run_dir)
+    if (run_dir / runs.FINAL_METRICS).is_file():
+        return None
+    owner = holder(run_dir)
+    if owner is not None:
+        return (f"{run_dir}: the run is still training (pid {owner.get('pid')} on {owner.get('host')}, since "
+                f"{owner.get('since')}); its final figures come when it finishes")  # fmt: skip
+    epochs = len(runs.read_epoch_log(run_dir))
+    done = f"{epochs} epoch(s) recorded" if epochs else "no epoch recorded"
+    return (f"{run_dir}: the run is unfinished ({done}; its process stopped): continue it with the command that "
+            "started it and --resume")  # fmt: skip
+
+
+def warn_if_unfinished(run_dir: str | Path) -> str | None:
+    """Log ``unfinished`` as a warning for a run whose best checkpoint is used before it finished; returns it."""
+    note = unfinished(run_dir)
+    if note:
+        log.warning("%s; these figures are from its best epoch so far", note)
+    return note
+
+
 def usable_checkpoint(run_dir: str | Path, weights: str = runs.BEST) -> Path:
     """The path of ``run_dir``'s checkpoint ``weights``, after refusing a failed run, a missing checkpoint (saying
-    whether the run finished, trained some epochs, or none) and one whose bytes the run did not write."""
+    whether the run finished, still trains, or stopped unfinished: then ``--resume``) and one whose bytes the run
+    did not write."""
     run_dir = Path(run_dir)
     refuse_failed(run_dir)
     path = run_dir / weights
     if not path.is_file():
-        if (run_dir / runs.FINAL_METRICS).is_file():
+        note = unfinished(run_dir)
+        if note is None:
+            restore = " (--resume writes best.pt again from the run's committed state)" if weights == runs.BEST else ""
             raise runs.RunError(
                 f"{path}: missing, but the run finished ({runs.FINAL_METRICS}); the checkpoint was deleted or moved: "
-                "put it back or train again with --overwrite"
+                f"put it back, re-run the command that trained it with --resume{restore}, or train again with "
+                "--overwrite"
             )
-        epochs = len(runs.read_epoch_log(run_dir))
-        if epochs:
-            raise runs.RunError(
-                f"{path}: missing, though the run completed {epochs} epoch(s); the checkpoint was deleted or moved: "
-                "put it back or train again with --overwrite"
-            )
-        raise runs.RunError(f"{path}: missing; the run has not completed an epoch yet")
+        raise runs.RunError(f"{path}: missing; {note.removeprefix(f'{run_dir}: ')}")
     verify_checkpoint(run_dir, path)
     return path

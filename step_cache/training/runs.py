@@ -28,14 +28,13 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from step_cache.cache.files import atomic_write_text, fsync_dir
+from step_cache.cache.files import atomic_write_bytes, atomic_write_text
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.errors import StepCacheError
 from step_cache.training.metrics_file import upgrade
@@ -127,17 +126,6 @@ def torch_bytes(obj: Any) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """As ``atomic_write_text``: the data reaches the disk before the rename, and the rename itself after it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> bytes:

@@ -43,6 +43,7 @@ from step_cache.training.records import (
     run_chance,
     validation_score,
 )
+from step_cache.training.run_checkpoints import restore_best
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
 from step_cache.training.run_data import data_record, probe_shape, run_inputs
 from step_cache.training.run_lock import hold_run_dir
@@ -307,6 +308,7 @@ def _train(
     if state is not None:
         final = runs.read_final_metrics(run.run_dir)
         if final is not None and is_finished(config, int(state["epoch"]), int(state["best_epoch"])):
+            restore_best(run.run_dir, state.get("best_model"))  # a finished run's deleted best.pt comes back
             return TrainResult(run.run_dir, final, list(state["history"]))
         run.restore(state)
     else:

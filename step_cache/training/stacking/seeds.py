@@ -36,7 +36,7 @@ from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.epoch_loop import NonFiniteLossError
 from step_cache.training.metrics_file import metrics_document
 from step_cache.training.progress import RunProgress, batches_per_epoch
-from step_cache.training.run_checkpoints import save_checkpoint
+from step_cache.training.run_checkpoints import restore_best, save_checkpoint
 from step_cache.training.run_commits import CommitClock, append_epoch
 from step_cache.training.run_data import data_record
 from step_cache.training.run_record import run_record
@@ -142,6 +142,7 @@ def _finished(out: Path, record: dict[str, Any]) -> tuple[dict[str, Any], list[d
     if metrics is None or metrics.get("seeds") != record["data"]["seeds"]:
         return None
     runs.check_same_settings(out, record)
+    restore_best(out, None, seed_dir(out, record["data"]["seeds"][0]) / runs.BEST)  # the same bytes as best.pt
     return metrics, runs.read_epoch_log(out)
 
 

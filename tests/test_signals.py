@@ -1,0 +1,126 @@
+"""SIGINT and SIGTERM to the main process stop extract, train-probe and sweep within seconds, at random moments,
+with exit code 128 + the signal and state that the same command (train-probe: with --resume) completes.
+
+Two tries per command by default (one per signal); ``-m slow`` runs 20 per command."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from step_cache.cache.manifest import read_manifest
+from step_cache.synthetic.tokens import write_token_cache
+from step_cache.synthetic.videos import write_class_folders
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+STOP_WITHIN_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("signals")
+    write_class_folders(root / "videos", {"left": -1, "right": 1}, videos_per_class=12, num_frames=12)
+    write_token_cache(root / "tokens", num_classes=4, videos_per_class=12, dim=16, val_every=4)
+    return root
+
+
+def commands(root: Path, out: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """name -> (command, the command that finishes what an interrupted one left)."""
+    extract = ["extract", "--videos", root / "videos", "--out", out, "--backbone", "vit-tiny", "--weights",
+               "random", "--frames", "4", "--image-size", "64", "--workers", "1", "--shard-size-mb", "0.05",
+               "--quiet"]  # fmt: skip
+    train = ["train-probe", root / "tokens", "--probe", "linear", "--out", out, "--epochs", "60", "--batch-size",
+             "4", "--no-early-stop", "--quiet"]  # fmt: skip
+    sweep = ["sweep", root / "tokens", "--param", "lr=log:1e-3..3e-2", "--trials", "4", "--parallel", "2",
+             "--epochs", "8", "--batch-size", "4", "--out", out, "--quiet", "--no-plots", "--no-retrain"]  # fmt: skip
+    return {"extract": (extract, extract), "train-probe": (train, [*train, "--resume"]), "sweep": (sweep, sweep)}
+
+
+def run(args: list, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli", *map(str, args)], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, **kwargs)  # fmt: skip
+
+
+def started(out: Path) -> bool:
+    return (out / ".lock").exists()  # imports done, the command writes OUT
+
+
+def finished(name: str, out: Path) -> None:
+    if name == "extract":
+        assert read_manifest(out).num_videos == 24
+        verify = subprocess.run([sys.executable, "-m", "cli", "verify", out], env=ENV, capture_output=True)
+        assert verify.returncode == 0
+    elif name == "train-probe":
+        assert (out / "metrics.json").is_file() and json.loads((out / "metrics.json").read_text())["epochs"] == 60
+    else:
+        assert json.loads((out / "trials.json").read_text())["finished"] == 4
+
+
+def interrupt_and_finish(name: str, root: Path, work: Path, tries: int, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    out = work / name
+    first, resume = commands(root, out)[name]
+    delays = []
+    for attempt in range(tries):
+        process = run(first if attempt == 0 or not out.exists() else resume)
+        deadline = time.monotonic() + 300
+        while not started(out) and process.poll() is None:
+            assert time.monotonic() < deadline, f"{name} did not start"
+            time.sleep(0.01)
+        if process.poll() is not None:  # it finished before the signal: nothing left to interrupt
+            assert process.returncode == 0, process.stderr.read()
+            break
+        time.sleep(rng.uniform(0.0, 1.5))
+        sig = signal.SIGINT if attempt % 2 == 0 else signal.SIGTERM
+        sent = time.monotonic()
+        process.send_signal(sig)
+        try:
+            _, stderr = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise AssertionError(f"{name} ignored {sig.name}") from None
+        delays.append(time.monotonic() - sent)
+        assert process.returncode in (0, 128 + sig), (name, sig.name, process.returncode, stderr[-2000:])
+        assert "Traceback" not in stderr, stderr[-3000:]
+        assert delays[-1] < STOP_WITHIN_S, (name, sig.name, delays[-1])
+        if process.returncode == 0:
+            break
+    final = subprocess.run([sys.executable, "-m", "cli", *map(str, resume if out.exists() else first)], env=ENV,
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert final.returncode == 0, final.stderr[-3000:]
+    finished(name, out)
+    return delays
+
+
+@pytest.mark.parametrize("name", ["extract", "train-probe", "sweep"])
+def test_sigint_and_sigterm_stop_the_command_within_seconds_and_it_resumes(inputs, tmp_path, name):
+    interrupt_and_finish(name, inputs, tmp_path, tries=2, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["extract", "train-probe", "sweep"])
+def test_twenty_signals_at_random_moments(inputs, tmp_path, name):
+    interrupt_and_finish(name, inputs, tmp_path, tries=20, seed=1)
+
+
+def test_a_stop_request_lives_only_as_long_as_the_command():
+    from step_cache import stopping
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), stopping.handled():
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            assert stopping.requested() == signal.SIGTERM
+            stopping.raise_if_stopping()  # a swallowed request is raised again at the next step
+    assert stopping.requested() is None and signal.getsignal(signal.SIGTERM) is before
+    stopping.raise_if_stopping()  # nothing pending once the command is over
