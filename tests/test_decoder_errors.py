@@ -65,7 +65,7 @@ def test_a_bit_flipped_mp4_is_recorded_with_its_decoder_errors(videos, tmp_path,
 
 
 def test_strict_stops_on_decoder_errors_and_a_threshold_skips_the_video(videos, tmp_path):
-    with pytest.raises(ExtractionError, match=r"--strict: .*flipped.mp4: \d+ decoder error\(s\)"):
+    with pytest.raises(ExtractionError, match=r"\(strict=True\): .*flipped.mp4: \d+ decoder error\(s\)"):
         extract(videos, tmp_path / "strict", **{**TINY, "strict": True})
     result = CliRunner().invoke(app, ["extract", "--videos", str(videos), "--out", str(tmp_path / "skip"),
                                       "--backbone", "vit-tiny", "--weights", "random", "--frames", "4",

@@ -113,7 +113,7 @@ def test_a_cache_of_another_videos_root_is_refused_until_overwrite(video_tree, t
 
 
 def test_strict_stops_at_first_failure_and_keeps_work(video_tree, tmp_path):
-    with pytest.raises(ExtractionError, match="--strict"):
+    with pytest.raises(ExtractionError, match=r"first failed video \(strict=True\)"):
         extract(video_tree, tmp_path / "s", **TINY, strict=True)
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert len(manifest["failures"]) == 1

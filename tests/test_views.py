@@ -187,7 +187,7 @@ def test_view_options_through_extract_options(tmp_path):
     views = view_settings(options, ["shake", "slide_left", "slide_right"])
     assert views.flip_pairs == (("slide_left", "slide_right"),) and views.scale == (0.5, 0.9) and views.seed == 4
     assert views.to_dict()["flip_pairs"] == [["slide_left", "slide_right"]]
-    with pytest.raises(ExtractionError, match="not supported with --decoder torchcodec-cuda"):
+    with pytest.raises(ExtractionError, match="not supported with decoder='torchcodec-cuda'"):
         view_settings(ExtractOptions(views=1, decoder="torchcodec-cuda"), [])
     assert view_settings(ExtractOptions(decoder="torchcodec-cuda"), []).count == 0  # no views: nothing refused
 

@@ -30,7 +30,7 @@ from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, Toke
 from step_cache.extraction.video_rows import video_records
 from step_cache.extraction.views import ViewSettings, gets_views
 from step_cache.extraction.write_queue import WriteQueue
-from step_cache.interface import option
+from step_cache.interface import from_command_line, option
 from step_cache.stopping import raise_if_stopping
 
 log = logging.getLogger(__name__)
@@ -145,13 +145,13 @@ class ExtractionRun:
                 writes.put(("failure", (item, result.error)))
                 if opts.strict:
                     self._queue(self.batcher.flush(), writes)
-                    raise ExtractionError(f"{option('strict')}: {result.error}")
+                    raise strict_stop(result.error)
                 continue
             if result.decode_errors and (opts.strict or result.decode_errors > opts.max_decode_errors):
                 reason = f"{tasks[result.task_id].path}: {result.warnings[-1]}"
                 if opts.strict:
                     self._queue(self.batcher.flush(), writes)
-                    raise ExtractionError(f"{option('strict')}: {reason}")
+                    raise strict_stop(reason)
                 limit = f"more than {option('max_decode_errors')} {opts.max_decode_errors}"
                 writes.put(("failure", (item, f"{reason} ({limit})")))
                 continue
@@ -225,4 +225,10 @@ class ExtractionRun:
         return report
 
 
-__all__ = ["ExtractionRun"]
+def strict_stop(reason: str) -> ExtractionError:
+    """The stop that ``strict`` asks for at the first failed video, naming the setting as the caller wrote it."""
+    setting = "--strict" if from_command_line() else "strict=True"
+    return ExtractionError(f"stopped at the first failed video ({setting}): {reason}")
+
+
+__all__ = ["ExtractionRun", "strict_stop"]
