@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from step_cache.cache import files
 from step_cache.cache.manifest import ManifestError
 from step_cache.cache.shards import ClipRecord, ShardWriter, open_shards, shard_name
 from step_cache.checkpoints import load_state_dict_file
@@ -118,7 +119,8 @@ def test_progress_postfix_reads_the_device_only_every_10_batches_and_never_witho
 def test_weights_and_state_files_are_renamed_into_place_then_the_directory_is_synced(tmp_path, monkeypatch):
     """Without the directory fsync after the rename, a crash can forget that best.pt / last_state.pt exist."""
     synced = []
-    monkeypatch.setattr(runs, "fsync_dir", lambda directory: synced.append((directory, sorted(os.listdir(directory)))))
+    # run files are written by cache.files.atomic_write_bytes, which syncs the directory after the rename
+    monkeypatch.setattr(files, "fsync_dir", lambda directory: synced.append((directory, sorted(os.listdir(directory)))))
     runs.save_weights(nn.Linear(2, 2), tmp_path / runs.BEST)
     runs.save_state({"epoch": 1}, tmp_path / runs.STATE)
     assert synced == [(tmp_path, [runs.BEST]), (tmp_path, [runs.BEST, runs.STATE])]  # renamed, no temporary left
