@@ -152,7 +152,7 @@ class ExtractionRun:
                 if opts.strict:
                     self._queue(self.batcher.flush(), writes)
                     raise strict_stop(reason)
-                limit = f"more than {option('max_decode_errors')} {opts.max_decode_errors}"
+                limit = f"more than {option('max_decode_errors', opts.max_decode_errors)}"
                 writes.put(("failure", (item, f"{reason} ({limit})")))
                 continue
             self._queue(self.batcher.add(self._pending(item, result)), writes)
