@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import importlib
+import signal
 
 from step_cache.cpu_budget import limit_spin_wait
 
@@ -41,6 +42,10 @@ def main() -> None:
     try:
         app()
     finally:
+        # The command is over (its work written, its exit status set): a Ctrl-C or SIGTERM arriving while the
+        # interpreter shuts down must not turn a finished command into a KeyboardInterrupt exit (-2).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         # The process ends here. The interpreter's exit-time garbage collection walks every object torch and timm
         # created (9-11 s of a Ctrl-C'd extract on a busy machine); frozen objects are skipped, and everything was
         # written and closed by the command already.
