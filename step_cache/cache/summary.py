@@ -17,6 +17,7 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
         labels = Counter(int(label) for label in shards.labels[clean])
         augmented = Counter(str(video) for video in shards.videos[~clean])  # view rows per video
         views_per_video = Counter(augmented.get(str(v), 0) // manifest.clips_per_video for v in set(shards.videos))
+        short = sorted(set(shards.videos[shards.short & clean].tolist()))
         return {
             "directory": str(directory),
             "format_version": manifest.to_dict()["format_version"],
@@ -32,7 +33,8 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "view_clips": int((~clean).sum()),
             "views": manifest.extraction.get("views"),
             "views_per_video": {int(k): v for k, v in sorted(views_per_video.items())},
-            "short_videos": len(set(shards.videos[shards.short & clean])),
+            "short_videos": len(short),
+            "short_video_names": short,
             "bytes": sum(record.bytes for record in manifest.shards),
             "shards": len(manifest.shards),
             "classes": {name: labels.get(i, 0) for i, name in enumerate(manifest.classes)},
@@ -44,6 +46,9 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "compacted_from": manifest.source.get("compacted_from"),
             "projection": manifest.extraction["tokens"].get("projection"),
         }
+
+
+_LISTED = 20  # videos named per list; --json has them all
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -84,7 +89,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["unlabelled_clips"]:
         lines.append(f"  unlabelled {summary['unlabelled_clips']} clips")
     if summary["short_videos"]:
-        lines.append(f"  short      {summary['short_videos']} videos had fewer frames than sampled (frames repeated)")
+        lines.append(f"  short      {summary['short_videos']} videos had fewer frames than sampled (frames repeated):")
+        names = summary.get("short_video_names", [])
+        lines += [f"    {name}" for name in names[:_LISTED]]
+        if len(names) > _LISTED:
+            lines.append(f"    ... and {len(names) - _LISTED} more (inspect --json lists all)")
     if summary["pairs"]:
         lines.append(f"  pairs      {', '.join('/'.join(p) for p in summary['pairs'])}")
     if summary["warnings"]:

@@ -105,6 +105,8 @@ class ExtractionRun:
             self.warnings[item.key] = warning
             report.warnings.append(warning)
             self.manifest.warnings = sorted(self.warnings.values(), key=lambda w: w.video)
+        if result.short:
+            report.short.append(item.key)
         report.videos += 1
         report.clips += opts.clips
         report.view_clips += len(records) - opts.clips

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from step_cache.cache.shards import ShardSet
@@ -56,6 +57,7 @@ def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     splits = shard_splits(shards, config.val_fraction, config.seed)
     check_splits(splits, shards, config)
     check_select_metric(config, splits, shards, pairs)
+    warn_short_videos(shards, splits)
     views = view_table(shards, splits.train, config.views)
     return RunInputs(shards, selection, splits, pairs, device, views)
 
@@ -85,6 +87,21 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
     missing = sorted(set(range(len(shards.classes))) - set(shards.labels[splits.train].tolist()))
     if missing:
         log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
+
+
+def warn_short_videos(shards: ShardSet, splits: Splits) -> int:
+    """Say how many videos the run uses had fewer frames than T (their clips repeat frames, so a probe of frame
+    order sees still frames) and where they are listed; returns that count."""
+    used = np.concatenate([splits.train, splits.val, splits.test])
+    short = set(shards.videos[used[shards.short[used]]].tolist())
+    if short:
+        total = len(set(shards.videos[used].tolist()))
+        where = " ".join(map(str, shards.directories))
+        log.warning(
+            "%d of the %d videos this run uses had fewer than %d frames, so their clips repeat frames "
+            "(step-cache inspect %s lists them)", len(short), total, shards.manifest.frames, where,
+        )  # fmt: skip
+    return len(short)
 
 
 def check_select_metric(
