@@ -103,7 +103,8 @@ def test_extract_reports_short_videos_and_inspect_lists_them(short_run, tmp_path
     out = tmp_path / "c"
     report = extract(short_run / "videos", out, **TINY)
     assert report.short == ["blink/blink_0.mp4"]
-    assert f"; 1 short (fewer than {T} frames, frames repeated; step-cache inspect {out} lists them)" in report.summary()
+    expected = f"; 1 short (fewer than {T} frames, frames repeated; step-cache inspect {out} lists them)"
+    assert expected in report.summary()
     summary = summarize_cache(out)
     assert summary["short_videos"] == 1 and summary["short_video_names"] == ["blink/blink_0.mp4"]
     lines = format_summary(summary).splitlines()
