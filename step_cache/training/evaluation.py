@@ -94,6 +94,28 @@ def map_labels(shards: ShardSet, classes: Sequence[str]) -> tuple[np.ndarray, di
     return mapped, dict(sorted(unknown.items()))
 
 
+def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Warn when videos of ``indices`` carry a label the run was not trained on (predict writes it in the label
+    column, and no prediction can ever equal it, so counting matches there would be wrong); returns the videos per
+    unknown class."""
+    known = set(classes)
+    videos: dict[str, set[str]] = {}
+    for row in indices[shards.labels[indices] >= 0]:
+        name = shards.classes[shards.labels[row]]
+        if name not in known:
+            videos.setdefault(name, set()).add(shards.videos[row])
+    counts = {name: len(videos[name]) for name in sorted(videos)}
+    if counts:
+        total = len(set(shards.videos[indices].tolist()))
+        log.warning(
+            "%d of %d videos are labelled with class(es) the run was not trained on: %s; no prediction can match "
+            "their label (the run knows %d: %s), so leave them out of any accuracy counted from the CSV",
+            sum(counts.values()), total, ", ".join(f"{name} ({n})" for name, n in counts.items()), len(classes),
+            ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else ""),
+        )  # fmt: skip
+    return counts
+
+
 def _selection(record: dict[str, Any]) -> TokenSelection:
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
@@ -229,6 +251,7 @@ def predict(
             for c in ranking[row]:
                 cells += [classes[c], f"{probabilities[row, c]:.6f}"]
             writer.writerow(cells)
+    warn_unknown_labels(shards, indices, classes)
     if short:
         log.warning(
             "%d of %d videos had fewer frames than the run's %d per clip, so frames were repeated (short=True in %s)",
