@@ -149,8 +149,8 @@ def test_labels_the_run_does_not_know_are_named_with_their_count(runs, tmp_path)
     annotations = tmp_path / "ann.csv"
     annotations.write_text("path,label\nleft/left_0.mp4,left\nright/right_0.mp4,up\nright/right_1.mp4,up\n")
     out = tmp_path / "p.csv"
-    result = cli("predict", "--run", runs / "run-c", "--videos", runs / "videos", "--annotations", annotations, "--out", out,
-                 "--quiet")  # fmt: skip
+    result = cli("predict", "--run", runs / "run-c", "--videos", runs / "videos", "--annotations", annotations,
+                 "--out", out, "--quiet")  # fmt: skip
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "not trained on" in line]
     assert warnings == [
