@@ -9,7 +9,10 @@ final name is whole; the manifest then lists it with its checksum. The reader of
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +44,29 @@ VIEW_METADATA = {
 
 
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+# The shard's labels index the manifest's classes: this attribute binds them to that list, so that an edited class
+# list or a shard copied from a cache with other classes is refused (shards written before it have none).
+CLASSES_ATTR = "classes_sha256"
+
+
+def classes_sha256(classes: Sequence[str]) -> str:
+    """sha256 of the class list as JSON (``json.dumps`` defaults): the value of a shard's ``classes_sha256``."""
+    return hashlib.sha256(json.dumps(list(classes)).encode()).hexdigest()
+
+
+def classes_problem(attrs: h5py.AttributeManager, classes: Sequence[str]) -> str | None:
+    """Why a shard's labels cannot be read against ``classes`` (None when they can, or the shard predates the
+    attribute)."""
+    recorded = attrs.get(CLASSES_ATTR)
+    if recorded is None:
+        return None
+    recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+    if recorded == classes_sha256(classes):
+        return None
+    return (
+        "its labels index another class list than the manifest's (the manifest's classes were edited, or the shard "
+        "comes from a cache with other classes)"
+    )
 
 
 def compression_filter(name: str) -> dict:
@@ -99,6 +125,7 @@ class ShardWriter:
         settings: str = "",
         views: bool = False,
         reserve_bytes: int = 0,
+        classes: Sequence[str] | None = None,
     ):
         self.directory = Path(directory)
         self.name = name
@@ -142,6 +169,8 @@ class ShardWriter:
         self._file.attrs["format_version"] = max(layout.format_version, VIEWS_FORMAT_VERSION if views else 1)
         self._file.attrs["complete"] = False
         self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
+        if classes is not None:
+            self._file.attrs[CLASSES_ATTR] = classes_sha256(classes)
         self._committed = 0  # clips up to the last whole video
 
     @property
@@ -239,13 +268,22 @@ def read_shard_settings(path: str | Path) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_shard_metadata(path: str | Path) -> dict[str, np.ndarray]:
-    """Per-clip metadata of one complete shard (strings decoded). Raises ShardError for a half-written file."""
+def shard_classes_problem(path: str | Path, classes: Sequence[str]) -> str | None:
+    """``classes_problem`` of the shard file at ``path``."""
+    with h5py.File(path, "r") as handle:
+        return classes_problem(handle.attrs, classes)
+
+
+def read_shard_metadata(path: str | Path, classes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Per-clip metadata of one complete shard (strings decoded). Raises ShardError for a half-written file, and
+    for a shard bound to another class list than ``classes`` (when given)."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as handle:
             if not handle.attrs.get("complete", False):
                 raise ShardError(f"{path}: shard is incomplete (its writer did not finish); it is never read")
+            if classes is not None and (problem := classes_problem(handle.attrs, classes)):
+                raise ShardError(f"{path}: {problem}; restore the cache's own manifest or shard, or extract again")
             missing = [key for key in ("tokens", *METADATA) if key not in handle]
             if missing:
                 raise ShardError(f"{path}: shard lacks dataset(s) {', '.join(missing)}")

@@ -80,7 +80,7 @@ class ShardSet:
                 path = directory / record.file
                 if not path.is_file():
                     raise ShardError(f"{path}: listed in the manifest but missing (run step-cache verify)")
-                meta = read_shard_metadata(path)
+                meta = read_shard_metadata(path, manifest.classes)  # labels index these classes
                 if len(meta["labels"]) != record.clips:
                     raise ShardError(
                         f"{path}: holds {len(meta['labels'])} clips but the manifest says {record.clips}"

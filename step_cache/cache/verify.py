@@ -27,7 +27,14 @@ from step_cache.cache.manifest import (
 from step_cache.cache.projection import check_projection
 from step_cache.cache.quantize import SCALE_DTYPE
 from step_cache.cache.sealing import SEAL_KEY, seal_problem
-from step_cache.cache.shard_file import METADATA, STRING, VIEW_METADATA, ShardError, read_shard_metadata
+from step_cache.cache.shard_file import (
+    METADATA,
+    STRING,
+    VIEW_METADATA,
+    ShardError,
+    classes_problem,
+    read_shard_metadata,
+)
 from step_cache.cache.shards import shard_root
 
 # videos that may have augmented views (step_cache.extraction.views.VIEW_SPLITS): training, or no split
@@ -206,6 +213,8 @@ def _check_contents(
     settings = handle.attrs.get("settings_sha256", "")
     if (settings.decode() if isinstance(settings, bytes) else str(settings)) != settings_hash(manifest.extraction):
         return ["written with other extraction settings than the manifest's (a shard of another cache?)"]
+    if problem := classes_problem(handle.attrs, manifest.classes):
+        return [problem]
     fields = (*METADATA, *(VIEW_METADATA if manifest.view_count else ()))
     missing = [key for key in ("tokens", *fields) if key not in handle]
     if missing:

@@ -34,6 +34,7 @@ from step_cache.cache.shard_file import (
     ShardWriter,
     read_shard_metadata,
     read_shard_settings,
+    shard_classes_problem,
     shard_name,
 )
 from step_cache.errors import StepCacheError
@@ -96,7 +97,7 @@ def finished_keys(out: Path, manifest: Manifest) -> set[str]:
         path = out / record.file
         if not path.is_file():
             raise ExtractionError(f"{path}: listed in the manifest but missing; run step-cache verify, or --overwrite")
-        done.update(read_shard_metadata(path)["video"].tolist())
+        done.update(read_shard_metadata(path, manifest.classes)["video"].tolist())
     return done
 
 
@@ -136,10 +137,11 @@ def recover(out: Path, manifest: Manifest) -> set[str]:
             log.warning("%s; removing it", error)
             path.unlink()
             continue
-        if read_shard_settings(path) != settings_hash(manifest.extraction):
+        foreign = read_shard_settings(path) != settings_hash(manifest.extraction)
+        if foreign or shard_classes_problem(path, manifest.classes):
             raise ExtractionError(
-                f"{path}: a shard made with other extraction settings, not listed in the manifest; move it "
-                "away, or use --overwrite to start the cache over"
+                f"{path}: a shard made with other extraction settings or classes, not listed in the manifest; move "
+                "it away, or use --overwrite to start the cache over"
             )
         sha = file_sha256(path)
         videos = len(set(meta["video"]))
@@ -211,7 +213,7 @@ class CacheWriter:
         self.writer = ShardWriter(
             self.out, shard_name(self.next_index), self.layout, self.frames, self.compression,
             settings=settings_hash(self.manifest.extraction), views=self.manifest.view_count > 0,
-            reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD,
+            reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD, classes=self.manifest.classes,
         )  # fmt: skip
         self.next_index += 1
 
