@@ -31,6 +31,8 @@ from step_cache.training.eval_plan import (
     check_split,
     default_split,
     int8_note,
+    pooling_only,
+    pooling_refusal,
     seed_checkpoints,
     storage_only,
     warn_training_clips,
@@ -79,6 +81,10 @@ def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
         if not d.startswith(_HARMLESS)
     ]
     if differences and not storage_only(differences):
+        if refusal := pooling_refusal(record, shards, differences):
+            raise ManifestError(refusal)
+        if pooling_only(differences) and record["data"]["tokens"]["subset"] == "cls":
+            return  # pooling leaves the CLS tokens, all this run reads, as they were stored
         where = ", ".join(map(str, shards.directories))
         raise ManifestError(f"{where}: tokens differ from those the probe was trained on: {'; '.join(differences[:4])}")
 
