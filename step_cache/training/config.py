@@ -164,6 +164,11 @@ class TrainConfig:
     )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     amp: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU).")
+    tf32: bool = setting(
+        False,
+        "TF32 matmuls and convolutions on CUDA for what runs in float32 (all of it with --no-amp); ignored on CPU. "
+        "Off by default: float32 then means float32.",
+    )
     device: str = setting("auto", "auto, cpu or cuda[:N].", execution=True)
     data: str = setting(
         "auto",
