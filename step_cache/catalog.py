@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from step_cache.errors import StepCacheError
+from step_cache.interface import option, switch
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 SPLITS = ("train", "val", "test")
@@ -77,7 +78,7 @@ def discover_videos(root: str | Path) -> list[VideoItem]:
     if not items:
         raise CatalogError(
             f"{root}: no videos found (looked for {', '.join(VIDEO_EXTENSIONS)} in {root}/<class>/; "
-            "for other layouts give --annotations)"
+            f"for other layouts give {option('annotations')})"
         )
     return items
 
@@ -129,7 +130,7 @@ def read_annotations(
             if not allow_outside and (path.startswith("/") or ".." in PurePosixPath(path).parts):
                 raise CatalogError(
                     f"{csv_path}:{line}: path {path} leaves the videos root (absolute or with '..'); paths are "
-                    "relative to --videos: move the file under it, or pass --allow-outside"
+                    f"relative to {option('videos')}: move the file under it, or pass {switch('allow_outside')}"
                 )
             split = row.get("split") or None
             if split is not None and split not in SPLITS:

@@ -38,6 +38,7 @@ from step_cache.cache.shard_file import (
     shard_name,
 )
 from step_cache.errors import StepCacheError
+from step_cache.interface import option, switch
 
 log = logging.getLogger(__name__)
 _SHARD_FILE = re.compile(r"^shard-(?P<index>\d+)\.h5$")
@@ -78,13 +79,13 @@ def resume_refusal(out: Path, manifest: Manifest, extraction: dict, classes: lis
     if differences:
         return (
             f"{out} holds a cache made with other settings ({'; '.join(differences[:4])}); "
-            "use another --out, or --overwrite to start over"
+            f"use another {option('out')}, or {switch('overwrite')} to start over"
         )
     cached, given = manifest.source.get("videos"), source.get("videos")
     if cached and given and cached != given:
         return (
             f"{out} holds videos extracted from {cached}, not from {given}: the same file names there may be other "
-            "videos; use another --out, or --overwrite to start over"
+            f"videos; use another {option('out')}, or {switch('overwrite')} to start over"
         )
     return None
 
@@ -96,7 +97,9 @@ def finished_keys(out: Path, manifest: Manifest) -> set[str]:
     for record in manifest.shards:
         path = out / record.file
         if not path.is_file():
-            raise ExtractionError(f"{path}: listed in the manifest but missing; run step-cache verify, or --overwrite")
+            raise ExtractionError(
+                f"{path}: listed in the manifest but missing; run step-cache verify, or {switch('overwrite')}"
+            )
         done.update(read_shard_metadata(path, manifest.classes)["video"].tolist())
     return done
 
@@ -141,7 +144,7 @@ def recover(out: Path, manifest: Manifest) -> set[str]:
         if foreign or shard_classes_problem(path, manifest.classes):
             raise ExtractionError(
                 f"{path}: a shard made with other extraction settings or classes, not listed in the manifest; move "
-                "it away, or use --overwrite to start the cache over"
+                f"it away, or use {switch('overwrite')} to start the cache over"
             )
         sha = file_sha256(path)
         videos = len(set(meta["video"]))

@@ -15,6 +15,7 @@ import torch
 from step_cache.cache.shards import ShardSet
 from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
+from step_cache.interface import option
 from step_cache.probes import ProbeShape
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
@@ -79,7 +80,7 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
         )
     if len(splits.val) == 0:
         reason = (
-            "--val-fraction is 0"
+            f"{option('val_fraction')} is 0"
             if config.val_fraction == 0
             else "every class has a single training video, so none can be held out"
         )
@@ -114,11 +115,12 @@ def check_select_metric(
     where = ", ".join(map(str, shards.directories))
     if not pairs:
         raise DataError(
-            f"{where}: --select-metric pair needs mirrored class pairs: the cache names none (give --pairs FILE)"
+            f"{where}: {option('select_metric', 'pair')} needs mirrored class pairs: the cache names none (give "
+            f"{option('pairs', 'FILE')})"
         )
     paired = {c for pair in pairs for c in pair}
     if not any(label in paired for label in shards.labels[splits.val].tolist()):
-        raise DataError(f"{where}: --select-metric pair: no validation clip belongs to a paired class")
+        raise DataError(f"{where}: {option('select_metric', 'pair')}: no validation clip belongs to a paired class")
 
 
 def data_record(
