@@ -110,6 +110,7 @@ class ClipRecord:
     short: bool
     view: int = 0  # 0: the clean view; 1..N: augmented views (a cache written with views=True only)
     view_params: str = ""  # JSON of the augmented view's parameters
+    scales: np.ndarray | None = None  # (T, P) float16: ``tokens`` are int8 values already quantized (on the device)
 
 
 class ShardWriter:
@@ -196,7 +197,8 @@ class ShardWriter:
             if self._quantized:
                 self._file["token_scales"].resize(len(tokens), axis=0)
         if self._quantized:
-            tokens[self.count], self._file["token_scales"][self.count] = quantize(record.tokens)
+            quantized = quantize(record.tokens) if record.scales is None else (record.tokens, record.scales)
+            tokens[self.count], self._file["token_scales"][self.count] = quantized
         else:
             tokens[self.count] = record.tokens
         for key, value in (

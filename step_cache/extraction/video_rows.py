@@ -18,20 +18,27 @@ def video_records(
     clips: int,
     frames: int,
     swap: dict[str, str] | None = None,
+    scales: np.ndarray | None = None,
 ) -> list[ClipRecord]:
     """Rows for ``tokens`` (F, P, D), F = (1 + views) x clips x frames in the order the decoder produced them.
 
     A view's rows carry its own frame numbers and, in ``view_params``, what was drawn for it (crop box, flip,
     colour factors, sub-span, and the clip's frame numbers); a flipped view of a class with a mirror in the flip
-    pairs is labelled with the mirror class."""
+    pairs is labelled with the mirror class. ``scales`` (F, P): int8 tokens already quantized (on the device)."""
     tokens = tokens.reshape(1 + len(result.view_params), clips, frames, *tokens.shape[1:])
+    if scales is not None:
+        scales = scales.reshape(tokens.shape[:-1])
+
+    def scales_of(view: int, k: int) -> np.ndarray | None:
+        return None if scales is None else scales[view, k]
 
     def label_of(name: str | None) -> int:
         return label_index.get(name, -1) if name else -1
 
     records = [
         ClipRecord(
-            tokens=tokens[0, k], label=label_of(item.label), video=item.key, clip=k, split=item.split or "",
+            tokens=tokens[0, k], scales=scales_of(0, k), label=label_of(item.label), video=item.key, clip=k,
+            split=item.split or "",
             frame_indices=result.frame_indices[k], num_frames=result.num_frames, short=result.short,
         )
         for k in range(clips)
@@ -43,7 +50,8 @@ def video_records(
         shared = {key: value for key, value in params.items() if key != "frame_indices"}
         records += [
             ClipRecord(
-                tokens=tokens[view, k], label=label, video=item.key, clip=k, split=item.split or "",
+                tokens=tokens[view, k], scales=scales_of(view, k), label=label, video=item.key, clip=k,
+                split=item.split or "",
                 frame_indices=indices[k], num_frames=result.num_frames, short=short, view=view,
                 view_params=params_json({**shared, "clip": k, "frame_indices": indices[k].tolist()}),
             )
