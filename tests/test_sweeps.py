@@ -375,13 +375,13 @@ def test_sweep_errors(cache, tmp_path):
         run_sweep(cache, "step", tmp_path, space=space, metric="accuracy")
     with pytest.raises(SweepError, match="unknown pruner 'early'"):
         run_sweep(cache, "step", tmp_path, space=space, pruner="early", trials=1, **BASE)
-    with pytest.raises(SweepError, match="--metric pair_accuracy needs mirrored class pairs"):
+    with pytest.raises(SweepError, match="metric='pair_accuracy' needs mirrored class pairs"):
         run_sweep(cache, "step", tmp_path, space=space, metric="pair_accuracy", **BASE)
     with pytest.raises(SweepSpaceError, match=r"num_heads=3: num_heads=3 must be a positive divisor of .* D=16"):
         run_sweep(cache, "step", tmp_path, space=build_space("step", ["heads=1,3"]), **BASE)
     with pytest.raises(SweepSpaceError, match=r"dropout=1\.0: .*dropout=1\.0 must be in"):
         run_sweep(cache, "step", tmp_path, space=build_space("step", ["dropout=0..1"]), **BASE)
-    with pytest.raises(SweepError, match="--storage needs --study-name"):
+    with pytest.raises(SweepError, match="storage= needs study_name="):
         run_sweep(cache, "step", tmp_path, space=space, storage=f"sqlite:///{tmp_path}/x.db", **BASE)
     storage = f"sqlite:///{tmp_path}/s.db"
     run_sweep(cache, "step", tmp_path / "a", space=space, trials=0, storage=storage, study_name="s", **BASE)
