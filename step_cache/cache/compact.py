@@ -31,7 +31,7 @@ from step_cache.cache.projection import Projection, fit_pca, sample_training_cli
 from step_cache.cache.quantize import check_dtype
 from step_cache.cache.shard_file import COMPRESSIONS, ClipRecord
 from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.cache.writer import CacheWriter, next_shard_index, open_output, recover
+from step_cache.cache.writer import CacheWriter, next_shard_index, open_output, recover, storage_record
 from step_cache.errors import StepCacheError
 
 log = logging.getLogger(__name__)
@@ -153,9 +153,9 @@ def compact(
         manifest = open_output(out, extraction, source_manifest.classes, source_manifest.pairs, source, overwrite)
         if projection is not None:
             projection.save(out)  # the same fit as the manifest records (a different one was refused above)
-        manifest.storage = {"compression": compression}
         manifest.warnings = list(source_manifest.warnings)
         done = recover(out, manifest)
+        manifest.storage = storage_record(manifest, compression)
         report = CompactReport(src, out, manifest, src_bytes=sum(r.bytes for r in source_manifest.shards))
         failures = {f.video: f for f in source_manifest.failures}  # extraction failures stay on record
         shard_clips = max(manifest.clips_per_video, int(shard_size_mb * 2**20 // layout.clip_bytes(manifest.frames)))

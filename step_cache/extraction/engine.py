@@ -19,7 +19,7 @@ from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_dis
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.quantize import TOKEN_DTYPES
 from step_cache.cache.shards import COMPRESSIONS
-from step_cache.cache.writer import ExtractionError, open_output, recover
+from step_cache.cache.writer import ExtractionError, open_output, recover, storage_record
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
 from step_cache.cpu_budget import worker_count
 from step_cache.devices import resolve_device
@@ -152,8 +152,8 @@ def extract(
                 if lock.replaced_stale:
                     log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
                 manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
-                manifest.storage = {"compression": opts.compression}
                 done = recover(out, manifest)
+                manifest.storage = storage_record(manifest, opts.compression)
                 return ExtractionRun(backbone, opts, out, manifest, items, done, device, views).run(pool, videos)
         except OSError as error:  # full before the first video (its lock or manifest): nothing was written
             if is_disk_full(error) and not isinstance(error, DiskFullError):
