@@ -84,6 +84,7 @@ KINDS = {
     "views": {"views": 2, "view_flip": True},
     "zstd": {"compression": "zstd"},
     "gzip-int8": {"compression": "gzip", "dtype": "int8"},
+    "layers-int8": {"layers": "0,-1", "dtype": "int8"},  # version 5: a layer axis
 }
 
 
