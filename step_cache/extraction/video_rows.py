@@ -20,7 +20,8 @@ def video_records(
     swap: dict[str, str] | None = None,
     scales: np.ndarray | None = None,
 ) -> list[ClipRecord]:
-    """Rows for ``tokens`` (F, P, D), F = (1 + views) x clips x frames in the order the decoder produced them.
+    """Rows for ``tokens`` (F, P, D) or (F, L, P, D), F = (1 + views) x clips x frames in the order the decoder
+    produced them.
 
     A view's rows carry its own frame numbers and, in ``view_params``, what was drawn for it (crop box, flip,
     colour factors, sub-span, and the clip's frame numbers); a flipped view of a class with a mirror in the flip
@@ -28,6 +29,9 @@ def video_records(
     tokens = tokens.reshape(1 + len(result.view_params), clips, frames, *tokens.shape[1:])
     if scales is not None:
         scales = scales.reshape(tokens.shape[:-1])
+    if tokens.ndim == 6:  # several layers: (views, clips, T, L, P, D) -> clips of (L, T, P, D), as shards store them
+        tokens = tokens.swapaxes(2, 3)
+        scales = None if scales is None else scales.swapaxes(2, 3)
 
     def scales_of(view: int, k: int) -> np.ndarray | None:
         return None if scales is None else scales[view, k]

@@ -125,7 +125,10 @@ def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence
 def _selection(record: dict[str, Any]) -> TokenSelection:
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
-    return TokenSelection(tokens["subset"], start, start + tokens["tokens_per_frame"], tokens["cls_index"])
+    # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
+    layers = tuple(layout["layers"].index(b) for b in tokens["layers"]) if "layers" in tokens else None
+    stop = start + tokens["tokens_per_frame"]
+    return TokenSelection(tokens["subset"], start, stop, tokens["cls_index"], layers=layers)
 
 
 def evaluate(
