@@ -68,6 +68,7 @@ def classes_problem(attrs: h5py.AttributeManager, classes: Sequence[str]) -> str
         "comes from a cache with other classes)"
     )
 
+
 CLS_CHUNK_CLIPS = 64  # clips per chunk of the CLS copy: large chunks make a CLS-only epoch a few large reads
 
 
