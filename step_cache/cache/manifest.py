@@ -20,10 +20,12 @@ from step_cache.cache.sealing import seal, seal_problem
 from step_cache.errors import StepCacheError
 
 FORMAT_NAME = "step-cache-shards"
-FORMAT_VERSION = 4  # the newest version this step-cache reads and writes (2: int8; 3: views; 4: several roots)
+FORMAT_VERSION = 5  # the newest version this step-cache reads and writes (2: int8; 3: views; 4: several roots; 5)
 VIEWS_FORMAT_VERSION = 3  # a cache with augmented views (``extraction.views``) is written as version 3
 # a merge of caches extracted from different video folders records each shard's root (``ShardRecord.root``)
 ROOTS_FORMAT_VERSION = 4
+# val/test videos stored as segments x crops (``extraction.test_views``): an older reader would take crops for clips
+TEST_VIEWS_FORMAT_VERSION = 5
 MANIFEST_NAME = "manifest.json"
 # extraction.decoder is absent from caches decoded by decord, the default (and the only decoder before 0.2)
 DEFAULT_DECODER = "decord"
@@ -61,6 +63,12 @@ class TokenLayout:
     def clip_bytes(self, frames: int) -> int:
         """Bytes one clip of ``frames`` frames takes on disk and in memory (int8: values and scales)."""
         return frames * self.tokens_per_frame * token_bytes(self.dtype, self.dim)
+
+    @property
+    def test_views(self) -> dict[str, int] | None:
+        """``{"segments": S, "crops": C}`` of val/test videos (``extract --test-views``), None without."""
+        views = self.extraction.get("test_views")
+        return {"segments": int(views["segments"]), "crops": int(views["crops"])} if views else None
 
     @property
     def format_version(self) -> int:
@@ -163,11 +171,19 @@ class Manifest:
         return int(self.extraction.get("views", {}).get("count", 0))
 
     @property
+    def test_views(self) -> dict[str, int] | None:
+        """``{"segments": S, "crops": C}`` of val/test videos (``extract --test-views``), None without."""
+        views = self.extraction.get("test_views")
+        return {"segments": int(views["segments"]), "crops": int(views["crops"])} if views else None
+
+    @property
     def format_version(self) -> int:
         """The oldest format that holds this cache: 1 for float tokens, 2 for int8, 3 with augmented views, 4 with
-        shards of several video roots (older readers would mix views or same-named videos up, so must refuse)."""
+        shards of several video roots, 5 with test views (older readers would mix views, same-named videos or
+        crops up, so must refuse)."""
         roots = ROOTS_FORMAT_VERSION if any(s.root is not None for s in self.shards) else 1
-        return max(self.layout.format_version, VIEWS_FORMAT_VERSION if self.view_count else 1, roots)
+        test_views = TEST_VIEWS_FORMAT_VERSION if self.test_views else 1
+        return max(self.layout.format_version, VIEWS_FORMAT_VERSION if self.view_count else 1, roots, test_views)
 
     @property
     def backbone(self) -> str:

@@ -1,4 +1,5 @@
-"""The shard rows of one extracted video: its K clean clips, then K clips of each augmented view (``--views``)."""
+"""The shard rows of one extracted video: its K clean clips, then K clips of each augmented view (``--views``);
+a val/test video with test views (``--test-views SxC``): S segments x C crops, segment-major."""
 
 from __future__ import annotations
 
@@ -24,10 +25,22 @@ def video_records(
     A view's rows carry its own frame numbers and, in ``view_params``, what was drawn for it (crop box, flip,
     colour factors, sub-span, and the clip's frame numbers); a flipped view of a class with a mirror in the flip
     pairs is labelled with the mirror class."""
-    tokens = tokens.reshape(1 + len(result.view_params), clips, frames, *tokens.shape[1:])
 
     def label_of(name: str | None) -> int:
         return label_index.get(name, -1) if name else -1
+
+    if result.crops > 1 or result.frame_indices.shape[0] != clips:  # test views: the decoder's segments
+        segments = result.frame_indices.shape[0]
+        grid = tokens.reshape(segments, result.crops, frames, *tokens.shape[1:])
+        return [
+            ClipRecord(
+                tokens=grid[s, c], label=label_of(item.label), video=item.key, clip=s, split=item.split or "",
+                frame_indices=result.frame_indices[s], num_frames=result.num_frames, short=result.short, crop=c,
+            )
+            for s in range(segments)
+            for c in range(result.crops)
+        ]  # fmt: skip
+    tokens = tokens.reshape(1 + len(result.view_params), clips, frames, *tokens.shape[1:])
 
     records = [
         ClipRecord(
