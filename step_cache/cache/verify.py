@@ -116,7 +116,9 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
     report.problems += _check_views(seen_videos, splits, manifest.view_count)
     clips_per_video = Counter({key.rsplit("#clip", 1)[0]: 0 for key in seen_videos})  # clean clips per video
     clips_per_video.update(key.rsplit("#clip", 1)[0] for key in seen_videos if key.endswith("#view0"))
-    test_views = manifest.test_views  # val/test videos hold segments x crops clean rows instead of K clips
+    test_views = manifest.extraction.get(
+        "test_views"
+    )  # val/test videos hold segments x crops clean rows instead of K clips
 
     def expected_clips(video: str) -> int:
         tested = test_views and splits.get(video, "") in _TEST_VIEW_SPLITS
@@ -220,7 +222,7 @@ def _check_contents(
     settings = handle.attrs.get("settings_sha256", "")
     if (settings.decode() if isinstance(settings, bytes) else str(settings)) != settings_hash(manifest.extraction):
         return ["written with other extraction settings than the manifest's (a shard of another cache?)"]
-    crop = CROP_METADATA if manifest.test_views else {}
+    crop = CROP_METADATA if manifest.extraction.get("test_views") else {}
     fields = (*METADATA, *(VIEW_METADATA if manifest.view_count else ()), *crop)
     missing = [key for key in ("tokens", *fields) if key not in handle]
     if missing:

@@ -212,7 +212,7 @@ class CacheWriter:
             self.out, shard_name(self.next_index), self.layout, self.frames, self.compression,
             settings=settings_hash(self.manifest.extraction), views=self.manifest.view_count > 0,
             reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD,
-            test_views=self.manifest.test_views is not None,
+            test_views=self.manifest.extraction.get("test_views") is not None,
         )  # fmt: skip
         self.next_index += 1
 
