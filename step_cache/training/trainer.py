@@ -208,6 +208,7 @@ class _Run:
         return evaluate_clips(
             self.model, self.source, indices, self.shards.labels, self.shards.videos, names, self.pairs,
             batch_size=self.eval_batch_size, device=self.device, amp=self.config.amp, orders=orders,
+            view_average=self.config.view_average,
         )  # fmt: skip
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -242,6 +243,7 @@ class _Run:
             best_epoch=self.best_epoch,
             select_metric=self.config.select_metric,
             epochs=self.config.epochs,
+            view_average=self.config.view_average,
             classes=self.shards.classes,
             pairs=self.pairs,
             val=self.evaluate(self.splits.val, orders=True),
