@@ -26,6 +26,15 @@ from cli.options import (
 from step_cache.cpu_budget import apply_threads
 from step_cache.errors import InputError
 
+# evaluate's and predict's override of the run's --view-average
+ViewAverage = Annotated[
+    str | None,
+    typer.Option(
+        help="Combine a video's rows (clips, test-view crops) by the mean of their softmax or of their logits "
+        "[default: the run's own --view-average; logits for runs from before it existed]."
+    ),
+]
+
 
 @app.command("train-probe", rich_help_panel=PROBES_PANEL)
 @config_options("train-probe", after="out")
@@ -133,13 +142,7 @@ def evaluate(
     data: DataMode = "auto",
     workers: Workers = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
-    view_average: Annotated[
-        str | None,
-        typer.Option(
-            help="Combine a video's rows (clips, test-view crops) by the mean of their softmax or of their logits "
-            "[default: the run's own --view-average; logits for runs from before it existed]."
-        ),
-    ] = None,
+    view_average: ViewAverage = None,
     threads: Threads = None,
 ) -> None:
     """Evaluate a trained probe (best checkpoint of each seed) on a cache; classes are matched by name."""
@@ -205,13 +208,7 @@ def predict(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Clips per probe batch (256) / with --videos: frames per backbone call.")
     ] = None,
-    view_average: Annotated[
-        str | None,
-        typer.Option(
-            help="Combine a video's rows (clips, test-view crops) by the mean of their softmax or of their logits "
-            "[default: the run's own --view-average; logits for runs from before it existed]."
-        ),
-    ] = None,
+    view_average: ViewAverage = None,
     quiet: Quiet = False,
     threads: Threads = None,
 ) -> None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from step_cache.cache.manifest import FORMAT_VERSION, TEST_VIEWS_FORMAT_VERSION, read_manifest
 from step_cache.cache.shards import open_shards
+from step_cache.cache.summary import format_summary, summarize_cache
 from step_cache.cache.verify import verify_cache
 from step_cache.extraction.backbones import load_backbone
 from step_cache.extraction.decode_pool import DecodeTask, decode_task
@@ -192,6 +193,11 @@ def test_extract_test_views_2x3_stores_six_views_per_val_test_video(tmp_path):
     with h5py.File(out / manifest.shards[0].file, "r") as handle:
         assert handle.attrs["format_version"] == 5 and handle["crop"].dtype == np.int32
     assert verify_cache(out).ok
+    shown = format_summary(summarize_cache(out))  # inspect
+    assert (
+        "4 frames 2 apart x 1 clip(s) per video (val/test: 2 segments x 3 crops)" in shown
+        and "(shard format v5)" in shown
+    )
 
     # the stored tokens of row (segment, crop) are the backbone's tokens of that view's pixels
     backbone = load_backbone("vit-tiny", "random", 32, seed=0)
