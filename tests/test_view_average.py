@@ -123,3 +123,13 @@ def test_view_average_logits_keeps_the_mean_of_the_logits_on_every_path(cache, t
     first = next(row for row in csv.DictReader(out.open()) if row["video"] in keys)  # a test video
     probabilities = torch.softmax(torch.from_numpy(by_logits[keys.index(first["video"])]), 0).numpy()
     assert float(first["prob_1"]) == pytest.approx(probabilities.max(), abs=5e-7 + 1e-12)
+
+    # report: runs that combine a video's clips by different rules are named in a note; one rule, no note
+    from step_cache.report.build import load_run, view_average_lines
+
+    soft = tmp_path / "soft"
+    train_probe(cache, "linear", soft, **SETTINGS)
+    lines = view_average_lines([load_run(run, "seeds"), load_run(soft, "soft")])
+    assert lines == ["note: the runs average a video's clips and views by different rules (seeds: logits, "
+                     "soft: softmax; --view-average)"]  # fmt: skip
+    assert view_average_lines([load_run(soft, "soft")]) == []
