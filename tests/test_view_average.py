@@ -16,6 +16,7 @@ from step_cache.cache.shards import open_shards
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import TrainConfigError, make_config
 from step_cache.training.evaluation import _selection, evaluate, load_probe, predict, run_view_average
+from step_cache.training.evaluation_text import evaluation_line
 from step_cache.training.inference import collect_logits
 from step_cache.training.metrics import average_by_video
 from step_cache.training.token_data import open_token_source
@@ -105,7 +106,8 @@ def test_a_run_evaluate_and_predict_use_the_mean_softmax(cache, tmp_path):
 
 def test_view_average_logits_keeps_the_mean_of_the_logits_on_every_path(cache, tmp_path):
     run = tmp_path / "seeds"
-    train_probe(cache, "linear", run, seeds=2, view_average="logits", **SETTINGS)  # the stacked path
+    result = train_probe(cache, "linear", run, seeds=2, view_average="logits", **SETTINGS)  # the stacked path
+    assert "| videos: clip logits averaged" in result.summary()  # the printed line names a non-default rule
     for seed in (0, 1):
         metrics = json.loads((run / "seeds" / f"seed-{seed}" / "metrics.json").read_text())
         assert metrics["view_average"] == "logits" and metrics["unit"] == "video (clip logits averaged)"
@@ -113,6 +115,7 @@ def test_view_average_logits_keeps_the_mean_of_the_logits_on_every_path(cache, t
         figures = evaluate(run, cache, split="test", seed=seed, orders=False)
         assert metrics["headline_split"] == "test"
         assert figures["view_average"] == "logits" and figures["top1"] == pytest.approx(metrics["top1"], abs=1e-12)
+        assert "videos: clip logits averaged" in evaluation_line({**figures, "excluded_clips": 0})
     logits, videos, labels = clip_logits(run, cache, "test")
     keys = list(dict.fromkeys(videos.tolist()))
     by_logits = np.stack([logits[videos == key].mean(axis=0) for key in keys])

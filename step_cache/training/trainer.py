@@ -78,6 +78,8 @@ class TrainResult:
         selected = m.get("select_metric", "top1")  # runs written before the setting chose on top-1
         if selected != "top1":
             note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
+        if m.get("view_average", "softmax") != "softmax":  # runs from before it read "logits" from their unit
+            note += f" | videos: clip {m['view_average']} averaged"
         seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if len(m.get("seeds", ())) > 1 else ""
         chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
         return (
