@@ -213,6 +213,15 @@ def test_extract_test_views_2x3_stores_six_views_per_val_test_video(tmp_path):
     np.testing.assert_allclose(stored, expected, rtol=2**-11, atol=2**-24)
     assert not np.allclose(stored[0], stored[1])  # the crops differ
 
+    # compact carries the test views: the same rows, crops and version
+    from step_cache.cache.compact import compact
+
+    compact(out, tmp_path / "int8", dtype="int8", progress=False)
+    small = open_shards(tmp_path / "int8")
+    assert small.manifest.format_version == 5 and verify_cache(tmp_path / "int8").ok
+    for key in ("videos", "clip_index", "crops", "splits"):
+        np.testing.assert_array_equal(getattr(small, key), getattr(shards, key), err_msg=key)
+
 
 def test_a_cache_without_test_views_keeps_its_version_and_reads_crop_zero(tmp_path):
     annotations = _catalogue(tmp_path)
