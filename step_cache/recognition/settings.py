@@ -24,8 +24,8 @@ class RunSettingsError(StepCacheError, ValueError):
 
 
 def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
-    """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, image size,
-    patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum).
+    """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, frame step,
+    image size, patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum).
     For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted from: then
     ``compaction`` says how to compact their tokens into the run's."""
     extraction = record["data"]["extraction"]
@@ -38,6 +38,7 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "weights": _weights_argument(record, recorded, weights),
         "frames": int(extraction["sampling"]["frames"]),
         "clips": int(extraction["sampling"]["clips"]),
+        "frame_step": extraction["sampling"].get("frame_step"),  # a frame-step cache's step (None: segment centres)
         # The model's input size is the crop; passing it rebuilds the same model (a square crop: one number).
         "image_size": int(crop) if isinstance(crop, int) else None,
         "pool_patches": compacted["source_pool"] if compacted else int(extraction["tokens"].get("patch_pool", 1)),
