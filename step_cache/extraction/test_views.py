@@ -119,11 +119,15 @@ def resize_linear(frames: np.ndarray, height: int, width: int) -> np.ndarray:
     x0, a0, a1 = _taps(source_w, width)
     y0, b0, b1 = _taps(source_h, height)
     x1, y1 = np.minimum(x0 + 1, source_w - 1), np.minimum(y0 + 1, source_h - 1)
-    pixels = frames.astype(np.int64)
-    rows = pixels[:, :, x0] * a0[None, None, :, None] + pixels[:, :, x1] * a1[None, None, :, None]
-    mixed = rows[:, y0] * b0[None, :, None, None] + rows[:, y1] * b1[None, :, None, None]
+    # The result is the exact integer sum of b_i * a_j * pixel (rounded once), so the order of the two passes does
+    # not change it: the rows first, which gathers only the rows used. int32 holds it: 255 * 2^11 * 2^11 < 2^31.
+    rows = np.take(frames, y0, axis=1).astype(np.int32) * b0[None, :, None, None].astype(np.int32)
+    rows += np.take(frames, y1, axis=1).astype(np.int32) * b1[None, :, None, None].astype(np.int32)
+    mixed = np.take(rows, x0, axis=2) * a0[None, None, :, None].astype(np.int32)
+    mixed += np.take(rows, x1, axis=2) * a1[None, None, :, None].astype(np.int32)
     shift = 2 * _COEF_BITS  # FixedPtCast<int, uchar, 22>: round, then saturate
-    return np.clip((mixed + (1 << (shift - 1))) >> shift, 0, 255).astype(np.uint8)
+    mixed += 1 << (shift - 1)
+    return np.clip(mixed >> shift, 0, 255).astype(np.uint8)
 
 
 def render_crops(frames: np.ndarray, side: int, crops: int) -> np.ndarray:

@@ -25,9 +25,9 @@ class RunSettingsError(StepCacheError, ValueError):
 
 def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
     """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, frame step,
-    image size, patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum).
-    For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted from: then
-    ``compaction`` says how to compact their tokens into the run's."""
+    image size, patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its
+    checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted
+    from: then ``compaction`` says how to compact their tokens into the run's."""
     extraction = record["data"]["extraction"]
     check_rebuildable(extraction)
     compacted = compaction(extraction)
