@@ -244,3 +244,13 @@ def test_a_resume_with_other_test_views_is_refused(tmp_path):
         extract(tmp_path, tmp_path / "c", annotations=annotations, test_views="2x3", frame_step=2, **TINY)
     stored = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert stored["extraction"]["test_views"] == {"segments": 2, "crops": 3}
+
+
+def test_timeline_refuses_a_frame_step_run_and_predict_videos_rebuilds_it():
+    from step_cache.recognition.settings import RunSettingsError, check_rebuildable
+
+    extraction = {"backbone": {"name": "vit-tiny"}, "preprocessing": {"crop": 32}, "tokens": {},
+                  "sampling": {"frames": 4, "clips": 1, "strategy": "frame-step", "frame_step": 4}}  # fmt: skip
+    check_rebuildable(extraction)  # predict --videos extracts with the run's frame step
+    with pytest.raises(RunSettingsError, match=r"frames 4 apart \(extract --frame-step 4\).*centres"):
+        check_rebuildable(extraction, streaming=True)

@@ -68,8 +68,8 @@ class RunModel:
     @torch.no_grad()
     def classify(self, windows: np.ndarray) -> np.ndarray:
         """(B, K, T, P, D) window tokens (the cache's dtype) -> (B, C) float32 scores whose softmax is the window's
-        probabilities, as per video in ``evaluate``: the K clips' mean logits, or (``view_average`` softmax) the log
-        of their mean softmax."""
+        probabilities, as per video in ``evaluate``: the K clips' mean logits, or (``view_average`` softmax, K > 1) the
+        log of their mean softmax; one clip's logits as they are."""
         batch, clips = windows.shape[:2]
         tokens = self.selection.apply(windows.reshape(batch * clips, *windows.shape[2:]))
         # float16 -> float32 is exact, in numpy as in torch; on the CPU numpy's is the fast one, a GPU gets the
@@ -81,6 +81,6 @@ class RunModel:
         with autocast(self.device, self.amp):
             logits = self.probe(tokens).float()
         logits = logits.reshape(batch, clips, -1)
-        if self.view_average == "softmax":  # log(mean softmax): its softmax is the mean of the clips' softmax
+        if self.view_average == "softmax" and clips > 1:  # log(mean softmax): its softmax is the clips' mean softmax
             return (torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=1) - math.log(clips)).cpu().numpy()
         return logits.mean(dim=1).cpu().numpy()
