@@ -254,3 +254,19 @@ def test_timeline_refuses_a_frame_step_run_and_predict_videos_rebuilds_it():
     check_rebuildable(extraction)  # predict --videos extracts with the run's frame step
     with pytest.raises(RunSettingsError, match=r"frames 4 apart \(extract --frame-step 4\).*centres"):
         check_rebuildable(extraction, streaming=True)
+
+
+def test_the_command_line_extracts_test_views_and_refuses_a_bad_spec(tmp_path):
+    from conftest import TINY_CLI
+    from test_cli_extract import run_cli
+
+    annotations = _catalogue(tmp_path)
+    out = tmp_path / "cli"
+    common = ["extract", "--annotations", annotations, "--out", out, *TINY_CLI, "--workers", "0"]
+    bad = run_cli(*common, "--test-views", "2by3")
+    assert bad.returncode != 0 and "--test-views takes SEGMENTSxCROPS such as 2x3 or 8x3, got '2by3'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not out.exists()  # refused before anything was written
+    run_cli(*common, "--test-views", "2x3", "--frame-step", "2", check=True)
+    manifest = read_manifest(out)
+    assert manifest.extraction["test_views"] == {"segments": 2, "crops": 3}
+    assert manifest.extraction["sampling"]["frame_step"] == 2 and manifest.num_clips == 4 + 4 * 6
