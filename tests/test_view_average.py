@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from step_cache.training.evaluation import _selection, evaluate, load_probe, pre
 from step_cache.training.evaluation_text import evaluation_line
 from step_cache.training.inference import collect_logits
 from step_cache.training.metrics import average_by_video
+from step_cache.training.run_record import record_differences
 from step_cache.training.token_data import open_token_source
 from step_cache.training.trainer import train_probe
 
@@ -46,6 +48,14 @@ def test_the_setting_defaults_to_softmax_and_old_runs_read_as_logits():
         make_config("linear", {"view_average": "mean"})
     assert run_view_average({"config": {}}) == "logits"  # evaluated so before the setting existed
     assert run_view_average({"config": {"view_average": "softmax"}}, "logits") == "logits"
+    # --resume of such a run: the setting must match, as for any setting
+    old = {"config": json.loads(json.dumps(asdict(make_config("linear", {})))), "data": {}}
+    del old["config"]["view_average"]
+    new = json.loads(json.dumps({"config": old["config"], "data": {}}))
+    assert record_differences(old, {**new, "config": {**new["config"], "view_average": "softmax"}}) == [
+        "view_average: 'logits' in the run, 'softmax' now"
+    ]
+    assert record_differences(old, {**new, "config": {**new["config"], "view_average": "logits"}}) == []
 
 
 @pytest.fixture(scope="module")
