@@ -28,6 +28,7 @@ from step_cache.extraction.test_views import (
     short_side_size,
 )
 from step_cache.synthetic.videos import moving_square, write_video
+from step_cache.training.evaluation import load_probe
 
 
 # -- references from the anchors' published code (their arithmetic, written out; never imported) ----------------
@@ -221,6 +222,26 @@ def test_extract_test_views_2x3_stores_six_views_per_val_test_video(tmp_path):
     assert small.manifest.format_version == 5 and verify_cache(tmp_path / "int8").ok
     for key in ("videos", "clip_index", "crops", "splits"):
         np.testing.assert_array_equal(getattr(small, key), getattr(shards, key), err_msg=key)
+
+    # a probe trained on it scores each test video by the mean softmax of its 6 views
+    import csv
+
+    from step_cache.training.evaluation import predict
+    from step_cache.training.trainer import train_probe
+
+    run = tmp_path / "run"
+    train_probe(out, "attentive", run, epochs=1, batch_size=4, progress=False)
+    rows = {r["video"]: r for r in csv.DictReader(predict(run, out, tmp_path / "p.csv", top_k=2).open())}
+    probe = load_probe(run)[1].eval()
+    for video in ("left3.mp4", "right3.mp4"):  # the test split
+        views = np.nonzero(shards.videos == video)[0]
+        with torch.no_grad():
+            logits = probe(torch.from_numpy(shards.read_tokens(views).astype(np.float32))).double()
+        expected = torch.softmax(logits, dim=1).mean(dim=0).numpy()
+        assert rows[video]["clips"] == "6"
+        for k in (1, 2):
+            c = ["left", "right"].index(rows[video][f"class_{k}"])
+            assert abs(float(rows[video][f"prob_{k}"]) - expected[c]) <= 5e-7 + 1e-6  # 6 printed decimals; float32
 
 
 def test_a_cache_without_test_views_keeps_its_version_and_reads_crop_zero(tmp_path):
