@@ -274,4 +274,5 @@ def _record(shards: ShardSet, index: int, tokens: np.ndarray) -> ClipRecord:
         short=bool(shards.short[index]),
         view=int(shards.views[index]),  # augmented views (extract --views) are carried over as they are
         view_params=str(shards.view_params[index]),
+        crop=int(shards.crops[index]),  # test views (extract --test-views) too
     )

@@ -22,7 +22,7 @@ import numpy as np
 from step_cache.cache.disk_space import reserve
 from step_cache.cache.files import file_sha256, fsync_dir
 from step_cache.cache.integrity import ShardError, remember
-from step_cache.cache.manifest import VIEWS_FORMAT_VERSION, ShardRecord, TokenLayout
+from step_cache.cache.manifest import TEST_VIEWS_FORMAT_VERSION, VIEWS_FORMAT_VERSION, ShardRecord, TokenLayout
 from step_cache.cache.quantize import SCALE_DTYPE, quantize
 
 STRING = h5py.string_dtype("utf-8")
@@ -41,6 +41,8 @@ VIEW_METADATA = {
     "view": np.int32,  # 0: the clean view; 1..N: augmented views of a training video
     "view_params": STRING,  # JSON of the view's drawn parameters ("" for the clean view)
 }
+# Per-clip dataset of a cache with test views (format version 5); older shards read as crop 0 throughout.
+CROP_METADATA = {"crop": np.int32}  # spatial test-view crop of a val/test clip (0..C-1; test_views.py)
 
 
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
@@ -114,6 +116,7 @@ class ClipRecord:
     view: int = 0  # 0: the clean view; 1..N: augmented views (a cache written with views=True only)
     view_params: str = ""  # JSON of the augmented view's parameters
     scales: np.ndarray | None = None  # (T, P) float16: ``tokens`` are int8 values already quantized (on the device)
+    crop: int = 0  # spatial test-view crop (a cache written with test_views=True only)
 
 
 class ShardWriter:
@@ -131,6 +134,7 @@ class ShardWriter:
         reserve_bytes: int = 0,
         classes: Sequence[str] | None = None,
         cls_copy: bool = False,
+        test_views: bool = False,
     ):
         self.directory = Path(directory)
         self.name = name
@@ -174,10 +178,12 @@ class ShardWriter:
         self._cls: list[tuple[np.ndarray, np.ndarray | None]] = []
         self._frames = frames
         # Metadata is small: keep it in memory and write each dataset once, in finish().
-        self._fields = {**METADATA, **(VIEW_METADATA if views else {})}
+        self._fields = {**METADATA, **(VIEW_METADATA if views else {}), **(CROP_METADATA if test_views else {})}
         self._metadata: dict[str, list] = {key: [] for key in self._fields}
-        # version 1 unless the tokens need 2 or the views 3 (Manifest.format_version)
-        self._file.attrs["format_version"] = max(layout.format_version, VIEWS_FORMAT_VERSION if views else 1)
+        # version 1 unless the tokens need 2, the views 3 or the test views 5 (Manifest.format_version)
+        self._file.attrs["format_version"] = max(
+            layout.format_version, VIEWS_FORMAT_VERSION if views else 1, TEST_VIEWS_FORMAT_VERSION if test_views else 1
+        )
         self._file.attrs["complete"] = False
         self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
         if classes is not None:
@@ -228,11 +234,14 @@ class ShardWriter:
             ("short", record.short),
             ("view", record.view),
             ("view_params", record.view_params),
+            ("crop", record.crop),
         ):
             if key in self._metadata:
                 self._metadata[key].append(value)
             elif key == "view" and value:
                 raise ShardError(f"{self.tmp_path}: an augmented view given to a shard written without views")
+            elif key == "crop" and value:
+                raise ShardError(f"{self.tmp_path}: a test-view crop given to a shard written without test views")
         self.count += 1
         self.videos.add(record.video)
 
@@ -329,7 +338,8 @@ def read_shard_metadata(path: str | Path, classes: Sequence[str] | None = None) 
                 key: handle[key].asstr()[...] if handle[key].dtype == STRING else handle[key][...] for key in METADATA
             }
             count = len(meta["labels"])
-            for key, dtype in VIEW_METADATA.items():  # shards before version 3 hold clean views only
+            # shards before version 3 hold clean views only; before version 5, one (centre) crop per clip
+            for key, dtype in {**VIEW_METADATA, **CROP_METADATA}.items():
                 if key in handle:
                     meta[key] = handle[key].asstr()[...] if dtype is STRING else handle[key][...]
                 else:

@@ -32,6 +32,8 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "clips": int(clean.sum()),
             "view_clips": int((~clean).sum()),
             "views": manifest.extraction.get("views"),
+            "test_views": manifest.extraction.get("test_views"),
+            "sampling": manifest.extraction["sampling"],
             "views_per_video": {int(k): v for k, v in sorted(views_per_video.items())},
             "short_videos": len(short),
             "short_video_names": short,
@@ -61,7 +63,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{summary['directory']}  (shard format v{summary['format_version']})",
         f"  backbone   {summary['backbone']['name']} = timm {summary['backbone']['timm_model']}, weights {weight_text}",
-        f"  sampling   {summary['frames']} frames x {summary['clips_per_video']} clip(s) per video, "
+        f"  sampling   {summary['frames']} frames{_step_text(summary.get('sampling', {}))} x "
+        f"{summary['clips_per_video']} clip(s) per video{_test_views_text(summary.get('test_views'))}, "
         f"{_crop_text(summary['preprocessing'])}, decoded with {summary.get('decoder', 'decord')}",
         f"  tokens     {tokens['tokens_per_frame']} per frame ({tokens['cls_tokens']} CLS + "
         f"{tokens['grid'][0]}x{tokens['grid'][1]} patches, pool {tokens['patch_pool']}, "
@@ -140,3 +143,13 @@ def _views_text(views: dict[str, Any], per_video: dict[int, int]) -> str:
     )
     counts = ", ".join(f"{n} views: {videos} videos" for n, videos in per_video.items())
     return f"{settings}\n  per video  {counts}"
+
+
+def _step_text(sampling: dict[str, Any]) -> str:
+    return f" {sampling['frame_step']} apart" if sampling.get("strategy") == "frame-step" else ""
+
+
+def _test_views_text(test_views: dict[str, int] | None) -> str:
+    if not test_views:
+        return ""
+    return f" (val/test: {test_views['segments']} segments x {test_views['crops']} crops)"

@@ -235,6 +235,7 @@ class CacheWriter:
             settings=settings_hash(self.manifest.extraction), views=self.manifest.view_count > 0,
             reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD, classes=self.manifest.classes,
             cls_copy=self.cls_copy,
+            test_views=self.manifest.extraction.get("test_views") is not None,
         )  # fmt: skip
         self.next_index += 1
 
