@@ -32,6 +32,8 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "clips": int(clean.sum()),
             "view_clips": int((~clean).sum()),
             "views": manifest.extraction.get("views"),
+            "test_views": manifest.extraction.get("test_views"),
+            "sampling": manifest.extraction["sampling"],
             "views_per_video": {int(k): v for k, v in sorted(views_per_video.items())},
             "short_videos": len(short),
             "short_video_names": short,
@@ -45,6 +47,7 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "warnings": [{"video": w.video, "reason": w.reason} for w in manifest.warnings],
             "compacted_from": manifest.source.get("compacted_from"),
             "projection": manifest.extraction["tokens"].get("projection"),
+            "cls_copy": bool(manifest.storage.get("cls_copy", False)),
         }
 
 
@@ -60,7 +63,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{summary['directory']}  (shard format v{summary['format_version']})",
         f"  backbone   {summary['backbone']['name']} = timm {summary['backbone']['timm_model']}, weights {weight_text}",
-        f"  sampling   {summary['frames']} frames x {summary['clips_per_video']} clip(s) per video, "
+        f"  sampling   {summary['frames']} frames{_step_text(summary.get('sampling', {}))} x "
+        f"{summary['clips_per_video']} clip(s) per video{_test_views_text(summary.get('test_views'))}, "
         f"{_crop_text(summary['preprocessing'])}, decoded with {summary.get('decoder', 'decord')}",
         f"  tokens     {tokens['tokens_per_frame']} per frame ({tokens['cls_tokens']} CLS + "
         f"{tokens['grid'][0]}x{tokens['grid'][1]} patches, pool {tokens['patch_pool']}, "
@@ -78,6 +82,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.insert(5, _views_text(summary["views"], summary["views_per_video"]))
     if tokens["dtype"] == "int8":
         lines[3] += " (one float16 scale per token; read as float16)"
+    if "layers" in tokens:  # format 5: a layer axis
+        blocks = tokens["layers"]
+        lines.insert(4, f"  layers     {len(blocks)} blocks {blocks} (0-based), each through the final norm")
+    else:
+        lines[3] += "; the last block"
+    if summary.get("cls_copy"):
+        lines[3] += "; CLS tokens also stored apart (CLS-only reads)"
     if projection := summary.get("projection"):
         lines.append(
             f"  projected  on the top {projection['components']} of {projection['source_dim']} principal directions "
@@ -132,3 +143,13 @@ def _views_text(views: dict[str, Any], per_video: dict[int, int]) -> str:
     )
     counts = ", ".join(f"{n} views: {videos} videos" for n, videos in per_video.items())
     return f"{settings}\n  per video  {counts}"
+
+
+def _step_text(sampling: dict[str, Any]) -> str:
+    return f" {sampling['frame_step']} apart" if sampling.get("strategy") == "frame-step" else ""
+
+
+def _test_views_text(test_views: dict[str, int] | None) -> str:
+    if not test_views:
+        return ""
+    return f" (val/test: {test_views['segments']} segments x {test_views['crops']} crops)"

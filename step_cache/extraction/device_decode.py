@@ -47,8 +47,9 @@ def decode_on_device(
 
     def decode() -> tuple[Any, torch.Tensor]:
         decoded = decode_clips_on_device(
-            task.path, frames, clips, task.start_frame, task.end_frame, decoder, str(device)
-        )
+            task.path, frames, task.segments or clips, task.start_frame, task.end_frame, decoder, str(device),
+            task.frame_step,
+        )  # fmt: skip
         return decoded, resize_and_crop_tensor(preprocessing, decoded.frames)
 
     return guarded_decode(task, decode)

@@ -29,6 +29,7 @@ from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTa
 from step_cache.extraction.device_quantize import unpack
 from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
+from step_cache.extraction.test_views import gets_test_views
 from step_cache.extraction.video_rows import video_records
 from step_cache.extraction.views import ViewSettings, gets_views
 from step_cache.extraction.write_queue import WriteQueue
@@ -70,7 +71,7 @@ class ExtractionRun:
         )
         self.batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
         # clips per video (views included): the writer reserves their bytes so a full disk stops between videos
-        per_video = [opts.clips * (1 + (views.count if views.count and gets_views(i.split) else 0)) for i in self.todo]
+        per_video = [self.rows_of(item) for item in self.todo]
         self.state = CacheWriter(
             out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression,
             expected_clips=sum(per_video), video_clips=max(per_video, default=opts.clips),
@@ -79,20 +80,33 @@ class ExtractionRun:
         self.started = time.perf_counter()
         self.bar: tqdm | None = None
 
+    def rows_of(self, item: VideoItem) -> int:
+        """Shard rows of one video: K clips, times 1 + N views for a training video, or the test views' S x C."""
+        test_views = self.opts.test_views
+        if test_views is not None and gets_test_views(item.split):
+            return test_views.rows
+        return self.opts.clips * (1 + (self.views.count if self.views.count and gets_views(item.split) else 0))
+
     def decode_tasks(self, videos_root: str | Path | None) -> list[DecodeTask]:
-        """What the decode workers do: one task per video to extract (its augmented views with it)."""
-        views = self.views
-        return [
-            DecodeTask(
-                i,
-                str(Path(videos_root) / item.path) if videos_root is not None else item.path,
-                item.start_frame,
-                item.end_frame,
-                key=item.key,
-                views=views if views.count and gets_views(item.split) else None,
+        """What the decode workers do: one task per video to extract (its augmented or test views with it)."""
+        views, test_views = self.views, self.opts.test_views
+        tasks = []
+        for i, item in enumerate(self.todo):
+            tested = test_views is not None and gets_test_views(item.split)
+            tasks.append(
+                DecodeTask(
+                    i,
+                    str(Path(videos_root) / item.path) if videos_root is not None else item.path,
+                    item.start_frame,
+                    item.end_frame,
+                    key=item.key,
+                    views=views if views.count and gets_views(item.split) else None,
+                    segments=test_views.segments if tested else None,
+                    crops=test_views.crops if tested else 1,
+                    frame_step=self.opts.frame_step,
+                )
             )
-            for i, item in enumerate(self.todo)
-        ]
+        return tasks
 
     # -- the writer thread -------------------------------------------------------------------------------
     def write_video(self, video: PendingVideo) -> None:
@@ -114,8 +128,9 @@ class ExtractionRun:
         if result.short:
             report.short.append(item.key)
         report.videos += 1
-        report.clips += opts.clips
-        report.view_clips += len(records) - opts.clips
+        clean = sum(record.view == 0 for record in records)
+        report.clips += clean
+        report.view_clips += len(records) - clean
         self._progress()
         self.state.roll_over_if_full(self.failures)  # publishing (fsync, sha256) happens here, off the hot path
 

@@ -25,10 +25,10 @@ class RunSettingsError(StepCacheError, ValueError):
 
 
 def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
-    """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, image size,
-    patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum).
-    For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted from: then
-    ``compaction`` says how to compact their tokens into the run's."""
+    """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, frame step,
+    image size, patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its
+    checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted
+    from: then ``compaction`` says how to compact their tokens into the run's."""
     extraction = record["data"]["extraction"]
     check_rebuildable(extraction)
     compacted = compaction(extraction)
@@ -39,6 +39,7 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "weights": _weights_argument(record, recorded, weights),
         "frames": int(extraction["sampling"]["frames"]),
         "clips": int(extraction["sampling"]["clips"]),
+        "frame_step": extraction["sampling"].get("frame_step"),  # a frame-step cache's step (None: segment centres)
         # The model's input size is the crop; passing it rebuilds the same model (a square crop: one number).
         "image_size": int(crop) if isinstance(crop, int) else None,
         "pool_patches": compacted["source_pool"] if compacted else int(extraction["tokens"].get("patch_pool", 1)),
@@ -81,6 +82,12 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
             f"{_run()}: the run was trained on tokens projected on {projection.get('components')} principal directions "
             "(step-cache compact --project), which cannot be rebuilt from videos; to classify videos, train on a "
             "cache without --project"
+        )
+    if streaming and (step := extraction.get("sampling", {}).get("frame_step")):
+        raise RunSettingsError(
+            f"--run: the run was trained on frames {step} apart (extract --frame-step {step}), but timeline and "
+            "Recognizer windows sample the centres of T equal segments; use predict --videos, or train on a cache "
+            "without --frame-step"
         )
     if streaming and (compacted := compaction(extraction)):
         what = []

@@ -18,6 +18,7 @@ from step_cache.report.summaries import (
     excluded_lines,
     load_run,
     run_names,
+    view_average_lines,
 )
 from step_cache.training.metrics import TOP_K, format_percent_spread
 
@@ -29,6 +30,7 @@ __all__ = [
     "format_comparison",
     "load_inputs",
     "load_run",
+    "view_average_lines",
 ]
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
@@ -158,7 +160,8 @@ def _introduction(
     return [
         Heading(title, 1),
         Paragraph(
-            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(summaries)} run(s). Accuracies are per video, "
+            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(summaries)} run(s). Accuracies are per video "
+            "(its clips and test views combined by each run's --view-average: mean softmax by default), "
             "on the split named in the 'split' column: 'test' when the cache has a test split (the checkpoint was "
             "chosen on validation, so these figures were not selected on), else 'val' (the same figures that chose "
             "the checkpoint: optimistic). With several seeds a cell is the mean ± sample std over seeds, and "
@@ -172,6 +175,7 @@ def _introduction(
         *(Paragraph(note) for note in notes),
         *(Paragraph(line) for line in excluded_lines(loaded)),
         *(Paragraph(line) for line in chance_lines(summaries)),
+        *(Paragraph(line) for line in view_average_lines(summaries)),
         Heading("Comparison"),
         Table(header, rows, align_right=set(range(2, len(header)))),
     ]

@@ -144,6 +144,13 @@ class TrainConfig:
         "(mean of per-class accuracies, for imbalanced sets such as Drive&Act) or pair (mirrored pairs' accuracy). "
         "Recorded in config.json and metrics.json.",
     )
+    view_average: str = setting(
+        "softmax",
+        "How a video's rows (its clips and extract --test-views crops) are combined into its prediction in every "
+        "validation and test figure, evaluate and predict: softmax (mean of their softmax probabilities, as V-JEPA's "
+        "evaluation) or logits (mean of their logits, step-cache's rule before test views). Recorded in config.json "
+        "and metrics.json.",
+    )
     seed: int = setting(
         0, "Seed of the initial weights, batch order and held-out val videos (and of a sweep's sampler).", member=True
     )
@@ -161,6 +168,12 @@ class TrainConfig:
         "auto",
         "Tokens the probe sees per frame: all, cls, patches, or auto (cls for linear, else all).",
         searchable=True,
+    )
+    layers: str = setting(
+        "last",
+        "Stored layers the probe reads (a cache of extract --layers): last (default; a cache without layers as it "
+        "is), a block index (e.g. 10), or concat:a,b,... / concat:lastN: those blocks' tokens side by side along the "
+        "channels (DINOv2's n_last_blocks with the linear probe on CLS tokens). Only those layers are read.",
     )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     amp: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU).")
@@ -221,6 +234,7 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         )
     # Imported here, not at the top: the command line builds its options from this module, and `--help` should
     # not wait for torch, which these modules load.
+    from step_cache.training.metrics import VIEW_AVERAGES
     from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
     from step_cache.training.view_table import VIEW_MODES
 
@@ -244,6 +258,10 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (
             config.select_metric in SELECT_METRICS,
             f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {config.select_metric!r}",
+        ),
+        (
+            config.view_average in VIEW_AVERAGES,
+            f"view_average must be one of {', '.join(VIEW_AVERAGES)}, got {config.view_average!r}",
         ),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),

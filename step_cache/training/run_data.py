@@ -42,7 +42,7 @@ class RunInputs:
 def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
     """The shape arguments of a probe over ``selection`` of the tokens of ``shards``."""
     return ProbeShape(
-        dim=shards.layout.dim,
+        dim=shards.layout.dim * selection.channels,  # concatenated layers: their channels side by side
         num_classes=len(shards.classes),
         frames=shards.manifest.frames,
         tokens_per_frame=selection.tokens_per_frame,
@@ -52,7 +52,11 @@ def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
 
 def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``)."""
-    selection = select_tokens(shards.layout, token_subset(config, shards))
+    selection = select_tokens(shards.layout, token_subset(config, shards), config.layers)
+    if selection.channels > 1 and config.probe == "linear" and (config.probe_options or {}).get("avgpool"):
+        # DINOv2 appends the mean of the *last* block's patch tokens only (create_linear_input); ours would average
+        # every concatenated layer's, a different input: refused rather than mislabelled
+        raise DataError(f"--layers {config.layers} with the linear probe's avgpool is not supported; drop one of them")
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
     splits = shard_splits(shards, config.val_fraction, config.seed)
@@ -144,9 +148,11 @@ def data_record(
             "subset": selection.subset,
             "tokens_per_frame": selection.tokens_per_frame,
             "cls_index": selection.cls_index,
+            # the stored blocks read (concatenated along the channels); absent: a cache without a layer axis
+            **({"layers": [shards.layout.layers[p] for p in selection.layers]} if selection.layers else {}),
         },
         "frames": shards.manifest.frames,
-        "dim": shards.layout.dim,
+        "dim": shards.layout.dim * selection.channels,
         "splits": splits.counts(),
         **views.record(resolved.views),
         "schedule": schedule_record(requested, resolved, len(splits.train)),

@@ -79,6 +79,8 @@ class TrainResult:
         selected = m.get("select_metric", "top1")  # runs written before the setting chose on top-1
         if selected != "top1":
             note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
+        if m.get("view_average", "softmax") != "softmax":  # runs from before it read "logits" from their unit
+            note += f" | videos: clip {m['view_average']} averaged"
         seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if len(m.get("seeds", ())) > 1 else ""
         chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
         return (
@@ -209,6 +211,7 @@ class _Run:
         return evaluate_clips(
             self.model, self.source, indices, self.shards.labels, self.shards.videos, names, self.pairs,
             batch_size=self.eval_batch_size, device=self.device, amp=self.config.amp, orders=orders,
+            view_average=self.config.view_average,
         )  # fmt: skip
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -243,6 +246,7 @@ class _Run:
             best_epoch=self.best_epoch,
             select_metric=self.config.select_metric,
             epochs=self.config.epochs,
+            view_average=self.config.view_average,
             classes=self.shards.classes,
             pairs=self.pairs,
             val=self.evaluate(self.splits.val, orders=True),

@@ -168,7 +168,7 @@ class StackedRun:
         shards = self.data.shards
         return evaluate_logits(
             lambda order: self.member_logits(indices, order, stack), shards.labels[indices], shards.videos[indices],
-            shards.classes, self.data.pairs, orders=orders,
+            shards.classes, self.data.pairs, orders=orders, view_average=self.first.view_average,
         )  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -257,6 +257,7 @@ class StackedRun:
                 best_epoch=self.best_epoch[member],
                 select_metric=self.configs[member].select_metric,
                 epochs=self.first.epochs,
+                view_average=self.first.view_average,
                 classes=shards.classes,
                 pairs=self.data.pairs,
                 val=val[position],
