@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -25,6 +26,7 @@ from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_ind
 from step_cache.catalog import VideoItem
 from step_cache.extraction.backbones import Backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.extraction.device_quantize import unpack
 from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
 from step_cache.extraction.test_views import gets_test_views
@@ -62,8 +64,11 @@ class ExtractionRun:
         self.swap = views.swap_map()
         layout = backbone.layout
         shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // layout.clip_bytes(opts.frames)))
-        # int8: the backbone's tokens come back in float16 and the shard writer quantizes them (as compact would)
-        computer = TokenComputer(backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile)
+        # int8: the backbone's float16 tokens are quantized on the device (half the bytes back; the same values as
+        # the shard writer's numpy quantizer, which compact uses) and come back packed with their scales
+        computer = TokenComputer(
+            backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile, quantize=opts.dtype == "int8"
+        )
         self.batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
         # clips per video (views included): the writer reserves their bytes so a full disk stops between videos
         per_video = [self.rows_of(item) for item in self.todo]
@@ -108,7 +113,8 @@ class ExtractionRun:
         """A video's clips (and views) into the shard, all together (crash safety), and its bookkeeping."""
         item, result = video.payload
         opts, report = self.opts, self.report
-        records = video_records(video.tokens, item, result, self.label_index, opts.clips, opts.frames, self.swap)
+        tokens, scales = unpack(video.tokens) if video.tokens.dtype == np.int8 else (video.tokens, None)
+        records = video_records(tokens, item, result, self.label_index, opts.clips, opts.frames, self.swap, scales)
         self.state.append_video(records)
         self.failures.pop(item.key, None)
         if result.fps:  # the typical duration is timeline's default window
@@ -119,6 +125,8 @@ class ExtractionRun:
             self.warnings[item.key] = warning
             report.warnings.append(warning)
             self.manifest.warnings = sorted(self.warnings.values(), key=lambda w: w.video)
+        if result.short:
+            report.short.append(item.key)
         report.videos += 1
         clean = sum(record.view == 0 for record in records)
         report.clips += clean

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from step_cache.cache.manifest import Manifest, ManifestError, TokenLayout, read_manifest
+from step_cache.cache.quantize import dequantize, is_quantized, read_dtype
 from step_cache.devices import resolve_device
+from step_cache.extraction.device_quantize import unpack
 from step_cache.extraction.frame_batches import TokenComputer
 from step_cache.recognition.settings import load_run_backbone
 from step_cache.training.evaluation import load_probe, run_view_average
@@ -32,7 +34,9 @@ class RunModel:
         backbone, options = load_run_backbone(self.record, weights)
         self.device = resolve_device(device)
         self.amp = amp
-        self.computer = TokenComputer(backbone, self.device, options.dtype)
+        # int8 runs: quantized as extract does, then read back as the cache reader hands them out (float16)
+        self.quantized = is_quantized(options.dtype)
+        self.computer = TokenComputer(backbone, self.device, read_dtype(options.dtype).name, quantize=self.quantized)
         self.preprocessing = backbone.preprocessing
         self.probe = probe.to(self.device).eval()
         data = self.record["data"]
@@ -63,7 +67,8 @@ class RunModel:
         tokens, ready = self.computer(np.ascontiguousarray(pixels))
         if ready is not None:
             ready.synchronize()
-        return tokens.cpu().numpy()
+        tokens = tokens.cpu().numpy()
+        return dequantize(*unpack(tokens)) if self.quantized else tokens
 
     @torch.no_grad()
     def classify(self, windows: np.ndarray) -> np.ndarray:

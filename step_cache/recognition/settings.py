@@ -17,6 +17,7 @@ from step_cache.cache.manifest import ManifestError, extraction_differences, rea
 from step_cache.errors import StepCacheError
 from step_cache.extraction.backbones import Backbone, load_backbone
 from step_cache.extraction.engine import ExtractOptions, extraction_settings
+from step_cache.interface import option
 
 
 class RunSettingsError(StepCacheError, ValueError):
@@ -105,20 +106,23 @@ def _weights_argument(record: dict[str, Any], recorded: dict[str, Any], given: s
     source = recorded["source"]
     if given is not None and str(given) in ("random", "hub"):
         if str(given) != source:
-            raise RunSettingsError(f"--weights {given}: the run's tokens were made with {_describe(recorded)}")
+            raise RunSettingsError(
+                f"{option('weights', str(given))}: the run's tokens were made with {_describe(recorded)}"
+            )
         return str(given)
     if source == "random":
         if given is not None:
             raise RunSettingsError(
-                f"--weights {given}: the run's tokens were made with random weights (seed {recorded.get('seed')}), "
-                "not a weights file; leave --weights out"
+                f"{option('weights', str(given))}: the run's tokens were made with random weights (seed "
+                f"{recorded.get('seed')}), not a weights file; leave {option('weights')} out"
             )
         return "random"
     if source == "hub":
         if given is not None:  # the cache records a hub identity, which a file's would never equal
             raise RunSettingsError(
-                f"--weights {given}: the run's tokens were made with timm's hub weights ({recorded.get('hf_hub_id')}); "
-                "leave --weights out (they load from the Hugging Face cache when downloaded before)"
+                f"{option('weights', str(given))}: the run's tokens were made with timm's hub weights "
+                f"({recorded.get('hf_hub_id')}); leave {option('weights')} out (they load from the Hugging Face "
+                "cache when downloaded before)"
             )
         return "hub"
     path = Path(given) if given is not None else _recorded_weights_path(record)
@@ -161,7 +165,7 @@ def _recorded_weights_path(record: dict[str, Any]) -> Path:
             return Path(path)
     raise RunSettingsError(
         "the run's tokens were made with a weights file that is no longer where its cache recorded it; pass it "
-        "with --weights FILE (its checksum is checked)"
+        f"with {option('weights', 'FILE')} (its checksum is checked)"
     )
 
 

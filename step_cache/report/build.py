@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from step_cache.extras import require
+from step_cache.interface import option
 from step_cache.report.document import Block, Heading, Paragraph, Table, to_html, to_markdown
 from step_cache.report.summaries import (
     ReportError,
@@ -146,7 +147,7 @@ def _compared(loaded: Sequence[RunSummary]) -> list[RunSummary]:
         raise ReportError(
             "no run to compare: every run failed or has metrics that are not finite ("
             + "; ".join(f"{s.name}: {s.problem}" for s in excluded)
-            + "); retrain with a lower --lr"
+            + f"); retrain with a lower {option('lr')}"
         )
     return summaries
 

@@ -169,8 +169,19 @@ class TrainConfig:
         "Tokens the probe sees per frame: all, cls, patches, or auto (cls for linear, else all).",
         searchable=True,
     )
+    layers: str = setting(
+        "last",
+        "Stored layers the probe reads (a cache of extract --layers): last (default; a cache without layers as it "
+        "is), a block index (e.g. 10), or concat:a,b,... / concat:lastN: those blocks' tokens side by side along the "
+        "channels (DINOv2's n_last_blocks with the linear probe on CLS tokens). Only those layers are read.",
+    )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     amp: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU).")
+    tf32: bool = setting(
+        False,
+        "TF32 matmuls and convolutions on CUDA for what runs in float32 (all of it with --no-amp); ignored on CPU. "
+        "Off by default: float32 then means float32.",
+    )
     device: str = setting("auto", "auto, cpu or cuda[:N].", execution=True)
     data: str = setting(
         "auto",

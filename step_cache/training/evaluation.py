@@ -31,6 +31,8 @@ from step_cache.training.eval_plan import (
     check_split,
     default_split,
     int8_note,
+    pooling_only,
+    pooling_refusal,
     seed_checkpoints,
     storage_only,
     warn_training_clips,
@@ -80,6 +82,10 @@ def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
         if not d.startswith(_HARMLESS)
     ]
     if differences and not storage_only(differences):
+        if refusal := pooling_refusal(record, shards, differences):
+            raise ManifestError(refusal)
+        if pooling_only(differences) and record["data"]["tokens"]["subset"] == "cls":
+            return  # pooling leaves the CLS tokens, all this run reads, as they were stored
         where = ", ".join(map(str, shards.directories))
         raise ManifestError(f"{where}: tokens differ from those the probe was trained on: {'; '.join(differences[:4])}")
 
@@ -95,10 +101,35 @@ def map_labels(shards: ShardSet, classes: Sequence[str]) -> tuple[np.ndarray, di
     return mapped, dict(sorted(unknown.items()))
 
 
+def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Warn when videos of ``indices`` carry a label the run was not trained on (predict writes it in the label
+    column, and no prediction can ever equal it, so counting matches there would be wrong); returns the videos per
+    unknown class."""
+    known = set(classes)
+    videos: dict[str, set[str]] = {}
+    for row in indices[shards.labels[indices] >= 0]:
+        name = shards.classes[shards.labels[row]]
+        if name not in known:
+            videos.setdefault(name, set()).add(shards.videos[row])
+    counts = {name: len(videos[name]) for name in sorted(videos)}
+    if counts:
+        total = len(set(shards.videos[indices].tolist()))
+        log.warning(
+            "%d of %d videos are labelled with class(es) the run was not trained on: %s; no prediction can match "
+            "their label (the run knows %d: %s), so leave them out of any accuracy counted from the CSV",
+            sum(counts.values()), total, ", ".join(f"{name} ({n})" for name, n in counts.items()), len(classes),
+            ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else ""),
+        )  # fmt: skip
+    return counts
+
+
 def _selection(record: dict[str, Any]) -> TokenSelection:
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
-    return TokenSelection(tokens["subset"], start, start + tokens["tokens_per_frame"], tokens["cls_index"])
+    # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
+    layers = tuple(layout["layers"].index(b) for b in tokens["layers"]) if "layers" in tokens else None
+    stop = start + tokens["tokens_per_frame"]
+    return TokenSelection(tokens["subset"], start, stop, tokens["cls_index"], layers=layers)
 
 
 def evaluate(
@@ -237,6 +268,7 @@ def predict(
             for c in ranking[row]:
                 cells += [classes[c], f"{probabilities[row, c]:.6f}"]
             writer.writerow(cells)
+    warn_unknown_labels(shards, indices, classes)
     if short:
         log.warning(
             "%d of %d videos had fewer frames than the run's %d per clip, so frames were repeated (short=True in %s)",

@@ -5,7 +5,7 @@ order metrics). Shared by training (per-epoch validation, final metrics), stacke
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,22 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device: torch.device, tf32: bool) -> Iterator[None]:
+    """Within the block, float32 matmuls and convolutions on CUDA use TF32 when ``tf32`` (10-bit mantissa inputs,
+    float32 accumulation) and full float32 when not; the process's previous choice comes back after. Nothing changes
+    on other devices. What autocast runs in bf16 is not affected (docs/training.md, "TF32")."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @torch.no_grad()

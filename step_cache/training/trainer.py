@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from step_cache.cache.shards import CacheInput, ShardSet, as_shards
+from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
@@ -28,7 +29,7 @@ from step_cache.training.chance import chance_note
 from step_cache.training.config import TrainConfig, full_options, make_config, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
-from step_cache.training.inference import autocast, evaluate_clips
+from step_cache.training.inference import autocast, evaluate_clips, tf32_matmuls
 from step_cache.training.metrics import format_percent, format_percent_spread
 from step_cache.training.metrics_file import metrics_document
 from step_cache.training.optimization import build_optimizer, build_scheduler
@@ -281,7 +282,8 @@ def train_probe(
     """
     config = make_config(probe, options)
     started = time.perf_counter()  # metrics.json's wall_time_s: the command's, loading and evaluation included
-    with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
+    # one writer per run directory, before anything in it is read or removed
+    with hold_run_dir(out), tf32_matmuls(resolve_device(config.device), config.tf32):
         try:
             return _train(cache, probe, config, Path(out), resume, overwrite, on_epoch, started)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:
