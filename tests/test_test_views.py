@@ -291,3 +291,27 @@ def test_the_command_line_extracts_test_views_and_refuses_a_bad_spec(tmp_path):
     manifest = read_manifest(out)
     assert manifest.extraction["test_views"] == {"segments": 2, "crops": 3}
     assert manifest.extraction["sampling"]["frame_step"] == 2 and manifest.num_clips == 4 + 4 * 6
+
+
+def test_test_views_with_several_layers_in_int8_are_the_float_layers_quantized(tmp_path):
+    """Format 5's two additions together: every test-view row of a last2 cache holds both layers, and the int8
+    copy (quantized where the backbone ran) is the float32 tokens within half a quantisation step."""
+    annotations = _catalogue(tmp_path)
+    common = {**TINY, "annotations": annotations, "test_views": "2x3", "layers": "last2"}
+    extract(tmp_path, tmp_path / "f32", dtype="float32", **common)
+    extract(tmp_path, tmp_path / "i8", dtype="int8", **common)
+    exact, small = open_shards(tmp_path / "f32"), open_shards(tmp_path / "i8")
+    assert exact.layout.layers == small.layout.layers == (10, 11)
+    assert verify_cache(tmp_path / "i8").ok
+    np.testing.assert_array_equal(small.crops, exact.crops)
+    rows = np.nonzero(exact.splits == "test")[0]
+    assert len(rows) == 2 * 6
+    values, scales = small.read_stored(rows)
+    assert values.shape == (12, 2, 4, *exact.clip_shape[1:]) and scales.shape == values.shape[:-1]
+    reference = exact.read_tokens(rows)
+    # int8 quantizes the float16 tokens (the storage dtype the backbone's output is cast to first): |x - q s| <= s/2
+    # after that float16 rounding, which itself moves x by at most half an ulp, |x| 2^-11
+    error = np.abs(small.read_tokens(rows, dtype="float32") - reference)
+    assert np.all(error <= scales.astype(np.float32)[..., None] / 2 * (1 + 2**-10) + np.abs(reference) * 2**-11)
+    last = open_shards(tmp_path / "f32").read_tokens(rows, layers=[1])[:, 0]
+    assert not np.allclose(last, reference[:, 0])  # the two layers differ
