@@ -40,7 +40,7 @@ from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches, tf32_matmuls
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
-from step_cache.training.run_data import probe_shape
+from step_cache.training.run_data import probe_shape, warn_short_videos
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.grouping import group_by_shape, shape_key
@@ -94,6 +94,7 @@ class StackedRun:
             torch.manual_seed(config.seed)  # what train_probe does before building its probe
             shape = probe_shape(shards, data.selection)
             probes.append(build_probe(config.probe, **shape, **config.probe_options).to(self.device))
+        warn_short_videos(shards, data.splits)
         self.parameters = count_parameters(probes[0])
         self.parameters_without_head = count_parameters(probes[0], exclude_head=True)
         self.stack = StackedProbes(probes)
