@@ -135,8 +135,9 @@ def evaluate(
             sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
         )  # fmt: skip
     config = record["config"]
+    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], config["seed"],
-                           views=shards.views)  # fmt: skip
+                           views=shards.views, pairs=pairs)  # fmt: skip
     indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
@@ -144,7 +145,6 @@ def evaluate(
     training_videos = warn_training_clips(indices, chosen, shards)
     if (note := int8_note(record, shards)) is not None:
         log.info("%s", note)
-    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
     source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers, device=target)
     try:

@@ -53,7 +53,7 @@ def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     selection = select_tokens(shards.layout, token_subset(config, shards))
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
-    splits = shard_splits(shards, config.val_fraction, config.seed)
+    splits = shard_splits(shards, config.val_fraction, config.seed, pairs)
     check_splits(splits, shards, config)
     check_select_metric(config, splits, shards, pairs)
     views = view_table(shards, splits.train, config.views)
