@@ -186,6 +186,8 @@ def run_sweep(
     if trials < 0 or parallel < 1:
         raise SweepError(f"trials must be >= 0 and parallel >= 1, got {trials} and {parallel}")
     base = make_config(probe, options)
+    if base.val == "none":
+        raise SweepError("a sweep ranks its trials on the val split: val='none' (train-probe --val none) has none")
     space.check_not_empty()
     if sampler == "grid":
         size = space.grid_size()

@@ -26,6 +26,10 @@ DEFAULT_LR = {"linear": 1e-2}
 FALLBACK_LR = 1e-3
 
 
+# TrainConfig.val: "auto" validates (the cache's val split, else a hold-out), "none" trains without validation.
+VAL_MODES = ("auto", "none")
+
+
 def default_lr(probe: str) -> float:
     return DEFAULT_LR.get(probe, FALLBACK_LR)
 
@@ -155,7 +159,15 @@ class TrainConfig:
         commands=TRAIN_ONLY,
     )
     val_fraction: float = setting(
-        0.2, "Share of training videos held out (stratified) when the cache has no val split."
+        0.2, "Share of training videos held out (stratified, groups whole) when the cache has no val split."
+    )
+    # VAL_MODES; "none" is for datasets whose protocol has no val split (UCF101, HMDB51, Diving48 report test only).
+    val: str = setting(
+        "auto",
+        "auto: validate every epoch on the cache's val split, else on --val-fraction of the training videos; none: "
+        "no validation (a cache's val clips are not used): a fixed schedule, the last epoch's weights are the "
+        "checkpoint, no early stopping; needs a test split. Labelled in metrics.json and the printed line.",
+        commands=TRAIN_ONLY,
     )
     tokens: str = setting(
         "auto",
@@ -224,6 +236,9 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         config.lr = default_lr(probe)
     if isinstance(config.views, bool):  # the Python API may say views=True / False
         config.views = "on" if config.views else "off"
+    if config.val == "none":
+        no_val_conflicts(config)
+        config.early_stop = False  # nothing to stop on: the run trains its whole schedule
     checks = [
         (config.epochs is None or config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
         (config.batch_size is None or config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
@@ -246,6 +261,7 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (0 <= config.reverse_pairs <= 1, f"reverse_pairs must be in [0, 1], got {config.reverse_pairs}"),
         (config.views in VIEW_MODES, f"views must be one of {', '.join(VIEW_MODES)}, got {config.views!r}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
+        (config.val in VAL_MODES, f"val must be one of {', '.join(VAL_MODES)}, got {config.val!r}"),
         (
             config.tokens in ("auto", *TOKEN_SUBSETS),
             f"tokens must be one of auto, {', '.join(TOKEN_SUBSETS)}, got {config.tokens!r}",
@@ -260,6 +276,24 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     if config.pairs is not None:
         config.pairs = str(config.pairs)
     return config
+
+
+def no_val_conflicts(config: TrainConfig) -> None:
+    """Refuse, by name, what needs a validation split beside ``val="none"``: a patience, a checkpoint metric other
+    than the default (the checkpoint is the last epoch's). Early stopping is simply off (its default is on)."""
+    asked = [
+        name
+        for name, given in (
+            ("patience (--patience)", config.patience is not None),
+            ("select_metric (--select-metric)", config.select_metric != "top1"),
+        )
+        if given
+    ]
+    if asked:
+        raise TrainConfigError(
+            f"val='none' (--val none) trains without validation, so it keeps the last epoch's weights: drop "
+            f"{', '.join(asked)}"
+        )
 
 
 def full_options(config: TrainConfig) -> dict[str, Any]:

@@ -137,7 +137,7 @@ def evaluate(
     config = record["config"]
     pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], config["seed"],
-                           views=shards.views, pairs=pairs)  # fmt: skip
+                           views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none")  # fmt: skip
     indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:

@@ -7,6 +7,10 @@ It opens with the headline, the figures the terminal prints: ``headline_split`` 
 split's figures, mean over seeds, with ``std``) and ``per_seed`` (each seed's best epoch, early stop and full val /
 test metrics), then what the run cost.
 
+Version 2 files written before ``--val none`` lack ``validation`` and ``checkpoint``: they read as a run that
+validated and kept its best checkpoint. A ``--val none`` run (``checkpoint: "last"``) has no val figures: no
+``splits.val``, no ``val`` in ``per_seed``, and its headline is always the test split.
+
 Version 1 (files without ``format_version``) held the first seed's *val* figures at the top level, the test figures
 under ``test``, and for ``--seeds`` ``mean`` / ``std`` / ``per_seed`` summaries; ``upgrade`` reads it as version 2
 (its confusion matrix is the first seed's: ``pooled_seeds`` says so). A newer version is refused by name.
@@ -37,7 +41,7 @@ FIGURES = (
 )
 # What the run as a whole cost and was (the same for every seed of a stack).
 RUN_KEYS = ("probe", "unit", "classes", "pairs", "parameters", "parameters_without_head", "data_mode", "device",
-            "stacked_members", "select_metric")  # fmt: skip
+            "stacked_members", "select_metric", "validation", "checkpoint")  # fmt: skip
 COST_KEYS = ("train_time_s", "train_clips_per_s", "data_wait_share")
 
 
@@ -95,7 +99,8 @@ def metrics_document(
     first = members[0]
     classes = first["classes"]
     split = "test" if first.get("test") else "val"
-    splits = {"val": split_figures(members, classes)}
+    # --val none: no val figures (records.final_metrics), so no val split entry
+    splits = {"val": split_figures(members, classes)} if first.get("checkpoint") != "last" else {}
     if split == "test":
         splits["test"] = split_figures([m["test"] for m in members], classes)
     headline = splits[split]
@@ -150,7 +155,8 @@ def _split_entry(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _seed_entry(seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
     entry = {"seed": seed, "best_epoch": metrics.get("best_epoch"), "early_stop": metrics.get("early_stop")}
-    entry["val"] = _split_entry(metrics)
+    if metrics.get("checkpoint") != "last":  # --val none has no val figures
+        entry["val"] = _split_entry(metrics)
     if metrics.get("test"):
         entry["test"] = _split_entry(metrics["test"])
     return entry

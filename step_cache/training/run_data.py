@@ -53,7 +53,7 @@ def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     selection = select_tokens(shards.layout, token_subset(config, shards))
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
-    splits = shard_splits(shards, config.val_fraction, config.seed, pairs)
+    splits = shard_splits(shards, config.val_fraction, config.seed, pairs, validate=config.val != "none")
     check_splits(splits, shards, config)
     check_select_metric(config, splits, shards, pairs)
     views = view_table(shards, splits.train, config.views)
@@ -75,7 +75,13 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
             f"{where}: no training clips ({labelled} of {int(clean.sum())} clips are labelled; training uses labelled "
             "clips whose split is 'train' or empty)"
         )
-    if len(splits.val) == 0:
+    if config.val == "none":
+        if len(splits.test) == 0:
+            raise DataError(
+                f"{where}: --val none (val='none') reports the test split, and the cache has no test clips "
+                "(give a cache with a test split, or validate: --val auto)"
+            )
+    elif len(splits.val) == 0:
         reason = (
             "--val-fraction is 0"
             if config.val_fraction == 0

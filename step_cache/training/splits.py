@@ -52,10 +52,13 @@ def select_splits(
     seed: int = 0,
     views: np.ndarray | None = None,
     pairs: Sequence[tuple[int, int]] = (),
+    validate: bool = True,
 ) -> Splits:
     """Split labelled clean clips into train / val / test (see the module doc). ``val_fraction`` only applies when
     no clip is marked ``val``; ``views`` (``ShardSet.views``; None: all clean) leaves out augmented views;
-    ``pairs`` (class indices of mirrored pairs) links same-named files of paired classes into one group."""
+    ``pairs`` (class indices of mirrored pairs) links same-named files of paired classes into one group. Without
+    ``validate`` (``train-probe --val none``) there is no val split: nothing is held out and a cache's val clips
+    are left out."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     labels, splits, videos = np.asarray(labels), np.asarray(splits), np.asarray(videos)
@@ -70,15 +73,21 @@ def select_splits(
     def canonical(indices: np.ndarray) -> np.ndarray:
         return indices[np.argsort(ranked[indices], kind="stable")]
 
-    result = _select(labels, splits, videos, val_fraction, seed, pairs)
+    result = _select(labels, splits, videos, val_fraction if validate else 0.0, seed, pairs)
+    if not validate:
+        result = Splits(result.train, result.val[:0], result.test, "none")
     return Splits(canonical(result.train), canonical(result.val), canonical(result.test), result.val_source)
 
 
 def shard_splits(
-    shards: ShardSet, val_fraction: float = 0.2, seed: int = 0, pairs: Sequence[tuple[int, int]] = ()
+    shards: ShardSet,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    pairs: Sequence[tuple[int, int]] = (),
+    validate: bool = True,
 ) -> Splits:
     """``select_splits`` of a ShardSet's clean clips (its labels, splits, videos and views)."""
-    return select_splits(shards.labels, shards.splits, shards.videos, val_fraction, seed, shards.views, pairs)
+    return select_splits(shards.labels, shards.splits, shards.videos, val_fraction, seed, shards.views, pairs, validate)
 
 
 def _select(

@@ -76,7 +76,9 @@ class TrainResult:
 
         note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
         selected = m.get("select_metric", "top1")  # runs written before the setting chose on top-1
-        if selected != "top1":
+        if m.get("checkpoint") == "last":  # --val none
+            note += " | no val: fixed schedule, last epoch's weights"
+        elif selected != "top1":
             note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
         seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if len(m.get("seeds", ())) > 1 else ""
         chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
@@ -213,8 +215,11 @@ class _Run:
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         train = self.train_epoch(epoch)
         start = time.perf_counter()
-        val = self.evaluate(self.splits.val, orders=False)
-        score = validation_score(val, self.config.select_metric)
+        if self.config.val == "none":  # no validation: every epoch's weights replace the last (the checkpoint)
+            val, score = None, (float(epoch), 0.0)
+        else:
+            val = self.evaluate(self.splits.val, orders=False)
+            score = validation_score(val, self.config.select_metric)
         record = epoch_record(
             epoch + 1, train, val, time.perf_counter() - start, has_pairs=bool(self.pairs), best=score > self.best
         )
@@ -228,9 +233,9 @@ class _Run:
         else:
             append_epoch(self.run_dir, record)
         log.debug(
-            "epoch %d/%d  loss %.4f  train %.3f  val top-1 %.3f  val loss %.4f%s",
-            epoch + 1, self.config.epochs, record["train_loss"], record["train_top1"], val["top1"], val["loss"],
-            "  (best)" if record["best"] else "",
+            "epoch %d/%d  loss %.4f  train %.3f  val top-1 %s  val loss %s%s",
+            epoch + 1, self.config.epochs, record["train_loss"], record["train_top1"], record["val_top1"],
+            record["val_loss"], "  (best)" if record["best"] else "",
         )  # fmt: skip
         return record
 
@@ -244,13 +249,14 @@ class _Run:
             epochs=self.config.epochs,
             classes=self.shards.classes,
             pairs=self.pairs,
-            val=self.evaluate(self.splits.val, orders=True),
+            val=self.evaluate(self.splits.val, orders=True) if self.config.val != "none" else None,
             test=self.evaluate(self.splits.test, orders=True) if len(self.splits.test) else None,
             parameters=count_parameters(self.model),
             parameters_without_head=count_parameters(self.model, exclude_head=True),
             training_time=self.training_time,
             data_mode=self.source.mode,
             device=str(self.device),
+            validation=self.splits.val_source,
         )
         metrics["early_stop"] = early_stop_record(self.config, len(self.history), self.best_epoch)
         return metrics

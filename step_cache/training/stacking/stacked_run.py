@@ -175,7 +175,8 @@ class StackedRun:
     def run_epoch(self, epoch: int, on_epoch: MemberCallback | None) -> None:
         shared = self.train_epoch(epoch)
         start = time.perf_counter()
-        val = self.evaluate(self.data.splits.val, orders=False)
+        validating = self.first.val != "none"  # --val none: every epoch's weights are the checkpoint (the last)
+        val = self.evaluate(self.data.splits.val, orders=False) if validating else [None] * len(self.active)
         eval_s = time.perf_counter() - start
         improved, stopped = [], []
         diverged = [slot for slot, finite in enumerate(shared["finite"]) if not finite]
@@ -193,7 +194,7 @@ class StackedRun:
             if slot in diverged:
                 continue
             train = {**shared, **{key: shared[key][slot] for key in ("train_loss", "train_top1", "lr")}}
-            score = validation_score(val[slot], self.configs[member].select_metric)
+            score = validation_score(val[slot], self.configs[member].select_metric) if validating else (epoch, 0.0)
             record = epoch_record(
                 epoch + 1, train, val[slot], eval_s, has_pairs=bool(self.data.pairs), best=score > self.best[member]
             )
@@ -247,7 +248,8 @@ class StackedRun:
         ``slots``, from their best checkpoints; the stack's own parameters are left as they are."""
         index = torch.tensor(slots, device=self.device)
         best = self.stack.subset(index, {name: value[index] for name, value in self.best_params.items()})
-        val = self.evaluate(self.data.splits.val, orders=True, stack=best)
+        validating = self.first.val != "none"
+        val = self.evaluate(self.data.splits.val, orders=True, stack=best) if validating else [None] * len(slots)
         test = self.evaluate(self.data.splits.test, orders=True, stack=best) if len(self.data.splits.test) else None
         shards = self.data.shards
         for position, slot in enumerate(slots):
@@ -266,6 +268,7 @@ class StackedRun:
                 training_time=self.training_time,
                 data_mode=self.data.source.mode,
                 device=str(self.device),
+                validation=self.data.splits.val_source,
             )
             metrics["stacked_members"] = len(self.configs)
             config, done = self.configs[member], len(self.results[member].history)
