@@ -26,6 +26,8 @@ DEFAULT_LR = {"linear": 1e-2}
 FALLBACK_LR = 1e-3
 
 
+# TrainConfig.optimizer: optimization.build_optimizer builds them for one probe, stacking for a stack.
+OPTIMIZERS = ("adamw", "sgd")
 # TrainConfig.val: "auto" validates (the cache's val split, else a hold-out), "none" trains without validation.
 VAL_MODES = ("auto", "none")
 
@@ -92,8 +94,15 @@ class TrainConfig:
     )
     lr: float | None = setting(
         None,
-        f"Peak learning rate (AdamW); default {_LR_HELP}, {FALLBACK_LR:g} for the others.",
+        f"Peak learning rate (of --optimizer); default {_LR_HELP}, {FALLBACK_LR:g} for the others.",
         **MEMBER_OWN,
+    )
+    # OPTIMIZERS; shared by the members of a stack (stacking/grouping.py), so an lr grid of either trains as one stack.
+    optimizer: str = setting(
+        "adamw",
+        "adamw (decoupled weight decay) or sgd (momentum 0.9, weight decay added to the gradient: DINOv2's linear "
+        "evaluation, with --weight-decay 0 and --warmup-epochs 0 there); both decay weight matrices only and follow "
+        "the warm-up + cosine schedule.",
     )
     weight_decay: float = setting(
         0.05,
@@ -261,6 +270,7 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (0 <= config.reverse_pairs <= 1, f"reverse_pairs must be in [0, 1], got {config.reverse_pairs}"),
         (config.views in VIEW_MODES, f"views must be one of {', '.join(VIEW_MODES)}, got {config.views!r}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
+        (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
         (config.val in VAL_MODES, f"val must be one of {', '.join(VAL_MODES)}, got {config.val!r}"),
         (
             config.tokens in ("auto", *TOKEN_SUBSETS),

@@ -131,7 +131,7 @@ class _Run:
         # Built only once the run directory is settled: the first optimizer costs seconds (torch imports dynamo).
         config = self.config
         total, warmup = schedule_steps(config.epochs, len(self.splits.train), config.batch_size, config.warmup_epochs)
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
     def data_record(self) -> dict[str, Any]:

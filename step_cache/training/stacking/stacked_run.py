@@ -1,10 +1,11 @@
 """Training K probe configurations at once: the members of a group share a shape and see the same batches, their
 parameters are stacked along a leading K axis and run with one vmapped forward and one backward, and each has
-its own optimizer state, learning rate, weight decay, warm-up, gradient clipping, label smoothing and dropout.
+its own optimizer state (AdamW or SGD, ``--optimizer``), learning rate, weight decay, warm-up, gradient clipping,
+label smoothing and dropout.
 
 A member gets what ``train_probe`` would give its config alone: the same initial weights (``manual_seed(seed)``
 before building the probe), the same batches (``views.epoch_plan``: batch order and augmented views keyed by
-(seed, epoch)), the same AdamW and schedule, the same per-epoch validation and best-checkpoint rule, and the same
+(seed, epoch)), the same optimizer and schedule, the same per-epoch validation and best-checkpoint rule, and the same
 final metrics (order metrics included) of its best checkpoint. On CPU in float32 and without dropout it matches a
 lone run to float rounding (tested). With dropout it cannot match bit for bit: vmap draws every member's masks
 from one random stream.
@@ -46,6 +47,7 @@ from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.grouping import group_by_shape, shape_key
 from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.stacking.resume import restore_stack, stack_state
+from step_cache.training.stacking.sgd import StackedSGD
 from step_cache.training.stacking.shared_data import DataCache, TrainingData
 from step_cache.training.view_table import epoch_plan
 
@@ -99,7 +101,8 @@ class StackedRun:
         self.stack = StackedProbes(probes)
         # The same schedule lengths as train_probe's: shared total (same epochs and batches), own warm-up.
         steps = [schedule_steps(c.epochs, len(data.splits.train), c.batch_size, c.warmup_epochs) for c in self.configs]
-        self.optimizer = StackedAdamW(
+        optimizer = StackedSGD if first.optimizer == "sgd" else StackedAdamW  # shared: grouping.shape_key
+        self.optimizer = optimizer(
             self.stack.params,
             lr=[c.lr for c in self.configs],
             weight_decay=[c.weight_decay for c in self.configs],
