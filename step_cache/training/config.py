@@ -11,6 +11,7 @@ from typing import Any, get_args, get_type_hints
 
 from step_cache.errors import StepCacheError
 from step_cache.training.early_stopping import MIN_PATIENCE, PATIENCE_SHARE, resolve_patience
+from step_cache.training.protocol_use import apply_protocol, protocol_probe
 from step_cache.training.records import SELECT_METRICS
 from step_cache.training.schedule import (
     AUTO_BATCH_RANGE,
@@ -75,7 +76,15 @@ class TrainConfig:
     """Everything that defines a training run. Fields whose ``Setting`` is ``execution`` only change how fast it runs
     (on CPU the metrics do not depend on them), so ``--resume`` may change them; the others must match."""
 
-    probe: str = setting("step", "linear, attentive, self-attentive or step.")
+    probe: str = setting("step", "linear, attentive, self-attentive or step (default: step, or the --protocol's).")
+    # protocols.PROTOCOLS; applied by make_config beneath the options given (protocol_use.apply_protocol)
+    protocol: str | None = setting(
+        None,
+        "An anchor's frozen evaluation: dinov2-linear, vjepa-attentive or vjepa2-attentive (docs/protocols.md). It "
+        "sets the probe and every training field that anchor publishes (optimizer, schedule, epochs, batch, "
+        "precision, ...; sweep --protocol: its lr x weight-decay grid as one stack), checks the cache's extraction "
+        "against it and prints what differs. Options given explicitly override the preset.",
+    )
     # e.g. dropout, num_heads, frame_pos, mlp, depth: the probe's own options (cli/train.py has their flags)
     probe_options: dict[str, Any] = field(default_factory=dict)
     # None: chosen from the number of training clips (schedule.resolve_schedule); a run records the values used.
@@ -228,7 +237,9 @@ EXECUTION_FIELDS = setting_names(execution=True)
 LOCAL_FIELDS = (*EXECUTION_FIELDS, "pairs")
 
 
-def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
+def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
+    """A checked ``TrainConfig`` of ``probe`` (None: "step", or the protocol's) and ``options``; with a
+    ``protocol``, its preset fills every field ``options`` leaves out (``protocol_use.apply_protocol``)."""
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(options) - names)
     if unknown:
@@ -240,7 +251,9 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
     from step_cache.training.view_table import VIEW_MODES
 
-    config = TrainConfig(probe=probe, **options)
+    if options.get("protocol") is not None:
+        options = apply_protocol(options["protocol"], options)
+    config = TrainConfig(probe=protocol_probe(options.get("protocol"), probe), **options)
     if config.lr is None:
         config.lr = default_lr(probe)
     if isinstance(config.views, bool):  # the Python API may say views=True / False

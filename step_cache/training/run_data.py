@@ -17,6 +17,7 @@ from step_cache.devices import resolve_device
 from step_cache.probes import ProbeShape
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
+from step_cache.training.protocol_use import cache_differences
 from step_cache.training.run_record import schedule_record
 from step_cache.training.splits import DataError, Splits, shard_splits
 from step_cache.training.token_data import TokenSelection, select_tokens
@@ -137,6 +138,16 @@ def data_record(
         "splits": splits.counts(),
         **views.record(resolved.views),
         "schedule": schedule_record(requested, resolved, len(splits.train)),
+        **(
+            {
+                "protocol": {
+                    "name": resolved.protocol,
+                    "cache_differences": cache_differences(resolved.protocol, shards.manifest.extraction),
+                }
+            }
+            if resolved.protocol is not None
+            else {}
+        ),
     }
 
 

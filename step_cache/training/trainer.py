@@ -25,7 +25,7 @@ from step_cache.probes import build_probe, count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.chance import chance_note
-from step_cache.training.config import TrainConfig, full_options, make_config, with_schedule
+from step_cache.training.config import TrainConfig, full_options, make_config, settings, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
@@ -33,6 +33,7 @@ from step_cache.training.metrics import format_percent, format_percent_spread
 from step_cache.training.metrics_file import metrics_document
 from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.progress import RunProgress, batches_per_epoch
+from step_cache.training.protocol_use import announce, check_single_run
 from step_cache.training.records import (
     NO_SCORE,
     SELECT_LABELS,
@@ -264,7 +265,7 @@ class _Run:
 
 def train_probe(
     cache: CacheInput,
-    probe: str = "step",
+    probe: str | None = None,
     out: str | Path = "runs/probe",
     *,
     resume: bool = False,
@@ -275,17 +276,23 @@ def train_probe(
     """Train ``probe`` on ``cache`` (one or more cache directories, or an open ``ShardSet``) and write a run
     directory ``out``.
 
-    ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
+    ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...; ``probe`` None:
+    "step", or the ``protocol``'s, whose preset fills the fields not given: docs/protocols.md); ``seeds=N`` trains
     N seeds as one stack and reports mean ± std (``training/stacking/seeds.py``). ``resume``
     continues a killed run from its last commit (about every 30 s; the settings must match). ``on_epoch`` is called with
     each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there. The run
     directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
     """
+    if options.get("protocol") is not None:
+        check_single_run(options["protocol"], options, settings())  # a grid protocol: one value of each grid field
     config = make_config(probe, options)
+    if config.protocol is not None:
+        cache = as_shards(cache)
+        announce(config.protocol, cache.manifest.extraction)
     started = time.perf_counter()  # metrics.json's wall_time_s: the command's, loading and evaluation included
     with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
         try:
-            return _train(cache, probe, config, Path(out), resume, overwrite, on_epoch, started)
+            return _train(cache, config.probe, config, Path(out), resume, overwrite, on_epoch, started)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:
             mark_failed(Path(out), str(error))  # no command may use what the diverged run left
             raise

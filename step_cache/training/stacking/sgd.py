@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from step_cache.training.optimization import SGD_MOMENTUM
 from step_cache.training.stacking.member_optim import StackedOptimizer
-
-MOMENTUM = 0.9  # DINOv2's linear evaluation (dinov2/eval/linear.py, run_eval_linear: torch.optim.SGD(momentum=0.9))
 
 
 class StackedSGD(StackedOptimizer):
@@ -47,6 +46,6 @@ class StackedSGD(StackedOptimizer):
                 for name, g in zip(stepping, directions, strict=True)
             ]
         buffers = [self.state["momentum"][name] for name in stepping]
-        torch._foreach_mul_(buffers, MOMENTUM)
+        torch._foreach_mul_(buffers, SGD_MOMENTUM)
         torch._foreach_add_(buffers, directions)
         torch._foreach_addcmul_(param_list, buffers, [self._per_member(neg_lr, p) for p in param_list])
