@@ -3,54 +3,17 @@ for every member of a stack (``--seeds``, sweeps, a protocol's lr grid), with no
 
 from __future__ import annotations
 
-import copy
 import json
 
 import pytest
 import torch
-from torch import nn
+from stacked_optimizers import step_stack_and_lone
 
-from step_cache.probes import build_probe
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import TrainConfigError, make_config
-from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.stacking import train_stacked
-from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.stacking.sgd import StackedSGD
 from step_cache.training.trainer import train_probe
-
-
-def _steps(settings, dtype):
-    """Train stacked and lone copies of 3 STEP probes on the same random gradients; returns (stack, lone)."""
-    torch.manual_seed(0)
-    probes = [
-        build_probe("step", dim=16, num_classes=3, frames=4, tokens_per_frame=5, cls_index=0).to(dtype)
-        for _ in settings
-    ]
-    lone = [copy.deepcopy(p) for p in probes]
-    stack, total = StackedProbes(probes), 8
-    stacked = StackedSGD(
-        stack.params, lr=[s[0] for s in settings], weight_decay=[s[1] for s in settings],
-        warmup_steps=[s[2] for s in settings], clip_grad=[s[3] for s in settings], total_steps=total,
-    )  # fmt: skip
-    optimizers = [build_optimizer(m, s[0], s[1], "sgd") for m, s in zip(lone, settings, strict=True)]
-    schedulers = [build_scheduler(o, total, s[2]) for o, s in zip(optimizers, settings, strict=True)]
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(total):
-        grads = {name: (torch.randn(p.shape, generator=generator) * 0.3).to(dtype) for name, p in stack.params.items()}
-        for name, p in stack.params.items():
-            p.grad = grads[name].clone()
-        assert stacked.current_lr() == [o.param_groups[0]["lr"] for o in optimizers]
-        stacked.clip_gradients(stack.params)
-        stacked.step(stack.params)
-        for k, (model, optimizer, scheduler) in enumerate(zip(lone, optimizers, schedulers, strict=True)):
-            for name, p in model.named_parameters():
-                p.grad = grads[name][k].clone()
-            if settings[k][3] > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), settings[k][3])
-            optimizer.step()
-            scheduler.step()
-    return stack, lone
 
 
 def test_stacked_sgd_steps_each_member_exactly_like_torch_sgd():
@@ -58,7 +21,7 @@ def test_stacked_sgd_steps_each_member_exactly_like_torch_sgd():
     decay (added to the gradient, not on norms, biases, tokens), warm-up + cosine, and gradient clipping (active,
     inactive, off); the same multiplications and additions in the same order as torch's single-tensor SGD."""
     settings = [(3e-2, 0.05, 2, 1.0), (1e-2, 0.0, 0, 0.0), (7e-2, 0.1, 3, 0.05)]  # lr, wd, warm-up steps, clip
-    stack, lone = _steps(settings, torch.float32)
+    stack, lone = step_stack_and_lone(StackedSGD, "sgd", settings)
     for k, model in enumerate(lone):
         for name, p in model.named_parameters():
             assert torch.equal(stack.params[name][k], p), (k, name)

@@ -61,6 +61,31 @@ class Protocol:
     differences: tuple[str, ...] = ()
 
 
+def _video_needs(
+    config: str,
+    *,
+    frames: tuple[int, int],
+    step: tuple[int, int],
+    views: tuple[tuple[int, int], str],
+    crop: tuple[int, int],
+) -> dict[str, Source]:
+    """A V-JEPA config's data requirements: each (value, line in ``config``)."""
+    (segments, crops), lines = views
+    return {
+        "frames": Source(frames[0], f"frames_per_clip: {frames[0]}", f"{config}:{frames[1]}"),
+        "frame_step": Source(step[0], f"frame_step: {step[0]}", f"{config}:{step[1]}"),
+        "test_views": Source(
+            (segments, crops), f"num_segments: {segments}, num_views_per_segment: {crops}", f"{config}:{lines}"
+        ),
+        "resolution": Source(crop[0], f"resolution: {crop[0]}", f"{config}:{crop[1]}"),
+    }  # fmt: skip
+
+
+def _softmax_average(eval_file: str, code: str) -> dict[str, Source]:
+    """The pending ``view_average``: V-JEPA's eval averages the softmax of the views (``run_one_epoch``)."""
+    return {"view_average": Source("softmax", code, f"{eval_file}, run_one_epoch")}
+
+
 _NO_ANCHOR_VAL = (
     "no checkpoint selection: the anchor trains a fixed schedule and scores its val set (the benchmark's evaluation "
     "set) every epoch; here the last epoch's weights are scored on the cache's test split"
@@ -148,17 +173,8 @@ VJEPA_ATTENTIVE = Protocol(
         "early_stop": Source(False, "for epoch in range(start_epoch, num_epochs), no stop", f"{_JEPA_EVAL}, main"),
         "val": Source("none", "final_lr: 0.0; every epoch scored on dataset_val", f"{_JEPA_CONFIG}:8,23"),
     },
-    requirements={
-        "frames": Source(16, "frames_per_clip: 16", f"{_JEPA_CONFIG}:11"),
-        "frame_step": Source(4, "frame_step: 4", f"{_JEPA_CONFIG}:14"),
-        "test_views": Source((8, 3), "num_segments: 8, num_views_per_segment: 3", f"{_JEPA_CONFIG}:12-13"),
-        "resolution": Source(224, "resolution: 224", f"{_JEPA_CONFIG}:18"),
-    },
-    pending={
-        "view_average": Source(
-            "softmax", "sum(F.softmax(o, dim=1) ...) / len(outputs)", f"{_JEPA_EVAL}, run_one_epoch"
-        ),
-    },
+    requirements=_video_needs(_JEPA_CONFIG, frames=(16, 11), step=(4, 14), views=((8, 3), "12-13"), crop=(224, 18)),
+    pending=_softmax_average(_JEPA_EVAL, "sum(F.softmax(o, dim=1) ...) / len(outputs)"),
     differences=(
         _NO_ANCHOR_VAL,
         _AUGMENTATION.format(where=_JEPA_EVAL),
@@ -194,17 +210,8 @@ VJEPA2_ATTENTIVE = Protocol(
             VJEPA2_WDS, "multihead_kwargs weight_decay: 0.01, 0.1, 0.4, 0.8", f"{_VJEPA2_CONFIG}:42,72,102,132"
         ),
     },
-    requirements={
-        "frames": Source(16, "frames_per_clip: 16", f"{_VJEPA2_CONFIG}:29"),
-        "frame_step": Source(4, "frame_step: 4", f"{_VJEPA2_CONFIG}:28"),
-        "test_views": Source((2, 3), "num_segments: 2, num_views_per_segment: 3", f"{_VJEPA2_CONFIG}:31-32"),
-        "resolution": Source(256, "resolution: 256", f"{_VJEPA2_CONFIG}:33"),
-    },
-    pending={
-        "view_average": Source(
-            "softmax", "sum([F.softmax(o, dim=1) ...]) / len(coutputs)", f"{_VJEPA2_EVAL}, run_one_epoch"
-        ),
-    },
+    requirements=_video_needs(_VJEPA2_CONFIG, frames=(16, 29), step=(4, 28), views=((2, 3), "31-32"), crop=(256, 33)),
+    pending=_softmax_average(_VJEPA2_EVAL, "sum([F.softmax(o, dim=1) ...]) / len(coutputs)"),
     differences=(
         _AUGMENTATION.format(where=_VJEPA2_EVAL),
         "selection: the anchor reports the best of its 20 heads on its val set, the benchmark's evaluation set "
