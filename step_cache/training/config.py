@@ -27,6 +27,8 @@ DEFAULT_LR = {"linear": 1e-2}
 FALLBACK_LR = 1e-3
 
 
+# TrainConfig.vary: what differs between the seeds of --seeds (training/seed_data.py for "data")
+VARY_MODES = ("init", "data")
 # TrainConfig.optimizer: optimization.build_optimizer builds them for one probe, stacking for a stack.
 OPTIMIZERS = ("adamw", "sgd")
 # TrainConfig.val: "auto" validates (the cache's val split, else a hold-out), "none" trains without validation.
@@ -171,9 +173,16 @@ class TrainConfig:
     )
     seeds: int = setting(
         1,
-        "Train seeds SEED..SEED+N-1 together as one stacked batch and report mean ± std (same batches and splits; the "
-        "seeds differ in initial weights and dropout; training/stacking/seeds.py).",
+        "Train seeds SEED..SEED+N-1 and report mean ± std; what differs between them is --vary's.",
         min=1,
+        commands=TRAIN_ONLY,
+    )
+    # VARY_MODES; metrics.json records it and every printed std names it (metrics_file.spread_note)
+    vary: str = setting(
+        "init",
+        "--seeds: init: the seeds differ in initial weights and dropout only (same batches and val hold-out), "
+        "trained as one stacked batch; data: batch order and the val hold-out vary with the seed too, each seed "
+        "trained as a run of its own (OUT/seeds/seed-S/).",
         commands=TRAIN_ONLY,
     )
     val_fraction: float = setting(
@@ -284,6 +293,7 @@ def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
         (config.views in VIEW_MODES, f"views must be one of {', '.join(VIEW_MODES)}, got {config.views!r}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
         (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
+        (config.vary in VARY_MODES, f"vary must be one of {', '.join(VARY_MODES)}, got {config.vary!r}"),
         (config.val in VAL_MODES, f"val must be one of {', '.join(VAL_MODES)}, got {config.val!r}"),
         (
             config.tokens in ("auto", *TOKEN_SUBSETS),

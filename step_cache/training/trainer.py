@@ -24,33 +24,30 @@ from step_cache.cache.shards import CacheInput, ShardSet, as_shards
 from step_cache.probes import build_probe, count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
-from step_cache.training.chance import chance_note
 from step_cache.training.config import TrainConfig, full_options, make_config, settings, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips
-from step_cache.training.metrics import format_percent, format_percent_spread
 from step_cache.training.metrics_file import metrics_document
 from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.progress import RunProgress, batches_per_epoch
 from step_cache.training.protocol_use import announce, check_single_run
 from step_cache.training.records import (
     NO_SCORE,
-    SELECT_LABELS,
     TrainingTime,
     epoch_record,
     final_metrics,
-    headline_figures,
-    run_chance,
     validation_score,
 )
 from step_cache.training.run_checkpoints import restore_best
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
 from step_cache.training.run_data import data_record, probe_shape, run_inputs
+from step_cache.training.run_line import run_line
 from step_cache.training.run_lock import hold_run_dir
 from step_cache.training.run_record import run_record
 from step_cache.training.run_status import mark_failed, refuse_failed_resume, usable_checkpoint
 from step_cache.training.schedule import schedule_steps
+from step_cache.training.seed_data import train_data_seeds
 from step_cache.training.stacking.seeds import train_seeds
 from step_cache.training.token_data import open_token_source
 from step_cache.training.view_table import epoch_plan
@@ -67,35 +64,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # the lines of metrics.jsonl
 
     def summary(self) -> str:
-        m = self.metrics
-        split, figures, std = headline_figures(m)
-
-        def pct(key: str) -> str:
-            if std is None:
-                return format_percent(figures.get(key))
-            return format_percent_spread(figures.get(key), std.get(key))
-
-        note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
-        selected = m.get("select_metric", "top1")  # runs written before the setting chose on top-1
-        if m.get("checkpoint") == "last":  # --val none
-            note += " | no val: fixed schedule, last epoch's weights"
-        elif selected != "top1":
-            note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
-        seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if len(m.get("seeds", ())) > 1 else ""
-        chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
-        return (
-            f"{m['probe']}: {split} top-1 {pct('top1')}{chance} | pair {pct('pair_accuracy')} | reversed "
-            f"{pct('reversed_top1')} | shuffled {pct('shuffled_top1')}{note}{seeds} | {m['parameters']:,} params "
-            f"({m['parameters_without_head']:,} without head) | {self._time()} -> {self.run_dir}"
-        )
-
-    def _time(self) -> str:
-        # The command's wall time is what a user waited; the training loop's share is the probe's own speed.
-        m = self.metrics
-        loop = f"training loop {m['train_time_s']:.1f} s, {m['train_clips_per_s'] or 0:.0f} clips/s"
-        if m.get("wall_time_s") is None:  # a metrics.json of format 1
-            return loop
-        return f"{m['wall_time_s']:.1f} s ({loop})"
+        """The line train-probe prints (``run_line.run_line``)."""
+        return run_line(self.metrics, self.run_dir)
 
 
 class _Run:
@@ -311,8 +281,11 @@ def _train(
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     if resume:
         refuse_failed_resume(out)
-    if config.seeds > 1:
-        metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch, started)
+    if config.seeds > 1:  # --vary data: each seed a run of its own (seed_data.py), else one stack
+        if config.vary == "data":
+            metrics, history = train_data_seeds(cache, config, Path(out), resume, on_epoch, started, train_probe)
+        else:
+            metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch, started)
         return TrainResult(Path(out), metrics, history)
     shards = as_shards(cache)
     run = _Run(shards, config, Path(out))
