@@ -184,3 +184,9 @@ def test_sweep_protocol_trains_the_whole_grid_as_one_batch(cache, tmp_path):
     rows = trials["trials"] if isinstance(trials, dict) else trials
     params = sorted((row["params"]["lr"], row["params"]["avgpool"]) for row in rows)
     assert params == sorted(itertools.product(_grid("dinov2-linear")["lr"], (False, True)))
+
+
+def test_sweep_refuses_a_protocol_without_grid_or_validation(cache, tmp_path):
+    result = _cli(["sweep", str(cache), "--protocol", "vjepa-attentive", "--out", str(tmp_path / "s"), "--quiet"])
+    assert result.exit_code == 1
+    assert "--protocol vjepa-attentive has no grid; use train-probe --protocol vjepa-attentive" in result.output
