@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_disk_full
+from step_cache.cache.layers import check_spec
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.quantize import TOKEN_DTYPES
 from step_cache.cache.shards import COMPRESSIONS
-from step_cache.cache.writer import ExtractionError, open_output, recover
+from step_cache.cache.writer import ExtractionError, open_output, recover, storage_record
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
 from step_cache.cpu_budget import worker_count
 from step_cache.devices import resolve_device
@@ -30,6 +31,8 @@ from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.parts import part_directory, partition
 from step_cache.extraction.pipeline import ExtractionRun
 from step_cache.extraction.quick_check import already_complete, quick_check, request_record
+from step_cache.extraction.sampling import sampling_record
+from step_cache.extraction.test_views import TestViewError, TestViews, square_side
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings
 from step_cache.interface import option
 
@@ -46,6 +49,7 @@ class ExtractOptions:
     clips: int = 1
     image_size: int | None = None
     pool_patches: int = 1
+    layers: str = "last"  # backbone blocks to store: last, lastN or 0-based indices (step_cache.cache.layers)
     dtype: str = "float16"
     device: str = "auto"
     batch_size: int | None = None  # frames per backbone call; None: 32 on CPU, 256 on CUDA
@@ -71,16 +75,24 @@ class ExtractOptions:
     view_flip: bool = False  # horizontal flips (p = 0.5): off by default, they turn slide-left into slide-right
     flip_pairs: str | None = None  # file of 'a,b' class pairs whose labels a flip swaps
     view_seed: int = 0
+    # val/test videos: S temporal segments x C spatial crops as V-JEPA's eval makes them ("2x3", (2, 3); test_views.py)
+    test_views: str | tuple[int, int] | TestViews | None = None
+    frame_step: int | None = None  # T frames this far apart per clip, as the anchors sample (None: segment centres)
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.clips < 1:
             raise ExtractionError(f"frames and clips must be >= 1 (got frames={self.frames}, clips={self.clips})")
+        if self.test_views is not None:
+            self.test_views = TestViews.parse(self.test_views)
+        if self.frame_step is not None and self.frame_step < 1:
+            raise ExtractionError(f"{option('frame_step', self.frame_step)} must be >= 1")
         if self.dtype not in TOKEN_DTYPES:
             raise ExtractionError(f"dtype must be one of {', '.join(TOKEN_DTYPES)}, got {self.dtype!r}")
         if self.shard_size_mb <= 0:
             raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.compression not in COMPRESSIONS:
             raise ExtractionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        self.layers = check_spec(self.layers)  # its form now; its blocks once the model is built
 
 
 def extract(
@@ -132,8 +144,19 @@ def extract(
     pool = open_decode_pool(opts.decoder, device, workers, opts.frames, opts.clips, opts.decode_timeout)
     try:
         backbone = load_backbone(
-            opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
+            opts.backbone,
+            opts.weights,
+            opts.image_size,
+            opts.pool_patches,
+            seed=opts.seed,
+            dtype=opts.dtype,
+            layers=opts.layers,
         )
+        if opts.test_views is not None and opts.test_views.crops > 1:
+            try:  # the anchor's crops are square: refused before any video is decoded
+                square_side(backbone.preprocessing.crop_size)
+            except TestViewError as error:
+                raise ExtractionError(str(error)) from None
         extraction = extraction_settings(backbone, opts, views)
         source = {
             "videos": str(Path(videos).resolve()) if videos is not None else None,
@@ -152,8 +175,8 @@ def extract(
                 if lock.replaced_stale:
                     log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
                 manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
-                manifest.storage = {"compression": opts.compression}
                 done = recover(out, manifest)
+                manifest.storage = storage_record(manifest, opts.compression)
                 return ExtractionRun(backbone, opts, out, manifest, items, done, device, views).run(pool, videos)
         except OSError as error:  # full before the first video (its lock or manifest): nothing was written
             if is_disk_full(error) and not isinstance(error, DiskFullError):
@@ -174,9 +197,15 @@ def view_settings(opts: ExtractOptions, classes: list[str]) -> ViewSettings:
         opts.views, tuple(opts.view_scale), tuple(opts.view_ratio), opts.view_span, opts.view_colour,
         opts.view_flip, pairs, opts.view_seed,
     )  # fmt: skip
-    if views.count and getattr(DECODERS.get(opts.decoder), "on_device", False):
+    on_device = getattr(DECODERS.get(opts.decoder), "on_device", False)
+    if views.count and on_device:
         raise ExtractionError(
             f"{option('views')} is not supported with {option('decoder', opts.decoder)} yet; use a CPU decoder"
+        )
+    if opts.test_views is not None and opts.test_views.crops > 1 and on_device:
+        raise ExtractionError(
+            f"{option('test_views')} with several crops is not supported with {option('decoder', opts.decoder)} yet;"
+            " use a CPU decoder"
         )
     return views
 
@@ -189,10 +218,11 @@ def extraction_settings(backbone: Backbone, opts: ExtractOptions, views: ViewSet
         "backbone": backbone.info(),
         "weights": weights,
         "preprocessing": backbone.preprocessing.to_dict(),
-        "sampling": {"frames": opts.frames, "clips": opts.clips, "strategy": "segment-centres"},
+        "sampling": sampling_record(opts.frames, opts.clips, opts.frame_step),
         "tokens": backbone.layout.to_dict(),
         **decoder_settings(opts.decoder),
         **({"views": views.to_dict()} if views is not None and views.count else {}),  # absent: byte-identical
+        **({"test_views": opts.test_views.to_dict()} if opts.test_views is not None else {}),  # absent: as before
     }
     return json.loads(json.dumps(settings))
 

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from step_cache.cache.layers import LAST
 from step_cache.cache.manifest import ManifestError, read_manifest
 from step_cache.cache.shards import ShardError
 from step_cache.cache.writer import ExtractionError, finished_keys, resume_refusal
@@ -27,6 +28,7 @@ from step_cache.catalog import VideoItem
 from step_cache.extraction.backbones import resolve_backbone
 from step_cache.extraction.decoders import decoder_settings
 from step_cache.extraction.extract_report import ExtractReport
+from step_cache.extraction.sampling import SAMPLING_STRATEGIES, sampling_record
 from step_cache.extraction.views import ViewSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ def request_record(opts: Any) -> dict[str, Any] | None:
         "pool_patches": opts.pool_patches,
         "seed": opts.seed if opts.weights == "random" else None,
         "dtype": opts.dtype,
+        # only when asked for: caches of the last layer keep the request (and the no-op answer) they had
+        **({"layers": opts.layers} if opts.layers != LAST else {}),
     }
 
 
@@ -64,9 +68,17 @@ def expected_settings(known: dict[str, Any], opts: Any, views: ViewSettings) -> 
     weights["source"] = source
     if source == "random":
         weights["seed"] = opts.seed
-    settings["sampling"] = {**settings.get("sampling", {}), "frames": opts.frames, "clips": opts.clips}
+    known_sampling = settings.get("sampling", {})
+    settings["sampling"] = sampling_record(opts.frames, opts.clips, opts.frame_step)
+    if known_sampling.get("strategy") not in SAMPLING_STRATEGIES:  # another writer's (synthetic caches): kept
+        settings["sampling"] = {**known_sampling, "frames": opts.frames, "clips": opts.clips}
+    settings.pop("test_views", None)
+    if opts.test_views is not None:
+        settings["test_views"] = opts.test_views.to_dict()
     tokens = settings.setdefault("tokens", {})
     tokens["dtype"], tokens["patch_pool"] = opts.dtype, opts.pool_patches
+    if opts.layers == LAST:  # other specs need the model's depth: the full path compares them
+        tokens.pop("layers", None)
     settings.pop("decoder", None)
     settings.update(decoder_settings(opts.decoder))
     settings.pop("views", None)

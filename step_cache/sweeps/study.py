@@ -100,7 +100,7 @@ def validate_space(space: SearchSpace, probe: str, options: dict[str, Any], shar
         for value in values:
             try:
                 config = trial_config(probe, options, {**space.fixed, name: value})
-                selection = select_tokens(shards.layout, token_subset(config, shards))
+                selection = select_tokens(shards.layout, token_subset(config, shards), config.layers)
                 with torch.device("meta"):
                     build_probe(probe, **probe_shape(shards, selection), **config.probe_options)
             except SweepSpaceError:

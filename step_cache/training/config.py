@@ -20,6 +20,7 @@ from step_cache.training.schedule import (
     AUTO_MIN_STEPS,
     resolve_schedule,
 )
+from step_cache.training.setting import AUGMENTATION, MEMBER_OWN, NO_OPTION, TRAIN_ONLY, Setting, setting
 
 # Peak learning rate when none is given, per probe (the others: FALLBACK_LR); measured in docs/training.md, "Default
 # schedule".
@@ -43,33 +44,6 @@ class TrainConfigError(StepCacheError, ValueError):
     """A training option that is unknown or out of range."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    """What a ``TrainConfig`` field means to its users, declared once beside its default: the help of its command-line
-    option and the option's bounds, the commands that offer it, and how sweeps, stacks and ``--resume`` treat it.
-    The train-probe and sweep options (``cli/options.py``), the sweep space (``sweeps/space.py``), the stack grouping
-    (``stacking/grouping.py``) and ``EXECUTION_FIELDS`` are derived from these."""
-
-    help: str
-    flags: tuple[str, ...] = ()  # the option's spellings, when not --field-name
-    min: float | None = None  # the option's bounds (make_config checks the Python API's values)
-    max: float | None = None
-    commands: tuple[str, ...] = ("train-probe", "sweep")  # the commands with an option for it
-    searchable: bool = False  # a sweep may search it (--param NAME=SPEC)
-    member: bool = False  # each member of a stack has its own (the others must be shared: stacking/grouping.py)
-    execution: bool = False  # changes only how fast a run goes (on CPU never its figures): --resume may change it
-
-
-def setting(default: Any, help: str, **meta: Any) -> Any:
-    """A ``TrainConfig`` field: its default and its ``Setting``."""
-    return field(default=default, metadata={"setting": Setting(help, **meta)})
-
-
-TRAIN_ONLY = ("train-probe",)
-NO_OPTION: tuple[str, ...] = ()
-# The flags the settings of one kind share: a stack member's own hyperparameters, and the token-space augmentations.
-MEMBER_OWN: dict[str, Any] = {"commands": TRAIN_ONLY, "searchable": True, "member": True}
-AUGMENTATION: dict[str, Any] = {"commands": TRAIN_ONLY, "searchable": True}
 _LR_HELP = ", ".join(f"{lr:g} for {probe}" for probe, lr in DEFAULT_LR.items())
 
 
@@ -168,6 +142,13 @@ class TrainConfig:
         "(mean of per-class accuracies, for imbalanced sets such as Drive&Act) or pair (mirrored pairs' accuracy). "
         "Recorded in config.json and metrics.json.",
     )
+    view_average: str = setting(
+        "softmax",
+        "How a video's rows (its clips and extract --test-views crops) are combined into its prediction in every "
+        "validation and test figure, evaluate and predict: softmax (mean of their softmax probabilities, as V-JEPA's "
+        "evaluation) or logits (mean of their logits, step-cache's rule before test views). Recorded in config.json "
+        "and metrics.json.",
+    )
     seed: int = setting(
         0, "Seed of the initial weights, batch order and held-out val videos (and of a sweep's sampler).", member=True
     )
@@ -201,8 +182,19 @@ class TrainConfig:
         "Tokens the probe sees per frame: all, cls, patches, or auto (cls for linear, else all).",
         searchable=True,
     )
+    layers: str = setting(
+        "last",
+        "Stored layers the probe reads (a cache of extract --layers): last (default; a cache without layers as it "
+        "is), a block index (e.g. 10), or concat:a,b,... / concat:lastN: those blocks' tokens side by side along the "
+        "channels (DINOv2's n_last_blocks with the linear probe on CLS tokens). Only those layers are read.",
+    )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     amp: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU).")
+    tf32: bool = setting(
+        False,
+        "TF32 matmuls and convolutions on CUDA for what runs in float32 (all of it with --no-amp); ignored on CPU. "
+        "Off by default: float32 then means float32.",
+    )
     device: str = setting("auto", "auto, cpu or cuda[:N].", execution=True)
     data: str = setting(
         "auto",
@@ -257,6 +249,7 @@ def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
         )
     # Imported here, not at the top: the command line builds its options from this module, and `--help` should
     # not wait for torch, which these modules load.
+    from step_cache.training.metrics import VIEW_AVERAGES
     from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
     from step_cache.training.view_table import VIEW_MODES
 
@@ -285,6 +278,10 @@ def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
         (
             config.select_metric in SELECT_METRICS,
             f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {config.select_metric!r}",
+        ),
+        (
+            config.view_average in VIEW_AVERAGES,
+            f"view_average must be one of {', '.join(VIEW_AVERAGES)}, got {config.view_average!r}",
         ),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),

@@ -46,7 +46,7 @@ FIGURES = (
 )
 # What the run as a whole cost and was (the same for every seed of a stack).
 RUN_KEYS = ("probe", "unit", "classes", "pairs", "parameters", "parameters_without_head", "data_mode", "device",
-            "stacked_members", "select_metric", "validation", "checkpoint")  # fmt: skip
+            "stacked_members", "select_metric", "view_average", "validation", "checkpoint")  # fmt: skip
 COST_KEYS = ("train_time_s", "train_clips_per_s", "data_wait_share")
 
 

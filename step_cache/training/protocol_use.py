@@ -125,7 +125,8 @@ def announce(name: str, extraction: dict[str, Any]) -> list[str]:
     for line in [*protocol.differences, *(f"cache {d}" for d in differences)]:
         log.warning("  - %s", line)
     for key, source in protocol.pending.items():
-        log.warning("  - not set yet: %s = %s (%s, %s)", key, _text(source.value), source.anchor, source.where)
+        log.warning("  - one run per value (not searched in one sweep): %s = %s (%s, %s)", key, _text(source.value),
+                    source.anchor, source.where)  # fmt: skip
     return differences
 
 

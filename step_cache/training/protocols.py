@@ -1,6 +1,6 @@
 """The anchors' published frozen evaluations as presets (``train-probe --protocol NAME`` / ``sweep --protocol NAME``):
 each ``TrainConfig`` field of the protocol that applies to a cache, its grid (one stacked sweep), what it needs of
-the cache's extraction, the fields other branches add (``PENDING``), and what a cache cannot follow.
+the cache's extraction, the grid dimensions run once per value (``pending``), and what a cache cannot follow.
 
 Every value names the anchor's file, line and own setting (``Source``), read from the anchors' repositories at the
 commits in ``ANCHORS``; docs/protocols.md is generated from these (``protocol_use.protocol_table``, tested equal).
@@ -49,7 +49,8 @@ class Protocol:
     ``fields``: ``TrainConfig`` fields (``probe_options.X`` for a probe option) set for every run; ``grid``: the
     values a sweep trains as one stack (sweep-space names; train-probe takes one of them from the user);
     ``requirements``: what the cache's extraction must hold (checked, ``protocol_use.cache_differences``);
-    ``pending``: fields of other branches (``layers``, ``view_average``) the preset will set once they exist;
+    ``pending``: grid dimensions of the anchor a sweep cannot search yet (DINOv2's ``n_last_blocks``: ``--layers``
+    is shared by a stack's members), run once per value;
     ``differences``: what a cache cannot follow, printed when the preset runs."""
 
     name: str
@@ -82,7 +83,7 @@ def _video_needs(
 
 
 def _softmax_average(eval_file: str, code: str) -> dict[str, Source]:
-    """The pending ``view_average``: V-JEPA's eval averages the softmax of the views (``run_one_epoch``)."""
+    """``view_average``: V-JEPA's eval averages the softmax of a video's views (``run_one_epoch``)."""
     return {"view_average": Source("softmax", code, f"{eval_file}, run_one_epoch")}
 
 
@@ -131,7 +132,7 @@ DINOV2_LINEAR = Protocol(
     },
     pending={
         "layers": Source(
-            ("last", "concat of the last 4 blocks"),
+            ("last", "concat:last4"),
             "n_last_blocks_list = [1, 4]; create_linear_input concatenates their CLS tokens",
             f"{_LINEAR}:180-182, run_eval_linear",
         ),
@@ -172,9 +173,9 @@ VJEPA_ATTENTIVE = Protocol(
         "amp": Source(True, "use_bfloat16: true", f"{_JEPA_CONFIG}:25"),
         "early_stop": Source(False, "for epoch in range(start_epoch, num_epochs), no stop", f"{_JEPA_EVAL}, main"),
         "val": Source("none", "final_lr: 0.0; every epoch scored on dataset_val", f"{_JEPA_CONFIG}:8,23"),
+        **_softmax_average(_JEPA_EVAL, "sum(F.softmax(o, dim=1) ...) / len(outputs)"),
     },
     requirements=_video_needs(_JEPA_CONFIG, frames=(16, 11), step=(4, 14), views=((8, 3), "12-13"), crop=(224, 18)),
-    pending=_softmax_average(_JEPA_EVAL, "sum(F.softmax(o, dim=1) ...) / len(outputs)"),
     differences=(
         _NO_ANCHOR_VAL,
         _AUGMENTATION.format(where=_JEPA_EVAL),
@@ -203,6 +204,7 @@ VJEPA2_ATTENTIVE = Protocol(
         "label_smoothing": Source(0.0, "torch.nn.CrossEntropyLoss()", f"{_VJEPA2_EVAL}, run_one_epoch"),
         "amp": Source(True, "use_bfloat16: true", f"{_VJEPA2_CONFIG}:158"),
         "early_stop": Source(False, "for epoch in range(start_epoch, num_epochs), no stop", f"{_VJEPA2_EVAL}, main"),
+        **_softmax_average(_VJEPA2_EVAL, "sum([F.softmax(o, dim=1) ...]) / len(coutputs)"),
     },
     grid={
         "lr": Source(VJEPA2_LRS, "multihead_kwargs lr: 0.005, 0.003, 0.001, 0.0003, 0.0001", f"{_VJEPA2_CONFIG}:39-63"),
@@ -211,7 +213,6 @@ VJEPA2_ATTENTIVE = Protocol(
         ),
     },
     requirements=_video_needs(_VJEPA2_CONFIG, frames=(16, 29), step=(4, 28), views=((2, 3), "31-32"), crop=(256, 33)),
-    pending=_softmax_average(_VJEPA2_EVAL, "sum([F.softmax(o, dim=1) ...]) / len(coutputs)"),
     differences=(
         _AUGMENTATION.format(where=_VJEPA2_EVAL),
         "selection: the anchor reports the best of its 20 heads on its val set, the benchmark's evaluation set "

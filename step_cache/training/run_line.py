@@ -28,6 +28,8 @@ def run_line(m: dict[str, Any], run_dir: Path) -> str:
         note += " | no val: fixed schedule, last epoch's weights"
     elif selected != "top1":
         note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
+    if m.get("view_average", "softmax") != "softmax":  # runs from before it read "logits" from their unit
+        note += f" | videos: clip {m['view_average']} averaged"
     spread = spread_note(m)  # "std over 3 seeds, init only"
     seeds = f" | mean ± {spread}" if spread else ""
     chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
