@@ -190,3 +190,24 @@ def test_sweep_refuses_a_protocol_without_grid_or_validation(cache, tmp_path):
     result = _cli(["sweep", str(cache), "--protocol", "vjepa-attentive", "--out", str(tmp_path / "s"), "--quiet"])
     assert result.exit_code == 1
     assert "--protocol vjepa-attentive has no grid; use train-probe --protocol vjepa-attentive" in result.output
+
+
+def test_dinov2_linear_on_a_last4_cache_trains_the_4_block_lr_grid_as_one_stack(_video_tree, tmp_path):
+    """A cache of extract --layers last4 follows the preset's layers requirement; --layers concat:last4 trains DINOv2's
+    n_last_blocks=4 heads, its 13 lrs as one stack (avgpool off: concatenated layers refuse it, docs/protocols.md)."""
+    from conftest import TINY
+
+    from step_cache import extract
+
+    cache = tmp_path / "last4"
+    extract(_video_tree, cache, layers="last4", **{**TINY, "clips": 1})
+    extraction = json.loads((cache / "manifest.json").read_text())["extraction"]
+    assert not any(d.startswith("layers") for d in cache_differences("dinov2-linear", extraction))
+    out = tmp_path / "sweep"
+    result = _cli(["sweep", str(cache), "--protocol", "dinov2-linear", "--layers", "concat:last4", "--param",
+                   "avgpool=false", "--epochs", "1", "--batch-size", "4", "--out", str(out), "--quiet", "--no-plots",
+                   "--no-retrain"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "13 trials: 13 complete" in result.output and "1 stack(s)" in result.output
+    best = json.loads((out / "best.json").read_text())["config"]
+    assert (best["layers"], best["optimizer"], best["protocol"]) == ("concat:last4", "sgd", "dinov2-linear")
