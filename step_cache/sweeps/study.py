@@ -53,6 +53,7 @@ from step_cache.sweeps.storage import (
     requeue_stale,
 )  # fmt: skip
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
+from step_cache.training.protocol_use import announce
 from step_cache.training.run_data import probe_shape, resolve_pairs, token_subset
 from step_cache.training.run_record import with_config_defaults
 from step_cache.training.stacking.grouping import group_by_shape
@@ -187,6 +188,15 @@ def run_sweep(
     if trials < 0 or parallel < 1:
         raise SweepError(f"trials must be >= 0 and parallel >= 1, got {trials} and {parallel}")
     base = make_config(probe, options)
+    if base.val == "none":
+        hint = (
+            f": --protocol {base.protocol} has no grid; use train-probe --protocol {base.protocol}"
+            if base.protocol
+            else ""
+        )
+        raise SweepError(
+            f"a sweep ranks its trials on the val split: val='none' (train-probe --val none) has none{hint}"
+        )
     space.check_not_empty()
     if sampler == "grid":
         size = space.grid_size()
@@ -194,6 +204,8 @@ def run_sweep(
             log.info("the grid has %d points: running %d trials, not %d", size, size, trials)
             trials = size
     shards = features if isinstance(features, ShardSet) else open_shards(features)
+    if base.protocol is not None:
+        announce(base.protocol, shards.manifest.extraction)
     validate_space(space, probe, options, shards)
     if metric == "pair_accuracy" and not resolve_pairs(shards, base.pairs):
         raise SweepError(
