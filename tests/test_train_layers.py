@@ -83,3 +83,42 @@ def test_layer_choices_a_cache_cannot_give_are_refused(caches, tmp_path):
     with pytest.raises(DataError, match="linear probe's avgpool is not supported"):
         train_probe(caches / "three", "linear", tmp_path / "x", layers="concat:last2", probe_options={"avgpool": True},
                     tokens="all", **TRAIN)  # fmt: skip
+
+
+def test_a_layer_mix_starts_as_the_layers_mean_and_learns_its_weights(caches, tmp_path):
+    from step_cache.probes import build_probe
+    from step_cache.probes.layer_mix import LayerMix
+
+    shards = open_shards(caches / "three")
+    rows = np.arange(len(shards))
+    selection = select_tokens(shards.layout, "all", "mix")
+    assert selection.layers == (0, 1, 2) and selection.mix and selection.probe_dim(192) == 192
+    tokens = next(InMemoryTokens(shards, rows, selection, np.zeros(len(rows), np.int64)).batches([rows]))[0]
+    probe = build_probe("linear", dim=192, num_classes=3, frames=4, tokens_per_frame=5, cls_index=0)
+    mix = LayerMix(probe, layers=3, dim=192)
+    stored = torch.from_numpy(shards.read_tokens(rows, np.float32))  # (n, 3, T, P, D)
+    # softmax(0, 0, 0) = 1/3 each, gain 1: the mean of the three layers (float32 sums of three products)
+    torch.testing.assert_close(mix.mixed(tokens), stored.mean(dim=1), rtol=2e-7, atol=2e-7)
+    with torch.no_grad():
+        mix.mix_logits.copy_(torch.tensor([0.0, 0.0, 50.0]))
+        mix.mix_gain.fill_(2.0)
+    torch.testing.assert_close(mix.mixed(tokens), 2 * stored[:, 2], rtol=1e-6, atol=1e-6)  # all weight on block 11
+    result = train_probe(caches / "three", "linear", tmp_path / "mix", layers="mix", seeds=2, **TRAIN)
+    state = weights(tmp_path / "mix")
+    assert state["mix_logits"].shape == (3,) and not torch.equal(state["mix_logits"], torch.zeros(3))
+    assert evaluate(tmp_path / "mix", caches / "three")["top1"] == pytest.approx(result.metrics["top1"])
+
+
+def test_a_sweep_searches_the_layer(caches, tmp_path):
+    from step_cache.sweeps.space import build_space
+    from step_cache.sweeps.study import run_sweep
+
+    space = build_space("linear", ["layers=9,11,mix,concat:last2"])
+    result = run_sweep(caches / "three", "linear", tmp_path / "s", space=space, trials=8, parallel=4, sampler="grid",
+                       retrain=False, plots=False, **TRAIN)  # fmt: skip
+    assert sorted(r["params"]["layers"] for r in result.rows) == ["11", "9", "concat:last2", "mix"]  # as text
+    assert all(r["state"] == "COMPLETE" for r in result.rows)
+    # the trial of block 11 is the plain run of that layer
+    single = train_probe(caches / "three", "linear", tmp_path / "one", layers="11", **TRAIN)
+    row = next(r for r in result.rows if r["params"]["layers"] == "11")
+    assert row["metrics"]["top1"] == single.metrics["top1"]

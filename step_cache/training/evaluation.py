@@ -25,6 +25,7 @@ from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, recorded_options
+from step_cache.probes.layer_mix import with_layer_mix
 from step_cache.training import runs
 from step_cache.training.chance import chance_of, pooled_chance
 from step_cache.training.eval_plan import (
@@ -65,6 +66,8 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
         cls_index=data["tokens"]["cls_index"],
         **recorded_options(config["probe"], config["probe_options"], str(run_dir)),
     )
+    tokens = data["tokens"]  # a learned mix of layers sits in front of the probe (probes.layer_mix)
+    probe = with_layer_mix(probe, len(tokens.get("layers", [])), data["dim"], tokens.get("mix", False))
     runs.load_weights(probe, usable_checkpoint(run_dir, weights))  # not failed, present, the run's own bytes
     warn_if_unfinished(run_dir)  # still training, or stopped: its best epoch so far, not its final one
     return record, probe.eval()
@@ -100,7 +103,9 @@ def _selection(record: dict[str, Any]) -> TokenSelection:
     # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
     layers = tuple(layout["layers"].index(b) for b in tokens["layers"]) if "layers" in tokens else None
     stop = start + tokens["tokens_per_frame"]
-    return TokenSelection(tokens["subset"], start, stop, tokens["cls_index"], layers=layers)
+    return TokenSelection(
+        tokens["subset"], start, stop, tokens["cls_index"], layers=layers, mix=tokens.get("mix", False)
+    )
 
 
 def evaluate(

@@ -8,6 +8,8 @@
   ``n_last_blocks`` (``create_linear_input`` in dinov2/eval/linear.py: the class tokens of the last n blocks
   concatenated); V-JEPA 2's multi-layer frozen evaluation likewise hands the probe each token's chosen
   ``out_layers`` outputs (each through the final norm) side by side.
+- ``mix`` (every stored layer), ``mix:a,b,...`` or ``mix:lastN``: a learned softmax-weighted sum of those layers
+  with a learned gain (``probes.layer_mix``), read as ``concat`` reads them; the probe sees D channels.
 
 Only the chosen layers are read from disk (``ShardSet.read_stored(..., layers=positions)``).
 """
@@ -21,6 +23,13 @@ from step_cache.training.splits import DataError
 
 LAST = "last"
 CONCAT = "concat:"
+MIX = "mix"
+
+
+def is_mix(spec: str) -> bool:
+    """Whether ``spec`` asks for a learned mix of layers rather than their concatenation."""
+    text = str(spec).replace(" ", "").lower()
+    return text == MIX or text.startswith(MIX + ":")
 
 
 def layer_positions(spec: str, layout: TokenLayout) -> tuple[int, ...] | None:
@@ -37,8 +46,10 @@ def layer_positions(spec: str, layout: TokenLayout) -> tuple[int, ...] | None:
         )
     if text == LAST:
         return (len(stored) - 1,)
-    concat = text.startswith(CONCAT)
-    body = text[len(CONCAT) :] if concat else text
+    if text == MIX:
+        return tuple(range(len(stored)))
+    concat = text.startswith(CONCAT) or is_mix(text)
+    body = text.split(":", 1)[1] if concat else text
     if concat and body.startswith("last") and body[4:].isdigit():
         count = int(body[4:])
         if not 1 <= count <= len(stored):
@@ -48,11 +59,11 @@ def layer_positions(spec: str, layout: TokenLayout) -> tuple[int, ...] | None:
         blocks = [int(part) for part in body.split(",")]
     except ValueError:
         raise DataError(
-            f"--layers {spec}: expected last, a block index, concat:a,b,... or concat:lastN (the cache stores "
-            f"blocks {list(stored)})"
+            f"--layers {spec}: expected last, a block index, concat:a,b,... / concat:lastN, or mix / mix:a,b,... "
+            f"(the cache stores blocks {list(stored)})"
         ) from None
     if len(blocks) > 1 and not concat:
-        raise DataError(f"--layers {spec}: several blocks are read as concat:{body}")
+        raise DataError(f"--layers {spec}: several blocks are read as concat:{body} (or mixed: mix:{body})")
     missing = [block for block in blocks if block not in stored]
     if missing or len(set(blocks)) != len(blocks):
         raise DataError(

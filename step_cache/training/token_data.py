@@ -29,7 +29,7 @@ from step_cache.cache.quantize import SCALE_DTYPE, token_bytes
 from step_cache.cache.shards import ShardSet
 from step_cache.cpu_budget import worker_count
 from step_cache.training.device_tokens import DeviceTokens, device_free_bytes
-from step_cache.training.layer_choice import concat_channels, layer_positions
+from step_cache.training.layer_choice import concat_channels, is_mix, layer_positions
 from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class TokenSelection:
     # positions into the cache's stored layers to read, concatenated along the channels (layer_choice); None: the
     # cache has no layer axis
     layers: tuple[int, ...] | None = None
+    mix: bool = False  # the layers go to a learned mix (probes.layer_mix) in front of the probe
 
     @property
     def tokens_per_frame(self) -> int:
@@ -63,6 +64,10 @@ class TokenSelection:
     def channels(self) -> int:
         """How many of the cache's D-wide layers make a token the probe sees (1 unless layers are concatenated)."""
         return 1 if self.layers is None else len(self.layers)
+
+    def probe_dim(self, dim: int) -> int:
+        """The width of the tokens the probe itself sees: D for one layer or a mix, L x D for a concatenation."""
+        return dim if self.mix else dim * self.channels
 
     def apply(self, tokens: np.ndarray) -> np.ndarray:
         """(n, [L,] T, P, D) -> (n, [L,] T, P', D); a view when the subset is everything."""
@@ -79,17 +84,17 @@ def select_tokens(layout: TokenLayout, subset: str = "all", layers: str = "last"
     """``all``: CLS + patches, ``cls``: the per-frame CLS token(s) only, ``patches``: the patch grid only; of the
     stored ``layers`` (``layer_choice``: the last by default)."""
     total, cls = layout.tokens_per_frame, layout.cls_tokens
-    positions = layer_positions(layers, layout)
+    positions, mix = layer_positions(layers, layout), is_mix(layers)
     if subset == "all":
-        return TokenSelection(subset, 0, total, 0 if cls else None, cls, positions)
+        return TokenSelection(subset, 0, total, 0 if cls else None, cls, positions, mix)
     if subset == "cls":
         if cls == 0:
             raise DataError("--tokens cls: this cache stores no CLS token (extracted without one); use patches")
-        return TokenSelection(subset, 0, cls, 0, cls, positions)
+        return TokenSelection(subset, 0, cls, 0, cls, positions, mix)
     if subset == "patches":
         if total == cls:
             raise DataError("--tokens patches: this cache stores no patch tokens; use cls")
-        return TokenSelection(subset, cls, total, None, layers=positions)
+        return TokenSelection(subset, cls, total, None, layers=positions, mix=mix)
     raise DataError(f"unknown token subset {subset!r}; choose one of: {', '.join(TOKEN_SUBSETS)}")
 
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from step_cache.cache.shards import CacheInput, as_shards
-from step_cache.probes import build_probe, count_parameters
+from step_cache.probes import count_parameters
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
@@ -40,7 +40,7 @@ from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
-from step_cache.training.run_data import probe_shape
+from step_cache.training.run_data import build_run_probe
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.grouping import group_by_shape, shape_key
@@ -92,8 +92,7 @@ class StackedRun:
         probes = []
         for config in self.configs:
             torch.manual_seed(config.seed)  # what train_probe does before building its probe
-            shape = probe_shape(shards, data.selection)
-            probes.append(build_probe(config.probe, **shape, **config.probe_options).to(self.device))
+            probes.append(build_run_probe(config.probe, shards, data.selection, config.probe_options).to(self.device))
         self.parameters = count_parameters(probes[0])
         self.parameters_without_head = count_parameters(probes[0], exclude_head=True)
         self.stack = StackedProbes(probes)
