@@ -80,14 +80,11 @@ def test_layer_choices_a_cache_cannot_give_are_refused(caches, tmp_path):
         select_tokens(three, "all", "9,11")
     with pytest.raises(DataError, match="--layers concat:last5: the cache stores 3 layers"):
         select_tokens(three, "all", "concat:last5")
-    with pytest.raises(DataError, match="linear probe's avgpool is not supported"):
-        train_probe(caches / "three", "linear", tmp_path / "x", layers="concat:last2", probe_options={"avgpool": True},
-                    tokens="all", **TRAIN)  # fmt: skip
 
 
 def test_a_layer_mix_starts_as_the_layers_mean_and_learns_its_weights(caches, tmp_path):
     from step_cache.probes import build_probe
-    from step_cache.probes.layer_mix import LayerMix
+    from step_cache.probes.layer_inputs import LayerMix
 
     shards = open_shards(caches / "three")
     rows = np.arange(len(shards))
@@ -122,3 +119,25 @@ def test_a_sweep_searches_the_layer(caches, tmp_path):
     single = train_probe(caches / "three", "linear", tmp_path / "one", layers="11", **TRAIN)
     row = next(r for r in result.rows if r["params"]["layers"] == "11")
     assert row["metrics"]["top1"] == single.metrics["top1"]
+
+
+def test_the_linear_probe_with_avgpool_on_concatenated_layers_reads_dinov2s_linear_input(caches, tmp_path):
+    """dinov2/eval/linear.py, create_linear_input(x_tokens_list, use_n_blocks, use_avgpool): the class tokens of the
+    last n blocks concatenated, then the mean of the last block's patch tokens (per image: here per frame)."""
+    from step_cache.probes.layer_inputs import Dinov2LinearInput, build_layered_probe
+
+    shards = open_shards(caches / "three")
+    rows = np.arange(len(shards))
+    selection = select_tokens(shards.layout, "all", "concat:last2")
+    tokens = next(InMemoryTokens(shards, rows, selection, np.zeros(len(rows), np.int64)).batches([rows]))[0].float()
+    stored = torch.from_numpy(shards.read_tokens(rows, np.float32))  # (n, 3, T, P, D)
+    x_tokens_list = [(stored[:, layer, :, 1:], stored[:, layer, :, 0]) for layer in (1, 2)]  # (patches, class token)
+    output = torch.cat([class_token for _, class_token in x_tokens_list], dim=-1)
+    output = torch.cat((output, torch.mean(x_tokens_list[-1][0], dim=-2)), dim=-1)  # (n, T, 3D)
+    probe = build_layered_probe("linear", layer_dim=192, layers=2, mix=False, num_classes=3, frames=4,
+                                tokens_per_frame=5, cls_index=0, avgpool=True)  # fmt: skip
+    assert isinstance(probe, Dinov2LinearInput) and probe.probe.head.in_features == 3 * 192
+    torch.testing.assert_close(probe.features(tokens)[:, :, 0], output, rtol=0, atol=0)
+    result = train_probe(caches / "three", "linear", tmp_path / "dino", layers="concat:last2", tokens="all",
+                         probe_options={"avgpool": True}, **TRAIN)  # fmt: skip
+    assert evaluate(tmp_path / "dino", caches / "three")["top1"] == result.metrics["top1"]

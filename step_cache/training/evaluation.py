@@ -24,8 +24,8 @@ from torch import nn
 from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
-from step_cache.probes import build_probe, recorded_options
-from step_cache.probes.layer_mix import with_layer_mix
+from step_cache.probes import recorded_options
+from step_cache.probes.layer_inputs import build_layered_probe
 from step_cache.training import runs
 from step_cache.training.chance import chance_of, pooled_chance
 from step_cache.training.eval_plan import (
@@ -57,17 +57,19 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
     run_dir = Path(run_dir)
     record = runs.read_config(run_dir)
     config, data = record["config"], record["data"]
-    probe = build_probe(
+    tokens = data["tokens"]  # several layers: concatenated, or mixed in front of the probe (probes.layer_inputs)
+    layers, mix = len(tokens.get("layers", [])) or 1, tokens.get("mix", False)
+    probe = build_layered_probe(
         config["probe"],
-        dim=data["dim"],
+        layer_dim=data["dim"] if mix else data["dim"] // layers,
+        layers=layers,
+        mix=mix,
         num_classes=len(data["classes"]),
         frames=data["frames"],
-        tokens_per_frame=data["tokens"]["tokens_per_frame"],
-        cls_index=data["tokens"]["cls_index"],
+        tokens_per_frame=tokens["tokens_per_frame"],
+        cls_index=tokens["cls_index"],
         **recorded_options(config["probe"], config["probe_options"], str(run_dir)),
     )
-    tokens = data["tokens"]  # a learned mix of layers sits in front of the probe (probes.layer_mix)
-    probe = with_layer_mix(probe, len(tokens.get("layers", [])), data["dim"], tokens.get("mix", False))
     runs.load_weights(probe, usable_checkpoint(run_dir, weights))  # not failed, present, the run's own bytes
     warn_if_unfinished(run_dir)  # still training, or stopped: its best epoch so far, not its final one
     return record, probe.eval()

@@ -9,7 +9,7 @@
   concatenated); V-JEPA 2's multi-layer frozen evaluation likewise hands the probe each token's chosen
   ``out_layers`` outputs (each through the final norm) side by side.
 - ``mix`` (every stored layer), ``mix:a,b,...`` or ``mix:lastN``: a learned softmax-weighted sum of those layers
-  with a learned gain (``probes.layer_mix``), read as ``concat`` reads them; the probe sees D channels.
+  with a learned gain (``probes.layer_inputs``), read as ``concat`` reads them; the probe sees D channels.
 
 Only the chosen layers are read from disk (``ShardSet.read_stored(..., layers=positions)``).
 """

@@ -14,8 +14,8 @@ import torch
 from step_cache.cache.shards import ShardSet
 from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
-from step_cache.probes import ProbeShape, build_probe
-from step_cache.probes.layer_mix import with_layer_mix
+from step_cache.probes import ProbeShape
+from step_cache.probes.layer_inputs import build_layered_probe
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
 from step_cache.training.run_record import schedule_record
@@ -52,15 +52,6 @@ def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
 def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``)."""
     selection = select_tokens(shards.layout, token_subset(config, shards), config.layers)
-    if (
-        selection.channels > 1
-        and not selection.mix
-        and config.probe == "linear"
-        and config.probe_options.get("avgpool")
-    ):
-        # DINOv2 appends the mean of the *last* block's patch tokens only (create_linear_input); ours would average
-        # every concatenated layer's, a different input: refused rather than mislabelled
-        raise DataError(f"--layers {config.layers} with the linear probe's avgpool is not supported; drop one of them")
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
     splits = shard_splits(shards, config.val_fraction, config.seed)
@@ -137,7 +128,7 @@ def data_record(
             "cls_index": selection.cls_index,
             # the stored blocks read (concatenated along the channels); absent: a cache without a layer axis
             **({"layers": [shards.layout.layers[p] for p in selection.layers]} if selection.layers else {}),
-            **({"mix": True} if selection.mix else {}),  # a learned mix of them (probes.layer_mix)
+            **({"mix": True} if selection.mix else {}),  # a learned mix of them (probes.layer_inputs)
         },
         "frames": shards.manifest.frames,
         "dim": selection.probe_dim(shards.layout.dim),
@@ -148,9 +139,12 @@ def data_record(
 
 
 def build_run_probe(name: str, shards: ShardSet, selection: TokenSelection, options: dict[str, Any]) -> torch.nn.Module:
-    """Probe ``name`` for ``selection`` of the tokens of ``shards``, behind a learned layer mix when it asks for one."""
-    probe = build_probe(name, **probe_shape(shards, selection), **options)
-    return with_layer_mix(probe, selection.channels, shards.layout.dim, selection.mix)
+    """Probe ``name`` for ``selection`` of the tokens of ``shards``: over one layer, or several concatenated or mixed
+    (``probes.layer_inputs``)."""
+    shape = {key: value for key, value in probe_shape(shards, selection).items() if key != "dim"}
+    return build_layered_probe(
+        name, layer_dim=shards.layout.dim, layers=selection.channels, mix=selection.mix, **shape, **options
+    )
 
 
 def token_subset(config: TrainConfig, shards: ShardSet) -> str:

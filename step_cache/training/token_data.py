@@ -54,7 +54,7 @@ class TokenSelection:
     # positions into the cache's stored layers to read, concatenated along the channels (layer_choice); None: the
     # cache has no layer axis
     layers: tuple[int, ...] | None = None
-    mix: bool = False  # the layers go to a learned mix (probes.layer_mix) in front of the probe
+    mix: bool = False  # the layers go to a learned mix (probes.layer_inputs) in front of the probe
 
     @property
     def tokens_per_frame(self) -> int:
