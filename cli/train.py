@@ -26,6 +26,15 @@ from cli.options import (
 from step_cache.cpu_budget import apply_threads
 from step_cache.errors import InputError
 
+# evaluate's and predict's override of the run's --view-average
+ViewAverage = Annotated[
+    str | None,
+    typer.Option(
+        help="Combine a video's rows (clips, test-view crops) by the mean of their softmax or of their logits "
+        "[default: the run's own --view-average; logits for runs from before it existed]."
+    ),
+]
+
 
 @app.command("train-probe", rich_help_panel=PROBES_PANEL)
 @config_options("train-probe", after="out")
@@ -133,6 +142,7 @@ def evaluate(
     data: DataMode = "auto",
     workers: Workers = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    view_average: ViewAverage = None,
     threads: Threads = None,
 ) -> None:
     """Evaluate a trained probe (best checkpoint of each seed) on a cache; classes are matched by name."""
@@ -152,6 +162,7 @@ def evaluate(
             data=data,
             workers=workers,
             batch_size=batch_size,
+            view_average=view_average,
         )
         if out is not None:
             write_json(out, metrics)
@@ -197,10 +208,12 @@ def predict(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Clips per probe batch (256) / with --videos: frames per backbone call.")
     ] = None,
+    view_average: ViewAverage = None,
     quiet: Quiet = False,
     threads: Threads = None,
 ) -> None:
-    """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe, from a cache
+    """Per-video top-k classes and probabilities (the clips' softmax, or their logits, averaged per video as the
+    run's --view-average says) of a trained probe, from a cache
     (CACHE or --features) or straight from video files (--videos: the run's backbone, preprocessing and frame
     sampling are rebuilt from its recorded settings; unreadable videos are listed with the reason)."""
     setup_logging()
@@ -216,7 +229,7 @@ def predict(
 
             path = run_prediction(
                 run, given, out, top_k=top_k, device=device, data=data, workers=workers,
-                batch_size=batch_size or 256,
+                batch_size=batch_size or 256, view_average=view_average,
             )  # fmt: skip
             lines = path.read_text(encoding="utf-8").splitlines()
             shown = sum(cell.startswith("class_") for cell in lines[0].split(","))  # top_k, capped at the classes
@@ -226,6 +239,6 @@ def predict(
 
         result = predict_videos(
             run, videos, out, annotations=annotations, weights=weights, cache=cache, top_k=top_k, device=device,
-            workers=workers, batch_size=batch_size, progress=not quiet,
+            workers=workers, batch_size=batch_size, progress=not quiet, view_average=view_average,
         )  # fmt: skip
     typer.echo(result.summary())

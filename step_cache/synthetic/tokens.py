@@ -109,7 +109,7 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
                 if writer is None:
                     writer = ShardWriter(
                         directory, shard_name(len(manifest.shards)), spec.layout, spec.frames,
-                        settings=settings_hash(manifest.extraction), views=spec.views > 0,
+                        settings=settings_hash(manifest.extraction), views=spec.views > 0, classes=classes,
                         cls_copy=bool(manifest.storage.get("cls_copy")),
                     )  # fmt: skip
                 record = ClipRecord(

@@ -144,6 +144,13 @@ class TrainConfig:
         "(mean of per-class accuracies, for imbalanced sets such as Drive&Act) or pair (mirrored pairs' accuracy). "
         "Recorded in config.json and metrics.json.",
     )
+    view_average: str = setting(
+        "softmax",
+        "How a video's rows (its clips and extract --test-views crops) are combined into its prediction in every "
+        "validation and test figure, evaluate and predict: softmax (mean of their softmax probabilities, as V-JEPA's "
+        "evaluation) or logits (mean of their logits, step-cache's rule before test views). Recorded in config.json "
+        "and metrics.json.",
+    )
     seed: int = setting(
         0, "Seed of the initial weights, batch order and held-out val videos (and of a sweep's sampler).", member=True
     )
@@ -172,6 +179,11 @@ class TrainConfig:
     )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     amp: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU).")
+    tf32: bool = setting(
+        False,
+        "TF32 matmuls and convolutions on CUDA for what runs in float32 (all of it with --no-amp); ignored on CPU. "
+        "Off by default: float32 then means float32.",
+    )
     device: str = setting("auto", "auto, cpu or cuda[:N].", execution=True)
     data: str = setting(
         "auto",
@@ -224,6 +236,7 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         )
     # Imported here, not at the top: the command line builds its options from this module, and `--help` should
     # not wait for torch, which these modules load.
+    from step_cache.training.metrics import VIEW_AVERAGES
     from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
     from step_cache.training.view_table import VIEW_MODES
 
@@ -247,6 +260,10 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (
             config.select_metric in SELECT_METRICS,
             f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {config.select_metric!r}",
+        ),
+        (
+            config.view_average in VIEW_AVERAGES,
+            f"view_average must be one of {', '.join(VIEW_AVERAGES)}, got {config.view_average!r}",
         ),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),

@@ -28,6 +28,8 @@ def evaluation_line(metrics: dict[str, Any]) -> str:
         f"reversed {pct('reversed_top1')}",
         f"shuffled {pct('shuffled_top1')}",
     ]
+    if metrics.get("view_average", "softmax") != "softmax":
+        shown.append(f"videos: clip {metrics['view_average']} averaged")
     if metrics["excluded_clips"]:
         shown.append(f"{metrics['excluded_clips']} clips of unknown classes left out")
     return (

@@ -37,7 +37,7 @@ FIGURES = (
 )
 # What the run as a whole cost and was (the same for every seed of a stack).
 RUN_KEYS = ("probe", "unit", "classes", "pairs", "parameters", "parameters_without_head", "data_mode", "device",
-            "stacked_members", "select_metric")  # fmt: skip
+            "stacked_members", "select_metric", "view_average")  # fmt: skip
 COST_KEYS = ("train_time_s", "train_clips_per_s", "data_wait_share")
 
 

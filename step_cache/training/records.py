@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from step_cache.training.chance import chance_of
+from step_cache.training.metrics import UNITS
 
 NO_SCORE = (-math.inf, -math.inf)  # below every validation score
 # ``--select-metric`` (TrainConfig.select_metric) -> the validation metric that picks the best checkpoint.
@@ -74,6 +75,7 @@ def final_metrics(
     select_metric: str,
     epochs: int,
     classes: Sequence[str],
+    view_average: str = "softmax",
     pairs: Sequence[tuple[int, int]],
     val: dict[str, Any],
     test: dict[str, Any] | None,
@@ -85,12 +87,14 @@ def final_metrics(
 ) -> dict[str, Any]:
     """One seed's metrics, the material of ``metrics.json`` (``metrics_file.metrics_document``) and of a sweep
     trial's record: the best checkpoint's validation metrics (per video, order metrics included) at the top level,
-    ``select_metric`` (the validation metric that chose it), its test metrics under ``test`` when there is a test
+    ``select_metric`` (the validation metric that chose it), ``view_average`` (how a video's clip scores were combined),
+    its test metrics under ``test`` when there is a test
     split, ``headline_split``, ``chance`` (is that split's top-1 above chance, ``chance.py``), and what the run
     cost."""
     metrics: dict[str, Any] = {
         "probe": probe,
-        "unit": "video (clip logits averaged)",
+        "unit": UNITS[view_average],
+        "view_average": view_average,
         "best_epoch": best_epoch,
         "select_metric": select_metric,
         "epochs": epochs,

@@ -9,11 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from step_cache.cache.shards import ShardSet
 from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
+from step_cache.interface import option
 from step_cache.probes import ProbeShape
 from step_cache.probes.layer_inputs import build_layered_probe
 from step_cache.training.config import TrainConfig
@@ -57,6 +59,7 @@ def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     splits = shard_splits(shards, config.val_fraction, config.seed)
     check_splits(splits, shards, config)
     check_select_metric(config, splits, shards, pairs)
+    warn_short_videos(shards, splits)
     views = view_table(shards, splits.train, config.views)
     return RunInputs(shards, selection, splits, pairs, device, views)
 
@@ -78,7 +81,7 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
         )
     if len(splits.val) == 0:
         reason = (
-            "--val-fraction is 0"
+            f"{option('val_fraction')} is 0"
             if config.val_fraction == 0
             else "every class has a single training video, so none can be held out"
         )
@@ -86,6 +89,21 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
     missing = sorted(set(range(len(shards.classes))) - set(shards.labels[splits.train].tolist()))
     if missing:
         log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
+
+
+def warn_short_videos(shards: ShardSet, splits: Splits) -> int:
+    """Say how many videos the run uses had fewer frames than T (their clips repeat frames, so a probe of frame
+    order sees still frames) and where they are listed; returns that count."""
+    used = np.concatenate([splits.train, splits.val, splits.test])
+    short = set(shards.videos[used[shards.short[used]]].tolist())
+    if short:
+        total = len(set(shards.videos[used].tolist()))
+        where = " ".join(map(str, shards.directories))
+        log.warning(
+            "%d of the %d videos this run uses had fewer than %d frames, so their clips repeat frames "
+            "(step-cache inspect %s lists them)", len(short), total, shards.manifest.frames, where,
+        )  # fmt: skip
+    return len(short)
 
 
 def check_select_metric(
@@ -98,11 +116,12 @@ def check_select_metric(
     where = ", ".join(map(str, shards.directories))
     if not pairs:
         raise DataError(
-            f"{where}: --select-metric pair needs mirrored class pairs: the cache names none (give --pairs FILE)"
+            f"{where}: {option('select_metric', 'pair')} needs mirrored class pairs: the cache names none (give "
+            f"{option('pairs', 'FILE')})"
         )
     paired = {c for pair in pairs for c in pair}
     if not any(label in paired for label in shards.labels[splits.val].tolist()):
-        raise DataError(f"{where}: --select-metric pair: no validation clip belongs to a paired class")
+        raise DataError(f"{where}: {option('select_metric', 'pair')}: no validation clip belongs to a paired class")
 
 
 def data_record(

@@ -28,6 +28,7 @@ from step_cache.cache.manifest import TokenLayout
 from step_cache.cache.quantize import SCALE_DTYPE, token_bytes
 from step_cache.cache.shards import ShardSet
 from step_cache.cpu_budget import worker_count
+from step_cache.interface import option
 from step_cache.training.device_tokens import DeviceTokens, device_free_bytes
 from step_cache.training.layer_choice import concat_channels, is_mix, layer_positions
 from step_cache.training.splits import DataError
@@ -89,11 +90,13 @@ def select_tokens(layout: TokenLayout, subset: str = "all", layers: str = "last"
         return TokenSelection(subset, 0, total, 0 if cls else None, cls, positions, mix)
     if subset == "cls":
         if cls == 0:
-            raise DataError("--tokens cls: this cache stores no CLS token (extracted without one); use patches")
+            raise DataError(
+                f"{option('tokens', 'cls')}: this cache stores no CLS token (extracted without one); use patches"
+            )
         return TokenSelection(subset, 0, cls, 0, cls, positions, mix)
     if subset == "patches":
         if total == cls:
-            raise DataError("--tokens patches: this cache stores no patch tokens; use cls")
+            raise DataError(f"{option('tokens', 'patches')}: this cache stores no patch tokens; use cls")
         return TokenSelection(subset, cls, total, None, layers=positions, mix=mix)
     raise DataError(f"unknown token subset {subset!r}; choose one of: {', '.join(TOKEN_SUBSETS)}")
 

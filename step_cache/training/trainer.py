@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from step_cache.cache.shards import CacheInput, ShardSet, as_shards
+from step_cache.devices import resolve_device
 from step_cache.probes import count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
@@ -28,7 +29,7 @@ from step_cache.training.chance import chance_note
 from step_cache.training.config import TrainConfig, full_options, make_config, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
-from step_cache.training.inference import autocast, evaluate_clips
+from step_cache.training.inference import autocast, evaluate_clips, tf32_matmuls
 from step_cache.training.metrics import format_percent, format_percent_spread
 from step_cache.training.metrics_file import metrics_document
 from step_cache.training.optimization import build_optimizer, build_scheduler
@@ -78,6 +79,8 @@ class TrainResult:
         selected = m.get("select_metric", "top1")  # runs written before the setting chose on top-1
         if selected != "top1":
             note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
+        if m.get("view_average", "softmax") != "softmax":  # runs from before it read "logits" from their unit
+            note += f" | videos: clip {m['view_average']} averaged"
         seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if len(m.get("seeds", ())) > 1 else ""
         chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
         return (
@@ -206,6 +209,7 @@ class _Run:
         return evaluate_clips(
             self.model, self.source, indices, self.shards.labels, self.shards.videos, names, self.pairs,
             batch_size=self.eval_batch_size, device=self.device, amp=self.config.amp, orders=orders,
+            view_average=self.config.view_average,
         )  # fmt: skip
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
@@ -240,6 +244,7 @@ class _Run:
             best_epoch=self.best_epoch,
             select_metric=self.config.select_metric,
             epochs=self.config.epochs,
+            view_average=self.config.view_average,
             classes=self.shards.classes,
             pairs=self.pairs,
             val=self.evaluate(self.splits.val, orders=True),
@@ -275,7 +280,8 @@ def train_probe(
     """
     config = make_config(probe, options)
     started = time.perf_counter()  # metrics.json's wall_time_s: the command's, loading and evaluation included
-    with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
+    # one writer per run directory, before anything in it is read or removed
+    with hold_run_dir(out), tf32_matmuls(resolve_device(config.device), config.tf32):
         try:
             return _train(cache, probe, config, Path(out), resume, overwrite, on_epoch, started)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:

@@ -37,7 +37,7 @@ from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
 from step_cache.training.epoch_loop import train_epoch
-from step_cache.training.inference import autocast, evaluate_logits, forward_batches
+from step_cache.training.inference import autocast, evaluate_logits, forward_batches, tf32_matmuls
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
 from step_cache.training.run_data import build_run_probe
@@ -167,7 +167,7 @@ class StackedRun:
         shards = self.data.shards
         return evaluate_logits(
             lambda order: self.member_logits(indices, order, stack), shards.labels[indices], shards.videos[indices],
-            shards.classes, self.data.pairs, orders=orders,
+            shards.classes, self.data.pairs, orders=orders, view_average=self.first.view_average,
         )  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------------
@@ -256,6 +256,7 @@ class StackedRun:
                 best_epoch=self.best_epoch[member],
                 select_metric=self.configs[member].select_metric,
                 epochs=self.first.epochs,
+                view_average=self.first.view_average,
                 classes=shards.classes,
                 pairs=self.data.pairs,
                 val=val[position],
@@ -324,12 +325,14 @@ def train_stacked(
     try:
         for group in group_by_shape(configs):
             run = StackedRun(data.get(configs[group[0]]), [configs[i] for i in group])
+            precision = tf32_matmuls(run.device, configs[group[0]].tf32)
 
             def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
                 return bool(on_epoch(group[member], record)) if on_epoch is not None else False
 
-            for index, result in zip(group, run.run(callback, keep_weights), strict=True):
-                results[index] = result
+            with precision:
+                for index, result in zip(group, run.run(callback, keep_weights), strict=True):
+                    results[index] = result
     finally:
         if own_data:
             data.close()
