@@ -106,19 +106,28 @@ def test_a_layer_mix_starts_as_the_layers_mean_and_learns_its_weights(caches, tm
     assert evaluate(tmp_path / "mix", caches / "three")["top1"] == pytest.approx(result.metrics["top1"])
 
 
-def test_a_sweep_searches_the_layer(caches, tmp_path):
+def test_a_sweep_searches_the_layer_and_stacks_single_layers_over_one_read(caches, tmp_path):
     from step_cache.sweeps.space import build_space
     from step_cache.sweeps.study import run_sweep
+    from step_cache.training.config import make_config
+    from step_cache.training.stacking.grouping import group_by_shape, stack_reading
 
-    space = build_space("linear", ["layers=9,11,mix,concat:last2"])
-    result = run_sweep(caches / "three", "linear", tmp_path / "s", space=space, trials=8, parallel=4, sampler="grid",
+    layout = open_shards(caches / "three").layout
+    configs = [make_config("linear", {**TRAIN, "layers": layers}) for layers in ("11", "9", "mix", "last", "10")]
+    assert group_by_shape(configs) == [[0, 1, 3, 4], [2]]  # one layer each: one stack; the mix apart
+    reading, picks = stack_reading([configs[i] for i in (0, 1, 3, 4)], layout)
+    assert reading.layers == "concat:9,10,11" and picks == [2, 0, 2, 1]  # each batch read once, for all four
+    space = build_space("linear", ["layers=9,10,11,mix,concat:last2"])
+    result = run_sweep(caches / "three", "linear", tmp_path / "s", space=space, trials=8, parallel=5, sampler="grid",
                        retrain=False, plots=False, **TRAIN)  # fmt: skip
-    assert sorted(r["params"]["layers"] for r in result.rows) == ["11", "9", "concat:last2", "mix"]  # as text
-    assert all(r["state"] == "COMPLETE" for r in result.rows)
-    # the trial of block 11 is the plain run of that layer
-    single = train_probe(caches / "three", "linear", tmp_path / "one", layers="11", **TRAIN)
-    row = next(r for r in result.rows if r["params"]["layers"] == "11")
-    assert row["metrics"]["top1"] == single.metrics["top1"]
+    rows = {r["params"]["layers"]: r for r in result.rows}
+    assert sorted(rows) == ["10", "11", "9", "concat:last2", "mix"] and all(
+        r["state"] == "COMPLETE" for r in rows.values()
+    )
+    for layer in ("9", "11"):  # a member of the shared stack trains as the run of its layer alone
+        single = train_probe(caches / "three", "linear", tmp_path / layer, layers=layer, **TRAIN)
+        assert rows[layer]["metrics"]["top1"] == single.metrics["top1"]
+        assert rows[layer]["metrics"]["loss"] == pytest.approx(single.metrics["loss"], rel=1e-5)
 
 
 def test_the_linear_probe_with_avgpool_on_concatenated_layers_reads_dinov2s_linear_input(caches, tmp_path):

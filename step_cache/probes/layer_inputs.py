@@ -47,6 +47,25 @@ class LayerMix(nn.Module):
         return self.probe(self.mixed(tokens))
 
 
+class LayerPick(nn.Module):
+    """``probe`` over one of ``layers`` layers read side by side: how members of one stack that read different
+    layers share each batch (``stacking``). The layer is a one-hot buffer (stacked per member, never trained), so
+    every member has the same shapes; ``x_l * 1 + 0 * others`` is ``x_l`` exactly for finite tokens."""
+
+    def __init__(self, probe: nn.Module, layers: int, dim: int, layer: int) -> None:
+        super().__init__()
+        self.probe, self.layers, self.dim = probe, layers, dim
+        self.register_buffer("pick", nn.functional.one_hot(torch.tensor(layer), layers).float())
+
+    @property
+    def head(self) -> nn.Module:
+        return self.probe.head
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = tokens.unflatten(-1, (self.layers, self.dim))
+        return self.probe(torch.einsum("...ld,l->...d", x, self.pick.to(x.dtype)))
+
+
 class Dinov2LinearInput(nn.Module):
     """DINOv2's linear input on concatenated layers in front of a linear probe built for one (n + 1) x D token."""
 

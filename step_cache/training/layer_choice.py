@@ -16,10 +16,13 @@ Only the chosen layers are read from disk (``ShardSet.read_stored(..., layers=po
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from step_cache.cache.layout import TokenLayout
 from step_cache.training.splits import DataError
+
+if TYPE_CHECKING:  # torch is not needed to parse a spec (the command line groups runs before loading it)
+    import torch
 
 LAST = "last"
 CONCAT = "concat:"
@@ -70,6 +73,22 @@ def layer_positions(spec: str, layout: TokenLayout) -> tuple[int, ...] | None:
             f"--layers {spec}: block(s) {missing or blocks} not stored once each; the cache stores {list(stored)}"
         )
     return tuple(sorted(stored.index(block) for block in blocks))
+
+
+def one_layer(spec: str) -> bool:
+    """Whether ``spec`` reads one stored layer as it is (``last`` or a block index): such runs differ only in which
+    layer they read, so sweeps stack them together over the union of their layers (``stacking.grouping``)."""
+    text = str(spec).replace(" ", "").lower()
+    return text == LAST or text.lstrip("-").isdigit()
+
+
+def union_spec(specs: list[str], layout: TokenLayout) -> str:
+    """``concat:`` of every stored block that one of ``specs`` (each ``one_layer``) reads, in block order: what a
+    stack of those runs reads once per batch."""
+    positions = sorted({p for spec in specs for p in layer_positions(spec, layout) or (0,)})
+    if layout.layers is None:
+        return LAST
+    return CONCAT + ",".join(str(layout.layers[p]) for p in positions)
 
 
 def concat_channels(tokens: torch.Tensor) -> torch.Tensor:

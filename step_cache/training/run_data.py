@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,7 @@ from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
 from step_cache.interface import option
 from step_cache.probes import ProbeShape
-from step_cache.probes.layer_inputs import build_layered_probe
+from step_cache.probes.layer_inputs import LayerPick, build_layered_probe
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
 from step_cache.training.run_record import schedule_record
@@ -157,9 +157,14 @@ def data_record(
     }
 
 
-def build_run_probe(name: str, shards: ShardSet, selection: TokenSelection, options: dict[str, Any]) -> torch.nn.Module:
+def build_run_probe(
+    name: str, shards: ShardSet, selection: TokenSelection, options: dict[str, Any], pick: int | None = None
+) -> torch.nn.Module:
     """Probe ``name`` for ``selection`` of the tokens of ``shards``: over one layer, or several concatenated or mixed
-    (``probes.layer_inputs``)."""
+    (``probes.layer_inputs``); ``pick``: a stack member that reads only that one of the selection's layers."""
+    if pick is not None:
+        probe = build_run_probe(name, shards, replace(selection, layers=(0,)), options)  # over one layer
+        return LayerPick(probe, selection.channels, shards.layout.dim, pick)
     shape = {key: value for key, value in probe_shape(shards, selection).items() if key != "dim"}
     return build_layered_probe(
         name, layer_dim=shards.layout.dim, layers=selection.channels, mix=selection.mix, **shape, **options

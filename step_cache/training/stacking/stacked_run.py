@@ -43,7 +43,7 @@ from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, fi
 from step_cache.training.run_data import build_run_probe
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.adamw import StackedAdamW
-from step_cache.training.stacking.grouping import group_by_shape, shape_key
+from step_cache.training.stacking.grouping import group_by_shape, shape_key, stack_reading
 from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.stacking.resume import restore_stack, stack_state
 from step_cache.training.stacking.shared_data import DataCache, TrainingData
@@ -76,7 +76,8 @@ def member_losses(logits: torch.Tensor, labels: torch.Tensor, smoothing: torch.T
 class StackedRun:
     """One group of same-shape configs trained together."""
 
-    def __init__(self, data: TrainingData, configs: Sequence[TrainConfig]) -> None:
+    def __init__(self, data: TrainingData, configs: Sequence[TrainConfig], picks: Sequence[int] | None = None) -> None:
+        """``picks``: each member's layer among those ``data`` reads side by side (``grouping.stack_reading``)."""
         if len({shape_key(c) for c in configs}) != 1:
             raise ValueError("configs of different shapes cannot be stacked; group them with group_by_shape")
         self.data, self.device = data, data.device
@@ -90,9 +91,12 @@ class StackedRun:
             first.token_drop, first.reverse_pairs, data.pairs, len(shards.classes), data.selection
         )
         probes = []
-        for config in self.configs:
+        for member, config in enumerate(self.configs):
             torch.manual_seed(config.seed)  # what train_probe does before building its probe
-            probes.append(build_run_probe(config.probe, shards, data.selection, config.probe_options).to(self.device))
+            pick = None if picks is None else picks[member]
+            probes.append(
+                build_run_probe(config.probe, shards, data.selection, config.probe_options, pick).to(self.device)
+            )
         self.parameters = count_parameters(probes[0])
         self.parameters_without_head = count_parameters(probes[0], exclude_head=True)
         self.stack = StackedProbes(probes)
@@ -324,7 +328,9 @@ def train_stacked(
     results: list[MemberResult | None] = [None] * len(configs)
     try:
         for group in group_by_shape(configs):
-            run = StackedRun(data.get(configs[group[0]]), [configs[i] for i in group])
+            members = [configs[i] for i in group]
+            reading, picks = stack_reading(members, shards.layout)  # one layer each: their union, read once
+            run = StackedRun(data.get(reading), members, picks)
             precision = tf32_matmuls(run.device, configs[group[0]].tf32)
 
             def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
