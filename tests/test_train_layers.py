@@ -72,13 +72,13 @@ def test_a_concat_run_records_its_layers_and_evaluates(caches, tmp_path):
 
 def test_layer_choices_a_cache_cannot_give_are_refused(caches, tmp_path):
     plain, three = open_shards(caches / "plain").layout, open_shards(caches / "three").layout
-    with pytest.raises(DataError, match="--layers 10: this cache holds the last block only"):
+    with pytest.raises(DataError, match="layers='10': this cache holds the last block only"):
         select_tokens(plain, "all", "10")
-    with pytest.raises(DataError, match=r"--layers 8: block\(s\) \[8\] not stored once each; the cache stores \[9, 10"):
+    with pytest.raises(DataError, match=r"layers='8': block\(s\) \[8\] not stored once each; the cache stores \[9, 10"):
         select_tokens(three, "all", "8")
-    with pytest.raises(DataError, match="--layers 9,11: several blocks are read as concat:9,11"):
+    with pytest.raises(DataError, match="layers='9,11': several blocks are read as concat:9,11"):
         select_tokens(three, "all", "9,11")
-    with pytest.raises(DataError, match="--layers concat:last5: the cache stores 3 layers"):
+    with pytest.raises(DataError, match="layers='concat:last5': the cache stores 3 layers"):
         select_tokens(three, "all", "concat:last5")
 
 
@@ -150,3 +150,34 @@ def test_the_linear_probe_with_avgpool_on_concatenated_layers_reads_dinov2s_line
     result = train_probe(caches / "three", "linear", tmp_path / "dino", layers="concat:last2", tokens="all",
                          probe_options={"avgpool": True}, **TRAIN)  # fmt: skip
     assert evaluate(tmp_path / "dino", caches / "three")["top1"] == result.metrics["top1"]
+
+
+def test_tokens_mode_puts_the_layers_tokens_one_after_the_other_as_vjepa2_does(caches, tmp_path):
+    """V-JEPA 2 (evals/video_classification_frozen/modelcustom/vit_encoder_multiclip_multilevel.py, ClipAggregation):
+    the encoder returns each out_layer's normalised tokens (B, N, D) and ``torch.cat(outputs, dim=1)`` puts them one
+    after the other; its attentive probe attends over all of them at once."""
+    from step_cache.probes import build_probe
+
+    shards = open_shards(caches / "three")
+    rows = np.arange(len(shards))
+    selection = select_tokens(shards.layout, "all", "tokens:10,11")
+    assert selection.probe_tokens_per_frame == 10 and selection.probe_dim(192) == 192
+    tokens = next(InMemoryTokens(shards, rows, selection, np.zeros(len(rows), np.int64)).batches([rows]))[0].float()
+    stored = torch.from_numpy(shards.read_tokens(rows, np.float32))  # (n, 3, T, P, D)
+    torch.testing.assert_close(tokens, torch.cat([stored[:, 1], stored[:, 2]], dim=2), rtol=0, atol=0)
+    # V-JEPA 2's order: layer after layer, each its T x P tokens time-major; one sequence of 2 x T x P tokens
+    vjepa2 = torch.cat([stored[:, 1].flatten(1, 2), stored[:, 2].flatten(1, 2)], dim=1)
+    torch.manual_seed(0)
+    ours = build_probe("attentive", dim=192, num_classes=3, frames=4, tokens_per_frame=10, cls_index=0)
+    theirs = build_probe("attentive", dim=192, num_classes=3, frames=1, tokens_per_frame=vjepa2.shape[1], cls_index=0)
+    theirs.load_state_dict(ours.state_dict())
+    with torch.no_grad():  # the attentive pooler sees the same set of tokens: the same logits up to summation order
+        torch.testing.assert_close(ours.eval()(tokens), theirs.eval()(vjepa2[:, None]), rtol=1e-5, atol=1e-5)
+    result = train_probe(caches / "three", "attentive", tmp_path / "run", layers="tokens:last2", **TRAIN)
+    record = __import__("json").loads((tmp_path / "run" / "config.json").read_text())["data"]
+    assert record["tokens"]["layers"] == [10, 11] and record["tokens"]["along"] == "tokens" and record["dim"] == 192
+    assert evaluate(tmp_path / "run", caches / "three")["top1"] == result.metrics["top1"]
+    with pytest.raises(
+        DataError, match=r"layers='tokens:last2' \(the layers' tokens one after the other\) with token_drop=: not built"
+    ):
+        train_probe(caches / "three", "attentive", tmp_path / "x", layers="tokens:last2", token_drop=0.5, **TRAIN)

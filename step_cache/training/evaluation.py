@@ -62,14 +62,15 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
     config, data = record["config"], record["data"]
     tokens = data["tokens"]  # several layers: concatenated, or mixed in front of the probe (probes.layer_inputs)
     layers, mix = len(tokens.get("layers", [])) or 1, tokens.get("mix", False)
+    along = tokens.get("along") == "tokens"  # the layers' tokens one after the other: more tokens, one layer wide
     probe = build_layered_probe(
         config["probe"],
-        layer_dim=data["dim"] if mix else data["dim"] // layers,
-        layers=layers,
+        layer_dim=data["dim"] if mix or along else data["dim"] // layers,
+        layers=1 if along else layers,
         mix=mix,
         num_classes=len(data["classes"]),
         frames=data["frames"],
-        tokens_per_frame=tokens["tokens_per_frame"],
+        tokens_per_frame=tokens["tokens_per_frame"] * (layers if along else 1),
         cls_index=tokens["cls_index"],
         **recorded_options(config["probe"], config["probe_options"], str(run_dir)),
     )
@@ -134,8 +135,9 @@ def _selection(record: dict[str, Any]) -> TokenSelection:
     # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
     layers = tuple(layout["layers"].index(b) for b in tokens["layers"]) if "layers" in tokens else None
     stop = start + tokens["tokens_per_frame"]
+    mix, along = tokens.get("mix", False), tokens.get("along") == "tokens"
     return TokenSelection(
-        tokens["subset"], start, stop, tokens["cls_index"], layers=layers, mix=tokens.get("mix", False)
+        tokens["subset"], start, stop, tokens["cls_index"], layers=layers, mix=mix, along_tokens=along
     )
 
 

@@ -16,7 +16,7 @@ from step_cache.cache.shards import ShardSet
 from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
 from step_cache.interface import option
-from step_cache.probes import ProbeShape
+from step_cache.probes import ProbeShape, build_probe
 from step_cache.probes.layer_inputs import LayerPick, build_layered_probe
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
@@ -46,7 +46,7 @@ def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
         dim=selection.probe_dim(shards.layout.dim),  # concatenated layers: their channels side by side
         num_classes=len(shards.classes),
         frames=shards.manifest.frames,
-        tokens_per_frame=selection.tokens_per_frame,
+        tokens_per_frame=selection.probe_tokens_per_frame,
         cls_index=selection.cls_index,
     )
 
@@ -54,6 +54,11 @@ def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
 def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``)."""
     selection = select_tokens(shards.layout, token_subset(config, shards), config.layers)
+    if selection.along_tokens and config.token_drop > 0:  # it drops among one layer's patch tokens only
+        raise DataError(
+            f"{option('layers', config.layers)} (the layers' tokens one after the other) with {option('token_drop')}: "
+            "not built"
+        )
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
     splits = shard_splits(shards, config.val_fraction, config.seed)
@@ -148,6 +153,7 @@ def data_record(
             # the stored blocks read (concatenated along the channels); absent: a cache without a layer axis
             **({"layers": [shards.layout.layers[p] for p in selection.layers]} if selection.layers else {}),
             **({"mix": True} if selection.mix else {}),  # a learned mix of them (probes.layer_inputs)
+            **({"along": "tokens"} if selection.along_tokens else {}),  # one after the other (V-JEPA 2)
         },
         "frames": shards.manifest.frames,
         "dim": selection.probe_dim(shards.layout.dim),
@@ -166,6 +172,8 @@ def build_run_probe(
         probe = build_run_probe(name, shards, replace(selection, layers=(0,)), options)  # over one layer
         return LayerPick(probe, selection.channels, shards.layout.dim, pick)
     shape = {key: value for key, value in probe_shape(shards, selection).items() if key != "dim"}
+    if selection.along_tokens:  # more tokens of one width: the probe as it is
+        return build_probe(name, dim=shards.layout.dim, **shape, **options)
     return build_layered_probe(
         name, layer_dim=shards.layout.dim, layers=selection.channels, mix=selection.mix, **shape, **options
     )
