@@ -129,7 +129,8 @@ def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence
     return counts
 
 
-def _selection(record: dict[str, Any]) -> TokenSelection:
+def recorded_selection(record: dict[str, Any]) -> TokenSelection:
+    """The tokens (subset and layers) a recorded run reads, for a cache of its extraction settings."""
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
     # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
@@ -190,7 +191,9 @@ def evaluate(
         log.info("%s", note)
     pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
-    source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers, device=target)
+    source = open_token_source(
+        shards, indices, recorded_selection(record), labels, mode=data, workers=workers, device=target
+    )
     try:
         per_seed = []
         for probe in probes:  # one token source for every seed: the tokens are the same
@@ -251,7 +254,7 @@ def predict(
     indices = np.nonzero(clean_rows(shards))[0]  # clean views only: augmented views are training material
     target = resolve_device(device)
     source = open_token_source(
-        shards, indices, _selection(record), shards.labels, mode=data, workers=workers, device=target
+        shards, indices, recorded_selection(record), shards.labels, mode=data, workers=workers, device=target
     )
     try:
         logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)
