@@ -146,3 +146,29 @@ def test_view_average_logits_keeps_the_mean_of_the_logits_on_every_path(cache, t
     assert lines == ["note: the runs average a video's clips and views by different rules (seeds: logits, "
                      "soft: softmax; --view-average)"]  # fmt: skip
     assert view_average_lines([load_run(soft, "soft")]) == []
+
+
+@pytest.mark.parametrize("view_average", ["softmax", "logits"])
+def test_timeline_windows_combine_their_clips_by_the_run_rule(view_average):
+    """``RunModel.classify`` (timeline, Recognizer): the softmax of a window's scores is the clips' mean softmax
+    (or the softmax of their mean logits); one clip keeps the probe's logits."""
+    from step_cache.cache.manifest import TokenLayout
+    from step_cache.recognition.model import RunModel
+    from step_cache.training.token_data import select_tokens
+
+    torch.manual_seed(0)
+    probe = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4 * 5 * 8, 3))  # (B, T, P, D) -> 3 classes
+    model = object.__new__(RunModel)  # the classifying half only: no backbone needed
+    model.selection = select_tokens(TokenLayout(cls_tokens=1, grid=(2, 2), dim=8), "all")
+    model.device, model.amp, model.probe, model.view_average = torch.device("cpu"), False, probe.eval(), view_average
+    windows = np.random.default_rng(0).normal(size=(2, 3, 4, 5, 8)).astype(np.float16)  # 2 windows of K = 3 clips
+    with torch.no_grad():
+        clip_logits = probe(torch.from_numpy(windows.reshape(6, 4, 5, 8).astype(np.float32))).double().reshape(2, 3, 3)
+    scores = torch.from_numpy(model.classify(windows)).double()
+    if view_average == "softmax":
+        expected = torch.softmax(clip_logits, dim=2).mean(dim=1)
+    else:
+        expected = torch.softmax(clip_logits.mean(dim=1), dim=1)
+    torch.testing.assert_close(torch.softmax(scores, dim=1), expected, rtol=0, atol=1e-6)  # float32 logits
+    one = model.classify(windows[:, :1])
+    np.testing.assert_allclose(one, clip_logits[:, 0].numpy(), rtol=1e-6, atol=1e-6)
