@@ -38,7 +38,9 @@ def test_bad_layer_specs_stop_with_one_line(video_tree, tmp_path):
     result = run_cli("train-probe", plain, "--probe", "linear", "--layers", "10", "--epochs", "1", "--out",
                      tmp_path / "r", "--quiet")  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "--layers 10: this cache holds the last block only (no layer axis)" in result.stderr
+    assert (
+        "--layers 10: this cache holds the last block only (block 11, the last of the backbone's 12)" in result.stderr
+    )
 
 
 def test_predict_from_videos_and_the_run_model_read_the_runs_layers(tmp_path):

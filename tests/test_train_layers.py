@@ -181,3 +181,15 @@ def test_tokens_mode_puts_the_layers_tokens_one_after_the_other_as_vjepa2_does(c
         DataError, match=r"layers='tokens:last2' \(the layers' tokens one after the other\) with token_drop=: not built"
     ):
         train_probe(caches / "three", "attentive", tmp_path / "x", layers="tokens:last2", token_drop=0.5, **TRAIN)
+
+
+def test_a_cache_without_layers_takes_its_own_block_index(caches, tmp_path):
+    plain = open_shards(caches / "plain")
+    assert select_tokens(plain.layout, "all", "11", depth=12).layers is None  # vit-tiny: blocks 0..11
+    assert select_tokens(plain.layout, "all", "-1", depth=12).layers is None
+    with pytest.raises(DataError, match=r"layers='10': this cache holds the last block only \(block 11, the last of"):
+        select_tokens(plain.layout, "all", "10", depth=12)
+    train_probe(caches / "plain", "linear", tmp_path / "own", layers="11", **TRAIN)  # the depth from its backbone
+    train_probe(caches / "plain", "linear", tmp_path / "last", **TRAIN)
+    for key, value in weights(tmp_path / "own").items():
+        assert torch.equal(value, weights(tmp_path / "last")[key]), key

@@ -46,18 +46,19 @@ def is_mix(spec: str) -> bool:
     return text == MIX or text.startswith(MIX + ":")
 
 
-def layer_positions(spec: str, layout: TokenLayout) -> tuple[int, ...] | None:
+def layer_positions(spec: str, layout: TokenLayout, depth: int | None = None) -> tuple[int, ...] | None:
     """Positions into ``layout.layers`` that ``spec`` reads (concatenated when several); None for a cache without a
-    layer axis read as it is. DataError names ``--layers`` and the problem."""
+    layer axis read as it is: ``last``, or its own block index where the backbone's ``depth`` is known
+    (``backbone_depth``). DataError names ``--layers`` and the problem."""
     text = str(spec).replace(" ", "").lower()
     stored = layout.layers
     if stored is None:
-        if text == LAST:
+        if text == LAST or (depth is not None and text.lstrip("-").isdigit() and int(text) in (depth - 1, -1)):
             return None
+        own = "" if depth is None else f" (block {depth - 1}, the last of the backbone's {depth})"
         raise DataError(
-            f"{option('layers', spec)}: this cache holds the last block only (no layer axis); use "
-            f"{option('layers', 'last')}, or extract "
-            "several with extract --layers"
+            f"{option('layers', spec)}: this cache holds the last block only{own}, with no layer axis; use "
+            f"{option('layers', 'last')}, or extract several with extract --layers"
         )
     if text == LAST:
         return (len(stored) - 1,)
@@ -86,6 +87,21 @@ def layer_positions(spec: str, layout: TokenLayout) -> tuple[int, ...] | None:
             f"{list(stored)}"
         )
     return tuple(sorted(stored.index(block) for block in blocks))
+
+
+def backbone_depth(extraction: dict) -> int | None:
+    """Blocks of the ViT a cache was extracted with (built on the meta device: no weights, no memory); None when it
+    cannot be told (not a timm ViT, an unknown model)."""
+    backbone = extraction.get("backbone", {})
+    try:
+        import timm
+        import torch
+
+        with torch.device("meta"):
+            model = timm.create_model(backbone["timm_model"], pretrained=False, **backbone.get("kwargs", {}))
+        return len(model.blocks)
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError):  # timm cannot build it, or no blocks
+        return None
 
 
 def one_layer(spec: str) -> bool:

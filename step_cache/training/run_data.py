@@ -19,6 +19,7 @@ from step_cache.interface import option
 from step_cache.probes import ProbeShape, build_probe
 from step_cache.probes.layer_inputs import LayerPick, build_layered_probe
 from step_cache.training.config import TrainConfig
+from step_cache.training.layer_choice import backbone_depth
 from step_cache.training.metrics import pair_indices
 from step_cache.training.run_record import schedule_record
 from step_cache.training.splits import DataError, Splits, shard_splits
@@ -53,7 +54,10 @@ def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
 
 def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``)."""
-    selection = select_tokens(shards.layout, token_subset(config, shards), config.layers)
+    # a cache without a layer axis also takes its own block index: the backbone's depth tells which that is
+    numeric = shards.layout.layers is None and config.layers.strip().lstrip("-").isdigit()
+    depth = backbone_depth(shards.manifest.extraction) if numeric else None
+    selection = select_tokens(shards.layout, token_subset(config, shards), config.layers, depth)
     if selection.along_tokens and config.token_drop > 0:  # it drops among one layer's patch tokens only
         raise DataError(
             f"{option('layers', config.layers)} (the layers' tokens one after the other) with {option('token_drop')}: "

@@ -62,7 +62,7 @@ class TokenSelection:
 
     @property
     def channels(self) -> int:
-        """How many of the cache's D-wide layers make a token the probe sees (1 unless layers are concatenated)."""
+        """How many stored layers are read (1 without a layer axis)."""
         return 1 if self.layers is None else len(self.layers)
 
     def probe_dim(self, dim: int) -> int:
@@ -76,20 +76,20 @@ class TokenSelection:
 
     def apply(self, tokens: np.ndarray) -> np.ndarray:
         """(n, [L,] T, P, D) -> (n, [L,] T, P', D); a view when the subset is everything."""
-        if (self.start, self.stop) == (0, tokens.shape[-2]):
-            return tokens
-        return tokens[..., self.start : self.stop, :]
+        return tokens if (self.start, self.stop) == (0, tokens.shape[-2]) else tokens[..., self.start : self.stop, :]
 
     def merge_layers(self, tokens: torch.Tensor) -> torch.Tensor:
         """A batch as read, (B, L, T, P', D) for a cache with a layer axis, -> what the probe sees, (B, T, P', L D)."""
         return tokens if self.layers is None else merge_layers(tokens, self.along_tokens)
 
 
-def select_tokens(layout: TokenLayout, subset: str = "all", layers: str = "last") -> TokenSelection:
+def select_tokens(
+    layout: TokenLayout, subset: str = "all", layers: str = "last", depth: int | None = None
+) -> TokenSelection:
     """``all``: CLS + patches, ``cls``: the per-frame CLS token(s) only, ``patches``: the patch grid only; of the
-    stored ``layers`` (``layer_choice``: the last by default)."""
+    stored ``layers`` (``layer_choice``; ``depth``: the backbone's, so a cache's own block index is accepted)."""
     total, cls = layout.tokens_per_frame, layout.cls_tokens
-    positions, mix, along = layer_positions(layers, layout), is_mix(layers), along_tokens(layers)
+    positions, mix, along = layer_positions(layers, layout, depth), is_mix(layers), along_tokens(layers)
     if subset == "all":
         return TokenSelection(subset, 0, total, 0 if cls else None, cls, positions, mix, along)
     if subset == "cls":
