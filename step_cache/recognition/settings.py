@@ -17,7 +17,7 @@ from step_cache.cache.manifest import ManifestError, extraction_differences, rea
 from step_cache.errors import StepCacheError
 from step_cache.extraction.backbones import Backbone, load_backbone
 from step_cache.extraction.engine import ExtractOptions, extraction_settings
-from step_cache.interface import option
+from step_cache.interface import from_command_line, option
 
 
 class RunSettingsError(StepCacheError, ValueError):
@@ -76,12 +76,12 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
     tokens = extraction.get("tokens", {})
     if extraction.get("backbone", {}).get("name") == "synthetic" or "crop" not in extraction.get("preprocessing", {}):
         raise RunSettingsError(
-            "--run: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it cannot "
-            "classify videos; use predict --features with a cache of the same kind"
+            f"{_run()}: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it "
+            "cannot classify videos; use predict --features with a cache of the same kind"
         )
     if projection := tokens.get("projection"):
         raise RunSettingsError(
-            f"--run: the run was trained on tokens projected on {projection.get('components')} principal directions "
+            f"{_run()}: the run was trained on tokens projected on {projection.get('components')} principal directions "
             "(step-cache compact --project), which cannot be rebuilt from videos; to classify videos, train on a "
             "cache without --project"
         )
@@ -98,10 +98,15 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
         if "dequantized_from" in tokens:
             what.append(f"--dtype {compacted['dtype']}: {compacted['source_dtype']} tokens read back")
         raise RunSettingsError(
-            f"--run: the run was trained on a cache rewritten by step-cache compact ({'; '.join(what)}), whose "
+            f"{_run()}: the run was trained on a cache rewritten by step-cache compact ({'; '.join(what)}), whose "
             "tokens timeline and Recognizer do not reproduce frame by frame; use predict --videos (which compacts "
             "the same way), or train on a cache extracted with those settings"
         )
+
+
+def _run() -> str:
+    """The run as the caller named it: ``--run`` on the command line, ``run_dir`` (the argument) in Python."""
+    return "--run" if from_command_line() else "run_dir"
 
 
 def _weights_argument(record: dict[str, Any], recorded: dict[str, Any], given: str | Path | None) -> str:

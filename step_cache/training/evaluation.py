@@ -180,8 +180,16 @@ def evaluate(
             sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
         )  # fmt: skip
     config = record["config"]
-    chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], config["seed"],
-                           views=shards.views)  # fmt: skip
+    if config.get("vary") == "data" and len(checkpoints) > 1 and split in ("train", "val"):
+        raise DataError(
+            f"{run_dir}: the seeds of a --vary data run hold out different val videos, so its {split} split is not "
+            f"one set: score a seed with --seed S (its own split), or the test or all split"
+        )
+    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
+    # --vary data: each seed held out its own val videos (a lone seed is scored on its own split)
+    split_seed = checkpoints[0][0] if config.get("vary") == "data" else config["seed"]
+    chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], split_seed,
+                           views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none")  # fmt: skip
     indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
@@ -189,7 +197,6 @@ def evaluate(
     training_videos = warn_training_clips(indices, chosen, shards)
     if (note := int8_note(record, shards)) is not None:
         log.info("%s", note)
-    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
     source = open_token_source(
         shards, indices, recorded_selection(record), labels, mode=data, workers=workers, device=target
@@ -216,7 +223,7 @@ def evaluate(
         "seeds": seeds,
         "figures": describe(split, seeds),
         **figures,
-        **({"std": std} if std is not None else {}),
+        **({"std": std, "vary": config.get("vary", "init")} if std is not None else {}),
         "chance": pooled_chance(per_seed) if len(per_seed) > 1 else chance_of(per_seed[0]),
         "training_videos": training_videos,
         "tokens_note": note,

@@ -21,6 +21,7 @@ from step_cache.probes.layer_inputs import LayerPick, build_layered_probe
 from step_cache.training.config import TrainConfig
 from step_cache.training.layer_choice import backbone_depth
 from step_cache.training.metrics import pair_indices
+from step_cache.training.protocol_use import cache_differences
 from step_cache.training.run_record import schedule_record
 from step_cache.training.splits import DataError, Splits, shard_splits
 from step_cache.training.token_data import TokenSelection, select_tokens
@@ -65,7 +66,7 @@ def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
         )
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
-    splits = shard_splits(shards, config.val_fraction, config.seed)
+    splits = shard_splits(shards, config.val_fraction, config.seed, pairs, validate=config.val != "none")
     check_splits(splits, shards, config)
     check_select_metric(config, splits, shards, pairs)
     warn_short_videos(shards, splits)
@@ -88,7 +89,13 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
             f"{where}: no training clips ({labelled} of {int(clean.sum())} clips are labelled; training uses labelled "
             "clips whose split is 'train' or empty)"
         )
-    if len(splits.val) == 0:
+    if config.val == "none":
+        if len(splits.test) == 0:
+            raise DataError(
+                f"{where}: --val none (val='none') reports the test split, and the cache has no test clips "
+                "(give a cache with a test split, or validate: --val auto)"
+            )
+    elif len(splits.val) == 0:
         reason = (
             f"{option('val_fraction')} is 0"
             if config.val_fraction == 0
@@ -164,6 +171,16 @@ def data_record(
         "splits": splits.counts(),
         **views.record(resolved.views),
         "schedule": schedule_record(requested, resolved, len(splits.train)),
+        **(
+            {
+                "protocol": {
+                    "name": resolved.protocol,
+                    "cache_differences": cache_differences(resolved.protocol, shards.manifest.extraction),
+                }
+            }
+            if resolved.protocol is not None
+            else {}
+        ),
     }
 
 
