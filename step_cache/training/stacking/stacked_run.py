@@ -76,10 +76,9 @@ def member_losses(logits: torch.Tensor, labels: torch.Tensor, smoothing: torch.T
 
 
 class StackedRun:
-    """One group of same-shape configs trained together."""
+    """One group of same-shape configs trained together (``picks``: members' layers, ``grouping.stack_reading``)."""
 
     def __init__(self, data: TrainingData, configs: Sequence[TrainConfig], picks: Sequence[int] | None = None) -> None:
-        """``picks``: each member's layer among those ``data`` reads side by side (``grouping.stack_reading``)."""
         if len({shape_key(c) for c in configs}) != 1:
             raise ValueError("configs of different shapes cannot be stacked; group them with group_by_shape")
         self.data, self.device = data, data.device
