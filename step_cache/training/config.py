@@ -259,6 +259,9 @@ def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
     if options.get("protocol") is not None:
         options = apply_protocol(options["protocol"], options)
     config = TrainConfig(probe=protocol_probe(options.get("protocol"), probe), **options)
+    from step_cache.probes import check_probe_options  # here, not at the top: torch (as above)
+
+    check_probe_options(config.probe, config.probe_options)  # refused before any data is read
     if config.lr is None:
         config.lr = default_lr(probe)
     if isinstance(config.views, bool):  # the Python API may say views=True / False
