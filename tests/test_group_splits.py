@@ -153,3 +153,28 @@ def test_no_drive_act_participant_is_in_two_of_train_val_test():
         assert train | val | test == {f"subject:vp{p}" for p in range(1, 11)}
         # 25 % of 10 participants is 2 or 3 held out for test, 30 % of the rest about 2 for val
         assert 2 <= len(test) <= 3 and 2 <= len(val) <= 3
+
+
+def test_prepare_hmdb51_val_fraction_keeps_a_source_recording_whole(tmp_path):
+    # The official lists of HMDB51 have no val: prepare --val-fraction draws it from train by source recording.
+    root = tmp_path / "hmdb"
+    (root / "splits").mkdir(parents=True)
+    for name in ("brush_hair", "kiss"):
+        lines = []
+        for s in range(8):
+            for c in range(3):
+                video = f"Src{s}_{name}_u_cm_np1_fr_goo_{c}.avi"
+                lines.append(f"{video} {1 if s < 6 else 2}\n")
+                (root / "hmdb51_org" / name).mkdir(parents=True, exist_ok=True)
+                (root / "hmdb51_org" / name / video).write_bytes(b"x")
+        (root / "splits" / f"{name}_test_split1.txt").write_text("".join(lines))
+    for seed in range(3):
+        out = tmp_path / f"list-{seed}.csv"
+        result = prepare("hmdb51", root, out, val_fraction=0.34, seed=seed, progress=False)
+        assert result.groups_kept == 12  # the 6 training recordings of each class, 3 clips each
+        split_of: dict[str, set[str]] = {}
+        for item in read_annotations(out):
+            split_of.setdefault(group_key(item.path), set()).add(item.split)
+        assert all(len(splits) == 1 for splits in split_of.values())
+        val = [key for key, splits in split_of.items() if splits == {"val"}]
+        assert len(val) == 4 and {key.split("_")[1] for key in val} == {"brush", "kiss"}  # 2 of 6 per class
