@@ -337,12 +337,11 @@ def train_stacked(
             members = [configs[i] for i in group]
             reading, picks = stack_reading(members, shards.layout)  # one layer each: their union, read once
             run = StackedRun(data.get(reading), members, picks)
-            precision = tf32_matmuls(run.device, configs[group[0]].tf32)
 
             def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
                 return bool(on_epoch(group[member], record)) if on_epoch is not None else False
 
-            with precision:
+            with tf32_matmuls(run.device, configs[group[0]].tf32):
                 for index, result in zip(group, run.run(callback, keep_weights), strict=True):
                     results[index] = result
     finally:
