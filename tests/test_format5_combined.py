@@ -1,0 +1,29 @@
+"""Format 5's features together, as a user combines them: a layer axis with int8, pooling and test views, then
+compact, evaluate and the other commands on such a cache (faults found in the format-5 integration round)."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import TINY
+
+from step_cache import extract, open_shards
+from step_cache.cache.compact import compact
+
+# 32 px / 16 px patches: a 2 x 2 grid, so pooling 2 x 2 leaves one patch token beside the CLS token
+LAYERED = {**TINY, "dtype": "float32", "layers": "last2"}
+
+
+def test_compact_pools_each_layer_of_a_layered_cache(video_tree, tmp_path):
+    extract(video_tree / "slide_left", tmp_path / "src", **LAYERED)
+    report = compact(tmp_path / "src", tmp_path / "dst", pool_patches=2, progress=False)
+    src, dst = open_shards(tmp_path / "src"), open_shards(tmp_path / "dst")
+    stored = src.read_tokens(range(len(src)), np.float32)  # (n, L, T, 1 + 4, D)
+    assert stored.shape[1:4] == (2, 4, 5)
+    expected = np.concatenate([stored[..., :1, :], stored[..., 1:, :].mean(axis=-2, keepdims=True)], axis=-2)
+    assert report.clips == len(src) and dst.layout.layers == (10, 11) and dst.layout.grid == (1, 1)
+    got = dst.read_tokens(range(len(dst)), np.float32)
+    assert got.shape == expected.shape == (len(src), 2, 4, 2, 192)
+    # float32 in and out: the mean of four float32 values, up to its summation order
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    # the CLS copy is the pooled cache's CLS tokens, as the tokens say
+    np.testing.assert_array_equal(dst.read_tokens(range(len(dst)), part="cls"), got[..., :1, :])
