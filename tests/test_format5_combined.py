@@ -27,3 +27,25 @@ def test_compact_pools_each_layer_of_a_layered_cache(video_tree, tmp_path):
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
     # the CLS copy is the pooled cache's CLS tokens, as the tokens say
     np.testing.assert_array_equal(dst.read_tokens(range(len(dst)), part="cls"), got[..., :1, :])
+
+
+def test_predict_from_videos_rebuilds_a_layered_cache(tmp_path):
+    from step_cache.demo_dataset import make_demo_dataset
+    from step_cache.recognition.settings import extract_options
+    from step_cache.recognition.videos import predict_videos
+    from step_cache.training import runs
+    from step_cache.training.evaluation import predict
+    from step_cache.training.trainer import train_probe
+
+    demo = tmp_path / "demo"
+    make_demo_dataset(demo, per_class=3, num_frames=17, size=(64, 64), kinds=["slide"], progress=False)
+    extract(demo, tmp_path / "cache", annotations=demo / "annotations.csv", **{**LAYERED, "dtype": "int8"})
+    run = tmp_path / "run"
+    train_probe(tmp_path / "cache", "linear", run, layers="concat:last2", epochs=1, batch_size=4, progress=False)
+    assert extract_options(runs.read_config(run))["layers"] == "10,11"
+    from_videos = predict_videos(run, demo, tmp_path / "videos.csv", annotations=demo / "annotations.csv")
+    assert from_videos.videos == 6
+    from_cache = predict(run, tmp_path / "cache", tmp_path / "cache.csv")
+    with open(from_videos.csv) as a, open(from_cache) as b:
+        # the same frames, backbone, layers and int8 rounding: the same numbers, written to six decimals
+        assert sorted(a.read().splitlines()) == sorted(b.read().splitlines())

@@ -26,9 +26,9 @@ class RunSettingsError(StepCacheError, ValueError):
 
 def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
     """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, frame step,
-    image size, patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its
-    checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted
-    from: then ``compaction`` says how to compact their tokens into the run's."""
+    image size, patch pooling, dtype, stored layers, seed). ``weights`` overrides the recorded weights file (checked
+    against its checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was
+    compacted from: then ``compaction`` says how to compact their tokens into the run's."""
     extraction = record["data"]["extraction"]
     check_rebuildable(extraction)
     compacted = compaction(extraction)
@@ -44,6 +44,9 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "image_size": int(crop) if isinstance(crop, int) else None,
         "pool_patches": compacted["source_pool"] if compacted else int(extraction["tokens"].get("patch_pool", 1)),
         "dtype": compacted["source_dtype"] if compacted else str(extraction["tokens"]["dtype"]),
+        # the blocks the cache stored (no key: the last block, no layer axis); compact --layers keeps a subset,
+        # which extracting those blocks gives as they were stored
+        "layers": ",".join(map(str, layers)) if (layers := extraction["tokens"].get("layers")) else "last",
         "seed": int(recorded.get("seed", 0)),
     }
 
