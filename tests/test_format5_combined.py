@@ -3,11 +3,15 @@ compact, evaluate and the other commands on such a cache (faults found in the fo
 
 from __future__ import annotations
 
+import decord
 import numpy as np
+import pytest
 from conftest import TINY
 
 from step_cache import extract, open_shards
 from step_cache.cache.compact import compact
+from step_cache.recognition.settings import RunSettingsError, load_run_backbone
+from step_cache.training import runs
 
 # 32 px / 16 px patches: a 2 x 2 grid, so pooling 2 x 2 leaves one patch token beside the CLS token
 LAYERED = {**TINY, "dtype": "float32", "layers": "last2"}
@@ -33,7 +37,6 @@ def test_predict_from_videos_rebuilds_a_layered_cache(tmp_path):
     from step_cache.demo_dataset import make_demo_dataset
     from step_cache.recognition.settings import extract_options
     from step_cache.recognition.videos import predict_videos
-    from step_cache.training import runs
     from step_cache.training.evaluation import predict
     from step_cache.training.trainer import train_probe
 
@@ -49,3 +52,26 @@ def test_predict_from_videos_rebuilds_a_layered_cache(tmp_path):
     with open(from_videos.csv) as a, open(from_cache) as b:
         # the same frames, backbone, layers and int8 rounding: the same numbers, written to six decimals
         assert sorted(a.read().splitlines()) == sorted(b.read().splitlines())
+    # timeline and Recognizer encode frame by frame the last block only: refused in one line before any decoding
+    with pytest.raises(RunSettingsError, match=r"blocks \[10, 11\] \(extract --layers 10,11\)"):
+        load_run_backbone(runs.read_config(run))
+
+
+def test_timeline_rebuilds_the_backbone_of_a_run_on_a_test_view_cache(tmp_path):
+    from step_cache.demo_dataset import make_demo_dataset
+    from step_cache.recognition.model import RunModel
+    from step_cache.training.trainer import train_probe
+
+    demo = tmp_path / "demo"
+    make_demo_dataset(demo, per_class=3, num_frames=17, size=(64, 64), kinds=["slide"], progress=False)
+    extract(demo, tmp_path / "cache", annotations=demo / "annotations.csv", test_views="2x3", **TINY)
+    run = tmp_path / "run"
+    train_probe(tmp_path / "cache", "linear", run, epochs=1, batch_size=4, progress=False)
+    # test views add val/test rows only: the run's backbone is that of a run on the same cache without them (whose
+    # windows' tokens the timeline tests check against the cache), so the same frames give the same tokens
+    extract(demo, tmp_path / "plain", annotations=demo / "annotations.csv", **TINY)
+    train_probe(tmp_path / "plain", "linear", tmp_path / "plain-run", epochs=1, batch_size=4, progress=False)
+    frames = decord.VideoReader(str(demo / "slide_left" / "slide_left_000.mp4")).get_batch([0, 4, 8, 12]).asnumpy()
+    tokens = RunModel(run, device="cpu").encode(frames)
+    assert tokens.shape == (4, 5, 192)
+    np.testing.assert_array_equal(tokens, RunModel(tmp_path / "plain-run", device="cpu").encode(frames))

@@ -92,6 +92,12 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
             "Recognizer windows sample the centres of T equal segments; use predict --videos, or train on a cache "
             "without --frame-step"
         )
+    if streaming and (layers := tokens.get("layers")):
+        blocks = ",".join(map(str, layers))
+        raise RunSettingsError(
+            f"--run: the run was trained on stored blocks {list(layers)} (extract --layers {blocks}), but timeline "
+            "and Recognizer encode the last block only; use predict --videos, or train on a cache without --layers"
+        )
     if streaming and (compacted := compaction(extraction)):
         what = []
         if compacted["pool_patches"] > 1:
@@ -181,7 +187,10 @@ def load_run_backbone(record: dict[str, Any], weights: str | Path | None = None)
     )
     rebuilt = extraction_settings(backbone, options)
     recorded = json.loads(json.dumps(record["data"]["extraction"]))
-    recorded.pop("views", None)  # augmented training views (extract --views) do not change the backbone
+    # augmented training views (extract --views) and val/test views (--test-views) add rows, they do not change
+    # the backbone or a training clip's tokens, which a window's are
+    recorded.pop("views", None)
+    recorded.pop("test_views", None)
     differences = extraction_differences(recorded, rebuilt)
     if differences:
         raise RunSettingsError(f"cannot rebuild the backbone the run's tokens came from: {'; '.join(differences[:4])}")
