@@ -52,6 +52,11 @@ def test_predict_from_videos_rebuilds_a_layered_cache(tmp_path):
     with open(from_videos.csv) as a, open(from_cache) as b:
         # the same frames, backbone, layers and int8 rounding: the same numbers, written to six decimals
         assert sorted(a.read().splitlines()) == sorted(b.read().splitlines())
+    # a report says which blocks each run read (runs differing only in their layers are otherwise alike)
+    from step_cache.report.build import build_report
+
+    text = build_report([run], tmp_path / "report").read_text()
+    assert "batch_size=4, seed=0, seeds=1, layers=concat:last2 (blocks 10, 11); best epoch 1" in text
     # timeline and Recognizer encode frame by frame the last block only: refused in one line before any decoding
     with pytest.raises(RunSettingsError, match=r"blocks \[10, 11\] \(extract --layers 10,11\)"):
         load_run_backbone(runs.read_config(run))
