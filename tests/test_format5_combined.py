@@ -80,3 +80,25 @@ def test_timeline_rebuilds_the_backbone_of_a_run_on_a_test_view_cache(tmp_path):
     tokens = RunModel(run, device="cpu").encode(frames)
     assert tokens.shape == (4, 5, 192)
     np.testing.assert_array_equal(tokens, RunModel(tmp_path / "plain-run", device="cpu").encode(frames))
+
+
+def test_evaluate_a_layer_run_on_a_cache_compacted_to_its_layer(tmp_path):
+    from step_cache.cache.manifest import ManifestError
+    from step_cache.demo_dataset import make_demo_dataset
+    from step_cache.training.evaluation import evaluate
+    from step_cache.training.trainer import train_probe
+
+    demo = tmp_path / "demo"
+    make_demo_dataset(demo, per_class=3, num_frames=17, size=(64, 64), kinds=["slide"], progress=False)
+    extract(demo, tmp_path / "cache", annotations=demo / "annotations.csv", **{**LAYERED, "layers": "last3"})
+    run = tmp_path / "run"
+    train_probe(tmp_path / "cache", "step", run, layers="10", epochs=1, batch_size=4, progress=False)
+    compact(tmp_path / "cache", tmp_path / "ten", layers="10", progress=False)
+    compact(tmp_path / "cache", tmp_path / "ends", layers="9,11", progress=False)
+    # block 10's tokens are the same whichever blocks are stored beside it: the same figures, to the last bit
+    full, ten = evaluate(run, tmp_path / "cache", split="val"), evaluate(run, tmp_path / "ten", split="val")
+    assert ten["top1"] == full["top1"] and ten["confusion_matrix"] == full["confusion_matrix"]
+    assert ten["loss"] == full["loss"]
+    with pytest.raises(ManifestError, match=r"ends: the run read blocks \[10\] \(train-probe --layers 10\); the cache "
+                       r"stores \[9, 11\], without \[10\]$"):  # fmt: skip
+        evaluate(run, tmp_path / "ends", split="val")

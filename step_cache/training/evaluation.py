@@ -81,6 +81,9 @@ def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
         for d in extraction_differences(record["data"]["extraction"], shards.manifest.extraction)
         if not d.startswith(_HARMLESS)
     ]
+    if any(d.startswith(_LAYERS) for d in differences):
+        _check_layers(record, shards)  # the cache stores other blocks than the run's: fine if it has those it read
+        differences = [d for d in differences if not d.startswith(_LAYERS)]
     if differences and not storage_only(differences):
         if refusal := pooling_refusal(record, shards, differences):
             raise ManifestError(refusal)
@@ -88,6 +91,25 @@ def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
             return  # pooling leaves the CLS tokens, all this run reads, as they were stored
         where = ", ".join(map(str, shards.directories))
         raise ManifestError(f"{where}: tokens differ from those the probe was trained on: {'; '.join(differences[:4])}")
+
+
+_LAYERS = "tokens.layers:"
+
+
+def _check_layers(record: dict[str, Any], shards: ShardSet) -> None:
+    """Refuse a cache that lacks a block the run read (``train-probe --layers``); another set of stored blocks
+    (``compact --layers`` keeps a subset) is fine: each block's tokens are the same whichever others are stored."""
+    read, stored = record["data"]["tokens"].get("layers"), shards.layout.layers
+    where = ", ".join(map(str, shards.directories))
+    if read is None or stored is None:  # a run or a cache of the last block only (no layer axis)
+        run = f"blocks {read}" if read is not None else "the last block only (a cache without a layer axis)"
+        cache = f"blocks {list(stored)}" if stored is not None else "the last block only (no layer axis)"
+        raise ManifestError(f"{where}: the run read {run}, the cache stores {cache}; use a cache like the run's")
+    if missing := [block for block in read if block not in stored]:
+        raise ManifestError(
+            f"{where}: the run read blocks {read} (train-probe --layers {record['config'].get('layers')}); the cache "
+            f"stores {list(stored)}, without {missing}"
+        )
 
 
 def map_labels(shards: ShardSet, classes: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
@@ -123,11 +145,12 @@ def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence
     return counts
 
 
-def _selection(record: dict[str, Any]) -> TokenSelection:
+def _selection(record: dict[str, Any], shards: ShardSet) -> TokenSelection:
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
-    # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
-    layers = tuple(layout["layers"].index(b) for b in tokens["layers"]) if "layers" in tokens else None
+    # the blocks the run read, as positions into the layers this cache stores (check_cache_fits: it stores them)
+    stored = list(shards.layout.layers or ())
+    layers = tuple(stored.index(b) for b in tokens["layers"]) if "layers" in tokens else None
     stop = start + tokens["tokens_per_frame"]
     return TokenSelection(tokens["subset"], start, stop, tokens["cls_index"], layers=layers)
 
@@ -181,7 +204,9 @@ def evaluate(
         log.info("%s", note)
     pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
-    source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers, device=target)
+    source = open_token_source(
+        shards, indices, _selection(record, shards), labels, mode=data, workers=workers, device=target
+    )
     try:
         per_seed = []
         for probe in probes:  # one token source for every seed: the tokens are the same
@@ -242,7 +267,7 @@ def predict(
     indices = np.nonzero(clean_rows(shards))[0]  # clean views only: augmented views are training material
     target = resolve_device(device)
     source = open_token_source(
-        shards, indices, _selection(record), shards.labels, mode=data, workers=workers, device=target
+        shards, indices, _selection(record, shards), shards.labels, mode=data, workers=workers, device=target
     )
     try:
         logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)
