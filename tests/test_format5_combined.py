@@ -102,3 +102,18 @@ def test_evaluate_a_layer_run_on_a_cache_compacted_to_its_layer(tmp_path):
     with pytest.raises(ManifestError, match=r"ends: the run read blocks \[10\] \(train-probe --layers 10\); the cache "
                        r"stores \[9, 11\], without \[10\]$"):  # fmt: skip
         evaluate(run, tmp_path / "ends", split="val")
+
+
+def test_verify_names_the_clips_whose_cls_copy_differs(video_tree, tmp_path):
+    import h5py
+
+    from step_cache.cache.verify import verify_cache
+
+    extract(video_tree / "slide_left", tmp_path / "c", **{**LAYERED, "dtype": "int8"})
+    with h5py.File(tmp_path / "c" / "shard-00000.h5", "r+") as shard:
+        for row in (1, 3):
+            shard["cls"][row, 1, 2, 0, 5] += 1
+    problems = verify_cache(tmp_path / "c", checksums=False).problems
+    assert [p.split(": ", 1)[1] for p in problems] == [
+        "cls differs from the CLS tokens in tokens in 2 clip(s): rows 1, 3"
+    ]
