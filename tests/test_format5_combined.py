@@ -117,3 +117,11 @@ def test_verify_names_the_clips_whose_cls_copy_differs(video_tree, tmp_path):
     assert [p.split(": ", 1)[1] for p in problems] == [
         "cls differs from the CLS tokens in tokens in 2 clip(s): rows 1, 3"
     ]
+
+
+def test_last0_is_refused_without_a_made_up_model_depth(video_tree, tmp_path):
+    from step_cache.errors import InputError
+
+    with pytest.raises(InputError, match=r"^layers='last0': lastN takes N >= 1 \(the last N blocks\)$"):
+        extract(video_tree / "slide_left", tmp_path / "x", layers="last0", **TINY)
+    assert not (tmp_path / "x").exists()
