@@ -125,3 +125,8 @@ def test_last0_is_refused_without_a_made_up_model_depth(video_tree, tmp_path):
     with pytest.raises(InputError, match=r"^layers='last0': lastN takes N >= 1 \(the last N blocks\)$"):
         extract(video_tree / "slide_left", tmp_path / "x", layers="last0", **TINY)
     assert not (tmp_path / "x").exists()
+
+    extract(video_tree / "slide_left", tmp_path / "c", **LAYERED)
+    for spec in ("last0", "last3"):
+        with pytest.raises(InputError, match=rf"^layers='{spec}': lastN takes N in 1..2; the cache stores 2 layers"):
+            compact(tmp_path / "c", tmp_path / "d", layers=spec, progress=False)

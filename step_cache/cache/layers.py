@@ -67,7 +67,10 @@ def kept_layers(spec: str, stored: tuple[int, ...] | None, name: str = "layers")
     if match := _LAST_N.match(text):
         count = int(match.group(1))
         if not 1 <= count <= len(stored):
-            raise InputError(f"{option(name, spec)}: the cache stores {len(stored)} layers {list(stored)}")
+            raise InputError(
+                f"{option(name, spec)}: lastN takes N in 1..{len(stored)}; the cache stores {len(stored)} layers "
+                f"{list(stored)}"
+            )
         return tuple(range(len(stored) - count, len(stored)))
     try:
         blocks = sorted({int(part) for part in text.split(",")})
