@@ -130,3 +130,17 @@ def test_last0_is_refused_without_a_made_up_model_depth(video_tree, tmp_path):
     for spec in ("last0", "last3"):
         with pytest.raises(InputError, match=rf"^layers='{spec}': lastN takes N in 1..2; the cache stores 2 layers"):
             compact(tmp_path / "c", tmp_path / "d", layers=spec, progress=False)
+
+
+def test_merging_a_layered_and_a_plain_cache_is_refused_saying_which_is_which(video_tree, tmp_path):
+    from step_cache.cache.manifest import ManifestError
+    from step_cache.extraction.distributed import merge
+
+    extract(video_tree / "slide_left", tmp_path / "layered", **LAYERED)
+    extract(video_tree / "slide_left", tmp_path / "plain", **{**LAYERED, "layers": "last"})
+    with pytest.raises(ManifestError) as refused:
+        merge(tmp_path / "m", [tmp_path / "layered", tmp_path / "plain"])
+    message = str(refused.value)
+    assert message.endswith(f"plain does not match {tmp_path / 'layered'}: tokens.layers: [10, 11] != None "
+                            f"({tmp_path / 'layered'}'s first; None: not set)")  # fmt: skip
+    assert not (tmp_path / "m" / "manifest.json").exists()
