@@ -80,6 +80,16 @@ def test_timeline_rebuilds_the_backbone_of_a_run_on_a_test_view_cache(tmp_path):
     tokens = RunModel(run, device="cpu").encode(frames)
     assert tokens.shape == (4, 5, 192)
     np.testing.assert_array_equal(tokens, RunModel(tmp_path / "plain-run", device="cpu").encode(frames))
+    # predict --videos gives val/test videos (by their annotations) the cache's 2 x 3 views: the cache's answers
+    from step_cache.recognition.videos import predict_videos
+    from step_cache.training.evaluation import predict
+
+    from_videos = predict_videos(run, demo, tmp_path / "videos.csv", annotations=demo / "annotations.csv")
+    from_cache = predict(run, tmp_path / "cache", tmp_path / "cache.csv")
+    with open(from_videos.csv) as a, open(from_cache) as b:
+        rows = sorted(a.read().splitlines())
+        assert rows == sorted(b.read().splitlines())
+    assert sorted(row.split(",")[1] for row in rows[:-1]) == ["1"] * 2 + ["6"] * 4  # 2 train, 4 val/test videos
 
 
 def test_evaluate_a_layer_run_on_a_cache_compacted_to_its_layer(tmp_path):

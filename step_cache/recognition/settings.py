@@ -26,9 +26,9 @@ class RunSettingsError(StepCacheError, ValueError):
 
 def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
     """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, frame step,
-    image size, patch pooling, dtype, stored layers, seed). ``weights`` overrides the recorded weights file (checked
-    against its checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was
-    compacted from: then ``compaction`` says how to compact their tokens into the run's."""
+    image size, patch pooling, dtype, stored layers, seed, test views). ``weights`` overrides the recorded weights
+    file (checked against its checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the
+    cache it was compacted from: then ``compaction`` says how to compact their tokens into the run's."""
     extraction = record["data"]["extraction"]
     check_rebuildable(extraction)
     compacted = compaction(extraction)
@@ -48,6 +48,8 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         # which extracting those blocks gives as they were stored
         "layers": ",".join(map(str, layers)) if (layers := extraction["tokens"].get("layers")) else "last",
         "seed": int(recorded.get("seed", 0)),
+        # val/test videos (by --annotations) get the cache's test views, so their answers are the cache's
+        "test_views": (views["segments"], views["crops"]) if (views := extraction.get("test_views")) else None,
     }
 
 
@@ -186,6 +188,7 @@ def load_run_backbone(record: dict[str, Any], weights: str | Path | None = None)
         options.backbone, options.weights, options.image_size, options.pool_patches, options.seed, options.dtype
     )
     rebuilt = extraction_settings(backbone, options)
+    rebuilt.pop("test_views", None)
     recorded = json.loads(json.dumps(record["data"]["extraction"]))
     # augmented training views (extract --views) and val/test views (--test-views) add rows, they do not change
     # the backbone or a training clip's tokens, which a window's are
