@@ -10,11 +10,23 @@ from conftest import TINY
 
 from step_cache import extract, open_shards
 from step_cache.cache.compact import compact
+from step_cache.demo_dataset import make_demo_dataset
 from step_cache.recognition.settings import RunSettingsError, load_run_backbone
 from step_cache.training import runs
+from step_cache.training.trainer import train_probe
 
 # 32 px / 16 px patches: a 2 x 2 grid, so pooling 2 x 2 leaves one patch token beside the CLS token
 LAYERED = {**TINY, "dtype": "float32", "layers": "last2"}
+
+
+def demo_run(tmp_path, probe: str, extraction: dict, **train):
+    """6 make-demo videos (slide_left/right) extracted into tmp_path/cache with ``extraction``, and a one-epoch
+    ``probe`` run on them in tmp_path/run; returns the videos' folder."""
+    demo = tmp_path / "demo"
+    make_demo_dataset(demo, per_class=3, num_frames=17, size=(64, 64), kinds=["slide"], progress=False)
+    extract(demo, tmp_path / "cache", annotations=demo / "annotations.csv", **extraction)
+    train_probe(tmp_path / "cache", probe, tmp_path / "run", epochs=1, batch_size=4, progress=False, **train)
+    return demo
 
 
 def test_compact_pools_each_layer_of_a_layered_cache(video_tree, tmp_path):
@@ -34,17 +46,12 @@ def test_compact_pools_each_layer_of_a_layered_cache(video_tree, tmp_path):
 
 
 def test_predict_from_videos_rebuilds_a_layered_cache(tmp_path):
-    from step_cache.demo_dataset import make_demo_dataset
     from step_cache.recognition.settings import extract_options
     from step_cache.recognition.videos import predict_videos
     from step_cache.training.evaluation import predict
-    from step_cache.training.trainer import train_probe
 
-    demo = tmp_path / "demo"
-    make_demo_dataset(demo, per_class=3, num_frames=17, size=(64, 64), kinds=["slide"], progress=False)
-    extract(demo, tmp_path / "cache", annotations=demo / "annotations.csv", **{**LAYERED, "dtype": "int8"})
+    demo = demo_run(tmp_path, "linear", {**LAYERED, "dtype": "int8"}, layers="concat:last2")
     run = tmp_path / "run"
-    train_probe(tmp_path / "cache", "linear", run, layers="concat:last2", epochs=1, batch_size=4, progress=False)
     assert extract_options(runs.read_config(run))["layers"] == "10,11"
     from_videos = predict_videos(run, demo, tmp_path / "videos.csv", annotations=demo / "annotations.csv")
     assert from_videos.videos == 6
@@ -63,15 +70,10 @@ def test_predict_from_videos_rebuilds_a_layered_cache(tmp_path):
 
 
 def test_timeline_rebuilds_the_backbone_of_a_run_on_a_test_view_cache(tmp_path):
-    from step_cache.demo_dataset import make_demo_dataset
     from step_cache.recognition.model import RunModel
-    from step_cache.training.trainer import train_probe
 
-    demo = tmp_path / "demo"
-    make_demo_dataset(demo, per_class=3, num_frames=17, size=(64, 64), kinds=["slide"], progress=False)
-    extract(demo, tmp_path / "cache", annotations=demo / "annotations.csv", test_views="2x3", **TINY)
+    demo = demo_run(tmp_path, "linear", {**TINY, "test_views": "2x3"})
     run = tmp_path / "run"
-    train_probe(tmp_path / "cache", "linear", run, epochs=1, batch_size=4, progress=False)
     # test views add val/test rows only: the run's backbone is that of a run on the same cache without them (whose
     # windows' tokens the timeline tests check against the cache), so the same frames give the same tokens
     extract(demo, tmp_path / "plain", annotations=demo / "annotations.csv", **TINY)
@@ -94,15 +96,10 @@ def test_timeline_rebuilds_the_backbone_of_a_run_on_a_test_view_cache(tmp_path):
 
 def test_evaluate_a_layer_run_on_a_cache_compacted_to_its_layer(tmp_path):
     from step_cache.cache.manifest import ManifestError
-    from step_cache.demo_dataset import make_demo_dataset
     from step_cache.training.evaluation import evaluate
-    from step_cache.training.trainer import train_probe
 
-    demo = tmp_path / "demo"
-    make_demo_dataset(demo, per_class=3, num_frames=17, size=(64, 64), kinds=["slide"], progress=False)
-    extract(demo, tmp_path / "cache", annotations=demo / "annotations.csv", **{**LAYERED, "layers": "last3"})
+    demo_run(tmp_path, "step", {**LAYERED, "layers": "last3"}, layers="10")
     run = tmp_path / "run"
-    train_probe(tmp_path / "cache", "step", run, layers="10", epochs=1, batch_size=4, progress=False)
     compact(tmp_path / "cache", tmp_path / "ten", layers="10", progress=False)
     compact(tmp_path / "cache", tmp_path / "ends", layers="9,11", progress=False)
     # block 10's tokens are the same whichever blocks are stored beside it: the same figures, to the last bit
