@@ -22,6 +22,7 @@ from cli.options import (
     Workers,
     chosen_caches,
     config_options,
+    given_options,
 )
 from step_cache.cpu_budget import apply_threads
 from step_cache.errors import InputError
@@ -39,6 +40,7 @@ ViewAverage = Annotated[
 @app.command("train-probe", rich_help_panel=PROBES_PANEL)
 @config_options("train-probe", after="out")
 def train_probe(
+    ctx: typer.Context,
     caches: CacheArguments = None,
     features: FeaturesOption = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<probe>).")] = None,
@@ -91,9 +93,10 @@ def train_probe(
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
 
-    The checkpoint is chosen on the val split (by --select-metric); the printed figures are the test split's when
-    the cache has one (else the val figures, and the line says so). Epochs and batch size default to a schedule
-    chosen from the number of training clips (docs/training.md)."""
+    The checkpoint is chosen on the val split (by --select-metric; --val none: the last epoch's); the printed
+    figures are the test split's when the cache has one (else the val figures, and the line says so). Epochs and
+    batch size default to a schedule chosen from the number of training clips (docs/training.md). --protocol NAME
+    sets an anchor's published evaluation (docs/protocols.md); options given explicitly override the preset."""
     from step_cache.training.trainer import train_probe as run_training
 
     setup_logging(verbose)
@@ -110,10 +113,14 @@ def train_probe(
         "avgpool": avgpool,
         "layer_norm": layer_norm,
     }
+    if config.get("protocol") is not None:  # only what the user gave overrides the preset
+        config = {**given_options(ctx, config), "protocol": config["protocol"]}
+    probe = config.pop("probe", None)
     with user_errors():
         result = run_training(
             chosen_caches("train-probe", caches, features),
-            out=out or Path("runs") / config["probe"],
+            probe,
+            out=out or Path("runs") / (config.get("protocol") or probe),
             resume=resume,
             overwrite=overwrite,
             probe_options={k: v for k, v in given.items() if v is not None},

@@ -76,7 +76,7 @@ def test_a_trials_json_of_the_wrong_shape_is_one_line(tmp_path, content, problem
     path.write_text(json.dumps(content))
     with pytest.raises(SweepError) as error:
         read_trials(path, tables=True)  # what report and the plots read
-    assert str(error.value) == (f"{path}: not a sweep's trials.json ({problem}); move it away or choose another --out")
+    assert str(error.value) == (f"{path}: not a sweep's trials.json ({problem}); move it away or choose another out=")
 
 
 def test_sweep_and_report_refuse_a_bare_list_trials_json(tmp_path):

@@ -13,10 +13,12 @@ from conftest import TINY
 
 from step_cache.cache.quantize import dequantize, quantize
 from step_cache.cache.shards import open_shards
+from step_cache.extraction import pipeline
 from step_cache.extraction.backbones import load_backbone
 from step_cache.extraction.device_quantize import pack, quantize_tensor, unpack
 from step_cache.extraction.engine import extract
 from step_cache.extraction.frame_batches import TokenComputer
+from step_cache.extraction.pipeline import quantize_on_device
 
 
 def _edge_tokens() -> np.ndarray:
@@ -73,7 +75,17 @@ def test_the_token_computer_hands_back_packed_int8(in_flight):
     np.testing.assert_array_equal(scales.view(np.uint16), expected_scales.view(np.uint16))
 
 
-def test_an_int8_cache_holds_the_numpy_quantization_of_the_float16_tokens(video_tree, tmp_path):
+def test_int8_is_quantized_on_a_gpu_only():
+    assert quantize_on_device("int8", torch.device("cuda")) and not quantize_on_device("int8", torch.device("cpu"))
+    assert not quantize_on_device("float16", torch.device("cuda"))
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_an_int8_cache_holds_the_numpy_quantization_of_the_float16_tokens(video_tree, tmp_path, monkeypatch, on_device):
+    """Quantized by the writer (the CPU's way) or on the device (a GPU's way, forced here): the same cache."""
+    monkeypatch.setattr(pipeline, "quantize_on_device", lambda dtype, device: on_device and dtype == "int8")
+    unpacked = []
+    monkeypatch.setattr(pipeline, "unpack", lambda packed: unpacked.append(packed.shape) or unpack(packed))
     extract(video_tree, tmp_path / "f16", **TINY)
     extract(video_tree, tmp_path / "i8", **{**TINY, "dtype": "int8"})
     with open_shards(tmp_path / "f16") as f16, open_shards(tmp_path / "i8") as i8:
@@ -83,6 +95,7 @@ def test_an_int8_cache_holds_the_numpy_quantization_of_the_float16_tokens(video_
     expected_values, expected_scales = quantize(tokens)
     np.testing.assert_array_equal(values, expected_values)
     np.testing.assert_array_equal(scales.view(np.uint16), expected_scales.view(np.uint16))
+    assert len(unpacked) == (len(set(i8.videos)) if on_device else 0)  # each video's packed tokens, on the device path
 
 
 def test_a_recognizer_of_an_int8_run_reads_tokens_as_the_cache_does(video_tree, tmp_path):

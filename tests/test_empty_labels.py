@@ -57,3 +57,18 @@ def test_extract_refuses_it_in_one_line_before_any_work(tmp_path):
     assert line.endswith(f"{csv}:3: column 'label' is empty; give the class, or leave its split cell empty or 'test' "
                          "to keep the video unlabelled (classified by predict, never trained on)")  # fmt: skip
     assert not (tmp_path / "c").exists()
+
+
+def test_prepare_writes_loose_videos_of_split_folders_without_a_split_so_extract_reads_them(tmp_path):
+    from step_cache.datasets import prepare
+
+    root = tmp_path / "videos"
+    for path in ("train/open/a.mp4", "train/loose.mp4", "val/open/b.mp4", "val/loose.mp4", "test/loose.mp4"):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).touch()
+    result = prepare("folder", root, tmp_path / "f.csv", progress=False)
+    assert "2 unlabelled video(s) of train/val lists written without a split (predicted, never trained)" in result.notes
+    assert {(i.path, i.label, i.split) for i in read_annotations(tmp_path / "f.csv")} == {
+        ("train/open/a.mp4", "open", "train"), ("val/open/b.mp4", "open", "val"),
+        ("train/loose.mp4", None, None), ("val/loose.mp4", None, None), ("test/loose.mp4", None, "test"),
+    }  # fmt: skip

@@ -11,7 +11,7 @@ from conftest import TINY
 from step_cache import extract, open_shards
 from step_cache.cache.compact import compact
 from step_cache.demo_dataset import make_demo_dataset
-from step_cache.recognition.settings import RunSettingsError, load_run_backbone
+from step_cache.recognition.settings import load_run_backbone
 from step_cache.training import runs
 from step_cache.training.trainer import train_probe
 
@@ -64,9 +64,9 @@ def test_predict_from_videos_rebuilds_a_layered_cache(tmp_path):
 
     text = build_report([run], tmp_path / "report").read_text()
     assert "batch_size=4, seed=0, seeds=1, layers=concat:last2 (blocks 10, 11); best epoch 1" in text
-    # timeline and Recognizer encode frame by frame the last block only: refused in one line before any decoding
-    with pytest.raises(RunSettingsError, match=r"blocks \[10, 11\] \(extract --layers 10,11\)"):
-        load_run_backbone(runs.read_config(run))
+    # timeline and Recognizer rebuild the backbone with the run's blocks
+    backbone, options = load_run_backbone(runs.read_config(run))
+    assert options.layers == "10,11" and backbone.layers == (10, 11)
 
 
 def test_timeline_rebuilds_the_backbone_of_a_run_on_a_test_view_cache(tmp_path):

@@ -80,7 +80,7 @@ def test_runs_whose_tokens_videos_cannot_give_are_refused_first(runs, tmp_path, 
         raise AssertionError("extraction started")
 
     monkeypatch.setattr(video_prediction, "extract", no_extraction)
-    with pytest.raises(RunSettingsError, match=r"^--run: .*" + expected.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(RunSettingsError, match=r"^run_dir: .*" + expected.replace("(", r"\(").replace(")", r"\)")):
         video_prediction.predict_videos(runs / f"run-{run}", runs / "videos", tmp_path / "p.csv", progress=False)
     result = cli("predict", "--run", runs / f"run-{run}", "--videos", runs / "videos", "--out", tmp_path / "p.csv")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "KeyError" not in result.stderr

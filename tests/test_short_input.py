@@ -77,7 +77,7 @@ def test_timeline_says_when_the_video_is_shorter_than_a_window(short_run, caplog
     messages = [r.getMessage() for r in caplog.records if "shorter than one window" in r.getMessage()]
     assert messages == [
         f"{video}: 3 frames (0.12 s) is shorter than one window of 248 frames (9.92 s): one window of the whole "
-        "video, fewer than the run's 4 per clip, so frames are repeated (--window 10 s is longer than the video)"
+        "video, fewer than the run's 4 per clip, so frames are repeated (window=10 s is longer than the video)"
     ]
     assert "1 window of the whole video, 3 frames (shorter than one window of 248) at 25 fps" in result.summary()
     caplog.clear()

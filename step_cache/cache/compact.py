@@ -83,9 +83,8 @@ def pool_grid(tokens: np.ndarray, cls_tokens: int, grid: tuple[int, int], pool: 
     x = np.asarray(tokens, dtype=np.float32)
     if pool == 1:
         return x
-    if x.ndim == 5:  # several layers: each pooled alike (layers folded into clips and back, T kept)
-        pooled = pool_grid(x.reshape(-1, *x.shape[2:]), cls_tokens, grid, pool)
-        return pooled.reshape(*x.shape[:3], -1, x.shape[-1])
+    if x.ndim == 5:  # several layers: each pooled alike
+        return pool_grid(x.reshape(-1, *x.shape[2:]), cls_tokens, grid, pool).reshape(*x.shape[:3], -1, x.shape[-1])
     n, frames, _, dim = x.shape
     rows, cols = grid
     patches = x[:, :, cls_tokens:].reshape(n, frames, rows, cols, dim)

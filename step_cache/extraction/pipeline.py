@@ -64,11 +64,11 @@ class ExtractionRun:
         self.swap = views.swap_map()
         layout = backbone.layout
         shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // layout.clip_bytes(opts.frames)))
-        # int8: the backbone's float16 tokens are quantized on the device (half the bytes back; the same values as
-        # the shard writer's numpy quantizer, which compact uses) and come back packed with their scales
+        # int8: the backbone's float16 tokens are quantized where quantize_on_device says (the same values either way)
         computer = TokenComputer(
-            backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile, quantize=opts.dtype == "int8"
-        )
+            backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile,
+            quantize=quantize_on_device(opts.dtype, device),
+        )  # fmt: skip
         self.batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
         # clips per video (views included): the writer reserves their bytes so a full disk stops between videos
         per_video = [self.rows_of(item) for item in self.todo]
@@ -246,6 +246,14 @@ class ExtractionRun:
             )
         report.frames = self.batcher.frames_done
         return report
+
+
+def quantize_on_device(dtype: str, device: torch.device) -> bool:
+    """Whether int8 tokens are quantized on the device before the copy back (``device_quantize``: half the bytes over
+    PCIe) rather than by the shard writer's numpy quantizer in the writer thread. Only on a GPU: on the CPU there is
+    no copy to save, and torch's quantizer there (measured 2x numpy's time, docs/performance.md) would run on the
+    main thread, beside the backbone, instead of the writer thread."""
+    return dtype == "int8" and device.type == "cuda"
 
 
 def strict_stop(reason: str) -> ExtractionError:

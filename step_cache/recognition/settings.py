@@ -17,7 +17,7 @@ from step_cache.cache.manifest import ManifestError, extraction_differences, rea
 from step_cache.errors import StepCacheError
 from step_cache.extraction.backbones import Backbone, load_backbone
 from step_cache.extraction.engine import ExtractOptions, extraction_settings
-from step_cache.interface import option
+from step_cache.interface import from_command_line, option
 
 
 class RunSettingsError(StepCacheError, ValueError):
@@ -44,12 +44,11 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "image_size": int(crop) if isinstance(crop, int) else None,
         "pool_patches": compacted["source_pool"] if compacted else int(extraction["tokens"].get("patch_pool", 1)),
         "dtype": compacted["source_dtype"] if compacted else str(extraction["tokens"]["dtype"]),
-        # the blocks the cache stored (no key: the last block, no layer axis); compact --layers keeps a subset,
-        # which extracting those blocks gives as they were stored
-        "layers": ",".join(map(str, layers)) if (layers := extraction["tokens"].get("layers")) else "last",
         "seed": int(recorded.get("seed", 0)),
         # val/test videos (by --annotations) get the cache's test views, so their answers are the cache's
         "test_views": (views["segments"], views["crops"]) if (views := extraction.get("test_views")) else None,
+        # the stored blocks of a cache of several layers (extract --layers; absent: the last block only)
+        **({"layers": ",".join(map(str, extraction["tokens"]["layers"]))} if "layers" in extraction["tokens"] else {}),
     }
 
 
@@ -79,12 +78,12 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
     tokens = extraction.get("tokens", {})
     if extraction.get("backbone", {}).get("name") == "synthetic" or "crop" not in extraction.get("preprocessing", {}):
         raise RunSettingsError(
-            "--run: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it cannot "
-            "classify videos; use predict --features with a cache of the same kind"
+            f"{_run()}: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it "
+            "cannot classify videos; use predict --features with a cache of the same kind"
         )
     if projection := tokens.get("projection"):
         raise RunSettingsError(
-            f"--run: the run was trained on tokens projected on {projection.get('components')} principal directions "
+            f"{_run()}: the run was trained on tokens projected on {projection.get('components')} principal directions "
             "(step-cache compact --project), which cannot be rebuilt from videos; to classify videos, train on a "
             "cache without --project"
         )
@@ -94,12 +93,6 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
             "Recognizer windows sample the centres of T equal segments; use predict --videos, or train on a cache "
             "without --frame-step"
         )
-    if streaming and (layers := tokens.get("layers")):
-        blocks = ",".join(map(str, layers))
-        raise RunSettingsError(
-            f"--run: the run was trained on stored blocks {list(layers)} (extract --layers {blocks}), but timeline "
-            "and Recognizer encode the last block only; use predict --videos, or train on a cache without --layers"
-        )
     if streaming and (compacted := compaction(extraction)):
         what = []
         if compacted["pool_patches"] > 1:
@@ -107,10 +100,15 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
         if "dequantized_from" in tokens:
             what.append(f"--dtype {compacted['dtype']}: {compacted['source_dtype']} tokens read back")
         raise RunSettingsError(
-            f"--run: the run was trained on a cache rewritten by step-cache compact ({'; '.join(what)}), whose "
+            f"{_run()}: the run was trained on a cache rewritten by step-cache compact ({'; '.join(what)}), whose "
             "tokens timeline and Recognizer do not reproduce frame by frame; use predict --videos (which compacts "
             "the same way), or train on a cache extracted with those settings"
         )
+
+
+def _run() -> str:
+    """The run as the caller named it: ``--run`` on the command line, ``run_dir`` (the argument) in Python."""
+    return "--run" if from_command_line() else "run_dir"
 
 
 def _weights_argument(record: dict[str, Any], recorded: dict[str, Any], given: str | Path | None) -> str:
@@ -185,8 +183,9 @@ def load_run_backbone(record: dict[str, Any], weights: str | Path | None = None)
     check_rebuildable(record["data"]["extraction"], streaming=True)  # before the backbone is built
     options = ExtractOptions(**extract_options(record, weights), progress=False)
     backbone = load_backbone(
-        options.backbone, options.weights, options.image_size, options.pool_patches, options.seed, options.dtype
-    )
+        options.backbone, options.weights, options.image_size, options.pool_patches, options.seed, options.dtype,
+        layers=options.layers,
+    )  # fmt: skip
     rebuilt = extraction_settings(backbone, options)
     rebuilt.pop("test_views", None)
     recorded = json.loads(json.dumps(record["data"]["extraction"]))

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from step_cache.extraction.frame_rate import frame_rate
 from step_cache.extraction.video import decode_clips, decoder_logs_silenced
-from step_cache.interface import option
+from step_cache.interface import from_command_line, option
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.plot import plot_timeline
 from step_cache.recognition.segments import Segment, check_segment_options, merge_segments
@@ -116,7 +116,8 @@ def run_timeline(
     total = first.num_frames
     plan = plan_windows(rate, model.frames, model.clips, window, stride, model.typical_duration())
     if total < plan.length:
-        longer = f" ({option('window', window)} s is longer than the video)" if window is not None else ""
+        given = f"{option('window')}{' ' if from_command_line() else ''}{window:g} s" if window is not None else ""
+        longer = f" ({given} is longer than the video)" if window is not None else ""
         log.warning("%s%s", Timeline(video, rate, plan, model.classes, [], frames=total).short, longer)
     windows = plan.over(total)
     needed = np.zeros(total, dtype=bool)

@@ -63,8 +63,8 @@ def _refuse_unreadable(videos: Path, directory: Path) -> None:
     reasons = "; ".join(failure.reason for failure in manifest.failures[:_LISTED])
     more = f"; and {len(manifest.failures) - _LISTED} more" if len(manifest.failures) > _LISTED else ""
     raise ExtractionError(
-        f"{videos}: none of the {len(manifest.failures)} videos could be read: {reasons}{more} (--cache DIR keeps "
-        "every reason in DIR/manifest.json)"
+        f"{videos}: none of the {len(manifest.failures)} videos could be read: {reasons}{more} "
+        f"({option('cache', 'DIR')} keeps every reason in DIR/manifest.json)"
     )
 
 

@@ -70,7 +70,9 @@ def comparison_rows(summaries: Sequence[RunSummary]) -> tuple[list[str], list[li
                 cells.append(format_percent_spread(figures[key], std[key]))
             else:
                 cells.append(cell(figures.get(key), kind))
-        rows.append([s.name, s.metrics.get("probe", "?"), split, str(len(s.metrics.get("seeds", [0]))), *cells])
+        seeds = len(s.metrics.get("seeds", [0]))
+        varied = f" ({s.metrics.get('vary', 'init')})" if seeds > 1 else ""  # what the std measures
+        rows.append([s.name, s.metrics.get("probe", "?"), split, f"{seeds}{varied}", *cells])
     return header, rows
 
 
@@ -164,7 +166,9 @@ def _introduction(
             "(its clips and test views combined by each run's --view-average: mean softmax by default), "
             "on the split named in the 'split' column: 'test' when the cache has a test split (the checkpoint was "
             "chosen on validation, so these figures were not selected on), else 'val' (the same figures that chose "
-            "the checkpoint: optimistic). With several seeds a cell is the mean ± sample std over seeds, and "
+            "the checkpoint: optimistic). With several seeds a cell is the mean ± sample std over seeds, the "
+            "'seeds' column says what varied between them (init: initial weights only, the same batches and val "
+            "hold-out; data: batch order and val hold-out too), and "
             "error bars in the figure show the std; a run's confusion matrix and per-class accuracy pool its "
             "seeds' videos of that split. 'reversed' and 'shuffled' re-evaluate the same clips with "
             "their frames reversed / shuffled: a probe that reads frame order drops there, an order-blind probe "

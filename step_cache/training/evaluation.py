@@ -24,7 +24,8 @@ from torch import nn
 from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
-from step_cache.probes import build_probe, recorded_options
+from step_cache.probes import recorded_options
+from step_cache.probes.layer_inputs import build_layered_probe
 from step_cache.training import runs
 from step_cache.training.chance import chance_of, pooled_chance
 from step_cache.training.eval_plan import (
@@ -59,13 +60,18 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
     run_dir = Path(run_dir)
     record = runs.read_config(run_dir)
     config, data = record["config"], record["data"]
-    probe = build_probe(
+    tokens = data["tokens"]  # several layers: concatenated, or mixed in front of the probe (probes.layer_inputs)
+    layers, mix = len(tokens.get("layers", [])) or 1, tokens.get("mix", False)
+    along = tokens.get("along") == "tokens"  # the layers' tokens one after the other: more tokens, one layer wide
+    probe = build_layered_probe(
         config["probe"],
-        dim=data["dim"],
+        layer_dim=data["dim"] if mix or along else data["dim"] // layers,
+        layers=1 if along else layers,
+        mix=mix,
         num_classes=len(data["classes"]),
         frames=data["frames"],
-        tokens_per_frame=data["tokens"]["tokens_per_frame"],
-        cls_index=data["tokens"]["cls_index"],
+        tokens_per_frame=tokens["tokens_per_frame"] * (layers if along else 1),
+        cls_index=tokens["cls_index"],
         **recorded_options(config["probe"], config["probe_options"], str(run_dir)),
     )
     runs.load_weights(probe, usable_checkpoint(run_dir, weights))  # not failed, present, the run's own bytes
@@ -145,14 +151,19 @@ def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence
     return counts
 
 
-def _selection(record: dict[str, Any], shards: ShardSet) -> TokenSelection:
+def recorded_selection(record: dict[str, Any], shards: ShardSet | None = None) -> TokenSelection:
+    """The tokens (subset and layers) a recorded run reads, for a cache of its extraction settings, or for
+    ``shards``, which may store other blocks beside those the run read (``check_cache_fits``)."""
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
-    # the blocks the run read, as positions into the layers this cache stores (check_cache_fits: it stores them)
-    stored = list(shards.layout.layers or ())
+    # the blocks the run read, as positions into the layers the cache stores
+    stored = layout.get("layers") if shards is None or shards.layout.layers is None else list(shards.layout.layers)
     layers = tuple(stored.index(b) for b in tokens["layers"]) if "layers" in tokens else None
     stop = start + tokens["tokens_per_frame"]
-    return TokenSelection(tokens["subset"], start, stop, tokens["cls_index"], layers=layers)
+    mix, along = tokens.get("mix", False), tokens.get("along") == "tokens"
+    return TokenSelection(
+        tokens["subset"], start, stop, tokens["cls_index"], layers=layers, mix=mix, along_tokens=along
+    )
 
 
 def evaluate(
@@ -193,8 +204,16 @@ def evaluate(
             sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
         )  # fmt: skip
     config = record["config"]
-    chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], config["seed"],
-                           views=shards.views)  # fmt: skip
+    if config.get("vary") == "data" and len(checkpoints) > 1 and split in ("train", "val"):
+        raise DataError(
+            f"{run_dir}: the seeds of a --vary data run hold out different val videos, so its {split} split is not "
+            f"one set: score a seed with --seed S (its own split), or the test or all split"
+        )
+    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
+    # --vary data: each seed held out its own val videos (a lone seed is scored on its own split)
+    split_seed = checkpoints[0][0] if config.get("vary") == "data" else config["seed"]
+    chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], split_seed,
+                           views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none")  # fmt: skip
     indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
@@ -202,10 +221,9 @@ def evaluate(
     training_videos = warn_training_clips(indices, chosen, shards)
     if (note := int8_note(record, shards)) is not None:
         log.info("%s", note)
-    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
     source = open_token_source(
-        shards, indices, _selection(record, shards), labels, mode=data, workers=workers, device=target
+        shards, indices, recorded_selection(record, shards), labels, mode=data, workers=workers, device=target
     )
     try:
         per_seed = []
@@ -229,7 +247,7 @@ def evaluate(
         "seeds": seeds,
         "figures": describe(split, seeds),
         **figures,
-        **({"std": std} if std is not None else {}),
+        **({"std": std, "vary": config.get("vary", "init")} if std is not None else {}),
         "chance": pooled_chance(per_seed) if len(per_seed) > 1 else chance_of(per_seed[0]),
         "training_videos": training_videos,
         "tokens_note": note,
@@ -267,7 +285,7 @@ def predict(
     indices = np.nonzero(clean_rows(shards))[0]  # clean views only: augmented views are training material
     target = resolve_device(device)
     source = open_token_source(
-        shards, indices, _selection(record, shards), shards.labels, mode=data, workers=workers, device=target
+        shards, indices, recorded_selection(record, shards), shards.labels, mode=data, workers=workers, device=target
     )
     try:
         logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)

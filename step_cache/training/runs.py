@@ -53,6 +53,11 @@ CHECKPOINT_SUMS = "checkpoints.json"
 FAILED = "failed.json"
 # config.json first: a removal cut short leaves no config, so no command takes the remains for a run.
 RUN_FILES = (CONFIG, EPOCH_LOG, FINAL_METRICS, BEST, LAST, STATE, CHECKPOINT_SUMS, FAILED)
+SEEDS_DIR = "seeds"  # a --seeds run's per-seed files: SEEDS_DIR/seed-<s>/
+
+
+def seed_dir(run_dir: Path, seed: int) -> Path:
+    return run_dir / SEEDS_DIR / f"seed-{seed}"
 
 
 class RunError(StepCacheError, ValueError):
