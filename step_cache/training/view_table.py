@@ -21,6 +21,7 @@ import numpy as np
 
 from step_cache.cache.shards import ShardSet
 from step_cache.errors import InputError
+from step_cache.training.epoch_order import runs_plan
 from step_cache.training.token_data import batch_plan
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,12 @@ def view_table(shards: ShardSet, clips: np.ndarray, mode: str) -> ViewTable:
     return table
 
 
-def epoch_plan(table: ViewTable, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+def epoch_plan(
+    table: ViewTable, batch_size: int, seed: int, epoch: int, order: str = "random", run: int = 1
+) -> list[np.ndarray]:
     """An epoch's training batches: ``batch_plan`` of the clean clips (shuffled by (seed, epoch)) with each clip
-    replaced by its view drawn for the epoch."""
+    replaced by its view drawn for the epoch; ``order="runs"``: those rows in ``epoch_order.runs_plan``'s order
+    (runs of ``run`` consecutive rows)."""
+    if order == "runs":
+        return runs_plan(table.draw(seed, epoch), batch_size, run=run, seed=seed, epoch=epoch)
     return batch_plan(table.draw(seed, epoch), batch_size, shuffle=True, seed=seed, epoch=epoch)
