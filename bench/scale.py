@@ -229,7 +229,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace, work: Path) -> None:
     args.cache = work / "cache"
-    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; RAM {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB", flush=True)  # fmt: skip
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; RAM {ram / 2**30:.1f} GiB", flush=True)
     started = time.perf_counter()
     cache_bytes = write_cache(args.cache, args.gib, args.variant)
     print(f"cache: {cache_bytes / 2**30:.2f} GiB ({args.variant}) written in {time.perf_counter() - started:.0f} s "
