@@ -25,6 +25,10 @@ def compact(
     pool_patches: Annotated[
         int, typer.Option(min=1, help="Average NxN patch neighbourhoods (1 = keep the grid); CLS tokens are kept.")
     ] = 1,
+    layers: Annotated[
+        str | None,
+        typer.Option(help="Keep only these stored layers: lastN or block indices such as 8,11 (default: all)."),
+    ] = None,
     project: Annotated[
         int | None,
         typer.Option(
@@ -55,6 +59,7 @@ def compact(
             out,
             dtype=dtype,
             pool_patches=pool_patches,
+            layers=layers,
             project=project,
             project_clips=project_clips,
             project_seed=seed,

@@ -56,6 +56,14 @@ def extract(
     pool_patches: Annotated[
         int, typer.Option(min=1, help="Average NxN patch neighbourhoods to cut storage (1 = keep all).")
     ] = 1,
+    layers: Annotated[
+        str,
+        typer.Option(
+            help="Backbone blocks to store: last (default: the last block, as always), lastN (e.g. last4), or "
+            "0-based block indices (8,10,11; negative from the end). Several blocks store a layer axis, each "
+            "final-normalised as timm's forward_intermediates(norm=True) (shard format 5)."
+        ),
+    ] = "last",
     dtype: Annotated[
         str,
         typer.Option(
@@ -159,6 +167,7 @@ def extract(
             clips=clips,
             image_size=image_size,
             pool_patches=pool_patches,
+            layers=layers,
             dtype=dtype,
             device=device,
             batch_size=batch_size,

@@ -33,7 +33,7 @@ def canonical_sha256(data: dict) -> str:
 def read_cache(directory: Path) -> dict:
     """Every row of a cache in the doc's row order: shards in the manifest's order, rows in stored order."""
     manifest = json.loads((directory / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["format"] == "step-cache-shards" and manifest["format_version"] in (1, 2, 3, 4)
+    assert manifest["format"] == "step-cache-shards" and manifest["format_version"] in (1, 2, 3, 4, 5)
     if "manifest_sha256" in manifest:  # the seal: the same serialisation, of the manifest without the seal
         unsealed = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
         assert canonical_sha256(unsealed) == manifest["manifest_sha256"]
@@ -50,7 +50,13 @@ def read_cache(directory: Path) -> dict:
             assert shard.attrs["settings_sha256"] == expected_settings
             assert int(shard.attrs["format_version"]) <= manifest["format_version"]
             tokens = shard["tokens"][...]
-            assert tokens.shape[1:] == (frames, per_frame, layout["dim"])
+            layer_axis = (len(layout["layers"]),) if "layers" in layout else ()  # version 5: (N, L, T, P, D)
+            assert tokens.shape[1:] == (*layer_axis, frames, per_frame, layout["dim"])
+            if manifest["storage"].get("cls_copy"):  # the CLS tokens once more, as stored
+                cls = layout["cls_tokens"]
+                np.testing.assert_array_equal(shard["cls"][...], tokens[..., :cls, :])
+                if layout["dtype"] == "int8":
+                    np.testing.assert_array_equal(shard["cls_scales"][...], shard["token_scales"][..., :cls])
             if layout["dtype"] == "int8":  # q * s in float32 (exact), rounded once to float16: what readers hand out
                 scales = shard["token_scales"][...].astype(np.float32)
                 tokens = (tokens.astype(np.float32) * scales[..., None]).astype(np.float16)
@@ -118,7 +124,9 @@ def test_a_reader_from_the_doc_reads_what_the_loader_reads(kind, videos, tmp_pat
     # source: every catalogue item tried (12 files + loose.mp4), each extracted or listed as a failure.
     assert manifest["source"]["finished"] is True and manifest["source"]["items"] == GOOD_VIDEOS + 3 + 1
     assert manifest["num_videos"] + len(manifest["failures"]) == manifest["source"]["items"]
-    assert manifest["storage"] == {"compression": KINDS[kind].get("compression", "none")}
+    assert manifest["storage"] == {"compression": KINDS[kind].get("compression", "none"), "cls_copy": True}
+    cls = manifest["extraction"]["tokens"]["cls_tokens"]
+    np.testing.assert_array_equal(loader.read_tokens(np.arange(len(loader)), part="cls"), ours["tokens"][..., :cls, :])
 
 
 def test_compression_filters_are_the_documented_ones(videos, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from conftest import TINY
 
 from step_cache import extract, open_shards
-from step_cache.cache.manifest import FORMAT_VERSION
+from step_cache.cache.manifest import ROOTS_FORMAT_VERSION
 from step_cache.cache.verify import verify_cache
 from step_cache.extraction.distributed import merge
 from step_cache.synthetic.videos import write_class_folders
@@ -46,7 +46,7 @@ def test_merge_of_two_roots_keeps_every_video_apart(two_roots, tmp_path):
     assert "12 videos, 12 clips in 2 shards" in result.stdout
     data = json.loads((tmp_path / "M" / "manifest.json").read_text())
     roots = [str(two_roots / "videos-A"), str(two_roots / "videos-B")]
-    assert data["format_version"] == FORMAT_VERSION == 4  # the only change that needs the new version
+    assert data["format_version"] == ROOTS_FORMAT_VERSION == 4  # the only change that needs version 4
     assert [s["root"] for s in data["shards"]] == roots and data["source"]["roots"] == roots
     report = verify_cache(tmp_path / "M")
     assert report.ok, report.problems

@@ -25,14 +25,16 @@ import numpy as np
 from tqdm import tqdm
 
 from step_cache.cache.disk_space import full_disk_said, is_disk_full
+from step_cache.cache.layers import kept_layers
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Failure, Manifest, TokenLayout
 from step_cache.cache.projection import Projection, fit_pca, sample_training_clips, subsample_tokens
 from step_cache.cache.quantize import check_dtype
 from step_cache.cache.shard_file import COMPRESSIONS, ClipRecord
 from step_cache.cache.shards import ShardSet, open_shards
-from step_cache.cache.writer import CacheWriter, next_shard_index, open_output, recover
+from step_cache.cache.writer import CacheWriter, next_shard_index, open_output, recover, storage_record
 from step_cache.errors import StepCacheError
+from step_cache.interface import option
 
 log = logging.getLogger(__name__)
 _BLOCK_BYTES = 128 * 2**20  # tokens read per step: bounded memory, few HDF5 calls
@@ -77,10 +79,12 @@ def compacted_layout(layout: TokenLayout, dtype: str | None, pool_patches: int) 
 
 
 def pool_grid(tokens: np.ndarray, cls_tokens: int, grid: tuple[int, int], pool: int) -> np.ndarray:
-    """(n, T, P, D) tokens -> the same with the patch grid averaged over pool x pool windows, in float32."""
+    """(n, [L,] T, P, D) tokens -> the same with the patch grid averaged over pool x pool windows, in float32."""
     x = np.asarray(tokens, dtype=np.float32)
     if pool == 1:
         return x
+    if x.ndim == 5:  # several layers: each pooled alike
+        return pool_grid(x.reshape(-1, *x.shape[2:]), cls_tokens, grid, pool).reshape(*x.shape[:2], -1, x.shape[-1])
     n, frames, _, dim = x.shape
     rows, cols = grid
     patches = x[:, :, cls_tokens:].reshape(n, frames, rows, cols, dim)
@@ -108,6 +112,7 @@ def compact(
     *,
     dtype: str | None = None,
     pool_patches: int = 1,
+    layers: str | None = None,
     project: int | None = None,
     project_clips: int = 512,
     project_seed: int = 0,
@@ -119,6 +124,8 @@ def compact(
     """Rewrite the cache in ``src`` into ``out`` with tokens in ``dtype`` (default: src's) and ``pool_patches`` x
     ``pool_patches`` patch neighbourhoods averaged and, with ``project=K``, projected on their top-K principal
     directions (PCA on ``project_clips`` training clips drawn with ``project_seed``; step_cache.cache.projection).
+    ``layers``: keep only these of a cache's stored layers (``lastN`` or block indices, ``step_cache.cache.layers``;
+    None keeps all).
     Re-running the same call resumes; see the module docstring."""
     src, out = Path(src), Path(out)
     if compression not in COMPRESSIONS:
@@ -129,8 +136,16 @@ def compact(
     _refuse_same(src, out, shards)
     source_manifest = shards.manifest
     layout = compacted_layout(source_manifest.layout, dtype, pool_patches)
+    kept = None if layers is None else kept_layers(layers, source_manifest.layout.layers)
+    if kept is not None and layout.layers is not None:  # the same values extract --layers gives for these blocks
+        layout = replace(layout, layers=tuple(layout.layers[p] for p in kept))
     projection = None
     if project is not None:
+        if layout.layers is not None:
+            raise CompactionError(
+                f"{option('project')} fits one set of principal directions, for a cache without a layer axis; {src} "
+                f"stores blocks {list(source_manifest.layout.layers)}"
+            )
         projection = _fit_projection(shards, project, pool_patches, project_clips, project_seed)
         layout = replace(layout, dim=project)
     tokens = layout.to_dict()
@@ -153,9 +168,9 @@ def compact(
         manifest = open_output(out, extraction, source_manifest.classes, source_manifest.pairs, source, overwrite)
         if projection is not None:
             projection.save(out)  # the same fit as the manifest records (a different one was refused above)
-        manifest.storage = {"compression": compression}
         manifest.warnings = list(source_manifest.warnings)
         done = recover(out, manifest)
+        manifest.storage = storage_record(manifest, compression)
         report = CompactReport(src, out, manifest, src_bytes=sum(r.bytes for r in source_manifest.shards))
         failures = {f.video: f for f in source_manifest.failures}  # extraction failures stay on record
         shard_clips = max(manifest.clips_per_video, int(shard_size_mb * 2**20 // layout.clip_bytes(manifest.frames)))
@@ -164,7 +179,7 @@ def compact(
         )
         started = time.perf_counter()
         try:
-            _copy(shards, state, done, pool_patches, projection, report, failures, progress)
+            _copy(shards, state, done, pool_patches, projection, report, failures, progress, kept)
             manifest.source["finished"] = True
             state.finish(failures)
         except KeyboardInterrupt:
@@ -194,10 +209,13 @@ def _copy(
     report: CompactReport,
     failures: dict[str, Failure],
     progress: bool,
+    kept: tuple[int, ...] | None = None,
 ) -> None:
-    """Every video of ``shards`` not in ``done``, in the source's order, all its clips together."""
+    """Every video of ``shards`` not in ``done``, in the source's order, all its clips together; ``kept``: the
+    positions of the stored layers to keep (None: all)."""
     layout = shards.layout
-    clip_bytes = max(1, int(np.prod(shards.clip_shape)) * 4)
+    layers = None if layout.layers is None else kept  # a cache without a layer axis has its one layer
+    clip_bytes = max(1, int(np.prod(shards.clip_shape)) * 4 * (layout.layer_count if layers is None else len(layers)))
     block_clips = max(shards.manifest.clips_per_video, _BLOCK_BYTES // clip_bytes)
     bar = tqdm(total=len(shards), unit="clip", desc="compact", disable=not progress)
     # A video's clips are consecutive (within one shard, as extract writes them; grouping over the whole cache
@@ -216,7 +234,8 @@ def _copy(
             block.append(todo[position])
             position += 1
         first, last = block[0][0], block[-1][1]
-        values = pool_grid(shards.read_tokens(np.arange(first, last), np.float32), layout.cls_tokens, layout.grid, pool)
+        values = shards.read_tokens(np.arange(first, last), np.float32, layers=layers)
+        values = pool_grid(values, layout.cls_tokens, layout.grid, pool)
         if projection is not None:
             values = projection.apply(values)
         for a, b in block:

@@ -12,15 +12,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from step_cache.cache.files import atomic_write_text, now_iso
-from step_cache.cache.quantize import TOKEN_DTYPES, is_quantized, read_dtype, token_bytes
+from step_cache.cache.layout import LAYERS_FORMAT_VERSION as LAYERS_FORMAT_VERSION  # importable from here too
+from step_cache.cache.layout import TokenLayout
+from step_cache.cache.quantize import TOKEN_DTYPES
 from step_cache.cache.sealing import seal, seal_problem
 from step_cache.errors import StepCacheError
 
 FORMAT_NAME = "step-cache-shards"
-FORMAT_VERSION = 4  # the newest version this step-cache reads and writes (2: int8; 3: views; 4: several roots)
+FORMAT_VERSION = 5  # the newest version this step-cache reads and writes (2: int8; 3: views; 4: several roots;
+# 5: several layers (LAYERS_FORMAT_VERSION, step_cache.cache.layout) and test views)
 VIEWS_FORMAT_VERSION = 3  # a cache with augmented views (``extraction.views``) is written as version 3
 # a merge of caches extracted from different video folders records each shard's root (``ShardRecord.root``)
 ROOTS_FORMAT_VERSION = 4
@@ -31,60 +32,6 @@ DEFAULT_DECODER = "decord"
 
 class ManifestError(StepCacheError, ValueError):
     """A manifest that is missing, unreadable, of an unknown version, or incompatible with another."""
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    """How the P tokens of one frame are laid out: ``cls_tokens`` CLS tokens first, then the patch grid row-major."""
-
-    cls_tokens: int
-    grid: tuple[int, int]
-    dim: int
-    dtype: str = "float16"
-    registers_dropped: int = 0
-    patch_pool: int = 1
-
-    @property
-    def tokens_per_frame(self) -> int:
-        return self.cls_tokens + self.grid[0] * self.grid[1]
-
-    @property
-    def quantized(self) -> bool:
-        """int8 values with a float16 scale per token (``step_cache.cache.quantize``)."""
-        return is_quantized(self.dtype)
-
-    @property
-    def read_dtype(self) -> np.dtype:
-        """The dtype readers return tokens in (int8 tokens are dequantized to float16)."""
-        return read_dtype(self.dtype)
-
-    def clip_bytes(self, frames: int) -> int:
-        """Bytes one clip of ``frames`` frames takes on disk and in memory (int8: values and scales)."""
-        return frames * self.tokens_per_frame * token_bytes(self.dtype, self.dim)
-
-    @property
-    def format_version(self) -> int:
-        """The oldest shard format for these tokens: 1 for floats (older step-cache reads it), 2 for int8."""
-        return 2 if self.quantized else 1
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenLayout:
-        return cls(
-            cls_tokens=int(data["cls_tokens"]),
-            grid=(int(data["grid"][0]), int(data["grid"][1])),
-            dim=int(data["dim"]),
-            dtype=str(data.get("dtype", "float16")),
-            registers_dropped=int(data.get("registers_dropped", 0)),
-            patch_pool=int(data.get("patch_pool", 1)),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["grid"] = list(self.grid)
-        data["tokens_per_frame"] = self.tokens_per_frame
-        if self.quantized:
-            data["scale_dtype"] = "float16"  # one absmax scale per token, dataset token_scales
-        return data
 
 
 @dataclass
@@ -165,7 +112,8 @@ class Manifest:
     @property
     def format_version(self) -> int:
         """The oldest format that holds this cache: 1 for float tokens, 2 for int8, 3 with augmented views, 4 with
-        shards of several video roots (older readers would mix views or same-named videos up, so must refuse)."""
+        shards of several video roots, 5 with a layer axis (older readers would mix views, same-named videos or
+        layers up, so must refuse)."""
         roots = ROOTS_FORMAT_VERSION if any(s.root is not None for s in self.shards) else 1
         return max(self.layout.format_version, VIEWS_FORMAT_VERSION if self.view_count else 1, roots)
 
@@ -294,9 +242,16 @@ def upgrade(data: dict[str, Any], origin: str) -> dict[str, Any]:
     # Version 2 only added int8 tokens (``tokens.dtype`` "int8" with a ``token_scales`` dataset) and version 3 only
     # augmented views (``extraction.views``, shard datasets ``view`` and ``view_params``): older manifests read
     # unchanged, and version 4 only the ``root`` of shard entries in a merge of several video roots (read by
-    # ``ShardSet``). Future versions add steps here, e.g. `if version == 2: data = _v2_to_v3(data)`.
+    # ``ShardSet``); version 5 a layer axis (``tokens.layers``; absent = the last block, no axis). Future versions
+    # add steps here, e.g. `if version == 2: data = _v2_to_v3(data)`.
     tokens = data.get("extraction", {}).get("tokens", {}) if isinstance(data.get("extraction"), dict) else {}
     dtype = tokens.get("dtype") if isinstance(tokens, dict) else None
+    layers = tokens.get("layers") if isinstance(tokens, dict) else None
+    if layers is not None and not (
+        isinstance(layers, list) and layers and all(isinstance(n, int) and n >= 0 for n in layers)
+        and layers == sorted(set(layers))
+    ):  # fmt: skip
+        raise ManifestError(f"{origin}: tokens.layers must list ascending block indices >= 0, got {layers!r}")
     if dtype is not None and dtype not in TOKEN_DTYPES:
         known = ", ".join(TOKEN_DTYPES)
         raise ManifestError(f"{origin}: unknown token dtype {dtype!r} (this step-cache reads {known})")

@@ -41,6 +41,7 @@ VIEW_METADATA = {
 
 
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+CLS_CHUNK_CLIPS = 64  # clips per chunk of the CLS copy: large chunks make a CLS-only epoch a few large reads
 
 
 def compression_filter(name: str) -> dict:
@@ -74,7 +75,7 @@ def shard_name(index: int) -> str:
 class ClipRecord:
     """One clip to append to a shard."""
 
-    tokens: np.ndarray  # (T, P, D) float; an int8 cache's writer quantizes them
+    tokens: np.ndarray  # (T, P, D) float, (L, T, P, D) for a cache with layers; an int8 cache's writer quantizes them
     label: int
     video: str
     clip: int
@@ -99,6 +100,7 @@ class ShardWriter:
         settings: str = "",
         views: bool = False,
         reserve_bytes: int = 0,
+        cls_copy: bool = False,
     ):
         self.directory = Path(directory)
         self.name = name
@@ -115,13 +117,15 @@ class ShardWriter:
             except BaseException:
                 self.abandon()
                 raise
-        tokens_shape = (frames, layout.tokens_per_frame, layout.dim)
-        # One chunk per clip: a random clip read touches exactly one chunk.
+        layer_axis = () if layout.layers is None else (len(layout.layers),)
+        tokens_shape = (*layer_axis, frames, layout.tokens_per_frame, layout.dim)
+        # One chunk per clip (and layer): a random clip read touches exactly one chunk per layer it reads.
+        chunk = (1, *(1 for _ in layer_axis), *tokens_shape[len(layer_axis) :])
         self._file.create_dataset(
             "tokens",
             shape=(0, *tokens_shape),
             maxshape=(None, *tokens_shape),
-            chunks=(1, *tokens_shape),
+            chunks=chunk,
             dtype=np.dtype(layout.dtype),
             **compression_filter(compression),
         )
@@ -129,11 +133,15 @@ class ShardWriter:
         if self._quantized:  # version 2: int8 values, one float16 absmax scale per token beside them
             self._file.create_dataset(
                 "token_scales",
-                shape=(0, *tokens_shape[:2]),
-                maxshape=(None, *tokens_shape[:2]),
-                chunks=(1, *tokens_shape[:2]),
+                shape=(0, *tokens_shape[:-1]),
+                maxshape=(None, *tokens_shape[:-1]),
+                chunks=chunk[:-1],
                 dtype=SCALE_DTYPE,
             )
+        # storage.cls_copy: the CLS tokens once more, many clips per chunk, so a CLS-only read touches only them.
+        # Kept in memory (C/P of the shard) and written once in finish(), like the metadata.
+        self._cls_tokens = layout.cls_tokens if cls_copy else 0
+        self._cls: list[tuple[np.ndarray, np.ndarray | None]] = []
         self._frames = frames
         # Metadata is small: keep it in memory and write each dataset once, in finish().
         self._fields = {**METADATA, **(VIEW_METADATA if views else {})}
@@ -166,10 +174,15 @@ class ShardWriter:
             tokens.resize(max(8, 2 * len(tokens)), axis=0)
             if self._quantized:
                 self._file["token_scales"].resize(len(tokens), axis=0)
-        if self._quantized:
-            tokens[self.count], self._file["token_scales"][self.count] = quantize(record.tokens)
-        else:
-            tokens[self.count] = record.tokens
+        if np.shape(record.tokens) != tokens.shape[1:]:
+            raise ShardError(f"{self.tmp_path}: a clip of shape {np.shape(record.tokens)}, expected {tokens.shape[1:]}")
+        values, scales = quantize(record.tokens) if self._quantized else (record.tokens, None)
+        tokens[self.count] = values
+        if scales is not None:
+            self._file["token_scales"][self.count] = scales
+        if self._cls_tokens:
+            cls = np.array(values[..., : self._cls_tokens, :], dtype=tokens.dtype)
+            self._cls.append((cls, None if scales is None else np.array(scales[..., : self._cls_tokens])))
         for key, value in (
             ("labels", record.label),
             ("video", record.video),
@@ -196,6 +209,8 @@ class ShardWriter:
         self._file["tokens"].resize(self.count, axis=0)
         if self._quantized:
             self._file["token_scales"].resize(self.count, axis=0)
+        if self._cls_tokens:
+            self._write_cls_copy()
         for key, dtype in self._fields.items():
             shape = (self.count, self._frames) if key == "frame_indices" else (self.count,)
             values = np.asarray(self._metadata[key], dtype=object if dtype is STRING else dtype).reshape(shape)
@@ -224,6 +239,23 @@ class ShardWriter:
         )
         remember([(self.final_path, record.sha256)])  # readers then trust it without checksumming it again
         return record
+
+    def _write_cls_copy(self) -> None:
+        """Datasets ``cls`` (N, [L,] T, C, D) and, for int8, ``cls_scales`` (N, [L,] T, C): one chunk per
+        ``CLS_CHUNK_CLIPS`` clips and layer, uncompressed (C/P of the shard's bytes)."""
+        tokens = self._file["tokens"]
+        head = tokens.shape[1:-2]  # ([L,] T)
+        layered = len(head) == 2
+        datasets = {"cls": ((self._cls_tokens, tokens.shape[-1]), tokens.dtype)}
+        if self._quantized:
+            datasets["cls_scales"] = ((self._cls_tokens,), np.dtype(SCALE_DTYPE))
+        for part, (name, (tail, dtype)) in enumerate(datasets.items()):
+            shape = (*head, *tail)
+            rows = [clip[part] for clip in self._cls[: self.count]]
+            data = np.stack(rows) if rows else np.empty((0, *shape), dtype)
+            chunk = (CLS_CHUNK_CLIPS, *((1,) if layered else ()), *shape[1 if layered else 0 :])
+            self._file.create_dataset(name, data=data, maxshape=(None, *shape), chunks=chunk)
+        self._cls = []
 
     def abandon(self) -> None:
         """Drop the unfinished shard (its videos will be extracted again on resume)."""

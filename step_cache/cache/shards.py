@@ -25,6 +25,7 @@ from step_cache.cache.manifest import (
     read_manifest,
 )
 from step_cache.cache.quantize import SCALE_DTYPE, dequantize
+from step_cache.cache.selection import Selection, read_rows, select
 from step_cache.cache.shard_file import (
     COMPRESSIONS,
     METADATA,
@@ -73,6 +74,7 @@ class ShardSet:
             for directory, manifest in zip(self.directories, self.manifests, strict=True):
                 check_shards(directory, manifest.shards, progress=progress)
         self.paths: list[Path] = []
+        self._cls_copy: list[bool] = []  # per shard: its cache stores the CLS tokens once more (dataset cls)
         parts: list[dict[str, np.ndarray]] = []
         groups: list[tuple[int, str | None]] = []  # per shard: the directory given it comes from, and its root
         for source, (directory, manifest) in enumerate(zip(self.directories, self.manifests, strict=True)):
@@ -87,6 +89,7 @@ class ShardSet:
                         " (run step-cache verify)"
                     )
                 self.paths.append(path)
+                self._cls_copy.append(bool(manifest.storage.get("cls_copy", False)))
                 parts.append(meta)
                 groups.append((source, shard_root(manifest, record)))
         if not parts:
@@ -140,6 +143,7 @@ class ShardSet:
 
     @property
     def clip_shape(self) -> tuple[int, int, int]:
+        """(T, P, D) of one clip's tokens of one layer (``layout.layers``: the layers stored per clip)."""
         return (self.manifest.frames, self.layout.tokens_per_frame, self.layout.dim)
 
     @property
@@ -166,12 +170,20 @@ class ShardSet:
         shard = int(np.searchsorted(self.offsets, index, side="right") - 1)
         return shard, int(index - self.offsets[shard])
 
-    def read_stored(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def read_stored(
+        self, indices: Sequence[int] | np.ndarray, layers: Sequence[int] | None = None, part: str = "all"
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Tokens of the given clips as stored, in the order asked: values (n, T, P, D) in the stored dtype and, for
-        an int8 cache, their scales (n, T, P) (else None). ``read_tokens`` is this, dequantized."""
+        an int8 cache, their scales (n, T, P) (else None); a cache with a layer axis gives (n, L', T, P, D).
+        ``layers``: positions into the stored layers (``layout.layers``; None = all); ``part="cls"``: only the CLS
+        tokens (P = C), read from the CLS copy where the cache has one (``step_cache.cache.selection``).
+        ``read_tokens`` is this, dequantized."""
+        selection = select(self.layout, layers, part)
         indices = np.asarray(indices, dtype=np.int64)
-        values = np.empty((len(indices), *self.clip_shape), dtype=np.dtype(self.layout.dtype))
-        scales = np.empty((len(indices), *self.clip_shape[:2]), dtype=SCALE_DTYPE) if self.layout.quantized else None
+        frames, dim = self.manifest.frames, self.layout.dim
+        values = np.empty((len(indices), *selection.clip_shape(frames, dim)), dtype=np.dtype(self.layout.dtype))
+        quantized = self.layout.quantized
+        scales = np.empty((len(indices), *selection.clip_shape(frames, None)), SCALE_DTYPE) if quantized else None
         if len(indices) == 0:
             return values, scales
         if indices.min() < 0 or indices.max() >= len(self):
@@ -180,28 +192,48 @@ class ShardSet:
         for shard in np.unique(shards):
             positions = np.nonzero(shards == shard)[0]
             unique_rows, inverse = np.unique(indices[positions] - self.offsets[shard], return_inverse=True)
-            handle = self._handle(int(shard))
-            values[positions] = _read_rows(handle["tokens"], unique_rows)[inverse]
+            shard_values, shard_scales = self._read_rows(int(shard), unique_rows, selection)
+            values[positions] = shard_values[inverse]
             if scales is not None:
-                scales[positions] = _read_rows(handle["token_scales"], unique_rows)[inverse]
+                scales[positions] = shard_scales[inverse]
         return values, scales
 
-    def read_tokens(self, indices: Sequence[int] | np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
-        """Tokens of the given clips, (n, T, P, D) in the order asked, in ``layout.read_dtype``: as stored for a
-        float cache, dequantized to float16 for an int8 one. ``dtype="float32"`` returns float32 instead (for an
-        int8 cache it also spares numpy's slow float32-to-float16 conversion)."""
-        values, scales = self.read_stored(indices)
+    def _read_rows(self, shard: int, rows: np.ndarray, selection: Selection) -> tuple[np.ndarray, np.ndarray | None]:
+        handle = self._handle(shard)
+        copy = selection.part == "cls" and self._cls_copy[shard]
+        names = ("cls", "cls_scales") if copy else ("tokens", "token_scales")
+        if copy and "cls" not in handle:
+            raise ShardError(f"{self.paths[shard]}: the manifest records a CLS copy, the shard has none (run verify)")
+        values = read_rows(handle[names[0]], rows, selection, copy, scales=False)
+        if not self.layout.quantized:
+            return values, None
+        return values, read_rows(handle[names[1]], rows, selection, copy, scales=True)
+
+    def read_tokens(
+        self,
+        indices: Sequence[int] | np.ndarray,
+        dtype: np.dtype | str | None = None,
+        layers: Sequence[int] | None = None,
+        part: str = "all",
+    ) -> np.ndarray:
+        """Tokens of the given clips, (n, T, P, D) ((n, L', T, P, D) with a layer axis; ``layers`` and ``part`` as
+        for ``read_stored``) in the order asked, in ``layout.read_dtype``: as stored for a float cache, dequantized
+        to float16 for an int8 one. ``dtype="float32"`` returns float32 instead (for an int8 cache it also spares
+        numpy's slow float32-to-float16 conversion)."""
+        values, scales = self.read_stored(indices, layers, part)
         dtype = np.dtype(dtype or self.layout.read_dtype)
         return _dequantized(values, scales, dtype).astype(dtype, copy=False)
 
-    def read_shard_stored(self, shard: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """All tokens of one shard as stored (values, and scales for int8), in one contiguous read each."""
-        handle = self._handle(shard)
-        return handle["tokens"][...], handle["token_scales"][...] if self.layout.quantized else None
+    def read_shard_stored(
+        self, shard: int, layers: Sequence[int] | None = None, part: str = "all"
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """All tokens of one shard as stored (values, and scales for int8), in one contiguous read each (per layer
+        when ``layers`` picks some; ``layers`` and ``part`` as for ``read_stored``)."""
+        return self._read_rows(shard, np.arange(self.shard_sizes[shard]), select(self.layout, layers, part))
 
-    def read_shard_tokens(self, shard: int) -> np.ndarray:
+    def read_shard_tokens(self, shard: int, layers: Sequence[int] | None = None, part: str = "all") -> np.ndarray:
         """All tokens of one shard in one contiguous read (the fast path for loading a cache into memory)."""
-        return _dequantized(*self.read_shard_stored(shard), self.layout.read_dtype)
+        return _dequantized(*self.read_shard_stored(shard, layers, part), self.layout.read_dtype)
 
     def close(self) -> None:
         for handle in self._handles.values():
@@ -218,17 +250,6 @@ class ShardSet:
         state = self.__dict__.copy()
         state["_handles"] = {}  # HDF5 handles do not pickle; workers reopen lazily
         return state
-
-
-def _read_rows(dataset: h5py.Dataset, rows: np.ndarray) -> np.ndarray:
-    """Rows (sorted, unique) of a per-clip dataset. Contiguous runs go straight into one buffer with read_direct:
-    h5py's fancy indexing is ~30x slower per row, and slicing allocates a temporary per run."""
-    block = np.empty((len(rows), *dataset.shape[1:]), dtype=dataset.dtype)
-    start = 0
-    for run in np.split(rows, np.nonzero(np.diff(rows) != 1)[0] + 1):
-        dataset.read_direct(block, np.s_[run[0] : run[-1] + 1], np.s_[start : start + len(run)])
-        start += len(run)
-    return block
 
 
 def _dequantized(values: np.ndarray, scales: np.ndarray | None, dtype: np.dtype) -> np.ndarray:

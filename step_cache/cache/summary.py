@@ -43,6 +43,7 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "warnings": [{"video": w.video, "reason": w.reason} for w in manifest.warnings],
             "compacted_from": manifest.source.get("compacted_from"),
             "projection": manifest.extraction["tokens"].get("projection"),
+            "cls_copy": bool(manifest.storage.get("cls_copy", False)),
         }
 
 
@@ -73,6 +74,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.insert(5, _views_text(summary["views"], summary["views_per_video"]))
     if tokens["dtype"] == "int8":
         lines[3] += " (one float16 scale per token; read as float16)"
+    if "layers" in tokens:  # format 5: a layer axis
+        blocks = tokens["layers"]
+        lines.insert(4, f"  layers     {len(blocks)} blocks {blocks} (0-based), each through the final norm")
+    else:
+        lines[3] += "; the last block"
+    if summary.get("cls_copy"):
+        lines[3] += "; CLS tokens also stored apart (CLS-only reads)"
     if projection := summary.get("projection"):
         lines.append(
             f"  projected  on the top {projection['components']} of {projection['source_dim']} principal directions "

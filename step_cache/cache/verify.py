@@ -192,6 +192,25 @@ def _check_shard(
     return problems
 
 
+def _cls_copies(
+    handle: h5py.File, manifest: Manifest, expected: tuple[int, ...], problems: list[str]
+) -> list[tuple[str, str]]:
+    """(copy, source) dataset pairs to compare when the manifest records a CLS copy; a missing or misshapen copy is
+    a problem."""
+    if not manifest.storage.get("cls_copy"):
+        return []
+    cls = manifest.layout.cls_tokens
+    pairs = [("cls", "tokens", (*expected[:-2], cls, expected[-1]))]
+    if manifest.layout.quantized:
+        pairs.append(("cls_scales", "token_scales", (*expected[:-2], cls)))
+    for copy, _source, shape in pairs:
+        if copy not in handle or handle[copy].shape != shape:
+            found = "missing" if copy not in handle else f"of shape {handle[copy].shape}"
+            problems.append(f"{copy} (the CLS copy the manifest records) {found}, expected shape {shape}")
+            return []
+    return [(copy, source) for copy, source, _shape in pairs]
+
+
 def _check_contents(
     handle: h5py.File,
     record: ShardRecord,
@@ -211,7 +230,8 @@ def _check_contents(
     if missing:
         return [f"lacks dataset(s) {', '.join(missing)}"]
     layout = manifest.layout
-    expected = (record.clips, manifest.frames, layout.tokens_per_frame, layout.dim)
+    layer_axis = () if layout.layers is None else (len(layout.layers),)  # version 5: (N, L, T, P, D)
+    expected = (record.clips, *layer_axis, manifest.frames, layout.tokens_per_frame, layout.dim)
     tokens = handle["tokens"]
     problems = []
     if tokens.shape != expected:
@@ -220,9 +240,10 @@ def _check_contents(
         problems.append(f"tokens are {tokens.dtype}, manifest says {layout.dtype}")
     if layout.quantized:  # int8: the scales must be there, one per token
         scales = handle.get("token_scales")
-        if scales is None or scales.shape != expected[:3] or scales.dtype != SCALE_DTYPE:
+        if scales is None or scales.shape != expected[:-1] or scales.dtype != SCALE_DTYPE:
             found = "missing" if scales is None else f"{scales.dtype} {scales.shape}"
-            problems.append(f"token_scales {found}, expected {np.dtype(SCALE_DTYPE)} {expected[:3]}")
+            problems.append(f"token_scales {found}, expected {np.dtype(SCALE_DTYPE)} {expected[:-1]}")
+    copies = _cls_copies(handle, manifest, expected, problems)
     for key in fields:
         if len(handle[key]) != record.clips:
             problems.append(f"{key} has {len(handle[key])} rows, expected {record.clips}")
@@ -258,6 +279,12 @@ def _check_contents(
             continue
         finite = np.isfinite(values.reshape(len(values), -1)).all(axis=1)
         bad_clips += [start + int(i) for i in np.nonzero(~finite)[0]]
+        for copy, source in copies:  # the CLS copy must hold exactly the stored CLS tokens
+            rows = np.s_[start : start + block]
+            stored = handle[source][rows]
+            stored = stored[..., : layout.cls_tokens, :] if source == "tokens" else stored[..., : layout.cls_tokens]
+            if not np.array_equal(handle[copy][rows], stored, equal_nan=stored.dtype.kind == "f"):
+                problems.append(f"{copy} differs from the CLS tokens in {source} (clips {start}..)")
     if bad_clips:
         problems.append(f"NaN/Inf in {len(bad_clips)} clip(s), e.g. row {bad_clips[0]} ({videos[bad_clips[0]]})")
     return problems

@@ -151,6 +151,22 @@ def recover(out: Path, manifest: Manifest) -> set[str]:
     return done
 
 
+def storage_record(manifest: Manifest, compression: str) -> dict:
+    """The manifest's ``storage`` for a run writing into it (after ``recover``): this run's compression, and
+    ``cls_copy`` (each shard stores its CLS tokens once more) for a new cache whose tokens have CLS tokens. A cache
+    that already holds shards keeps its choice, so every shard of a cache agrees."""
+    cls_copy = manifest.storage.get("cls_copy", False) if manifest.shards else manifest.layout.cls_tokens > 0
+    return {"compression": compression, **({"cls_copy": True} if cls_copy else {})}
+
+
+def merged_storage(manifests: list[Manifest]) -> dict:
+    """``storage`` of a merge: the first part's, with the CLS copy only when every part has it (a reader then
+    slices the tokens of every shard, which is right for all of them)."""
+    storage = dict(manifests[0].storage)
+    storage.pop("cls_copy", None)
+    return {**storage, **({"cls_copy": True} if all(m.storage.get("cls_copy") for m in manifests) else {})}
+
+
 def next_shard_index(manifest: Manifest) -> int:
     indices = [int(m["index"]) for r in manifest.shards if (m := _SHARD_FILE.match(r.file))]
     return max(indices, default=-1) + 1
@@ -185,8 +201,9 @@ class CacheWriter:
         self.remaining = expected_clips  # clips this run still has to write (None: unknown)
         self.video_clips = video_clips  # the most clips one video adds
         self.written = 0  # bytes of the shards published by this run
-        # per clip: its tokens and its metadata (video key, frame indices, ...)
-        self.clip_bytes = layout.clip_bytes(frames) + 512 + 16 * frames
+        # per clip: its tokens, its CLS copy and its metadata (video key, frame indices, ...)
+        self.cls_copy = bool(manifest.storage.get("cls_copy", False))
+        self.clip_bytes = layout.clip_bytes(frames) + self.cls_copy * layout.cls_bytes(frames) + 512 + 16 * frames
 
     def needed_bytes(self) -> int | None:
         """About how many more bytes this run's remaining clips take (None: unknown)."""
@@ -211,7 +228,7 @@ class CacheWriter:
         self.writer = ShardWriter(
             self.out, shard_name(self.next_index), self.layout, self.frames, self.compression,
             settings=settings_hash(self.manifest.extraction), views=self.manifest.view_count > 0,
-            reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD,
+            reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD, cls_copy=self.cls_copy,
         )  # fmt: skip
         self.next_index += 1
 

@@ -16,7 +16,9 @@ from step_cache.cache.files import file_sha256
 from step_cache.cache.manifest import TokenLayout
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.errors import StepCacheError
+from step_cache.extraction.layer_tokens import intermediate_features, model_blocks
 from step_cache.extraction.preprocess import Preprocessing
+from step_cache.extraction.random_weights import random_model
 from step_cache.interface import option
 
 
@@ -96,10 +98,19 @@ class Backbone:
     registers: int
     patch_pool: int = 1
     layout: TokenLayout | None = None
+    layers: tuple[int, ...] | None = None  # blocks stored (extract --layers); None: the last block's output only
 
     def forward_tokens(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised frames -> (B, P, D) last-layer normalised tokens, registers dropped."""
-        features = self.model.forward_features(frames)
+        """(B, 3, S, S) normalised frames -> (B, P, D) last-layer normalised tokens, registers dropped; with
+        ``layers``, (B, L, P, D): each chosen block's tokens, final-normalised, laid out alike (``layer_tokens``)."""
+        if self.layers is not None:
+            return torch.stack(
+                [self._frame_tokens(f) for f in intermediate_features(self.model, frames, self.layers)], 1
+            )
+        return self._frame_tokens(self.model.forward_features(frames))
+
+    def _frame_tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """``forward_features``-style output -> (B, P, D): CLS first, then the (pooled) patch grid."""
         if features.ndim == 4:  # convolutional backbone: (B, C, H, W) -> patch tokens
             grid = features
             cls = features.new_zeros(features.shape[0], 0, features.shape[1])
@@ -139,9 +150,11 @@ def load_backbone(
     patch_pool: int = 1,
     seed: int = 0,
     dtype: str = "float16",
+    layers: str = "last",
 ) -> Backbone:
     """Build the frozen backbone ``name`` with ``weights``: ``hub`` (timm pretrained download), ``random``
-    (seeded initialisation, for tests and the offline demo) or a path to a local ``.safetensors``/``.pth`` file."""
+    (seeded initialisation, for tests and the offline demo) or a path to a local ``.safetensors``/``.pth`` file.
+    ``layers``: the blocks whose tokens it hands out (``step_cache.cache.layers``; ``last``: the last only)."""
     from timm.data import resolve_model_data_config
 
     spec = resolve_backbone(name)
@@ -154,7 +167,7 @@ def load_backbone(
         kwargs.pop("img_size")  # e.g. a CNN: any input size works, only the crop changes
     try:
         if weights == "random":
-            model, identity = _random(spec, kwargs, seed)
+            model, identity = random_model(spec.timm_name, kwargs, seed)
         elif weights == "hub":
             model, identity = _from_hub(spec, kwargs)
         else:
@@ -175,6 +188,7 @@ def load_backbone(
         prefix_tokens=int(getattr(model, "num_prefix_tokens", 0)),
         registers=int(getattr(model, "num_reg_tokens", 0)),
         patch_pool=patch_pool,
+        layers=model_blocks(model, layers),
     )
     backbone.layout = _probe_layout(backbone, size, dtype)
     return backbone
@@ -193,29 +207,6 @@ def _accepts_img_size(timm_name: str) -> bool:
         for obj in vars(module).values()
         if isinstance(obj, type) and issubclass(obj, torch.nn.Module)
     )
-
-
-def _random(spec: BackboneSpec, kwargs: dict[str, Any], seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """timm's seeded initialisation, except that a ViT's patch position embeddings become fixed 2-D sine-cosine
-    features (as in MAE). timm draws them with std 0.02, about 2 % of a patch embedding's scale, so untrained tokens
-    would hardly say where in the frame a patch is, which every trained backbone's tokens do; without it the offline
-    demo's motion would be invisible to any probe."""
-    import timm
-    from timm.layers.pos_embed_sincos import build_sincos2d_pos_embed
-
-    torch.manual_seed(seed)
-    model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
-    identity: dict[str, Any] = {"source": "random", "seed": seed}
-    pos_embed = getattr(model, "pos_embed", None)
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    if isinstance(pos_embed, torch.nn.Parameter) and grid is not None:
-        patches = grid[0] * grid[1]
-        if pos_embed.shape[1] >= patches:
-            with torch.no_grad():
-                sincos = build_sincos2d_pos_embed(list(grid), pos_embed.shape[-1])
-                pos_embed[:, pos_embed.shape[1] - patches :] = sincos.to(pos_embed.dtype)
-            identity["pos_embed"] = "sincos-2d"
-    return model, identity
 
 
 def _model_input_size(model: torch.nn.Module, config: dict[str, Any], requested: int | None) -> tuple[int, int]:
@@ -238,15 +229,16 @@ def _probe_layout(backbone: Backbone, size: tuple[int, int], dtype: str) -> Toke
         height, width = backbone.patch_grid(torch.zeros(1, 3, *size))
     pool = backbone.patch_pool
     grid = (-(-height // pool), -(-width // pool))
-    if backbone.cls_tokens + grid[0] * grid[1] != tokens.shape[1]:
+    if backbone.cls_tokens + grid[0] * grid[1] != tokens.shape[-2]:
         raise BackboneError(f"{backbone.spec.timm_name}: unexpected token output of shape {tuple(tokens.shape)}")
     return TokenLayout(
         cls_tokens=backbone.cls_tokens,
         grid=grid,
-        dim=int(tokens.shape[2]),
+        dim=int(tokens.shape[-1]),
         dtype=dtype,
         registers_dropped=backbone.registers,
         patch_pool=backbone.patch_pool,
+        layers=backbone.layers,
     )
 
 

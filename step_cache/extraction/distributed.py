@@ -22,6 +22,7 @@ from step_cache.cache.identity import qualified_groups
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import Manifest, ManifestError, ShardRecord, read_manifest, write_manifest
 from step_cache.cache.shards import check_compatible, read_shard_metadata, shard_root
+from step_cache.cache.writer import merged_storage
 from step_cache.extraction.parts import PARTS_DIR, part_directory, part_of, partition
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def merge(out: str | Path, parts: Sequence[str | Path] | None = None) -> Manifes
             # several roots: each shard entry names its own, and no single root holds the merged cache's keys
             **({"videos": None, "roots": roots} if roots else {}),
         },
-        storage=first.storage,
+        storage=merged_storage(manifests),
     )
     for manifest in manifests:  # the parts' clip durations add up
         for seconds, count in manifest.durations.items():

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_disk_full
+from step_cache.cache.layers import check_spec
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.manifest import TokenLayout
 from step_cache.cache.quantize import TOKEN_DTYPES
 from step_cache.cache.shards import COMPRESSIONS
-from step_cache.cache.writer import ExtractionError, open_output, recover
+from step_cache.cache.writer import ExtractionError, open_output, recover, storage_record
 from step_cache.catalog import VideoItem, class_names, discover_videos, read_annotations, read_pairs
 from step_cache.cpu_budget import worker_count
 from step_cache.devices import resolve_device
@@ -48,6 +49,7 @@ class ExtractOptions:
     clips: int = 1
     image_size: int | None = None
     pool_patches: int = 1
+    layers: str = "last"  # backbone blocks to store: last, lastN or 0-based indices (step_cache.cache.layers)
     dtype: str = "float16"
     device: str = "auto"
     batch_size: int | None = None  # frames per backbone call; None: 32 on CPU, 256 on CUDA
@@ -84,6 +86,7 @@ class ExtractOptions:
             raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
         if self.compression not in COMPRESSIONS:
             raise ExtractionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        self.layers = check_spec(self.layers)  # its form now; its blocks once the model is built
 
 
 def extract(
@@ -119,7 +122,13 @@ def extract(
     pool = open_decode_pool(opts.decoder, device, workers, opts.frames, opts.clips, opts.decode_timeout)
     try:
         backbone = load_backbone(
-            opts.backbone, opts.weights, opts.image_size, opts.pool_patches, seed=opts.seed, dtype=opts.dtype
+            opts.backbone,
+            opts.weights,
+            opts.image_size,
+            opts.pool_patches,
+            seed=opts.seed,
+            dtype=opts.dtype,
+            layers=opts.layers,
         )
         extraction = extraction_settings(backbone, opts, views)
         source = {
@@ -142,8 +151,8 @@ def extract(
                 if lock.replaced_stale:
                     log.warning("%s: took over a stale lock left by pid %s", out, lock.replaced_stale.get("pid"))
                 manifest = open_output(out, extraction, classes, pair_list, source, opts.overwrite)
-                manifest.storage = {"compression": opts.compression}
                 done = recover(out, manifest)
+                manifest.storage = storage_record(manifest, opts.compression)
                 return ExtractionRun(backbone, opts, out, manifest, items, done, device, views).run(pool, videos)
         except OSError as error:  # full before the first video (its lock or manifest): nothing was written
             if is_disk_full(error) and not isinstance(error, DiskFullError):

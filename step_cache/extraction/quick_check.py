@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from step_cache.cache.layers import LAST
 from step_cache.cache.manifest import ManifestError, read_manifest
 from step_cache.cache.shards import ShardError
 from step_cache.cache.writer import ExtractionError, finished_keys, resume_refusal
@@ -50,6 +51,8 @@ def request_record(opts: Any) -> dict[str, Any] | None:
         "pool_patches": opts.pool_patches,
         "seed": opts.seed if opts.weights == "random" else None,
         "dtype": opts.dtype,
+        # only when asked for: caches of the last layer keep the request (and the no-op answer) they had
+        **({"layers": opts.layers} if opts.layers != LAST else {}),
     }
 
 
@@ -67,6 +70,8 @@ def expected_settings(known: dict[str, Any], opts: Any, views: ViewSettings) -> 
     settings["sampling"] = {**settings.get("sampling", {}), "frames": opts.frames, "clips": opts.clips}
     tokens = settings.setdefault("tokens", {})
     tokens["dtype"], tokens["patch_pool"] = opts.dtype, opts.pool_patches
+    if opts.layers == LAST:  # other specs need the model's depth: the full path compares them
+        tokens.pop("layers", None)
     settings.pop("decoder", None)
     settings.update(decoder_settings(opts.decoder))
     settings.pop("views", None)

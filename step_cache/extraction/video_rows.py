@@ -19,12 +19,15 @@ def video_records(
     frames: int,
     swap: dict[str, str] | None = None,
 ) -> list[ClipRecord]:
-    """Rows for ``tokens`` (F, P, D), F = (1 + views) x clips x frames in the order the decoder produced them.
+    """Rows for ``tokens`` (F, P, D) or (F, L, P, D), F = (1 + views) x clips x frames in the order the decoder
+    produced them.
 
     A view's rows carry its own frame numbers and, in ``view_params``, what was drawn for it (crop box, flip,
     colour factors, sub-span, and the clip's frame numbers); a flipped view of a class with a mirror in the flip
     pairs is labelled with the mirror class."""
     tokens = tokens.reshape(1 + len(result.view_params), clips, frames, *tokens.shape[1:])
+    if tokens.ndim == 6:  # several layers: (views, clips, T, L, P, D) -> clips of (L, T, P, D), as shards store them
+        tokens = tokens.swapaxes(2, 3)
 
     def label_of(name: str | None) -> int:
         return label_index.get(name, -1) if name else -1

@@ -17,6 +17,7 @@ import numpy as np
 
 from step_cache.cache.manifest import Manifest, TokenLayout, settings_hash, write_manifest
 from step_cache.cache.shards import ClipRecord, ShardWriter, shard_name
+from step_cache.cache.writer import storage_record
 
 
 @dataclass
@@ -92,6 +93,7 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
     classes = spec.class_names()
     pairs = [(classes[i], classes[i + 1]) for i in range(0, len(classes), 2)] if spec.task == "order" else []
     manifest = Manifest(extraction=spec.extraction(), classes=classes, pairs=pairs)
+    manifest.storage = storage_record(manifest, "none")  # a new cache: with the CLS copy, as extract writes it
     rng = np.random.default_rng(spec.seed)
     # The views' noise has a generator of its own, so the clean tokens are the same with or without views (as
     # extract's clean view is): a cache with views compares exactly with the same cache without them.
@@ -112,6 +114,7 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
                     writer = ShardWriter(
                         directory, shard_name(len(manifest.shards)), spec.layout, spec.frames,
                         settings=settings_hash(manifest.extraction), views=spec.views > 0,
+                        cls_copy=bool(manifest.storage.get("cls_copy")),
                     )  # fmt: skip
                 record = ClipRecord(
                     tokens=spec.clip(label, rng),
