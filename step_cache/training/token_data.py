@@ -8,6 +8,9 @@
   handles (``ShardSet`` reopens them after a fork). The workers persist across passes (epochs, evaluations), so
   processes are started and files opened once per source, not once per pass.
 
+A ``cls`` selection (``--tokens cls``, the linear probe's ``auto``) reads only the CLS bytes on both paths: from the
+shards' CLS copy (format 5, ``storage.cls_copy``), or by slicing whole clips in an older cache.
+
 Both follow the same ``batch_plan`` (a list of clip-index arrays, shuffled by (seed, epoch)), so they yield
 identical batches and identical training runs.
 """
@@ -53,6 +56,12 @@ class TokenSelection:
     @property
     def tokens_per_frame(self) -> int:
         return self.stop - self.start
+
+    @property
+    def part(self) -> str:
+        """What to read from the shards (``ShardSet.read_stored``'s ``part``): only the CLS bytes for ``cls`` (from
+        the CLS copy where the cache has one), whole clips otherwise."""
+        return "cls" if self.subset == "cls" else "all"
 
     def apply(self, tokens: np.ndarray) -> np.ndarray:
         """(n, T, P, D) -> (n, T, P', D); a view when the subset is everything."""
@@ -135,10 +144,10 @@ class InMemoryTokens:
             if len(wanted) == 0:
                 continue
             if len(wanted) * 2 >= stop - start:  # most of the shard: one contiguous read beats a gather
-                values, scales = shards.read_shard_stored(shard)
+                values, scales = shards.read_shard_stored(shard, part=selection.part)
                 values, scales = values[wanted - start], None if scales is None else scales[wanted - start]
             else:
-                values, scales = shards.read_stored(wanted)
+                values, scales = shards.read_stored(wanted, part=selection.part)
             self.tokens[self.row[wanted]] = selection.apply(values)
             if self.scales is not None:
                 self.scales[self.row[wanted]] = selection.apply(scales[..., None])[..., 0]
@@ -169,7 +178,7 @@ class _BatchReader(torch.utils.data.Dataset):
         self.shards, self.selection, self.labels = shards, selection, labels
 
     def __getitem__(self, batch: np.ndarray) -> Batch:
-        values, scales = self.shards.read_stored(batch)
+        values, scales = self.shards.read_stored(batch, part=self.selection.part)
         values = np.ascontiguousarray(self.selection.apply(values))
         if scales is not None:
             scales = np.ascontiguousarray(self.selection.apply(scales[..., None])[..., 0])
