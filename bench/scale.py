@@ -132,7 +132,7 @@ def child(args: argparse.Namespace) -> dict:
     else:
         probe, tokens = {"linear": ("linear", "cls"), "read": (None, "all")}.get(args.step, (args.step, "all"))
         selection = select_tokens(shards.layout, tokens)
-        plan = (runs_plan(rows, args.batch_size, run=cache_run(shards)) if args.order == "runs"
+        plan = (runs_plan(rows, args.batch_size, run=cache_run(shards, args.batch_size)) if args.order == "runs"
                 else batch_plan(rows, args.batch_size, shuffle=True))  # fmt: skip
         capped = args.max_batches is not None and probe not in (None, "linear") and args.max_batches < len(plan)
         plan = plan[: args.max_batches] if capped else plan

@@ -6,9 +6,10 @@ import json
 import numpy as np
 import pytest
 
+from step_cache.cache.shards import open_shards
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import TrainConfigError, make_config
-from step_cache.training.epoch_order import RUN_BYTES, run_clips, runs_plan
+from step_cache.training.epoch_order import MIN_RUNS, RUN_BYTES, WINDOW_BATCHES, cache_run, run_clips, runs_plan
 from step_cache.training.token_data import batch_plan
 from step_cache.training.trainer import train_probe
 
@@ -46,6 +47,13 @@ def test_run_length_from_clip_bytes():
     assert run_clips(RUN_BYTES // 10) == 10
     assert run_clips(3 * RUN_BYTES) == 1  # a clip larger than a run is a run of its own
     assert run_clips(0) == RUN_BYTES
+
+
+def test_a_window_always_mixes_at_least_min_runs_runs(tmp_path):
+    write_token_cache(tmp_path, videos_per_class=4)  # tiny clips: one 64 MiB run would hold every clip
+    shards = open_shards(tmp_path)
+    assert cache_run(shards, 8) == 8 * WINDOW_BATCHES // MIN_RUNS == 4
+    assert cache_run(shards, 1) == 1
 
 
 def test_order_option_is_checked():

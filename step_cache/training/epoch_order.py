@@ -1,7 +1,8 @@
 """The order an epoch visits its training clips: ``random`` (every clip anywhere, as always) or ``runs``.
 
 ``runs`` is the webdataset-style order for caches read from disk (streaming, larger than RAM): the training rows,
-in file order, are cut into *runs* of consecutive clips of about ``RUN_BYTES``; the runs are shuffled (keyed by
+in file order, are cut into *runs* of consecutive clips of about ``RUN_BYTES`` (at most a ``MIN_RUNS``-th of a
+window); the runs are shuffled (keyed by
 (seed, epoch), like ``token_data.batch_plan``), laid end to end, and that stream is cut into *windows* of
 ``WINDOW_BATCHES`` batches whose clips are shuffled among themselves (the bounded shuffle buffer) before being cut
 into batches. So a batch holds clips of up to ``WINDOW_BATCHES x batch_size / run`` runs drawn from anywhere in the
@@ -20,6 +21,7 @@ from step_cache.cache.shards import ShardSet
 EPOCH_ORDERS = ("random", "runs")
 RUN_BYTES = 64 << 20  # a run: long enough that a seek is a small part of reading it on any disk
 WINDOW_BATCHES = 8  # the shuffle buffer, in batches: memory is never held for it (the plan only reorders)
+MIN_RUNS = 16  # runs per window at least: a cache stored class by class still gives mixed batches
 
 
 def run_clips(clip_bytes: int, run_bytes: int = RUN_BYTES) -> int:
@@ -27,9 +29,11 @@ def run_clips(clip_bytes: int, run_bytes: int = RUN_BYTES) -> int:
     return max(1, int(run_bytes // max(1, clip_bytes)))
 
 
-def cache_run(shards: ShardSet) -> int:
-    """Clips per run for the clips of ``shards`` as stored."""
-    return run_clips(shards.layout.clip_bytes(shards.manifest.frames))
+def cache_run(shards: ShardSet, batch_size: int) -> int:
+    """Clips per run for the clips of ``shards`` as stored, and at most a ``MIN_RUNS``-th of a window, so a window
+    (and each of its batches) always mixes clips of at least ``MIN_RUNS`` places in the cache."""
+    window = batch_size * WINDOW_BATCHES
+    return min(run_clips(shards.layout.clip_bytes(shards.manifest.frames)), max(1, window // MIN_RUNS))
 
 
 def runs_plan(

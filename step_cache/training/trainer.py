@@ -195,7 +195,9 @@ class _Run:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         config = self.config
         self.model.train()
-        plan = epoch_plan(self.views, config.batch_size, config.seed, epoch, config.order, cache_run(self.shards))
+        plan = epoch_plan(
+            self.views, config.batch_size, config.seed, epoch, config.order, cache_run(self.shards, config.batch_size)
+        )
         augment = self.augmentation.for_epoch(config.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.source, plan, self.device, self.train_step, description=f"epoch {epoch + 1}/{config.epochs}",

@@ -140,7 +140,12 @@ class StackedRun:
         self.stack.train(True)
         # the first member's, like the views
         plan = epoch_plan(
-            self.data.views, first.batch_size, first.seed, epoch, first.order, cache_run(self.data.shards)
+            self.data.views,
+            first.batch_size,
+            first.seed,
+            epoch,
+            first.order,
+            cache_run(self.data.shards, first.batch_size),
         )
         augment = self.augmentation.for_epoch(first.seed, epoch) if self.augmentation else None
         train = train_epoch(
