@@ -33,7 +33,8 @@ def test_the_estimate_is_within_5_percent_of_the_demo_cache(demo, tmp_path, opti
     manifest = read_manifest(out)
     rows = sum(record.clips for record in manifest.shards)
     assert estimate.clips == rows and estimate.videos == manifest.num_videos
-    assert estimate.clip_bytes == manifest.layout.clip_bytes(8)
+    assert manifest.storage["cls_copy"] is True
+    assert estimate.clip_bytes == manifest.layout.clip_bytes(8) + manifest.layout.cls_bytes(8)
     assert estimate.shards == len(manifest.shards)
     assert abs(estimate.total_bytes / cache_bytes(out) - 1) < 0.05, (estimate.total_bytes, cache_bytes(out))
     resumed = plan_extract(None, out, annotations=demo, read_test=False, **DEMO, **options)

@@ -2,8 +2,9 @@
 will read them on the target disk, and the refusal to start an extraction the target has no room for.
 
 The size is counted, not guessed: clips (videos x clips, plus the augmented views of training videos) times the
-bytes of one clip's tokens as stored (``TokenLayout.clip_bytes``), plus what HDF5 adds per clip (metadata, chunk
-index) and per shard file (superblock, object headers), measured on caches of 1-40 shards (docs/performance.md).
+bytes of one clip's tokens as stored (``TokenLayout.clip_bytes``, plus ``cls_bytes`` for the CLS copy), plus what
+HDF5 adds per clip (metadata, chunk index) and per shard file (superblock, object headers), measured on caches of
+1-40 shards (docs/performance.md).
 The read rate comes from a short read test on the target's file system: a file written, flushed, dropped from the
 page cache (``posix_fadvise``) and read back once, so it is the disk's rate, not RAM's.
 """
@@ -17,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from step_cache.cache.disk_space import free_bytes
-from step_cache.cache.manifest import ManifestError, TokenLayout, read_manifest
+from step_cache.cache.manifest import Manifest, ManifestError, TokenLayout, read_manifest
+from step_cache.cache.shard_file import CLS_CHUNK_CLIPS
 
 SHARD_OVERHEAD = 28 << 10  # bytes HDF5 adds per shard file (measured: 25-31 KiB)
 CLIP_OVERHEAD = 256  # bytes per clip besides its tokens and frame indices (metadata, chunk index; measured 60-260)
@@ -32,7 +34,7 @@ class SizeEstimate:
     out: Path
     videos: int
     clips: int  # rows of the finished cache: clips of every video, and the augmented views of training videos
-    clip_bytes: int  # one clip's tokens as stored (int8: values and scales)
+    clip_bytes: int  # one clip's tokens as stored (int8: values and scales), its CLS copy included
     shards: int
     total_bytes: int  # the whole cache
     existing_bytes: int  # the shards already in ``out`` (a resumed extraction); they are part of the total
@@ -69,7 +71,7 @@ class SizeEstimate:
         rows = [
             ("videos", f"{self.videos}"),
             ("clips", f"{self.clips}"),
-            ("bytes per clip", f"{_size(self.clip_bytes)} ({self.clip_bytes} bytes of tokens)"),
+            ("bytes per clip", f"{_size(self.clip_bytes)} ({self.clip_bytes} bytes of tokens, CLS copy included)"),
             ("cache size", f"{_size(self.total_bytes)} in {self.shards} shard(s)"),
         ]
         if self.existing_bytes:
@@ -103,20 +105,28 @@ def estimate_size(
     clips = sum(per_video)
     clip_bytes = layout.clip_bytes(frames)
     shard_clips = max(clips_per_video, int(shard_size_mb * 2**20 // clip_bytes))  # as the pipeline rolls over
-    shards, filling = 0, 0
-    for count in per_video:  # a shard is published after the video that fills it (cache.writer.CacheWriter)
-        shards += filling == 0
-        filling = 0 if filling + count >= shard_clips else filling + count
-    per_clip = clip_bytes + CLIP_OVERHEAD + 8 * frames  # int64 frame indices
-    total = clips * per_clip + shards * SHARD_OVERHEAD
-    return SizeEstimate(out, len(splits), clips, clip_bytes, shards, total, _existing_bytes(out), free_bytes(out))
+    sizes: list[int] = []  # clips per shard: a shard is published after the video that fills it (cache.writer)
+    for count in per_video:
+        if not sizes or sizes[-1] >= shard_clips:
+            sizes.append(0)
+        sizes[-1] += count
+    manifest = _manifest(out)
+    # the CLS copy (format 5): every new cache with CLS tokens; a resumed cache keeps its choice (cache.writer). Its
+    # chunks hold CLS_CHUNK_CLIPS clips, and HDF5 allocates a shard's last chunk whole.
+    copy = bool(manifest.storage.get("cls_copy")) if manifest and manifest.shards else layout.cls_tokens > 0
+    copy_clips = sum(-(-size // CLS_CHUNK_CLIPS) * CLS_CHUNK_CLIPS for size in sizes) if copy else 0
+    clip_bytes += layout.cls_bytes(frames) if copy else 0
+    per_clip = layout.clip_bytes(frames) + CLIP_OVERHEAD + 8 * frames  # int64 frame indices
+    total = clips * per_clip + copy_clips * layout.cls_bytes(frames) + len(sizes) * SHARD_OVERHEAD
+    existing = sum(record.bytes for record in manifest.shards) if manifest else 0
+    return SizeEstimate(out, len(splits), clips, clip_bytes, len(sizes), total, existing, free_bytes(out))
 
 
-def _existing_bytes(out: Path) -> int:
+def _manifest(out: Path) -> Manifest | None:
     try:
-        return sum(record.bytes for record in read_manifest(out).shards)
+        return read_manifest(out)
     except (ManifestError, OSError):
-        return 0  # no cache there yet (or one that extract itself will judge)
+        return None  # no cache there yet (or one that extract itself will judge)
 
 
 def read_rate(directory: str | Path, size: int = READ_TEST_BYTES) -> float | None:
