@@ -78,13 +78,13 @@ def completes_and_verifies(videos: Path, out: Path, command: list[str] = EXTRACT
 def test_extract_refuses_a_disk_without_room_for_the_estimate_before_writing_anything(videos, small_disk):
     resize(small_disk, "20m")
     out = small_disk / "cache"
-    big = ["224" if arg == "112" else arg for arg in EXTRACT]  # 1 + 14x14 tokens: 12 MiB + the 17 MiB margin
+    big = ["224" if arg == "112" else arg for arg in EXTRACT]  # 1 + 14x14 tokens: 16 MiB + a 17 MiB margin
     result = cli(*big, "--videos", videos, "--out", out)
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert f"{out}: not enough free space: the cache needs about " in lines[0], lines[0]
-    assert "(40 clips x 295.5 KiB" in lines[0]
+    assert "(40 clips x 297.0 KiB" in lines[0]
     assert lines[0].endswith("or pass --force (force=True) to extract what fits")
     assert not out.exists() and list(small_disk.iterdir()) == []  # nothing written, not even the lock
     dry = cli(*big, "--videos", videos, "--out", out, "--dry-run")
