@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from disk_io import drop_page_cache, io_counters
 
 VARIANTS = {  # grid, dtype, patch_pool
     "float16": ((16, 16), "float16", 1),
@@ -43,16 +44,6 @@ VARIANTS = {  # grid, dtype, patch_pool
     "pooled": ((8, 8), "float16", 2),
 }
 FRAMES, DIM, CLASSES = 16, 384, 8
-
-
-def drop_page_cache() -> bool:
-    """Empty the page cache (root only); False where that is not allowed."""
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def write_cache(directory: Path, gib: float, variant: str) -> int:
@@ -92,14 +83,6 @@ def peak_rss() -> int:
     return 1024 * max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 
 
-def disk_bytes() -> int:
-    """Bytes this process and its reaped children read from storage."""
-    for line in Path("/proc/self/io").read_text().splitlines():
-        if line.startswith("read_bytes:"):
-            return int(line.split()[1])
-    return 0
-
-
 def child(args: argparse.Namespace) -> dict:
     """One measurement (``args.step``) in this fresh process; returns its figures."""
     import gc
@@ -119,7 +102,7 @@ def child(args: argparse.Namespace) -> dict:
     torch.manual_seed(0)
     shards = open_shards(args.cache, check=False)
     rows = np.nonzero(shards.splits != "val")[0]
-    before, started = disk_bytes(), time.perf_counter()
+    before, started = io_counters()["read_bytes"], time.perf_counter()
     figures: dict = {}
     if args.step.startswith("stack"):
         lrs = np.geomspace(1e-4, 1e-2, args.k)
@@ -160,7 +143,9 @@ def child(args: argparse.Namespace) -> dict:
         source.close()
     del shards
     gc.collect()
-    figures.update(disk_bytes=disk_bytes() - before, wall_s=time.perf_counter() - started, peak_rss=peak_rss())
+    figures.update(
+        disk_bytes=io_counters()["read_bytes"] - before, wall_s=time.perf_counter() - started, peak_rss=peak_rss()
+    )
     return figures
 
 
