@@ -99,6 +99,7 @@ def host(args: argparse.Namespace) -> dict[str, Any]:
     from step_cache.cache.manifest import TokenLayout
     from step_cache.cache.quantize import quantize
     from step_cache.cache.shard_file import ClipRecord, ShardWriter
+    from step_cache.extraction.device_quantize import pack, quantize_tensor
 
     device = device_of(args)
     frames, grid, dim = (4, 4, 64) if args.small else (16, 16, 768)
@@ -106,6 +107,14 @@ def host(args: argparse.Namespace) -> dict[str, Any]:
     tokens = np.random.default_rng(0).standard_normal((frames, 1 + grid * grid, dim)).astype(np.float16)
     figures: dict[str, Any] = {}
     figures["int8_quantise_gb_s"] = sig(tokens.nbytes / best(lambda: timed(lambda: quantize(tokens))) / GB)
+    on_device = torch.from_numpy(tokens).to(device)
+
+    def quantise_on_device() -> None:  # what extract --dtype int8 does before the copy back (device_quantize)
+        pack(*quantize_tensor(on_device))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    figures["int8_quantise_device_gb_s"] = sig(tokens.nbytes / best(lambda: timed(quantise_on_device)) / GB)
     with tempfile.TemporaryDirectory() as tmp:
         layout = TokenLayout(cls_tokens=1, grid=(grid, grid), dim=dim)
         writer = ShardWriter(tmp, "shard-00000.h5", layout, frames)

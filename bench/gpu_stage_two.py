@@ -126,6 +126,7 @@ def stacked(args: argparse.Namespace) -> dict[str, Any]:
 
 def tf32(args: argparse.Namespace) -> dict[str, Any]:
     from step_cache.probes import build_probe
+    from step_cache.training.inference import autocast, tf32_matmuls
 
     device = device_of(args)
     frames, tokens_per_frame, dim, batch = (4, 5, 32, 8) if args.small else (16, 257, 768, 64)
@@ -135,19 +136,22 @@ def tf32(args: argparse.Namespace) -> dict[str, Any]:
     x = torch.randn(batch, frames, tokens_per_frame, dim, device=device)
     figures: dict[str, Any] = {"cuda": device.type == "cuda"}
     logits = {}
-    previous = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    try:
-        for enabled in (False, True):
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    for enabled in (False, True):  # through the library's switch (train-probe --tf32), which restores the mode
+        with tf32_matmuls(device, enabled):
             logits[enabled] = probe(x).detach().float()
             steps = 3 if args.small else 20
             with Timer(device) as timer:
                 for _ in range(steps):
                     probe(x).sum().backward()
             figures[f"step_ms_tf32_{'on' if enabled else 'off'}"] = round(1000 * timer.seconds / steps, 3)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous
+    with tf32_matmuls(device, False), autocast(device, True):  # the bound TF32 is judged by: bf16 autocast's error
+        bf16 = probe(x).detach().float()
+    figures["max_logit_difference_bf16_autocast"] = float((bf16 - logits[False]).abs().max())
     figures["max_logit_difference"] = float((logits[True] - logits[False]).abs().max())
     if device.type != "cuda":
-        figures["note"] = "TF32 is a CUDA matmul mode: on the CPU both runs are float32 (difference 0)"
+        figures["note"] = "TF32 and bf16 autocast are CUDA modes here: on the CPU every run is float32 (differences 0)"
+    else:  # TF32 keeps 10 mantissa bits to bf16's 7: its error should be well inside autocast's
+        figures["tf32_within_bf16_bound"] = (
+            figures["max_logit_difference"] <= figures["max_logit_difference_bf16_autocast"]
+        )
     return figures

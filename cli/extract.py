@@ -149,8 +149,9 @@ def extract(
         if dry_run:
             estimate = plan_extract(
                 videos, out, annotations=annotations, backbone=backbone, frames=frames, clips=clips,
-                image_size=image_size, pool_patches=pool_patches, dtype=dtype, shard_size_mb=shard_size_mb,
-                allow_outside=allow_outside, num_parts=num_parts, part=part, **extract_views(**view_options),
+                image_size=image_size, pool_patches=pool_patches, layers=layers, dtype=dtype,
+                shard_size_mb=shard_size_mb, allow_outside=allow_outside, num_parts=num_parts, part=part,
+                **extract_views(**view_options),
             )  # fmt: skip
             typer.echo(estimate.summary())
             return

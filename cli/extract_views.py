@@ -50,6 +50,23 @@ def view_options(
         Path | None, typer.Option(help="With --view-flip: lines 'slide_left,slide_right' whose labels a flip swaps.")
     ] = None,
     view_seed: Annotated[int, typer.Option(help="Seed of the augmented views.")] = 0,
+    test_views: Annotated[
+        str | None,
+        typer.Option(
+            help="SEGMENTSxCROPS test-time views of val/test videos, made as V-JEPA's frozen evaluation makes them: "
+            "S temporal segments (as --clips, or --frame-step windows) x C square crops along the long side of the "
+            "frame resized to the crop size on its short side. V-JEPA's K400 protocol: 8x3; V-JEPA 2's SSv2: 2x3. "
+            "Training videos keep their --clips. Evaluation averages the views' softmax per video. Shard format 5.",
+        ),
+    ] = None,
+    frame_step: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Sample the T frames of a clip S frames apart (the anchors' frame_step, e.g. 4), the window in the "
+            "middle of each of the --clips (or test-view) segments, instead of the centres of T equal segments.",
+        ),
+    ] = None,
 ) -> None:
     """Declares the options only (``cli.options.spliced_options`` adds them to extract)."""
 
@@ -63,9 +80,13 @@ def extract_views(
     view_flip: bool,
     flip_pairs: Path | None,
     view_seed: int,
+    test_views: str | None = None,
+    frame_step: int | None = None,
 ) -> dict[str, Any]:
     """The view options as ``extraction.engine.extract`` takes them."""
     return {
+        "test_views": test_views,
+        "frame_step": frame_step,
         "views": views,
         "view_scale": _range(view_scale, "--view-scale"),
         "view_ratio": _range(view_ratio, "--view-ratio"),

@@ -97,3 +97,14 @@ def config_options(command: str, after: str) -> Callable[[Command], Command]:
 def options_of(template: Callable[..., Any]) -> list[inspect.Parameter]:
     """The parameters of ``template``, a function that only declares a group of options (``spliced_options``)."""
     return list(inspect.signature(template, eval_str=True).parameters.values())
+
+
+def given_options(ctx: typer.Context, config: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``config`` the user gave on the command line (not left at their defaults): with
+    ``--protocol``, only these override the preset."""
+    # by name: Typer may run its own copy of click, whose ParameterSource is another enum than click's
+    return {
+        name: value
+        for name, value in config.items()
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP")
+    }

@@ -21,7 +21,7 @@ def report(
     for sweeps their best trials and plots) as report.md and report.html with PNG figures, and print the table."""
     from step_cache.extras import require
     from step_cache.report import build_report
-    from step_cache.report.build import chance_lines, format_comparison, load_inputs
+    from step_cache.report.build import chance_lines, format_comparison, load_inputs, view_average_lines
 
     with user_errors():
         require("matplotlib", "step-cache report")
@@ -29,5 +29,7 @@ def report(
         summaries = load_inputs(runs)[0]  # named as in report.md ("s1/best-run")
         typer.echo(format_comparison(summaries))
         for line in chance_lines(summaries):  # "note: NAME (DIR): test top-1 not above chance (p = 0.41)"
+            typer.echo(line)
+        for line in view_average_lines(summaries):  # runs that combine a video's clips by different rules
             typer.echo(line)
     typer.echo(f"wrote {markdown} and {markdown.with_suffix('.html')}")

@@ -9,7 +9,16 @@ import typer
 
 from cli.app import PROBES_PANEL, app
 from cli.console import setup_logging, user_errors
-from cli.options import CacheArguments, FeaturesOption, Quiet, Threads, Verbose, chosen_caches, config_options
+from cli.options import (
+    CacheArguments,
+    FeaturesOption,
+    Quiet,
+    Threads,
+    Verbose,
+    chosen_caches,
+    config_options,
+    given_options,
+)
 from step_cache.cpu_budget import apply_threads
 from step_cache.errors import InputError
 
@@ -17,6 +26,7 @@ from step_cache.errors import InputError
 @app.command(rich_help_panel=PROBES_PANEL)
 @config_options("sweep", after="out")
 def sweep(
+    ctx: typer.Context,
     caches: CacheArguments = None,
     features: FeaturesOption = None,
     out: Annotated[Path | None, typer.Option(help="Sweep directory (default: sweeps/<probe>).")] = None,
@@ -62,7 +72,11 @@ def sweep(
     verbose: Verbose = False,
     **config: Any,
 ) -> None:
-    """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch."""
+    """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch.
+
+    --protocol NAME trains an anchor's published grid (docs/protocols.md): its fields, its lr x weight-decay grid
+    as --param lists, --grid, --trials and --parallel the grid's size (one batch), --pruner none; options given
+    explicitly (a --param of the same name too) override the preset."""
     from step_cache.extras import require
 
     setup_logging(verbose)
@@ -77,12 +91,25 @@ def sweep(
         chosen = chosen_caches("sweep", caches, features)
         if grid and sampler not in ("tpe", "grid"):
             raise InputError(f"--grid and --sampler {sampler} exclude each other")
+        protocol = config.get("protocol")
+        if protocol is not None:  # only what the user gave overrides the preset
+            from step_cache.training.protocol_use import grid_flags, grid_size, protocol_probe
+
+            config = {**given_options(ctx, config), "protocol": protocol}
+            config["probe"] = protocol_probe(protocol, config.get("probe"))
+            param = [*grid_flags(protocol), *(param or [])]  # a --param given replaces the preset's
+            unset = {"sampler", "trials", "parallel", "pruner"} - set(given_options(ctx, dict.fromkeys(
+                ("sampler", "trials", "parallel", "pruner"))))  # fmt: skip
+            sampler = "grid" if "sampler" in unset else sampler
+            trials = grid_size(protocol) if "trials" in unset else trials
+            parallel = grid_size(protocol) if "parallel" in unset else parallel
+            pruner = "none" if "pruner" in unset else pruner
         probe = config.pop("probe")
         search_space = build_space(probe, param, space)
         result = run_sweep(
             chosen,
             probe,
-            out or Path("sweeps") / probe,
+            out or Path("sweeps") / (protocol or probe),
             space=search_space,
             trials=trials,
             parallel=parallel,

@@ -22,14 +22,25 @@ from cli.options import (
     Workers,
     chosen_caches,
     config_options,
+    given_options,
 )
 from step_cache.cpu_budget import apply_threads
 from step_cache.errors import InputError
+
+# evaluate's and predict's override of the run's --view-average
+ViewAverage = Annotated[
+    str | None,
+    typer.Option(
+        help="Combine a video's rows (clips, test-view crops) by the mean of their softmax or of their logits "
+        "[default: the run's own --view-average; logits for runs from before it existed]."
+    ),
+]
 
 
 @app.command("train-probe", rich_help_panel=PROBES_PANEL)
 @config_options("train-probe", after="out")
 def train_probe(
+    ctx: typer.Context,
     caches: CacheArguments = None,
     features: FeaturesOption = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<probe>).")] = None,
@@ -82,9 +93,10 @@ def train_probe(
 ) -> None:
     """Train a probe on cached tokens; validate every epoch, keep the best checkpoint, report order metrics.
 
-    The checkpoint is chosen on the val split (by --select-metric); the printed figures are the test split's when
-    the cache has one (else the val figures, and the line says so). Epochs and batch size default to a schedule
-    chosen from the number of training clips (docs/training.md)."""
+    The checkpoint is chosen on the val split (by --select-metric; --val none: the last epoch's); the printed
+    figures are the test split's when the cache has one (else the val figures, and the line says so). Epochs and
+    batch size default to a schedule chosen from the number of training clips (docs/training.md). --protocol NAME
+    sets an anchor's published evaluation (docs/protocols.md); options given explicitly override the preset."""
     from step_cache.training.trainer import train_probe as run_training
 
     setup_logging(verbose)
@@ -101,10 +113,14 @@ def train_probe(
         "avgpool": avgpool,
         "layer_norm": layer_norm,
     }
+    if config.get("protocol") is not None:  # only what the user gave overrides the preset
+        config = {**given_options(ctx, config), "protocol": config["protocol"]}
+    probe = config.pop("probe", None)
     with user_errors():
         result = run_training(
             chosen_caches("train-probe", caches, features),
-            out=out or Path("runs") / config["probe"],
+            probe,
+            out=out or Path("runs") / (config.get("protocol") or probe),
             resume=resume,
             overwrite=overwrite,
             probe_options={k: v for k, v in given.items() if v is not None},
@@ -133,6 +149,7 @@ def evaluate(
     data: DataMode = "auto",
     workers: Workers = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 256,
+    view_average: ViewAverage = None,
     threads: Threads = None,
 ) -> None:
     """Evaluate a trained probe (best checkpoint of each seed) on a cache; classes are matched by name."""
@@ -152,6 +169,7 @@ def evaluate(
             data=data,
             workers=workers,
             batch_size=batch_size,
+            view_average=view_average,
         )
         if out is not None:
             write_json(out, metrics)
@@ -197,10 +215,12 @@ def predict(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Clips per probe batch (256) / with --videos: frames per backbone call.")
     ] = None,
+    view_average: ViewAverage = None,
     quiet: Quiet = False,
     threads: Threads = None,
 ) -> None:
-    """Per-video top-k classes and probabilities (clip logits averaged per video) of a trained probe, from a cache
+    """Per-video top-k classes and probabilities (the clips' softmax, or their logits, averaged per video as the
+    run's --view-average says) of a trained probe, from a cache
     (CACHE or --features) or straight from video files (--videos: the run's backbone, preprocessing and frame
     sampling are rebuilt from its recorded settings; unreadable videos are listed with the reason)."""
     setup_logging()
@@ -216,7 +236,7 @@ def predict(
 
             path = run_prediction(
                 run, given, out, top_k=top_k, device=device, data=data, workers=workers,
-                batch_size=batch_size or 256,
+                batch_size=batch_size or 256, view_average=view_average,
             )  # fmt: skip
             lines = path.read_text(encoding="utf-8").splitlines()
             shown = sum(cell.startswith("class_") for cell in lines[0].split(","))  # top_k, capped at the classes
@@ -226,6 +246,6 @@ def predict(
 
         result = predict_videos(
             run, videos, out, annotations=annotations, weights=weights, cache=cache, top_k=top_k, device=device,
-            workers=workers, batch_size=batch_size, progress=not quiet,
+            workers=workers, batch_size=batch_size, progress=not quiet, view_average=view_average,
         )  # fmt: skip
     typer.echo(result.summary())

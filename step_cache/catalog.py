@@ -3,7 +3,10 @@
 Two sources, both giving the same ``VideoItem`` list:
 - a folder tree ``ROOT/<class>/*.mp4`` (videos directly under ROOT are unlabelled);
 - an annotation CSV with a header and columns ``path,label[,split][,start_frame,end_frame]``, paths relative
-  to the videos root. ``end_frame`` is exclusive; empty cells mean "unlabelled", "no split", "whole video".
+  to the videos root. ``end_frame`` is exclusive; empty cells mean "no split", "whole video". An empty label
+  cell means "unlabelled" (extracted for ``predict``, never trained on) where that is what the row says: in a file
+  without any label, on a ``test`` row, or on a row whose split cell is empty. Where it cannot be meant (a ``train``
+  or ``val`` row, or any row of a labelled file without a ``split`` column) it is an error naming the line.
 
 Mirrored class pairs live in a text file of ``class_a,class_b`` CSV lines (quote names that hold a comma;
 lines starting with ``#`` are comments).
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from step_cache.errors import StepCacheError
+from step_cache.interface import option, switch
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov")
 SPLITS = ("train", "val", "test")
@@ -74,7 +78,7 @@ def discover_videos(root: str | Path) -> list[VideoItem]:
     if not items:
         raise CatalogError(
             f"{root}: no videos found (looked for {', '.join(VIDEO_EXTENSIONS)} in {root}/<class>/; "
-            "for other layouts give --annotations)"
+            f"for other layouts give {option('annotations')})"
         )
     return items
 
@@ -117,6 +121,7 @@ def read_annotations(
             raise CatalogError(f"{csv_path}: unknown column(s) {', '.join(unknown)}")
         items: list[VideoItem] = []
         seen: dict[str, int] = {}
+        unlabelled: list[tuple[int, str | None]] = []  # (line, split) of rows with an empty label cell
         for line, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
             path = row["path"].replace("\\", "/")
@@ -125,7 +130,7 @@ def read_annotations(
             if not allow_outside and (path.startswith("/") or ".." in PurePosixPath(path).parts):
                 raise CatalogError(
                     f"{csv_path}:{line}: path {path} leaves the videos root (absolute or with '..'); paths are "
-                    "relative to --videos: move the file under it, or pass --allow-outside"
+                    f"relative to {option('videos')}: move the file under it, or pass {switch('allow_outside')}"
                 )
             split = row.get("split") or None
             if split is not None and split not in SPLITS:
@@ -135,6 +140,8 @@ def read_annotations(
             if start is not None and end is not None and end <= start:
                 raise CatalogError(f"{csv_path}:{line}: end_frame ({end}) must be greater than start_frame ({start})")
             item = VideoItem(path, row["label"] or None, split, start, end)
+            if item.label is None:
+                unlabelled.append((line, split))
             if item.key in seen:
                 raise CatalogError(f"{csv_path}:{line}: duplicate row for {item.key} (first at line {seen[item.key]})")
             seen[item.key] = line
@@ -143,7 +150,25 @@ def read_annotations(
             items.append(item)
     if not items:
         raise CatalogError(f"{csv_path}: no rows")
+    _check_empty_labels(csv_path, unlabelled, labelled=len(items) > len(unlabelled), has_split="split" in columns)
     return items
+
+
+def _check_empty_labels(
+    csv_path: Path, unlabelled: list[tuple[int, str | None]], labelled: bool, has_split: bool
+) -> None:
+    """An empty label cell on a row meant for training or validation is a forgotten label: training would silently
+    leave the clip out. Rows that say they are unlabelled (see the module doc) pass."""
+    if not labelled:
+        return  # a list of videos to classify
+    forgotten = [line for line, split in unlabelled if split in ("train", "val") or not has_split]
+    if forgotten:
+        more = f" (and {len(forgotten) - 1} more row(s))" if len(forgotten) > 1 else ""
+        keep = "leave its split cell empty or 'test'" if has_split else "add a split column, empty or 'test' there,"
+        raise CatalogError(
+            f"{csv_path}:{forgotten[0]}: column 'label' is empty{more}; give the class, or {keep} to keep the video "
+            "unlabelled (classified by predict, never trained on)"
+        )
 
 
 def write_annotations(csv_path: str | Path, items: Iterable[VideoItem]) -> Path:

@@ -28,6 +28,14 @@ def option(name: str, value: object = _UNSET) -> str:
     return argument if value is _UNSET else f"{argument}{value!r}"
 
 
+def switch(name: str, on: bool = True) -> str:
+    """A boolean setting turned ``on`` (or off) as the caller writes it: ``--resume`` / ``resume=True``,
+    ``--no-early-stop`` / ``early_stop=False``."""
+    if _FROM_CLI.get():
+        return "--" + ("" if on else "no-") + name.replace("_", "-")
+    return f"{name.replace('-', '_')}={on}"
+
+
 def from_command_line() -> bool:
     """Whether the current call came from the ``step-cache`` command (for messages whose wording differs more)."""
     return _FROM_CLI.get()

@@ -303,7 +303,7 @@ def test_linear_without_layer_norm_is_dinov2s_head(avgpool):
 
 
 def test_linear_avgpool_needs_the_cls_and_patch_tokens():
-    with pytest.raises(ProbeConfigError, match=r"avgpool=True.*use --tokens all"):
+    with pytest.raises(ProbeConfigError, match=r"avgpool=True.*use tokens='all'"):
         build_probe("linear", dim=D, num_classes=C, frames=T, tokens_per_frame=1, cls_index=0, avgpool=True)
     with pytest.raises(ProbeConfigError, match="avgpool=True"):
         build_probe("linear", dim=D, num_classes=C, frames=T, tokens_per_frame=P, cls_index=None, avgpool=True)

@@ -83,7 +83,7 @@ def test_draws_are_keyed_by_seed_and_epoch():
 
 
 def test_clear_errors():
-    with pytest.raises(DataError, match="linear probe and --tokens cls read the CLS token only"):
+    with pytest.raises(DataError, match="linear probe and tokens='cls' read the CLS token only"):
         build_augmentation(0.5, 0.0, PAIRS, 3, select_tokens(layout(), "cls"))
     with pytest.raises(DataError, match="needs mirrored class pairs"):
         build_augmentation(0.0, 0.5, (), 3, select_tokens(layout(), "all"))

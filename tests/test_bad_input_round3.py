@@ -36,7 +36,7 @@ def one_error_line(result) -> str:
 def test_min_confidence_outside_0_to_1_is_refused(value):
     starts = np.arange(4.0)
     probabilities = np.array([[0.9, 0.1]] * 4)
-    with pytest.raises(ValueError, match=r"--min-confidence must be from 0 to 1 .*, got "):
+    with pytest.raises(ValueError, match=r"min_confidence= must be from 0 to 1 .*, got "):
         merge_segments(starts, starts + 1, probabilities, ["a", "b"], min_confidence=value)
 
 
@@ -76,7 +76,7 @@ def test_a_trials_json_of_the_wrong_shape_is_one_line(tmp_path, content, problem
     path.write_text(json.dumps(content))
     with pytest.raises(SweepError) as error:
         read_trials(path, tables=True)  # what report and the plots read
-    assert str(error.value) == (f"{path}: not a sweep's trials.json ({problem}); move it away or choose another --out")
+    assert str(error.value) == (f"{path}: not a sweep's trials.json ({problem}); move it away or choose another out=")
 
 
 def test_sweep_and_report_refuse_a_bare_list_trials_json(tmp_path):
@@ -147,8 +147,8 @@ def test_annotation_paths_outside_the_videos_root_are_refused_unless_allowed(tmp
     with pytest.raises(CatalogError) as error:
         read_annotations(csv)
     assert str(error.value) == (
-        f"{csv}:3: path {path} leaves the videos root (absolute or with '..'); paths are relative to --videos: "
-        "move the file under it, or pass --allow-outside"
+        f"{csv}:3: path {path} leaves the videos root (absolute or with '..'); paths are relative to videos=: "
+        "move the file under it, or pass allow_outside=True"
     )
     assert [i.path for i in read_annotations(csv, allow_outside=True)] == ["left/ok.mp4", path]
 

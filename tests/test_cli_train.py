@@ -138,7 +138,7 @@ def test_clear_one_line_errors(invoke, shards, tmp_path):
 
 
 def test_train_probe_combines_caches_of_two_roots_with_the_same_file_names(invoke, tmp_path):
-    """Two datasets extracted from different roots share relative paths (rise_0/video_0000.mp4 in both): they are
+    """Two datasets extracted from different roots share relative paths (rise_0/rise_0_0000.mp4 in both): they are
     different videos and train together; the same cache given twice is still refused."""
     from step_cache.cache.manifest import read_manifest, write_manifest
 

@@ -167,7 +167,7 @@ def test_ssv2_errors_name_the_file(tmp_path):
     (root / "labels" / "validation.json").unlink()
     with pytest.raises(DatasetError, match=r"SSv2 val list not found: looked for validation\.json"):
         prepare("ssv2", root, tmp_path / "a.csv")
-    with pytest.raises(DatasetError, match="--split does not apply"):
+    with pytest.raises(DatasetError, match="split= does not apply"):
         prepare("ssv2", root, tmp_path / "a.csv", split=2)
 
 
@@ -308,7 +308,7 @@ def test_ucf101_official_splits(tmp_path):
         ("UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "ApplyEyeMakeup", "test", None, None),
     ]
     assert split2.pairs_path is None
-    with pytest.raises(DatasetError, match="--split must be one of 1, 2, 3"):
+    with pytest.raises(DatasetError, match="split= must be one of 1, 2, 3"):
         prepare("ucf101", root, tmp_path / "u.csv", split=4)
     with pytest.raises(DatasetError, match=r"UCF101 split 3 train list not found: looked for trainlist03\.txt"):
         prepare("ucf101", root, tmp_path / "u.csv", split=3)
@@ -480,7 +480,7 @@ def test_folder_tree_with_split_folders(tmp_path):
     touch(root / "extra" / "x.mp4")
     with pytest.raises(DatasetError, match="mixes split folders"):
         prepare("folder", root, tmp_path / "f.csv")
-    with pytest.raises(DatasetError, match="--annotations does not apply"):
+    with pytest.raises(DatasetError, match="annotations= does not apply"):
         prepare("folder", root, tmp_path / "f.csv", annotations=root)
 
 
@@ -532,7 +532,7 @@ def test_drive_act_chunks_become_segments(tmp_path):
     with pytest.raises(
         DatasetError,
         match=r"found for several views \(inner_mirror, kinect_color\); choose one "
-        r"with --view",
+        r"with view=",
     ):
         prepare("drive-act", root, tmp_path / "a.csv")
     result = prepare("drive-act", root, tmp_path / "a.csv", view="kinect_color", progress=False)
@@ -624,7 +624,7 @@ def test_ikea_asm_segments_views_and_pairs(tmp_path):
     assert read_pairs(result.pairs_path) == [("pick up leg", "lay down leg")]
     side = prepare("ikea-asm", root, tmp_path / "j.csv", view="dev1", progress=False)
     assert all("/dev1/images/" in item.path for item in side.items)
-    with pytest.raises(DatasetError, match="--view must be one of dev1, dev2, dev3"):
+    with pytest.raises(DatasetError, match="view= must be one of dev1, dev2, dev3"):
         prepare("ikea-asm", root, tmp_path / "j.csv", view="dev4")
 
 

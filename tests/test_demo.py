@@ -41,7 +41,7 @@ def test_step_separates_mirrored_pairs_and_invariant_probes_do_not(demo):
 def test_table_and_report(demo):
     lines = demo.table.splitlines()
     assert lines[0].split()[:5] == ["run", "probe", "split", "seeds", "top-1"] and len(lines) == 2 + len(SMALL.probes)
-    assert all(line.split()[2:4] == ["test", "3"] and "±" in line for line in lines[2:])
+    assert all(line.split()[2:5] == ["test", "3", "(init)"] and "±" in line for line in lines[2:])  # std: init only
     assert demo.report.is_file() and (demo.directory / "report" / "report.html").is_file()
     assert "figures/comparison.png" in demo.report.read_text()
 

@@ -66,7 +66,7 @@ def test_a_filter_torch_does_not_reproduce_is_refused(interpolation):
 
 
 def test_the_gpu_decoder_needs_a_cuda_device():
-    with pytest.raises(DeviceDecodeError, match="decodes on a CUDA GPU, but extraction runs on cpu: use --device cuda"):
+    with pytest.raises(DeviceDecodeError, match="decodes on a CUDA GPU, but extraction runs on cpu: use device='cuda'"):
         DeviceDecodePool("torchcodec-cuda", torch.device("cpu"), frames=4, clips=1)
 
 

@@ -24,7 +24,7 @@ def test_partition_is_stable_complete_and_disjoint():
     more = partition([*items, *(VideoItem(f"d/{i}.mp4", "d") for i in range(50))], 3, 1)
     assert {i.key for i in parts[1]} <= {i.key for i in more}
     assert part_of("c/7.mp4", 3) == part_of("c/7.mp4", 3)
-    with pytest.raises(ValueError, match=r"--part must be in 0..2"):
+    with pytest.raises(ValueError, match=r"part= must be in 0..2"):
         partition(items, 3, 3)
 
 

@@ -267,5 +267,5 @@ def test_the_best_trial_of_a_study_from_before_early_stopping_is_retrained_in_fu
 def test_resuming_a_run_trained_without_early_stopping_names_the_option(cache, tmp_path):
     train_probe(cache, "linear", tmp_path / "run", epochs=2, early_stop=False, progress=False)
     # The same command without --no-early-stop (what a run from before early stopping looks like now):
-    with pytest.raises(runs.RunError, match="trained without early stopping: add --no-early-stop"):
+    with pytest.raises(runs.RunError, match="trained without early stopping: add early_stop=False"):
         train_probe(cache, "linear", tmp_path / "run", epochs=2, resume=True, progress=False)

@@ -81,7 +81,7 @@ def test_rerun_resumes_and_skips_done_videos(video_tree, tmp_path):
 def test_different_settings_are_refused_until_overwrite(video_tree, tmp_path):
     out = tmp_path / "s"
     extract(video_tree, out, **TINY)
-    with pytest.raises(ExtractionError, match=r"other settings \(sampling.frames: 4 != 8\).*--overwrite"):
+    with pytest.raises(ExtractionError, match=r"other settings \(sampling.frames: 4 != 8\).*overwrite=True"):
         extract(video_tree, out, **{**TINY, "frames": 8})
     with pytest.raises(ExtractionError, match=r"weights.seed: 0 != 1"):
         extract(video_tree, out, **{**TINY, "seed": 1})
@@ -103,8 +103,8 @@ def test_a_cache_of_another_videos_root_is_refused_until_overwrite(video_tree, t
     for out in (finished, partial):
         with pytest.raises(
             ExtractionError,
-            match=rf"{out} holds videos extracted from {video_tree}, not from {other}: .*use another --out, or "
-            "--overwrite",
+            match=rf"{out} holds videos extracted from {video_tree}, not from {other}: .*use another out=, or "
+            "overwrite=True",
         ):
             extract(other, out, items=first, **TINY)
         assert json.loads((out / "manifest.json").read_text())["source"]["videos"] == str(video_tree)

@@ -1,6 +1,6 @@
 """docs/shard-format.md is enough to read a cache: a reader written from the doc's rules alone (h5py, hdf5plugin,
 numpy and the standard library; nothing from step_cache) reads every kind of cache ``extract`` writes (float16,
-int8, augmented views, zstd- and gzip-compressed), and finds every token, label and key the project's loader
+int8, augmented views, zstd- and gzip-compressed, test views), and finds every token, label and key the project's loader
 (``open_shards``) hands out."""
 
 from __future__ import annotations
@@ -61,12 +61,12 @@ def read_cache(directory: Path) -> dict:
                 scales = shard["token_scales"][...].astype(np.float32)
                 tokens = (tokens.astype(np.float32) * scales[..., None]).astype(np.float16)
             columns.setdefault("tokens", []).append(tokens)
-            for key in ("labels", "clip", "frame_indices", "num_frames", "short", *STRINGS, "view"):
+            for key in ("labels", "clip", "frame_indices", "num_frames", "short", *STRINGS, "view", "crop"):
                 if key in shard:
                     values = shard[key][...]
                     if key in STRINGS:  # variable-length UTF-8: h5py returns bytes
                         values = np.array([value.decode("utf-8") for value in values], dtype=object)
-                elif key == "view":  # a shard without views (versions 1 and 2): clean views only
+                elif key in ("view", "crop"):  # no views (versions 1, 2) / no test views (before 5): 0 throughout
                     values = np.zeros(len(tokens), np.int32)
                 else:
                     values = np.full(len(tokens), "", dtype=object)
@@ -84,6 +84,7 @@ KINDS = {
     "views": {"views": 2, "view_flip": True},
     "zstd": {"compression": "zstd"},
     "gzip-int8": {"compression": "gzip", "dtype": "int8"},
+    "layers-int8": {"layers": "0,-1", "dtype": "int8"},  # version 5: a layer axis
 }
 
 
@@ -117,6 +118,7 @@ def test_a_reader_from_the_doc_reads_what_the_loader_reads(kind, videos, tmp_pat
         ("short", loader.short),
         ("view", loader.views),
         ("view_params", loader.view_params),
+        ("crop", loader.crops),
     ):
         np.testing.assert_array_equal(ours[key], theirs, err_msg=key)
     assert list(loader.classes) == manifest["classes"]
@@ -127,6 +129,31 @@ def test_a_reader_from_the_doc_reads_what_the_loader_reads(kind, videos, tmp_pat
     assert manifest["storage"] == {"compression": KINDS[kind].get("compression", "none"), "cls_copy": True}
     cls = manifest["extraction"]["tokens"]["cls_tokens"]
     np.testing.assert_array_equal(loader.read_tokens(np.arange(len(loader)), part="cls"), ours["tokens"][..., :cls, :])
+
+
+def test_a_reader_from_the_doc_reads_test_views(videos, tmp_path):
+    """Version 5: val/test videos as segments (``clip``) x crops (``crop``), frame-step sampling in the manifest."""
+    good = sorted(p.relative_to(videos).as_posix() for p in videos.glob("slide_*/slide_*_[0-9].mp4"))
+    splits = ["train", "val", "test"]
+    lines = ["path,label,split"] + [f"{path},{path.split('/')[0]},{splits[i % 3]}" for i, path in enumerate(good)]
+    (videos / "splits.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "test-views"
+    extract(videos, out, annotations=videos / "splits.csv", **{**TINY, "shard_size_mb": 0.01},
+            test_views="2x3", frame_step=2)  # fmt: skip
+    ours, loader = read_cache(out), open_shards(out)
+    manifest = ours["manifest"]
+    assert manifest["format_version"] == 5 and manifest["extraction"]["test_views"] == {"segments": 2, "crops": 3}
+    assert manifest["extraction"]["sampling"]["strategy"] == "frame-step"
+    np.testing.assert_array_equal(ours["tokens"], loader.read_tokens(np.arange(len(loader))))
+    for key, theirs in (("video", loader.videos), ("clip", loader.clip_index), ("crop", loader.crops),
+                        ("split", loader.splits), ("frame_indices", loader.frame_indices)):  # fmt: skip
+        np.testing.assert_array_equal(ours[key], theirs, err_msg=key)
+    for video in set(ours["video"]):
+        rows = ours["video"] == video
+        tested = ours["split"][rows][0] in ("val", "test")
+        # the doc's row order: segment-major, crop within segment; training videos keep their one clip
+        expected = [(s, c) for s in range(2) for c in range(3)] if tested else [(0, 0)]
+        assert list(zip(ours["clip"][rows].tolist(), ours["crop"][rows].tolist(), strict=True)) == expected
 
 
 def test_compression_filters_are_the_documented_ones(videos, tmp_path):

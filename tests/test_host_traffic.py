@@ -17,7 +17,7 @@ from step_cache.host_traffic import HostTraffic
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import make_config
 from step_cache.training.inference import forward_batches
-from step_cache.training.stacking import adamw
+from step_cache.training.stacking import member_optim
 from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.shared_data import DataCache
 from step_cache.training.stacking.stacked_run import StackedRun
@@ -57,7 +57,7 @@ def single_epoch_traffic(cache: Path, data: str, batch_size: int, **options) -> 
     run.open_data()
     run.train_epoch(0)  # the first step creates the optimizer's state
     # torch's AdamW keeps its step counters on the host (capturable=False): reading them is no device sync
-    host_steps = [state["step"] for state in run.optimizer.state.values()]
+    host_steps = [state["step"] for state in run.optimizer.state.values() if "step" in state]  # SGD has none
     with HostTraffic(exempt=host_steps) as traffic:
         run.train_epoch(1)
     run.source.close()
@@ -65,15 +65,19 @@ def single_epoch_traffic(cache: Path, data: str, batch_size: int, **options) -> 
 
 
 @pytest.mark.parametrize("data", ["device", "memory"])
-@pytest.mark.parametrize("options", [{}, {"token_drop": 0.25}], ids=["plain", "token-drop"])
+@pytest.mark.parametrize(
+    "options", [{}, {"token_drop": 0.25}, {"optimizer": "sgd"}], ids=["plain", "token-drop", "sgd"]
+)
 def test_single_training_step_makes_no_host_tensor_and_no_sync(cache, data, options):
     long, short = (single_epoch_traffic(cache, data, size, **options) for size in (4, 12))  # 6 and 2 batches
     assert long == short
     assert long == sorted(PER_EPOCH + DIVERGENCE_CHECK + (PLAN_UPLOAD if data == "device" else []))
 
 
-def stacked_epoch_traffic(cache: Path, data: str, batch_size: int) -> list[tuple[str, str, str]]:
-    base = {"epochs": 3, "batch_size": batch_size, "progress": False, "data": data}
+def stacked_epoch_traffic(
+    cache: Path, data: str, batch_size: int, optimizer: str = "adamw"
+) -> list[tuple[str, str, str]]:
+    base = {"epochs": 3, "batch_size": batch_size, "progress": False, "data": data, "optimizer": optimizer}
     configs = [
         make_config("step", {**base, "clip_grad": clip, "seed": seed, "lr": lr})
         for seed, lr, clip in ((0, 1e-3, 1.0), (1, 3e-3, 0.0), (2, 1e-2, 0.5))
@@ -88,8 +92,9 @@ def stacked_epoch_traffic(cache: Path, data: str, batch_size: int) -> list[tuple
 
 
 @pytest.mark.parametrize("data", ["device", "memory"])
-def test_stacked_training_step_makes_no_host_tensor_and_no_sync(cache, data):
-    long, short = (stacked_epoch_traffic(cache, data, size) for size in (4, 12))
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_stacked_training_step_makes_no_host_tensor_and_no_sync(cache, data, optimizer):
+    long, short = (stacked_epoch_traffic(cache, data, size, optimizer) for size in (4, 12))
     assert long == short
     assert long == sorted(PER_EPOCH + (PLAN_UPLOAD if data == "device" else []))
 
@@ -97,10 +102,10 @@ def test_stacked_training_step_makes_no_host_tensor_and_no_sync(cache, data):
 def test_stacked_adamw_uploads_its_schedule_once_per_chunk(monkeypatch):
     """Per-member scalars come from a device table refreshed every SCHEDULE_CHUNK steps (and after keep): one
     host tensor at each refresh, none in between, and the same weights as with any other chunk size."""
-    monkeypatch.setattr(adamw, "SCHEDULE_CHUNK", 3)
+    monkeypatch.setattr(member_optim, "SCHEDULE_CHUNK", 3)
     results = {}
     for chunk in (3, 256):
-        monkeypatch.setattr(adamw, "SCHEDULE_CHUNK", chunk)
+        monkeypatch.setattr(member_optim, "SCHEDULE_CHUNK", chunk)
         params = {"w": torch.ones(2, 4, requires_grad=True), "bias": torch.zeros(2, 4, requires_grad=True)}
         optimizer = StackedAdamW(params, lr=[1e-2, 3e-2], weight_decay=[0.1, 0.0], warmup_steps=[2, 0],
                                  clip_grad=[1.0, 0.0], total_steps=8)  # fmt: skip

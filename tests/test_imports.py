@@ -112,7 +112,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "step_cache.extras",
         "step_cache",
     ),
-    ("step_cache.errors",),  # StepCacheError, the base of every error the project raises
+    # StepCacheError, the base of every error the project raises; how messages name a setting (Python or CLI)
+    ("step_cache.errors", "step_cache.interface"),
 )
 
 

@@ -29,7 +29,7 @@ _register_commands()
 
 DIVERGED = re.compile(
     r"^training diverged: the loss became non-finite \((nan|inf|-inf)\) at epoch 1/2, batch \d+; "
-    r"the learning rate \(\S+ at that step\) is likely too high — try a lower --lr$"
+    r"the learning rate \(\S+ at that step\) is likely too high — try a lower (--lr|lr=)$"
 )
 
 
@@ -74,7 +74,7 @@ def test_a_diverging_run_stops_with_a_clear_error_and_no_nan_in_any_file(cache, 
     with pytest.raises(NonFiniteLossError) as caught:
         train_probe(cache, probe, run, epochs=2, batch_size=4, lr=1e30, progress=False)
     message = str(caught.value)
-    assert DIVERGED.match(message) and "\n" not in message, message
+    assert DIVERGED.match(message) and message.endswith(" lr=") and "\n" not in message, message  # Python's name
     assert isinstance(caught.value, RuntimeError) and caught.value.batch >= 2 and caught.value.lr > 0
     # Stopped before the epoch was recorded: no epoch log, no checkpoint, no final metrics; marked failed, with why.
     assert assert_strict_json_files(run) == ["config.json", "failed.json"]
@@ -91,7 +91,7 @@ def test_the_cli_exits_with_one_error_line(cache, tmp_path):
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()  # the run's one info line, then the error: no traceback
     assert "Traceback" not in result.output and [line for line in lines if line.startswith("error:")] == lines[-1:]
-    assert DIVERGED.match(lines[-1].removeprefix("error: ")), result.output
+    assert DIVERGED.match(lines[-1].removeprefix("error: ")) and lines[-1].endswith("--lr"), result.output
     assert assert_strict_json_files(tmp_path / "run") == ["config.json", "failed.json"]
 
 

@@ -80,7 +80,7 @@ def test_runs_whose_tokens_videos_cannot_give_are_refused_first(runs, tmp_path, 
         raise AssertionError("extraction started")
 
     monkeypatch.setattr(video_prediction, "extract", no_extraction)
-    with pytest.raises(RunSettingsError, match=r"^--run: .*" + expected.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(RunSettingsError, match=r"^run_dir: .*" + expected.replace("(", r"\(").replace(")", r"\)")):
         video_prediction.predict_videos(runs / f"run-{run}", runs / "videos", tmp_path / "p.csv", progress=False)
     result = cli("predict", "--run", runs / f"run-{run}", "--videos", runs / "videos", "--out", tmp_path / "p.csv")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "KeyError" not in result.stderr
@@ -143,3 +143,26 @@ def test_timeline_on_a_non_video_prints_one_line(runs, tmp_path):
                env={**ENV, "STEP_CACHE_DECODER_LOGS": "1"})  # fmt: skip
     assert loud.returncode == 1 and len(loud.stderr.strip().splitlines()) > 1  # FFmpeg/decord lines kept
     assert loud.stderr.strip().splitlines()[-1] == result.stderr.strip()
+
+
+def test_labels_the_run_does_not_know_are_named_with_their_count(runs, tmp_path):
+    annotations = tmp_path / "ann.csv"
+    annotations.write_text("path,label\nleft/left_0.mp4,left\nright/right_0.mp4,up\nright/right_1.mp4,up\n")
+    out = tmp_path / "p.csv"
+    result = cli("predict", "--run", runs / "run-c", "--videos", runs / "videos", "--annotations", annotations,
+                 "--out", out, "--quiet")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "not trained on" in line]
+    assert warnings == [
+        "2 of 3 videos are labelled with class(es) the run was not trained on: up (2); no prediction can "
+        "match their label (the run knows 2: left, right), so leave them out of any accuracy counted from the CSV"
+    ]
+    labels = [line.split(",")[2] for line in out.read_text().splitlines()[1:]]
+    assert sorted(labels) == ["left", "up", "up"]  # the label as the annotations give it
+
+
+def test_labels_the_run_knows_draw_no_warning(runs, tmp_path, caplog):
+    from step_cache.training.evaluation import predict
+
+    predict(runs / "run-c", runs / "c", tmp_path / "p.csv")
+    assert not [r for r in caplog.records if "not trained on" in r.getMessage()]

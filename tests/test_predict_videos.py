@@ -113,8 +113,12 @@ def test_recorded_settings_rebuild_extraction_and_weights_are_checked(demo_run, 
     options = extract_options(record)
     assert options == {
         "backbone": "vit-tiny", "weights": "random", "frames": 4, "clips": 1, "image_size": 32, "pool_patches": 1,
-        "dtype": "float16", "seed": 0,
+        "dtype": "float16", "seed": 0, "frame_step": None,
     }  # fmt: skip
+    # a run on a frame-step cache is rebuilt with its step (extract --frame-step)
+    stepped = json.loads(json.dumps(record))
+    stepped["data"]["extraction"]["sampling"].update(strategy="frame-step", frame_step=4)
+    assert extract_options(stepped)["frame_step"] == 4
     weights = tmp_path / "w.safetensors"
     weights.write_bytes(b"other weights")
     with pytest.raises(RunSettingsError, match=r"random weights \(seed 0\), not a weights file"):

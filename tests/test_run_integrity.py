@@ -266,7 +266,7 @@ def test_a_diverged_run_is_refused_by_every_consumer_with_its_reason(cache, tmp_
         assert not (tmp_path / "p.csv").exists(), name
     one_error_line(invoke("evaluate", "--run", run, "--features", cache), "the run failed (training diverged")
     one_error_line(invoke("predict", "--run", run, "--features", cache, "--out", tmp_path / "p.csv"), "--overwrite")
-    with pytest.raises(FailedRunError, match="--resume would repeat it — start over with --overwrite"):
+    with pytest.raises(FailedRunError, match="resume=True would repeat it — start over with overwrite=True"):
         train_probe(cache, "linear", run, resume=True, **{**FAST, "epochs": 6})
     train_probe(cache, "linear", run, overwrite=True, **FAST)  # starting over clears the mark
     assert not (run / runs.FAILED).exists() and evaluate(run, cache)["clips"] > 0
@@ -311,5 +311,5 @@ def test_a_finished_run_without_its_checkpoint_says_it_is_missing(cache, tmp_pat
     )
     (run / runs.FINAL_METRICS).unlink()
     with pytest.raises(runs.RunError, match="missing; the run is unfinished \\(2 epoch\\(s\\) recorded; its process "
-                       "stopped\\): continue it with the command that started it and --resume"):  # fmt: skip
+                       "stopped\\): continue it with the command that started it and resume=True"):  # fmt: skip
         evaluate(run, cache)

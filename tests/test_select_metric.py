@@ -119,6 +119,6 @@ def test_the_cli_records_the_choice_and_names_it_in_the_result_line(cache, tmp_p
 def test_pair_selection_needs_paired_validation_clips(tmp_path):
     unpaired = tmp_path / "level"
     write_token_cache(unpaired, videos_per_class=4, dim=16, task="level")
-    with pytest.raises(DataError, match=r"--select-metric pair needs mirrored class pairs: the cache names none"):
+    with pytest.raises(DataError, match=r"select_metric='pair' needs mirrored class pairs: the cache names none"):
         train_probe(unpaired, "linear", tmp_path / "run", select_metric="pair", **SETTINGS)
     assert not (tmp_path / "run" / "metrics.json").exists()

@@ -77,7 +77,7 @@ def test_timeline_says_when_the_video_is_shorter_than_a_window(short_run, caplog
     messages = [r.getMessage() for r in caplog.records if "shorter than one window" in r.getMessage()]
     assert messages == [
         f"{video}: 3 frames (0.12 s) is shorter than one window of 248 frames (9.92 s): one window of the whole "
-        "video, fewer than the run's 4 per clip, so frames are repeated (--window 10 s is longer than the video)"
+        "video, fewer than the run's 4 per clip, so frames are repeated (window=10 s is longer than the video)"
     ]
     assert "1 window of the whole video, 3 frames (shorter than one window of 248) at 25 fps" in result.summary()
     caplog.clear()
@@ -95,3 +95,30 @@ def test_recognizer_refuses_empty_frames(short_run, frame):
         recognizer.push(frame)
     assert recognizer.frames_seen == 0  # the refused frame is not counted
     assert recognizer.push(np.zeros((32, 32, 3), np.uint8)) is None and recognizer.frames_seen == 1
+
+
+def test_extract_reports_short_videos_and_inspect_lists_them(short_run, tmp_path):
+    from step_cache.cache.summary import format_summary, summarize_cache
+
+    out = tmp_path / "c"
+    report = extract(short_run / "videos", out, **TINY)
+    assert report.short == ["blink/blink_0.mp4"]
+    expected = f"; 1 short (fewer than {T} frames, frames repeated; step-cache inspect {out} lists them)"
+    assert expected in report.summary()
+    summary = summarize_cache(out)
+    assert summary["short_videos"] == 1 and summary["short_video_names"] == ["blink/blink_0.mp4"]
+    lines = format_summary(summary).splitlines()
+    at = lines.index("  short      1 videos had fewer frames than sampled (frames repeated):")
+    assert lines[at + 1] == "    blink/blink_0.mp4"
+    again = extract(short_run / "videos", out, **TINY)  # a resumed run extracts nothing, so reports none
+    assert again.short == [] and "frames repeated" not in again.summary()
+
+
+def test_train_probe_says_how_many_short_videos_it_uses_and_where_they_are_listed(short_run, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="step_cache.training.run_data"):
+        train_probe(short_run / "c", "linear", tmp_path / "run", epochs=1, batch_size=4, progress=False)
+    lines = [r.getMessage() for r in caplog.records if "repeat frames" in r.getMessage()]
+    assert lines == [
+        f"1 of the 7 videos this run uses had fewer than {T} frames, so their clips repeat frames "
+        f"(step-cache inspect {short_run / 'c'} lists them)"
+    ]

@@ -3,7 +3,6 @@ stopping, search-space parsing, and the Optuna-driven sweep (results, grid, prun
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -14,22 +13,21 @@ import textwrap
 import optuna
 import pytest
 import torch
-from torch import nn
+from stacked_optimizers import step_stack_and_lone
 
 from step_cache.cache.shards import open_shards
 from step_cache.checkpoints import load_state_dict_file
-from step_cache.probes import ProbeConfigError, build_probe
+from step_cache.probes import ProbeConfigError
 from step_cache.sweeps.results import retrain_best, trial_line
 from step_cache.sweeps.space import SweepSpaceError, build_space
 from step_cache.sweeps.storage import has_outcome
 from step_cache.sweeps.study import SweepError, run_batch, run_sweep, trial_config
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import make_config
-from step_cache.training.optimization import WarmupCosine, build_optimizer, build_scheduler
+from step_cache.training.optimization import WarmupCosine
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking import group_by_shape, train_stacked
 from step_cache.training.stacking.adamw import StackedAdamW
-from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.stacking.stacked_run import StackedRun
 from step_cache.training.trainer import train_probe
 
@@ -58,31 +56,7 @@ def test_stacked_adamw_steps_each_member_exactly_like_torch_adamw():
     """Same gradients in, same weights out, bit for bit: per-member lr, weight decay (not on norms, biases,
     tokens), warm-up + cosine, and gradient clipping (active, inactive and off)."""
     settings = [(3e-3, 0.05, 2, 1.0), (1e-3, 0.0, 0, 0.0), (7e-3, 0.1, 3, 0.05)]  # lr, wd, warm-up steps, clip
-    torch.manual_seed(0)
-    probes = [build_probe("step", dim=16, num_classes=3, frames=4, tokens_per_frame=5, cls_index=0) for _ in settings]
-    lone = [copy.deepcopy(p) for p in probes]
-    stack, total = StackedProbes(probes), 8
-    stacked = StackedAdamW(
-        stack.params, lr=[s[0] for s in settings], weight_decay=[s[1] for s in settings],
-        warmup_steps=[s[2] for s in settings], clip_grad=[s[3] for s in settings], total_steps=total,
-    )  # fmt: skip
-    optimizers = [build_optimizer(m, s[0], s[1]) for m, s in zip(lone, settings, strict=True)]
-    schedulers = [build_scheduler(o, total, s[2]) for o, s in zip(optimizers, settings, strict=True)]
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(total):
-        grads = {name: torch.randn(p.shape, generator=generator) * 0.3 for name, p in stack.params.items()}
-        for name, p in stack.params.items():
-            p.grad = grads[name].clone()
-        assert stacked.current_lr() == [o.param_groups[0]["lr"] for o in optimizers]
-        stacked.clip_gradients(stack.params)
-        stacked.step(stack.params)
-        for k, (model, optimizer, scheduler) in enumerate(zip(lone, optimizers, schedulers, strict=True)):
-            for name, p in model.named_parameters():
-                p.grad = grads[name][k].clone()
-            if settings[k][3] > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), settings[k][3])
-            optimizer.step()
-            scheduler.step()
+    stack, lone = step_stack_and_lone(StackedAdamW, "adamw", settings)
     for k, model in enumerate(lone):
         for name, p in model.named_parameters():
             assert torch.equal(stack.params[name][k], p), (k, name)
@@ -375,13 +349,13 @@ def test_sweep_errors(cache, tmp_path):
         run_sweep(cache, "step", tmp_path, space=space, metric="accuracy")
     with pytest.raises(SweepError, match="unknown pruner 'early'"):
         run_sweep(cache, "step", tmp_path, space=space, pruner="early", trials=1, **BASE)
-    with pytest.raises(SweepError, match="--metric pair_accuracy needs mirrored class pairs"):
+    with pytest.raises(SweepError, match="metric='pair_accuracy' needs mirrored class pairs"):
         run_sweep(cache, "step", tmp_path, space=space, metric="pair_accuracy", **BASE)
     with pytest.raises(SweepSpaceError, match=r"num_heads=3: num_heads=3 must be a positive divisor of .* D=16"):
         run_sweep(cache, "step", tmp_path, space=build_space("step", ["heads=1,3"]), **BASE)
     with pytest.raises(SweepSpaceError, match=r"dropout=1\.0: .*dropout=1\.0 must be in"):
         run_sweep(cache, "step", tmp_path, space=build_space("step", ["dropout=0..1"]), **BASE)
-    with pytest.raises(SweepError, match="--storage needs --study-name"):
+    with pytest.raises(SweepError, match="storage= needs study_name="):
         run_sweep(cache, "step", tmp_path, space=space, storage=f"sqlite:///{tmp_path}/x.db", **BASE)
     storage = f"sqlite:///{tmp_path}/s.db"
     run_sweep(cache, "step", tmp_path / "a", space=space, trials=0, storage=storage, study_name="s", **BASE)

@@ -128,7 +128,7 @@ def test_window_plans():
     assert [(w.start, w.end) for w in windows] == [(0, 10), (4, 14), (8, 18), (10, 20)]
     assert windows[0].indices.tolist() == [[1, 3, 6, 8]]  # segment centres, as extraction samples a 10-frame clip
     assert [(w.start, w.end) for w in WindowPlan(10, 4, 4, 1).over(6)] == [(0, 6)]
-    with pytest.raises(WindowError, match=r"records no clip durations .* \(--window\)"):
+    with pytest.raises(WindowError, match=r"records no clip durations .* \(window=\)"):
         plan_windows(25, 4, 1, window=None, stride=None)
     with pytest.raises(WindowError, match="less than one frame"):
         plan_windows(25, 4, 1, window=1.0, stride=0.01)

@@ -188,7 +188,7 @@ def test_a_diverged_seed_fails_the_run_and_a_diverged_sweep_member_is_dropped(sp
     from step_cache.training.epoch_loop import NonFiniteLossError
     from step_cache.training.stacking.stacked_run import train_stacked
 
-    with pytest.raises(NonFiniteLossError, match="lower --lr"):
+    with pytest.raises(NonFiniteLossError, match="lower lr="):
         train_probe(split_cache, "step", tmp_path / "run", seeds=2, **{**FAST, "lr": 1e30})
     for path in (tmp_path / "run").rglob("*.json*"):
         assert "NaN" not in path.read_text() and "Infinity" not in path.read_text(), path

@@ -97,5 +97,5 @@ def test_resume_says_when_a_deleted_best_pt_cannot_be_restored(cache, tmp_path):
     (run / runs.BEST).unlink()
     with pytest.raises(runs.RunError, match=re.escape(
             "best.pt: missing, and the run's committed state does not hold its best weights: put the file back or "
-            "train again with --overwrite")):  # fmt: skip
+            "train again with overwrite=True")):  # fmt: skip
         train_probe(cache, "linear", run, **FAST, resume=True)

@@ -122,12 +122,12 @@ def test_flip_pairs_swap_the_label_of_flipped_views_only():
 @pytest.mark.parametrize(
     "options,message",
     [
-        ({"scale": (0.0, 1.0)}, "--view-scale"),
-        ({"scale": (0.8, 0.5)}, "--view-scale"),
-        ({"ratio": (2.0, 1.0)}, "--view-ratio"),
-        ({"span": 1.5}, "--view-span"),
-        ({"colour": 1.0}, "--view-colour"),
-        ({"flip_pairs": (("a", "b"),)}, "needs --view-flip"),
+        ({"scale": (0.0, 1.0)}, "view_scale="),
+        ({"scale": (0.8, 0.5)}, "view_scale="),
+        ({"ratio": (2.0, 1.0)}, "view_ratio="),
+        ({"span": 1.5}, "view_span="),
+        ({"colour": 1.0}, "view_colour="),
+        ({"flip_pairs": (("a", "b"),)}, "needs view_flip=True"),
     ],
 )
 def test_bad_settings_are_refused(options, message):

@@ -71,7 +71,7 @@ def compacted_layout(layout: TokenLayout, dtype: str | None, pool_patches: int) 
     """The token layout after changing the dtype and pooling N x N patches (ceil: a partial edge window averages
     the patches it holds, as ``extract --pool-patches`` does)."""
     if pool_patches < 1:
-        raise CompactionError(f"--pool-patches must be >= 1, got {pool_patches}")
+        raise CompactionError(f"{option('pool_patches')} must be >= 1, got {pool_patches}")
     grid = (-(-layout.grid[0] // pool_patches), -(-layout.grid[1] // pool_patches))
     return replace(
         layout, dtype=check_dtype(dtype or layout.dtype), grid=grid, patch_pool=layout.patch_pool * pool_patches
@@ -101,8 +101,8 @@ def _refuse_same(src: Path, out: Path, shards: ShardSet) -> None:
     target = out.resolve()
     if target == src.resolve() or any(path.resolve().parent == target for path in shards.paths):
         raise CompactionError(
-            f"--out {out} is the source cache {src} (or holds its shards): compact never overwrites its source; "
-            "choose another --out"
+            f"{option('out', str(out))} is the source cache {src} (or holds its shards): compact never overwrites "
+            f"its source; choose another {option('out')}"
         )
 
 
@@ -274,4 +274,5 @@ def _record(shards: ShardSet, index: int, tokens: np.ndarray) -> ClipRecord:
         short=bool(shards.short[index]),
         view=int(shards.views[index]),  # augmented views (extract --views) are carried over as they are
         view_params=str(shards.view_params[index]),
+        crop=int(shards.crops[index]),  # test views (extract --test-views) too
     )

@@ -25,6 +25,7 @@ FORMAT_VERSION = 5  # the newest version this step-cache reads and writes (2: in
 VIEWS_FORMAT_VERSION = 3  # a cache with augmented views (``extraction.views``) is written as version 3
 # a merge of caches extracted from different video folders records each shard's root (``ShardRecord.root``)
 ROOTS_FORMAT_VERSION = 4
+TEST_VIEWS_FORMAT_VERSION = 5  # val/test videos as segments x crops (``extraction.test_views``)
 MANIFEST_NAME = "manifest.json"
 # extraction.decoder is absent from caches decoded by decord, the default (and the only decoder before 0.2)
 DEFAULT_DECODER = "decord"
@@ -112,10 +113,11 @@ class Manifest:
     @property
     def format_version(self) -> int:
         """The oldest format that holds this cache: 1 for float tokens, 2 for int8, 3 with augmented views, 4 with
-        shards of several video roots, 5 with a layer axis (older readers would mix views, same-named videos or
-        layers up, so must refuse)."""
+        shards of several video roots, 5 with a layer axis or test views (older readers would mix views, same-named
+        videos, layers or crops up, so must refuse)."""
         roots = ROOTS_FORMAT_VERSION if any(s.root is not None for s in self.shards) else 1
-        return max(self.layout.format_version, VIEWS_FORMAT_VERSION if self.view_count else 1, roots)
+        test_views = TEST_VIEWS_FORMAT_VERSION if self.extraction.get("test_views") else 1
+        return max(self.layout.format_version, VIEWS_FORMAT_VERSION if self.view_count else 1, roots, test_views)
 
     @property
     def backbone(self) -> str:
@@ -239,11 +241,8 @@ def upgrade(data: dict[str, Any], origin: str) -> dict[str, Any]:
         )
     if version < 1:
         raise ManifestError(f"{origin}: shard format version {version} is not supported; re-extract the videos")
-    # Version 2 only added int8 tokens (``tokens.dtype`` "int8" with a ``token_scales`` dataset) and version 3 only
-    # augmented views (``extraction.views``, shard datasets ``view`` and ``view_params``): older manifests read
-    # unchanged, and version 4 only the ``root`` of shard entries in a merge of several video roots (read by
-    # ``ShardSet``); version 5 a layer axis (``tokens.layers``; absent = the last block, no axis). Future versions
-    # add steps here, e.g. `if version == 2: data = _v2_to_v3(data)`.
+    # Versions 2-5 only added (int8 tokens, views, shard roots, a layer axis, test views: docs/shard-format.md), so
+    # older manifests read unchanged; a later change of meaning adds a step here, e.g. `data = _v5_to_v6(data)`.
     tokens = data.get("extraction", {}).get("tokens", {}) if isinstance(data.get("extraction"), dict) else {}
     dtype = tokens.get("dtype") if isinstance(tokens, dict) else None
     layers = tokens.get("layers") if isinstance(tokens, dict) else None

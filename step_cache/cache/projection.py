@@ -20,6 +20,7 @@ import numpy as np
 
 from step_cache.cache.files import fsync_dir
 from step_cache.errors import InputError
+from step_cache.interface import option
 
 PROJECTION_NAME = "projection.npy"
 
@@ -71,9 +72,9 @@ def fit_pca(vectors: np.ndarray, k: int, *, fit_clips: int, seed: int) -> Projec
     x = np.asarray(vectors, dtype=np.float64)
     n, dim = x.shape
     if not 1 <= k < dim:
-        raise InputError(f"--project {k}: choose 1..{dim - 1} components (the tokens have width {dim})")
+        raise InputError(f"{option('project', k)}: choose 1..{dim - 1} components (the tokens have width {dim})")
     if n < 2:
-        raise InputError("--project: the cache has too few training tokens to fit a projection")
+        raise InputError(f"{option('project')}: the cache has too few training tokens to fit a projection")
     mean = x.mean(axis=0)
     centred = x - mean
     covariance = centred.T @ centred / (n - 1)
@@ -90,7 +91,9 @@ def sample_training_clips(labels: np.ndarray, splits: np.ndarray, count: int, se
     """Up to ``count`` labelled training clips (split ``train`` or empty), drawn with ``seed``, sorted."""
     candidates = np.nonzero((labels >= 0) & np.isin(splits, ["train", ""]))[0]
     if len(candidates) == 0:
-        raise InputError("--project: the cache has no training clips (labelled, split 'train' or empty) to fit on")
+        raise InputError(
+            f"{option('project')}: the cache has no training clips (labelled, split 'train' or empty) to fit on"
+        )
     chosen = np.random.default_rng(seed).choice(candidates, size=min(count, len(candidates)), replace=False)
     return np.sort(chosen)
 

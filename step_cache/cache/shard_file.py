@@ -9,7 +9,10 @@ final name is whole; the manifest then lists it with its checksum. The reader of
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import numpy as np
 from step_cache.cache.disk_space import reserve
 from step_cache.cache.files import file_sha256, fsync_dir
 from step_cache.cache.integrity import ShardError, remember
-from step_cache.cache.manifest import VIEWS_FORMAT_VERSION, ShardRecord, TokenLayout
+from step_cache.cache.manifest import TEST_VIEWS_FORMAT_VERSION, VIEWS_FORMAT_VERSION, ShardRecord, TokenLayout
 from step_cache.cache.quantize import SCALE_DTYPE, quantize
 
 STRING = h5py.string_dtype("utf-8")
@@ -38,9 +41,36 @@ VIEW_METADATA = {
     "view": np.int32,  # 0: the clean view; 1..N: augmented views of a training video
     "view_params": STRING,  # JSON of the view's drawn parameters ("" for the clean view)
 }
+# Per-clip dataset of a cache with test views (format version 5); older shards read as crop 0 throughout.
+CROP_METADATA = {"crop": np.int32}  # spatial test-view crop of a val/test clip (0..C-1; test_views.py)
 
 
 COMPRESSIONS = ("none", "lz4", "zstd", "gzip")
+# The shard's labels index the manifest's classes: this attribute binds them to that list, so that an edited class
+# list or a shard copied from a cache with other classes is refused (shards written before it have none).
+CLASSES_ATTR = "classes_sha256"
+
+
+def classes_sha256(classes: Sequence[str]) -> str:
+    """sha256 of the class list as JSON (``json.dumps`` defaults): the value of a shard's ``classes_sha256``."""
+    return hashlib.sha256(json.dumps(list(classes)).encode()).hexdigest()
+
+
+def classes_problem(attrs: h5py.AttributeManager, classes: Sequence[str]) -> str | None:
+    """Why a shard's labels cannot be read against ``classes`` (None when they can, or the shard predates the
+    attribute)."""
+    recorded = attrs.get(CLASSES_ATTR)
+    if recorded is None:
+        return None
+    recorded = recorded.decode() if isinstance(recorded, bytes) else str(recorded)
+    if recorded == classes_sha256(classes):
+        return None
+    return (
+        "its labels index another class list than the manifest's (the manifest's classes were edited, or the shard "
+        "comes from a cache with other classes)"
+    )
+
+
 CLS_CHUNK_CLIPS = 64  # clips per chunk of the CLS copy: large chunks make a CLS-only epoch a few large reads
 
 
@@ -85,6 +115,8 @@ class ClipRecord:
     short: bool
     view: int = 0  # 0: the clean view; 1..N: augmented views (a cache written with views=True only)
     view_params: str = ""  # JSON of the augmented view's parameters
+    scales: np.ndarray | None = None  # (T, P) float16: ``tokens`` are int8 values already quantized (on the device)
+    crop: int = 0  # spatial test-view crop (a cache written with test_views=True only)
 
 
 class ShardWriter:
@@ -100,7 +132,9 @@ class ShardWriter:
         settings: str = "",
         views: bool = False,
         reserve_bytes: int = 0,
+        classes: Sequence[str] | None = None,
         cls_copy: bool = False,
+        test_views: bool = False,
     ):
         self.directory = Path(directory)
         self.name = name
@@ -144,12 +178,16 @@ class ShardWriter:
         self._cls: list[tuple[np.ndarray, np.ndarray | None]] = []
         self._frames = frames
         # Metadata is small: keep it in memory and write each dataset once, in finish().
-        self._fields = {**METADATA, **(VIEW_METADATA if views else {})}
+        self._fields = {**METADATA, **(VIEW_METADATA if views else {}), **(CROP_METADATA if test_views else {})}
         self._metadata: dict[str, list] = {key: [] for key in self._fields}
-        # version 1 unless the tokens need 2 or the views 3 (Manifest.format_version)
-        self._file.attrs["format_version"] = max(layout.format_version, VIEWS_FORMAT_VERSION if views else 1)
+        # version 1 unless the tokens need 2, the views 3 or the test views 5 (Manifest.format_version)
+        self._file.attrs["format_version"] = max(
+            layout.format_version, VIEWS_FORMAT_VERSION if views else 1, TEST_VIEWS_FORMAT_VERSION if test_views else 1
+        )
         self._file.attrs["complete"] = False
         self._file.attrs["settings_sha256"] = settings  # the cache's extraction settings (manifest.settings_hash)
+        if classes is not None:
+            self._file.attrs[CLASSES_ATTR] = classes_sha256(classes)
         self._committed = 0  # clips up to the last whole video
 
     @property
@@ -176,7 +214,10 @@ class ShardWriter:
                 self._file["token_scales"].resize(len(tokens), axis=0)
         if np.shape(record.tokens) != tokens.shape[1:]:
             raise ShardError(f"{self.tmp_path}: a clip of shape {np.shape(record.tokens)}, expected {tokens.shape[1:]}")
-        values, scales = quantize(record.tokens) if self._quantized else (record.tokens, None)
+        if self._quantized:
+            values, scales = quantize(record.tokens) if record.scales is None else (record.tokens, record.scales)
+        else:
+            values, scales = record.tokens, None
         tokens[self.count] = values
         if scales is not None:
             self._file["token_scales"][self.count] = scales
@@ -193,11 +234,14 @@ class ShardWriter:
             ("short", record.short),
             ("view", record.view),
             ("view_params", record.view_params),
+            ("crop", record.crop),
         ):
             if key in self._metadata:
                 self._metadata[key].append(value)
             elif key == "view" and value:
                 raise ShardError(f"{self.tmp_path}: an augmented view given to a shard written without views")
+            elif key == "crop" and value:
+                raise ShardError(f"{self.tmp_path}: a test-view crop given to a shard written without test views")
         self.count += 1
         self.videos.add(record.video)
 
@@ -271,13 +315,22 @@ def read_shard_settings(path: str | Path) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def read_shard_metadata(path: str | Path) -> dict[str, np.ndarray]:
-    """Per-clip metadata of one complete shard (strings decoded). Raises ShardError for a half-written file."""
+def shard_classes_problem(path: str | Path, classes: Sequence[str]) -> str | None:
+    """``classes_problem`` of the shard file at ``path``."""
+    with h5py.File(path, "r") as handle:
+        return classes_problem(handle.attrs, classes)
+
+
+def read_shard_metadata(path: str | Path, classes: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Per-clip metadata of one complete shard (strings decoded). Raises ShardError for a half-written file, and
+    for a shard bound to another class list than ``classes`` (when given)."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as handle:
             if not handle.attrs.get("complete", False):
                 raise ShardError(f"{path}: shard is incomplete (its writer did not finish); it is never read")
+            if classes is not None and (problem := classes_problem(handle.attrs, classes)):
+                raise ShardError(f"{path}: {problem}; restore the cache's own manifest or shard, or extract again")
             missing = [key for key in ("tokens", *METADATA) if key not in handle]
             if missing:
                 raise ShardError(f"{path}: shard lacks dataset(s) {', '.join(missing)}")
@@ -285,7 +338,8 @@ def read_shard_metadata(path: str | Path) -> dict[str, np.ndarray]:
                 key: handle[key].asstr()[...] if handle[key].dtype == STRING else handle[key][...] for key in METADATA
             }
             count = len(meta["labels"])
-            for key, dtype in VIEW_METADATA.items():  # shards before version 3 hold clean views only
+            # shards before version 3 hold clean views only; before version 5, one (centre) crop per clip
+            for key, dtype in {**VIEW_METADATA, **CROP_METADATA}.items():
                 if key in handle:
                     meta[key] = handle[key].asstr()[...] if dtype is STRING else handle[key][...]
                 else:

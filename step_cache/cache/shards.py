@@ -28,6 +28,7 @@ from step_cache.cache.quantize import SCALE_DTYPE, dequantize
 from step_cache.cache.selection import Selection, read_rows, select
 from step_cache.cache.shard_file import (
     COMPRESSIONS,
+    CROP_METADATA,
     METADATA,
     STRING,
     VIEW_METADATA,
@@ -82,7 +83,7 @@ class ShardSet:
                 path = directory / record.file
                 if not path.is_file():
                     raise ShardError(f"{path}: listed in the manifest but missing (run step-cache verify)")
-                meta = read_shard_metadata(path)
+                meta = read_shard_metadata(path, manifest.classes)  # labels index these classes
                 if len(meta["labels"]) != record.clips:
                     raise ShardError(
                         f"{path}: holds {len(meta['labels'])} clips but the manifest says {record.clips}"
@@ -96,7 +97,7 @@ class ShardSet:
             raise ShardError(f"{', '.join(map(str, self.directories))}: no completed shards yet")
         self.shard_sizes = np.array([len(p["labels"]) for p in parts])
         self.offsets = np.concatenate([[0], np.cumsum(self.shard_sizes)])
-        meta = {key: np.concatenate([p[key] for p in parts]) for key in (*METADATA, *VIEW_METADATA)}
+        meta = {key: np.concatenate([p[key] for p in parts]) for key in (*METADATA, *VIEW_METADATA, *CROP_METADATA)}
         self.labels: np.ndarray = meta["labels"]
         # A video's identity: its key within one root; across roots, the root it came from + its key.
         several = len(set(groups)) > 1
@@ -108,6 +109,7 @@ class ShardSet:
         self.short: np.ndarray = meta["short"]
         self.views: np.ndarray = meta["view"]  # 0: clean view; 1..N: augmented views of training videos
         self.view_params: np.ndarray = meta["view_params"]
+        self.crops: np.ndarray = meta["crop"]  # spatial test-view crop of a val/test clip; 0 without test views
         self._handles: dict[int, h5py.File] = {}
         self._pid = os.getpid()
 

@@ -17,6 +17,7 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
         labels = Counter(int(label) for label in shards.labels[clean])
         augmented = Counter(str(video) for video in shards.videos[~clean])  # view rows per video
         views_per_video = Counter(augmented.get(str(v), 0) // manifest.clips_per_video for v in set(shards.videos))
+        short = sorted(set(shards.videos[shards.short & clean].tolist()))
         return {
             "directory": str(directory),
             "format_version": manifest.to_dict()["format_version"],
@@ -31,8 +32,11 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
             "clips": int(clean.sum()),
             "view_clips": int((~clean).sum()),
             "views": manifest.extraction.get("views"),
+            "test_views": manifest.extraction.get("test_views"),
+            "sampling": manifest.extraction["sampling"],
             "views_per_video": {int(k): v for k, v in sorted(views_per_video.items())},
-            "short_videos": len(set(shards.videos[shards.short & clean])),
+            "short_videos": len(short),
+            "short_video_names": short,
             "bytes": sum(record.bytes for record in manifest.shards),
             "shards": len(manifest.shards),
             "classes": {name: labels.get(i, 0) for i, name in enumerate(manifest.classes)},
@@ -47,6 +51,9 @@ def summarize_cache(directory: str | Path) -> dict[str, Any]:
         }
 
 
+_LISTED = 20  # videos named per list; --json has them all
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     tokens = summary["tokens"]
     weights = summary["weights"]
@@ -56,7 +63,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"{summary['directory']}  (shard format v{summary['format_version']})",
         f"  backbone   {summary['backbone']['name']} = timm {summary['backbone']['timm_model']}, weights {weight_text}",
-        f"  sampling   {summary['frames']} frames x {summary['clips_per_video']} clip(s) per video, "
+        f"  sampling   {summary['frames']} frames{_step_text(summary.get('sampling', {}))} x "
+        f"{summary['clips_per_video']} clip(s) per video{_test_views_text(summary.get('test_views'))}, "
         f"{_crop_text(summary['preprocessing'])}, decoded with {summary.get('decoder', 'decord')}",
         f"  tokens     {tokens['tokens_per_frame']} per frame ({tokens['cls_tokens']} CLS + "
         f"{tokens['grid'][0]}x{tokens['grid'][1]} patches, pool {tokens['patch_pool']}, "
@@ -92,7 +100,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["unlabelled_clips"]:
         lines.append(f"  unlabelled {summary['unlabelled_clips']} clips")
     if summary["short_videos"]:
-        lines.append(f"  short      {summary['short_videos']} videos had fewer frames than sampled (frames repeated)")
+        lines.append(f"  short      {summary['short_videos']} videos had fewer frames than sampled (frames repeated):")
+        names = summary.get("short_video_names", [])
+        lines += [f"    {name}" for name in names[:_LISTED]]
+        if len(names) > _LISTED:
+            lines.append(f"    ... and {len(names) - _LISTED} more (inspect --json lists all)")
     if summary["pairs"]:
         lines.append(f"  pairs      {', '.join('/'.join(p) for p in summary['pairs'])}")
     if summary["warnings"]:
@@ -131,3 +143,13 @@ def _views_text(views: dict[str, Any], per_video: dict[int, int]) -> str:
     )
     counts = ", ".join(f"{n} views: {videos} videos" for n, videos in per_video.items())
     return f"{settings}\n  per video  {counts}"
+
+
+def _step_text(sampling: dict[str, Any]) -> str:
+    return f" {sampling['frame_step']} apart" if sampling.get("strategy") == "frame-step" else ""
+
+
+def _test_views_text(test_views: dict[str, int] | None) -> str:
+    if not test_views:
+        return ""
+    return f" (val/test: {test_views['segments']} segments x {test_views['crops']} crops)"

@@ -27,11 +27,20 @@ from step_cache.cache.manifest import (
 from step_cache.cache.projection import check_projection
 from step_cache.cache.quantize import SCALE_DTYPE
 from step_cache.cache.sealing import SEAL_KEY, seal_problem
-from step_cache.cache.shard_file import METADATA, STRING, VIEW_METADATA, ShardError, read_shard_metadata
+from step_cache.cache.shard_file import (
+    CROP_METADATA,
+    METADATA,
+    STRING,
+    VIEW_METADATA,
+    ShardError,
+    classes_problem,
+    read_shard_metadata,
+)
 from step_cache.cache.shards import shard_root
 
 # videos that may have augmented views (step_cache.extraction.views.VIEW_SPLITS): training, or no split
 _VIEW_SPLITS = ("train", "")
+_TEST_VIEW_SPLITS = ("val", "test")  # videos with test views (step_cache.extraction.test_views.TEST_VIEW_SPLITS)
 _READ_BLOCK_BYTES = 256 * 2**20  # read tokens in blocks of about this size: bounded memory, few calls
 
 
@@ -108,10 +117,18 @@ def verify_cache(directory: str | Path, checksums: bool = True, progress: bool =
     report.problems += _check_views(seen_videos, splits, manifest.view_count)
     clips_per_video = Counter({key.rsplit("#clip", 1)[0]: 0 for key in seen_videos})  # clean clips per video
     clips_per_video.update(key.rsplit("#clip", 1)[0] for key in seen_videos if key.endswith("#view0"))
-    partial = [video for video, count in clips_per_video.items() if count != manifest.clips_per_video]
+    test_views = manifest.extraction.get(
+        "test_views"
+    )  # val/test videos hold segments x crops clean rows instead of K clips
+
+    def expected_clips(video: str) -> int:
+        tested = test_views and splits.get(video, "") in _TEST_VIEW_SPLITS
+        return test_views["segments"] * test_views["crops"] if tested else manifest.clips_per_video
+
+    partial = [video for video, count in clips_per_video.items() if count != expected_clips(video)]
     if partial:
         report.problems.append(
-            f"{len(partial)} video(s) with other than {manifest.clips_per_video} clip(s), e.g. {partial[0]} "
+            f"{len(partial)} video(s) with other than {expected_clips(partial[0])} clip(s), e.g. {partial[0]} "
             f"({clips_per_video[partial[0]]})"
         )
     listed = {(directory / r.file).resolve() for r in manifest.shards}
@@ -225,7 +242,10 @@ def _check_contents(
     settings = handle.attrs.get("settings_sha256", "")
     if (settings.decode() if isinstance(settings, bytes) else str(settings)) != settings_hash(manifest.extraction):
         return ["written with other extraction settings than the manifest's (a shard of another cache?)"]
-    fields = (*METADATA, *(VIEW_METADATA if manifest.view_count else ()))
+    if problem := classes_problem(handle.attrs, manifest.classes):
+        return [problem]
+    crop = CROP_METADATA if manifest.extraction.get("test_views") else {}
+    fields = (*METADATA, *(VIEW_METADATA if manifest.view_count else ()), *crop)
     missing = [key for key in ("tokens", *fields) if key not in handle]
     if missing:
         return [f"lacks dataset(s) {', '.join(missing)}"]
@@ -256,14 +276,16 @@ def _check_contents(
         problems.append(f"frame_indices have shape {handle['frame_indices'].shape}")
     videos = handle["video"].asstr()[...] if handle["video"].dtype == STRING else handle["video"][...]
     views = handle["view"][...] if "view" in handle else np.zeros(record.clips, np.int32)
+    crops = handle["crop"][...] if "crop" in handle else np.zeros(record.clips, np.int32)
     split_names = handle["split"].asstr()[...]
-    for key_in_root, clip, view, split in zip(videos, handle["clip"][...], views, split_names, strict=True):
+    rows = zip(videos, handle["clip"][...], views, crops, split_names, strict=True)
+    for key_in_root, clip, view, crop, split in rows:
         video = f"{prefix}{key_in_root}"  # its identity: qualified by its root where readers qualify it
-        key = f"{video}#clip{clip}#view{view}"
+        # a test-view crop is a clip of its own (crop 0 keeps the key of a cache without test views)
+        key = f"{video}#clip{clip}{f'#crop{crop}' if crop else ''}#view{view}"
         if key in seen_videos:
-            problems.append(
-                f"{video} clip {clip}{f' view {view}' if view else ''} also in {seen_videos[key]} (duplicate)"
-            )
+            where = f"{f' crop {crop}' if crop else ''}{f' view {view}' if view else ''}"
+            problems.append(f"{video} clip {clip}{where} also in {seen_videos[key]} (duplicate)")
         seen_videos[key] = name
         splits[str(video)] = str(split)
     block = max(1, _READ_BLOCK_BYTES // (int(np.prod(expected[1:])) * tokens.dtype.itemsize))

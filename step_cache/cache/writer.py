@@ -34,9 +34,11 @@ from step_cache.cache.shard_file import (
     ShardWriter,
     read_shard_metadata,
     read_shard_settings,
+    shard_classes_problem,
     shard_name,
 )
 from step_cache.errors import StepCacheError
+from step_cache.interface import option, switch
 
 log = logging.getLogger(__name__)
 _SHARD_FILE = re.compile(r"^shard-(?P<index>\d+)\.h5$")
@@ -77,13 +79,13 @@ def resume_refusal(out: Path, manifest: Manifest, extraction: dict, classes: lis
     if differences:
         return (
             f"{out} holds a cache made with other settings ({'; '.join(differences[:4])}); "
-            "use another --out, or --overwrite to start over"
+            f"use another {option('out')}, or {switch('overwrite')} to start over"
         )
     cached, given = manifest.source.get("videos"), source.get("videos")
     if cached and given and cached != given:
         return (
             f"{out} holds videos extracted from {cached}, not from {given}: the same file names there may be other "
-            "videos; use another --out, or --overwrite to start over"
+            f"videos; use another {option('out')}, or {switch('overwrite')} to start over"
         )
     return None
 
@@ -95,8 +97,10 @@ def finished_keys(out: Path, manifest: Manifest) -> set[str]:
     for record in manifest.shards:
         path = out / record.file
         if not path.is_file():
-            raise ExtractionError(f"{path}: listed in the manifest but missing; run step-cache verify, or --overwrite")
-        done.update(read_shard_metadata(path)["video"].tolist())
+            raise ExtractionError(
+                f"{path}: listed in the manifest but missing; run step-cache verify, or {switch('overwrite')}"
+            )
+        done.update(read_shard_metadata(path, manifest.classes)["video"].tolist())
     return done
 
 
@@ -136,10 +140,11 @@ def recover(out: Path, manifest: Manifest) -> set[str]:
             log.warning("%s; removing it", error)
             path.unlink()
             continue
-        if read_shard_settings(path) != settings_hash(manifest.extraction):
+        foreign = read_shard_settings(path) != settings_hash(manifest.extraction)
+        if foreign or shard_classes_problem(path, manifest.classes):
             raise ExtractionError(
-                f"{path}: a shard made with other extraction settings, not listed in the manifest; move it "
-                "away, or use --overwrite to start the cache over"
+                f"{path}: a shard made with other extraction settings or classes, not listed in the manifest; move "
+                f"it away, or use {switch('overwrite')} to start the cache over"
             )
         sha = file_sha256(path)
         videos = len(set(meta["video"]))
@@ -228,7 +233,9 @@ class CacheWriter:
         self.writer = ShardWriter(
             self.out, shard_name(self.next_index), self.layout, self.frames, self.compression,
             settings=settings_hash(self.manifest.extraction), views=self.manifest.view_count > 0,
-            reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD, cls_copy=self.cls_copy,
+            reserve_bytes=self.capacity * self.clip_bytes + self.OVERHEAD, classes=self.manifest.classes,
+            cls_copy=self.cls_copy,
+            test_views=self.manifest.extraction.get("test_views") is not None,
         )  # fmt: skip
         self.next_index += 1
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
@@ -114,7 +114,7 @@ def prepare(
     name, request = _request(dataset, root, annotations, videos, split, view, use_frame_ranges)
     result = ADAPTERS[name].read(request)
     notes = list(result.notes)
-    items = _drop_duplicates(result.items, notes)
+    items = _unlabelled_out_of_training(_drop_duplicates(result.items, notes), notes)
     present, missing = _present_videos(name, items, request.videos_root, strict, progress)
     held = holdout(present, val_fraction, test_fraction, seed)
     out = Path(out)
@@ -197,6 +197,18 @@ def _write_pairs(
     write_pairs(pairs_path, pairs, header=header)
     read_pairs(pairs_path, class_names(items))  # the file must read back against the written classes
     return pairs, pairs_path
+
+
+def _unlabelled_out_of_training(items: list[VideoItem], notes: list[str]) -> list[VideoItem]:
+    """Unlabelled videos of a train or val list (loose files in a split folder) lose that split: no training can use
+    them, and an annotations CSV refuses an empty label on a train/val row (``catalog``); they stay, unlabelled."""
+    moved = sum(item.label is None and item.split in ("train", "val") for item in items)
+    if not moved:
+        return items
+    notes.append(f"{moved} unlabelled video(s) of train/val lists written without a split (predicted, never trained)")
+    return [
+        replace(item, split=None) if item.label is None and item.split in ("train", "val") else item for item in items
+    ]
 
 
 def _drop_duplicates(items: list[VideoItem], notes: list[str]) -> list[VideoItem]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from step_cache.catalog import CatalogError, VideoItem
 from step_cache.datasets.pairs import MirroredPair
+from step_cache.interface import option
 
 
 class DatasetError(CatalogError):
@@ -49,15 +50,15 @@ def unsupported(request: Request, **options: object) -> None:
     defaults = {"split": None, "view": None, "use_frame_ranges": False, "annotations": None}
     for name, value in options.items():
         if value != defaults[name]:
-            flag = "--" + name.replace("_", "-")
-            raise DatasetError(f"{request.dataset}: {flag} does not apply to this dataset")
+            raise DatasetError(f"{request.dataset}: {option(name)} does not apply to this dataset")
 
 
 def check_split(request: Request, allowed: Sequence[int], default: int) -> int:
     split = default if request.split is None else request.split
     if split not in allowed:
         raise DatasetError(
-            f"{request.dataset}: --split must be one of {', '.join(map(str, allowed))} (official splits), got {split}"
+            f"{request.dataset}: {option('split')} must be one of {', '.join(map(str, allowed))} (official splits), "
+            f"got {split}"
         )
     return split
 

@@ -32,6 +32,7 @@ from step_cache.datasets.adapter import (
     whole_number,
 )
 from step_cache.datasets.pairs import DRIVE_ACT_PAIRS
+from step_cache.interface import option
 
 REQUIRED = ("file_id", "frame_start", "frame_end", "activity")
 SPLIT_FILES = ("train", "val", "test")
@@ -96,7 +97,7 @@ def annotation_dir(request: Request, split: int) -> Path:
         raise DatasetError(f"Drive&Act split file not found{view}: no {name} under {base}")
     if len(found) > 1:
         views = ", ".join(d.name for d in found)
-        raise DatasetError(f"{base}: {name} found for several views ({views}); choose one with --view")
+        raise DatasetError(f"{base}: {name} found for several views ({views}); choose one with {option('view')}")
     return found[0]
 
 

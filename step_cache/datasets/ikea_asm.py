@@ -33,6 +33,7 @@ from step_cache.datasets.adapter import (
     whole_number,
 )
 from step_cache.datasets.pairs import IKEA_ASM_PAIRS
+from step_cache.interface import option
 
 ANNOTATION_DIRS = ("action_annotations", "annotations", "")
 ACTION_LIST_DIRS = ("indexing_files", "ANU_ikea_dataset/indexing_files")
@@ -81,7 +82,7 @@ def read(request: Request) -> AdapterResult:
     unsupported(request, split=request.split, use_frame_ranges=request.use_frame_ranges)
     view = request.view or "dev3"
     if view not in VIEWS:
-        raise DatasetError(f"ikea-asm: --view must be one of {', '.join(VIEWS)}, got {view!r}")
+        raise DatasetError(f"ikea-asm: {option('view')} must be one of {', '.join(VIEWS)}, got {view!r}")
     dirs = search_dirs(request, ANNOTATION_DIRS)
     path = find_file(dirs, ("gt_segments.json",), "IKEA-ASM action segments")
     sources = [path]

@@ -27,6 +27,7 @@ from step_cache.errors import StepCacheError
 from step_cache.extraction.decoder_errors import counting_decoder_errors
 from step_cache.extraction.decoders import DEFAULT_DECODER, decoder_spec
 from step_cache.extraction.preprocess import Preprocessing
+from step_cache.extraction.test_views import square_side, view_pixels
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
 from step_cache.extraction.views import ViewSettings, render_views, view_sampler
 from step_cache.stopping import raise_if_stopping
@@ -40,6 +41,9 @@ class DecodeTask:
     end_frame: int | None
     key: str = ""  # the video's catalogue key: seeds its augmented views
     views: ViewSettings | None = None  # draw augmented views of this (training) video
+    segments: int | None = None  # test views (a val/test video): this many temporal clips instead of --clips ...
+    crops: int = 1  # ... and this many spatial crops of each (test_views.py)
+    frame_step: int | None = None  # T frames this far apart per clip (sampling.frame_step_indices)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class DecodeResult:
     fps: float | None = None  # the container's frame rate: num_frames / fps is the clip's duration
     decode_errors: int = 0  # errors the decoder reported while decoding (damaged data: see decoder_errors)
     view_params: list[dict[str, Any]] = field(default_factory=list)  # views 1..N, their frames after the clean ones
+    crops: int = 1  # spatial test views per clip: frames are (clips, crops, T) in that order
 
     def take_frames(self) -> np.ndarray:
         """Hand the pixels over (to the frame batcher), keeping no reference to them here."""
@@ -68,14 +73,22 @@ def decode_task(
 
     def decode() -> tuple[Any, Any]:
         sampler = view_sampler(task.views, task.key, frames, clips) if task.views and task.views.count else None
-        decoded = decode_clips(task.path, frames, clips, task.start_frame, task.end_frame, decoder, sampler)
+        decoded = decode_clips(
+            task.path, frames, task.segments or clips, task.start_frame, task.end_frame, decoder, sampler,
+            task.frame_step,
+        )  # fmt: skip
+        if task.crops > 1:  # the anchor's eval crops along the long side (val/test videos have no augmented views)
+            side = square_side(preprocessing.crop_size)
+            return decoded, view_pixels(decoded.frames, task.segments or clips, task.crops, side)
         pixels = preprocessing.resize_and_crop(decoded.frames)
         if not decoded.views:
             return decoded, pixels
         # the views' pixels follow the clean ones: the backbone sees them all in one stream of batches
         return decoded, np.concatenate([pixels, *render_views(decoded, task.views, preprocessing)])
 
-    return guarded_decode(task, decode)
+    result = guarded_decode(task, decode)
+    result.crops = task.crops
+    return result
 
 
 def guarded_decode(task: DecodeTask, decode: Callable[[], tuple[Any, Any]]) -> DecodeResult:

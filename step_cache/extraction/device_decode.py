@@ -31,6 +31,7 @@ from step_cache.extraction.decoders import decoder_spec
 from step_cache.extraction.device_preprocess import check_device_preprocessing, resize_and_crop_tensor
 from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.video import decode_clips_on_device
+from step_cache.interface import option
 
 DEVICE_TYPES = ("cuda",)  # where an on-device decoder may run (the tests add "cpu" to run this path on the CPU)
 
@@ -46,8 +47,9 @@ def decode_on_device(
 
     def decode() -> tuple[Any, torch.Tensor]:
         decoded = decode_clips_on_device(
-            task.path, frames, clips, task.start_frame, task.end_frame, decoder, str(device)
-        )
+            task.path, frames, task.segments or clips, task.start_frame, task.end_frame, decoder, str(device),
+            task.frame_step,
+        )  # fmt: skip
         return decoded, resize_and_crop_tensor(preprocessing, decoded.frames)
 
     return guarded_decode(task, decode)
@@ -60,8 +62,8 @@ class DeviceDecodePool:
     def __init__(self, decoder: str, device: torch.device, frames: int, clips: int, prefetch: int = 4):
         if device.type not in DEVICE_TYPES:
             raise DeviceDecodeError(
-                f"the {decoder} decoder decodes on a CUDA GPU, but extraction runs on {device}: use --device cuda, "
-                "or a CPU decoder (--decoder decord)"
+                f"the {decoder} decoder decodes on a CUDA GPU, but extraction runs on {device}: use "
+                f"{option('device', 'cuda')}, or a CPU decoder ({option('decoder', 'decord')})"
             )
         self.decoder, self.device = decoder, device
         self.frames, self.clips = frames, clips

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import Preprocessing
+from step_cache.interface import option
 
 # timm's interpolation names -> torch's antialiased ones, which follow PIL's filters. Nearest is left out: torch's
 # "nearest-exact" breaks ties between two source pixels unlike PIL (3 levels apart on smooth frames).
@@ -27,7 +28,7 @@ def check_device_preprocessing(preprocessing: Preprocessing) -> None:
     if preprocessing.interpolation not in TORCH_MODES:
         raise DevicePreprocessingError(
             f"the backbone's preprocessing resizes with {preprocessing.interpolation!r}, which the GPU decode path "
-            f"cannot reproduce (it has {', '.join(TORCH_MODES)}): choose a CPU decoder (--decoder decord)"
+            f"cannot reproduce (it has {', '.join(TORCH_MODES)}): choose a CPU decoder ({option('decoder', 'decord')})"
         )
 
 

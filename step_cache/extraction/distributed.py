@@ -24,6 +24,7 @@ from step_cache.cache.manifest import Manifest, ManifestError, ShardRecord, read
 from step_cache.cache.shards import check_compatible, read_shard_metadata, shard_root
 from step_cache.cache.writer import merged_storage
 from step_cache.extraction.parts import PARTS_DIR, part_directory, part_of, partition
+from step_cache.interface import option
 
 log = logging.getLogger(__name__)
 _PART_NAME = re.compile(r"^part-(\d{3})-of-(\d{3})$")
@@ -37,14 +38,14 @@ def find_parts(out: str | Path) -> list[Path]:
         raise ManifestError(f"{root}: no part directories (part-III-of-NNN) to merge")
     totals = {int(_PART_NAME.match(p.name).group(2)) for p in parts}
     if len(totals) > 1:
-        raise ManifestError(f"{root}: parts of different --num-parts ({sorted(totals)}); keep one set")
+        raise ManifestError(f"{root}: parts of different {option('num_parts')} ({sorted(totals)}); keep one set")
     total = totals.pop()
     present = {int(_PART_NAME.match(p.name).group(1)) for p in parts}
     missing = sorted(set(range(total)) - present)
     if missing:
         raise ManifestError(
-            f"{root}: part(s) {missing} of {total} are missing; run them with --num-parts "
-            f"{total} --part I before merging"
+            f"{root}: part(s) {missing} of {total} are missing; run them before merging (e.g. "
+            f"{option('num_parts', total)} {option('part', missing[0])})"
         )
     return parts
 

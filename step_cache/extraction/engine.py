@@ -30,9 +30,11 @@ from step_cache.extraction.decoders import DECODERS, DEFAULT_DECODER, decoder_se
 from step_cache.extraction.device_decode import open_decode_pool
 from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.parts import part_directory, partition
-from step_cache.extraction.pipeline import ExtractionRun
+from step_cache.extraction.pipeline import ExtractionRun, video_row_count
 from step_cache.extraction.quick_check import already_complete, quick_check, request_record
+from step_cache.extraction.sampling import sampling_record
 from step_cache.extraction.size_plan import SizeEstimate, estimate_size, read_rate
+from step_cache.extraction.test_views import TestViewError, TestViews, square_side
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings
 from step_cache.interface import option
 
@@ -76,10 +78,17 @@ class ExtractOptions:
     view_flip: bool = False  # horizontal flips (p = 0.5): off by default, they turn slide-left into slide-right
     flip_pairs: str | None = None  # file of 'a,b' class pairs whose labels a flip swaps
     view_seed: int = 0
+    # val/test videos: S temporal segments x C spatial crops as V-JEPA's eval makes them ("2x3", (2, 3); test_views.py)
+    test_views: str | tuple[int, int] | TestViews | None = None
+    frame_step: int | None = None  # T frames this far apart per clip, as the anchors sample (None: segment centres)
 
     def __post_init__(self) -> None:
         if self.frames < 1 or self.clips < 1:
             raise ExtractionError(f"frames and clips must be >= 1 (got frames={self.frames}, clips={self.clips})")
+        if self.test_views is not None:
+            self.test_views = TestViews.parse(self.test_views)
+        if self.frame_step is not None and self.frame_step < 1:
+            raise ExtractionError(f"{option('frame_step', self.frame_step)} must be >= 1")
         if self.dtype not in TOKEN_DTYPES:
             raise ExtractionError(f"dtype must be one of {', '.join(TOKEN_DTYPES)}, got {self.dtype!r}")
         if self.shard_size_mb <= 0:
@@ -130,6 +139,11 @@ def extract(
             dtype=opts.dtype,
             layers=opts.layers,
         )
+        if opts.test_views is not None and opts.test_views.crops > 1:
+            try:  # the anchor's crops are square: refused before any video is decoded
+                square_side(backbone.preprocessing.crop_size)
+            except TestViewError as error:
+                raise ExtractionError(str(error)) from None
         extraction = extraction_settings(backbone, opts, views)
         source = {
             "videos": str(Path(videos).resolve()) if videos is not None else None,
@@ -180,7 +194,9 @@ def plan_extract(
     random weights, which give the same token layout as any other."""
     opts = ExtractOptions(**options)
     _, out, items, _, views = _catalogue(videos, out, annotations, items, opts)
-    layout = load_backbone(opts.backbone, "random", opts.image_size, opts.pool_patches, dtype=opts.dtype).layout
+    layout = load_backbone(
+        opts.backbone, "random", opts.image_size, opts.pool_patches, dtype=opts.dtype, layers=opts.layers
+    ).layout
     estimate = _estimate(out, layout, opts, items, views)
     if read_test:
         estimate.read_rate = read_rate(out)
@@ -190,8 +206,8 @@ def plan_extract(
 def _estimate(
     out: Path, layout: TokenLayout, opts: ExtractOptions, items: Sequence[VideoItem], views: ViewSettings
 ) -> SizeEstimate:
-    splits = [item.split for item in items]
-    return estimate_size(out, layout, opts.frames, opts.clips, splits, views.count, opts.shard_size_mb)
+    rows = [video_row_count(item.split, opts.clips, views.count, opts.test_views) for item in items]
+    return estimate_size(out, layout, opts.frames, rows, opts.shard_size_mb, opts.clips)
 
 
 def _catalogue(
@@ -230,9 +246,15 @@ def view_settings(opts: ExtractOptions, classes: list[str]) -> ViewSettings:
         opts.views, tuple(opts.view_scale), tuple(opts.view_ratio), opts.view_span, opts.view_colour,
         opts.view_flip, pairs, opts.view_seed,
     )  # fmt: skip
-    if views.count and getattr(DECODERS.get(opts.decoder), "on_device", False):
+    on_device = getattr(DECODERS.get(opts.decoder), "on_device", False)
+    if views.count and on_device:
         raise ExtractionError(
             f"{option('views')} is not supported with {option('decoder', opts.decoder)} yet; use a CPU decoder"
+        )
+    if opts.test_views is not None and opts.test_views.crops > 1 and on_device:
+        raise ExtractionError(
+            f"{option('test_views')} with several crops is not supported with {option('decoder', opts.decoder)} yet;"
+            " use a CPU decoder"
         )
     return views
 
@@ -245,10 +267,11 @@ def extraction_settings(backbone: Backbone, opts: ExtractOptions, views: ViewSet
         "backbone": backbone.info(),
         "weights": weights,
         "preprocessing": backbone.preprocessing.to_dict(),
-        "sampling": {"frames": opts.frames, "clips": opts.clips, "strategy": "segment-centres"},
+        "sampling": sampling_record(opts.frames, opts.clips, opts.frame_step),
         "tokens": backbone.layout.to_dict(),
         **decoder_settings(opts.decoder),
         **({"views": views.to_dict()} if views is not None and views.count else {}),  # absent: byte-identical
+        **({"test_views": opts.test_views.to_dict()} if opts.test_views is not None else {}),  # absent: as before
     }
     return json.loads(json.dumps(settings))
 

@@ -19,6 +19,7 @@ class ExtractReport:
     skipped: int = 0  # already in the cache
     failures: list[Failure] = field(default_factory=list)  # of this run
     warnings: list[VideoWarning] = field(default_factory=list)  # of this run: extracted from less than asked
+    short: list[str] = field(default_factory=list)  # of this run: fewer frames than T, so clips repeat frames
     seconds: float = 0.0
 
     @property
@@ -36,6 +37,11 @@ class ExtractReport:
         if self.failures:
             text += f"; {len(self.failures)} failed: " + "; ".join(f.reason for f in self.failures[:3])
             text += " ..." if len(self.failures) > 3 else ""
+        if self.short:  # clips that repeat frames are not what the user asked for: say so, and where to look
+            text += (
+                f"; {len(self.short)} short (fewer than {self.manifest.frames} frames, frames repeated; "
+                f"step-cache inspect {self.out} lists them)"
+            )
         if self.warnings:
             text += f"; {len(self.warnings)} with warnings: " + "; ".join(w.reason for w in self.warnings[:3])
             text += " ..." if len(self.warnings) > 3 else ""

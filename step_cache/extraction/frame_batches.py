@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from step_cache.extraction.backbones import Backbone
+from step_cache.extraction.device_quantize import pack, quantize_tensor
 from step_cache.streams import DeviceStreams
 
 
@@ -24,7 +25,7 @@ class PendingVideo:
 
     payload: Any  # whatever the caller needs back (the catalogue item and decode result)
     frames: np.ndarray | torch.Tensor  # (F, 3, S, S) uint8; a device tensor when decoded on the GPU
-    tokens: np.ndarray | None = None  # (F, P, D) in the storage dtype
+    tokens: np.ndarray | None = None  # (F, P, D) in the storage dtype; int8 caches: (F, P, D + 2) packed
     submitted: int = 0
     filled: int = 0
     total: int = 0
@@ -59,10 +60,13 @@ class TokenComputer:
         storage_dtype: str,
         compile_model: bool = False,
         in_flight: bool | None = None,
+        quantize: bool = False,
     ):
         self.backbone = backbone
         self.device = device
         self.storage_dtype = getattr(torch, storage_dtype)
+        # int8 caches: the storage-dtype tokens are quantized on the device and come back packed (device_quantize)
+        self.quantize = quantize
         backbone.model.to(device)
         if compile_model:
             backbone.model.forward_features = torch.compile(backbone.model.forward_features, dynamic=False)
@@ -96,6 +100,8 @@ class TokenComputer:
         with torch.inference_mode(), autocast:
             pixels = self.backbone.preprocessing.normalise(batch)
             tokens = self.backbone.forward_tokens(pixels).to(self.storage_dtype)
+            if self.quantize:
+                tokens = pack(*quantize_tensor(tokens))
         if not self.in_flight:
             return tokens, None
         computed = streams.record()

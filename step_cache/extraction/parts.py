@@ -12,6 +12,7 @@ from pathlib import Path
 
 from step_cache.catalog import VideoItem
 from step_cache.errors import InputError
+from step_cache.interface import option
 
 PARTS_DIR = "parts"
 
@@ -23,7 +24,9 @@ def part_of(key: str, num_parts: int) -> int:
 
 def partition(items: Sequence[VideoItem], num_parts: int, part: int) -> list[VideoItem]:
     if num_parts < 1 or not 0 <= part < num_parts:
-        raise InputError(f"--part must be in 0..{num_parts - 1} for --num-parts {num_parts}, got {part}")
+        raise InputError(
+            f"{option('part')} must be in 0..{num_parts - 1} for {option('num_parts', num_parts)}, got {part}"
+        )
     return [item for item in items if part_of(item.key, num_parts) == part]
 
 

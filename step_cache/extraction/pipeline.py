@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -25,8 +26,10 @@ from step_cache.cache.writer import CacheWriter, ExtractionError, next_shard_ind
 from step_cache.catalog import VideoItem
 from step_cache.extraction.backbones import Backbone
 from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTask
+from step_cache.extraction.device_quantize import unpack
 from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
+from step_cache.extraction.test_views import TestViews, gets_test_views
 from step_cache.extraction.video_rows import video_records
 from step_cache.extraction.views import ViewSettings, gets_views
 from step_cache.extraction.write_queue import WriteQueue
@@ -61,11 +64,14 @@ class ExtractionRun:
         self.swap = views.swap_map()
         layout = backbone.layout
         shard_clips = max(opts.clips, int(opts.shard_size_mb * 2**20 // layout.clip_bytes(opts.frames)))
-        # int8: the backbone's tokens come back in float16 and the shard writer quantizes them (as compact would)
-        computer = TokenComputer(backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile)
+        # int8: the backbone's float16 tokens are quantized where quantize_on_device says (the same values either way)
+        computer = TokenComputer(
+            backbone, device, read_dtype(opts.dtype).name, compile_model=opts.compile,
+            quantize=quantize_on_device(opts.dtype, device),
+        )  # fmt: skip
         self.batcher = FrameBatcher(opts.batch_size or (256 if device.type == "cuda" else 32), computer)
         # clips per video (views included): the writer reserves their bytes so a full disk stops between videos
-        per_video = [opts.clips * (1 + (views.count if views.count and gets_views(i.split) else 0)) for i in self.todo]
+        per_video = [self.rows_of(item) for item in self.todo]
         self.state = CacheWriter(
             out, manifest, layout, opts.frames, next_shard_index(manifest), shard_clips, opts.compression,
             expected_clips=sum(per_video), video_clips=max(per_video, default=opts.clips),
@@ -74,27 +80,38 @@ class ExtractionRun:
         self.started = time.perf_counter()
         self.bar: tqdm | None = None
 
+    def rows_of(self, item: VideoItem) -> int:
+        """Shard rows of one video (``video_row_count``)."""
+        return video_row_count(item.split, self.opts.clips, self.views.count, self.opts.test_views)
+
     def decode_tasks(self, videos_root: str | Path | None) -> list[DecodeTask]:
-        """What the decode workers do: one task per video to extract (its augmented views with it)."""
-        views = self.views
-        return [
-            DecodeTask(
-                i,
-                str(Path(videos_root) / item.path) if videos_root is not None else item.path,
-                item.start_frame,
-                item.end_frame,
-                key=item.key,
-                views=views if views.count and gets_views(item.split) else None,
+        """What the decode workers do: one task per video to extract (its augmented or test views with it)."""
+        views, test_views = self.views, self.opts.test_views
+        tasks = []
+        for i, item in enumerate(self.todo):
+            tested = test_views is not None and gets_test_views(item.split)
+            tasks.append(
+                DecodeTask(
+                    i,
+                    str(Path(videos_root) / item.path) if videos_root is not None else item.path,
+                    item.start_frame,
+                    item.end_frame,
+                    key=item.key,
+                    views=views if views.count and gets_views(item.split) else None,
+                    segments=test_views.segments if tested else None,
+                    crops=test_views.crops if tested else 1,
+                    frame_step=self.opts.frame_step,
+                )
             )
-            for i, item in enumerate(self.todo)
-        ]
+        return tasks
 
     # -- the writer thread -------------------------------------------------------------------------------
     def write_video(self, video: PendingVideo) -> None:
         """A video's clips (and views) into the shard, all together (crash safety), and its bookkeeping."""
         item, result = video.payload
         opts, report = self.opts, self.report
-        records = video_records(video.tokens, item, result, self.label_index, opts.clips, opts.frames, self.swap)
+        tokens, scales = unpack(video.tokens) if video.tokens.dtype == np.int8 else (video.tokens, None)
+        records = video_records(tokens, item, result, self.label_index, opts.clips, opts.frames, self.swap, scales)
         self.state.append_video(records)
         self.failures.pop(item.key, None)
         if result.fps:  # the typical duration is timeline's default window
@@ -105,9 +122,12 @@ class ExtractionRun:
             self.warnings[item.key] = warning
             report.warnings.append(warning)
             self.manifest.warnings = sorted(self.warnings.values(), key=lambda w: w.video)
+        if result.short:
+            report.short.append(item.key)
         report.videos += 1
-        report.clips += opts.clips
-        report.view_clips += len(records) - opts.clips
+        clean = sum(record.view == 0 for record in records)
+        report.clips += clean
+        report.view_clips += len(records) - clean
         self._progress()
         self.state.roll_over_if_full(self.failures)  # publishing (fsync, sha256) happens here, off the hot path
 
@@ -225,6 +245,14 @@ class ExtractionRun:
         return report
 
 
+def quantize_on_device(dtype: str, device: torch.device) -> bool:
+    """Whether int8 tokens are quantized on the device before the copy back (``device_quantize``: half the bytes over
+    PCIe) rather than by the shard writer's numpy quantizer in the writer thread. Only on a GPU: on the CPU there is
+    no copy to save, and torch's quantizer there (measured 2x numpy's time, docs/performance.md) would run on the
+    main thread, beside the backbone, instead of the writer thread."""
+    return dtype == "int8" and device.type == "cuda"
+
+
 def strict_stop(reason: str) -> ExtractionError:
     """The stop that ``strict`` asks for at the first failed video, naming the setting as the caller wrote it."""
     setting = "--strict" if from_command_line() else "strict=True"
@@ -232,3 +260,11 @@ def strict_stop(reason: str) -> ExtractionError:
 
 
 __all__ = ["ExtractionRun", "strict_stop"]
+
+
+def video_row_count(split: str | None, clips: int, views: int, test_views: TestViews | None) -> int:
+    """Shard rows of one video of ``split``: K clips, times 1 + N views for a training video, or the test views'
+    S x C for a val/test video (also what ``extract --dry-run`` counts)."""
+    if test_views is not None and gets_test_views(split):
+        return test_views.rows
+    return clips * (1 + (views if views and gets_views(split) else 0))

@@ -28,6 +28,7 @@ from step_cache.catalog import VideoItem
 from step_cache.extraction.backbones import resolve_backbone
 from step_cache.extraction.decoders import decoder_settings
 from step_cache.extraction.extract_report import ExtractReport
+from step_cache.extraction.sampling import SAMPLING_STRATEGIES, sampling_record
 from step_cache.extraction.views import ViewSettings
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,13 @@ def expected_settings(known: dict[str, Any], opts: Any, views: ViewSettings) -> 
     weights["source"] = source
     if source == "random":
         weights["seed"] = opts.seed
-    settings["sampling"] = {**settings.get("sampling", {}), "frames": opts.frames, "clips": opts.clips}
+    known_sampling = settings.get("sampling", {})
+    settings["sampling"] = sampling_record(opts.frames, opts.clips, opts.frame_step)
+    if known_sampling.get("strategy") not in SAMPLING_STRATEGIES:  # another writer's (synthetic caches): kept
+        settings["sampling"] = {**known_sampling, "frames": opts.frames, "clips": opts.clips}
+    settings.pop("test_views", None)
+    if opts.test_views is not None:
+        settings["test_views"] = opts.test_views.to_dict()
     tokens = settings.setdefault("tokens", {})
     tokens["dtype"], tokens["patch_pool"] = opts.dtype, opts.pool_patches
     if opts.layers == LAST:  # other specs need the model's depth: the full path compares them

@@ -1,10 +1,20 @@
-"""Which frames of a video become a clip: uniform sampling at the centres of T equal segments."""
+"""Which frames of a video become a clip: uniform sampling at the centres of T equal segments (``segment-centres``,
+the default), or T frames a fixed step apart as V-JEPA's evaluation samples them (``frame-step``)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from step_cache.errors import InputError
+
+SAMPLING_STRATEGIES = ("segment-centres", "frame-step")  # manifest extraction.sampling.strategy of extract
+
+
+def sampling_record(frames: int, clips: int, frame_step: int | None) -> dict[str, object]:
+    """The manifest's ``extraction.sampling``: segment centres, or (``frame_step``) T frames that far apart."""
+    if frame_step is None:
+        return {"frames": frames, "clips": clips, "strategy": "segment-centres"}
+    return {"frames": frames, "clips": clips, "strategy": "frame-step", "frame_step": frame_step}
 
 
 def segment_indices(num_frames: int, frames: int, clips: int = 1, start: int = 0) -> np.ndarray:
@@ -28,3 +38,41 @@ def segment_indices(num_frames: int, frames: int, clips: int = 1, start: int = 0
 def is_short(num_frames: int, frames: int) -> bool:
     """A video with fewer frames than asked for: some sampled frames are repeats."""
     return num_frames < frames
+
+
+def frame_step_indices(num_frames: int, frames: int, step: int, clips: int = 1, start: int = 0) -> np.ndarray:
+    """Frame numbers (clips, frames): T frames ``step`` apart in each of ``clips`` segments of ``[start, start +
+    num_frames)``, as V-JEPA's ``VideoDataset.loadvideo_decord`` samples them for evaluation (``num_clips`` =
+    segments, ``allow_clip_overlap=True`` as ``make_dataloader``'s ``allow_segment_overlap``):
+
+    - the video is cut into ``clips`` partitions of ``num_frames // clips`` frames; when a partition is longer than
+      the window (``frames * step``), clip i is ``linspace(s, s + window, frames)`` clipped to ``s + window - 1``,
+      offset by ``i * partition``. The anchor draws the window's end uniformly in ``[window, partition)`` even at
+      evaluation (``random_clip_sampling`` keeps its default, True); a cache is extracted once, so it takes the
+      middle of that range, ``(window + partition - 1) // 2`` (the draw's mean, rounded down);
+    - otherwise (a short video, or partitions shorter than the window) the windows overlap: each clip takes
+      ``linspace(0, L, L // step)`` with ``L = min(window, num_frames) - 1``, padded to T with L and clipped to
+      ``L - 1`` (so its last frame repeats), clip i offset by ``i * ((num_frames - window) // (clips - 1))`` when
+      the video is longer than one window, else 0. A one-frame video gives frame 0 throughout.
+    """
+    if num_frames < 1:
+        raise InputError(f"cannot sample from a video with {num_frames} frames")
+    if frames < 1 or clips < 1 or step < 1:
+        raise InputError(f"frames, clips and frame step must be >= 1, got {frames}, {clips}, {step}")
+    window = frames * step
+    partition = num_frames // clips
+    rows = []
+    for i in range(clips):
+        if partition > window:
+            end = (window + partition - 1) // 2
+            first = end - window
+            indices = np.clip(np.linspace(first, end, num=frames), first, end - 1).astype(np.int64) + i * partition
+        else:
+            last = min(window, num_frames) - 1
+            spaced = np.linspace(0, last, num=last // step)
+            padded = np.concatenate((spaced, np.full(frames - last // step, float(last))))
+            indices = np.clip(padded, 0, max(last - 1, 0)).astype(np.int64)
+            offset = (num_frames - window) // (clips - 1) if num_frames > window else 0
+            indices = indices + i * offset
+        rows.append(indices)
+    return np.stack(rows) + start

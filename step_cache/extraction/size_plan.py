@@ -91,17 +91,14 @@ def estimate_size(
     out: str | Path,
     layout: TokenLayout,
     frames: int,
-    clips_per_video: int,
-    splits: Sequence[str | None],
-    views: int = 0,
+    per_video: Sequence[int],
     shard_size_mb: float = 1024.0,
+    clips_per_video: int = 1,
 ) -> SizeEstimate:
-    """The size of a cache of one entry of ``splits`` per video (``views`` augmented views per training clip, as
-    ``extraction.views.gets_views`` decides), without reading any video."""
-    from step_cache.extraction.views import gets_views
-
+    """The size of a cache of videos with ``per_video`` shard rows each (clips, views, test views:
+    ``pipeline.video_row_count``), in catalogue order, without reading any video; ``clips_per_video``: extract's
+    ``clips`` (K), which bounds a shard's clips from below as in the pipeline."""
     out = Path(out)
-    per_video = [clips_per_video * (1 + (views if views and gets_views(split) else 0)) for split in splits]
     clips = sum(per_video)
     clip_bytes = layout.clip_bytes(frames)
     shard_clips = max(clips_per_video, int(shard_size_mb * 2**20 // clip_bytes))  # as the pipeline rolls over
@@ -119,7 +116,7 @@ def estimate_size(
     per_clip = layout.clip_bytes(frames) + CLIP_OVERHEAD + 8 * frames  # int64 frame indices
     total = clips * per_clip + copy_clips * layout.cls_bytes(frames) + len(sizes) * SHARD_OVERHEAD
     existing = sum(record.bytes for record in manifest.shards) if manifest else 0
-    return SizeEstimate(out, len(splits), clips, clip_bytes, len(sizes), total, existing, free_bytes(out))
+    return SizeEstimate(out, len(per_video), clips, clip_bytes, len(sizes), total, existing, free_bytes(out))
 
 
 def _manifest(out: Path) -> Manifest | None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from step_cache.extraction.decoders import DEFAULT_DECODER, open_video
 from step_cache.extraction.decoders.base import VideoDecodeError, decoder_message
-from step_cache.extraction.sampling import is_short, segment_indices
+from step_cache.extraction.sampling import frame_step_indices, is_short, segment_indices
 
 
 @dataclass
@@ -44,14 +44,16 @@ def decode_clips(
     end_frame: int | None = None,
     decoder: str = DEFAULT_DECODER,
     views: ViewDraws | None = None,
+    frame_step: int | None = None,
 ) -> DecodedClips:
     """Decode ``clips`` x ``frames`` uniformly sampled frames of ``path`` (or of ``[start_frame, end_frame)``) with
     the named decoder backend; VideoDecodeError naming the file and the problem when it cannot be read.
-    ``views(frames in the span, its start)`` draws augmented views, whose frames are read in the same pass."""
+    ``views(frames in the span, its start)`` draws augmented views, whose frames are read in the same pass.
+    ``frame_step``: T frames that far apart per clip (``sampling.frame_step_indices``) instead of segment centres."""
     path = Path(path)
     source = _open_source(path, decoder)
     try:
-        return _sample(source, path, frames, clips, start_frame, end_frame, views)
+        return _sample(source, path, frames, clips, start_frame, end_frame, views, frame_step)
     finally:
         source.close()
 
@@ -64,13 +66,14 @@ def decode_clips_on_device(
     end_frame: int | None,
     decoder: str,
     device: str,
+    frame_step: int | None = None,
 ) -> DecodedClips:
     """``decode_clips`` with a decoder that decodes on ``device`` (torchcodec-cuda): ``frames`` of the result is
     an (N, 3, H, W) uint8 tensor there, never copied to the host."""
     path = Path(path)
     source = open_video(path, decoder, device=device)
     try:
-        return _sample(_TensorReads(source), path, frames, clips, start_frame, end_frame)
+        return _sample(_TensorReads(source), path, frames, clips, start_frame, end_frame, frame_step=frame_step)
     finally:
         source.close()
 
@@ -94,6 +97,7 @@ def _sample(
     start_frame: int | None,
     end_frame: int | None,
     views: ViewDraws | None = None,
+    frame_step: int | None = None,
 ):
     total = source.num_frames
     start = start_frame or 0
@@ -116,7 +120,10 @@ def _sample(
             f"segment [{start}, {end_frame}) ends past the video's {total} frames; frames were sampled from "
             f"[{start}, {end})"
         )
-    indices = segment_indices(end - start, frames, clips, start=start)
+    if frame_step:
+        indices = frame_step_indices(end - start, frames, frame_step, clips, start=start)
+    else:
+        indices = segment_indices(end - start, frames, clips, start=start)
     drawn = views(end - start, start) if views is not None else []
     wanted = [indices, *(np.asarray(params["frame_indices"]) for _, params in drawn)]
     # Each unique frame is decoded once, for the clean clips and every view; repeated indices (short videos,

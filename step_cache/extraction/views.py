@@ -33,6 +33,7 @@ import numpy as np
 
 from step_cache.errors import StepCacheError
 from step_cache.extraction.preprocess import _PIL_MODES, Preprocessing
+from step_cache.interface import option, switch
 
 # The crop ranges of V-JEPA's pretraining configs (configs/pretrain/vitl16.yaml: random_resize_scale 0.3-1.0,
 # aspect 0.75-1.35), not of its frozen evaluation (0.08-1.0, aspect 0.75-4/3): milder than (0.08, 1), which often
@@ -63,18 +64,18 @@ class ViewSettings:
     def __post_init__(self) -> None:
         lo, hi = self.scale
         if not 0 < lo <= hi <= 1:
-            raise ViewError(f"--view-scale must be 0 < LO <= HI <= 1 (area fractions), got {lo},{hi}")
+            raise ViewError(f"{option('view_scale')} must be 0 < LO <= HI <= 1 (area fractions), got {lo},{hi}")
         lo, hi = self.ratio
         if not 0 < lo <= hi:
-            raise ViewError(f"--view-ratio must be 0 < LO <= HI (width/height), got {lo},{hi}")
+            raise ViewError(f"{option('view_ratio')} must be 0 < LO <= HI (width/height), got {lo},{hi}")
         if self.count < 0:
-            raise ViewError(f"--views must be >= 0, got {self.count}")
+            raise ViewError(f"{option('views')} must be >= 0, got {self.count}")
         if self.span is not None and not 0 < self.span <= 1:
-            raise ViewError(f"--view-span must be in (0, 1], got {self.span}")
+            raise ViewError(f"{option('view_span')} must be in (0, 1], got {self.span}")
         if not 0 <= self.colour < 1:
-            raise ViewError(f"--view-colour must be in [0, 1), got {self.colour}")
+            raise ViewError(f"{option('view_colour')} must be in [0, 1), got {self.colour}")
         if self.flip_pairs and not self.flip:
-            raise ViewError("--flip-pairs swaps the labels of flipped views: it needs --view-flip")
+            raise ViewError(f"{option('flip_pairs')} swaps the labels of flipped views: it needs {switch('view_flip')}")
 
     def to_dict(self) -> dict[str, Any]:
         """The manifest's ``extraction.views``: every setting, so that any change alters the settings hash."""

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from step_cache.interface import option
 from step_cache.probes.layers import (
     ProbeConfigError,
     ProbeShape,
@@ -41,7 +42,8 @@ class LinearProbe(nn.Module):
         if avgpool and (cls_index is None or tokens_per_frame < 2):
             raise ProbeConfigError(
                 "avgpool=True concatenates the CLS token with the mean of the patch tokens: it needs both in the "
-                f"probe's tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use --tokens all"
+                f"probe's tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use "
+                f"{option('tokens', 'all')}"
             )
         self.dim = dim
         # Without a per-frame CLS token in the cache, the frame's summary is the mean of its patch tokens.

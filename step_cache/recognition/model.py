@@ -1,9 +1,11 @@
 """A trained run ready for raw frames: the rebuilt backbone turns frames into tokens exactly as extraction did
 (same preprocessing, same model, tokens rounded to the cache's dtype), and the probe turns windows of tokens into
-logits exactly as ``evaluate`` does on a cache (K clips of a window averaged in logit space)."""
+logits exactly as ``evaluate`` does on a cache (the K clips of a window combined as the run's ``view_average``
+says: the mean of their softmax, or of their logits)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,10 +13,12 @@ import numpy as np
 import torch
 
 from step_cache.cache.manifest import Manifest, ManifestError, TokenLayout, read_manifest
+from step_cache.cache.quantize import dequantize, is_quantized, read_dtype
 from step_cache.devices import resolve_device
+from step_cache.extraction.device_quantize import unpack
 from step_cache.extraction.frame_batches import TokenComputer
 from step_cache.recognition.settings import load_run_backbone
-from step_cache.training.evaluation import load_probe
+from step_cache.training.evaluation import load_probe, run_view_average
 from step_cache.training.inference import autocast
 from step_cache.training.token_data import select_tokens
 
@@ -30,13 +34,16 @@ class RunModel:
         backbone, options = load_run_backbone(self.record, weights)
         self.device = resolve_device(device)
         self.amp = amp
-        self.computer = TokenComputer(backbone, self.device, options.dtype)
+        # int8 runs: quantized as extract does, then read back as the cache reader hands them out (float16)
+        self.quantized = is_quantized(options.dtype)
+        self.computer = TokenComputer(backbone, self.device, read_dtype(options.dtype).name, quantize=self.quantized)
         self.preprocessing = backbone.preprocessing
         self.probe = probe.to(self.device).eval()
         data = self.record["data"]
         self.classes: list[str] = list(data["classes"])
         self.frames: int = int(data["frames"])  # T per clip
         self.clips: int = int(data["extraction"]["sampling"]["clips"])  # K views per window
+        self.view_average = run_view_average(self.record)
         layout = TokenLayout.from_dict(data["extraction"]["tokens"])
         self.selection = select_tokens(layout, data["tokens"]["subset"])
 
@@ -60,12 +67,14 @@ class RunModel:
         tokens, ready = self.computer(np.ascontiguousarray(pixels))
         if ready is not None:
             ready.synchronize()
-        return tokens.cpu().numpy()
+        tokens = tokens.cpu().numpy()
+        return dequantize(*unpack(tokens)) if self.quantized else tokens
 
     @torch.no_grad()
     def classify(self, windows: np.ndarray) -> np.ndarray:
-        """(B, K, T, P, D) window tokens (the cache's dtype) -> (B, C) float32 logits, the K clips' logits averaged
-        (as per video in ``evaluate``)."""
+        """(B, K, T, P, D) window tokens (the cache's dtype) -> (B, C) float32 scores whose softmax is the window's
+        probabilities, as per video in ``evaluate``: the K clips' mean logits, or (``view_average`` softmax, K > 1) the
+        log of their mean softmax; one clip's logits as they are."""
         batch, clips = windows.shape[:2]
         tokens = self.selection.apply(windows.reshape(batch * clips, *windows.shape[2:]))
         # float16 -> float32 is exact, in numpy as in torch; on the CPU numpy's is the fast one, a GPU gets the
@@ -76,4 +85,7 @@ class RunModel:
             tokens = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.device, non_blocking=True).float()
         with autocast(self.device, self.amp):
             logits = self.probe(tokens).float()
-        return logits.reshape(batch, clips, -1).mean(dim=1).cpu().numpy()
+        logits = logits.reshape(batch, clips, -1)
+        if self.view_average == "softmax" and clips > 1:  # log(mean softmax): its softmax is the clips' mean softmax
+            return (torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=1) - math.log(clips)).cpu().numpy()
+        return logits.mean(dim=1).cpu().numpy()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from step_cache.errors import InputError
+from step_cache.interface import option
 
 
 @dataclass
@@ -35,11 +36,11 @@ def check_segment_options(min_confidence: float, min_length: float) -> None:
     so it silently kept nothing) or a negative length."""
     if not 0.0 <= min_confidence <= 1.0:
         raise InputError(
-            f"--min-confidence must be from 0 to 1 (confidence above chance: 0 keeps every window, 1 only certain "
-            f"ones), got {min_confidence}"
+            f"{option('min_confidence')} must be from 0 to 1 (confidence above chance: 0 keeps every window, 1 only "
+            f"certain ones), got {min_confidence}"
         )
     if not min_length >= 0.0:
-        raise InputError(f"--min-length must be 0 or more seconds, got {min_length}")
+        raise InputError(f"{option('min_length')} must be 0 or more seconds, got {min_length}")
 
 
 def above_chance(probabilities: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from step_cache.cache.manifest import ManifestError, extraction_differences, rea
 from step_cache.errors import StepCacheError
 from step_cache.extraction.backbones import Backbone, load_backbone
 from step_cache.extraction.engine import ExtractOptions, extraction_settings
+from step_cache.interface import from_command_line, option
 
 
 class RunSettingsError(StepCacheError, ValueError):
@@ -24,10 +25,10 @@ class RunSettingsError(StepCacheError, ValueError):
 
 
 def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
-    """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, image size,
-    patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its checksum).
-    For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted from: then
-    ``compaction`` says how to compact their tokens into the run's."""
+    """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, frame step,
+    image size, patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its
+    checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted
+    from: then ``compaction`` says how to compact their tokens into the run's."""
     extraction = record["data"]["extraction"]
     check_rebuildable(extraction)
     compacted = compaction(extraction)
@@ -38,6 +39,7 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "weights": _weights_argument(record, recorded, weights),
         "frames": int(extraction["sampling"]["frames"]),
         "clips": int(extraction["sampling"]["clips"]),
+        "frame_step": extraction["sampling"].get("frame_step"),  # a frame-step cache's step (None: segment centres)
         # The model's input size is the crop; passing it rebuilds the same model (a square crop: one number).
         "image_size": int(crop) if isinstance(crop, int) else None,
         "pool_patches": compacted["source_pool"] if compacted else int(extraction["tokens"].get("patch_pool", 1)),
@@ -72,14 +74,20 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
     tokens = extraction.get("tokens", {})
     if extraction.get("backbone", {}).get("name") == "synthetic" or "crop" not in extraction.get("preprocessing", {}):
         raise RunSettingsError(
-            "--run: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it cannot "
-            "classify videos; use predict --features with a cache of the same kind"
+            f"{_run()}: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it "
+            "cannot classify videos; use predict --features with a cache of the same kind"
         )
     if projection := tokens.get("projection"):
         raise RunSettingsError(
-            f"--run: the run was trained on tokens projected on {projection.get('components')} principal directions "
+            f"{_run()}: the run was trained on tokens projected on {projection.get('components')} principal directions "
             "(step-cache compact --project), which cannot be rebuilt from videos; to classify videos, train on a "
             "cache without --project"
+        )
+    if streaming and (step := extraction.get("sampling", {}).get("frame_step")):
+        raise RunSettingsError(
+            f"--run: the run was trained on frames {step} apart (extract --frame-step {step}), but timeline and "
+            "Recognizer windows sample the centres of T equal segments; use predict --videos, or train on a cache "
+            "without --frame-step"
         )
     if streaming and (compacted := compaction(extraction)):
         what = []
@@ -88,30 +96,38 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
         if "dequantized_from" in tokens:
             what.append(f"--dtype {compacted['dtype']}: {compacted['source_dtype']} tokens read back")
         raise RunSettingsError(
-            f"--run: the run was trained on a cache rewritten by step-cache compact ({'; '.join(what)}), whose "
+            f"{_run()}: the run was trained on a cache rewritten by step-cache compact ({'; '.join(what)}), whose "
             "tokens timeline and Recognizer do not reproduce frame by frame; use predict --videos (which compacts "
             "the same way), or train on a cache extracted with those settings"
         )
+
+
+def _run() -> str:
+    """The run as the caller named it: ``--run`` on the command line, ``run_dir`` (the argument) in Python."""
+    return "--run" if from_command_line() else "run_dir"
 
 
 def _weights_argument(record: dict[str, Any], recorded: dict[str, Any], given: str | Path | None) -> str:
     source = recorded["source"]
     if given is not None and str(given) in ("random", "hub"):
         if str(given) != source:
-            raise RunSettingsError(f"--weights {given}: the run's tokens were made with {_describe(recorded)}")
+            raise RunSettingsError(
+                f"{option('weights', str(given))}: the run's tokens were made with {_describe(recorded)}"
+            )
         return str(given)
     if source == "random":
         if given is not None:
             raise RunSettingsError(
-                f"--weights {given}: the run's tokens were made with random weights (seed {recorded.get('seed')}), "
-                "not a weights file; leave --weights out"
+                f"{option('weights', str(given))}: the run's tokens were made with random weights (seed "
+                f"{recorded.get('seed')}), not a weights file; leave {option('weights')} out"
             )
         return "random"
     if source == "hub":
         if given is not None:  # the cache records a hub identity, which a file's would never equal
             raise RunSettingsError(
-                f"--weights {given}: the run's tokens were made with timm's hub weights ({recorded.get('hf_hub_id')}); "
-                "leave --weights out (they load from the Hugging Face cache when downloaded before)"
+                f"{option('weights', str(given))}: the run's tokens were made with timm's hub weights "
+                f"({recorded.get('hf_hub_id')}); leave {option('weights')} out (they load from the Hugging Face "
+                "cache when downloaded before)"
             )
         return "hub"
     path = Path(given) if given is not None else _recorded_weights_path(record)
@@ -154,7 +170,7 @@ def _recorded_weights_path(record: dict[str, Any]) -> Path:
             return Path(path)
     raise RunSettingsError(
         "the run's tokens were made with a weights file that is no longer where its cache recorded it; pass it "
-        "with --weights FILE (its checksum is checked)"
+        f"with {option('weights', 'FILE')} (its checksum is checked)"
     )
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from step_cache.extraction.frame_rate import frame_rate
 from step_cache.extraction.video import decode_clips, decoder_logs_silenced
+from step_cache.interface import from_command_line, option
 from step_cache.recognition.model import RunModel
 from step_cache.recognition.plot import plot_timeline
 from step_cache.recognition.segments import Segment, check_segment_options, merge_segments
@@ -111,12 +112,13 @@ def run_timeline(
         first = decode_clips(video, 1)  # the frame count and size, and a clear error for an unreadable file
         rate = fps or frame_rate(video)
     if not rate:
-        raise WindowError(f"{video}: the container states no frame rate; give it (--fps)")
+        raise WindowError(f"{video}: the container states no frame rate; give it ({option('fps')})")
     total = first.num_frames
     plan = plan_windows(rate, model.frames, model.clips, window, stride, model.typical_duration())
     if total < plan.length:
-        option = f" (--window {window:g} s is longer than the video)" if window is not None else ""
-        log.warning("%s%s", Timeline(video, rate, plan, model.classes, [], frames=total).short, option)
+        given = f"{option('window')}{' ' if from_command_line() else ''}{window:g} s" if window is not None else ""
+        longer = f" ({given} is longer than the video)" if window is not None else ""
+        log.warning("%s%s", Timeline(video, rate, plan, model.classes, [], frames=total).short, longer)
     windows = plan.over(total)
     needed = np.zeros(total, dtype=bool)
     for w in windows:

@@ -63,8 +63,8 @@ def _refuse_unreadable(videos: Path, directory: Path) -> None:
     reasons = "; ".join(failure.reason for failure in manifest.failures[:_LISTED])
     more = f"; and {len(manifest.failures) - _LISTED} more" if len(manifest.failures) > _LISTED else ""
     raise ExtractionError(
-        f"{videos}: none of the {len(manifest.failures)} videos could be read: {reasons}{more} (--cache DIR keeps "
-        "every reason in DIR/manifest.json)"
+        f"{videos}: none of the {len(manifest.failures)} videos could be read: {reasons}{more} "
+        f"({option('cache', 'DIR')} keeps every reason in DIR/manifest.json)"
     )
 
 
@@ -84,10 +84,11 @@ def predict_videos(
     workers: int | None = None,
     batch_size: int | None = None,
     progress: bool = True,
+    view_average: str | None = None,
 ) -> VideoPredictions:
     """Write ``predict``'s CSV (``video, clips, label, short, class_1, ...``) for the videos at ``videos``: one
     file, a folder (``<class>/`` sub-folders fill ``label``), or the rows of ``annotations`` (paths relative to
-    ``videos``). Unreadable videos are skipped and returned with their reason."""
+    ``videos``). Unreadable videos are skipped and returned with their reason. ``view_average``: as ``predict``."""
     if top_k is not None and top_k < 1:
         raise InputError(f"{option('top_k', top_k)}: must be >= 1")
     record = runs.read_config(run_dir)
@@ -120,7 +121,7 @@ def predict_videos(
                 extracted_to, directory, dtype=compacted["dtype"], pool_patches=compacted["pool_patches"],
                 progress=progress,
             )  # fmt: skip
-        path = predict(run_dir, directory, out_csv, top_k=top_k, device=device)
+        path = predict(run_dir, directory, out_csv, top_k=top_k, device=device, view_average=view_average)
         failures = sorted(extracted.manifest.failures, key=lambda f: f.video)
         return VideoPredictions(path, extracted.manifest.num_videos, failures, directory if keep else None)
     finally:

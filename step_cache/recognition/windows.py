@@ -15,6 +15,7 @@ import numpy as np
 
 from step_cache.errors import StepCacheError
 from step_cache.extraction.sampling import segment_indices
+from step_cache.interface import option
 
 
 class WindowError(StepCacheError, ValueError):
@@ -79,7 +80,7 @@ def plan_windows(
     if seconds is None:
         raise WindowError(
             "the run's cache records no clip durations (extracted before they were recorded, or its manifest is "
-            "gone): give the window length in seconds (--window)"
+            f"gone): give the window length in seconds ({option('window')})"
         )
     if seconds <= 0:
         raise WindowError(f"window must be positive, got {seconds} s")

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from step_cache.extras import require
+from step_cache.interface import option
 from step_cache.report.document import Block, Heading, Paragraph, Table, to_html, to_markdown
 from step_cache.report.summaries import (
     ReportError,
@@ -17,6 +18,7 @@ from step_cache.report.summaries import (
     excluded_lines,
     load_run,
     run_names,
+    view_average_lines,
 )
 from step_cache.training.metrics import TOP_K, format_percent_spread
 
@@ -28,6 +30,7 @@ __all__ = [
     "format_comparison",
     "load_inputs",
     "load_run",
+    "view_average_lines",
 ]
 
 # (column title, metrics.json key, kind) — the comparison table everywhere (report, demo, terminal).
@@ -67,7 +70,9 @@ def comparison_rows(summaries: Sequence[RunSummary]) -> tuple[list[str], list[li
                 cells.append(format_percent_spread(figures[key], std[key]))
             else:
                 cells.append(cell(figures.get(key), kind))
-        rows.append([s.name, s.metrics.get("probe", "?"), split, str(len(s.metrics.get("seeds", [0]))), *cells])
+        seeds = len(s.metrics.get("seeds", [0]))
+        varied = f" ({s.metrics.get('vary', 'init')})" if seeds > 1 else ""  # what the std measures
+        rows.append([s.name, s.metrics.get("probe", "?"), split, f"{seeds}{varied}", *cells])
     return header, rows
 
 
@@ -144,7 +149,7 @@ def _compared(loaded: Sequence[RunSummary]) -> list[RunSummary]:
         raise ReportError(
             "no run to compare: every run failed or has metrics that are not finite ("
             + "; ".join(f"{s.name}: {s.problem}" for s in excluded)
-            + "); retrain with a lower --lr"
+            + f"); retrain with a lower {option('lr')}"
         )
     return summaries
 
@@ -157,10 +162,13 @@ def _introduction(
     return [
         Heading(title, 1),
         Paragraph(
-            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(summaries)} run(s). Accuracies are per video, "
+            f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {len(summaries)} run(s). Accuracies are per video "
+            "(its clips and test views combined by each run's --view-average: mean softmax by default), "
             "on the split named in the 'split' column: 'test' when the cache has a test split (the checkpoint was "
             "chosen on validation, so these figures were not selected on), else 'val' (the same figures that chose "
-            "the checkpoint: optimistic). With several seeds a cell is the mean ± sample std over seeds, and "
+            "the checkpoint: optimistic). With several seeds a cell is the mean ± sample std over seeds, the "
+            "'seeds' column says what varied between them (init: initial weights only, the same batches and val "
+            "hold-out; data: batch order and val hold-out too), and "
             "error bars in the figure show the std; a run's confusion matrix and per-class accuracy pool its "
             "seeds' videos of that split. 'reversed' and 'shuffled' re-evaluate the same clips with "
             "their frames reversed / shuffled: a probe that reads frame order drops there, an order-blind probe "
@@ -171,6 +179,7 @@ def _introduction(
         *(Paragraph(note) for note in notes),
         *(Paragraph(line) for line in excluded_lines(loaded)),
         *(Paragraph(line) for line in chance_lines(summaries)),
+        *(Paragraph(line) for line in view_average_lines(summaries)),
         Heading("Comparison"),
         Table(header, rows, align_right=set(range(2, len(header)))),
     ]

@@ -51,9 +51,14 @@ def run_blocks(summary: RunSummary, out: Path) -> list[Block]:
     epochs = f"epochs {metrics.get('epochs_trained')}/{metrics.get('epochs')} (trained/planned)"
     split, seeds = metrics.get("headline_split", "val"), metrics.get("seeds") or [0]
     pooled = describe(split, metrics.get("pooled_seeds") or seeds, pooled=True)
+    checkpoint = (
+        f"no val: fixed schedule, last epoch's weights (epoch {metrics.get('best_epoch')})"
+        if metrics.get("checkpoint") == "last"  # --val none
+        else f"best epoch {metrics.get('best_epoch')}"
+    )
     blocks: list[Block] = [
         Heading(f"{summary.name} ({metrics.get('probe')})"),
-        Paragraph(f"{summary.directory} — {epochs}; {settings}; best epoch {metrics.get('best_epoch')}"),
+        Paragraph(f"{summary.directory} — {epochs}; {settings}; {checkpoint}"),
     ]
     per_class = metrics.get("per_class_accuracy") or {}
     if per_class:

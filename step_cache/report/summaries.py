@@ -12,7 +12,7 @@ from typing import Any
 from step_cache.errors import StepCacheError
 from step_cache.training import runs as run_files
 from step_cache.training.chance import chance_note
-from step_cache.training.metrics import format_percent
+from step_cache.training.metrics import LEGACY_VIEW_AVERAGE, format_percent
 from step_cache.training.records import headline_figures, run_chance
 from step_cache.training.run_status import failure, unfinished
 
@@ -86,6 +86,16 @@ def chance_lines(summaries: Sequence[RunSummary]) -> list[str]:
             split = s.headline[0]
             lines.append(f"note: {s.name} ({s.directory}): {split} top-1{note.removeprefix(' |')}")
     return lines
+
+
+def view_average_lines(summaries: Sequence[RunSummary]) -> list[str]:
+    """A note when the compared runs combine a video's clips and test views by different rules (``--view-average``):
+    on a multi-clip cache their per-video figures then differ by the rule too, not only by the probe."""
+    rules = {s.name: s.metrics.get("view_average", LEGACY_VIEW_AVERAGE) for s in comparable(summaries)[0]}
+    if len(set(rules.values())) < 2:
+        return []
+    named = ", ".join(f"{name}: {rule}" for name, rule in rules.items())
+    return [f"note: the runs average a video's clips and views by different rules ({named}; --view-average)"]
 
 
 def load_run(directory: str | Path, name: str | None = None) -> RunSummary:

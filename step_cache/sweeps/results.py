@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from step_cache.cache.files import atomic_write_text
 from step_cache.cache.shards import ShardSet
+from step_cache.interface import option
 from step_cache.sweeps.search import SweepError
 from step_cache.sweeps.space import SearchSpace
 from step_cache.sweeps.storage import JOURNAL, SweepStorage, has_outcome, is_skipped
@@ -151,7 +152,9 @@ def read_trials(path: Path, tables: bool = False) -> dict[str, Any]:
         else None
     )  # fmt: skip
     if problem:
-        raise SweepError(f"{path}: not a sweep's trials.json ({problem}); move it away or choose another --out")
+        raise SweepError(
+            f"{path}: not a sweep's trials.json ({problem}); move it away or choose another {option('out')}"
+        )
     return content
 
 
@@ -172,7 +175,7 @@ def check_out_first(out: Path, shared: bool) -> None:
     if not shared and not (out / JOURNAL).exists() and (before := _finished(previous)):
         raise SweepError(
             f"{path}: holds {before} finished trials of another study ({previous.get('study')!r}, "
-            f"{previous.get('storage', 'not resumable: no study.journal')}); choose another --out"
+            f"{previous.get('storage', 'not resumable: no study.journal')}); choose another {option('out')}"
         )
 
 
@@ -191,7 +194,7 @@ def check_resume(out: Path, store: SweepStorage, study: optuna.Study, trials: in
         if other or before > done:
             raise SweepError(
                 f"{path}: holds {before} finished trials of another study ({previous.get('study')!r}, "
-                f"{previous.get('storage', 'not resumable: no study.journal')}); choose another --out"
+                f"{previous.get('storage', 'not resumable: no study.journal')}); choose another {option('out')}"
             )  # fmt: skip
     where = f"study {study.study_name!r} in {store.label}" if store.shared else str(out)
     if done >= trials:

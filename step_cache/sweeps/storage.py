@@ -32,6 +32,7 @@ from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from step_cache.errors import InputError
+from step_cache.interface import option
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ def redact(url: str) -> str:
 def open_storage(url: str | None, out: Path, heartbeat: int) -> SweepStorage:
     """The journal in ``out`` (``url`` None; the caller holds ``out``'s lock) or the RDB at ``url``."""
     if heartbeat < 1:
-        raise InputError(f"--heartbeat must be a whole number of seconds >= 1, got {heartbeat}")
+        raise InputError(f"{option('heartbeat')} must be a whole number of seconds >= 1, got {heartbeat}")
     if url is None:
         path = out / JOURNAL
         _repair_journal(path)

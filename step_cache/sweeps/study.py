@@ -28,6 +28,7 @@ from tqdm import tqdm
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
+from step_cache.interface import option
 from step_cache.probes import build_probe
 from step_cache.sweeps.batch import run_batch, worker_name
 from step_cache.sweeps.distinct import ask_distinct, exhausted, space_size
@@ -52,6 +53,7 @@ from step_cache.sweeps.storage import (
     requeue_stale,
 )  # fmt: skip
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
+from step_cache.training.protocol_use import announce
 from step_cache.training.run_data import probe_shape, resolve_pairs, token_subset
 from step_cache.training.run_record import with_config_defaults
 from step_cache.training.stacking.grouping import group_by_shape
@@ -99,7 +101,7 @@ def validate_space(space: SearchSpace, probe: str, options: dict[str, Any], shar
         for value in values:
             try:
                 config = trial_config(probe, options, {**space.fixed, name: value})
-                selection = select_tokens(shards.layout, token_subset(config, shards))
+                selection = select_tokens(shards.layout, token_subset(config, shards), config.layers)
                 with torch.device("meta"):
                     build_probe(probe, **probe_shape(shards, selection), **config.probe_options)
             except SweepSpaceError:
@@ -118,8 +120,8 @@ def open_study(
         load_if_exists=True,
     )  # fmt: skip
     if study.direction.name.lower() != direction:
-        raise SweepError(f"study {study_name!r} was created to {study.direction.name.lower()}, --metric {metric} needs "
-                         f"to {direction}")  # fmt: skip
+        raise SweepError(f"study {study_name!r} was created to {study.direction.name.lower()}, "
+                         f"{option('metric', metric)} needs to {direction}")  # fmt: skip
     stored = study.user_attrs.get("sweep")
     if stored is None:
         study.set_user_attr("sweep", settings)
@@ -130,7 +132,7 @@ def open_study(
                        for k in sorted(set(flat_stored) | set(flat_settings))
                        if flat_stored.get(k) != flat_settings.get(k)]  # fmt: skip
         if differences:
-            where = "" if store.shared else " (use the same options to resume it, or another --out)"
+            where = "" if store.shared else f" (use the same options to resume it, or another {option('out')})"
             raise SweepError(f"study {study_name!r} was started with other settings ({'; '.join(differences)}){where}")
     return study
 
@@ -186,6 +188,15 @@ def run_sweep(
     if trials < 0 or parallel < 1:
         raise SweepError(f"trials must be >= 0 and parallel >= 1, got {trials} and {parallel}")
     base = make_config(probe, options)
+    if base.val == "none":
+        hint = (
+            f": --protocol {base.protocol} has no grid; use train-probe --protocol {base.protocol}"
+            if base.protocol
+            else ""
+        )
+        raise SweepError(
+            f"a sweep ranks its trials on the val split: val='none' (train-probe --val none) has none{hint}"
+        )
     space.check_not_empty()
     if sampler == "grid":
         size = space.grid_size()
@@ -193,11 +204,16 @@ def run_sweep(
             log.info("the grid has %d points: running %d trials, not %d", size, size, trials)
             trials = size
     shards = features if isinstance(features, ShardSet) else open_shards(features)
+    if base.protocol is not None:
+        announce(base.protocol, shards.manifest.extraction)
     validate_space(space, probe, options, shards)
     if metric == "pair_accuracy" and not resolve_pairs(shards, base.pairs):
-        raise SweepError("--metric pair_accuracy needs mirrored class pairs (--pairs FILE or pairs in the cache)")
+        raise SweepError(
+            f"{option('metric', 'pair_accuracy')} needs mirrored class pairs ({option('pairs', 'FILE')} or pairs in "
+            "the cache)"
+        )
     if storage is not None and study_name is None:
-        raise SweepError("--storage needs --study-name (the name several workers share)")
+        raise SweepError(f"{option('storage')} needs {option('study_name')} (the name several workers share)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(out)
     with DirectoryLock(out, writer="sweep") as lock:  # one writer per OUT: its journal, its tables, its best-run

@@ -113,13 +113,15 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
                 if writer is None:
                     writer = ShardWriter(
                         directory, shard_name(len(manifest.shards)), spec.layout, spec.frames,
-                        settings=settings_hash(manifest.extraction), views=spec.views > 0,
+                        settings=settings_hash(manifest.extraction), views=spec.views > 0, classes=classes,
                         cls_copy=bool(manifest.storage.get("cls_copy")),
                     )  # fmt: skip
                 record = ClipRecord(
                     tokens=spec.clip(label, rng),
                     label=label,
-                    video=f"{classes[label]}/video_{video:04d}.mp4",
+                    # class-prefixed names, as make-demo's: the videos of a pair's two classes are different
+                    # videos, so they share no file name (the val hold-out links same-named files of a pair)
+                    video=f"{classes[label]}/{classes[label]}_{video:04d}.mp4",
                     clip=clip,
                     split=split,
                     frame_indices=np.arange(spec.frames) * 4 + clip,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from step_cache.interface import option
 from step_cache.training.splits import DataError
 from step_cache.training.token_data import TokenSelection
 
@@ -50,11 +51,15 @@ class TokenAugmentation:
             raise DataError(f"reverse_pairs must be in [0, 1], got {reverse_pairs}")
         if token_drop > 0 and patch_tokens == 0:
             raise DataError(
-                "--token-drop drops patch tokens, and this run reads none (the linear probe and --tokens cls read "
-                "the CLS token only); use --tokens all or patches, or leave --token-drop at 0"
+                f"{option('token_drop')} drops patch tokens, and this run reads none (the linear probe and "
+                f"{option('tokens', 'cls')} read the CLS token only); use {option('tokens', 'all')} or "
+                f"{option('tokens', 'patches')}, or leave {option('token_drop')} at 0"
             )
         if reverse_pairs > 0 and not pairs:
-            raise DataError("--reverse-pairs needs mirrored class pairs, and this cache has none (see --pairs)")
+            raise DataError(
+                f"{option('reverse_pairs')} needs mirrored class pairs, and this cache has none (see "
+                f"{option('pairs', 'FILE')})"
+            )
         self.token_drop, self.reverse_pairs = token_drop, reverse_pairs
         self.kept_prefix, self.patch_tokens = kept_prefix, patch_tokens
         self.keep = max(1, round((1 - token_drop) * patch_tokens))

@@ -11,6 +11,7 @@ from typing import Any, get_args, get_type_hints
 
 from step_cache.errors import StepCacheError
 from step_cache.training.early_stopping import MIN_PATIENCE, PATIENCE_SHARE, resolve_patience
+from step_cache.training.protocol_use import apply_protocol, protocol_probe
 from step_cache.training.records import SELECT_METRICS
 from step_cache.training.schedule import (
     AUTO_BATCH_RANGE,
@@ -19,11 +20,20 @@ from step_cache.training.schedule import (
     AUTO_MIN_STEPS,
     resolve_schedule,
 )
+from step_cache.training.setting import AUGMENTATION, MEMBER_OWN, NO_OPTION, TRAIN_ONLY, Setting, setting
 
 # Peak learning rate when none is given, per probe (the others: FALLBACK_LR); measured in docs/training.md, "Default
 # schedule".
 DEFAULT_LR = {"linear": 1e-2}
 FALLBACK_LR = 1e-3
+
+
+# TrainConfig.vary: what differs between the seeds of --seeds (training/seed_data.py for "data")
+VARY_MODES = ("init", "data")
+# TrainConfig.optimizer: optimization.build_optimizer builds them for one probe, stacking for a stack.
+OPTIMIZERS = ("adamw", "sgd")
+# TrainConfig.val: "auto" validates (the cache's val split, else a hold-out), "none" trains without validation.
+VAL_MODES = ("auto", "none")
 
 
 def default_lr(probe: str) -> float:
@@ -34,33 +44,6 @@ class TrainConfigError(StepCacheError, ValueError):
     """A training option that is unknown or out of range."""
 
 
-@dataclass(frozen=True)
-class Setting:
-    """What a ``TrainConfig`` field means to its users, declared once beside its default: the help of its command-line
-    option and the option's bounds, the commands that offer it, and how sweeps, stacks and ``--resume`` treat it.
-    The train-probe and sweep options (``cli/options.py``), the sweep space (``sweeps/space.py``), the stack grouping
-    (``stacking/grouping.py``) and ``EXECUTION_FIELDS`` are derived from these."""
-
-    help: str
-    flags: tuple[str, ...] = ()  # the option's spellings, when not --field-name
-    min: float | None = None  # the option's bounds (make_config checks the Python API's values)
-    max: float | None = None
-    commands: tuple[str, ...] = ("train-probe", "sweep")  # the commands with an option for it
-    searchable: bool = False  # a sweep may search it (--param NAME=SPEC)
-    member: bool = False  # each member of a stack has its own (the others must be shared: stacking/grouping.py)
-    execution: bool = False  # changes only how fast a run goes (on CPU never its figures): --resume may change it
-
-
-def setting(default: Any, help: str, **meta: Any) -> Any:
-    """A ``TrainConfig`` field: its default and its ``Setting``."""
-    return field(default=default, metadata={"setting": Setting(help, **meta)})
-
-
-TRAIN_ONLY = ("train-probe",)
-NO_OPTION: tuple[str, ...] = ()
-# The flags the settings of one kind share: a stack member's own hyperparameters, and the token-space augmentations.
-MEMBER_OWN: dict[str, Any] = {"commands": TRAIN_ONLY, "searchable": True, "member": True}
-AUGMENTATION: dict[str, Any] = {"commands": TRAIN_ONLY, "searchable": True}
 _LR_HELP = ", ".join(f"{lr:g} for {probe}" for probe, lr in DEFAULT_LR.items())
 
 
@@ -69,7 +52,15 @@ class TrainConfig:
     """Everything that defines a training run. Fields whose ``Setting`` is ``execution`` only change how fast it runs
     (on CPU the metrics do not depend on them), so ``--resume`` may change them; the others must match."""
 
-    probe: str = setting("step", "linear, attentive, self-attentive or step.")
+    probe: str = setting("step", "linear, attentive, self-attentive or step (default: step, or the --protocol's).")
+    # protocols.PROTOCOLS; applied by make_config beneath the options given (protocol_use.apply_protocol)
+    protocol: str | None = setting(
+        None,
+        "An anchor's frozen evaluation: dinov2-linear, vjepa-attentive or vjepa2-attentive (docs/protocols.md). It "
+        "sets the probe and every training field that anchor publishes (optimizer, schedule, epochs, batch, "
+        "precision, ...; sweep --protocol: its lr x weight-decay grid as one stack), checks the cache's extraction "
+        "against it and prints what differs. Options given explicitly override the preset.",
+    )
     # e.g. dropout, num_heads, frame_pos, mlp, depth: the probe's own options (cli/train.py has their flags)
     probe_options: dict[str, Any] = field(default_factory=dict)
     # None: chosen from the number of training clips (schedule.resolve_schedule); a run records the values used.
@@ -88,8 +79,15 @@ class TrainConfig:
     )
     lr: float | None = setting(
         None,
-        f"Peak learning rate (AdamW); default {_LR_HELP}, {FALLBACK_LR:g} for the others.",
+        f"Peak learning rate (of --optimizer); default {_LR_HELP}, {FALLBACK_LR:g} for the others.",
         **MEMBER_OWN,
+    )
+    # OPTIMIZERS; shared by the members of a stack (stacking/grouping.py), so an lr grid of either trains as one stack.
+    optimizer: str = setting(
+        "adamw",
+        "adamw (decoupled weight decay) or sgd (momentum 0.9, weight decay added to the gradient: DINOv2's linear "
+        "evaluation, with --weight-decay 0 and --warmup-epochs 0 there); both decay weight matrices only and follow "
+        "the warm-up + cosine schedule.",
     )
     weight_decay: float = setting(
         0.05,
@@ -149,26 +147,59 @@ class TrainConfig:
         "(mean of per-class accuracies, for imbalanced sets such as Drive&Act) or pair (mirrored pairs' accuracy). "
         "Recorded in config.json and metrics.json.",
     )
+    view_average: str = setting(
+        "softmax",
+        "How a video's rows (its clips and extract --test-views crops) are combined into its prediction in every "
+        "validation and test figure, evaluate and predict: softmax (mean of their softmax probabilities, as V-JEPA's "
+        "evaluation) or logits (mean of their logits, step-cache's rule before test views). Recorded in config.json "
+        "and metrics.json.",
+    )
     seed: int = setting(
         0, "Seed of the initial weights, batch order and held-out val videos (and of a sweep's sampler).", member=True
     )
     seeds: int = setting(
         1,
-        "Train seeds SEED..SEED+N-1 together as one stacked batch and report mean ± std (same batches and splits; the "
-        "seeds differ in initial weights and dropout; training/stacking/seeds.py).",
+        "Train seeds SEED..SEED+N-1 and report mean ± std; what differs between them is --vary's.",
         min=1,
         commands=TRAIN_ONLY,
     )
+    # VARY_MODES; metrics.json records it and every printed std names it (metrics_file.spread_note)
+    vary: str = setting(
+        "init",
+        "--seeds: init: the seeds differ in initial weights and dropout only (same batches and val hold-out), "
+        "trained as one stacked batch; data: batch order and the val hold-out vary with the seed too, each seed "
+        "trained as a run of its own (OUT/seeds/seed-S/).",
+        commands=TRAIN_ONLY,
+    )
     val_fraction: float = setting(
-        0.2, "Share of training videos held out (stratified) when the cache has no val split."
+        0.2, "Share of training videos held out (stratified, groups whole) when the cache has no val split."
+    )
+    # VAL_MODES; "none" is for datasets whose protocol has no val split (UCF101, HMDB51, Diving48 report test only).
+    val: str = setting(
+        "auto",
+        "auto: validate every epoch on the cache's val split, else on --val-fraction of the training videos; none: "
+        "no validation (a cache's val clips are not used): a fixed schedule, the last epoch's weights are the "
+        "checkpoint, no early stopping; needs a test split. Labelled in metrics.json and the printed line.",
+        commands=TRAIN_ONLY,
     )
     tokens: str = setting(
         "auto",
         "Tokens the probe sees per frame: all, cls, patches, or auto (cls for linear, else all).",
         searchable=True,
     )
+    layers: str = setting(
+        "last",
+        "Stored layers the probe reads (a cache of extract --layers): last (default; a cache without layers as it "
+        "is), a block index (e.g. 10), or concat:a,b,... / concat:lastN: those blocks' tokens side by side along the "
+        "channels (DINOv2's n_last_blocks with the linear probe on CLS tokens). Only those layers are read.",
+    )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     amp: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU).")
+    tf32: bool = setting(
+        False,
+        "TF32 matmuls and convolutions on CUDA for what runs in float32 (all of it with --no-amp); ignored on CPU. "
+        "Off by default: float32 then means float32.",
+    )
     device: str = setting("auto", "auto, cpu or cuda[:N].", execution=True)
     data: str = setting(
         "auto",
@@ -212,7 +243,9 @@ EXECUTION_FIELDS = setting_names(execution=True)
 LOCAL_FIELDS = (*EXECUTION_FIELDS, "pairs")
 
 
-def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
+def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
+    """A checked ``TrainConfig`` of ``probe`` (None: "step", or the protocol's) and ``options``; with a
+    ``protocol``, its preset fills every field ``options`` leaves out (``protocol_use.apply_protocol``)."""
     names = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(options) - names)
     if unknown:
@@ -222,14 +255,20 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     # Imported here, not at the top: the command line builds its options from this module, and `--help` should
     # not wait for torch, which these modules load.
     from step_cache.training.epoch_order import EPOCH_ORDERS
+    from step_cache.training.metrics import VIEW_AVERAGES
     from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
     from step_cache.training.view_table import VIEW_MODES
 
-    config = TrainConfig(probe=probe, **options)
+    if options.get("protocol") is not None:
+        options = apply_protocol(options["protocol"], options)
+    config = TrainConfig(probe=protocol_probe(options.get("protocol"), probe), **options)
     if config.lr is None:
         config.lr = default_lr(probe)
     if isinstance(config.views, bool):  # the Python API may say views=True / False
         config.views = "on" if config.views else "off"
+    if config.val == "none":
+        no_val_conflicts(config)
+        config.early_stop = False  # nothing to stop on: the run trains its whole schedule
     checks = [
         (config.epochs is None or config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
         (config.batch_size is None or config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
@@ -246,6 +285,10 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
             config.select_metric in SELECT_METRICS,
             f"select_metric must be one of {', '.join(SELECT_METRICS)}, got {config.select_metric!r}",
         ),
+        (
+            config.view_average in VIEW_AVERAGES,
+            f"view_average must be one of {', '.join(VIEW_AVERAGES)}, got {config.view_average!r}",
+        ),
         (0 <= config.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {config.label_smoothing}"),
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),
         (0 <= config.token_drop < 1, f"token_drop must be in [0, 1), got {config.token_drop}"),
@@ -253,6 +296,9 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
         (config.order in EPOCH_ORDERS, f"order must be one of {', '.join(EPOCH_ORDERS)}, got {config.order!r}"),
         (config.views in VIEW_MODES, f"views must be one of {', '.join(VIEW_MODES)}, got {config.views!r}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
+        (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),
+        (config.vary in VARY_MODES, f"vary must be one of {', '.join(VARY_MODES)}, got {config.vary!r}"),
+        (config.val in VAL_MODES, f"val must be one of {', '.join(VAL_MODES)}, got {config.val!r}"),
         (
             config.tokens in ("auto", *TOKEN_SUBSETS),
             f"tokens must be one of auto, {', '.join(TOKEN_SUBSETS)}, got {config.tokens!r}",
@@ -267,6 +313,24 @@ def make_config(probe: str, options: dict[str, Any]) -> TrainConfig:
     if config.pairs is not None:
         config.pairs = str(config.pairs)
     return config
+
+
+def no_val_conflicts(config: TrainConfig) -> None:
+    """Refuse, by name, what needs a validation split beside ``val="none"``: a patience, a checkpoint metric other
+    than the default (the checkpoint is the last epoch's). Early stopping is simply off (its default is on)."""
+    asked = [
+        name
+        for name, given in (
+            ("patience (--patience)", config.patience is not None),
+            ("select_metric (--select-metric)", config.select_metric != "top1"),
+        )
+        if given
+    ]
+    if asked:
+        raise TrainConfigError(
+            f"val='none' (--val none) trains without validation, so it keeps the last epoch's weights: drop "
+            f"{', '.join(asked)}"
+        )
 
 
 def full_options(config: TrainConfig) -> dict[str, Any]:

@@ -22,11 +22,13 @@ from step_cache.training.splits import DataError
 class HostTokens(Protocol):
     """What ``token_data.InMemoryTokens`` holds (named here: token_data opens this source, so no import back)."""
 
-    tokens: np.ndarray  # (N, T, P, D) as stored
-    scales: np.ndarray | None  # (N, T, P) float16 for an int8 cache
+    tokens: np.ndarray  # (N, [L,] T, P, D) as stored
+    scales: np.ndarray | None  # (N, [L,] T, P) float16 for an int8 cache
     row: np.ndarray  # global clip index -> row, -1 where not loaded
     labels: torch.Tensor
     read_dtype: np.dtype
+
+    def merge_layers(self, tokens: torch.Tensor) -> torch.Tensor: ...  # several layers -> concatenated channels
 
 
 class DeviceTokens:
@@ -42,6 +44,7 @@ class DeviceTokens:
         self.row = torch.from_numpy(memory.row).to(device)
         self.labels = memory.labels.to(device)
         self.target = torch.float16 if np.dtype(memory.read_dtype) == np.float16 else torch.float32
+        self.merge_layers = memory.merge_layers
 
     @property
     def nbytes(self) -> int:
@@ -63,7 +66,7 @@ class DeviceTokens:
             tokens = self.tokens[picked]
             if self.scales is not None:  # as token_data.as_tensor does it on the host
                 tokens = tokens.to(self.target) * self.scales[picked].to(self.target).unsqueeze(-1)
-            yield tokens, self.labels[clip_ids], batch
+            yield self.merge_layers(tokens), self.labels[clip_ids], batch
             start = stop
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from step_cache.errors import StepCacheError
+from step_cache.interface import option
 from step_cache.stopping import raise_if_stopping
 from step_cache.training.augment import Augment
 from step_cache.training.prefetch import source_batches
@@ -45,7 +46,7 @@ class NonFiniteLossError(StepCacheError, RuntimeError):
         RuntimeError.__init__(
             error,
             f"training diverged: seed {seed}'s {reason}; the learning rate ({lr:g}) is likely too high — "
-            "try a lower --lr",
+            f"try a lower {option('lr')}",
         )
         return error
 
@@ -55,7 +56,7 @@ class NonFiniteLossError(StepCacheError, RuntimeError):
         rate = f"the learning rate ({lr:g} at that step)" if lr is not None else "the learning rate"
         super().__init__(
             f"training diverged: the {quantity} became non-finite ({value}) at {where}; {rate} is likely too high "
-            "— try a lower --lr"
+            f"— try a lower {option('lr')}"
         )
 
 

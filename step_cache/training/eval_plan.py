@@ -9,6 +9,10 @@ tokens differ from the run's only by int8 storage (``step-cache compact --dtype 
   the mean ± std, like its ``metrics.json``; ``seed`` picks one.
 - int8: the reader dequantizes int8 tokens (``cache.quantize``: within half a scale step of the stored floats), so
   the probe gets the tokens it was trained on up to that rounding; nothing else may differ.
+- Pooled patches (``step-cache compact --pool-patches``): a run that reads the CLS tokens only (the linear probe's
+  default) gets the same tokens from the pooled cache and its source, so either is scored; any other run is refused
+  with what to pass instead (``pooling_refusal``): the cache it trained on for a run on unpooled patches, or, for a
+  run trained on a pooled compact, the compact command that gives this cache its kind of tokens.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from step_cache.cache.shards import ShardSet
-from step_cache.interface import option
+from step_cache.interface import from_command_line, option
 from step_cache.training import runs
 from step_cache.training.splits import DataError, Splits
 
@@ -29,6 +33,8 @@ log = logging.getLogger(__name__)
 EVAL_SPLITS = ("all", "train", "val", "test")
 # Extraction settings that int8 storage changes (the values are the same tokens, quantized per token).
 _STORAGE = ("tokens.dtype", "tokens.scale_dtype", "tokens.dequantized_from")
+# Extraction settings that pooling the patch grid after storage changes (the CLS tokens stay as stored).
+_POOLING = ("tokens.grid", "tokens.patch_pool", "tokens.pooled_after_storage", "tokens.tokens_per_frame")
 
 
 def default_split(shards: ShardSet, record: dict[str, Any]) -> str:
@@ -89,4 +95,49 @@ def int8_note(record: dict[str, Any], shards: ShardSet) -> str | None:
     return (
         f"tokens stored as {stored} (the run trained on {trained}) are read back as floats: figures agree with the "
         "run's own cache within int8 rounding"
+    )
+
+
+def pooling_only(differences: Sequence[str]) -> bool:
+    """Whether the extraction differences are patch pooling (and int8 storage) alone."""
+    return any(d.startswith(_POOLING) for d in differences) and all(
+        d.startswith(_POOLING + _STORAGE) for d in differences
+    )
+
+
+def pooling_refusal(record: dict[str, Any], shards: ShardSet, differences: Sequence[str]) -> str | None:
+    """None when the run can score ``shards`` despite ``differences`` (pooling alone, CLS tokens only read); else,
+    for pooling differences, the one-line refusal that says what to pass; None for other differences too (the
+    caller's general refusal names them)."""
+    if not pooling_only(differences) or record["data"]["tokens"]["subset"] == "cls":
+        return None
+    where = ", ".join(map(str, shards.directories))
+    trained = record["data"]["extraction"]["tokens"]
+    stored = shards.manifest.extraction["tokens"]
+    run_pool, cache_pool = int(trained.get("patch_pool", 1)), int(stored.get("patch_pool", 1))
+    if run_pool < cache_pool or stored.get("pooled_after_storage"):
+        source = shards.manifest.source.get("compacted_from")
+        own = record["data"].get("features") or []
+        return (
+            f"{where}: its patches are pooled {cache_pool}x{cache_pool} (step-cache compact"
+            f"{' of ' + source if source else ''}), the run trained on patches pooled {run_pool}x{run_pool}: "
+            f"evaluate the run on the cache it was trained on ({', '.join(own)}) or another with its patches, or "
+            f"train a run on {where}"
+        )
+    factor = run_pool // cache_pool
+    if run_pool % cache_pool or int(trained["pooled_after_storage"]["patch_pool"]) != cache_pool:
+        return None
+    dtype = trained.get("dtype")
+    if from_command_line():
+        how = f"step-cache compact {where} OUT --pool-patches {factor}" + (
+            f" --dtype {dtype}" if dtype != stored.get("dtype") else ""
+        )
+    else:
+        how = f"step_cache.cache.compact.compact({where!r}, OUT, pool_patches={factor}" + (
+            f", dtype={dtype!r})" if dtype != stored.get("dtype") else ")"
+        )
+    return (
+        f"{where}: the run was trained on patches pooled {run_pool}x{run_pool} after storage (a compact of its "
+        f"cache), this cache's are {cache_pool}x{cache_pool}: compact it the same way first ({how}), then evaluate "
+        "on OUT"
     )

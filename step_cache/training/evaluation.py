@@ -31,12 +31,14 @@ from step_cache.training.eval_plan import (
     check_split,
     default_split,
     int8_note,
+    pooling_only,
+    pooling_refusal,
     seed_checkpoints,
     storage_only,
     warn_training_clips,
 )
 from step_cache.training.inference import collect_logits, evaluate_clips
-from step_cache.training.metrics import average_by_video, pair_indices
+from step_cache.training.metrics import LEGACY_VIEW_AVERAGE, VIEW_AVERAGES, average_by_video, pair_indices
 from step_cache.training.metrics_file import describe, split_figures
 from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
 from step_cache.training.run_status import usable_checkpoint, warn_if_unfinished
@@ -48,7 +50,8 @@ log = logging.getLogger(__name__)
 
 # Settings that may differ between the training cache and another cache without changing what a token means.
 # Augmented views (extract --views) only add training rows: the clean tokens are the same with or without them.
-_HARMLESS = ("sampling.clips", "views")
+# Test views (extract --test-views) only add val/test rows: each is a clip of the kind the probe was trained on.
+_HARMLESS = ("sampling.clips", "views", "test_views")
 
 
 def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str, Any], nn.Module]:
@@ -79,6 +82,10 @@ def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
         if not d.startswith(_HARMLESS)
     ]
     if differences and not storage_only(differences):
+        if refusal := pooling_refusal(record, shards, differences):
+            raise ManifestError(refusal)
+        if pooling_only(differences) and record["data"]["tokens"]["subset"] == "cls":
+            return  # pooling leaves the CLS tokens, all this run reads, as they were stored
         where = ", ".join(map(str, shards.directories))
         raise ManifestError(f"{where}: tokens differ from those the probe was trained on: {'; '.join(differences[:4])}")
 
@@ -94,10 +101,35 @@ def map_labels(shards: ShardSet, classes: Sequence[str]) -> tuple[np.ndarray, di
     return mapped, dict(sorted(unknown.items()))
 
 
+def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence[str]) -> dict[str, int]:
+    """Warn when videos of ``indices`` carry a label the run was not trained on (predict writes it in the label
+    column, and no prediction can ever equal it, so counting matches there would be wrong); returns the videos per
+    unknown class."""
+    known = set(classes)
+    videos: dict[str, set[str]] = {}
+    for row in indices[shards.labels[indices] >= 0]:
+        name = shards.classes[shards.labels[row]]
+        if name not in known:
+            videos.setdefault(name, set()).add(shards.videos[row])
+    counts = {name: len(videos[name]) for name in sorted(videos)}
+    if counts:
+        total = len(set(shards.videos[indices].tolist()))
+        log.warning(
+            "%d of %d videos are labelled with class(es) the run was not trained on: %s; no prediction can match "
+            "their label (the run knows %d: %s), so leave them out of any accuracy counted from the CSV",
+            sum(counts.values()), total, ", ".join(f"{name} ({n})" for name, n in counts.items()), len(classes),
+            ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else ""),
+        )  # fmt: skip
+    return counts
+
+
 def _selection(record: dict[str, Any]) -> TokenSelection:
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
-    return TokenSelection(tokens["subset"], start, start + tokens["tokens_per_frame"], tokens["cls_index"])
+    # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
+    layers = tuple(layout["layers"].index(b) for b in tokens["layers"]) if "layers" in tokens else None
+    stop = start + tokens["tokens_per_frame"]
+    return TokenSelection(tokens["subset"], start, stop, tokens["cls_index"], layers=layers)
 
 
 def evaluate(
@@ -111,17 +143,20 @@ def evaluate(
     workers: int | None = None,
     batch_size: int = 256,
     orders: bool = True,
+    view_average: str | None = None,
 ) -> dict[str, Any]:
     """Metrics (top-1/5, per-class, confusion, pair and order metrics, chance; per video) of a run's best
     checkpoint(s) on the labelled clips of ``features`` in ``split``: "all", or the run's own train / val / test
     selection; None picks the run's headline split (``eval_plan.default_split``). A ``--seeds`` run is scored
     with every seed (mean, ``std``, pooled confusion matrix and chance, as its metrics.json) unless ``seed`` names
-    one; each seed's own figures are under ``per_seed``."""
+    one; each seed's own figures are under ``per_seed``. ``view_average`` (softmax or logits) combines a video's
+    rows; None: the run's own (``run_view_average``)."""
     if split is not None:
         check_split(split)
     # Every checkpoint is checked (not failed, the run's own bytes) before anything else is said; the run's own
     # best.pt (the first seed's) is checked also when another seed is scored.
     record, first = load_probe(run_dir)
+    view_average = run_view_average(record, view_average)
     checkpoints = seed_checkpoints(str(run_dir), seed)
     probes = [first if weights == runs.BEST else load_probe(run_dir, weights)[1] for _, weights in checkpoints]
     shards = features if isinstance(features, ShardSet) else open_shards(features)
@@ -135,8 +170,16 @@ def evaluate(
             sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
         )  # fmt: skip
     config = record["config"]
-    chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], config["seed"],
-                           views=shards.views)  # fmt: skip
+    if config.get("vary") == "data" and len(checkpoints) > 1 and split in ("train", "val"):
+        raise DataError(
+            f"{run_dir}: the seeds of a --vary data run hold out different val videos, so its {split} split is not "
+            f"one set: score a seed with --seed S (its own split), or the test or all split"
+        )
+    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
+    # --vary data: each seed held out its own val videos (a lone seed is scored on its own split)
+    split_seed = checkpoints[0][0] if config.get("vary") == "data" else config["seed"]
+    chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], split_seed,
+                           views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none")  # fmt: skip
     indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
@@ -144,7 +187,6 @@ def evaluate(
     training_videos = warn_training_clips(indices, chosen, shards)
     if (note := int8_note(record, shards)) is not None:
         log.info("%s", note)
-    pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     target = resolve_device(device)
     source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers, device=target)
     try:
@@ -152,7 +194,7 @@ def evaluate(
         for probe in probes:  # one token source for every seed: the tokens are the same
             figures = evaluate_clips(
                 probe.to(target), source, indices, labels, shards.videos, classes, pairs,
-                batch_size=batch_size, device=target, orders=orders,
+                batch_size=batch_size, device=target, orders=orders, view_average=view_average,
             )  # fmt: skip
             per_seed.append(figures)
     finally:
@@ -165,10 +207,11 @@ def evaluate(
         "probe": config["probe"],
         "features": [str(d) for d in shards.directories],
         "split": split,
+        "view_average": view_average,
         "seeds": seeds,
         "figures": describe(split, seeds),
         **figures,
-        **({"std": std} if std is not None else {}),
+        **({"std": std, "vary": config.get("vary", "init")} if std is not None else {}),
         "chance": pooled_chance(per_seed) if len(per_seed) > 1 else chance_of(per_seed[0]),
         "training_videos": training_videos,
         "tokens_note": note,
@@ -189,12 +232,15 @@ def predict(
     data: str = "auto",
     workers: int | None = None,
     batch_size: int = 256,
+    view_average: str | None = None,
 ) -> Path:
     """Write one CSV row per video of ``features`` (labelled or not): ``video, clips, label, short, class_1, prob_1,
-    ..., class_k, prob_k`` with clip logits averaged per video and probabilities from their softmax. ``short`` is
+    ..., class_k, prob_k``, the probabilities the mean softmax of the video's rows (clips, test-view crops) or the
+    softmax of their mean logits, as ``view_average`` says (None: the run's own, ``run_view_average``). ``short`` is
     True for a video of fewer frames than the run's T (its clips repeat frames); their count is logged. ``top_k``
     None: 5, or every class when the run has fewer."""
     record, probe = load_probe(run_dir)
+    view_average = run_view_average(record, view_average)
     shards = features if isinstance(features, ShardSet) else open_shards(features)
     check_cache_fits(record, shards)
     classes = record["data"]["classes"]
@@ -209,9 +255,9 @@ def predict(
         logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)
     finally:
         source.close()
-    video_logits, keys, first = average_by_video(logits, shards.videos[indices])
+    scores, keys, first = average_by_video(logits, shards.videos[indices], view_average)
     first = indices[first]  # rows of the ShardSet
-    probabilities = torch.softmax(torch.from_numpy(video_logits), dim=1).numpy()
+    probabilities = scores if view_average == "softmax" else torch.softmax(torch.from_numpy(scores), dim=1).numpy()
     ranking = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
     clips = Counter(shards.videos[indices].tolist())
     short = set(shards.videos[indices][shards.short[indices]].tolist())
@@ -229,9 +275,19 @@ def predict(
             for c in ranking[row]:
                 cells += [classes[c], f"{probabilities[row, c]:.6f}"]
             writer.writerow(cells)
+    warn_unknown_labels(shards, indices, classes)
     if short:
         log.warning(
             "%d of %d videos had fewer frames than the run's %d per clip, so frames were repeated (short=True in %s)",
             len(short), len(keys), shards.manifest.frames, out_csv,
         )  # fmt: skip
     return out_csv
+
+
+def run_view_average(record: dict[str, Any], requested: str | None = None) -> str:
+    """How ``evaluate`` / ``predict`` combine a video's rows: ``requested``, else the run's recorded
+    ``view_average`` (runs recorded before the setting existed averaged logits, so their figures are reproduced)."""
+    value = requested if requested is not None else record["config"].get("view_average", LEGACY_VIEW_AVERAGE)
+    if value not in VIEW_AVERAGES:
+        raise DataError(f"view_average must be one of {', '.join(VIEW_AVERAGES)}, got {value!r}")
+    return value

@@ -7,6 +7,7 @@ from typing import Any
 
 from step_cache.training.chance import chance_note
 from step_cache.training.metrics import TOP_K, format_percent, format_percent_spread
+from step_cache.training.metrics_file import spread_note
 
 
 def evaluation_line(metrics: dict[str, Any]) -> str:
@@ -28,8 +29,12 @@ def evaluation_line(metrics: dict[str, Any]) -> str:
         f"reversed {pct('reversed_top1')}",
         f"shuffled {pct('shuffled_top1')}",
     ]
+    if metrics.get("view_average", "softmax") != "softmax":
+        shown.append(f"videos: clip {metrics['view_average']} averaged")
     if metrics["excluded_clips"]:
         shown.append(f"{metrics['excluded_clips']} clips of unknown classes left out")
+    if std is not None and (spread := spread_note(metrics)) is not None:
+        shown.append(f"mean ± {spread}")
     return (
         f"{metrics['probe']} on {metrics['videos']} videos ({metrics['clips']} clips; {metrics['figures']}): "
         + " | ".join(shown)

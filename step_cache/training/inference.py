@@ -5,7 +5,7 @@ order metrics). Shared by training (per-epoch validation, final metrics), stacke
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,22 @@ def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManag
     if amp and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def tf32_matmuls(device: torch.device, tf32: bool) -> Iterator[None]:
+    """Within the block, float32 matmuls and convolutions on CUDA use TF32 when ``tf32`` (10-bit mantissa inputs,
+    float32 accumulation) and full float32 when not; the process's previous choice comes back after. Nothing changes
+    on other devices. What autocast runs in bf16 is not affected (docs/training.md, "TF32")."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @torch.no_grad()
@@ -94,9 +110,11 @@ def split_metrics(
     videos: Sequence[str],
     classes: Sequence[str],
     pairs: Sequence[tuple[int, int]] = (),
+    view_average: str = "softmax",
 ) -> dict[str, Any]:
-    """Metrics of one split with clip logits averaged per video (the unit of every accuracy); the loss is per clip."""
-    video_logits, _, first = average_by_video(logits, videos)
+    """Metrics of one split with clip scores averaged per video (the unit of every accuracy): the mean softmax of its
+    rows (clips, test-view crops) or, with ``view_average`` "logits", their mean logits; the loss is per clip."""
+    video_logits, _, first = average_by_video(logits, videos, view_average)
     summary = classification_metrics(video_logits, np.asarray(labels)[first], classes, pairs)
     summary["clips"] = len(labels)
     summary["videos"] = summary.pop("count")
@@ -115,13 +133,14 @@ def evaluate_logits(
     pairs: Sequence[tuple[int, int]] = (),
     *,
     orders: bool = True,
+    view_average: str = "softmax",
 ) -> list[dict[str, Any]]:
     """Metrics of K models on the same clips (``split_metrics``, one dict per model), where ``logits_of(order)``
     gives their (K, N, C) logits with frames in ``order``; with ``orders`` also the top-1 (and pair accuracy)
     with frames reversed and shuffled."""
 
     def summaries(order: str) -> list[dict[str, Any]]:
-        return [split_metrics(logits, labels, videos, classes, pairs) for logits in logits_of(order)]
+        return [split_metrics(logits, labels, videos, classes, pairs, view_average) for logits in logits_of(order)]
 
     results = summaries("original")
     if orders:
@@ -146,12 +165,15 @@ def evaluate_clips(
     device: torch.device | None = None,
     amp: bool = True,
     orders: bool = True,
+    view_average: str = "softmax",
 ) -> dict[str, Any]:
-    """Full metrics of clips ``indices`` (labels/videos indexed by global clip index), plus with ``orders`` the
-    top-1 (and pair accuracy) with frames reversed and shuffled."""
+    """Full metrics of clips ``indices`` (labels/videos indexed by global clip index; per video as ``view_average``
+    says), plus with ``orders`` the top-1 (and pair accuracy) with frames reversed and shuffled."""
 
     def logits_of(order: str) -> np.ndarray:
         logits = collect_logits(probe, source, indices, batch_size=batch_size, device=device, amp=amp, order=order)
         return logits[None]
 
-    return evaluate_logits(logits_of, labels[indices], videos[indices], classes, pairs, orders=orders)[0]
+    return evaluate_logits(
+        logits_of, labels[indices], videos[indices], classes, pairs, orders=orders, view_average=view_average
+    )[0]

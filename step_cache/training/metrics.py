@@ -92,13 +92,29 @@ def pair_accuracy(logits: Any, labels: Any, pairs: Sequence[tuple[int, int]]) ->
     return float((own > other).mean()), len(rows)
 
 
-def average_by_video(logits: Any, videos: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean clip logits per video (multi-clip evaluation).
+# How the rows of one video (clips, test-view crops) are combined (``--view-average``): the mean of their softmax
+# (V-JEPA's evaluation, the default) or of their logits (step-cache before test views; runs recorded then).
+VIEW_AVERAGES = ("softmax", "logits")
+LEGACY_VIEW_AVERAGE = "logits"  # runs recorded before the setting existed were evaluated so
+UNITS = {"softmax": "video (clip softmax averaged)", "logits": "video (clip logits averaged)"}
 
-    Returns (video_logits (V, C), video keys (V,), index of each video's first clip (V,)), videos in order of
-    first appearance, so labels can be taken as ``clip_labels[first]``.
+
+def average_by_video(
+    logits: Any, videos: Sequence[str], view_average: str = "logits"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean clip scores per video (multi-clip and multi-view evaluation): of the logits, or with ``view_average``
+    "softmax" of each clip's softmax probabilities (then the result holds probabilities).
+
+    Returns (video scores (V, C), video keys (V,), index of each video's first clip (V,)), videos in order of
+    first appearance, so labels can be taken as ``clip_labels[first]``. Every metric of ``classification_metrics``
+    ranks classes within a row, so it reads either kind of score.
     """
+    if view_average not in VIEW_AVERAGES:
+        raise ValueError(f"view_average must be one of {', '.join(VIEW_AVERAGES)}, got {view_average!r}")
     logits = _numpy(logits).astype(np.float64)
+    if view_average == "softmax" and logits.size:
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        logits = shifted / shifted.sum(axis=1, keepdims=True)
     videos = np.asarray(videos)
     keys, first, inverse = np.unique(videos, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")  # first-appearance order rather than sorted names

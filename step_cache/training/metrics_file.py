@@ -7,6 +7,13 @@ It opens with the headline, the figures the terminal prints: ``headline_split`` 
 split's figures, mean over seeds, with ``std``) and ``per_seed`` (each seed's best epoch, early stop and full val /
 test metrics), then what the run cost.
 
+With several seeds, ``vary`` says what differs between them (``init``: initial weights and dropout; ``data``: also
+batch order and the val hold-out), so what ``std`` measures; files written before it read as ``init``.
+
+Version 2 files written before ``--val none`` lack ``validation`` and ``checkpoint``: they read as a run that
+validated and kept its best checkpoint. A ``--val none`` run (``checkpoint: "last"``) has no val figures: no
+``splits.val``, no ``val`` in ``per_seed``, and its headline is always the test split.
+
 Version 1 (files without ``format_version``) held the first seed's *val* figures at the top level, the test figures
 under ``test``, and for ``--seeds`` ``mean`` / ``std`` / ``per_seed`` summaries; ``upgrade`` reads it as version 2
 (its confusion matrix is the first seed's: ``pooled_seeds`` says so). A newer version is refused by name.
@@ -22,6 +29,8 @@ from step_cache.errors import StepCacheError
 from step_cache.training.chance import chance_of, pooled_chance
 
 FORMAT_VERSION = 2
+# TrainConfig.vary -> what the std over seeds measures (metrics.json's "vary", printed beside every std)
+VARY_LABELS = {"init": "init only", "data": "init, batch order and val hold-out"}
 
 # The figures a run reports per split, averaged over seeds (those present and not None in every seed).
 FIGURES = (
@@ -37,7 +46,7 @@ FIGURES = (
 )
 # What the run as a whole cost and was (the same for every seed of a stack).
 RUN_KEYS = ("probe", "unit", "classes", "pairs", "parameters", "parameters_without_head", "data_mode", "device",
-            "stacked_members", "select_metric")  # fmt: skip
+            "stacked_members", "select_metric", "view_average", "validation", "checkpoint")  # fmt: skip
 COST_KEYS = ("train_time_s", "train_clips_per_s", "data_wait_share")
 
 
@@ -87,15 +96,20 @@ def split_figures(per_seed: Sequence[dict[str, Any]], classes: Sequence[str]) ->
 
 
 def metrics_document(
-    seeds: Sequence[int], members: Sequence[dict[str, Any]], wall_time_s: float | None = None
+    seeds: Sequence[int],
+    members: Sequence[dict[str, Any]],
+    wall_time_s: float | None = None,
+    vary: str = "init",
 ) -> dict[str, Any]:
     """The version-2 ``metrics.json`` of a run from its seeds' own metrics (``records.final_metrics``: val at the
     top level, test under ``test``), first seed first. The training loop's cost is the slowest seed's (a stack
-    trains until its last seed stops); ``wall_time_s`` is the command's that finished the run."""
+    trains until its last seed stops); ``wall_time_s`` is the command's that finished the run. With several seeds,
+    ``vary`` (``TrainConfig.vary``) records what differs between them, what the ``std`` measures."""
     first = members[0]
     classes = first["classes"]
     split = "test" if first.get("test") else "val"
-    splits = {"val": split_figures(members, classes)}
+    # --val none: no val figures (records.final_metrics), so no val split entry
+    splits = {"val": split_figures(members, classes)} if first.get("checkpoint") != "last" else {}
     if split == "test":
         splits["test"] = split_figures([m["test"] for m in members], classes)
     headline = splits[split]
@@ -109,6 +123,7 @@ def metrics_document(
     }
     if "std" in headline:
         document["std"] = headline["std"]
+        document["vary"] = vary
     document["videos"], document["clips"] = headline["videos"], headline["clips"]
     document["confusion_matrix"] = headline.get("confusion_matrix")
     document["per_class_accuracy"] = headline.get("per_class_accuracy")
@@ -126,6 +141,28 @@ def metrics_document(
     document["splits"] = splits
     document["per_seed"] = [_seed_entry(seed, m) for seed, m in zip(seeds, members, strict=True)]
     return document
+
+
+def spread_note(metrics: dict[str, Any]) -> str | None:
+    """What a ``metrics.json``'s std varies over — "std over 3 seeds, init only" — or None with one seed. Files
+    without ``vary`` are from runs whose seeds shared batches and splits: init only."""
+    seeds = metrics.get("seeds") or []
+    if len(seeds) < 2:
+        return None
+    return f"std over {len(seeds)} seeds, {VARY_LABELS[metrics.get('vary', 'init')]}"
+
+
+def seed_metrics(document: dict[str, Any]) -> dict[str, Any]:
+    """A one-seed ``metrics.json`` back as the seed's own metrics (``records.final_metrics``' shape, what
+    ``metrics_document`` takes): ``--vary data`` trains each seed as a run of its own and pools their files."""
+    entry = document["per_seed"][0]
+    metrics = {key: document[key] for key in (*RUN_KEYS, *COST_KEYS, "epochs", "headline_split") if key in document}
+    metrics.update(entry.get("val") or {})
+    metrics.update({"best_epoch": entry.get("best_epoch"), "early_stop": entry.get("early_stop")})
+    metrics["chance"] = document.get("chance")
+    if entry.get("test"):
+        metrics["test"] = entry["test"]
+    return metrics
 
 
 def describe(split: str, seeds: Sequence[int], pooled: bool = False) -> str:
@@ -150,7 +187,8 @@ def _split_entry(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def _seed_entry(seed: int, metrics: dict[str, Any]) -> dict[str, Any]:
     entry = {"seed": seed, "best_epoch": metrics.get("best_epoch"), "early_stop": metrics.get("early_stop")}
-    entry["val"] = _split_entry(metrics)
+    if metrics.get("checkpoint") != "last":  # --val none has no val figures
+        entry["val"] = _split_entry(metrics)
     if metrics.get("test"):
         entry["test"] = _split_entry(metrics["test"])
     return entry

@@ -1,5 +1,7 @@
-"""AdamW with decoupled weight decay on weight matrices only, and a per-step linear warm-up + cosine schedule (its
-length, and the automatic epochs and batch size, are ``schedule.py``'s)."""
+"""The optimizer of one probe — AdamW with decoupled weight decay, or SGD with momentum 0.9 (DINOv2's linear
+evaluation), both decaying weight matrices only — and a per-step linear warm-up + cosine schedule (its length, and
+the automatic epochs and batch size, are ``schedule.py``'s). A stack of probes has the same two
+(``stacking/adamw.py``, ``stacking/sgd.py``)."""
 
 from __future__ import annotations
 
@@ -30,8 +32,15 @@ def parameter_groups(module: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def build_optimizer(module: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    return torch.optim.AdamW(parameter_groups(module, weight_decay), lr=lr, betas=(0.9, 0.999))
+SGD_MOMENTUM = 0.9  # dinov2/eval/linear.py, run_eval_linear: torch.optim.SGD(..., momentum=0.9, weight_decay=0)
+
+
+def build_optimizer(module: nn.Module, lr: float, weight_decay: float, kind: str = "adamw") -> torch.optim.Optimizer:
+    """``kind`` (``TrainConfig.optimizer``): "adamw" or "sgd" (momentum 0.9, weight decay added to the gradient)."""
+    groups = parameter_groups(module, weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
 
 
 class WarmupCosine:

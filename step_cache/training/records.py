@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from step_cache.training.chance import chance_of
+from step_cache.training.metrics import UNITS
 
 NO_SCORE = (-math.inf, -math.inf)  # below every validation score
 # ``--select-metric`` (TrainConfig.select_metric) -> the validation metric that picks the best checkpoint.
@@ -25,10 +26,12 @@ def validation_score(val: dict[str, Any], select_metric: str = "top1") -> tuple[
 
 
 def epoch_record(
-    epoch: int, train: dict[str, Any], val: dict[str, Any], eval_s: float, *, has_pairs: bool, best: bool
+    epoch: int, train: dict[str, Any], val: dict[str, Any] | None, eval_s: float, *, has_pairs: bool, best: bool
 ) -> dict[str, Any]:
     """The ``metrics.jsonl`` line of (1-based) ``epoch`` from its training summary (``epoch_loop.train_epoch``,
-    one member's values) and its validation metrics."""
+    one member's values) and its validation metrics (None without validation, ``--val none``: the val fields are
+    null)."""
+    val = val or dict.fromkeys(("loss", "top1", "top5", "mean_class_accuracy", "pair_accuracy"))
     record = {
         "epoch": epoch,
         **{key: train[key] for key in ("train_loss", "train_top1", "lr", "train_s", "data_wait_s", "clips_per_s")},
@@ -74,23 +77,29 @@ def final_metrics(
     select_metric: str,
     epochs: int,
     classes: Sequence[str],
+    view_average: str = "softmax",
     pairs: Sequence[tuple[int, int]],
-    val: dict[str, Any],
+    val: dict[str, Any] | None,
     test: dict[str, Any] | None,
     parameters: int,
     parameters_without_head: int,
     training_time: TrainingTime,
     data_mode: str,
     device: str,
+    validation: str = "cache",
 ) -> dict[str, Any]:
     """One seed's metrics, the material of ``metrics.json`` (``metrics_file.metrics_document``) and of a sweep
     trial's record: the best checkpoint's validation metrics (per video, order metrics included) at the top level,
-    ``select_metric`` (the validation metric that chose it), its test metrics under ``test`` when there is a test
+    ``select_metric`` (the validation metric that chose it), ``view_average`` (how a video's clip scores were combined),
+    its test metrics under ``test`` when there is a test
     split, ``headline_split``, ``chance`` (is that split's top-1 above chance, ``chance.py``), and what the run
-    cost."""
+    cost. Without validation (``val`` None: ``--val none``, a test split then exists) the top level holds no val
+    figures, ``best_epoch`` is the last epoch trained, ``validation`` is "none" and ``checkpoint`` "last"; else
+    ``validation`` is where the val split came from (``Splits.val_source``) and ``checkpoint`` "best"."""
     metrics: dict[str, Any] = {
         "probe": probe,
-        "unit": "video (clip logits averaged)",
+        "unit": UNITS[view_average],
+        "view_average": view_average,
         "best_epoch": best_epoch,
         "select_metric": select_metric,
         "epochs": epochs,
@@ -100,7 +109,10 @@ def final_metrics(
         "reversed_pair_accuracy": None,
         "shuffled_pair_accuracy": None,
     }
-    metrics.update(val)
+    metrics["validation"] = validation
+    metrics["checkpoint"] = "last" if val is None else "best"
+    if val is not None:
+        metrics.update(val)
     # Which split the figures a user reads come from: test when there is one (nothing was selected on it), else
     # the validation split that also chose the checkpoint (optimistic).
     metrics["headline_split"] = "test" if test is not None else "val"

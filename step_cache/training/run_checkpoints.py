@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from step_cache.interface import switch
 from step_cache.training import runs
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _read(run_dir: Path) -> dict[str, Any]:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise CheckpointMismatchError(
-            f"{path}: unreadable checkpoint record ({error}); retrain the run with --overwrite"
+            f"{path}: unreadable checkpoint record ({error}); retrain the run with {switch('overwrite')}"
         ) from None
     return content if isinstance(content, dict) else {}
 
@@ -97,21 +98,22 @@ def verify_checkpoint(run_dir: Path, path: Path) -> None:
             f"{path}: {runs.CHECKPOINT_SUMS} belongs to another run (created {recorded.get('created')}, settings "
             f"sha256 {str(recorded.get('config_sha256'))[:12]}…), not this one (created {own.get('created')}, "
             f"{str(own.get('config_sha256'))[:12]}…): the checkpoint and its record were copied from elsewhere; put "
-            "the run's own files back or retrain with --overwrite"
+            f"the run's own files back or retrain with {switch('overwrite')}"
         )
     entry = content.get("checkpoints", {}).get(key)
     if entry is None:
         raise CheckpointMismatchError(
             f"{path}: {run_dir / runs.CHECKPOINT_SUMS} records no checksum for {key}, so it cannot be tied to this "
-            "run (a run written by an older step-cache, or a file put there by hand); retrain with --overwrite, "
-            "or continue an interrupted run with --resume"
+            f"run (a run written by an older step-cache, or a file put there by hand); retrain with "
+            f"{switch('overwrite')}, or continue an interrupted run with {switch('resume')}"
         )
     actual = sha256(path.read_bytes())
     if actual != entry.get("sha256"):
         raise CheckpointMismatchError(
             f"{path}: not the checkpoint this run wrote (sha256 {actual[:12]}…, recorded "
             f"{str(entry.get('sha256'))[:12]}… in {runs.CHECKPOINT_SUMS}): it was replaced or edited; put the run's "
-            "own file back or retrain with --overwrite (a run interrupted while saving: continue it with --resume)"
+            f"own file back or retrain with {switch('overwrite')} (a run interrupted while saving: continue it with "
+            f"{switch('resume')})"
         )
 
 
@@ -132,6 +134,6 @@ def restore_best(run_dir: Path, best_weights: dict[str, torch.Tensor] | None, co
     else:
         raise runs.RunError(
             f"{path}: missing, and the run's committed state does not hold its best weights: put the file back or "
-            "train again with --overwrite"
+            f"train again with {switch('overwrite')}"
         )
     log.info("%s: restored from the run's committed state", path)

@@ -9,14 +9,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from step_cache.cache.shards import ShardSet
 from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
+from step_cache.interface import option
 from step_cache.probes import ProbeShape
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics import pair_indices
+from step_cache.training.protocol_use import cache_differences
 from step_cache.training.run_record import schedule_record
 from step_cache.training.splits import DataError, Splits, shard_splits
 from step_cache.training.token_data import TokenSelection, select_tokens
@@ -40,7 +43,7 @@ class RunInputs:
 def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
     """The shape arguments of a probe over ``selection`` of the tokens of ``shards``."""
     return ProbeShape(
-        dim=shards.layout.dim,
+        dim=shards.layout.dim * selection.channels,  # concatenated layers: their channels side by side
         num_classes=len(shards.classes),
         frames=shards.manifest.frames,
         tokens_per_frame=selection.tokens_per_frame,
@@ -50,12 +53,17 @@ def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
 
 def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``)."""
-    selection = select_tokens(shards.layout, token_subset(config, shards))
+    selection = select_tokens(shards.layout, token_subset(config, shards), config.layers)
+    if selection.channels > 1 and config.probe == "linear" and (config.probe_options or {}).get("avgpool"):
+        # DINOv2 appends the mean of the *last* block's patch tokens only (create_linear_input); ours would average
+        # every concatenated layer's, a different input: refused rather than mislabelled
+        raise DataError(f"--layers {config.layers} with the linear probe's avgpool is not supported; drop one of them")
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
-    splits = shard_splits(shards, config.val_fraction, config.seed)
+    splits = shard_splits(shards, config.val_fraction, config.seed, pairs, validate=config.val != "none")
     check_splits(splits, shards, config)
     check_select_metric(config, splits, shards, pairs)
+    warn_short_videos(shards, splits)
     views = view_table(shards, splits.train, config.views)
     return RunInputs(shards, selection, splits, pairs, device, views)
 
@@ -75,9 +83,15 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
             f"{where}: no training clips ({labelled} of {int(clean.sum())} clips are labelled; training uses labelled "
             "clips whose split is 'train' or empty)"
         )
-    if len(splits.val) == 0:
+    if config.val == "none":
+        if len(splits.test) == 0:
+            raise DataError(
+                f"{where}: --val none (val='none') reports the test split, and the cache has no test clips "
+                "(give a cache with a test split, or validate: --val auto)"
+            )
+    elif len(splits.val) == 0:
         reason = (
-            "--val-fraction is 0"
+            f"{option('val_fraction')} is 0"
             if config.val_fraction == 0
             else "every class has a single training video, so none can be held out"
         )
@@ -85,6 +99,21 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
     missing = sorted(set(range(len(shards.classes))) - set(shards.labels[splits.train].tolist()))
     if missing:
         log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
+
+
+def warn_short_videos(shards: ShardSet, splits: Splits) -> int:
+    """Say how many videos the run uses had fewer frames than T (their clips repeat frames, so a probe of frame
+    order sees still frames) and where they are listed; returns that count."""
+    used = np.concatenate([splits.train, splits.val, splits.test])
+    short = set(shards.videos[used[shards.short[used]]].tolist())
+    if short:
+        total = len(set(shards.videos[used].tolist()))
+        where = " ".join(map(str, shards.directories))
+        log.warning(
+            "%d of the %d videos this run uses had fewer than %d frames, so their clips repeat frames "
+            "(step-cache inspect %s lists them)", len(short), total, shards.manifest.frames, where,
+        )  # fmt: skip
+    return len(short)
 
 
 def check_select_metric(
@@ -97,11 +126,12 @@ def check_select_metric(
     where = ", ".join(map(str, shards.directories))
     if not pairs:
         raise DataError(
-            f"{where}: --select-metric pair needs mirrored class pairs: the cache names none (give --pairs FILE)"
+            f"{where}: {option('select_metric', 'pair')} needs mirrored class pairs: the cache names none (give "
+            f"{option('pairs', 'FILE')})"
         )
     paired = {c for pair in pairs for c in pair}
     if not any(label in paired for label in shards.labels[splits.val].tolist()):
-        raise DataError(f"{where}: --select-metric pair: no validation clip belongs to a paired class")
+        raise DataError(f"{where}: {option('select_metric', 'pair')}: no validation clip belongs to a paired class")
 
 
 def data_record(
@@ -125,12 +155,24 @@ def data_record(
             "subset": selection.subset,
             "tokens_per_frame": selection.tokens_per_frame,
             "cls_index": selection.cls_index,
+            # the stored blocks read (concatenated along the channels); absent: a cache without a layer axis
+            **({"layers": [shards.layout.layers[p] for p in selection.layers]} if selection.layers else {}),
         },
         "frames": shards.manifest.frames,
-        "dim": shards.layout.dim,
+        "dim": shards.layout.dim * selection.channels,
         "splits": splits.counts(),
         **views.record(resolved.views),
         "schedule": schedule_record(requested, resolved, len(splits.train)),
+        **(
+            {
+                "protocol": {
+                    "name": resolved.protocol,
+                    "cache_differences": cache_differences(resolved.protocol, shards.manifest.extraction),
+                }
+            }
+            if resolved.protocol is not None
+            else {}
+        ),
     }
 
 

@@ -56,8 +56,9 @@ def run_record(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# Settings whose default is not what a run recorded before they existed did: those runs never stopped early.
-PREDATING = {"early_stop": False}
+# Settings whose default is not what a run recorded before they existed did: those runs never stopped early, and
+# averaged a video's clip logits (``--view-average logits``).
+PREDATING = {"early_stop": False, "view_average": "logits"}
 
 
 def with_config_defaults(stored: dict[str, Any], skip: Collection[str] = ()) -> dict[str, Any]:

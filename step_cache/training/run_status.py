@@ -18,6 +18,7 @@ from pathlib import Path
 
 from step_cache.cache.files import now_iso
 from step_cache.cache.locking import holder
+from step_cache.interface import option, switch
 from step_cache.training import runs
 from step_cache.training.run_checkpoints import verify_checkpoint
 
@@ -49,7 +50,8 @@ def refuse_failed(run_dir: str | Path) -> None:
     reason = failure(run_dir)
     if reason is not None:
         raise FailedRunError(
-            f"{run_dir}: the run failed ({reason}); it has no usable checkpoint — train it again with --overwrite"
+            f"{run_dir}: the run failed ({reason}); it has no usable checkpoint — train it again with "
+            f"{switch('overwrite')}"
         )
 
 
@@ -57,8 +59,8 @@ def refuse_failed_resume(run_dir: Path) -> None:
     reason = failure(run_dir)
     if reason is not None:
         raise FailedRunError(
-            f"{run_dir}: the run failed ({reason}); --resume would repeat it — start over with --overwrite "
-            "(and, for a divergence, a lower --lr)"
+            f"{run_dir}: the run failed ({reason}); {switch('resume')} would repeat it — start over with "
+            f"{switch('overwrite')} (and, for a divergence, a lower {option('lr')})"
         )
 
 
@@ -75,7 +77,7 @@ def unfinished(run_dir: str | Path) -> str | None:
     epochs = len(runs.read_epoch_log(run_dir))
     done = f"{epochs} epoch(s) recorded" if epochs else "no epoch recorded"
     return (f"{run_dir}: the run is unfinished ({done}; its process stopped): continue it with the command that "
-            "started it and --resume")  # fmt: skip
+            f"started it and {switch('resume')}")  # fmt: skip
 
 
 def warn_if_unfinished(run_dir: str | Path) -> str | None:
@@ -96,11 +98,13 @@ def usable_checkpoint(run_dir: str | Path, weights: str = runs.BEST) -> Path:
     if not path.is_file():
         note = unfinished(run_dir)
         if note is None:
-            restore = " (--resume writes best.pt again from the run's committed state)" if weights == runs.BEST else ""
+            restore = ""
+            if weights == runs.BEST:
+                restore = f" ({switch('resume')} writes best.pt again from the run's committed state)"
             raise runs.RunError(
                 f"{path}: missing, but the run finished ({runs.FINAL_METRICS}); the checkpoint was deleted or moved: "
-                f"put it back, re-run the command that trained it with --resume{restore}, or train again with "
-                "--overwrite"
+                f"put it back, re-run the command that trained it with {switch('resume')}{restore}, or train again "
+                f"with {switch('overwrite')}"
             )
         raise runs.RunError(f"{path}: missing; {note.removeprefix(f'{run_dir}: ')}")
     verify_checkpoint(run_dir, path)

@@ -37,6 +37,7 @@ import torch
 from step_cache.cache.files import atomic_write_bytes, atomic_write_text
 from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.errors import StepCacheError
+from step_cache.interface import option, switch
 from step_cache.training.metrics_file import upgrade
 from step_cache.training.run_record import record_differences
 
@@ -52,6 +53,11 @@ CHECKPOINT_SUMS = "checkpoints.json"
 FAILED = "failed.json"
 # config.json first: a removal cut short leaves no config, so no command takes the remains for a run.
 RUN_FILES = (CONFIG, EPOCH_LOG, FINAL_METRICS, BEST, LAST, STATE, CHECKPOINT_SUMS, FAILED)
+SEEDS_DIR = "seeds"  # a --seeds run's per-seed files: SEEDS_DIR/seed-<s>/
+
+
+def seed_dir(run_dir: Path, seed: int) -> Path:
+    return run_dir / SEEDS_DIR / f"seed-{seed}"
 
 
 class RunError(StepCacheError, ValueError):
@@ -187,10 +193,11 @@ def clear_run(run_dir: Path) -> None:
 def refuse_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """The cheap checks, done before any slow work: a run directory is never overwritten by accident."""
     if resume and overwrite:
-        raise RunError("--resume and --overwrite exclude each other")
+        raise RunError(f"{switch('resume')} and {switch('overwrite')} exclude each other")
     if (run_dir / CONFIG).is_file() and not (resume or overwrite):
         raise RunError(
-            f"{run_dir}: already holds a run ({CONFIG}); pass --resume to continue it or --overwrite to start over"
+            f"{run_dir}: already holds a run ({CONFIG}); pass {switch('resume')} to continue it or "
+            f"{switch('overwrite')} to start over"
         )
 
 
@@ -202,13 +209,13 @@ def check_same_settings(run_dir: Path, record: dict[str, Any]) -> None:
         # A run from before early stopping reads as early_stop off: its original command now needs --no-early-stop.
         trained_without = stored.get("config", {}).get("early_stop", False) is False
         hint = (
-            " (it was trained without early stopping: add --no-early-stop)"
+            f" (it was trained without early stopping: add {switch('early_stop', False)})"
             if trained_without and any("early_stop" in difference for difference in differences)
             else ""
         )
         raise RunError(
             f"{run_dir}: cannot resume with different settings ({'; '.join(differences)}); "
-            f"repeat the original command with --resume{hint}, or use a new --out"
+            f"repeat the original command with {switch('resume')}{hint}, or use a new {option('out')}"
         )
 
 

@@ -3,7 +3,9 @@
 The shards' ``split`` column decides: ``test`` clips are held out, ``val`` clips validate, ``train`` and unassigned
 ("") clips train. When the cache has no ``val`` clip, a fraction of the training *videos* is held out instead,
 stratified by class and deterministic for a seed. Clips are grouped by source video file (temporal clips and
-segments of one file stay on one side), so no footage leaks between train and val. Unlabelled clips are never
+segments of one file stay on one side), and files by group (``datasets/groups.py``: a UCF101 ``v_X_gNN`` group, the
+same-named files of the classes of a mirrored pair — a clip and its reversed copy), so no footage, and no actor and
+scene of a UCF101 group, leaks between train and val. Unlabelled clips are never
 selected, nor are augmented views (``views`` > 0, ``extract --views``): they are not clips of their own, so every
 split, and the held-out videos, are those of the same cache without views (training.views draws them).
 """
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from step_cache.catalog import source_video
+from step_cache.datasets.groups import video_groups
 from step_cache.errors import StepCacheError
 
 if TYPE_CHECKING:
@@ -48,9 +51,14 @@ def select_splits(
     val_fraction: float = 0.2,
     seed: int = 0,
     views: np.ndarray | None = None,
+    pairs: Sequence[tuple[int, int]] = (),
+    validate: bool = True,
 ) -> Splits:
     """Split labelled clean clips into train / val / test (see the module doc). ``val_fraction`` only applies when
-    no clip is marked ``val``; ``views`` (``ShardSet.views``; None: all clean) leaves out augmented views."""
+    no clip is marked ``val``; ``views`` (``ShardSet.views``; None: all clean) leaves out augmented views;
+    ``pairs`` (class indices of mirrored pairs) links same-named files of paired classes into one group. Without
+    ``validate`` (``train-probe --val none``) there is no val split: nothing is held out and a cache's val clips
+    are left out."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     labels, splits, videos = np.asarray(labels), np.asarray(splits), np.asarray(videos)
@@ -65,16 +73,31 @@ def select_splits(
     def canonical(indices: np.ndarray) -> np.ndarray:
         return indices[np.argsort(ranked[indices], kind="stable")]
 
-    result = _select(labels, splits, videos, val_fraction, seed)
+    result = _select(labels, splits, videos, val_fraction if validate else 0.0, seed, pairs)
+    if not validate:
+        result = Splits(result.train, result.val[:0], result.test, "none")
     return Splits(canonical(result.train), canonical(result.val), canonical(result.test), result.val_source)
 
 
-def shard_splits(shards: ShardSet, val_fraction: float = 0.2, seed: int = 0) -> Splits:
+def shard_splits(
+    shards: ShardSet,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    pairs: Sequence[tuple[int, int]] = (),
+    validate: bool = True,
+) -> Splits:
     """``select_splits`` of a ShardSet's clean clips (its labels, splits, videos and views)."""
-    return select_splits(shards.labels, shards.splits, shards.videos, val_fraction, seed, views=shards.views)
+    return select_splits(shards.labels, shards.splits, shards.videos, val_fraction, seed, shards.views, pairs, validate)
 
 
-def _select(labels: np.ndarray, splits: np.ndarray, videos: np.ndarray, val_fraction: float, seed: int) -> Splits:
+def _select(
+    labels: np.ndarray,
+    splits: np.ndarray,
+    videos: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    pairs: Sequence[tuple[int, int]],
+) -> Splits:
     labelled = labels >= 0
     test = np.nonzero(labelled & (splits == "test"))[0]
     val_mask = labelled & (splits == "val")
@@ -84,39 +107,50 @@ def _select(labels: np.ndarray, splits: np.ndarray, videos: np.ndarray, val_frac
     pool_indices = np.nonzero(pool)[0]
     if val_fraction == 0 or len(pool_indices) == 0:
         return Splits(pool_indices, np.zeros(0, dtype=np.int64), test, "none")
-    held_out = stratified_video_holdout(labels[pool_indices], videos[pool_indices], val_fraction, seed)
+    held_out = stratified_video_holdout(labels[pool_indices], videos[pool_indices], val_fraction, seed, pairs)
     return Splits(pool_indices[~held_out], pool_indices[held_out], test, "val-fraction")
 
 
-def stratified_video_holdout(labels: np.ndarray, videos: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask over clips: True for the clips of the held-out videos.
+def stratified_video_holdout(
+    labels: np.ndarray, videos: np.ndarray, fraction: float, seed: int, pairs: Sequence[tuple[int, int]] = ()
+) -> np.ndarray:
+    """Boolean mask over clips: True for the clips of the held-out groups of videos.
 
-    About ``fraction`` of the source videos are held out, split across classes in proportion to their video
-    counts (largest remainders get the rounding), never taking a class's last training video. A video whose
-    clips carry several labels counts for its most frequent one.
+    A group (``groups.video_groups``) is a source video file, or the files of a UCF101 group, or same-named files in
+    the classes of a mirrored pair in ``pairs``; a group is held out whole. About ``fraction`` of the groups are
+    held out, split across strata (the set of classes a group holds; a lone video: its class) in proportion to
+    their group counts (largest remainders get the rounding), never taking a stratum's last training group. A video
+    whose clips carry several labels counts for its most frequent one. A set without groups of several videos
+    draws exactly as the per-video hold-out before groups did.
     """
-    groups: dict[str, list[int]] = defaultdict(list)
+    clips_of: dict[str, list[int]] = defaultdict(list)
     for clip, key in enumerate(videos):
-        groups[source_video(str(key))].append(clip)
-    names = sorted(groups)
+        clips_of[source_video(str(key))].append(clip)
     # Ties go to the smallest class index, not to whichever clip was written first.
-    group_label = {
-        name: max(Counter(labels[groups[name]].tolist()).items(), key=lambda item: (item[1], -item[0]))[0]
-        for name in names
+    video_label = {
+        name: max(Counter(labels[clips].tolist()).items(), key=lambda item: (item[1], -item[0]))[0]
+        for name, clips in clips_of.items()
     }
-    by_class: dict[int, list[str]] = defaultdict(list)
-    for name in names:
-        by_class[group_label[name]].append(name)
-    classes = sorted(by_class)
-    sizes = np.array([len(by_class[c]) for c in classes])
-    caps = sizes - 1  # keep at least one video of each class for training
+    paired = {c for pair in pairs for c in pair}
+    group_of = video_groups(sorted(clips_of), name_linked=lambda name: video_label[name] in paired)
+    groups: dict[str, list[int]] = defaultdict(list)
+    classes_of: dict[str, set[int]] = defaultdict(set)
+    for name in sorted(clips_of):
+        groups[group_of[name]].extend(clips_of[name])
+        classes_of[group_of[name]].add(video_label[name])
+    by_stratum: dict[tuple[int, ...], list[str]] = defaultdict(list)
+    for name in sorted(groups):
+        by_stratum[tuple(sorted(classes_of[name]))].append(name)
+    strata = sorted(by_stratum)
+    sizes = np.array([len(by_stratum[c]) for c in strata])
+    caps = sizes - 1  # keep at least one group of each stratum for training
     if caps.sum() == 0:
         return np.zeros(len(labels), dtype=bool)
     total = min(int(caps.sum()), max(1, round(fraction * sizes.sum())))
     rng = np.random.default_rng(seed)
     quota = np.minimum(np.floor(fraction * sizes).astype(int), caps)
-    # Hand the remaining videos to the classes with the largest fractional share (random order breaks ties).
-    tie_break = rng.random(len(classes))
+    # Hand the remaining groups to the strata with the largest fractional share (random order breaks ties).
+    tie_break = rng.random(len(strata))
     order = np.lexsort((tie_break, -(fraction * sizes - np.floor(fraction * sizes))))
     while quota.sum() < total:
         for c in order:
@@ -125,7 +159,7 @@ def stratified_video_holdout(labels: np.ndarray, videos: np.ndarray, fraction: f
     while quota.sum() > total:  # only when the floors alone exceed the rounded total
         quota[np.argmax(quota)] -= 1
     mask = np.zeros(len(labels), dtype=bool)
-    for c, count in zip(classes, quota, strict=True):
-        for name in rng.permutation(by_class[c])[:count]:
+    for stratum, count in zip(strata, quota, strict=True):
+        for name in rng.permutation(by_stratum[stratum])[:count]:
             mask[groups[name]] = True
     return mask

@@ -31,7 +31,9 @@ from step_cache.cache.manifest import TokenLayout
 from step_cache.cache.quantize import SCALE_DTYPE, token_bytes
 from step_cache.cache.shards import ShardSet
 from step_cache.cpu_budget import worker_count
+from step_cache.interface import option
 from step_cache.training.device_tokens import DeviceTokens, device_free_bytes
+from step_cache.training.layer_choice import concat_channels, layer_positions
 from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 TOKEN_SUBSETS = ("all", "cls", "patches")
 DATA_MODES = ("auto", "memory", "streaming", "device")
 
-# tokens (B, T, P, D) float16 (float32 for a float32 cache; int8 caches dequantized), labels (B,), clip indices
+# tokens (B, T, P, D) (L x D wide with concatenated layers) float16 (float32 for a float32 cache; int8 caches
+# dequantized), labels (B,), clip indices
 Batch = tuple[torch.Tensor, torch.Tensor, np.ndarray]
 
 
@@ -52,6 +55,9 @@ class TokenSelection:
     stop: int
     cls_index: int | None
     cls_tokens: int = 0  # how many of the selected tokens are CLS tokens (they lead the frame); only training reads it
+    # positions into the cache's stored layers to read, concatenated along the channels (layer_choice); None: the
+    # cache has no layer axis
+    layers: tuple[int, ...] | None = None
 
     @property
     def tokens_per_frame(self) -> int:
@@ -63,24 +69,39 @@ class TokenSelection:
         the CLS copy where the cache has one), whole clips otherwise."""
         return "cls" if self.subset == "cls" else "all"
 
+    @property
+    def channels(self) -> int:
+        """How many of the cache's D-wide layers make a token the probe sees (1 unless layers are concatenated)."""
+        return 1 if self.layers is None else len(self.layers)
+
     def apply(self, tokens: np.ndarray) -> np.ndarray:
-        """(n, T, P, D) -> (n, T, P', D); a view when the subset is everything."""
-        return tokens if (self.start, self.stop) == (0, tokens.shape[2]) else tokens[:, :, self.start : self.stop]
+        """(n, [L,] T, P, D) -> (n, [L,] T, P', D); a view when the subset is everything."""
+        if (self.start, self.stop) == (0, tokens.shape[-2]):
+            return tokens
+        return tokens[..., self.start : self.stop, :]
+
+    def merge_layers(self, tokens: torch.Tensor) -> torch.Tensor:
+        """A batch as read, (B, L, T, P', D) for a cache with a layer axis, -> what the probe sees, (B, T, P', L D)."""
+        return tokens if self.layers is None else concat_channels(tokens)
 
 
-def select_tokens(layout: TokenLayout, subset: str = "all") -> TokenSelection:
-    """``all``: CLS + patches, ``cls``: the per-frame CLS token(s) only, ``patches``: the patch grid only."""
+def select_tokens(layout: TokenLayout, subset: str = "all", layers: str = "last") -> TokenSelection:
+    """``all``: CLS + patches, ``cls``: the per-frame CLS token(s) only, ``patches``: the patch grid only; of the
+    stored ``layers`` (``layer_choice``: the last by default)."""
     total, cls = layout.tokens_per_frame, layout.cls_tokens
+    positions = layer_positions(layers, layout)
     if subset == "all":
-        return TokenSelection(subset, 0, total, 0 if cls else None, cls)
+        return TokenSelection(subset, 0, total, 0 if cls else None, cls, positions)
     if subset == "cls":
         if cls == 0:
-            raise DataError("--tokens cls: this cache stores no CLS token (extracted without one); use patches")
-        return TokenSelection(subset, 0, cls, 0, cls)
+            raise DataError(
+                f"{option('tokens', 'cls')}: this cache stores no CLS token (extracted without one); use patches"
+            )
+        return TokenSelection(subset, 0, cls, 0, cls, positions)
     if subset == "patches":
         if total == cls:
-            raise DataError("--tokens patches: this cache stores no patch tokens; use cls")
-        return TokenSelection(subset, cls, total, None)
+            raise DataError(f"{option('tokens', 'patches')}: this cache stores no patch tokens; use cls")
+        return TokenSelection(subset, cls, total, None, layers=positions)
     raise DataError(f"unknown token subset {subset!r}; choose one of: {', '.join(TOKEN_SUBSETS)}")
 
 
@@ -132,10 +153,12 @@ class InMemoryTokens:
         self.row = np.full(len(shards), -1, dtype=np.int64)  # global clip index -> row in self.tokens
         self.row[indices] = np.arange(len(indices))
         frames, _, dim = shards.clip_shape
-        shape = (len(indices), frames, selection.tokens_per_frame, dim)
+        layer_axis = () if selection.layers is None else (len(selection.layers),)
+        shape = (len(indices), *layer_axis, frames, selection.tokens_per_frame, dim)
         # As stored: an int8 cache stays int8 in RAM (half of float16) with its scales, dequantized per batch.
         self.tokens = np.empty(shape, dtype=np.dtype(shards.layout.dtype))
-        self.scales = np.empty(shape[:3], dtype=SCALE_DTYPE) if shards.layout.quantized else None
+        self.scales = np.empty(shape[:-1], dtype=SCALE_DTYPE) if shards.layout.quantized else None
+        self.merge_layers = selection.merge_layers  # (B, L, ...) batches -> the probe's concatenated channels
         self.read_dtype = shards.layout.read_dtype
         bar = tqdm(total=len(indices), desc="loading tokens", unit="clip", disable=not progress, leave=False)
         for shard in range(len(shards.paths)):
@@ -144,10 +167,10 @@ class InMemoryTokens:
             if len(wanted) == 0:
                 continue
             if len(wanted) * 2 >= stop - start:  # most of the shard: one contiguous read beats a gather
-                values, scales = shards.read_shard_stored(shard, part=selection.part)
+                values, scales = shards.read_shard_stored(shard, layers=selection.layers, part=selection.part)
                 values, scales = values[wanted - start], None if scales is None else scales[wanted - start]
             else:
-                values, scales = shards.read_stored(wanted, part=selection.part)
+                values, scales = shards.read_stored(wanted, layers=selection.layers, part=selection.part)
             self.tokens[self.row[wanted]] = selection.apply(values)
             if self.scales is not None:
                 self.scales[self.row[wanted]] = selection.apply(scales[..., None])[..., 0]
@@ -165,7 +188,7 @@ class InMemoryTokens:
             if (rows < 0).any():
                 raise DataError(f"clip {int(batch[rows < 0][0])} was not loaded into memory")
             scales = None if self.scales is None else self.scales[rows]
-            yield as_tensor(self.tokens[rows], scales, self.read_dtype), self.labels[batch], batch
+            yield self.merge_layers(as_tensor(self.tokens[rows], scales, self.read_dtype)), self.labels[batch], batch
 
     def close(self) -> None:
         """Nothing to release (the tokens go with the object)."""
@@ -178,11 +201,12 @@ class _BatchReader(torch.utils.data.Dataset):
         self.shards, self.selection, self.labels = shards, selection, labels
 
     def __getitem__(self, batch: np.ndarray) -> Batch:
-        values, scales = self.shards.read_stored(batch, part=self.selection.part)
+        values, scales = self.shards.read_stored(batch, layers=self.selection.layers, part=self.selection.part)
         values = np.ascontiguousarray(self.selection.apply(values))
         if scales is not None:
             scales = np.ascontiguousarray(self.selection.apply(scales[..., None])[..., 0])
-        return as_tensor(values, scales, self.shards.layout.read_dtype), self.labels[batch], batch
+        tokens = self.selection.merge_layers(as_tensor(values, scales, self.shards.layout.read_dtype))
+        return tokens, self.labels[batch], batch
 
 
 class _PlanSampler:
@@ -313,7 +337,7 @@ def open_token_source(
     """A token source over ``indices`` (the clips the caller will ask for), in the chosen data mode (``device``:
     on ``device``, the CPU when None)."""
     frames, _, dim = shards.clip_shape
-    per_clip = frames * selection.tokens_per_frame * token_bytes(shards.layout.dtype, dim)
+    per_clip = selection.channels * frames * selection.tokens_per_frame * token_bytes(shards.layout.dtype, dim)
     nbytes = int(len(np.unique(indices)) * per_clip)
     device = device or torch.device("cpu")
     chosen = choose_mode(mode, nbytes, memory_fraction, device_free_bytes(device))

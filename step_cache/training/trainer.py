@@ -21,36 +21,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from step_cache.cache.shards import CacheInput, ShardSet, as_shards
+from step_cache.devices import resolve_device
 from step_cache.probes import build_probe, count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
-from step_cache.training.chance import chance_note
-from step_cache.training.config import TrainConfig, full_options, make_config, with_schedule
+from step_cache.training.config import TrainConfig, full_options, make_config, settings, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.epoch_order import cache_run
-from step_cache.training.inference import autocast, evaluate_clips
-from step_cache.training.metrics import format_percent, format_percent_spread
+from step_cache.training.inference import autocast, evaluate_clips, tf32_matmuls
 from step_cache.training.metrics_file import metrics_document
 from step_cache.training.optimization import build_optimizer, build_scheduler
 from step_cache.training.progress import RunProgress, batches_per_epoch
+from step_cache.training.protocol_use import announce, check_single_run
 from step_cache.training.records import (
     NO_SCORE,
-    SELECT_LABELS,
     TrainingTime,
     epoch_record,
     final_metrics,
-    headline_figures,
-    run_chance,
     validation_score,
 )
 from step_cache.training.run_checkpoints import restore_best
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
 from step_cache.training.run_data import data_record, probe_shape, run_inputs
+from step_cache.training.run_line import run_line
 from step_cache.training.run_lock import hold_run_dir
 from step_cache.training.run_record import run_record
 from step_cache.training.run_status import mark_failed, refuse_failed_resume, usable_checkpoint
 from step_cache.training.schedule import schedule_steps
+from step_cache.training.seed_data import train_data_seeds
 from step_cache.training.stacking.seeds import train_seeds
 from step_cache.training.token_data import open_token_source
 from step_cache.training.view_table import epoch_plan
@@ -67,33 +66,8 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)  # the lines of metrics.jsonl
 
     def summary(self) -> str:
-        m = self.metrics
-        split, figures, std = headline_figures(m)
-
-        def pct(key: str) -> str:
-            if std is None:
-                return format_percent(figures.get(key))
-            return format_percent_spread(figures.get(key), std.get(key))
-
-        note = "" if split == "test" else " (no test split: val also chose the checkpoint)"
-        selected = m.get("select_metric", "top1")  # runs written before the setting chose on top-1
-        if selected != "top1":
-            note += f" | checkpoint chosen on {SELECT_LABELS[selected]}"
-        seeds = f" | {len(m['seeds'])} seeds (mean ± std)" if len(m.get("seeds", ())) > 1 else ""
-        chance = chance_note(run_chance(m))  # " | not above chance (p = ...)" when it is not
-        return (
-            f"{m['probe']}: {split} top-1 {pct('top1')}{chance} | pair {pct('pair_accuracy')} | reversed "
-            f"{pct('reversed_top1')} | shuffled {pct('shuffled_top1')}{note}{seeds} | {m['parameters']:,} params "
-            f"({m['parameters_without_head']:,} without head) | {self._time()} -> {self.run_dir}"
-        )
-
-    def _time(self) -> str:
-        # The command's wall time is what a user waited; the training loop's share is the probe's own speed.
-        m = self.metrics
-        loop = f"training loop {m['train_time_s']:.1f} s, {m['train_clips_per_s'] or 0:.0f} clips/s"
-        if m.get("wall_time_s") is None:  # a metrics.json of format 1
-            return loop
-        return f"{m['wall_time_s']:.1f} s ({loop})"
+        """The line train-probe prints (``run_line.run_line``)."""
+        return run_line(self.metrics, self.run_dir)
 
 
 class _Run:
@@ -130,7 +104,7 @@ class _Run:
         # Built only once the run directory is settled: the first optimizer costs seconds (torch imports dynamo).
         config = self.config
         total, warmup = schedule_steps(config.epochs, len(self.splits.train), config.batch_size, config.warmup_epochs)
-        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay)
+        self.optimizer = build_optimizer(self.model, config.lr, config.weight_decay, config.optimizer)
         self.scheduler = build_scheduler(self.optimizer, total, warmup)
 
     def data_record(self) -> dict[str, Any]:
@@ -211,13 +185,17 @@ class _Run:
         return evaluate_clips(
             self.model, self.source, indices, self.shards.labels, self.shards.videos, names, self.pairs,
             batch_size=self.eval_batch_size, device=self.device, amp=self.config.amp, orders=orders,
+            view_average=self.config.view_average,
         )  # fmt: skip
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         train = self.train_epoch(epoch)
         start = time.perf_counter()
-        val = self.evaluate(self.splits.val, orders=False)
-        score = validation_score(val, self.config.select_metric)
+        if self.config.val == "none":  # no validation: every epoch's weights replace the last (the checkpoint)
+            val, score = None, (float(epoch), 0.0)
+        else:
+            val = self.evaluate(self.splits.val, orders=False)
+            score = validation_score(val, self.config.select_metric)
         record = epoch_record(
             epoch + 1, train, val, time.perf_counter() - start, has_pairs=bool(self.pairs), best=score > self.best
         )
@@ -231,9 +209,9 @@ class _Run:
         else:
             append_epoch(self.run_dir, record)
         log.debug(
-            "epoch %d/%d  loss %.4f  train %.3f  val top-1 %.3f  val loss %.4f%s",
-            epoch + 1, self.config.epochs, record["train_loss"], record["train_top1"], val["top1"], val["loss"],
-            "  (best)" if record["best"] else "",
+            "epoch %d/%d  loss %.4f  train %.3f  val top-1 %s  val loss %s%s",
+            epoch + 1, self.config.epochs, record["train_loss"], record["train_top1"], record["val_top1"],
+            record["val_loss"], "  (best)" if record["best"] else "",
         )  # fmt: skip
         return record
 
@@ -245,15 +223,17 @@ class _Run:
             best_epoch=self.best_epoch,
             select_metric=self.config.select_metric,
             epochs=self.config.epochs,
+            view_average=self.config.view_average,
             classes=self.shards.classes,
             pairs=self.pairs,
-            val=self.evaluate(self.splits.val, orders=True),
+            val=self.evaluate(self.splits.val, orders=True) if self.config.val != "none" else None,
             test=self.evaluate(self.splits.test, orders=True) if len(self.splits.test) else None,
             parameters=count_parameters(self.model),
             parameters_without_head=count_parameters(self.model, exclude_head=True),
             training_time=self.training_time,
             data_mode=self.source.mode,
             device=str(self.device),
+            validation=self.splits.val_source,
         )
         metrics["early_stop"] = early_stop_record(self.config, len(self.history), self.best_epoch)
         return metrics
@@ -261,7 +241,7 @@ class _Run:
 
 def train_probe(
     cache: CacheInput,
-    probe: str = "step",
+    probe: str | None = None,
     out: str | Path = "runs/probe",
     *,
     resume: bool = False,
@@ -272,17 +252,24 @@ def train_probe(
     """Train ``probe`` on ``cache`` (one or more cache directories, or an open ``ShardSet``) and write a run
     directory ``out``.
 
-    ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...); ``seeds=N`` trains
+    ``options`` are ``TrainConfig`` fields (``epochs``, ``lr``, ``probe_options={...}``, ...; ``probe`` None:
+    "step", or the ``protocol``'s, whose preset fills the fields not given: docs/protocols.md); ``seeds=N`` trains
     N seeds as one stack and reports mean ± std (``training/stacking/seeds.py``). ``resume``
     continues a killed run from its last commit (about every 30 s; the settings must match). ``on_epoch`` is called with
     each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there. The run
     directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
     """
+    if options.get("protocol") is not None:
+        check_single_run(options["protocol"], options, settings())  # a grid protocol: one value of each grid field
     config = make_config(probe, options)
+    if config.protocol is not None:
+        cache = as_shards(cache)
+        announce(config.protocol, cache.manifest.extraction)
     started = time.perf_counter()  # metrics.json's wall_time_s: the command's, loading and evaluation included
-    with hold_run_dir(out):  # one writer per run directory, before anything in it is read or removed
+    # one writer per run directory, before anything in it is read or removed
+    with hold_run_dir(out), tf32_matmuls(resolve_device(config.device), config.tf32):
         try:
-            return _train(cache, probe, config, Path(out), resume, overwrite, on_epoch, started)
+            return _train(cache, config.probe, config, Path(out), resume, overwrite, on_epoch, started)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:
             mark_failed(Path(out), str(error))  # no command may use what the diverged run left
             raise
@@ -301,8 +288,11 @@ def _train(
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     if resume:
         refuse_failed_resume(out)
-    if config.seeds > 1:
-        metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch, started)
+    if config.seeds > 1:  # --vary data: each seed a run of its own (seed_data.py), else one stack
+        if config.vary == "data":
+            metrics, history = train_data_seeds(cache, config, Path(out), resume, on_epoch, started, train_probe)
+        else:
+            metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch, started)
         return TrainResult(Path(out), metrics, history)
     shards = as_shards(cache)
     run = _Run(shards, config, Path(out))

@@ -11,111 +11,35 @@ steps as its lone counterpart does (bit for bit given equal gradients, tested).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from step_cache.training.optimization import WarmupCosine, decays
+from step_cache.training.stacking.member_optim import StackedOptimizer
 
 BETAS = (0.9, 0.999)
 EPS = 1e-8
-CLIP_EPS = 1e-6  # as in torch.nn.utils.clip_grad_norm_
-# Steps whose per-member scalars are copied to the device at once: one small host-to-device copy per this many
-# steps (and after members are dropped) instead of three per step.
-SCHEDULE_CHUNK = 256
 
 
-class StackedAdamW:
-    """Optimizer state for stacked parameters ``{name: (K, ...)}``.
+class StackedAdamW(StackedOptimizer):
+    """AdamW state for stacked parameters ``{name: (K, ...)}`` (``member_optim.StackedOptimizer``: per-member lr,
+    weight decay, warm-up and clipping; a step makes no host tensor): the moments ``exp_avg`` and ``exp_avg_sq``."""
 
-    ``lr``, ``weight_decay``, ``warmup_steps`` and ``clip_grad`` (0 = no clipping) hold one value per member;
-    every member follows ``WarmupCosine(total_steps, warmup_steps[k])`` scaled by its ``lr[k]``.
-    """
-
-    def __init__(
-        self,
-        params: dict[str, torch.Tensor],
-        *,
-        lr: Sequence[float],
-        weight_decay: Sequence[float],
-        warmup_steps: Sequence[int],
-        clip_grad: Sequence[float],
-        total_steps: int,
-    ) -> None:
-        members = {len(lr), len(weight_decay), len(warmup_steps), len(clip_grad)}
-        sizes = {p.shape[0] for p in params.values()}
-        if len(members) != 1 or members != sizes:
-            raise ValueError(f"hyperparameters for {sorted(members)} members, parameters stacked for {sorted(sizes)}")
-        self.lr = [float(v) for v in lr]
-        self.weight_decay = [float(v) for v in weight_decay]
-        self.clip_grad = [float(v) for v in clip_grad]
-        self.schedules = [WarmupCosine(total_steps, w) for w in warmup_steps]
-        self.decays = {name: decays(name, p[0]) for name, p in params.items()}
-        self.exp_avg = {name: torch.zeros_like(p, memory_format=torch.preserve_format) for name, p in params.items()}
-        self.exp_avg_sq = {name: torch.zeros_like(p, memory_format=torch.preserve_format) for name, p in params.items()}
-        self.steps = 0
-        self._table: torch.Tensor | None = None  # _step_scalars' per-member scalars of SCHEDULE_CHUNK steps
-        self._table_start = 0
-        self._max_norm: torch.Tensor | None = None  # _clip_limits'
+    STATE = ("exp_avg", "exp_avg_sq")
 
     @property
-    def size(self) -> int:
-        return len(self.lr)
+    def exp_avg(self) -> dict[str, torch.Tensor]:
+        return self.state["exp_avg"]
 
-    def current_lr(self) -> list[float]:
-        """Each member's learning rate for the next step (what LambdaLR puts into ``param_groups[0]['lr']``)."""
-        return [base * schedule(self.steps) for base, schedule in zip(self.lr, self.schedules, strict=True)]
+    @property
+    def exp_avg_sq(self) -> dict[str, torch.Tensor]:
+        return self.state["exp_avg_sq"]
 
-    def _step_scalars(self, like: torch.Tensor) -> torch.Tensor:
-        """(2, K) on ``like``'s device and dtype: each member's ``-lr / bias_correction1`` and ``1 - lr * wd`` for
-        the current step, a view into a table of the next ``SCHEDULE_CHUNK`` steps. The table is computed on the
-        host in float64 Python floats (as PyTorch computes its scalar arguments), rounded to the parameter dtype
-        and copied to the device once per chunk (or after ``keep``), so a step itself makes no host tensor."""
-        start = self.steps - self.steps % SCHEDULE_CHUNK
-        table = self._table
-        if table is None or self._table_start != start or table.device != like.device or table.dtype != like.dtype:
-            rows = []
-            for step in range(start, start + SCHEDULE_CHUNK):
-                lr = [base * schedule(step) for base, schedule in zip(self.lr, self.schedules, strict=True)]
-                bias_correction1 = 1 - BETAS[0] ** (step + 1)
-                rows.append(
-                    [
-                        [-(rate / bias_correction1) for rate in lr],
-                        [1 - r * wd for r, wd in zip(lr, self.weight_decay, strict=True)],
-                    ]
-                )
-            table = torch.tensor(rows, dtype=torch.float64).to(device=like.device, dtype=like.dtype)
-            self._table, self._table_start = table, start
-        return table[self.steps - start]
-
-    def _clip_limits(self, like: torch.Tensor) -> torch.Tensor:
-        """Each member's max gradient norm (K,) on the device, made once (and again after ``keep``)."""
-        if self._max_norm is None or self._max_norm.device != like.device or self._max_norm.dtype != like.dtype:
-            self._max_norm = torch.tensor(self.clip_grad, device=like.device).to(like.dtype)
-        return self._max_norm
-
-    @staticmethod
-    def _per_member(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return values.reshape((-1,) + (1,) * (like.ndim - 1))
-
-    @torch.no_grad()
-    def clip_gradients(self, params: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """``clip_grad_norm_`` per member: each member's gradients scaled to at most its own max norm. Returns each
-        member's total gradient norm before clipping (K,), as ``clip_grad_norm_`` returns its one; None when no
-        member clips (then no norm is computed). A non-finite norm means the member diverged: its weights become
-        NaN in this step (``epoch_loop.train_epoch`` takes it as the step's 4th value and reports the member)."""
-        if not any(c > 0 for c in self.clip_grad):
-            return None
-        grads = [p.grad for p in params.values() if p.grad is not None]
-        norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])  # (params, K)
-        total = torch.linalg.vector_norm(norms, dim=0)  # (K,)
-        max_norm = self._clip_limits(total)
-        # clip_grad_norm_ computes max_norm / (total + eps) with a Python float max_norm, which torch evaluates
-        # as reciprocal(total + eps) * max_norm (Tensor.__rtruediv__): the same here, so the result is identical.
-        coef = torch.clamp((total + CLIP_EPS).reciprocal() * max_norm, max=1.0)
-        coef = torch.where(max_norm > 0, coef, torch.ones_like(coef))
-        torch._foreach_mul_(grads, [self._per_member(coef.to(g.dtype), g) for g in grads])
-        return total
+    def _scalar_rows(self, step: int, lr: list[float]) -> list[list[float]]:
+        """Each member's ``-lr / bias_correction1`` and ``1 - lr * wd`` for ``step``."""
+        bias_correction1 = 1 - BETAS[0] ** (step + 1)
+        return [
+            [-(rate / bias_correction1) for rate in lr],
+            [1 - r * wd for r, wd in zip(lr, self.weight_decay, strict=True)],
+        ]
 
     @torch.no_grad()
     def step(self, params: dict[str, torch.Tensor]) -> None:
@@ -149,15 +73,3 @@ class StackedAdamW:
         update = torch._foreach_mul(exp_avgs, [self._per_member(neg_step, p) for p in param_list])
         torch._foreach_div_(update, denom)
         torch._foreach_add_(param_list, update)
-
-    def keep(self, index: torch.Tensor) -> None:
-        """Keep only the members at ``index`` (a 1-D long tensor), in that order."""
-        picked = index.tolist()
-        self.lr = [self.lr[i] for i in picked]
-        self.weight_decay = [self.weight_decay[i] for i in picked]
-        self.clip_grad = [self.clip_grad[i] for i in picked]
-        self.schedules = [self.schedules[i] for i in picked]
-        self._table, self._max_norm = None, None  # rebuilt for the members kept at the next step
-        for state in (self.exp_avg, self.exp_avg_sq):
-            for name, value in state.items():
-                state[name] = value[index.to(value.device)]

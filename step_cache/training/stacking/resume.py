@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from step_cache.training.records import TrainingTime
-from step_cache.training.stacking.adamw import StackedAdamW
+from step_cache.training.stacking.member_optim import StackedOptimizer
 from step_cache.training.stacking.members import StackedProbes
 
 
@@ -39,7 +39,7 @@ class Stack(Protocol):
     active: list[int]  # stack slot -> member index
     stack: StackedProbes
     best_params: dict[str, torch.Tensor]
-    optimizer: StackedAdamW
+    optimizer: StackedOptimizer
     best: list[tuple[float, ...]]
     best_epoch: list[int]
     device: torch.device
@@ -73,8 +73,8 @@ def stack_state(run: Stack, epochs_done: int) -> dict[str, Any]:
         "left": left,
         "params": _cpu(run.stack.params),
         "best_params": _cpu(run.best_params),
-        "exp_avg": _cpu(run.optimizer.exp_avg),
-        "exp_avg_sq": _cpu(run.optimizer.exp_avg_sq),
+        # the optimizer's per-parameter state by its names (AdamW: exp_avg, exp_avg_sq; SGD: momentum)
+        **{kind: _cpu(tensors) for kind, tensors in run.optimizer.state.items()},
         "optimizer_steps": run.optimizer.steps,
         "best": [list(score) for score in run.best],
         "best_epoch": list(run.best_epoch),
@@ -100,11 +100,8 @@ def restore_stack(run: Stack, state: dict[str, Any]) -> None:
     run.stack.load(state["params"])
     for name, value in state["best_params"].items():
         run.best_params[name] = value.to(run.device)
-    for own, saved_moments in (
-        (run.optimizer.exp_avg, state["exp_avg"]),
-        (run.optimizer.exp_avg_sq, state["exp_avg_sq"]),
-    ):
-        for name, value in saved_moments.items():
+    for kind, own in run.optimizer.state.items():
+        for name, value in state[kind].items():
             own[name].copy_(value)
     run.optimizer.steps = int(state["optimizer_steps"])
     run.best = [tuple(score) for score in state["best"]]

@@ -3,7 +3,8 @@
 
 Seeds ``seed .. seed+N-1`` give each member its own initial weights (and dropout masks); the batches, the augmented
 views drawn each epoch and, when the cache has no val split, the held-out validation videos come from ``seed`` for
-every member, so the spread measures the probe's sensitivity to its initialisation on fixed data. Each member
+every member, so the spread measures the probe's sensitivity to its initialisation on fixed data (``vary: init``
+in metrics.json; ``--vary data`` is ``training/seed_data.py``). Each member
 keeps its own best checkpoint (chosen on val, like a lone run).
 
 Run directory (``runs.py`` plus)::
@@ -45,11 +46,7 @@ from step_cache.training.stacking.stacked_run import MemberResult, StackedRun
 
 log = logging.getLogger(__name__)
 
-SEEDS_DIR = "seeds"
-
-
-def seed_dir(run_dir: Path, seed: int) -> Path:
-    return run_dir / SEEDS_DIR / f"seed-{seed}"
+SEEDS_DIR, seed_dir = runs.SEEDS_DIR, runs.seed_dir  # where each seed's files go (runs.py)
 
 
 def train_seeds(
@@ -156,6 +153,6 @@ def _write(out: Path, seeds: list[int], results: list[MemberResult], wall: float
         runs.write_json(directory / runs.FINAL_METRICS, metrics_document([seed], [result.metrics]))
     save_checkpoint(out, out / runs.BEST, results[0].weights)
     runs.write_epoch_log(out, results[0].history)
-    metrics = metrics_document(seeds, [result.metrics for result in results], wall)
+    metrics = metrics_document(seeds, [result.metrics for result in results], wall, vary="init")
     runs.write_json(out / runs.FINAL_METRICS, metrics)
     return metrics

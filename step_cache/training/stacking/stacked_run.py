@@ -1,10 +1,11 @@
 """Training K probe configurations at once: the members of a group share a shape and see the same batches, their
 parameters are stacked along a leading K axis and run with one vmapped forward and one backward, and each has
-its own optimizer state, learning rate, weight decay, warm-up, gradient clipping, label smoothing and dropout.
+its own optimizer state (AdamW or SGD, ``--optimizer``), learning rate, weight decay, warm-up, gradient clipping,
+label smoothing and dropout.
 
 A member gets what ``train_probe`` would give its config alone: the same initial weights (``manual_seed(seed)``
 before building the probe), the same batches (``views.epoch_plan``: batch order and augmented views keyed by
-(seed, epoch)), the same AdamW and schedule, the same per-epoch validation and best-checkpoint rule, and the same
+(seed, epoch)), the same optimizer and schedule, the same per-epoch validation and best-checkpoint rule, and the same
 final metrics (order metrics included) of its best checkpoint. On CPU in float32 and without dropout it matches a
 lone run to float rounding (tested). With dropout it cannot match bit for bit: vmap draws every member's masks
 from one random stream.
@@ -38,7 +39,7 @@ from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
 from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.epoch_order import cache_run
-from step_cache.training.inference import autocast, evaluate_logits, forward_batches
+from step_cache.training.inference import autocast, evaluate_logits, forward_batches, tf32_matmuls
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
 from step_cache.training.run_data import probe_shape
@@ -47,6 +48,7 @@ from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.grouping import group_by_shape, shape_key
 from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.stacking.resume import restore_stack, stack_state
+from step_cache.training.stacking.sgd import StackedSGD
 from step_cache.training.stacking.shared_data import DataCache, TrainingData
 from step_cache.training.view_table import epoch_plan
 
@@ -100,7 +102,8 @@ class StackedRun:
         self.stack = StackedProbes(probes)
         # The same schedule lengths as train_probe's: shared total (same epochs and batches), own warm-up.
         steps = [schedule_steps(c.epochs, len(data.splits.train), c.batch_size, c.warmup_epochs) for c in self.configs]
-        self.optimizer = StackedAdamW(
+        optimizer = StackedSGD if first.optimizer == "sgd" else StackedAdamW  # shared: grouping.shape_key
+        self.optimizer = optimizer(
             self.stack.params,
             lr=[c.lr for c in self.configs],
             weight_decay=[c.weight_decay for c in self.configs],
@@ -138,15 +141,8 @@ class StackedRun:
         """One epoch of every active member: the shared timing and per-slot loss / top-1 / lr."""
         first, members = self.first, self.stack.size
         self.stack.train(True)
-        # the first member's, like the views
-        plan = epoch_plan(
-            self.data.views,
-            first.batch_size,
-            first.seed,
-            epoch,
-            first.order,
-            cache_run(self.data.shards, first.batch_size),
-        )
+        run = cache_run(self.data.shards, first.batch_size)
+        plan = epoch_plan(self.data.views, first.batch_size, first.seed, epoch, first.order, run)  # the first member's
         augment = self.augmentation.for_epoch(first.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.data.source, plan, self.device, self.train_step, members=(members,),
@@ -177,14 +173,15 @@ class StackedRun:
         shards = self.data.shards
         return evaluate_logits(
             lambda order: self.member_logits(indices, order, stack), shards.labels[indices], shards.videos[indices],
-            shards.classes, self.data.pairs, orders=orders,
+            shards.classes, self.data.pairs, orders=orders, view_average=self.first.view_average,
         )  # fmt: skip
 
     # -- the loop ----------------------------------------------------------------------------------------
     def run_epoch(self, epoch: int, on_epoch: MemberCallback | None) -> None:
         shared = self.train_epoch(epoch)
         start = time.perf_counter()
-        val = self.evaluate(self.data.splits.val, orders=False)
+        validating = self.first.val != "none"  # --val none: every epoch's weights are the checkpoint (the last)
+        val = self.evaluate(self.data.splits.val, orders=False) if validating else [None] * len(self.active)
         eval_s = time.perf_counter() - start
         improved, stopped = [], []
         diverged = [slot for slot, finite in enumerate(shared["finite"]) if not finite]
@@ -202,7 +199,7 @@ class StackedRun:
             if slot in diverged:
                 continue
             train = {**shared, **{key: shared[key][slot] for key in ("train_loss", "train_top1", "lr")}}
-            score = validation_score(val[slot], self.configs[member].select_metric)
+            score = validation_score(val[slot], self.configs[member].select_metric) if validating else (epoch, 0.0)
             record = epoch_record(
                 epoch + 1, train, val[slot], eval_s, has_pairs=bool(self.data.pairs), best=score > self.best[member]
             )
@@ -256,7 +253,8 @@ class StackedRun:
         ``slots``, from their best checkpoints; the stack's own parameters are left as they are."""
         index = torch.tensor(slots, device=self.device)
         best = self.stack.subset(index, {name: value[index] for name, value in self.best_params.items()})
-        val = self.evaluate(self.data.splits.val, orders=True, stack=best)
+        validating = self.first.val != "none"
+        val = self.evaluate(self.data.splits.val, orders=True, stack=best) if validating else [None] * len(slots)
         test = self.evaluate(self.data.splits.test, orders=True, stack=best) if len(self.data.splits.test) else None
         shards = self.data.shards
         for position, slot in enumerate(slots):
@@ -266,6 +264,7 @@ class StackedRun:
                 best_epoch=self.best_epoch[member],
                 select_metric=self.configs[member].select_metric,
                 epochs=self.first.epochs,
+                view_average=self.first.view_average,
                 classes=shards.classes,
                 pairs=self.data.pairs,
                 val=val[position],
@@ -275,6 +274,7 @@ class StackedRun:
                 training_time=self.training_time,
                 data_mode=self.data.source.mode,
                 device=str(self.device),
+                validation=self.data.splits.val_source,
             )
             metrics["stacked_members"] = len(self.configs)
             config, done = self.configs[member], len(self.results[member].history)
@@ -334,12 +334,14 @@ def train_stacked(
     try:
         for group in group_by_shape(configs):
             run = StackedRun(data.get(configs[group[0]]), [configs[i] for i in group])
+            precision = tf32_matmuls(run.device, configs[group[0]].tf32)
 
             def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
                 return bool(on_epoch(group[member], record)) if on_epoch is not None else False
 
-            for index, result in zip(group, run.run(callback, keep_weights), strict=True):
-                results[index] = result
+            with precision:
+                for index, result in zip(group, run.run(callback, keep_weights), strict=True):
+                    results[index] = result
     finally:
         if own_data:
             data.close()

@@ -1,0 +1,161 @@
+"""Applying a protocol preset (``protocols.py``): the fields it sets beneath the options a user gave, the grid a
+sweep trains as one stack, the check of a cache's extraction against what the protocol needs, what is printed when
+it runs, and the table docs/protocols.md holds. Without torch (``config.make_config`` applies presets)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection
+from typing import Any
+
+from step_cache.errors import StepCacheError
+from step_cache.training.protocols import PROTOCOLS, Protocol, Source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROBE = "step"
+_OPTION_PREFIX = "probe_options."
+
+
+class ProtocolError(StepCacheError, ValueError):
+    """An unknown protocol, or options that contradict it."""
+
+
+def get_protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ProtocolError(f"unknown protocol {name!r}; choose one of: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def protocol_probe(name: str | None, probe: str | None) -> str:
+    """The probe a run trains: the protocol's (a different one given is refused), else ``probe`` or "step"."""
+    if name is None:
+        return probe or DEFAULT_PROBE
+    own = get_protocol(name).fields["probe"].value
+    if probe is not None and probe != own:
+        raise ProtocolError(f"--protocol {name} trains the {own} probe, not {probe}: drop --probe (probe=...)")
+    return own
+
+
+def apply_protocol(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` (what the user gave: explicit options override the preset) over the protocol's fields."""
+    protocol = get_protocol(name)
+    preset = {k: s.value for k, s in protocol.fields.items() if k != "probe" and not k.startswith(_OPTION_PREFIX)}
+    probe_options = {
+        k.removeprefix(_OPTION_PREFIX): s.value for k, s in protocol.fields.items() if k.startswith(_OPTION_PREFIX)
+    }
+    given_options = options.get("probe_options") or {}
+    merged = {**preset, **options}
+    merged["probe_options"] = {**probe_options, **given_options}
+    return merged
+
+
+def check_single_run(name: str, options: dict[str, Any], fields: Collection[str]) -> None:
+    """``train-probe --protocol``: a protocol that searches a training field (one of ``fields``, the
+    ``TrainConfig`` fields; probe options keep their defaults) over a grid needs one value of it (the grid itself
+    is ``sweep --protocol``'s)."""
+    missing = [k for k in get_protocol(name).grid if k in fields and options.get(k) is None]
+    if missing:
+        grid = get_protocol(name).grid
+        wanted = "; ".join(f"--{k.replace('_', '-')} (one of {', '.join(map(_text, grid[k].value))})" for k in missing)
+        raise ProtocolError(
+            f"--protocol {name} searches {', '.join(missing)} over a grid: give {wanted}, or train the whole grid as "
+            f"one stack with sweep --protocol {name}"
+        )
+
+
+def grid_flags(name: str) -> list[str]:
+    """The protocol's grid as sweep ``--param NAME=SPEC`` flags (``sweeps/space.py``); empty without a grid."""
+    return [f"{k}={','.join(_text(v) for v in s.value)}" for k, s in get_protocol(name).grid.items()]
+
+
+def grid_size(name: str) -> int:
+    size = 1
+    for source in get_protocol(name).grid.values():
+        size *= len(source.value)
+    return size
+
+
+def cache_differences(name: str, extraction: dict[str, Any]) -> list[str]:
+    """What the cache's extraction (its manifest's ``extraction``) lacks of the protocol's requirements, one line
+    each; empty when it follows the protocol."""
+    found = {
+        "frames": extraction.get("sampling", {}).get("frames"),
+        "frame_step": _frame_step(extraction.get("sampling", {})),
+        "test_views": _test_views(extraction.get("test_views")),
+        "resolution": _resolution(extraction.get("preprocessing", {}).get("crop")),
+        "layers": _layers(extraction.get("tokens", {}).get("layers")),
+    }
+    return [
+        f"{key}: the cache has {_text(found[key])}, the anchor {_text(source.value)} ({source.anchor}, {source.where})"
+        for key, source in get_protocol(name).requirements.items()
+        if found[key] != source.value
+    ]
+
+
+def _frame_step(sampling: dict[str, Any]) -> int | str:
+    return int(sampling["frame_step"]) if sampling.get("strategy") == "frame-step" else "segment centres"
+
+
+def _test_views(views: dict[str, Any] | None) -> tuple[int, int] | str:
+    return (int(views["segments"]), int(views["crops"])) if views else "one centre view"
+
+
+def _resolution(crop: Any) -> int | str:
+    if isinstance(crop, int):
+        return crop
+    if isinstance(crop, (list, tuple)) and len(set(crop)) == 1:
+        return int(crop[0])
+    return "unknown" if crop is None else "x".join(map(str, crop))
+
+
+def _layers(layers: list[int] | None) -> str:
+    # the last 4 blocks: 4+ stored blocks ending with consecutive indices (the backbone's depth is not recorded)
+    if layers and len(layers) >= 4 and list(layers[-4:]) == list(range(layers[-1] - 3, layers[-1] + 1)):
+        return "last4"
+    return "the last block only" if not layers else f"blocks {','.join(map(str, layers))}"
+
+
+def announce(name: str, extraction: dict[str, Any]) -> list[str]:
+    """Log, when a preset runs, what this run cannot follow of the anchor (the preset's own differences, the
+    cache's, the fields still pending); returns the cache's differences (recorded in config.json)."""
+    protocol = get_protocol(name)
+    differences = cache_differences(name, extraction)
+    log.warning("--protocol %s (%s): what differs from the anchor here (docs/protocols.md):", name, protocol.anchor)
+    for line in [*protocol.differences, *(f"cache {d}" for d in differences)]:
+        log.warning("  - %s", line)
+    for key, source in protocol.pending.items():
+        log.warning("  - one run per value (not searched in one sweep): %s = %s (%s, %s)", key, _text(source.value),
+                    source.anchor, source.where)  # fmt: skip
+    return differences
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple) and len(value) == 2 and all(type(v) is int for v in value):  # views: SxC
+        return f"{value[0]}x{value[1]}"
+    if isinstance(value, tuple):
+        return ", ".join(_text(v) for v in value)
+    return "auto" if value is None else str(value)
+
+
+def protocol_table() -> str:
+    """The Markdown table of docs/protocols.md: every preset's fields, grid, cache requirements and pending fields,
+    each beside the anchor's setting and its file and line (tests/test_protocols.py: the doc holds exactly this)."""
+    lines = ["| preset | kind | field | value | anchor's setting | where |", "|---|---|---|---|---|---|"]
+    for protocol in PROTOCOLS.values():
+        kinds: list[tuple[str, dict[str, Source]]] = [
+            ("field", protocol.fields),
+            ("grid", protocol.grid),
+            ("cache", protocol.requirements),
+            ("pending", protocol.pending),
+        ]
+        for kind, entries in kinds:
+            for key, source in entries.items():
+                lines.append(
+                    f"| {protocol.name} | {kind} | `{key}` | {_text(source.value)} | {source.anchor} | {source.where} |"
+                )
+    return "\n".join(lines)
