@@ -93,16 +93,19 @@ def sweep(
             raise InputError(f"--grid and --sampler {sampler} exclude each other")
         protocol = config.get("protocol")
         if protocol is not None:  # only what the user gave overrides the preset
+            from step_cache.cache.manifest import read_manifest
             from step_cache.training.protocol_use import grid_flags, grid_size, protocol_probe
 
             config = {**given_options(ctx, config), "protocol": protocol}
             config["probe"] = protocol_probe(protocol, config.get("probe"))
-            param = [*grid_flags(protocol), *(param or [])]  # a --param given replaces the preset's
+            # the grid less what the user fixed, of the layers the cache holds; a --param given replaces the preset's
+            fixed = (set(config), read_manifest(chosen[0]).extraction)
+            param = [*grid_flags(protocol, *fixed), *(param or [])]
             unset = {"sampler", "trials", "parallel", "pruner"} - set(given_options(ctx, dict.fromkeys(
                 ("sampler", "trials", "parallel", "pruner"))))  # fmt: skip
             sampler = "grid" if "sampler" in unset else sampler
-            trials = grid_size(protocol) if "trials" in unset else trials
-            parallel = grid_size(protocol) if "parallel" in unset else parallel
+            trials = grid_size(protocol, *fixed) if "trials" in unset else trials
+            parallel = grid_size(protocol, *fixed) if "parallel" in unset else parallel
             pruner = "none" if "pruner" in unset else pruner
         probe = config.pop("probe")
         search_space = build_space(probe, param, space)

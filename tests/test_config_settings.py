@@ -46,7 +46,13 @@ def test_the_lr_help_states_the_defaults_the_config_applies():
 
 def test_sweep_space_stack_grouping_and_resume_derive_from_the_settings():
     floats = ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad", "token_drop", "reverse_pairs")
-    assert dict(TRAINING_PARAMS) == {"batch_size": int, **dict.fromkeys(floats, float), "views": str, "tokens": str}
+    assert dict(TRAINING_PARAMS) == {
+        "batch_size": int,
+        **dict.fromkeys(floats, float),
+        "views": str,
+        "tokens": str,
+        "layers": str,
+    }
     assert MEMBER_FIELDS == ("lr", "weight_decay", "warmup_epochs", "label_smoothing", "clip_grad", "seed")
     assert EXECUTION_FIELDS == ("device", "data", "memory_fraction", "workers", "eval_batch_size", "progress")
 

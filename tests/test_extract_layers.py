@@ -148,3 +148,13 @@ def test_compact_keeps_a_subset_of_layers_and_inspect_shows_them(video_tree, tmp
     assert "CLS tokens also stored apart" in text
     with pytest.raises(InputError, match=r"block\(s\) \[8\] not in the cache, which stores \[9, 10, 11\]"):
         compact(tmp_path / "src", tmp_path / "bad", layers="8", progress=False)
+    # pooling a cache of several layers pools each layer alike
+    from step_cache.cache.compact import pool_grid
+
+    compact(tmp_path / "src", tmp_path / "pooled", pool_patches=2, progress=False)
+    pooled = open_shards(tmp_path / "pooled")
+    assert pooled.layout.layers == (9, 10, 11) and pooled.clip_shape == (4, 2, 192)
+    source = src.read_tokens(range(len(src)), np.float32)
+    for layer in range(3):
+        expected = pool_grid(source[:, layer], 1, (2, 2), 2).astype(np.float32)
+        np.testing.assert_array_equal(pooled.read_tokens(range(len(pooled)), np.float32)[:, layer], expected)

@@ -24,22 +24,34 @@ def _ucf_list() -> list[VideoItem]:
     ]
 
 
+def _train_val_test_groups(
+    items: list[VideoItem], classes: list[str], seed: int
+) -> tuple[list[set[str]], dict[str, set[str]]]:
+    """prepare's test hold-out (25 %), then train-probe's val hold-out (30 %): each side's group keys, and each
+    class's val group keys."""
+    held = holdout(items, test_fraction=0.25, seed=seed).items
+    labels = np.array([classes.index(i.label) for i in held])
+    splits = np.array([i.split or "" for i in held])
+    videos = np.array([i.key for i in held])
+    chosen = select_splits(labels, splits, videos, val_fraction=0.3, seed=seed)
+    assert chosen.val_source == "val-fraction" and len(chosen.val) > 0 and len(chosen.test) > 0
+    assert len(chosen.train) + len(chosen.val) + len(chosen.test) == len(items)
+    sides = [
+        {group_key(source_video(str(v))) for v in videos[part]} for part in (chosen.train, chosen.val, chosen.test)
+    ]
+    assert not sides[0] & sides[1] and not sides[0] & sides[2] and not sides[1] & sides[2]
+    val_by_class = {
+        name: {group_key(source_video(str(v))) for v in videos[chosen.val][labels[chosen.val] == c]}
+        for c, name in enumerate(classes)
+    }
+    return sides, val_by_class
+
+
 def test_no_ucf101_group_is_in_two_of_train_val_test():
-    items = _ucf_list()
     for seed in range(4):
-        held = holdout(items, test_fraction=0.25, seed=seed).items
-        labels = np.array([CLASSES.index(i.label) for i in held])
-        splits = np.array([i.split or "" for i in held])
-        videos = np.array([i.key for i in held])
-        chosen = select_splits(labels, splits, videos, val_fraction=0.3, seed=seed)
-        assert chosen.val_source == "val-fraction" and len(chosen.val) > 0 and len(chosen.test) > 0
-        sides = [{group_key(v) for v in videos[part]} for part in (chosen.train, chosen.val, chosen.test)]
-        assert not sides[0] & sides[1] and not sides[0] & sides[2] and not sides[1] & sides[2]
-        assert len(chosen.train) + len(chosen.val) + len(chosen.test) == len(items)
+        _, val_by_class = _train_val_test_groups(_ucf_list(), list(CLASSES), seed)
         # every class keeps training groups, and 30 % of the 5-6 training groups per class is about 2 held out
-        for c in range(len(CLASSES)):
-            val_groups = {group_key(v) for v in videos[chosen.val][labels[chosen.val] == c]}
-            assert 1 <= len(val_groups) <= 2
+        assert all(1 <= len(val_by_class[name]) <= 2 for name in CLASSES)
 
 
 def test_val_holdout_keeps_a_clip_and_its_reversed_copy_of_a_mirrored_pair_together():
@@ -93,3 +105,76 @@ def test_prepare_test_fraction_keeps_a_clip_and_its_reversed_copy_together(tmp_p
         for i in range(8):
             assert split[f"forward/clip_{i}.mp4"] == split[f"backward/clip_{i}.mp4"]
         assert {PurePosixPath(p).parent.name for p, s in split.items() if s == "test"} == {"forward", "backward"}
+
+
+def test_group_keys_of_hmdb51_and_drive_act_names():
+    # HMDB51: clips _0, _1 of one source recording share a key; the six tags must all be there.
+    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi") == "April_09_brush_hair_u_nm_np1_ba_goo"
+    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1.avi") == "April_09_brush_hair_u_nm_np1_ba_goo"
+    assert group_key("kiss/Pirates_kiss_h_cm_np2_le_bad_12.avi") == "Pirates_kiss_h_cm_np2_le_bad"
+    assert (
+        group_key("kiss/Pirates_kiss_h_cm_np2_side_bad_12.avi") == "Pirates_kiss_h_cm_np2_side_bad_12"
+    )  # no viewpoint
+    assert group_key("kiss/clip_3.avi", name_linked=False) == "path:kiss/clip_3.avi"
+    # Drive&Act: the participant folder nearest the file, whatever the view folder above it.
+    assert group_key("kinect_color/vp3/run1b_2018-05-29-14-02-47.kinect_color.mp4") == "subject:vp3"
+    assert group_key("vp12/run2_2018-05-24-13-59-33.kinect_ir.mp4", name_linked=False) == "subject:vp12"
+    assert group_key("vp3.mp4") == "vp3"  # a file named like a participant is not a participant folder
+
+
+def test_no_hmdb51_source_recording_is_in_two_of_train_val_test():
+    # HMDB51-style: 3 classes x 6 source recordings x 1..3 clips numbered _0, _1, ...
+    classes = ["brush_hair", "kiss", "sit"]
+    items = [
+        VideoItem(f"{name}/Movie{s}_{name}_u_nm_np1_fr_med_{c}.avi", name)
+        for name in classes
+        for s in range(6)
+        for c in range(1 + s % 3)
+    ]
+    assert len({group_key(i.path) for i in items}) == 18
+    for seed in range(4):
+        (train, val, test), _ = _train_val_test_groups(items, classes, seed)
+        assert len(train) + len(val) + len(test) == 18
+
+
+def test_no_drive_act_participant_is_in_two_of_train_val_test():
+    # Drive&Act-style: 10 participants x 2 runs, 3-second chunks (frame ranges) of different activities; each
+    # participant's chunks cover its own mix of activities, so every participant is a group of several classes.
+    classes = ["drinking", "eating", "reading_magazine", "writing", "sitting_still"]
+    items = []
+    for p in range(1, 11):
+        for run in (1, 2):
+            path = f"kinect_color/vp{p}/run{run}_2018-05-{p:02d}-10-00-00.kinect_color.mp4"
+            for chunk in range(3):
+                label = classes[(p + run + chunk) % len(classes)]
+                items.append(VideoItem(path, label, None, chunk * 90, chunk * 90 + 90))
+    for seed in range(4):
+        (train, val, test), _ = _train_val_test_groups(items, classes, seed)
+        assert train | val | test == {f"subject:vp{p}" for p in range(1, 11)}
+        # 25 % of 10 participants is 2 or 3 held out for test, 30 % of the rest about 2 for val
+        assert 2 <= len(test) <= 3 and 2 <= len(val) <= 3
+
+
+def test_prepare_hmdb51_val_fraction_keeps_a_source_recording_whole(tmp_path):
+    # The official lists of HMDB51 have no val: prepare --val-fraction draws it from train by source recording.
+    root = tmp_path / "hmdb"
+    (root / "splits").mkdir(parents=True)
+    for name in ("brush_hair", "kiss"):
+        lines = []
+        for s in range(8):
+            for c in range(3):
+                video = f"Src{s}_{name}_u_cm_np1_fr_goo_{c}.avi"
+                lines.append(f"{video} {1 if s < 6 else 2}\n")
+                (root / "hmdb51_org" / name).mkdir(parents=True, exist_ok=True)
+                (root / "hmdb51_org" / name / video).write_bytes(b"x")
+        (root / "splits" / f"{name}_test_split1.txt").write_text("".join(lines))
+    for seed in range(3):
+        out = tmp_path / f"list-{seed}.csv"
+        result = prepare("hmdb51", root, out, val_fraction=0.34, seed=seed, progress=False)
+        assert result.groups_kept == 12  # the 6 training recordings of each class, 3 clips each
+        split_of: dict[str, set[str]] = {}
+        for item in read_annotations(out):
+            split_of.setdefault(group_key(item.path), set()).add(item.split)
+        assert all(len(splits) == 1 for splits in split_of.values())
+        val = [key for key, splits in split_of.items() if splits == {"val"}]
+        assert len(val) == 4 and {key.split("_")[1] for key in val} == {"brush", "kiss"}  # 2 of 6 per class

@@ -107,7 +107,7 @@ def test_the_docs_table_equals_the_code():
     assert block == protocol_table()
     rows = [line for line in block.splitlines()[2:]]
     assert len(rows) == sum(
-        len(p.fields) + len(p.grid) + len(p.requirements) + len(p.pending) for p in PROTOCOLS.values()
+        len(p.fields) + len(p.grid) + len(p.requirements) for p in PROTOCOLS.values()
     )
     assert "| vjepa2-attentive | grid | `weight_decay` | 0.01, 0.1, 0.4, 0.8 |" in block
     for protocol in PROTOCOLS.values():  # every difference a run prints is in the doc
@@ -124,7 +124,9 @@ def test_explicit_options_override_a_preset_and_contradictions_are_refused():
     with pytest.raises(ProtocolError, match=r"searches lr, weight_decay over a grid: give --lr \(one of 0.005, "):
         check_single_run("vjepa2-attentive", {"protocol": "vjepa2-attentive"}, settings())
     check_single_run("vjepa-attentive", {}, settings())  # no grid: nothing needed
-    check_single_run("dinov2-linear", {"lr": 0.01}, settings())  # avgpool, a probe option, keeps its default
+    with pytest.raises(ProtocolError, match=r"searches layers over a grid: give --layers \(one of last, concat:"):
+        check_single_run("dinov2-linear", {"lr": 0.01}, settings())
+    check_single_run("dinov2-linear", {"lr": 0.01, "layers": "last"}, settings())  # avgpool, a probe option: default
 
 
 def test_the_cache_is_checked_against_the_protocol():
@@ -194,7 +196,8 @@ def test_sweep_refuses_a_protocol_without_grid_or_validation(cache, tmp_path):
 
 def test_dinov2_linear_on_a_last4_cache_trains_the_4_block_lr_grid_as_one_stack(_video_tree, tmp_path):
     """A cache of extract --layers last4 follows the preset's layers requirement; --layers concat:last4 trains DINOv2's
-    n_last_blocks=4 heads, its 13 lrs as one stack (avgpool off: concatenated layers refuse it, docs/protocols.md)."""
+    n_last_blocks=4 heads, its 13 lrs as one stack (avgpool off here: one stack, one head width). Without the two
+    options, the whole grid (13 lrs x {1, 4} blocks x avgpool) runs in one sweep: one stack per head width."""
     from conftest import TINY
 
     from step_cache import extract
@@ -211,3 +214,12 @@ def test_dinov2_linear_on_a_last4_cache_trains_the_4_block_lr_grid_as_one_stack(
     assert "13 trials: 13 complete" in result.output and "1 stack(s)" in result.output
     best = json.loads((out / "best.json").read_text())["config"]
     assert (best["layers"], best["optimizer"], best["protocol"]) == ("concat:last4", "sgd", "dinov2-linear")
+
+    whole = tmp_path / "whole"
+    result = _cli(["sweep", str(cache), "--protocol", "dinov2-linear", "--epochs", "1", "--batch-size", "4", "--out",
+                   str(whole), "--quiet", "--no-plots", "--no-retrain"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "52 trials: 52 complete" in result.output and "4 stack(s)" in result.output, result.output
+    trials = json.loads((whole / "trials.json").read_text())
+    grid = {(t["params"]["layers"], t["params"]["avgpool"], t["params"]["lr"]) for t in trials["trials"]}
+    assert len(grid) == 52

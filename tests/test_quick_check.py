@@ -51,7 +51,7 @@ def test_a_finished_cache_is_a_no_op_without_the_backbone(cache, no_backbone):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"frames": 8}, r"other settings \(sampling.frames: 4 != 8\).*--overwrite"),
+        ({"frames": 8}, r"other settings \(sampling.frames: 4 != 8\).*overwrite=True"),  # Python wording
         ({"seed": 1}, r"weights.seed: 0 != 1"),
         ({"dtype": "int8"}, r"tokens.dtype: 'float16' != 'int8'"),
         ({"backbone": "dinov2-s"}, r"backbone.name: 'vit-tiny' != 'dinov2-s'"),

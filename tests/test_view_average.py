@@ -16,7 +16,7 @@ import torch
 from step_cache.cache.shards import open_shards
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import TrainConfigError, make_config
-from step_cache.training.evaluation import _selection, evaluate, load_probe, predict, run_view_average
+from step_cache.training.evaluation import evaluate, load_probe, predict, recorded_selection, run_view_average
 from step_cache.training.evaluation_text import evaluation_line
 from step_cache.training.inference import collect_logits
 from step_cache.training.metrics import average_by_video
@@ -71,7 +71,7 @@ def clip_logits(run, cache, split):
     record, probe = load_probe(run)
     shards = open_shards(cache)
     indices = np.nonzero(shards.splits == split)[0]
-    source = open_token_source(shards, indices, _selection(record), shards.labels, mode="memory")
+    source = open_token_source(shards, indices, recorded_selection(record), shards.labels, mode="memory")
     try:
         logits = collect_logits(probe, source, indices, amp=False)
     finally:

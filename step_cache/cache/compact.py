@@ -84,7 +84,7 @@ def pool_grid(tokens: np.ndarray, cls_tokens: int, grid: tuple[int, int], pool: 
     if pool == 1:
         return x
     if x.ndim == 5:  # several layers: each pooled alike
-        return pool_grid(x.reshape(-1, *x.shape[2:]), cls_tokens, grid, pool).reshape(*x.shape[:2], -1, x.shape[-1])
+        return pool_grid(x.reshape(-1, *x.shape[2:]), cls_tokens, grid, pool).reshape(*x.shape[:3], -1, x.shape[-1])
     n, frames, _, dim = x.shape
     rows, cols = grid
     patches = x[:, :, cls_tokens:].reshape(n, frames, rows, cols, dim)

@@ -1,12 +1,18 @@
 """Groups of videos that must land in the same split when ``prepare`` holds out val / test (``holdout.py``).
 
-Two kinds, both read from the file name alone:
+Read from the path alone:
 
 - Same-named files in different class folders: a mirrored-pair dataset made by reversing clips has
   ``forward/bikes_3.mp4`` and ``backward/bikes_3.mp4``, one clip's content in two classes. Training on one and
   testing on the other leaks test content into training.
 - UCF101-style names ``v_<Class>_g<NN>_c<MM>``: the clips of one group (``g<NN>``) come from one longer video of one
   person, so the dataset's own splits keep a group together; the key is ``v_<Class>_g<NN>``.
+- HMDB51-style names ``<source>_<action>_<body>_<camera motion>_<people>_<viewpoint>_<quality>_<N>`` (the
+  dataset's README: body ``f|h|l|u``, camera motion ``cm|nm``, ``np<k>``, viewpoint ``fr|ba|le|ri``, quality
+  ``bad|med|goo``): the clips numbered ``_<N>`` are cut from one source recording; the key is the name without the
+  trailing ``_<N>``. A name that does not carry all six tags falls back to the rules of other names.
+- Drive&Act paths ``.../vp<N>/<file>`` (the participant folder of the annotation's ``file_id``): every recording of
+  one participant, the subject the dataset's own splits are drawn by; the key is ``vp<N>``.
 
 A video's group is the union of both: the groups are the connected sets of videos sharing a key. ``prepare``
 links same-named files across every class folder; train-probe's val hold-out (``training/splits.py``) links them
@@ -21,17 +27,25 @@ from collections.abc import Callable, Iterable
 from pathlib import PurePosixPath
 
 _UCF_NAME = re.compile(r"^(v_.+_g\d+)_c\d+$")
+_HMDB_NAME = re.compile(r"^(.+_[fhlu]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo))_\d+$")
+_DRIVE_ACT_SUBJECT = re.compile(r"^vp\d+$")
 
 
 def group_key(path: str, name_linked: bool = True) -> str:
-    """The key videos of one group share: ``v_<Class>_g<NN>`` for a UCF101-style name, else the file name without
-    its extension (so same-named files of different folders share it), or, without ``name_linked``, the path
-    itself (a group of its own)."""
-    stem = PurePosixPath(path).stem
-    match = _UCF_NAME.match(stem)
-    if match:
-        return match.group(1)
-    return stem if name_linked else f"path:{path}"
+    """The key videos of one group share: the participant ``vp<N>`` of a Drive&Act path, ``v_<Class>_g<NN>`` for a
+    UCF101-style name, the source recording of an HMDB51-style name, else the file name without its extension (so
+    same-named files of different folders share it), or, without ``name_linked``, the path itself (a group of its
+    own)."""
+    pure = PurePosixPath(path)
+    # The folder nearest the file names the participant (``kinect_color/vp3/run1...``).
+    subject = next((part for part in reversed(pure.parts[:-1]) if _DRIVE_ACT_SUBJECT.match(part)), None)
+    if subject is not None:
+        return f"subject:{subject}"
+    for pattern in (_UCF_NAME, _HMDB_NAME):
+        match = pattern.match(pure.stem)
+        if match:
+            return match.group(1)
+    return pure.stem if name_linked else f"path:{path}"
 
 
 def video_groups(paths: Iterable[str], name_linked: Callable[[str], bool] | None = None) -> dict[str, str]:
@@ -56,3 +70,17 @@ def video_groups(paths: Iterable[str], name_linked: Callable[[str], bool] | None
     for path in sorted(paths):
         names.setdefault(roots[path], path)
     return {path: names[roots[path]] for path in paths}
+
+
+def pool_small_mixed(by_stratum: dict[tuple, list[str]], fraction: float) -> dict[tuple, list[str]]:
+    """Strata (class sets) of groups, with every stratum of several classes too small for its own draw of
+    ``fraction`` (fewer than 2 groups, or under one group's worth) moved into one pooled stratum ``()``. Groups that
+    each hold their own mix of classes (the participants of Drive&Act, whose recordings cover different activities)
+    would otherwise each sit in a stratum of one or two, and none could be held out. A stratum of one class is kept
+    as it is, and so is a large one (a mirrored pair's), so a set whose groups each hold one class draws as before."""
+    pooled: dict[tuple, list[str]] = {}
+    for stratum in sorted(by_stratum):
+        groups = by_stratum[stratum]
+        small = len(groups) < 2 or len(groups) * fraction < 1
+        pooled.setdefault(() if len(stratum) > 1 and small else stratum, []).extend(groups)
+    return pooled

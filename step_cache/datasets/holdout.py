@@ -1,8 +1,8 @@
 """Draw a stratified random validation / test split out of the training rows, for datasets that ship without one.
 
 Segments of one video always stay together (no video is both trained on and held out), and so do the videos of a
-group (``groups.py``: a clip and its reversed copy in another class folder, a UCF101 group): the draw is over
-groups, stratified by the classes each group holds.
+group (``groups.py``: a clip and its reversed copy in another class folder, a UCF101 group, an HMDB51 source
+recording, a Drive&Act participant): the draw is over groups, stratified by the classes each group holds.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from step_cache.catalog import VideoItem
 from step_cache.datasets.adapter import DatasetError
-from step_cache.datasets.groups import video_groups
+from step_cache.datasets.groups import pool_small_mixed, video_groups
 from step_cache.interface import option
 
 
@@ -30,11 +30,13 @@ def holdout(
     items: Sequence[VideoItem], val_fraction: float = 0.0, test_fraction: float = 0.0, seed: int = 0
 ) -> Holdout:
     """Move about ``val_fraction`` / ``test_fraction`` of each class's training videos to val / test, a group of
-    videos (``groups.video_groups``: same-named files across class folders, UCF101 ``v_X_gNN``) always whole.
+    videos (``groups.video_groups``: same-named files across class folders, UCF101 ``v_X_gNN``, HMDB51 source
+    recording, Drive&Act participant ``vp<N>``) always whole.
 
     Candidates are labelled rows with split ``train`` or no split; after the draw they are all ``train`` or held out.
     Groups are stratified by the classes they hold (a mirrored pair's group by both), so every class keeps about the
-    requested fraction in each split. Asking for a split the dataset already has is an error.
+    requested fraction in each split; groups in a stratum of several classes too small for its own draw are drawn
+    from one pooled stratum (``groups.pool_small_mixed``). Asking for a split the dataset already has is an error.
     """
     for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 <= fraction < 1.0:
@@ -58,6 +60,9 @@ def holdout(
     groups_by_stratum: dict[tuple[str, ...], list[str]] = defaultdict(list)
     for group, paths in members.items():
         groups_by_stratum[tuple(sorted({label_of[p] for p in paths}))].append(group)
+    # Drive&Act's subjects each hold their own mix of classes: pooled, or none could be held out.
+    smallest = min(f for f in (val_fraction, test_fraction) if f > 0)
+    groups_by_stratum = pool_small_mixed(groups_by_stratum, smallest)
     rng = random.Random(seed)
     new_split: dict[str, str] = {}
     for stratum in sorted(groups_by_stratum):

@@ -77,6 +77,16 @@ def recorded_options(name: str, options: dict[str, Any], origin: str = "run") ->
     return dict(options)
 
 
+def check_probe_options(name: str, options: dict[str, Any]) -> None:
+    """Refuse an unknown probe, or an option probe ``name`` does not take, naming the valid ones."""
+    valid = probe_options(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ProbeConfigError(
+            f"probe {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(valid) or 'none'}"
+        )
+
+
 def build_probe(
     name: str,
     *,
@@ -88,12 +98,7 @@ def build_probe(
     **options: Any,
 ) -> nn.Module:
     """Build probe ``name`` for a cache of (T=frames, P=tokens_per_frame, D=dim) tokens and C classes."""
-    valid = probe_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ProbeConfigError(
-            f"probe {name!r} has no option {', '.join(unknown)}; its options are: {', '.join(valid) or 'none'}"
-        )
+    check_probe_options(name, options)
     return PROBES[name](
         dim=dim,
         num_classes=num_classes,

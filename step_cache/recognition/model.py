@@ -12,15 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from step_cache.cache.manifest import Manifest, ManifestError, TokenLayout, read_manifest
+from step_cache.cache.manifest import Manifest, ManifestError, read_manifest
 from step_cache.cache.quantize import dequantize, is_quantized, read_dtype
 from step_cache.devices import resolve_device
 from step_cache.extraction.device_quantize import unpack
 from step_cache.extraction.frame_batches import TokenComputer
 from step_cache.recognition.settings import load_run_backbone
-from step_cache.training.evaluation import load_probe, run_view_average
+from step_cache.training.evaluation import load_probe, recorded_selection, run_view_average
 from step_cache.training.inference import autocast
-from step_cache.training.token_data import select_tokens
 
 
 class RunModel:
@@ -44,8 +43,7 @@ class RunModel:
         self.frames: int = int(data["frames"])  # T per clip
         self.clips: int = int(data["extraction"]["sampling"]["clips"])  # K views per window
         self.view_average = run_view_average(self.record)
-        layout = TokenLayout.from_dict(data["extraction"]["tokens"])
-        self.selection = select_tokens(layout, data["tokens"]["subset"])
+        self.selection = recorded_selection(self.record)  # its token subset, and layers of a cache of several
 
     def typical_duration(self) -> float | None:
         """Median duration (seconds) of the videos of the run's cache(s), when their manifests record it."""
@@ -61,7 +59,7 @@ class RunModel:
 
     @torch.no_grad()
     def encode(self, frames: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) RGB uint8 frames -> (N, P, D) tokens in the cache's dtype, as a numpy array (windows are
+        """(N, H, W, 3) RGB uint8 frames -> (N, [L,] P, D) tokens in the cache's dtype, as a numpy array (windows are
         gathered from them with numpy: torch's CPU stack of float16 tensors is ~1000x slower than a copy)."""
         pixels = self.preprocessing.resize_and_crop(np.stack(frames) if isinstance(frames, list) else frames)
         tokens, ready = self.computer(np.ascontiguousarray(pixels))
@@ -72,11 +70,14 @@ class RunModel:
 
     @torch.no_grad()
     def classify(self, windows: np.ndarray) -> np.ndarray:
-        """(B, K, T, P, D) window tokens (the cache's dtype) -> (B, C) float32 scores whose softmax is the window's
+        """(B, K, T, [L,] P, D) window tokens (the cache's dtype) -> (B, C) float32 scores whose softmax is the window's
         probabilities, as per video in ``evaluate``: the K clips' mean logits, or (``view_average`` softmax, K > 1) the
         log of their mean softmax; one clip's logits as they are."""
         batch, clips = windows.shape[:2]
-        tokens = self.selection.apply(windows.reshape(batch * clips, *windows.shape[2:]))
+        tokens = windows.reshape(batch * clips, *windows.shape[2:])
+        if self.selection.layers is not None:  # frames of (L, P, D) -> clips of the run's layers, (L', T, P, D)
+            tokens = np.moveaxis(tokens, 2, 1)[:, list(self.selection.layers)]
+        tokens = self.selection.apply(tokens)
         # float16 -> float32 is exact, in numpy as in torch; on the CPU numpy's is the fast one, a GPU gets the
         # half-size tokens and converts them itself.
         if self.device.type == "cpu":
@@ -84,7 +85,7 @@ class RunModel:
         else:
             tokens = torch.from_numpy(np.ascontiguousarray(tokens)).to(self.device, non_blocking=True).float()
         with autocast(self.device, self.amp):
-            logits = self.probe(tokens).float()
+            logits = self.probe(self.selection.merge_layers(tokens)).float()
         logits = logits.reshape(batch, clips, -1)
         if self.view_average == "softmax" and clips > 1:  # log(mean softmax): its softmax is the clips' mean softmax
             return (torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=1) - math.log(clips)).cpu().numpy()

@@ -45,6 +45,8 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "pool_patches": compacted["source_pool"] if compacted else int(extraction["tokens"].get("patch_pool", 1)),
         "dtype": compacted["source_dtype"] if compacted else str(extraction["tokens"]["dtype"]),
         "seed": int(recorded.get("seed", 0)),
+        # the stored blocks of a cache of several layers (extract --layers; absent: the last block only)
+        **({"layers": ",".join(map(str, extraction["tokens"]["layers"]))} if "layers" in extraction["tokens"] else {}),
     }
 
 
@@ -179,8 +181,9 @@ def load_run_backbone(record: dict[str, Any], weights: str | Path | None = None)
     check_rebuildable(record["data"]["extraction"], streaming=True)  # before the backbone is built
     options = ExtractOptions(**extract_options(record, weights), progress=False)
     backbone = load_backbone(
-        options.backbone, options.weights, options.image_size, options.pool_patches, options.seed, options.dtype
-    )
+        options.backbone, options.weights, options.image_size, options.pool_patches, options.seed, options.dtype,
+        layers=options.layers,
+    )  # fmt: skip
     rebuilt = extraction_settings(backbone, options)
     recorded = json.loads(json.dumps(record["data"]["extraction"]))
     recorded.pop("views", None)  # augmented training views (extract --views) do not change the backbone

@@ -191,7 +191,10 @@ class TrainConfig:
         "last",
         "Stored layers the probe reads (a cache of extract --layers): last (default; a cache without layers as it "
         "is), a block index (e.g. 10), or concat:a,b,... / concat:lastN: those blocks' tokens side by side along the "
-        "channels (DINOv2's n_last_blocks with the linear probe on CLS tokens). Only those layers are read.",
+        "channels (DINOv2's n_last_blocks with the linear probe on CLS tokens), tokens:a,b,... / tokens:lastN: one "
+        "after the other along the tokens (V-JEPA 2's out_layers), or mix / mix:a,b,...: a learned softmax-weighted "
+        "sum of them with a learned gain. Only those layers are read.",
+        searchable=True,
     )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
     amp: bool = setting(True, "bf16 autocast on CUDA (ignored on CPU).")
@@ -262,6 +265,9 @@ def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
     if options.get("protocol") is not None:
         options = apply_protocol(options["protocol"], options)
     config = TrainConfig(probe=protocol_probe(options.get("protocol"), probe), **options)
+    from step_cache.probes import check_probe_options  # here, not at the top: torch (as above)
+
+    check_probe_options(config.probe, config.probe_options)  # refused before any data is read
     if config.lr is None:
         config.lr = default_lr(probe)
     if isinstance(config.views, bool):  # the Python API may say views=True / False

@@ -24,7 +24,8 @@ from torch import nn
 from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
-from step_cache.probes import build_probe, recorded_options
+from step_cache.probes import recorded_options
+from step_cache.probes.layer_inputs import build_layered_probe
 from step_cache.training import runs
 from step_cache.training.chance import chance_of, pooled_chance
 from step_cache.training.eval_plan import (
@@ -59,13 +60,18 @@ def load_probe(run_dir: str | Path, weights: str = runs.BEST) -> tuple[dict[str,
     run_dir = Path(run_dir)
     record = runs.read_config(run_dir)
     config, data = record["config"], record["data"]
-    probe = build_probe(
+    tokens = data["tokens"]  # several layers: concatenated, or mixed in front of the probe (probes.layer_inputs)
+    layers, mix = len(tokens.get("layers", [])) or 1, tokens.get("mix", False)
+    along = tokens.get("along") == "tokens"  # the layers' tokens one after the other: more tokens, one layer wide
+    probe = build_layered_probe(
         config["probe"],
-        dim=data["dim"],
+        layer_dim=data["dim"] if mix or along else data["dim"] // layers,
+        layers=1 if along else layers,
+        mix=mix,
         num_classes=len(data["classes"]),
         frames=data["frames"],
-        tokens_per_frame=data["tokens"]["tokens_per_frame"],
-        cls_index=data["tokens"]["cls_index"],
+        tokens_per_frame=tokens["tokens_per_frame"] * (layers if along else 1),
+        cls_index=tokens["cls_index"],
         **recorded_options(config["probe"], config["probe_options"], str(run_dir)),
     )
     runs.load_weights(probe, usable_checkpoint(run_dir, weights))  # not failed, present, the run's own bytes
@@ -123,13 +129,17 @@ def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence
     return counts
 
 
-def _selection(record: dict[str, Any]) -> TokenSelection:
+def recorded_selection(record: dict[str, Any]) -> TokenSelection:
+    """The tokens (subset and layers) a recorded run reads, for a cache of its extraction settings."""
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
     # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
     layers = tuple(layout["layers"].index(b) for b in tokens["layers"]) if "layers" in tokens else None
     stop = start + tokens["tokens_per_frame"]
-    return TokenSelection(tokens["subset"], start, stop, tokens["cls_index"], layers=layers)
+    mix, along = tokens.get("mix", False), tokens.get("along") == "tokens"
+    return TokenSelection(
+        tokens["subset"], start, stop, tokens["cls_index"], layers=layers, mix=mix, along_tokens=along
+    )
 
 
 def evaluate(
@@ -188,7 +198,9 @@ def evaluate(
     if (note := int8_note(record, shards)) is not None:
         log.info("%s", note)
     target = resolve_device(device)
-    source = open_token_source(shards, indices, _selection(record), labels, mode=data, workers=workers, device=target)
+    source = open_token_source(
+        shards, indices, recorded_selection(record), labels, mode=data, workers=workers, device=target
+    )
     try:
         per_seed = []
         for probe in probes:  # one token source for every seed: the tokens are the same
@@ -249,7 +261,7 @@ def predict(
     indices = np.nonzero(clean_rows(shards))[0]  # clean views only: augmented views are training material
     target = resolve_device(device)
     source = open_token_source(
-        shards, indices, _selection(record), shards.labels, mode=data, workers=workers, device=target
+        shards, indices, recorded_selection(record), shards.labels, mode=data, workers=workers, device=target
     )
     try:
         logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)

@@ -5,6 +5,7 @@ it runs, and the table docs/protocols.md holds. Without torch (``config.make_con
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -64,16 +65,26 @@ def check_single_run(name: str, options: dict[str, Any], fields: Collection[str]
         )
 
 
-def grid_flags(name: str) -> list[str]:
-    """The protocol's grid as sweep ``--param NAME=SPEC`` flags (``sweeps/space.py``); empty without a grid."""
-    return [f"{k}={','.join(_text(v) for v in s.value)}" for k, s in get_protocol(name).grid.items()]
+def protocol_grid(
+    name: str, given: Collection[str] = (), extraction: dict[str, Any] | None = None
+) -> dict[str, tuple[Any, ...]]:
+    """The grid ``sweep --protocol`` searches: the preset's, less the fields the user fixed (``given``), and of
+    ``layers`` only the specs the cache (its manifest's ``extraction``) holds: the last block alone without a layer
+    axis, ``concat:last4`` with 4 stored blocks or more."""
+    grid = {key: source.value for key, source in get_protocol(name).grid.items() if key not in given}
+    if "layers" in grid and extraction is not None:
+        stored = extraction.get("tokens", {}).get("layers") or []
+        grid["layers"] = tuple(v for v in grid["layers"] if v == "last" or (v == "concat:last4" and len(stored) >= 4))
+    return grid
 
 
-def grid_size(name: str) -> int:
-    size = 1
-    for source in get_protocol(name).grid.values():
-        size *= len(source.value)
-    return size
+def grid_flags(name: str, given: Collection[str] = (), extraction: dict[str, Any] | None = None) -> list[str]:
+    """The protocol's grid (``protocol_grid``) as sweep ``--param NAME=SPEC`` flags (``sweeps/space.py``)."""
+    return [f"{k}={','.join(_text(v) for v in values)}" for k, values in protocol_grid(name, given, extraction).items()]
+
+
+def grid_size(name: str, given: Collection[str] = (), extraction: dict[str, Any] | None = None) -> int:
+    return math.prod(len(values) for values in protocol_grid(name, given, extraction).values())
 
 
 def cache_differences(name: str, extraction: dict[str, Any]) -> list[str]:
@@ -118,15 +129,12 @@ def _layers(layers: list[int] | None) -> str:
 
 def announce(name: str, extraction: dict[str, Any]) -> list[str]:
     """Log, when a preset runs, what this run cannot follow of the anchor (the preset's own differences, the
-    cache's, the fields still pending); returns the cache's differences (recorded in config.json)."""
+    cache's); returns the cache's differences (recorded in config.json)."""
     protocol = get_protocol(name)
     differences = cache_differences(name, extraction)
     log.warning("--protocol %s (%s): what differs from the anchor here (docs/protocols.md):", name, protocol.anchor)
     for line in [*protocol.differences, *(f"cache {d}" for d in differences)]:
         log.warning("  - %s", line)
-    for key, source in protocol.pending.items():
-        log.warning("  - one run per value (not searched in one sweep): %s = %s (%s, %s)", key, _text(source.value),
-                    source.anchor, source.where)  # fmt: skip
     return differences
 
 
@@ -143,7 +151,7 @@ def _text(value: Any) -> str:
 
 
 def protocol_table() -> str:
-    """The Markdown table of docs/protocols.md: every preset's fields, grid, cache requirements and pending fields,
+    """The Markdown table of docs/protocols.md: every preset's fields, grid, cache requirements,
     each beside the anchor's setting and its file and line (tests/test_protocols.py: the doc holds exactly this)."""
     lines = ["| preset | kind | field | value | anchor's setting | where |", "|---|---|---|---|---|---|"]
     for protocol in PROTOCOLS.values():
@@ -151,7 +159,6 @@ def protocol_table() -> str:
             ("field", protocol.fields),
             ("grid", protocol.grid),
             ("cache", protocol.requirements),
-            ("pending", protocol.pending),
         ]
         for kind, entries in kinds:
             for key, source in entries.items():

@@ -1,6 +1,6 @@
 """The anchors' published frozen evaluations as presets (``train-probe --protocol NAME`` / ``sweep --protocol NAME``):
 each ``TrainConfig`` field of the protocol that applies to a cache, its grid (one stacked sweep), what it needs of
-the cache's extraction, the grid dimensions run once per value (``pending``), and what a cache cannot follow.
+the cache's extraction, and what a cache cannot follow.
 
 Every value names the anchor's file, line and own setting (``Source``), read from the anchors' repositories at the
 commits in ``ANCHORS``; docs/protocols.md is generated from these (``protocol_use.protocol_table``, tested equal).
@@ -49,8 +49,6 @@ class Protocol:
     ``fields``: ``TrainConfig`` fields (``probe_options.X`` for a probe option) set for every run; ``grid``: the
     values a sweep trains as one stack (sweep-space names; train-probe takes one of them from the user);
     ``requirements``: what the cache's extraction must hold (checked, ``protocol_use.cache_differences``);
-    ``pending``: grid dimensions of the anchor a sweep cannot search yet (DINOv2's ``n_last_blocks``: ``--layers``
-    is shared by a stack's members), run once per value;
     ``differences``: what a cache cannot follow, printed when the preset runs."""
 
     name: str
@@ -58,7 +56,6 @@ class Protocol:
     fields: dict[str, Source]
     grid: dict[str, Source] = field(default_factory=dict)
     requirements: dict[str, Source] = field(default_factory=dict)
-    pending: dict[str, Source] = field(default_factory=dict)
     differences: tuple[str, ...] = ()
 
 
@@ -125,17 +122,15 @@ DINOV2_LINEAR = Protocol(
             f"{_LINEAR}:154,240-241",
         ),
         "avgpool": Source((False, True), "for avgpool in [False, True]", f"{_LINEAR}:248"),
-    },
-    requirements={
-        "resolution": Source(224, "make_classification_eval_transform(crop_size=224)", "dinov2/data/transforms.py"),
-        "layers": Source("last4", "n_last_blocks_list = [1, 4]", f"{_LINEAR}, run_eval_linear"),
-    },
-    pending={
         "layers": Source(
             ("last", "concat:last4"),
             "n_last_blocks_list = [1, 4]; create_linear_input concatenates their CLS tokens",
             f"{_LINEAR}:180-182, run_eval_linear",
         ),
+    },
+    requirements={
+        "resolution": Source(224, "make_classification_eval_transform(crop_size=224)", "dinov2/data/transforms.py"),
+        "layers": Source("last4", "n_last_blocks_list = [1, 4]", f"{_LINEAR}, run_eval_linear"),
     },
     differences=(
         "schedule: an anchor epoch is 1250 iterations of an infinite sampler (12 500 steps of 128 images); here "

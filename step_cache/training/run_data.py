@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,8 +16,10 @@ from step_cache.cache.shards import ShardSet
 from step_cache.catalog import read_pairs
 from step_cache.devices import resolve_device
 from step_cache.interface import option
-from step_cache.probes import ProbeShape
+from step_cache.probes import ProbeShape, build_probe
+from step_cache.probes.layer_inputs import LayerPick, build_layered_probe
 from step_cache.training.config import TrainConfig
+from step_cache.training.layer_choice import backbone_depth
 from step_cache.training.metrics import pair_indices
 from step_cache.training.protocol_use import cache_differences
 from step_cache.training.run_record import schedule_record
@@ -43,21 +45,25 @@ class RunInputs:
 def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
     """The shape arguments of a probe over ``selection`` of the tokens of ``shards``."""
     return ProbeShape(
-        dim=shards.layout.dim * selection.channels,  # concatenated layers: their channels side by side
+        dim=selection.probe_dim(shards.layout.dim),  # concatenated layers: their channels side by side
         num_classes=len(shards.classes),
         frames=shards.manifest.frames,
-        tokens_per_frame=selection.tokens_per_frame,
+        tokens_per_frame=selection.probe_tokens_per_frame,
         cls_index=selection.cls_index,
     )
 
 
 def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``)."""
-    selection = select_tokens(shards.layout, token_subset(config, shards), config.layers)
-    if selection.channels > 1 and config.probe == "linear" and (config.probe_options or {}).get("avgpool"):
-        # DINOv2 appends the mean of the *last* block's patch tokens only (create_linear_input); ours would average
-        # every concatenated layer's, a different input: refused rather than mislabelled
-        raise DataError(f"--layers {config.layers} with the linear probe's avgpool is not supported; drop one of them")
+    # a cache without a layer axis also takes its own block index: the backbone's depth tells which that is
+    numeric = shards.layout.layers is None and config.layers.strip().lstrip("-").isdigit()
+    depth = backbone_depth(shards.manifest.extraction) if numeric else None
+    selection = select_tokens(shards.layout, token_subset(config, shards), config.layers, depth)
+    if selection.along_tokens and config.token_drop > 0:  # it drops among one layer's patch tokens only
+        raise DataError(
+            f"{option('layers', config.layers)} (the layers' tokens one after the other) with {option('token_drop')}: "
+            "not built"
+        )
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
     splits = shard_splits(shards, config.val_fraction, config.seed, pairs, validate=config.val != "none")
@@ -157,9 +163,11 @@ def data_record(
             "cls_index": selection.cls_index,
             # the stored blocks read (concatenated along the channels); absent: a cache without a layer axis
             **({"layers": [shards.layout.layers[p] for p in selection.layers]} if selection.layers else {}),
+            **({"mix": True} if selection.mix else {}),  # a learned mix of them (probes.layer_inputs)
+            **({"along": "tokens"} if selection.along_tokens else {}),  # one after the other (V-JEPA 2)
         },
         "frames": shards.manifest.frames,
-        "dim": shards.layout.dim * selection.channels,
+        "dim": selection.probe_dim(shards.layout.dim),
         "splits": splits.counts(),
         **views.record(resolved.views),
         "schedule": schedule_record(requested, resolved, len(splits.train)),
@@ -174,6 +182,22 @@ def data_record(
             else {}
         ),
     }
+
+
+def build_run_probe(
+    name: str, shards: ShardSet, selection: TokenSelection, options: dict[str, Any], pick: int | None = None
+) -> torch.nn.Module:
+    """Probe ``name`` for ``selection`` of the tokens of ``shards``: over one layer, or several concatenated or mixed
+    (``probes.layer_inputs``); ``pick``: a stack member that reads only that one of the selection's layers."""
+    if pick is not None:
+        probe = build_run_probe(name, shards, replace(selection, layers=(0,)), options)  # over one layer
+        return LayerPick(probe, selection.channels, shards.layout.dim, pick)
+    shape = {key: value for key, value in probe_shape(shards, selection).items() if key != "dim"}
+    if selection.along_tokens:  # more tokens of one width: the probe as it is
+        return build_probe(name, dim=shards.layout.dim, **shape, **options)
+    return build_layered_probe(
+        name, layer_dim=shards.layout.dim, layers=selection.channels, mix=selection.mix, **shape, **options
+    )
 
 
 def token_subset(config: TrainConfig, shards: ShardSet) -> str:

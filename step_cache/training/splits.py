@@ -3,9 +3,10 @@
 The shards' ``split`` column decides: ``test`` clips are held out, ``val`` clips validate, ``train`` and unassigned
 ("") clips train. When the cache has no ``val`` clip, a fraction of the training *videos* is held out instead,
 stratified by class and deterministic for a seed. Clips are grouped by source video file (temporal clips and
-segments of one file stay on one side), and files by group (``datasets/groups.py``: a UCF101 ``v_X_gNN`` group, the
-same-named files of the classes of a mirrored pair — a clip and its reversed copy), so no footage, and no actor and
-scene of a UCF101 group, leaks between train and val. Unlabelled clips are never
+segments of one file stay on one side), and files by group (``datasets/groups.py``: a UCF101 ``v_X_gNN`` group, an
+HMDB51 source recording, a Drive&Act participant ``vp<N>``, the same-named files of the classes of a mirrored pair — a
+clip and its reversed copy), so no footage, and no actor and scene of a UCF101 group or subject of Drive&Act, leaks
+between train and val. Unlabelled clips are never
 selected, nor are augmented views (``views`` > 0, ``extract --views``): they are not clips of their own, so every
 split, and the held-out videos, are those of the same cache without views (training.views draws them).
 """
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from step_cache.catalog import source_video
-from step_cache.datasets.groups import video_groups
+from step_cache.datasets.groups import pool_small_mixed, video_groups
 from step_cache.errors import StepCacheError
 
 if TYPE_CHECKING:
@@ -116,11 +117,13 @@ def stratified_video_holdout(
 ) -> np.ndarray:
     """Boolean mask over clips: True for the clips of the held-out groups of videos.
 
-    A group (``groups.video_groups``) is a source video file, or the files of a UCF101 group, or same-named files in
-    the classes of a mirrored pair in ``pairs``; a group is held out whole. About ``fraction`` of the groups are
-    held out, split across strata (the set of classes a group holds; a lone video: its class) in proportion to
-    their group counts (largest remainders get the rounding), never taking a stratum's last training group. A video
-    whose clips carry several labels counts for its most frequent one. A set without groups of several videos
+    A group (``groups.video_groups``) is a source video file, or the files of a UCF101 group, an HMDB51 source
+    recording or a Drive&Act participant, or same-named files in the classes of a mirrored pair in ``pairs``; a group
+    is held out whole. About ``fraction`` of the groups are held out, split across strata (the set of classes a group
+    holds; a lone video: its class) in proportion to their group counts (largest remainders get the rounding), never
+    taking a stratum's last training group; groups in a stratum of several classes too small for its own draw share
+    one pooled stratum (``groups.pool_small_mixed``). A video whose clips carry several labels counts for its most
+    frequent one. A set without groups of several videos
     draws exactly as the per-video hold-out before groups did.
     """
     clips_of: dict[str, list[int]] = defaultdict(list)
@@ -141,6 +144,7 @@ def stratified_video_holdout(
     by_stratum: dict[tuple[int, ...], list[str]] = defaultdict(list)
     for name in sorted(groups):
         by_stratum[tuple(sorted(classes_of[name]))].append(name)
+    by_stratum = pool_small_mixed(by_stratum, fraction)  # Drive&Act's subjects: each its own mix of classes
     strata = sorted(by_stratum)
     sizes = np.array([len(by_stratum[c]) for c in strata])
     caps = sizes - 1  # keep at least one group of each stratum for training

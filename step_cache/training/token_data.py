@@ -33,7 +33,7 @@ from step_cache.cache.shards import ShardSet
 from step_cache.cpu_budget import worker_count
 from step_cache.interface import option
 from step_cache.training.device_tokens import DeviceTokens, device_free_bytes
-from step_cache.training.layer_choice import concat_channels, layer_positions
+from step_cache.training.layer_choice import along_tokens, is_mix, layer_positions, merge_layers
 from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ class TokenSelection:
     stop: int
     cls_index: int | None
     cls_tokens: int = 0  # how many of the selected tokens are CLS tokens (they lead the frame); only training reads it
-    # positions into the cache's stored layers to read, concatenated along the channels (layer_choice); None: the
-    # cache has no layer axis
-    layers: tuple[int, ...] | None = None
+    layers: tuple[int, ...] | None = None  # positions of the stored layers read (layer_choice); None: no layer axis
+    mix: bool = False  # the layers go to a learned mix (probes.layer_inputs) in front of the probe
+    along_tokens: bool = False  # the layers' tokens one after the other (V-JEPA 2's out_layers), not side by side
 
     @property
     def tokens_per_frame(self) -> int:
@@ -71,37 +71,46 @@ class TokenSelection:
 
     @property
     def channels(self) -> int:
-        """How many of the cache's D-wide layers make a token the probe sees (1 unless layers are concatenated)."""
+        """How many stored layers are read (1 without a layer axis)."""
         return 1 if self.layers is None else len(self.layers)
+
+    def probe_dim(self, dim: int) -> int:
+        """The width of the tokens the probe itself sees: L x D for ``concat:``, else D."""
+        return dim if self.mix or self.along_tokens else dim * self.channels
+
+    @property
+    def probe_tokens_per_frame(self) -> int:
+        """Tokens per frame the probe sees: L x P' with ``tokens:``, else P'."""
+        return self.tokens_per_frame * (self.channels if self.along_tokens else 1)
 
     def apply(self, tokens: np.ndarray) -> np.ndarray:
         """(n, [L,] T, P, D) -> (n, [L,] T, P', D); a view when the subset is everything."""
-        if (self.start, self.stop) == (0, tokens.shape[-2]):
-            return tokens
-        return tokens[..., self.start : self.stop, :]
+        return tokens if (self.start, self.stop) == (0, tokens.shape[-2]) else tokens[..., self.start : self.stop, :]
 
     def merge_layers(self, tokens: torch.Tensor) -> torch.Tensor:
         """A batch as read, (B, L, T, P', D) for a cache with a layer axis, -> what the probe sees, (B, T, P', L D)."""
-        return tokens if self.layers is None else concat_channels(tokens)
+        return tokens if self.layers is None else merge_layers(tokens, self.along_tokens)
 
 
-def select_tokens(layout: TokenLayout, subset: str = "all", layers: str = "last") -> TokenSelection:
+def select_tokens(
+    layout: TokenLayout, subset: str = "all", layers: str = "last", depth: int | None = None
+) -> TokenSelection:
     """``all``: CLS + patches, ``cls``: the per-frame CLS token(s) only, ``patches``: the patch grid only; of the
-    stored ``layers`` (``layer_choice``: the last by default)."""
+    stored ``layers`` (``layer_choice``; ``depth``: the backbone's, so a cache's own block index is accepted)."""
     total, cls = layout.tokens_per_frame, layout.cls_tokens
-    positions = layer_positions(layers, layout)
+    positions, mix, along = layer_positions(layers, layout, depth), is_mix(layers), along_tokens(layers)
     if subset == "all":
-        return TokenSelection(subset, 0, total, 0 if cls else None, cls, positions)
+        return TokenSelection(subset, 0, total, 0 if cls else None, cls, positions, mix, along)
     if subset == "cls":
         if cls == 0:
             raise DataError(
                 f"{option('tokens', 'cls')}: this cache stores no CLS token (extracted without one); use patches"
             )
-        return TokenSelection(subset, 0, cls, 0, cls, positions)
+        return TokenSelection(subset, 0, cls, 0, cls, positions, mix, along)
     if subset == "patches":
         if total == cls:
             raise DataError(f"{option('tokens', 'patches')}: this cache stores no patch tokens; use cls")
-        return TokenSelection(subset, cls, total, None, layers=positions)
+        return TokenSelection(subset, cls, total, None, layers=positions, mix=mix, along_tokens=along)
     raise DataError(f"unknown token subset {subset!r}; choose one of: {', '.join(TOKEN_SUBSETS)}")
 
 

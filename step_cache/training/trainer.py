@@ -22,7 +22,7 @@ from torch import nn
 
 from step_cache.cache.shards import CacheInput, ShardSet, as_shards
 from step_cache.devices import resolve_device
-from step_cache.probes import build_probe, count_parameters
+from step_cache.probes import count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, make_config, settings, with_schedule
@@ -43,7 +43,7 @@ from step_cache.training.records import (
 )
 from step_cache.training.run_checkpoints import restore_best
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
-from step_cache.training.run_data import data_record, probe_shape, run_inputs
+from step_cache.training.run_data import build_run_probe, data_record, run_inputs
 from step_cache.training.run_line import run_line
 from step_cache.training.run_lock import hold_run_dir
 from step_cache.training.run_record import run_record
@@ -84,9 +84,7 @@ class _Run:
             config.token_drop, config.reverse_pairs, self.pairs, len(shards.classes), self.selection
         )
         torch.manual_seed(config.seed)
-        self.model = build_probe(config.probe, **probe_shape(shards, self.selection), **config.probe_options).to(
-            self.device
-        )
+        self.model = build_run_probe(config.probe, shards, self.selection, config.probe_options).to(self.device)
         config.probe_options = full_options(config)
         self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
         self.history: list[dict[str, Any]] = []

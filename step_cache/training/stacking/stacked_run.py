@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from step_cache.cache.shards import CacheInput, as_shards
-from step_cache.probes import build_probe, count_parameters
+from step_cache.probes import count_parameters
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
@@ -42,10 +42,10 @@ from step_cache.training.epoch_order import cache_run
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches, tf32_matmuls
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
-from step_cache.training.run_data import probe_shape
+from step_cache.training.run_data import build_run_probe
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.adamw import StackedAdamW
-from step_cache.training.stacking.grouping import group_by_shape, shape_key
+from step_cache.training.stacking.grouping import group_by_shape, shape_key, stack_reading
 from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.stacking.resume import restore_stack, stack_state
 from step_cache.training.stacking.sgd import StackedSGD
@@ -77,9 +77,9 @@ def member_losses(logits: torch.Tensor, labels: torch.Tensor, smoothing: torch.T
 
 
 class StackedRun:
-    """One group of same-shape configs trained together."""
+    """One group of same-shape configs trained together (``picks``: members' layers, ``grouping.stack_reading``)."""
 
-    def __init__(self, data: TrainingData, configs: Sequence[TrainConfig]) -> None:
+    def __init__(self, data: TrainingData, configs: Sequence[TrainConfig], picks: Sequence[int] | None = None) -> None:
         if len({shape_key(c) for c in configs}) != 1:
             raise ValueError("configs of different shapes cannot be stacked; group them with group_by_shape")
         self.data, self.device = data, data.device
@@ -93,10 +93,12 @@ class StackedRun:
             first.token_drop, first.reverse_pairs, data.pairs, len(shards.classes), data.selection
         )
         probes = []
-        for config in self.configs:
+        for member, config in enumerate(self.configs):
             torch.manual_seed(config.seed)  # what train_probe does before building its probe
-            shape = probe_shape(shards, data.selection)
-            probes.append(build_probe(config.probe, **shape, **config.probe_options).to(self.device))
+            pick = None if picks is None else picks[member]
+            probes.append(
+                build_run_probe(config.probe, shards, data.selection, config.probe_options, pick).to(self.device)
+            )
         self.parameters = count_parameters(probes[0])
         self.parameters_without_head = count_parameters(probes[0], exclude_head=True)
         self.stack = StackedProbes(probes)
@@ -333,7 +335,9 @@ def train_stacked(
     results: list[MemberResult | None] = [None] * len(configs)
     try:
         for group in group_by_shape(configs):
-            run = StackedRun(data.get(configs[group[0]]), [configs[i] for i in group])
+            members = [configs[i] for i in group]
+            reading, picks = stack_reading(members, shards.layout)  # one layer each: their union, read once
+            run = StackedRun(data.get(reading), members, picks)
             precision = tf32_matmuls(run.device, configs[group[0]].tf32)
 
             def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
