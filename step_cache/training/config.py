@@ -122,11 +122,7 @@ class TrainConfig:
         "evaluate and predict always use the clean views.",
         searchable=True,
     )
-    order: str = setting(
-        "random",
-        "Epoch order: random (every clip anywhere in the cache) or runs (runs of consecutive clips, shuffled, then "
-        "mixed in a buffer of 8 batches: long sequential reads for a cache streamed from disk; docs/training.md).",
-    )
+    order: str = setting("random", "Epoch order: random, or runs (long sequential reads; docs/training.md).")
     # Early stopping (training/early_stopping.py); patience None is resolved with the schedule.
     early_stop: bool = setting(
         True,

@@ -8,9 +8,6 @@
   handles (``ShardSet`` reopens them after a fork). The workers persist across passes (epochs, evaluations), so
   processes are started and files opened once per source, not once per pass.
 
-A ``cls`` selection (``--tokens cls``, the linear probe's ``auto``) reads only the CLS bytes on both paths: from the
-shards' CLS copy (format 5, ``storage.cls_copy``), or by slicing whole clips in an older cache.
-
 Both follow the same ``batch_plan`` (a list of clip-index arrays, shuffled by (seed, epoch)), so they yield
 identical batches and identical training runs.
 """
@@ -58,16 +55,11 @@ class TokenSelection:
     layers: tuple[int, ...] | None = None  # positions of the stored layers read (layer_choice); None: no layer axis
     mix: bool = False  # the layers go to a learned mix (probes.layer_inputs) in front of the probe
     along_tokens: bool = False  # the layers' tokens one after the other (V-JEPA 2's out_layers), not side by side
+    part: str = "all"  # read_stored's part: "cls" reads only the CLS bytes (the shards' CLS copy, else a slice)
 
     @property
     def tokens_per_frame(self) -> int:
         return self.stop - self.start
-
-    @property
-    def part(self) -> str:
-        """What to read from the shards (``ShardSet.read_stored``'s ``part``): only the CLS bytes for ``cls`` (from
-        the CLS copy where the cache has one), whole clips otherwise."""
-        return "cls" if self.subset == "cls" else "all"
 
     @property
     def channels(self) -> int:
@@ -106,7 +98,7 @@ def select_tokens(
             raise DataError(
                 f"{option('tokens', 'cls')}: this cache stores no CLS token (extracted without one); use patches"
             )
-        return TokenSelection(subset, 0, cls, 0, cls, positions, mix, along)
+        return TokenSelection(subset, 0, cls, 0, cls, positions, mix, along, part="cls")
     if subset == "patches":
         if total == cls:
             raise DataError(f"{option('tokens', 'patches')}: this cache stores no patch tokens; use cls")

@@ -28,7 +28,6 @@ from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, make_config, settings, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
-from step_cache.training.epoch_order import cache_run
 from step_cache.training.inference import autocast, evaluate_clips, tf32_matmuls
 from step_cache.training.metrics_file import metrics_document
 from step_cache.training.optimization import build_optimizer, build_scheduler
@@ -167,9 +166,7 @@ class _Run:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         config = self.config
         self.model.train()
-        plan = epoch_plan(
-            self.views, config.batch_size, config.seed, epoch, config.order, cache_run(self.shards, config.batch_size)
-        )
+        plan = epoch_plan(self.views, config.batch_size, config.seed, epoch, config.order, self.shards)
         augment = self.augmentation.for_epoch(config.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.source, plan, self.device, self.train_step, description=f"epoch {epoch + 1}/{config.epochs}",

@@ -38,7 +38,6 @@ from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
 from step_cache.training.epoch_loop import train_epoch
-from step_cache.training.epoch_order import cache_run
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches, tf32_matmuls
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
@@ -143,8 +142,7 @@ class StackedRun:
         """One epoch of every active member: the shared timing and per-slot loss / top-1 / lr."""
         first, members = self.first, self.stack.size
         self.stack.train(True)
-        run = cache_run(self.data.shards, first.batch_size)
-        plan = epoch_plan(self.data.views, first.batch_size, first.seed, epoch, first.order, run)  # the first member's
+        plan = epoch_plan(self.data.views, first.batch_size, first.seed, epoch, first.order, self.data.shards)
         augment = self.augmentation.for_epoch(first.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.data.source, plan, self.device, self.train_step, members=(members,),
