@@ -113,7 +113,7 @@ def test_recorded_settings_rebuild_extraction_and_weights_are_checked(demo_run, 
     options = extract_options(record)
     assert options == {
         "backbone": "vit-tiny", "weights": "random", "frames": 4, "clips": 1, "image_size": 32, "pool_patches": 1,
-        "dtype": "float16", "seed": 0, "frame_step": None,
+        "dtype": "float16", "seed": 0, "frame_step": None, "test_views": None,
     }  # fmt: skip
     # a run on a frame-step cache is rebuilt with its step (extract --frame-step)
     stepped = json.loads(json.dumps(record))

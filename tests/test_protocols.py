@@ -106,9 +106,7 @@ def test_the_docs_table_equals_the_code():
     block = text[text.index("\n", start) + 1 : text.index("\n<!-- end protocol-table -->")]
     assert block == protocol_table()
     rows = [line for line in block.splitlines()[2:]]
-    assert len(rows) == sum(
-        len(p.fields) + len(p.grid) + len(p.requirements) for p in PROTOCOLS.values()
-    )
+    assert len(rows) == sum(len(p.fields) + len(p.grid) + len(p.requirements) for p in PROTOCOLS.values())
     assert "| vjepa2-attentive | grid | `weight_decay` | 0.01, 0.1, 0.4, 0.8 |" in block
     for protocol in PROTOCOLS.values():  # every difference a run prints is in the doc
         assert all(difference in text for difference in protocol.differences)

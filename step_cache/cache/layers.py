@@ -32,7 +32,9 @@ def parse_blocks(spec: str, depth: int, name: str = "layers") -> tuple[int, ...]
         return None
     if match := _LAST_N.match(text):
         count = int(match.group(1))
-        if not 1 <= count <= depth:
+        if count < 1:  # said apart: check_spec checks the form against no real depth
+            raise InputError(f"{option(name, spec)}: lastN takes N >= 1 (the last N blocks)")
+        if count > depth:
             raise InputError(f"{option(name, spec)}: the model has {depth} blocks, so lastN takes N in 1..{depth}")
         return tuple(range(depth - count, depth))
     try:
@@ -65,7 +67,10 @@ def kept_layers(spec: str, stored: tuple[int, ...] | None, name: str = "layers")
     if match := _LAST_N.match(text):
         count = int(match.group(1))
         if not 1 <= count <= len(stored):
-            raise InputError(f"{option(name, spec)}: the cache stores {len(stored)} layers {list(stored)}")
+            raise InputError(
+                f"{option(name, spec)}: lastN takes N in 1..{len(stored)}; the cache stores {len(stored)} layers "
+                f"{list(stored)}"
+            )
         return tuple(range(len(stored) - count, len(stored)))
     try:
         blocks = sorted({int(part) for part in text.split(",")})

@@ -265,7 +265,8 @@ def check_compatible(a: Manifest, b: Manifest, name_a: str, name_b: str) -> None
         differences.append(f"classes: {a.classes} != {b.classes}")
     if differences:
         shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
-        raise ManifestError(f"{name_b} does not match {name_a}: {shown}")
+        # each difference reads "name_a's != name_b's"; None: the setting is absent (e.g. no layer axis)
+        raise ManifestError(f"{name_b} does not match {name_a}: {shown} ({name_a}'s first; None: not set)")
 
 
 def open_shards(directories: str | Path | Sequence[str | Path], check: bool = True, progress: bool = False) -> ShardSet:

@@ -305,8 +305,14 @@ def _check_contents(
             rows = np.s_[start : start + block]
             stored = handle[source][rows]
             stored = stored[..., : layout.cls_tokens, :] if source == "tokens" else stored[..., : layout.cls_tokens]
-            if not np.array_equal(handle[copy][rows], stored, equal_nan=stored.dtype.kind == "f"):
-                problems.append(f"{copy} differs from the CLS tokens in {source} (clips {start}..)")
+            copied = handle[copy][rows]
+            same = (copied == stored) | (np.isnan(copied) & np.isnan(stored) if stored.dtype.kind == "f" else False)
+            if differing := (start + np.nonzero(~same.reshape(len(same), -1).all(axis=1))[0]).tolist():
+                more = ", ..." if len(differing) > 5 else ""  # name the rows, as NaN/Inf clips are named
+                problems.append(
+                    f"{copy} differs from the CLS tokens in {source} in {len(differing)} clip(s): rows "
+                    f"{', '.join(map(str, differing[:5]))}{more}"
+                )
     if bad_clips:
         problems.append(f"NaN/Inf in {len(bad_clips)} clip(s), e.g. row {bad_clips[0]} ({videos[bad_clips[0]]})")
     return problems

@@ -26,9 +26,9 @@ class RunSettingsError(StepCacheError, ValueError):
 
 def extract_options(record: dict[str, Any], weights: str | Path | None = None) -> dict[str, Any]:
     """``extract`` keyword options that reproduce the run's tokens (backbone, weights, frames, clips, frame step,
-    image size, patch pooling, dtype, seed). ``weights`` overrides the recorded weights file (checked against its
-    checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the cache it was compacted
-    from: then ``compaction`` says how to compact their tokens into the run's."""
+    image size, patch pooling, dtype, stored layers, seed, test views). ``weights`` overrides the recorded weights
+    file (checked against its checksum). For a run on a cache rewritten by ``step-cache compact``, the options of the
+    cache it was compacted from: then ``compaction`` says how to compact their tokens into the run's."""
     extraction = record["data"]["extraction"]
     check_rebuildable(extraction)
     compacted = compaction(extraction)
@@ -45,6 +45,8 @@ def extract_options(record: dict[str, Any], weights: str | Path | None = None) -
         "pool_patches": compacted["source_pool"] if compacted else int(extraction["tokens"].get("patch_pool", 1)),
         "dtype": compacted["source_dtype"] if compacted else str(extraction["tokens"]["dtype"]),
         "seed": int(recorded.get("seed", 0)),
+        # val/test videos (by --annotations) get the cache's test views, so their answers are the cache's
+        "test_views": (views["segments"], views["crops"]) if (views := extraction.get("test_views")) else None,
         # the stored blocks of a cache of several layers (extract --layers; absent: the last block only)
         **({"layers": ",".join(map(str, extraction["tokens"]["layers"]))} if "layers" in extraction["tokens"] else {}),
     }
@@ -185,8 +187,12 @@ def load_run_backbone(record: dict[str, Any], weights: str | Path | None = None)
         layers=options.layers,
     )  # fmt: skip
     rebuilt = extraction_settings(backbone, options)
+    rebuilt.pop("test_views", None)
     recorded = json.loads(json.dumps(record["data"]["extraction"]))
-    recorded.pop("views", None)  # augmented training views (extract --views) do not change the backbone
+    # augmented training views (extract --views) and val/test views (--test-views) add rows, they do not change
+    # the backbone or a training clip's tokens, which a window's are
+    recorded.pop("views", None)
+    recorded.pop("test_views", None)
     differences = extraction_differences(recorded, rebuilt)
     if differences:
         raise RunSettingsError(f"cannot rebuild the backbone the run's tokens came from: {'; '.join(differences[:4])}")

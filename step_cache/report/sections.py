@@ -48,6 +48,8 @@ def run_blocks(summary: RunSummary, out: Path) -> list[Block]:
     settings = ", ".join(
         f"{k}={config[k]}" for k in ("lr", "weight_decay", "batch_size", "seed", "seeds") if k in config
     )
+    if read := summary.config.get("data", {}).get("tokens", {}).get("layers"):  # train-probe --layers
+        settings += f", layers={config.get('layers')} (blocks {', '.join(map(str, read))})"
     epochs = f"epochs {metrics.get('epochs_trained')}/{metrics.get('epochs')} (trained/planned)"
     split, seeds = metrics.get("headline_split", "val"), metrics.get("seeds") or [0]
     pooled = describe(split, metrics.get("pooled_seeds") or seeds, pooled=True)

@@ -87,6 +87,9 @@ def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
         for d in extraction_differences(record["data"]["extraction"], shards.manifest.extraction)
         if not d.startswith(_HARMLESS)
     ]
+    if any(d.startswith(_LAYERS) for d in differences):
+        _check_layers(record, shards)  # the cache stores other blocks than the run's: fine if it has those it read
+        differences = [d for d in differences if not d.startswith(_LAYERS)]
     if differences and not storage_only(differences):
         if refusal := pooling_refusal(record, shards, differences):
             raise ManifestError(refusal)
@@ -94,6 +97,25 @@ def check_cache_fits(record: dict[str, Any], shards: ShardSet) -> None:
             return  # pooling leaves the CLS tokens, all this run reads, as they were stored
         where = ", ".join(map(str, shards.directories))
         raise ManifestError(f"{where}: tokens differ from those the probe was trained on: {'; '.join(differences[:4])}")
+
+
+_LAYERS = "tokens.layers:"
+
+
+def _check_layers(record: dict[str, Any], shards: ShardSet) -> None:
+    """Refuse a cache that lacks a block the run read (``train-probe --layers``); another set of stored blocks
+    (``compact --layers`` keeps a subset) is fine: each block's tokens are the same whichever others are stored."""
+    read, stored = record["data"]["tokens"].get("layers"), shards.layout.layers
+    where = ", ".join(map(str, shards.directories))
+    if read is None or stored is None:  # a run or a cache of the last block only (no layer axis)
+        run = f"blocks {read}" if read is not None else "the last block only (a cache without a layer axis)"
+        cache = f"blocks {list(stored)}" if stored is not None else "the last block only (no layer axis)"
+        raise ManifestError(f"{where}: the run read {run}, the cache stores {cache}; use a cache like the run's")
+    if missing := [block for block in read if block not in stored]:
+        raise ManifestError(
+            f"{where}: the run read blocks {read} (train-probe --layers {record['config'].get('layers')}); the cache "
+            f"stores {list(stored)}, without {missing}"
+        )
 
 
 def map_labels(shards: ShardSet, classes: Sequence[str]) -> tuple[np.ndarray, dict[str, int]]:
@@ -129,12 +151,14 @@ def warn_unknown_labels(shards: ShardSet, indices: np.ndarray, classes: Sequence
     return counts
 
 
-def recorded_selection(record: dict[str, Any]) -> TokenSelection:
-    """The tokens (subset and layers) a recorded run reads, for a cache of its extraction settings."""
+def recorded_selection(record: dict[str, Any], shards: ShardSet | None = None) -> TokenSelection:
+    """The tokens (subset and layers) a recorded run reads, for a cache of its extraction settings, or for
+    ``shards``, which may store other blocks beside those the run read (``check_cache_fits``)."""
     tokens, layout = record["data"]["tokens"], record["data"]["extraction"]["tokens"]
     start = layout["cls_tokens"] if tokens["subset"] == "patches" else 0
-    # the blocks the run read, as positions into the layers stored (the same in every cache that fits the run)
-    layers = tuple(layout["layers"].index(b) for b in tokens["layers"]) if "layers" in tokens else None
+    # the blocks the run read, as positions into the layers the cache stores
+    stored = layout.get("layers") if shards is None or shards.layout.layers is None else list(shards.layout.layers)
+    layers = tuple(stored.index(b) for b in tokens["layers"]) if "layers" in tokens else None
     stop = start + tokens["tokens_per_frame"]
     mix, along = tokens.get("mix", False), tokens.get("along") == "tokens"
     part = "cls" if tokens["subset"] == "cls" else "all"  # a CLS-only run reads only the CLS bytes here too
@@ -200,7 +224,7 @@ def evaluate(
         log.info("%s", note)
     target = resolve_device(device)
     source = open_token_source(
-        shards, indices, recorded_selection(record), labels, mode=data, workers=workers, device=target
+        shards, indices, recorded_selection(record, shards), labels, mode=data, workers=workers, device=target
     )
     try:
         per_seed = []
@@ -262,7 +286,7 @@ def predict(
     indices = np.nonzero(clean_rows(shards))[0]  # clean views only: augmented views are training material
     target = resolve_device(device)
     source = open_token_source(
-        shards, indices, recorded_selection(record), shards.labels, mode=data, workers=workers, device=target
+        shards, indices, recorded_selection(record, shards), shards.labels, mode=data, workers=workers, device=target
     )
     try:
         logits = collect_logits(probe.to(target), source, indices, batch_size=batch_size, device=target)

@@ -5,6 +5,7 @@ views, and the ``data`` part of ``config.json``."""
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -69,7 +70,6 @@ def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     splits = shard_splits(shards, config.val_fraction, config.seed, pairs, validate=config.val != "none")
     check_splits(splits, shards, config)
     check_select_metric(config, splits, shards, pairs)
-    warn_short_videos(shards, splits)
     views = view_table(shards, splits.train, config.views)
     return RunInputs(shards, selection, splits, pairs, device, views)
 
@@ -107,12 +107,17 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
         log.warning("no training clips for class(es): %s", ", ".join(shards.classes[c] for c in missing))
 
 
+_warned_short: weakref.WeakSet[ShardSet] = weakref.WeakSet()  # open caches warned about: sweeps set up often
+
+
 def warn_short_videos(shards: ShardSet, splits: Splits) -> int:
     """Say how many videos the run uses had fewer frames than T (their clips repeat frames, so a probe of frame
-    order sees still frames) and where they are listed; returns that count."""
+    order sees still frames) and where they are listed, once per open cache; returns that count. Called once the
+    run is set up (its probe built), so that a refused command prints its one error line alone."""
     used = np.concatenate([splits.train, splits.val, splits.test])
     short = set(shards.videos[used[shards.short[used]]].tolist())
-    if short:
+    if short and shards not in _warned_short:
+        _warned_short.add(shards)
         total = len(set(shards.videos[used].tolist()))
         where = " ".join(map(str, shards.directories))
         log.warning(

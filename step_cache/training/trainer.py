@@ -42,7 +42,7 @@ from step_cache.training.records import (
 )
 from step_cache.training.run_checkpoints import restore_best
 from step_cache.training.run_commits import CommitClock, append_epoch, restore_run, run_state, write_derived
-from step_cache.training.run_data import build_run_probe, data_record, run_inputs
+from step_cache.training.run_data import build_run_probe, data_record, run_inputs, warn_short_videos
 from step_cache.training.run_line import run_line
 from step_cache.training.run_lock import hold_run_dir
 from step_cache.training.run_record import run_record
@@ -85,6 +85,7 @@ class _Run:
         torch.manual_seed(config.seed)
         self.model = build_run_probe(config.probe, shards, self.selection, config.probe_options).to(self.device)
         config.probe_options = full_options(config)
+        warn_short_videos(shards, self.splits)
         self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0

@@ -41,7 +41,7 @@ from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches, tf32_matmuls
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
-from step_cache.training.run_data import build_run_probe
+from step_cache.training.run_data import build_run_probe, warn_short_videos
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.grouping import group_by_shape, shape_key, stack_reading
@@ -98,6 +98,7 @@ class StackedRun:
             probes.append(
                 build_run_probe(config.probe, shards, data.selection, config.probe_options, pick).to(self.device)
             )
+        warn_short_videos(shards, data.splits)
         self.parameters = count_parameters(probes[0])
         self.parameters_without_head = count_parameters(probes[0], exclude_head=True)
         self.stack = StackedProbes(probes)
