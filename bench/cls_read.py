@@ -20,23 +20,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from disk_io import drop_page_cache, io_counters
 
 from step_cache.cache.shards import open_shards
 from step_cache.synthetic.tokens import SyntheticTokens, write_token_cache
-
-
-def io_counters() -> dict[str, int]:
-    lines = Path("/proc/self/io").read_text().split("\n")
-    return {key: int(value) for key, value in (line.split(": ") for line in lines if line)}
-
-
-def drop_page_cache() -> bool:
-    os.sync()
-    try:
-        Path("/proc/sys/vm/drop_caches").write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def epoch(directory: Path, part: str, use_copy: bool, batch: int, seed: int) -> tuple[int, int, float, bool]:

@@ -108,6 +108,17 @@ def extract(
         bool, typer.Option(help="Accept --annotations paths outside --videos (absolute, or with '..').")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Delete an existing cache in --out and start over.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Print the clip count, bytes per clip, cache size, free space on --out's disk and a stage-two "
+            "epoch's read time (from a short read test there), then stop: no video is read, nothing is written."
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(help="Start even when --out's disk has less free space than the cache's estimated size."),
+    ] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the backbone (worth it for long GPU runs).")] = False,
     compression: Annotated[
         str, typer.Option(help="Shard compression: none (default; fastest reads), lz4, zstd or gzip.")
@@ -128,12 +139,22 @@ def extract(
     """
     from step_cache.extraction.distributed import extract_distributed, torchrun_environment
     from step_cache.extraction.engine import extract as extract_videos
+    from step_cache.extraction.engine import plan_extract
 
     setup_logging()
     apply_threads(threads)
     with user_errors():
         if videos is None and annotations is None:
             raise InputError("give --videos DIR (class folders) and/or --annotations FILE.csv")
+        if dry_run:
+            estimate = plan_extract(
+                videos, out, annotations=annotations, backbone=backbone, frames=frames, clips=clips,
+                image_size=image_size, pool_patches=pool_patches, layers=layers, dtype=dtype,
+                shard_size_mb=shard_size_mb, allow_outside=allow_outside, num_parts=num_parts, part=part,
+                **extract_views(**view_options),
+            )  # fmt: skip
+            typer.echo(estimate.summary())
+            return
         under_torchrun = torchrun_environment() is not None and num_parts == 1
         run_extract = extract_distributed if under_torchrun else partial(extract_videos, num_parts=num_parts, part=part)
         report = run_extract(
@@ -158,6 +179,7 @@ def extract(
             allow_outside=allow_outside,
             **({} if max_decode_errors is None else {"max_decode_errors": max_decode_errors}),
             overwrite=overwrite,
+            force=force,
             compile=compile,
             progress=not quiet,
             compression=compression,

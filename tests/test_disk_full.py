@@ -67,17 +67,37 @@ def one_line_about_space(stderr: str) -> str:
     return lines[0]
 
 
-def completes_and_verifies(videos: Path, out: Path) -> None:
-    result = cli(*EXTRACT, "--videos", videos, "--out", out)
+def completes_and_verifies(videos: Path, out: Path, command: list[str] = EXTRACT) -> None:
+    result = cli(*command, "--videos", videos, "--out", out)
     assert result.returncode == 0, result.stderr[-3000:]
     assert cli("verify", out).returncode == 0
     assert read_manifest(out).num_videos == 2 * VIDEOS_PER_CLASS
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_a_disk_too_small_from_the_start_keeps_what_fits_and_the_rerun_completes(videos, small_disk):
+def test_extract_refuses_a_disk_without_room_for_the_estimate_before_writing_anything(videos, small_disk):
+    resize(small_disk, "20m")
     out = small_disk / "cache"
-    result = cli(*EXTRACT, "--videos", videos, "--out", out)
+    big = ["224" if arg == "112" else arg for arg in EXTRACT]  # 1 + 14x14 tokens: 16 MiB + a 17 MiB margin
+    result = cli(*big, "--videos", videos, "--out", out)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert f"{out}: not enough free space: the cache needs about " in lines[0], lines[0]
+    assert "(40 clips x 297.0 KiB" in lines[0]
+    assert lines[0].endswith("or pass --force (force=True) to extract what fits")
+    assert not out.exists() and list(small_disk.iterdir()) == []  # nothing written, not even the lock
+    dry = cli(*big, "--videos", videos, "--out", out, "--dry-run")
+    assert dry.returncode == 0 and ["clips", "40"] in [line.split() for line in dry.stdout.splitlines()], dry.stdout
+    assert "NOT enough: extract refuses without --force" in dry.stdout
+    assert list(small_disk.iterdir()) == []
+    resize(small_disk, "40m")
+    completes_and_verifies(videos, out, big)
+
+
+def test_a_disk_too_small_from_the_start_keeps_what_fits_with_force_and_the_rerun_completes(videos, small_disk):
+    out = small_disk / "cache"
+    result = cli(*EXTRACT, "--force", "--videos", videos, "--out", out)
     assert result.returncode == 1
     line = one_line_about_space(result.stderr)
     assert "MiB written and kept; about " in line and "MiB more needed" in line

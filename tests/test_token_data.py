@@ -212,3 +212,37 @@ def test_held_out_videos_do_not_depend_on_segment_order_when_labels_tie():
     b = select_splits(labels[swapped], splits[swapped], videos[swapped], 0.25, seed=5)
     assert len(a.val) > 0
     assert sorted(videos[a.val]) == sorted(videos[swapped][b.val])
+
+
+@pytest.mark.parametrize("mode", ["memory", "streaming"])
+@pytest.mark.parametrize("copy", [True, False], ids=["cls-copy", "old-cache"])
+def test_a_cls_selection_reads_only_the_cls_bytes_and_old_caches_slice(tmp_path, monkeypatch, mode, copy):
+    """--tokens cls (and the linear probe's auto) reads the CLS copy alone, in memory and streaming; a cache
+    without the copy (before format 5) slices the tokens as before; both give the same values."""
+    import step_cache.cache.shards as shards_module
+    from step_cache.cache.manifest import read_manifest, write_manifest
+
+    write_token_cache(tmp_path, videos_per_class=6, clips_per_shard=5)
+    if not copy:
+        manifest = read_manifest(tmp_path)
+        manifest.storage.pop("cls_copy")
+        write_manifest(tmp_path, manifest)
+    expected = open_shards(tmp_path).read_tokens(np.arange(12))[:, :, :1]
+    datasets = []
+    original = shards_module.read_rows
+    monkeypatch.setattr(
+        shards_module,
+        "read_rows",
+        lambda dataset, *args, **kw: datasets.append(dataset.name) or original(dataset, *args, **kw),
+    )
+    shards = open_shards(tmp_path)
+    selection = select_tokens(shards.layout, "cls")
+    assert selection.part == "cls" and select_tokens(shards.layout, "patches").part == "all"
+    indices = np.arange(len(shards))
+    source = open_token_source(shards, indices, selection, shards.labels, mode=mode, workers=0)
+    assert source.mode == mode
+    plan = batch_plan(indices, 5, shuffle=True, seed=1)
+    for (tokens, _, batch), wanted in zip(source.batches(plan), plan, strict=True):
+        assert np.asarray(batch).tolist() == wanted.tolist()
+        np.testing.assert_array_equal(tokens.numpy(), expected[wanted])
+    assert datasets and set(datasets) == ({"/cls"} if copy else {"/tokens"})

@@ -122,8 +122,8 @@ def test_the_trainer_trains_on_the_views_drawn_for_each_epoch(caches, tmp_path, 
     seen = []
     real = trainer.epoch_plan
 
-    def spy(table, batch_size, seed, epoch):
-        plan = real(table, batch_size, seed, epoch)
+    def spy(table, batch_size, seed, epoch, *order):
+        plan = real(table, batch_size, seed, epoch, *order)
         seen.append((table, seed, epoch, plan))
         return plan
 

@@ -18,6 +18,7 @@ from typing import Any
 from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_disk_full
 from step_cache.cache.layers import check_spec
 from step_cache.cache.locking import DirectoryLock
+from step_cache.cache.manifest import TokenLayout
 from step_cache.cache.quantize import TOKEN_DTYPES
 from step_cache.cache.shards import COMPRESSIONS
 from step_cache.cache.writer import ExtractionError, open_output, recover, storage_record
@@ -29,9 +30,10 @@ from step_cache.extraction.decoders import DECODERS, DEFAULT_DECODER, decoder_se
 from step_cache.extraction.device_decode import open_decode_pool
 from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.parts import part_directory, partition
-from step_cache.extraction.pipeline import ExtractionRun
+from step_cache.extraction.pipeline import ExtractionRun, video_row_count
 from step_cache.extraction.quick_check import already_complete, quick_check, request_record
 from step_cache.extraction.sampling import sampling_record
+from step_cache.extraction.size_plan import SizeEstimate, estimate_size, read_rate
 from step_cache.extraction.test_views import TestViewError, TestViews, square_side
 from step_cache.extraction.views import DEFAULT_RATIO, DEFAULT_SCALE, ViewSettings
 from step_cache.interface import option
@@ -60,6 +62,7 @@ class ExtractOptions:
     max_decode_errors: float = float("inf")  # a video whose decoder reported more errors is skipped as a failure
     allow_outside: bool = False  # annotation paths may leave the videos root (absolute, '..')
     overwrite: bool = False
+    force: bool = False  # start even when the target's free space is below the size estimate (size_plan.py)
     compile: bool = False
     decoder: str = DEFAULT_DECODER  # decord, pyav, torchcodec or torchcodec-cuda (step_cache.extraction.decoders)
     decode_timeout: float = 600.0
@@ -115,25 +118,9 @@ def extract(
             "`if __name__ == '__main__':` in your script (or pass workers=0)"
         )
     opts = ExtractOptions(**options)
-    out = Path(out)
-    resolve_backbone(opts.backbone)  # a typo in the name should fail before any scanning or decoding
-    if annotations is not None and videos is None:
-        videos = Path(annotations).parent  # paths in an annotation CSV are relative to the videos root
-    if items is None:
-        if annotations is not None:
-            items = read_annotations(annotations, videos, allow_outside=opts.allow_outside)
-        elif videos is not None:
-            items = discover_videos(videos)
-        else:
-            raise ExtractionError("give a videos directory, an annotations CSV, or items")
-    items = list(items)
-    classes = class_names(items)  # from the whole catalogue, so that every part has the same class list
+    videos, out, items, classes, views = _catalogue(videos, out, annotations, items, opts)
     pairs_file = Path(pairs) if pairs else _pairs_beside(annotations)
     pair_list = read_pairs(pairs_file, classes) if pairs_file else []
-    views = view_settings(opts, classes)
-    if opts.num_parts > 1:
-        items = partition(items, opts.num_parts, opts.part)
-        out = part_directory(out, opts.part, opts.num_parts)
     # A no-op re-run or a settings mismatch is answered now, before the backbone and the decode workers (seconds)
     if not opts.overwrite and (finished := quick_check(out, opts, views, classes, pair_list, videos, items)):
         return finished
@@ -170,6 +157,9 @@ def extract(
         }
         if not opts.overwrite and (finished := already_complete(out, extraction, classes, pair_list, source, items)):
             return finished  # nothing to do: take no lock and write nothing (the folder may be read-only)
+        estimate = _estimate(out, backbone.layout, opts, items, views)
+        if not estimate.fits and not opts.force:  # refused before the lock: nothing is written
+            raise ExtractionError(estimate.refusal())
         try:
             with DirectoryLock(out) as lock:
                 if lock.replaced_stale:
@@ -188,6 +178,65 @@ def extract(
         raise
     finally:
         pool.close()
+
+
+def plan_extract(
+    videos: str | Path | None,
+    out: str | Path,
+    annotations: str | Path | None = None,
+    items: Sequence[VideoItem] | None = None,
+    read_test: bool = True,
+    **options: Any,
+) -> SizeEstimate:
+    """``extract --dry-run``: what ``extract`` with the same arguments would write into ``out`` (clips, bytes per
+    clip, cache size, free space) and, with ``read_test``, the target disk's read rate and a stage-two epoch's read
+    time. Reads no video and writes nothing (but the read test's temporary file); the backbone is built with
+    random weights, which give the same token layout as any other."""
+    opts = ExtractOptions(**options)
+    _, out, items, _, views = _catalogue(videos, out, annotations, items, opts)
+    layout = load_backbone(
+        opts.backbone, "random", opts.image_size, opts.pool_patches, dtype=opts.dtype, layers=opts.layers
+    ).layout
+    estimate = _estimate(out, layout, opts, items, views)
+    if read_test:
+        estimate.read_rate = read_rate(out)
+    return estimate
+
+
+def _estimate(
+    out: Path, layout: TokenLayout, opts: ExtractOptions, items: Sequence[VideoItem], views: ViewSettings
+) -> SizeEstimate:
+    rows = [video_row_count(item.split, opts.clips, views.count, opts.test_views) for item in items]
+    return estimate_size(out, layout, opts.frames, rows, opts.shard_size_mb, opts.clips)
+
+
+def _catalogue(
+    videos: str | Path | None,
+    out: str | Path,
+    annotations: str | Path | None,
+    items: Sequence[VideoItem] | None,
+    opts: ExtractOptions,
+) -> tuple[str | Path | None, Path, list[VideoItem], list[str], ViewSettings]:
+    """The videos root, the output directory (a part's, with ``num_parts``), this part's items, the classes of the
+    whole catalogue and the views asked for."""
+    resolve_backbone(opts.backbone)  # a typo in the name should fail before any scanning or decoding
+    if annotations is not None and videos is None:
+        videos = Path(annotations).parent  # paths in an annotation CSV are relative to the videos root
+    if items is None:
+        if annotations is not None:
+            items = read_annotations(annotations, videos, allow_outside=opts.allow_outside)
+        elif videos is not None:
+            items = discover_videos(videos)
+        else:
+            raise ExtractionError("give a videos directory, an annotations CSV, or items")
+    items = list(items)
+    classes = class_names(items)  # from the whole catalogue, so that every part has the same class list
+    views = view_settings(opts, classes)
+    out = Path(out)
+    if opts.num_parts > 1:
+        items = partition(items, opts.num_parts, opts.part)
+        out = part_directory(out, opts.part, opts.num_parts)
+    return videos, out, items, classes, views
 
 
 def view_settings(opts: ExtractOptions, classes: list[str]) -> ViewSettings:
@@ -239,4 +288,13 @@ def _default_workers(device_type: str) -> int:
     return worker_count(32, spare=0) if device_type == "cuda" else worker_count(8)
 
 
-__all__ = ["ExtractOptions", "ExtractReport", "ExtractionError", "extract", "extraction_settings", "view_settings"]
+__all__ = [
+    "ExtractOptions",
+    "ExtractReport",
+    "ExtractionError",
+    "SizeEstimate",
+    "extract",
+    "extraction_settings",
+    "plan_extract",
+    "view_settings",
+]

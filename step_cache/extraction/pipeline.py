@@ -29,7 +29,7 @@ from step_cache.extraction.decode_pool import DecodePool, DecodeResult, DecodeTa
 from step_cache.extraction.device_quantize import unpack
 from step_cache.extraction.extract_report import ExtractReport
 from step_cache.extraction.frame_batches import FrameBatcher, PendingVideo, TokenComputer
-from step_cache.extraction.test_views import gets_test_views
+from step_cache.extraction.test_views import TestViews, gets_test_views
 from step_cache.extraction.video_rows import video_records
 from step_cache.extraction.views import ViewSettings, gets_views
 from step_cache.extraction.write_queue import WriteQueue
@@ -81,11 +81,8 @@ class ExtractionRun:
         self.bar: tqdm | None = None
 
     def rows_of(self, item: VideoItem) -> int:
-        """Shard rows of one video: K clips, times 1 + N views for a training video, or the test views' S x C."""
-        test_views = self.opts.test_views
-        if test_views is not None and gets_test_views(item.split):
-            return test_views.rows
-        return self.opts.clips * (1 + (self.views.count if self.views.count and gets_views(item.split) else 0))
+        """Shard rows of one video (``video_row_count``)."""
+        return video_row_count(item.split, self.opts.clips, self.views.count, self.opts.test_views)
 
     def decode_tasks(self, videos_root: str | Path | None) -> list[DecodeTask]:
         """What the decode workers do: one task per video to extract (its augmented or test views with it)."""
@@ -263,3 +260,11 @@ def strict_stop(reason: str) -> ExtractionError:
 
 
 __all__ = ["ExtractionRun", "strict_stop"]
+
+
+def video_row_count(split: str | None, clips: int, views: int, test_views: TestViews | None) -> int:
+    """Shard rows of one video of ``split``: K clips, times 1 + N views for a training video, or the test views'
+    S x C for a val/test video (also what ``extract --dry-run`` counts)."""
+    if test_views is not None and gets_test_views(split):
+        return test_views.rows
+    return clips * (1 + (views if views and gets_views(split) else 0))

@@ -41,10 +41,14 @@ class SyntheticTokens:
     seed: int = 0
     views: int = 0  # augmented views per training video: the clean tokens plus view_noise (as extract --views)
     view_noise: float = 0.25
+    dtype: str = "float16"  # "int8": the writer quantizes the tokens, as extract --dtype int8 does
+    patch_pool: int = 1  # recorded only (the grid is the pooled one): benchmarks label a pooled cache with it
 
     @property
     def layout(self) -> TokenLayout:
-        return TokenLayout(cls_tokens=self.cls_tokens, grid=self.grid, dim=self.dim, dtype="float16")
+        return TokenLayout(
+            cls_tokens=self.cls_tokens, grid=self.grid, dim=self.dim, dtype=self.dtype, patch_pool=self.patch_pool
+        )
 
     def class_names(self) -> list[str]:
         if self.task == "order":

@@ -122,6 +122,7 @@ class TrainConfig:
         "evaluate and predict always use the clean views.",
         searchable=True,
     )
+    order: str = setting("random", "Epoch order: random, or runs (long sequential reads; docs/training.md).")
     # Early stopping (training/early_stopping.py); patience None is resolved with the schedule.
     early_stop: bool = setting(
         True,
@@ -252,6 +253,7 @@ def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
         )
     # Imported here, not at the top: the command line builds its options from this module, and `--help` should
     # not wait for torch, which these modules load.
+    from step_cache.training.epoch_order import EPOCH_ORDERS
     from step_cache.training.metrics import VIEW_AVERAGES
     from step_cache.training.token_data import DATA_MODES, TOKEN_SUBSETS
     from step_cache.training.view_table import VIEW_MODES
@@ -293,6 +295,7 @@ def make_config(probe: str | None, options: dict[str, Any]) -> TrainConfig:
         (config.clip_grad >= 0, f"clip_grad must be >= 0 (0 = off), got {config.clip_grad}"),
         (0 <= config.token_drop < 1, f"token_drop must be in [0, 1), got {config.token_drop}"),
         (0 <= config.reverse_pairs <= 1, f"reverse_pairs must be in [0, 1], got {config.reverse_pairs}"),
+        (config.order in EPOCH_ORDERS, f"order must be one of {', '.join(EPOCH_ORDERS)}, got {config.order!r}"),
         (config.views in VIEW_MODES, f"views must be one of {', '.join(VIEW_MODES)}, got {config.views!r}"),
         (0 <= config.val_fraction < 1, f"val_fraction must be in [0, 1), got {config.val_fraction}"),
         (config.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {config.optimizer!r}"),

@@ -161,8 +161,9 @@ def recorded_selection(record: dict[str, Any], shards: ShardSet | None = None) -
     layers = tuple(stored.index(b) for b in tokens["layers"]) if "layers" in tokens else None
     stop = start + tokens["tokens_per_frame"]
     mix, along = tokens.get("mix", False), tokens.get("along") == "tokens"
+    part = "cls" if tokens["subset"] == "cls" else "all"  # a CLS-only run reads only the CLS bytes here too
     return TokenSelection(
-        tokens["subset"], start, stop, tokens["cls_index"], layers=layers, mix=mix, along_tokens=along
+        tokens["subset"], start, stop, tokens["cls_index"], layers=layers, mix=mix, along_tokens=along, part=part
     )
 
 

@@ -55,6 +55,7 @@ class TokenSelection:
     layers: tuple[int, ...] | None = None  # positions of the stored layers read (layer_choice); None: no layer axis
     mix: bool = False  # the layers go to a learned mix (probes.layer_inputs) in front of the probe
     along_tokens: bool = False  # the layers' tokens one after the other (V-JEPA 2's out_layers), not side by side
+    part: str = "all"  # read_stored's part: "cls" reads only the CLS bytes (the shards' CLS copy, else a slice)
 
     @property
     def tokens_per_frame(self) -> int:
@@ -97,7 +98,7 @@ def select_tokens(
             raise DataError(
                 f"{option('tokens', 'cls')}: this cache stores no CLS token (extracted without one); use patches"
             )
-        return TokenSelection(subset, 0, cls, 0, cls, positions, mix, along)
+        return TokenSelection(subset, 0, cls, 0, cls, positions, mix, along, part="cls")
     if subset == "patches":
         if total == cls:
             raise DataError(f"{option('tokens', 'patches')}: this cache stores no patch tokens; use cls")
@@ -167,10 +168,10 @@ class InMemoryTokens:
             if len(wanted) == 0:
                 continue
             if len(wanted) * 2 >= stop - start:  # most of the shard: one contiguous read beats a gather
-                values, scales = shards.read_shard_stored(shard, layers=selection.layers)
+                values, scales = shards.read_shard_stored(shard, layers=selection.layers, part=selection.part)
                 values, scales = values[wanted - start], None if scales is None else scales[wanted - start]
             else:
-                values, scales = shards.read_stored(wanted, layers=selection.layers)
+                values, scales = shards.read_stored(wanted, layers=selection.layers, part=selection.part)
             self.tokens[self.row[wanted]] = selection.apply(values)
             if self.scales is not None:
                 self.scales[self.row[wanted]] = selection.apply(scales[..., None])[..., 0]
@@ -201,7 +202,7 @@ class _BatchReader(torch.utils.data.Dataset):
         self.shards, self.selection, self.labels = shards, selection, labels
 
     def __getitem__(self, batch: np.ndarray) -> Batch:
-        values, scales = self.shards.read_stored(batch, layers=self.selection.layers)
+        values, scales = self.shards.read_stored(batch, layers=self.selection.layers, part=self.selection.part)
         values = np.ascontiguousarray(self.selection.apply(values))
         if scales is not None:
             scales = np.ascontiguousarray(self.selection.apply(scales[..., None])[..., 0])

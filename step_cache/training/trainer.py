@@ -167,7 +167,7 @@ class _Run:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         config = self.config
         self.model.train()
-        plan = epoch_plan(self.views, config.batch_size, config.seed, epoch)
+        plan = epoch_plan(self.views, config.batch_size, config.seed, epoch, config.order, self.shards)
         augment = self.augmentation.for_epoch(config.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.source, plan, self.device, self.train_step, description=f"epoch {epoch + 1}/{config.epochs}",

@@ -21,6 +21,7 @@ import numpy as np
 
 from step_cache.cache.shards import ShardSet
 from step_cache.errors import InputError
+from step_cache.training.epoch_order import cache_run, runs_plan
 from step_cache.training.token_data import batch_plan
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,13 @@ def view_table(shards: ShardSet, clips: np.ndarray, mode: str) -> ViewTable:
     return table
 
 
-def epoch_plan(table: ViewTable, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
+def epoch_plan(
+    table: ViewTable, batch_size: int, seed: int, epoch: int, order: str = "random", shards: ShardSet | None = None
+) -> list[np.ndarray]:
     """An epoch's training batches: ``batch_plan`` of the clean clips (shuffled by (seed, epoch)) with each clip
-    replaced by its view drawn for the epoch."""
+    replaced by its view drawn for the epoch; ``order="runs"``: those rows in ``epoch_order.runs_plan``'s order
+    (runs of consecutive rows of ``shards``, ``epoch_order.cache_run``)."""
+    if order == "runs":
+        run = 1 if shards is None else cache_run(shards, batch_size)
+        return runs_plan(table.draw(seed, epoch), batch_size, run=run, seed=seed, epoch=epoch)
     return batch_plan(table.draw(seed, epoch), batch_size, shuffle=True, seed=seed, epoch=epoch)

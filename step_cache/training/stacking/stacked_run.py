@@ -143,7 +143,7 @@ class StackedRun:
         """One epoch of every active member: the shared timing and per-slot loss / top-1 / lr."""
         first, members = self.first, self.stack.size
         self.stack.train(True)
-        plan = epoch_plan(self.data.views, first.batch_size, first.seed, epoch)  # the first member's, like the views
+        plan = epoch_plan(self.data.views, first.batch_size, first.seed, epoch, first.order, self.data.shards)
         augment = self.augmentation.for_epoch(first.seed, epoch) if self.augmentation else None
         train = train_epoch(
             self.data.source, plan, self.device, self.train_step, members=(members,),
