@@ -242,9 +242,14 @@ class CacheWriter:
     def roll_over_if_full(self, failures: dict[str, Failure]) -> None:
         """Publish the shard when it holds ``shard_clips`` clips, or when its reservation has no room for another
         video (a disk with less free space than a whole shard gets its clips in smaller shards)."""
-        if self.writer is not None and (
-            self.writer.count >= self.shard_clips or self.writer.count + self.video_clips > self.capacity
-        ):
+        if self.writer is None:
+            return
+        # room for the largest video, unless what the run has left fits (test views make val/test videos larger than
+        # training ones: a last training video must not get a shard of its own)
+        short_of_room = self.writer.count + self.video_clips > self.capacity and not (
+            self.remaining is not None and self.writer.count + self.remaining <= self.capacity
+        )
+        if self.writer.count >= self.shard_clips or short_of_room:
             self._publish(failures)
 
     def _publish(self, failures: dict[str, Failure]) -> None:
