@@ -9,8 +9,11 @@ import math
 from collections.abc import Collection
 from typing import Any
 
+from step_cache.cache.layout import TokenLayout
 from step_cache.errors import StepCacheError
+from step_cache.training.layer_choice import layer_positions
 from step_cache.training.protocols import PROTOCOLS, Protocol, Source
+from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +72,21 @@ def protocol_grid(
     name: str, given: Collection[str] = (), extraction: dict[str, Any] | None = None
 ) -> dict[str, tuple[Any, ...]]:
     """The grid ``sweep --protocol`` searches: the preset's, less the fields the user fixed (``given``), and of
-    ``layers`` only the specs the cache (its manifest's ``extraction``) holds: the last block alone without a layer
-    axis, ``concat:last4`` with 4 stored blocks or more."""
+    ``layers`` only the specs the cache (its manifest's ``extraction``) can serve (``layer_choice.layer_positions``)."""
     grid = {key: source.value for key, source in get_protocol(name).grid.items() if key not in given}
     if "layers" in grid and extraction is not None:
-        stored = extraction.get("tokens", {}).get("layers") or []
-        grid["layers"] = tuple(v for v in grid["layers"] if v == "last" or (v == "concat:last4" and len(stored) >= 4))
+        layout = TokenLayout.from_dict(extraction["tokens"])
+        grid["layers"] = tuple(spec for spec in grid["layers"] if _serves(spec, layout))
     return grid
+
+
+def _serves(spec: str, layout: TokenLayout) -> bool:
+    """Whether a cache of ``layout`` holds the layers ``spec`` reads."""
+    try:
+        layer_positions(spec, layout)
+    except DataError:
+        return False
+    return True
 
 
 def grid_flags(name: str, given: Collection[str] = (), extraction: dict[str, Any] | None = None) -> list[str]:
