@@ -131,7 +131,7 @@ def compact(
     if compression not in COMPRESSIONS:
         raise CompactionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {compression!r}")
     if shard_size_mb <= 0:
-        raise CompactionError(f"shard size must be positive, got {shard_size_mb} MB")
+        raise CompactionError(f"{option('shard_size_mb', shard_size_mb)} must be positive (MiB)")
     shards = open_shards(src, progress=progress)  # a changed shard stops here, before anything is written
     _refuse_same(src, out, shards)
     source_manifest = shards.manifest

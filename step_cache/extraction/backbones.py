@@ -159,6 +159,8 @@ def load_backbone(
 
     spec = resolve_backbone(name)
     kwargs = {**spec.kwargs, "num_classes": 0}
+    if image_size is not None and image_size < 1:
+        raise BackboneError(f"{option('image_size', image_size)} must be >= 1")
     if image_size is not None:
         kwargs["img_size"] = image_size
     if patch_pool < 1:
@@ -178,6 +180,10 @@ def load_backbone(
 
     config = resolve_model_data_config(model)
     size = _model_input_size(model, config, image_size)
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if patch and (size[0] < patch[0] or size[1] < patch[1]):  # no patch at all: the probe forward would crash
+        raise BackboneError(f"{spec.timm_name}: {option('image_size', image_size)} gives {size[0]}x{size[1]} px "
+                            f"frames, smaller than one {patch[0]}x{patch[1]} px patch")  # fmt: skip
     preprocessing = Preprocessing.from_timm_config(config, crop=size)
     backbone = Backbone(
         spec=spec,

@@ -92,7 +92,7 @@ class ExtractOptions:
         if self.dtype not in TOKEN_DTYPES:
             raise ExtractionError(f"dtype must be one of {', '.join(TOKEN_DTYPES)}, got {self.dtype!r}")
         if self.shard_size_mb <= 0:
-            raise ExtractionError(f"shard size must be positive, got {self.shard_size_mb} MB")
+            raise ExtractionError(f"{option('shard_size_mb', self.shard_size_mb)} must be positive (MiB)")
         if self.compression not in COMPRESSIONS:
             raise ExtractionError(f"compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         self.layers = check_spec(self.layers)  # its form now; its blocks once the model is built

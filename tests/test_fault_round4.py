@@ -1,0 +1,53 @@
+"""Cases found by the fourth fault round (issue 31, faultround/): bad input refused in one line naming the option,
+never a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.main import _register_commands, app
+from step_cache.extraction.backbones import BackboneError, load_backbone
+
+_register_commands()
+
+
+def invoke(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def one_error_line(result) -> str:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("size", [0, -5])
+def test_an_image_size_below_one_is_refused_naming_it(size):
+    with pytest.raises(BackboneError, match=rf"^image_size={size} must be >= 1$"):
+        load_backbone("vit-tiny", "random", image_size=size)
+
+
+def test_frames_smaller_than_one_patch_are_refused_naming_the_size_and_patch():
+    # vit-tiny's patches are 16 px: an 8 px frame has no patch at all (the forward pass raised a RuntimeError)
+    with pytest.raises(BackboneError, match=r"^vit_tiny_patch16_224\S*: image_size=8 gives 8x8 px frames, smaller "
+                                            r"than one 16x16 px patch$"):  # fmt: skip
+        load_backbone("vit-tiny", "random", image_size=8)
+
+
+@pytest.mark.parametrize("size, problem", [(-5, "--image-size -5 must be >= 1"), (8, "--image-size 8 gives 8x8")])
+def test_extract_refuses_a_bad_image_size_in_one_line_before_writing(video_tree, tmp_path, size, problem):
+    out = tmp_path / "cache"
+    args = ["extract", "--videos", video_tree, "--out", out, "--backbone", "vit-tiny", "--weights", "random"]
+    line = one_error_line(invoke(*args, "--frames", 2, "--image-size", size, "--quiet", "--workers", 0))
+    assert line.startswith("error: ") and problem in line, line
+    assert not out.exists()
+
+
+def test_a_shard_size_of_zero_is_refused_naming_the_option(video_tree, tmp_path):
+    args = ["extract", "--videos", video_tree, "--out", tmp_path / "c", "--backbone", "vit-tiny", "--weights", "random"]
+    line = one_error_line(invoke(*args, "--shard-size-mb", 0, "--quiet"))
+    assert line == "error: --shard-size-mb 0.0 must be positive (MiB)", line
+    line = one_error_line(invoke("compact", tmp_path, "--out", tmp_path / "o", "--shard-size-mb", -1, "--quiet"))
+    assert "--shard-size-mb -1.0 must be positive (MiB)" in line, line
