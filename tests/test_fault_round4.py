@@ -51,3 +51,16 @@ def test_a_shard_size_of_zero_is_refused_naming_the_option(video_tree, tmp_path)
     assert line == "error: --shard-size-mb 0.0 must be positive (MiB)", line
     line = one_error_line(invoke("compact", tmp_path, "--out", tmp_path / "o", "--shard-size-mb", -1, "--quiet"))
     assert "--shard-size-mb -1.0 must be positive (MiB)" in line, line
+
+
+def test_resume_of_an_out_without_a_run_says_it_starts_a_new_one(tmp_path, caplog):
+    # --resume with a mistyped --out used to start over silently, as if it had resumed
+    import logging
+
+    from step_cache.training.runs import open_run_dir
+
+    run = tmp_path / "typo"
+    with caplog.at_level(logging.INFO, logger="step_cache"):
+        assert open_run_dir(run, {"config": {}}, resume=True) is None
+    assert f"{run}: no run to resume here (no config.json); starting a new run" in caplog.text
+    assert (run / "config.json").is_file()

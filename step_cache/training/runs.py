@@ -228,6 +228,8 @@ def open_run_dir(run_dir: Path, record: dict[str, Any], resume: bool) -> dict[st
         if (run_dir / STATE).is_file():
             return load_state(run_dir / STATE)
         log.info("%s: no completed epoch to resume from; starting from the beginning", run_dir)
+    elif resume:  # a mistyped --out would otherwise start over silently, as if it had resumed
+        log.warning("%s: no run to resume here (no %s); starting a new run", run_dir, CONFIG)
     clear_run(run_dir)
     write_json(run_dir / CONFIG, record)
     return None
