@@ -64,3 +64,29 @@ def test_resume_of_an_out_without_a_run_says_it_starts_a_new_one(tmp_path, caplo
         assert open_run_dir(run, {"config": {}}, resume=True) is None
     assert f"{run}: no run to resume here (no config.json); starting a new run" in caplog.text
     assert (run / "config.json").is_file()
+
+
+def test_repeats_frames_is_true_exactly_when_a_clip_takes_a_frame_twice():
+    from step_cache.extraction.sampling import frame_step_indices, repeats_frames, segment_indices
+
+    assert repeats_frames(segment_indices(3, 4)) and not repeats_frames(segment_indices(4, 4))
+    # --frame-step 4 x 4 frames spans 16 frames: a 9-frame video pads the clip with its last frame
+    assert frame_step_indices(9, 4, 4).tolist() == [[0, 7, 7, 7]] and repeats_frames(frame_step_indices(9, 4, 4))
+    assert not repeats_frames(frame_step_indices(40, 4, 4)) and not repeats_frames(frame_step_indices(9, 4, 2))
+    # two test-view segments of a long video, each clip whole
+    assert not repeats_frames(frame_step_indices(100, 4, 2, clips=2))
+
+
+def test_a_video_shorter_than_a_frame_step_clip_is_reported_short(tmp_path):
+    from step_cache.cache.manifest import read_manifest
+    from step_cache.extraction.engine import extract
+    from step_cache.synthetic.videos import write_class_folders
+
+    write_class_folders(tmp_path / "v", {"left": -1, "right": 1}, videos_per_class=1, num_frames=9)
+    options = {"backbone": "vit-tiny", "weights": "random", "frames": 4, "image_size": 32, "workers": 0}
+    report = extract(tmp_path / "v", tmp_path / "c", frame_step=4, progress=False, **options)
+    assert sorted(report.short) == ["left/left_0.mp4", "right/right_0.mp4"]
+    assert "; 2 short (fewer frames than a clip spans (4 frames 4 apart), frames repeated; " in report.summary()
+    assert read_manifest(tmp_path / "c").too_short == "fewer frames than a clip spans (4 frames 4 apart)"
+    report = extract(tmp_path / "v", tmp_path / "c2", frame_step=2, progress=False, **options)
+    assert report.short == []  # 4 frames 2 apart fit in 9

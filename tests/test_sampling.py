@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from step_cache.extraction.sampling import is_short, segment_indices
+from step_cache.extraction.sampling import repeats_frames, segment_indices
 
 
 def test_single_clip_takes_segment_centres():
@@ -28,7 +28,7 @@ def test_segment_offset_is_added():
 def test_short_video_repeats_frames_in_order():
     indices = segment_indices(3, 8)[0]
     assert indices.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
-    assert is_short(3, 8) and not is_short(8, 8)
+    assert repeats_frames(segment_indices(3, 8)) and not repeats_frames(segment_indices(8, 8))
 
 
 @pytest.mark.parametrize("num_frames,frames,clips", [(0, 4, 1), (10, 0, 1), (10, 4, 0)])

@@ -102,6 +102,14 @@ class Manifest:
         return int(self.extraction["sampling"]["frames"])
 
     @property
+    def too_short(self) -> str:
+        """What a video flagged ``short`` lacked: fewer than T frames, or (``--frame-step``) than a clip spans."""
+        sampling = self.extraction["sampling"]
+        if sampling.get("strategy") == "frame-step":
+            return f"fewer frames than a clip spans ({self.frames} frames {sampling['frame_step']} apart)"
+        return f"fewer than {self.frames} frames"
+
+    @property
     def clips_per_video(self) -> int:
         return int(self.extraction["sampling"]["clips"])
 

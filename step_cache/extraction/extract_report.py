@@ -39,7 +39,7 @@ class ExtractReport:
             text += " ..." if len(self.failures) > 3 else ""
         if self.short:  # clips that repeat frames are not what the user asked for: say so, and where to look
             text += (
-                f"; {len(self.short)} short (fewer than {self.manifest.frames} frames, frames repeated; "
+                f"; {len(self.short)} short ({self.manifest.too_short}, frames repeated; "
                 f"step-cache inspect {self.out} lists them)"
             )
         if self.warnings:

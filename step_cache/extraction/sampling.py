@@ -35,9 +35,11 @@ def segment_indices(num_frames: int, frames: int, clips: int = 1, start: int = 0
     return indices + start
 
 
-def is_short(num_frames: int, frames: int) -> bool:
-    """A video with fewer frames than asked for: some sampled frames are repeats."""
-    return num_frames < frames
+def repeats_frames(indices: np.ndarray) -> bool:
+    """Whether a clip (a row of ``indices``) takes some frame twice: the video, or its span, is shorter than the
+    clip (fewer than T frames; with a frame step, fewer than the window), so that frame is repeated."""
+    rows = np.sort(np.asarray(indices).reshape(-1, np.shape(indices)[-1]), axis=1)
+    return bool((np.diff(rows, axis=1) == 0).any())
 
 
 def frame_step_indices(num_frames: int, frames: int, step: int, clips: int = 1, start: int = 0) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 
 from step_cache.extraction.decoders import DEFAULT_DECODER, open_video
 from step_cache.extraction.decoders.base import VideoDecodeError, decoder_message
-from step_cache.extraction.sampling import frame_step_indices, is_short, segment_indices
+from step_cache.extraction.sampling import frame_step_indices, repeats_frames, segment_indices
 
 
 @dataclass
@@ -131,9 +131,7 @@ def _sample(
     unique, inverse = np.unique(np.concatenate([w.ravel() for w in wanted]), return_inverse=True)
     batch = source.read(unique.tolist())  # VideoDecodeError when the file turns out damaged
     n = indices.size
-    decoded = DecodedClips(
-        batch[inverse[:n]], indices, end - start, is_short(end - start, frames), warnings, fps=source.fps
-    )
+    decoded = DecodedClips(batch[inverse[:n]], indices, end - start, repeats_frames(indices), warnings, fps=source.fps)
     decoded.views = [(rng, params, batch[inverse[n * v : n * (v + 1)]]) for v, (rng, params) in enumerate(drawn, 1)]
     return decoded
 

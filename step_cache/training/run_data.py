@@ -121,8 +121,8 @@ def warn_short_videos(shards: ShardSet, splits: Splits) -> int:
         total = len(set(shards.videos[used].tolist()))
         where = " ".join(map(str, shards.directories))
         log.warning(
-            "%d of the %d videos this run uses had fewer than %d frames, so their clips repeat frames "
-            "(step-cache inspect %s lists them)", len(short), total, shards.manifest.frames, where,
+            "%d of the %d videos this run uses had %s, so their clips repeat frames "
+            "(step-cache inspect %s lists them)", len(short), total, shards.manifest.too_short, where,
         )  # fmt: skip
     return len(short)
 
