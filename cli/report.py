@@ -21,13 +21,22 @@ def report(
     for sweeps their best trials and plots) as report.md and report.html with PNG figures, and print the table."""
     from step_cache.extras import require
     from step_cache.report import build_report
-    from step_cache.report.build import chance_lines, format_comparison, load_inputs, view_average_lines
+    from step_cache.report.build import (
+        chance_lines,
+        format_comparison,
+        load_inputs,
+        unretrained_lines,
+        view_average_lines,
+    )
 
     with user_errors():
         require("matplotlib", "step-cache report")
         markdown = build_report(runs, out, title=title)
-        summaries = load_inputs(runs)[0]  # named as in report.md ("s1/best-run")
-        typer.echo(format_comparison(summaries))
+        summaries, sweeps = load_inputs(runs)  # named as in report.md ("s1/best-run")
+        for line in unretrained_lines(sweeps):
+            typer.echo(line)
+        if summaries:
+            typer.echo(format_comparison(summaries))
         for line in chance_lines(summaries):  # "note: NAME (DIR): test top-1 not above chance (p = 0.41)"
             typer.echo(line)
         for line in view_average_lines(summaries):  # runs that combine a video's clips by different rules

@@ -154,3 +154,30 @@ def test_a_report_with_no_finite_run_is_a_clear_error(two_runs, tmp_path):
         build_report([bad], tmp_path / "rep")
     result = CliRunner().invoke(app, ["report", str(bad), "--out", str(tmp_path / "rep")])
     assert result.exit_code == 1 and result.output.startswith("error: no run to compare"), result.output
+
+
+def test_a_sweep_without_a_retrained_best_run_is_reported_by_its_trials(two_runs, tmp_path):
+    # sweep --no-retrain leaves no run; report used to answer "no finished training run among the directories given"
+    from step_cache.sweeps.space import build_space
+    from step_cache.sweeps.study import run_sweep
+
+    space = build_space("linear", ["lr=log:1e-3..1e-2"])
+    run_sweep(two_runs / "cache", "linear", tmp_path / "sweep", space=space, trials=2, parallel=2, pruner="none",
+              epochs=2, batch_size=8, progress=False, retrain=False)  # fmt: skip
+    assert not (tmp_path / "sweep" / "best-run").exists()
+    markdown = build_report([tmp_path / "sweep"], tmp_path / "rep")
+    text = markdown.read_text()
+    assert (
+        "## Sweep sweep" in text
+        and "| trial | lr | val top1 |" in text
+        and text.count("\n| 0 |") + text.count("\n| 1 |") == 2
+    )
+    assert "no retrained best run" in text
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "sweep"), "--out", str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'sweep'}: a sweep with no retrained best run (sweep --no-retrain): its trials only" in (
+        result.output
+    )
+    assert (tmp_path / "cli" / "report.html").is_file()
+    with pytest.raises(ReportError, match="give at least one run or sweep directory"):
+        build_report([], tmp_path / "none")

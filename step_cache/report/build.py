@@ -103,12 +103,22 @@ def split_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     return runs, sweeps
 
 
+def unretrained_lines(sweeps: Sequence[Path]) -> list[str]:
+    """One line per sweep that has no retrained best run (``sweep --no-retrain``): the report shows its trials."""
+    return [
+        f"{s}: a sweep with no retrained best run (sweep --no-retrain): its trials only"
+        for s in sweeps
+        if not (s / "best-run" / "metrics.json").is_file()
+    ]
+
+
 def build_report(
     run_dirs: Sequence[str | Path], out: str | Path, title: str = "step-cache report", notes: Sequence[str] = ()
 ) -> Path:
     """Write ``out/report.md``, ``out/report.html`` and ``out/figures/*.png`` for the given runs; returns the
     Markdown path. Every run must have finished (``metrics.json``). A directory written by ``step-cache sweep``
-    (it holds ``trials.json``) adds a sweep section with its best trials and figures, and its ``best-run``.
+    (it holds ``trials.json``) adds a sweep section with its best trials and figures, and its ``best-run`` (a sweep
+    given alone without one, ``--no-retrain``, makes a report of its trials only).
 
     Every figure of a run shows its headline split (``metrics_file``: the mean over seeds, matrices pooled over
     them) and its caption names that split and the seeds. A run that failed (``failed.json``: it diverged) or whose
@@ -118,11 +128,14 @@ def build_report(
     from step_cache.report.sections import comparison_figures, run_blocks, sweep_blocks
 
     loaded, sweeps = load_inputs(run_dirs)
-    summaries = _compared(loaded)
+    summaries = _compared(loaded) if loaded else []
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    blocks = _introduction(title, summaries, loaded, notes)
-    blocks += comparison_figures(summaries, out)
+    if summaries:
+        blocks = _introduction(title, summaries, loaded, notes)
+    else:  # only sweeps trained with --no-retrain: their trials and figures
+        blocks = [Heading(title, 1), *(Paragraph(line) for line in [*notes, *unretrained_lines(sweeps)])]
+    blocks += comparison_figures(summaries, out) if summaries else []
     for summary in summaries:
         blocks += run_blocks(summary, out)
     for sweep in sweeps:
@@ -138,7 +151,7 @@ def load_inputs(run_dirs: Sequence[str | Path]) -> tuple[list[RunSummary], list[
     if not run_dirs:
         raise ReportError("give at least one run or sweep directory")
     directories, sweeps = split_inputs(run_dirs)
-    if not directories:
+    if not directories and not sweeps:
         raise ReportError("no finished training run among the directories given")
     return [load_run(d, n) for d, n in zip(directories, run_names(directories), strict=True)], sweeps
 
