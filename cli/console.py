@@ -16,8 +16,9 @@ from tqdm import tqdm
 
 try:  # recent typer runs its own copy of click (cli/app.py)
     from typer._click.exceptions import ClickException
+    from typer._click.globals import get_current_context
 except ImportError:
-    from click import ClickException
+    from click import ClickException, get_current_context
 
 from step_cache import __version__, stopping
 from step_cache.cache.disk_space import DiskFullError, disk_full_message, is_disk_full
@@ -42,6 +43,13 @@ def setup_logging(verbose: bool = False) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.propagate = False
+
+
+def _out_option() -> str | None:
+    """The running command's --out, where its files go (None outside a command or without one)."""
+    context = get_current_context(silent=True)
+    out = context.params.get("out") if context is not None else None
+    return str(out) if out else None
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -75,7 +83,8 @@ def user_errors() -> Iterator[None]:
             if os.environ.get("STEP_CACHE_DEBUG") == "1":
                 raise
             if isinstance(error, OSError) and not isinstance(error, DiskFullError) and is_disk_full(error):
-                error = DiskFullError(error.filename or "", disk_full_message(error.filename or "", "the command"))
+                where = error.filename or _out_option()  # a failed write() names no file: the command's --out
+                error = DiskFullError(where or "", disk_full_message(where or "", "the command"))
             if isinstance(error, (StepCacheError, OSError)) or _is_out_of_memory(error):
                 typer.echo(f"error: {error}", err=True)
             else:

@@ -197,3 +197,28 @@ def test_a_shard_written_into_reserved_space_is_trimmed_to_its_data(tmp_path):
     with h5py.File(b) as handle:
         assert handle["tokens"][2].max() == 2
     assert list(read_shard_metadata(b)["video"]) == ["v0", "v1", "v2"]
+
+
+@pytest.mark.parametrize("command", ["train-probe", "report"])
+def test_a_write_without_a_file_name_on_a_full_disk_names_the_out_and_its_free_space(small_disk, tmp_path, command):
+    # An ENOSPC from write() carries no file name: the line said ": out of disk space ..." with the free space of
+    # the current directory's disk (tens of GiB), which told the user there was room.
+    from step_cache.synthetic.tokens import write_token_cache
+    from step_cache.training.trainer import train_probe
+
+    write_token_cache(tmp_path / "cache", task="order", num_classes=2, videos_per_class=4, frames=4, dim=16)
+    run = tmp_path / "run"
+    train_probe([tmp_path / "cache"], "linear", run, epochs=1, batch_size=4, progress=False)
+    # another program takes every free byte
+    with open(small_disk / "filler", "wb") as filler, pytest.raises(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+            filler.flush()
+    out = small_disk / "out"
+    args = ["train-probe", tmp_path / "cache", "--probe", "attentive", "--epochs", "1", "--quiet"]
+    result = cli(*(args if command == "train-probe" else ["report", run]), "--out", out)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert lines[0].startswith(f"error: {out}: out of disk space (No space left on device); the command stopped; ")
+    assert lines[0].endswith("; 0.0 MiB free: free some space and re-run the same command to resume"), lines[0]

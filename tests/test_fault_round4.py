@@ -90,3 +90,24 @@ def test_a_video_shorter_than_a_frame_step_clip_is_reported_short(tmp_path):
     assert read_manifest(tmp_path / "c").too_short == "fewer frames than a clip spans (4 frames 4 apart)"
     report = extract(tmp_path / "v", tmp_path / "c2", frame_step=2, progress=False, **options)
     assert report.short == []  # 4 frames 2 apart fit in 9
+
+
+def test_a_torn_last_line_of_metrics_jsonl_is_dropped_and_a_damaged_middle_line_named(tmp_path):
+    # A full disk (or a kill) in the middle of an epoch line's append left '{"epoch": 3, "val_t'; evaluate then
+    # raised a JSONDecodeError traceback. Lines after the last commit are dropped on --resume anyway.
+    from step_cache.training.runs import RunError, read_epoch_log
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3, "val_t')
+    assert read_epoch_log(tmp_path) == [{"epoch": 1}, {"epoch": 2}]
+    log.write_text('{"epoch": 1}\n{"epo\n{"epoch": 3}\n')
+    with pytest.raises(RunError, match=rf"^{log}: line 2 is not JSON \(the file was edited or damaged\)$"):
+        read_epoch_log(tmp_path)
+
+
+def test_a_disk_full_line_without_a_known_path_names_no_path_and_no_other_disks_free_space():
+    from step_cache.cache.disk_space import disk_full_message
+
+    line = disk_full_message("", "the command")
+    assert line == "out of disk space (No space left on device); the command stopped: free some space and re-run the " \
+        "same command to resume"  # fmt: skip

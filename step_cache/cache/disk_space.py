@@ -87,11 +87,13 @@ def megabytes(size: float) -> str:
 def disk_full_message(path: str | Path, what: str, written: int | None = None, needed: int | None = None) -> str:
     """One line: where the disk filled, what was kept, what more is needed and what is free, and that re-running
     the same command resumes. ``what`` names the work (e.g. "extraction")."""
-    parts = [f"{path}: out of disk space (No space left on device); {what} stopped"]
+    where = f"{path}: " if str(path) else ""  # no path known: say nothing rather than another disk's free space
+    parts = [f"{where}out of disk space (No space left on device); {what} stopped"]
     if written is not None:
         parts.append(f"{megabytes(written)} written and kept")
     needs = f"about {megabytes(needed)} more needed, " if needed is not None else ""
-    parts.append(f"{needs}{megabytes(free_bytes(path))} free")
+    if str(path) or needs:
+        parts.append(f"{needs}{megabytes(free_bytes(path))} free" if str(path) else needs.rstrip(", "))
     return "; ".join(parts) + ": free some space and re-run the same command to resume"
 
 

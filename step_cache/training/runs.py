@@ -178,10 +178,25 @@ def write_epoch_log(run_dir: Path, records: list[dict[str, Any]]) -> None:
 
 
 def read_epoch_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The epoch records of ``metrics.jsonl``. Its lines are appended live between commits, so a full disk or a kill
+    mid-append can leave the last one torn (no newline): it is dropped, as ``--resume`` drops lines after the last
+    commit anyway. A damaged line elsewhere is a RunError naming it."""
     path = Path(run_dir) / EPOCH_LOG
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines) and not text.endswith("\n"):
+                break
+            raise RunError(f"{path}: line {number} is not JSON (the file was edited or damaged)") from None
+    return records
 
 
 def clear_run(run_dir: Path) -> None:
