@@ -3,11 +3,14 @@ never a traceback."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
 from cli.main import _register_commands, app
 from step_cache.extraction.backbones import BackboneError, load_backbone
+from step_cache.interface import command_line
 
 _register_commands()
 
@@ -111,3 +114,22 @@ def test_a_disk_full_line_without_a_known_path_names_no_path_and_no_other_disks_
     line = disk_full_message("", "the command")
     assert line == "out of disk space (No space left on device); the command stopped: free some space and re-run the " \
         "same command to resume"  # fmt: skip
+
+
+def test_a_sweep_and_a_training_run_never_share_an_out(tmp_path):
+    # sweep --out RUN wrote trials.json beside a run's files (report then saw a sweep only), and the converse
+    from step_cache.sweeps.results import check_out_first
+    from step_cache.sweeps.search import SweepError
+    from step_cache.training.runs import RunError, refuse_existing_run
+
+    run, sweep = tmp_path / "run", tmp_path / "sweep"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    sweep.mkdir()
+    (sweep / "trials.json").write_text(json.dumps({"trials": []}))
+    expected = rf"^{run}: holds a training run \(config.json\); a sweep writes its own files: choose another --out$"
+    with pytest.raises(SweepError, match=expected), command_line():
+        check_out_first(run, shared=False)
+    for resume, overwrite in ((False, False), (True, False), (False, True)):
+        with pytest.raises(RunError, match=rf"^{sweep}: holds a sweep \(trials.json\); choose another out=$"):
+            refuse_existing_run(sweep, resume, overwrite)

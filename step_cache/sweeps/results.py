@@ -167,8 +167,13 @@ def _finished(content: dict[str, Any]) -> int:
 def check_out_first(out: Path, shared: bool) -> None:
     """Before the study is opened (which creates ``OUT/study.journal``): refuse an ``OUT`` whose ``trials.json``
     has another shape, or holds finished trials but no journal (a sweep from before sweeps resumed), so that a
-    refused sweep leaves nothing new behind."""
+    refused sweep leaves nothing new behind. An ``OUT`` holding a training run is refused too (report would then
+    read the directory as a sweep only)."""
     path = out / TRIALS_JSON
+    if (out / runs.CONFIG).is_file() and not path.exists():
+        raise SweepError(
+            f"{out}: holds a training run ({runs.CONFIG}); a sweep writes its own files: choose another {option('out')}"
+        )
     if not path.exists():
         return
     previous = read_trials(path)

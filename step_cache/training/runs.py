@@ -209,6 +209,8 @@ def refuse_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """The cheap checks, done before any slow work: a run directory is never overwritten by accident."""
     if resume and overwrite:
         raise RunError(f"{switch('resume')} and {switch('overwrite')} exclude each other")
+    if (run_dir / "trials.json").is_file():  # a sweep's directory (its best run lives in best-run/)
+        raise RunError(f"{run_dir}: holds a sweep (trials.json); choose another {option('out')}")
     if (run_dir / CONFIG).is_file() and not (resume or overwrite):
         raise RunError(
             f"{run_dir}: already holds a run ({CONFIG}); pass {switch('resume')} to continue it or "
