@@ -133,3 +133,24 @@ def test_a_sweep_and_a_training_run_never_share_an_out(tmp_path):
     for resume, overwrite in ((False, False), (True, False), (False, True)):
         with pytest.raises(RunError, match=rf"^{sweep}: holds a sweep \(trials.json\); choose another out=$"):
             refuse_existing_run(sweep, resume, overwrite)
+
+
+def test_an_exhausted_grid_says_how_many_trials_the_sweep_ends_with(tmp_path, caplog):
+    # It said "(0 of 10 trials done)" at the moment of asking, then the sweep finished 4: a wrong-looking figure.
+    import logging
+
+    from step_cache.sweeps.space import build_space
+    from step_cache.sweeps.study import run_sweep
+    from step_cache.synthetic.tokens import write_token_cache
+
+    write_token_cache(tmp_path / "cache", task="order", num_classes=2, videos_per_class=6, frames=4, dim=16)
+    space = build_space("linear", ["lr=0.001,0.01", "weight_decay=0,0.1"])
+    with caplog.at_level(logging.INFO, logger="step_cache"):
+        result = run_sweep(tmp_path / "cache", "linear", tmp_path / "sweep", space=space, trials=10, parallel=8,
+                           pruner="none", epochs=1, batch_size=8, progress=False, retrain=False)  # fmt: skip
+    line = "the search space has 4 configurations and every one now has a trial: no more to ask; the sweep ends " \
+        "with these 4 trials (10 asked for)"  # fmt: skip
+    assert line in caplog.text
+    trials = json.loads((tmp_path / "sweep" / "trials.json").read_text())["trials"]
+    assert len([t for t in trials if t["state"] == "COMPLETE"]) == 4
+    assert result is not None

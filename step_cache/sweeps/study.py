@@ -269,8 +269,8 @@ def _optimize(
             trial = None if exhausted(study, size) else ask_distinct(study, space.distributions, size, seed)
             if trial is None:  # every configuration of the space has a trial
                 if not exhausted_said:
-                    log.info("the search space has %d configurations and every one has a trial: no more to ask "
-                             "(%d of %d trials done)", size, done, trials)  # fmt: skip
+                    log.info("the search space has %d configurations and every one now has a trial: no more to "
+                             "ask; the sweep ends with these %d trials (%d asked for)", size, size, trials)  # fmt: skip
                     exhausted_said = True
                 break
             if is_surplus(study, trial, trials):  # another worker took the last trials meanwhile
