@@ -57,3 +57,26 @@ def raise_if_stopping() -> None:
     """``KeyboardInterrupt`` when a stop was requested (again, if the first one was swallowed)."""
     if _requested is not None:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """``with deferred():`` a step that must not be cut in the middle (starting a worker process, whose bootstrap
+    prints an EOFError traceback when its parent stops mid-start): a stop request inside is recorded, then raised as
+    ``KeyboardInterrupt`` once the step is done. Only under ``handled()``; elsewhere the step runs as it is."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is not _handler:
+        yield
+        return
+
+    def record(signum: int, frame: FrameType | None) -> None:
+        global _requested
+        _requested = signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, record)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _handler)
+    raise_if_stopping()

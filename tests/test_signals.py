@@ -124,3 +124,27 @@ def test_a_stop_request_lives_only_as_long_as_the_command():
             stopping.raise_if_stopping()  # a swallowed request is raised again at the next step
     assert stopping.requested() is None and signal.getsignal(signal.SIGTERM) is before
     stopping.raise_if_stopping()  # nothing pending once the command is over
+
+
+def test_a_stop_request_while_a_decode_worker_starts_is_raised_once_it_has_started(monkeypatch):
+    # SIGINT in the middle of Process.start() (spawn) left the new worker without its preparation data: it printed an
+    # EOFError traceback from multiprocessing's bootstrap (fault round 4). The start now completes, then the stop.
+    import multiprocessing.process as mp_process
+
+    from step_cache import stopping
+    from step_cache.extraction.decode_pool import DecodePool
+
+    real_start = mp_process.BaseProcess.start
+
+    def start_interrupted(process):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while the spawn is under way
+        real_start(process)
+
+    monkeypatch.setattr(mp_process.BaseProcess, "start", start_interrupted)
+    pool = DecodePool(workers=1, frames=2, clips=1)
+    with stopping.handled(), pytest.raises(KeyboardInterrupt):
+        try:
+            pool.start()
+        finally:
+            assert len(pool._workers) == 1 and pool._workers[0].process.is_alive()  # started whole
+            pool.close(wait=False)

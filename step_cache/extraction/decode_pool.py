@@ -30,7 +30,7 @@ from step_cache.extraction.preprocess import Preprocessing
 from step_cache.extraction.test_views import square_side, view_pixels
 from step_cache.extraction.video import VideoDecodeError, decode_clips, quiet_decoder_logs
 from step_cache.extraction.views import ViewSettings, render_views, view_sampler
-from step_cache.stopping import raise_if_stopping
+from step_cache.stopping import deferred, raise_if_stopping
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,11 @@ class DecodePool:
 
     def start(self) -> DecodePool:
         """Spawn the workers now (they take a moment to import), e.g. while the backbone loads."""
+        # A stop mid-start would leave a worker's bootstrap without its data (an EOFError traceback): it is
+        # raised once the worker is started and listed, so close() ends it.
         while len(self._workers) < self.num_workers:
-            self._workers.append(self._spawn())
+            with deferred():
+                self._workers.append(self._spawn())
         return self
 
     def run(self, tasks: Iterable[DecodeTask], preprocessing: Preprocessing) -> Iterator[DecodeResult]:
@@ -310,7 +313,8 @@ class DecodePool:
                 pending.clear()
                 pending.extend(requeued)
             worker.results.close()
-            self._workers[index] = self._spawn()
+            with deferred():
+                self._workers[index] = self._spawn()
         return results
 
     def close(self, wait: bool = True) -> None:
