@@ -176,3 +176,17 @@ def test_merge_adds_up_the_parts_durations(video_tree, tmp_path):
     assert sum(merged.durations.values()) == merged.num_videos == sum(p.num_videos for p in parts)
     # the generated videos: 20 frames (and one of 3) at write_video's 25 fps
     assert set(merged.durations) == {"0.800", "0.120"}
+
+
+def test_a_video_with_decoder_errors_gets_a_warning_with_their_count(colour_run, tmp_path):
+    # Damaged frame data decodes with errors (concealed, wrong pixels): the timeline said nothing (fault round 4)
+    from test_decoder_errors import invert_frame_data
+
+    run, long_video = colour_run
+    model = RunModel(run, device="cpu")
+    invert_frame_data(long_video, tmp_path / "damaged.mp4", every=3000)  # decodes, with errors
+    result = run_timeline(model, tmp_path / "damaged.mp4", progress=False)
+    damaged = [note for note in result.notes if "decoder error(s)" in note]
+    assert len(damaged) == 1 and damaged[0].startswith(f"{tmp_path / 'damaged.mp4'}: "), result.notes
+    assert "damaged data, frames may be wrong" in damaged[0] and "warning: " + damaged[0] in result.summary()
+    assert not [n for n in run_timeline(model, long_video, progress=False).notes if "decoder" in n]

@@ -40,6 +40,11 @@ class DecoderErrors:
         if len(self.examples) < 3:
             self.examples.append(message.strip())
 
+    def merge(self, other: DecoderErrors) -> None:
+        """Add the errors of another decode (a later chunk of the same video)."""
+        self.count += other.count
+        self.examples += other.examples[: max(0, 3 - len(self.examples))]
+
     def describe(self) -> str:
         return f"{self.count} decoder error(s), e.g. {self.examples[0]!r}: damaged data, frames may be wrong"
 

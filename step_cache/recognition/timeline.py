@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from step_cache.extraction.decoder_errors import DecoderErrors, counting_decoder_errors
 from step_cache.extraction.frame_rate import frame_rate
 from step_cache.extraction.video import decode_clips, decoder_logs_silenced
 from step_cache.interface import from_command_line, option
@@ -125,13 +126,15 @@ def run_timeline(
         needed[w.indices.ravel()] = True
     runner = WindowRunner(model, windows, batch_frames)
     results: list[WindowLogits] = []
+    damaged = DecoderErrors()  # damaged frame data decodes with errors (concealed, wrong pixels): say so
     chunk = max(1, CHUNK_BYTES // first.frames[0].nbytes)
     with tqdm(total=total, unit="frame", desc=f"timeline {video.name}", disable=not progress) as bar:
         for start in range(0, total, chunk):
             stop = min(total, start + chunk)
             if needed[start:stop].any():
-                with decoder_logs_silenced():
+                with counting_decoder_errors() as errors:  # also keeps FFmpeg's lines off the terminal
                     decoded = decode_clips(video, stop - start, 1, start, stop)
+                damaged.merge(errors)
                 for index, frame in zip(decoded.frame_indices[0].tolist(), decoded.frames, strict=True):
                     if needed[index]:
                         results += runner.push(index, frame)
@@ -139,7 +142,7 @@ def run_timeline(
     results += runner.flush()
     return Timeline(
         video, rate, plan, model.classes, results, frames=total, frames_encoded=runner.frames_encoded,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, notes=[f"{video}: {damaged.describe()}"] if damaged.count else [],
     )  # fmt: skip
 
 
