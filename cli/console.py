@@ -67,6 +67,7 @@ def user_errors() -> Iterator[None]:
     (``step_cache.interface``). SIGINT and SIGTERM stop the command cleanly (exit 130 / 143)."""
     with stopping.handled():  # a stop request is never lost (step_cache/stopping.py)
         try:
+            stopping.raise_if_stopping()  # a stop asked while the command started (stopping.install)
             with command_line():
                 yield
         except KeyboardInterrupt:

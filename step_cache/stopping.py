@@ -37,7 +37,8 @@ def handled() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    _requested = None
+    if previous[signal.SIGINT] is not _handler:  # else installed early (install()): a request so far is kept
+        _requested = None
     for sig in previous:
         signal.signal(sig, _handler)
     try:
@@ -46,6 +47,15 @@ def handled() -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _requested = None
+
+
+def install() -> None:
+    """Take SIGINT and SIGTERM as stop requests from now on, for the whole process (the ``step-cache`` command, before
+    it imports torch): a signal during that start-up, whose ``KeyboardInterrupt`` an import may swallow (an early
+    Ctrl-C was lost and the run went to its end), stays requested and stops the command as it begins."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _handler)
 
 
 def requested() -> int | None:

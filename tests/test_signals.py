@@ -148,3 +148,51 @@ def test_a_stop_request_while_a_decode_worker_starts_is_raised_once_it_has_start
         finally:
             assert len(pool._workers) == 1 and pool._workers[0].process.is_alive()  # started whole
             pool.close(wait=False)
+
+
+def test_a_stop_requested_before_the_command_began_is_kept_when_installed_early():
+    # SIGINT 3 s after starting extract (or sweep), while the command imported torch, was swallowed by an import;
+    # the run then went to its end with exit 0 (fault round 4). step-cache installs the handler first thing.
+    from step_cache import stopping
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        stopping.install()
+        try:  # what an import that swallows the KeyboardInterrupt does
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        with stopping.handled():
+            assert stopping.requested() == signal.SIGTERM
+            with pytest.raises(KeyboardInterrupt):
+                stopping.raise_if_stopping()
+        assert stopping.requested() is None  # nothing stale for a later command of this process
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    with stopping.handled():  # without install(): a fresh command starts with no request
+        assert stopping.requested() is None
+
+
+def test_the_cli_stops_at_once_on_a_request_made_while_it_started(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli.main import _register_commands, app
+    from step_cache import stopping
+
+    _register_commands()
+    previous = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        stopping.install()
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+        result = CliRunner().invoke(app, ["inspect", str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGINT, previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().startswith("interrupted; work up to the last commit is saved")
