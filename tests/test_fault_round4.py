@@ -154,3 +154,14 @@ def test_an_exhausted_grid_says_how_many_trials_the_sweep_ends_with(tmp_path, ca
     trials = json.loads((tmp_path / "sweep" / "trials.json").read_text())["trials"]
     assert len([t for t in trials if t["state"] == "COMPLETE"]) == 4
     assert result is not None
+
+
+def test_a_damaged_metrics_json_is_one_line_naming_it(tmp_path):
+    # A metrics.json cut in half (or edited) made report, evaluate --json readers raise a JSONDecodeError traceback
+    from step_cache.training.runs import RunError, read_final_metrics
+
+    (tmp_path / "metrics.json").write_text('{"format_version": 2, "test": {"top1": 0.')
+    with pytest.raises(RunError, match=rf"^{tmp_path / 'metrics.json'}: unreadable metrics \(.*\); delete it and "
+                                       r"repeat the run's command with resume=True to write it again from the run's "
+                                       r"committed state$"):  # fmt: skip
+        read_final_metrics(tmp_path)

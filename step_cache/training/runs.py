@@ -119,7 +119,13 @@ def read_final_metrics(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / FINAL_METRICS
     if not path.is_file():
         return None
-    metrics = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:  # cut short or edited: the committed state can write it again
+        raise RunError(
+            f"{path}: unreadable metrics ({error}); delete it and repeat the run's command with {switch('resume')} "
+            "to write it again from the run's committed state"
+        ) from None
     if "format_version" not in metrics and "seeds" not in metrics:  # a version-1 one-seed file: config.json has it
         with contextlib.suppress(RunError, KeyError, TypeError):
             return upgrade(metrics, int(read_config(run_dir)["config"]["seed"]), str(path))
