@@ -97,7 +97,8 @@ def child(args: argparse.Namespace) -> dict:
     from step_cache.training.epoch_order import cache_run, runs_plan
     from step_cache.training.run_data import probe_shape
     from step_cache.training.stacking import train_stacked
-    from step_cache.training.token_data import StreamingTokens, batch_plan, select_tokens
+    from step_cache.training.streaming import StreamingTokens
+    from step_cache.training.token_data import batch_plan, select_tokens
 
     torch.manual_seed(0)
     shards = open_shards(args.cache, check=False)

@@ -11,7 +11,8 @@ from conftest import TINY
 from step_cache import extract, open_shards
 from step_cache.training.evaluation import evaluate
 from step_cache.training.splits import DataError
-from step_cache.training.token_data import InMemoryTokens, StreamingTokens, select_tokens
+from step_cache.training.streaming import StreamingTokens
+from step_cache.training.token_data import InMemoryTokens, select_tokens
 from step_cache.training.trainer import train_probe
 
 OPTIONS = {**TINY, "batch_size": 4, "clips": 2}
