@@ -65,6 +65,10 @@ def test_an_advised_read_asks_for_each_chunk_once_adjacent_ones_merged(tmp_path,
     # clips 2..4 are adjacent on disk: one call for the three; 7 and 15 one each; sorted by offset
     expected = [(span[2][0], span[4][0] + span[4][1] - span[2][0]), span[7], span[15]]
     assert calls == expected
+    calls.clear()  # CLS reads: clips 1 and 3 share one 64-clip chunk of the copy, advised once
+    shards.read_stored([3, 1], part="cls", advise=True)
+    with h5py.File(shards.paths[0], "r") as handle:
+        assert calls == [stored_chunks(handle["cls"])[(0, 0, 0, 0)]]
 
 
 def test_read_into_a_given_buffer_in_any_order_with_duplicates(tmp_path):

@@ -59,7 +59,7 @@ class ChunkRanges:
 
 
 def will_need(handle: h5py.File, ranges: Iterable[tuple[int, int]]) -> None:
-    """Advise ``ranges`` (offset, size) of ``handle``'s file, adjacent ones merged into one call."""
+    """Advise ``ranges`` (offset, size) of ``handle``'s file, adjacent or repeated ones merged into one call."""
     if not _CAN_ADVISE:
         return
     try:
@@ -70,8 +70,8 @@ def will_need(handle: h5py.File, ranges: Iterable[tuple[int, int]]) -> None:
         return
     start = end = -1
     for offset, size in sorted(r for r in ranges if r[0] >= 0):
-        if offset == end:
-            end += size
+        if offset <= end:  # adjacent, or the same chunk again (clips sharing a CLS chunk)
+            end = max(end, offset + size)
             continue
         if end > start:
             os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
