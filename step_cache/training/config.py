@@ -211,7 +211,7 @@ class TrainConfig:
     )
     workers: int | None = setting(
         None,
-        "Streaming reader processes (default: spare threads of the CPU budget, at most 4; on CUDA all but 2).",
+        "Streaming reader processes (default: half the CPU budget, at least 2; on CUDA all but 2; memory-bounded).",
         min=0,
         execution=True,
     )
