@@ -28,6 +28,7 @@ from step_cache.probes import recorded_options
 from step_cache.probes.layer_inputs import build_layered_probe
 from step_cache.training import runs
 from step_cache.training.chance import chance_of, pooled_chance
+from step_cache.training.data_source import open_token_source
 from step_cache.training.eval_plan import (
     check_split,
     default_split,
@@ -44,7 +45,7 @@ from step_cache.training.metrics_file import describe, split_figures
 from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
 from step_cache.training.run_status import usable_checkpoint, warn_if_unfinished
 from step_cache.training.splits import DataError, select_splits
-from step_cache.training.token_data import TokenSelection, open_token_source
+from step_cache.training.token_data import TokenSelection
 from step_cache.training.view_table import clean_rows
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,9 @@ import torch
 from tqdm import tqdm
 
 from step_cache.cache.manifest import TokenLayout
-from step_cache.cache.quantize import SCALE_DTYPE, token_bytes
+from step_cache.cache.quantize import SCALE_DTYPE
 from step_cache.cache.shards import ShardSet
 from step_cache.interface import option
-from step_cache.training.device_tokens import DeviceTokens, device_free_bytes
 from step_cache.training.layer_choice import along_tokens, is_mix, layer_positions, merge_layers
 from step_cache.training.splits import DataError
 
@@ -219,31 +218,3 @@ def choose_mode(mode: str, nbytes: int, memory_fraction: float = 0.5, device_byt
         chosen = "device"
     log.debug("tokens need %.2f GiB, in-memory budget %.2f GiB: %s", nbytes / 2**30, budget / 2**30, chosen)
     return chosen
-
-
-def open_token_source(
-    shards: ShardSet,
-    indices: np.ndarray,
-    selection: TokenSelection,
-    labels: np.ndarray,
-    *,
-    mode: str = "auto",
-    memory_fraction: float = 0.5,
-    workers: int | None = None,
-    pin_memory: bool = False,
-    progress: bool = False,
-    device: torch.device | None = None,
-) -> TokenSource:
-    """A token source over ``indices`` (the clips the caller will ask for), in the chosen data mode (``device``:
-    on ``device``, the CPU when None)."""
-    frames, _, dim = shards.clip_shape
-    per_clip = selection.channels * frames * selection.tokens_per_frame * token_bytes(shards.layout.dtype, dim)
-    nbytes = int(len(np.unique(indices)) * per_clip)
-    device = device or torch.device("cpu")
-    chosen = choose_mode(mode, nbytes, memory_fraction, device_free_bytes(device))
-    if chosen in ("memory", "device"):
-        memory = InMemoryTokens(shards, indices, selection, labels, progress=progress)
-        return DeviceTokens(memory, device) if chosen == "device" else memory
-    from step_cache.training.streaming import StreamingTokens  # here: streaming builds on this module
-
-    return StreamingTokens(shards, selection, labels, workers=workers, pin_memory=pin_memory, device=device)

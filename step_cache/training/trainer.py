@@ -26,6 +26,7 @@ from step_cache.probes import count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, make_config, settings, with_schedule
+from step_cache.training.data_source import open_token_source
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips, tf32_matmuls
@@ -50,7 +51,6 @@ from step_cache.training.run_status import mark_failed, refuse_failed_resume, us
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.seed_data import train_data_seeds
 from step_cache.training.stacking.seeds import train_seeds
-from step_cache.training.token_data import open_token_source
 from step_cache.training.view_table import epoch_plan
 
 log = logging.getLogger(__name__)

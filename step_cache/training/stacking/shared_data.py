@@ -9,8 +9,9 @@ import numpy as np
 
 from step_cache.cache.shards import ShardSet
 from step_cache.training.config import TrainConfig
+from step_cache.training.data_source import open_token_source
 from step_cache.training.run_data import RunInputs, run_inputs
-from step_cache.training.token_data import TokenSource, open_token_source
+from step_cache.training.token_data import TokenSource
 from step_cache.training.view_table import clean_rows
 
 
