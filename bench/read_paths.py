@@ -83,7 +83,11 @@ def patterns(cache: Path, batch: int) -> dict[str, Callable[[], None]]:
         return run
 
     def h5(order: str, advised: bool = False) -> Callable[[], None]:
-        return lambda: [shards.read_stored(plan, advise=advised) for plan in orders[order]] and None
+        def run() -> None:
+            for plan in orders[order]:
+                shards.read_stored(plan, advise=advised)  # each batch dropped once read
+
+        return run
 
     return {"seq": seq, "pread": pread("file"), "pread-random": pread("random"), "pread-runs": pread("runs"),
             "pread-random-advised": pread("random", True), "h5-clip": h5("file"), "h5-random": h5("random"),
@@ -107,6 +111,7 @@ def measure(name: str, run: Callable[[], None], paths: list[Path], total: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache", type=Path, default=None, help="an existing float16 cache (default: write one)")
+    parser.add_argument("--keep", action="store_true", help="keep the cache written (to measure again with --cache)")
     parser.add_argument("--gib", type=float, default=5.0, help="size of the cache written when --cache is not given")
     parser.add_argument("--dir", type=Path, default=None, help="where to write it (default: a temp dir)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -126,7 +131,7 @@ def main() -> None:
         for name in args.patterns.split(","):
             measure(name, runs[name], paths, total)
     finally:
-        if work is not None:
+        if work is not None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
 
