@@ -71,6 +71,19 @@ def test_an_advised_read_asks_for_each_chunk_once_adjacent_ones_merged(tmp_path,
         assert calls == [stored_chunks(handle["cls"])[(0, 0, 0, 0)]]
 
 
+def test_a_batch_over_several_shards_is_advised_before_its_first_read(tmp_path, monkeypatch):
+    import step_cache.cache.shards as shards_module
+
+    write_token_cache(tmp_path, videos_per_class=10, clips_per_shard=7)  # 20 clips over 3 shards
+    events = []
+    advise, read = shards_module.will_need, shards_module.read_rows
+    monkeypatch.setattr(shards_module, "will_need", lambda *a: events.append("advise") or advise(*a))
+    monkeypatch.setattr(shards_module, "read_rows", lambda *a, **kw: events.append("read") or read(*a, **kw))
+    shards = open_shards(tmp_path)
+    shards.read_stored([15, 1, 8], advise=True)
+    assert events == ["advise"] * 3 + ["read"] * 3
+
+
 def test_read_into_a_given_buffer_in_any_order_with_duplicates(tmp_path):
     write_token_cache(tmp_path, videos_per_class=10, clips_per_shard=7)  # 20 clips over 3 shards
     shards = open_shards(tmp_path)
