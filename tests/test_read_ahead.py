@@ -123,3 +123,32 @@ def test_streamed_batches_are_advised_in_the_reader(tmp_path):
     plan = batch_plan(np.arange(len(shards)), 4, shuffle=True)
     batches = list(source.batches(plan))
     assert len(batches) == len(plan) and seen == [True] * len(plan)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8"])
+def test_batches_from_a_reader_process_come_in_shared_memory_with_the_in_memory_values(tmp_path, monkeypatch, dtype):
+    """A reader process reads (float) or dequantizes (int8) each batch straight into shared memory; the values are
+    the in-memory source's, bit for bit, for whole clips and for the CLS copy."""
+    from test_quantize import write_int8_cache
+
+    from step_cache.training.token_data import InMemoryTokens, batch_plan, select_tokens
+
+    if dtype == "int8":
+        write_int8_cache(tmp_path, clips=9)
+    else:
+        write_token_cache(tmp_path, videos_per_class=5, clips_per_shard=4)
+    shards = open_shards(tmp_path)
+    rows = np.arange(len(shards))
+    for subset in ("all", "cls"):
+        selection = select_tokens(shards.layout, subset)
+        reader = streaming._BatchReader(shards, selection, torch.as_tensor(shards.labels))
+        with monkeypatch.context() as inside:  # as in a reader process: the batch is made in shared memory
+            inside.setattr(torch.utils.data, "get_worker_info", lambda: object())
+            assert reader[np.array([3, 1])][0].is_shared()
+        assert not reader[np.array([3, 1])][0].is_shared()  # in the calling process (workers=0): plain memory
+        memory = InMemoryTokens(shards, rows, selection, shards.labels)
+        stream = streaming.StreamingTokens(shards, selection, shards.labels, workers=1)
+        plan = batch_plan(rows, 4, shuffle=True, seed=2)
+        for (a, labels_a, _), (b, labels_b, _) in zip(memory.batches(plan), stream.batches(plan), strict=True):
+            assert b.dtype == torch.float16 and torch.equal(a, b) and torch.equal(labels_a, labels_b)
+        stream.close()

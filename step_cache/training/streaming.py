@@ -3,8 +3,9 @@
 Each reader (a DataLoader worker) opens its own file handles (``ShardSet`` reopens them after a fork) and reads a
 whole batch at a time: it first asks the kernel for every chunk of the batch (``ShardSet.read_stored(advise=
 True)``, ``step_cache.cache.read_ahead``), so the disk serves them together, then reads each clip (or stretch of
-consecutive clips) straight into the batch's buffer. In a reader process that buffer is shared memory, which the
-training process maps as it is: the batch crosses the process boundary without a copy. Both steps were measured
+consecutive clips) straight into the batch's buffer. In a reader process that buffer is shared memory (an int8
+cache is dequantized into it), which the training process maps as it is: the batch crosses the process boundary
+without a copy. Both steps were measured
 where a streamed epoch lost its time (docs/performance.md, "Why streaming read below the sequential rate").
 
 The readers persist across passes (epochs, evaluations), so processes are started and files opened once per
@@ -61,22 +62,25 @@ class _BatchReader(torch.utils.data.Dataset):
         self.shards, self.selection, self.labels = shards, selection, labels
         frames, tokens, dim = shards.clip_shape
         self.read_shape = (frames, selection.stop if selection.part == "cls" else tokens, dim)
-        # Read straight into the batch: a float cache read whole (or its CLS copy) of a cache without a layer axis
-        self.direct = not shards.layout.quantized and selection.layers is None and shards.layout.layers is None
+        # The batch is what is read (whole clips or the CLS copy, no layer axis): it can go to shared memory as it
+        # is read (a float cache) or dequantized (int8), with no copy on the way to the training process.
+        self.direct = selection.layers is None and shards.layout.layers is None
         self.direct = self.direct and (selection.start, selection.stop) == (0, self.read_shape[1])
+        self.read_dtype = torch.from_numpy(np.empty(0, shards.layout.read_dtype)).dtype
 
     def __getitem__(self, batch: np.ndarray) -> Batch:
-        read = self.shards.read_stored
-        if self.direct and torch.utils.data.get_worker_info() is not None:
-            dtype = torch.from_numpy(np.empty(0, self.shards.layout.dtype)).dtype
-            tokens = _shared_empty((len(batch), *self.read_shape), dtype)
+        read, quantized = self.shards.read_stored, self.shards.layout.quantized
+        shared = self.direct and torch.utils.data.get_worker_info() is not None  # in a reader process
+        if shared and not quantized:
+            tokens = _shared_empty((len(batch), *self.read_shape), self.read_dtype)
             read(batch, part=self.selection.part, out=tokens.numpy(), advise=True)
             return tokens, self.labels[batch], batch
         values, scales = read(batch, layers=self.selection.layers, part=self.selection.part, advise=True)
         values = np.ascontiguousarray(self.selection.apply(values))
         if scales is not None:
             scales = np.ascontiguousarray(self.selection.apply(scales[..., None])[..., 0])
-        tokens = self.selection.merge_layers(as_tensor(values, scales, self.shards.layout.read_dtype))
+        out = _shared_empty(values.shape, self.read_dtype) if shared else None
+        tokens = self.selection.merge_layers(as_tensor(values, scales, self.shards.layout.read_dtype, out=out))
         return tokens, self.labels[batch], batch
 
 
