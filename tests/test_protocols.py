@@ -195,7 +195,8 @@ def test_sweep_refuses_a_protocol_without_grid_or_validation(cache, tmp_path):
 def test_dinov2_linear_on_a_last4_cache_trains_the_4_block_lr_grid_as_one_stack(_video_tree, tmp_path):
     """A cache of extract --layers last4 follows the preset's layers requirement; --layers concat:last4 trains DINOv2's
     n_last_blocks=4 heads, its 13 lrs as one stack (avgpool off here: one stack, one head width). Without the two
-    options, the whole grid (13 lrs x {1, 4} blocks x avgpool) runs in one sweep: one stack per head width."""
+    options, the whole grid (13 lrs x {1, 4} blocks x avgpool) runs in one sweep as one stack: masked heads of the
+    widest width (training/stacking/nested.py)."""
     from conftest import TINY
 
     from step_cache import extract
@@ -217,7 +218,7 @@ def test_dinov2_linear_on_a_last4_cache_trains_the_4_block_lr_grid_as_one_stack(
     result = _cli(["sweep", str(cache), "--protocol", "dinov2-linear", "--epochs", "1", "--batch-size", "4", "--out",
                    str(whole), "--quiet", "--no-plots", "--no-retrain"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "52 trials: 52 complete" in result.output and "4 stack(s)" in result.output, result.output
+    assert "52 trials: 52 complete" in result.output and "1 stack(s)" in result.output, result.output
     trials = json.loads((whole / "trials.json").read_text())
     grid = {(t["params"]["layers"], t["params"]["avgpool"], t["params"]["lr"]) for t in trials["trials"]}
     assert len(grid) == 52
