@@ -108,10 +108,16 @@ def test_prepare_test_fraction_keeps_a_clip_and_its_reversed_copy_together(tmp_p
 
 
 def test_group_keys_of_hmdb51_and_drive_act_names():
-    # HMDB51: clips _0, _1 of one source recording share a key; the six tags must all be there.
-    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi") == "April_09_brush_hair_u_nm_np1_ba_goo"
-    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1.avi") == "April_09_brush_hair_u_nm_np1_ba_goo"
-    assert group_key("kiss/Pirates_kiss_h_cm_np2_le_bad_12.avi") == "Pirates_kiss_h_cm_np2_le_bad"
+    # HMDB51: the clips of one source movie share a key, in every action it gives clips of (the source is the name
+    # before _<action>: actions and sources may hold "_"); the six tags must all be there.
+    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi") == "source:April_09"
+    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1.avi") == "source:April_09"
+    assert group_key("kiss/Pirates_kiss_h_cm_np2_le_bad_12.avi") == "source:Pirates"
+    assert group_key("eat/AmericanGangster_eat_h_cm_np1_fr_goo_0.avi") == "source:AmericanGangster"
+    assert group_key("drink/AmericanGangster_drink_u_nm_np2_le_med_3.avi") == "source:AmericanGangster"
+    assert group_key("situp/Gym_situp_f_nm_np1_fr_goo_0.avi") == "source:Gym"  # the longest action: situp, not sit
+    assert group_key("wink/Film_wink_h_nm_np1_fr_goo_0.avi") == "source:Film"  # its class folder names the action
+    assert group_key("x/Film_blink_h_nm_np1_fr_goo_2.avi") == "Film_blink_h_nm_np1_fr_goo"  # unknown: as one action
     assert (
         group_key("kiss/Pirates_kiss_h_cm_np2_side_bad_12.avi") == "Pirates_kiss_h_cm_np2_side_bad_12"
     )  # no viewpoint
@@ -123,10 +129,10 @@ def test_group_keys_of_hmdb51_and_drive_act_names():
 
 
 def test_no_hmdb51_source_recording_is_in_two_of_train_val_test():
-    # HMDB51-style: 3 classes x 6 source recordings x 1..3 clips numbered _0, _1, ...
+    # HMDB51-style: 3 classes x 6 source recordings of their own x 1..3 clips numbered _0, _1, ...
     classes = ["brush_hair", "kiss", "sit"]
     items = [
-        VideoItem(f"{name}/Movie{s}_{name}_u_nm_np1_fr_med_{c}.avi", name)
+        VideoItem(f"{name}/{name.title()}Movie{s}_{name}_u_nm_np1_fr_med_{c}.avi", name)
         for name in classes
         for s in range(6)
         for c in range(1 + s % 3)
@@ -135,6 +141,23 @@ def test_no_hmdb51_source_recording_is_in_two_of_train_val_test():
     for seed in range(4):
         (train, val, test), _ = _train_val_test_groups(items, classes, seed)
         assert len(train) + len(val) + len(test) == 18
+
+
+def test_no_hmdb51_source_movie_is_in_two_of_train_val_test_across_its_actions():
+    # One source movie gives clips of two actions (as AmericanGangster_eat_... and AmericanGangster_drink_...):
+    # 10 movies, each in two of 3 actions, 2 clips per action with their own tags.
+    classes = ["eat", "drink", "smoke"]
+    tags = ("h_cm_np1_fr_goo", "u_nm_np2_le_med")
+    items = [
+        VideoItem(f"{action}/Film_{s}_{action}_{tags[c]}_{c}.avi", action)
+        for s in range(10)
+        for action in (classes[s % 3], classes[(s + 1) % 3])
+        for c in range(2)
+    ]
+    assert {group_key(i.path) for i in items} == {f"source:Film_{s}" for s in range(10)}
+    for seed in range(4):
+        (train, val, test), _ = _train_val_test_groups(items, classes, seed)  # disjoint: checked there
+        assert train | val | test == {f"source:Film_{s}" for s in range(10)} and val and test
 
 
 def test_no_drive_act_participant_is_in_two_of_train_val_test():
@@ -163,7 +186,7 @@ def test_prepare_hmdb51_val_fraction_keeps_a_source_recording_whole(tmp_path):
         lines = []
         for s in range(8):
             for c in range(3):
-                video = f"Src{s}_{name}_u_cm_np1_fr_goo_{c}.avi"
+                video = f"{name.title()}Src{s}_{name}_u_cm_np1_fr_goo_{c}.avi"  # sources of its own
                 lines.append(f"{video} {1 if s < 6 else 2}\n")
                 (root / "hmdb51_org" / name).mkdir(parents=True, exist_ok=True)
                 (root / "hmdb51_org" / name / video).write_bytes(b"x")
@@ -177,4 +200,4 @@ def test_prepare_hmdb51_val_fraction_keeps_a_source_recording_whole(tmp_path):
             split_of.setdefault(group_key(item.path), set()).add(item.split)
         assert all(len(splits) == 1 for splits in split_of.values())
         val = [key for key, splits in split_of.items() if splits == {"val"}]
-        assert len(val) == 4 and {key.split("_")[1] for key in val} == {"brush", "kiss"}  # 2 of 6 per class
+        assert sorted(key.split(":")[1].split("Src")[0] for key in val) == ["Brush_Hair"] * 2 + ["Kiss"] * 2
