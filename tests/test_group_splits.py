@@ -1,6 +1,7 @@
 """Group-aware splits: neither ``prepare``'s hold-out nor train-probe's val hold-out ever splits a group of videos
 (a UCF101 ``v_X_gNN`` group, a clip and its same-named reversed copy in the classes of a mirrored pair)."""
 
+import dataclasses
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -201,3 +202,42 @@ def test_prepare_hmdb51_val_fraction_keeps_a_source_recording_whole(tmp_path):
         assert all(len(splits) == 1 for splits in split_of.values())
         val = [key for key, splits in split_of.items() if splits == {"val"}]
         assert sorted(key.split(":")[1].split("Src")[0] for key in val) == ["Brush_Hair"] * 2 + ["Kiss"] * 2
+
+
+def _drive_act_csvs(folder, rows_by_subset):
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "participant_id,file_id,annotation_id,frame_start,frame_end,activity,chunk_id\n"
+    for subset, rows in rows_by_subset.items():
+        (folder / f"midlevel.chunks_90.split_0.{subset}.csv").write_text(header + "".join(rows))
+
+
+def test_drive_act_groups_by_participant_id_and_falls_back_to_the_vp_folder(tmp_path):
+    from step_cache.datasets import drive_act
+    from step_cache.datasets.adapter import Request
+
+    # file_ids without a participant folder: only the participant_id column tells whose recording it is
+    train = [f"{p},session{s}_p{p}.kinect_color,0,{c * 90},{c * 90 + 90},{('eating', 'drinking')[c]},{c}\n"
+             for p in (4, 5, 6, 7) for s in (1, 2) for c in (0, 1)]  # fmt: skip
+    _drive_act_csvs(tmp_path / "a", {
+        "train": train,
+        "val": ["vp8,session1_p8.kinect_color,0,0,90,eating,0\n"],
+        "test": [",vp9/run1.kinect_color,0,0,90,drinking,0\n"],  # an empty cell: the path's vp9 folder
+    })  # fmt: skip
+    items = drive_act.read(Request("drive-act", tmp_path / "a", tmp_path / "a")).items
+    groups = {item.path: item.group for item in items}
+    assert groups["session2_p5.kinect_color.mp4"] == "subject:vp5" and groups["session1_p8.kinect_color.mp4"] == (
+        "subject:vp8"
+    )
+    assert groups["vp9/run1.kinect_color.mp4"] is None and group_key("vp9/run1.kinect_color.mp4") == "subject:vp9"
+    # prepare's hold-out draws whole participants (the official lists have val and test: drawn here from train)
+    training = [dataclasses.replace(item, split=None) for item in items if item.split == "train"]
+    for seed in range(4):
+        held = holdout(training, val_fraction=0.25, seed=seed)
+        split_of: dict[str, set[str]] = {}
+        for item in held.items:
+            split_of.setdefault(item.group, set()).add(item.split)
+        assert all(len(splits) == 1 for splits in split_of.values()), split_of
+        assert sum(splits == {"val"} for splits in split_of.values()) == 1  # 1 of 4 participants
+        assert held.groups_kept == 4  # each participant's two recordings
+    # without the column, the path decides (as before): these recordings would be 8 groups of their own
+    assert len({group_key(item.path) for item in training}) == 8

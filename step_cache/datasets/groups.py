@@ -15,8 +15,10 @@ Read from the path alone:
   actions such as ``brush_hair`` hold ``_`` and so may sources). A name with an unknown action keeps its clips of
   one action and tags together (the name without ``_<N>``); one without all six tags falls back to the rules of
   other names.
-- Drive&Act paths ``.../vp<N>/<file>`` (the participant folder of the annotation's ``file_id``): every recording of
-  one participant, the subject the dataset's own splits are drawn by; the key is ``vp<N>``.
+- Drive&Act: every recording of one participant, the subject the dataset's own splits are drawn by; the key is
+  ``subject:vp<N>``, from the annotations' ``participant_id`` column where the adapter read one
+  (``VideoItem.group``, ``keys`` below), else from the path ``.../vp<N>/<file>`` (the participant folder of the
+  annotation's ``file_id``), which is all a cache's val hold-out has.
 
 A video's group is the union of both: the groups are the connected sets of videos sharing a key. ``prepare``
 links same-named files across every class folder; train-probe's val hold-out (``training/splits.py``) links them
@@ -27,7 +29,7 @@ a coincidence of numbering (``001.mp4`` in every class folder).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath
 
 from step_cache.datasets.split_files import HMDB51_CLASSES
@@ -65,9 +67,12 @@ def hmdb51_source(head: str, folder: str = "") -> str | None:
     return None
 
 
-def video_groups(paths: Iterable[str], name_linked: Callable[[str], bool] | None = None) -> dict[str, str]:
+def video_groups(
+    paths: Iterable[str], name_linked: Callable[[str], bool] | None = None, keys: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """Each path's group, named after the group's first path in sorted order (a lone video's group is its path).
-    ``name_linked(path)`` says whether a path joins the same-named files' group (None: every path does)."""
+    ``name_linked(path)`` says whether a path joins the same-named files' group (None: every path does); ``keys``
+    gives a path's key where its annotations name its group (``VideoItem.group``), instead of ``group_key``."""
     parent: dict[str, str] = {}
 
     def find(node: str) -> str:
@@ -79,7 +84,8 @@ def video_groups(paths: Iterable[str], name_linked: Callable[[str], bool] | None
     paths = list(dict.fromkeys(paths))
     for path in paths:
         linked = name_linked is None or name_linked(path)
-        a, b = find(f"path:{path}"), find(f"key:{group_key(path, linked)}")
+        key = (keys or {}).get(path) or group_key(path, linked)
+        a, b = find(f"path:{path}"), find(f"key:{key}")
         if a != b:
             parent[max(a, b)] = min(a, b)
     roots = {path: find(f"path:{path}") for path in paths}
