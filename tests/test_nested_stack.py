@@ -4,9 +4,11 @@ each batch once, and each member trains as its config alone."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY
@@ -125,3 +127,47 @@ def test_a_synthetic_cache_with_layers_has_a_layer_axis_and_the_signal_in_every_
     for row, label in enumerate(four.labels[rows]):  # the signal channel is 1 + noise in every layer
         means = stacked[row, :, :, :, label % 8].mean(axis=(1, 2))
         assert np.all(np.abs(means - 1.0) < 0.5), means
+
+
+def test_each_members_logits_are_its_narrow_probes_on_the_cache(last4):
+    """At initialisation (the member's columns hold its narrow probe's weights, seeded as train_probe seeds it) the
+    stacked wide heads give each narrow probe's logits on the cache's tokens, within float32 summation order."""
+    from step_cache.probes.layer_inputs import build_layered_probe
+    from step_cache.training.config import full_options
+    from step_cache.training.layer_choice import concat_channels
+    from step_cache.training.stacking.nested import nested_members
+    from step_cache.training.stacking.shared_data import DataCache
+
+    shards = open_shards(last4)
+    grid = [_config(layers, avgpool, seed=seed) for seed in (0, 1) for layers, avgpool in KINDS]
+    configs = [dataclasses.replace(c, probe_options=full_options(c)) for c in grid]
+    reading, plan = stack_reading(grid, shards.layout)
+    data = DataCache(shards)
+    try:
+        stack, parameters, _ = nested_members(plan, configs, data.get(reading))
+    finally:
+        data.close()
+    rows = np.arange(len(shards))
+    tokens = concat_channels(torch.from_numpy(shards.read_tokens(rows)))  # (N, T, P, 4D) float16, CLS first
+    stack.train(False)
+    with torch.no_grad():
+        logits = stack(tokens)  # (K, N, C)
+    dim, frames, per_frame = shards.layout.dim, shards.manifest.frames, shards.layout.tokens_per_frame
+    gamma = (5 * dim + frames * per_frame) * 2.0**-24
+    for member, config in enumerate(configs):
+        n, avgpool = last_blocks(config.layers), config.probe_options["avgpool"]
+        torch.manual_seed(config.seed)
+        narrow = build_layered_probe("linear", layer_dim=dim, layers=n, mix=False, num_classes=len(shards.classes),
+                                     frames=frames, tokens_per_frame=per_frame, cls_index=0,
+                                     **config.probe_options).eval()  # fmt: skip
+        assert parameters[member] == sum(p.numel() for p in narrow.parameters())
+        with torch.no_grad():
+            expected = narrow(tokens[..., -n * dim :])
+            # the bound: gamma times the sum of the terms' magnitudes: the features' (frame means of |CLS|, the mean
+            # |patch token|, each >= |its mean|) times |w|, plus |b|
+            x = tokens.float().abs()
+            features = x[:, :, 0, -n * dim :].mean(dim=1)
+            if avgpool:
+                features = torch.cat([features, x[:, :, 1:, -dim:].mean(dim=(1, 2))], dim=-1)
+            bound = gamma * (features @ narrow.head.weight.abs().T + narrow.head.bias.abs())
+        assert ((logits[member] - expected).abs() <= bound).all(), (config.layers, avgpool, config.seed)
