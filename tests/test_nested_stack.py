@@ -43,10 +43,10 @@ def test_the_grid_groups_into_one_stack_and_layer_norm_keeps_its_own(last4):
     grid = [_config(layers, avgpool, lr) for lr in (0.01, 0.1) for layers, avgpool in KINDS]
     assert group_by_shape(grid) == [list(range(8))]
     reading, plan = stack_reading(grid, layout)
-    assert isinstance(plan, NestedPlan) and (plan.blocks, plan.patches) == (4, True)
+    assert isinstance(plan, NestedPlan) and (plan.blocks, plan.patches, plan.merged) == (4, True, True)
     assert reading.layers == "concat:last4" and reading.probe_options["avgpool"]  # every token of the 4 layers
     reading, plan = stack_reading([grid[0], grid[2]], layout)  # no avgpool: the class tokens of the 4 layers
-    assert (reading.layers, plan.patches, plan.kinds) == ("concat:last4", False, ((1, False), (4, False)))
+    assert (reading.layers, plan.merged, plan.kinds) == ("concat:last4", False, ((1, False), (4, False)))
     # members that read the same input stack as they are (train-probe --seeds, an lr grid of one kind)
     assert stack_reading([grid[0], grid[4]], layout)[1] is None
     normed = make_config("linear", {**TRAIN, "layers": "last"})  # LayerNorm (the default): the widths do not nest
@@ -129,30 +129,42 @@ def test_a_synthetic_cache_with_layers_has_a_layer_axis_and_the_signal_in_every_
         assert np.all(np.abs(means - 1.0) < 0.5), means
 
 
-def test_each_members_logits_are_its_narrow_probes_on_the_cache(last4):
+@pytest.mark.parametrize("merged", [True, False], ids=["cls-of-4-and-last", "all-of-4"])
+def test_each_members_logits_are_its_narrow_probes_on_the_cache(last4, merged):
     """At initialisation (the member's columns hold its narrow probe's weights, seeded as train_probe seeds it) the
-    stacked wide heads give each narrow probe's logits on the cache's tokens, within float32 summation order."""
+    stacked wide heads give each narrow probe's logits on the cache's tokens, within float32 summation order: on
+    the stack's own read (the class tokens of the 4 layers and every token of the last, ``nested_data``) and on
+    every token of the 4 layers."""
     from step_cache.probes.layer_inputs import build_layered_probe
     from step_cache.training.config import full_options
     from step_cache.training.layer_choice import concat_channels
-    from step_cache.training.stacking.nested import nested_members
+    from step_cache.training.stacking.nested import nested_data, nested_members
     from step_cache.training.stacking.shared_data import DataCache
 
     shards = open_shards(last4)
     grid = [_config(layers, avgpool, seed=seed) for seed in (0, 1) for layers, avgpool in KINDS]
     configs = [dataclasses.replace(c, probe_options=full_options(c)) for c in grid]
     reading, plan = stack_reading(grid, shards.layout)
-    data = DataCache(shards)
-    try:
-        stack, parameters, _ = nested_members(plan, configs, data.get(reading))
-    finally:
-        data.close()
     rows = np.arange(len(shards))
+    dim, per_frame = shards.layout.dim, shards.layout.tokens_per_frame
+    cache = DataCache(shards)
+    try:
+        data = nested_data(cache, plan) if merged else cache.get(reading)
+        stack, parameters, _ = nested_members(plan, configs, data)
+        read = torch.cat([t for t, _, _ in data.source.batches([rows[:7], rows[7:]])])
+        if merged:  # in memory: 4 class tokens and the last layer's P tokens per frame, not 4 x P tokens
+            held = data.source.classes.nbytes + data.source.last.nbytes
+            every = cache.get(reading).source.nbytes
+            assert held * 4 * per_frame == every * (4 + per_frame)
+    finally:
+        cache.close()
     tokens = concat_channels(torch.from_numpy(shards.read_tokens(rows)))  # (N, T, P, 4D) float16, CLS first
+
+    assert read.shape[2:] == ((3 + per_frame, dim) if merged else (per_frame, 4 * dim))
     stack.train(False)
     with torch.no_grad():
-        logits = stack(tokens)  # (K, N, C)
-    dim, frames, per_frame = shards.layout.dim, shards.manifest.frames, shards.layout.tokens_per_frame
+        logits = stack(read)  # (K, N, C)
+    frames = shards.manifest.frames
     gamma = (5 * dim + frames * per_frame) * 2.0**-24
     for member, config in enumerate(configs):
         n, avgpool = last_blocks(config.layers), config.probe_options["avgpool"]
@@ -171,3 +183,18 @@ def test_each_members_logits_are_its_narrow_probes_on_the_cache(last4):
                 features = torch.cat([features, x[:, :, 1:, -dim:].mean(dim=(1, 2))], dim=-1)
             bound = gamma * (features @ narrow.head.weight.abs().T + narrow.head.bias.abs())
         assert ((logits[member] - expected).abs() <= bound).all(), (config.layers, avgpool, config.seed)
+
+
+def test_the_nested_read_streams_as_it_reads_in_memory(last4):
+    """The merged read (the class tokens of 4 layers and every token of the last) from HDF5 batch by batch gives
+    the stack of the whole grid bit-identical weights to the read held in memory."""
+    shards = open_shards(last4)
+    runs = {}
+    for data in ("memory", "streaming"):
+        grid = [_config(layers, avgpool, data=data, workers=0) for layers, avgpool in KINDS]
+        runs[data] = train_stacked(shards, grid, keep_weights=True)
+    for memory, streaming in zip(runs["memory"], runs["streaming"], strict=True):
+        assert memory.weights.keys() == streaming.weights.keys()
+        assert all(torch.equal(memory.weights[key], streaming.weights[key]) for key in memory.weights)
+        for key in ("top1", "loss"):
+            assert memory.metrics[key] == streaming.metrics[key], key

@@ -34,6 +34,7 @@ class NestedLinear(nn.Module):
         tokens_per_frame: int,
         cls_index: int | None,
         dropout: float = 0.0,
+        leading: int = 0,
     ) -> None:
         super().__init__()
         width = (layers + int(patches)) * layer_dim
@@ -44,7 +45,13 @@ class NestedLinear(nn.Module):
                 "avgpool=True concatenates the CLS token with the mean of the patch tokens: it needs both in the "
                 f"probe's tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use --tokens all"
             )
+        if leading and (leading != layers - 1 or cls_index != 0):
+            raise ProbeConfigError(
+                f"nested linear head: {leading} leading class tokens need {leading + 1} layers and the last layer's "
+                f"CLS token first (got {layers} layers, cls_index={cls_index})"
+            )
         self.layer_dim, self.layers, self.patches, self.cls_index = layer_dim, layers, bool(patches), cls_index
+        self.leading = leading
         self.head_drop = StackableDropout(dropout)
         self.head = nn.Linear(width, num_classes)
         nn.init.zeros_(self.head.weight)  # the member's own columns are copied in (``training/stacking/nested.py``)
@@ -53,7 +60,14 @@ class NestedLinear(nn.Module):
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, P, layers x dim) -> (B, width): the frames' mean class tokens of every layer, then (``patches``)
-        the mean of the last layer's patch tokens over frames and patches, as ``LinearProbe`` pools them."""
+        the mean of the last layer's patch tokens over frames and patches, as ``LinearProbe`` pools them. With
+        ``leading``, tokens are (B, T, leading + P, dim): the earlier layers' class tokens, then the last layer's
+        tokens, CLS first (``training/stacking/nested_tokens.py``)."""
+        if self.leading:
+            check_tokens(tokens, self.layer_dim)
+            x = as_dtype_of(tokens, self.head.weight)
+            classes = x[:, :, : self.leading + 1].flatten(-2).mean(dim=1)  # layer after layer, as concatenated
+            return torch.cat([classes, x[:, :, self.leading + 1 :].mean(dim=(1, 2))], dim=-1)
         check_tokens(tokens, self.layers * self.layer_dim)
         x = as_dtype_of(tokens, self.head.weight)
         if self.cls_index is None:  # no CLS token stored: the mean of all tokens, as LinearProbe does

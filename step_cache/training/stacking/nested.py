@@ -7,7 +7,7 @@ LayerNorm over 5D columns is not one over D of them) that read ``last`` or ``con
 in those and in ``avgpool`` are built as ``NestedLinear`` heads of the widest width with a per-member column mask,
 each initialised with the weights its own narrow probe gets from its seed: a member trains as the same config alone,
 up to the order of float sums (tested). The stack reads the class tokens of the deepest member's N layers, and every
-token of them where some member uses ``avgpool``.
+token of the last one where some member uses ``avgpool`` (``nested_tokens``).
 """
 
 from __future__ import annotations
@@ -26,9 +26,11 @@ from step_cache.training.config import TrainConfig, full_options
 from step_cache.training.layer_choice import CONCAT, LAST
 from step_cache.training.run_data import build_run_probe
 from step_cache.training.stacking.members import StackedProbes
+from step_cache.training.stacking.nested_tokens import NestedTokens
+from step_cache.training.token_data import TokenSelection
 
 if TYPE_CHECKING:
-    from step_cache.training.stacking.shared_data import TrainingData
+    from step_cache.training.stacking.shared_data import DataCache, TrainingData
 
 
 def last_blocks(spec: str) -> int | None:
@@ -58,6 +60,12 @@ class NestedPlan:
     blocks: int
     patches: bool
     kinds: tuple[tuple[int, bool], ...]
+
+    @property
+    def merged(self) -> bool:
+        """Whether the stack reads the class tokens of its N > 1 layers and every token of the last one only
+        (``nested_tokens``), because a member averages the last layer's patch tokens."""
+        return self.patches and self.blocks > 1
 
 
 def nested_plan(members: Sequence[TrainConfig]) -> NestedPlan | None:
@@ -104,6 +112,7 @@ def nested_members(
     dim, blocks = shards.layout.dim, plan.blocks
     shape = {"num_classes": len(shards.classes), "frames": shards.manifest.frames,
              "tokens_per_frame": selection.probe_tokens_per_frame, "cls_index": selection.cls_index}  # fmt: skip
+    leading = data.source.blocks - 1 if isinstance(data.source, NestedTokens) else 0  # the merged read's layout
     probes, counts = [], []
     for config, (n, avgpool) in zip(configs, plan.kinds, strict=True):
         torch.manual_seed(config.seed)  # what train_probe does before building its probe
@@ -114,7 +123,7 @@ def nested_members(
         mask = torch.zeros((blocks + plan.patches) * dim)
         mask[columns] = 1.0
         kept = {key: shape[key] for key in ("num_classes", "tokens_per_frame", "cls_index")}
-        wide = NestedLinear(layer_dim=dim, layers=blocks, patches=plan.patches, mask=mask, **kept,
+        wide = NestedLinear(layer_dim=dim, layers=blocks, patches=plan.patches, mask=mask, leading=leading, **kept,
                             dropout=config.probe_options["dropout"])  # fmt: skip
         with torch.no_grad():
             wide.head.weight[:, columns] = narrow.head.weight
@@ -141,3 +150,20 @@ def stack_members(
         probes.append(probe.to(data.device))
     total, without_head = count_parameters(probes[0]), count_parameters(probes[0], exclude_head=True)
     return StackedProbes(probes), [total] * len(configs), [without_head] * len(configs)
+
+
+def nested_data(cache: DataCache, plan: NestedPlan) -> TrainingData:
+    """The data a stack of ``plan`` trains on, from ``cache``: with ``avgpool`` members over N > 1 layers, the class
+    tokens of the N layers and every token of the last merged (``NestedTokens``); else ``plan.reading`` as it is."""
+    if not plan.merged or cache.shards.layout.cls_tokens == 0:  # no CLS: the avgpool members refuse it as alone
+        return cache.get(plan.reading)
+    options = {**plan.reading.probe_options, "avgpool": False}
+    classes = cache.get(dataclasses.replace(plan.reading, tokens="cls", probe_options=options))
+    last = cache.get(dataclasses.replace(plan.reading, layers=LAST, tokens="all"))
+    lead = plan.blocks - 1
+    chosen = last.selection
+    # the earlier layers' class tokens lead each frame; they count as CLS tokens (kept by --token-drop)
+    selection = TokenSelection(
+        chosen.subset, chosen.start, chosen.stop + lead, chosen.cls_index, chosen.cls_tokens + lead, chosen.layers
+    )
+    return dataclasses.replace(last, selection=selection, source=NestedTokens(classes, last, plan.blocks))

@@ -45,7 +45,7 @@ from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.grouping import group_by_shape, shape_key, stack_reading
 from step_cache.training.stacking.members import StackedProbes
-from step_cache.training.stacking.nested import NestedPlan, stack_members
+from step_cache.training.stacking.nested import NestedPlan, nested_data, stack_members
 from step_cache.training.stacking.resume import restore_stack, stack_state
 from step_cache.training.stacking.sgd import StackedSGD
 from step_cache.training.stacking.shared_data import DataCache, TrainingData
@@ -330,7 +330,8 @@ def train_stacked(
         for group in group_by_shape(configs):
             members = [configs[i] for i in group]
             reading, picks = stack_reading(members, shards.layout)  # one layer each: their union, read once
-            run = StackedRun(data.get(reading), members, picks)
+            inputs = nested_data(data, picks) if isinstance(picks, NestedPlan) else data.get(reading)
+            run = StackedRun(inputs, members, picks)
 
             def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
                 return bool(on_epoch(group[member], record)) if on_epoch is not None else False
