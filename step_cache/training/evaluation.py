@@ -42,6 +42,7 @@ from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import LEGACY_VIEW_AVERAGE, VIEW_AVERAGES, average_by_video, pair_indices
 from step_cache.training.metrics_file import describe, split_figures
 from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
+from step_cache.training.run_record import recorded_holdout
 from step_cache.training.run_status import usable_checkpoint, warn_if_unfinished
 from step_cache.training.splits import DataError, select_splits
 from step_cache.training.token_data import TokenSelection, open_token_source
@@ -214,7 +215,8 @@ def evaluate(
     # --vary data: each seed held out its own val videos (a lone seed is scored on its own split)
     split_seed = checkpoints[0][0] if config.get("vary") == "data" else config["seed"]
     chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], split_seed,
-                           views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none")  # fmt: skip
+                           views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none",
+                           holdout=recorded_holdout(record, str(Path(run_dir) / runs.CONFIG)))  # fmt: skip
     indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
