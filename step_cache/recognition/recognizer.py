@@ -72,8 +72,9 @@ class Recognizer:
         self.model = RunModel(run_dir, weights=weights, device=device)
         self.fps = float(fps)
         self.plan: WindowPlan = plan_windows(
-            self.fps, self.model.frames, self.model.clips, window, stride, self.model.typical_duration()
-        )
+            self.fps, self.model.frames, self.model.clips, window, stride, self.model.typical_duration(),
+            frame_step=self.model.frame_step,
+        )  # fmt: skip
         self.classes = self.model.classes
         self.chance_note = warn_if_not_above_chance(run_dir)  # None when the run beat chance
         self.reset()
