@@ -94,8 +94,8 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
     if config.val == "none":
         if len(splits.test) == 0:
             raise DataError(
-                f"{where}: --val none (val='none') reports the test split, and the cache has no test clips "
-                "(give a cache with a test split, or validate: --val auto)"
+                f"{where}: {option('val', 'none')} reports the test split, and the cache has no test clips "
+                f"(give a cache with a test split, or validate: {option('val', 'auto')})"
             )
     elif len(splits.val) == 0:
         reason = (
