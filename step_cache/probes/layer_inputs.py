@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from step_cache.interface import option
 from step_cache.probes import build_probe
 from step_cache.probes.layers import ProbeConfigError, as_dtype_of
 
@@ -112,7 +113,8 @@ def build_layered_probe(
         if cls_index != 0 or tokens_per_frame < 2:
             raise ProbeConfigError(
                 "avgpool=True on concatenated layers (DINOv2's linear input) needs each frame's CLS token first and "
-                f"its patch tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use --tokens all"
+                f"its patch tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use "
+                f"{option('tokens', 'all')}"
             )
         probe = build_probe(name, dim=(layers + 1) * layer_dim, tokens_per_frame=1, cls_index=0, **shape,
                             **{**options, "avgpool": False})  # fmt: skip

@@ -87,12 +87,6 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
             "(step-cache compact --project), which cannot be rebuilt from videos; to classify videos, train on a "
             "cache without --project"
         )
-    if streaming and (step := extraction.get("sampling", {}).get("frame_step")):
-        raise RunSettingsError(
-            f"--run: the run was trained on frames {step} apart (extract --frame-step {step}), but timeline and "
-            "Recognizer windows sample the centres of T equal segments; use predict --videos, or train on a cache "
-            "without --frame-step"
-        )
     if streaming and (compacted := compaction(extraction)):
         what = []
         if compacted["pool_patches"] > 1:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
-from step_cache.interface import option
+from step_cache.interface import from_command_line, option
 from step_cache.probes import build_probe
 from step_cache.sweeps.batch import run_batch, worker_name
 from step_cache.sweeps.distinct import ask_distinct, exhausted, space_size
@@ -189,14 +189,13 @@ def run_sweep(
         raise SweepError(f"trials must be >= 0 and parallel >= 1, got {trials} and {parallel}")
     base = make_config(probe, options)
     if base.val == "none":
+        train = "train-probe" if from_command_line() else "train_probe"
         hint = (
-            f": --protocol {base.protocol} has no grid; use train-probe --protocol {base.protocol}"
+            f": {option('protocol', base.protocol)} has no grid; use {train} {option('protocol', base.protocol)}"
             if base.protocol
             else ""
         )
-        raise SweepError(
-            f"a sweep ranks its trials on the val split: val='none' (train-probe --val none) has none{hint}"
-        )
+        raise SweepError(f"a sweep ranks its trials on the val split: {option('val', 'none')} has none{hint}")
     space.check_not_empty()
     if sampler == "grid":
         size = space.grid_size()

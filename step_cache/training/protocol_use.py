@@ -13,6 +13,7 @@ from typing import Any
 
 from step_cache.cache.layout import TokenLayout
 from step_cache.errors import StepCacheError
+from step_cache.interface import from_command_line, option
 from step_cache.training.layer_choice import layer_positions
 from step_cache.training.protocols import PROTOCOLS, Protocol, Source
 from step_cache.training.splits import DataError
@@ -42,7 +43,7 @@ def protocol_probe(name: str | None, probe: str | None) -> str:
         return probe or DEFAULT_PROBE
     own = get_protocol(name).fields["probe"].value
     if probe is not None and probe != own:
-        raise ProtocolError(f"--protocol {name} trains the {own} probe, not {probe}: drop --probe (probe=...)")
+        raise ProtocolError(f"{option('protocol', name)} trains the {own} probe, not {probe}: drop {option('probe')}")
     return own
 
 
@@ -66,10 +67,11 @@ def check_single_run(name: str, options: dict[str, Any], fields: Collection[str]
     missing = [k for k in get_protocol(name).grid if k in fields and options.get(k) is None]
     if missing:
         grid = get_protocol(name).grid
-        wanted = "; ".join(f"--{k.replace('_', '-')} (one of {', '.join(map(_text, grid[k].value))})" for k in missing)
+        wanted = "; ".join(f"{option(k)} (one of {', '.join(map(_text, grid[k].value))})" for k in missing)
+        sweep = "sweep" if from_command_line() else "run_sweep"
         raise ProtocolError(
-            f"--protocol {name} searches {', '.join(missing)} over a grid: give {wanted}, or train the whole grid as "
-            f"one stack with sweep --protocol {name}"
+            f"{option('protocol', name)} searches {', '.join(missing)} over a grid: give {wanted}, or train the whole "
+            f"grid as one stack with {sweep} {option('protocol', name)}"
         )
 
 

@@ -72,9 +72,9 @@ class TrainResult:
 class _Run:
     """The state of one training run: model, optimizer, data, history."""
 
-    def __init__(self, shards: ShardSet, config: TrainConfig, run_dir: Path):
+    def __init__(self, shards: ShardSet, config: TrainConfig, run_dir: Path, holdout: str):
         self.run_dir = run_dir
-        inputs = run_inputs(shards, config)  # the set-up --seeds and sweeps share (stacking.shared_data)
+        inputs = run_inputs(shards, config, holdout)  # the set-up --seeds and sweeps share (stacking.shared_data)
         self.shards, self.selection, self.splits = shards, inputs.selection, inputs.splits
         self.pairs, self.device, self.views = inputs.pairs, inputs.device, inputs.views
         self.requested = config  # epochs / batch_size may be None (auto): resolved from the training clips
@@ -291,7 +291,7 @@ def _train(
             metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch, started)
         return TrainResult(Path(out), metrics, history)
     shards = as_shards(cache)
-    run = _Run(shards, config, Path(out))
+    run = _Run(shards, config, Path(out), runs.resumed_holdout(Path(out), resume))
     config = run.config  # with the schedule resolved
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:

@@ -62,7 +62,7 @@ def train_seeds(
     ``seeds > 1``, after refusing an existing run; ``started`` (``time.perf_counter``) dates the command for
     metrics.json's ``wall_time_s``."""
     shards = as_shards(cache)
-    data = DataCache(shards)
+    data = DataCache(shards, runs.resumed_holdout(out, resume))
     try:
         training = data.get(config)
         resolved = with_schedule(
