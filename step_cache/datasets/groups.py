@@ -39,11 +39,12 @@ _HMDB_NAME = re.compile(r"^((.+)_[fhlu]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|m
 _DRIVE_ACT_SUBJECT = re.compile(r"^vp\d+$")
 
 
-def group_key(path: str, name_linked: bool = True) -> str:
+def group_key(path: str, name_linked: bool = True, hmdb51_sources: bool = True) -> str:
     """The key videos of one group share: the participant ``vp<N>`` of a Drive&Act path, ``v_<Class>_g<NN>`` for a
     UCF101-style name, the source movie of an HMDB51-style name (across its actions), else the file name without
     its extension (so same-named files of different folders share it), or, without ``name_linked``, the path itself
-    (a group of its own)."""
+    (a group of its own). Without ``hmdb51_sources``, an HMDB51 name's key is the name without ``_<N>`` (its clips
+    of one action and tags: the val hold-out rule ``groups-v1``, ``training/splits.py``)."""
     pure = PurePosixPath(path)
     # The folder nearest the file names the participant (``kinect_color/vp3/run1...``).
     subject = next((part for part in reversed(pure.parts[:-1]) if _DRIVE_ACT_SUBJECT.match(part)), None)
@@ -54,7 +55,7 @@ def group_key(path: str, name_linked: bool = True) -> str:
         return match.group(1)
     match = _HMDB_NAME.match(pure.stem)
     if match:
-        return hmdb51_source(match.group(2), pure.parent.name) or match.group(1)
+        return (hmdb51_sources and hmdb51_source(match.group(2), pure.parent.name)) or match.group(1)
     return pure.stem if name_linked else f"path:{path}"
 
 
@@ -68,11 +69,15 @@ def hmdb51_source(head: str, folder: str = "") -> str | None:
 
 
 def video_groups(
-    paths: Iterable[str], name_linked: Callable[[str], bool] | None = None, keys: Mapping[str, str] | None = None
+    paths: Iterable[str],
+    name_linked: Callable[[str], bool] | None = None,
+    keys: Mapping[str, str] | None = None,
+    hmdb51_sources: bool = True,
 ) -> dict[str, str]:
     """Each path's group, named after the group's first path in sorted order (a lone video's group is its path).
     ``name_linked(path)`` says whether a path joins the same-named files' group (None: every path does); ``keys``
-    gives a path's key where its annotations name its group (``VideoItem.group``), instead of ``group_key``."""
+    gives a path's key where its annotations name its group (``VideoItem.group``), instead of ``group_key``
+    (``hmdb51_sources``: as there)."""
     parent: dict[str, str] = {}
 
     def find(node: str) -> str:
@@ -84,7 +89,7 @@ def video_groups(
     paths = list(dict.fromkeys(paths))
     for path in paths:
         linked = name_linked is None or name_linked(path)
-        key = (keys or {}).get(path) or group_key(path, linked)
+        key = (keys or {}).get(path) or group_key(path, linked, hmdb51_sources)
         a, b = find(f"path:{path}"), find(f"key:{key}")
         if a != b:
             parent[max(a, b)] = min(a, b)
