@@ -125,7 +125,7 @@ def test_test_view_spec_parsing_and_refusals():
     assert TestViews.parse("8x3") == TestViews(8, 3) and TestViews.parse("2×3").rows == 6
     assert TestViews.parse((2, 3)).to_dict() == {"segments": 2, "crops": 3}
     for bad in ("3", "2x", "0x3", "axb"):
-        with pytest.raises(TestViewError, match="^test_views= "):
+        with pytest.raises(TestViewError, match=r"^test_views= "):
             TestViews.parse(bad)
     with pytest.raises(ExtractionError, match="frame_step=0 must be >= 1"):
         ExtractOptions(frame_step=0)
