@@ -18,7 +18,7 @@ from torch import nn
 
 from step_cache.interface import option
 from step_cache.probes import build_probe
-from step_cache.probes.layers import ProbeConfigError
+from step_cache.probes.layers import ProbeConfigError, as_dtype_of
 
 
 class LayerMix(nn.Module):
@@ -80,9 +80,10 @@ class Dinov2LinearInput(nn.Module):
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, P, n x D), CLS first -> (B, T, 1, (n + 1) x D): each frame's n class tokens, then the mean of the
-        last layer's patch tokens."""
-        patches = tokens[:, :, 1:, -self.dim :].mean(dim=2)
-        return torch.cat([tokens[:, :, 0], patches], dim=-1).unsqueeze(2)
+        last layer's patch tokens, in the head's dtype (cache tokens may be float16: the mean is taken in float32)."""
+        x = as_dtype_of(tokens, self.probe.head.weight)
+        patches = x[:, :, 1:, -self.dim :].mean(dim=2)
+        return torch.cat([x[:, :, 0], patches], dim=-1).unsqueeze(2)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.probe(self.features(tokens))

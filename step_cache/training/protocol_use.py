@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from step_cache.cache.layout import TokenLayout
@@ -17,6 +19,9 @@ from step_cache.training.protocols import PROTOCOLS, Protocol, Source
 from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
+
+# Set while a run that has announced its preset trains runs of its own (``--seeds N --vary data``: one per seed).
+_ANNOUNCED: ContextVar[bool] = ContextVar("protocol_announced", default=False)
 
 DEFAULT_PROBE = "step"
 _OPTION_PREFIX = "probe_options."
@@ -145,10 +150,23 @@ def announce(name: str, extraction: dict[str, Any]) -> list[str]:
     cache's); returns the cache's differences (recorded in config.json)."""
     protocol = get_protocol(name)
     differences = cache_differences(name, extraction)
+    if _ANNOUNCED.get():  # said once by the run these belong to
+        return differences
     log.warning("--protocol %s (%s): what differs from the anchor here (docs/protocols.md):", name, protocol.anchor)
     for line in [*protocol.differences, *(f"cache {d}" for d in differences)]:
         log.warning("  - %s", line)
     return differences
+
+
+@contextmanager
+def announced() -> Iterator[None]:
+    """Within it ``announce`` logs nothing (and still returns the cache's differences): for the runs of one run
+    that has announced its preset already, such as each seed of ``train-probe --seeds N --vary data``."""
+    token = _ANNOUNCED.set(True)
+    try:
+        yield
+    finally:
+        _ANNOUNCED.reset(token)
 
 
 def _text(value: Any) -> str:

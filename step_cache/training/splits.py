@@ -4,7 +4,7 @@ The shards' ``split`` column decides: ``test`` clips are held out, ``val`` clips
 ("") clips train. When the cache has no ``val`` clip, a fraction of the training *videos* is held out instead,
 stratified by class and deterministic for a seed. Clips are grouped by source video file (temporal clips and
 segments of one file stay on one side), and files by group (``datasets/groups.py``: a UCF101 ``v_X_gNN`` group, an
-HMDB51 source recording, a Drive&Act participant ``vp<N>``, the same-named files of the classes of a mirrored pair — a
+HMDB51 source movie, a Drive&Act participant ``vp<N>``, the same-named files of the classes of a mirrored pair — a
 clip and its reversed copy), so no footage, and no actor and scene of a UCF101 group or subject of Drive&Act, leaks
 between train and val (``HOLDOUT_GROUPS``; runs recorded before groups held out single files, ``HOLDOUT_FILES``,
 which ``evaluate`` and ``--resume`` reproduce for them). Unlabelled clips are never
