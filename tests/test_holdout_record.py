@@ -164,3 +164,30 @@ def test_an_old_run_resumes_on_its_per_file_hold_out(cache, tmp_path):
     _make_old(stack)
     stacked = train_probe(cache, "linear", stack, seed=seed, seeds=2, resume=True, **FAST)
     assert stacked.metrics["splits"]["val"]["videos"] == len(sets[HOLDOUT_FILES])
+
+
+def test_a_sweep_study_from_before_the_marker_keeps_its_per_file_hold_out(cache, tmp_path, monkeypatch):
+    import optuna
+
+    from step_cache.sweeps import study as sweep_study
+    from step_cache.sweeps.space import build_space
+
+    rules = []
+
+    class Spy(sweep_study.DataCache):  # the data set-up every trial of the study trains and validates on
+        def __init__(self, shards, holdout):
+            rules.append(holdout)
+            super().__init__(shards, holdout)
+
+    monkeypatch.setattr(sweep_study, "DataCache", Spy)
+    space, storage = build_space("linear", ["lr=1e-3,1e-2"]), f"sqlite:///{tmp_path}/s.db"
+    common = {"space": space, "trials": 0, "storage": storage, "study_name": "s", "epochs": 1, "progress": False}
+    sweep_study.run_sweep(cache, "linear", tmp_path / "a", **common)
+    study = optuna.load_study(study_name="s", storage=storage)
+    stored = study.user_attrs["sweep"]
+    assert stored["holdout"] == HOLDOUT_GROUPS and rules == [HOLDOUT_GROUPS]
+    # the study as a step-cache before the marker (and before config.val) stored it: resumed, not refused
+    old = {key: value for key, value in stored.items() if key != "holdout"}
+    study.set_user_attr("sweep", {**old, "config": {k: v for k, v in stored["config"].items() if k != "val"}})
+    sweep_study.run_sweep(cache, "linear", tmp_path / "b", **common)
+    assert rules == [HOLDOUT_GROUPS, HOLDOUT_FILES]
