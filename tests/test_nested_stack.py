@@ -215,3 +215,23 @@ def test_a_grid_that_reads_no_cls_and_patches_refuses_avgpool_as_its_members_alo
     with pytest.raises(ProbeConfigError, match="avgpool=True") as stacked:
         train_stacked(shards, grid)
     assert "tokens='all'" in str(stacked.value)
+
+
+def test_token_drop_in_a_grid_is_refused_for_a_member_that_alone_reads_no_patch_tokens(last4, tmp_path):
+    """token_drop drops patch tokens: a member without avgpool reads the CLS tokens only, and alone is refused (so
+    a sweep's best-run/ could not retrain it); in a nested stack whose avgpool members read every token, too."""
+    from step_cache.training.splits import DataError
+
+    shards = open_shards(last4)
+    with pytest.raises(DataError, match="drops patch tokens") as alone:
+        train_probe(shards, "linear", tmp_path / "alone", **{**TRAIN, "layers": "last", "token_drop": 0.5},
+                    probe_options={"layer_norm": False, "avgpool": False})  # fmt: skip
+    grid = [_config("last", False, token_drop=0.5), _config("concat:last4", True, token_drop=0.5)]
+    with pytest.raises(DataError, match="drops patch tokens") as stacked:
+        train_stacked(shards, grid)
+    assert str(stacked.value) == str(alone.value)
+    # avgpool members alone read the patch tokens they drop among: that grid trains
+    results = train_stacked(
+        shards, [_config("last", True, token_drop=0.5), _config("concat:last4", True, token_drop=0.5)]
+    )
+    assert [r.metrics["stacked_members"] for r in results] == [2, 2]
