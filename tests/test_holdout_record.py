@@ -191,3 +191,28 @@ def test_a_sweep_study_from_before_the_marker_keeps_its_per_file_hold_out(cache,
     study.set_user_attr("sweep", {**old, "config": {k: v for k, v in stored["config"].items() if k != "val"}})
     sweep_study.run_sweep(cache, "linear", tmp_path / "b", **common)
     assert rules == [HOLDOUT_GROUPS, HOLDOUT_FILES]
+
+
+def test_the_best_run_of_a_study_from_before_the_marker_holds_out_as_its_trials_did(cache, tmp_path):
+    """best-run/ retrains the best trial alone to reproduce it: on the study's hold-out rule (per file here), the
+    val videos its trials were ranked on, not today's groups."""
+    import optuna
+
+    from step_cache.sweeps import study as sweep_study
+    from step_cache.sweeps.space import build_space
+
+    shards = open_shards(cache)
+    seed = _seed_where_rules_differ(shards)
+    sets = _val_sets(shards, seed)
+    space, storage = build_space("linear", ["lr=1e-3,1e-2"]), f"sqlite:///{tmp_path}/s.db"
+    common = {"space": space, "storage": storage, "study_name": "s", "epochs": 1, "progress": False, "seed": seed}
+    sweep_study.run_sweep(cache, "linear", tmp_path / "a", trials=0, **common)
+    study = optuna.load_study(study_name="s", storage=storage)
+    stored = study.user_attrs["sweep"]
+    old = {key: value for key, value in stored.items() if key != "holdout"}
+    study.set_user_attr("sweep", {**old, "config": {k: v for k, v in stored["config"].items() if k != "val"}})
+    result = sweep_study.run_sweep(cache, "linear", tmp_path / "b", trials=1, **common)
+    best_run = tmp_path / "b" / "best-run"
+    assert json.loads((best_run / "config.json").read_text())["data"]["holdout"] == HOLDOUT_FILES
+    assert result.best_run.metrics["splits"]["val"]["videos"] == len(sets[HOLDOUT_FILES])
+    assert evaluate(best_run, cache, split="val")["videos"] == len(sets[HOLDOUT_FILES])
