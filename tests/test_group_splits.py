@@ -118,6 +118,10 @@ def test_group_keys_of_hmdb51_and_drive_act_names():
     assert group_key("drink/AmericanGangster_drink_u_nm_np2_le_med_3.avi") == "source:AmericanGangster"
     assert group_key("situp/Gym_situp_f_nm_np1_fr_goo_0.avi") == "source:Gym"  # the longest action: situp, not sit
     assert group_key("wink/Film_wink_h_nm_np1_fr_goo_0.avi") == "source:Film"  # its class folder names the action
+    # the class folder decides between actions that end one another (sword, draw_sword): the source keeps the rest
+    assert group_key("sword/Duel_draw_sword_f_cm_np2_ri_goo_1.avi") == "source:Duel_draw"
+    assert group_key("draw_sword/Duel_draw_sword_u_nm_np1_fr_med_0.avi") == "source:Duel"
+    assert group_key("Duel_draw_sword_u_nm_np1_fr_med_0.avi") == "source:Duel"  # no folder: the longest action
     assert group_key("x/Film_blink_h_nm_np1_fr_goo_2.avi") == "Film_blink_h_nm_np1_fr_goo"  # unknown: as one action
     assert (
         group_key("kiss/Pirates_kiss_h_cm_np2_side_bad_12.avi") == "Pirates_kiss_h_cm_np2_side_bad_12"

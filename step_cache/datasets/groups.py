@@ -11,10 +11,10 @@ Read from the path alone:
   dataset's README: body ``f|h|l|u``, camera motion ``cm|nm``, ``np<k>``, viewpoint ``fr|ba|le|ri``, quality
   ``bad|med|goo``): clips are cut from source movies, and one movie gives clips of several actions
   (``AmericanGangster_eat_...``, ``AmericanGangster_drink_...``); the key is ``<source>``, the name before
-  ``_<action>`` (an HMDB51 action or the class folder; the longest that ends the name before the tags, since
-  actions such as ``brush_hair`` hold ``_`` and so may sources). A name with an unknown action keeps its clips of
-  one action and tags together (the name without ``_<N>``); one without all six tags falls back to the rules of
-  other names.
+  ``_<action>`` (the class folder where it ends the name before the tags, else the longest HMDB51 action that
+  does, since actions such as ``brush_hair`` hold ``_`` and so may sources). A name with an unknown action keeps
+  its clips of one action and tags together (the name without ``_<N>``); one without all six tags falls back to
+  the rules of other names.
 - Drive&Act: every recording of one participant, the subject the dataset's own splits are drawn by; the key is
   ``subject:vp<N>``, from the annotations' ``participant_id`` column where the adapter read one
   (``VideoItem.group``, ``keys`` below), else from the path ``.../vp<N>/<file>`` (the participant folder of the
@@ -61,8 +61,10 @@ def group_key(path: str, name_linked: bool = True, hmdb51_sources: bool = True) 
 
 def hmdb51_source(head: str, folder: str = "") -> str | None:
     """``source:<source>`` of an HMDB51 name's ``<source>_<action>`` part (the name before its six tags), the action
-    being an HMDB51 class or ``folder``, the longest that fits; None when no known action ends it."""
-    for action in sorted({*HMDB51_CLASSES, *([folder] if folder else [])}, key=len, reverse=True):
+    being ``folder`` (the clip's class) where it ends the part, else the longest HMDB51 class that does (``sword``
+    ends ``draw_sword``: the folder tells them apart); None when no known action ends it."""
+    actions = sorted(HMDB51_CLASSES, key=len, reverse=True)
+    for action in [folder, *actions] if folder else actions:
         if head.endswith(f"_{action}") and len(head) > len(action) + 1:
             return f"source:{head[: -len(action) - 1]}"
     return None
