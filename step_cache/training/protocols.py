@@ -175,7 +175,8 @@ VJEPA_ATTENTIVE = Protocol(
         _NO_ANCHOR_VAL,
         _AUGMENTATION.format(where=_JEPA_EVAL),
         "segments: the anchor attends across the 8 segments of a video in training (attend_across_segments: true, "
-        f"{_JEPA_CONFIG}:16); a cache row is one segment, whose logits are averaged over the video",
+        f"{_JEPA_CONFIG}:16); a cache row is one segment, and a video's segments are combined by the mean of "
+        "their softmax (view_average softmax)",
         "weight decay: the anchor decays it on a cosine from 0.01 towards 1e-6 (init_opt's final_wd default) and "
         "decays the query token; here a constant 0.01 on weight matrices only",
     ),
