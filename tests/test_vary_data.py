@@ -106,3 +106,6 @@ def test_vary_data_val_of_a_cache_with_its_own_val_split_is_scored_with_every_se
     assert scored["seeds"] == [0, 1] and scored["vary"] == "data"
     per_seed = [entry["val"]["top1"] for entry in run.metrics["per_seed"]]
     assert scored["top1"] == pytest.approx(sum(per_seed) / 2, abs=1e-15)
+    # no hold-out was drawn, so the std varies over init and batch order only (printed and evaluated alike)
+    assert spread_note(run.metrics) == "std over 2 seeds, init and batch order"
+    assert evaluation_line(scored).endswith("| mean ± std over 2 seeds, init and batch order")

@@ -255,6 +255,7 @@ def evaluate(
         "figures": describe(split, seeds),
         **figures,
         **({"std": std, "vary": config.get("vary", "init")} if std is not None else {}),
+        "validation": chosen.val_source,
         "chance": pooled_chance(per_seed) if len(per_seed) > 1 else chance_of(per_seed[0]),
         "training_videos": training_videos,
         "tokens_note": note,
