@@ -117,7 +117,10 @@ def extract(
     ] = False,
     force: Annotated[
         bool,
-        typer.Option(help="Start even when --out's disk has less free space than the cache's estimated size."),
+        typer.Option(
+            help="Start even when --out's disk has less free space than the cache still needs (its estimated size "
+            "plus a margin of 5 % + 16 MiB): extract what fits, then stop in one line; re-run to resume."
+        ),
     ] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the backbone (worth it for long GPU runs).")] = False,
     compression: Annotated[
