@@ -118,6 +118,10 @@ def test_group_keys_of_hmdb51_and_drive_act_names():
     assert group_key("drink/AmericanGangster_drink_u_nm_np2_le_med_3.avi") == "source:AmericanGangster"
     assert group_key("situp/Gym_situp_f_nm_np1_fr_goo_0.avi") == "source:Gym"  # the longest action: situp, not sit
     assert group_key("wink/Film_wink_h_nm_np1_fr_goo_0.avi") == "source:Film"  # its class folder names the action
+    # the class folder decides between actions that end one another (sword, draw_sword): the source keeps the rest
+    assert group_key("sword/Duel_draw_sword_f_cm_np2_ri_goo_1.avi") == "source:Duel_draw"
+    assert group_key("draw_sword/Duel_draw_sword_u_nm_np1_fr_med_0.avi") == "source:Duel"
+    assert group_key("Duel_draw_sword_u_nm_np1_fr_med_0.avi") == "source:Duel"  # no folder: the longest action
     assert group_key("x/Film_blink_h_nm_np1_fr_goo_2.avi") == "Film_blink_h_nm_np1_fr_goo"  # unknown: as one action
     assert (
         group_key("kiss/Pirates_kiss_h_cm_np2_side_bad_12.avi") == "Pirates_kiss_h_cm_np2_side_bad_12"
@@ -241,3 +245,29 @@ def test_drive_act_groups_by_participant_id_and_falls_back_to_the_vp_folder(tmp_
         assert held.groups_kept == 4  # each participant's two recordings
     # without the column, the path decides (as before): these recordings would be 8 groups of their own
     assert len({group_key(item.path) for item in training}) == 8
+
+
+def test_the_groups_v1_hold_out_keeps_hmdb51_clips_grouped_within_an_action():
+    """A run recorded with data.holdout "groups-v1" (HMDB51 grouped by the name without _<N>) is reproduced as it
+    was; "groups-v2", today's rule, keeps a source movie whole across its actions."""
+    from step_cache.training.splits import HOLDOUT_GROUPS, HOLDOUT_GROUPS_V1
+
+    classes = ["eat", "drink", "smoke"]
+    videos = np.array([f"{action}/Film_{s}_{action}_h_cm_np1_fr_goo_{c}.avi" for s in range(12)
+                       for action in (classes[s % 3], classes[(s + 1) % 3]) for c in range(2)])  # fmt: skip
+    labels = np.array([classes.index(v.split("/")[0]) for v in videos])
+    splits = np.full(len(videos), "", dtype=object)
+    split_v1 = 0
+    for seed in range(6):
+        for rule in (HOLDOUT_GROUPS, HOLDOUT_GROUPS_V1):
+            chosen = select_splits(labels, splits, videos, 0.3, seed, holdout=rule)
+            assert chosen.holdout == rule
+            sources = [{v.split("/")[1].split("_")[1] for v in videos[part]} for part in (chosen.train, chosen.val)]
+            if rule == HOLDOUT_GROUPS:
+                assert not sources[0] & sources[1]
+            else:
+                # v1: one action's clips of a movie stay together ...
+                within = [{v.rsplit("_", 1)[0] for v in videos[part]} for part in (chosen.train, chosen.val)]
+                assert not within[0] & within[1]
+                split_v1 += bool(sources[0] & sources[1])  # ... but a movie may sit on both sides
+    assert split_v1 >= 3

@@ -13,7 +13,14 @@ from step_cache.cache.shards import open_shards
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.evaluation import evaluate
 from step_cache.training.run_record import recorded_holdout
-from step_cache.training.splits import HOLDOUT_FILES, HOLDOUT_GROUPS, DataError, select_splits, source_video
+from step_cache.training.splits import (
+    HOLDOUT_FILES,
+    HOLDOUT_GROUPS,
+    HOLDOUT_GROUPS_V1,
+    DataError,
+    select_splits,
+    source_video,
+)
 from step_cache.training.trainer import train_probe
 
 FAST = {"epochs": 3, "batch_size": 8, "lr": 3e-3, "progress": False}
@@ -81,15 +88,18 @@ def test_the_files_rule_is_the_hold_out_before_groups(cache):
         sets = _val_sets(shards, seed)
         differ += sets[HOLDOUT_FILES] != sets[HOLDOUT_GROUPS]
     assert differ >= 6  # the groups of 3 make the rules draw other videos for nearly every seed
-    with pytest.raises(DataError, match=r"unknown val hold-out rule 'groups-v9' \(known: groups-v1, files\)"):
+    known = r"\(known: groups-v2, groups-v1, files\)"
+    with pytest.raises(DataError, match=r"unknown val hold-out rule 'groups-v9' " + known):
         select_splits(shards.labels, shards.splits, shards.videos, 0.2, 0, holdout="groups-v9")
 
 
 def test_recorded_holdout_reads_the_marker_and_dates_a_record_without_it():
     assert recorded_holdout({"config": {}, "data": {"holdout": "files"}}) == HOLDOUT_FILES
-    assert recorded_holdout({"config": {"val": "auto"}, "data": {"holdout": "groups-v1"}}) == HOLDOUT_GROUPS
+    assert recorded_holdout({"config": {"val": "auto"}, "data": {"holdout": "groups-v2"}}) == HOLDOUT_GROUPS
+    assert recorded_holdout({"config": {"val": "auto"}, "data": {"holdout": "groups-v1"}}) == HOLDOUT_GROUPS_V1
     assert recorded_holdout({"config": {"seed": 0}, "data": {}}) == HOLDOUT_FILES  # before groups
-    assert recorded_holdout({"config": {"val": "auto"}, "data": {}}) == HOLDOUT_GROUPS  # groups, before the marker
+    # groups, before the marker: HMDB51 clips grouped within one action, as then
+    assert recorded_holdout({"config": {"val": "auto"}, "data": {}}) == HOLDOUT_GROUPS_V1
     with pytest.raises(DataError, match=r"^run/config.json: data.holdout 'groups-v9' is a val hold-out rule this"):
         recorded_holdout({"config": {}, "data": {"holdout": "groups-v9"}}, "run/config.json")
 
@@ -181,3 +191,28 @@ def test_a_sweep_study_from_before_the_marker_keeps_its_per_file_hold_out(cache,
     study.set_user_attr("sweep", {**old, "config": {k: v for k, v in stored["config"].items() if k != "val"}})
     sweep_study.run_sweep(cache, "linear", tmp_path / "b", **common)
     assert rules == [HOLDOUT_GROUPS, HOLDOUT_FILES]
+
+
+def test_the_best_run_of_a_study_from_before_the_marker_holds_out_as_its_trials_did(cache, tmp_path):
+    """best-run/ retrains the best trial alone to reproduce it: on the study's hold-out rule (per file here), the
+    val videos its trials were ranked on, not today's groups."""
+    import optuna
+
+    from step_cache.sweeps import study as sweep_study
+    from step_cache.sweeps.space import build_space
+
+    shards = open_shards(cache)
+    seed = _seed_where_rules_differ(shards)
+    sets = _val_sets(shards, seed)
+    space, storage = build_space("linear", ["lr=1e-3,1e-2"]), f"sqlite:///{tmp_path}/s.db"
+    common = {"space": space, "storage": storage, "study_name": "s", "epochs": 1, "progress": False, "seed": seed}
+    sweep_study.run_sweep(cache, "linear", tmp_path / "a", trials=0, **common)
+    study = optuna.load_study(study_name="s", storage=storage)
+    stored = study.user_attrs["sweep"]
+    old = {key: value for key, value in stored.items() if key != "holdout"}
+    study.set_user_attr("sweep", {**old, "config": {k: v for k, v in stored["config"].items() if k != "val"}})
+    result = sweep_study.run_sweep(cache, "linear", tmp_path / "b", trials=1, **common)
+    best_run = tmp_path / "b" / "best-run"
+    assert json.loads((best_run / "config.json").read_text())["data"]["holdout"] == HOLDOUT_FILES
+    assert result.best_run.metrics["splits"]["val"]["videos"] == len(sets[HOLDOUT_FILES])
+    assert evaluate(best_run, cache, split="val")["videos"] == len(sets[HOLDOUT_FILES])

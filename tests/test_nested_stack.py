@@ -198,3 +198,40 @@ def test_the_nested_read_streams_as_it_reads_in_memory(last4):
         assert all(torch.equal(memory.weights[key], streaming.weights[key]) for key in memory.weights)
         for key in ("top1", "loss"):
             assert memory.metrics[key] == streaming.metrics[key], key
+
+
+@pytest.mark.parametrize("tokens", ["cls", "patches"])
+def test_a_grid_that_reads_no_cls_and_patches_refuses_avgpool_as_its_members_alone_do(last4, tmp_path, tokens):
+    """tokens='cls' (or 'patches') gives an avgpool member no patch tokens (or no CLS token) to pool: alone it is
+    refused, and in a nested stack too, rather than trained on every token of the last layer."""
+    from step_cache.probes.layers import ProbeConfigError
+
+    shards = open_shards(last4)
+    grid = [_config("last", False, tokens=tokens), _config("concat:last4", True, tokens=tokens)]
+    with pytest.raises(ProbeConfigError, match="avgpool=True") as alone:
+        train_probe(shards, "linear", tmp_path / "alone", **{**TRAIN, "layers": "concat:last4", "tokens": tokens},
+                    probe_options={"layer_norm": False, "avgpool": True})  # fmt: skip
+    assert "tokens='all'" in str(alone.value)  # the Python wording, from Python
+    with pytest.raises(ProbeConfigError, match="avgpool=True") as stacked:
+        train_stacked(shards, grid)
+    assert "tokens='all'" in str(stacked.value)
+
+
+def test_token_drop_in_a_grid_is_refused_for_a_member_that_alone_reads_no_patch_tokens(last4, tmp_path):
+    """token_drop drops patch tokens: a member without avgpool reads the CLS tokens only, and alone is refused (so
+    a sweep's best-run/ could not retrain it); in a nested stack whose avgpool members read every token, too."""
+    from step_cache.training.splits import DataError
+
+    shards = open_shards(last4)
+    with pytest.raises(DataError, match="drops patch tokens") as alone:
+        train_probe(shards, "linear", tmp_path / "alone", **{**TRAIN, "layers": "last", "token_drop": 0.5},
+                    probe_options={"layer_norm": False, "avgpool": False})  # fmt: skip
+    grid = [_config("last", False, token_drop=0.5), _config("concat:last4", True, token_drop=0.5)]
+    with pytest.raises(DataError, match="drops patch tokens") as stacked:
+        train_stacked(shards, grid)
+    assert str(stacked.value) == str(alone.value)
+    # avgpool members alone read the patch tokens they drop among: that grid trains
+    results = train_stacked(
+        shards, [_config("last", True, token_drop=0.5), _config("concat:last4", True, token_drop=0.5)]
+    )
+    assert [r.metrics["stacked_members"] for r in results] == [2, 2]

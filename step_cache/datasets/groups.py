@@ -11,10 +11,10 @@ Read from the path alone:
   dataset's README: body ``f|h|l|u``, camera motion ``cm|nm``, ``np<k>``, viewpoint ``fr|ba|le|ri``, quality
   ``bad|med|goo``): clips are cut from source movies, and one movie gives clips of several actions
   (``AmericanGangster_eat_...``, ``AmericanGangster_drink_...``); the key is ``<source>``, the name before
-  ``_<action>`` (an HMDB51 action or the class folder; the longest that ends the name before the tags, since
-  actions such as ``brush_hair`` hold ``_`` and so may sources). A name with an unknown action keeps its clips of
-  one action and tags together (the name without ``_<N>``); one without all six tags falls back to the rules of
-  other names.
+  ``_<action>`` (the class folder where it ends the name before the tags, else the longest HMDB51 action that
+  does, since actions such as ``brush_hair`` hold ``_`` and so may sources). A name with an unknown action keeps
+  its clips of one action and tags together (the name without ``_<N>``); one without all six tags falls back to
+  the rules of other names.
 - Drive&Act: every recording of one participant, the subject the dataset's own splits are drawn by; the key is
   ``subject:vp<N>``, from the annotations' ``participant_id`` column where the adapter read one
   (``VideoItem.group``, ``keys`` below), else from the path ``.../vp<N>/<file>`` (the participant folder of the
@@ -39,11 +39,12 @@ _HMDB_NAME = re.compile(r"^((.+)_[fhlu]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|m
 _DRIVE_ACT_SUBJECT = re.compile(r"^vp\d+$")
 
 
-def group_key(path: str, name_linked: bool = True) -> str:
+def group_key(path: str, name_linked: bool = True, hmdb51_sources: bool = True) -> str:
     """The key videos of one group share: the participant ``vp<N>`` of a Drive&Act path, ``v_<Class>_g<NN>`` for a
     UCF101-style name, the source movie of an HMDB51-style name (across its actions), else the file name without
     its extension (so same-named files of different folders share it), or, without ``name_linked``, the path itself
-    (a group of its own)."""
+    (a group of its own). Without ``hmdb51_sources``, an HMDB51 name's key is the name without ``_<N>`` (its clips
+    of one action and tags: the val hold-out rule ``groups-v1``, ``training/splits.py``)."""
     pure = PurePosixPath(path)
     # The folder nearest the file names the participant (``kinect_color/vp3/run1...``).
     subject = next((part for part in reversed(pure.parts[:-1]) if _DRIVE_ACT_SUBJECT.match(part)), None)
@@ -54,25 +55,31 @@ def group_key(path: str, name_linked: bool = True) -> str:
         return match.group(1)
     match = _HMDB_NAME.match(pure.stem)
     if match:
-        return hmdb51_source(match.group(2), pure.parent.name) or match.group(1)
+        return (hmdb51_sources and hmdb51_source(match.group(2), pure.parent.name)) or match.group(1)
     return pure.stem if name_linked else f"path:{path}"
 
 
 def hmdb51_source(head: str, folder: str = "") -> str | None:
     """``source:<source>`` of an HMDB51 name's ``<source>_<action>`` part (the name before its six tags), the action
-    being an HMDB51 class or ``folder``, the longest that fits; None when no known action ends it."""
-    for action in sorted({*HMDB51_CLASSES, *([folder] if folder else [])}, key=len, reverse=True):
+    being ``folder`` (the clip's class) where it ends the part, else the longest HMDB51 class that does (``sword``
+    ends ``draw_sword``: the folder tells them apart); None when no known action ends it."""
+    actions = sorted(HMDB51_CLASSES, key=len, reverse=True)
+    for action in [folder, *actions] if folder else actions:
         if head.endswith(f"_{action}") and len(head) > len(action) + 1:
             return f"source:{head[: -len(action) - 1]}"
     return None
 
 
 def video_groups(
-    paths: Iterable[str], name_linked: Callable[[str], bool] | None = None, keys: Mapping[str, str] | None = None
+    paths: Iterable[str],
+    name_linked: Callable[[str], bool] | None = None,
+    keys: Mapping[str, str] | None = None,
+    hmdb51_sources: bool = True,
 ) -> dict[str, str]:
     """Each path's group, named after the group's first path in sorted order (a lone video's group is its path).
     ``name_linked(path)`` says whether a path joins the same-named files' group (None: every path does); ``keys``
-    gives a path's key where its annotations name its group (``VideoItem.group``), instead of ``group_key``."""
+    gives a path's key where its annotations name its group (``VideoItem.group``), instead of ``group_key``
+    (``hmdb51_sources``: as there)."""
     parent: dict[str, str] = {}
 
     def find(node: str) -> str:
@@ -84,7 +91,7 @@ def video_groups(
     paths = list(dict.fromkeys(paths))
     for path in paths:
         linked = name_linked is None or name_linked(path)
-        key = (keys or {}).get(path) or group_key(path, linked)
+        key = (keys or {}).get(path) or group_key(path, linked, hmdb51_sources)
         a, b = find(f"path:{path}"), find(f"key:{key}")
         if a != b:
             parent[max(a, b)] = min(a, b)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from step_cache.interface import option
 from step_cache.probes.layers import ProbeConfigError, StackableDropout, as_dtype_of, check_tokens
 
 
@@ -43,7 +44,8 @@ class NestedLinear(nn.Module):
         if patches and (cls_index is None or tokens_per_frame < 2):
             raise ProbeConfigError(
                 "avgpool=True concatenates the CLS token with the mean of the patch tokens: it needs both in the "
-                f"probe's tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use --tokens all"
+                f"probe's tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use "
+                f"{option('tokens', 'all')}"
             )
         if leading and (leading != layers - 1 or cls_index != 0):
             raise ProbeConfigError(

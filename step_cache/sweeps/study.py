@@ -237,7 +237,8 @@ def run_sweep(
         )  # fmt: skip
         requeue_stale(study, store)
         done = check_resume(out, store, study, trials)
-        data = DataCache(shards, study_holdout(study.user_attrs["sweep"], study.study_name))
+        holdout = study_holdout(study.user_attrs["sweep"], study.study_name)  # its trials' and best-run/'s
+        data = DataCache(shards, holdout)
         bar = tqdm(total=trials, desc="trials", unit="trial", disable=not base.progress, initial=min(done, trials))
         try:
             _optimize(study, store, out, space, probe, options, data, bar, trials=trials, parallel=parallel,
@@ -248,7 +249,7 @@ def run_sweep(
         rows, best = write_results(out, study, metric, space, storage=store.label)
         result = SweepResult(out, study, rows, best)
         if best is not None and retrain and retrained(out, best) is None:  # not yet, or for another best trial
-            result.best_run = retrain_best(out, shards, best, base)
+            result.best_run = retrain_best(out, shards, best, base, holdout)
             rows, result.best = write_results(out, study, metric, space, storage=store.label,
                                               best_run=result.best_run)  # fmt: skip
         if plots and rows:

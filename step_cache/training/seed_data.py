@@ -44,10 +44,12 @@ def train_data_seeds(
     on_epoch: Callable[[dict[str, Any]], None] | None,
     started: float | None,
     train_probe: Callable[..., Any],
+    holdout: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train ``config.seeds`` seeds, each as its own run made by ``train_probe`` (``trainer.train_probe``, which
     calls this for ``seeds > 1`` with ``vary="data"``, after refusing an existing run), into ``out`` (see the
-    module doc); returns (metrics, first seed's epoch records). ``on_epoch`` sees the first seed's epochs."""
+    module doc); returns (metrics, first seed's epoch records). ``on_epoch`` sees the first seed's epochs;
+    ``holdout``: every seed's val hold-out rule (None: a resumed seed's own, else today's)."""
     shards = as_shards(cache)
     seeds = [config.seed + i for i in range(config.seeds)]
     if not resume:  # a new run: nothing of an old one may look like part of it
@@ -63,7 +65,8 @@ def train_data_seeds(
             again = resume and (directory / runs.CONFIG).is_file()
             first_only = on_epoch if index == 0 else None
             result = train_probe(shards, config.probe, directory, resume=again, overwrite=not again,
-                                 on_epoch=first_only, **{**options, "seeds": 1, "seed": seed})  # fmt: skip
+                                 on_epoch=first_only, holdout=holdout,
+                                 **{**options, "seeds": 1, "seed": seed})  # fmt: skip
             results.append(result)
     record = runs.read_config(seed_dir(out, seeds[0]))
     record["config"].update(seeds=config.seeds, seed=config.seed, vary="data")

@@ -29,11 +29,13 @@ if TYPE_CHECKING:
     from step_cache.cache.shards import ShardSet
 
 
-# The val hold-out rules (config.json ``data.holdout``): groups held out whole (``datasets/groups.py``), or each
-# source file alone, the rule of runs recorded before groups (``run_record.recorded_holdout``).
-HOLDOUT_GROUPS = "groups-v1"
+# The val hold-out rules (config.json ``data.holdout``): groups held out whole (``datasets/groups.py``; v2: an
+# HMDB51 source movie across its actions, v1: its clips of one action and tags), or each source file alone, the rule
+# of runs recorded before groups (``run_record.recorded_holdout``).
+HOLDOUT_GROUPS = "groups-v2"
+HOLDOUT_GROUPS_V1 = "groups-v1"
 HOLDOUT_FILES = "files"
-HOLDOUT_RULES = (HOLDOUT_GROUPS, HOLDOUT_FILES)
+HOLDOUT_RULES = (HOLDOUT_GROUPS, HOLDOUT_GROUPS_V1, HOLDOUT_FILES)
 
 
 class DataError(StepCacheError, ValueError):
@@ -125,8 +127,9 @@ def _select(
     if val_fraction == 0 or len(pool_indices) == 0:
         return Splits(pool_indices, np.zeros(0, dtype=np.int64), test, "none")
     held_out = stratified_video_holdout(
-        labels[pool_indices], videos[pool_indices], val_fraction, seed, pairs, grouped=holdout == HOLDOUT_GROUPS
-    )
+        labels[pool_indices], videos[pool_indices], val_fraction, seed, pairs, grouped=holdout != HOLDOUT_FILES,
+        hmdb51_sources=holdout == HOLDOUT_GROUPS,
+    )  # fmt: skip
     return Splits(pool_indices[~held_out], pool_indices[held_out], test, "val-fraction")
 
 
@@ -137,17 +140,19 @@ def stratified_video_holdout(
     seed: int,
     pairs: Sequence[tuple[int, int]] = (),
     grouped: bool = True,
+    hmdb51_sources: bool = True,
 ) -> np.ndarray:
     """Boolean mask over clips: True for the clips of the held-out groups of videos.
 
     A group (``groups.video_groups``) is a source video file, or the files of a UCF101 group, an HMDB51 source
-    recording or a Drive&Act participant, or same-named files in the classes of a mirrored pair in ``pairs``; a group
+    movie or a Drive&Act participant, or same-named files in the classes of a mirrored pair in ``pairs``; a group
     is held out whole. About ``fraction`` of the groups are held out, split across strata (the set of classes a group
     holds; a lone video: its class) in proportion to their group counts (largest remainders get the rounding), never
     taking a stratum's last training group; groups in a stratum of several classes too small for its own draw share
     one pooled stratum (``groups.pool_small_mixed``). A video whose clips carry several labels counts for its most
     frequent one. A set without groups of several videos draws exactly as the per-video hold-out before groups did;
-    without ``grouped`` every source file is a group of its own (that per-video hold-out, ``HOLDOUT_FILES``).
+    without ``grouped`` every source file is a group of its own (that per-video hold-out, ``HOLDOUT_FILES``);
+    without ``hmdb51_sources`` an HMDB51 name's group is its clips of one action and tags (``HOLDOUT_GROUPS_V1``).
     """
     clips_of: dict[str, list[int]] = defaultdict(list)
     for clip, key in enumerate(videos):
@@ -159,7 +164,9 @@ def stratified_video_holdout(
     }
     paired = {c for pair in pairs for c in pair}
     if grouped:
-        group_of = video_groups(sorted(clips_of), name_linked=lambda name: video_label[name] in paired)
+        group_of = video_groups(
+            sorted(clips_of), name_linked=lambda name: video_label[name] in paired, hmdb51_sources=hmdb51_sources
+        )
     else:
         group_of = {name: name for name in clips_of}
     groups: dict[str, list[int]] = defaultdict(list)

@@ -22,12 +22,13 @@ import torch
 from step_cache.probes import count_parameters
 from step_cache.probes.layer_inputs import build_layered_probe
 from step_cache.probes.nested_linear import NestedLinear
+from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options
 from step_cache.training.layer_choice import CONCAT, LAST
-from step_cache.training.run_data import build_run_probe
+from step_cache.training.run_data import build_run_probe, token_subset
 from step_cache.training.stacking.members import StackedProbes
 from step_cache.training.stacking.nested_tokens import NestedTokens
-from step_cache.training.token_data import TokenSelection
+from step_cache.training.token_data import TokenSelection, select_tokens
 
 if TYPE_CHECKING:
     from step_cache.training.stacking.shared_data import DataCache, TrainingData
@@ -115,6 +116,9 @@ def nested_members(
     leading = data.source.blocks - 1 if isinstance(data.source, NestedTokens) else 0  # the merged read's layout
     probes, counts = [], []
     for config, (n, avgpool) in zip(configs, plan.kinds, strict=True):
+        # the stack may read patch tokens this member alone does not: its augmentation is refused as alone
+        own = select_tokens(shards.layout, token_subset(config, shards), config.layers)
+        build_augmentation(config.token_drop, config.reverse_pairs, data.pairs, len(shards.classes), own)
         torch.manual_seed(config.seed)  # what train_probe does before building its probe
         narrow = build_layered_probe(config.probe, layer_dim=dim, layers=n, mix=False, **shape, **config.probe_options)
         columns = list(range((blocks - n) * dim, blocks * dim)) + (
@@ -155,7 +159,8 @@ def stack_members(
 def nested_data(cache: DataCache, plan: NestedPlan) -> TrainingData:
     """The data a stack of ``plan`` trains on, from ``cache``: with ``avgpool`` members over N > 1 layers, the class
     tokens of the N layers and every token of the last merged (``NestedTokens``); else ``plan.reading`` as it is."""
-    if not plan.merged or cache.shards.layout.cls_tokens == 0:  # no CLS: the avgpool members refuse it as alone
+    # no CLS, or tokens='cls' / 'patches': the avgpool members refuse the read as they do alone (NestedLinear)
+    if not plan.merged or cache.shards.layout.cls_tokens == 0 or token_subset(plan.reading, cache.shards) != "all":
         return cache.get(plan.reading)
     options = {**plan.reading.probe_options, "avgpool": False}
     classes = cache.get(dataclasses.replace(plan.reading, tokens="cls", probe_options=options))
