@@ -188,8 +188,8 @@ class TrainConfig:
         "Stored layers the probe reads (a cache of extract --layers): last (default; a cache without layers as it "
         "is), a block index (e.g. 10), or concat:a,b,... / concat:lastN: those blocks' tokens side by side along the "
         "channels (DINOv2's n_last_blocks with the linear probe on CLS tokens), tokens:a,b,... / tokens:lastN: one "
-        "after the other along the tokens (V-JEPA 2's out_layers), or mix / mix:a,b,...: a learned softmax-weighted "
-        "sum of them with a learned gain. Only those layers are read.",
+        "after the other along the tokens (V-JEPA 2's out_layers), or mix / mix:a,b,... / mix:lastN: a learned "
+        "softmax-weighted sum of them with a learned gain. Only those layers are read.",
         searchable=True,
     )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
