@@ -134,7 +134,7 @@ DINOV2_LINEAR = Protocol(
     },
     differences=(
         "schedule: an anchor epoch is 1250 iterations of an infinite sampler (12 500 steps of 128 images); here "
-        "10 passes over the cached training clips",
+        "an epoch is one pass over the cached training clips (the preset's 10: 10 passes)",
         "learning rates: the anchor scales them by its global batch (128 x GPUs) / 256; here by 128 / 256 (one "
         "process)",
         "training augmentation: the anchor trains on random resized crops and flips "
