@@ -112,7 +112,8 @@ def extract(
         bool,
         typer.Option(
             help="Print the clip count, bytes per clip, cache size, free space on --out's disk and a stage-two "
-            "epoch's read time (from a short read test there), then stop: no video is read, nothing is written."
+            "epoch's read time (from a short read test there: a 64 MiB file, deleted), then stop: no video is "
+            "read, nothing is kept."
         ),
     ] = False,
     force: Annotated[
