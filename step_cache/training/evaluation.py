@@ -208,18 +208,20 @@ def evaluate(
             sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
         )  # fmt: skip
     config = record["config"]
-    if config.get("vary") == "data" and len(checkpoints) > 1 and split in ("train", "val"):
-        raise DataError(
-            f"{run_dir}: the seeds of a {option('vary', 'data')} run hold out different val videos, so its {split} "
-            f"split is not one set: score one seed on its own split ({option('seed', checkpoints[1][0])}, say), or "
-            "the test or all split"
-        )
     pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     # --vary data: each seed held out its own val videos (a lone seed is scored on its own split)
     split_seed = checkpoints[0][0] if config.get("vary") == "data" else config["seed"]
     chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], split_seed,
                            views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none",
                            holdout=recorded_holdout(record, str(Path(run_dir) / runs.CONFIG)))  # fmt: skip
+    # A cache's own val split is every seed's; only a hold-out drawn per seed makes train / val differ between them.
+    held_out = chosen.val_source == "val-fraction"
+    if config.get("vary") == "data" and len(checkpoints) > 1 and split in ("train", "val") and held_out:
+        raise DataError(
+            f"{run_dir}: the seeds of a {option('vary', 'data')} run hold out different val videos, so its {split} "
+            f"split is not one set: score one seed on its own split ({option('seed', checkpoints[1][0])}, say), or "
+            "the test or all split"
+        )
     indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
@@ -254,6 +256,7 @@ def evaluate(
         "figures": describe(split, seeds),
         **figures,
         **({"std": std, "vary": config.get("vary", "init")} if std is not None else {}),
+        "validation": chosen.val_source,
         "chance": pooled_chance(per_seed) if len(per_seed) > 1 else chance_of(per_seed[0]),
         "training_videos": training_videos,
         "tokens_note": note,

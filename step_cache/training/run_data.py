@@ -64,7 +64,7 @@ def run_inputs(shards: ShardSet, config: TrainConfig, holdout: str = HOLDOUT_GRO
     if selection.along_tokens and config.token_drop > 0:  # it drops among one layer's patch tokens only
         raise DataError(
             f"{option('layers', config.layers)} (the layers' tokens one after the other) with {option('token_drop')}: "
-            "not built"
+            "refused, as it would drop among the first layer's tokens only; use concat:, mix or one layer with it"
         )
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
