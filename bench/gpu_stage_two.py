@@ -29,7 +29,8 @@ def _token_cache(args: argparse.Namespace, directory: Path) -> Path:
 
 def tokens(args: argparse.Namespace) -> dict[str, Any]:
     from step_cache.cache.shards import open_shards
-    from step_cache.training.token_data import InMemoryTokens, StreamingTokens, batch_plan, select_tokens
+    from step_cache.training.streaming import StreamingTokens
+    from step_cache.training.token_data import InMemoryTokens, batch_plan, select_tokens
 
     device = device_of(args)
     figures: dict[str, Any] = {}

@@ -2,7 +2,8 @@
 
 Writes a synthetic token cache (the ``static`` task of step_cache.synthetic: T = 16 x (1 + 16 x 16) x 384 float16
 by default, the shape of DINOv2-S/14 at 224 px; ``--variant int8`` stores it in int8, ``pooled`` pools the patches
-2 x 2), then, with the page cache dropped before each step (as root; otherwise the figures say "warm"):
+2 x 2), then, with the cache's files evicted from the page cache before each step (posix_fadvise DONTNEED: other
+processes keep theirs; where that does not exist the figures say "warm"):
 
   sequential   the disk's sequential read rate: the shard files read once with plain reads (--seq-gib of them)
   read-only    one streaming epoch of reads alone, in the random order and in the runs order (--order runs)
@@ -36,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from disk_io import drop_page_cache, io_counters
+from disk_io import evict, io_counters
 
 VARIANTS = {  # grid, dtype, patch_pool
     "float16": ((16, 16), "float16", 1),
@@ -97,7 +98,8 @@ def child(args: argparse.Namespace) -> dict:
     from step_cache.training.epoch_order import cache_run, runs_plan
     from step_cache.training.run_data import probe_shape
     from step_cache.training.stacking import train_stacked
-    from step_cache.training.token_data import StreamingTokens, batch_plan, select_tokens
+    from step_cache.training.streaming import StreamingTokens
+    from step_cache.training.token_data import batch_plan, select_tokens
 
     torch.manual_seed(0)
     shards = open_shards(args.cache, check=False)
@@ -140,6 +142,7 @@ def child(args: argparse.Namespace) -> dict:
             train = train_epoch(source, plan, torch.device("cpu"), step, progress=False)
             figures.update(train_s=train["train_s"], data_wait_s=train["data_wait_s"], clips=train["clips"])
         figures["capped_batches"] = len(plan) if capped else None
+        figures["readers"] = source.workers
         source.close()
     del shards
     gc.collect()
@@ -150,10 +153,12 @@ def child(args: argparse.Namespace) -> dict:
 
 
 def measure(args: argparse.Namespace, step: str, **extra: object) -> dict:
-    cold = drop_page_cache()
-    command = [sys.executable, __file__, "--child", step, "--cache", str(args.cache), "--workers", str(args.workers),
+    cold = evict(args.cache.glob("shard-*.h5"))
+    command = [sys.executable, __file__, "--child", step, "--cache", str(args.cache),
                "--batch-size", str(args.batch_size), "--k", str(extra.get("k", 16)),
                "--order", str(extra.get("order", "random"))]  # fmt: skip
+    if args.workers is not None:
+        command += ["--workers", str(args.workers)]
     if args.max_batches is not None:
         command += ["--max-batches", str(args.max_batches)]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -168,11 +173,12 @@ def report(name: str, figures: dict, cache_bytes: int, seq: float) -> None:
     rate = figures["disk_bytes"] / figures["train_s"]
     io_share = figures["data_wait_s"] / figures["train_s"]
     capped = f", capped at {figures['capped_batches']} batches" if figures.get("capped_batches") else ""
+    capped += f", {figures['readers']} readers" if figures.get("readers") is not None else ""
     print(
         f"  {name:<18} {figures['clips'] / figures['train_s']:7.1f} clips/s  I/O share {io_share:4.0%}  "
         f"read {figures['disk_bytes'] / 2**30:6.2f} GiB = {figures['disk_bytes'] / cache_bytes:6.1%} of the cache  "
         f"{rate / 1e6:6.0f} MB/s = {rate / seq:4.2f}x sequential  peak RSS {figures['peak_rss'] / 2**30:.2f} GiB"
-        f"{'' if figures['cold'] else '  (warm: page cache not dropped)'}{capped}",
+        f"{'' if figures['cold'] else '  (warm: page cache not emptied)'}{capped}",
         flush=True,
     )
 
@@ -185,7 +191,7 @@ def main() -> None:
     parser.add_argument("--keep-free-gib", type=float, default=6.0, help="refuse to leave less free than this")
     parser.add_argument("--seq-gib", type=float, default=8.0, help="GiB read by the sequential-rate step")
     parser.add_argument("--max-batches", type=int, default=None, help="cap step/attentive epochs (compute-bound)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None, help="reader processes (default: the library's rule)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", default="read,linear,step,attentive,stack")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -220,7 +226,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     cache_bytes = write_cache(args.cache, args.gib, args.variant)
     print(f"cache: {cache_bytes / 2**30:.2f} GiB ({args.variant}) written in {time.perf_counter() - started:.0f} s "
           f"to {args.cache}", flush=True)  # fmt: skip
-    cold = drop_page_cache()
+    cold = evict(args.cache.glob("shard-*.h5"))
     seq = sequential_rate(args.cache, int(args.seq_gib * 2**30))
     print(f"  sequential read    {seq / 1e6:6.0f} MB/s{'' if cold else ' (warm)'}", flush=True)
     steps = args.steps.split(",")

@@ -27,7 +27,10 @@ def compact(
     ] = 1,
     layers: Annotated[
         str | None,
-        typer.Option(help="Keep only these stored layers: lastN or block indices such as 8,11 (default: all)."),
+        typer.Option(
+            help="Keep only these stored layers (a cache of extract --layers): lastN (the last N stored) or 0-based "
+            "block indices that are stored, such as 8,11 (default: all)."
+        ),
     ] = None,
     project: Annotated[
         int | None,

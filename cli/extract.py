@@ -112,12 +112,16 @@ def extract(
         bool,
         typer.Option(
             help="Print the clip count, bytes per clip, cache size, free space on --out's disk and a stage-two "
-            "epoch's read time (from a short read test there), then stop: no video is read, nothing is written."
+            "epoch's read time (from a short read test there: a 64 MiB file, deleted), then stop: no video is "
+            "read, nothing is kept."
         ),
     ] = False,
     force: Annotated[
         bool,
-        typer.Option(help="Start even when --out's disk has less free space than the cache's estimated size."),
+        typer.Option(
+            help="Start even when --out's disk has less free space than the cache still needs (its estimated size "
+            "plus a margin of 5 % + 16 MiB): extract what fits, then stop in one line; re-run to resume."
+        ),
     ] = False,
     compile: Annotated[bool, typer.Option(help="torch.compile the backbone (worth it for long GPU runs).")] = False,
     compression: Annotated[

@@ -56,7 +56,8 @@ def view_options(
             help="SEGMENTSxCROPS test-time views of val/test videos, made as V-JEPA's frozen evaluation makes them: "
             "S temporal segments (as --clips, or --frame-step windows) x C square crops along the long side of the "
             "frame resized to the crop size on its short side. V-JEPA's K400 protocol: 8x3; V-JEPA 2's SSv2: 2x3. "
-            "Training videos keep their --clips. Evaluation averages the views' softmax per video. Shard format 5.",
+            "Training videos keep their --clips. Evaluation averages the views' softmax per video by default "
+            "(train-probe --view-average). Shard format 5. Default: none (val/test videos get --clips, centre crop).",
         ),
     ] = None,
     frame_step: Annotated[
@@ -64,7 +65,7 @@ def view_options(
         typer.Option(
             min=1,
             help="Sample the T frames of a clip S frames apart (the anchors' frame_step, e.g. 4), the window in the "
-            "middle of each of the --clips (or test-view) segments, instead of the centres of T equal segments.",
+            "middle of each of the --clips (or test-view) segments. Default: none, the centres of T equal segments.",
         ),
     ] = None,
 ) -> None:

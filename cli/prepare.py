@@ -11,6 +11,11 @@ from cli.app import DATA_PANEL, app
 from cli.console import user_errors
 from step_cache.datasets import ADAPTERS, prepare
 
+# docs/datasets.md, "Held-out splits keep groups whole"
+_GROUPS = (
+    ", never splitting a group (all segments of a video, a UCF101 v_X_gNN group, an HMDB51 source movie, a "
+    "Drive&Act participant, same-named files across class folders; docs/datasets.md)."
+)
 _DATASETS_HELP = "; ".join(f"{name}: {adapter.description}" for name, adapter in ADAPTERS.items())
 
 
@@ -40,10 +45,10 @@ def prepare_command(
         bool, typer.Option("--use-frame-ranges", help="Diving48: keep start_frame/end_frame as segments.")
     ] = False,
     val_fraction: Annotated[
-        float, typer.Option("--val-fraction", help="Hold out this stratified part of train as val.")
+        float, typer.Option("--val-fraction", help=f"Hold out this stratified part of train as val{_GROUPS}")
     ] = 0.0,
     test_fraction: Annotated[
-        float, typer.Option("--test-fraction", help="Hold out this stratified part of train as test.")
+        float, typer.Option("--test-fraction", help=f"Hold out this stratified part of train as test{_GROUPS}")
     ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the held-out draw.")] = 0,
     strict: Annotated[

@@ -74,9 +74,10 @@ def sweep(
 ) -> None:
     """Search probe hyperparameters with Optuna; K trials at a time train together as one stacked batch.
 
-    --protocol NAME trains an anchor's published grid (docs/protocols.md): its fields, its lr x weight-decay grid
-    as --param lists, --grid, --trials and --parallel the grid's size (one batch), --pruner none; options given
-    explicitly (a --param of the same name too) override the preset."""
+    --protocol NAME trains an anchor's published grid (docs/protocols.md): its fields, its grid (V-JEPA 2's lrs x
+    weight decays, DINOv2's lrs x blocks x avgpool) as --param lists, --grid, --trials and --parallel the grid's
+    size (one batch), --pruner none; options given explicitly (a --param of the same name too) override the
+    preset."""
     from step_cache.extras import require
 
     setup_logging(verbose)

@@ -22,14 +22,16 @@ def timeline(
         float | None,
         typer.Option(
             help="Window length in seconds (default: the median duration of the run's training videos, recorded "
-            "at extraction; caches extracted before that need this option)."
+            "at extraction; caches extracted before that need this option; a --frame-step run: K x (T x S + 1) "
+            "frames, the span of its training clips)."
         ),
     ] = None,
     stride: Annotated[
         float | None,
         typer.Option(
             help="Seconds between window starts (default: one segment of the window, window / T, so that each new "
-            "window encodes one new frame per clip; the window is then rounded to a multiple of T frames)."
+            "window encodes one new frame per clip; the window is then rounded to a multiple of T frames; a "
+            "--frame-step run: S frames)."
         ),
     ] = None,
     fps: Annotated[float | None, typer.Option(help="Frame rate, when the container does not state it.")] = None,

@@ -18,7 +18,7 @@ import csv
 import io
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from step_cache.errors import StepCacheError
@@ -43,6 +43,9 @@ class VideoItem:
     split: str | None = None
     start_frame: int | None = None
     end_frame: int | None = None
+    # The group key an adapter read from its annotations (Drive&Act's participant_id: "subject:vp<N>"), which
+    # prepare's hold-out uses instead of the one read from the path (datasets/groups.py); not a CSV column.
+    group: str | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from step_cache.errors import InputError
+from step_cache.interface import option
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def choose_threads(requested: int | None = None, environ: MutableMapping[str, st
     """``--threads`` (``requested``) > ``OMP_NUM_THREADS`` > the CPUs available (``available_cpus``)."""
     if requested is not None:
         if requested < 1:
-            raise InputError(f"--threads must be >= 1, got {requested}")
+            raise InputError(f"{option('threads')} must be >= 1, got {requested}")
         return ThreadChoice(requested, "--threads")
     from_env = _omp_num_threads(os.environ if environ is None else environ)
     if from_env is not None:

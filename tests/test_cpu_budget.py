@@ -61,7 +61,7 @@ def test_threads_option_beats_omp_num_threads_which_beats_the_budget():
     assert choose_threads(None, {"OMP_NUM_THREADS": "4,2"}) == ThreadChoice(4, "OMP_NUM_THREADS")  # outer level
     assert choose_threads(None, {"OMP_NUM_THREADS": "lots"}) == available_cpus()  # unusable: ignored
     assert choose_threads(None, {}) == available_cpus()
-    with pytest.raises(ValueError, match="--threads must be >= 1, got 0"):
+    with pytest.raises(ValueError, match=r"^threads= must be >= 1, got 0$"):
         choose_threads(0, {})
 
 

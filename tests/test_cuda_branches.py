@@ -15,7 +15,8 @@ import torch
 from step_cache.cache.shards import open_shards
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.inference import autocast, tf32_matmuls
-from step_cache.training.token_data import StreamingTokens, batch_plan, select_tokens
+from step_cache.training.streaming import StreamingTokens
+from step_cache.training.token_data import batch_plan, select_tokens
 from step_cache.training.trainer import train_probe
 
 CUDA = torch.device("cuda")  # a device object needs no GPU; only running kernels on it does

@@ -106,7 +106,7 @@ def test_evaluate_a_layer_run_on_a_cache_compacted_to_its_layer(tmp_path):
     full, ten = evaluate(run, tmp_path / "cache", split="val"), evaluate(run, tmp_path / "ten", split="val")
     assert ten["top1"] == full["top1"] and ten["confusion_matrix"] == full["confusion_matrix"]
     assert ten["loss"] == full["loss"]
-    with pytest.raises(ManifestError, match=r"ends: the run read blocks \[10\] \(train-probe --layers 10\); the cache "
+    with pytest.raises(ManifestError, match=r"ends: the run read blocks \[10\] \(layers='10'\); the cache "
                        r"stores \[9, 11\], without \[10\]$"):  # fmt: skip
         evaluate(run, tmp_path / "ends", split="val")
 

@@ -1,6 +1,7 @@
 """Group-aware splits: neither ``prepare``'s hold-out nor train-probe's val hold-out ever splits a group of videos
 (a UCF101 ``v_X_gNN`` group, a clip and its same-named reversed copy in the classes of a mirrored pair)."""
 
+import dataclasses
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -108,10 +109,20 @@ def test_prepare_test_fraction_keeps_a_clip_and_its_reversed_copy_together(tmp_p
 
 
 def test_group_keys_of_hmdb51_and_drive_act_names():
-    # HMDB51: clips _0, _1 of one source recording share a key; the six tags must all be there.
-    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi") == "April_09_brush_hair_u_nm_np1_ba_goo"
-    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1.avi") == "April_09_brush_hair_u_nm_np1_ba_goo"
-    assert group_key("kiss/Pirates_kiss_h_cm_np2_le_bad_12.avi") == "Pirates_kiss_h_cm_np2_le_bad"
+    # HMDB51: the clips of one source movie share a key, in every action it gives clips of (the source is the name
+    # before _<action>: actions and sources may hold "_"); the six tags must all be there.
+    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_0.avi") == "source:April_09"
+    assert group_key("brush_hair/April_09_brush_hair_u_nm_np1_ba_goo_1.avi") == "source:April_09"
+    assert group_key("kiss/Pirates_kiss_h_cm_np2_le_bad_12.avi") == "source:Pirates"
+    assert group_key("eat/AmericanGangster_eat_h_cm_np1_fr_goo_0.avi") == "source:AmericanGangster"
+    assert group_key("drink/AmericanGangster_drink_u_nm_np2_le_med_3.avi") == "source:AmericanGangster"
+    assert group_key("situp/Gym_situp_f_nm_np1_fr_goo_0.avi") == "source:Gym"  # the longest action: situp, not sit
+    assert group_key("wink/Film_wink_h_nm_np1_fr_goo_0.avi") == "source:Film"  # its class folder names the action
+    # the class folder decides between actions that end one another (sword, draw_sword): the source keeps the rest
+    assert group_key("sword/Duel_draw_sword_f_cm_np2_ri_goo_1.avi") == "source:Duel_draw"
+    assert group_key("draw_sword/Duel_draw_sword_u_nm_np1_fr_med_0.avi") == "source:Duel"
+    assert group_key("Duel_draw_sword_u_nm_np1_fr_med_0.avi") == "source:Duel"  # no folder: the longest action
+    assert group_key("x/Film_blink_h_nm_np1_fr_goo_2.avi") == "Film_blink_h_nm_np1_fr_goo"  # unknown: as one action
     assert (
         group_key("kiss/Pirates_kiss_h_cm_np2_side_bad_12.avi") == "Pirates_kiss_h_cm_np2_side_bad_12"
     )  # no viewpoint
@@ -123,10 +134,10 @@ def test_group_keys_of_hmdb51_and_drive_act_names():
 
 
 def test_no_hmdb51_source_recording_is_in_two_of_train_val_test():
-    # HMDB51-style: 3 classes x 6 source recordings x 1..3 clips numbered _0, _1, ...
+    # HMDB51-style: 3 classes x 6 source recordings of their own x 1..3 clips numbered _0, _1, ...
     classes = ["brush_hair", "kiss", "sit"]
     items = [
-        VideoItem(f"{name}/Movie{s}_{name}_u_nm_np1_fr_med_{c}.avi", name)
+        VideoItem(f"{name}/{name.title()}Movie{s}_{name}_u_nm_np1_fr_med_{c}.avi", name)
         for name in classes
         for s in range(6)
         for c in range(1 + s % 3)
@@ -135,6 +146,23 @@ def test_no_hmdb51_source_recording_is_in_two_of_train_val_test():
     for seed in range(4):
         (train, val, test), _ = _train_val_test_groups(items, classes, seed)
         assert len(train) + len(val) + len(test) == 18
+
+
+def test_no_hmdb51_source_movie_is_in_two_of_train_val_test_across_its_actions():
+    # One source movie gives clips of two actions (as AmericanGangster_eat_... and AmericanGangster_drink_...):
+    # 10 movies, each in two of 3 actions, 2 clips per action with their own tags.
+    classes = ["eat", "drink", "smoke"]
+    tags = ("h_cm_np1_fr_goo", "u_nm_np2_le_med")
+    items = [
+        VideoItem(f"{action}/Film_{s}_{action}_{tags[c]}_{c}.avi", action)
+        for s in range(10)
+        for action in (classes[s % 3], classes[(s + 1) % 3])
+        for c in range(2)
+    ]
+    assert {group_key(i.path) for i in items} == {f"source:Film_{s}" for s in range(10)}
+    for seed in range(4):
+        (train, val, test), _ = _train_val_test_groups(items, classes, seed)  # disjoint: checked there
+        assert train | val | test == {f"source:Film_{s}" for s in range(10)} and val and test
 
 
 def test_no_drive_act_participant_is_in_two_of_train_val_test():
@@ -163,7 +191,7 @@ def test_prepare_hmdb51_val_fraction_keeps_a_source_recording_whole(tmp_path):
         lines = []
         for s in range(8):
             for c in range(3):
-                video = f"Src{s}_{name}_u_cm_np1_fr_goo_{c}.avi"
+                video = f"{name.title()}Src{s}_{name}_u_cm_np1_fr_goo_{c}.avi"  # sources of its own
                 lines.append(f"{video} {1 if s < 6 else 2}\n")
                 (root / "hmdb51_org" / name).mkdir(parents=True, exist_ok=True)
                 (root / "hmdb51_org" / name / video).write_bytes(b"x")
@@ -177,4 +205,69 @@ def test_prepare_hmdb51_val_fraction_keeps_a_source_recording_whole(tmp_path):
             split_of.setdefault(group_key(item.path), set()).add(item.split)
         assert all(len(splits) == 1 for splits in split_of.values())
         val = [key for key, splits in split_of.items() if splits == {"val"}]
-        assert len(val) == 4 and {key.split("_")[1] for key in val} == {"brush", "kiss"}  # 2 of 6 per class
+        assert sorted(key.split(":")[1].split("Src")[0] for key in val) == ["Brush_Hair"] * 2 + ["Kiss"] * 2
+
+
+def _drive_act_csvs(folder, rows_by_subset):
+    folder.mkdir(parents=True, exist_ok=True)
+    header = "participant_id,file_id,annotation_id,frame_start,frame_end,activity,chunk_id\n"
+    for subset, rows in rows_by_subset.items():
+        (folder / f"midlevel.chunks_90.split_0.{subset}.csv").write_text(header + "".join(rows))
+
+
+def test_drive_act_groups_by_participant_id_and_falls_back_to_the_vp_folder(tmp_path):
+    from step_cache.datasets import drive_act
+    from step_cache.datasets.adapter import Request
+
+    # file_ids without a participant folder: only the participant_id column tells whose recording it is
+    train = [f"{p},session{s}_p{p}.kinect_color,0,{c * 90},{c * 90 + 90},{('eating', 'drinking')[c]},{c}\n"
+             for p in (4, 5, 6, 7) for s in (1, 2) for c in (0, 1)]  # fmt: skip
+    _drive_act_csvs(tmp_path / "a", {
+        "train": train,
+        "val": ["vp8,session1_p8.kinect_color,0,0,90,eating,0\n"],
+        "test": [",vp9/run1.kinect_color,0,0,90,drinking,0\n"],  # an empty cell: the path's vp9 folder
+    })  # fmt: skip
+    items = drive_act.read(Request("drive-act", tmp_path / "a", tmp_path / "a")).items
+    groups = {item.path: item.group for item in items}
+    assert groups["session2_p5.kinect_color.mp4"] == "subject:vp5" and groups["session1_p8.kinect_color.mp4"] == (
+        "subject:vp8"
+    )
+    assert groups["vp9/run1.kinect_color.mp4"] is None and group_key("vp9/run1.kinect_color.mp4") == "subject:vp9"
+    # prepare's hold-out draws whole participants (the official lists have val and test: drawn here from train)
+    training = [dataclasses.replace(item, split=None) for item in items if item.split == "train"]
+    for seed in range(4):
+        held = holdout(training, val_fraction=0.25, seed=seed)
+        split_of: dict[str, set[str]] = {}
+        for item in held.items:
+            split_of.setdefault(item.group, set()).add(item.split)
+        assert all(len(splits) == 1 for splits in split_of.values()), split_of
+        assert sum(splits == {"val"} for splits in split_of.values()) == 1  # 1 of 4 participants
+        assert held.groups_kept == 4  # each participant's two recordings
+    # without the column, the path decides (as before): these recordings would be 8 groups of their own
+    assert len({group_key(item.path) for item in training}) == 8
+
+
+def test_the_groups_v1_hold_out_keeps_hmdb51_clips_grouped_within_an_action():
+    """A run recorded with data.holdout "groups-v1" (HMDB51 grouped by the name without _<N>) is reproduced as it
+    was; "groups-v2", today's rule, keeps a source movie whole across its actions."""
+    from step_cache.training.splits import HOLDOUT_GROUPS, HOLDOUT_GROUPS_V1
+
+    classes = ["eat", "drink", "smoke"]
+    videos = np.array([f"{action}/Film_{s}_{action}_h_cm_np1_fr_goo_{c}.avi" for s in range(12)
+                       for action in (classes[s % 3], classes[(s + 1) % 3]) for c in range(2)])  # fmt: skip
+    labels = np.array([classes.index(v.split("/")[0]) for v in videos])
+    splits = np.full(len(videos), "", dtype=object)
+    split_v1 = 0
+    for seed in range(6):
+        for rule in (HOLDOUT_GROUPS, HOLDOUT_GROUPS_V1):
+            chosen = select_splits(labels, splits, videos, 0.3, seed, holdout=rule)
+            assert chosen.holdout == rule
+            sources = [{v.split("/")[1].split("_")[1] for v in videos[part]} for part in (chosen.train, chosen.val)]
+            if rule == HOLDOUT_GROUPS:
+                assert not sources[0] & sources[1]
+            else:
+                # v1: one action's clips of a movie stay together ...
+                within = [{v.rsplit("_", 1)[0] for v in videos[part]} for part in (chosen.train, chosen.val)]
+                assert not within[0] & within[1]
+                split_v1 += bool(sources[0] & sources[1])  # ... but a movie may sit on both sides
+    assert split_v1 >= 3

@@ -17,6 +17,7 @@ from step_cache.host_traffic import HostTraffic
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import make_config
 from step_cache.training.inference import forward_batches
+from step_cache.training.splits import HOLDOUT_GROUPS
 from step_cache.training.stacking import member_optim
 from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.shared_data import DataCache
@@ -52,7 +53,7 @@ def single_epoch_traffic(cache: Path, data: str, batch_size: int, **options) -> 
     shards = open_shards(cache)
     config = make_config("step", {"epochs": 3, "batch_size": batch_size, "progress": False, "data": data,
                                   "clip_grad": 1.0, **options})  # fmt: skip
-    run = _Run(shards, config, Path(tempfile.mkdtemp()))
+    run = _Run(shards, config, Path(tempfile.mkdtemp()), HOLDOUT_GROUPS)
     run.build_optimizer()
     run.open_data()
     run.train_epoch(0)  # the first step creates the optimizer's state
@@ -129,7 +130,7 @@ def test_stacked_adamw_uploads_its_schedule_once_per_chunk(monkeypatch):
 def test_validation_pass_reads_back_once(cache, data):
     shards = open_shards(cache)
     config = make_config("step", {"epochs": 1, "batch_size": 4, "progress": False, "data": data})
-    run = _Run(shards, config, Path(tempfile.mkdtemp()))
+    run = _Run(shards, config, Path(tempfile.mkdtemp()), HOLDOUT_GROUPS)
     run.open_data()
     counts = []
     for batch_size in (1, 4):  # 6 batches, then 2

@@ -75,5 +75,6 @@ def test_no_val_refuses_what_needs_validation(tmp_path):
         make_config("linear", {"val": "off"})
     no_test = tmp_path / "no-test"
     write_token_cache(no_test, videos_per_class=4, dim=16)
-    with pytest.raises(DataError, match=r"--val none \(val='none'\) reports the test split.*no test clips"):
+    with pytest.raises(DataError, match=r"val='none' reports the test split.*no test clips \(give a cache with a test "
+                       r"split, or validate: val='auto'\)$"):  # fmt: skip
         train_probe(no_test, "linear", tmp_path / "r", **SETTINGS)

@@ -11,6 +11,7 @@
 """
 
 import os
+import re
 import subprocess
 import sys
 
@@ -69,18 +70,30 @@ def test_no_readable_video_lists_the_reasons(runs, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("run", "expected"),
+    ("run", "expected", "in_python"),
     [
-        ("projected", "tokens projected on 8 principal directions (step-cache compact --project)"),
-        ("synthetic", "trained on synthetic tokens (no backbone or preprocessing to rebuild)"),
+        (
+            "projected",
+            "tokens projected on 8 principal directions (step-cache compact --project), which cannot be rebuilt from "
+            "videos; to classify videos, train on a cache without --project",
+            "tokens projected on 8 principal directions (compact(project=...)), which cannot be rebuilt from videos; "
+            "to classify videos, train on a cache without project=",
+        ),
+        (
+            "synthetic",
+            "trained on synthetic tokens (no backbone or preprocessing to rebuild), so it cannot classify videos; use "
+            "predict --features with a cache of the same kind",
+            "trained on synthetic tokens (no backbone or preprocessing to rebuild), so it cannot classify videos; use "
+            "predict(run_dir, cache) with a cache of the same kind",
+        ),
     ],
 )
-def test_runs_whose_tokens_videos_cannot_give_are_refused_first(runs, tmp_path, monkeypatch, run, expected):
+def test_runs_whose_tokens_videos_cannot_give_are_refused_first(runs, tmp_path, monkeypatch, run, expected, in_python):
     def no_extraction(*args, **kwargs):
         raise AssertionError("extraction started")
 
     monkeypatch.setattr(video_prediction, "extract", no_extraction)
-    with pytest.raises(RunSettingsError, match=r"^run_dir: .*" + expected.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(RunSettingsError, match=r"^run_dir: .*" + re.escape(in_python) + "$"):
         video_prediction.predict_videos(runs / f"run-{run}", runs / "videos", tmp_path / "p.csv", progress=False)
     result = cli("predict", "--run", runs / f"run-{run}", "--videos", runs / "videos", "--out", tmp_path / "p.csv")
     assert result.returncode == 1 and "Traceback" not in result.stderr and "KeyError" not in result.stderr

@@ -115,14 +115,16 @@ def test_the_docs_table_equals_the_code():
 def test_explicit_options_override_a_preset_and_contradictions_are_refused():
     config = make_config(None, {"protocol": "vjepa-attentive", "epochs": 3, "probe_options": {"depth": 2}})
     assert config.epochs == 3 and config.probe_options["depth"] == 2 and config.lr == JEPA_K400["lr"]
-    with pytest.raises(ProtocolError, match=r"--protocol dinov2-linear trains the linear probe, not step"):
+    wrong_probe = r"^protocol='dinov2-linear' trains the linear probe, not step: drop probe=$"
+    with pytest.raises(ProtocolError, match=wrong_probe):
         make_config("step", {"protocol": "dinov2-linear"})
     with pytest.raises(ProtocolError, match=r"unknown protocol 'dino'; choose one of: dinov2-linear, vjepa-attentive"):
         make_config(None, {"protocol": "dino"})
-    with pytest.raises(ProtocolError, match=r"searches lr, weight_decay over a grid: give --lr \(one of 0.005, "):
+    with pytest.raises(ProtocolError, match=r"searches lr, weight_decay over a grid: give lr= \(one of 0.005, "):
         check_single_run("vjepa2-attentive", {"protocol": "vjepa2-attentive"}, settings())
     check_single_run("vjepa-attentive", {}, settings())  # no grid: nothing needed
-    with pytest.raises(ProtocolError, match=r"searches layers over a grid: give --layers \(one of last, concat:"):
+    with pytest.raises(ProtocolError, match=r"searches layers over a grid: give layers= \(one of last, concat:.*as one "
+                       r"stack with run_sweep protocol='dinov2-linear'$"):  # fmt: skip
         check_single_run("dinov2-linear", {"lr": 0.01}, settings())
     check_single_run("dinov2-linear", {"lr": 0.01, "layers": "last"}, settings())  # avgpool, a probe option: default
 
@@ -195,7 +197,8 @@ def test_sweep_refuses_a_protocol_without_grid_or_validation(cache, tmp_path):
 def test_dinov2_linear_on_a_last4_cache_trains_the_4_block_lr_grid_as_one_stack(_video_tree, tmp_path):
     """A cache of extract --layers last4 follows the preset's layers requirement; --layers concat:last4 trains DINOv2's
     n_last_blocks=4 heads, its 13 lrs as one stack (avgpool off here: one stack, one head width). Without the two
-    options, the whole grid (13 lrs x {1, 4} blocks x avgpool) runs in one sweep: one stack per head width."""
+    options, the whole grid (13 lrs x {1, 4} blocks x avgpool) runs in one sweep as one stack: masked heads of the
+    widest width (training/stacking/nested.py)."""
     from conftest import TINY
 
     from step_cache import extract
@@ -217,7 +220,23 @@ def test_dinov2_linear_on_a_last4_cache_trains_the_4_block_lr_grid_as_one_stack(
     result = _cli(["sweep", str(cache), "--protocol", "dinov2-linear", "--epochs", "1", "--batch-size", "4", "--out",
                    str(whole), "--quiet", "--no-plots", "--no-retrain"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "52 trials: 52 complete" in result.output and "4 stack(s)" in result.output, result.output
+    assert "52 trials: 52 complete" in result.output and "1 stack(s)" in result.output, result.output
     trials = json.loads((whole / "trials.json").read_text())
     grid = {(t["params"]["layers"], t["params"]["avgpool"], t["params"]["lr"]) for t in trials["trials"]}
     assert len(grid) == 52
+
+
+def test_the_presets_differences_print_once_for_seeds_that_vary_data(cache, tmp_path):
+    """train-probe --protocol ... --seeds 3 --vary data trains each seed as a run of its own: the preset's "what
+    differs" lines are printed once, by the run, and every seed's config.json still records the cache's."""
+    out = tmp_path / "seeds"
+    result = _cli(["train-probe", str(cache), "--protocol", "dinov2-linear", "--layers", "last", "--lr", "0.01",
+                   "--seeds", "3", "--vary", "data", "--epochs", "1", "--out", str(out), "--quiet"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.output.count("what differs from the anchor here") == 1, result.output
+    differences = PROTOCOLS["dinov2-linear"].differences
+    for line in [*differences, "cache layers: the cache has the last block only"]:
+        assert result.output.count(line[:40]) == 1, line
+    for seed in (0, 1, 2):
+        record = json.loads((out / "seeds" / f"seed-{seed}" / "config.json").read_text())
+        assert any(d.startswith("layers:") for d in record["data"]["protocol"]["cache_differences"])

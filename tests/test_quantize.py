@@ -13,7 +13,8 @@ from step_cache.cache.quantize import dequantize, quantize, token_bytes
 from step_cache.cache.shards import ClipRecord, ShardWriter, open_shards, shard_name
 from step_cache.cache.verify import verify_cache
 from step_cache.extraction.engine import extract
-from step_cache.training.token_data import open_token_source, select_tokens
+from step_cache.training.data_source import open_token_source
+from step_cache.training.token_data import select_tokens
 
 FRAMES, GRID, DIM = 3, (2, 2), 16
 

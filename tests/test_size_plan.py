@@ -27,8 +27,13 @@ def cache_bytes(out: Path) -> int:
 
 @pytest.mark.parametrize(
     "options",
-    [{}, {"dtype": "int8", "views": 1, "shard_size_mb": 0.5}, {"test_views": "2x2", "layers": "last2"}],
-    ids=["fp16", "int8-views", "test-views-layers"],
+    [
+        {},
+        {"dtype": "int8", "views": 1, "shard_size_mb": 0.5},
+        {"test_views": "2x2", "layers": "last2"},
+        {"test_views": "2x2", "layers": "0,-1", "frame_step": 3},
+    ],
+    ids=["fp16", "int8-views", "test-views-layers", "frame-step-test-views-layers"],
 )
 def test_the_estimate_is_within_5_percent_of_the_demo_cache(demo, tmp_path, options):
     out = tmp_path / "cache"

@@ -241,9 +241,13 @@ def test_bad_space_flags_give_clear_errors(probe, flags, message):
 def test_unknown_probe_empty_space_and_grid_of_ranges(tmp_path):
     with pytest.raises(ProbeConfigError, match="unknown probe 'mean'"):
         build_space("mean", ["lr=1e-3..1e-2"])
-    with pytest.raises(SweepSpaceError, match=r"empty search space \(only fixed values: lr\)"):
+    empty = (
+        r"empty search space \(only fixed values: lr\): give at least one flags entry 'NAME=SPEC' with a range or "
+        r"several values, e.g. flags=\['lr=log:1e-4..3e-3'\], or a space_file"
+    )
+    with pytest.raises(SweepSpaceError, match=empty):
         build_space("step", ["lr=1e-3"]).check_not_empty()
-    with pytest.raises(SweepSpaceError, match="--grid needs a list of values for every parameter; lr is a range"):
+    with pytest.raises(SweepSpaceError, match="sampler='grid' needs a list of values for every parameter; lr is a"):
         build_space("step", ["lr=1e-3..1e-2", "wd=0,0.1"]).grid()
     bad = tmp_path / "bad.toml"
     bad.write_text("[params\nlr = 1")

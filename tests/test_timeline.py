@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import TINY
 
 from step_cache.cache.manifest import Manifest, TokenLayout
+from step_cache.cache.shards import open_shards
 from step_cache.extraction.engine import extract
 from step_cache.extraction.video import decode_clips
 from step_cache.recognition.model import RunModel
@@ -21,6 +23,7 @@ from step_cache.recognition.stream import WindowRunner
 from step_cache.recognition.timeline import run_timeline, timeline
 from step_cache.recognition.windows import WindowError, WindowPlan, plan_windows
 from step_cache.synthetic.videos import moving_square, write_video
+from step_cache.training.evaluation import load_probe
 from step_cache.training.trainer import train_probe
 
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 230)}
@@ -190,3 +193,41 @@ def test_a_video_with_decoder_errors_gets_a_warning_with_their_count(colour_run,
     assert len(damaged) == 1 and damaged[0].startswith(f"{tmp_path / 'damaged.mp4'}: "), result.notes
     assert "damaged data, frames may be wrong" in damaged[0] and "warning: " + damaged[0] in result.summary()
     assert not [n for n in run_timeline(model, long_video, progress=False).notes if "decoder" in n]
+
+
+@pytest.fixture(scope="module")
+def step_run(tmp_path_factory):
+    """A run on a --frame-step 3 cache (T = 4: clips of 4 frames spanning 12) of 30-frame coloured squares."""
+    root = tmp_path_factory.mktemp("step-timeline")
+    for name, colour in COLOURS.items():
+        for i in range(3):
+            frames = moving_square(30, (64, 64), direction=1, color=colour, seed=10 * i + len(name))
+            write_video(root / "videos" / name / f"{name}_{i}.mp4", frames, fps=FPS)
+    extract(root / "videos", root / "shards", frame_step=3, **TINY)
+    run = root / "run"
+    train_probe(root / "shards", "linear", run, epochs=3, batch_size=4, val_fraction=0.34, progress=False)
+    return run, root
+
+
+def test_a_frame_step_run_samples_windows_as_extract_did(step_run):
+    run, root = step_run
+    model = RunModel(run, device="cpu")
+    assert model.frame_step == 3
+    # the default window: K (T S + 1) = 13 frames, every S = 3, the anchor's clip linspace(0, 12, 4) capped at 11
+    plan = plan_windows(FPS, model.frames, model.clips, None, None, model.typical_duration(), model.frame_step)
+    assert (plan.length, plan.stride, plan.frame_step) == (13, 3, 3)
+    assert plan.window(5).indices.tolist() == [[5, 9, 13, 16]]
+    assert Recognizer(run, fps=FPS).plan == plan
+    shards = open_shards(root / "shards")
+    probe = load_probe(run)[1].eval()
+    for video in ("red/red_0.mp4", "blue/blue_2.mp4"):
+        # a window the length of a training video: the frames extract sampled from it, and the probe's logits on
+        # the cached tokens (the backbone ran on other batches: float16 tokens may differ in their last bit, see
+        # test_recognizer_gives_timeline_logits)
+        result = run_timeline(model, root / "videos" / video, window=30 / FPS, progress=False)
+        assert len(result.results) == 1
+        (row,) = np.nonzero(shards.videos == video)[0]
+        assert result.results[0].window.indices.tolist() == [shards.frame_indices[row].tolist()]
+        with torch.no_grad():
+            cached = probe(torch.from_numpy(shards.read_tokens([row]).astype(np.float32)))[0].numpy()
+        np.testing.assert_allclose(result.results[0].logits, cached, rtol=0, atol=1e-3)

@@ -10,14 +10,14 @@ import torch
 from step_cache.cache.manifest import TokenLayout
 from step_cache.cache.shards import open_shards
 from step_cache.synthetic.tokens import write_token_cache
+from step_cache.training.data_source import open_token_source
 from step_cache.training.frame_order import frame_order, permute_frames, reversed_order, shuffled_order
 from step_cache.training.splits import DataError, select_splits, source_video
+from step_cache.training.streaming import StreamingTokens
 from step_cache.training.token_data import (
     InMemoryTokens,
-    StreamingTokens,
     batch_plan,
     choose_mode,
-    open_token_source,
     select_tokens,
 )
 

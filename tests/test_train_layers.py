@@ -11,7 +11,8 @@ from conftest import TINY
 from step_cache import extract, open_shards
 from step_cache.training.evaluation import evaluate
 from step_cache.training.splits import DataError
-from step_cache.training.token_data import InMemoryTokens, StreamingTokens, select_tokens
+from step_cache.training.streaming import StreamingTokens
+from step_cache.training.token_data import InMemoryTokens, select_tokens
 from step_cache.training.trainer import train_probe
 
 OPTIONS = {**TINY, "batch_size": 4, "clips": 2}
@@ -178,7 +179,9 @@ def test_tokens_mode_puts_the_layers_tokens_one_after_the_other_as_vjepa2_does(c
     assert record["tokens"]["layers"] == [10, 11] and record["tokens"]["along"] == "tokens" and record["dim"] == 192
     assert evaluate(tmp_path / "run", caches / "three")["top1"] == result.metrics["top1"]
     with pytest.raises(
-        DataError, match=r"layers='tokens:last2' \(the layers' tokens one after the other\) with token_drop=: not built"
+        DataError,
+        match=r"layers='tokens:last2' \(the layers' tokens one after the other\) with token_drop=: refused, as it "
+        r"would drop among the first layer's tokens only; use concat:, mix or one layer with it$",
     ):
         train_probe(caches / "three", "attentive", tmp_path / "x", layers="tokens:last2", token_drop=0.5, **TRAIN)
 

@@ -77,7 +77,11 @@ def test_vary_data_val_is_scored_per_seed_and_resume_finishes_a_killed_run(cache
     resumed = train_probe(cache, "linear", out, seeds=2, vary="data", resume=True, **FAST)
     whole = train_probe(cache, "linear", tmp_path / "whole", seeds=2, vary="data", **FAST)
     assert resumed.metrics["top1"] == whole.metrics["top1"] and resumed.metrics["std"] == whole.metrics["std"]
-    with pytest.raises(DataError, match=r"hold out different val videos.*--seed S"):
+    mixed = (
+        r"seeds of a vary='data' run hold out different val videos, so its val split is not one set: score one seed "
+        r"on its own split \(seed=1, say\), or the test or all split$"
+    )
+    with pytest.raises(DataError, match=mixed):
         evaluate(out, cache, split="val")
     own = evaluate(out, cache, split="val", seed=1)  # seed 1 on its own val split: its run's figures
     assert own["top1"] == resumed.metrics["per_seed"][1]["val"]["top1"]
@@ -90,3 +94,18 @@ def test_seed_metrics_is_the_inverse_of_a_one_seed_document(cache, tmp_path):
     for member, run in zip(members, runs, strict=True):
         again = metrics_document(run.metrics["seeds"], [member], run.metrics["wall_time_s"])
         assert again == run.metrics
+
+
+def test_vary_data_val_of_a_cache_with_its_own_val_split_is_scored_with_every_seed(tmp_path):
+    """The cache's val split is every seed's (nothing is held out per seed), so evaluate pools the seeds on it."""
+    directory = tmp_path / "with-val"
+    write_token_cache(directory, videos_per_class=10, dim=16, test_every=5, val_every=4)
+    run = train_probe(directory, "linear", tmp_path / "run", seeds=2, vary="data", **FAST)
+    assert _val(tmp_path / "run") > 0 and run.metrics["splits"]["val"]["videos"] == _val(tmp_path / "run")
+    scored = evaluate(tmp_path / "run", directory, split="val")
+    assert scored["seeds"] == [0, 1] and scored["vary"] == "data"
+    per_seed = [entry["val"]["top1"] for entry in run.metrics["per_seed"]]
+    assert scored["top1"] == pytest.approx(sum(per_seed) / 2, abs=1e-15)
+    # no hold-out was drawn, so the std varies over init and batch order only (printed and evaluated alike)
+    assert spread_note(run.metrics) == "std over 2 seeds, init and batch order"
+    assert evaluation_line(scored).endswith("| mean ± std over 2 seeds, init and batch order")

@@ -16,12 +16,12 @@ import torch
 from step_cache.cache.shards import open_shards
 from step_cache.synthetic.tokens import write_token_cache
 from step_cache.training.config import TrainConfigError, make_config
+from step_cache.training.data_source import open_token_source
 from step_cache.training.evaluation import evaluate, load_probe, predict, recorded_selection, run_view_average
 from step_cache.training.evaluation_text import evaluation_line
 from step_cache.training.inference import collect_logits
 from step_cache.training.metrics import average_by_video
 from step_cache.training.run_record import record_differences
-from step_cache.training.token_data import open_token_source
 from step_cache.training.trainer import train_probe
 
 SETTINGS = {"epochs": 2, "batch_size": 8, "progress": False}

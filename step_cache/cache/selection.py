@@ -60,27 +60,36 @@ def select(layout: TokenLayout, layers: Sequence[int] | None = None, part: str =
     return Selection(positions, part, layout.layers is not None, count, tokens)
 
 
-def read_rows(
-    dataset: h5py.Dataset, rows: np.ndarray, selection: Selection, cls_copy: bool, scales: bool
-) -> np.ndarray:
-    """``rows`` (sorted, unique) of ``dataset`` (``tokens``/``cls`` or their scales) as ``selection`` asks.
+def read_pieces(rows: np.ndarray, positions: np.ndarray) -> list[tuple[int, int, int]]:
+    """(first row, count, first position) of each stretch that is consecutive both in ``rows`` (sorted) and in
+    ``positions`` (where those rows go in the result): one read each, straight into its place."""
+    if len(rows) == 0:
+        return []
+    breaks = np.nonzero((np.diff(rows) != 1) | (np.diff(positions) != 1))[0] + 1
+    starts, stops = np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]])
+    return [(int(rows[a]), int(b - a), int(positions[a])) for a, b in zip(starts, stops, strict=True)]
 
-    Contiguous runs of rows go straight into one buffer with read_direct: h5py's fancy indexing is ~30x slower per
-    row, and slicing allocates a temporary per run. ``cls_copy``: the dataset is the CLS copy (all its tokens)."""
-    dim = None if scales else dataset.shape[-1]
-    block = np.empty((len(rows), *selection.clip_shape(dataset.shape[1 + selection.layered], dim)), dataset.dtype)
+
+def read_rows(
+    dataset: h5py.Dataset,
+    pieces: list[tuple[int, int, int]],
+    selection: Selection,
+    cls_copy: bool,
+    out: np.ndarray,
+    scales: bool,
+) -> None:
+    """Read ``pieces`` (``read_pieces``) of ``dataset`` (``tokens``/``cls`` or their scales) as ``selection``
+    asks into ``out`` (C-contiguous; its first axis indexed by position).
+
+    Each piece goes straight into ``out`` with read_direct: h5py's fancy indexing is ~30x slower per row, and a
+    temporary block gathered into place afterwards cost a copy of every byte (docs/performance.md, "Why streaming
+    read below the sequential rate"). ``cls_copy``: the dataset is the CLS copy (all its tokens)."""
     tokens = slice(None) if cls_copy or selection.part == "all" else slice(0, selection.tokens)
     token_axis = (tokens,) if scales else (tokens, slice(None))
-    start = 0
-    for run in np.split(rows, np.nonzero(np.diff(rows) != 1)[0] + 1):
-        if not len(run):
-            continue
-        target = np.s_[start : start + len(run)]
-        source = slice(int(run[0]), int(run[-1]) + 1)
+    for row, count, at in pieces:
+        source, target = slice(row, row + count), np.s_[at : at + count]
         if selection.layers is None:
-            dataset.read_direct(block, (source, Ellipsis, *token_axis), target)
+            dataset.read_direct(out, (source, Ellipsis, *token_axis), target)
         else:
             for j, layer in enumerate(selection.layers):
-                dataset.read_direct(block, (source, layer, Ellipsis, *token_axis), (target, j))
-        start += len(run)
-    return block
+                dataset.read_direct(out, (source, layer, Ellipsis, *token_axis), (target, j))

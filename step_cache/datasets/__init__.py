@@ -74,7 +74,7 @@ class PreparedDataset:
         if self.groups_kept is not None:
             lines.append(
                 f"held out by group: {self.groups_kept} group(s) of several videos (same file name across class "
-                "folders, UCF101 v_X_gNN, HMDB51 source recording, Drive&Act participant vpN) kept whole in one split"
+                "folders, UCF101 v_X_gNN, HMDB51 source movie, Drive&Act participant vpN) kept whole in one split"
             )
         if self.pairs_path is not None:
             lines.append(f"{len(self.pairs)} mirrored pair(s) written to {self.pairs_path}")

@@ -9,7 +9,9 @@ root (or in ``--annotations``); when several views have them, ``--view`` picks o
 Videos: ``<file_id>.mp4`` (``file_id`` looks like ``vp1/run1b_2018-05-29-14-02-47.kinect_color``) in the folder
 named after the view (``<videos root>/<view>/vp1/...``) or directly under the videos root.
 
-Every chunk becomes one row with its ``start_frame``/``end_frame``; class names are the activity strings as written
+Every chunk becomes one row with its ``start_frame``/``end_frame``, grouped (``datasets/groups.py``) by its
+``participant_id`` (``1`` or ``vp1``: ``subject:vp1``), or by the ``vp<N>`` folder of its ``file_id`` where the
+column is absent or empty; class names are the activity strings as written
 (snake_case, one with a space: ``looking_or_moving_around (e.g. searching)``). Activities are not checked against a
 list: the CSVs are the label set (34 classes in the benchmark, a few rare extra ones such as ``closing_backpack``
 in some files).
@@ -101,12 +103,21 @@ def annotation_dir(request: Request, split: int) -> Path:
     return found[0]
 
 
+def participant(value: str | None) -> str | None:
+    """The group key (``datasets/groups.py``) of a ``participant_id`` cell: ``subject:vp<N>`` for ``N`` or
+    ``vp<N>``, ``subject:<value>`` for another name; None for an empty cell or no column (the path's ``vp<N>``
+    folder is used then)."""
+    if not value:
+        return None
+    return f"subject:vp{int(value)}" if value.isdigit() else f"subject:{value.lower()}"
+
+
 def read(request: Request) -> AdapterResult:
     unsupported(request, use_frame_ranges=request.use_frame_ranges)
     split = check_split(request, (0, 1, 2), default=0)
     directory = annotation_dir(request, split)
     sources = []
-    rows: list[tuple[str, str, str, int, int]] = []
+    rows: list[tuple[str, str, str, int, int, str | None]] = []
     for subset in SPLIT_FILES:
         path = directory / f"midlevel.chunks_90.split_{split}.{subset}.csv"
         if not path.is_file():
@@ -120,14 +131,14 @@ def read(request: Request) -> AdapterResult:
             end = whole_number(row["frame_end"], path, where, "frame_end")
             if end <= start:
                 raise DatasetError(f"{path}:{line_no}: frame_end ({end}) must be greater than frame_start ({start})")
-            rows.append((row["file_id"], row["activity"], subset, start, end))
+            rows.append((row["file_id"], row["activity"], subset, start, end, participant(row.get("participant_id"))))
     # Videos of a view live in a folder named like the view's annotation folder (but not in that folder itself).
     view_dir = request.videos_root / directory.name
     candidates = (directory.name, "") if view_dir.resolve() != directory.resolve() else ("",)
     prefix = video_subdir(request.videos_root, candidates, (f"{row[0]}.mp4" for row in rows))
     items = [
-        VideoItem(join(prefix, f"{file_id}.mp4"), activity, subset, start, end)
-        for file_id, activity, subset, start, end in rows
+        VideoItem(join(prefix, f"{file_id}.mp4"), activity, subset, start, end, group)
+        for file_id, activity, subset, start, end, group in rows
     ]
     unknown = sorted({row[1] for row in rows} - set(DRIVE_ACT_ACTIVITIES) - set(DRIVE_ACT_EXTRA_ACTIVITIES))
     notes = []

@@ -9,10 +9,16 @@ Read from the path alone:
   person, so the dataset's own splits keep a group together; the key is ``v_<Class>_g<NN>``.
 - HMDB51-style names ``<source>_<action>_<body>_<camera motion>_<people>_<viewpoint>_<quality>_<N>`` (the
   dataset's README: body ``f|h|l|u``, camera motion ``cm|nm``, ``np<k>``, viewpoint ``fr|ba|le|ri``, quality
-  ``bad|med|goo``): the clips numbered ``_<N>`` are cut from one source recording; the key is the name without the
-  trailing ``_<N>``. A name that does not carry all six tags falls back to the rules of other names.
-- Drive&Act paths ``.../vp<N>/<file>`` (the participant folder of the annotation's ``file_id``): every recording of
-  one participant, the subject the dataset's own splits are drawn by; the key is ``vp<N>``.
+  ``bad|med|goo``): clips are cut from source movies, and one movie gives clips of several actions
+  (``AmericanGangster_eat_...``, ``AmericanGangster_drink_...``); the key is ``<source>``, the name before
+  ``_<action>`` (the class folder where it ends the name before the tags, else the longest HMDB51 action that
+  does, since actions such as ``brush_hair`` hold ``_`` and so may sources). A name with an unknown action keeps
+  its clips of one action and tags together (the name without ``_<N>``); one without all six tags falls back to
+  the rules of other names.
+- Drive&Act: every recording of one participant, the subject the dataset's own splits are drawn by; the key is
+  ``subject:vp<N>``, from the annotations' ``participant_id`` column where the adapter read one
+  (``VideoItem.group``, ``keys`` below), else from the path ``.../vp<N>/<file>`` (the participant folder of the
+  annotation's ``file_id``), which is all a cache's val hold-out has.
 
 A video's group is the union of both: the groups are the connected sets of videos sharing a key. ``prepare``
 links same-named files across every class folder; train-probe's val hold-out (``training/splits.py``) links them
@@ -23,34 +29,57 @@ a coincidence of numbering (``001.mp4`` in every class folder).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import PurePosixPath
 
+from step_cache.datasets.split_files import HMDB51_CLASSES
+
 _UCF_NAME = re.compile(r"^(v_.+_g\d+)_c\d+$")
-_HMDB_NAME = re.compile(r"^(.+_[fhlu]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo))_\d+$")
+_HMDB_NAME = re.compile(r"^((.+)_[fhlu]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo))_\d+$")
 _DRIVE_ACT_SUBJECT = re.compile(r"^vp\d+$")
 
 
-def group_key(path: str, name_linked: bool = True) -> str:
+def group_key(path: str, name_linked: bool = True, hmdb51_sources: bool = True) -> str:
     """The key videos of one group share: the participant ``vp<N>`` of a Drive&Act path, ``v_<Class>_g<NN>`` for a
-    UCF101-style name, the source recording of an HMDB51-style name, else the file name without its extension (so
-    same-named files of different folders share it), or, without ``name_linked``, the path itself (a group of its
-    own)."""
+    UCF101-style name, the source movie of an HMDB51-style name (across its actions), else the file name without
+    its extension (so same-named files of different folders share it), or, without ``name_linked``, the path itself
+    (a group of its own). Without ``hmdb51_sources``, an HMDB51 name's key is the name without ``_<N>`` (its clips
+    of one action and tags: the val hold-out rule ``groups-v1``, ``training/splits.py``)."""
     pure = PurePosixPath(path)
     # The folder nearest the file names the participant (``kinect_color/vp3/run1...``).
     subject = next((part for part in reversed(pure.parts[:-1]) if _DRIVE_ACT_SUBJECT.match(part)), None)
     if subject is not None:
         return f"subject:{subject}"
-    for pattern in (_UCF_NAME, _HMDB_NAME):
-        match = pattern.match(pure.stem)
-        if match:
-            return match.group(1)
+    match = _UCF_NAME.match(pure.stem)
+    if match:
+        return match.group(1)
+    match = _HMDB_NAME.match(pure.stem)
+    if match:
+        return (hmdb51_sources and hmdb51_source(match.group(2), pure.parent.name)) or match.group(1)
     return pure.stem if name_linked else f"path:{path}"
 
 
-def video_groups(paths: Iterable[str], name_linked: Callable[[str], bool] | None = None) -> dict[str, str]:
+def hmdb51_source(head: str, folder: str = "") -> str | None:
+    """``source:<source>`` of an HMDB51 name's ``<source>_<action>`` part (the name before its six tags), the action
+    being ``folder`` (the clip's class) where it ends the part, else the longest HMDB51 class that does (``sword``
+    ends ``draw_sword``: the folder tells them apart); None when no known action ends it."""
+    actions = sorted(HMDB51_CLASSES, key=len, reverse=True)
+    for action in [folder, *actions] if folder else actions:
+        if head.endswith(f"_{action}") and len(head) > len(action) + 1:
+            return f"source:{head[: -len(action) - 1]}"
+    return None
+
+
+def video_groups(
+    paths: Iterable[str],
+    name_linked: Callable[[str], bool] | None = None,
+    keys: Mapping[str, str] | None = None,
+    hmdb51_sources: bool = True,
+) -> dict[str, str]:
     """Each path's group, named after the group's first path in sorted order (a lone video's group is its path).
-    ``name_linked(path)`` says whether a path joins the same-named files' group (None: every path does)."""
+    ``name_linked(path)`` says whether a path joins the same-named files' group (None: every path does); ``keys``
+    gives a path's key where its annotations name its group (``VideoItem.group``), instead of ``group_key``
+    (``hmdb51_sources``: as there)."""
     parent: dict[str, str] = {}
 
     def find(node: str) -> str:
@@ -62,7 +91,8 @@ def video_groups(paths: Iterable[str], name_linked: Callable[[str], bool] | None
     paths = list(dict.fromkeys(paths))
     for path in paths:
         linked = name_linked is None or name_linked(path)
-        a, b = find(f"path:{path}"), find(f"key:{group_key(path, linked)}")
+        key = (keys or {}).get(path) or group_key(path, linked, hmdb51_sources)
+        a, b = find(f"path:{path}"), find(f"key:{key}")
         if a != b:
             parent[max(a, b)] = min(a, b)
     roots = {path: find(f"path:{path}") for path in paths}

@@ -53,7 +53,9 @@ def holdout(
     for item in items:
         if item.label is not None and item.split in (None, "train"):
             label_of.setdefault(item.path, item.label)
-    group_of = video_groups(sorted(label_of))  # a lone video's group is its path: the draw of ungrouped sets is kept
+    # the group an adapter read from its annotations (Drive&Act's participant_id), else the path's
+    keys = {item.path: item.group for item in reversed(items) if item.group and item.path in label_of}
+    group_of = video_groups(sorted(label_of), keys=keys)  # a lone video's group is its path: ungrouped draws as before
     members: dict[str, list[str]] = defaultdict(list)
     for path in sorted(label_of):
         members[group_of[path]].append(path)

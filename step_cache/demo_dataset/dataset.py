@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from step_cache.catalog import VideoItem, write_annotations, write_pairs
 from step_cache.demo_dataset.actions import DEFAULT_KINDS, KINDS
 from step_cache.demo_dataset.scene import BenchmarkError, SceneConfig, class_table, render_clip
+from step_cache.interface import switch
 from step_cache.synthetic.videos import write_video
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def _prepare_directory(root: Path, classes: list[str], overwrite: bool) -> None:
         return
     metadata = root / METADATA_NAME
     if not overwrite:
-        raise BenchmarkError(f"{root}: directory is not empty; pass overwrite=True (--overwrite) to replace a demo")
+        raise BenchmarkError(f"{root}: directory is not empty; pass {switch('overwrite')} to replace a demo")
     if not metadata.is_file():
         raise BenchmarkError(f"{root}: not empty and has no {METADATA_NAME}, so it is not a demo; refusing to delete")
     try:

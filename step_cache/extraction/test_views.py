@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from step_cache.errors import StepCacheError
+from step_cache.interface import option
 
 TEST_VIEW_SPLITS = ("val", "test")  # videos that get test views; training videos keep their K clips
 _COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS
@@ -48,7 +49,9 @@ class TestViews:
 
     def __post_init__(self) -> None:
         if self.segments < 1 or self.crops < 1:
-            raise TestViewError(f"--test-views needs SEGMENTS and CROPS >= 1, got {self.segments}x{self.crops}")
+            raise TestViewError(
+                f"{option('test_views')} needs SEGMENTS and CROPS >= 1, got {self.segments}x{self.crops}"
+            )
 
     @classmethod
     def parse(cls, spec: str | tuple[int, int] | list[int] | TestViews) -> TestViews:
@@ -57,11 +60,11 @@ class TestViews:
             return spec
         if isinstance(spec, (tuple, list)):
             if len(spec) != 2:
-                raise TestViewError(f"--test-views takes (segments, crops), got {spec!r}")
+                raise TestViewError(f"{option('test_views')} takes (segments, crops), got {spec!r}")
             return cls(int(spec[0]), int(spec[1]))
         match = re.fullmatch(r"\s*(\d+)\s*[x×X,]\s*(\d+)\s*", str(spec))
         if not match:
-            raise TestViewError(f"--test-views takes SEGMENTSxCROPS such as 2x3 or 8x3, got {spec!r}")
+            raise TestViewError(f"{option('test_views')} takes SEGMENTSxCROPS such as 2x3 or 8x3, got {spec!r}")
         return cls(int(match.group(1)), int(match.group(2)))
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,6 +154,7 @@ def square_side(crop_size: tuple[int, int]) -> int:
     """The crop side of a backbone input: the anchor's crops are square."""
     if crop_size[0] != crop_size[1]:
         raise TestViewError(
-            f"--test-views with several crops needs a square backbone input, got {crop_size[0]}x{crop_size[1]}"
+            f"{option('test_views')} with several crops needs a square backbone input, got "
+            f"{crop_size[0]}x{crop_size[1]}"
         )
     return crop_size[0]

@@ -16,8 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from step_cache.interface import option
 from step_cache.probes import build_probe
-from step_cache.probes.layers import ProbeConfigError
+from step_cache.probes.layers import ProbeConfigError, as_dtype_of
 
 
 class LayerMix(nn.Module):
@@ -79,9 +80,10 @@ class Dinov2LinearInput(nn.Module):
 
     def features(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, T, P, n x D), CLS first -> (B, T, 1, (n + 1) x D): each frame's n class tokens, then the mean of the
-        last layer's patch tokens."""
-        patches = tokens[:, :, 1:, -self.dim :].mean(dim=2)
-        return torch.cat([tokens[:, :, 0], patches], dim=-1).unsqueeze(2)
+        last layer's patch tokens, in the head's dtype (cache tokens may be float16: the mean is taken in float32)."""
+        x = as_dtype_of(tokens, self.probe.head.weight)
+        patches = x[:, :, 1:, -self.dim :].mean(dim=2)
+        return torch.cat([x[:, :, 0], patches], dim=-1).unsqueeze(2)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.probe(self.features(tokens))
@@ -111,7 +113,8 @@ def build_layered_probe(
         if cls_index != 0 or tokens_per_frame < 2:
             raise ProbeConfigError(
                 "avgpool=True on concatenated layers (DINOv2's linear input) needs each frame's CLS token first and "
-                f"its patch tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use --tokens all"
+                f"its patch tokens (got tokens_per_frame={tokens_per_frame}, cls_index={cls_index}); use "
+                f"{option('tokens', 'all')}"
             )
         probe = build_probe(name, dim=(layers + 1) * layer_dim, tokens_per_frame=1, cls_index=0, **shape,
                             **{**options, "avgpool": False})  # fmt: skip

@@ -42,6 +42,8 @@ class RunModel:
         self.classes: list[str] = list(data["classes"])
         self.frames: int = int(data["frames"])  # T per clip
         self.clips: int = int(data["extraction"]["sampling"]["clips"])  # K views per window
+        # a frame-step cache's step: windows sample T frames that far apart, as extract did (windows.py)
+        self.frame_step: int | None = data["extraction"]["sampling"].get("frame_step")
         self.view_average = run_view_average(self.record)
         self.selection = recorded_selection(self.record)  # its token subset, and layers of a cache of several
 

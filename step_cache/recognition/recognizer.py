@@ -55,7 +55,8 @@ class Recognizer:
     """Classify windows of a stream of RGB frames with a trained run.
 
     ``fps`` is the stream's frame rate; ``window`` and ``stride`` are in seconds (defaults: the median duration
-    of the run's training videos, and one segment of the window, as in ``timeline``). A run whose headline top-1
+    of the run's training videos, and one segment of the window, as in ``timeline``; a run on a ``--frame-step S``
+    cache: K (T S + 1) frames every S, ``windows.plan_windows``). A run whose headline top-1
     is not above chance is warned about once, here, and every ``Prediction`` carries ``above_chance=False``.
     """
 
@@ -72,8 +73,9 @@ class Recognizer:
         self.model = RunModel(run_dir, weights=weights, device=device)
         self.fps = float(fps)
         self.plan: WindowPlan = plan_windows(
-            self.fps, self.model.frames, self.model.clips, window, stride, self.model.typical_duration()
-        )
+            self.fps, self.model.frames, self.model.clips, window, stride, self.model.typical_duration(),
+            frame_step=self.model.frame_step,
+        )  # fmt: skip
         self.classes = self.model.classes
         self.chance_note = warn_if_not_above_chance(run_dir)  # None when the run beat chance
         self.reset()

@@ -79,31 +79,32 @@ def check_rebuildable(extraction: dict[str, Any], streaming: bool = False) -> No
     if extraction.get("backbone", {}).get("name") == "synthetic" or "crop" not in extraction.get("preprocessing", {}):
         raise RunSettingsError(
             f"{_run()}: the run was trained on synthetic tokens (no backbone or preprocessing to rebuild), so it "
-            "cannot classify videos; use predict --features with a cache of the same kind"
+            f"cannot classify videos; use {_call('predict --features', 'predict(run_dir, cache)')} with a cache of "
+            "the same kind"
         )
     if projection := tokens.get("projection"):
         raise RunSettingsError(
             f"{_run()}: the run was trained on tokens projected on {projection.get('components')} principal directions "
-            "(step-cache compact --project), which cannot be rebuilt from videos; to classify videos, train on a "
-            "cache without --project"
-        )
-    if streaming and (step := extraction.get("sampling", {}).get("frame_step")):
-        raise RunSettingsError(
-            f"--run: the run was trained on frames {step} apart (extract --frame-step {step}), but timeline and "
-            "Recognizer windows sample the centres of T equal segments; use predict --videos, or train on a cache "
-            "without --frame-step"
+            f"({_call('step-cache compact --project', 'compact(project=...)')}), which cannot be rebuilt from videos; "
+            f"to classify videos, train on a cache without {option('project')}"
         )
     if streaming and (compacted := compaction(extraction)):
         what = []
         if compacted["pool_patches"] > 1:
-            what.append(f"--pool-patches {compacted['pool_patches']}: patches averaged from stored tokens")
+            what.append(f"{option('pool_patches', compacted['pool_patches'])}: patches averaged from stored tokens")
         if "dequantized_from" in tokens:
-            what.append(f"--dtype {compacted['dtype']}: {compacted['source_dtype']} tokens read back")
+            what.append(f"{option('dtype', compacted['dtype'])}: {compacted['source_dtype']} tokens read back")
         raise RunSettingsError(
-            f"{_run()}: the run was trained on a cache rewritten by step-cache compact ({'; '.join(what)}), whose "
-            "tokens timeline and Recognizer do not reproduce frame by frame; use predict --videos (which compacts "
-            "the same way), or train on a cache extracted with those settings"
+            f"{_run()}: the run was trained on a cache rewritten by {_call('step-cache compact', 'compact')} "
+            f"({'; '.join(what)}), whose tokens timeline and Recognizer do not reproduce frame by frame; use "
+            f"{_call('predict --videos', 'predict_videos')} (which compacts the same way), or train on a cache "
+            "extracted with those settings"
         )
+
+
+def _call(command: str, function: str) -> str:
+    """What to run, as the caller runs things: ``command`` on the command line, ``function`` in Python."""
+    return command if from_command_line() else function
 
 
 def _run() -> str:

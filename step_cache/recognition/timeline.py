@@ -115,7 +115,9 @@ def run_timeline(
     if not rate:
         raise WindowError(f"{video}: the container states no frame rate; give it ({option('fps')})")
     total = first.num_frames
-    plan = plan_windows(rate, model.frames, model.clips, window, stride, model.typical_duration())
+    plan = plan_windows(
+        rate, model.frames, model.clips, window, stride, model.typical_duration(), frame_step=model.frame_step
+    )
     if total < plan.length:
         given = f"{option('window')}{' ' if from_command_line() else ''}{window:g} s" if window is not None else ""
         longer = f" ({given} is longer than the video)" if window is not None else ""

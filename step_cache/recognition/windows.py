@@ -4,6 +4,12 @@ windows as it saw its training clips. Windows start every ``stride`` frames.
 
 With the stride one segment of the window (``length / T`` frames, the default), consecutive windows share T - 1
 of their sampled frames per clip: each new window needs one new frame encoded per clip, not T.
+
+A run trained on a ``--frame-step S`` cache samples each window as extraction sampled its videos
+(``frame_step_indices``): by default a window is K (T S + 1) frames, the shortest video in which each of the K clips
+gets its full T frames S apart (a video of exactly T S frames is sampled as a short one, as the anchor does), so a
+window spans what a training clip spanned; windows start every S frames. A longer ``window`` places each clip in
+the middle of its part of the window, as extraction does in a longer video.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from step_cache.errors import StepCacheError
-from step_cache.extraction.sampling import segment_indices
+from step_cache.extraction.sampling import frame_step_indices, segment_indices
 from step_cache.interface import option
 
 
@@ -43,10 +49,15 @@ class WindowPlan:
     stride: int  # frames between window starts
     frames: int  # T
     clips: int  # K
+    frame_step: int | None = None  # T frames this far apart per clip (a frame-step run), else segment centres
 
     def window(self, start: int, length: int | None = None) -> Window:
         length = length or self.length
-        return Window(start, start + length, segment_indices(length, self.frames, self.clips, start=start))
+        if self.frame_step:
+            indices = frame_step_indices(length, self.frames, self.frame_step, self.clips, start=start)
+        else:
+            indices = segment_indices(length, self.frames, self.clips, start=start)
+        return Window(start, start + length, indices)
 
     def stream(self) -> Iterator[Window]:
         """Windows of an endless stream, in order."""
@@ -70,26 +81,46 @@ class WindowPlan:
 
 
 def plan_windows(
-    fps: float, frames: int, clips: int, window: float | None, stride: float | None, typical: float | None = None
+    fps: float,
+    frames: int,
+    clips: int,
+    window: float | None,
+    stride: float | None,
+    typical: float | None = None,
+    frame_step: int | None = None,
 ) -> WindowPlan:
     """A plan from seconds: ``window`` (default: ``typical``, the median training-video duration) and ``stride``
-    (default: one segment of the window, for which the window is rounded to a multiple of T frames)."""
+    (default: one segment of the window, for which the window is rounded to a multiple of T frames). With
+    ``frame_step`` S (a frame-step run): ``window`` defaults to K (T S + 1) frames and ``stride`` to S frames."""
     if fps <= 0:
         raise WindowError(f"frame rate must be positive, got {fps}")
+    if frame_step:
+        length = clips * (frames * frame_step + 1) if window is None else _window_frames(window, fps)
+        step = frame_step if stride is None else _stride_frames(stride, fps)
+        return WindowPlan(length=length, stride=step, frames=frames, clips=clips, frame_step=frame_step)
     seconds = window if window is not None else typical
     if seconds is None:
         raise WindowError(
             "the run's cache records no clip durations (extracted before they were recorded, or its manifest is "
             f"gone): give the window length in seconds ({option('window')})"
         )
-    if seconds <= 0:
-        raise WindowError(f"window must be positive, got {seconds} s")
-    length = max(1, round(seconds * fps))
+    length = _window_frames(seconds, fps)
     if stride is None:
         length = max(frames, round(length / frames) * frames)
         step = length // frames
     else:
-        step = round(stride * fps)
-        if step < 1:
-            raise WindowError(f"stride {stride} s is less than one frame at {fps:g} frames/s")
+        step = _stride_frames(stride, fps)
     return WindowPlan(length=length, stride=step, frames=frames, clips=clips)
+
+
+def _window_frames(seconds: float, fps: float) -> int:
+    if seconds <= 0:
+        raise WindowError(f"window must be positive, got {seconds} s")
+    return max(1, round(seconds * fps))
+
+
+def _stride_frames(seconds: float, fps: float) -> int:
+    step = round(seconds * fps)
+    if step < 1:
+        raise WindowError(f"stride {seconds} s is less than one frame at {fps:g} frames/s")
+    return step

@@ -181,7 +181,7 @@ def _introduction(
             "chosen on validation, so these figures were not selected on), else 'val' (the same figures that chose "
             "the checkpoint: optimistic). With several seeds a cell is the mean ± sample std over seeds, the "
             "'seeds' column says what varied between them (init: initial weights only, the same batches and val "
-            "hold-out; data: batch order and val hold-out too), and "
+            "hold-out; data: batch order too, and the val hold-out where one was drawn), and "
             "error bars in the figure show the std; a run's confusion matrix and per-class accuracy pool its "
             "seeds' videos of that split. 'reversed' and 'shuffled' re-evaluate the same clips with "
             "their frames reversed / shuffled: a probe that reads frame order drops there, an order-blind probe "

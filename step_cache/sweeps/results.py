@@ -268,9 +268,12 @@ def write_results(
     return rows, best
 
 
-def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], current: TrainConfig) -> TrainResult:
+def retrain_best(
+    out: Path, shards: ShardSet, best: dict[str, Any], current: TrainConfig, holdout: str | None = None
+) -> TrainResult:
     """The best trial's configuration trained alone by ``train_probe`` into ``out/best-run`` (replacing an older
-    one). Without dropout it reproduces the trial's metrics (on CPU up to float rounding).
+    one), on ``holdout``, the study's val hold-out rule (None: today's). Without dropout it reproduces the trial's
+    metrics (on CPU up to float rounding).
 
     The trial may have run on another worker of a shared study (another machine, GPU, data path): its
     machine-local settings (``LOCAL_FIELDS``: device, data mode, workers, progress, pairs file...) are replaced by
@@ -278,7 +281,7 @@ def retrain_best(out: Path, shards: ShardSet, best: dict[str, Any], current: Tra
     options = with_config_defaults(best["config"])  # a trial stored before early stopping existed ran in full
     probe = options.pop("probe")
     options.update({name: getattr(current, name) for name in LOCAL_FIELDS})
-    result = train_probe(shards, probe, out / BEST_RUN, overwrite=True, **options)
+    result = train_probe(shards, probe, out / BEST_RUN, overwrite=True, holdout=holdout, **options)
     # The run carries its sweep's name, so that a copied or reported best-run still says where it came from.
     record = runs.read_config(result.run_dir)
     record["sweep"] = {"name": out.name, "out": str(out), "trial": best.get("number"), "params": best.get("params")}

@@ -35,6 +35,7 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from step_cache.errors import StepCacheError
+from step_cache.interface import from_command_line, option
 from step_cache.probes import probe_options
 from step_cache.training.config import setting_names, value_type
 from step_cache.training.token_data import TOKEN_SUBSETS
@@ -74,18 +75,22 @@ class SearchSpace:
     def check_not_empty(self) -> None:
         if not self.distributions:
             fixed = f" (only fixed values: {', '.join(self.fixed)})" if self.fixed else ""
-            raise SweepSpaceError(
-                f"empty search space{fixed}: give at least one --param NAME=SPEC with a range or several values, "
-                "e.g. --param lr=log:1e-4..3e-3, or a --space file"
+            how = (
+                "--param NAME=SPEC with a range or several values, e.g. --param lr=log:1e-4..3e-3, or a --space file"
+                if from_command_line()
+                else "flags entry 'NAME=SPEC' with a range or several values, e.g. flags=['lr=log:1e-4..3e-3'], or a "
+                "space_file"
             )
+            raise SweepSpaceError(f"empty search space{fixed}: give at least one {how}")
 
     def grid(self) -> dict[str, list[Any]]:
         """The lists of values for an exhaustive grid (every searched parameter must be a list of choices)."""
         grid = {}
         for name, distribution in self.distributions.items():
             if not isinstance(distribution, CategoricalDistribution):
+                grid = "--grid" if from_command_line() else option("sampler", "grid")
                 raise SweepSpaceError(
-                    f"--grid needs a list of values for every parameter; {name} is a range "
+                    f"{grid} needs a list of values for every parameter; {name} is a range "
                     f"({describe(distribution)}): write it as a list, e.g. {name}=a,b,c"
                 )
             grid[name] = list(distribution.choices)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from step_cache.cache.locking import DirectoryLock
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.extras import MissingExtraError, require
-from step_cache.interface import option
+from step_cache.interface import from_command_line, option
 from step_cache.probes import build_probe
 from step_cache.sweeps.batch import run_batch, worker_name
 from step_cache.sweeps.distinct import ask_distinct, exhausted, space_size
@@ -55,7 +55,8 @@ from step_cache.sweeps.storage import (
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig, make_config
 from step_cache.training.protocol_use import announce
 from step_cache.training.run_data import probe_shape, resolve_pairs, token_subset
-from step_cache.training.run_record import with_config_defaults
+from step_cache.training.run_record import recorded_holdout, with_config_defaults
+from step_cache.training.splits import HOLDOUT_GROUPS
 from step_cache.training.stacking.grouping import group_by_shape
 from step_cache.training.stacking.shared_data import DataCache
 from step_cache.training.token_data import select_tokens
@@ -125,8 +126,10 @@ def open_study(
     stored = study.user_attrs.get("sweep")
     if stored is None:
         study.set_user_attr("sweep", settings)
-    else:  # a study started before a setting existed ran it at its default
+    else:  # a study started before a setting existed ran it at its default, and keeps its val hold-out rule
+        settings = {**settings, "holdout": study_holdout(stored, study_name)}
         stored = {**stored, "config": with_config_defaults(stored.get("config", {}), skip=LOCAL_FIELDS)}
+        stored["holdout"] = settings["holdout"]
         flat_stored, flat_settings = _flat(stored), _flat(settings)
         differences = [f"{k}: {flat_stored.get(k)!r} in the study, {flat_settings.get(k)!r} here"
                        for k in sorted(set(flat_stored) | set(flat_settings))
@@ -135,6 +138,13 @@ def open_study(
             where = "" if store.shared else f" (use the same options to resume it, or another {option('out')})"
             raise SweepError(f"study {study_name!r} was started with other settings ({'; '.join(differences)}){where}")
     return study
+
+
+def study_holdout(stored: dict[str, Any], study_name: str) -> str:
+    """The val hold-out rule of a study's trials (its ``holdout``); a study started before the rule was recorded
+    keeps the one its first trials used (``run_record.recorded_holdout``: per-file before groups)."""
+    record = {"config": stored.get("config", {}), "data": {"holdout": stored.get("holdout")}}
+    return recorded_holdout(record, f"study {study_name!r}")
 
 
 def _flat(settings: dict[str, Any]) -> dict[str, Any]:
@@ -153,6 +163,7 @@ def sweep_settings(probe: str, metric: str, space: SearchSpace, config: TrainCon
         "space": space.describe(),
         "config": shared,
         "manifest_hash": shards.manifest.content_hash(),
+        "holdout": HOLDOUT_GROUPS,  # the val hold-out rule of every trial (splits.HOLDOUT_RULES)
     }
 
 
@@ -189,14 +200,13 @@ def run_sweep(
         raise SweepError(f"trials must be >= 0 and parallel >= 1, got {trials} and {parallel}")
     base = make_config(probe, options)
     if base.val == "none":
+        train = "train-probe" if from_command_line() else "train_probe"
         hint = (
-            f": --protocol {base.protocol} has no grid; use train-probe --protocol {base.protocol}"
+            f": {option('protocol', base.protocol)} has no grid; use {train} {option('protocol', base.protocol)}"
             if base.protocol
             else ""
         )
-        raise SweepError(
-            f"a sweep ranks its trials on the val split: val='none' (train-probe --val none) has none{hint}"
-        )
+        raise SweepError(f"a sweep ranks its trials on the val split: {option('val', 'none')} has none{hint}")
     space.check_not_empty()
     if sampler == "grid":
         size = space.grid_size()
@@ -227,7 +237,8 @@ def run_sweep(
         )  # fmt: skip
         requeue_stale(study, store)
         done = check_resume(out, store, study, trials)
-        data = DataCache(shards)
+        holdout = study_holdout(study.user_attrs["sweep"], study.study_name)  # its trials' and best-run/'s
+        data = DataCache(shards, holdout)
         bar = tqdm(total=trials, desc="trials", unit="trial", disable=not base.progress, initial=min(done, trials))
         try:
             _optimize(study, store, out, space, probe, options, data, bar, trials=trials, parallel=parallel,
@@ -238,7 +249,7 @@ def run_sweep(
         rows, best = write_results(out, study, metric, space, storage=store.label)
         result = SweepResult(out, study, rows, best)
         if best is not None and retrain and retrained(out, best) is None:  # not yet, or for another best trial
-            result.best_run = retrain_best(out, shards, best, base)
+            result.best_run = retrain_best(out, shards, best, base, holdout)
             rows, result.best = write_results(out, study, metric, space, storage=store.label,
                                               best_run=result.best_run)  # fmt: skip
         if plots and rows:

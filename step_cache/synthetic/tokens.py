@@ -43,12 +43,13 @@ class SyntheticTokens:
     view_noise: float = 0.25
     dtype: str = "float16"  # "int8": the writer quantizes the tokens, as extract --dtype int8 does
     patch_pool: int = 1  # recorded only (the grid is the pooled one): benchmarks label a pooled cache with it
+    layers: tuple[int, ...] | None = None  # stored blocks (extract --layers): a layer axis, each its own noise
+    group_size: int = 0  # n > 0: UCF101-style names v_<class>_gGG_cCC, n videos per group (datasets.groups)
 
     @property
     def layout(self) -> TokenLayout:
-        return TokenLayout(
-            cls_tokens=self.cls_tokens, grid=self.grid, dim=self.dim, dtype=self.dtype, patch_pool=self.patch_pool
-        )
+        return TokenLayout(cls_tokens=self.cls_tokens, grid=self.grid, dim=self.dim, dtype=self.dtype,
+                           patch_pool=self.patch_pool, layers=self.layers)  # fmt: skip
 
     def class_names(self) -> list[str]:
         if self.task == "order":
@@ -69,13 +70,21 @@ class SyntheticTokens:
 
     def clip(self, label: int, rng: np.random.Generator) -> np.ndarray:
         shape = (self.frames, self.layout.tokens_per_frame, self.dim)
+        if self.layers is not None:  # (L, T, P, D): every layer carries the signal under its own noise
+            shape = (len(self.layers), *shape)
         tokens = rng.standard_normal(shape, dtype=np.float32) * self.noise
         if self.task == "order":
             ramp = np.linspace(-1.0, 1.0, self.frames) * self.signal
-            tokens[:, :, (label // 2) % self.dim] += (ramp if label % 2 == 0 else ramp[::-1])[:, None]
+            tokens[..., (label // 2) % self.dim] += (ramp if label % 2 == 0 else ramp[::-1])[:, None]
         else:
-            tokens[:, :, label % self.dim] += self.signal
+            tokens[..., label % self.dim] += self.signal
         return tokens.astype(np.float16)
+
+    def video_name(self, name: str, video: int) -> str:
+        if self.group_size:
+            group, clip = divmod(video, self.group_size)
+            return f"{name}/v_{name}_g{group + 1:02d}_c{clip + 1:02d}.avi"
+        return f"{name}/{name}_{video:04d}.mp4"
 
     def augmented(self, tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """A stand-in for an augmented view: the clean tokens plus Gaussian noise."""
@@ -121,7 +130,7 @@ def write_token_cache(directory: str | Path, spec: SyntheticTokens | None = None
                     label=label,
                     # class-prefixed names, as make-demo's: the videos of a pair's two classes are different
                     # videos, so they share no file name (the val hold-out links same-named files of a pair)
-                    video=f"{classes[label]}/{classes[label]}_{video:04d}.mp4",
+                    video=spec.video_name(classes[label], video),
                     clip=clip,
                     split=split,
                     frame_indices=np.arange(spec.frames) * 4 + clip,

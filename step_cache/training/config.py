@@ -58,8 +58,8 @@ class TrainConfig:
         None,
         "An anchor's frozen evaluation: dinov2-linear, vjepa-attentive or vjepa2-attentive (docs/protocols.md). It "
         "sets the probe and every training field that anchor publishes (optimizer, schedule, epochs, batch, "
-        "precision, ...; sweep --protocol: its lr x weight-decay grid as one stack), checks the cache's extraction "
-        "against it and prints what differs. Options given explicitly override the preset.",
+        "precision, ...; sweep --protocol: its grid as one stack), checks the cache's extraction against it and "
+        "prints what differs. Default: none. Options given explicitly override the preset.",
     )
     # e.g. dropout, num_heads, frame_pos, mlp, depth: the probe's own options (cli/train.py has their flags)
     probe_options: dict[str, Any] = field(default_factory=dict)
@@ -122,7 +122,7 @@ class TrainConfig:
         "evaluate and predict always use the clean views.",
         searchable=True,
     )
-    order: str = setting("random", "Epoch order: random, or runs (long sequential reads; docs/training.md).")
+    order: str = setting("random", "Epoch order: random, or runs (for streamed caches; docs/training.md).")
     # Early stopping (training/early_stopping.py); patience None is resolved with the schedule.
     early_stop: bool = setting(
         True,
@@ -188,8 +188,8 @@ class TrainConfig:
         "Stored layers the probe reads (a cache of extract --layers): last (default; a cache without layers as it "
         "is), a block index (e.g. 10), or concat:a,b,... / concat:lastN: those blocks' tokens side by side along the "
         "channels (DINOv2's n_last_blocks with the linear probe on CLS tokens), tokens:a,b,... / tokens:lastN: one "
-        "after the other along the tokens (V-JEPA 2's out_layers), or mix / mix:a,b,...: a learned softmax-weighted "
-        "sum of them with a learned gain. Only those layers are read.",
+        "after the other along the tokens (V-JEPA 2's out_layers), or mix / mix:a,b,... / mix:lastN: a learned "
+        "softmax-weighted sum of them with a learned gain. Only those layers are read.",
         searchable=True,
     )
     pairs: str | None = setting(None, "Mirrored class pairs file 'a,b' per line (default: the cache's pairs).")
@@ -211,7 +211,7 @@ class TrainConfig:
     )
     workers: int | None = setting(
         None,
-        "Streaming reader processes (default: spare threads of the CPU budget, at most 4; on CUDA all but 2).",
+        "Streaming reader processes (default: half the CPU budget, at least 2; on CUDA all but 2; memory-bounded).",
         min=0,
         execution=True,
     )

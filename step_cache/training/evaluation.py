@@ -24,10 +24,12 @@ from torch import nn
 from step_cache.cache.manifest import ManifestError, extraction_differences
 from step_cache.cache.shards import ShardSet, open_shards
 from step_cache.devices import resolve_device
+from step_cache.interface import option
 from step_cache.probes import recorded_options
 from step_cache.probes.layer_inputs import build_layered_probe
 from step_cache.training import runs
 from step_cache.training.chance import chance_of, pooled_chance
+from step_cache.training.data_source import open_token_source
 from step_cache.training.eval_plan import (
     check_split,
     default_split,
@@ -42,9 +44,10 @@ from step_cache.training.inference import collect_logits, evaluate_clips
 from step_cache.training.metrics import LEGACY_VIEW_AVERAGE, VIEW_AVERAGES, average_by_video, pair_indices
 from step_cache.training.metrics_file import describe, split_figures
 from step_cache.training.run_notes import clamp_top_k, warn_if_not_above_chance
+from step_cache.training.run_record import recorded_holdout
 from step_cache.training.run_status import usable_checkpoint, warn_if_unfinished
 from step_cache.training.splits import DataError, select_splits
-from step_cache.training.token_data import TokenSelection, open_token_source
+from step_cache.training.token_data import TokenSelection
 from step_cache.training.view_table import clean_rows
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,7 @@ def _check_layers(record: dict[str, Any], shards: ShardSet) -> None:
         raise ManifestError(f"{where}: the run read {run}, the cache stores {cache}; use a cache like the run's")
     if missing := [block for block in read if block not in stored]:
         raise ManifestError(
-            f"{where}: the run read blocks {read} (train-probe --layers {record['config'].get('layers')}); the cache "
+            f"{where}: the run read blocks {read} ({option('layers', record['config'].get('layers'))}); the cache "
             f"stores {list(stored)}, without {missing}"
         )
 
@@ -205,16 +208,20 @@ def evaluate(
             sum(unknown.values()), ", ".join(f"{name} ({n})" for name, n in unknown.items()),
         )  # fmt: skip
     config = record["config"]
-    if config.get("vary") == "data" and len(checkpoints) > 1 and split in ("train", "val"):
-        raise DataError(
-            f"{run_dir}: the seeds of a --vary data run hold out different val videos, so its {split} split is not "
-            f"one set: score a seed with --seed S (its own split), or the test or all split"
-        )
     pairs = pair_indices([tuple(p) for p in record["data"]["pairs"]], classes)
     # --vary data: each seed held out its own val videos (a lone seed is scored on its own split)
     split_seed = checkpoints[0][0] if config.get("vary") == "data" else config["seed"]
     chosen = select_splits(labels, shards.splits, shards.videos, config["val_fraction"], split_seed,
-                           views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none")  # fmt: skip
+                           views=shards.views, pairs=pairs, validate=config.get("val", "auto") != "none",
+                           holdout=recorded_holdout(record, str(Path(run_dir) / runs.CONFIG)))  # fmt: skip
+    # A cache's own val split is every seed's; only a hold-out drawn per seed makes train / val differ between them.
+    held_out = chosen.val_source == "val-fraction"
+    if config.get("vary") == "data" and len(checkpoints) > 1 and split in ("train", "val") and held_out:
+        raise DataError(
+            f"{run_dir}: the seeds of a {option('vary', 'data')} run hold out different val videos, so its {split} "
+            f"split is not one set: score one seed on its own split ({option('seed', checkpoints[1][0])}, say), or "
+            "the test or all split"
+        )
     indices = np.nonzero((labels >= 0) & clean_rows(shards))[0] if split == "all" else getattr(chosen, split)
     where = ", ".join(map(str, shards.directories))
     if len(indices) == 0:
@@ -249,6 +256,7 @@ def evaluate(
         "figures": describe(split, seeds),
         **figures,
         **({"std": std, "vary": config.get("vary", "init")} if std is not None else {}),
+        "validation": chosen.val_source,
         "chance": pooled_chance(per_seed) if len(per_seed) > 1 else chance_of(per_seed[0]),
         "training_videos": training_videos,
         "tokens_note": note,

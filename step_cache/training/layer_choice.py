@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from step_cache.cache.layout import TokenLayout
-from step_cache.interface import option
+from step_cache.interface import from_command_line, option
 from step_cache.training.splits import DataError
 
 if TYPE_CHECKING:  # torch is not needed to parse a spec (the command line groups runs before loading it)
@@ -56,9 +56,10 @@ def layer_positions(spec: str, layout: TokenLayout, depth: int | None = None) ->
         if text == LAST or (depth is not None and text.lstrip("-").isdigit() and int(text) in (depth - 1, -1)):
             return None
         own = "" if depth is None else f" (block {depth - 1}, the last of the backbone's {depth})"
+        several = "extract --layers" if from_command_line() else "extract(layers=...)"
         raise DataError(
             f"{option('layers', spec)}: this cache holds the last block only{own}, with no layer axis; use "
-            f"{option('layers', 'last')}, or extract several with extract --layers"
+            f"{option('layers', 'last')}, or extract several ({several})"
         )
     if text == LAST:
         return (len(stored) - 1,)

@@ -145,11 +145,15 @@ def metrics_document(
 
 def spread_note(metrics: dict[str, Any]) -> str | None:
     """What a ``metrics.json``'s std varies over — "std over 3 seeds, init only" — or None with one seed. Files
-    without ``vary`` are from runs whose seeds shared batches and splits: init only."""
+    without ``vary`` are from runs whose seeds shared batches and splits: init only. ``--vary data`` varies the val
+    hold-out only where one was drawn (``validation`` "val-fraction"), not on a cache's own val split."""
     seeds = metrics.get("seeds") or []
     if len(seeds) < 2:
         return None
-    return f"std over {len(seeds)} seeds, {VARY_LABELS[metrics.get('vary', 'init')]}"
+    vary = metrics.get("vary", "init")
+    if vary == "data" and metrics.get("validation", "val-fraction") != "val-fraction":
+        return f"std over {len(seeds)} seeds, init and batch order"  # the cache's val split: no hold-out to vary
+    return f"std over {len(seeds)} seeds, {VARY_LABELS[vary]}"
 
 
 def seed_metrics(document: dict[str, Any]) -> dict[str, Any]:

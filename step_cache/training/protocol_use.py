@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from step_cache.cache.layout import TokenLayout
 from step_cache.errors import StepCacheError
+from step_cache.interface import from_command_line, option
 from step_cache.training.layer_choice import layer_positions
 from step_cache.training.protocols import PROTOCOLS, Protocol, Source
 from step_cache.training.splits import DataError
 
 log = logging.getLogger(__name__)
+
+# Set while a run that has announced its preset trains runs of its own (``--seeds N --vary data``: one per seed).
+_ANNOUNCED: ContextVar[bool] = ContextVar("protocol_announced", default=False)
 
 DEFAULT_PROBE = "step"
 _OPTION_PREFIX = "probe_options."
@@ -37,7 +43,7 @@ def protocol_probe(name: str | None, probe: str | None) -> str:
         return probe or DEFAULT_PROBE
     own = get_protocol(name).fields["probe"].value
     if probe is not None and probe != own:
-        raise ProtocolError(f"--protocol {name} trains the {own} probe, not {probe}: drop --probe (probe=...)")
+        raise ProtocolError(f"{option('protocol', name)} trains the {own} probe, not {probe}: drop {option('probe')}")
     return own
 
 
@@ -61,10 +67,11 @@ def check_single_run(name: str, options: dict[str, Any], fields: Collection[str]
     missing = [k for k in get_protocol(name).grid if k in fields and options.get(k) is None]
     if missing:
         grid = get_protocol(name).grid
-        wanted = "; ".join(f"--{k.replace('_', '-')} (one of {', '.join(map(_text, grid[k].value))})" for k in missing)
+        wanted = "; ".join(f"{option(k)} (one of {', '.join(map(_text, grid[k].value))})" for k in missing)
+        sweep = "sweep" if from_command_line() else "run_sweep"
         raise ProtocolError(
-            f"--protocol {name} searches {', '.join(missing)} over a grid: give {wanted}, or train the whole grid as "
-            f"one stack with sweep --protocol {name}"
+            f"{option('protocol', name)} searches {', '.join(missing)} over a grid: give {wanted}, or train the whole "
+            f"grid as one stack with {sweep} {option('protocol', name)}"
         )
 
 
@@ -143,10 +150,23 @@ def announce(name: str, extraction: dict[str, Any]) -> list[str]:
     cache's); returns the cache's differences (recorded in config.json)."""
     protocol = get_protocol(name)
     differences = cache_differences(name, extraction)
+    if _ANNOUNCED.get():  # said once by the run these belong to
+        return differences
     log.warning("--protocol %s (%s): what differs from the anchor here (docs/protocols.md):", name, protocol.anchor)
     for line in [*protocol.differences, *(f"cache {d}" for d in differences)]:
         log.warning("  - %s", line)
     return differences
+
+
+@contextmanager
+def announced() -> Iterator[None]:
+    """Within it ``announce`` logs nothing (and still returns the cache's differences): for the runs of one run
+    that has announced its preset already, such as each seed of ``train-probe --seeds N --vary data``."""
+    token = _ANNOUNCED.set(True)
+    try:
+        yield
+    finally:
+        _ANNOUNCED.reset(token)
 
 
 def _text(value: Any) -> str:

@@ -134,7 +134,7 @@ DINOV2_LINEAR = Protocol(
     },
     differences=(
         "schedule: an anchor epoch is 1250 iterations of an infinite sampler (12 500 steps of 128 images); here "
-        "10 passes over the cached training clips",
+        "an epoch is one pass over the cached training clips (the preset's 10: 10 passes)",
         "learning rates: the anchor scales them by its global batch (128 x GPUs) / 256; here by 128 / 256 (one "
         "process)",
         "training augmentation: the anchor trains on random resized crops and flips "
@@ -175,7 +175,8 @@ VJEPA_ATTENTIVE = Protocol(
         _NO_ANCHOR_VAL,
         _AUGMENTATION.format(where=_JEPA_EVAL),
         "segments: the anchor attends across the 8 segments of a video in training (attend_across_segments: true, "
-        f"{_JEPA_CONFIG}:16); a cache row is one segment, whose logits are averaged over the video",
+        f"{_JEPA_CONFIG}:16); a cache row is one segment, and a video's segments are combined by the mean of "
+        "their softmax (view_average softmax)",
         "weight decay: the anchor decays it on a cosine from 0.01 towards 1e-6 (init_opt's final_wd default) and "
         "decays the query token; here a constant 0.01 on weight matrices only",
     ),

@@ -24,7 +24,7 @@ from step_cache.training.layer_choice import backbone_depth
 from step_cache.training.metrics import pair_indices
 from step_cache.training.protocol_use import cache_differences
 from step_cache.training.run_record import schedule_record
-from step_cache.training.splits import DataError, Splits, shard_splits
+from step_cache.training.splits import HOLDOUT_GROUPS, DataError, Splits, shard_splits
 from step_cache.training.token_data import TokenSelection, select_tokens
 from step_cache.training.view_table import ViewTable, clean_rows, view_table
 
@@ -54,8 +54,9 @@ def probe_shape(shards: ShardSet, selection: TokenSelection) -> ProbeShape:
     )
 
 
-def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
-    """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``)."""
+def run_inputs(shards: ShardSet, config: TrainConfig, holdout: str = HOLDOUT_GROUPS) -> RunInputs:
+    """The one set-up of a run's data, shared by one seed (``trainer``), ``--seeds`` and sweeps (``stacking``).
+    ``holdout``: the val hold-out rule (a resumed run keeps its own, ``run_record.recorded_holdout``)."""
     # a cache without a layer axis also takes its own block index: the backbone's depth tells which that is
     numeric = shards.layout.layers is None and config.layers.strip().lstrip("-").isdigit()
     depth = backbone_depth(shards.manifest.extraction) if numeric else None
@@ -63,11 +64,12 @@ def run_inputs(shards: ShardSet, config: TrainConfig) -> RunInputs:
     if selection.along_tokens and config.token_drop > 0:  # it drops among one layer's patch tokens only
         raise DataError(
             f"{option('layers', config.layers)} (the layers' tokens one after the other) with {option('token_drop')}: "
-            "not built"
+            "refused, as it would drop among the first layer's tokens only; use concat:, mix or one layer with it"
         )
     device = resolve_device(config.device)
     pairs = pair_indices(resolve_pairs(shards, config.pairs), shards.classes)
-    splits = shard_splits(shards, config.val_fraction, config.seed, pairs, validate=config.val != "none")
+    validate = config.val != "none"
+    splits = shard_splits(shards, config.val_fraction, config.seed, pairs, validate=validate, holdout=holdout)
     check_splits(splits, shards, config)
     check_select_metric(config, splits, shards, pairs)
     views = view_table(shards, splits.train, config.views)
@@ -92,8 +94,8 @@ def check_splits(splits: Splits, shards: ShardSet, config: TrainConfig) -> None:
     if config.val == "none":
         if len(splits.test) == 0:
             raise DataError(
-                f"{where}: --val none (val='none') reports the test split, and the cache has no test clips "
-                "(give a cache with a test split, or validate: --val auto)"
+                f"{where}: {option('val', 'none')} reports the test split, and the cache has no test clips "
+                f"(give a cache with a test split, or validate: {option('val', 'auto')})"
             )
     elif len(splits.val) == 0:
         reason = (
@@ -174,6 +176,7 @@ def data_record(
         "frames": shards.manifest.frames,
         "dim": selection.probe_dim(shards.layout.dim),
         "splits": splits.counts(),
+        "holdout": splits.holdout,  # the rule of a val-fraction hold-out (evaluate and --resume reproduce it)
         **views.record(resolved.views),
         "schedule": schedule_record(requested, resolved, len(splits.train)),
         **(

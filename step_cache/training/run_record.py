@@ -20,6 +20,7 @@ from step_cache import __version__
 from step_cache.cpu_budget import recorded_threads
 from step_cache.training.config import LOCAL_FIELDS, TrainConfig
 from step_cache.training.schedule import schedule_steps
+from step_cache.training.splits import HOLDOUT_FILES, HOLDOUT_GROUPS_V1, HOLDOUT_RULES, DataError
 
 
 def schedule_record(requested: TrainConfig, resolved: TrainConfig, train_clips: int) -> dict[str, Any]:
@@ -67,6 +68,22 @@ def with_config_defaults(stored: dict[str, Any], skip: Collection[str] = ()) -> 
     ``PREDATING`` value. ``skip``: fields the record leaves out on purpose (a study's execution-only fields)."""
     defaults = {**json.loads(json.dumps(asdict(TrainConfig()))), **PREDATING}
     return {**{key: value for key, value in defaults.items() if key not in skip}, **stored}
+
+
+def recorded_holdout(record: dict[str, Any], where: str = "config.json") -> str:
+    """The val hold-out rule a run used (``splits.HOLDOUT_RULES``): its ``data.holdout``. A record without one
+    predates the marker: its run held out groups, HMDB51 clips grouped within an action (``HOLDOUT_GROUPS_V1``), if
+    its config has ``val`` (a setting added after group hold-out, in the same change set), else single files
+    (``HOLDOUT_FILES``)."""
+    rule = record.get("data", {}).get("holdout")
+    if rule is None:
+        return HOLDOUT_GROUPS_V1 if "val" in record.get("config", {}) else HOLDOUT_FILES
+    if rule not in HOLDOUT_RULES:
+        raise DataError(
+            f"{where}: data.holdout {rule!r} is a val hold-out rule this step-cache does not know (known: "
+            f"{', '.join(HOLDOUT_RULES)}); use the step-cache version that trained the run"
+        )
+    return rule
 
 
 def record_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

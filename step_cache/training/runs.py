@@ -39,7 +39,8 @@ from step_cache.checkpoints import CheckpointError, load_state_dict_file
 from step_cache.errors import StepCacheError
 from step_cache.interface import option, switch
 from step_cache.training.metrics_file import upgrade
-from step_cache.training.run_record import record_differences
+from step_cache.training.run_record import record_differences, recorded_holdout
+from step_cache.training.splits import HOLDOUT_GROUPS
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,15 @@ def refuse_existing_run(run_dir: Path, resume: bool, overwrite: bool) -> None:
             f"{run_dir}: already holds a run ({CONFIG}); pass {switch('resume')} to continue it or "
             f"{switch('overwrite')} to start over"
         )
+
+
+def resumed_holdout(run_dir: Path, resume: bool) -> str:
+    """The val hold-out rule a run follows: with ``resume``, the one the stored run used (``recorded_holdout``: a
+    run from before groups keeps its per-file hold-out, so it resumes on the val videos it started with), else the
+    current rule."""
+    if resume and (run_dir / CONFIG).is_file():
+        return recorded_holdout(read_config(run_dir), str(run_dir / CONFIG))
+    return HOLDOUT_GROUPS
 
 
 def check_same_settings(run_dir: Path, record: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from step_cache.checkpoints import load_state_dict_file
 from step_cache.training import runs
 from step_cache.training.config import TrainConfig
 from step_cache.training.metrics_file import metrics_document, seed_metrics
+from step_cache.training.protocol_use import announced
 from step_cache.training.run_checkpoints import record as record_checksum
 from step_cache.training.run_checkpoints import save_checkpoint
 from step_cache.training.runs import SEEDS_DIR, seed_dir
@@ -43,10 +44,12 @@ def train_data_seeds(
     on_epoch: Callable[[dict[str, Any]], None] | None,
     started: float | None,
     train_probe: Callable[..., Any],
+    holdout: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train ``config.seeds`` seeds, each as its own run made by ``train_probe`` (``trainer.train_probe``, which
     calls this for ``seeds > 1`` with ``vary="data"``, after refusing an existing run), into ``out`` (see the
-    module doc); returns (metrics, first seed's epoch records). ``on_epoch`` sees the first seed's epochs."""
+    module doc); returns (metrics, first seed's epoch records). ``on_epoch`` sees the first seed's epochs;
+    ``holdout``: every seed's val hold-out rule (None: a resumed seed's own, else today's)."""
     shards = as_shards(cache)
     seeds = [config.seed + i for i in range(config.seeds)]
     if not resume:  # a new run: nothing of an old one may look like part of it
@@ -56,13 +59,15 @@ def train_data_seeds(
     log.info("%s: training %d seeds (%s), each with its own batches and val hold-out", config.probe, len(seeds),
              ", ".join(map(str, seeds)))  # fmt: skip
     results = []
-    for index, seed in enumerate(seeds):
-        directory = seed_dir(out, seed)
-        again = resume and (directory / runs.CONFIG).is_file()
-        first_only = on_epoch if index == 0 else None
-        result = train_probe(shards, config.probe, directory, resume=again, overwrite=not again, on_epoch=first_only,
-                             **{**options, "seeds": 1, "seed": seed})  # fmt: skip
-        results.append(result)
+    with announced():  # a preset's differences were printed once, by this run: not again per seed
+        for index, seed in enumerate(seeds):
+            directory = seed_dir(out, seed)
+            again = resume and (directory / runs.CONFIG).is_file()
+            first_only = on_epoch if index == 0 else None
+            result = train_probe(shards, config.probe, directory, resume=again, overwrite=not again,
+                                 on_epoch=first_only, holdout=holdout,
+                                 **{**options, "seeds": 1, "seed": seed})  # fmt: skip
+            results.append(result)
     record = runs.read_config(seed_dir(out, seeds[0]))
     record["config"].update(seeds=config.seeds, seed=config.seed, vary="data")
     record["data"]["seeds"] = seeds

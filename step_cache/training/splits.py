@@ -4,9 +4,10 @@ The shards' ``split`` column decides: ``test`` clips are held out, ``val`` clips
 ("") clips train. When the cache has no ``val`` clip, a fraction of the training *videos* is held out instead,
 stratified by class and deterministic for a seed. Clips are grouped by source video file (temporal clips and
 segments of one file stay on one side), and files by group (``datasets/groups.py``: a UCF101 ``v_X_gNN`` group, an
-HMDB51 source recording, a Drive&Act participant ``vp<N>``, the same-named files of the classes of a mirrored pair — a
+HMDB51 source movie, a Drive&Act participant ``vp<N>``, the same-named files of the classes of a mirrored pair — a
 clip and its reversed copy), so no footage, and no actor and scene of a UCF101 group or subject of Drive&Act, leaks
-between train and val. Unlabelled clips are never
+between train and val (``HOLDOUT_GROUPS``; runs recorded before groups held out single files, ``HOLDOUT_FILES``,
+which ``evaluate`` and ``--resume`` reproduce for them). Unlabelled clips are never
 selected, nor are augmented views (``views`` > 0, ``extract --views``): they are not clips of their own, so every
 split, and the held-out videos, are those of the same cache without views (training.views draws them).
 """
@@ -28,6 +29,15 @@ if TYPE_CHECKING:
     from step_cache.cache.shards import ShardSet
 
 
+# The val hold-out rules (config.json ``data.holdout``): groups held out whole (``datasets/groups.py``; v2: an
+# HMDB51 source movie across its actions, v1: its clips of one action and tags), or each source file alone, the rule
+# of runs recorded before groups (``run_record.recorded_holdout``).
+HOLDOUT_GROUPS = "groups-v2"
+HOLDOUT_GROUPS_V1 = "groups-v1"
+HOLDOUT_FILES = "files"
+HOLDOUT_RULES = (HOLDOUT_GROUPS, HOLDOUT_GROUPS_V1, HOLDOUT_FILES)
+
+
 class DataError(StepCacheError, ValueError):
     """The cache cannot provide the clips a run needs (no training clips, no validation clips, ...)."""
 
@@ -40,6 +50,7 @@ class Splits:
     val: np.ndarray
     test: np.ndarray
     val_source: str  # "cache" (the split column), "val-fraction" (held out here) or "none"
+    holdout: str = HOLDOUT_GROUPS  # the rule a "val-fraction" hold-out follows (HOLDOUT_RULES)
 
     def counts(self) -> dict[str, int | str]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test), "val_source": self.val_source}
@@ -54,14 +65,17 @@ def select_splits(
     views: np.ndarray | None = None,
     pairs: Sequence[tuple[int, int]] = (),
     validate: bool = True,
+    holdout: str = HOLDOUT_GROUPS,
 ) -> Splits:
     """Split labelled clean clips into train / val / test (see the module doc). ``val_fraction`` only applies when
     no clip is marked ``val``; ``views`` (``ShardSet.views``; None: all clean) leaves out augmented views;
     ``pairs`` (class indices of mirrored pairs) links same-named files of paired classes into one group. Without
     ``validate`` (``train-probe --val none``) there is no val split: nothing is held out and a cache's val clips
-    are left out."""
+    are left out. ``holdout``: the rule of the held-out videos (``HOLDOUT_RULES``)."""
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if holdout not in HOLDOUT_RULES:
+        raise DataError(f"unknown val hold-out rule {holdout!r} (known: {', '.join(HOLDOUT_RULES)})")
     labels, splits, videos = np.asarray(labels), np.asarray(splits), np.asarray(videos)
     if views is not None:
         labels = np.where(np.asarray(views) == 0, labels, -1)  # a view is never a clip of its own
@@ -74,10 +88,10 @@ def select_splits(
     def canonical(indices: np.ndarray) -> np.ndarray:
         return indices[np.argsort(ranked[indices], kind="stable")]
 
-    result = _select(labels, splits, videos, val_fraction if validate else 0.0, seed, pairs)
+    result = _select(labels, splits, videos, val_fraction if validate else 0.0, seed, pairs, holdout)
     if not validate:
         result = Splits(result.train, result.val[:0], result.test, "none")
-    return Splits(canonical(result.train), canonical(result.val), canonical(result.test), result.val_source)
+    return Splits(canonical(result.train), canonical(result.val), canonical(result.test), result.val_source, holdout)
 
 
 def shard_splits(
@@ -86,9 +100,12 @@ def shard_splits(
     seed: int = 0,
     pairs: Sequence[tuple[int, int]] = (),
     validate: bool = True,
+    holdout: str = HOLDOUT_GROUPS,
 ) -> Splits:
     """``select_splits`` of a ShardSet's clean clips (its labels, splits, videos and views)."""
-    return select_splits(shards.labels, shards.splits, shards.videos, val_fraction, seed, shards.views, pairs, validate)
+    return select_splits(
+        shards.labels, shards.splits, shards.videos, val_fraction, seed, shards.views, pairs, validate, holdout
+    )
 
 
 def _select(
@@ -98,6 +115,7 @@ def _select(
     val_fraction: float,
     seed: int,
     pairs: Sequence[tuple[int, int]],
+    holdout: str,
 ) -> Splits:
     labelled = labels >= 0
     test = np.nonzero(labelled & (splits == "test"))[0]
@@ -108,23 +126,33 @@ def _select(
     pool_indices = np.nonzero(pool)[0]
     if val_fraction == 0 or len(pool_indices) == 0:
         return Splits(pool_indices, np.zeros(0, dtype=np.int64), test, "none")
-    held_out = stratified_video_holdout(labels[pool_indices], videos[pool_indices], val_fraction, seed, pairs)
+    held_out = stratified_video_holdout(
+        labels[pool_indices], videos[pool_indices], val_fraction, seed, pairs, grouped=holdout != HOLDOUT_FILES,
+        hmdb51_sources=holdout == HOLDOUT_GROUPS,
+    )  # fmt: skip
     return Splits(pool_indices[~held_out], pool_indices[held_out], test, "val-fraction")
 
 
 def stratified_video_holdout(
-    labels: np.ndarray, videos: np.ndarray, fraction: float, seed: int, pairs: Sequence[tuple[int, int]] = ()
+    labels: np.ndarray,
+    videos: np.ndarray,
+    fraction: float,
+    seed: int,
+    pairs: Sequence[tuple[int, int]] = (),
+    grouped: bool = True,
+    hmdb51_sources: bool = True,
 ) -> np.ndarray:
     """Boolean mask over clips: True for the clips of the held-out groups of videos.
 
     A group (``groups.video_groups``) is a source video file, or the files of a UCF101 group, an HMDB51 source
-    recording or a Drive&Act participant, or same-named files in the classes of a mirrored pair in ``pairs``; a group
+    movie or a Drive&Act participant, or same-named files in the classes of a mirrored pair in ``pairs``; a group
     is held out whole. About ``fraction`` of the groups are held out, split across strata (the set of classes a group
     holds; a lone video: its class) in proportion to their group counts (largest remainders get the rounding), never
     taking a stratum's last training group; groups in a stratum of several classes too small for its own draw share
     one pooled stratum (``groups.pool_small_mixed``). A video whose clips carry several labels counts for its most
-    frequent one. A set without groups of several videos
-    draws exactly as the per-video hold-out before groups did.
+    frequent one. A set without groups of several videos draws exactly as the per-video hold-out before groups did;
+    without ``grouped`` every source file is a group of its own (that per-video hold-out, ``HOLDOUT_FILES``);
+    without ``hmdb51_sources`` an HMDB51 name's group is its clips of one action and tags (``HOLDOUT_GROUPS_V1``).
     """
     clips_of: dict[str, list[int]] = defaultdict(list)
     for clip, key in enumerate(videos):
@@ -135,7 +163,12 @@ def stratified_video_holdout(
         for name, clips in clips_of.items()
     }
     paired = {c for pair in pairs for c in pair}
-    group_of = video_groups(sorted(clips_of), name_linked=lambda name: video_label[name] in paired)
+    if grouped:
+        group_of = video_groups(
+            sorted(clips_of), name_linked=lambda name: video_label[name] in paired, hmdb51_sources=hmdb51_sources
+        )
+    else:
+        group_of = {name: name for name in clips_of}
     groups: dict[str, list[int]] = defaultdict(list)
     classes_of: dict[str, set[int]] = defaultdict(set)
     for name in sorted(clips_of):

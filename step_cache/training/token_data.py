@@ -4,9 +4,8 @@
   int8 with per-token scales) in RAM; a batch is a fancy-indexed copy (int8: dequantized to float16). The probe
   casts per batch.
 - ``DeviceTokens`` (``device_tokens.py``) holds them on the compute device and gathers batches there.
-- ``StreamingTokens`` reads each batch from HDF5 in DataLoader worker processes; each worker opens its own file
-  handles (``ShardSet`` reopens them after a fork). The workers persist across passes (epochs, evaluations), so
-  processes are started and files opened once per source, not once per pass.
+- ``StreamingTokens`` (``streaming.py``) reads each batch from HDF5 in reader processes that persist across
+  passes.
 
 Both follow the same ``batch_plan`` (a list of clip-index arrays, shuffled by (seed, epoch)), so they yield
 identical batches and identical training runs.
@@ -25,11 +24,9 @@ import torch
 from tqdm import tqdm
 
 from step_cache.cache.manifest import TokenLayout
-from step_cache.cache.quantize import SCALE_DTYPE, token_bytes
+from step_cache.cache.quantize import SCALE_DTYPE
 from step_cache.cache.shards import ShardSet
-from step_cache.cpu_budget import worker_count
 from step_cache.interface import option
-from step_cache.training.device_tokens import DeviceTokens, device_free_bytes
 from step_cache.training.layer_choice import along_tokens, is_mix, layer_positions, merge_layers
 from step_cache.training.splits import DataError
 
@@ -117,15 +114,18 @@ def batch_plan(
     return [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
-def as_tensor(values: np.ndarray, scales: np.ndarray | None, dtype: np.dtype) -> torch.Tensor:
+def as_tensor(
+    values: np.ndarray, scales: np.ndarray | None, dtype: np.dtype, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Stored tokens as a tensor in the read dtype: int8 values times their per-token scales (the same values as
     ``step_cache.cache.quantize.dequantize``: an int8 times a float16 is exact before the one rounding), done in
-    torch, which measured 3-5x faster than numpy's float16 conversion on one core."""
+    torch, which measured 3-5x faster than numpy's float16 conversion on one core. ``out``: where to put the
+    dequantized tokens (a streaming reader's shared memory); unused for a float cache (no new tensor is made)."""
     tokens = torch.from_numpy(values)
     if scales is None:
         return tokens
     target = torch.float16 if np.dtype(dtype) == np.float16 else torch.float32
-    return tokens.to(target) * torch.from_numpy(scales).to(target).unsqueeze(-1)
+    return torch.mul(tokens.to(target), torch.from_numpy(scales).to(target).unsqueeze(-1), out=out)
 
 
 class TokenSource(Protocol):
@@ -195,96 +195,6 @@ class InMemoryTokens:
         """Nothing to release (the tokens go with the object)."""
 
 
-class _BatchReader(torch.utils.data.Dataset):
-    """Item ``batch`` (an array of clip indices) is that batch, read in one go (one sorted HDF5 read per shard)."""
-
-    def __init__(self, shards: ShardSet, selection: TokenSelection, labels: torch.Tensor):
-        self.shards, self.selection, self.labels = shards, selection, labels
-
-    def __getitem__(self, batch: np.ndarray) -> Batch:
-        values, scales = self.shards.read_stored(batch, layers=self.selection.layers, part=self.selection.part)
-        values = np.ascontiguousarray(self.selection.apply(values))
-        if scales is not None:
-            scales = np.ascontiguousarray(self.selection.apply(scales[..., None])[..., 0])
-        tokens = self.selection.merge_layers(as_tensor(values, scales, self.shards.layout.read_dtype))
-        return tokens, self.labels[batch], batch
-
-
-class _PlanSampler:
-    """The DataLoader's sampler: it yields the batches (clip-index arrays) of the current pass. A persistent
-    loader creates its sampler iterator anew for every pass, so setting ``plan`` between passes is all it takes."""
-
-    def __init__(self, plan: Sequence[np.ndarray] = ()) -> None:
-        self.plan = list(plan)
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return iter(self.plan)
-
-    def __len__(self) -> int:
-        return len(self.plan)
-
-
-class StreamingTokens:
-    """Batches read from HDF5 on demand, by ``workers`` processes (0 = in the calling process).
-
-    The worker processes start with the first pass and stay up for the next ones (``persistent_workers``), with
-    their HDF5 files open, until ``close()`` or until the source is dropped. Passes are read one at a time; a pass
-    started while another is still being read gets a loader (and workers) of its own."""
-
-    mode = "streaming"
-
-    def __init__(
-        self,
-        shards: ShardSet,
-        selection: TokenSelection,
-        labels: np.ndarray,
-        workers: int = 2,
-        pin_memory: bool = False,
-    ):
-        self.shards, self.selection, self.workers, self.pin_memory = shards, selection, workers, pin_memory
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
-        self._plan = _PlanSampler()
-        self._loader: torch.utils.data.DataLoader | None = None
-        self._reading = False
-
-    def _make_loader(self, sampler: _PlanSampler, persistent: bool) -> torch.utils.data.DataLoader:
-        self.shards.close()  # never fork open HDF5 handles into workers
-        return torch.utils.data.DataLoader(
-            _BatchReader(self.shards, self.selection, self.labels),
-            batch_size=None,  # items already are batches
-            sampler=sampler,
-            num_workers=self.workers,
-            pin_memory=self.pin_memory,
-            prefetch_factor=4 if self.workers else None,
-            persistent_workers=persistent and self.workers > 0,
-            # A private generator: the loader draws a worker seed per iterator, which would otherwise advance the
-            # global torch RNG (dropout) and make streaming runs differ from in-memory ones.
-            generator=torch.Generator().manual_seed(0),
-        )
-
-    def batches(self, plan: Sequence[np.ndarray]) -> Iterator[Batch]:
-        if self._reading:  # the persistent loader is busy with an unfinished pass: never disturb it
-            yield from self._read(self._make_loader(_PlanSampler(plan), persistent=False))
-            return
-        if self._loader is None:
-            self._loader = self._make_loader(self._plan, persistent=True)
-        self._plan.plan = list(plan)
-        self._reading = True
-        try:
-            yield from self._read(self._loader)
-        finally:
-            self._reading = False
-
-    @staticmethod
-    def _read(loader: torch.utils.data.DataLoader) -> Iterator[Batch]:
-        for tokens, labels, batch in loader:
-            yield tokens, labels, np.asarray(batch)
-
-    def close(self) -> None:
-        """Stop the worker processes (dropping the loader shuts them down); a later pass starts new ones."""
-        self._loader = None
-
-
 def available_memory() -> int:
     """Bytes of RAM available to new allocations (MemAvailable), or total RAM where that is unknown."""
     try:
@@ -311,39 +221,3 @@ def choose_mode(mode: str, nbytes: int, memory_fraction: float = 0.5, device_byt
         chosen = "device"
     log.debug("tokens need %.2f GiB, in-memory budget %.2f GiB: %s", nbytes / 2**30, budget / 2**30, chosen)
     return chosen
-
-
-def default_workers(device: torch.device | None = None) -> int:
-    """Streaming reader processes, from the thread budget (affinity, CPU quota, --threads), not the host's core
-    count. On CUDA the cores have nothing else to do: all but two (the training and prefetch threads). On the CPU
-    the probe's own threads need the cores: at most 4, as measured (docs/performance.md)."""
-    if device is not None and device.type == "cuda":
-        return worker_count(1 << 10, spare=2)
-    return worker_count(4)
-
-
-def open_token_source(
-    shards: ShardSet,
-    indices: np.ndarray,
-    selection: TokenSelection,
-    labels: np.ndarray,
-    *,
-    mode: str = "auto",
-    memory_fraction: float = 0.5,
-    workers: int | None = None,
-    pin_memory: bool = False,
-    progress: bool = False,
-    device: torch.device | None = None,
-) -> TokenSource:
-    """A token source over ``indices`` (the clips the caller will ask for), in the chosen data mode (``device``:
-    on ``device``, the CPU when None)."""
-    frames, _, dim = shards.clip_shape
-    per_clip = selection.channels * frames * selection.tokens_per_frame * token_bytes(shards.layout.dtype, dim)
-    nbytes = int(len(np.unique(indices)) * per_clip)
-    device = device or torch.device("cpu")
-    chosen = choose_mode(mode, nbytes, memory_fraction, device_free_bytes(device))
-    if chosen in ("memory", "device"):
-        memory = InMemoryTokens(shards, indices, selection, labels, progress=progress)
-        return DeviceTokens(memory, device) if chosen == "device" else memory
-    workers = default_workers(device) if workers is None else workers
-    return StreamingTokens(shards, selection, labels, workers=workers, pin_memory=pin_memory)

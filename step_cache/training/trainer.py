@@ -26,6 +26,7 @@ from step_cache.probes import count_parameters
 from step_cache.training import runs
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, make_config, settings, with_schedule
+from step_cache.training.data_source import open_token_source
 from step_cache.training.early_stopping import describe_stop, early_stop_record, is_finished, should_stop
 from step_cache.training.epoch_loop import NonFiniteLossError, train_epoch
 from step_cache.training.inference import autocast, evaluate_clips, tf32_matmuls
@@ -50,7 +51,6 @@ from step_cache.training.run_status import mark_failed, refuse_failed_resume, us
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.seed_data import train_data_seeds
 from step_cache.training.stacking.seeds import train_seeds
-from step_cache.training.token_data import open_token_source
 from step_cache.training.view_table import epoch_plan
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,9 @@ class TrainResult:
 class _Run:
     """The state of one training run: model, optimizer, data, history."""
 
-    def __init__(self, shards: ShardSet, config: TrainConfig, run_dir: Path):
+    def __init__(self, shards: ShardSet, config: TrainConfig, run_dir: Path, holdout: str):
         self.run_dir = run_dir
-        inputs = run_inputs(shards, config)  # the set-up --seeds and sweeps share (stacking.shared_data)
+        inputs = run_inputs(shards, config, holdout)  # the set-up --seeds and sweeps share (stacking.shared_data)
         self.shards, self.selection, self.splits = shards, inputs.selection, inputs.splits
         self.pairs, self.device, self.views = inputs.pairs, inputs.device, inputs.views
         self.requested = config  # epochs / batch_size may be None (auto): resolved from the training clips
@@ -243,6 +243,7 @@ def train_probe(
     resume: bool = False,
     overwrite: bool = False,
     on_epoch: EpochCallback | None = None,
+    holdout: str | None = None,
     **options: Any,
 ) -> TrainResult:
     """Train ``probe`` on ``cache`` (one or more cache directories, or an open ``ShardSet``) and write a run
@@ -254,6 +255,8 @@ def train_probe(
     continues a killed run from its last commit (about every 30 s; the settings must match). ``on_epoch`` is called with
     each epoch's record (the metrics.jsonl line) after it is saved; raising from it stops the run there. The run
     directory has one writer (``run_lock``); a run that diverges is marked failed (``run_status``) before it raises.
+    ``holdout``: the val hold-out rule (``splits.HOLDOUT_RULES``); None: a resumed run's own, else ``groups-v2``
+    (a sweep's ``best-run/`` passes its study's, so that it holds out what its trials held out).
     """
     if options.get("protocol") is not None:
         check_single_run(options["protocol"], options, settings())  # a grid protocol: one value of each grid field
@@ -265,7 +268,7 @@ def train_probe(
     # one writer per run directory, before anything in it is read or removed
     with hold_run_dir(out), tf32_matmuls(resolve_device(config.device), config.tf32):
         try:
-            return _train(cache, config.probe, config, Path(out), resume, overwrite, on_epoch, started)
+            return _train(cache, config.probe, config, Path(out), resume, overwrite, on_epoch, started, holdout)
         except (NonFiniteLossError, runs.NonFiniteValueError) as error:
             mark_failed(Path(out), str(error))  # no command may use what the diverged run left
             raise
@@ -280,18 +283,21 @@ def _train(
     overwrite: bool,
     on_epoch: EpochCallback | None,
     started: float,
+    holdout: str | None,
 ) -> TrainResult:
     runs.refuse_existing_run(Path(out), resume, overwrite)  # before any slow work
     if resume:
         refuse_failed_resume(out)
     if config.seeds > 1:  # --vary data: each seed a run of its own (seed_data.py), else one stack
         if config.vary == "data":
-            metrics, history = train_data_seeds(cache, config, Path(out), resume, on_epoch, started, train_probe)
+            metrics, history = train_data_seeds(
+                cache, config, Path(out), resume, on_epoch, started, train_probe, holdout
+            )
         else:
-            metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch, started)
+            metrics, history = train_seeds(cache, config, Path(out), resume, on_epoch, started, holdout)
         return TrainResult(Path(out), metrics, history)
     shards = as_shards(cache)
-    run = _Run(shards, config, Path(out))
+    run = _Run(shards, config, Path(out), holdout or runs.resumed_holdout(Path(out), resume))
     config = run.config  # with the schedule resolved
     state = runs.open_run_dir(run.run_dir, run_record(config, run.data_record()), resume)
     if state is not None:

@@ -56,13 +56,14 @@ def train_seeds(
     resume: bool,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     started: float | None = None,
+    holdout: str | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Train ``config`` with ``config.seeds`` seeds as one stack into ``out``; returns (metrics, first seed's
     epoch records). ``on_epoch`` sees the first seed's epoch records. ``train_probe`` calls this when
     ``seeds > 1``, after refusing an existing run; ``started`` (``time.perf_counter``) dates the command for
-    metrics.json's ``wall_time_s``."""
+    metrics.json's ``wall_time_s``; ``holdout``: the val hold-out rule (None: a resumed run's own, else today's)."""
     shards = as_shards(cache)
-    data = DataCache(shards)
+    data = DataCache(shards, holdout or runs.resumed_holdout(out, resume))
     try:
         training = data.get(config)
         resolved = with_schedule(

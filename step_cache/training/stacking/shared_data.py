@@ -9,8 +9,10 @@ import numpy as np
 
 from step_cache.cache.shards import ShardSet
 from step_cache.training.config import TrainConfig
+from step_cache.training.data_source import open_token_source
 from step_cache.training.run_data import RunInputs, run_inputs
-from step_cache.training.token_data import TokenSource, open_token_source
+from step_cache.training.splits import HOLDOUT_GROUPS
+from step_cache.training.token_data import TokenSource
 from step_cache.training.view_table import clean_rows
 
 
@@ -23,15 +25,15 @@ class TrainingData(RunInputs):
 
 class DataCache:
     """``TrainingData`` per config, reusing token sources (per token subset, data path and whether augmented views
-    are read) across calls."""
+    are read) across calls. ``holdout``: the val hold-out rule of every config (``splits.HOLDOUT_RULES``)."""
 
-    def __init__(self, shards: ShardSet) -> None:
-        self.shards = shards
+    def __init__(self, shards: ShardSet, holdout: str = HOLDOUT_GROUPS) -> None:
+        self.shards, self.holdout = shards, holdout
         self._sources: dict[tuple, TokenSource] = {}
 
     def get(self, config: TrainConfig) -> TrainingData:
         shards = self.shards
-        inputs = run_inputs(shards, config)
+        inputs = run_inputs(shards, config, self.holdout)
         selection, views, device = inputs.selection, inputs.views, inputs.device
         key = (selection, config.data, config.memory_fraction, config.workers, device.type)
         # A source that holds the views holds the clean clips too: a run without views may share it.

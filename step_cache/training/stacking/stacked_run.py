@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from step_cache.cache.shards import CacheInput, as_shards
-from step_cache.probes import count_parameters
 from step_cache.training.augment import build_augmentation
 from step_cache.training.config import TrainConfig, full_options, with_schedule
 from step_cache.training.early_stopping import describe_stop, early_stop_record, should_stop
@@ -41,11 +40,12 @@ from step_cache.training.epoch_loop import train_epoch
 from step_cache.training.inference import autocast, evaluate_logits, forward_batches, tf32_matmuls
 from step_cache.training.progress import RunProgress
 from step_cache.training.records import NO_SCORE, TrainingTime, epoch_record, final_metrics, validation_score
-from step_cache.training.run_data import build_run_probe, warn_short_videos
+from step_cache.training.run_data import warn_short_videos
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.stacking.adamw import StackedAdamW
 from step_cache.training.stacking.grouping import group_by_shape, shape_key, stack_reading
 from step_cache.training.stacking.members import StackedProbes
+from step_cache.training.stacking.nested import NestedPlan, nested_data, stack_members
 from step_cache.training.stacking.resume import restore_stack, stack_state
 from step_cache.training.stacking.sgd import StackedSGD
 from step_cache.training.stacking.shared_data import DataCache, TrainingData
@@ -76,9 +76,11 @@ def member_losses(logits: torch.Tensor, labels: torch.Tensor, smoothing: torch.T
 
 
 class StackedRun:
-    """One group of same-shape configs trained together (``picks``: members' layers, ``grouping.stack_reading``)."""
+    """One group of same-shape configs trained together (``picks``: how members read, ``grouping.stack_reading``)."""
 
-    def __init__(self, data: TrainingData, configs: Sequence[TrainConfig], picks: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, data: TrainingData, configs: Sequence[TrainConfig], picks: Sequence[int] | NestedPlan | None = None
+    ) -> None:
         if len({shape_key(c) for c in configs}) != 1:
             raise ValueError("configs of different shapes cannot be stacked; group them with group_by_shape")
         self.data, self.device = data, data.device
@@ -91,17 +93,9 @@ class StackedRun:
         self.augmentation = build_augmentation(  # shared, like the batches: drawn from the first member's seed
             first.token_drop, first.reverse_pairs, data.pairs, len(shards.classes), data.selection
         )
-        probes = []
-        for member, config in enumerate(self.configs):
-            torch.manual_seed(config.seed)  # what train_probe does before building its probe
-            pick = None if picks is None else picks[member]
-            probes.append(
-                build_run_probe(config.probe, shards, data.selection, config.probe_options, pick).to(self.device)
-            )
+        # each member's probe, seeded as train_probe seeds it, and its parameter counts (nested: its own width)
+        self.stack, self.parameters, self.parameters_without_head = stack_members(self.configs, data, picks)
         warn_short_videos(shards, data.splits)
-        self.parameters = count_parameters(probes[0])
-        self.parameters_without_head = count_parameters(probes[0], exclude_head=True)
-        self.stack = StackedProbes(probes)
         # The same schedule lengths as train_probe's: shared total (same epochs and batches), own warm-up.
         steps = [schedule_steps(c.epochs, len(data.splits.train), c.batch_size, c.warmup_epochs) for c in self.configs]
         optimizer = StackedSGD if first.optimizer == "sgd" else StackedAdamW  # shared: grouping.shape_key
@@ -270,8 +264,8 @@ class StackedRun:
                 pairs=self.data.pairs,
                 val=val[position],
                 test=test[position] if test is not None else None,
-                parameters=self.parameters,
-                parameters_without_head=self.parameters_without_head,
+                parameters=self.parameters[member],
+                parameters_without_head=self.parameters_without_head[member],
                 training_time=self.training_time,
                 data_mode=self.data.source.mode,
                 device=str(self.device),
@@ -336,7 +330,8 @@ def train_stacked(
         for group in group_by_shape(configs):
             members = [configs[i] for i in group]
             reading, picks = stack_reading(members, shards.layout)  # one layer each: their union, read once
-            run = StackedRun(data.get(reading), members, picks)
+            inputs = nested_data(data, picks) if isinstance(picks, NestedPlan) else data.get(reading)
+            run = StackedRun(inputs, members, picks)
 
             def callback(member: int, record: dict[str, Any], group: list[int] = group) -> bool:
                 return bool(on_epoch(group[member], record)) if on_epoch is not None else False
