@@ -165,3 +165,19 @@ def test_a_damaged_metrics_json_is_one_line_naming_it(tmp_path):
                                        r"repeat the run's command with resume=True to write it again from the run's "
                                        r"committed state$"):  # fmt: skip
         read_final_metrics(tmp_path)
+
+
+@pytest.mark.parametrize("marker", ["config.json", "trials.json"])
+def test_extract_refuses_an_out_holding_a_training_run_or_a_sweep(video_tree, tmp_path, marker):
+    # extract --overwrite into a run's directory wrote a cache beside the run's files (fault round 4, I17)
+    from step_cache.extraction.engine import ExtractionError, extract
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / marker).write_text("{}")
+    kind = "a training run" if marker == "config.json" else "a sweep"
+    with pytest.raises(ExtractionError, match=rf"^{out}: holds {kind} \({marker}\); a cache needs a directory of its "
+                                              r"own: choose another out="):  # fmt: skip
+        extract(video_tree, out, backbone="vit-tiny", weights="random", frames=2, image_size=32, workers=0,
+                overwrite=True, progress=False)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == [marker]

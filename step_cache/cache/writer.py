@@ -52,6 +52,11 @@ def open_output(
     out: Path, extraction: dict, classes: list[str], pairs: list, source: dict, overwrite: bool
 ) -> Manifest:
     manifest_path = out / MANIFEST_NAME
+    for marker, kind in (("config.json", "a training run"), ("trials.json", "a sweep")):
+        if not manifest_path.exists() and (out / marker).is_file():  # --overwrite deletes a cache, never these
+            raise ExtractionError(
+                f"{out}: holds {kind} ({marker}); a cache needs a directory of its own: choose another {option('out')}"
+            )
     if overwrite and out.is_dir():
         remove_cache(out)
     if not manifest_path.exists():
