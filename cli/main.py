@@ -48,6 +48,12 @@ def main() -> None:
         # interpreter shuts down must not turn a finished command into a KeyboardInterrupt exit (-2).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # A stop whose KeyboardInterrupt was raised inside exec() of a source string (dataclasses, namedtuple, as
+        # lazy imports build classes) left CPython's "unhandled KeyboardInterrupt" mark set although the command
+        # caught it, and `python -m cli` then killed itself with SIGINT at exit (-2 instead of 130/143). Every
+        # exec() of a string clears that mark as it starts (CPython 3.8-3.13); a KeyboardInterrupt that really
+        # leaves main() sets it again after this.
+        exec("")
         # The process ends here. The interpreter's exit-time garbage collection walks every object torch and timm
         # created (9-11 s of a Ctrl-C'd extract on a busy machine); frozen objects are skipped, and everything was
         # written and closed by the command already.
