@@ -21,6 +21,8 @@ cache would leave less than --keep-free-gib free; the cache is deleted afterward
 
     python bench/scale.py --gib 2                      # quick check (about a minute or two)
     python bench/scale.py --gib 36 --max-batches 20    # 1.5x RAM on a 24 GiB machine
+    python bench/scale.py --gib 36 --keep --dir D      # ... keeping the cache, then an A/B on the same bytes:
+    STEP_CACHE_READ_VIA_HDF5=1 python bench/scale.py --reuse D/step-cache-scale-XXXX --steps read,step,attentive
 """
 
 from __future__ import annotations
@@ -122,6 +124,7 @@ def child(args: argparse.Namespace) -> dict:
         capped = args.max_batches is not None and probe not in (None, "linear") and args.max_batches < len(plan)
         plan = plan[: args.max_batches] if capped else plan
         source = StreamingTokens(shards, selection, shards.labels, workers=args.workers)
+        first_wait = _time_first_batch(source)
         if probe is None:  # reads alone
             for _ in source.batches(plan):
                 pass
@@ -141,6 +144,7 @@ def child(args: argparse.Namespace) -> dict:
 
             train = train_epoch(source, plan, torch.device("cpu"), step, progress=False)
             figures.update(train_s=train["train_s"], data_wait_s=train["data_wait_s"], clips=train["clips"])
+        figures["first_batch_wait_s"] = first_wait[0]
         figures["capped_batches"] = len(plan) if capped else None
         figures["readers"] = source.workers
         source.close()
@@ -150,6 +154,26 @@ def child(args: argparse.Namespace) -> dict:
         disk_bytes=io_counters()["read_bytes"] - before, wall_s=time.perf_counter() - started, peak_rss=peak_rss()
     )
     return figures
+
+
+def _time_first_batch(source) -> list[float]:
+    """Wrap ``source.batches`` so that the wait for the first batch of the pass (reader processes starting, files
+    opening, the first read) is recorded apart: the I/O share of a capped epoch is mostly that start-up, which a
+    full epoch spreads over thousands of batches and later epochs do not pay (the readers persist)."""
+    wait = [0.0]
+    batches = source.batches
+
+    def timed(plan):
+        started = time.perf_counter()
+        iterator = batches(plan)
+        first = next(iterator, None)
+        wait[0] = time.perf_counter() - started
+        if first is not None:
+            yield first
+            yield from iterator
+
+    source.batches = timed
+    return wait
 
 
 def measure(args: argparse.Namespace, step: str, **extra: object) -> dict:
@@ -173,6 +197,9 @@ def report(name: str, figures: dict, cache_bytes: int, seq: float) -> None:
     rate = figures["disk_bytes"] / figures["train_s"]
     io_share = figures["data_wait_s"] / figures["train_s"]
     capped = f", capped at {figures['capped_batches']} batches" if figures.get("capped_batches") else ""
+    if figures.get("first_batch_wait_s") is not None and figures["data_wait_s"] < figures["train_s"]:
+        steady = (figures["data_wait_s"] - figures["first_batch_wait_s"]) / figures["train_s"]
+        capped += f", first batch {figures['first_batch_wait_s']:.1f} s (I/O share after it {steady:.0%})"
     capped += f", {figures['readers']} readers" if figures.get("readers") is not None else ""
     print(
         f"  {name:<18} {figures['clips'] / figures['train_s']:7.1f} clips/s  I/O share {io_share:4.0%}  "
@@ -194,6 +221,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="reader processes (default: the library's rule)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", default="read,linear,step,attentive,stack")
+    parser.add_argument("--keep", action="store_true", help="keep the cache afterwards (for --reuse)")
+    parser.add_argument("--reuse", type=Path, default=None,
+                        help="measure the cache a --keep run left in this folder instead of writing one: an A/B of "
+                             "two versions of the code (or STEP_CACHE_READ_VIA_HDF5=1) on the same bytes")  # fmt: skip
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cache", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--order", default="random", help=argparse.SUPPRESS)
@@ -202,6 +233,9 @@ def main() -> None:
     if args.child:
         args.step = args.child
         print(json.dumps(child(args)))
+        return
+    if args.reuse is not None:
+        run(args, args.reuse)
         return
     parent = args.dir or Path(tempfile.gettempdir())
     parent.mkdir(parents=True, exist_ok=True)
@@ -214,8 +248,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="step-cache-scale-", dir=parent))
     try:
         run(args, work)
-    finally:  # also on Ctrl-C: never leave tens of GB behind
-        shutil.rmtree(work, ignore_errors=True)
+    finally:  # also on Ctrl-C: never leave tens of GB behind, unless asked to
+        if args.keep:
+            print(f"kept: {work} (measure it again with --reuse {work}; delete it afterwards)", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
@@ -223,9 +260,15 @@ def run(args: argparse.Namespace, work: Path) -> None:
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     print(f"load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}; RAM {ram / 2**30:.1f} GiB", flush=True)
     started = time.perf_counter()
-    cache_bytes = write_cache(args.cache, args.gib, args.variant)
-    print(f"cache: {cache_bytes / 2**30:.2f} GiB ({args.variant}) written in {time.perf_counter() - started:.0f} s "
-          f"to {args.cache}", flush=True)  # fmt: skip
+    if args.reuse is None:
+        cache_bytes = write_cache(args.cache, args.gib, args.variant)
+        print(f"cache: {cache_bytes / 2**30:.2f} GiB ({args.variant}) written in {time.perf_counter() - started:.0f} "
+              f"s to {args.cache}", flush=True)  # fmt: skip
+    else:
+        cache_bytes = sum(p.stat().st_size for p in args.cache.glob("shard-*.h5"))
+        print(f"cache: {cache_bytes / 2**30:.2f} GiB, reused from {args.cache}", flush=True)
+    if os.environ.get("STEP_CACHE_READ_VIA_HDF5") == "1":
+        print("  (STEP_CACHE_READ_VIA_HDF5=1: every read goes through HDF5)", flush=True)
     cold = evict(args.cache.glob("shard-*.h5"))
     seq = sequential_rate(args.cache, int(args.seq_gib * 2**30))
     print(f"  sequential read    {seq / 1e6:6.0f} MB/s{'' if cold else ' (warm)'}", flush=True)
@@ -241,6 +284,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
         report("stack K=1 (linear)", one, cache_bytes, seq)
         report("stack K=16", stack, cache_bytes, seq)
         print(f"  K=16 epoch / K=1 epoch: {stack['train_s'] / one['train_s']:.2f}x", flush=True)
+    cold = evict(args.cache.glob("shard-*.h5"))
+    seq_after = sequential_rate(args.cache, int(args.seq_gib * 2**30))
+    print(f"  sequential read    {seq_after / 1e6:6.0f} MB/s at the end{'' if cold else ' (warm)'}: this disk's rate "
+          f"moves between runs; the ratios above are to the first figure", flush=True)  # fmt: skip
     print(f"load: {os.getloadavg()[0]:.2f}; total {time.perf_counter() - started:.0f} s", flush=True)
 
 

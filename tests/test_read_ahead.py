@@ -76,9 +76,9 @@ def test_a_batch_over_several_shards_is_advised_before_its_first_read(tmp_path, 
 
     write_token_cache(tmp_path, videos_per_class=10, clips_per_shard=7)  # 20 clips over 3 shards
     events = []
-    advise, read = shards_module.will_need, shards_module.read_rows
+    advise, read = shards_module.will_need, shards_module.ShardSet._read_rows
     monkeypatch.setattr(shards_module, "will_need", lambda *a: events.append("advise") or advise(*a))
-    monkeypatch.setattr(shards_module, "read_rows", lambda *a, **kw: events.append("read") or read(*a, **kw))
+    monkeypatch.setattr(shards_module.ShardSet, "_read_rows", lambda *a: events.append("read") or read(*a))
     shards = open_shards(tmp_path)
     shards.read_stored([15, 1, 8], advise=True)
     assert events == ["advise"] * 3 + ["read"] * 3

@@ -37,6 +37,7 @@ class ChunkRanges:
         n = -(-dataset.shape[0] // self.rows_per_chunk) if chunks else 0
         self.offset = np.full((n, layers), -1, dtype=np.int64)  # -1: not allocated (never written)
         self.size = np.zeros((n, layers), dtype=np.int64)
+        self.row_bytes = _plain_row_bytes(dataset, layered)  # not None: the chunks can be read past HDF5
         if not chunks:
             return
 
@@ -59,15 +60,32 @@ class ChunkRanges:
         return zip(offsets.tolist(), sizes.tolist(), strict=True)
 
 
-def will_need(handle: h5py.File, ranges: Iterable[tuple[int, int]]) -> None:
-    """Advise ``ranges`` (offset, size) of ``handle``'s file, adjacent or repeated ones merged into one call."""
-    if not _CAN_ADVISE:
-        return
+def _plain_row_bytes(dataset: h5py.Dataset, layered: bool) -> int | None:
+    """Bytes of one row (one clip, and one layer of a layered dataset) when every chunk of ``dataset`` holds its
+    rows byte for byte as a C-ordered array does (``step_cache.cache.raw_chunks``): chunked, no filter
+    (compression, shuffle, checksum), the machine's byte order, chunks spanning every axis after the clip (and
+    layer) axis. Else None."""
+    chunks, lead = dataset.chunks, 2 if layered else 1
+    if not chunks or not dataset.dtype.isnative or dataset.id.get_create_plist().get_nfilters():
+        return None
+    if tuple(chunks[lead:]) != tuple(dataset.shape[lead:]) or (layered and chunks[1] != 1):
+        return None
+    return int(np.prod(dataset.shape[lead:], dtype=np.int64)) * dataset.dtype.itemsize
+
+
+def file_descriptor(handle: h5py.File) -> int | None:
+    """The operating system's descriptor of ``handle``'s file, or None (an HDF5 driver other than sec2)."""
     try:
         fd = handle.id.get_vfd_handle()
-    except (OSError, ValueError, TypeError):  # a driver without a plain file descriptor
-        return
-    if not isinstance(fd, int) or fd < 0:
+    except (OSError, ValueError, TypeError):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+def will_need(handle: h5py.File, ranges: Iterable[tuple[int, int]]) -> None:
+    """Advise ``ranges`` (offset, size) of ``handle``'s file, adjacent or repeated ones merged into one call."""
+    fd = file_descriptor(handle) if _CAN_ADVISE else None
+    if fd is None:
         return
     start = end = -1
     for offset, size in sorted(r for r in ranges if r[0] >= 0):
@@ -81,4 +99,4 @@ def will_need(handle: h5py.File, ranges: Iterable[tuple[int, int]]) -> None:
         os.posix_fadvise(fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
 
-__all__ = ["ChunkRanges", "will_need"]
+__all__ = ["ChunkRanges", "file_descriptor", "will_need"]

@@ -25,6 +25,7 @@ from step_cache.cache.manifest import (
     read_manifest,
 )
 from step_cache.cache.quantize import SCALE_DTYPE, dequantize
+from step_cache.cache.raw_chunks import raw_reads_enabled, read_rows_raw
 from step_cache.cache.read_ahead import ChunkRanges, will_need
 from step_cache.cache.selection import Selection, read_pieces, read_rows, select
 from step_cache.cache.shard_file import (
@@ -237,9 +238,11 @@ class ShardSet:
         handle = self._handle(shard)
         names = self._datasets(shard, selection, scales is not None)
         copy = names[0] == "cls"
-        read_rows(handle[names[0]], pieces, selection, copy, values, scales=False)
-        if scales is not None:
-            read_rows(handle[names[1]], pieces, selection, copy, scales, scales=True)
+        whole_rows = copy or selection.part == "all"  # else some tokens of each frame: HDF5 selects them
+        for name, target in zip(names, (values, scales), strict=False):
+            raw = whole_rows and raw_reads_enabled()
+            if not (raw and read_rows_raw(handle, self._chunk_ranges(shard, name), pieces, selection.layers, target)):
+                read_rows(handle[name], pieces, selection, copy, target, scales=target is scales)
 
     def _chunk_ranges(self, shard: int, name: str) -> ChunkRanges:
         key = (shard, name)
