@@ -10,7 +10,13 @@ Each pass reads every clip of the cache once, in one process, after evicting the
   pread-random-advised        random order, each batch's chunks advised first (posix_fadvise WILLNEED)
   h5-clip      ShardSet.read_stored one clip at a time, file order
   h5-random / h5-runs         ShardSet.read_stored per batch of 64 (the streaming readers' call), as before
-  h5-random-advised / h5-runs-advised      ... with advise=True (what the streaming readers do now)
+  h5-random-advised / h5-runs-advised      ... with advise=True (what the streaming readers did before raw reads)
+  raw-random-advised / raw-runs-advised    ShardSet.read_stored per batch, advised, past HDF5 (preadv straight
+               into the batch, step_cache.cache.raw_chunks: what the streaming readers do now)
+
+The h5-* patterns go through HDF5 (STEP_CACHE_READ_VIA_HDF5=1 while they run). ``--warm`` reads from the page
+cache instead (a first pass fills it; the cache must fit in memory): the CPU each path costs per byte, apart from
+the disk.
 
 To make a cache smaller than RAM behave as out of core, run it in a memory cgroup whose limit is below the cache's
 size (the page cache is charged to it). For example, as root with cgroup v1 (v2: memory.max):
@@ -37,7 +43,8 @@ from disk_io import evict, io_counters
 from scale import write_cache
 
 PATTERNS = ("seq", "pread", "pread-random", "pread-runs", "pread-random-advised", "h5-clip", "h5-random",
-            "h5-runs", "h5-random-advised", "h5-runs-advised", "seq")  # fmt: skip
+            "h5-runs", "h5-random-advised", "h5-runs-advised", "raw-random-advised", "raw-runs-advised",
+            "seq")  # fmt: skip
 
 
 def chunk_offsets(path: Path) -> list[tuple[int, int]]:
@@ -82,21 +89,28 @@ def patterns(cache: Path, batch: int) -> dict[str, Callable[[], None]]:
 
         return run
 
-    def h5(order: str, advised: bool = False) -> Callable[[], None]:
+    def h5(order: str, advised: bool = False, via_hdf5: bool = True) -> Callable[[], None]:
         def run() -> None:
-            for plan in orders[order]:
-                shards.read_stored(plan, advise=advised)  # each batch dropped once read
+            os.environ["STEP_CACHE_READ_VIA_HDF5"] = "1" if via_hdf5 else "0"
+            try:
+                for plan in orders[order]:
+                    shards.read_stored(plan, advise=advised)  # each batch dropped once read
+            finally:
+                os.environ.pop("STEP_CACHE_READ_VIA_HDF5")
 
         return run
 
     return {"seq": seq, "pread": pread("file"), "pread-random": pread("random"), "pread-runs": pread("runs"),
             "pread-random-advised": pread("random", True), "h5-clip": h5("file"), "h5-random": h5("random"),
             "h5-runs": h5("runs"), "h5-random-advised": h5("random", True),
-            "h5-runs-advised": h5("runs", True)}  # fmt: skip
+            "h5-runs-advised": h5("runs", True), "raw-random-advised": h5("random", True, via_hdf5=False),
+            "raw-runs-advised": h5("runs", True, via_hdf5=False)}  # fmt: skip
 
 
-def measure(name: str, run: Callable[[], None], paths: list[Path], total: int) -> None:
-    cold = evict(paths)
+def measure(name: str, run: Callable[[], None], paths: list[Path], total: int, warm: bool) -> None:
+    if warm:
+        run()  # fills the page cache
+    cold = False if warm else evict(paths)
     before, usage, started = io_counters()["read_bytes"], resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     run()
     seconds = time.perf_counter() - started
@@ -116,6 +130,7 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to write it (default: a temp dir)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--patterns", default=",".join(PATTERNS))
+    parser.add_argument("--warm", action="store_true", help="read from the page cache: each path's CPU per byte")
     args = parser.parse_args()
     work = None
     if args.cache is None:
@@ -129,7 +144,7 @@ def main() -> None:
         print(f"cache {total / 2**30:.2f} GiB, {len(paths)} shards; load {os.getloadavg()[0]:.1f}", flush=True)
         runs = patterns(args.cache, args.batch_size)
         for name in args.patterns.split(","):
-            measure(name, runs[name], paths, total)
+            measure(name, runs[name], paths, total, args.warm)
     finally:
         if work is not None and not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -228,12 +228,17 @@ def test_a_cls_selection_reads_only_the_cls_bytes_and_old_caches_slice(tmp_path,
         manifest.storage.pop("cls_copy")
         write_manifest(tmp_path, manifest)
     expected = open_shards(tmp_path).read_tokens(np.arange(12))[:, :, :1]
-    datasets = []
-    original = shards_module.read_rows
+    datasets = []  # the datasets read, through HDF5 or past it (raw_chunks)
+    original, original_raw = shards_module.read_rows, shards_module.read_rows_raw
     monkeypatch.setattr(
         shards_module,
         "read_rows",
         lambda dataset, *args, **kw: datasets.append(dataset.name) or original(dataset, *args, **kw),
+    )
+    monkeypatch.setattr(
+        shards_module,
+        "read_rows_raw",
+        lambda handle, chunks, *args: datasets.append(chunks.name) or original_raw(handle, chunks, *args),
     )
     shards = open_shards(tmp_path)
     selection = select_tokens(shards.layout, "cls")

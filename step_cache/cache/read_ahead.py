@@ -31,6 +31,7 @@ class ChunkRanges:
 
     def __init__(self, dataset: h5py.Dataset, layered: bool):
         chunks = dataset.chunks
+        self.name = dataset.name
         self.rows_per_chunk = chunks[0] if chunks else 0
         self.layered = layered
         layers = dataset.shape[1] if layered else 1

@@ -227,20 +227,13 @@ class ShardSet:
         names = ("cls", "cls_scales") if copy else ("tokens", "token_scales")
         return names if quantized else names[:1]
 
-    def _read_rows(
-        self,
-        shard: int,
-        pieces: list[tuple[int, int, int]],
-        selection: Selection,
-        values: np.ndarray,
-        scales: np.ndarray | None,
-    ) -> None:
+    def _read_rows(self, shard: int, pieces: list[tuple[int, int, int]], selection: Selection, values: np.ndarray,
+                   scales: np.ndarray | None) -> None:  # fmt: skip
         handle = self._handle(shard)
         names = self._datasets(shard, selection, scales is not None)
         copy = names[0] == "cls"
-        whole_rows = copy or selection.part == "all"  # else some tokens of each frame: HDF5 selects them
+        raw = (copy or selection.part == "all") and raw_reads_enabled()  # else HDF5 slices each frame's tokens
         for name, target in zip(names, (values, scales), strict=False):
-            raw = whole_rows and raw_reads_enabled()
             if not (raw and read_rows_raw(handle, self._chunk_ranges(shard, name), pieces, selection.layers, target)):
                 read_rows(handle[name], pieces, selection, copy, target, scales=target is scales)
 
