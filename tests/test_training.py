@@ -88,12 +88,21 @@ def test_same_seed_same_run_other_seed_other_run(cache, tmp_path):
     assert c.history[0]["train_loss"] != a.history[0]["train_loss"]
 
 
-def test_streaming_and_in_memory_train_identically(cache, tmp_path):
+def test_streaming_and_in_memory_train_identically(cache, tmp_path, monkeypatch):
+    import step_cache.training.trainer as trainer
+
     options = {**FAST, "probe_options": {"dropout": 0.1}}
+    eval_batches = []
+    monkeypatch.setattr(trainer, "evaluate_clips", lambda *a, **kw: eval_batches.append(kw["batch_size"]) or
+                        evaluate_clips(*a, **kw))  # fmt: skip
     memory = train_probe(cache, "attentive", tmp_path / "m", data="memory", **options)
+    in_memory, eval_batches[:] = set(eval_batches), []
     streaming = train_probe(cache, "attentive", tmp_path / "s", data="streaming", workers=1, **options)
     assert memory.metrics["data_mode"] == "memory" and streaming.metrics["data_mode"] == "streaming"
     same_run(memory, streaming)
+    # evaluated in batches of 4 x the training batch in memory, of the training batch itself when streamed (each
+    # reader holds PREFETCH batches read ahead, sized for the training batch): the same results
+    assert in_memory == {4 * FAST["batch_size"]} and set(eval_batches) == {FAST["batch_size"]}
 
 
 class Killed(Exception):

@@ -48,6 +48,17 @@ def reader_count(device: torch.device | None = None, batch_bytes: int = 0) -> in
     return max(1, wanted)
 
 
+def eval_batch_size(configured: int | None, batch_size: int, mode: str) -> int:
+    """An evaluation pass's batch: ``configured`` when set; else 4 x the training batch (no backward pass: fewer,
+    larger steps), but the training batch itself when the tokens are streamed. There every reader holds
+    ``PREFETCH`` batches read ahead, sized by ``reader_count`` for the training batch: 4x larger ones held 4x the
+    memory (a 256-clip batch of DINOv2-S tokens, 16 frames, is 0.8 GB; 8 in flight, 6.4 GB, and a float32 copy in
+    the training process), for no speed, as reading is the cost (docs/performance.md, bench/scale.py)."""
+    if configured:
+        return configured
+    return batch_size if mode == "streaming" else 4 * batch_size
+
+
 def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised tensor in shared memory, as torch's own collate makes one in a worker: sending it to the
     training process passes its handle instead of copying it into shared memory first."""
@@ -175,4 +186,4 @@ class StreamingTokens:
         self._loader = None
 
 
-__all__ = ["PREFETCH", "StreamingTokens", "reader_count"]
+__all__ = ["PREFETCH", "StreamingTokens", "eval_batch_size", "reader_count"]

@@ -51,6 +51,7 @@ from step_cache.training.run_status import mark_failed, refuse_failed_resume, us
 from step_cache.training.schedule import schedule_steps
 from step_cache.training.seed_data import train_data_seeds
 from step_cache.training.stacking.seeds import train_seeds
+from step_cache.training.streaming import eval_batch_size
 from step_cache.training.view_table import epoch_plan
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,6 @@ class _Run:
         self.model = build_run_probe(config.probe, shards, self.selection, config.probe_options).to(self.device)
         config.probe_options = full_options(config)
         warn_short_videos(shards, self.splits)
-        self.eval_batch_size = config.eval_batch_size or 4 * config.batch_size
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self.best, self.best_epoch = NO_SCORE, 0  # records.validation_score of the best epoch so far
@@ -180,7 +180,8 @@ class _Run:
         names = self.shards.classes
         return evaluate_clips(
             self.model, self.source, indices, self.shards.labels, self.shards.videos, names, self.pairs,
-            batch_size=self.eval_batch_size, device=self.device, amp=self.config.amp, orders=orders,
+            batch_size=eval_batch_size(self.config.eval_batch_size, self.config.batch_size, self.source.mode),
+            device=self.device, amp=self.config.amp, orders=orders,
             view_average=self.config.view_average,
         )  # fmt: skip
 

@@ -49,6 +49,7 @@ from step_cache.training.stacking.nested import NestedPlan, nested_data, stack_m
 from step_cache.training.stacking.resume import restore_stack, stack_state
 from step_cache.training.stacking.sgd import StackedSGD
 from step_cache.training.stacking.shared_data import DataCache, TrainingData
+from step_cache.training.streaming import eval_batch_size
 from step_cache.training.view_table import epoch_plan
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,7 @@ class StackedRun:
         self.best = [NO_SCORE] * len(self.configs)  # records.validation_score of each member's best epoch
         self.best_epoch = [0] * len(self.configs)
         self.best_params = self.stack.snapshot()
-        self.eval_batch_size = first.eval_batch_size or 4 * first.batch_size
+        self.eval_batch_size = eval_batch_size(first.eval_batch_size, first.batch_size, data.source.mode)
         self.training_time = TrainingTime()  # of the whole stack
         self.start_epoch = 0  # > 0 after restore()
         self.bar: RunProgress | None = None  # train-probe --seeds: one bar for the whole run (training.progress)
