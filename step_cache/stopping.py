@@ -27,6 +27,11 @@ def _handler(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def _record(signum: int, frame: FrameType | None) -> None:
+    global _requested
+    _requested = signum
+
+
 @contextlib.contextmanager
 def handled() -> Iterator[None]:
     """``with handled():`` SIGINT and SIGTERM are stop requests inside (main thread only: Python delivers signals
@@ -37,8 +42,8 @@ def handled() -> Iterator[None]:
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    if previous[signal.SIGINT] is not _handler:  # else installed early (install()): a request so far is kept
-        _requested = None
+    if previous[signal.SIGINT] not in (_handler, _record):  # else the command's start-up (install()) or an outer
+        _requested = None  # handled(): a request made so far is kept
     for sig in previous:
         signal.signal(sig, _handler)
     try:
@@ -51,11 +56,13 @@ def handled() -> Iterator[None]:
 
 def install() -> None:
     """Take SIGINT and SIGTERM as stop requests from now on, for the whole process (the ``step-cache`` command, before
-    it imports torch): a signal during that start-up, whose ``KeyboardInterrupt`` an import may swallow (an early
-    Ctrl-C was lost and the run went to its end), stays requested and stops the command as it begins."""
+    it imports its commands and torch). During that start-up a signal is recorded, not raised: raised inside an
+    import, its ``KeyboardInterrupt`` was either swallowed (an early Ctrl-C was lost and the run went to its end) or
+    ended the command with a traceback and exit -2 (a Ctrl-C in the first 0.4 s). The command raises it as it
+    begins (``handled()`` keeps it; ``raise_if_stopping``), and exits 130 / 143 like any stop."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _handler)
+            signal.signal(sig, _record)
 
 
 def requested() -> int | None:
@@ -78,12 +85,8 @@ def deferred() -> Iterator[None]:
         yield
         return
 
-    def record(signum: int, frame: FrameType | None) -> None:
-        global _requested
-        _requested = signum
-
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, record)
+        signal.signal(sig, _record)
     try:
         yield
     finally:

@@ -227,3 +227,33 @@ def test_a_stop_that_lands_inside_exec_still_exits_128_plus_the_signal(tmp_path,
     assert process.returncode == 128 + sig, (process.returncode, process.stderr[-2000:])
     assert "interrupted; work up to the last commit is saved" in process.stderr
     assert "Traceback" not in process.stderr, process.stderr[-2000:]
+
+
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux's /proc")
+def test_a_signal_while_the_command_imports_stops_it_cleanly(inputs, tmp_path):
+    # A Ctrl-C while the command imported typer, its command modules and torch (its first 0.1-0.4 s) ended it with
+    # a KeyboardInterrupt traceback and exit -2. From the moment the entry point takes the signals (before those
+    # imports; only the interpreter's own start-up precedes it), a signal is a stop request like any other.
+    for attempt, delay in enumerate((0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4)):
+        sig = signal.SIGINT if attempt % 2 else signal.SIGTERM
+        train, _ = commands(inputs, tmp_path / str(attempt))["train-probe"]
+        process = run(train)
+        deadline = time.monotonic() + 60
+        while not catches_sigterm(process.pid) and process.poll() is None:
+            assert time.monotonic() < deadline, "the entry point never took SIGTERM"
+            time.sleep(0.001)
+        time.sleep(delay)
+        process.send_signal(sig)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode in (0, 128 + sig), (delay, sig.name, process.returncode, stderr[-2000:])
+        assert "Traceback" not in stderr, (delay, stderr[-2000:])
