@@ -7,7 +7,6 @@ import gc
 import importlib
 import signal
 
-from step_cache import stopping
 from step_cache.cpu_budget import limit_spin_wait
 
 # Before anything imports torch: libgomp reads its spin-wait setting once, when torch first loads it; a user's own
@@ -39,7 +38,8 @@ def _register_commands() -> None:
 
 
 def main() -> None:
-    stopping.install()  # an early Ctrl-C is never lost, even one an import swallows (step_cache/stopping.py)
+    # SIGINT / SIGTERM are stop requests from the entry point on (cli/__main__.py, stopping.install), before
+    # these imports
     _register_commands()
     try:
         app()

@@ -37,6 +37,7 @@ from step_cache.datasets.split_files import HMDB51_CLASSES
 _UCF_NAME = re.compile(r"^(v_.+_g\d+)_c\d+$")
 _HMDB_NAME = re.compile(r"^((.+)_[fhlu]_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo))_\d+$")
 _DRIVE_ACT_SUBJECT = re.compile(r"^vp\d+$")
+_HMDB51_LONGEST_FIRST = sorted(HMDB51_CLASSES, key=len, reverse=True)  # ``draw_sword`` is tried before ``sword``
 
 
 def group_key(path: str, name_linked: bool = True, hmdb51_sources: bool = True) -> str:
@@ -63,8 +64,7 @@ def hmdb51_source(head: str, folder: str = "") -> str | None:
     """``source:<source>`` of an HMDB51 name's ``<source>_<action>`` part (the name before its six tags), the action
     being ``folder`` (the clip's class) where it ends the part, else the longest HMDB51 class that does (``sword``
     ends ``draw_sword``: the folder tells them apart); None when no known action ends it."""
-    actions = sorted(HMDB51_CLASSES, key=len, reverse=True)
-    for action in [folder, *actions] if folder else actions:
+    for action in [folder, *_HMDB51_LONGEST_FIRST] if folder else _HMDB51_LONGEST_FIRST:
         if head.endswith(f"_{action}") and len(head) > len(action) + 1:
             return f"source:{head[: -len(action) - 1]}"
     return None

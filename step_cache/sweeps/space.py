@@ -88,9 +88,9 @@ class SearchSpace:
         grid = {}
         for name, distribution in self.distributions.items():
             if not isinstance(distribution, CategoricalDistribution):
-                grid = "--grid" if from_command_line() else option("sampler", "grid")
+                asked = "--grid" if from_command_line() else option("sampler", "grid")
                 raise SweepSpaceError(
-                    f"{grid} needs a list of values for every parameter; {name} is a range "
+                    f"{asked} needs a list of values for every parameter; {name} is a range "
                     f"({describe(distribution)}): write it as a list, e.g. {name}=a,b,c"
                 )
             grid[name] = list(distribution.choices)

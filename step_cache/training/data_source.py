@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from step_cache.cache.quantize import token_bytes
 from step_cache.cache.shards import ShardSet
 from step_cache.training.device_tokens import DeviceTokens, device_free_bytes
 from step_cache.training.streaming import StreamingTokens
@@ -27,9 +26,7 @@ def open_token_source(
 ) -> TokenSource:
     """A token source over ``indices`` (the clips the caller will ask for), in the chosen data mode (``device``:
     on ``device``, the CPU when None)."""
-    frames, _, dim = shards.clip_shape
-    per_clip = selection.channels * frames * selection.tokens_per_frame * token_bytes(shards.layout.dtype, dim)
-    nbytes = int(len(np.unique(indices)) * per_clip)
+    nbytes = len(np.unique(indices)) * selection.clip_bytes(shards.layout, shards.manifest.frames)
     device = device or torch.device("cpu")
     chosen = choose_mode(mode, nbytes, memory_fraction, device_free_bytes(device))
     if chosen in ("memory", "device"):

@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from step_cache.cache.quantize import token_bytes
 from step_cache.cache.shards import ShardSet
 from step_cache.cpu_budget import worker_count
 from step_cache.training.token_data import Batch, TokenSelection, as_tensor, available_memory
@@ -137,13 +136,7 @@ class StreamingTokens:
 
     def _readers(self, plan: Sequence[np.ndarray]) -> int:
         if self.workers is None:
-            frames, _, dim = self.shards.clip_shape
-            clip = (
-                self.selection.channels
-                * frames
-                * self.selection.tokens_per_frame
-                * token_bytes(self.shards.layout.dtype, dim)
-            )
+            clip = self.selection.clip_bytes(self.shards.layout, self.shards.manifest.frames)
             self.workers = reader_count(self.device, clip * max((len(b) for b in plan), default=0))
         return self.workers
 

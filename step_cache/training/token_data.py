@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from step_cache.cache.manifest import TokenLayout
-from step_cache.cache.quantize import SCALE_DTYPE
+from step_cache.cache.quantize import SCALE_DTYPE, token_bytes
 from step_cache.cache.shards import ShardSet
 from step_cache.interface import option
 from step_cache.training.layer_choice import along_tokens, is_mix, layer_positions, merge_layers
@@ -62,6 +62,10 @@ class TokenSelection:
     def channels(self) -> int:
         """How many stored layers are read (1 without a layer axis)."""
         return 1 if self.layers is None else len(self.layers)
+
+    def clip_bytes(self, layout: TokenLayout, frames: int) -> int:
+        """Bytes one clip of this selection takes as stored (int8: values and their scales)."""
+        return self.channels * frames * self.tokens_per_frame * token_bytes(layout.dtype, layout.dim)
 
     def probe_dim(self, dim: int) -> int:
         """The width of the tokens the probe itself sees: L x D for ``concat:``, else D."""
